@@ -1,0 +1,3 @@
+from vmcluster.cli.main import main
+
+main()
