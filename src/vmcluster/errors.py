@@ -1,0 +1,97 @@
+"""The error tree of vmcluster.
+
+Every error a user can cause or meet derives from :class:`VmclusterError`; the
+CLI prints ``str(err)`` as one line (what, where, what to do) and exits with
+``err.exit_code``. Root causes are chained with ``raise ... from exc``.
+
+::
+
+    VmclusterError                  exit 1 unless said otherwise
+    ├── InputError                  exit 2: bad input a user can fix
+    │   ├── SpecError               a cluster spec or scenario file (file:line named)
+    │   ├── TraceError              a utilisation trace file (file:line named)
+    │   └── UsageError              a CLI argument (unknown VM, node, network, policy...)
+    ├── PolicyError                 policy cannot decide (no network available for a pair...)
+    ├── SubstrateError              a substrate could not act
+    │   ├── QmpError                QEMU's monitor refused, replied badly, or went away
+    │   ├── MigrationError          a migration failed; the VM is still on its source
+    │   └── LabError                building or tearing down the lab failed
+    └── StoreError                  the cluster store (etcd) failed or fenced us out
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InputError",
+    "LabError",
+    "MigrationError",
+    "PolicyError",
+    "QmpError",
+    "SpecError",
+    "StoreError",
+    "SubstrateError",
+    "TraceError",
+    "UsageError",
+    "VmclusterError",
+]
+
+
+class VmclusterError(Exception):
+    """Root of every vmcluster error; ``str()`` is the one line a user sees."""
+
+    exit_code = 1
+
+
+class InputError(VmclusterError):
+    """Bad input a user can correct; exit code 2."""
+
+    exit_code = 2
+
+
+class SpecError(InputError):
+    """A cluster spec or scenario file is invalid.
+
+    ``where`` is ``file:line`` (or ``file`` when no line is known), ``what`` the
+    problem and ``hint`` what to do about it.
+    """
+
+    def __init__(self, where: str, what: str, hint: str = "") -> None:
+        self.where = where
+        self.what = what
+        self.hint = hint
+        msg = f"{where}: {what}"
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)
+
+
+class TraceError(SpecError):
+    """A utilisation trace file is invalid (file and line named)."""
+
+
+class UsageError(InputError):
+    """A command-line argument names something that does not exist or is malformed."""
+
+
+class PolicyError(VmclusterError):
+    """A policy cannot make a decision, e.g. no network is available for a node pair."""
+
+
+class SubstrateError(VmclusterError):
+    """A substrate (sim or qemu) could not carry out an action."""
+
+
+class QmpError(SubstrateError):
+    """QEMU's monitor refused a command, replied with something unexpected, or disconnected."""
+
+
+class MigrationError(SubstrateError):
+    """A migration failed. The VM is still running on its source (or was resumed there)."""
+
+
+class LabError(SubstrateError):
+    """Building, starting or tearing down the lab failed."""
+
+
+class StoreError(VmclusterError):
+    """The cluster store (etcd) failed, or this manager has been fenced out."""
