@@ -1,0 +1,106 @@
+"""Drive a live migration through the substrate's phased protocol.
+
+The network comes from the policy (the VM's ordered list, else the
+second-lowest metric for that node pair). If a migration fails, the next
+network of that order is tried; the VM is never lost because the
+substrate's ``finalize_migration(success=False)`` rolls back to the source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vmcluster.errors import MigrationError, PolicyError, VmclusterError
+from vmcluster.model import ClusterSpec
+from vmcluster.policy.networks import Health, live_migration_order
+from vmcluster.substrate.protocol import (
+    MigrationHandle,
+    MigrationParams,
+    MigrationProgress,
+    MigrationResult,
+    Substrate,
+)
+
+__all__ = ["MigrationRequest", "ProgressCallback", "migrate"]
+
+ProgressCallback = Callable[[MigrationHandle, MigrationProgress], None]
+
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    vm: str
+    target: str
+    params: MigrationParams | None = None  # None: from the VM's spec
+    poll_s: float = 0.1
+    timeout_s: float = 600.0
+
+
+def migrate(
+    substrate: Substrate,
+    spec: ClusterSpec,
+    health: Health,
+    req: MigrationRequest,
+    on_progress: ProgressCallback | None = None,
+) -> MigrationResult:
+    """Migrate ``req.vm`` to ``req.target``, trying each network of the policy's order.
+
+    Returns the last attempt's result; raises MigrationError when no network
+    can be tried at all. A failed result (``ok`` False) leaves the VM running
+    on its source.
+    """
+    vm = spec.vm(req.vm)
+    spec.node(req.target)
+    source = substrate.status().vm(vm.name).node
+    if source is None:
+        raise MigrationError(f"{vm.name} is not running; start it before migrating")
+    if source == req.target:
+        raise MigrationError(f"{vm.name} already runs on {req.target}; pick another node")
+    order = live_migration_order(spec, health, vm, source, req.target)
+    if not order:
+        raise PolicyError(
+            f"no live-migration network is available between {source} and {req.target}"
+            f" for {vm.name}; bring one up or change its live_migration_networks"
+        )
+    params = req.params or MigrationParams(downtime_ms=vm.max_downtime_ms)
+    result: MigrationResult | None = None
+    for network in order:
+        result = _attempt(substrate, vm.name, req, network, params, on_progress)
+        if result.ok:
+            return result
+    assert result is not None
+    return result
+
+
+def _attempt(
+    substrate: Substrate,
+    vm: str,
+    req: MigrationRequest,
+    network: str,
+    params: MigrationParams,
+    on_progress: ProgressCallback | None,
+) -> MigrationResult:
+    try:
+        handle = substrate.prepare_migration(vm, req.target, network)
+    except MigrationError as err:
+        source = substrate.status().vm(vm).node or "?"
+        return MigrationResult(vm, source, req.target, network, ok=False, error=str(err))
+    success = False
+    try:
+        substrate.start_migration(handle, params)
+        deadline = substrate.clock.now() + req.timeout_s
+        while substrate.clock.now() <= deadline:
+            progress = substrate.poll_migration(handle)
+            if on_progress is not None:
+                on_progress(handle, progress)
+            if progress.status != "active" and progress.status != "setup":
+                success = progress.status == "completed"
+                break
+            substrate.clock.sleep(req.poll_s)
+    except VmclusterError:
+        success = False
+    finally:
+        # Runs on errors and interrupts too: finalize owns rollback, so the VM
+        # is left running on exactly one node whatever happened above.
+        result = substrate.finalize_migration(handle, success)
+    return result

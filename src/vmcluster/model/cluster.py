@@ -1,0 +1,103 @@
+"""The nouns of a cluster spec: nodes, VMs, volumes and the cluster's own settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from vmcluster.errors import UsageError
+from vmcluster.model.network import Network
+
+__all__ = ["ClusterSettings", "ClusterSpec", "Node", "Vm", "Volume"]
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Cluster-wide settings. Heartbeat defaults detect a dead node in 2 s (250 ms x 8)."""
+
+    name: str
+    same_subnet_delay_ms: int = 250
+    same_subnet_threshold: int = 8
+    max_concurrent_migrations: int = 2
+    witness: bool = False
+
+
+@dataclass(frozen=True)
+class Node:
+    """A host. ``interfaces`` maps a network name to this node's address on it."""
+
+    name: str
+    cores: int
+    memory_mib: int
+    interfaces: Mapping[str, IPv4Address]
+    accel: str = "tcg"
+    power_model: str | None = None
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A cluster shared volume (one LUN that every node sees)."""
+
+    name: str
+    size_gib: float
+
+
+@dataclass(frozen=True)
+class Vm:
+    """A virtual machine and its placement preferences."""
+
+    name: str
+    owner: str
+    memory_mib: int
+    vcpus: int = 1
+    preferred_owners: tuple[str, ...] = ()
+    live_migration_networks: tuple[str, ...] | None = None
+    max_downtime_ms: float = 300.0
+    dirty_mibps: float = 0.0
+    wws_mib: float | None = None
+    address: IPv4Address | None = None
+    volume: str | None = None
+    disk_mib: int = 64
+    priority: int = 2000
+    anti_affinity: str | None = None
+
+    @property
+    def working_set_mib(self) -> float:
+        """The writable working set; defaults to all of memory."""
+        return float(self.memory_mib) if self.wws_mib is None else self.wws_mib
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A whole cluster: the validated content of a spec file."""
+
+    cluster: ClusterSettings
+    networks: tuple[Network, ...]
+    nodes: tuple[Node, ...]
+    vms: tuple[Vm, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    source: Path | None = field(default=None, compare=False)
+
+    def network(self, name: str) -> Network:
+        for net in self.networks:
+            if net.name == name:
+                return net
+        raise UsageError(f"unknown network {name!r}; known: {_names(self.networks)}")
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise UsageError(f"unknown node {name!r}; known: {_names(self.nodes)}")
+
+    def vm(self, name: str) -> Vm:
+        for vm in self.vms:
+            if vm.name == name:
+                return vm
+        raise UsageError(f"unknown VM {name!r}; known: {_names(self.vms)}")
+
+
+def _names(items: tuple[Network, ...] | tuple[Node, ...] | tuple[Vm, ...]) -> str:
+    return ", ".join(item.name for item in items) or "(none)"

@@ -1,0 +1,311 @@
+"""Loading and validating a cluster spec (TOML) into a :class:`ClusterSpec`.
+
+Every problem is one :class:`~vmcluster.errors.SpecError` naming file:line,
+the table, what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vmcluster.model.cluster import ClusterSettings, ClusterSpec, Node, Vm, Volume
+from vmcluster.model.network import Network, Role
+from vmcluster.model.tomlsource import TableRef, TomlSource, load_toml
+
+__all__ = ["load_spec", "parse_spec", "spec_from_source"]
+
+_TOP = {"cluster", "networks", "nodes", "vms", "volumes"}
+_CLUSTER = {
+    "name",
+    "same_subnet_delay_ms",
+    "same_subnet_threshold",
+    "max_concurrent_migrations",
+    "witness",
+}
+_NETWORK = {"name", "subnet", "gateway", "role", "metric", "bandwidth_mbps"}
+_NODE = {"name", "cores", "memory_mib", "interfaces", "accel", "power_model"}
+_VOLUME = {"name", "size_gib"}
+_VM = {
+    "name",
+    "owner",
+    "memory_mib",
+    "vcpus",
+    "preferred_owners",
+    "live_migration_networks",
+    "max_downtime_ms",
+    "dirty_mibps",
+    "wws_mib",
+    "address",
+    "volume",
+    "disk_mib",
+    "priority",
+    "anti_affinity",
+}
+T = TypeVar("T")
+
+
+def load_spec(path: Path | str) -> ClusterSpec:
+    """Load and validate the spec file at ``path``."""
+    return spec_from_source(load_toml(path), Path(path))
+
+
+def parse_spec(text: str, filename: str = "<spec>") -> ClusterSpec:
+    """Validate spec text (for tests and tools that build specs in memory)."""
+    return spec_from_source(TomlSource(text, filename), None)
+
+
+class _Reader:
+    """Typed access to one table's values, raising located SpecErrors."""
+
+    def __init__(self, src: TomlSource, table: TableRef, data: Mapping[str, Any]) -> None:
+        self.src, self.table, self.data = src, table, data
+
+    def fail(self, key: str | None, what: str, hint: str = "") -> Exception:
+        return self.src.error(self.table, key, what, hint)
+
+    def get(self, key: str, kind: type[T] | tuple[type, ...], default: T | None = None) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a spec saying `cores = true` is a mistake.
+        if isinstance(value, bool) and bool not in kinds:
+            value = object()
+        if not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise self.fail(key, f"{key} must be {names}, got {self.data[key]!r}")
+        return value
+
+    def positive(self, key: str, kind: type, default: Any = None) -> Any:
+        value = self.get(key, (kind, int) if kind is float else kind, default)
+        if value is not None and value <= 0:
+            raise self.fail(key, f"{key} must be > 0, got {value}")
+        return float(value) if kind is float and value is not None else value
+
+    def name(self) -> str:
+        value = self.get("name", str)
+        if not value or not value.strip():
+            raise self.fail("name", "name must be a non-empty string")
+        return str(value)
+
+    def names(self, key: str) -> tuple[str, ...] | None:
+        value = self.get(key, list)
+        if value is None:
+            return None
+        if not all(isinstance(v, str) for v in value):
+            raise self.fail(key, f"{key} must be a list of names (strings)")
+        if len(set(value)) != len(value):
+            raise self.fail(key, f"{key} names something twice")
+        return tuple(value)
+
+
+def _tables(src: TomlSource, key: str, allowed: set[str], required: set[str]) -> list[_Reader]:
+    raw = src.data.get(key, [])
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise src.error(None, None, f"{key} must be an array of tables ([[{key}]])")
+    readers = []
+    for i, data in enumerate(raw):
+        table = TableRef(key, i)
+        src.check_keys(table, data, allowed, required)
+        readers.append(_Reader(src, table, data))
+    return readers
+
+
+def _unique(readers: list[_Reader], kind: str) -> list[str]:
+    seen: set[str] = set()
+    names = []
+    for r in readers:
+        name = r.name()
+        if name in seen:
+            raise r.fail("name", f"duplicate {kind} name {name!r}", "names must be unique")
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def _parse(r: _Reader, key: str, text: str, conv: Callable[[str], T], what: str) -> T:
+    try:
+        return conv(text)
+    except ValueError as exc:
+        raise r.fail(key, f"{key} {text!r} is not {what}: {exc}") from exc
+
+
+def _network(r: _Reader) -> Network:
+    subnet = _parse(r, "subnet", r.get("subnet", str), ip_network, "an IPv4 subnet")
+    if not isinstance(subnet, IPv4Network):
+        raise r.fail("subnet", "only IPv4 subnets are supported")
+    gateway: IPv4Address | None = None
+    if "gateway" in r.data:
+        gw = _parse(r, "gateway", r.get("gateway", str), ip_address, "an IPv4 address")
+        if not isinstance(gw, IPv4Address) or gw not in subnet:
+            raise r.fail("gateway", f"gateway {gw} is not in subnet {subnet}")
+        gateway = gw
+    role = r.get("role", int)
+    if role is not None and role not in (0, 1, 3):
+        raise r.fail(
+            "role", f"role must be 0, 1 or 3, got {role}", "0 none, 1 cluster, 3 cluster+client"
+        )
+    metric = r.get("metric", int)
+    if metric is not None and not 0 < metric < 2**31:
+        raise r.fail("metric", f"metric must be a positive integer, got {metric}")
+    return Network(
+        name=r.name(),
+        subnet=subnet,
+        gateway=gateway,
+        role=None if role is None else Role(role),
+        metric=metric,
+        bandwidth_mbps=r.positive("bandwidth_mbps", float),
+    )
+
+
+def _node(r: _Reader, networks: dict[str, Network]) -> Node:
+    raw = r.get("interfaces", dict, {})
+    interfaces: dict[str, IPv4Address] = {}
+    for net_name, addr_text in raw.items():
+        if net_name not in networks:
+            raise r.fail(
+                "interfaces",
+                f"interface on undeclared network {net_name!r}",
+                "declare it under [[networks]] or fix the name",
+            )
+        if not isinstance(addr_text, str):
+            raise r.fail("interfaces", f"address on {net_name!r} must be a string")
+        addr = _parse(r, "interfaces", addr_text, ip_address, "an IPv4 address")
+        subnet = networks[net_name].subnet
+        if not isinstance(addr, IPv4Address) or addr not in subnet:
+            raise r.fail(
+                "interfaces",
+                f"address {addr_text} on {net_name!r} is outside its subnet {subnet}",
+                "use an address inside the network's subnet",
+            )
+        if addr in (subnet.network_address, subnet.broadcast_address):
+            raise r.fail("interfaces", f"address {addr_text} is not a host address of {subnet}")
+        interfaces[net_name] = addr
+    accel = r.get("accel", str, "tcg")
+    if accel not in ("tcg", "kvm"):
+        raise r.fail("accel", f"accel must be 'tcg' or 'kvm', got {accel!r}")
+    return Node(
+        name=r.name(),
+        cores=r.positive("cores", int),
+        memory_mib=r.positive("memory_mib", int),
+        interfaces=interfaces,
+        accel=accel,
+        power_model=r.get("power_model", str),
+    )
+
+
+def _vm(r: _Reader, spec_nodes: set[str], networks: dict[str, Network], vols: set[str]) -> Vm:
+    owner = r.get("owner", str)
+    if owner not in spec_nodes:
+        raise r.fail("owner", f"owner {owner!r} is not a declared node", "declare it in [[nodes]]")
+    preferred = r.names("preferred_owners") or ()
+    for node in preferred:
+        if node not in spec_nodes:
+            raise r.fail("preferred_owners", f"preferred owner {node!r} is not a declared node")
+    lm = r.names("live_migration_networks")
+    for net in lm or ():
+        if net not in networks:
+            raise r.fail("live_migration_networks", f"{net!r} is not a declared network")
+    volume = r.get("volume", str)
+    if volume is not None and volume not in vols:
+        raise r.fail("volume", f"volume {volume!r} is not declared", "declare it in [[volumes]]")
+    address = None
+    if "address" in r.data:
+        address = _parse(r, "address", r.get("address", str), ip_address, "an IPv4 address")
+        if not any(address in n.subnet for n in networks.values() if n.public):
+            raise r.fail("address", f"address {address} is not in a public network's subnet")
+    memory = r.positive("memory_mib", int)
+    wws = r.positive("wws_mib", float)
+    if wws is not None and wws > memory:
+        raise r.fail("wws_mib", f"wws_mib {wws} exceeds memory_mib {memory}")
+    dirty = r.get("dirty_mibps", (float, int), 0.0)
+    if dirty < 0:
+        raise r.fail("dirty_mibps", "dirty_mibps must be >= 0")
+    return Vm(
+        name=r.name(),
+        owner=owner,
+        memory_mib=memory,
+        vcpus=r.positive("vcpus", int, 1),
+        preferred_owners=preferred,
+        live_migration_networks=lm,
+        max_downtime_ms=r.positive("max_downtime_ms", float, 300.0),
+        dirty_mibps=float(dirty),
+        wws_mib=wws,
+        address=address,  # type: ignore[arg-type]
+        volume=volume,
+        disk_mib=r.positive("disk_mib", int, 64),
+        priority=r.get("priority", int, 2000),
+        anti_affinity=r.get("anti_affinity", str),
+    )
+
+
+def spec_from_source(src: TomlSource, path: Path | None) -> ClusterSpec:
+    """Validate a parsed TOML document as a cluster spec."""
+    for key in src.data:
+        if key not in _TOP:
+            raise src.error(
+                None, None, f"unknown top-level key {key!r}", f"allowed: {sorted(_TOP)}"
+            )
+    cluster_data = src.data.get("cluster")
+    if not isinstance(cluster_data, dict):
+        raise src.error(None, None, "missing [cluster] table", 'add [cluster] with name = "..."')
+    ctable = TableRef("cluster")
+    src.check_keys(ctable, cluster_data, _CLUSTER, {"name"})
+    c = _Reader(src, ctable, cluster_data)
+    settings = ClusterSettings(
+        name=c.name(),
+        same_subnet_delay_ms=c.positive("same_subnet_delay_ms", int, 250),
+        same_subnet_threshold=c.positive("same_subnet_threshold", int, 8),
+        max_concurrent_migrations=c.positive("max_concurrent_migrations", int, 2),
+        witness=c.get("witness", bool, False),
+    )
+
+    net_readers = _tables(src, "networks", _NETWORK, {"name", "subnet"})
+    _unique(net_readers, "network")
+    networks = {n.name: n for n in (_network(r) for r in net_readers)}
+    node_readers = _tables(src, "nodes", _NODE, {"name", "cores", "memory_mib", "interfaces"})
+    node_names = set(_unique(node_readers, "node"))
+    nodes = [_node(r, networks) for r in node_readers]
+    _check_addresses(src, nodes, node_readers)
+    vol_readers = _tables(src, "volumes", _VOLUME, {"name", "size_gib"})
+    vol_names = set(_unique(vol_readers, "volume"))
+    volumes = [Volume(r.name(), r.positive("size_gib", float)) for r in vol_readers]
+    vm_readers = _tables(src, "vms", _VM, {"name", "owner", "memory_mib"})
+    _unique(vm_readers, "VM")
+    vms = _assign_addresses(
+        [_vm(r, node_names, networks, vol_names) for r in vm_readers], networks, nodes
+    )
+    nets = tuple(networks.values())
+    return ClusterSpec(settings, nets, tuple(nodes), tuple(vms), tuple(volumes), path)
+
+
+def _assign_addresses(vms: list[Vm], networks: dict[str, Network], nodes: list[Node]) -> list[Vm]:
+    """Give each VM without an ``address`` one on the first public network (from .101 up)."""
+    public = next((n for n in networks.values() if n.public), None)
+    if public is None:
+        return vms
+    used = {a for node in nodes for a in node.interfaces.values()} | {
+        vm.address for vm in vms if vm.address is not None
+    }
+    used.add(public.gateway)  # type: ignore[arg-type]
+    free = (h for h in public.subnet.hosts() if int(h) - int(public.subnet.network_address) > 100)
+    out = []
+    for vm in vms:
+        if vm.address is None:
+            addr = next((h for h in free if h not in used), None)
+            vm = replace(vm, address=addr)
+        out.append(vm)
+    return out
+
+
+def _check_addresses(src: TomlSource, nodes: list[Node], readers: list[_Reader]) -> None:
+    seen: dict[IPv4Address, str] = {}
+    for node, r in zip(nodes, readers, strict=True):
+        for addr in node.interfaces.values():
+            if addr in seen:
+                raise r.fail("interfaces", f"address {addr} is already used by node {seen[addr]!r}")
+            seen[addr] = node.name

@@ -1,0 +1,224 @@
+"""The substrate contract: the only code that touches a clock, a socket or a process.
+
+Two implementations exist, method for method: ``sim`` (virtual time, a
+discrete-event model at datacenter scale) and ``qemu`` (network namespaces,
+QEMU processes over QMP, NBD, etcd). The contract suite in
+``tests/contract/`` runs against both; this docstring is the contract.
+
+Time
+    ``clock.now()`` is seconds since the substrate started (virtual in sim,
+    monotonic wall time in qemu). ``clock.sleep(s)`` lets ``s`` seconds pass:
+    the sim runs its events up to ``now + s``; qemu sleeps. Nothing above the
+    substrate reads a clock any other way.
+
+VM lifecycle
+    ``start_vm(vm, node)`` boots a VM of the spec on ``node`` (state
+    ``running``); ``stop_vm`` stops it (``stopped``, it is no longer on any
+    node); ``pause_vm``/``resume_vm`` toggle ``paused``/``running``. Each
+    raises ``UsageError`` for an unknown VM or node and ``SubstrateError``
+    when the action is impossible (node down, VM already running elsewhere).
+    Each is idempotent: starting a running VM on its node, stopping a
+    stopped VM, do nothing.
+
+Live migration, a phased protocol (as Ganeti's KVM driver)
+    ``prepare_migration(vm, target, network)`` readies the target to receive
+    over ``network`` (qemu: an incoming QEMU listening on the target's address
+    on that network) and returns a :class:`MigrationHandle`. It raises
+    ``MigrationError`` for migration to the VM's own node, a down target, or a
+    network the pair cannot use. ``start_migration(handle, params)`` starts
+    iterative pre-copy. ``poll_migration(handle)`` returns a
+    :class:`MigrationProgress` (pass, sent, remaining, dirty rate, expected
+    downtime, status). ``finalize_migration(handle, success)`` ends it: with
+    ``success`` and a completed copy the VM runs on the target (announced
+    with ARP), the source is released, ownership moves in one step; otherwise
+    it rolls back: the target is cleaned up and the VM runs on the source.
+    ``finalize`` returns a :class:`MigrationResult` and never loses the VM.
+    Every phase is idempotent.
+
+Faults and power
+    ``set_link(network, node, up)`` takes one node's interface on a network
+    down or up; ``set_node(node, up)`` crashes a node (its VMs die with it) or
+    starts it again; ``set_storage_path(node, up)`` cuts or restores a node's
+    path to shared storage; ``set_power(node, on)`` powers an empty host off
+    or on (``SubstrateError`` if VMs still run there).
+
+Observation
+    ``status()`` returns a :class:`SubstrateStatus`: every node's state and
+    every VM's node and state. ``utilisation()`` maps each powered node to its
+    CPU utilisation in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+__all__ = [
+    "Clock",
+    "MigrationHandle",
+    "MigrationParams",
+    "MigrationProgress",
+    "MigrationResult",
+    "NoConvergenceAction",
+    "NodeStatus",
+    "Substrate",
+    "SubstrateStatus",
+    "VmStatus",
+]
+
+VmState = Literal["running", "paused", "stopped", "migrating"]
+NodeState = Literal["up", "down", "off"]
+MigrationStatus = Literal["setup", "active", "completed", "failed", "cancelled"]
+NoConvergenceAction = Literal["force", "throttle", "abort"]
+
+
+class Clock(Protocol):
+    """Time as the substrate sees it (virtual or wall)."""
+
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class VmStatus:
+    name: str
+    node: str | None
+    state: VmState
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    name: str
+    state: NodeState
+    storage_path: bool = True
+    links_down: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SubstrateStatus:
+    nodes: tuple[NodeStatus, ...]
+    vms: tuple[VmStatus, ...]
+
+    def vm(self, name: str) -> VmStatus:
+        return next(v for v in self.vms if v.name == name)
+
+    def node(self, name: str) -> NodeStatus:
+        return next(n for n in self.nodes if n.name == name)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "nodes": [
+                {
+                    "name": n.name,
+                    "state": n.state,
+                    "storage_path": n.storage_path,
+                    "links_down": list(n.links_down),
+                }
+                for n in self.nodes
+            ],
+            "vms": [{"name": v.name, "node": v.node, "state": v.state} for v in self.vms],
+        }
+
+
+@dataclass(frozen=True)
+class MigrationParams:
+    """Downtime budget, bandwidth cap, pass bound, and the action if it will not converge."""
+
+    downtime_ms: float = 300.0
+    bandwidth_mibps: float | None = None
+    max_passes: int = 30
+    on_no_convergence: NoConvergenceAction = "force"
+
+
+@dataclass(frozen=True)
+class MigrationHandle:
+    """Identifies one migration attempt across its phases."""
+
+    vm: str
+    source: str
+    target: str
+    network: str
+    id: str
+
+
+@dataclass(frozen=True)
+class MigrationProgress:
+    """One poll of a running migration."""
+
+    status: MigrationStatus
+    pass_no: int = 0
+    sent_mib: float = 0.0
+    remaining_mib: float = 0.0
+    dirty_mibps: float = 0.0
+    expected_downtime_ms: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """How a migration ended. ``ok`` False means the VM is (still) on ``source``."""
+
+    vm: str
+    source: str
+    target: str
+    network: str
+    ok: bool
+    passes: int = 0
+    sent_mib: float = 0.0
+    total_s: float = 0.0
+    downtime_ms: float | None = None
+    error: str | None = None
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "vm": self.vm,
+            "source": self.source,
+            "target": self.target,
+            "network": self.network,
+            "ok": self.ok,
+            "passes": self.passes,
+            "sent_mib": round(self.sent_mib, 3),
+            "total_s": round(self.total_s, 4),
+            "downtime_ms": None if self.downtime_ms is None else round(self.downtime_ms, 3),
+            "error": self.error,
+            **dict(self.extra),
+        }
+
+
+@runtime_checkable
+class Substrate(Protocol):
+    """See the module docstring for the contract every method keeps."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def status(self) -> SubstrateStatus: ...
+
+    def utilisation(self) -> Mapping[str, float]: ...
+
+    def start_vm(self, vm: str, node: str) -> None: ...
+
+    def stop_vm(self, vm: str) -> None: ...
+
+    def pause_vm(self, vm: str) -> None: ...
+
+    def resume_vm(self, vm: str) -> None: ...
+
+    def prepare_migration(self, vm: str, target: str, network: str) -> MigrationHandle: ...
+
+    def start_migration(self, handle: MigrationHandle, params: MigrationParams) -> None: ...
+
+    def poll_migration(self, handle: MigrationHandle) -> MigrationProgress: ...
+
+    def finalize_migration(self, handle: MigrationHandle, success: bool) -> MigrationResult: ...
+
+    def set_link(self, network: str, node: str, up: bool) -> None: ...
+
+    def set_node(self, node: str, up: bool) -> None: ...
+
+    def set_storage_path(self, node: str, up: bool) -> None: ...
+
+    def set_power(self, node: str, on: bool) -> None: ...

@@ -1,0 +1,95 @@
+"""Spec loading: the shipped examples load, and each kind of mistake gets one located error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmcluster.errors import SpecError
+from vmcluster.model.spec import load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+BASE = """\
+[cluster]
+name = "t"
+
+[[networks]]
+name = "Public"
+subnet = "198.18.1.0/24"
+gateway = "198.18.1.1"
+
+[[networks]]
+name = "Private"
+subnet = "198.18.2.0/24"
+
+[[nodes]]
+name = "n1"
+cores = 2
+memory_mib = 1024
+interfaces = { Public = "198.18.1.11", Private = "198.18.2.11" }
+
+[[nodes]]
+name = "n2"
+cores = 2
+memory_mib = 1024
+interfaces = { Public = "198.18.1.12", Private = "198.18.2.12" }
+
+[[vms]]
+name = "vm1"
+owner = "n1"
+memory_mib = 256
+"""
+
+
+def test_examples_load() -> None:
+    seed = load_spec(ROOT / "examples/seed.toml")
+    assert [n.name for n in seed.networks] == ["Cluster Network 1", "Cluster Network 2"]
+    assert seed.networks[0].metric == 10001
+    lab = load_spec(ROOT / "examples/lab.toml")
+    assert len(lab.nodes) == 3 and len(lab.networks) == 4
+    assert lab.network("Storage").role == 0
+
+
+def test_vm_addresses_are_assigned_on_the_public_network() -> None:
+    spec = parse_spec(BASE)
+    assert str(spec.vm("vm1").address) == "198.18.1.101"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "at", "fragment"),
+    [
+        ('name = "vm1"\n', 'name = "vm1"\ncolour = "red"\n', "colour", "unknown key 'colour'"),
+        ('name = "n2"', 'name = "n1"', 'name = "n1"#2', "duplicate node name 'n1'"),
+        ('Private = "198.18.2.12"', 'Storage = "198.18.2.12"', "Storage =", "undeclared network"),
+        ('Private = "198.18.2.12"', 'Private = "198.18.9.12"', "198.18.9.12", "outside its subnet"),
+        ('subnet = "198.18.2.0/24"', 'subnet = "198.18.2.0/24"\nrole = 2', "role = 2", "0, 1 or 3"),
+        ('owner = "n1"', 'owner = "n9"', "owner", "owner 'n9' is not a declared node"),
+        ("cores = 2", "cores = 0", "cores = 0", "cores must be > 0"),
+        ('name = "t"', 'name = "t"\nnodes = 3', "nodes = 3", "unknown key 'nodes'"),
+        ("memory_mib = 256", 'memory_mib = "lots"', "lots", "memory_mib must be int"),
+    ],
+)
+def test_bad_specs_get_one_located_error(old: str, new: str, at: str, fragment: str) -> None:
+    text = BASE.replace(old, new, 1)
+    assert text != BASE
+    needle, _, nth = at.partition("#")
+    hits = [i for i, ln in enumerate(text.splitlines(), start=1) if needle in ln]
+    line = hits[int(nth or 1) - 1]
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, "bad.toml")
+    message = str(info.value)
+    assert fragment in message
+    assert message.startswith(f"bad.toml:{line}:"), message
+    assert "\n" not in message
+
+
+def test_invalid_toml_names_the_line() -> None:
+    with pytest.raises(SpecError, match=r"^bad.toml:3: invalid TOML"):
+        parse_spec('[cluster]\nname = "x"\nthis is not toml\n', "bad.toml")
+
+
+def test_missing_file() -> None:
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec("/nonexistent/spec.toml")
