@@ -19,6 +19,8 @@ from vmcluster.errors import VmclusterError
 _COMMANDS: tuple[tuple[str, str], ...] = (
     ("net", "net"),
     ("route", "route"),
+    ("migration", "migration"),
+    ("simulate", "simulate"),
     ("tour", "tour"),
 )
 

@@ -1,0 +1,130 @@
+"""`vmcluster migration`: model a pre-copy migration, or predict one of a spec's VMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from vmcluster.cli.common import console, emit_json, json_option, load, spec_option
+from vmcluster.errors import UsageError
+from vmcluster.policy.migration_model import Advice, PrecopyInput, PrecopyResult, advise, run
+from vmcluster.policy.networks import Health
+from vmcluster.policy.prediction import predict
+
+__all__ = ["migration"]
+
+_ACTIONS = click.Choice(["force", "throttle", "abort"])
+
+
+@click.group()
+def migration() -> None:
+    """Model and predict live migrations (iterative pre-copy)."""
+
+
+def _print_result(result: PrecopyResult, advice: tuple[Advice, ...], title: str) -> None:
+    table = Table(title=title)
+    for col in ("Pass", "Sent MiB", "Seconds", "Dirty MiB/s"):
+        table.add_column(col, justify="right")
+    for i, p in enumerate(result.passes):
+        table.add_row(str(i), f"{p.sent_mib:.2f}", f"{p.seconds:.3f}", f"{p.dirty_mibps:.2f}")
+    if result.outcome != "aborted":
+        table.add_row(
+            "stop+copy", f"{result.stop_copy_mib:.2f}", f"{result.downtime_ms / 1000:.3f}", "paused"
+        )
+    console.print(table)
+    style = "green" if result.converged else "red"
+    console.print(
+        f"[{style}]{result.outcome}[/{style}]: total {result.total_s:.3f} s,"
+        f" downtime {result.downtime_ms:.1f} ms (budget {result.input.downtime_ms:g} ms),"
+        f" {len(result.passes)} passes"
+        + (f", guest throttled {result.throttle * 100:.0f} %" if result.throttle else "")
+    )
+    for a in advice:
+        console.print(f"  to converge: {a.message}")
+
+
+@migration.command("model")
+@click.option("--memory-mib", type=float, required=True, help="Guest memory M (MiB).")
+@click.option("--dirty-mibps", type=float, required=True, help="Dirty rate d (MiB/s).")
+@click.option("--wws-mib", type=float, required=True, help="Writable working set W (MiB).")
+@click.option("--bandwidth-mibps", type=float, required=True, help="Effective bandwidth b.")
+@click.option("--downtime-ms", type=float, required=True, help="Downtime budget L (ms).")
+@click.option("--max-passes", type=int, default=30, show_default=True, help="Pass bound N.")
+@click.option("--state-mib", type=float, default=0.0, show_default=True, help="Device state S.")
+@click.option(
+    "--on-no-convergence", type=_ACTIONS, default="force", show_default=True,
+    help="What to do if it will not converge.",
+)
+@json_option
+def model(
+    memory_mib: float, dirty_mibps: float, wws_mib: float, bandwidth_mibps: float,
+    downtime_ms: float, max_passes: int, state_mib: float, on_no_convergence: str,
+    as_json: bool,
+) -> None:
+    """Model one pre-copy migration pass by pass."""
+    inp = PrecopyInput(
+        memory_mib=memory_mib, dirty_mibps=dirty_mibps, wws_mib=wws_mib,
+        bandwidth_mibps=bandwidth_mibps, downtime_ms=downtime_ms, max_passes=max_passes,
+        state_mib=state_mib, on_no_convergence=on_no_convergence,  # type: ignore[arg-type]
+    )
+    result = run(inp)
+    advice = advise(result)
+    if as_json:
+        emit_json({**result.to_json(), "advice": [a.to_json() for a in advice]})
+        return
+    _print_result(result, advice, f"Pre-copy of {memory_mib:g} MiB at {bandwidth_mibps:g} MiB/s")
+
+
+@migration.command("predict")
+@spec_option(default=None)
+@click.argument("vm")
+@click.option("--to", "target", required=True, metavar="NODE", help="Target node.")
+@click.option("--from", "source", default=None, metavar="NODE", help="Source (default: owner).")
+@click.option(
+    "--down", "downs", multiple=True, metavar="NETWORK[@NODE]",
+    help="Treat a network (or one node's interface on it) as failed. Repeatable.",
+)
+@click.option(
+    "--flows", "flow_items", multiple=True, metavar="NETWORK=N",
+    help="N other flows share NETWORK (max-min fair). Repeatable.",
+)
+@click.option("--downtime-ms", type=float, default=None, help="Override the VM's budget.")
+@click.option("--max-passes", type=int, default=30, show_default=True)
+@click.option("--state-mib", type=float, default=0.0, show_default=True)
+@click.option("--on-no-convergence", type=_ACTIONS, default="force", show_default=True)
+@json_option
+def predict_cmd(
+    spec_path: Path, vm: str, target: str, source: str | None, downs: tuple[str, ...],
+    flow_items: tuple[str, ...], downtime_ms: float | None, max_passes: int, state_mib: float,
+    on_no_convergence: str, as_json: bool,
+) -> None:
+    """Predict migrating VM to another node before starting it."""
+    spec = load(spec_path)
+    flows: dict[str, int] = {}
+    for item in flow_items:
+        name, sep, count = item.rpartition("=")
+        if not sep or not count.isdigit():
+            raise UsageError(f"--flows {item!r} must be NETWORK=N with N a whole number")
+        spec.network(name)
+        flows[name] = int(count)
+    pred = predict(
+        spec, Health.parse(spec, downs), vm, target, source=source, flows=flows,
+        downtime_ms=downtime_ms, max_passes=max_passes, state_mib=state_mib,
+        on_no_convergence=on_no_convergence,  # type: ignore[arg-type]
+    )
+    if as_json:
+        emit_json(pred.to_json())
+        return
+    share = f", shared with {pred.other_flows} other flows" if pred.other_flows else ""
+    assumed = " (assumed: the spec sets no bandwidth_mbps)" if pred.bandwidth_assumed else ""
+    console.print(
+        f"{pred.vm}: {pred.source} -> {pred.target} over [bold]{pred.network}[/bold]"
+        f" at {pred.bandwidth_mibps:.1f} MiB/s{share}{assumed}"
+        + (f"; falls back to {', '.join(pred.fallbacks)}" if pred.fallbacks else "")
+    )
+    _print_result(pred.result, pred.advice, f"Predicted migration of {pred.vm}")
+
+
+predict_cmd.name = "predict"

@@ -1,0 +1,116 @@
+"""`vmcluster simulate SCENARIO`: run a scenario in virtual time and report what happened."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from vmcluster.cli.common import console, emit_json, json_option
+from vmcluster.control.scenario import load_scenario
+from vmcluster.control.simulate import Report, run_scenario
+from vmcluster.errors import UsageError
+
+__all__ = ["simulate"]
+
+
+@click.command()
+@click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every event as JSON lines (same seed, same bytes).")
+@click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write PNG charts into this directory.")
+def simulate(scenario: Path, as_json: bool, trace_path: Path | None,
+             plot_dir: Path | None) -> None:
+    """Simulate SCENARIO (a TOML file) and report migrations, traffic, failures, energy."""
+    scn = load_scenario(scenario)
+    events: list[dict[str, Any]] = []
+    err = Console(stderr=True)
+    started = time.perf_counter()
+    with Progress(TextColumn("[bold]simulating[/bold] {task.description}"), BarColumn(),
+                  TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(), console=err,
+                  transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task(scn.name, total=scn.duration_s)
+        report = run_scenario(scn, trace=events.append if trace_path else None,
+                              progress=lambda t: bar.update(task, completed=t))
+    wall = time.perf_counter() - started
+    if trace_path is not None:
+        _write(trace_path, "".join(
+            json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in events))
+    if plot_dir is not None:
+        from vmcluster.cli.simplot import plot  # matplotlib only when asked
+
+        try:
+            plot(report, plot_dir)
+        except OSError as exc:
+            raise UsageError(f"cannot write plots to {plot_dir}: {exc}") from exc
+    if as_json:
+        emit_json(report.to_json())
+        return
+    _print(report, wall)
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc}") from exc
+
+
+def _print(report: Report, wall: float) -> None:
+    j = report.to_json()
+    s = j["migration_summary"]
+    console.print(
+        f"[bold]{j['scenario']}[/bold]: {j['hosts']} hosts, {j['vms']} VMs,"
+        f" {j['duration_s'] / 3600:.2f} h simulated in {wall:.2f} s"
+        f" ({j['events_processed']} events), seed {j['seed']}"
+    )
+    migs = Table(title=f"Migrations: {s['count']} ({s['ok']} ok, {s['failed']} failed)")
+    for col in ("At", "VM", "From", "To", "Network", "Passes", "Total s", "Downtime ms",
+                "Result", "Why"):
+        migs.add_column(col)
+    for m in j["migrations"][:25]:
+        started = m.get("started_s")
+        migs.add_row(
+            "-" if started is None else _hms(started), m["vm"], m["source"], m["target"],
+            m["network"], str(m["passes"]), f"{m['total_s']:.2f}",
+            "-" if m["downtime_ms"] is None else f"{m['downtime_ms']:.1f}",
+            m.get("outcome", "") if m["ok"] else f"[red]{m['error']}[/red]", m["reason"],
+        )
+    if len(j["migrations"]) > 25:
+        migs.caption = f"... and {len(j['migrations']) - 25} more (--json has them all)"
+    console.print(migs)
+    if j["failures"]:
+        fails = Table(title="Failures and how they were handled")
+        for col in ("At", "Event", "Handled"):
+            fails.add_column(col)
+        for f in j["failures"]:
+            fails.add_row(_hms(f["t"]), f["event"], f["handled"])
+        console.print(fails)
+    traffic = Table(title="Traffic per class and network")
+    for col in ("Class", "Network", "MiB"):
+        traffic.add_column(col)
+    for t in j["traffic"]["totals_mib"]:
+        traffic.add_row(t["class"], t["network"], f"{t['mib']:.1f}")
+    console.print(traffic)
+    hosts = j["per_host"]
+    busiest = sorted(hosts, key=lambda h: -h["mean_util"])[:10]
+    ht = Table(title=f"Hosts (energy {j['energy_kwh']:.2f} kWh; busiest {len(busiest)} shown)")
+    for col in ("Host", "State", "Mean util", "Up h", "kWh"):
+        ht.add_column(col)
+    for h in busiest:
+        ht.add_row(h["name"], h["state"], f"{h['mean_util'] * 100:.0f} %",
+                   f"{h['up_s'] / 3600:.2f}", f"{h['energy_kwh']:.3f}")
+    console.print(ht)
+
+
+def _hms(t: float) -> str:
+    s = int(t)
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"

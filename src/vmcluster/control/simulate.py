@@ -1,0 +1,397 @@
+"""Run a scenario on the simulation substrate and report what happened.
+
+The runner is the control loop in virtual time: scenario events (faults,
+operator migrations and drains) are applied when due; after each utilisation
+update a simple threshold policy moves VMs off hosts above ``high``, empties
+hosts below ``low`` and powers empty hosts off (and one back on when no host
+has room); migrations take the network the policy picks for each node pair
+and fall back along its order; VMs of a crashed node restart elsewhere after
+the heartbeat timeout. Energy comes from a linear power model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vmcluster.control.scenario import Event, Scenario
+from vmcluster.errors import MigrationError, SubstrateError
+from vmcluster.policy.networks import live_migration_order, routes
+from vmcluster.substrate.protocol import MigrationHandle, MigrationParams, MigrationResult
+from vmcluster.substrate.sim import SimSubstrate
+
+__all__ = ["Report", "run_scenario"]
+
+Trace = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Report:
+    """Everything a run produced; ``to_json`` is deterministic for a given scenario and seed."""
+
+    scenario: Scenario
+    migrations: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    samples: list[tuple[float, int, float, float, int]] = field(default_factory=list)
+    traffic: list[dict[str, Any]] = field(default_factory=list)
+    traffic_totals: list[dict[str, Any]] = field(default_factory=list)
+    hosts: list[dict[str, Any]] = field(default_factory=list)
+    energy_kwh: float = 0.0
+    events: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        s = self.scenario
+        ok = [m for m in self.migrations if m["ok"]]
+        by_net: dict[str, int] = {}
+        for m in ok:
+            by_net[m["network"]] = by_net.get(m["network"], 0) + 1
+        return {
+            "scenario": s.name, "seed": s.seed, "duration_s": s.duration_s,
+            "hosts": len(s.spec.nodes), "vms": len(s.spec.vms), "events_processed": self.events,
+            "migration_summary": {
+                "count": len(self.migrations), "ok": len(ok),
+                "failed": len(self.migrations) - len(ok), "by_network": by_net,
+                "mean_total_s": _r(sum(m["total_s"] for m in ok) / len(ok)) if ok else None,
+                "max_downtime_ms": max((m["downtime_ms"] or 0 for m in ok), default=None),
+            },
+            "migrations": self.migrations,
+            "failures": self.failures,
+            "traffic": {"bin_s": s.bin_s, "totals_mib": self.traffic_totals,
+                        "series": self.traffic},
+            "energy_kwh": _r(self.energy_kwh),
+            "series": {
+                "t": [x[0] for x in self.samples], "active_hosts": [x[1] for x in self.samples],
+                "mean_util": [x[2] for x in self.samples], "power_w": [x[3] for x in self.samples],
+                "migrations_running": [x[4] for x in self.samples],
+            },
+            "per_host": self.hosts,
+        }
+
+
+def _r(x: float) -> float:
+    return round(x, 6)
+
+
+class _Runner:
+    def __init__(self, scn: Scenario, trace: Trace | None,
+                 progress: Callable[[float], None] | None) -> None:
+        self.scn, self.spec, self.progress = scn, scn.spec, progress
+        self.sub = SimSubstrate(scn.spec, workload=scn.workload, io_mibps=scn.io_mibps,
+                                trace=trace)
+        self.report = Report(scn)
+        self.vm_names = [v.name for v in self.spec.vms]
+        self.vm_mem = np.array([v.memory_mib for v in self.spec.vms], dtype=np.float64)
+        self.node_names = [n.name for n in self.spec.nodes]
+        self.cores = np.array([n.cores for n in self.spec.nodes], dtype=np.float64)
+        self.moving: dict[str, tuple[list[str], str]] = {}  # handle id -> (fallbacks, reason)
+        self.busy: set[str] = set()  # VMs in flight (lookups only; never iterated)
+        n = len(self.node_names)
+        self.energy_j = np.zeros(n)
+        self.util_s = np.zeros(n)
+        self.up_s = np.zeros(n)
+        self.last_t = 0.0
+        self.sub.engine.on_end = self._ended
+        self.sub.on_tick.append(self._tick)
+        self.next_policy = 0.0
+
+    # -- the run ----------------------------------------------------------------
+
+    def run(self) -> Report:
+        for vm in self.spec.vms:
+            try:
+                self.sub.start_vm(vm.name, vm.owner)
+            except SubstrateError as err:
+                self._failure(f"start {vm.name}", f"not started: {err}")
+        for ev in self.scn.events:
+            self.sub.at(ev.at, self._applier(ev), priority=2)
+        self.sub.kernel.run_until(self.scn.duration_s)
+        self._account()
+        self._finish()
+        return self.report
+
+    def _applier(self, ev: Event) -> Callable[[], None]:
+        return lambda: self._apply(ev)
+
+    def _account(self) -> None:
+        now = self.sub.now()
+        dt = now - self.last_t
+        if dt <= 0:
+            return
+        util = self.sub.utilisation_array()
+        up = np.array([n.state == "up" for n in self.sub.nodes.values()], dtype=np.float64)
+        p = self.scn.power
+        self.energy_j += up * (p.idle_w + (p.max_w - p.idle_w) * util) * dt
+        self.util_s += util * up * dt
+        self.up_s += up * dt
+        self.last_t = now
+
+    def _tick(self, step: int) -> None:
+        self._account()
+        if self.progress is not None:
+            self.progress(self.sub.now())
+        if self.sub.now() + 1e-9 >= self.next_policy:
+            self.next_policy = self.sub.now() + self.scn.policy.interval_s
+            if self.scn.policy.kind == "threshold":
+                self._threshold()
+        util = self.sub.utilisation_array()
+        up = np.array([n.state == "up" for n in self.sub.nodes.values()])
+        active = int(up.sum())
+        mean = float(util[up].mean()) if active else 0.0
+        p = self.scn.power
+        power = float((up * (p.idle_w + (p.max_w - p.idle_w) * util)).sum())
+        running = len(self.sub.engine.live())
+        self.report.samples.append((_r(self.sub.now()), active, _r(mean), _r(power), running))
+        self.sub.emit("sample", active_hosts=active, mean_util=_r(mean), power_w=_r(power))
+
+    # -- events -------------------------------------------------------------------
+
+    def _apply(self, ev: Event) -> None:
+        sub, kind = self.sub, ev.kind
+        if kind in ("network-down", "network-up"):
+            nodes = [ev.node] if ev.node else [n.name for n in self.spec.nodes
+                                               if ev.network in n.interfaces]
+            for node in nodes:
+                sub.set_link(ev.network or "", node, kind == "network-up")
+            self._failure(f"{kind} {ev.network}" + (f"@{ev.node}" if ev.node else ""),
+                          self._routing())
+        elif kind in ("node-down", "node-up"):
+            lost = [v.spec.name for v in sub.vms.values() if v.node == ev.node]
+            sub.set_node(ev.node or "", kind == "node-up")
+            if kind == "node-down":
+                delay = (self.spec.cluster.same_subnet_delay_ms
+                         * self.spec.cluster.same_subnet_threshold / 1000.0)
+                sub.at(sub.now() + delay, lambda: self._failover(ev, lost))
+            else:
+                self._failure(f"node-up {ev.node}", "node back; it takes VMs again")
+        elif kind in ("storage-down", "storage-up"):
+            sub.set_storage_path(ev.node or "", kind == "storage-up")
+            what = "; ".join(f"I/O of {src} redirected to {dst} over {net}"
+                             for net, src, dst in sub.redirects())
+            self._failure(f"{kind} {ev.node}", what or "direct I/O everywhere")
+        elif kind == "migrate":
+            self._migrate(ev.vm or "", ev.to or "", "operator")
+        elif kind == "drain":
+            self._drain(ev.node or "")
+
+    def _routing(self) -> str:
+        if len(self.spec.nodes) > 64:
+            return "routes recomputed"
+        r = routes(self.spec, self.sub.health())
+        lm = sorted({order[0] for order in r.live_migration.values() if order})
+        return (f"heartbeats and CSV on {r.cluster or 'no network'};"
+                f" live migration on {', '.join(lm) or 'no network'}")
+
+    def _failure(self, event: str, handled: str) -> None:
+        self.report.failures.append({"t": _r(self.sub.now()), "event": event, "handled": handled})
+
+    def _failover(self, ev: Event, lost: list[str]) -> None:
+        placed, unplaced = [], []
+        for vm in lost:
+            target = self._target(vm, exclude={ev.node or ""})
+            if target is None:
+                unplaced.append(vm)
+                continue
+            self.sub.start_vm(vm, target)
+            placed.append(f"{vm}->{target}")
+        self._failure(f"node-down {ev.node}",
+                      f"{len(lost)} VMs lost; restarted {', '.join(placed) or 'none'}"
+                      + (f"; no room for {', '.join(unplaced)}" if unplaced else ""))
+
+    def _drain(self, node: str) -> None:
+        vms = [v.spec.name for v in self.sub.vms.values() if v.node == node]
+        for vm in vms:
+            target = self._target(vm, exclude={node})
+            if target is None:
+                self._failure(f"drain {node}", f"no room for {vm}; it stays")
+            else:
+                self._migrate(vm, target, f"drain {node}")
+
+    def _target(self, vm: str, exclude: set[str]) -> str | None:
+        """The least loaded up node with room for ``vm``."""
+        util = self.sub.utilisation_array()
+        mem = self.sub.vms[vm].spec.memory_mib
+        best = None
+        for n in self.sub.nodes.values():
+            if n.state != "up" or n.name in exclude or n.used_mib + mem > n.memory_mib:
+                continue
+            if best is None or util[n.index] < util[best.index]:
+                best = n
+        return None if best is None else best.name
+
+    # -- migrations ---------------------------------------------------------------
+
+    def _migrate(self, vm: str, target: str, reason: str, order: list[str] | None = None) -> None:
+        rec = self.sub.vms[vm]
+        if rec.node is None or rec.node == target or vm in self.busy:
+            return
+        if order is None:
+            order = live_migration_order(self.spec, self.sub.health(), rec.spec, rec.node, target)
+        while order:
+            net, order = order[0], order[1:]
+            try:
+                handle = self.sub.prepare_migration(vm, target, net)
+            except MigrationError as err:
+                self._record_failed(vm, rec.node, target, net, reason, str(err))
+                continue
+            params = MigrationParams(downtime_ms=rec.spec.max_downtime_ms,
+                                     on_no_convergence=self.scn.policy.on_no_convergence)  # type: ignore[arg-type]
+            self.sub.start_migration(handle, params)
+            self.moving[handle.id] = (order, reason)
+            self.busy.add(vm)
+            return
+        if not order:
+            return
+
+    def _record_failed(self, vm: str, src: str, dst: str, net: str, why: str, err: str) -> None:
+        self._record(MigrationResult(vm, src, dst, net, ok=False, error=err), why)
+
+    def _record(self, result: MigrationResult, reason: str) -> None:
+        self.report.migrations.append({**result.to_json(), "reason": reason})
+
+    def _ended(self, handle: MigrationHandle) -> None:
+        # Finalize outside the engine's own callback, at the same virtual time.
+        self.sub.at(self.sub.now(), lambda: self._finalize(handle), priority=0)
+
+    def _finalize(self, handle: MigrationHandle) -> None:
+        progress = self.sub.poll_migration(handle)
+        result = self.sub.finalize_migration(handle, progress.status == "completed")
+        fallbacks, reason = self.moving.pop(handle.id)
+        self.busy.discard(handle.vm)
+        self._record(result, reason)
+        if not result.ok and fallbacks and self.sub.vms[handle.vm].node == handle.source:
+            self._migrate(handle.vm, handle.target, reason + " (retry)", fallbacks)
+
+    # -- the threshold policy -------------------------------------------------------
+
+    def _threshold(self) -> None:
+        pol, sub = self.scn.policy, self.sub
+        util = sub.utilisation_array()
+        nodes = list(sub.nodes.values())
+        up = np.array([n.state == "up" for n in nodes])
+        free = np.array([n.memory_mib - n.used_mib for n in nodes], dtype=np.float64)
+        vm_node = sub.vm_node_indices()
+        vm_load = sub.vm_util * np.array([v.vcpus for v in self.spec.vms]) / np.where(
+            vm_node >= 0, self.cores[np.maximum(vm_node, 0)], 1.0)
+        budget = pol.max_migrations
+        locked = np.zeros(len(nodes), dtype=bool)  # sources of this round: take no VMs
+
+        def place(i: int, exclude: int, cap: float, best_fit: bool) -> int | None:
+            add = vm_load[i] * self.cores[exclude] / self.cores
+            ok = up & ~locked & (free >= self.vm_mem[i]) & (util + add <= cap)
+            ok[exclude] = False
+            if not ok.any():
+                return None
+            score = np.where(ok, util if best_fit else -util, -np.inf)
+            return int(np.argmax(score))
+
+        def move(i: int, src: int, dst: int) -> None:
+            nonlocal budget
+            add = vm_load[i] * self.cores[src] / self.cores[dst]
+            util[src] -= vm_load[i]
+            util[dst] += add
+            free[dst] -= self.vm_mem[i]
+            self._migrate(self.vm_names[i], nodes[dst].name, "threshold")
+            budget -= 1
+
+        by_node: dict[int, list[int]] = {}
+        for i in np.flatnonzero(vm_node >= 0).tolist():
+            if self.vm_names[i] not in self.busy:
+                by_node.setdefault(int(vm_node[i]), []).append(i)
+        for h in np.argsort(-util, kind="stable").tolist():
+            if budget <= 0 or util[h] <= pol.high:
+                break
+            for i in sorted(by_node.get(h, []), key=lambda i: -vm_load[i]):
+                if util[h] <= pol.high or budget <= 0:
+                    break
+                dst = place(i, h, pol.high, best_fit=False)
+                if dst is None:
+                    self._power_on_one()
+                    break
+                move(i, h, dst)
+            locked[h] = True
+        for h in np.argsort(util, kind="stable").tolist():
+            if budget <= 0 or not up[h] or util[h] >= pol.low or locked[h]:
+                continue
+            vms = by_node.get(h, [])
+            if not vms or len(vms) > budget:
+                continue
+            locked[h] = True
+            plan = []
+            for i in vms:
+                dst = place(i, h, pol.high, best_fit=True)
+                if dst is None:
+                    break
+                plan.append((i, dst))
+                util[dst] += vm_load[i] * self.cores[h] / self.cores[dst]
+                free[dst] -= self.vm_mem[i]
+            for i, dst in plan:  # undo the tentative placement; move() re-applies it
+                util[dst] -= vm_load[i] * self.cores[h] / self.cores[dst]
+                free[dst] += self.vm_mem[i]
+            if len(plan) == len(vms):
+                for i, dst in plan:
+                    move(i, h, dst)
+        if pol.power_off:
+            for n in nodes:
+                if n.state == "up" and n.used_mib == 0 and n.migrations == 0:
+                    sub.set_power(n.name, False)
+
+    def _power_on_one(self) -> None:
+        for n in self.sub.nodes.values():
+            if n.state == "off":
+                self.sub.set_power(n.name, True)
+                return
+
+    # -- the report -------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        rep, sub = self.report, self.sub
+        rep.events = sub.kernel.processed
+        rep.energy_kwh = float(self.energy_j.sum()) / 3.6e6
+        rep.hosts = [
+            {"name": n.name, "state": n.state,
+             "mean_util": _r(float(self.util_s[n.index] / self.up_s[n.index]))
+             if self.up_s[n.index] else 0.0,
+             "up_s": _r(float(self.up_s[n.index])),
+             "energy_kwh": _r(float(self.energy_j[n.index]) / 3.6e6)}
+            for n in sub.nodes.values()
+        ]
+        rep.traffic_totals = [
+            {"class": c, "network": net, "mib": _r(mib)}
+            for (c, net), mib in sorted(sub.fabric.totals().items())
+        ]
+        rep.traffic = _bin_traffic(sub.fabric.series, self.scn.bin_s, self.scn.duration_s)
+
+
+def _bin_traffic(series: list[tuple[float, str, str, float]], bin_s: float,
+                 end: float) -> list[dict[str, Any]]:
+    """MiB per (bin, class, network) from the step series of rates."""
+    out: dict[tuple[int, str, str], float] = {}
+    current: dict[tuple[str, str], tuple[float, float]] = {}  # key -> (since, rate)
+
+    def flush(key: tuple[str, str], since: float, until: float, rate: float) -> None:
+        t = since
+        while t < until and rate > 0:
+            b = int(t // bin_s)
+            step = min(until, (b + 1) * bin_s) - t
+            out[(b, *key)] = out.get((b, *key), 0.0) + rate * step
+            t += step
+
+    for t, cls, net, rate in series:
+        key = (cls, net)
+        if key in current:
+            since, old = current[key]
+            flush(key, since, min(t, end), old)
+        current[key] = (t, rate)
+    for key, (since, rate) in current.items():
+        flush(key, since, end, rate)
+    return [{"t": b * bin_s, "class": c, "network": n, "mib": _r(v)}
+            for (b, c, n), v in sorted(out.items())]
+
+
+def run_scenario(scn: Scenario, *, trace: Trace | None = None,
+                 progress: Callable[[float], None] | None = None) -> Report:
+    """Simulate ``scn`` to its end; ``trace`` receives every event, ``progress`` virtual time."""
+    return _Runner(scn, trace, progress).run()

@@ -1,0 +1,270 @@
+"""The pre-copy live-migration model (Clark et al., NSDI 2005; Akoush et al., MASCOTS 2010).
+
+Inputs: memory ``M``, a writable working set ``W`` that the guest dirties at
+rate ``d`` (what is dirty after an interval ``t`` is ``min(W, d*t)``),
+effective bandwidth ``b``, downtime budget ``L``, a bound ``N`` on passes and
+device state ``S`` (MiB, MiB/s, ms).
+
+* Pass 0 sends ``M`` in ``t0 = M/b``; pass ``i`` sends what pass ``i-1``
+  left dirty, ``V_i = min(W, d*t_{i-1})``, in ``t_i = V_i/b``.
+* After each pass, if what is dirty now fits the budget (``V/b <= L``) the
+  guest is paused and ``V + S`` copied: ``downtime = (V + S)/b``.
+* If ``N`` passes are done, or ``V`` stopped shrinking, the migration does
+  not converge and the configured action applies: ``force`` (switch over
+  anyway and pay the downtime), ``throttle`` (slow the guest down as QEMU's
+  auto-converge does: 20 % then +10 % per stuck pass, up to 99 %, forcing at
+  ``N``), or ``abort`` (the VM stays on the source; no downtime).
+
+:func:`after_pass` is the one decision rule; :func:`run` (a whole migration
+at a fixed bandwidth) and the simulator (bandwidth changing under it) both
+use it. :func:`advise` says what change would make a stuck migration
+converge. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from vmcluster.errors import UsageError
+
+__all__ = [
+    "PAGE_KIB",
+    "Action",
+    "Advice",
+    "Decision",
+    "Outcome",
+    "Pass",
+    "PrecopyInput",
+    "PrecopyResult",
+    "advise",
+    "after_pass",
+    "run",
+]
+
+PAGE_KIB = 4  # pages are 4 KiB; the model works in MiB (256 pages each)
+Action = Literal["force", "throttle", "abort"]
+Outcome = Literal["converged", "forced", "throttled", "aborted"]
+Decision = Literal["stop", "continue", "stuck"]
+
+
+@dataclass(frozen=True)
+class PrecopyInput:
+    """One migration to model. Units: MiB, MiB/s, ms."""
+
+    memory_mib: float
+    dirty_mibps: float
+    wws_mib: float
+    bandwidth_mibps: float
+    downtime_ms: float
+    max_passes: int = 30
+    state_mib: float = 0.0
+    on_no_convergence: Action = "force"
+    throttle_initial: float = 0.2
+    throttle_increment: float = 0.1
+    throttle_max: float = 0.99
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.memory_mib > 0, "memory must be > 0 MiB"),
+            (self.dirty_mibps >= 0, "dirty rate must be >= 0 MiB/s"),
+            (self.wws_mib >= 0, "writable working set must be >= 0 MiB"),
+            (self.bandwidth_mibps > 0, "bandwidth must be > 0 MiB/s"),
+            (self.downtime_ms >= 0, "downtime budget must be >= 0 ms"),
+            (self.max_passes >= 1, "max passes must be >= 1"),
+            (self.state_mib >= 0, "device state must be >= 0 MiB"),
+            (self.on_no_convergence in ("force", "throttle", "abort"),
+             "on_no_convergence must be force, throttle or abort"),
+        )
+        for ok, what in checks:
+            if not ok:
+                raise UsageError(f"migration model: {what}")
+
+    @property
+    def effective_wws_mib(self) -> float:
+        """A working set cannot exceed memory."""
+        return min(self.wws_mib, self.memory_mib)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pre-copy pass: what it sent, how long it took, the guest's dirty rate meanwhile."""
+
+    sent_mib: float
+    seconds: float
+    dirty_mibps: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"sent_mib": round(self.sent_mib, 6), "seconds": round(self.seconds, 6)}
+
+
+@dataclass(frozen=True)
+class PrecopyResult:
+    """A modelled migration. ``downtime_ms`` is 0 when aborted (the guest never paused)."""
+
+    input: PrecopyInput
+    passes: tuple[Pass, ...]
+    stop_copy_mib: float  # what the stop-and-copy sends (dirty memory + device state)
+    downtime_ms: float
+    total_s: float  # every pass plus the stop-and-copy
+    converged: bool
+    outcome: Outcome
+    throttle: float = 0.0  # the largest guest slowdown applied (0..1)
+
+    @property
+    def sent_mib(self) -> float:
+        return sum(p.sent_mib for p in self.passes) + (
+            0.0 if self.outcome == "aborted" else self.stop_copy_mib
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "passes": [p.to_json() for p in self.passes],
+            "downtime_ms": round(self.downtime_ms, 6),
+            "total_s": round(self.total_s, 6),
+            "converged": self.converged,
+            "outcome": self.outcome,
+            "stop_copy_mib": round(self.stop_copy_mib, 6),
+            "throttle": round(self.throttle, 4),
+        }
+
+
+def after_pass(
+    inp: PrecopyInput, pass_no: int, sent_mib: float, seconds: float, dirty_mibps: float,
+    bandwidth_mibps: float,
+) -> tuple[Decision, float]:
+    """Decide after pass ``pass_no`` (0-based) sent ``sent_mib`` in ``seconds``.
+
+    Returns the decision and what is dirty now: ``stop`` (it fits the budget
+    at ``bandwidth_mibps``: pause and copy it), ``continue`` (send it in
+    another pass) or ``stuck`` (pass bound reached, or it did not shrink).
+    """
+    dirty = min(inp.effective_wws_mib, dirty_mibps * seconds)
+    if dirty / bandwidth_mibps * 1000.0 <= inp.downtime_ms:
+        return "stop", dirty
+    if pass_no + 1 >= inp.max_passes or dirty >= sent_mib:
+        return "stuck", dirty
+    return "continue", dirty
+
+
+def next_throttle(inp: PrecopyInput, throttle: float) -> float | None:
+    """The next auto-converge step, or None when throttling cannot go further."""
+    if throttle >= inp.throttle_max:
+        return None
+    nxt = inp.throttle_initial if throttle == 0.0 else throttle + inp.throttle_increment
+    return min(nxt, inp.throttle_max)
+
+
+def run(inp: PrecopyInput) -> PrecopyResult:
+    """Model a whole migration at the fixed bandwidth ``inp.bandwidth_mibps``."""
+    b = inp.bandwidth_mibps
+    passes: list[Pass] = []
+    throttle = 0.0
+    volume = inp.memory_mib
+    while True:
+        rate = inp.dirty_mibps * (1.0 - throttle)
+        seconds = volume / b
+        passes.append(Pass(volume, seconds, rate))
+        decision, dirty = after_pass(inp, len(passes) - 1, volume, seconds, rate, b)
+        if decision == "continue":
+            volume = dirty
+            continue
+        throttling = inp.on_no_convergence == "throttle"
+        if decision == "stuck" and throttling and len(passes) < inp.max_passes:
+            step = next_throttle(inp, throttle)
+            if step is not None:
+                throttle, volume = step, dirty
+                continue
+        return _finish(inp, tuple(passes), dirty, decision == "stop", throttle)
+
+
+def _finish(
+    inp: PrecopyInput, passes: tuple[Pass, ...], dirty: float, fits: bool, throttle: float
+) -> PrecopyResult:
+    copy_s = sum(p.seconds for p in passes)
+    stop_copy = dirty + inp.state_mib
+    if fits:
+        outcome: Outcome = "throttled" if throttle > 0 else "converged"
+    elif inp.on_no_convergence == "abort":
+        return PrecopyResult(inp, passes, stop_copy, 0.0, copy_s, False, "aborted", throttle)
+    else:
+        outcome = "forced"
+    down_s = stop_copy / inp.bandwidth_mibps
+    return PrecopyResult(
+        inp, passes, stop_copy, down_s * 1000.0, copy_s + down_s, fits, outcome, throttle
+    )
+
+
+@dataclass(frozen=True)
+class Advice:
+    """One change that would make a stuck migration converge."""
+
+    kind: Literal["downtime", "bandwidth", "throttle", "network"]
+    value: float | str
+    message: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "value": self.value, "message": self.message}
+
+
+def _converges(inp: PrecopyInput) -> bool:
+    return run(replace(inp, on_no_convergence="force")).converged
+
+
+def _bisect_min(lo: float, hi: float, ok: Callable[[float], bool], steps: int = 60) -> float:
+    """Smallest x in [lo, hi] with ok(x), for a predicate monotone in x; ok(hi) must hold."""
+    for _ in range(steps):
+        mid = (lo + hi) / 2.0
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _ceil3(x: float) -> float:
+    """Round up to 3 decimals, so the advised value still works once rounded."""
+    return math.ceil(x * 1000.0) / 1000.0
+
+
+def advise(result: PrecopyResult) -> tuple[Advice, ...]:
+    """Changes that would make ``result``'s migration converge (empty if it did without help).
+
+    Each is checked by running the model again: a higher downtime budget, more
+    bandwidth (a faster or less shared network), or throttling the guest.
+    """
+    inp = result.input
+    if result.converged and result.throttle == 0.0:
+        return ()
+    out: list[Advice] = []
+    b = inp.bandwidth_mibps
+    # With a larger budget the passes are the same until the first one that fits,
+    # so the smallest dirty amount seen is the least that must fit.
+    seen = [p.sent_mib for p in result.passes[1:]] + [result.stop_copy_mib - inp.state_mib]
+    need_ms = min(seen) / b * 1000.0 * (1 + 1e-9) + 1e-9
+    if need_ms > inp.downtime_ms and _converges(replace(inp, downtime_ms=need_ms)):
+        out.append(Advice(
+            "downtime", _ceil3(need_ms),
+            f"raise the downtime budget to {need_ms:.0f} ms (now {inp.downtime_ms:g} ms)",
+        ))
+    hi = b * 1e4
+    if _converges(replace(inp, bandwidth_mibps=hi)):
+        need_b = _bisect_min(b, hi, lambda x: _converges(replace(inp, bandwidth_mibps=x)))
+        out.append(Advice(
+            "bandwidth", _ceil3(need_b),
+            f"give it {need_b:.1f} MiB/s of bandwidth (now {b:.1f}): a faster or less busy network",
+        ))
+    if inp.dirty_mibps > 0:
+        def slowed(x: float) -> bool:
+            return _converges(replace(inp, dirty_mibps=inp.dirty_mibps * (1.0 - x)))
+
+        if slowed(inp.throttle_max):
+            need_x = _bisect_min(0.0, inp.throttle_max, slowed)
+            out.append(Advice(
+                "throttle", math.ceil(need_x * 1e4) / 1e4,
+                f"throttle the guest by {need_x * 100:.0f} % (auto-converge:"
+                " on_no_convergence = throttle)",
+            ))
+    return tuple(out)

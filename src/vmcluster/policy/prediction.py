@@ -1,0 +1,169 @@
+"""Predict a live migration before it starts: which network, how long, how long paused.
+
+The network is the one the policy would pick for the node pair
+(:func:`~vmcluster.policy.networks.live_migration_order`), its bandwidth the
+spec's ``bandwidth_mbps`` shared equally (max-min fairly, every flow wanting
+all it can get) with the other flows known to be on it, and the VM's dirty
+profile its spec's ``dirty_mibps`` and ``wws_mib``. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from vmcluster.errors import PolicyError, UsageError
+from vmcluster.model import ClusterSpec, Network, Vm
+from vmcluster.policy.migration_model import (
+    Action,
+    Advice,
+    PrecopyInput,
+    PrecopyResult,
+    advise,
+    run,
+)
+from vmcluster.policy.networks import Health, live_migration_order
+
+__all__ = [
+    "DEFAULT_BANDWIDTH_MBPS",
+    "Prediction",
+    "mbps_to_mibps",
+    "network_mibps",
+    "precopy_input",
+    "predict",
+]
+
+DEFAULT_BANDWIDTH_MBPS = 1000.0  # assumed where the spec does not say
+
+
+def mbps_to_mibps(mbps: float) -> float:
+    """Megabits per second (decimal, as links are rated) to MiB per second."""
+    return mbps * 1e6 / 8.0 / 1048576.0
+
+
+def network_mibps(net: Network) -> float:
+    return mbps_to_mibps(net.bandwidth_mbps or DEFAULT_BANDWIDTH_MBPS)
+
+
+def precopy_input(
+    vm: Vm,
+    bandwidth_mibps: float,
+    *,
+    downtime_ms: float | None = None,
+    max_passes: int = 30,
+    state_mib: float = 0.0,
+    on_no_convergence: Action = "force",
+) -> PrecopyInput:
+    """The model's input for a spec VM at a given bandwidth."""
+    return PrecopyInput(
+        memory_mib=float(vm.memory_mib),
+        dirty_mibps=vm.dirty_mibps,
+        wws_mib=vm.working_set_mib,
+        bandwidth_mibps=bandwidth_mibps,
+        downtime_ms=vm.max_downtime_ms if downtime_ms is None else downtime_ms,
+        max_passes=max_passes,
+        state_mib=state_mib,
+        on_no_convergence=on_no_convergence,
+    )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a migration of ``vm`` from ``source`` to ``target`` is expected to do."""
+
+    vm: str
+    source: str
+    target: str
+    network: str
+    link_mibps: float
+    other_flows: int
+    bandwidth_assumed: bool
+    result: PrecopyResult
+    advice: tuple[Advice, ...]
+    fallbacks: tuple[str, ...]  # the networks tried next if this one fails
+
+    @property
+    def bandwidth_mibps(self) -> float:
+        return self.result.input.bandwidth_mibps
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "vm": self.vm,
+            "source": self.source,
+            "target": self.target,
+            "network": self.network,
+            "link_mibps": round(self.link_mibps, 3),
+            "other_flows": self.other_flows,
+            "bandwidth_mibps": round(self.bandwidth_mibps, 3),
+            "bandwidth_assumed": self.bandwidth_assumed,
+            "fallbacks": list(self.fallbacks),
+            **self.result.to_json(),
+            "advice": [a.to_json() for a in self.advice],
+        }
+
+
+def predict(
+    spec: ClusterSpec,
+    health: Health,
+    vm_name: str,
+    target: str,
+    *,
+    source: str | None = None,
+    flows: Mapping[str, int] | None = None,
+    downtime_ms: float | None = None,
+    max_passes: int = 30,
+    state_mib: float = 0.0,
+    on_no_convergence: Action = "force",
+) -> Prediction:
+    """Predict migrating ``vm_name`` (from ``source``, default its owner) to ``target``.
+
+    ``flows`` counts the other flows already on each network (by name); the
+    migration gets an equal share of that network's bandwidth.
+    """
+    vm = spec.vm(vm_name)
+    spec.node(target)
+    src = source or vm.owner
+    spec.node(src)
+    if src == target:
+        raise UsageError(f"{vm.name} is on {target} already; pick another node with --to")
+    order = live_migration_order(spec, health, vm, src, target)
+    if not order:
+        raise PolicyError(
+            f"no live-migration network is available between {src} and {target} for"
+            f" {vm.name}; bring one up or change its live_migration_networks"
+        )
+    flows = flows or {}
+
+    def at(network: str) -> tuple[float, int, PrecopyResult]:
+        net = spec.network(network)
+        others = max(0, flows.get(network, 0))
+        link = network_mibps(net)
+        inp = precopy_input(
+            vm, link / (1 + others), downtime_ms=downtime_ms, max_passes=max_passes,
+            state_mib=state_mib, on_no_convergence=on_no_convergence,
+        )
+        return link, others, run(inp)
+
+    link, others, result = at(order[0])
+    advice = list(advise(result))
+    if not result.converged:
+        for alt in order[1:]:
+            _, alt_others, alt_result = at(alt)
+            if run(replace(alt_result.input, on_no_convergence="force")).converged:
+                advice.append(Advice(
+                    "network", alt,
+                    f"migrate over {alt!r} ({alt_result.input.bandwidth_mibps:.1f} MiB/s,"
+                    f" {alt_others} other flows): put it first in live_migration_networks",
+                ))
+    return Prediction(
+        vm=vm.name,
+        source=src,
+        target=target,
+        network=order[0],
+        link_mibps=link,
+        other_flows=others,
+        bandwidth_assumed=spec.network(order[0]).bandwidth_mbps is None,
+        result=result,
+        advice=tuple(advice),
+        fallbacks=tuple(order[1:]),
+    )

@@ -1,0 +1,56 @@
+"""`vmcluster migration model|predict` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def vmc(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "COLUMNS": "120"}
+    return subprocess.run(
+        [sys.executable, "-m", "vmcluster", *args], capture_output=True, text=True,
+        cwd=ROOT, env=env, timeout=60, check=False,
+    )
+
+
+def test_model_json_is_one_object_with_the_documented_keys() -> None:
+    out = vmc("migration", "model", "--memory-mib", "1024", "--dirty-mibps", "50", "--wws-mib",
+              "1024", "--bandwidth-mibps", "100", "--downtime-ms", "300", "--json")
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    assert {"passes", "downtime_ms", "total_s", "converged"} <= set(obj)
+    assert [p["sent_mib"] for p in obj["passes"]] == [1024, 512, 256, 128, 64, 32]
+    assert all(set(p) == {"sent_mib", "seconds"} for p in obj["passes"])
+    assert obj["converged"] is True
+    assert abs(obj["total_s"] - 20.32) < 1e-6
+
+
+def test_model_human_table_and_advice() -> None:
+    out = vmc("migration", "model", "--memory-mib", "1024", "--dirty-mibps", "150", "--wws-mib",
+              "600", "--bandwidth-mibps", "110", "--downtime-ms", "300")
+    assert out.returncode == 0, out.stderr
+    assert "forced" in out.stdout and "to converge" in out.stdout
+
+
+def test_model_bad_input_is_one_line_exit_2() -> None:
+    out = vmc("migration", "model", "--memory-mib", "1024", "--dirty-mibps", "1", "--wws-mib",
+              "1", "--bandwidth-mibps", "0", "--downtime-ms", "300")
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "bandwidth" in out.stderr
+
+
+def test_predict_json_and_errors() -> None:
+    out = vmc("migration", "predict", "--spec", "examples/lab.toml", "db", "--to", "node3",
+              "--down", "Migration", "--json")
+    assert out.returncode == 0, out.stderr
+    obj = json.loads(out.stdout)
+    assert obj["network"] == "Public" and obj["converged"] is True
+    bad = vmc("migration", "predict", "--spec", "examples/lab.toml", "db", "--to", "node9")
+    assert bad.returncode == 2 and "node9" in bad.stderr and "Traceback" not in bad.stderr
+    human = vmc("migration", "predict", "--spec", "examples/seed.toml", "vm1", "--to", "node2")
+    assert human.returncode == 0 and "Cluster Network 1" in human.stdout

@@ -1,0 +1,148 @@
+"""The substrate contract (src/vmcluster/substrate/protocol.py), for every substrate."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmcluster.control.migration import MigrationRequest, migrate
+from vmcluster.errors import MigrationError, SubstrateError, UsageError
+from vmcluster.model import ClusterSpec
+from vmcluster.policy.networks import Health
+from vmcluster.substrate.protocol import MigrationParams, Substrate
+
+
+def boot(sub: Substrate, spec: ClusterSpec) -> None:
+    for vm in spec.vms:
+        sub.start_vm(vm.name, vm.owner)
+
+
+def wait_active(sub: Substrate, handle: object, limit_s: float = 60.0) -> None:
+    deadline = sub.clock.now() + limit_s
+    while sub.clock.now() < deadline:
+        progress = sub.poll_migration(handle)  # type: ignore[arg-type]
+        if progress.status == "active" and progress.sent_mib > 0:
+            return
+        sub.clock.sleep(0.05)
+    raise AssertionError("migration never became active")
+
+
+def test_is_a_substrate_and_starts_empty(substrate: Substrate, spec: ClusterSpec) -> None:
+    assert isinstance(substrate, Substrate)
+    st = substrate.status()
+    assert [n.name for n in st.nodes] == [n.name for n in spec.nodes]
+    assert all(n.state == "up" and n.storage_path for n in st.nodes)
+    assert all(v.state == "stopped" and v.node is None for v in st.vms)
+
+
+def test_clock_sleep_lets_time_pass(substrate: Substrate) -> None:
+    t0 = substrate.clock.now()
+    substrate.clock.sleep(0.2)
+    assert substrate.clock.now() >= t0 + 0.2
+
+
+def test_lifecycle_is_idempotent_and_checked(substrate: Substrate, spec: ClusterSpec) -> None:
+    boot(substrate, spec)
+    boot(substrate, spec)  # starting a running VM on its node does nothing
+    assert substrate.status().vm("web").state == "running"
+    assert substrate.status().vm("web").node == "node1"
+    with pytest.raises(SubstrateError):
+        substrate.start_vm("web", "node2")  # already running elsewhere
+    with pytest.raises(UsageError):
+        substrate.start_vm("nope", "node1")
+    with pytest.raises(UsageError):
+        substrate.start_vm("web", "node9")
+    substrate.pause_vm("web")
+    substrate.pause_vm("web")
+    assert substrate.status().vm("web").state == "paused"
+    substrate.resume_vm("web")
+    assert substrate.status().vm("web").state == "running"
+    substrate.stop_vm("web")
+    substrate.stop_vm("web")
+    assert substrate.status().vm("web") .node is None
+    with pytest.raises(SubstrateError):
+        substrate.resume_vm("web")
+
+
+def test_migration_moves_the_vm(substrate: Substrate, spec: ClusterSpec) -> None:
+    boot(substrate, spec)
+    seen: list[int] = []
+    result = migrate(substrate, spec, Health(), MigrationRequest("db", "node3"),
+                     on_progress=lambda h, p: seen.append(p.pass_no))
+    assert result.ok and result.network == "Migration"
+    assert result.passes >= 1 and result.downtime_ms is not None and result.total_s > 0
+    assert result.sent_mib >= spec.vm("db").memory_mib
+    assert substrate.status().vm("db").node == "node3"
+    assert substrate.status().vm("db").state == "running"
+    assert seen
+
+
+def test_prepare_refuses_impossible_migrations(substrate: Substrate, spec: ClusterSpec) -> None:
+    boot(substrate, spec)
+    with pytest.raises(MigrationError):
+        substrate.prepare_migration("db", "node2", "Migration")  # its own node
+    substrate.set_link("Migration", "node3", False)
+    with pytest.raises(MigrationError):
+        substrate.prepare_migration("db", "node3", "Migration")
+    substrate.set_node("node1", False)
+    with pytest.raises(MigrationError):
+        substrate.prepare_migration("db", "node1", "Public")
+
+
+def test_finalize_false_rolls_back_and_is_idempotent(
+    substrate: Substrate, spec: ClusterSpec
+) -> None:
+    boot(substrate, spec)
+    handle = substrate.prepare_migration("db", "node3", "Migration")
+    assert substrate.prepare_migration("db", "node3", "Migration") == handle
+    substrate.start_migration(handle, MigrationParams(downtime_ms=300))
+    substrate.start_migration(handle, MigrationParams(downtime_ms=300))
+    wait_active(substrate, handle)
+    result = substrate.finalize_migration(handle, False)
+    assert not result.ok
+    assert substrate.finalize_migration(handle, False) == result
+    st = substrate.status().vm("db")
+    assert (st.node, st.state) == ("node2", "running")
+
+
+def test_link_failure_mid_migration_leaves_vm_on_source(
+    substrate: Substrate, spec: ClusterSpec
+) -> None:
+    boot(substrate, spec)
+    handle = substrate.prepare_migration("db", "node3", "Migration")
+    substrate.start_migration(handle, MigrationParams(downtime_ms=300))
+    wait_active(substrate, handle)
+    substrate.set_link("Migration", "node3", False)
+    substrate.clock.sleep(0.1)
+    assert substrate.poll_migration(handle).status == "failed"
+    result = substrate.finalize_migration(handle, True)
+    assert not result.ok and result.error
+    st = substrate.status().vm("db")
+    assert (st.node, st.state) == ("node2", "running")
+    assert substrate.status().node("node3").links_down == ("Migration",)
+    # The control loop then takes the next network of the policy's order.
+    health = Health(frozenset({("Migration", "node3")}))
+    again = migrate(substrate, spec, health, MigrationRequest("db", "node3"))
+    assert again.ok and again.network == "Public"
+
+
+def test_node_crash_power_and_storage(substrate: Substrate, spec: ClusterSpec) -> None:
+    boot(substrate, spec)
+    with pytest.raises(SubstrateError):
+        substrate.set_power("node1", False)  # web runs there
+    substrate.set_node("node1", False)
+    st = substrate.status()
+    assert st.node("node1").state == "down"
+    assert (st.vm("web").node, st.vm("web").state) == (None, "stopped")
+    with pytest.raises(SubstrateError):
+        substrate.start_vm("web", "node1")
+    substrate.set_node("node1", True)
+    substrate.set_power("node1", False)
+    assert substrate.status().node("node1").state == "off"
+    assert "node1" not in substrate.utilisation()
+    substrate.set_power("node1", True)
+    substrate.set_storage_path("node2", False)
+    assert substrate.status().node("node2").storage_path is False
+    assert substrate.status().vm("db").state == "running"  # redirected I/O keeps it running
+    util = substrate.utilisation()
+    assert set(util) == {"node1", "node2", "node3"}
+    assert all(0.0 <= u <= 1.0 for u in util.values())
