@@ -21,6 +21,8 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("route", "route"),
     ("migration", "migration"),
     ("simulate", "simulate"),
+    ("evaluate", "evaluate"),
+    ("evaluate", "power"),
     ("tour", "tour"),
 )
 

@@ -1,0 +1,167 @@
+"""`vmcluster evaluate` (consolidation policies on PlanetLab traces) and `vmcluster power`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from vmcluster.cli.common import emit_json, json_option
+from vmcluster.errors import UsageError
+from vmcluster.power.compare import cloudsim_figures, cloudsim_key
+from vmcluster.power.density import park_cores
+from vmcluster.power.evaluate import Result, parse_policies, sweep
+from vmcluster.power.traces import default_trace_dir, list_days
+
+__all__ = ["evaluate", "power"]
+
+DEFAULT_POLICIES = "npa,dvfs,thr-mmt-0.8,iqr-mmt-1.5,mad-mmt-2.5,lr-mmt-1.2,lrr-mmt-1.2,ours"
+METRICS = ("energy_kwh", "slatah", "pdm", "slav", "esv", "migrations")
+
+
+def _means(results: list[Result]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for p in dict.fromkeys(r.policy for r in results):
+        rs = [r for r in results if r.policy == p]
+        out[p] = {m: sum(float(getattr(r, m)) for r in rs) / len(rs) for m in METRICS}
+    return out
+
+
+def _cloudsim_means(policies: list[str], days: list[str]) -> dict[str, dict[str, float]]:
+    figs = cloudsim_figures()
+    out: dict[str, dict[str, float]] = {}
+    for p in policies:
+        rows = [figs[(d, cloudsim_key(p))] for d in days if (d, cloudsim_key(p)) in figs]
+        if rows:
+            out[p] = {m: sum(r[m] for r in rows) / len(rows) for m in METRICS}
+            out[p]["days"] = float(len(rows))
+    return out
+
+
+def _fmt(m: str, v: float) -> str:
+    if m == "migrations":
+        return f"{v:,.0f}"
+    if m == "energy_kwh":
+        return f"{v:.2f}"
+    if m in ("slatah", "pdm"):
+        return f"{v * 100:.3f}%"
+    return f"{v:.3e}"
+
+
+def _plot(results: list[Result], directory: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    means = _means(results)
+    names = list(means)
+    paths = []
+    for m in METRICS:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.bar(names, [means[p][m] for p in names])
+        ax.set_title(f"mean {m} per policy")
+        ax.tick_params(axis="x", rotation=45)
+        if m in ("slav", "esv"):
+            ax.set_yscale("symlog", linthresh=1e-7)
+        fig.tight_layout()
+        path = directory / f"{m}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+@click.command()
+@click.option("--traces", type=click.Path(path_type=Path), default=None,
+              help="Directory of day CSVs (default: the shipped PlanetLab days).")
+@click.option("--policies", default=DEFAULT_POLICIES, show_default=True,
+              help="Comma-separated: <detector>-<selection>[-<param>], ours, npa, dvfs.")
+@click.option("--days", default="", help="Comma-separated day names (default: all).")
+@click.option("--plot", "plot_dir", type=click.Path(path_type=Path), default=None,
+              help="Write PNG charts to this directory.")
+@click.option("--workers", type=int, default=None, help="Local worker processes.")
+@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--compare-cloudsim", is_flag=True, help="Show CloudSim 3.0.3's figures too.")
+@json_option
+def evaluate(traces: Path | None, policies: str, days: str, plot_dir: Path | None,
+             workers: int | None, scheduler: str | None, seed: int, compare_cloudsim: bool,
+             as_json: bool) -> None:
+    """Simulate consolidation policies on PlanetLab traces (800 hosts, 24 h per day)."""
+    names = parse_policies(policies)
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {workers}")
+    files = list_days(traces or default_trace_dir())
+    wanted = [d.strip() for d in days.split(",") if d.strip()]
+    if wanted:
+        by = {p.stem: p for p in files}
+        unknown = [d for d in wanted if d not in by]
+        if unknown:
+            raise UsageError(f"--days: no trace for {unknown[0]} (have {', '.join(sorted(by))})")
+        files = [by[d] for d in wanted]
+    console = Console(stderr=True)
+    total = len(names) * len(files)
+    done = [0]
+
+    def progress(r: Result) -> None:
+        done[0] += 1
+        if not as_json:
+            console.print(f"[{done[0]}/{total}] {r.policy} {r.day}: {r.wall_s:.1f} s")
+
+    # fail on a bad trace before starting workers
+    from vmcluster.power.traces import load_day
+
+    for f in files:
+        load_day(f)
+    results = sweep(names, files, workers=workers, scheduler=scheduler, seed=seed,
+                    clock=time.perf_counter, progress=progress)
+    day_names = [f.stem for f in files]
+    if plot_dir is not None:
+        for png in _plot(results, plot_dir):
+            if not as_json:
+                console.print(f"wrote {png}")
+    if as_json:
+        out: dict[str, object] = {"results": [r.to_json() for r in results]}
+        if compare_cloudsim:
+            out["cloudsim_mean"] = _cloudsim_means(names, day_names)
+        emit_json(out)
+        return
+    table = Table(title="Consolidation on PlanetLab traces (800 hosts)")
+    for col in ("policy", "day", "energy kWh", "SLATAH", "PDM", "SLAV", "ESV", "migrations"):
+        table.add_column(col, justify="left" if col in ("policy", "day") else "right")
+    for r in results:
+        table.add_row(r.policy, r.day, *(_fmt(m, float(getattr(r, m))) for m in METRICS))
+    means = _means(results)
+    cs = _cloudsim_means(names, day_names) if compare_cloudsim else {}
+    for p, m in means.items():
+        table.add_row(f"[bold]{p}[/bold]", "mean", *(_fmt(k, m[k]) for k in METRICS))
+        if p in cs:
+            table.add_row(f"  cloudsim {p}", f"mean/{int(cs[p]['days'])}d",
+                          *(_fmt(k, cs[p][k]) for k in METRICS))
+    Console(width=150).print(table)
+
+
+@click.group()
+def power() -> None:
+    """Power tools: core parking (density scheduling)."""
+
+
+@power.command("density")
+@click.argument("loads", nargs=-1, type=float)
+@click.option("--headroom", type=float, default=0.2, show_default=True)
+@json_option
+def density(loads: tuple[float, ...], headroom: float, as_json: bool) -> None:
+    """Pack vCPU LOADS (cores, 0..1 each) on a 2-core ML110 G5 and park the rest."""
+    plan = park_cores(list(loads), headroom=headroom)
+    if as_json:
+        emit_json(plan.to_json())
+        return
+    click.echo(f"active cores: {plan.active_cores}, parked: {plan.parked_cores}")
+    click.echo(f"core loads: {', '.join(f'{x:.2f}' for x in plan.core_loads)}")
+    click.echo(f"power packed {plan.power_packed_w:.1f} W, spread {plan.power_spread_w:.1f} W, "
+               f"saving {plan.saving_w:.1f} W")

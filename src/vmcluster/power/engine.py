@@ -1,0 +1,280 @@
+"""Interval simulation of a datacenter on CPU traces, with CloudSim 3.0.3's metrics.
+
+Time advances in scheduling intervals (300 s); in interval ``k`` a VM requests
+``mips * u_k`` at its start, linearly interpolated towards ``u_{k+1}``
+(CloudSim's ``UtilizationModelPlanetLabInMemory``). At each interval's start
+(from the second) the policy decides; its migrations start at once and take
+``RAM / (host bandwidth / 2)`` (CloudSim: 62.5 MB/s on 1 Gbit/s). While a VM
+migrates it gets 90 % of its capped request on the source (that host still
+counts it in full) and the target carries 10 % of it. A migration ends inside
+the interval, so the interval splits into frames at the completion times.
+
+Metrics, as CloudSim's ``PowerDatacenter`` and examples ``Helper`` compute them:
+
+* energy: per host and frame, the trapezoid of the power at the frame's start
+  and end utilisation; 0 when the utilisation at the start is 0 (switched off);
+* SLATAH: time a host was active with allocated < requested MIPS, over the
+  time hosts were active (a migration target counts its in-coming VM's full
+  request but only 10 % of it allocated, so every migration costs SLATAH);
+* PDM: MIPS not allocated to VMs while they migrate, over all MIPS requested;
+* SLAV = SLATAH x PDM, ESV = energy x SLAV; migrations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from vmcluster.power.detection import HISTORY, Detector
+from vmcluster.power.placement import first_fit, initial_placement
+from vmcluster.power.plan import Migrate, Plan, Snapshot, power_at
+
+__all__ = ["Datacenter", "Metrics", "Policy", "simulate"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+Policy = Callable[[Snapshot, int], Plan]
+
+
+@dataclass(frozen=True, eq=False)
+class Datacenter:
+    """Hosts and VMs (MIPS, MB, Mbit/s); ``power_table[h]`` = watts at 0, 10, ..., 100 %."""
+
+    host_pe_mips: FloatArray
+    host_pes: IntArray
+    host_ram: FloatArray
+    host_bw: FloatArray
+    power_table: FloatArray
+    vm_mips: FloatArray
+    vm_ram: FloatArray
+    vm_bw: FloatArray
+    interval_s: float = 300.0
+
+    @property
+    def host_mips(self) -> FloatArray:
+        return np.asarray(self.host_pe_mips * self.host_pes, dtype=np.float64)
+
+    @property
+    def n_hosts(self) -> int:
+        return int(self.host_pe_mips.shape[0])
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """One simulated run."""
+
+    energy_kwh: float
+    slatah: float
+    pdm: float
+    slav: float
+    esv: float
+    migrations: int
+    sla_overall: float
+    decisions: int
+    decision_s: float  # mean wall time per decision (0 without a clock)
+    active_hosts_mean: float
+
+
+@dataclass
+class _Acc:
+    energy_ws: float = 0.0
+    active_s: float = 0.0
+    viol_s: float = 0.0
+    requested: float = 0.0
+    allocated: float = 0.0
+    under_mig: float = 0.0
+    active_host_s: float = 0.0
+
+
+def _frame(
+    dc: Datacenter, vm: IntArray, host: IntArray, kind: IntArray, r: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Host utilised MIPS, host requested MIPS and per-entry allocated MIPS.
+
+    ``kind`` per (vm, host) entry: 0 resident, 1 migrating out (source), 2 migrating in.
+    """
+    n_h = dc.n_hosts
+    cap = dc.host_mips
+    req = r[vm]
+    capped = np.minimum(req, dc.host_pe_mips[host])
+    eff = np.where(kind == 2, capped * 0.1, capped)
+    need = np.bincount(host, eff, n_h)
+    over = need > cap
+    alloc = np.where(kind == 1, capped * 0.9, eff)
+    if over.any():
+        scale = np.where(over, cap / np.where(need > 0, need, 1.0), 1.0)[host]
+        o = over[host]
+        alloc = np.where(o, np.floor(alloc * scale), alloc)
+    counted = np.where(kind == 1, alloc / 0.9, alloc)
+    used = np.bincount(host, counted, n_h)
+    requested = np.bincount(host, req, n_h)
+    return (used.astype(np.float64), requested.astype(np.float64),
+            np.asarray(alloc, dtype=np.float64))
+
+
+def _util(used: FloatArray, cap: FloatArray) -> FloatArray:
+    u = used / cap
+    return np.where((u > 1) & (u < 1.01), 1.0, u)
+
+
+def _snapshot(
+    dc: Datacenter, vm_host: IntArray, host_vms: list[list[int]], r: FloatArray,
+    hist: FloatArray, count: IntArray, util: FloatArray, step: int,
+) -> Snapshot:
+    return Snapshot(
+        host_pe_mips=dc.host_pe_mips, host_mips=dc.host_mips, host_ram=dc.host_ram,
+        host_bw=dc.host_bw, power_table=dc.power_table, vm_mips=dc.vm_mips, vm_ram=dc.vm_ram,
+        vm_bw=dc.vm_bw, vm_host=vm_host.copy(), host_vms=tuple(tuple(v) for v in host_vms),
+        vm_req=r, vm_hist=hist, vm_hist_count=count, host_util=util,
+        interval_s=dc.interval_s, step=step,
+    )
+
+
+def simulate(
+    dc: Datacenter,
+    util_pct: npt.NDArray[np.uint8],
+    policy: Policy | None,
+    *,
+    placement: str = "pabfd",
+    seed: int = 0,
+    clock: Callable[[], float] | None = None,
+    progress: Callable[[int], None] | None = None,
+    drop_idle_vms: bool = True,
+) -> Metrics:
+    """Run one day (``util_pct``: VMs x intervals, percent). ``policy=None``: no migrations.
+
+    ``placement`` is the initial placement: ``pabfd`` (power-aware, THR 0.7 check, as the
+    migration policies do in CloudSim) or ``first-fit`` (CloudSim's DVFS/NPA runs).
+    ``drop_idle_vms``: CloudSim destroys a VM whose requested MIPS is 0 at a
+    scheduling instant (``HostDynamicWorkload.getCompletedVms``); sampled 0.1 s
+    after the interval start, that is a VM whose samples ``k`` and ``k+1`` are
+    both 0. About half the PlanetLab VMs leave that way during a day.
+    """
+    n_vm, steps = util_pct.shape
+    if n_vm != dc.vm_mips.shape[0]:
+        raise ValueError("trace rows and datacenter VMs differ")
+    cap = dc.host_mips
+    n_h = dc.n_hosts
+    hosts_ix = np.arange(n_h)
+    u = util_pct.astype(np.float64) / 100.0
+    u = np.concatenate([u, u[:, -1:]], axis=1)  # CloudSim repeats the last sample
+    hist = np.zeros((n_vm, HISTORY))
+    count = np.zeros(n_vm, dtype=np.int64)
+    # initial placement: every VM requests its full MIPS while being instantiated
+    empty = _snapshot(dc, np.full(n_vm, -1, dtype=np.int64), [[] for _ in range(n_h)],
+                      dc.vm_mips.copy(), hist, count, np.zeros(n_h), 0)
+    vm_host = (first_fit(empty) if placement == "first-fit"
+               else initial_placement(empty, Detector("thr", 0.7)))
+    if (vm_host < 0).any():
+        raise ValueError(f"{int((vm_host < 0).sum())} VMs do not fit on the hosts")
+    host_vms: list[list[int]] = [[] for _ in range(n_h)]
+    for v, h in enumerate(vm_host):
+        host_vms[int(h)].append(v)
+    acc = _Acc()
+    migrations = 0
+    decisions = 0
+    decision_s = 0.0
+    vm_ix = np.arange(n_vm)
+    resident = np.zeros(n_vm, dtype=np.int64)
+    dt_full = dc.interval_s
+    alive = np.ones(n_vm, dtype=bool)
+    for k in range(steps):
+        if drop_idle_vms and k >= 1:
+            gone = np.flatnonzero(alive & (u[:, k] == 0) & (u[:, k + 1] == 0))
+            for g in gone.tolist():
+                host_vms[int(vm_host[g])].remove(g)
+            alive[gone] = False
+            vm_host[gone] = -1
+            vm_ix = np.flatnonzero(alive)
+            resident = np.zeros(vm_ix.size, dtype=np.int64)
+        r0 = dc.vm_mips * u[:, k] * alive
+        hist[:, 1:] = hist[:, :-1]
+        hist[:, 0] = u[:, k]
+        count = np.minimum(count + 1, HISTORY)
+        plan_moves: list[Migrate] = []
+        if policy is not None and k >= 1:
+            used_now, _, _ = _frame(dc, vm_ix, vm_host[vm_ix], resident, r0)
+            snap = _snapshot(dc, vm_host, host_vms, r0, hist, count, _util(used_now, cap), k)
+            t0 = clock() if clock else 0.0
+            plan = policy(snap, seed)
+            if clock:
+                decision_s += clock() - t0
+            decisions += 1
+            plan_moves = list(plan.migrations)
+        migrations += len(plan_moves)
+        # migration durations and frame boundaries
+        mig_vm = np.asarray([m.vm for m in plan_moves], dtype=np.int64)
+        mig_tgt = np.asarray([m.target for m in plan_moves], dtype=np.int64)
+        dur = dc.vm_ram[mig_vm] / (dc.host_bw[mig_tgt] / 16.0) if plan_moves else np.zeros(0)
+        dur = np.minimum(dur, dt_full)
+        bounds = np.unique(np.concatenate([[0.0, dt_full], dur]))
+        for i in range(bounds.size - 1):
+            a, b = float(bounds[i]), float(bounds[i + 1])
+            dt = b - a
+            live = dur > a  # migrations still in progress during this frame
+            ent_vm = [vm_ix]
+            host_now = vm_host.copy()
+            kind_now = np.zeros(n_vm, dtype=np.int64)
+            ent_kind = [kind_now]
+            ent_host = [host_now]
+            if live.any():
+                lv = mig_vm[live]
+                kind_now[lv] = 1
+                ent_vm.append(lv)
+                ent_host.append(mig_tgt[live])
+                ent_kind.append(np.full(lv.size, 2, dtype=np.int64))
+            done = ~live & (dur <= a)
+            if done.any():  # completed migrations: the VM now lives on its (last) target
+                host_now[mig_vm[done]] = mig_tgt[done]
+            ent_host[0] = host_now[vm_ix]
+            ent_kind[0] = kind_now[vm_ix]
+            ev = np.concatenate(ent_vm)
+            eh = np.concatenate(ent_host)
+            ek = np.concatenate(ent_kind)
+            ra = dc.vm_mips * (u[:, k] + (u[:, k + 1] - u[:, k]) * (a / dt_full))
+            rb = dc.vm_mips * (u[:, k] + (u[:, k + 1] - u[:, k]) * (b / dt_full))
+            used_a, req_a, alloc_a = _frame(dc, ev, eh, ek, ra)
+            used_b, _, _ = _frame(dc, ev, eh, ek, rb)
+            ua = _util(used_a, cap)
+            ub = _util(used_b, cap)
+            pa = power_at(dc.power_table, hosts_ix, ua)
+            pb = power_at(dc.power_table, hosts_ix, ub)
+            acc.energy_ws += float(np.where(ua == 0, 0.0, pa + (pb - pa) / 2.0).sum()) * dt
+            active = used_a > 0
+            acc.active_s += float(active.sum()) * dt
+            acc.viol_s += float((active & (used_a < req_a)).sum()) * dt
+            own = ek != 2
+            vreq = ra[ev[own]]
+            valloc = alloc_a[own]
+            acc.requested += float(vreq.sum()) * dt
+            acc.allocated += float(valloc.sum()) * dt
+            mig_under = (ek[own] == 1) & (valloc < vreq)
+            acc.under_mig += float((vreq - valloc)[mig_under].sum()) * dt
+            acc.active_host_s += float(active.sum()) * dt
+        if plan_moves:
+            order = np.lexsort((np.arange(dur.size), dur))
+            for j in order:
+                vm, t = int(mig_vm[j]), int(mig_tgt[j])
+                src = int(vm_host[vm])
+                if vm in host_vms[src]:
+                    host_vms[src].remove(vm)
+                if vm in host_vms[t]:
+                    host_vms[t].remove(vm)
+                host_vms[t].append(vm)
+                vm_host[vm] = t
+        if progress:
+            progress(k)
+    energy_kwh = acc.energy_ws / 3.6e6
+    slatah = acc.viol_s / acc.active_s if acc.active_s else 0.0
+    pdm = acc.under_mig / acc.requested if acc.requested else 0.0
+    slav = slatah * pdm
+    return Metrics(
+        energy_kwh=energy_kwh, slatah=slatah, pdm=pdm, slav=slav, esv=energy_kwh * slav,
+        migrations=migrations,
+        sla_overall=(acc.requested - acc.allocated) / acc.requested if acc.requested else 0.0,
+        decisions=decisions, decision_s=decision_s / decisions if decisions else 0.0,
+        active_hosts_mean=acc.active_host_s / (steps * dt_full),
+    )

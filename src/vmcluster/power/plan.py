@@ -1,0 +1,103 @@
+"""What consolidation policies see and return.
+
+A policy is a pure function ``decide(snapshot, seed) -> Plan``. The snapshot
+is a datacenter at one scheduling instant (arrays indexed by host and by VM;
+callers must not mutate them); the plan is a tuple of frozen actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Action", "Migrate", "Plan", "PowerOff", "PowerOn", "Snapshot", "power_at"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Migrate:
+    """Live-migrate ``vm`` from host ``source`` to host ``target``."""
+
+    vm: int
+    source: int
+    target: int
+
+
+@dataclass(frozen=True)
+class PowerOff:
+    """Switch ``host`` off (it holds no VM once the plan's migrations are done)."""
+
+    host: int
+
+
+@dataclass(frozen=True)
+class PowerOn:
+    """Switch ``host`` on (a migration in the plan targets it)."""
+
+    host: int
+
+
+Action = Migrate | PowerOff | PowerOn
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A policy's decision for one instant."""
+
+    actions: tuple[Action, ...] = ()
+    overloaded: tuple[int, ...] = ()
+
+    @property
+    def migrations(self) -> tuple[Migrate, ...]:
+        return tuple(a for a in self.actions if isinstance(a, Migrate))
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """A datacenter at one instant. Hosts ``h``, VMs ``v``; MIPS, MB, Mbit/s, seconds.
+
+    ``vm_hist[v, i]`` is VM ``v``'s CPU utilisation (0..1 of its MIPS) ``i``
+    intervals ago (0 = now), ``vm_hist_count[v]`` how many values it has;
+    ``host_util[h]`` the host's utilisation (0..1) measured now, before any
+    action; ``host_vms[h]`` the VMs on ``h`` in placement order.
+    """
+
+    host_pe_mips: FloatArray
+    host_mips: FloatArray
+    host_ram: FloatArray
+    host_bw: FloatArray
+    power_table: FloatArray  # (hosts, 11): watts at 0, 10, ..., 100 %
+    vm_mips: FloatArray
+    vm_ram: FloatArray
+    vm_bw: FloatArray
+    vm_host: IntArray
+    host_vms: tuple[tuple[int, ...], ...]
+    vm_req: FloatArray  # requested MIPS now
+    vm_hist: FloatArray
+    vm_hist_count: IntArray
+    host_util: FloatArray
+    interval_s: float = 300.0
+    step: int = 0
+
+    @property
+    def n_hosts(self) -> int:
+        return int(self.host_mips.shape[0])
+
+    @property
+    def migration_mbps(self) -> FloatArray:
+        """MB/s available for migration per host: half the link (CloudSim's model)."""
+        return self.host_bw / 16.0
+
+
+def power_at(table: FloatArray, hosts: IntArray, util: FloatArray) -> FloatArray:
+    """Watts of ``hosts`` at utilisations ``util`` (0..1), interpolating each host's table."""
+    u = np.clip(util, 0.0, 1.0) * 10.0
+    idx = np.minimum(np.floor(u).astype(np.int64), 9)
+    frac = u - idx
+    lo = table[hosts, idx]
+    hi = table[hosts, idx + 1]
+    return np.asarray(lo + (hi - lo) * frac, dtype=np.float64)
