@@ -17,6 +17,9 @@ CLI prints ``str(err)`` as one line (what, where, what to do) and exits with
     │   ├── MigrationError          a migration failed; the VM is still on its source
     │   └── LabError                building or tearing down the lab failed
     └── StoreError                  the cluster store (etcd) failed or fenced us out
+        ├── StoreUnavailable        no etcd endpoint answered    (vmcluster.store.errors)
+        ├── StoreConflict           a compare-and-set lost       (vmcluster.store.errors)
+        └── Fenced                  a stale manager's token      (vmcluster.store.errors)
 """
 
 from __future__ import annotations

@@ -1,0 +1,237 @@
+"""Failover: where the VMs of dead nodes restart, who may decide, and who must stop.
+
+Pure functions of the spec, the current placements and what is down.
+
+* **Placement** (restart and drain alike): VMs in order of restart priority
+  (higher first, then name); for each, the up nodes with room for its memory
+  and vCPUs (``cores * cpu_overcommit``, counting what is already placed and
+  what this plan placed before it) ranked by: no VM of the same anti-affinity
+  class there (respected whenever some node with room allows it), its
+  preferred owners in the order given, most free memory, most free cores,
+  name. No such node: :class:`CannotPlace` with the reason.
+* **Quorum**: a side of a partition may restart VMs only with a strict
+  majority of the votes: one per node, plus the witness when the spec has one
+  (it counts for the side that reaches it).
+* **Isolation**: a node that has lost every cluster network (or quorum) knows
+  it after one detection window (``delay * threshold``) and stops its VMs;
+  the majority restarts a dead node's VMs only after ``last heard + window +
+  delay + stop budget``, so the isolated node has stopped them first and a VM
+  never runs twice.
+* **Flapping**: a node with ``limit`` failures (3) within ``window_s`` (an
+  hour) is quarantined: drained and kept out of placement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+from vmcluster.model import ClusterSettings, ClusterSpec, Vm
+
+__all__ = [
+    "CannotPlace",
+    "FailoverParams",
+    "FailoverPlan",
+    "Migrate",
+    "Restart",
+    "drain_plan",
+    "failover_plan",
+    "has_quorum",
+    "must_stop_vms",
+    "quarantined",
+    "restart_not_before",
+]
+
+
+@dataclass(frozen=True)
+class Restart:
+    vm: str
+    node: str
+    from_node: str
+
+
+@dataclass(frozen=True)
+class Migrate:
+    vm: str
+    source: str
+    target: str
+
+
+@dataclass(frozen=True)
+class CannotPlace:
+    vm: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FailoverParams:
+    """``cpu_overcommit`` vCPUs per core (1.0: a TCG VM needs a core); memory is never
+    overcommitted; ``reserve_memory_mib`` is kept free on every host."""
+
+    cpu_overcommit: float = 1.0
+    reserve_memory_mib: int = 0
+    stop_budget_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class FailoverPlan:
+    """Actions in the order they were decided (priority order)."""
+
+    actions: tuple[Restart | Migrate | CannotPlace, ...]
+
+    def to_json(self) -> list[dict[str, object]]:
+        return [{"action": type(a).__name__, **asdict(a)} for a in self.actions]
+
+
+class _Loads:
+    """Memory and vCPUs in use per node, as a plan is being built."""
+
+    def __init__(
+        self, spec: ClusterSpec, placements: Mapping[str, str | None], params: FailoverParams
+    ) -> None:
+        self.spec, self.params = spec, params
+        self.mem = {n.name: 0 for n in spec.nodes}
+        self.cpu = {n.name: 0 for n in spec.nodes}
+        self.classes: dict[str, list[str | None]] = {n.name: [] for n in spec.nodes}
+        for vm in spec.vms:
+            node = placements.get(vm.name)
+            if node in self.mem:
+                self.add(vm, node)
+
+    def add(self, vm: Vm, node: str) -> None:
+        self.mem[node] += vm.memory_mib
+        self.cpu[node] += vm.vcpus
+        self.classes[node].append(vm.anti_affinity)
+
+    def remove(self, vm: Vm, node: str) -> None:
+        self.mem[node] -= vm.memory_mib
+        self.cpu[node] -= vm.vcpus
+        self.classes[node].remove(vm.anti_affinity)
+
+    def free_mem(self, node: str) -> int:
+        n = self.spec.node(node)
+        return n.memory_mib - self.params.reserve_memory_mib - self.mem[node]
+
+    def free_cpu(self, node: str) -> float:
+        return self.spec.node(node).cores * self.params.cpu_overcommit - self.cpu[node]
+
+    def fits(self, vm: Vm, node: str) -> bool:
+        return vm.memory_mib <= self.free_mem(node) and vm.vcpus <= self.free_cpu(node)
+
+    def conflicts(self, vm: Vm, node: str) -> bool:
+        return vm.anti_affinity is not None and vm.anti_affinity in self.classes[node]
+
+
+def _choose(vm: Vm, candidates: Iterable[str], loads: _Loads) -> str | CannotPlace:
+    nodes = list(candidates)
+    if not nodes:
+        return CannotPlace(vm.name, "no node is up")
+    room = [n for n in nodes if loads.fits(vm, n)]
+    if not room:
+        return CannotPlace(
+            vm.name,
+            f"no node has {vm.memory_mib} MiB and {vm.vcpus} vCPU free "
+            f"(most free: {max(loads.free_mem(n) for n in nodes)} MiB)",
+        )
+    prefs = {name: i for i, name in enumerate(vm.preferred_owners)}
+
+    def rank(n: str) -> tuple[bool, int, int, float, str]:
+        return (
+            loads.conflicts(vm, n),
+            prefs.get(n, len(prefs)),
+            -loads.free_mem(n),
+            -loads.free_cpu(n),
+            n,
+        )
+
+    return min(room, key=rank)
+
+
+def _by_priority(vms: Iterable[Vm]) -> list[Vm]:
+    return sorted(vms, key=lambda v: (-v.priority, v.name))
+
+
+def failover_plan(
+    spec: ClusterSpec,
+    placements: Mapping[str, str | None],
+    down: Iterable[str],
+    params: FailoverParams = FailoverParams(),
+    excluded: Iterable[str] = (),
+) -> FailoverPlan:
+    """Restart every VM placed on a ``down`` node on an up node not ``excluded``
+    (quarantined, draining); one action per VM, in priority order."""
+    dead = set(down)
+    barred = dead | set(excluded)
+    loads = _Loads(spec, placements, params)
+    up = [n.name for n in spec.nodes if n.name not in barred]
+    actions: list[Restart | Migrate | CannotPlace] = []
+    victims = [vm for vm in spec.vms if placements.get(vm.name) in dead]
+    for vm in victims:  # their old node is gone: its load no longer counts
+        loads.remove(vm, str(placements[vm.name]))
+    for vm in _by_priority(victims):
+        got = _choose(vm, up, loads)
+        if isinstance(got, CannotPlace):
+            actions.append(got)
+        else:
+            loads.add(vm, got)
+            actions.append(Restart(vm.name, got, str(placements[vm.name])))
+    return FailoverPlan(tuple(actions))
+
+
+def drain_plan(
+    spec: ClusterSpec,
+    placements: Mapping[str, str | None],
+    node: str,
+    down: Iterable[str] = (),
+    params: FailoverParams = FailoverParams(),
+    excluded: Iterable[str] = (),
+) -> FailoverPlan:
+    """Live-migrate every VM off ``node`` (it keeps running until each has moved, so
+    its load counts on the source until then), choosing targets by the same rules."""
+    barred = {node, *down, *excluded}
+    loads = _Loads(spec, placements, params)
+    up = [n.name for n in spec.nodes if n.name not in barred]
+    actions: list[Restart | Migrate | CannotPlace] = []
+    for vm in _by_priority(v for v in spec.vms if placements.get(v.name) == node):
+        got = _choose(vm, up, loads)
+        if isinstance(got, CannotPlace):
+            actions.append(got)
+        else:
+            loads.add(vm, got)
+            actions.append(Migrate(vm.name, node, got))
+    return FailoverPlan(tuple(actions))
+
+
+def has_quorum(total_nodes: int, reachable_nodes: int, witness: bool, sees_witness: bool) -> bool:
+    """Does a side that reaches ``reachable_nodes`` (itself included) hold a strict majority?"""
+    votes = total_nodes + (1 if witness else 0)
+    mine = reachable_nodes + (1 if witness and sees_witness else 0)
+    return 2 * mine > votes
+
+
+def must_stop_vms(
+    total_nodes: int, reachable_nodes: int, settings: ClusterSettings, sees_witness: bool
+) -> bool:
+    """A node that lost quorum (isolated: it reaches only itself) stops its VMs; call it
+    once the detection window has passed without hearing the others."""
+    return not has_quorum(total_nodes, reachable_nodes, settings.witness, sees_witness)
+
+
+def restart_not_before(
+    last_heard: float, settings: ClusterSettings, params: FailoverParams = FailoverParams()
+) -> float:
+    """Earliest time the majority may restart the VMs of a node last heard at ``last_heard``.
+
+    The lost node last heard the majority at most one ``delay`` after that, knows it is
+    isolated one window later, and then has ``stop_budget_s`` to stop its VMs.
+    """
+    delay = settings.same_subnet_delay_ms / 1000.0
+    window = delay * settings.same_subnet_threshold
+    return last_heard + window + delay + params.stop_budget_s
+
+
+def quarantined(
+    failures: Sequence[float], now: float, limit: int = 3, window_s: float = 3600.0
+) -> bool:
+    """Has the node failed ``limit`` times within the last ``window_s`` seconds?"""
+    return sum(1 for t in failures if now - window_s < t <= now) >= limit

@@ -1,0 +1,468 @@
+"""A small typed etcd v3 client over etcd's JSON gRPC gateway (stdlib only).
+
+etcd 3.4 (Debian's ``etcd-server`` 3.4.23) serves the gateway under ``/v3/``
+(and ``/v3beta/``; ``/v3alpha/`` is gone). Every request is an HTTP POST of a
+JSON body; keys and values are base64; 64-bit integers come back as strings
+and fields equal to zero are left out.
+
+Failover: the client holds a list of endpoints and remembers the last one that
+answered. A request that cannot connect, times out, or meets a member without
+a leader (gRPC code 14, "no leader") goes to the next endpoint; when none
+answers, :class:`StoreUnavailable` is raised. Any other etcd error is a
+:class:`~vmcluster.errors.StoreError` at once. A timed-out write may still
+have been applied; callers that care (the election) check what the store
+holds after a retry rather than trusting the second answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import json
+import queue
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from vmcluster.errors import StoreError
+from vmcluster.store.clock import MonotonicClock
+from vmcluster.store.errors import StoreUnavailable
+from vmcluster.substrate.protocol import Clock
+
+__all__ = [
+    "Compare",
+    "Delete",
+    "EtcdClient",
+    "Get",
+    "KeyValue",
+    "Put",
+    "TxnResult",
+    "Watch",
+    "WatchEvent",
+]
+
+PREFIX = "/v3"
+_RETRY_CODES = {14}  # UNAVAILABLE
+_RETRY_TEXT = ("no leader", "leader changed", "request timed out", "not capable")
+
+
+def _b64(text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def prefix_end(key: str) -> str:
+    """The ``range_end`` that makes a range cover every key starting with ``key``."""
+    raw = bytearray(key.encode())
+    while raw and raw[-1] == 0xFF:
+        raw.pop()
+    if not raw:
+        return _b64(b"\0")
+    raw[-1] += 1
+    return _b64(bytes(raw))
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    """One key as etcd holds it; revisions are cluster-wide and only grow."""
+
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+    @classmethod
+    def from_wire(cls, kv: dict[str, Any]) -> KeyValue:
+        return cls(
+            key=_unb64(kv.get("key")).decode(),
+            value=_unb64(kv.get("value")),
+            create_revision=int(kv.get("create_revision", 0)),
+            mod_revision=int(kv.get("mod_revision", 0)),
+            version=int(kv.get("version", 0)),
+            lease=int(kv.get("lease", 0)),
+        )
+
+    def json(self) -> Any:
+        return json.loads(self.value)
+
+
+CompareTarget = Literal["CREATE", "MOD", "VERSION", "VALUE", "LEASE"]
+CompareResult = Literal["EQUAL", "GREATER", "LESS", "NOT_EQUAL"]
+_TARGET_FIELD = {
+    "CREATE": "create_revision",
+    "MOD": "mod_revision",
+    "VERSION": "version",
+    "VALUE": "value",
+    "LEASE": "lease",
+}
+
+
+@dataclass(frozen=True)
+class Compare:
+    """One guard of a transaction, e.g. ``Compare.absent(k)`` or ``Compare.modified(k, rev)``."""
+
+    key: str
+    target: CompareTarget
+    result: CompareResult
+    value: int | bytes
+
+    @classmethod
+    def absent(cls, key: str) -> Compare:
+        return cls(key, "CREATE", "EQUAL", 0)
+
+    @classmethod
+    def created(cls, key: str, revision: int) -> Compare:
+        return cls(key, "CREATE", "EQUAL", revision)
+
+    @classmethod
+    def modified(cls, key: str, revision: int) -> Compare:
+        """``key`` is unchanged since ``revision`` (0: the key does not exist)."""
+        return cls(key, "MOD", "EQUAL", revision)
+
+    def wire(self) -> dict[str, Any]:
+        name = _TARGET_FIELD[self.target]
+        value: str = _b64(self.value) if isinstance(self.value, bytes) else str(self.value)
+        return {"key": _b64(self.key), "target": self.target, "result": self.result, name: value}
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int = 0
+
+    def wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"key": _b64(self.key), "value": _b64(self.value)}
+        if self.lease:
+            body["lease"] = str(self.lease)
+        return {"request_put": body}
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+    prefix: bool = False
+
+    def wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"key": _b64(self.key)}
+        if self.prefix:
+            body["range_end"] = prefix_end(self.key)
+        return {"request_delete_range": body}
+
+
+@dataclass(frozen=True)
+class Get:
+    key: str
+    prefix: bool = False
+
+    def wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"key": _b64(self.key)}
+        if self.prefix:
+            body["range_end"] = prefix_end(self.key)
+        return {"request_range": body}
+
+
+Op = Put | Delete | Get
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """``responses`` has one entry per op of the branch taken: the kvs of a Get,
+    the revision of a Put, the number deleted by a Delete."""
+
+    succeeded: bool
+    revision: int
+    responses: tuple[tuple[KeyValue, ...] | int, ...] = ()
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    type: Literal["PUT", "DELETE"]
+    kv: KeyValue
+
+
+@dataclass
+class EtcdClient:
+    """Typed access to etcd; ``endpoints`` are client URLs such as ``http://127.0.0.2:2379``."""
+
+    endpoints: Sequence[str]
+    timeout: float = 2.0
+    retry_s: float = 5.0  # keep trying every endpoint this long (a raft election takes ~1 s)
+    clock: Clock = field(default_factory=MonotonicClock, repr=False)
+    _current: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            raise StoreError("no etcd endpoints given (pass at least one client URL)")
+
+    # -- transport --------------------------------------------------------
+
+    def _ordered(self) -> list[str]:
+        n = len(self.endpoints)
+        return [self.endpoints[(self._current + i) % n] for i in range(n)]
+
+    def _post_one(self, url: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        parts = urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=self.timeout)
+        try:
+            conn.request(
+                "POST", PREFIX + path, json.dumps(body), {"Content-Type": "application/json"}
+            )
+            resp = conn.getresponse()
+            raw = resp.read()
+            status = resp.status
+        finally:
+            conn.close()
+        try:
+            data = json.loads(raw.splitlines()[0] if raw.strip() else b"{}")
+        except (ValueError, IndexError) as exc:
+            raise StoreError(f"etcd at {url} answered {path} with non-JSON: {raw[:80]!r}") from exc
+        if isinstance(data, dict) and "result" in data and path.startswith("/lease/keepalive"):
+            data = data["result"]
+        if not isinstance(data, dict):
+            raise StoreError(f"etcd at {url} answered {path} with {raw[:80]!r}")
+        return status, data
+
+    def request(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to ``/v3{path}`` on the first endpoint that answers, trying all of
+        them again for up to ``retry_s`` seconds (StoreUnavailable after that)."""
+        deadline = self.clock.now() + self.retry_s
+        while True:
+            try:
+                return self._request_round(path, body)
+            except StoreUnavailable:
+                if self.clock.now() >= deadline:
+                    raise
+            self.clock.sleep(0.1)
+
+    def _request_round(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        failures: list[str] = []
+        for i, url in enumerate(self._ordered()):
+            try:
+                status, data = self._post_one(url, path, body)
+            except (OSError, http.client.HTTPException) as exc:
+                failures.append(f"{url}: {exc or type(exc).__name__}")
+                continue
+            if status == 200 and "error" not in data:
+                self._current = (self._current + i) % len(self.endpoints)
+                return data
+            msg = str(data.get("message") or data.get("error") or f"HTTP {status}")
+            if int(data.get("code", 0)) in _RETRY_CODES or any(t in msg for t in _RETRY_TEXT):
+                failures.append(f"{url}: {msg}")
+                continue
+            raise StoreError(f"etcd refused {path}: {msg}")
+        raise StoreUnavailable(
+            f"no etcd endpoint answered {path} ({'; '.join(failures)}); "
+            "check that a majority of members runs"
+        )
+
+    # -- key/value --------------------------------------------------------
+
+    def get(self, key: str) -> KeyValue | None:
+        data = self.request("/kv/range", {"key": _b64(key)})
+        kvs = data.get("kvs") or []
+        return KeyValue.from_wire(kvs[0]) if kvs else None
+
+    def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
+        """Every key under ``prefix`` (sorted by key) and the store revision read at."""
+        data = self.request("/kv/range", {"key": _b64(prefix), "range_end": prefix_end(prefix)})
+        kvs = [KeyValue.from_wire(kv) for kv in data.get("kvs") or []]
+        return kvs, int(data.get("header", {}).get("revision", 0))
+
+    def put(self, key: str, value: bytes, lease: int = 0) -> int:
+        """Write ``key``; returns the revision of the write."""
+        data = self.request("/kv/put", Put(key, value, lease).wire()["request_put"])
+        return int(data.get("header", {}).get("revision", 0))
+
+    def delete(self, key: str, prefix: bool = False) -> int:
+        """Delete ``key`` (or every key under it); returns how many were deleted."""
+        data = self.request("/kv/deleterange", Delete(key, prefix).wire()["request_delete_range"])
+        return int(data.get("deleted", 0))
+
+    def txn(
+        self, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        """If every ``compare`` holds, apply ``success``, else ``failure``, atomically."""
+        data = self.request(
+            "/kv/txn",
+            {
+                "compare": [c.wire() for c in compare],
+                "success": [op.wire() for op in success],
+                "failure": [op.wire() for op in failure],
+            },
+        )
+        responses: list[tuple[KeyValue, ...] | int] = []
+        for resp in data.get("responses") or []:
+            if "response_range" in resp:
+                kvs = resp["response_range"].get("kvs") or []
+                responses.append(tuple(KeyValue.from_wire(kv) for kv in kvs))
+            elif "response_put" in resp:
+                responses.append(int(resp["response_put"].get("header", {}).get("revision", 0)))
+            elif "response_delete_range" in resp:
+                responses.append(int(resp["response_delete_range"].get("deleted", 0)))
+        return TxnResult(
+            succeeded=bool(data.get("succeeded", False)),
+            revision=int(data.get("header", {}).get("revision", 0)),
+            responses=tuple(responses),
+        )
+
+    # -- leases -----------------------------------------------------------
+
+    def lease_grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds; returns its id."""
+        data = self.request("/lease/grant", {"TTL": str(ttl)})
+        if data.get("error"):
+            raise StoreError(f"etcd could not grant a lease: {data['error']}")
+        return int(data["ID"])
+
+    def lease_keepalive(self, lease: int) -> int:
+        """Renew ``lease``; returns its new TTL, 0 when it has expired (is gone)."""
+        data = self.request("/lease/keepalive", {"ID": str(lease)})
+        return int(data.get("TTL", 0))
+
+    def lease_revoke(self, lease: int) -> None:
+        """Revoke ``lease`` (its keys are deleted); a lease already gone is fine."""
+        try:
+            self.request("/kv/lease/revoke", {"ID": str(lease)})
+        except StoreError as exc:
+            if "not found" not in str(exc):
+                raise
+
+    def member_list(self) -> list[dict[str, Any]]:
+        return list(self.request("/cluster/member/list", {}).get("members") or [])
+
+    def status(self, url: str) -> dict[str, Any]:
+        """Maintenance status of one member (its id, leader id, raft term)."""
+        _, data = self._post_one(url, "/maintenance/status", {})
+        return data
+
+    def watch(self, key: str, *, prefix: bool = False, start_revision: int = 0) -> Watch:
+        """Follow changes of ``key`` (or every key under it) from ``start_revision``."""
+        return Watch(self, key, prefix, start_revision)
+
+
+class Watch:
+    """A watch stream read by one thread; it reconnects (to the next endpoint) from the
+    last revision it delivered, so no change is lost or repeated across a failover.
+
+    ``get(timeout)`` returns the next batch of events, ``[]`` when none came in
+    time, and raises the StoreError that ended the stream. ``close()`` ends it.
+    """
+
+    RECONNECT_S = 0.2
+    MAX_FAILURES = 50  # consecutive failed connects (about 10 s + timeouts) end the watch
+
+    def __init__(self, client: EtcdClient, key: str, prefix: bool, start_revision: int) -> None:
+        self._client, self._key, self._prefix = client, key, prefix
+        self._next = start_revision
+        self._queue: queue.Queue[list[WatchEvent] | StoreError] = queue.Queue()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._thread = threading.Thread(target=self._run, name=f"watch {key}", daemon=True)
+        self._thread.start()
+
+    def get(self, timeout: float) -> list[WatchEvent]:
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        if isinstance(item, StoreError):
+            self._queue.put(item)  # the stream stays ended for later calls
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        failures = 0
+        n = len(self._client.endpoints)
+        idx = self._client._current
+        while not self._closed.is_set():
+            url = self._client.endpoints[idx % n]
+            try:
+                delivered = self._stream(url)
+            except StoreError as exc:
+                self._queue.put(exc)
+                return
+            except (OSError, http.client.HTTPException, ValueError):
+                delivered = False
+            failures = 0 if delivered else failures + 1
+            if failures >= self.MAX_FAILURES:
+                self._queue.put(StoreUnavailable(f"watch on {self._key} lost every endpoint"))
+                return
+            idx += 1
+            self._closed.wait(self.RECONNECT_S)
+
+    def _stream(self, url: str) -> bool:
+        """Read one stream until it breaks; True when it was established."""
+        parts = urlsplit(url)
+        create: dict[str, Any] = {"key": _b64(self._key)}
+        if self._prefix:
+            create["range_end"] = prefix_end(self._key)
+        if self._next:
+            create["start_revision"] = str(self._next)
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=2.0)
+        try:
+            conn.connect()
+            assert conn.sock is not None
+            with self._lock:
+                if self._closed.is_set():
+                    return True
+                self._sock = conn.sock
+            conn.request("POST", PREFIX + "/watch", json.dumps({"create_request": create}))
+            resp = conn.getresponse()
+            if resp.status != 200:
+                return False
+            conn.sock.settimeout(None)  # a quiet key may stay silent for hours
+            established = False
+            while not self._closed.is_set():
+                line = resp.readline()
+                if not line:
+                    return established
+                msg = json.loads(line)
+                if "error" in msg:
+                    return established
+                result = msg.get("result", {})
+                if int(result.get("compact_revision", 0)):
+                    raise StoreError(
+                        f"watch on {self._key}: revision {self._next} was compacted away"
+                    )
+                established = established or bool(result.get("created"))
+                events = [
+                    WatchEvent(
+                        "DELETE" if ev.get("type") == "DELETE" else "PUT",
+                        KeyValue.from_wire(ev.get("kv", {})),
+                    )
+                    for ev in result.get("events") or []
+                ]
+                if events:
+                    self._next = events[-1].kv.mod_revision + 1
+                    self._queue.put(events)
+            return True
+        finally:
+            with self._lock:
+                self._sock = None
+            conn.close()

@@ -1,0 +1,265 @@
+"""The cluster's state in etcd, under ``/vmcluster/<cluster>/``.
+
+::
+
+    spec                    the spec file's TOML text (parse it with model.spec.parse_spec)
+    placements/<vm>         {"node": N, "state": S}  which node owns the VM
+    migrations/<vm>         {"source", "target", "network", "token"}  one in flight per VM
+    nodes/<node>            {"state": "up" | "down" | "quarantined" | "draining", ...}
+    routes/<observer>       the observer's heartbeat view {"peer/net": true|false}
+    event-seq               the last event number
+    events/<seq:012d>       one event record (JSON, see control.events), append-only
+
+A VM's placement changes only by compare-and-set on its key's mod revision,
+in a transaction that is also guarded by the manager's fencing token, so two
+managers (or one stale one) can never give a VM two owners. A migration's
+switchover (placement -> target, migration key deleted) is one transaction.
+A lost compare raises :class:`StoreConflict`, a stale token :class:`Fenced`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vmcluster.errors import StoreError
+from vmcluster.store.clock import MonotonicClock
+from vmcluster.store.election import Fence, leader_key
+from vmcluster.store.errors import Fenced, StoreConflict
+from vmcluster.store.etcd import Compare, Delete, EtcdClient, Get, KeyValue, Op, Put
+from vmcluster.substrate.protocol import Clock
+
+__all__ = ["ClusterState", "Migration", "Placement"]
+
+SEQ_WIDTH = 12
+_APPEND_TRIES = 50
+
+
+def _dump(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a VM runs; ``revision`` is the key's mod revision (0: never placed)."""
+
+    vm: str
+    node: str | None
+    state: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class Migration:
+    vm: str
+    source: str
+    target: str
+    network: str
+    token: int
+    revision: int
+
+
+class ClusterState:
+    """Typed reads and guarded writes of one cluster's state."""
+
+    def __init__(self, client: EtcdClient, cluster: str, clock: Clock | None = None) -> None:
+        self.client, self.cluster = client, cluster
+        self.root = f"/vmcluster/{cluster}/"
+        self.fence = Fence(client, cluster)
+        self.clock = clock or MonotonicClock()
+
+    def key(self, *parts: str) -> str:
+        return self.root + "/".join(parts)
+
+    # -- guarded writes ---------------------------------------------------
+
+    def _guarded(self, token: int | None, compare: list[Compare], ops: list[Op], what: str) -> int:
+        """Apply ``ops`` if ``compare`` holds and ``token`` leads; return the revision."""
+        guards = [*compare, self.fence.guard(token)] if token is not None else compare
+        got = self.client.txn(guards, ops, [Get(leader_key(self.cluster))])
+        if got.succeeded:
+            return got.revision
+        if token is not None:
+            kvs = got.responses[0] if got.responses else ()
+            leader = kvs[0] if isinstance(kvs, tuple) and kvs else None
+            if leader is None or leader.create_revision != token:
+                raise Fenced(
+                    f"fenced: token {token} no longer leads {self.cluster}; {what} refused"
+                )
+        raise StoreConflict(f"{what}: changed by someone else since it was read; read it again")
+
+    # -- spec -------------------------------------------------------------
+
+    def put_spec(self, text: str, token: int | None = None) -> int:
+        return self._guarded(token, [], [Put(self.key("spec"), text.encode())], "spec update")
+
+    def spec_text(self) -> str | None:
+        kv = self.client.get(self.key("spec"))
+        return None if kv is None else kv.value.decode()
+
+    # -- placements -------------------------------------------------------
+
+    @staticmethod
+    def _placement(vm: str, kv: KeyValue | None) -> Placement:
+        if kv is None:
+            return Placement(vm, None, "stopped", 0)
+        data = kv.json()
+        return Placement(vm, data.get("node"), str(data.get("state", "running")), kv.mod_revision)
+
+    def placement(self, vm: str) -> Placement:
+        return self._placement(vm, self.client.get(self.key("placements", vm)))
+
+    def placements(self) -> dict[str, Placement]:
+        kvs, _ = self.client.get_prefix(self.key("placements", ""))
+        out = {}
+        for kv in kvs:
+            vm = kv.key.rsplit("/", 1)[1]
+            out[vm] = self._placement(vm, kv)
+        return out
+
+    def place(
+        self,
+        vm: str,
+        node: str | None,
+        *,
+        expect: int,
+        token: int | None,
+        state: str = "running",
+    ) -> Placement:
+        """Set ``vm``'s owner to ``node`` if its key is still at revision ``expect``."""
+        key = self.key("placements", vm)
+        rev = self._guarded(
+            token,
+            [Compare.modified(key, expect)],
+            [Put(key, _dump({"node": node, "state": state}))],
+            f"placement of {vm}",
+        )
+        return Placement(vm, node, state, rev)
+
+    # -- migrations -------------------------------------------------------
+
+    def begin_migration(
+        self, vm: str, target: str, network: str, *, expect: Placement, token: int
+    ) -> Migration:
+        """Record a migration of ``vm`` from its current owner; one in flight per VM."""
+        if expect.node is None:
+            raise StoreError(f"cannot migrate {vm}: it has no owner")
+        mkey = self.key("migrations", vm)
+        body = {"source": expect.node, "target": target, "network": network, "token": token}
+        rev = self._guarded(
+            token,
+            [Compare.modified(self.key("placements", vm), expect.revision), Compare.absent(mkey)],
+            [Put(mkey, _dump(body))],
+            f"migration of {vm}",
+        )
+        return Migration(vm, expect.node, target, network, token, rev)
+
+    def migrations(self) -> dict[str, Migration]:
+        kvs, _ = self.client.get_prefix(self.key("migrations", ""))
+        out = {}
+        for kv in kvs:
+            d = kv.json()
+            vm = kv.key.rsplit("/", 1)[1]
+            out[vm] = Migration(
+                vm, d["source"], d["target"], d["network"], d["token"], kv.mod_revision
+            )
+        return out
+
+    def finish_migration(self, mig: Migration, *, success: bool, token: int) -> Placement:
+        """End ``mig``: on success the owner becomes the target in the same transaction."""
+        pkey, mkey = self.key("placements", mig.vm), self.key("migrations", mig.vm)
+        current = self.placement(mig.vm)
+        if current.node != mig.source:
+            raise StoreConflict(f"{mig.vm} is owned by {current.node}, not {mig.source}")
+        ops: list[Op] = [Delete(mkey)]
+        node = mig.target if success else mig.source
+        if success:
+            ops.append(Put(pkey, _dump({"node": node, "state": current.state})))
+        rev = self._guarded(
+            token,
+            [Compare.modified(pkey, current.revision), Compare.modified(mkey, mig.revision)],
+            ops,
+            f"switchover of {mig.vm}",
+        )
+        return Placement(mig.vm, node, current.state, rev if success else current.revision)
+
+    # -- nodes and routes -------------------------------------------------
+
+    def set_node_state(self, node: str, state: str, token: int | None = None, **extra: Any) -> int:
+        return self._guarded(
+            token, [], [Put(self.key("nodes", node), _dump({"state": state, **extra}))], node
+        )
+
+    def node_states(self) -> dict[str, dict[str, Any]]:
+        kvs, _ = self.client.get_prefix(self.key("nodes", ""))
+        return {kv.key.rsplit("/", 1)[1]: kv.json() for kv in kvs}
+
+    def publish_routes(self, observer: str, view: Mapping[str, bool], lease: int = 0) -> int:
+        """An agent's heartbeat view (``"peer/network": up``), optionally on its lease."""
+        return self.client.put(self.key("routes", observer), _dump(dict(view)), lease)
+
+    def route_views(self) -> dict[str, dict[str, bool]]:
+        kvs, _ = self.client.get_prefix(self.key("routes", ""))
+        return {kv.key.rsplit("/", 1)[1]: kv.json() for kv in kvs}
+
+    # -- events -----------------------------------------------------------
+
+    def append_event(self, record: Mapping[str, object]) -> int:
+        """Append one event; returns its sequence number (1, 2, ...), gap-free."""
+        seq_key = self.key("event-seq")
+        for _ in range(_APPEND_TRIES):
+            kv = self.client.get(seq_key)
+            last = int(kv.value) if kv else 0
+            seq = last + 1
+            got = self.client.txn(
+                [Compare.modified(seq_key, kv.mod_revision if kv else 0)],
+                [Put(seq_key, str(seq).encode()), Put(self._event_key(seq), _dump(record))],
+            )
+            if got.succeeded:
+                return seq
+        raise StoreConflict(f"could not append an event in {_APPEND_TRIES} tries (contention)")
+
+    def _event_key(self, seq: int) -> str:
+        return self.key("events", f"{seq:0{SEQ_WIDTH}d}")
+
+    def events(self, after: int = 0) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+        """Events with seq > ``after`` in order, and the store revision they were read at."""
+        kvs, rev = self.client.get_prefix(self.key("events", ""))
+        out = []
+        for kv in kvs:
+            seq = int(kv.key.rsplit("/", 1)[1])
+            if seq > after:
+                out.append((seq, kv.json()))
+        return out, rev
+
+    def follow(
+        self,
+        after: int = 0,
+        *,
+        timeout: float | None = None,
+        stop: Callable[[], bool] | None = None,
+        poll_s: float = 0.25,
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Past events after ``after``, then new ones as they are appended, until ``timeout``
+        seconds pass or ``stop()`` is true (one of them bounds the loop; both may be given)."""
+        if timeout is None and stop is None:
+            raise StoreError("follow needs a timeout or a stop condition")
+        deadline = None if timeout is None else self.clock.now() + timeout
+        past, rev = self.events(after)
+        last = after
+        for seq, rec in past:
+            last = seq
+            yield seq, rec
+        with self.client.watch(self.key("events", ""), prefix=True, start_revision=rev + 1) as w:
+            while (stop is None or not stop()) and (
+                deadline is None or self.clock.now() < deadline
+            ):
+                for ev in w.get(poll_s):
+                    if ev.type != "PUT":
+                        continue
+                    seq = int(ev.kv.key.rsplit("/", 1)[1])
+                    if seq > last:
+                        last = seq
+                        yield seq, ev.kv.json()

@@ -1,0 +1,99 @@
+"""Real UDP heartbeats between daemons on loopback addresses (127.60.<net>.<node>)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from vmcluster.heartbeat.daemon import HeartbeatDaemon
+from vmcluster.heartbeat.detector import (
+    Binding,
+    HeartbeatParams,
+    Target,
+    health_from_views,
+    network_states,
+)
+from vmcluster.model.spec import load_spec
+from vmcluster.policy.networks import cluster_network
+from vmcluster.store.clock import MonotonicClock
+
+NODES = ("n1", "n2", "n3")
+NETS = ("A", "B")
+SPEC = load_spec(Path(__file__).with_name("three_nodes.toml"))
+P = HeartbeatParams(0.1, 8)  # 0.8 s window keeps the test short; defaults are in bench/
+
+
+def addr(node: str, net: str) -> IPv4Address:
+    return IPv4Address(f"127.60.{NETS.index(net) + 1}.{NODES.index(node) + 1}")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((str(addr("n1", "A")), 0))
+        return int(s.getsockname()[1])
+
+
+def daemon(node: str, port: int, nets: tuple[str, ...] = NETS) -> HeartbeatDaemon:
+    binds = [Binding(n, addr(node, n), port) for n in nets]
+    targets = [Target(p, n, addr(p, n), port) for p in NODES if p != node for n in NETS]
+    return HeartbeatDaemon("t", node, binds, targets, P)
+
+
+@contextmanager
+def running(daemons: list[HeartbeatDaemon]) -> Iterator[list[HeartbeatDaemon]]:
+    with ExitStack() as stack:
+        for d in daemons:
+            stack.enter_context(d.start())
+        yield daemons
+
+
+def wait_until(pred: object, timeout: float) -> bool:
+    assert callable(pred)
+    clock = MonotonicClock()
+    end = clock.now() + timeout
+    while clock.now() < end:
+        if pred():
+            return True
+        clock.sleep(0.02)
+    return bool(pred())
+
+
+def test_all_routes_up_then_a_stopped_peer_goes_down_on_every_network() -> None:
+    port = free_udp_port()
+    d1, d2, d3 = daemon("n1", port), daemon("n2", port), daemon("n3", port)
+    with running([d1, d2]):
+        d3.start()
+        try:
+            assert wait_until(lambda: d1.received > 20 and d2.received > 20, 10)
+            assert wait_until(lambda: all(d1.states().values()), 10)
+            assert d1.dropped == 0
+        finally:
+            d3.stop()  # n3 dies
+        assert wait_until(lambda: d1.down_peers() == {"n3"} == d2.down_peers(), 10)
+        downs = []
+        while not d1.changes.empty():
+            downs.append(d1.changes.get())
+        assert {(c.peer, c.network) for c in downs if not c.up} == {("n3", "A"), ("n3", "B")}
+        assert all(up for (peer, _), up in d1.states().items() if peer == "n2")
+
+
+def test_one_missing_interface_is_a_partition_not_a_node_failure() -> None:
+    """n3 has no socket on A (its interface there is down): A is partitioned, n3 is not down,
+    and the n1-n3 pair's cluster traffic moves to B while n1-n2 stays on A (lowest metric)."""
+    port = free_udp_port()
+    ds = [daemon("n1", port), daemon("n2", port), daemon("n3", port, nets=("B",))]
+    with running(ds):
+
+        def settled() -> bool:
+            views = {d.node: d.states() for d in ds}
+            return health_from_views(SPEC, views).down == {("A", "n3")}
+
+        assert wait_until(settled, 10)
+        assert all(d.down_peers() == frozenset() for d in ds)
+        health = health_from_views(SPEC, {d.node: d.states() for d in ds})
+        assert network_states(SPEC, health) == {"A": "partitioned", "B": "up"}
+        assert cluster_network(SPEC, health, "n1", "n3") == "B"
+        assert cluster_network(SPEC, health, "n1", "n2") == "A"

@@ -1,0 +1,202 @@
+"""Failover placement, quorum, isolation timing and flapping: examples and properties."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from vmcluster.model import ClusterSettings, ClusterSpec, Node, Vm
+from vmcluster.policy.failover import (
+    CannotPlace,
+    FailoverParams,
+    FailoverPlan,
+    Migrate,
+    Restart,
+    drain_plan,
+    failover_plan,
+    has_quorum,
+    must_stop_vms,
+    quarantined,
+    restart_not_before,
+)
+
+P = FailoverParams()
+
+
+def node(name: str, cores: int = 4, mem: int = 4096) -> Node:
+    return Node(name, cores, mem, {"net": IPv4Address("198.18.0.1")})
+
+
+def spec(nodes: list[Node], vms: list[Vm], witness: bool = False) -> ClusterSpec:
+    return ClusterSpec(ClusterSettings("t", witness=witness), (), tuple(nodes), tuple(vms))
+
+
+def test_restart_by_priority_preferred_owner_then_room() -> None:
+    s = spec(
+        [node("a"), node("b", mem=1024), node("c", mem=8192)],
+        [
+            Vm("low", "a", 512, priority=1000),
+            Vm("high", "a", 1024, priority=3000, preferred_owners=("b", "c")),
+            Vm("mid", "a", 512, priority=2000),
+            Vm("other", "b", 256),
+        ],
+    )
+    plan = failover_plan(s, {v.name: v.owner for v in s.vms}, {"a"})
+    # high wants b but b has 768 MiB free, so c (its next preferred owner); the rest go
+    # where most memory is free.
+    assert plan.actions == (
+        Restart("high", "c", "a"),
+        Restart("mid", "c", "a"),
+        Restart("low", "c", "a"),
+    )
+
+
+def test_anti_affinity_spreads_a_class_and_gives_way_when_it_must() -> None:
+    s = spec(
+        [node("a"), node("b"), node("c")],
+        [Vm("db1", "a", 512, anti_affinity="db"), Vm("db2", "b", 512, anti_affinity="db"),
+         Vm("db3", "c", 512, anti_affinity="db")],
+    )  # fmt: skip
+    plan = failover_plan(s, {"db1": "a", "db2": "b", "db3": "c"}, {"a"})
+    assert plan.actions == (Restart("db1", "b", "a"),)  # both hold one: equal, name wins
+    s2 = spec([node("a"), node("b"), node("c")], list(s.vms[:2]))
+    assert failover_plan(s2, {"db1": "a", "db2": "b"}, {"a"}).actions == (Restart("db1", "c", "a"),)
+
+
+def test_cannot_place_names_the_reason() -> None:
+    s = spec([node("a"), node("b", mem=256)], [Vm("big", "a", 1024)])
+    (act,) = failover_plan(s, {"big": "a"}, {"a"}).actions
+    assert isinstance(act, CannotPlace) and "1024 MiB" in act.reason
+    (act2,) = failover_plan(s, {"big": "a"}, {"a", "b"}).actions
+    assert act2 == CannotPlace("big", "no node is up")
+
+
+def test_drain_moves_everything_off_and_skips_excluded() -> None:
+    s = spec([node("a"), node("b"), node("c")], [Vm("x", "a", 512), Vm("y", "a", 512)])
+    plan = drain_plan(s, {"x": "a", "y": "a"}, "a", excluded={"b"})
+    assert plan.actions == (Migrate("x", "a", "c"), Migrate("y", "a", "c"))
+    assert plan.to_json()[0] == {"action": "Migrate", "vm": "x", "source": "a", "target": "c"}
+
+
+def test_quorum_majority_and_witness() -> None:
+    assert has_quorum(3, 2, False, False) and not has_quorum(3, 1, False, False)
+    assert not has_quorum(2, 1, False, False)  # 1|1 split: nobody, without a witness
+    assert has_quorum(2, 1, True, True) and not has_quorum(2, 1, True, False)
+    assert has_quorum(4, 2, True, True) and not has_quorum(4, 2, True, False)
+    assert must_stop_vms(3, 1, ClusterSettings("t"), False)
+    assert not must_stop_vms(3, 3, ClusterSettings("t"), False)
+
+
+def test_isolated_node_stops_before_the_majority_restarts() -> None:
+    st_ = ClusterSettings("t", same_subnet_delay_ms=250, same_subnet_threshold=8)
+    last_heard = 100.0
+    # The isolated node's last receipt is at most one delay later; it stops after its window
+    # and within its stop budget.
+    isolated_done = last_heard + 0.25 + 2.0 + P.stop_budget_s
+    assert restart_not_before(last_heard, st_) >= isolated_done
+    assert restart_not_before(last_heard, st_) == 100.0 + 2.0 + 0.25 + 1.0
+
+
+def test_flapping_three_failures_in_an_hour() -> None:
+    assert quarantined([0, 1000, 3000], now=3500)
+    assert not quarantined([0, 1000, 3000], now=3601)  # the first has aged out
+    assert not quarantined([10, 20], now=30)
+    assert not quarantined([10, 20, 40], now=30)  # a future entry does not count yet
+
+
+# -- properties over random clusters -------------------------------------------------------
+
+names = [f"n{i}" for i in range(5)]
+
+
+@st.composite
+def clusters(draw: st.DrawFn) -> tuple[ClusterSpec, dict[str, str | None], set[str]]:
+    nn = draw(st.integers(2, 5))
+    nodes = [
+        node(names[i], draw(st.integers(1, 8)), draw(st.sampled_from([512, 1024, 2048, 4096])))
+        for i in range(nn)
+    ]
+    vms = []
+    for i in range(draw(st.integers(0, 14))):
+        vms.append(
+            Vm(
+                f"vm{i}",
+                draw(st.sampled_from(names[:nn])),
+                draw(st.sampled_from([128, 256, 512, 1024])),
+                vcpus=draw(st.integers(1, 2)),
+                preferred_owners=tuple(draw(st.lists(st.sampled_from(names[:nn]), unique=True))),
+                priority=draw(st.sampled_from([1000, 2000, 3000])),
+                anti_affinity=draw(st.sampled_from([None, "db", "web"])),
+            )
+        )
+    s = spec(nodes, vms)
+    placements: dict[str, str | None] = {v.name: v.owner for v in vms}
+    down = set(draw(st.lists(st.sampled_from(names[:nn]), min_size=1, max_size=nn - 1)))
+    return s, placements, down
+
+
+def replay_checks(
+    s: ClusterSpec, placements: dict[str, str | None], plan: FailoverPlan, down: set[str]
+) -> None:
+    """Replay the plan step by step with independent bookkeeping."""
+    cur = {vm: (None if n in down else n) for vm, n in placements.items()}
+
+    def used(n: str) -> tuple[int, int, list[str | None]]:
+        on = [v for v in s.vms if cur.get(v.name) == n]
+        classes = [v.anti_affinity for v in on]
+        return sum(v.memory_mib for v in on), sum(v.vcpus for v in on), classes
+
+    for act in plan.actions:
+        if isinstance(act, CannotPlace):
+            continue
+        target = act.node if isinstance(act, Restart) else act.target
+        vm = s.vm(act.vm)
+        assert target not in down
+        mem, cpu, classes = used(target)
+        nd = s.node(target)
+        assert mem + vm.memory_mib <= nd.memory_mib and cpu + vm.vcpus <= nd.cores
+        if vm.anti_affinity is not None and vm.anti_affinity in classes:
+            for other in s.nodes:  # every node with room also held that class
+                if other.name in down:
+                    continue
+                m2, c2, cl2 = used(other.name)
+                if m2 + vm.memory_mib <= other.memory_mib and c2 + vm.vcpus <= other.cores:
+                    assert vm.anti_affinity in cl2
+        cur[act.vm] = target
+
+
+@settings(max_examples=300, deadline=None)
+@given(clusters())
+def test_failover_properties(case: tuple[ClusterSpec, dict[str, str | None], set[str]]) -> None:
+    s, placements, down = case
+    plan = failover_plan(s, placements, down)
+    vms = [a.vm for a in plan.actions]
+    assert len(vms) == len(set(vms))  # never two actions (restarts) for one VM
+    assert set(vms) == {v for v, n in placements.items() if n in down}  # all accounted for
+    assert all(a.node not in down for a in plan.actions if isinstance(a, Restart))
+    prios = [s.vm(v).priority for v in vms]
+    assert prios == sorted(prios, reverse=True)
+    # Capacity (memory and vCPUs) on survivors holds after every step, counting VMs that
+    # already ran there; anti-affinity is broken only when every node with room had the class.
+    for n in s.nodes:
+        if n.name not in down:
+            on = [v for v in s.vms if placements[v.name] == n.name]
+            assume(sum(v.memory_mib for v in on) <= n.memory_mib)
+            assume(sum(v.vcpus for v in on) <= n.cores)
+    replay_checks(s, placements, plan, down)
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters())
+def test_drain_properties(case: tuple[ClusterSpec, dict[str, str | None], set[str]]) -> None:
+    s, placements, down = case
+    src = sorted(down)[0]
+    others_down = set(down) - {src}
+    plan = drain_plan(s, placements, src, down=others_down)
+    moved = [a.vm for a in plan.actions]
+    assert sorted(moved) == sorted(v for v, n in placements.items() if n == src)
+    for a in plan.actions:
+        if isinstance(a, Migrate):
+            assert a.source == src and a.target != src and a.target not in others_down
