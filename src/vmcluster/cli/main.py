@@ -21,9 +21,11 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("route", "route"),
     ("migration", "migration"),
     ("simulate", "simulate"),
+    ("tour", "tour"),
+    ("lab", "lab"),
+    ("vm", "vm"),
     ("evaluate", "evaluate"),
     ("evaluate", "power"),
-    ("tour", "tour"),
 )
 
 
