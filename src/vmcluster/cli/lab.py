@@ -1,0 +1,92 @@
+"""``vmcluster lab``: several hosts on one machine (up, down, status, net)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from vmcluster.lab.lab import lab_down, lab_up, resolve_lab, set_net
+from vmcluster.substrate.protocol import SubstrateStatus
+from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+__all__ = ["lab"]
+
+_NAME = click.option("--name", "name", default=None, help="lab name (default: the only lab up)")
+
+
+@click.group()
+def lab() -> None:
+    """Build, inspect and tear down the lab (network namespaces + QEMU)."""
+
+
+@lab.command("up")
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("examples/lab.toml"), show_default=True)
+@click.option("--name", "name", default=None, help="lab name (default: the spec's cluster name)")
+@click.option("--json", "as_json", is_flag=True, help="print the final status as JSON")
+def up(spec_path: Path, name: str | None, as_json: bool) -> None:
+    """Create namespaces, links, agents and boot the spec's VMs."""
+    say = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    sub = lab_up(spec_path, name, say=say)
+    _show(sub.status(), as_json, sub)
+
+
+@lab.command("down")
+@_NAME
+@click.option("--json", "as_json", is_flag=True)
+def down(name: str | None, as_json: bool) -> None:
+    """Remove every namespace, process and file of the lab (safe to repeat)."""
+    layout = resolve_lab(name)
+    summary = lab_down(layout, say=None if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+@lab.command("status")
+@_NAME
+@click.option("--json", "as_json", is_flag=True)
+def status(name: str | None, as_json: bool) -> None:
+    """Nodes (agent up or down, links down) and VMs (owner and state)."""
+    sub = QemuSubstrate(resolve_lab(name))
+    _show(sub.status(), as_json, sub)
+
+
+def _show(st: SubstrateStatus, as_json: bool, sub: QemuSubstrate) -> None:
+    if as_json:
+        click.echo(json.dumps({"lab": sub.layout.name, **st.to_json()}))
+        return
+    click.echo(f"lab {sub.layout.name} ({sub.layout.state_dir})")
+    for n in st.nodes:
+        links = f"  links down: {', '.join(n.links_down)}" if n.links_down else ""
+        click.echo(f"  node {n.name:<10} {n.state}{links}")
+    for v in st.vms:
+        addr = sub.spec.vm(v.name).address
+        click.echo(f"  vm   {v.name:<10} {v.state:<9} on {v.node or '-':<8} {addr}")
+
+
+@lab.group("net")
+def net() -> None:
+    """Take a cluster network (or one node's interface on it) down or up."""
+
+
+def _net(target: str, name: str | None, up: bool) -> None:
+    sub = QemuSubstrate(resolve_lab(name))
+    changed = set_net(sub, target, up)
+    for network, node in changed:
+        click.echo(f"{network}@{node}: {'up' if up else 'down'}")
+
+
+@net.command("down")
+@click.argument("target", metavar="NETWORK[@NODE]")
+@_NAME
+def net_down(target: str, name: str | None) -> None:
+    _net(target, name, False)
+
+
+@net.command("up")
+@click.argument("target", metavar="NETWORK[@NODE]")
+@_NAME
+def net_up(target: str, name: str | None) -> None:
+    _net(target, name, True)

@@ -1,0 +1,134 @@
+"""``vmcluster vm``: list, start, stop, pause, resume, console and migrate lab VMs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from vmcluster.errors import MigrationError
+from vmcluster.lab.lab import resolve_lab
+from vmcluster.lab.observe import migrate_observed
+from vmcluster.substrate.protocol import MigrationHandle, MigrationProgress
+from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+__all__ = ["vm"]
+
+_LAB = click.option("--lab", "lab_name", default=None, help="lab name (default: the only one up)")
+
+
+def _sub(lab_name: str | None) -> QemuSubstrate:
+    return QemuSubstrate(resolve_lab(lab_name))
+
+
+@click.group()
+def vm() -> None:
+    """Operate the lab's VMs."""
+
+
+@vm.command("list")
+@_LAB
+@click.option("--json", "as_json", is_flag=True)
+def list_(lab_name: str | None, as_json: bool) -> None:
+    sub = _sub(lab_name)
+    vms = sub.status().vms
+    if as_json:
+        click.echo(json.dumps({"vms": [
+            {"name": v.name, "node": v.node, "state": v.state,
+             "address": str(sub.spec.vm(v.name).address)} for v in vms]}))
+        return
+    for v in vms:
+        click.echo(f"{v.name:<10} {v.state:<9} {v.node or '-':<8} {sub.spec.vm(v.name).address}")
+
+
+def _simple(name: str, doc: str) -> None:
+    @vm.command(name, help=doc)
+    @click.argument("vm_name", metavar="VM")
+    @_LAB
+    def cmd(vm_name: str, lab_name: str | None) -> None:
+        sub = _sub(lab_name)
+        getattr(sub, f"{name}_vm")(vm_name)
+        click.echo(f"{vm_name}: {sub.status().vm(vm_name).state}")
+
+
+_simple("stop", "Stop a VM (its QEMU quits).")
+_simple("pause", "Pause a VM.")
+_simple("resume", "Resume a paused VM.")
+
+
+@vm.command("start")
+@click.argument("vm_name", metavar="VM")
+@click.option("--on", "node", default=None, help="node (default: the spec's owner)")
+@_LAB
+def start(vm_name: str, node: str | None, lab_name: str | None) -> None:
+    """Start a VM on a node."""
+    from vmcluster.lab.lab import wait_ready
+
+    sub = _sub(lab_name)
+    node = node or sub.spec.vm(vm_name).owner
+    sub.start_vm(vm_name, node)
+    wait_ready(sub.layout, vm_name, node, 120)
+    click.echo(f"{vm_name}: running on {node}")
+
+
+@vm.command("console")
+@click.argument("vm_name", metavar="VM")
+@click.option("-n", "lines", default=20, show_default=True, help="lines to show")
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines (Ctrl-C stops)")
+@_LAB
+def console(vm_name: str, lines: int, follow: bool, lab_name: str | None) -> None:
+    """Show a VM's serial console (the log on its current node)."""
+    sub = _sub(lab_name)
+    node = sub.owner(vm_name) or sub.spec.vm(vm_name).owner
+    log = sub.layout.serial_log(vm_name, node)
+    data = log.read_bytes() if log.exists() else b""
+    for line in data.decode(errors="replace").splitlines()[-lines:]:
+        click.echo(line)
+    pos = len(data)
+    while follow:
+        time.sleep(0.5)
+        with log.open("rb") as f:
+            f.seek(pos)
+            chunk = f.read()
+        pos += len(chunk)
+        if chunk:
+            click.echo(chunk.decode(errors="replace"), nl=False)
+
+
+@vm.command("migrate")
+@click.argument("vm_name", metavar="VM")
+@click.option("--to", "target", required=True, help="target node")
+@click.option("--quick", is_flag=True, help="quick migration: pause, save, restore")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@_LAB
+def migrate(vm_name: str, target: str, quick: bool, as_json: bool, lab_name: str | None) -> None:
+    """Live-migrate VM to NODE over the network the policy picks (next one on failure)."""
+    sub = _sub(lab_name)
+    def err(m: str) -> None:
+        return (click.echo(m, err=True))
+    sub.on_event = err
+
+    def progress(h: MigrationHandle, p: MigrationProgress) -> None:
+        exp = "-" if p.expected_downtime_ms is None else f"{p.expected_downtime_ms:.0f} ms"
+        err(f"{h.vm} {h.source}->{h.target} via {h.network}: {p.status} pass {p.pass_no} "
+            f"sent {p.sent_mib:.1f} MiB remaining {p.remaining_mib:.1f} MiB "
+            f"dirty {p.dirty_mibps:.1f} MiB/s expected downtime {exp}")
+
+    result = migrate_observed(sub, vm_name, target, quick=quick, on_progress=progress)
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    else:
+        r = result.to_json()
+        if result.ok:
+            click.echo(f"{vm_name}: {result.source} -> {result.target} via {result.network}: "
+                       f"{result.passes} passes, {result.sent_mib:.1f} MiB, "
+                       f"{result.total_s:.2f} s, downtime {result.downtime_ms} ms, "
+                       f"client gap {r['client_gap_ms']} ms, TCP session "
+                       f"{'kept' if r['tcp_session_survived'] else 'lost'}, memory "
+                       f"{'ok' if r['memory_ok'] else 'CORRUPT'}")
+    if not result.ok:
+        raise MigrationError(
+            f"migrating {vm_name} to {target} failed ({result.error}); "
+            f"it still runs on {result.source}"
+        )

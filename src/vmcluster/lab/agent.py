@@ -1,0 +1,298 @@
+"""The node agent: one process per node namespace that owns that node's QEMUs.
+
+Started as ``ip netns exec NS python -m vmcluster.lab.agent --lab L --node N``.
+It answers one JSON request per connection on a unix socket in the lab's
+state dir (``{"op": ..., ...}`` -> ``{"ok": true, ...}`` or ``{"ok": false,
+"error": "one line"}``). On start it reconciles from QEMU's own state: every
+QEMU it recorded that is still alive is adopted (``query-status``); dead ones
+are forgotten; a running VM is never killed to reconcile.
+
+Ops: ping, list, start, stop, pause, resume, incoming, migrate, query_migrate,
+set_params, cancel, takeover, release, discard, save.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from vmcluster.errors import QmpError, SubstrateError, VmclusterError
+from vmcluster.lab.layout import LabLayout
+from vmcluster.substrate.qemu.process import QemuProcess
+from vmcluster.substrate.qemu.vm import VmConfig
+
+__all__ = ["Agent", "main"]
+
+Reply = dict[str, Any]
+
+
+async def _sh(*argv: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=10)
+    return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
+class Agent:
+    """The node agent's state: the QEMUs it owns, by VM name."""
+
+    def __init__(self, layout: LabLayout, node: str) -> None:
+        self.layout, self.node = layout, node
+        self.workdir = layout.qemu_dir(node)
+        self.vms: dict[str, QemuProcess] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    def lock(self, vm: str) -> asyncio.Lock:
+        return self.locks.setdefault(vm, asyncio.Lock())
+
+    async def reconcile(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for rec in sorted(self.workdir.glob("*.json")):
+            qp = await QemuProcess.adopt(rec)
+            if qp is not None:
+                self.vms[qp.record.vm] = qp
+
+    def get(self, vm: str) -> QemuProcess:
+        qp = self.vms.get(vm)
+        if qp is None or not qp.alive():
+            if qp is not None:
+                self.vms.pop(vm, None)
+                qp.record_path.unlink(missing_ok=True)
+            raise SubstrateError(f"{vm} has no QEMU on {self.node}")
+        return qp
+
+    async def _tap(self, cfg: VmConfig) -> None:
+        rc, _ = await _sh("ip", "link", "show", cfg.tap)
+        if rc != 0:
+            rc, out = await _sh("ip", "tuntap", "add", "dev", cfg.tap, "mode", "tap")
+            if rc != 0:
+                raise SubstrateError(f"cannot create tap {cfg.tap} on {self.node}: {out}")
+        rc, out = await _sh("ip", "link", "set", cfg.tap, "master", cfg.bridge, "up")
+        if rc != 0:
+            raise SubstrateError(f"cannot attach tap {cfg.tap} to {cfg.bridge}: {out}")
+
+    async def _drop(self, vm: str) -> None:
+        qp = self.vms.pop(vm, None)
+        if qp is not None:
+            await qp.stop()
+            await _sh("ip", "tuntap", "del", "dev", qp.record.config["tap"], "mode", "tap")
+
+    # -- ops ------------------------------------------------------------------------
+    async def op_ping(self, req: Reply) -> Reply:
+        return {"node": self.node, "pid": os.getpid()}
+
+    async def op_list(self, req: Reply) -> Reply:
+        out = []
+        for name in list(self.vms):
+            try:
+                qp = self.get(name)
+                status = await qp.qmp.query_status()
+            except VmclusterError:
+                continue
+            out.append({"vm": name, "role": qp.record.role, "status": status, "pid": qp.pid,
+                        "serial_log": qp.record.serial_log})
+        return {"vms": out}
+
+    async def op_start(self, req: Reply) -> Reply:
+        cfg = VmConfig.from_json(req["config"])
+        async with self.lock(cfg.name):
+            if cfg.name in self.vms and self.vms[cfg.name].alive():
+                qp = self.vms[cfg.name]
+                if qp.record.role != "run":
+                    raise SubstrateError(f"{cfg.name} is a migration target on {self.node}")
+                return {"status": await qp.qmp.query_status(), "pid": qp.pid}
+            await self._tap(cfg)
+            log = self.layout.serial_log(cfg.name, self.node)
+            qp = await QemuProcess.spawn(cfg, self.workdir, log, "run")
+            self.vms[cfg.name] = qp
+            return {"status": await qp.qmp.query_status(), "pid": qp.pid}
+
+    async def op_stop(self, req: Reply) -> Reply:
+        async with self.lock(req["vm"]):
+            await self._drop(req["vm"])
+        return {}
+
+    async def op_pause(self, req: Reply) -> Reply:
+        qp = self.get(req["vm"])
+        if await qp.qmp.query_status() == "running":
+            await qp.qmp.stop()
+        return {"status": await qp.qmp.query_status()}
+
+    async def op_resume(self, req: Reply) -> Reply:
+        qp = self.get(req["vm"])
+        if await qp.qmp.query_status() in ("paused", "postmigrate"):
+            await qp.qmp.cont()
+        return {"status": await qp.qmp.query_status()}
+
+    async def op_incoming(self, req: Reply) -> Reply:
+        """Start a target QEMU waiting for ``uri`` (``tcp:ADDR:0`` picks a port)."""
+        cfg = VmConfig.from_json(req["config"])
+        async with self.lock(cfg.name):
+            old = self.vms.get(cfg.name)
+            if old is not None and old.alive():
+                if old.record.role == "run":
+                    raise SubstrateError(f"{cfg.name} already runs on {self.node}")
+                await self._drop(cfg.name)  # a stale target of an earlier attempt
+            await self._tap(cfg)
+            log = self.layout.serial_log(cfg.name, self.node)
+            qp = await QemuProcess.spawn(cfg, self.workdir, log, "incoming", req.get("id", ""))
+            self.vms[cfg.name] = qp
+            try:
+                await qp.qmp.migrate_set_capabilities({"events": True})
+                await qp.qmp.migrate_incoming(req["uri"])
+                info = await qp.qmp.query_migrate()
+            except QmpError:
+                await self._drop(cfg.name)
+                raise
+            uri = req["uri"]
+            for sa in info.get("socket-address", []):
+                if sa.get("type") in ("inet", "ipv4"):
+                    uri = f"tcp:{sa['host']}:{sa['port']}"
+            return {"uri": uri, "pid": qp.pid}
+
+    async def op_set_params(self, req: Reply) -> Reply:
+        qp = self.get(req["vm"])
+        if req.get("caps"):
+            await qp.qmp.migrate_set_capabilities(req["caps"])
+        if req.get("params"):
+            await qp.qmp.migrate_set_parameters(**req["params"])
+        return {}
+
+    async def op_migrate(self, req: Reply) -> Reply:
+        qp = self.get(req["vm"])
+        if qp.record.role != "run":
+            raise SubstrateError(f"{req['vm']} on {self.node} is not the running copy")
+        await qp.qmp.migrate_set_capabilities({"events": True, **req.get("caps", {})})
+        await qp.qmp.migrate_set_parameters(**req.get("params", {}))
+        await qp.qmp.start_migration(req["uri"])
+        return {}
+
+    async def op_query_migrate(self, req: Reply) -> Reply:
+        qp = self.get(req["vm"])
+        return {"migrate": await qp.qmp.query_migrate(), "status": await qp.qmp.query_status()}
+
+    async def op_cancel(self, req: Reply) -> Reply:
+        """Roll back the source: cancel any migration, then run the VM again."""
+        qp = self.get(req["vm"])
+        info = await qp.qmp.query_migrate()
+        if info.get("status") in ("setup", "active", "device", "pre-switchover", "wait-unplug"):
+            await qp.qmp.migrate_cancel()
+            for _ in range(200):
+                info = await qp.qmp.query_migrate()
+                if info.get("status") not in ("active", "cancelling", "device", "setup"):
+                    break
+                await asyncio.sleep(0.05)
+        status = await qp.qmp.query_status()
+        if status in ("paused", "postmigrate", "finish-migrate"):
+            await qp.qmp.cont()
+            status = await qp.qmp.query_status()
+        qp.set_role("run")
+        return {"status": status, "migrate": info.get("status")}
+
+    async def op_takeover(self, req: Reply) -> Reply:
+        """The target becomes the VM: run it, announce its MAC, record it as owned."""
+        qp = self.get(req["vm"])
+        status = await qp.qmp.query_status()
+        if status in ("paused", "postmigrate", "prelaunch"):
+            await qp.qmp.cont()
+        await qp.qmp.announce_self()
+        qp.set_role("run")
+        return {"status": await qp.qmp.query_status()}
+
+    async def op_release(self, req: Reply) -> Reply:
+        """The source after a completed migration: QEMU quits (the VM lives on the target)."""
+        async with self.lock(req["vm"]):
+            await self._drop(req["vm"])
+        return {}
+
+    async def op_discard(self, req: Reply) -> Reply:
+        """A failed migration's target: remove it, but never a QEMU that owns the VM."""
+        async with self.lock(req["vm"]):
+            qp = self.vms.get(req["vm"])
+            if qp is not None and qp.record.role == "run" and not req.get("force"):
+                return {"kept": True}
+            await self._drop(req["vm"])
+        return {"kept": False}
+
+    async def op_save(self, req: Reply) -> Reply:
+        """Quick migration's first half: pause, write the state to ``path``, stay paused."""
+        qp = self.get(req["vm"])
+        if await qp.qmp.query_status() == "running":
+            await qp.qmp.stop()
+        path = str(req["path"])
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        await qp.qmp.migrate_set_capabilities({"events": True})
+        await qp.qmp.migrate_set_parameters(max_bandwidth=int(10e9))
+        await qp.qmp.start_migration(f"exec:cat > {path}")
+        for _ in range(int(req.get("save_timeout_s", 120) / 0.05)):
+            info = await qp.qmp.query_migrate()
+            if info.get("status") in ("completed", "failed", "cancelled"):
+                return {"migrate": info}
+            await asyncio.sleep(0.05)
+        await qp.qmp.migrate_cancel()
+        raise SubstrateError(f"saving {req['vm']} to {path} did not finish in time")
+
+
+async def _serve(agent: Agent, sock_path: Path) -> None:
+    handlers: dict[str, Callable[[Reply], Awaitable[Reply]]] = {
+        name[3:]: getattr(agent, name) for name in dir(agent) if name.startswith("op_")
+    }
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=10)
+            req = json.loads(line)
+            handler = handlers.get(str(req.get("op")))
+            if handler is None:
+                reply: Reply = {"ok": False, "error": f"unknown op {req.get('op')!r}"}
+            else:
+                reply = {"ok": True, **await handler(req)}
+        except VmclusterError as exc:
+            reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # the agent answers every request, whatever broke
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        with contextlib.suppress(OSError):
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+            writer.close()
+
+    sock_path.parent.mkdir(parents=True, exist_ok=True)
+    sock_path.unlink(missing_ok=True)
+    server = await asyncio.start_unix_server(handle, path=str(sock_path))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+    # Exiting leaves every QEMU running: a restarted agent adopts them again.
+    for qp in agent.vms.values():
+        await qp.qmp.close()
+
+
+async def _amain(lab: str, node: str, root: Path) -> None:
+    layout = LabLayout(lab, root)
+    agent = Agent(layout, node)
+    await agent.reconcile()
+    await _serve(agent, layout.agent_socket(node))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="vmcluster.lab.agent")
+    p.add_argument("--lab", required=True)
+    p.add_argument("--node", required=True)
+    p.add_argument("--root", default=str(LabLayout("x").root))
+    args = p.parse_args(argv)
+    asyncio.run(_amain(args.lab, args.node, Path(args.root)))
+
+
+if __name__ == "__main__":
+    main()

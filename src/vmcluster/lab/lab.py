@@ -1,0 +1,171 @@
+"""``lab up`` / ``down`` / ``status`` / ``net``: several hosts on one machine.
+
+``up`` builds the guest image (cached), the namespaces and links of
+:mod:`vmcluster.lab.netns`, starts a node agent per node and boots the
+spec's VMs on their owners; any failure tears the half-built lab down again.
+``down`` finds everything by the lab's name (namespaces by prefix, processes
+by namespace and by the state dir on their command line), so it works after
+a crash and is safe to run twice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from vmcluster.errors import LabError, UsageError, VmclusterError
+from vmcluster.lab import netns
+from vmcluster.lab.client import AgentClient, start_agent
+from vmcluster.lab.layout import RUN_ROOT, LabLayout, check_lab_name
+from vmcluster.lab.state import write_state
+from vmcluster.model import ClusterSpec
+from vmcluster.model.spec import load_spec
+from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+__all__ = ["default_lab_name", "lab_down", "lab_up", "resolve_lab", "set_net", "wait_ready"]
+
+Say = Callable[[str], None]
+
+
+def default_lab_name(spec: ClusterSpec) -> str:
+    return re.sub(r"[^a-z0-9]", "", spec.cluster.name.lower())[:12] or "lab"
+
+
+def resolve_lab(name: str | None, root: Path = RUN_ROOT) -> LabLayout:
+    """The lab named ``name``, else $VMCLUSTER_LAB, else the only lab that is up."""
+    name = name or os.environ.get("VMCLUSTER_LAB")
+    if name:
+        return LabLayout(check_lab_name(name), root)
+    labs = sorted(p.name for p in root.glob("*") if (p / "state.json").exists())
+    if not labs:
+        raise LabError("no lab is up; run `vmcluster lab up` first")
+    if len(labs) > 1:
+        raise UsageError(f"several labs are up ({', '.join(labs)}); pass --name")
+    return LabLayout(labs[0], root)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, taps); run it as root")
+
+
+def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
+           root: Path = RUN_ROOT, ready_timeout_s: float = 120.0) -> QemuSubstrate:
+    """Build and start the lab; returns a substrate bound to it."""
+    from vmcluster.lab.image import ensure_guest_image
+
+    _require_root()
+    t0 = time.monotonic()
+    spec = load_spec(spec_path)
+    layout = LabLayout(name or default_lab_name(spec), root)
+    if layout.state_file.exists() and any(
+        AgentClient(layout, n.name).alive() for n in spec.nodes
+    ):
+        raise LabError(f"lab {layout.name!r} is already up; `vmcluster lab down --name "
+                       f"{layout.name}` first or pick another --name")
+    if layout.state_dir.exists() or netns.lab_namespaces(layout):
+        say(f"[{time.monotonic() - t0:5.1f}s] removing leftovers of an earlier {layout.name!r}")
+        lab_down(layout)
+    image = ensure_guest_image(progress=lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}"))
+    try:
+        layout.state_dir.mkdir(parents=True)
+        write_state(layout, {
+            "lab": layout.name,
+            "spec": str(Path(spec_path).resolve()),
+            "image": {"kernel": str(image.kernel), "initrd": str(image.initrd),
+                      "kernel_version": image.kernel_version},
+            "nodes": {n.name: {"state": "up", "storage_path": True} for n in spec.nodes},
+            "vms": {vm.name: {"node": None} for vm in spec.vms},
+        })
+        netns.build_network(layout, spec)
+        say(f"[{time.monotonic() - t0:5.1f}s] network: {len(spec.nodes)} node namespaces, "
+            f"{len(spec.networks)} bridges in {layout.fabric_ns}, client in {layout.client_ns}")
+        with ThreadPoolExecutor(max_workers=max(1, len(spec.nodes))) as pool:
+            list(pool.map(lambda n: start_agent(layout, n.name), spec.nodes))
+        say(f"[{time.monotonic() - t0:5.1f}s] agents: {len(spec.nodes)} up")
+        sub = QemuSubstrate(layout, spec)
+        with ThreadPoolExecutor(max_workers=max(1, len(spec.vms))) as pool:
+            list(pool.map(lambda vm: sub.start_vm(vm.name, vm.owner), spec.vms))
+        say(f"[{time.monotonic() - t0:5.1f}s] VMs: {len(spec.vms)} QEMUs started; booting")
+        for vm in spec.vms:
+            wait_ready(layout, vm.name, vm.owner, ready_timeout_s)
+            say(f"[{time.monotonic() - t0:5.1f}s] {vm.name} ready on {vm.owner} ({vm.address})")
+    except (VmclusterError, OSError) as exc:
+        say(f"lab up failed: {exc}; tearing down")
+        lab_down(layout)
+        if isinstance(exc, VmclusterError):
+            raise
+        raise LabError(f"lab up failed: {exc}") from exc
+    except BaseException:
+        lab_down(layout)
+        raise
+    say(f"[{time.monotonic() - t0:5.1f}s] lab {layout.name!r} is up")
+    return sub
+
+
+def wait_ready(layout: LabLayout, vm: str, node: str, timeout_s: float) -> None:
+    """Wait for the guest's workload to say WORKLOAD-READY on its serial console."""
+    log = layout.serial_log(vm, node)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            data = log.read_bytes()
+        except OSError:
+            data = b""
+        if b"WORKLOAD-READY" in data:
+            return
+        if b"VMC-WORKLOAD-EXIT" in data or b"Kernel panic" in data:
+            raise LabError(f"{vm} failed to boot on {node}; see {log}")
+        time.sleep(0.2)
+    raise LabError(f"{vm} did not boot on {node} within {timeout_s:.0f} s; see {log}")
+
+
+def _kill_by_cmdline(needle: str) -> int:
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle.encode() in cmdline:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def lab_down(layout: LabLayout, say: Say | None = None) -> dict[str, object]:
+    """Remove every process, namespace, socket and file of the lab. Safe to repeat."""
+    _require_root()
+    killed = _kill_by_cmdline(str(layout.state_dir) + "/")
+    killed += _kill_by_cmdline(f"--lab\0{layout.name}\0")
+    namespaces = netns.destroy_namespaces(layout)
+    existed = layout.state_dir.exists()
+    shutil.rmtree(layout.state_dir, ignore_errors=True)
+    summary: dict[str, object] = {"lab": layout.name, "namespaces": namespaces,
+                                  "processes_killed": killed, "state_dir_removed": existed}
+    if say is not None:
+        say(f"lab {layout.name!r}: removed {len(namespaces)} namespaces, killed {killed} "
+            f"processes{', removed ' + str(layout.state_dir) if existed else ''}")
+    return summary
+
+
+def set_net(sub: QemuSubstrate, target: str, up: bool) -> list[tuple[str, str]]:
+    """``NETWORK`` (every node on it) or ``NETWORK@NODE`` down or up; returns what changed."""
+    net_name, _, node_name = target.partition("@")
+    net = sub.spec.network(net_name)
+    nodes = [sub.spec.node(node_name).name] if node_name else [
+        n.name for n in sub.spec.nodes if net.name in n.interfaces]
+    for node in nodes:
+        sub.set_link(net.name, node, up)
+    return [(net.name, n) for n in nodes]

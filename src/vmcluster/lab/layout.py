@@ -1,0 +1,122 @@
+"""Every name a lab makes, derived from the lab's name.
+
+Namespaces are ``vmc-<lab>-<role>`` so ``lab down`` can find a crashed lab's
+leftovers by prefix; lab names are ``[a-z0-9]`` only, so one lab's prefix is
+never a prefix of another's. Interface names live inside the lab's own
+namespaces but are still kept under Linux's 15-character limit by
+hash-shortening.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmcluster.errors import UsageError
+
+__all__ = ["RUN_ROOT", "LabLayout", "check_lab_name", "short_name"]
+
+RUN_ROOT = Path("/run/vmcluster")
+IFNAMSIZ = 15
+_LAB_NAME = re.compile(r"^[a-z0-9]{1,12}$")
+
+
+def check_lab_name(name: str) -> str:
+    if not _LAB_NAME.match(name):
+        raise UsageError(
+            f"lab name {name!r} is not 1-12 lowercase letters/digits; pick e.g. 'lab' or 't123'"
+        )
+    return name
+
+
+def short_name(prefix: str, *parts: str, limit: int = IFNAMSIZ) -> str:
+    """``prefix`` + the parts, or ``prefix`` + a hash of them when that would be too long."""
+    plain = prefix + "".join(re.sub(r"[^A-Za-z0-9]", "", p) for p in parts)
+    if len(plain) <= limit and plain == prefix + "".join(parts):
+        return plain
+    digest = hashlib.sha1("\0".join(parts).encode()).hexdigest()
+    return prefix + digest[: limit - len(prefix)]
+
+
+@dataclass(frozen=True)
+class LabLayout:
+    """Paths and names of one lab."""
+
+    name: str
+    root: Path = RUN_ROOT
+
+    def __post_init__(self) -> None:
+        check_lab_name(self.name)
+
+    # -- files -------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.state_dir / "state.lock"
+
+    def agent_socket(self, node: str) -> Path:
+        return self.state_dir / "agents" / f"{node}.sock"
+
+    def agent_log(self, node: str) -> Path:
+        return self.state_dir / "agents" / f"{node}.log"
+
+    def qemu_dir(self, node: str) -> Path:
+        """Where a node's agent keeps one record + QMP socket per QEMU it owns."""
+        return self.state_dir / "qemu" / node
+
+    def disk(self, vm: str) -> Path:
+        return self.state_dir / "disks" / f"{vm}.img"
+
+    def serial_log(self, vm: str, node: str) -> Path:
+        return self.state_dir / "logs" / f"{vm}.{node}.log"
+
+    def quick_state(self, vm: str) -> Path:
+        return self.state_dir / "saved" / f"{vm}.state"
+
+    def slot_lock(self, node: str, slot: int) -> Path:
+        return self.state_dir / "slots" / f"{node}.{slot}.lock"
+
+    # -- namespaces and interfaces --------------------------------------------------
+    @property
+    def ns_prefix(self) -> str:
+        return f"vmc-{self.name}-"
+
+    def node_ns(self, node: str) -> str:
+        return self.ns_prefix + "n-" + re.sub(r"[^A-Za-z0-9_.-]", "_", node)
+
+    @property
+    def fabric_ns(self) -> str:
+        return self.ns_prefix + "fabric"
+
+    @property
+    def client_ns(self) -> str:
+        return self.ns_prefix + "client"
+
+    @staticmethod
+    def fabric_bridge(net_index: int) -> str:
+        return f"br{net_index}"
+
+    @staticmethod
+    def fabric_port(node_index: int, net_index: int) -> str:
+        """The fabric end of a node's veth (node index -1 is the client)."""
+        return "pc" if node_index < 0 else f"p{node_index}n{net_index}"
+
+    @staticmethod
+    def node_if(network: str) -> str:
+        """A node's interface on ``network``, named after it when that fits."""
+        return short_name("", network)
+
+    PUBLIC_BRIDGE = "brpub"
+
+    @staticmethod
+    def tap(vm: str) -> str:
+        return short_name("t-", vm)

@@ -1,0 +1,173 @@
+"""The lab's networks: namespaces, bridges, veths, addresses and shaping.
+
+One ``fabric`` namespace holds a bridge per cluster network (the switches);
+each node namespace gets one veth per interface of the spec, carrying the
+spec's address (on the Public network the address sits on a bridge ``brpub``
+so VM taps can join it); a ``client`` namespace sits on the public network
+with the gateway's address. ``tc tbf`` shapes both directions of a link
+where the network has ``bandwidth_mbps``. IPv6 is off in every namespace so
+the only addresses are the spec's (198.18.0.0/15).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Sequence
+
+from vmcluster.errors import LabError
+from vmcluster.lab.layout import LabLayout
+from vmcluster.model import ClusterSpec, Network
+
+__all__ = [
+    "build_network",
+    "client_address",
+    "destroy_namespaces",
+    "lab_namespaces",
+    "link_is_up",
+    "run",
+    "set_link",
+]
+
+
+def run(cmd: Sequence[str], timeout_s: float = 20.0, check: bool = True) -> str:
+    """Run a short command; a failure is a LabError naming the command and its stderr."""
+    try:
+        proc = subprocess.run(
+            list(cmd), capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LabError(f"{' '.join(cmd)}: {exc}") from exc
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(cmd)} failed: {proc.stderr.strip() or proc.returncode}")
+    return proc.stdout
+
+
+def _public(spec: ClusterSpec) -> Network | None:
+    return next((n for n in spec.networks if n.public), None)
+
+
+def client_address(spec: ClusterSpec) -> str | None:
+    """The client namespace's address: the public network's gateway."""
+    pub = _public(spec)
+    return None if pub is None or pub.gateway is None else str(pub.gateway)
+
+
+def _ns_setup(ns: str) -> list[list[str]]:
+    return [
+        ["ip", "netns", "add", ns],
+        ["ip", "netns", "exec", ns, "sysctl", "-qw",
+         "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+        ["ip", "-n", ns, "link", "set", "lo", "up"],
+    ]
+
+
+def _shape(ns: str, dev: str, mbps: float | None) -> list[list[str]]:
+    if not mbps:
+        return []
+    rate_bytes = mbps * 1e6 / 8
+    burst = max(32 * 1024, int(rate_bytes / 100))  # 10 ms worth, at least 32 KiB
+    return [["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf",
+             "rate", f"{int(mbps)}mbit", "burst", str(burst), "latency", "50ms"]]
+
+
+def build_network(layout: LabLayout, spec: ClusterSpec) -> None:
+    """Create every namespace, bridge, veth, address and shaper of the lab."""
+    fab = layout.fabric_ns
+    cmds: list[list[str]] = []
+    for ns in [fab, layout.client_ns, *(layout.node_ns(n.name) for n in spec.nodes)]:
+        cmds += _ns_setup(ns)
+    for i in range(len(spec.networks)):
+        br = layout.fabric_bridge(i)
+        cmds += [["ip", "-n", fab, "link", "add", br, "type", "bridge", "forward_delay", "0"],
+                 ["ip", "-n", fab, "link", "set", br, "up"]]
+    for ni, node in enumerate(spec.nodes):
+        ns = layout.node_ns(node.name)
+        for i, net in enumerate(spec.networks):
+            if net.name not in node.interfaces:
+                continue
+            port, ifn = layout.fabric_port(ni, i), layout.node_if(net.name)
+            addr = f"{node.interfaces[net.name]}/{net.subnet.prefixlen}"
+            cmds += [
+                ["ip", "-n", fab, "link", "add", port, "type", "veth", "peer", "name", ifn,
+                 "netns", ns],
+                ["ip", "-n", fab, "link", "set", port, "master", layout.fabric_bridge(i), "up"],
+            ]
+            if net.public:
+                br = layout.PUBLIC_BRIDGE
+                cmds += [
+                    ["ip", "-n", ns, "link", "add", br, "type", "bridge", "forward_delay", "0"],
+                    ["ip", "-n", ns, "link", "set", ifn, "master", br, "up"],
+                    ["ip", "-n", ns, "addr", "add", addr, "dev", br],
+                    ["ip", "-n", ns, "link", "set", br, "up"],
+                ]
+            else:
+                cmds += [["ip", "-n", ns, "addr", "add", addr, "dev", ifn],
+                         ["ip", "-n", ns, "link", "set", ifn, "up"]]
+            cmds += _shape(ns, ifn, net.bandwidth_mbps) + _shape(fab, port, net.bandwidth_mbps)
+    pub = _public(spec)
+    caddr = client_address(spec)
+    if pub is not None and caddr is not None:
+        i = spec.networks.index(pub)
+        port = layout.fabric_port(-1, i)
+        cmds += [
+            ["ip", "-n", fab, "link", "add", port, "type", "veth", "peer", "name", "eth0",
+             "netns", layout.client_ns],
+            ["ip", "-n", fab, "link", "set", port, "master", layout.fabric_bridge(i), "up"],
+            ["ip", "-n", layout.client_ns, "addr", "add", f"{caddr}/{pub.subnet.prefixlen}",
+             "dev", "eth0"],
+            ["ip", "-n", layout.client_ns, "link", "set", "eth0", "up"],
+        ]
+    for cmd in cmds:
+        run(cmd)
+
+
+def node_link_dev(layout: LabLayout, network: str) -> str:
+    return layout.node_if(network)
+
+
+def set_link(layout: LabLayout, spec: ClusterSpec, network: str, node: str, up: bool) -> None:
+    """Take ``node``'s interface on ``network`` down or up (the veth in its namespace)."""
+    run(["ip", "-n", layout.node_ns(node), "link", "set", layout.node_if(network),
+         "up" if up else "down"])
+
+
+def link_is_up(layout: LabLayout, network: str, node: str) -> bool:
+    """Is ``node``'s interface on ``network`` administratively up?"""
+    out = run(["ip", "-n", layout.node_ns(node), "-j", "link", "show", layout.node_if(network)],
+              check=False)
+    try:
+        info = json.loads(out)
+    except json.JSONDecodeError:
+        return False
+    return bool(info) and "UP" in info[0].get("flags", [])
+
+
+def lab_namespaces(layout: LabLayout) -> list[str]:
+    """Every namespace of this lab that exists now (found by the lab's prefix)."""
+    out = run(["ip", "-j", "netns", "list"], check=False)
+    try:
+        names = [str(e["name"]) for e in json.loads(out or "[]")]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return [n for n in names if n.startswith(layout.ns_prefix)]
+
+
+def ns_pids(ns: str) -> list[int]:
+    out = run(["ip", "netns", "pids", ns], check=False)
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def destroy_namespaces(layout: LabLayout) -> list[str]:
+    """Kill every process in the lab's namespaces, then delete them. Safe to repeat."""
+    namespaces = lab_namespaces(layout)
+    for ns in namespaces:
+        for pid in ns_pids(ns):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for ns in namespaces:
+        run(["ip", "netns", "del", ns], check=False)
+    return namespaces

@@ -1,0 +1,65 @@
+"""Quick migration, live migration's predecessor: pause, save to the shared path, restore.
+
+The VM is paused for the whole copy (its downtime is the full save + restore);
+the state file on the lab's shared path is removed afterwards. On any failure
+the target is removed and the VM resumes on its source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from vmcluster.errors import MigrationError, SubstrateError
+from vmcluster.lab.state import update_state
+from vmcluster.substrate.protocol import MigrationResult
+from vmcluster.substrate.qemu.substrate import MIB, QemuSubstrate
+
+__all__ = ["quick_migrate"]
+
+
+def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 120.0
+                  ) -> MigrationResult:
+    source = sub.owner(vm)
+    if source is None:
+        raise MigrationError(f"{vm} is not running")
+    if source == target:
+        raise MigrationError(f"{vm} already runs on {target}; pick another node")
+    if not sub.agent(target).alive():
+        raise MigrationError(f"node {target} is down; cannot move {vm} there")
+    path = sub.layout.quick_state(vm)
+    clock = sub.clock
+    t0 = clock.now()
+    src, tgt = sub.agent(source), sub.agent(target)
+    try:
+        saved = src.call("save", timeout_s=timeout_s + 10, vm=vm, path=str(path),
+                         save_timeout_s=timeout_s)["migrate"]
+        if saved.get("status") != "completed":
+            raise MigrationError(f"saving {vm} failed: {saved.get('error-desc', saved)}")
+        tgt.call("incoming", timeout_s=60, config=sub.vm_config(vm, target).to_json(),
+                 uri=f"exec:cat {path}", id="quick")
+        deadline = clock.now() + timeout_s
+        while True:
+            info = tgt.call("query_migrate", vm=vm)
+            if info["migrate"].get("status") == "completed" or info["status"] == "running":
+                break
+            if info["migrate"].get("status") == "failed" or clock.now() > deadline:
+                raise MigrationError(f"restoring {vm} on {target} failed")
+            clock.sleep(0.05)
+        tgt.call("takeover", vm=vm)
+        down_s = clock.now() - t0
+        with update_state(sub.layout) as st:
+            st["vms"][vm] = {"node": target}
+        src.call("release", vm=vm)
+    except SubstrateError as exc:
+        for agent, op in ((tgt, "discard"), (src, "cancel")):
+            with contextlib.suppress(SubstrateError):
+                agent.call(op, vm=vm)
+        return MigrationResult(vm, source, target, "shared-path", ok=False, error=str(exc),
+                               total_s=clock.now() - t0)
+    finally:
+        path.unlink(missing_ok=True)
+    return MigrationResult(
+        vm, source, target, "shared-path", ok=True, passes=1,
+        sent_mib=int(saved.get("ram", {}).get("transferred", 0)) / MIB,
+        total_s=down_s, downtime_ms=down_s * 1000.0,
+    )

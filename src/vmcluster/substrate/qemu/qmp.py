@@ -1,0 +1,131 @@
+"""QEMU's monitor (QMP) as named verbs over the ``qemu.qmp`` library's QMPClient.
+
+Substrate code never builds QMP dicts inline: it calls ``start_migration``,
+``query_migrate``... Every call has a timeout; a refusal, a bad reply or a
+disconnect becomes one :class:`~vmcluster.errors.QmpError`. Event listeners
+are registered *before* the command that triggers the event
+(:meth:`Qmp.expect_event` returns a waiter to await after the command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Mapping
+from typing import Any
+
+from qemu.qmp import EventListener, QMPClient, QMPError
+
+from vmcluster.errors import QmpError
+
+__all__ = ["Qmp"]
+
+# qemu.qmp logs every disconnect at WARNING; our callers report errors themselves.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+
+class Qmp:
+    """One QMP connection to one QEMU process."""
+
+    def __init__(self, name: str, timeout_s: float = 10.0) -> None:
+        self.name = name
+        self.timeout_s = timeout_s
+        self._client = QMPClient(name)
+
+    async def connect(self, socket_path: str, timeout_s: float = 10.0) -> None:
+        """Connect, retrying until the socket exists and answers, or ``timeout_s`` passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last: Exception | None = None
+        while loop.time() < deadline:
+            try:
+                await asyncio.wait_for(self._client.connect(socket_path), timeout=2.0)
+                return
+            except (TimeoutError, QMPError, OSError) as exc:
+                last = exc
+                self._client = QMPClient(self.name)
+                await asyncio.sleep(0.05)
+        raise QmpError(f"{self.name}: cannot connect to QMP at {socket_path}: {last}") from last
+
+    async def close(self) -> None:
+        with contextlib.suppress(QMPError, OSError, EOFError, TimeoutError):  # gone is fine
+            await asyncio.wait_for(self._client.disconnect(), timeout=2.0)
+
+    async def _run(self, cmd: str, args: Mapping[str, object] | None = None) -> Any:
+        try:
+            return await asyncio.wait_for(
+                self._client.execute(cmd, dict(args) if args else None), timeout=self.timeout_s
+            )
+        except TimeoutError as exc:
+            raise QmpError(f"{self.name}: {cmd} timed out after {self.timeout_s} s") from exc
+        except QMPError as exc:
+            raise QmpError(f"{self.name}: {cmd} failed: {exc}") from exc
+        except (OSError, EOFError) as exc:
+            raise QmpError(f"{self.name}: monitor went away during {cmd}: {exc}") from exc
+
+    def expect_event(self, *names: str, timeout_s: float = 30.0) -> Awaitable[dict[str, Any]]:
+        """Register a listener for ``names`` now; await the result after sending the command."""
+        listener = EventListener(names=list(names))
+        self._client.register_listener(listener)
+
+        async def wait() -> dict[str, Any]:
+            try:
+                event = await asyncio.wait_for(listener.get(), timeout=timeout_s)
+                return dict(event)
+            except TimeoutError as exc:
+                raise QmpError(f"{self.name}: no {'/'.join(names)} event in {timeout_s} s") from exc
+            finally:
+                self._client.remove_listener(listener)
+
+        return wait()
+
+    # -- named verbs ------------------------------------------------------------
+    async def query_status(self) -> str:
+        reply = await self._run("query-status")
+        return str(_dict(reply, "query-status")["status"])
+
+    async def query_migrate(self) -> dict[str, Any]:
+        return _dict(await self._run("query-migrate"), "query-migrate")
+
+    async def cont(self) -> None:
+        await self._run("cont")
+
+    async def stop(self) -> None:
+        await self._run("stop")
+
+    async def announce_self(self) -> None:
+        await self._run(
+            "announce-self", {"initial": 50, "max": 550, "rounds": 5, "step": 100}
+        )
+
+    async def migrate_set_capabilities(self, caps: Mapping[str, bool]) -> None:
+        await self._run(
+            "migrate-set-capabilities",
+            {"capabilities": [{"capability": k, "state": v} for k, v in caps.items()]},
+        )
+
+    async def migrate_set_parameters(self, **params: object) -> None:
+        args = {k.replace("_", "-"): v for k, v in params.items()}
+        await self._run("migrate-set-parameters", args)
+
+    async def start_migration(self, uri: str) -> None:
+        await self._run("migrate", {"uri": uri})
+
+    async def migrate_incoming(self, uri: str) -> None:
+        await self._run("migrate-incoming", {"uri": uri})
+
+    async def migrate_cancel(self) -> None:
+        await self._run("migrate_cancel")
+
+    async def quit(self) -> None:
+        """Ask QEMU to exit; the monitor going away in reply is the expected outcome."""
+        with contextlib.suppress(QmpError):
+            await self._run("quit")
+        await self.close()
+
+
+def _dict(reply: object, cmd: str) -> dict[str, Any]:
+    if not isinstance(reply, dict):
+        raise QmpError(f"{cmd} returned {type(reply).__name__}, expected an object")
+    return reply

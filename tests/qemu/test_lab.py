@@ -1,0 +1,174 @@
+"""The lab tour, for real: namespaces, agents, QEMU, live migration under a client.
+
+Needs root. One lab per test session, named "t<pid>", torn down (and checked
+gone) even when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vmcluster.errors import MigrationError, UsageError
+from vmcluster.lab import netns
+from vmcluster.lab.client import AgentClient, start_agent
+from vmcluster.lab.lab import lab_down, lab_up, set_net
+from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.observe import migrate_observed
+from vmcluster.substrate.protocol import MigrationHandle, MigrationParams, MigrationProgress
+from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
+]
+SPEC = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[QemuSubstrate]:
+    name = f"t{os.getpid()}"
+    layout = LabLayout(name)
+    try:
+        yield lab_up(SPEC, name, say=lambda _m: None)
+    finally:
+        lab_down(layout)
+        assert not netns.lab_namespaces(layout)
+        assert not layout.state_dir.exists()
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert str(layout.state_dir) + "/" not in ps
+
+
+def _owner_pid(sub: QemuSubstrate, vm: str) -> int:
+    node = sub.owner(vm)
+    assert node is not None
+    listed = AgentClient(sub.layout, node).call("list")["vms"]
+    return int(next(v["pid"] for v in listed if v["vm"] == vm and v["role"] == "run"))
+
+
+def test_up_status(lab: QemuSubstrate) -> None:
+    st = lab.status().to_json()
+    assert [n["state"] for n in st["nodes"]] == ["up", "up", "up"]
+    assert {(v["name"], v["node"], v["state"]) for v in st["vms"]} == {
+        ("web", "node1", "running"), ("db", "node2", "running"), ("batch", "node3", "running")}
+
+
+def test_migrate_between_every_pair_while_a_client_talks(lab: QemuSubstrate) -> None:
+    route = ["node2", "node3", "node1", "node3", "node2", "node1"]  # every pair, both ways
+    for target in route:
+        source = lab.owner("web")
+        r = migrate_observed(lab, "web", target)
+        assert r.ok, r.error
+        assert (r.source, r.target, r.network) == (source, target, "Migration")
+        assert r.extra["tcp_session_survived"] is True
+        assert r.extra["memory_ok"] is True
+        assert r.passes >= 1 and r.sent_mib > 0 and r.downtime_ms is not None
+        assert lab.status().vm("web").node == target
+
+
+def test_bad_migrations_leave_the_vm_where_it_was(lab: QemuSubstrate) -> None:
+    node, pid = lab.owner("db"), _owner_pid(lab, "db")
+    with pytest.raises(UsageError):
+        migrate_observed(lab, "db", node or "")  # to itself
+    with pytest.raises(UsageError):
+        migrate_observed(lab, "nosuchvm", "node1")
+    with pytest.raises(UsageError):
+        migrate_observed(lab, "db", "node9")
+    with pytest.raises(MigrationError):
+        lab.prepare_migration("db", node or "", "Migration")
+    assert lab.owner("db") == node and _owner_pid(lab, "db") == pid
+    assert lab.status().vm("db").state == "running"
+
+
+def test_network_down_migrates_over_the_next_network(lab: QemuSubstrate) -> None:
+    set_net(lab, "Migration", up=False)
+    try:
+        assert lab.status().node("node1").links_down == ("Migration",)
+        target = "node1" if lab.owner("batch") != "node1" else "node2"
+        r = migrate_observed(lab, "batch", target)
+        assert r.ok and r.network == "Public" and r.extra["memory_ok"] is True
+    finally:
+        set_net(lab, "Migration", up=True)
+
+
+def test_network_cut_mid_migration_is_retried_on_the_next(lab: QemuSubstrate) -> None:
+    source = lab.owner("web")
+    target = "node2" if source != "node2" else "node3"
+    cut = threading.Event()
+
+    def on_progress(h: MigrationHandle, p: MigrationProgress) -> None:
+        if h.network == "Migration" and p.sent_mib > 20 and not cut.is_set():
+            netns.set_link(lab.layout, lab.spec, "Migration", h.source, up=False)
+            cut.set()
+
+    try:
+        r = migrate_observed(lab, "web", target, on_progress=on_progress)
+    finally:
+        netns.set_link(lab.layout, lab.spec, "Migration", source or "", up=True)
+    assert cut.is_set()
+    assert r.ok and r.network == "Public" and lab.owner("web") == target
+    assert r.extra["memory_ok"] is True
+
+
+def test_target_killed_mid_migration_rolls_back(lab: QemuSubstrate) -> None:
+    source = lab.owner("db")
+    assert source is not None
+    target = "node1" if source != "node1" else "node3"
+    pid = _owner_pid(lab, "db")
+    h = lab.prepare_migration("db", target, "Migration")
+    target_pid = next(v["pid"] for v in AgentClient(lab.layout, target).call("list")["vms"]
+                      if v["vm"] == "db")
+    lab.start_migration(h, MigrationParams(downtime_ms=1, bandwidth_mibps=20))
+    for _ in range(200):
+        if lab.poll_migration(h).sent_mib > 5:
+            break
+        lab.clock.sleep(0.05)
+    os.kill(target_pid, 9)
+    for _ in range(200):
+        if lab.poll_migration(h).status in ("failed", "cancelled"):
+            break
+        lab.clock.sleep(0.05)
+    r = lab.finalize_migration(h, success=False)
+    assert not r.ok and r.error
+    assert lab.owner("db") == source and _owner_pid(lab, "db") == pid
+    assert lab.status().vm("db").state == "running"
+    assert all(v["vm"] != "db" for v in AgentClient(lab.layout, target).call("list")["vms"])
+
+
+def test_agent_restart_adopts_running_vms(lab: QemuSubstrate) -> None:
+    node = lab.owner("web")
+    assert node is not None
+    pid = _owner_pid(lab, "web")
+    agent_pid = AgentClient(lab.layout, node).call("ping")["pid"]
+    os.kill(agent_pid, 9)
+    assert lab.status().node(node).state == "down"
+    start_agent(lab.layout, node)
+    assert lab.status().vm("web").state == "running"
+    assert _owner_pid(lab, "web") == pid
+
+
+def test_quick_migration(lab: QemuSubstrate) -> None:
+    source = lab.owner("batch")
+    target = "node3" if source != "node3" else "node2"
+    r = migrate_observed(lab, "batch", target, quick=True)
+    assert r.ok and r.network == "shared-path" and lab.owner("batch") == target
+    assert r.extra["memory_ok"] is True
+    assert not lab.layout.quick_state("batch").exists()
+
+
+def test_concurrency_limit_queues_the_third_migration(lab: QemuSubstrate) -> None:
+    limit = lab.spec.cluster.max_concurrent_migrations
+    held = [lab._try_slot("node1", limit) for _ in range(limit)]
+    assert all(f is not None for f in held)
+    assert lab._try_slot("node1", limit) is None  # a third must wait
+    for f in held:
+        assert f is not None
+        f.close()
+    again = lab._try_slot("node1", limit)
+    assert again is not None
+    again.close()
