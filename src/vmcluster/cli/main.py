@@ -28,6 +28,10 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("evaluate", "power"),
 )
 
+# (group name, module under vmcluster.cli, attribute): subcommands that live in
+# their own module but belong to a group defined elsewhere (e.g. `lab consolidate`).
+_SUBCOMMANDS: tuple[tuple[str, str, str], ...] = ()
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vmcluster")
@@ -37,6 +41,10 @@ def cli() -> None:
 
 for _module, _attr in _COMMANDS:
     cli.add_command(getattr(importlib.import_module(f"vmcluster.cli.{_module}"), _attr))
+for _group, _module, _attr in _SUBCOMMANDS:
+    _parent = cli.commands[_group]
+    assert isinstance(_parent, click.Group)
+    _parent.add_command(getattr(importlib.import_module(f"vmcluster.cli.{_module}"), _attr))
 
 
 def main(argv: list[str] | None = None) -> None:
