@@ -1,13 +1,16 @@
 """`vmcluster tour`: the demo tour, the README's main job.
 
-Each step is a real command a user could type; the tour prints the command,
-then runs it in-process. Steps that need a lab (root, QEMU) run only where
-the lab can start.
+Each step is a real command a user could type; the tour prints it, then runs
+it in-process. The lab part (real namespaces, QEMU, live migration under a
+client) needs root; without root it is skipped with a note. The lab is always
+taken down again, even when a step fails or the tour is interrupted.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
+from collections.abc import Sequence
 
 import click
 
@@ -17,15 +20,65 @@ __all__ = ["tour"]
 
 SEED = "examples/seed.toml"
 LAB = "examples/lab.toml"
+Step = tuple[str, str]
 
-STEPS: tuple[tuple[str, str], ...] = (
-    ("The blog's cluster: `cluster net /prop`", f"net prop --spec {SEED}"),
+NETWORKS: Sequence[Step] = (
+    ("The blog's cluster, as `cluster net /prop` lists it", f"net prop --spec {SEED}"),
     ("Which network carries what", f"route --spec {SEED}"),
     (
-        "The private network fails: CSV and heartbeats move",
+        "The private network fails: heartbeats and CSV move to the public one",
         f"route --spec {SEED} --down 'Cluster Network 2'",
     ),
-    ("The lab cluster: four networks, one of them iSCSI (role 0)", f"route --spec {LAB}"),
+    ("The lab cluster: public, heartbeat, migration and iSCSI (role 0)", f"route --spec {LAB}"),
+)
+PREDICT: Sequence[Step] = (
+    (
+        "Before pressing the button: how long will db's migration take, and will it converge?",
+        f"migration predict --spec {LAB} db --to node3",
+    ),
+    (
+        "The same with the migration network down (it goes over the next one)",
+        f"migration predict --spec {LAB} db --to node3 --down Migration",
+    ),
+    (
+        "A guest that dirties memory faster than the link: the model says what would help",
+        "migration model --memory-mib 1024 --dirty-mibps 150 --wws-mib 600"
+        " --bandwidth-mibps 110 --downtime-ms 300",
+    ),
+    (
+        "The same cluster in the simulator: the private network fails and comes back",
+        "simulate examples/scenarios/seed-private-down.toml",
+    ),
+)
+LAB_TOUR: Sequence[Step] = (
+    ("Real hosts: namespaces, bridges, agents, QEMU guests", f"lab up --spec {LAB} --name tour"),
+    ("The lab's state", "lab status --name tour"),
+    (
+        "Live migration over the network the policy picks, a client watching",
+        "vm migrate web --to node2 --lab tour",
+    ),
+    ("... and on to the third node", "vm migrate web --to node3 --lab tour"),
+    ("... and back home", "vm migrate web --to node1 --lab tour"),
+    ("db moves too", "vm migrate db --to node3 --lab tour"),
+    ("Cut the live-migration network", "lab net down Migration --name tour"),
+    ("Which network now carries live migration", f"route --spec {LAB} --down Migration"),
+    (
+        "Migrate again: it goes over the next network of the order",
+        "vm migrate db --to node2 --lab tour",
+    ),
+    ("The network comes back", "lab net up Migration --name tour"),
+    (
+        "Quick migration, the predecessor, for comparison",
+        "vm migrate batch --to node1 --quick --lab tour",
+    ),
+    ("Where everything is now", "lab status --name tour"),
+)
+POWER: Sequence[Step] = (
+    ("Core parking on a host: as few cores as the load needs", "power density 0.3 0.2 0.05"),
+    (
+        "Consolidation on a real PlanetLab day: the paper's best policies and ours",
+        "evaluate --days 20110303 --policies thr-mmt-0.8,lr-mmt-1.2,ours",
+    ),
 )
 
 
@@ -38,8 +91,31 @@ def run_step(title: str, args: str) -> None:
     console.print()
 
 
+def run_lab_tour() -> None:
+    from vmcluster.lab.lab import lab_down
+    from vmcluster.lab.layout import LabLayout
+
+    try:
+        for title, args in LAB_TOUR:
+            run_step(title, args)
+    finally:
+        console.rule("[bold]Tear the lab down: no namespace, process or file is left")
+        console.print("[dim]$ vmcluster lab down --name tour[/dim]")
+        lab_down(LabLayout("tour"))
+        console.print("lab 'tour' is down")
+
+
 @click.command()
-def tour() -> None:
+@click.option("--no-lab", is_flag=True, help="Skip the part that starts a real lab.")
+def tour(no_lab: bool) -> None:
     """Walk through vmcluster on the shipped examples (the demo)."""
-    for title, args in STEPS:
+    for title, args in (*NETWORKS, *PREDICT):
+        run_step(title, args)
+    if no_lab:
+        console.print("[yellow]lab part skipped (--no-lab)[/yellow]")
+    elif os.geteuid() != 0:
+        console.print("[yellow]lab part skipped: it needs root (namespaces, taps)[/yellow]")
+    else:
+        run_lab_tour()
+    for title, args in POWER:
         run_step(title, args)
