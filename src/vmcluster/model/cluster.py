@@ -38,10 +38,15 @@ class Node:
 
 @dataclass(frozen=True)
 class Volume:
-    """A cluster shared volume (one LUN that every node sees)."""
+    """A cluster shared volume (one LUN that every node sees).
+
+    ``network`` is the storage network the LUN is served on (the spec's
+    ``network``, else the first role-0 network; None when the spec has none).
+    """
 
     name: str
     size_gib: float
+    network: str | None = None
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ _CLUSTER = {
 }
 _NETWORK = {"name", "subnet", "gateway", "role", "metric", "bandwidth_mbps"}
 _NODE = {"name", "cores", "memory_mib", "interfaces", "accel", "power_model"}
-_VOLUME = {"name", "size_gib"}
+_VOLUME = {"name", "size_gib", "network"}
 _VM = {
     "name",
     "owner",
@@ -198,6 +198,16 @@ def _node(r: _Reader, networks: dict[str, Network]) -> Node:
     )
 
 
+def _volume(r: _Reader, networks: dict[str, Network]) -> Volume:
+    net = r.get("network", str)
+    if net is not None and net not in networks:
+        raise r.fail("network", f"network {net!r} is not declared", "declare it in [[networks]]")
+    if net is None:  # the storage (iSCSI) network: role 0, "not used by the cluster"
+        net = next((n.name for n in networks.values() if n.role == Role.NONE), None)
+    size = r.positive("size_gib", float)
+    return Volume(r.name(), size, net)
+
+
 def _vm(r: _Reader, spec_nodes: set[str], networks: dict[str, Network], vols: set[str]) -> Vm:
     owner = r.get("owner", str)
     if owner not in spec_nodes:
@@ -273,7 +283,7 @@ def spec_from_source(src: TomlSource, path: Path | None) -> ClusterSpec:
     _check_addresses(src, nodes, node_readers)
     vol_readers = _tables(src, "volumes", _VOLUME, {"name", "size_gib"})
     vol_names = set(_unique(vol_readers, "volume"))
-    volumes = [Volume(r.name(), r.positive("size_gib", float)) for r in vol_readers]
+    volumes = [_volume(r, networks) for r in vol_readers]
     vm_readers = _tables(src, "vms", _VM, {"name", "owner", "memory_mib"})
     _unique(vm_readers, "VM")
     vms = _assign_addresses(

@@ -148,16 +148,21 @@ class Put:
         return {"request_put": body}
 
 
+def _key_range(key: str, prefix: bool) -> dict[str, Any]:
+    """The gateway's key (and range end, for a whole prefix) of a range request."""
+    body: dict[str, Any] = {"key": _b64(key)}
+    if prefix:
+        body["range_end"] = prefix_end(key)
+    return body
+
+
 @dataclass(frozen=True)
 class Delete:
     key: str
     prefix: bool = False
 
     def wire(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"key": _b64(self.key)}
-        if self.prefix:
-            body["range_end"] = prefix_end(self.key)
-        return {"request_delete_range": body}
+        return {"request_delete_range": _key_range(self.key, self.prefix)}
 
 
 @dataclass(frozen=True)
@@ -166,10 +171,7 @@ class Get:
     prefix: bool = False
 
     def wire(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"key": _b64(self.key)}
-        if self.prefix:
-            body["range_end"] = prefix_end(self.key)
-        return {"request_range": body}
+        return {"request_range": _key_range(self.key, self.prefix)}
 
 
 Op = Put | Delete | Get
@@ -275,7 +277,7 @@ class EtcdClient:
 
     def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
         """Every key under ``prefix`` (sorted by key) and the store revision read at."""
-        data = self.request("/kv/range", {"key": _b64(prefix), "range_end": prefix_end(prefix)})
+        data = self.request("/kv/range", _key_range(prefix, True))
         kvs = [KeyValue.from_wire(kv) for kv in data.get("kvs") or []]
         return kvs, int(data.get("header", {}).get("revision", 0))
 
@@ -419,9 +421,7 @@ class Watch:
     def _stream(self, url: str) -> bool:
         """Read one stream until it breaks; True when it was established."""
         parts = urlsplit(url)
-        create: dict[str, Any] = {"key": _b64(self._key)}
-        if self._prefix:
-            create["range_end"] = prefix_end(self._key)
+        create = _key_range(self._key, self._prefix)
         if self._next:
             create["start_revision"] = str(self._next)
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=2.0)
