@@ -30,7 +30,9 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
 
 # (group name, module under vmcluster.cli, attribute): subcommands that live in
 # their own module but belong to a group defined elsewhere (e.g. `lab consolidate`).
-_SUBCOMMANDS: tuple[tuple[str, str, str], ...] = ()
+_SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("lab", "lab_consolidate", "consolidate"),
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,485 @@
+"""Power-aware consolidation of a running cluster: observe, plan with a power policy, apply.
+
+Substrate-agnostic (sim or qemu). :func:`observe` reads ``status()`` and
+``utilisation()``; :func:`make_plan` turns that into a power
+:class:`~vmcluster.power.plan.Snapshot` (one host per powered or switched-off
+node, ``MIPS_PER_CORE`` per core; one VM per running VM, its CPU request its
+measured load), calls a consolidation policy (``ours`` by default, or any
+name :func:`~vmcluster.power.evaluate.make_policy` knows, e.g. ``lr-mmt-1.2``,
+``thr-mmt-0.8``) and maps the decision back to names, with each migration's
+network, predicted time and downtime (:func:`~vmcluster.policy.prediction.predict`)
+and watts before/after from each node's power model. :func:`apply` performs
+a plan: power-ons first, then each migration through
+:func:`~vmcluster.control.migration.migrate` one at a time, then power-offs of
+the nodes left empty. A failed migration leaves its VM where it is, and the
+node it was to empty stays on.
+
+Why the mapping does a little more than translate:
+
+* The protocol reports CPU per node, not per VM; a node's load is shared
+  among its VMs by vCPUs unless the caller passes ``vm_cpu``.
+* The power policies read "host utilisation 0" as "switched off", so a
+  running VM counts at least ``RUNNING_FLOOR`` of its vCPUs.
+* The paper's placement does not check memory (CloudSim's VMs ask for none
+  once created); a move that would overfill its target's memory is dropped
+  here (``skipped``), and then its source is not powered off.
+* The paper's policies may move a VM twice in one decision (CloudSim does);
+  here it moves once, to where the policy left it.
+* A node that is up and already empty is powered off too (the policies see it
+  as off already), but never the last node that is up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from vmcluster.control.migration import MigrationRequest, migrate
+from vmcluster.errors import PolicyError, UsageError, VmclusterError
+from vmcluster.model import ClusterSpec
+from vmcluster.policy.networks import Health
+from vmcluster.policy.prediction import DEFAULT_BANDWIDTH_MBPS, predict
+from vmcluster.power.detection import HISTORY
+from vmcluster.power.evaluate import make_policy
+from vmcluster.power.models import HP_ML110_G4, HP_ML110_G5, SpecPowerModel
+from vmcluster.power.plan import Migrate, PowerOn, Snapshot
+from vmcluster.substrate.protocol import (
+    MigrationHandle,
+    MigrationProgress,
+    MigrationResult,
+    Substrate,
+    SubstrateStatus,
+)
+
+__all__ = [
+    "ApplyReport", "ConsolidationPlan", "NodeChange", "NodeView", "Observation",
+    "PlannedMigration", "Step", "apply", "health_of", "make_plan", "observe", "plan",
+]
+
+MIPS_PER_CORE = 1000.0
+RUNNING_FLOOR = 0.005
+POWER_MODELS: dict[str, SpecPowerModel] = {"ml110-g4": HP_ML110_G4, "ml110-g5": HP_ML110_G5}
+DEFAULT_POWER_MODEL = "ml110-g5"  # two cores, like the lab's nodes
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    state: Literal["up", "off"]
+    cores: int
+    memory_mib: int
+    util: float
+    vms: tuple[str, ...]
+    power_model: str
+    power_model_assumed: bool
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Nodes that are up or off (down nodes are left out), running VMs' CPU (of their vCPUs)."""
+
+    nodes: tuple[NodeView, ...]
+    vm_cpu: Mapping[str, float]
+    health: Health
+    down: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlannedMigration:
+    vm: str
+    source: str
+    target: str
+    network: str
+    fallbacks: tuple[str, ...]
+    predicted_s: float
+    predicted_downtime_ms: float
+    predicted_mib: float
+    converges: bool
+
+    def to_json(self) -> dict[str, object]:
+        return _flat(self)
+
+
+@dataclass(frozen=True)
+class NodeChange:
+    """A node before and after the plan; watts from its power model (0 when off)."""
+
+    node: str
+    power_model: str  # a key of POWER_MODELS
+    power_model_assumed: bool  # the spec names none: DEFAULT_POWER_MODEL
+    state_before: str
+    state_after: str
+    util_before: float
+    util_after: float
+    watts_before: float
+    watts_after: float
+    vms_before: tuple[str, ...]
+    vms_after: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return _flat(self)
+
+
+@dataclass(frozen=True)
+class ConsolidationPlan:
+    policy: str
+    migrations: tuple[PlannedMigration, ...]
+    power_on: tuple[str, ...]
+    power_off: tuple[tuple[str, str], ...]  # (node, why)
+    skipped: tuple[tuple[str, str], ...]  # (vm, why) moves the policy wanted but cannot happen
+    overloaded: tuple[str, ...]
+    nodes: tuple[NodeChange, ...]
+    horizon_s: float = 3600.0
+
+    @property
+    def watts_before(self) -> float:
+        return sum(n.watts_before for n in self.nodes)
+
+    @property
+    def watts_after(self) -> float:
+        return sum(n.watts_after for n in self.nodes)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.migrations or self.power_on or self.power_off)
+
+    def to_json(self) -> dict[str, object]:
+        hours = self.horizon_s / 3600.0
+        return {
+            "policy": self.policy,
+            "migrations": [m.to_json() for m in self.migrations],
+            "power_on": list(self.power_on),
+            "power_off": [{"node": n, "reason": r} for n, r in self.power_off],
+            "skipped": [{"vm": v, "reason": r} for v, r in self.skipped],
+            "overloaded": list(self.overloaded),
+            "nodes": [n.to_json() for n in self.nodes],
+            "predicted_total_s": round(sum(m.predicted_s for m in self.migrations), 3),
+            "watts_before": round(self.watts_before, 2),
+            "watts_after": round(self.watts_after, 2),
+            "horizon_s": self.horizon_s,
+            "energy_before_wh": round(self.watts_before * hours, 2),
+            "energy_after_wh": round(self.watts_after * hours, 2),
+        }
+
+
+StepKind = Literal["power-on", "power-off", "keep-on", "migrate", "progress", "migrated",
+                   "migration-failed", "skip"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing :func:`apply` did or is doing, for progress output."""
+
+    kind: StepKind
+    subject: str
+    message: str
+    progress: MigrationProgress | None = None
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    migrations: tuple[MigrationResult, ...] = ()
+    powered_on: tuple[str, ...] = ()
+    powered_off: tuple[str, ...] = ()
+    kept_on: tuple[tuple[str, str], ...] = ()
+    errors: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, object]:
+        return {"ok": self.ok, "migrations": [r.to_json() for r in self.migrations],
+                "powered_on": list(self.powered_on), "powered_off": list(self.powered_off),
+                "kept_on": [{"node": n, "reason": r} for n, r in self.kept_on],
+                "errors": list(self.errors)}
+
+
+def _flat(obj: PlannedMigration | NodeChange) -> dict[str, object]:
+    """A flat dataclass as JSON: tuples as lists, floats to 4 decimals."""
+    out: dict[str, object] = {}
+    for k, v in asdict(obj).items():
+        out[k] = list(v) if isinstance(v, tuple) else round(v, 4) if isinstance(v, float) else v
+    return out
+
+
+# -- observe -------------------------------------------------------------------------------
+
+def health_of(spec: ClusterSpec, status: SubstrateStatus) -> Health:
+    """Interfaces down as the network policy sees them: a node that is not up has none up."""
+    down = {(net, n.name) for n in status.nodes for net in n.links_down}
+    for n in status.nodes:
+        if n.state != "up":
+            down.update((net, n.name) for net in spec.node(n.name).interfaces)
+    return Health(frozenset(down))
+
+
+def _power_model(spec: ClusterSpec, node: str) -> tuple[str, bool]:
+    name = spec.node(node).power_model
+    if name is None:
+        return DEFAULT_POWER_MODEL, True
+    if name not in POWER_MODELS:
+        raise UsageError(f"node {node}: unknown power_model {name!r}; known: "
+                         f"{', '.join(POWER_MODELS)} (or leave it out for {DEFAULT_POWER_MODEL})")
+    return name, False
+
+
+def observe(substrate: Substrate, spec: ClusterSpec,
+            vm_cpu: Mapping[str, float] | None = None) -> Observation:
+    """Read the substrate once: node states, VM placement, CPU per node (and per VM)."""
+    status = substrate.status()
+    util = substrate.utilisation()
+    on_node: dict[str, list[str]] = {}
+    for v in status.vms:
+        if v.node is not None and v.state != "stopped":
+            on_node.setdefault(v.node, []).append(v.name)
+    nodes, cpu, down = [], {}, []
+    for n in status.nodes:
+        if n.state == "down":
+            down.append(n.name)
+            continue
+        sn = spec.node(n.name)
+        vms = tuple(on_node.get(n.name, ()) if n.state == "up" else ())
+        u = float(util.get(n.name, 0.0)) if n.state == "up" else 0.0
+        vcpus = sum(spec.vm(v).vcpus for v in vms)
+        for name in vms:  # the node's load shared by vCPUs, unless measured per VM
+            share = min(1.0, u * sn.cores / vcpus) if vcpus else 0.0
+            cpu[name] = float(vm_cpu[name]) if vm_cpu is not None and name in vm_cpu else share
+        model, assumed = _power_model(spec, n.name)
+        nodes.append(NodeView(n.name, "up" if n.state == "up" else "off", sn.cores,
+                              sn.memory_mib, min(max(u, 0.0), 1.0), vms, model, assumed))
+    return Observation(tuple(nodes), cpu, health_of(spec, status), tuple(down))
+
+
+# -- plan ----------------------------------------------------------------------------------
+
+def _snapshot(obs: Observation, spec: ClusterSpec) -> tuple[Snapshot, list[str]]:
+    hosts = [n.name for n in obs.nodes]
+    vms = [v for n in obs.nodes for v in n.vms]
+    vm_index = {v: i for i, v in enumerate(vms)}
+    cores = np.array([n.cores for n in obs.nodes], dtype=np.float64)
+    vcpus = np.array([spec.vm(v).vcpus for v in vms], dtype=np.float64)
+    cpu = np.array([max(RUNNING_FLOOR, min(1.0, obs.vm_cpu.get(v, 0.0))) for v in vms])
+    vm_host = np.array([h for h, n in enumerate(obs.nodes) for _ in n.vms], dtype=np.int64)
+    req = cpu * vcpus * MIPS_PER_CORE
+    host_mips = cores * MIPS_PER_CORE
+    host_util = np.bincount(vm_host, req, len(hosts)) / host_mips if vms else np.zeros(len(hosts))
+    hist = np.zeros((len(vms), HISTORY))
+    hist[:, 0] = cpu
+    bw = [max((spec.network(net).bandwidth_mbps or DEFAULT_BANDWIDTH_MBPS)
+              for net in spec.node(h).interfaces) if spec.node(h).interfaces
+          else DEFAULT_BANDWIDTH_MBPS for h in hosts]
+    snap = Snapshot(
+        host_pe_mips=host_mips.copy(),  # a VM may use every core of its host (unlike CloudSim)
+        host_mips=host_mips,
+        host_ram=np.array([n.memory_mib for n in obs.nodes], dtype=np.float64),
+        host_bw=np.array(bw, dtype=np.float64),
+        power_table=np.array([POWER_MODELS[n.power_model].watts for n in obs.nodes]),
+        vm_mips=vcpus * MIPS_PER_CORE,
+        vm_ram=np.array([spec.vm(v).memory_mib for v in vms], dtype=np.float64),
+        vm_bw=np.zeros(len(vms)),
+        vm_host=vm_host,
+        host_vms=tuple(tuple(vm_index[v] for v in n.vms) for n in obs.nodes),
+        vm_req=req,
+        vm_hist=hist,
+        vm_hist_count=np.ones(len(vms), dtype=np.int64),
+        host_util=host_util,
+    )
+    return snap, vms
+
+
+def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: int = 0,
+              horizon_s: float = 3600.0) -> ConsolidationPlan:
+    """What ``policy`` would do with the observed cluster (nothing is changed)."""
+    decide = make_policy(policy)
+    if decide is None:
+        raise UsageError(f"policy {policy!r} never moves VMs; pick ours, lr-mmt-1.2 or thr-mmt-0.8")
+    hosts = [n.name for n in obs.nodes]
+    views = {n.name: n for n in obs.nodes}
+    decision = None
+    vms: list[str] = []
+    if any(n.vms for n in obs.nodes):
+        snap, vms = _snapshot(obs, spec)
+        decision = decide(snap, seed)
+    where = {v: n.name for n in obs.nodes for v in n.vms}
+    free = {n.name: n.memory_mib - sum(spec.vm(v).memory_mib for v in n.vms) for n in obs.nodes}
+    power_on = sorted({hosts[a.host] for a in (decision.actions if decision else ())
+                       if isinstance(a, PowerOn) and views[hosts[a.host]].state == "off"})
+    moves: list[PlannedMigration] = []
+    skipped: list[tuple[str, str]] = []
+    final: dict[int, int] = {}  # a VM the policy moves twice goes straight to the last target
+    for a in decision.actions if decision else ():
+        if isinstance(a, Migrate):
+            final[a.vm] = a.target
+    for vm_i, host_i in final.items():
+        vm, target = vms[vm_i], hosts[host_i]
+        source, mem = where[vm], spec.vm(vm).memory_mib
+        if source == target:
+            continue
+        if free[target] < mem:
+            skipped.append((vm, f"{target} has {free[target]} MiB free, {vm} needs {mem} MiB"))
+            continue
+        health = obs.health if views[target].state == "up" else _powered(obs.health, target)
+        try:
+            p = predict(spec, health, vm, target, source=source)
+        except PolicyError as exc:
+            skipped.append((vm, str(exc)))
+            continue
+        free[source] += mem
+        free[target] -= mem
+        where[vm] = target
+        moves.append(PlannedMigration(vm, source, target, p.network, p.fallbacks,
+                                      p.result.total_s, p.result.downtime_ms, p.result.sent_mib,
+                                      p.result.converged))
+    overloaded = tuple(hosts[h] for h in decision.overloaded) if decision else ()
+    return _finish(obs, spec, policy, moves, power_on, skipped, overloaded, horizon_s)
+
+
+def _powered(health: Health, node: str) -> Health:
+    """Health as it will be once ``node`` is powered on (its interfaces come up)."""
+    return Health(frozenset(d for d in health.down if d[1] != node))
+
+
+def _finish(obs: Observation, spec: ClusterSpec, policy: str, moves: list[PlannedMigration],
+            power_on: list[str], skipped: list[tuple[str, str]], overloaded: tuple[str, ...],
+            horizon_s: float) -> ConsolidationPlan:
+    load = {v: obs.vm_cpu.get(v, 0.0) * spec.vm(v).vcpus for v in obs.vm_cpu}  # in cores
+    after = {n.name: list(n.vms) for n in obs.nodes}
+    delta = {n.name: 0.0 for n in obs.nodes}
+    for m in moves:
+        after[m.source].remove(m.vm)
+        after[m.target].append(m.vm)
+        delta[m.source] -= load[m.vm]
+        delta[m.target] += load[m.vm]
+    power_on = [n for n in power_on if after[n]]
+    targets = {m.target for m in moves}
+    up_after = sum(1 for n in obs.nodes if n.state == "up" or n.name in power_on)
+    power_off: list[tuple[str, str]] = []
+    for n in obs.nodes:
+        if n.state != "up" or after[n.name] or n.name in targets or up_after <= 1:
+            continue
+        power_off.append((n.name, "emptied by the plan" if n.vms else "already empty"))
+        up_after -= 1
+    off_after = {name for name, _ in power_off}
+    changes = []
+    for n in obs.nodes:
+        table = POWER_MODELS[n.power_model]
+        on_after = (n.state == "up" or n.name in power_on) and n.name not in off_after
+        u_after = min(max(n.util + delta[n.name] / n.cores, 0.0), 1.0) if on_after else 0.0
+        changes.append(NodeChange(
+            n.name, n.power_model, n.power_model_assumed, n.state, "up" if on_after else "off",
+            n.util, u_after,
+            float(table.power(n.util)) if n.state == "up" else 0.0,
+            float(table.power(u_after)) if on_after else 0.0, n.vms, tuple(after[n.name])))
+    return ConsolidationPlan(policy, tuple(moves), tuple(power_on), tuple(power_off),
+                             tuple(skipped), overloaded, tuple(changes), horizon_s)
+
+
+def plan(substrate: Substrate, spec: ClusterSpec, policy: str = "ours", seed: int = 0,
+         vm_cpu: Mapping[str, float] | None = None) -> ConsolidationPlan:
+    """Observe ``substrate`` and plan (nothing is changed)."""
+    return make_plan(observe(substrate, spec, vm_cpu), spec, policy, seed)
+
+
+# -- apply ---------------------------------------------------------------------------------
+
+OnStep = Callable[[Step], None]
+
+
+@dataclass
+class _Run:
+    on_step: OnStep | None
+    results: list[MigrationResult] = field(default_factory=list)
+    on: list[str] = field(default_factory=list)
+    off: list[str] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def say(self, kind: StepKind, subject: str, message: str,
+            progress: MigrationProgress | None = None) -> None:
+        if self.on_step is not None:
+            self.on_step(Step(kind, subject, message, progress))
+
+
+def apply(substrate: Substrate, spec: ClusterSpec, the_plan: ConsolidationPlan,
+          on_step: OnStep | None = None, poll_s: float = 0.2,
+          timeout_s: float = 600.0) -> ApplyReport:
+    """Perform ``the_plan``: power-ons, then each migration, then power-offs of emptied nodes."""
+    run = _Run(on_step)
+    failed_on: set[str] = set()
+    for node in the_plan.power_on:
+        run.say("power-on", node, f"powering {node} on: load needs it")
+        try:
+            substrate.set_power(node, True)
+            run.on.append(node)
+        except VmclusterError as exc:
+            failed_on.add(node)
+            run.errors.append(f"powering {node} on failed: {exc}")
+            run.say("skip", node, f"could not power {node} on: {exc}")
+    stay_on: dict[str, str] = {}
+    for m in the_plan.migrations:
+        why = _cannot_start(substrate, m, failed_on)
+        if why is None:
+            res = _migrate_one(substrate, spec, m, run, poll_s, timeout_s)
+            if res.ok:
+                continue
+            why = f"{m.vm} could not move to {m.target} ({res.error}); it stays on {m.source}"
+        run.errors.append(why)
+        run.say("migration-failed", m.vm, why)
+        stay_on.setdefault(m.source, why)
+    for node, _reason in the_plan.power_off:
+        why = stay_on.get(node) or _still_busy(substrate, node)
+        if why is None:
+            try:
+                substrate.set_power(node, False)
+                run.off.append(node)
+                run.say("power-off", node, f"{node} powered off")
+                continue
+            except VmclusterError as exc:
+                why = f"powering {node} off failed: {exc}"
+                run.errors.append(why)
+        run.kept.append((node, why))
+        run.say("keep-on", node, f"{node} stays on: {why}")
+    return ApplyReport(tuple(run.results), tuple(run.on), tuple(run.off), tuple(run.kept),
+                       tuple(run.errors))
+
+
+def _cannot_start(substrate: Substrate, m: PlannedMigration, failed_on: set[str]) -> str | None:
+    if m.target in failed_on:
+        return f"{m.vm} not moved: its target {m.target} could not be powered on"
+    now = substrate.status().vm(m.vm)
+    if now.node != m.source or now.state not in ("running", "paused"):
+        return f"{m.vm} not moved: it is {now.state} on {now.node or 'no node'}, not on {m.source}"
+    return None
+
+
+def _migrate_one(substrate: Substrate, spec: ClusterSpec, m: PlannedMigration, run: _Run,
+                 poll_s: float, timeout_s: float) -> MigrationResult:
+    run.say("migrate", m.vm, f"{m.vm}: {m.source} -> {m.target} via {m.network} "
+            f"(predicted {m.predicted_s:.1f} s, downtime {m.predicted_downtime_ms:.0f} ms)")
+
+    def progress(h: MigrationHandle, p: MigrationProgress) -> None:
+        run.say("progress", h.vm, f"{h.vm} {h.source}->{h.target} via {h.network}: {p.status} "
+                f"pass {p.pass_no} sent {p.sent_mib:.1f} MiB remaining {p.remaining_mib:.1f} MiB",
+                p)
+
+    health = health_of(spec, substrate.status())
+    req = MigrationRequest(vm=m.vm, target=m.target, poll_s=poll_s, timeout_s=timeout_s)
+    try:
+        res = migrate(substrate, spec, health, req, progress)
+    except VmclusterError as exc:  # no network could even be tried; nothing moved
+        res = MigrationResult(m.vm, m.source, m.target, m.network, ok=False, error=str(exc))
+    run.results.append(res)
+    if res.ok:
+        down = "-" if res.downtime_ms is None else f"{res.downtime_ms:.0f} ms"
+        run.say("migrated", m.vm, f"{m.vm} now on {m.target} via {res.network}: "
+                f"{res.total_s:.2f} s, downtime {down}")
+    return res
+
+
+def _still_busy(substrate: Substrate, node: str) -> str | None:
+    left = [v.name for v in substrate.status().vms if v.node == node and v.state != "stopped"]
+    return f"VMs still there: {', '.join(left)}" if left else None

@@ -1,0 +1,178 @@
+"""`vmcluster lab consolidate` on a real lab: plan, apply with live migrations, power off, on.
+
+Needs root. Three nodes, two tiny (nearly idle) VMs on node1 and node2, node3 empty:
+every node is under-loaded, so the plan empties one of node1/node2 into the other and
+powers the emptied node (and the already empty node3) off. The lab is torn down, and
+checked gone, even when a test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmcluster.lab import netns
+from vmcluster.lab.client import AgentClient
+from vmcluster.lab.lab import lab_down, lab_up
+from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.probe import memory_ok, serial_sizes
+from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
+]
+ROOT = Path(__file__).resolve().parents[2]
+
+SPEC = """
+[cluster]
+name = "consolidate"
+max_concurrent_migrations = 2
+
+[[networks]]
+name = "Public"
+subnet = "198.18.1.0/24"
+gateway = "198.18.1.1"
+bandwidth_mbps = 1000
+
+[[networks]]
+name = "Heartbeat"
+subnet = "198.18.2.0/24"
+bandwidth_mbps = 1000
+
+[[networks]]
+name = "Migration"
+subnet = "198.18.3.0/24"
+bandwidth_mbps = 1000
+{nodes}
+[[vms]]
+name = "web"
+owner = "node1"
+memory_mib = 256
+dirty_mibps = 4
+wws_mib = 16
+
+[[vms]]
+name = "db"
+owner = "node2"
+memory_mib = 256
+dirty_mibps = 8
+wws_mib = 32
+"""
+NODE = """
+[[nodes]]
+name = "node{i}"
+cores = 2
+memory_mib = 2048
+power_model = "ml110-g{g}"
+interfaces = {{Public = "198.18.1.1{i}", Heartbeat = "198.18.2.1{i}", Migration = "198.18.3.1{i}"}}
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuSubstrate]:
+    spec = tmp_path_factory.mktemp("consolidate") / "spec.toml"
+    nodes = "".join(NODE.format(i=i, g=4 if i == 3 else 5) for i in (1, 2, 3))
+    spec.write_text(SPEC.format(nodes=nodes), encoding="utf-8")
+    name = f"c{os.getpid()}"[:12]
+    layout = LabLayout(name)
+    try:
+        yield lab_up(spec, name, say=lambda _m: None)
+    finally:
+        lab_down(layout)
+        assert not netns.lab_namespaces(layout)
+        assert not layout.state_dir.exists()
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert str(layout.state_dir) + "/" not in ps
+
+
+def vmc(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run([sys.executable, "-m", "vmcluster", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=600, check=False)
+
+
+def _placement(sub: QemuSubstrate) -> dict[str, str | None]:
+    return {v.name: v.node for v in sub.status().vms}
+
+
+def _wait_no_pids(ns: str, timeout_s: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    pids = netns.ns_pids(ns)
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.2)
+        pids = netns.ns_pids(ns)
+    return pids
+
+
+def test_plan_only_changes_nothing(lab: QemuSubstrate) -> None:
+    before = _placement(lab)
+    res = vmc("lab", "consolidate", "--name", lab.layout.name, "--json")
+    assert res.returncode == 0, res.stderr
+    out: dict[str, Any] = json.loads(res.stdout)
+    plan = out["plan"]
+    assert out["applied"] is None and plan["policy"] == "ours"
+    assert len(plan["migrations"]) == 1
+    m = plan["migrations"][0]
+    assert m["network"] == "Migration" and m["predicted_s"] > 0 and m["predicted_downtime_ms"] >= 0
+    assert {p["node"] for p in plan["power_off"]} == {m["source"], "node3"}
+    assert plan["watts_after"] < plan["watts_before"]
+    assert _placement(lab) == before
+    assert [n.state for n in lab.status().nodes] == ["up", "up", "up"]
+    for policy in ("lr-mmt-1.2", "thr-mmt-0.8"):
+        res = vmc("lab", "consolidate", "--name", lab.layout.name, "--policy", policy, "--json")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout)["plan"]["policy"] == policy
+    text = vmc("lab", "consolidate", "--name", lab.layout.name)
+    assert text.returncode == 0 and "power off" in text.stdout and "predicted" in text.stdout
+
+
+def test_apply_moves_for_real_powers_off_and_back_on(lab: QemuSubstrate) -> None:
+    nodes = [n.name for n in lab.spec.nodes]
+    sizes = {vm: serial_sizes(lab.layout, vm, nodes) for vm in ("web", "db")}
+    pids = {vm: _pid(lab, vm) for vm in ("web", "db")}
+    res = vmc("lab", "consolidate", "--name", lab.layout.name, "--apply", "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    applied, plan = out["applied"], out["plan"]
+    assert applied["ok"] is True, applied["errors"]
+    [m] = plan["migrations"]
+    [r] = applied["migrations"]
+    assert r["ok"] and (r["vm"], r["source"], r["target"]) == (m["vm"], m["source"], m["target"])
+    assert r["network"] == "Migration" and r["passes"] >= 1 and r["sent_mib"] > 0
+    assert "[migrate]" in res.stderr and "[power-off]" in res.stderr  # progress on stderr
+    # The VM really moved: a new QEMU process on the target, the guest's memory intact.
+    st = lab.status()
+    assert st.vm(m["vm"]).node == m["target"] and st.vm(m["vm"]).state == "running"
+    assert _pid(lab, m["vm"]) != pids[m["vm"]]
+    assert memory_ok(lab.layout.serial_log(m["vm"], m["target"]), sizes[m["vm"]][m["target"]])
+    # The emptied node (and the empty node3) are off: state "off", no process left.
+    assert sorted(applied["powered_off"]) == sorted([m["source"], "node3"])
+    for node in applied["powered_off"]:
+        assert st.node(node).state == "off"
+        assert _wait_no_pids(lab.layout.node_ns(node)) == []
+        assert not AgentClient(lab.layout, node).alive()
+    # A second plan: nothing left to empty (one node up holds both VMs).
+    again = json.loads(vmc("lab", "consolidate", "--name", lab.layout.name, "--json").stdout)
+    assert again["plan"]["migrations"] == [] and again["plan"]["power_off"] == []
+    # Power it back on: its agent runs again and it can take a VM.
+    lab.set_power(m["source"], True)
+    assert lab.status().node(m["source"]).state == "up"
+    assert AgentClient(lab.layout, m["source"]).alive()
+    lab.set_power("node3", True)
+    assert lab.status().node("node3").state == "up"
+
+
+def _pid(sub: QemuSubstrate, vm: str) -> int:
+    node = sub.owner(vm)
+    assert node is not None
+    listed = AgentClient(sub.layout, node).call("list")["vms"]
+    return int(next(v["pid"] for v in listed if v["vm"] == vm and v["role"] == "run"))
