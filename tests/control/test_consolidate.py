@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from vmcluster.cli.main import cli
-from vmcluster.control.consolidate import Step, apply, observe, plan
+from vmcluster.control.consolidate import observe, plan
+from vmcluster.control.consolidate_apply import Step, apply
 from vmcluster.errors import UsageError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import parse_spec

@@ -10,14 +10,8 @@ import json
 
 import click
 
-from vmcluster.control.consolidate import (
-    ApplyReport,
-    ConsolidationPlan,
-    Step,
-    apply,
-    make_plan,
-    observe,
-)
+from vmcluster.control.consolidate import ConsolidationPlan, make_plan, observe
+from vmcluster.control.consolidate_apply import ApplyReport, Step, apply
 from vmcluster.errors import MigrationError
 from vmcluster.lab.lab import resolve_lab
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
