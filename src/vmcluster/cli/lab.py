@@ -1,4 +1,4 @@
-"""``vmcluster lab``: several hosts on one machine (up, down, status, net)."""
+"""``vmcluster lab``: several hosts on one machine (up, down, status, net, storage)."""
 
 from __future__ import annotations
 
@@ -90,3 +90,38 @@ def net_down(target: str, name: str | None) -> None:
 @_NAME
 def net_up(target: str, name: str | None) -> None:
     _net(target, name, True)
+
+
+@lab.group("storage")
+def storage() -> None:
+    """Cut or restore one node's path to the SAN (its storage interface)."""
+
+
+def _storage(node: str, name: str | None, up: bool, as_json: bool) -> None:
+    sub = QemuSubstrate(resolve_lab(name))
+    sub.set_storage_path(node, up)
+    if as_json:
+        click.echo(json.dumps({"node": node, "storage_path": up, "switched": sub.last_switches}))
+        return
+    click.echo(f"{node}: storage path {'up' if up else 'down'}")
+    for sw in sub.last_switches:
+        click.echo(f"  {sw['vm']}: disk {sw['from']} -> {sw['to']} ({sw['ms']:.0f} ms"
+                   f"{', resumed after an I/O error' if sw['resumed'] else ''})")
+
+
+@storage.command("down")
+@click.argument("node", metavar="NODE")
+@_NAME
+@click.option("--json", "as_json", is_flag=True)
+def storage_down(node: str, name: str | None, as_json: bool) -> None:
+    """Cut NODE's storage path; its VMs' disks are redirected through another node."""
+    _storage(node, name, False, as_json)
+
+
+@storage.command("up")
+@click.argument("node", metavar="NODE")
+@_NAME
+@click.option("--json", "as_json", is_flag=True)
+def storage_up(node: str, name: str | None, as_json: bool) -> None:
+    """Restore NODE's storage path; its VMs' disks go back to direct I/O."""
+    _storage(node, name, True, as_json)

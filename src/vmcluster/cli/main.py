@@ -24,6 +24,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("tour", "tour"),
     ("lab", "lab"),
     ("vm", "vm"),
+    ("csv", "csv"),
     ("evaluate", "evaluate"),
     ("evaluate", "power"),
 )

@@ -132,3 +132,29 @@ def migrate(vm_name: str, target: str, quick: bool, as_json: bool, lab_name: str
             f"migrating {vm_name} to {target} failed ({result.error}); "
             f"it still runs on {result.source}"
         )
+
+
+@vm.command("check-disk")
+@click.argument("vm_name", metavar="VM")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@_LAB
+def check_disk(vm_name: str, as_json: bool, lab_name: str | None) -> None:
+    """Compare the blocks VM acknowledged (serial log) with its disk on the LUN (no stop)."""
+    from vmcluster.csv.checkdisk import check_vm_disk
+    from vmcluster.errors import UsageError
+
+    sub = _sub(lab_name)
+    spec_vm = sub.spec.vm(vm_name)
+    if spec_vm.volume is None:
+        raise UsageError(f"{vm_name} has no disk on a cluster shared volume; give it "
+                         "`volume = ...` in the spec")
+    logs = [sub.layout.serial_log(vm_name, n.name) for n in sub.spec.nodes]
+    r = check_vm_disk(sub.layout.lun(spec_vm.volume), spec_vm.volume, vm_name, logs)
+    if as_json:
+        click.echo(json.dumps(r.to_json()))
+        return
+    click.echo(f"{vm_name}: acked {r.acked}, missing {r.missing}, corrupt {r.corrupt} "
+               f"({r.slots} slots at {r.offset >> 20} MiB of {spec_vm.volume}, newest on disk "
+               f"{r.newest_on_disk}) -> {'OK' if r.ok else 'LOST WRITES'}")
+    if not r.ok:
+        raise SystemExit(1)

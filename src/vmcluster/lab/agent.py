@@ -8,7 +8,8 @@ QEMU it recorded that is still alive is adopted (``query-status``); dead ones
 are forgotten; a running VM is never killed to reconcile.
 
 Ops: ping, list, start, stop, pause, resume, incoming, migrate, query_migrate,
-set_params, cancel, takeover, release, discard, save.
+set_params, cancel, takeover, release, discard, save, and the cluster shared
+volume ops of :class:`~vmcluster.csv.agentops.CsvOps` (csv_*).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from vmcluster.csv.agentops import CsvOps
 from vmcluster.errors import QmpError, SubstrateError, VmclusterError
 from vmcluster.lab.layout import LabLayout
 from vmcluster.substrate.qemu.process import QemuProcess
@@ -41,7 +43,7 @@ async def _sh(*argv: str) -> tuple[int, str]:
     return proc.returncode or 0, out.decode(errors="replace").strip()
 
 
-class Agent:
+class Agent(CsvOps):
     """The node agent's state: the QEMUs it owns, by VM name."""
 
     def __init__(self, layout: LabLayout, node: str) -> None:
@@ -205,7 +207,17 @@ class Agent:
             await qp.qmp.cont()
         await qp.qmp.announce_self()
         qp.set_role("run")
-        return {"status": await qp.qmp.query_status()}
+        owner_error = None
+        if qp.record.config.get("csv"):
+            # Switchover: this node is now the one writer of the VM's CSV disk.
+            from vmcluster.csv.attach import record_owner
+
+            try:
+                await asyncio.to_thread(record_owner, self.layout, self._spec(), req["vm"],
+                                        self.node)
+            except VmclusterError as exc:
+                owner_error = str(exc)
+        return {"status": await qp.qmp.query_status(), "owner_error": owner_error}
 
     async def op_release(self, req: Reply) -> Reply:
         """The source after a completed migration: QEMU quits (the VM lives on the target)."""
@@ -271,8 +283,10 @@ async def _serve(agent: Agent, sock_path: Path) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    monitor = asyncio.create_task(agent.csv_monitor())
     async with server:
         await stop.wait()
+    monitor.cancel()
     # Exiting leaves every QEMU running: a restarted agent adopts them again.
     for qp in agent.vms.values():
         await qp.qmp.close()

@@ -1,7 +1,8 @@
 """The guest image the lab boots in QEMU: a Debian cloud kernel and a small initramfs.
 
-The initramfs holds busybox (from ``busybox-static``), the ``/init`` script and the
-memory-dirtying ``workload`` from ``guest/``, and the virtio modules of the kernel,
+The initramfs holds busybox (from ``busybox-static``), the ``/init`` script, the
+memory-dirtying ``workload`` and the disk-checking ``diskwriter`` from ``guest/``,
+and the virtio modules of the kernel,
 loaded in the order depmod resolved. Everything comes from Debian packages:
 ``apt-get download`` of the kernel named by the ``linux-image-cloud-amd64``
 metapackage, ``dpkg-deb -x``, ``depmod -b``, ``gcc -static``.
@@ -80,6 +81,7 @@ def ensure_guest_image(
         "kernel_package": package,
         "kernel_package_version": version,
         "workload.c": _sha256(GUEST_DIR / "workload.c"),
+        "diskwriter.c": _sha256(GUEST_DIR / "diskwriter.c"),
         "init": _sha256(GUEST_DIR / "init"),
         "busybox": _run(["dpkg-query", "-W", "-f=${Version}", "busybox-static"],
                         "dpkg-query busybox-static").strip(),
@@ -127,6 +129,7 @@ def kernel_cmdline(
     port: int = 7777,
     extra: str = "",
     gw: str = "",
+    disk_kibps: float | None = None,
 ) -> str:
     """The kernel command line for one lab VM booted from a :class:`GuestImage`.
 
@@ -134,6 +137,7 @@ def kernel_cmdline(
     optional default route; the workload allocates ``mem_mib`` MiB, dirties the
     first ``wws_mib`` of it at ``dirty_mibps`` MiB/s and serves TCP on ``port``.
     ``mem_mib`` must fit in the guest's RAM with ~64 MiB to spare for the kernel.
+    ``disk_kibps``: the disk writer's rate (0 = as fast as the disk goes).
     """
     addr = _lab_address(ip, "ip")
     if gw:
@@ -163,6 +167,10 @@ def kernel_cmdline(
     ]
     if gw:
         parts.append(f"vmc.gw={gw}")
+    if disk_kibps is not None:
+        if disk_kibps < 0:
+            raise InputError(f"guest disk write rate {disk_kibps} KiB/s is negative")
+        parts.append(f"vmc.disk_kibps={disk_kibps:g}")
     if extra.strip():
         parts.append(extra.strip())
     return " ".join(parts)
@@ -238,6 +246,11 @@ def _build(
     _run(["gcc", "-static", "-O2", "-s", "-pthread", "-o", str(workload),
           str(GUEST_DIR / "workload.c")], "gcc -static workload.c", timeout=300)
 
+    say("guest image: compiling diskwriter.c (gcc -static)")
+    diskwriter = work / "diskwriter"
+    _run(["gcc", "-static", "-O2", "-s", "-pthread", "-o", str(diskwriter),
+          str(GUEST_DIR / "diskwriter.c")], "gcc -static diskwriter.c", timeout=300)
+
     say(f"guest image: packing initramfs ({len(order)} modules)")
     cpio = _Cpio()
     for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run",
@@ -248,6 +261,7 @@ def _build(
     cpio.file("init", (GUEST_DIR / "init").read_bytes(), 0o755)
     cpio.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
     cpio.file("bin/workload", workload.read_bytes(), 0o755)
+    cpio.file("bin/diskwriter", diskwriter.read_bytes(), 0o755)
     loaded: list[str] = []
     for rel in order:
         data, rel_ko = _module_bytes(moddir / rel, rel)

@@ -86,6 +86,11 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
         netns.build_network(layout, spec)
         say(f"[{time.monotonic() - t0:5.1f}s] network: {len(spec.nodes)} node namespaces, "
             f"{len(spec.networks)} bridges in {layout.fabric_ns}, client in {layout.client_ns}")
+        if spec.volumes:
+            from vmcluster.csv.san import start_san
+
+            for line in start_san(layout, spec):
+                say(f"[{time.monotonic() - t0:5.1f}s] {line}")
         with ThreadPoolExecutor(max_workers=max(1, len(spec.nodes))) as pool:
             list(pool.map(lambda n: start_agent(layout, n.name), spec.nodes))
         say(f"[{time.monotonic() - t0:5.1f}s] agents: {len(spec.nodes)} up")

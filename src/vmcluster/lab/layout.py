@@ -76,6 +76,18 @@ class LabLayout:
     def disk(self, vm: str) -> Path:
         return self.state_dir / "disks" / f"{vm}.img"
 
+    def lun(self, volume: str) -> Path:
+        """A cluster shared volume's LUN: a raw file the SAN serves over NBD."""
+        return self.state_dir / "san" / f"{short_name('', volume, limit=40)}.lun"
+
+    def san_pidfile(self, volume: str) -> Path:
+        return self.state_dir / "san" / f"{short_name('', volume, limit=40)}.pid"
+
+    def redirect_pidfile(self, node: str, volume: str, network: str) -> Path:
+        """The pidfile of the NBD re-export ``node`` serves for redirected I/O."""
+        tag = short_name("", volume, network, limit=60)
+        return self.state_dir / "redirect" / f"{node}.{tag}.pid"
+
     def serial_log(self, vm: str, node: str) -> Path:
         return self.state_dir / "logs" / f"{vm}.{node}.log"
 
@@ -101,6 +113,11 @@ class LabLayout:
     def client_ns(self) -> str:
         return self.ns_prefix + "client"
 
+    @property
+    def san_ns(self) -> str:
+        """The storage host: serves every LUN over NBD on the storage network only."""
+        return self.ns_prefix + "san"
+
     @staticmethod
     def fabric_bridge(net_index: int) -> str:
         return f"br{net_index}"
@@ -109,6 +126,11 @@ class LabLayout:
     def fabric_port(node_index: int, net_index: int) -> str:
         """The fabric end of a node's veth (node index -1 is the client)."""
         return "pc" if node_index < 0 else f"p{node_index}n{net_index}"
+
+    @staticmethod
+    def san_port(net_index: int) -> str:
+        """The fabric end of the SAN's veth on a storage network."""
+        return f"ps{net_index}"
 
     @staticmethod
     def node_if(network: str) -> str:

@@ -108,6 +108,7 @@ def build_network(layout: LabLayout, spec: ClusterSpec) -> None:
                 cmds += [["ip", "-n", ns, "addr", "add", addr, "dev", ifn],
                          ["ip", "-n", ns, "link", "set", ifn, "up"]]
             cmds += _shape(ns, ifn, net.bandwidth_mbps) + _shape(fab, port, net.bandwidth_mbps)
+    cmds += _san_links(layout, spec)
     pub = _public(spec)
     caddr = client_address(spec)
     if pub is not None and caddr is not None:
@@ -123,6 +124,30 @@ def build_network(layout: LabLayout, spec: ClusterSpec) -> None:
         ]
     for cmd in cmds:
         run(cmd)
+
+
+def _san_links(layout: LabLayout, spec: ClusterSpec) -> list[list[str]]:
+    """The SAN namespace and its one interface per storage network (none without volumes)."""
+    from vmcluster.csv.storage import san_address, storage_networks
+
+    if not spec.volumes:
+        return []
+    fab, san = layout.fabric_ns, layout.san_ns
+    cmds = _ns_setup(san)
+    for name in storage_networks(spec):
+        net = spec.network(name)
+        i = spec.networks.index(net)
+        port, ifn = layout.san_port(i), layout.node_if(name)
+        cmds += [
+            ["ip", "-n", fab, "link", "add", port, "type", "veth", "peer", "name", ifn,
+             "netns", san],
+            ["ip", "-n", fab, "link", "set", port, "master", layout.fabric_bridge(i), "up"],
+            ["ip", "-n", san, "addr", "add", f"{san_address(spec, name)}/{net.subnet.prefixlen}",
+             "dev", ifn],
+            ["ip", "-n", san, "link", "set", ifn, "up"],
+        ]
+        cmds += _shape(san, ifn, net.bandwidth_mbps) + _shape(fab, port, net.bandwidth_mbps)
+    return cmds
 
 
 def node_link_dev(layout: LabLayout, network: str) -> str:

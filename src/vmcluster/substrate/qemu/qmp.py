@@ -118,6 +118,49 @@ class Qmp:
     async def migrate_cancel(self) -> None:
         await self._run("migrate_cancel")
 
+    async def blockdev_add_nbd(self, node_name: str, host: str, port: int, export: str) -> None:
+        """Open an NBD export as block node ``node_name`` (connects now)."""
+        await self._run("blockdev-add", {
+            "driver": "nbd", "node-name": node_name, "export": export,
+            "server": {"type": "inet", "host": host, "port": str(port)},
+        })
+
+    async def blockdev_reopen_raw(self, node_name: str, file: str, offset: int, size: int
+                                  ) -> None:
+        """Point raw node ``node_name`` at block node ``file`` (same window of it).
+
+        ``blockdev-reopen`` resets every option not given, so offset and size are
+        passed again; QEMU drains and flushes the node (and its old child) first.
+        """
+        await self._run("blockdev-reopen", {"options": [{
+            "driver": "raw", "node-name": node_name, "file": file, "offset": offset,
+            "size": size}]})
+
+    async def quorum_add_child(self, parent: str, node: str) -> None:
+        """Add block node ``node`` as a child of quorum node ``parent``."""
+        await self._run("x-blockdev-change", {"parent": parent, "node": node})
+
+    async def quorum_del_child(self, parent: str, child: str) -> None:
+        """Remove child ``child`` (e.g. ``children.0``) of quorum ``parent`` (drains it)."""
+        await self._run("x-blockdev-change", {"parent": parent, "child": child})
+
+    async def block_children(self, parent: str) -> list[tuple[str, str]]:
+        """(child name, node name) of each child of block node ``parent``."""
+        graph = _dict(await self._run("x-debug-query-block-graph"), "x-debug-query-block-graph")
+        names = {n["id"]: n["name"] for n in graph.get("nodes", [])}
+        pid = next((i for i, n in names.items() if n == parent), None)
+        return [(str(e["name"]), str(names.get(e["child"], ""))) for e in graph.get("edges", [])
+                if e.get("parent") == pid]
+
+    async def blockdev_del(self, node_name: str) -> None:
+        await self._run("blockdev-del", {"node-name": node_name})
+
+    async def named_block_nodes(self) -> list[dict[str, Any]]:
+        reply = await self._run("query-named-block-nodes", {"flat": True})
+        if not isinstance(reply, list):
+            raise QmpError(f"{self.name}: query-named-block-nodes returned {reply!r}")
+        return [dict(n) for n in reply]
+
     async def quit(self) -> None:
         """Ask QEMU to exit; the monitor going away in reply is the expected outcome."""
         with contextlib.suppress(QmpError):

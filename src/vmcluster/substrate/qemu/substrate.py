@@ -100,6 +100,7 @@ class QemuSubstrate:
         self.queue_timeout_s = queue_timeout_s
         self.on_event: Callable[[str], None] | None = None
         self._attempts: dict[str, _Attempt] = {}
+        self.last_switches: list[dict[str, Any]] = []
 
     @property
     def clock(self) -> WallClock:
@@ -113,7 +114,9 @@ class QemuSubstrate:
             self.on_event(msg)
 
     # -- configuration ------------------------------------------------------------
-    def vm_config(self, vm_name: str, node: str) -> VmConfig:
+    def vm_config(self, vm_name: str, node: str, owner: str | None = None) -> VmConfig:
+        """The VM's QEMU config on ``node``; a CSV disk's owner becomes ``owner`` if given."""
+        from vmcluster.csv.attach import disk_config
         from vmcluster.lab.image import kernel_cmdline  # the image module is optional at import
 
         vm, nd = self.spec.vm(vm_name), self.spec.node(node)
@@ -130,6 +133,8 @@ class QemuSubstrate:
             tap=self.layout.tap(vm.name), bridge=self.layout.PUBLIC_BRIDGE,
             kernel=image["kernel"], initrd=image["initrd"], append=append,
             disk=str(self.layout.disk(vm.name)), accel=nd.accel,
+            csv=None if vm.volume is None else disk_config(self.layout, self.spec, vm.name, node,
+                                                           owner, say=self._say),
         )
 
     # -- observation ----------------------------------------------------------------
@@ -206,11 +211,12 @@ class QemuSubstrate:
         if owner is not None and owner != node and self._runs_on(vm, owner):
             raise SubstrateError(f"{vm} already runs on {owner}; stop or migrate it first")
         disk = self.layout.disk(vm)
-        disk.parent.mkdir(parents=True, exist_ok=True)
-        if not disk.exists():
-            with disk.open("wb") as f:
-                f.truncate(self.spec.vm(vm).disk_mib * MIB)
-        cfg = self.vm_config(vm, node)
+        if self.spec.vm(vm).volume is None:  # a CSV disk lives on its volume's LUN instead
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            if not disk.exists():
+                with disk.open("wb") as f:
+                    f.truncate(self.spec.vm(vm).disk_mib * MIB)
+        cfg = self.vm_config(vm, node, owner=node)
         try:
             self.agent(node).call("start", timeout_s=90, config=cfg.to_json())
         except AgentDown as exc:
@@ -464,11 +470,29 @@ class QemuSubstrate:
                     st["vms"][vm] = {"node": None}
 
     def set_storage_path(self, node: str, up: bool) -> None:
-        # The disks are files on the lab's shared path until CSV lands; the path is recorded
-        # so status() and the control loop see it, but nothing is cut yet.
-        self.spec.node(node)
+        """Cut or restore ``node``'s path to the SAN (its storage interfaces), then let its
+        agent switch its VM disks (redirected / direct) and hand a coordinator role over.
+
+        The disk switches the node's agent made are kept in ``last_switches``.
+        """
+        from vmcluster.csv.coordinator import coordinator
+
+        nd = self.spec.node(node)
+        nets = sorted({v.network for v in self.spec.volumes
+                       if v.network is not None and v.network in nd.interfaces})
+        since = time.time()
         with update_state(self.layout) as st:
             st["nodes"][node] = {**st["nodes"].get(node, {}), "storage_path": up}
+        for net in nets:
+            netns.set_link(self.layout, self.spec, net, node, up)
+        for vol in self.spec.volumes:
+            coordinator(self.layout, self.spec, vol.name, say=self._say)
+        try:
+            reply = self.agent(node).call("csv_reconcile", timeout_s=120, since=since)
+        except AgentDown:
+            self.last_switches = []
+            return
+        self.last_switches = list(reply.get("switched", []))
 
     def set_power(self, node: str, on: bool) -> None:
         self.spec.node(node)

@@ -12,7 +12,10 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["VmConfig", "mac_for", "qemu_argv", "ram_arg"]
+__all__ = [
+    "DISK_NODE", "LUN_NODE_PREFIX", "PATH_NODE", "VmConfig", "disk_args", "mac_for",
+    "qemu_argv", "ram_arg",
+]
 
 QEMU = "qemu-system-x86_64"
 
@@ -54,6 +57,9 @@ class VmConfig:
     append: str
     disk: str
     accel: str = "tcg"
+    # A disk on a cluster shared volume: {"host", "port", "export", "offset", "size",
+    # "volume"}; the region [offset, offset + size) of the LUN served over NBD.
+    csv: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,6 +67,44 @@ class VmConfig:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VmConfig:
         return cls(**data)
+
+
+DISK_NODE = "disk0"
+LUN_NODE_PREFIX = "lun-"
+PATH_NODE = "csvpath"
+
+
+def disk_args(cfg: VmConfig) -> list[str]:
+    """The VM's disk: a local file, or a region of a CSV LUN reached over NBD."""
+    if cfg.csv is None:
+        # locking=off: the source and the incoming target open the disk at once; the
+        # migration hands ownership over, so there is only ever one writer.
+        return [
+            "-blockdev",
+            f"driver=raw,node-name={DISK_NODE},file.driver=file,file.filename={cfg.disk},"
+            "file.locking=off,cache.direct=off",
+            "-device", f"virtio-blk-pci,drive={DISK_NODE}",
+        ]
+    c = cfg.csv
+    lun = f"{LUN_NODE_PREFIX}0"
+    # raw (a window on the LUN) -> quorum (one child, the path in use) -> nbd. A path switch
+    # adds the new path's NBD node as a second quorum child and removes the old one
+    # (x-blockdev-change): unlike blockdev-reopen it never flushes the old path, which a dead
+    # path cannot do. With vote-threshold=1 a write succeeds when one path took it.
+    # werror/rerror=stop: an I/O that fails during the switch pauses the VM (and is retried
+    # on `cont`) instead of failing in the guest.
+    return [
+        "-blockdev",
+        f"driver=nbd,node-name={lun},server.type=inet,server.host={c['host']},"
+        f"server.port={c['port']},export={c['export']}",
+        "-blockdev",
+        f"driver=quorum,node-name={PATH_NODE},vote-threshold=1,read-pattern=fifo,"
+        f"children.0={lun}",
+        "-blockdev",
+        f"driver=raw,node-name={DISK_NODE},file={PATH_NODE},offset={c['offset']},"
+        f"size={c['size']}",
+        "-device", f"virtio-blk-pci,drive={DISK_NODE},werror=stop,rerror=stop",
+    ]
 
 
 def qemu_argv(
@@ -81,12 +125,7 @@ def qemu_argv(
         "-serial", "chardev:ser0",
         "-netdev", f"tap,id=net0,ifname={cfg.tap},script=no,downscript=no",
         "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
-        # locking=off: the source and the incoming target open the disk at once; the
-        # migration hands ownership over, so there is only ever one writer.
-        "-blockdev",
-        f"driver=raw,node-name=disk0,file.driver=file,file.filename={cfg.disk},"
-        "file.locking=off,cache.direct=off",
-        "-device", "virtio-blk-pci,drive=disk0",
+        *disk_args(cfg),
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
         "-pidfile", pidfile,
     ]

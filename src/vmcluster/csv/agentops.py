@@ -1,0 +1,302 @@
+"""The CSV side of a node agent: coordinator ops, re-exports, and live path switching.
+
+Mixed into :class:`vmcluster.lab.agent.Agent` (its ``op_*`` methods are agent ops):
+
+* coordinator role: ``csv_table``, ``csv_create``, ``csv_delete``, ``csv_resize``,
+  ``csv_set_owner`` read-modify-write the allocation table on
+  the LUN over this node's own NBD path, one op at a time per volume; a node
+  that is not the recorded coordinator refuses.
+* helper role: ``csv_export`` starts (once) a ``qemu-storage-daemon`` that
+  re-exports the SAN's export on this node's address on a CSV network.
+* path switching: ``csv_reconcile`` puts every VM disk of this node on the
+  path :func:`~vmcluster.csv.paths.access_modes` gives it (direct, or via a
+  helper), live: ``blockdev-add`` the new NBD node, add it to the disk's
+  one-child quorum (``x-blockdev-change``), kill the old path's TCP connections
+  if that path is dead (so in-flight requests fail and pause the VM instead of
+  hanging the drain), remove the old child and ``blockdev-del`` it, ``cont`` a
+  VM that paused on an I/O error. (``blockdev-reopen`` of the raw node cannot
+  do this: it flushes the old child first, and a dead path fails the flush.)
+  :meth:`csv_monitor` runs it when this node's storage link changes
+  and every few seconds (a dead coordinator or helper is noticed there too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vmcluster.csv import volume as vt
+from vmcluster.csv.coordinator import coordinator, observe
+from vmcluster.csv.nbd import NbdClient
+from vmcluster.csv.paths import access_modes
+from vmcluster.csv.storage import (
+    NbdTarget,
+    pid_from,
+    redirect_argv,
+    redirect_target,
+    san_target,
+)
+from vmcluster.errors import SubstrateError
+from vmcluster.lab.client import AgentClient
+from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.state import read_state
+from vmcluster.model import ClusterSpec
+from vmcluster.model.spec import load_spec
+from vmcluster.substrate.qemu.process import QemuProcess
+from vmcluster.substrate.qemu.vm import LUN_NODE_PREFIX, PATH_NODE
+
+__all__ = ["CsvOps"]
+
+Reply = dict[str, Any]
+MONITOR_TICK_S = 0.25
+FULL_CHECK_S = 5.0
+
+
+def _log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} csv: {msg}", file=sys.stderr, flush=True)
+
+
+class CsvOps:
+    """Agent mixin; needs ``layout``, ``node``, ``vms`` and ``get`` from the agent."""
+
+    layout: LabLayout
+    node: str
+    vms: dict[str, QemuProcess]
+    _csv_spec: ClusterSpec | None = None
+    _csv_locks: dict[str, asyncio.Lock] | None = None
+    _csv_log: list[tuple[float, Reply]] | None = None
+
+    def _spec(self) -> ClusterSpec:
+        if self._csv_spec is None:
+            self._csv_spec = load_spec(read_state(self.layout)["spec"])
+        return self._csv_spec
+
+    def _vlock(self, key: str) -> asyncio.Lock:
+        if self._csv_locks is None:
+            self._csv_locks = {}
+        return self._csv_locks.setdefault(key, asyncio.Lock())
+
+    # -- coordinator role --------------------------------------------------------------
+    async def _table_op(self, req: Reply, change: Any) -> Reply:
+        volume = str(req["volume"])
+        spec = self._spec()
+        recorded = read_state(self.layout).get("volumes", {}).get(volume, {}).get("coordinator")
+        if recorded != self.node:
+            raise SubstrateError(f"{self.node} is not the coordinator of {volume} "
+                                 f"({recorded or 'nobody'} is)")
+        target = san_target(spec, volume)
+
+        def work() -> vt.Table:
+            with NbdClient(target.host, target.port, target.export) as lun:
+                table = vt.read_table(lun)
+                new: vt.Table = change(table)
+                if new is not table:
+                    vt.write_table(lun, new)
+                return new
+
+        async with self._vlock("table:" + volume):
+            table = await asyncio.to_thread(work)
+        return {"table": table.to_json(), "coordinator": self.node}
+
+    async def op_csv_table(self, req: Reply) -> Reply:
+        return await self._table_op(req, lambda t: t)
+
+    async def op_csv_create(self, req: Reply) -> Reply:
+        """Create disk ``disk`` of ``size`` bytes (idempotent) and record ``owner``."""
+        name, size, owner = str(req["disk"]), int(req["size"]), req.get("owner")
+
+        def change(t: vt.Table) -> vt.Table:
+            ext = t.get(name)
+            if ext is None:
+                t = t.create(name, size, owner)
+            elif ext.size < size:
+                raise SubstrateError(f"disk {name} exists with {ext.size >> 20} MiB < "
+                                     f"{size >> 20} MiB; resize it")
+            return t.set_owner(name, owner) if owner is not None else t
+
+        return await self._table_op(req, change)
+
+    async def op_csv_delete(self, req: Reply) -> Reply:
+        return await self._table_op(req, lambda t: t.delete(str(req["disk"])))
+
+    async def op_csv_resize(self, req: Reply) -> Reply:
+        return await self._table_op(req, lambda t: t.resize(str(req["disk"]), int(req["size"])))
+
+    async def op_csv_set_owner(self, req: Reply) -> Reply:
+        return await self._table_op(
+            req, lambda t: t.set_owner(str(req["disk"]), req.get("owner")))
+
+    # -- helper role ---------------------------------------------------------------------
+    async def op_csv_export(self, req: Reply) -> Reply:
+        """Re-export ``volume`` on this node's address on ``network`` (started once)."""
+        volume, network = str(req["volume"]), str(req["network"])
+        spec = self._spec()
+        target = redirect_target(spec, volume, self.node, network)
+        pidfile = self.layout.redirect_pidfile(self.node, volume, network)
+        async with self._vlock(f"export:{volume}:{network}"):
+            if pid_from(pidfile) is None:
+                pidfile.parent.mkdir(parents=True, exist_ok=True)
+                argv = redirect_argv(self.layout, spec, volume, self.node, network)
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                out, _ = await asyncio.wait_for(proc.communicate(), timeout=30)
+                if proc.returncode != 0:
+                    raise SubstrateError(f"{self.node}: cannot re-export {volume} on "
+                                         f"{network}: {out.decode(errors='replace').strip()}")
+                _log(f"re-exporting {volume} at {target.uri} for redirected I/O")
+        return {"target": target.to_json()}
+
+    # -- path switching ------------------------------------------------------------------
+    async def _paths(self, qp: QemuProcess) -> list[tuple[str, str, str]]:
+        """The VM disk's paths now: (quorum child, NBD node name, nbd:// URI), oldest first."""
+        uris = {str(n.get("node-name")): str(n.get("file", ""))
+                for n in await qp.qmp.named_block_nodes()}
+        kids = [(c, n, uris.get(n, "")) for c, n in await qp.qmp.block_children(PATH_NODE)]
+        if not kids:
+            raise SubstrateError(f"{qp.record.vm}: its disk has no path ({PATH_NODE} is empty)")
+        return sorted(kids, key=lambda k: int(k[1].removeprefix(LUN_NODE_PREFIX) or 0))
+
+    async def _current_lun(self, qp: QemuProcess) -> tuple[str, str]:
+        """The path the VM's disk uses now: (NBD node name, nbd:// URI)."""
+        _, node, uri = (await self._paths(qp))[-1]
+        return node, uri
+
+    async def _switch(self, qp: QemuProcess, want: NbdTarget, kill_old: bool) -> Reply:
+        olds = await self._paths(qp)
+        n = max(int(node.removeprefix(LUN_NODE_PREFIX) or 0) for _, node, _ in olds) + 1
+        new = f"{LUN_NODE_PREFIX}{n}"
+        t0, started = time.monotonic(), time.time()
+        await qp.qmp.blockdev_add_nbd(new, want.host, want.port, want.export)
+        if kill_old:
+            for _, _, uri in olds:
+                hostport = uri.removeprefix("nbd://").split("/", 1)[0]
+                host, _, port = hostport.rpartition(":")
+                # A dead path's connection would hang its in-flight requests (and the drain
+                # below) until TCP gives up; aborting it fails them now, which pauses the VM
+                # (werror=stop); `cont` retries them on the new path.
+                proc = await asyncio.create_subprocess_exec(
+                    "ss", "-K", "-tn", "dst", host, "dport", "=", f":{port}",
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                await asyncio.wait_for(proc.wait(), timeout=10)
+        # Adding and removing quorum children drains the quorum: in-flight requests must
+        # finish first (on a dead path they only do once its connection is aborted).
+        await qp.qmp.quorum_add_child(PATH_NODE, new)  # new writes now reach the new path
+        for child, node, _ in olds:
+            await qp.qmp.quorum_del_child(PATH_NODE, child)
+            await qp.qmp.blockdev_del(node)
+        resumed = 0
+        for _ in range(10):  # an io-error stop may be requested just after the drain
+            if await qp.qmp.query_status() == "io-error":
+                await qp.qmp.cont()
+                resumed += 1
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - t0
+        old_uri = olds[-1][2]
+        self._csv_switches().append((started, {
+            "vm": qp.record.vm, "from": old_uri, "to": want.uri, "ms": took * 1000,
+            "resumed": resumed}))
+        _log(f"{qp.record.vm}: disk {old_uri} -> {want.uri} in {took * 1000:.0f} ms"
+             f"{' (resumed after I/O error)' if resumed else ''}")
+        return {"vm": qp.record.vm, "from": old_uri, "to": want.uri, "ms": took * 1000,
+                "resumed": resumed}
+
+    async def _reconcile(self) -> list[Reply]:
+        spec = self._spec()
+        if not spec.volumes:
+            return []
+        async with self._vlock("reconcile"):
+            view = await asyncio.to_thread(observe, self.layout, spec, self.node)
+            done: list[Reply] = []
+            by_addr = {str(a): n.name for n in spec.nodes for a in n.interfaces.values()}
+            for vol in spec.volumes:
+                coord = await asyncio.to_thread(coordinator, self.layout, spec, vol.name, view,
+                                                _log)
+                has_path = view.has_path(vol.network)
+                mine = access_modes(spec, view.health, view.up, has_path, coord,
+                                    vol.network)[self.node]
+                vms = [qp for qp in list(self.vms.values())
+                       if qp.alive() and qp.record.role == "run"
+                       and (qp.record.config.get("csv") or {}).get("volume") == vol.name]
+                if not vms or mine.mode == "none":
+                    continue
+                san = san_target(spec, vol.name)
+                if mine.mode == "direct":
+                    want = san
+                else:
+                    assert mine.via is not None and mine.network is not None
+                    reply = await asyncio.to_thread(
+                        AgentClient(self.layout, mine.via).call, "csv_export", 30.0,
+                        volume=vol.name, network=mine.network)
+                    want = NbdTarget.from_json(reply["target"])
+                healthy = view.up & has_path
+                for qp in vms:
+                    async with self._vlock("vm:" + qp.record.vm):
+                        _, cur = await self._current_lun(qp)
+                        if cur == want.uri:
+                            continue
+                        host = cur.removeprefix("nbd://").split(":", 1)[0]
+                        old_ok = (self.node in has_path if cur.startswith(san.uri)
+                                  else by_addr.get(host) in healthy)
+                        done.append(await self._switch(qp, want, kill_old=not old_ok))
+            return done
+
+    def _csv_switches(self) -> list[tuple[float, Reply]]:
+        if self._csv_log is None:
+            self._csv_log = []
+        del self._csv_log[:-100]
+        return self._csv_log
+
+    async def op_csv_reconcile(self, req: Reply) -> Reply:
+        """Switch this node's VM disks to their paths now; ``switched``: every switch since
+        ``since`` (wall time; the monitor may have made one already)."""
+        done = await self._reconcile()
+        since = req.get("since")
+        if since is None:
+            return {"switched": done}
+        return {"switched": [sw for t, sw in self._csv_switches() if t >= float(since)]}
+
+    async def op_csv_paths(self, req: Reply) -> Reply:
+        """The NBD URI each of this node's VM disks uses right now."""
+        out = {}
+        for name, qp in list(self.vms.items()):
+            if qp.alive() and qp.record.config.get("csv"):
+                with contextlib.suppress(SubstrateError):
+                    out[name] = (await self._current_lun(qp))[1]
+        return {"paths": out}
+
+    async def csv_monitor(self) -> None:
+        """Reconcile when this node's storage link changes, and every few seconds."""
+        try:
+            spec = self._spec()
+        except SubstrateError:
+            return
+        nets = {v.network for v in spec.volumes if v.network in spec.node(self.node).interfaces}
+        if not spec.volumes:
+            return
+        last: dict[str, bool] = {}
+        next_full = time.monotonic() + FULL_CHECK_S
+        while True:
+            await asyncio.sleep(MONITOR_TICK_S)
+            now = {str(n): _link_up(self.layout.node_if(str(n))) for n in nets}
+            if now != last or time.monotonic() >= next_full:
+                if last and now != last:
+                    _log(f"storage link {'up' if all(now.values()) else 'down'}; reconciling")
+                next_full = time.monotonic() + FULL_CHECK_S
+                try:
+                    await self._reconcile()
+                except Exception as exc:  # keep watching whatever one round hit
+                    _log(f"reconcile failed: {type(exc).__name__}: {exc}")
+            last = now
+
+
+def _link_up(ifname: str) -> bool:
+    """Is the interface administratively up, in this (the agent's) namespace?"""
+    try:
+        return bool(int(Path(f"/sys/class/net/{ifname}/flags").read_text(), 16) & 1)
+    except (OSError, ValueError):
+        return False

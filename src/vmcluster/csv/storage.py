@@ -1,0 +1,148 @@
+"""Where a volume is served and how: the SAN's address, ports, export names, daemons.
+
+The SAN is a namespace with one interface per storage network (address .250
+of its subnet, or the highest free host address when that is taken); it runs
+one ``qemu-storage-daemon`` per volume exporting the LUN file over NBD on that
+address only. A node that lends its path for redirected I/O runs a second
+``qemu-storage-daemon`` in its own namespace that re-exports the SAN's export
+on its address on the CSV network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from vmcluster.errors import LabError
+from vmcluster.lab.layout import LabLayout
+from vmcluster.model import ClusterSpec, Volume
+
+__all__ = [
+    "REDIRECT_PORT_BASE",
+    "SAN_PORT_BASE",
+    "NbdTarget",
+    "redirect_argv",
+    "redirect_target",
+    "san_address",
+    "san_argv",
+    "san_target",
+    "storage_networks",
+]
+
+SAN_PORT_BASE = 10809
+REDIRECT_PORT_BASE = 10900
+QSD = "qemu-storage-daemon"
+
+
+@dataclass(frozen=True)
+class NbdTarget:
+    """One NBD export: where QEMU (or our client) connects."""
+
+    host: str
+    port: int
+    export: str
+
+    @property
+    def uri(self) -> str:
+        return f"nbd://{self.host}:{self.port}/{self.export}"
+
+    def to_json(self) -> dict[str, object]:
+        return {"host": self.host, "port": self.port, "export": self.export}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> NbdTarget:
+        return cls(str(data["host"]), int(str(data["port"])), str(data["export"]))
+
+
+def _volume(spec: ClusterSpec, name: str) -> tuple[int, Volume]:
+    for i, vol in enumerate(spec.volumes):
+        if vol.name == name:
+            return i, vol
+    raise LabError(f"unknown volume {name!r}; known: {[v.name for v in spec.volumes]}")
+
+
+def storage_networks(spec: ClusterSpec) -> list[str]:
+    """The networks the SAN needs an interface on (one per distinct volume network)."""
+    out: list[str] = []
+    for vol in spec.volumes:
+        if vol.network is None:
+            raise LabError(f"volume {vol.name} has no storage network: add `network = ...` "
+                           "to its [[volumes]] table or declare a role = 0 network")
+        if vol.network not in out:
+            out.append(vol.network)
+    return out
+
+
+def san_address(spec: ClusterSpec, network: str) -> IPv4Address:
+    """.250 of the storage subnet, or the highest host address no node uses."""
+    net = spec.network(network)
+    used = {n.interfaces.get(network) for n in spec.nodes} | {net.gateway}
+    preferred = net.subnet.network_address + 250
+    if preferred in net.subnet and preferred != net.subnet.broadcast_address \
+            and preferred not in used:
+        return preferred
+    for host in reversed(list(net.subnet.hosts())):
+        if host not in used:
+            return host
+    raise LabError(f"no free address for the SAN on {network} ({net.subnet})")
+
+
+def export_name(volume: str) -> str:
+    return f"csv-{volume}"
+
+
+def san_target(spec: ClusterSpec, volume: str) -> NbdTarget:
+    i, vol = _volume(spec, volume)
+    assert vol.network is not None, storage_networks(spec)
+    return NbdTarget(str(san_address(spec, vol.network)), SAN_PORT_BASE + i, export_name(volume))
+
+
+def redirect_target(spec: ClusterSpec, volume: str, node: str, network: str) -> NbdTarget:
+    """Where ``node`` re-exports ``volume`` on its address on ``network``."""
+    i, _ = _volume(spec, volume)
+    addr = spec.node(node).interfaces.get(network)
+    if addr is None:
+        raise LabError(f"{node} has no address on {network} to re-export {volume} on")
+    net_i = [n.name for n in spec.networks].index(network)
+    return NbdTarget(str(addr), REDIRECT_PORT_BASE + 10 * i + net_i, export_name(volume))
+
+
+def san_argv(layout: LabLayout, spec: ClusterSpec, volume: str) -> list[str]:
+    """The SAN's daemon for one volume: the LUN file, exported read-write over NBD."""
+    t = san_target(spec, volume)
+    return [
+        QSD,
+        "--blockdev", f"driver=file,node-name=lun,filename={layout.lun(volume)},"
+                      "cache.direct=off,locking=off",
+        "--nbd-server", f"addr.type=inet,addr.host={t.host},addr.port={t.port}",
+        "--export", f"type=nbd,id=e0,node-name=lun,name={t.export},writable=on",
+        "--pidfile", str(layout.san_pidfile(volume)),
+        "--daemonize",
+    ]
+
+
+def redirect_argv(layout: LabLayout, spec: ClusterSpec, volume: str, node: str,
+                  network: str) -> list[str]:
+    """``node``'s re-export of the SAN's export of ``volume`` on its ``network`` address."""
+    up = san_target(spec, volume)
+    t = redirect_target(spec, volume, node, network)
+    return [
+        QSD,
+        "--blockdev", f"driver=nbd,node-name=up,server.type=inet,server.host={up.host},"
+                      f"server.port={up.port},export={up.export}",
+        "--nbd-server", f"addr.type=inet,addr.host={t.host},addr.port={t.port}",
+        "--export", f"type=nbd,id=e0,node-name=up,name={t.export},writable=on",
+        "--pidfile", str(layout.redirect_pidfile(node, volume, network)),
+        "--daemonize",
+    ]
+
+
+def pid_from(pidfile: Path) -> int | None:
+    """The live process named by ``pidfile`` (its command line must name the pidfile)."""
+    try:
+        pid = int(pidfile.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if str(pidfile).encode() in cmdline else None

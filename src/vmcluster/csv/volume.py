@@ -1,0 +1,230 @@
+"""The allocation table a cluster shared volume keeps at the start of its own LUN.
+
+Which disk lives where is data on the LUN itself, so it survives any node: the
+first MiB holds two table slots; disks are regions from 1 MiB on, 1 MiB
+aligned. Each slot is a header (magic, format, generation, payload length,
+CRC-32 of the payload) and a JSON payload of ``(name, offset, size, owner)``
+rows. Generation ``g`` is written to slot ``g % 2``, so a write that is torn
+halfway leaves the other slot's generation ``g - 1`` intact: a reader takes
+the valid slot with the highest generation, and a bad checksum is never read
+as a table.
+
+The table operations (create, delete, resize, set_owner) are pure functions
+from a :class:`Table` to the next one; :func:`read_table` / :func:`write_table`
+do the I/O through any :class:`BlockIO` (an NBD connection, or the LUN file).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from vmcluster.errors import SubstrateError, UsageError
+
+__all__ = [
+    "ALIGN",
+    "DATA_START",
+    "BlockIO",
+    "Extent",
+    "FileBlock",
+    "Table",
+    "TableError",
+    "decode_slot",
+    "encode_slot",
+    "format_table",
+    "read_table",
+    "write_table",
+]
+
+MAGIC = b"VMCCSVT1"
+FORMAT = 1
+SLOT_SIZE = 64 * 1024
+SLOT_OFFSETS = (0, SLOT_SIZE)
+DATA_START = 1024 * 1024
+ALIGN = 1024 * 1024
+_HEADER = struct.Struct("<8sIQII")  # magic, format, generation, payload length, crc32
+
+
+class TableError(SubstrateError):
+    """The LUN holds no valid allocation table, or an operation on it is impossible."""
+
+
+class BlockIO(Protocol):
+    """Byte-addressed access to a LUN."""
+
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class FileBlock:
+    """A LUN as a plain file (the SAN's own view; also used by tests and check-disk)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def read(self, offset: int, length: int) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def write(self, offset: int, data: bytes) -> None:
+        with open(self.path, "r+b") as f:
+            f.seek(offset)
+            f.write(data)
+
+    def flush(self) -> None:
+        with open(self.path, "r+b") as f:
+            f.flush()
+
+
+@dataclass(frozen=True)
+class Extent:
+    """One VM disk: a region of the LUN and the node allowed to write it."""
+
+    name: str
+    offset: int
+    size: int
+    owner: str | None = None
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "offset": self.offset, "size": self.size, "owner": self.owner}
+
+
+@dataclass(frozen=True)
+class Table:
+    """A volume's allocation table at one generation."""
+
+    volume: str
+    size: int
+    generation: int = 0
+    disks: tuple[Extent, ...] = ()
+
+    def get(self, name: str) -> Extent | None:
+        return next((d for d in self.disks if d.name == name), None)
+
+    def need(self, name: str) -> Extent:
+        ext = self.get(name)
+        if ext is None:
+            raise UsageError(f"volume {self.volume} has no disk {name!r}")
+        return ext
+
+    def _next(self, disks: list[Extent]) -> Table:
+        return replace(self, generation=self.generation + 1,
+                       disks=tuple(sorted(disks, key=lambda d: d.offset)))
+
+    def _gap_for(self, size: int, exclude: str | None = None) -> int | None:
+        """The lowest aligned offset where ``size`` bytes fit (first fit), or None."""
+        pos = DATA_START
+        for d in sorted(self.disks, key=lambda d: d.offset):
+            if d.name == exclude:
+                continue
+            if d.offset - pos >= size:
+                return pos
+            pos = max(pos, _align(d.end))
+        return pos if self.size - pos >= size else None
+
+    def create(self, name: str, size: int, owner: str | None = None) -> Table:
+        if size <= 0:
+            raise UsageError(f"disk {name!r}: size must be > 0, got {size}")
+        if self.get(name) is not None:
+            raise UsageError(f"volume {self.volume} already has a disk {name!r}")
+        size = _align(size)
+        at = self._gap_for(size)
+        if at is None:
+            raise TableError(f"volume {self.volume} has no free {size >> 20} MiB region for "
+                             f"{name!r}; delete a disk or use a bigger volume")
+        return self._next([*self.disks, Extent(name, at, size, owner)])
+
+    def delete(self, name: str) -> Table:
+        self.need(name)
+        return self._next([d for d in self.disks if d.name != name])
+
+    def resize(self, name: str, size: int) -> Table:
+        """Grow or shrink in place; growing needs the free space right after the disk."""
+        ext = self.need(name)
+        size = _align(size)
+        limit = min([d.offset for d in self.disks if d.offset > ext.offset] + [self.size])
+        if ext.offset + size > limit:
+            raise TableError(f"disk {name!r} cannot grow to {size >> 20} MiB in place on "
+                             f"{self.volume}: the next region starts at {limit >> 20} MiB")
+        return self._next([d if d.name != name else replace(d, size=size) for d in self.disks])
+
+    def set_owner(self, name: str, owner: str | None) -> Table:
+        ext = self.need(name)
+        if ext.owner == owner:
+            return self
+        return self._next([d if d.name != name else replace(d, owner=owner) for d in self.disks])
+
+    def to_json(self) -> dict[str, object]:
+        return {"volume": self.volume, "size": self.size, "generation": self.generation,
+                "disks": [d.to_json() for d in self.disks]}
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def encode_slot(table: Table) -> bytes:
+    payload = json.dumps({
+        "volume": table.volume, "size": table.size,
+        "disks": [[d.name, d.offset, d.size, d.owner] for d in table.disks],
+    }, sort_keys=True, separators=(",", ":")).encode()
+    if _HEADER.size + len(payload) > SLOT_SIZE:
+        raise TableError(f"volume {table.volume}: the allocation table outgrew its "
+                         f"{SLOT_SIZE} byte slot ({len(table.disks)} disks)")
+    head = _HEADER.pack(MAGIC, FORMAT, table.generation, len(payload), zlib.crc32(payload))
+    return (head + payload).ljust(SLOT_SIZE, b"\0")
+
+
+def decode_slot(raw: bytes) -> Table | None:
+    """The table in one slot, or None when the slot is empty, torn or corrupt."""
+    if len(raw) < _HEADER.size:
+        return None
+    magic, fmt, gen, length, crc = _HEADER.unpack_from(raw)
+    if magic != MAGIC or fmt != FORMAT or _HEADER.size + length > len(raw):
+        return None
+    payload = raw[_HEADER.size:_HEADER.size + length]
+    if zlib.crc32(payload) != crc:
+        return None
+    try:
+        data = json.loads(payload)
+        disks = tuple(Extent(str(n), int(o), int(s), None if w is None else str(w))
+                      for n, o, s, w in data["disks"])
+        return Table(str(data["volume"]), int(data["size"]), int(gen), disks)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def read_table(lun: BlockIO) -> Table:
+    """The newest valid table on the LUN."""
+    tables = [t for t in (decode_slot(lun.read(off, SLOT_SIZE)) for off in SLOT_OFFSETS) if t]
+    if not tables:
+        raise TableError("the LUN holds no valid allocation table (not formatted, or both "
+                         "slots corrupt)")
+    return max(tables, key=lambda t: t.generation)
+
+
+def write_table(lun: BlockIO, table: Table) -> None:
+    """Write ``table`` into the slot of its generation and flush it to stable storage."""
+    lun.write(SLOT_OFFSETS[table.generation % 2], encode_slot(table))
+    lun.flush()
+
+
+def format_table(lun: BlockIO, volume: str, size: int) -> Table:
+    """An empty table (generation 1) on a new LUN; the other slot is cleared."""
+    if size < DATA_START + ALIGN:
+        raise UsageError(f"volume {volume}: {size} bytes is too small for a LUN")
+    table = Table(volume, size, 1)
+    lun.write(SLOT_OFFSETS[0], b"\0" * SLOT_SIZE)
+    write_table(lun, table)
+    return table

@@ -1,0 +1,176 @@
+"""Cluster shared volumes for real: one LUN on the SAN over NBD, redirected I/O, coordinator.
+
+Needs root. One lab per module, named "c<pid>", torn down (and checked gone)
+even when a test fails. Every VM's disk is a region of the CSV1 LUN and its
+guest writes checksummed, sequence-numbered blocks with O_DSYNC, printing
+DISKACK for each durable one; `check_vm_disk` compares the acks with the LUN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from vmcluster.csv.checkdisk import DiskCheck, check_vm_disk, highest_ack
+from vmcluster.csv.coordinator import coordinator_call
+from vmcluster.csv.volume import FileBlock, read_table
+from vmcluster.lab import netns
+from vmcluster.lab.client import AgentClient, start_agent
+from vmcluster.lab.lab import lab_down, lab_up
+from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.observe import migrate_observed
+from vmcluster.lab.state import read_state
+from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
+]
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "examples" / "lab.toml"
+SAN = "nbd://198.18.4.250:10809/csv-CSV1"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[QemuSubstrate]:
+    name = f"c{os.getpid()}"
+    layout = LabLayout(name)
+    try:
+        yield lab_up(SPEC, name, say=lambda _m: None)
+    finally:
+        lab_down(layout)
+        assert not netns.lab_namespaces(layout)
+        assert not layout.state_dir.exists()
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert str(layout.state_dir) + "/" not in ps
+
+
+def _logs(sub: QemuSubstrate, vm: str) -> list[Path]:
+    return [sub.layout.serial_log(vm, n.name) for n in sub.spec.nodes]
+
+
+def _check(sub: QemuSubstrate, vm: str) -> DiskCheck:
+    return check_vm_disk(sub.layout.lun("CSV1"), "CSV1", vm, _logs(sub, vm))
+
+
+def _more_acks(sub: QemuSubstrate, vm: str, n: int = 50, timeout_s: float = 60) -> int:
+    """Wait until the guest acknowledged ``n`` more blocks; the new highest ack."""
+    start = highest_ack(_logs(sub, vm))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        now = highest_ack(_logs(sub, vm))
+        if now >= start + n:
+            return now
+        time.sleep(0.2)
+    pytest.fail(f"{vm} acknowledged only {highest_ack(_logs(sub, vm)) - start} more blocks "
+                f"in {timeout_s:.0f} s")
+
+
+def _paths(sub: QemuSubstrate, node: str) -> dict[str, str]:
+    return dict(AgentClient(sub.layout, node).call("csv_paths")["paths"])
+
+
+def _status(sub: QemuSubstrate) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-m", "vmcluster", "csv", "status", "--name", sub.layout.name, "--json"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert out.returncode == 0, out.stderr
+    return dict(json.loads(out.stdout))
+
+
+def test_every_disk_is_a_region_of_one_lun_and_direct(lab: QemuSubstrate) -> None:
+    table = read_table(FileBlock(str(lab.layout.lun("CSV1"))))
+    assert {(d.name, d.owner) for d in table.disks} == {
+        ("web", "node1"), ("db", "node2"), ("batch", "node3")}
+    spans = sorted((d.offset, d.end) for d in table.disks)
+    assert all(a[1] <= b[0] for a, b in pairwise(spans))
+    st = _status(lab)
+    vol = st["volumes"][0]  # type: ignore[index]
+    assert vol["coordinator"] == "node1"
+    assert {n["node"]: n["mode"] for n in vol["nodes"]} == {
+        "node1": "direct", "node2": "direct", "node3": "direct"}
+    for vm in ("web", "db", "batch"):
+        _more_acks(lab, vm, 20)
+        r = _check(lab, vm)
+        assert r.acked > 0 and r.ok, r
+
+
+def test_storage_cut_redirects_live_and_loses_no_acknowledged_write(lab: QemuSubstrate) -> None:
+    node = lab.owner("web")
+    assert node == "node1"
+    _more_acks(lab, "web", 20)
+    lab.set_storage_path(node, False)
+    try:
+        assert [s["vm"] for s in lab.last_switches] == ["web"]
+        assert lab.last_switches[0]["from"] == SAN
+        via = _paths(lab, node)["web"]
+        assert via != SAN and via.startswith("nbd://198.18.2.")  # a node's Heartbeat address
+        vol = _status(lab)["volumes"][0]  # type: ignore[index]
+        mine = next(n for n in vol["nodes"] if n["node"] == node)
+        assert (mine["mode"], mine["network"]) == ("redirected", "Heartbeat")
+        assert vol["coordinator"] != node  # the coordinator lost its path: handed over
+        assert mine["via"] == vol["coordinator"]
+        _more_acks(lab, "web", 100)  # keeps writing through the other node
+        assert lab.status().vm("web").state == "running"
+        r = _check(lab, "web")
+        assert r.ok and r.missing == 0 and r.corrupt == 0, r
+    finally:
+        lab.set_storage_path(node, True)
+    assert _paths(lab, node)["web"] == SAN  # back to direct
+    _more_acks(lab, "web", 50)
+    r = _check(lab, "web")
+    assert r.ok, r
+
+
+def test_live_migration_hands_the_disk_over(lab: QemuSubstrate) -> None:
+    source = lab.owner("db")
+    target = "node3" if source != "node3" else "node1"
+    _more_acks(lab, "db", 20)
+    r = migrate_observed(lab, "db", target)
+    assert r.ok and r.extra["memory_ok"] is True
+    table = read_table(FileBlock(str(lab.layout.lun("CSV1"))))
+    assert table.need("db").owner == target
+    assert "db" in _paths(lab, target) and "db" not in _paths(lab, source or "")
+    _more_acks(lab, "db", 50)
+    check = _check(lab, "db")
+    assert check.ok, check
+
+
+def test_killing_the_coordinator_moves_the_role(lab: QemuSubstrate) -> None:
+    layout = lab.layout
+    old = coordinator_call(layout, lab.spec, "CSV1", "csv_table")["coordinator"]
+    pid = AgentClient(layout, old).call("ping")["pid"]
+    os.kill(pid, 9)
+    try:
+        deadline = time.monotonic() + 30
+        new = old
+        while time.monotonic() < deadline and new == old:
+            new = read_state(layout)["volumes"]["CSV1"]["coordinator"]  # the agents re-elect
+            time.sleep(0.2)
+        assert new != old and new == min(n.name for n in lab.spec.nodes if n.name != old)
+        reply = coordinator_call(layout, lab.spec, "CSV1", "csv_table")
+        assert reply["coordinator"] == new
+        assert {d["name"] for d in reply["table"]["disks"]} == {"web", "db", "batch"}
+    finally:
+        start_agent(layout, old)
+    for vm in ("web", "db", "batch"):
+        assert _check(lab, vm).ok
+
+
+def test_check_disk_cli_json(lab: QemuSubstrate) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "vmcluster", "vm", "check-disk", "batch", "--lab",
+         lab.layout.name, "--json"], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["ok"] is True and r["acked"] > 0 and r["missing"] == 0 and r["corrupt"] == 0
