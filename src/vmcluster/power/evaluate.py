@@ -111,7 +111,13 @@ def sweep(
             distributed = importlib.import_module("dask.distributed")
         except ImportError as exc:
             raise UsageError("--scheduler needs Dask: pip install 'dask[distributed]'") from exc
-        client = distributed.Client(scheduler)
+        try:
+            client = distributed.Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise UsageError(
+                f"cannot reach the Dask scheduler at {scheduler!r}: {exc}; "
+                "check the address (tcp://HOST:PORT) and that the scheduler runs"
+            ) from exc
         try:
             futs = [client.submit(run_day, p, t, seed, None, clock, pure=False) for p, t in jobs]
             for (p, t), fut in zip(jobs, futs, strict=True):
