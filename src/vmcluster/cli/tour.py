@@ -71,6 +71,16 @@ LAB_TOUR: Sequence[Step] = (
         "Quick migration, the predecessor, for comparison",
         "vm migrate batch --to node1 --quick --lab tour",
     ),
+    (
+        "Cluster shared volumes: the coordinator, and how each node reaches the LUN",
+        "csv status --name tour",
+    ),
+    ("node1 loses its storage path (its iSCSI link is cut)", "lab storage down node1 --name tour"),
+    ("web keeps running: its disk I/O goes over the cluster network", "csv status --name tour"),
+    ("Every write web acknowledged is on the LUN", "vm check-disk web --lab tour"),
+    ("The path comes back: direct I/O again", "lab storage up node1 --name tour"),
+    ("web's disk moves with it in a live migration", "vm migrate web --to node3 --lab tour"),
+    ("Still nothing lost", "vm check-disk web --lab tour"),
     ("Where everything is now", "lab status --name tour"),
 )
 POWER: Sequence[Step] = (
