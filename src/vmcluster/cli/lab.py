@@ -54,10 +54,15 @@ def status(name: str | None, as_json: bool) -> None:
 
 
 def _show(st: SubstrateStatus, as_json: bool, sub: QemuSubstrate) -> None:
+    from vmcluster.lab.services import leader_summary
+
+    lead = leader_summary(sub.layout)
     if as_json:
-        click.echo(json.dumps({"lab": sub.layout.name, **st.to_json()}))
+        click.echo(json.dumps({"lab": sub.layout.name, **st.to_json(), "leader": lead}))
         return
     click.echo(f"lab {sub.layout.name} ({sub.layout.state_dir})")
+    click.echo("  manager: " + (f"{lead['manager']} leads (fencing token {lead['token']})"
+                                if lead else "no leader (store unreachable or electing)"))
     for n in st.nodes:
         links = f"  links down: {', '.join(n.links_down)}" if n.links_down else ""
         click.echo(f"  node {n.name:<10} {n.state}{links}")

@@ -27,12 +27,15 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("csv", "csv"),
     ("evaluate", "evaluate"),
     ("evaluate", "power"),
+    ("events", "events"),
+    ("node", "node"),
 )
 
 # (group name, module under vmcluster.cli, attribute): subcommands that live in
 # their own module but belong to a group defined elsewhere (e.g. `lab consolidate`).
 _SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("lab", "lab_consolidate", "consolidate"),
+    ("lab", "lab_node", "node"),
 )
 
 

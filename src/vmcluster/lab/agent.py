@@ -9,7 +9,9 @@ are forgotten; a running VM is never killed to reconcile.
 
 Ops: ping, list, start, stop, pause, resume, incoming, migrate, query_migrate,
 set_params, cancel, takeover, release, discard, save, and the cluster shared
-volume ops of :class:`~vmcluster.csv.agentops.CsvOps` (csv_*).
+volume ops of :class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that
+carries a manager's fencing ``token`` is refused unless that manager still leads
+(:mod:`vmcluster.lab.fencing`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from vmcluster.csv.agentops import CsvOps
 from vmcluster.errors import QmpError, SubstrateError, VmclusterError
+from vmcluster.lab.fencing import AgentFence
 from vmcluster.lab.layout import LabLayout
 from vmcluster.substrate.qemu.process import QemuProcess
 from vmcluster.substrate.qemu.vm import VmConfig
@@ -258,6 +261,8 @@ async def _serve(agent: Agent, sock_path: Path) -> None:
         name[3:]: getattr(agent, name) for name in dir(agent) if name.startswith("op_")
     }
 
+    fence = AgentFence(agent.layout, agent.node)
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), timeout=10)
@@ -266,6 +271,7 @@ async def _serve(agent: Agent, sock_path: Path) -> None:
             if handler is None:
                 reply: Reply = {"ok": False, "error": f"unknown op {req.get('op')!r}"}
             else:
+                await fence.check(req)  # a manager's request: refused if its token is stale
                 reply = {"ok": True, **await handler(req)}
         except VmclusterError as exc:
             reply = {"ok": False, "error": str(exc)}

@@ -2,7 +2,9 @@
 
 ``up`` builds the guest image (cached), the namespaces and links of
 :mod:`vmcluster.lab.netns`, starts a node agent per node and boots the
-spec's VMs on their owners; any failure tears the half-built lab down again.
+spec's VMs on their owners, then the control plane of
+:mod:`vmcluster.lab.services` (etcd members, heartbeats, manager candidates);
+any failure tears the half-built lab down again.
 ``down`` finds everything by the lab's name (namespaces by prefix, processes
 by namespace and by the state dir on their command line), so it works after
 a crash and is safe to run twice.
@@ -101,6 +103,9 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
         for vm in spec.vms:
             wait_ready(layout, vm.name, vm.owner, ready_timeout_s)
             say(f"[{time.monotonic() - t0:5.1f}s] {vm.name} ready on {vm.owner} ({vm.address})")
+        from vmcluster.lab.services import start_services  # etcd, heartbeats, managers
+
+        start_services(layout, spec, say=lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}"))
     except (VmclusterError, OSError) as exc:
         say(f"lab up failed: {exc}; tearing down")
         lab_down(layout)

@@ -454,7 +454,10 @@ class QemuSubstrate:
     def set_node(self, node: str, up: bool) -> None:
         self.spec.node(node)
         if up:
+            from vmcluster.lab.services import start_node_services
+
             start_agent(self.layout, node)
+            start_node_services(self.layout, node)  # its etcd member, heartbeats, candidate
             with update_state(self.layout) as st:
                 st["nodes"][node] = {**st["nodes"].get(node, {}), "state": "up"}
             return

@@ -1,0 +1,66 @@
+"""``vmcluster lab node crash|start|isolate|rejoin NODE``: rehearse failures."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from vmcluster.lab.faults import crash_node, isolate_node, rejoin_node, start_node
+from vmcluster.lab.lab import resolve_lab
+
+__all__ = ["node"]
+
+_NAME = click.option("--name", "name", default=None, help="lab name (default: the only lab up)")
+_JSON = click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+
+
+@click.group("node")
+def node() -> None:
+    """Crash, start, isolate or rejoin a lab node."""
+
+
+def _out(as_json: bool, data: dict[str, object], text: str) -> None:
+    click.echo(json.dumps(data) if as_json else text)
+
+
+@node.command("crash")
+@click.argument("node_name", metavar="NODE")
+@_NAME
+@_JSON
+def crash(node_name: str, name: str | None, as_json: bool) -> None:
+    """SIGKILL every process of NODE (agent, etcd member, heartbeats, manager, QEMUs)."""
+    pids = crash_node(resolve_lab(name), node_name)
+    _out(as_json, {"node": node_name, "killed": pids},
+         f"{node_name}: crashed ({len(pids)} processes killed)")
+
+
+@node.command("start")
+@click.argument("node_name", metavar="NODE")
+@_NAME
+@_JSON
+def start(node_name: str, name: str | None, as_json: bool) -> None:
+    """Boot NODE again after a crash (agent, etcd member, heartbeats, manager candidate)."""
+    start_node(resolve_lab(name), node_name)
+    _out(as_json, {"node": node_name, "state": "started"}, f"{node_name}: started")
+
+
+@node.command("isolate")
+@click.argument("node_name", metavar="NODE")
+@_NAME
+@_JSON
+def isolate(node_name: str, name: str | None, as_json: bool) -> None:
+    """Take every cluster interface of NODE down (it stops its VMs; the majority
+    restarts them)."""
+    nets = isolate_node(resolve_lab(name), node_name)
+    _out(as_json, {"node": node_name, "down": nets}, f"{node_name}: {', '.join(nets)} down")
+
+
+@node.command("rejoin")
+@click.argument("node_name", metavar="NODE")
+@_NAME
+@_JSON
+def rejoin(node_name: str, name: str | None, as_json: bool) -> None:
+    """Bring every cluster interface of NODE up again."""
+    nets = rejoin_node(resolve_lab(name), node_name)
+    _out(as_json, {"node": node_name, "up": nets}, f"{node_name}: {', '.join(nets)} up")

@@ -1,0 +1,130 @@
+"""Drain a node: live-migrate every VM off it, one at a time, with progress and cancel.
+
+The node is first marked ``draining`` in the store (the manager keeps it out of
+placement from then on); targets come from :func:`drain_plan` over the
+store's placements. Each VM moves with :func:`control.migration.migrate`
+(whose ``finalize`` rolls a failed or interrupted migration back to the
+source); after each switchover the VM's placement moves to the target by
+compare-and-set. An interrupt (Ctrl-C) cancels: the VM in flight stays on the
+source, the ones already moved stay moved, and the node is ``up`` again.
+``resume`` ends a drain or a quarantine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vmcluster.control.events import MigrationDone, VmCannotPlace
+from vmcluster.control.migration import MigrationRequest, ProgressCallback, migrate
+from vmcluster.errors import UsageError
+from vmcluster.model import ClusterSpec
+from vmcluster.policy.failover import CannotPlace, FailoverParams, Migrate, drain_plan
+from vmcluster.policy.networks import Health
+from vmcluster.store.errors import StoreConflict
+from vmcluster.store.state import ClusterState
+from vmcluster.substrate.protocol import MigrationResult, Substrate
+
+__all__ = ["DrainResult", "drain", "resume"]
+
+@dataclass(frozen=True)
+class DrainResult:
+    node: str
+    moved: tuple[MigrationResult, ...] = ()
+    failed: tuple[MigrationResult, ...] = ()
+    unplaced: tuple[CannotPlace, ...] = ()
+    cancelled: bool = False
+    state: str = "draining"
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "node": self.node, "state": self.state, "cancelled": self.cancelled,
+            "moved": [{"vm": r.vm, "target": r.target, "network": r.network,
+                       "downtime_ms": r.downtime_ms, "total_s": r.total_s} for r in self.moved],
+            "failed": [{"vm": r.vm, "error": r.error} for r in self.failed],
+            "unplaced": [{"vm": c.vm, "reason": c.reason} for c in self.unplaced],
+        }
+
+
+@dataclass
+class _Run:
+    moved: list[MigrationResult] = field(default_factory=list)
+    failed: list[MigrationResult] = field(default_factory=list)
+
+
+def drain(
+    substrate: Substrate,
+    spec: ClusterSpec,
+    state: ClusterState,
+    node: str,
+    *,
+    store: Callable[..., object] = lambda fn, *a: fn(*a),
+    wall: Callable[[], float],
+    on_plan: Callable[[list[Migrate | CannotPlace]], None] = lambda _p: None,
+    on_progress: ProgressCallback | None = None,
+    on_result: Callable[[MigrationResult], None] = lambda _r: None,
+) -> DrainResult:
+    """Drain ``node`` (see module docstring); ``store(fn, *args)`` runs each store call
+    (the CLI runs them from inside the lab's namespace)."""
+    spec.node(node)
+    nodes = store(state.node_states)
+    assert isinstance(nodes, dict)
+    if nodes.get(node, {}).get("state") == "down":
+        raise UsageError(f"{node} is down; its VMs fail over, there is nothing to drain")
+    placements = store(state.placements)
+    assert isinstance(placements, dict)
+    owners = {vm: p.node for vm, p in placements.items()}
+    down = [n for n, s in nodes.items() if s.get("state") == "down"]
+    excluded = [n for n, s in nodes.items()
+                if s.get("state") in ("draining", "quarantined") and n != node]
+    plan = drain_plan(spec, owners, node, down, FailoverParams(), excluded)
+    store(state.set_node_state, node, "draining")
+    actions = [a for a in plan.actions if isinstance(a, Migrate | CannotPlace)]
+    on_plan(actions)
+    run = _Run()
+    unplaced = tuple(a for a in actions if isinstance(a, CannotPlace))
+    for c in unplaced:
+        store(state.append_event, VmCannotPlace(wall(), node, c.vm, c.reason).to_json())
+    try:
+        for action in actions:
+            if not isinstance(action, Migrate):
+                continue
+            result = migrate(substrate, spec, Health(), MigrationRequest(action.vm, action.target),
+                             on_progress)
+            on_result(result)
+            store(state.append_event, MigrationDone(
+                wall(), node, result.vm, result.source, result.target, result.network,
+                result.ok, result.downtime_ms).to_json())
+            if not result.ok:
+                run.failed.append(result)
+                continue
+            run.moved.append(result)
+            store(_move_placement, state, result.vm, result.target)
+    except KeyboardInterrupt:
+        store(state.set_node_state, node, "up")
+        return DrainResult(node, tuple(run.moved), tuple(run.failed), unplaced, True, "up")
+    return DrainResult(node, tuple(run.moved), tuple(run.failed), unplaced, False, "draining")
+
+
+def _move_placement(state: ClusterState, vm: str, target: str) -> None:
+    """Owner of ``vm`` -> ``target`` by compare-and-set (a few tries under contention)."""
+    for _ in range(5):
+        current = state.placement(vm)
+        try:
+            state.place(vm, target, expect=current.revision, token=None)
+            return
+        except StoreConflict:
+            continue
+    raise StoreConflict(f"could not record {vm} on {target}: its placement kept changing")
+
+
+def resume(state: ClusterState, node: str, store: Callable[..., object] = lambda fn, *a: fn(*a)
+           ) -> str:
+    """End a drain or quarantine: ``node`` takes VMs again. Returns the previous state."""
+    nodes = store(state.node_states)
+    assert isinstance(nodes, dict)
+    before = str(nodes.get(node, {}).get("state", "up"))
+    if before == "down":
+        raise UsageError(f"{node} is down; start it first (`vmcluster lab node start {node}`)")
+    store(state.set_node_state, node, "up")
+    return before

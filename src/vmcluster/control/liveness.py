@@ -1,0 +1,125 @@
+"""What the manager concludes from the nodes' reports: who is dead, who is isolated.
+
+Every node publishes, about twice a second, a **report**: its heartbeat route
+view (``"peer/network": up``), the VMs its QEMUs run, and whether it thinks
+itself isolated. The manager cannot compare clocks with the nodes, so it
+judges freshness by its own clock: a report whose store revision has not
+changed for ``stale_s`` is stale (its node stopped writing: crashed, cut off
+from the store's majority, or frozen).
+
+* ``P`` is **dead** when at least one other node has a fresh report, and every
+  fresh report of another node says that no route to ``P`` is up. ``P``'s own
+  report does not count: a node cut off from the others may still think well
+  of itself.
+* ``P`` is **heard** when some other node's fresh report hears it on some
+  network. Only that brings a dead node back: when no verdict can be made
+  (every report stale while the store elects a leader) nothing changes.
+* A node is **healthy** (may be given VMs to run again) when its own report is
+  fresh and says it is not isolated.
+
+:class:`ReportTracker` is the only stateful part (revision -> first seen);
+everything else is a pure function of its snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmcluster.heartbeat.detector import Route, health_from_views, network_states, view_from_json
+from vmcluster.model import ClusterSpec
+from vmcluster.policy.networks import Health, routes
+
+__all__ = ["Assessment", "NodeReport", "ReportTracker", "assess"]
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """One node's report as the manager read it."""
+
+    node: str
+    routes: Mapping[Route, bool]
+    vms: tuple[str, ...] = ()  # VMs whose QEMU runs there as the running copy
+    isolated: bool = False
+    fresh: bool = True
+    leaving: bool = False  # its last words: shut down on purpose (powered off), not failed
+
+    @classmethod
+    def from_json(cls, node: str, data: Mapping[str, Any], fresh: bool = True) -> NodeReport:
+        return cls(
+            node=node,
+            routes=view_from_json(data.get("routes", {})),
+            vms=tuple(sorted(str(v) for v in data.get("vms", []))),
+            isolated=bool(data.get("isolated", False)),
+            fresh=fresh,
+            leaving=bool(data.get("leaving", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Assessment:
+    dead: frozenset[str]
+    heard: frozenset[str]  # some other node's fresh report hears it on some network
+    healthy: frozenset[str]
+    health: Health
+    network_states: Mapping[str, str]
+    cluster_network: str | None
+    running: Mapping[str, frozenset[str]] = field(default_factory=dict)  # vm -> nodes
+    running_fresh: Mapping[str, frozenset[str]] = field(default_factory=dict)  # fresh reports
+
+
+def assess(spec: ClusterSpec, reports: Mapping[str, NodeReport]) -> Assessment:
+    """Dead and healthy nodes, interface health and network states from fresh reports."""
+    fresh = {n: r for n, r in reports.items() if r.fresh}
+    dead, heard_by_someone = set(), set()
+    for node in spec.nodes:
+        observers = [r for n, r in fresh.items() if n != node.name]
+        heard = [
+            up for r in observers for (peer, _), up in r.routes.items() if peer == node.name
+        ]
+        if observers and heard and not any(heard):
+            dead.add(node.name)
+        if any(heard):
+            heard_by_someone.add(node.name)
+    healthy = {n for n, r in fresh.items() if not r.isolated and n not in dead}
+    views = {n: r.routes for n, r in fresh.items()}
+    health = health_from_views(spec, views)
+    nstates = network_states(spec, health) if views else {}
+    running: dict[str, set[str]] = {}
+    running_fresh: dict[str, set[str]] = {}
+    for n, r in reports.items():  # stale reports too: a VM may still run there
+        if n in dead:
+            continue
+        for vm in r.vms:
+            running.setdefault(vm, set()).add(n)
+            if r.fresh:
+                running_fresh.setdefault(vm, set()).add(n)
+    return Assessment(
+        dead=frozenset(dead),
+        heard=frozenset(heard_by_someone),
+        healthy=frozenset(healthy),
+        health=health,
+        network_states=nstates,
+        cluster_network=routes(spec, health).cluster if views else None,
+        running={vm: frozenset(ns) for vm, ns in running.items()},
+        running_fresh={vm: frozenset(ns) for vm, ns in running_fresh.items()},
+    )
+
+
+class ReportTracker:
+    """Freshness of each node's report, by the revision it was last written at."""
+
+    def __init__(self, stale_s: float) -> None:
+        self.stale_s = stale_s
+        self._seen: dict[str, tuple[int, float]] = {}
+
+    def update(self, node: str, revision: int, now: float) -> bool:
+        """Record that ``node``'s report is at ``revision`` at ``now``; is it fresh?"""
+        last = self._seen.get(node)
+        if last is None or last[0] != revision:
+            # A report seen for the first time counts as written now: a manager that just
+            # took over cannot know how old it is, and treating it as fresh only delays.
+            self._seen[node] = (revision, now)
+            return True
+        return now - last[1] <= self.stale_s

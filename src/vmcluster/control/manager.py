@@ -1,0 +1,404 @@
+"""The cluster manager: win the election, then observe -> decide -> act, fenced.
+
+One candidate runs on every node, so the manager survives any one node. The
+candidate that holds the etcd leader key runs the loop; its fencing token (the
+key's create revision) guards every store write (``ClusterState``) and goes
+with every action to an agent, which refuses a token that no longer leads.
+
+Each tick (``tick_s``, wall time through the injected clock):
+
+* **observe**: the nodes' reports (``reports/<node>``: routes, VMs, isolated),
+  placements, node states; freshness by :class:`ReportTracker`.
+* **decide**: :func:`~vmcluster.control.liveness.assess` -> dead nodes,
+  network states; quorum (:func:`has_quorum`); a node newly dead is recorded
+  (event, ``nodes/<n>`` = down, a failure for the flapping rule) and its VMs
+  wait until :func:`restart_not_before` (the isolated side has stopped them by
+  then); then :func:`failover_plan` over the dead and excluded nodes.
+* **act**: each restart is a compare-and-set of the VM's placement with the
+  token, then ``Actuator.start_vm(vm, node, token)``. A VM placed on a healthy
+  node that no node reports running (its start failed, or it was stopped while
+  its node was cut off) is started there again after ``recover_s``.
+  A node that fails ``flap_limit`` times within ``flap_window_s`` is
+  quarantined: kept out of placement and drained by live migration.
+
+A lost lease (``Keeper.lost``) or a :class:`Fenced` write ends the term; the
+candidate campaigns again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from vmcluster.control.events import (
+    Event,
+    LeaderElected,
+    NetworkStateChanged,
+    NodeDown,
+    NodeQuarantined,
+    NodeUp,
+    VmCannotPlace,
+    VmRestarted,
+)
+from vmcluster.control.liveness import Assessment, NodeReport, ReportTracker, assess
+from vmcluster.errors import StoreError, VmclusterError
+from vmcluster.model import ClusterSpec
+from vmcluster.policy.failover import (
+    CannotPlace,
+    FailoverParams,
+    Migrate,
+    Restart,
+    drain_plan,
+    failover_plan,
+    has_quorum,
+    quarantined,
+    restart_not_before,
+)
+from vmcluster.store.election import Election, Keeper, current_leader
+from vmcluster.store.errors import Fenced, StoreConflict
+from vmcluster.store.state import ClusterState
+from vmcluster.substrate.protocol import Clock
+
+__all__ = ["Actuator", "Manager", "ManagerParams", "report_key"]
+
+EXCLUDED_STATES = ("quarantined", "draining")
+
+
+class Actuator(Protocol):
+    """How the manager acts on nodes; every call carries its fencing token."""
+
+    def start_vm(self, vm: str, node: str, token: int) -> None: ...
+
+    def migrate_vm(self, vm: str, target: str, token: int) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ManagerParams:
+    tick_s: float = 0.2
+    stale_s: float = 3.0  # a report not rewritten this long is stale
+    lease_ttl: int = 3
+    campaign_s: float = 10.0  # take_office(): campaign at most this long
+    campaign_poll_s: float = 0.25
+    recover_s: float = 3.0  # a placed VM seen running nowhere this long is started again
+    adopt_s: float = 3.0  # a VM seen running elsewhere than placed this long is placed there
+    flap_limit: int = 3
+    flap_window_s: float = 3600.0
+    failover: FailoverParams = field(default_factory=lambda: FailoverParams(stop_budget_s=2.0))
+
+
+def report_key(state: ClusterState, node: str = "") -> str:
+    return state.key("reports", node)
+
+
+@dataclass
+class _Term:
+    """What one leader remembers during its term (rebuilt by the next leader)."""
+
+    token: int
+    dead_since: dict[str, float] = field(default_factory=dict)
+    missing_since: dict[str, tuple[int, float]] = field(default_factory=dict)
+    unplaceable: set[str] = field(default_factory=set)
+    drained: set[str] = field(default_factory=set)
+    mismatch: dict[str, tuple[str, int, float]] = field(default_factory=dict)
+    net_states: dict[str, str] = field(default_factory=dict)
+    cluster_network: str | None = None
+
+
+class Manager:
+    """One manager candidate (see module docstring); ``run(stop)`` until ``stop()``."""
+
+    def __init__(
+        self,
+        state: ClusterState,
+        spec: ClusterSpec,
+        name: str,
+        actuator: Actuator,
+        clock: Clock,
+        wall: Callable[[], float],
+        params: ManagerParams = ManagerParams(),
+        say: Callable[[str], None] = lambda _m: None,
+    ) -> None:
+        self.state, self.spec, self.name = state, spec, name
+        self.actuator, self.clock, self.wall, self.params = actuator, clock, wall, params
+        self.say = say
+        self.election = Election(state.client, state.cluster, name, params.lease_ttl, clock)
+        self.tracker = ReportTracker(params.stale_s)
+        self.term: _Term | None = None
+
+    # -- leadership ---------------------------------------------------------------
+    def run(self, stop: Callable[[], bool]) -> None:
+        while not stop():
+            token = self._campaign_round()
+            if token is None:
+                self.clock.sleep(self.params.campaign_poll_s)
+                continue
+            keeper = Keeper(self.election).start()
+            self.say(f"leader with token {token}")
+            try:
+                while not stop() and not keeper.lost.is_set():
+                    try:
+                        self.tick()
+                    except Fenced:
+                        raise
+                    except VmclusterError as exc:  # the store electing, an agent away: retry
+                        self.say(f"tick: {exc}")
+                    self.clock.sleep(self.params.tick_s)
+            except Fenced as exc:
+                self.say(f"fenced: {exc}")
+            except StoreError as exc:
+                self.say(f"store: {exc}")
+            finally:
+                keeper.stop()
+                self.term = None
+            if stop():
+                with contextlib.suppress(StoreError):
+                    self.election.resign()
+            else:
+                self.say(f"lost leadership ({keeper.error or 'store error'}); campaigning")
+
+    def _campaign_round(self) -> int | None:
+        """Try once to lead; failing that, depose a leader whose node is dead."""
+        try:
+            held = self.election.try_acquire()
+            if held is None:
+                self.depose_dead_leader()
+                return None
+            self.term = _Term(held.token)
+            self._event(LeaderElected(self.wall(), self.name, held.token))
+        except StoreError as exc:
+            self.say(f"campaign: {exc}")
+            return None
+        return held.token
+
+    def depose_dead_leader(self) -> bool:
+        """Revoke the leader's lease when the leader's node is dead by the same evidence
+        that fails its VMs over (every fresh report of another node lost it), instead of
+        waiting out the lease: the manager's own failover then takes about as long as a
+        node's. A deposed leader that still runs is fenced like any stale one."""
+        held = current_leader(self.state.client, self.state.cluster)
+        if held is None or held.name == self.name:
+            return False
+        seen, _ = self.observe()
+        if held.name not in seen.dead:
+            return False
+        self.state.client.lease_revoke(held.lease)
+        self.say(f"deposed {held.name} (token {held.token}): its node is down")
+        return True
+
+    def take_office(self, timeout: float) -> int:
+        """Campaign until this candidate leads (StoreError after ``timeout``); its token."""
+        held = self.election.campaign(timeout)
+        self.term = _Term(held.token)
+        self.tracker = ReportTracker(self.params.stale_s)
+        self._event(LeaderElected(self.wall(), self.name, held.token))
+        return held.token
+
+    # -- one tick -----------------------------------------------------------------
+    def observe(self) -> tuple[Assessment, dict[str, NodeReport]]:
+        kvs, _ = self.state.client.get_prefix(report_key(self.state))
+        now = self.clock.now()
+        reports = {}
+        for kv in kvs:
+            node = kv.key.rsplit("/", 1)[1]
+            fresh = self.tracker.update(node, kv.mod_revision, now)
+            reports[node] = NodeReport.from_json(node, kv.json(), fresh)
+        return assess(self.spec, reports), reports
+
+    def tick(self) -> None:
+        """One observe -> decide -> act round (raises Fenced when the term is over)."""
+        term = self.term
+        if term is None:
+            return
+        now = self.clock.now()
+        seen, reports = self.observe()
+        self._networks(term, seen)
+        total = len(self.spec.nodes)
+        if not has_quorum(total, total - len(seen.dead), self.spec.cluster.witness, False):
+            return  # the minority never acts (etcd would refuse our writes anyway)
+        nodes = self.state.node_states()
+        for node in sorted(seen.dead - set(term.dead_since)):
+            leaving = node in reports and reports[node].leaving
+            self._node_down(term, node, now, nodes.get(node, {}), leaving)
+        self._adopt(term, seen)
+        for node in sorted(set(term.dead_since) & (seen.heard - seen.dead)):
+            del term.dead_since[node]
+            record = nodes.get(node, {})
+            if record.get("failed") or record.get("state") in ("down", "off"):
+                state = "up" if record.get("state") in ("down", "off") else record["state"]
+                self.state.set_node_state(node, state, term.token,
+                                          failures=record.get("failures", []), failed=False)
+            self._event(NodeUp(self.wall(), self.name, node))
+        nodes = self.state.node_states()
+        excluded = {n for n, s in nodes.items() if s.get("state") in EXCLUDED_STATES}
+        self._failover(term, seen, excluded, now)
+        self._recover(term, seen, excluded, now)
+        self._drain_quarantined(term, seen, nodes)
+
+    def _networks(self, term: _Term, seen: Assessment) -> None:
+        """An event per network whose state changed since the last tick of this term."""
+        if not seen.network_states:
+            return
+        first = not term.net_states
+        for net, st in sorted(seen.network_states.items()):
+            if not first and term.net_states.get(net) != st:
+                self._event(
+                    NetworkStateChanged(self.wall(), self.name, net, st, seen.cluster_network)
+                )
+        term.net_states = dict(seen.network_states)
+        term.cluster_network = seen.cluster_network
+
+    def _adopt(self, term: _Term, seen: Assessment) -> None:
+        """Placements follow what runs: a VM that exactly one live node's fresh report runs
+        (moved by an operator's migration, say) is placed there, so a later failover never
+        restarts a copy of a VM that is running."""
+        migrating = set(self.state.migrations())
+        now = self.clock.now()
+        for vm, p in self.state.placements().items():
+            nodes = seen.running_fresh.get(vm, frozenset())
+            if vm in migrating or len(nodes) != 1 or p.node in nodes:
+                term.mismatch.pop(vm, None)
+                continue
+            (node,) = nodes
+            # Reports lag a switchover by up to one report period: act on a mismatch only
+            # when it has lasted, with the placement unchanged all along.
+            first = term.mismatch.setdefault(vm, (node, p.revision, now))
+            if first[:2] != (node, p.revision):
+                term.mismatch[vm] = (node, p.revision, now)
+                continue
+            if now - first[2] < self.params.adopt_s:
+                continue
+            term.mismatch.pop(vm, None)
+            with contextlib.suppress(StoreConflict):
+                self.state.place(vm, node, expect=p.revision, token=term.token)
+                self.say(f"{vm} runs on {node}, not {p.node}: placement follows")
+
+    def _node_down(self, term: _Term, node: str, now: float, record: Mapping[str, Any],
+                   leaving: bool = False) -> None:
+        """Record a failure (kept in the store with wall times, so the next leader knows);
+        the ``flap_limit``-th within ``flap_window_s`` quarantines the node. A node that
+        said it was leaving (powered off on purpose) is ``off``, not failed."""
+        window = self.spec.cluster.same_subnet_delay_ms * self.spec.cluster.same_subnet_threshold
+        last_heard = now - window / 1000.0
+        term.dead_since[node] = now
+        wall = self.wall()
+        if record.get("failed"):
+            return  # a former leader recorded this failure already: count it once
+        failures = [float(t) for t in record.get("failures", [])] + ([] if leaving else [wall])
+        failures = [t for t in failures if wall - t < self.params.flap_window_s]
+        flapping = quarantined(failures, wall, self.params.flap_limit, self.params.flap_window_s)
+        stay = record.get("state") in EXCLUDED_STATES
+        new_state = (str(record["state"]) if stay else "quarantined" if flapping
+                     else "off" if leaving else "down")
+        self.state.set_node_state(node, new_state, term.token, failures=failures, failed=True)
+        self._event(NodeDown(wall, self.name, node, round(wall - window / 1e3, 3)))
+        if flapping and record.get("state") != "quarantined":
+            self._event(NodeQuarantined(wall, self.name, node, len(failures)))
+        wait = restart_not_before(last_heard, self.spec.cluster, self.params.failover) - now
+        self.say(f"{node} is down ({len(failures)} failure(s) within the flap window); "
+                 f"its VMs restart in {wait:.1f} s at the earliest")
+
+    def _failover(self, term: _Term, seen: Assessment, excluded: set[str], now: float) -> None:
+        ready = set()
+        window = self.spec.cluster.same_subnet_delay_ms * self.spec.cluster.same_subnet_threshold
+        for node, since in term.dead_since.items():
+            last_heard = since - window / 1000.0
+            if now >= restart_not_before(last_heard, self.spec.cluster, self.params.failover):
+                ready.add(node)
+        if not ready:
+            return
+        placements = self.state.placements()
+        owners = {vm: p.node for vm, p in placements.items()}
+        plan = failover_plan(self.spec, owners, set(seen.dead), self.params.failover,
+                             excluded=excluded | (seen.dead - ready))
+        for action in plan.actions:
+            if isinstance(action, CannotPlace):
+                if action.vm not in term.unplaceable and owners.get(action.vm) in ready:
+                    term.unplaceable.add(action.vm)
+                    self._event(VmCannotPlace(self.wall(), self.name, action.vm, action.reason))
+                continue
+            if not isinstance(action, Restart) or action.from_node not in ready:
+                continue
+            if seen.running_fresh.get(action.vm):
+                continue  # it runs on a live node: never start a second copy
+            self._restart(term, action.vm, action.node, action.from_node,
+                          placements[action.vm].revision)
+
+    def _restart(self, term: _Term, vm: str, node: str, from_node: str, revision: int) -> None:
+        try:
+            self.state.place(vm, node, expect=revision, token=term.token)
+        except StoreConflict:
+            return  # someone moved it since we read; the next tick reads again
+        term.unplaceable.discard(vm)
+        term.missing_since.pop(vm, None)
+        try:
+            self.actuator.start_vm(vm, node, term.token)
+        except Fenced:
+            raise
+        except VmclusterError as exc:
+            self.say(f"starting {vm} on {node} failed: {exc}; will retry")
+            return
+        self._event(VmRestarted(self.wall(), node, vm, from_node, term.token))
+        self.say(f"restarted {vm} on {node} (was on {from_node})")
+
+    def _recover(self, term: _Term, seen: Assessment, excluded: set[str], now: float) -> None:
+        """Start again a VM placed on a healthy node that runs nowhere (see module doc)."""
+        migrating = set(self.state.migrations())
+        for vm, p in self.state.placements().items():
+            if p.node is None or p.state != "running" or vm in migrating:
+                term.missing_since.pop(vm, None)
+                continue
+            if seen.running.get(vm) or p.node not in seen.healthy:
+                term.missing_since.pop(vm, None)
+                continue
+            # Counted from the placement's last change: a VM just restarted is not missing.
+            rev, since = term.missing_since.setdefault(vm, (p.revision, now))
+            if rev != p.revision:
+                term.missing_since[vm] = (p.revision, now)
+            elif now - since >= self.params.recover_s:
+                term.missing_since.pop(vm, None)
+                try:
+                    self.actuator.start_vm(vm, p.node, term.token)
+                except Fenced:
+                    raise
+                except VmclusterError as exc:
+                    self.say(f"starting {vm} again on {p.node} failed: {exc}")
+                    continue
+                self._event(VmRestarted(self.wall(), p.node, vm, p.node, term.token))
+
+    def _drain_quarantined(
+        self, term: _Term, seen: Assessment, nodes: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        """Live-migrate VMs off a quarantined node that is up (once per VM per term)."""
+        for node, record in sorted(nodes.items()):
+            if record.get("state") != "quarantined" or node not in seen.healthy:
+                continue
+            placements = self.state.placements()
+            owners = {vm: p.node for vm, p in placements.items()}
+            plan = drain_plan(self.spec, owners, node, seen.dead, self.params.failover,
+                              excluded={n for n, r in nodes.items()
+                                        if r.get("state") in EXCLUDED_STATES})
+            for action in plan.actions:
+                if not isinstance(action, Migrate) or action.vm in term.drained:
+                    continue
+                if node not in seen.running.get(action.vm, ()):
+                    continue
+                term.drained.add(action.vm)
+                try:
+                    ok = self.actuator.migrate_vm(action.vm, action.target, term.token)
+                except Fenced:
+                    raise
+                except VmclusterError as exc:
+                    self.say(f"draining {action.vm} off {node} failed: {exc}")
+                    continue
+                if ok:
+                    current = self.state.placement(action.vm)
+                    self.state.place(action.vm, action.target, expect=current.revision,
+                                     token=term.token)
+
+    def _event(self, event: Event) -> None:
+        try:
+            self.state.append_event(event.to_json())
+        except StoreConflict as exc:
+            self.say(f"event not recorded: {exc}")

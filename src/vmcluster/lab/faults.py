@@ -1,0 +1,87 @@
+"""Rehearse failures as on real hardware: crash, start, isolate and rejoin a node.
+
+* ``crash``: SIGKILL every process in the node's namespace: its agent, etcd
+  member, node watch, manager candidate and QEMUs, all at once, with nothing
+  recorded anywhere (the cluster has to find out by itself).
+* ``start``: the node boots again: agent, etcd member (rejoining with its
+  data), node watch, manager candidate. Its old VMs are not restarted there;
+  the manager owns placement.
+* ``isolate`` / ``rejoin``: every cluster (role >= 1) interface of the node
+  down / up; its processes keep running, cut off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+from vmcluster.errors import LabError, UsageError
+from vmcluster.lab import netns
+from vmcluster.lab.client import start_agent
+from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.services import start_node_services
+from vmcluster.lab.state import read_state
+from vmcluster.model import ClusterSpec, Role
+from vmcluster.model.spec import load_spec
+from vmcluster.policy.networks import network_props
+
+__all__ = ["cluster_networks", "crash_node", "isolate_node", "rejoin_node", "start_node"]
+
+
+def _spec(layout: LabLayout, node: str) -> ClusterSpec:
+    spec = load_spec(read_state(layout)["spec"])
+    if node not in {n.name for n in spec.nodes}:
+        raise UsageError(f"no node {node!r} in lab {layout.name}; nodes: "
+                         f"{', '.join(n.name for n in spec.nodes)}")
+    return spec
+
+
+def cluster_networks(spec: ClusterSpec, node: str) -> list[str]:
+    """The node's interfaces on cluster (role >= 1) networks."""
+    me = spec.node(node)
+    return [p.name for p in network_props(spec.networks)
+            if p.role >= Role.CLUSTER and p.name in me.interfaces]
+
+
+def crash_node(layout: LabLayout, node: str, timeout_s: float = 10.0) -> list[int]:
+    """SIGKILL every process of ``node``; returns their pids once all are gone."""
+    _spec(layout, node)
+    pids = netns.ns_pids(layout.node_ns(node))
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not netns.ns_pids(layout.node_ns(node)):
+            return pids
+        time.sleep(0.05)
+    raise LabError(f"processes of {node} survived SIGKILL for {timeout_s:.0f} s")
+
+
+def start_node(layout: LabLayout, node: str) -> None:
+    """Boot ``node`` again (agent, etcd member, node watch, manager candidate)."""
+    _spec(layout, node)
+    if netns.ns_pids(layout.node_ns(node)):
+        raise UsageError(f"{node} is running; crash it first (`vmcluster lab node crash {node}`)")
+    start_agent(layout, node)
+    start_node_services(layout, node)
+
+
+def _links(layout: LabLayout, node: str, up: bool) -> list[str]:
+    spec = _spec(layout, node)
+    nets = cluster_networks(spec, node)
+    for net in nets:
+        netns.set_link(layout, spec, net, node, up)
+    return nets
+
+
+def isolate_node(layout: LabLayout, node: str) -> list[str]:
+    """Every cluster interface of ``node`` down; returns the networks cut."""
+    return _links(layout, node, False)
+
+
+def rejoin_node(layout: LabLayout, node: str) -> list[str]:
+    """Every cluster interface of ``node`` up again."""
+    return _links(layout, node, True)

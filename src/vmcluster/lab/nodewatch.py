@@ -1,0 +1,182 @@
+"""A node's watch: heartbeats, its report to the store, and the isolation rule.
+
+Runs in the node's namespace as ``python -m vmcluster.lab.nodewatch --lab L
+--node N`` (started by :mod:`vmcluster.lab.services`). It
+
+* runs the node's :class:`~vmcluster.heartbeat.daemon.HeartbeatDaemon` on every
+  cluster (role >= 1) network, with the spec's delay and threshold;
+* writes the node's report (routes, the VMs its agent runs, isolated or not)
+  to ``reports/<node>`` every ``report_s`` and appends route changes to the
+  event log; a store that does not answer (this node is cut off) is skipped,
+  never waited on;
+* enforces **isolation**: once this node reaches too few nodes for a quorum
+  (it lost every cluster network), it stops every VM its agent runs, within
+  one tick, and keeps stopping any that appears while it stays cut off. The
+  majority waits ``restart_not_before`` (window + delay + stop budget) before
+  restarting them, so a VM never runs on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import queue
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from vmcluster.control.events import Event, NodeIsolated, RouteDown, RouteUp
+from vmcluster.control.manager import report_key
+from vmcluster.errors import VmclusterError
+from vmcluster.heartbeat.daemon import HeartbeatDaemon
+from vmcluster.heartbeat.detector import (
+    HeartbeatParams,
+    RouteChange,
+    heartbeat_plan,
+    peers_down,
+    view_to_json,
+)
+from vmcluster.lab.client import AgentClient
+from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.state import read_state
+from vmcluster.model.spec import load_spec
+from vmcluster.policy.failover import must_stop_vms
+from vmcluster.store.clock import MonotonicClock
+from vmcluster.store.etcd import EtcdClient
+from vmcluster.store.state import ClusterState
+
+__all__ = ["HEARTBEAT_PORT", "main", "node_endpoints"]
+
+HEARTBEAT_PORT = 3343
+
+
+def node_endpoints(endpoints: list[str], mine: list[str]) -> list[str]:
+    """``endpoints`` with this node's own member first (it answers even when peers are slow)."""
+    return [e for e in endpoints if e in mine] + [e for e in endpoints if e not in mine]
+
+
+class NodeWatch:
+    def __init__(self, layout: LabLayout, node: str, report_s: float = 0.5) -> None:
+        self.layout, self.node, self.report_s = layout, node, report_s
+        st = read_state(layout)
+        self.spec = load_spec(st["spec"])
+        svc = json.loads((layout.state_dir / "services.json").read_text())
+        mine = [u for u in svc["endpoints"] if any(
+            f"//{a}:" in u for a in map(str, self.spec.node(node).interfaces.values()))]
+        client = EtcdClient(node_endpoints(svc["endpoints"], mine), timeout=1.0, retry_s=0.5)
+        self.state = ClusterState(client, svc["cluster"])
+        self.agent = AgentClient(layout, node)
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.changed = threading.Event()
+        self.isolated = False
+        self.vms: list[str] = []
+        self.clock = MonotonicClock()
+        self._listed_at = -1e9
+        binds, targets = heartbeat_plan(self.spec, node, int(svc.get("heartbeat_port",
+                                                                     HEARTBEAT_PORT)))
+        self.hb = HeartbeatDaemon(svc["cluster"], node, binds, targets,
+                                  HeartbeatParams.from_settings(self.spec.cluster),
+                                  MonotonicClock(), self._on_change)
+
+    def _on_change(self, ch: RouteChange) -> None:
+        cls = RouteUp if ch.up else RouteDown
+        self.events.put(cls(time.time(), self.node, ch.peer, ch.network))
+        self.changed.set()  # report now: the manager's detection time waits on this
+        print(json.dumps({"route": f"{ch.peer}/{ch.network}", "up": ch.up, "at": time.time()}),
+              flush=True)
+
+    def _list(self) -> list[dict[str, Any]]:
+        try:
+            return list(self.agent.call("list", timeout_s=5)["vms"])
+        except VmclusterError:
+            return []
+
+    def enforce(self) -> None:
+        """The isolation rule (see module docstring); called every tick."""
+        states = self.hb.states()
+        total = len(self.spec.nodes)
+        reachable = total - len(peers_down(states))
+        cut_off = bool(states) and must_stop_vms(total, reachable, self.spec.cluster, False)
+        now = self.clock.now()
+        if not cut_off and now - self._listed_at < self.report_s:
+            self.isolated = cut_off
+            return
+        self._listed_at = now
+        listed = self._list()
+        self.vms = sorted(v["vm"] for v in listed if v.get("role") == "run")
+        if cut_off and listed:
+            stopped = []
+            for v in listed:
+                try:
+                    self.agent.call("stop", timeout_s=20, vm=v["vm"])
+                    stopped.append(v["vm"])
+                except VmclusterError as exc:
+                    print(json.dumps({"error": f"stopping {v['vm']}: {exc}"}), flush=True)
+            self.vms = []
+            self.events.put(NodeIsolated(time.time(), self.node, tuple(stopped)))
+            print(json.dumps({"isolated": True, "stopped": stopped, "at": time.time()}),
+                  flush=True)
+        self.isolated = cut_off
+
+    def last_words(self) -> None:
+        """Shut down on purpose (SIGTERM: powered off): say so, so it is not a failure."""
+        body = {"routes": view_to_json(self.hb.states()), "vms": self.vms,
+                "isolated": self.isolated, "leaving": True}
+        # Cut off, it cannot say so; then it is treated as failed, which is the safe side.
+        with contextlib.suppress(VmclusterError):
+            self.state.client.put(report_key(self.state, self.node),
+                                  json.dumps(body, sort_keys=True).encode())
+
+    def report_loop(self, done: threading.Event) -> None:
+        """Write the report and pending events; the store being away only skips a round."""
+        pending: list[Event] = []
+        while not done.is_set():
+            self.changed.wait(self.report_s)
+            self.changed.clear()
+            while not self.events.empty():
+                pending.append(self.events.get())
+            body = {"routes": view_to_json(self.hb.states()), "vms": self.vms,
+                    "isolated": self.isolated}
+            try:
+                self.state.client.put(report_key(self.state, self.node),
+                                      json.dumps(body, sort_keys=True).encode())
+                while pending and not self.changed.is_set():
+                    self.state.append_event(pending[0].to_json())
+                    pending.pop(0)
+            except VmclusterError:
+                continue
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vmcluster.lab.nodewatch")
+    ap.add_argument("--lab", required=True)
+    ap.add_argument("--node", required=True)
+    ap.add_argument("--root", default=str(LabLayout("x").root))
+    ap.add_argument("--tick-s", type=float, default=0.1)
+    args = ap.parse_args(argv)
+    watch = NodeWatch(LabLayout(args.lab, Path(args.root)), args.node)
+    done = threading.Event()
+
+    def on_signal(_sig: int, _frame: FrameType | None) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    reporter = threading.Thread(target=watch.report_loop, args=(done,), daemon=True)
+    with watch.hb.start():
+        reporter.start()
+        print(json.dumps({"started": args.node, "at": time.time()}), flush=True)
+        while not done.wait(args.tick_s):
+            watch.enforce()
+    reporter.join(timeout=5)
+    watch.last_words()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

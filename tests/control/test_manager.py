@@ -1,0 +1,237 @@
+"""The manager against a real one-member etcd, with a manual clock and a recording actuator.
+
+The actuator stands for the node agents (the lab tests drive real ones); here it
+records what the manager asked, so each decision can be checked in isolation:
+wait for the isolated side, restart by placement policy, never act without
+quorum, and a deposed manager is fenced by the store.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vmcluster.control.manager import Manager, ManagerParams, report_key
+from vmcluster.model.spec import load_spec
+from vmcluster.store import ClusterState, EtcdClient, EtcdCluster, Fenced, embedded
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB = load_spec(ROOT / "examples/lab.toml")
+NODES = ("node1", "node2", "node3")
+NETS = ("Public", "Heartbeat", "Migration")
+OWNERS = {"web": "node1", "db": "node2", "batch": "node3"}
+
+needs_etcd = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server not installed")
+pytestmark = needs_etcd
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str, int]] = []
+
+    def start_vm(self, vm: str, node: str, token: int) -> None:
+        self.started.append((vm, node, token))
+
+    def migrate_vm(self, vm: str, target: str, token: int) -> bool:
+        return False
+
+
+@pytest.fixture(scope="module")
+def etcd() -> Iterator[EtcdCluster]:
+    base = Path(tempfile.mkdtemp(prefix="vmc-mgr-"))
+    cluster = embedded(base, host="127.0.0.41", timeout=60)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def state(etcd: EtcdCluster, request: pytest.FixtureRequest) -> Iterator[ClusterState]:
+    st = ClusterState(EtcdClient(etcd.endpoints()), f"m{abs(hash(request.node.name)) % 10**8}")
+    for vm, node in OWNERS.items():
+        st.place(vm, node, expect=0, token=None)
+    yield st
+    st.client.delete(st.root, prefix=True)
+
+
+def publish(state: ClusterState, dead: set[str], vms: dict[str, list[str]] | None = None) -> None:
+    """Every live node reports: routes to ``dead`` nodes down, the rest up."""
+    for node in NODES:
+        if node in dead:
+            continue
+        routes = {f"{p}/{n}": p not in dead for p in NODES if p != node for n in NETS}
+        running = (vms or {}).get(node, [vm for vm, o in OWNERS.items() if o == node])
+        body = {"routes": routes, "vms": running, "isolated": False}
+        state.client.put(report_key(state, node), json.dumps(body).encode())
+
+
+def manager(state: ClusterState, name: str = "node2") -> tuple[Manager, ManualClock, Recorder]:
+    clock, rec = ManualClock(), Recorder()
+    m = Manager(state, LAB, name, rec, clock, lambda: 1000.0 + clock.t, ManagerParams())
+    return m, clock, rec
+
+
+def kinds(state: ClusterState) -> list[str]:
+    return [str(e["kind"]) for _, e in state.events()[0]]
+
+
+def test_restarts_a_dead_nodes_vm_only_after_the_isolation_wait(state: ClusterState) -> None:
+    m, clock, rec = manager(state)
+    token = m.take_office(10)
+    publish(state, set())
+    m.tick()
+    assert rec.started == [] and "node_down" not in kinds(state)
+    publish(state, {"node1"})
+    m.tick()
+    assert state.node_states()["node1"]["state"] == "down"
+    assert "node_down" in kinds(state) and rec.started == []
+    # restart_not_before = last heard (now - 2 s window) + window + delay + stop budget
+    wait = 0.25 + m.params.failover.stop_budget_s
+    clock.t += wait - 0.05
+    publish(state, {"node1"})
+    m.tick()
+    assert rec.started == []  # the isolated side may still be stopping it
+    clock.t += 0.1
+    publish(state, {"node1"})
+    m.tick()
+    assert rec.started == [("web", "node2", token)]  # web's preferred owners: node1, node2
+    assert state.placement("web").node == "node2"
+    assert kinds(state).count("vm_restarted") == 1
+    publish(state, {"node1"}, {"node2": ["db", "web"], "node3": ["batch"]})
+    clock.t += 10
+    m.tick()
+    assert len(rec.started) == 1  # done once, not again
+
+
+def test_no_quorum_no_action(state: ClusterState) -> None:
+    m, clock, rec = manager(state, "node3")
+    m.take_office(10)
+    publish(state, {"node1", "node2"})
+    m.tick()
+    clock.t += 30
+    publish(state, {"node1", "node2"})
+    m.tick()
+    assert rec.started == []
+    assert state.node_states() == {}  # not even a node state was written
+
+
+def test_a_deposed_manager_is_fenced_by_the_store(state: ClusterState) -> None:
+    old, _, rec_old = manager(state, "node1")
+    old.take_office(10)
+    old.election.resign()  # as if its lease ran out while it was frozen
+    new, _, _ = manager(state, "node2")
+    new_token = new.take_office(10)
+    assert old.term is not None and new_token > old.term.token
+    publish(state, {"node3"})
+    with pytest.raises(Fenced):
+        old.tick()  # its first write (node3 down) is refused
+    assert rec_old.started == []
+    assert "node3" not in state.node_states()
+
+
+def test_a_placed_vm_that_runs_nowhere_is_started_again(state: ClusterState) -> None:
+    m, clock, rec = manager(state)
+    token = m.take_office(10)
+    running = {"node1": ["web"], "node2": [], "node3": ["batch"]}  # db stopped
+    publish(state, set(), running)
+    m.tick()
+    clock.t += m.params.recover_s + 0.1
+    publish(state, set(), running)
+    m.tick()
+    assert rec.started == [("db", "node2", token)]
+
+
+def test_verdict_needs_evidence_both_ways(state: ClusterState) -> None:
+    """A dead node comes back only when someone hears it, not when reports go stale."""
+    m, clock, _ = manager(state)
+    m.take_office(10)
+    publish(state, {"node1"})
+    m.tick()
+    clock.t += m.params.stale_s + 1  # nobody writes (the store is electing, say)
+    m.tick()
+    assert "node_up" not in kinds(state)
+    publish(state, set())
+    m.tick()
+    assert kinds(state).count("node_up") == 1
+
+
+def test_third_failure_within_the_window_quarantines(state: ClusterState) -> None:
+    m, clock, _ = manager(state)
+    m.take_office(10)
+    for _ in range(3):
+        publish(state, {"node3"})
+        m.tick()
+        clock.t += 5
+        publish(state, {"node3"}, {"node1": ["web", "batch"], "node2": ["db"]})
+        m.tick()
+        publish(state, set(), {"node1": ["web", "batch"], "node2": ["db"]})
+        m.tick()
+    record = state.node_states()["node3"]
+    assert record["state"] == "quarantined" and len(record["failures"]) == 3
+    assert kinds(state).count("node_quarantined") == 1
+    # A new leader knows the history (it is in the store, not in the old leader's memory)
+    # and does not count the failure it inherits twice.
+    publish(state, {"node3"})
+    m.tick()
+    m.election.resign()
+    m2, _, _ = manager(state, "node1")
+    m2.take_office(10)
+    publish(state, {"node3"})
+    m2.tick()
+    assert state.node_states()["node3"]["state"] == "quarantined"
+    assert len(state.node_states()["node3"]["failures"]) == 4
+    assert kinds(state).count("node_down") == 4
+
+
+def test_a_standby_deposes_a_leader_whose_node_is_dead(state: ClusterState) -> None:
+    old, _, _ = manager(state, "node1")
+    old_token = old.take_office(10)
+    standby, _, _ = manager(state, "node2")
+    publish(state, set())
+    assert not standby.depose_dead_leader()  # node1 is heard: it keeps leading
+    assert standby.election.try_acquire() is None
+    publish(state, {"node1"})
+    assert standby.depose_dead_leader()
+    won = standby.election.try_acquire()
+    assert won is not None and won.token > old_token
+    publish(state, {"node3"})
+    with pytest.raises(Fenced):
+        old.tick()  # the deposed one, should it still run, is refused
+
+
+def test_placement_follows_a_vm_that_runs_elsewhere_once_it_lasts(state: ClusterState) -> None:
+    m, clock, rec = manager(state)
+    m.take_office(10)
+    moved = {"node1": [], "node2": ["db"], "node3": ["batch", "web"]}  # web migrated by hand
+    publish(state, set(), moved)
+    m.tick()
+    assert state.placement("web").node == "node1"  # reports may just lag a switchover
+    clock.t += m.params.adopt_s + 0.1
+    publish(state, set(), moved)
+    m.tick()
+    assert state.placement("web").node == "node3"
+    # ... so that losing node1 now restarts no second copy of web.
+    publish(state, {"node1"}, moved)
+    m.tick()
+    clock.t += 10
+    publish(state, {"node1"}, moved)
+    m.tick()
+    assert rec.started == []

@@ -1,0 +1,54 @@
+"""An agent refuses a request from a manager that no longer leads (real one-member etcd)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vmcluster.lab.fencing import AgentFence
+from vmcluster.lab.layout import LabLayout
+from vmcluster.store import Election, EtcdClient, Fenced, embedded
+
+pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server not installed")
+
+
+@pytest.fixture
+def lab_root() -> Iterator[tuple[LabLayout, list[str]]]:
+    base = Path(tempfile.mkdtemp(prefix="vmc-fence-"))
+    cluster = embedded(base / "etcd", host="127.0.0.43", timeout=60)
+    try:
+        layout = LabLayout("fence", base)
+        layout.state_dir.mkdir(parents=True)
+        yield layout, cluster.endpoints()
+    finally:
+        cluster.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_stale_token_refused_current_accepted_none_unfenced(
+    lab_root: tuple[LabLayout, list[str]],
+) -> None:
+    layout, endpoints = lab_root
+    fence = AgentFence(layout, "node1")
+    with pytest.raises(Fenced, match="no control plane"):
+        asyncio.run(fence.check({"op": "start", "token": 5}))
+    (layout.state_dir / "services.json").write_text(
+        json.dumps({"cluster": "fence", "endpoints": endpoints}))
+    fence = AgentFence(layout, "node1")
+    asyncio.run(fence.check({"op": "list"}))  # no token: the operator, not a manager
+    client = EtcdClient(endpoints)
+    first = Election(client, "fence", "m1", ttl=5)
+    old = first.campaign(10).token
+    asyncio.run(fence.check({"op": "start", "token": old}))
+    first.resign()
+    new = Election(client, "fence", "m2", ttl=5).campaign(10).token
+    assert new > old
+    with pytest.raises(Fenced, match="fenced"):
+        asyncio.run(fence.check({"op": "start", "token": old}))
+    asyncio.run(fence.check({"op": "start", "token": new}))
