@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,7 +14,7 @@ from rich.console import Console
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 
-__all__ = ["console", "emit_json", "json_option", "load", "spec_option"]
+__all__ = ["ProgressLine", "console", "emit_json", "json_option", "load", "spec_option"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(highlight=False)
@@ -44,3 +45,32 @@ def load(spec_path: Path) -> ClusterSpec:
 def emit_json(obj: object) -> None:
     """Print one JSON object on stdout (machine-readable output)."""
     click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+class ProgressLine:
+    """Progress of a long operation on stderr.
+
+    On a terminal one line is rewritten in place; elsewhere (logs, CI) a line
+    is printed only when ``key`` changes (e.g. a migration's pass and
+    status), so a log shows each step once instead of every poll.
+    """
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self._key: object = None
+        self._width = 0
+
+    def update(self, text: str, key: object) -> None:
+        if self.tty:
+            pad = max(0, self._width - len(text))
+            sys.stderr.write("\r" + text + " " * pad)
+            sys.stderr.flush()
+            self._width = len(text)
+        elif key != self._key:
+            sys.stderr.write(text + "\n")
+        self._key = key
+
+    def done(self) -> None:
+        if self.tty and self._width:
+            sys.stderr.write("\n")
+            self._width = 0

@@ -7,6 +7,7 @@ import time
 
 import click
 
+from vmcluster.cli.common import ProgressLine
 from vmcluster.errors import MigrationError
 from vmcluster.lab.lab import resolve_lab
 from vmcluster.lab.observe import migrate_observed
@@ -109,13 +110,21 @@ def migrate(vm_name: str, target: str, quick: bool, as_json: bool, lab_name: str
         return (click.echo(m, err=True))
     sub.on_event = err
 
+    line = ProgressLine()
+
     def progress(h: MigrationHandle, p: MigrationProgress) -> None:
         exp = "-" if p.expected_downtime_ms is None else f"{p.expected_downtime_ms:.0f} ms"
-        err(f"{h.vm} {h.source}->{h.target} via {h.network}: {p.status} pass {p.pass_no} "
+        line.update(
+            f"{h.vm} {h.source}->{h.target} via {h.network}: {p.status} pass {p.pass_no} "
             f"sent {p.sent_mib:.1f} MiB remaining {p.remaining_mib:.1f} MiB "
-            f"dirty {p.dirty_mibps:.1f} MiB/s expected downtime {exp}")
+            f"dirty {p.dirty_mibps:.1f} MiB/s expected downtime {exp}",
+            key=(h.network, p.status, p.pass_no),
+        )
 
-    result = migrate_observed(sub, vm_name, target, quick=quick, on_progress=progress)
+    try:
+        result = migrate_observed(sub, vm_name, target, quick=quick, on_progress=progress)
+    finally:
+        line.done()
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
@@ -123,7 +132,7 @@ def migrate(vm_name: str, target: str, quick: bool, as_json: bool, lab_name: str
         if result.ok:
             click.echo(f"{vm_name}: {result.source} -> {result.target} via {result.network}: "
                        f"{result.passes} passes, {result.sent_mib:.1f} MiB, "
-                       f"{result.total_s:.2f} s, downtime {result.downtime_ms} ms, "
+                       f"{result.total_s:.2f} s, downtime {_ms(result.downtime_ms)}, "
                        f"client gap {r['client_gap_ms']} ms, TCP session "
                        f"{'kept' if r['tcp_session_survived'] else 'lost'}, memory "
                        f"{'ok' if r['memory_ok'] else 'CORRUPT'}")
@@ -132,6 +141,10 @@ def migrate(vm_name: str, target: str, quick: bool, as_json: bool, lab_name: str
             f"migrating {vm_name} to {target} failed ({result.error}); "
             f"it still runs on {result.source}"
         )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
 
 
 @vm.command("check-disk")
