@@ -6,19 +6,24 @@ it would make this directory the package ``qemu`` and hide QEMU's ``qemu.qmp``.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from vmcluster.lab import netns
 from vmcluster.lab.image import GuestImage, ensure_guest_image, kernel_cmdline
+from vmcluster.lab.lab import lab_down, lab_up
+from vmcluster.lab.layout import LabLayout
+from vmcluster.substrate.qemu.substrate import QemuSubstrate
 from vmcluster.substrate.qemu.vm import ram_arg
 
 GUEST_IP = "198.18.1.101"
@@ -175,3 +180,34 @@ def vms(guest_image: GuestImage) -> Iterator[VmFactory]:
         yield factory
     finally:
         factory.close()
+
+
+LabStarter = Callable[[Path, str], QemuSubstrate]
+
+
+@pytest.fixture(scope="module")
+def start_lab() -> Iterator[LabStarter]:
+    """``start_lab(spec, prefix)`` brings up a lab named prefix+pid for this test module.
+
+    At the end of the module every lab it started is taken down, and the test
+    fails if any namespace, state file or process of it is left behind.
+    """
+    started: list[LabLayout] = []
+
+    def start(spec: Path, prefix: str) -> QemuSubstrate:
+        name = f"{prefix}{os.getpid()}"[:12]
+        layout = LabLayout(name)
+        started.append(layout)
+        return lab_up(spec, name, say=lambda _m: None)
+
+    try:
+        yield start
+    finally:
+        for layout in started:
+            lab_down(layout)
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        for layout in started:
+            assert not netns.lab_namespaces(layout)
+            assert not layout.state_dir.exists()
+            assert str(layout.state_dir) + "/" not in ps
+            assert f"--lab {layout.name} " not in ps

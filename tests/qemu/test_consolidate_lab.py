@@ -13,18 +13,18 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from vmcluster.lab import netns
 from vmcluster.lab.client import AgentClient
-from vmcluster.lab.lab import lab_down, lab_up
-from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.probe import memory_ok, serial_sizes
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+if TYPE_CHECKING:
+    from conftest import LabStarter
 
 pytestmark = [
     pytest.mark.lab,
@@ -78,20 +78,11 @@ interfaces = {{Public = "198.18.1.1{i}", Heartbeat = "198.18.2.1{i}", Migration 
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QemuSubstrate]:
+def lab(tmp_path_factory: pytest.TempPathFactory, start_lab: LabStarter) -> QemuSubstrate:
     spec = tmp_path_factory.mktemp("consolidate") / "spec.toml"
     nodes = "".join(NODE.format(i=i, g=4 if i == 3 else 5) for i in (1, 2, 3))
     spec.write_text(SPEC.format(nodes=nodes), encoding="utf-8")
-    name = f"c{os.getpid()}"[:12]
-    layout = LabLayout(name)
-    try:
-        yield lab_up(spec, name, say=lambda _m: None)
-    finally:
-        lab_down(layout)
-        assert not netns.lab_namespaces(layout)
-        assert not layout.state_dir.exists()
-        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        assert str(layout.state_dir) + "/" not in ps
+    return start_lab(spec, "k")
 
 
 def vmc(*args: str) -> subprocess.CompletedProcess[str]:

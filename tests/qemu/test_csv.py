@@ -13,22 +13,22 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from vmcluster.csv.checkdisk import DiskCheck, check_vm_disk, highest_ack
 from vmcluster.csv.coordinator import coordinator_call
 from vmcluster.csv.volume import FileBlock, read_table
-from vmcluster.lab import netns
 from vmcluster.lab.client import AgentClient, start_agent
-from vmcluster.lab.lab import lab_down, lab_up
-from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.observe import migrate_observed
 from vmcluster.lab.state import read_state
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+if TYPE_CHECKING:
+    from conftest import LabStarter
 
 pytestmark = [
     pytest.mark.lab,
@@ -40,17 +40,8 @@ SAN = "nbd://198.18.4.250:10809/csv-CSV1"
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[QemuSubstrate]:
-    name = f"c{os.getpid()}"
-    layout = LabLayout(name)
-    try:
-        yield lab_up(SPEC, name, say=lambda _m: None)
-    finally:
-        lab_down(layout)
-        assert not netns.lab_namespaces(layout)
-        assert not layout.state_dir.exists()
-        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        assert str(layout.state_dir) + "/" not in ps
+def lab(start_lab: LabStarter) -> QemuSubstrate:
+    return start_lab(SPEC, "c")
 
 
 def _logs(sub: QemuSubstrate, vm: str) -> list[Path]:

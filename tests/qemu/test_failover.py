@@ -16,16 +16,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from vmcluster.errors import SubstrateError
-from vmcluster.lab import netns
 from vmcluster.lab.client import AgentClient
 from vmcluster.lab.faults import crash_node, isolate_node, rejoin_node, start_node
-from vmcluster.lab.lab import lab_down, lab_up, set_net
-from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.lab import set_net
 from vmcluster.lab.sampler import RunSampler
 from vmcluster.lab.services import (
     LabStore,
@@ -38,6 +36,9 @@ from vmcluster.lab.services import (
 from vmcluster.store.election import Leadership, current_leader
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
+if TYPE_CHECKING:
+    from conftest import LabStarter
+
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
@@ -49,20 +50,10 @@ RESTART_BOUND_S = 60.0  # generous: the machine may be loaded by other tests
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[QemuSubstrate]:
-    name = f"f{os.getpid()}"
-    layout = LabLayout(name)
-    try:
-        sub = lab_up(SPEC, name, say=lambda _m: None)  # agents, VMs, then the control plane
-        assert services_file(layout).exists()
-        yield sub
-    finally:
-        lab_down(layout)
-        assert not netns.lab_namespaces(layout)
-        assert not layout.state_dir.exists()
-        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        assert str(layout.state_dir) + "/" not in ps
-        assert f"--lab {name} " not in ps
+def lab(start_lab: LabStarter) -> QemuSubstrate:
+    sub = start_lab(SPEC, "f")  # agents, VMs, then the control plane
+    assert services_file(sub.layout).exists()
+    return sub
 
 
 @pytest.fixture

@@ -7,21 +7,22 @@ gone) even when a test fails.
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from vmcluster.errors import MigrationError, UsageError
 from vmcluster.lab import netns
 from vmcluster.lab.client import AgentClient, start_agent
-from vmcluster.lab.lab import lab_down, lab_up, set_net
-from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.lab import set_net
 from vmcluster.lab.observe import migrate_observed
 from vmcluster.substrate.protocol import MigrationHandle, MigrationParams, MigrationProgress
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+if TYPE_CHECKING:
+    from conftest import LabStarter
 
 pytestmark = [
     pytest.mark.lab,
@@ -31,17 +32,8 @@ SPEC = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[QemuSubstrate]:
-    name = f"t{os.getpid()}"
-    layout = LabLayout(name)
-    try:
-        yield lab_up(SPEC, name, say=lambda _m: None)
-    finally:
-        lab_down(layout)
-        assert not netns.lab_namespaces(layout)
-        assert not layout.state_dir.exists()
-        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        assert str(layout.state_dir) + "/" not in ps
+def lab(start_lab: LabStarter) -> QemuSubstrate:
+    return start_lab(SPEC, "t")
 
 
 def _owner_pid(sub: QemuSubstrate, vm: str) -> int:
