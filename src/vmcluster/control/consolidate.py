@@ -34,6 +34,7 @@ from typing import Literal
 
 import numpy as np
 
+from vmcluster.control.migration import known_health
 from vmcluster.errors import PolicyError, UsageError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import Health
@@ -42,11 +43,11 @@ from vmcluster.power.detection import HISTORY
 from vmcluster.power.evaluate import make_policy
 from vmcluster.power.models import HP_ML110_G4, HP_ML110_G5, SpecPowerModel
 from vmcluster.power.plan import Migrate, PowerOn, Snapshot
-from vmcluster.substrate.protocol import Substrate, SubstrateStatus
+from vmcluster.substrate.protocol import Substrate
 
 __all__ = [
     "ConsolidationPlan", "NodeChange", "NodeView", "Observation",
-    "PlannedMigration", "health_of", "make_plan", "observe", "plan",
+    "PlannedMigration", "make_plan", "observe", "plan",
 ]
 
 MIPS_PER_CORE = 1000.0
@@ -169,15 +170,6 @@ def _flat(obj: PlannedMigration | NodeChange) -> dict[str, object]:
 
 # -- observe -------------------------------------------------------------------------------
 
-def health_of(spec: ClusterSpec, status: SubstrateStatus) -> Health:
-    """Interfaces down as the network policy sees them: a node that is not up has none up."""
-    down = {(net, n.name) for n in status.nodes for net in n.links_down}
-    for n in status.nodes:
-        if n.state != "up":
-            down.update((net, n.name) for net in spec.node(n.name).interfaces)
-    return Health(frozenset(down))
-
-
 def _power_model(spec: ClusterSpec, node: str) -> tuple[str, bool]:
     name = spec.node(node).power_model
     if name is None:
@@ -212,7 +204,7 @@ def observe(substrate: Substrate, spec: ClusterSpec,
         model, assumed = _power_model(spec, n.name)
         nodes.append(NodeView(n.name, "up" if n.state == "up" else "off", sn.cores,
                               sn.memory_mib, min(max(u, 0.0), 1.0), vms, model, assumed))
-    return Observation(tuple(nodes), cpu, health_of(spec, status), tuple(down))
+    return Observation(tuple(nodes), cpu, known_health(spec, status), tuple(down))
 
 
 # -- plan ----------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vmcluster.control.consolidate import ConsolidationPlan, PlannedMigration, health_of
-from vmcluster.control.migration import MigrationRequest, migrate
+from vmcluster.control.consolidate import ConsolidationPlan, PlannedMigration
+from vmcluster.control.migration import MigrationRequest, known_health, migrate
 from vmcluster.errors import VmclusterError
 from vmcluster.model import ClusterSpec
 from vmcluster.substrate.protocol import (
@@ -138,7 +138,7 @@ def _migrate_one(substrate: Substrate, spec: ClusterSpec, m: PlannedMigration, r
                 f"pass {p.pass_no} sent {p.sent_mib:.1f} MiB remaining {p.remaining_mib:.1f} MiB",
                 p)
 
-    health = health_of(spec, substrate.status())
+    health = known_health(spec, substrate.status())
     req = MigrationRequest(vm=m.vm, target=m.target, poll_s=poll_s, timeout_s=timeout_s)
     try:
         res = migrate(substrate, spec, health, req, progress)

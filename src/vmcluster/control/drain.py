@@ -16,11 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmcluster.control.events import MigrationDone, VmCannotPlace
-from vmcluster.control.migration import MigrationRequest, ProgressCallback, migrate
+from vmcluster.control.migration import MigrationRequest, ProgressCallback, known_health, migrate
 from vmcluster.errors import UsageError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.failover import CannotPlace, FailoverParams, Migrate, drain_plan
-from vmcluster.policy.networks import Health
 from vmcluster.store.errors import StoreConflict
 from vmcluster.store.state import ClusterState
 from vmcluster.substrate.protocol import MigrationResult, Substrate
@@ -89,7 +88,8 @@ def drain(
         for action in actions:
             if not isinstance(action, Migrate):
                 continue
-            result = migrate(substrate, spec, Health(), MigrationRequest(action.vm, action.target),
+            health = known_health(spec, substrate.status())
+            result = migrate(substrate, spec, health, MigrationRequest(action.vm, action.target),
                              on_progress)
             on_result(result)
             store(state.append_event, MigrationDone(

@@ -20,11 +20,21 @@ from vmcluster.substrate.protocol import (
     MigrationProgress,
     MigrationResult,
     Substrate,
+    SubstrateStatus,
 )
 
-__all__ = ["MigrationRequest", "ProgressCallback", "migrate"]
+__all__ = ["MigrationRequest", "ProgressCallback", "known_health", "migrate"]
 
 ProgressCallback = Callable[[MigrationHandle, MigrationProgress], None]
+
+
+def known_health(spec: ClusterSpec, status: SubstrateStatus) -> Health:
+    """Interfaces down as the substrate reports them; a node that is not up has none up."""
+    down = {(net, n.name) for n in status.nodes for net in n.links_down}
+    for n in status.nodes:
+        if n.state != "up":
+            down.update((net, n.name) for net in spec.node(n.name).interfaces)
+    return Health(frozenset(down))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from vmcluster.control.manager import Manager, ManagerParams
-from vmcluster.control.migration import MigrationRequest, migrate
+from vmcluster.control.migration import MigrationRequest, known_health, migrate
 from vmcluster.errors import SubstrateError
 from vmcluster.lab.client import AgentClient, AgentDown
 from vmcluster.lab.layout import LabLayout
@@ -27,7 +27,6 @@ from vmcluster.lab.nodewatch import node_endpoints
 from vmcluster.lab.state import read_state, update_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
-from vmcluster.policy.networks import Health
 from vmcluster.store.clock import MonotonicClock
 from vmcluster.store.election import Fence
 from vmcluster.store.errors import Fenced
@@ -69,7 +68,8 @@ class LabActuator:
 
     def migrate_vm(self, vm: str, target: str, token: int) -> bool:
         sub = QemuSubstrate(self.layout, self.spec)
-        result = migrate(sub, self.spec, Health(), MigrationRequest(vm, target))
+        result = migrate(sub, self.spec, known_health(self.spec, sub.status()),
+                         MigrationRequest(vm, target))
         return result.ok
 
 

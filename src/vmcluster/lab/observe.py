@@ -11,22 +11,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vmcluster.control.migration import MigrationRequest, ProgressCallback, migrate
+from vmcluster.control.migration import MigrationRequest, ProgressCallback, known_health, migrate
 from vmcluster.errors import LabError, UsageError
 from vmcluster.lab.probe import EchoProbe, memory_ok, serial_sizes
 from vmcluster.lab.quick import quick_migrate
-from vmcluster.policy.networks import Health
 from vmcluster.substrate.protocol import MigrationParams, MigrationResult
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
-__all__ = ["current_health", "migrate_observed"]
-
-
-def current_health(sub: QemuSubstrate) -> Health:
-    """Which interfaces are down right now (read from the namespaces)."""
-    return Health(frozenset(
-        (net, n.name) for n in sub.status().nodes for net in n.links_down
-    ))
+__all__ = ["migrate_observed"]
 
 
 def migrate_observed(
@@ -60,7 +52,7 @@ def migrate_observed(
             result = quick_migrate(sub, vm, target)
         else:
             req = MigrationRequest(vm=vm, target=target, params=params)
-            result = migrate(sub, spec, current_health(sub), req, on_progress)
+            result = migrate(sub, spec, known_health(spec, sub.status()), req, on_progress)
     finally:
         seen = echo.stop() if echo is not None else {}
     where = result.target if result.ok else result.source
