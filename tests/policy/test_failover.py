@@ -29,8 +29,11 @@ def node(name: str, cores: int = 4, mem: int = 4096) -> Node:
     return Node(name, cores, mem, {"net": IPv4Address("198.18.0.1")})
 
 
-def spec(nodes: list[Node], vms: list[Vm], witness: bool = False) -> ClusterSpec:
-    return ClusterSpec(ClusterSettings("t", witness=witness), (), tuple(nodes), tuple(vms))
+def spec(
+    nodes: list[Node], vms: list[Vm], witness: bool = False, vcpus_per_core: float = 4.0
+) -> ClusterSpec:
+    settings = ClusterSettings("t", witness=witness, vcpus_per_core=vcpus_per_core)
+    return ClusterSpec(settings, (), tuple(nodes), tuple(vms))
 
 
 def test_restart_by_priority_preferred_owner_then_room() -> None:
@@ -131,10 +134,15 @@ def clusters(draw: st.DrawFn) -> tuple[ClusterSpec, dict[str, str | None], set[s
                 anti_affinity=draw(st.sampled_from([None, "db", "web"])),
             )
         )
-    s = spec(nodes, vms)
+    s = spec(nodes, vms, vcpus_per_core=draw(st.sampled_from([1.0, 2.0, 4.0])))
     placements: dict[str, str | None] = {v.name: v.owner for v in vms}
     down = set(draw(st.lists(st.sampled_from(names[:nn]), min_size=1, max_size=nn - 1)))
     return s, placements, down
+
+
+def vcpu_cap(s: ClusterSpec, n: Node) -> float:
+    """vCPUs a node may hold: its cores times the spec's vcpus_per_core."""
+    return n.cores * s.cluster.vcpus_per_core
 
 
 def replay_checks(
@@ -156,13 +164,13 @@ def replay_checks(
         assert target not in down
         mem, cpu, classes = used(target)
         nd = s.node(target)
-        assert mem + vm.memory_mib <= nd.memory_mib and cpu + vm.vcpus <= nd.cores
+        assert mem + vm.memory_mib <= nd.memory_mib and cpu + vm.vcpus <= vcpu_cap(s, nd)
         if vm.anti_affinity is not None and vm.anti_affinity in classes:
             for other in s.nodes:  # every node with room also held that class
                 if other.name in down:
                     continue
                 m2, c2, cl2 = used(other.name)
-                if m2 + vm.memory_mib <= other.memory_mib and c2 + vm.vcpus <= other.cores:
+                if m2 + vm.memory_mib <= other.memory_mib and c2 + vm.vcpus <= vcpu_cap(s, other):
                     assert vm.anti_affinity in cl2
         cur[act.vm] = target
 
@@ -184,7 +192,7 @@ def test_failover_properties(case: tuple[ClusterSpec, dict[str, str | None], set
         if n.name not in down:
             on = [v for v in s.vms if placements[v.name] == n.name]
             assume(sum(v.memory_mib for v in on) <= n.memory_mib)
-            assume(sum(v.vcpus for v in on) <= n.cores)
+            assume(sum(v.vcpus for v in on) <= vcpu_cap(s, n))
     replay_checks(s, placements, plan, down)
 
 

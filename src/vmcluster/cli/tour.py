@@ -21,6 +21,7 @@ __all__ = ["tour"]
 SEED = "examples/seed.toml"
 LAB = "examples/lab.toml"
 Step = tuple[str, str]
+WAIT_FAILOVER = "lab status --name tour  # after every VM runs again"
 
 NETWORKS: Sequence[Step] = (
     ("The blog's cluster, as `cluster net /prop` lists it", f"net prop --spec {SEED}"),
@@ -82,6 +83,14 @@ LAB_TOUR: Sequence[Step] = (
     ("web's disk moves with it in a live migration", "vm migrate web --to node3 --lab tour"),
     ("Still nothing lost", "vm check-disk web --lab tour"),
     ("Where everything is now", "lab status --name tour"),
+    ("A node dies: every process of node2 gets SIGKILL", "lab node crash node2 --name tour"),
+    ("Heartbeats miss, the manager restarts node2's VMs on the others", WAIT_FAILOVER),
+    ("Nothing ran twice, nothing was lost", "vm check-disk db --lab tour"),
+    ("What the cluster saw, from its event log", "events --lab tour --last 12"),
+    ("node2 boots again and rejoins", "lab node start node2 --name tour"),
+    ("Drain a node for maintenance: its VMs live-migrate away", "node drain node3 --lab tour"),
+    ("... and put it back in service", "node resume node3 --lab tour"),
+    ("Power: the plan the consolidation policy makes for this lab", "lab consolidate --name tour"),
 )
 POWER: Sequence[Step] = (
     ("Core parking on a host: as few cores as the load needs", "power density 0.3 0.2 0.05"),
@@ -101,13 +110,33 @@ def run_step(title: str, args: str) -> None:
     console.print()
 
 
+def wait_all_running(lab: str, timeout_s: float = 60.0) -> None:
+    """Poll the lab until every VM of its spec runs on a node that is up (bounded)."""
+    from vmcluster.lab.lab import resolve_lab
+    from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+    sub = QemuSubstrate(resolve_lab(lab))
+    start = sub.clock.now()
+    while sub.clock.now() - start < timeout_s:
+        status = sub.status()
+        up = {n.name for n in status.nodes if n.state == "up"}
+        if all(v.state == "running" and v.node in up for v in status.vms):
+            waited = sub.clock.now() - start
+            console.print(f"[dim](every VM runs again; waited {waited:.1f} s)[/dim]")
+            return
+        sub.clock.sleep(0.5)
+    console.print(f"[red]not every VM runs again after {timeout_s:.0f} s[/red]")
+
+
 def run_lab_tour() -> None:
     from vmcluster.lab.lab import lab_down
     from vmcluster.lab.layout import LabLayout
 
     try:
         for title, args in LAB_TOUR:
-            run_step(title, args)
+            if args == WAIT_FAILOVER:
+                wait_all_running("tour")
+            run_step(title, args.partition("  #")[0])
     finally:
         console.rule("[bold]Tear the lab down: no namespace, process or file is left")
         console.print("[dim]$ vmcluster lab down --name tour[/dim]")

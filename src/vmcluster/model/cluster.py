@@ -15,13 +15,18 @@ __all__ = ["ClusterSettings", "ClusterSpec", "Node", "Vm", "Volume"]
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """Cluster-wide settings. Heartbeat defaults detect a dead node in 2 s (250 ms x 8)."""
+    """Cluster-wide settings. Heartbeat defaults detect a dead node in 2 s (250 ms x 8).
+
+    ``vcpus_per_core`` bounds how many vCPUs placement puts on a host per core
+    (memory is never overcommitted); 4 is a common consolidation ratio.
+    """
 
     name: str
     same_subnet_delay_ms: int = 250
     same_subnet_threshold: int = 8
     max_concurrent_migrations: int = 2
     witness: bool = False
+    vcpus_per_core: float = 4.0
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ _CLUSTER = {
     "same_subnet_threshold",
     "max_concurrent_migrations",
     "witness",
+    "vcpus_per_core",
 }
 _NETWORK = {"name", "subnet", "gateway", "role", "metric", "bandwidth_mbps"}
 _NODE = {"name", "cores", "memory_mib", "interfaces", "accel", "power_model"}
@@ -272,6 +273,7 @@ def spec_from_source(src: TomlSource, path: Path | None) -> ClusterSpec:
         same_subnet_threshold=c.positive("same_subnet_threshold", int, 8),
         max_concurrent_migrations=c.positive("max_concurrent_migrations", int, 2),
         witness=c.get("witness", bool, False),
+        vcpus_per_core=c.positive("vcpus_per_core", float, 4.0),
     )
 
     net_readers = _tables(src, "networks", _NETWORK, {"name", "subnet"})

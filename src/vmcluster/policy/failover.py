@@ -65,10 +65,10 @@ class CannotPlace:
 
 @dataclass(frozen=True)
 class FailoverParams:
-    """``cpu_overcommit`` vCPUs per core (1.0: a TCG VM needs a core); memory is never
-    overcommitted; ``reserve_memory_mib`` is kept free on every host."""
+    """``cpu_overcommit`` vCPUs per core (None: the spec's ``cluster.vcpus_per_core``);
+    memory is never overcommitted; ``reserve_memory_mib`` is kept free on every host."""
 
-    cpu_overcommit: float = 1.0
+    cpu_overcommit: float | None = None
     reserve_memory_mib: int = 0
     stop_budget_s: float = 1.0
 
@@ -113,7 +113,8 @@ class _Loads:
         return n.memory_mib - self.params.reserve_memory_mib - self.mem[node]
 
     def free_cpu(self, node: str) -> float:
-        return self.spec.node(node).cores * self.params.cpu_overcommit - self.cpu[node]
+        ratio = self.params.cpu_overcommit or self.spec.cluster.vcpus_per_core
+        return self.spec.node(node).cores * ratio - self.cpu[node]
 
     def fits(self, vm: Vm, node: str) -> bool:
         return vm.memory_mib <= self.free_mem(node) and vm.vcpus <= self.free_cpu(node)
