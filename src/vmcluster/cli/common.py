@@ -14,7 +14,9 @@ from rich.console import Console
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 
-__all__ = ["ProgressLine", "console", "emit_json", "json_option", "load", "spec_option"]
+__all__ = [
+    "ProgressLine", "console", "emit_json", "json_option", "lab_option", "load", "spec_option",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 console = Console(highlight=False)
@@ -30,6 +32,15 @@ def spec_option(default: str | None = "examples/lab.toml") -> Callable[[F], F]:
         required=default is None,
         show_default=default is not None,
         help="Cluster spec file (TOML).",
+    )
+
+
+def lab_option(
+    dest: str = "lab_name", default: str = "the only lab that is up"
+) -> Callable[[F], F]:
+    """``--lab LAB`` (also spelled ``--name``): which lab a command acts on."""
+    return click.option(
+        "--lab", "--name", dest, default=None, metavar="LAB", help=f"Lab name (default: {default})."
     )
 
 

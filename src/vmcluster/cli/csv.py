@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from vmcluster.cli.common import lab_option
 from vmcluster.csv.coordinator import observe, volume_access
 from vmcluster.csv.storage import san_target
 from vmcluster.lab.client import AgentClient, AgentDown
@@ -47,7 +48,7 @@ def csv_status(layout: LabLayout) -> dict[str, Any]:
 
 
 @csv.command("status")
-@click.option("--name", "name", default=None, help="lab name (default: the only lab up)")
+@lab_option("name")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def status(name: str | None, as_json: bool) -> None:
     """Coordinator per volume; per node: direct / redirected via NODE over NETWORK / none."""

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from vmcluster.cli.common import lab_option
 from vmcluster.control.events import event_from_json
 from vmcluster.lab.lab import resolve_lab
 from vmcluster.lab.services import lab_store
@@ -27,7 +28,7 @@ def _line(seq: int, rec: dict[str, Any]) -> str:
 
 
 @click.command("events")
-@click.option("--lab", "lab_name", default=None, help="lab name (default: the only one up)")
+@lab_option()
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events (Ctrl-C ends)")
 @click.option("--after", type=int, default=0, show_default=True, help="only events after SEQ")
 @click.option("--last", type=int, default=None, help="only the last N past events")

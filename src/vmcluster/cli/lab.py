@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
+from vmcluster.cli.common import lab_option
 from vmcluster.lab.lab import lab_down, lab_up, resolve_lab, set_net
 from vmcluster.substrate.protocol import SubstrateStatus
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["lab"]
 
-_NAME = click.option("--name", "name", default=None, help="lab name (default: the only lab up)")
+_NAME = lab_option("name")
 
 
 @click.group()
@@ -24,7 +25,7 @@ def lab() -> None:
 @lab.command("up")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("examples/lab.toml"), show_default=True)
-@click.option("--name", "name", default=None, help="lab name (default: the spec's cluster name)")
+@lab_option("name", "the spec's cluster name")
 @click.option("--json", "as_json", is_flag=True, help="print the final status as JSON")
 def up(spec_path: Path, name: str | None, as_json: bool) -> None:
     """Create namespaces, links, agents and boot the spec's VMs."""

@@ -10,6 +10,7 @@ import json
 
 import click
 
+from vmcluster.cli.common import lab_option
 from vmcluster.control.consolidate import ConsolidationPlan, make_plan, observe
 from vmcluster.control.consolidate_apply import ApplyReport, Step, apply
 from vmcluster.errors import MigrationError
@@ -20,7 +21,7 @@ __all__ = ["consolidate"]
 
 
 @click.command("consolidate")
-@click.option("--name", "name", default=None, help="lab name (default: the only lab up)")
+@lab_option("name")
 @click.option("--policy", default="ours", show_default=True,
               help="ours, lr-mmt-1.2, thr-mmt-0.8 (any <detector>-<selection>[-<param>])")
 @click.option("--apply", "do_apply", is_flag=True,

@@ -6,12 +6,13 @@ import json
 
 import click
 
+from vmcluster.cli.common import lab_option
 from vmcluster.lab.faults import crash_node, isolate_node, rejoin_node, start_node
 from vmcluster.lab.lab import resolve_lab
 
 __all__ = ["node"]
 
-_NAME = click.option("--name", "name", default=None, help="lab name (default: the only lab up)")
+_NAME = lab_option("name")
 _JSON = click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from vmcluster.cli.common import lab_option
 from vmcluster.control.drain import drain, resume
 from vmcluster.lab.lab import resolve_lab
 from vmcluster.lab.services import lab_store
@@ -18,7 +19,7 @@ from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["node"]
 
-_LAB = click.option("--lab", "lab_name", default=None, help="lab name (default: the only one up)")
+_LAB = lab_option()
 
 
 @click.group()

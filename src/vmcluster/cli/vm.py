@@ -7,7 +7,7 @@ import time
 
 import click
 
-from vmcluster.cli.common import ProgressLine
+from vmcluster.cli.common import ProgressLine, lab_option
 from vmcluster.errors import MigrationError
 from vmcluster.lab.lab import resolve_lab
 from vmcluster.lab.observe import migrate_observed
@@ -16,7 +16,7 @@ from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["vm"]
 
-_LAB = click.option("--lab", "lab_name", default=None, help="lab name (default: the only one up)")
+_LAB = lab_option()
 
 
 def _sub(lab_name: str | None) -> QemuSubstrate:
