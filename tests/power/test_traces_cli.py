@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,17 @@ def test_cli_bad_input_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as exc2:
         main(["evaluate", "--policies", "nope"])
     assert exc2.value.code == 2
+
+
+def test_cli_plot_writes_png_charts(tmp_path: Path) -> None:
+    out = tmp_path / "charts"
+    res = subprocess.run(
+        [sys.executable, "-m", "vmcluster", "evaluate", "--days", "20110306",
+         "--policies", "thr-mmt-0.8,ours", "--workers", "1", "--plot", str(out), "--json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    pngs = sorted(out.glob("*.png"))
+    assert pngs, "no chart written"
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -21,7 +21,7 @@ __all__ = ["tour"]
 SEED = "examples/seed.toml"
 LAB = "examples/lab.toml"
 Step = tuple[str, str]
-WAIT_FAILOVER = "lab status --name tour  # after every VM runs again"
+WAIT_FAILOVER = "lab status --lab tour  # after every VM runs again"
 
 NETWORKS: Sequence[Step] = (
     ("The blog's cluster, as `cluster net /prop` lists it", f"net prop --spec {SEED}"),
@@ -52,8 +52,8 @@ PREDICT: Sequence[Step] = (
     ),
 )
 LAB_TOUR: Sequence[Step] = (
-    ("Real hosts: namespaces, bridges, agents, QEMU guests", f"lab up --spec {LAB} --name tour"),
-    ("The lab's state", "lab status --name tour"),
+    ("Real hosts: namespaces, bridges, agents, QEMU guests", f"lab up --spec {LAB} --lab tour"),
+    ("The lab's state", "lab status --lab tour"),
     (
         "Live migration over the network the policy picks, a client watching",
         "vm migrate web --to node2 --lab tour",
@@ -61,36 +61,36 @@ LAB_TOUR: Sequence[Step] = (
     ("... and on to the third node", "vm migrate web --to node3 --lab tour"),
     ("... and back home", "vm migrate web --to node1 --lab tour"),
     ("db moves too", "vm migrate db --to node3 --lab tour"),
-    ("Cut the live-migration network", "lab net down Migration --name tour"),
+    ("Cut the live-migration network", "lab net down Migration --lab tour"),
     ("Which network now carries live migration", f"route --spec {LAB} --down Migration"),
     (
         "Migrate again: it goes over the next network of the order",
         "vm migrate db --to node2 --lab tour",
     ),
-    ("The network comes back", "lab net up Migration --name tour"),
+    ("The network comes back", "lab net up Migration --lab tour"),
     (
         "Quick migration, the predecessor, for comparison",
         "vm migrate batch --to node1 --quick --lab tour",
     ),
     (
         "Cluster shared volumes: the coordinator, and how each node reaches the LUN",
-        "csv status --name tour",
+        "csv status --lab tour",
     ),
-    ("node1 loses its storage path (its iSCSI link is cut)", "lab storage down node1 --name tour"),
-    ("web keeps running: its disk I/O goes over the cluster network", "csv status --name tour"),
+    ("node1 loses its storage path (its iSCSI link is cut)", "lab storage down node1 --lab tour"),
+    ("web keeps running: its disk I/O goes over the cluster network", "csv status --lab tour"),
     ("Every write web acknowledged is on the LUN", "vm check-disk web --lab tour"),
-    ("The path comes back: direct I/O again", "lab storage up node1 --name tour"),
+    ("The path comes back: direct I/O again", "lab storage up node1 --lab tour"),
     ("web's disk moves with it in a live migration", "vm migrate web --to node3 --lab tour"),
     ("Still nothing lost", "vm check-disk web --lab tour"),
-    ("Where everything is now", "lab status --name tour"),
-    ("A node dies: every process of node2 gets SIGKILL", "lab node crash node2 --name tour"),
+    ("Where everything is now", "lab status --lab tour"),
+    ("A node dies: every process of node2 gets SIGKILL", "lab node crash node2 --lab tour"),
     ("Heartbeats miss, the manager restarts node2's VMs on the others", WAIT_FAILOVER),
     ("Nothing ran twice, nothing was lost", "vm check-disk db --lab tour"),
     ("What the cluster saw, from its event log", "events --lab tour --last 12"),
-    ("node2 boots again and rejoins", "lab node start node2 --name tour"),
+    ("node2 boots again and rejoins", "lab node start node2 --lab tour"),
     ("Drain a node for maintenance: its VMs live-migrate away", "node drain node3 --lab tour"),
     ("... and put it back in service", "node resume node3 --lab tour"),
-    ("Power: the plan the consolidation policy makes for this lab", "lab consolidate --name tour"),
+    ("Power: the plan the consolidation policy makes for this lab", "lab consolidate --lab tour"),
 )
 POWER: Sequence[Step] = (
     ("Core parking on a host: as few cores as the load needs", "power density 0.3 0.2 0.05"),
@@ -139,7 +139,7 @@ def run_lab_tour() -> None:
             run_step(title, args.partition("  #")[0])
     finally:
         console.rule("[bold]Tear the lab down: no namespace, process or file is left")
-        console.print("[dim]$ vmcluster lab down --name tour[/dim]")
+        console.print("[dim]$ vmcluster lab down --lab tour[/dim]")
         lab_down(LabLayout("tour"))
         console.print("lab 'tour' is down")
 
