@@ -16,7 +16,7 @@ from vmcluster.power.density import park_cores
 from vmcluster.power.evaluate import Result, parse_policies, sweep
 from vmcluster.power.traces import default_trace_dir, list_days
 
-__all__ = ["evaluate", "power"]
+__all__ = ["evaluate", "power", "show_results"]
 
 DEFAULT_POLICIES = "npa,dvfs,thr-mmt-0.8,iqr-mmt-1.5,mad-mmt-2.5,lr-mmt-1.2,lrr-mmt-1.2,ours"
 METRICS = ("energy_kwh", "slatah", "pdm", "slav", "esv", "migrations")
@@ -120,7 +120,16 @@ def evaluate(traces: Path | None, policies: str, days: str, plot_dir: Path | Non
         load_day(f)
     results = sweep(names, files, workers=workers, scheduler=scheduler, seed=seed,
                     clock=time.perf_counter, progress=progress)
-    day_names = [f.stem for f in files]
+    show_results(results, [f.stem for f in files], as_json=as_json,
+                 compare_cloudsim=compare_cloudsim, plot_dir=plot_dir)
+
+
+def show_results(results: list[Result], day_names: list[str], *, as_json: bool,
+                 compare_cloudsim: bool = False, plot_dir: Path | None = None,
+                 title: str = "Consolidation on PlanetLab traces (800 hosts)") -> None:
+    """The metrics table (or one JSON object), and charts when ``plot_dir`` is given."""
+    names = list(dict.fromkeys(r.policy for r in results))
+    console = Console(stderr=True)
     if plot_dir is not None:
         for png in _plot(results, plot_dir):
             if not as_json:
@@ -131,7 +140,7 @@ def evaluate(traces: Path | None, policies: str, days: str, plot_dir: Path | Non
             out["cloudsim_mean"] = _cloudsim_means(names, day_names)
         emit_json(out)
         return
-    table = Table(title="Consolidation on PlanetLab traces (800 hosts)")
+    table = Table(title=title)
     for col in ("policy", "day", "energy kWh", "SLATAH", "PDM", "SLAV", "ESV", "migrations"):
         table.add_column(col, justify="left" if col in ("policy", "day") else "right")
     for r in results:

@@ -16,20 +16,40 @@ from vmcluster.cli.common import console, emit_json, json_option
 from vmcluster.control.scenario import load_scenario
 from vmcluster.control.simulate import Report, run_scenario
 from vmcluster.errors import UsageError
+from vmcluster.model.tomlsource import load_toml
+from vmcluster.power.scenario import is_power_scenario
 
 __all__ = ["simulate"]
 
 
 @click.command()
-@click.argument("scenario", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("scenario", type=click.Path(path_type=Path))
 @json_option
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every event as JSON lines (same seed, same bytes).")
 @click.option("--plot", "plot_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write PNG charts into this directory.")
+@click.option("--policy", default=None,
+              help="Consolidation policy for a datacenter scenario or trace directory "
+                   "(default: the scenario's, or ours).")
 def simulate(scenario: Path, as_json: bool, trace_path: Path | None,
-             plot_dir: Path | None) -> None:
-    """Simulate SCENARIO (a TOML file) and report migrations, traffic, failures, energy."""
+             plot_dir: Path | None, policy: str | None) -> None:
+    """Simulate SCENARIO and report what happened.
+
+    SCENARIO is a cluster scenario (TOML: a spec, workload, events; migrations,
+    traffic, failures and energy are reported), a datacenter consolidation
+    scenario (TOML with [datacenter], e.g. examples/scenarios/planetlab-*.toml),
+    or a directory of PlanetLab-style day traces (one CSV per day).
+    """
+    if scenario.is_dir() or is_power_scenario(load_toml(scenario).data):
+        if trace_path is not None:
+            raise UsageError("--trace is for cluster scenarios; a datacenter run has no "
+                             "event trace")
+        _consolidation(scenario, policy, as_json, plot_dir)
+        return
+    if policy is not None:
+        raise UsageError("--policy is for datacenter scenarios and trace directories; a "
+                         "cluster scenario sets its policy in [policy]")
     scn = load_scenario(scenario)
     events: list[dict[str, Any]] = []
     err = Console(stderr=True)
@@ -55,6 +75,34 @@ def simulate(scenario: Path, as_json: bool, trace_path: Path | None,
         emit_json(report.to_json())
         return
     _print(report, wall)
+
+
+def _consolidation(path: Path, policy: str | None, as_json: bool,
+                   plot_dir: Path | None) -> None:
+    """A datacenter day (or every day of a trace directory) under one consolidation policy."""
+    from vmcluster.cli.evaluate import show_results
+    from vmcluster.power.evaluate import parse_policies, sweep
+    from vmcluster.power.scenario import Scenario
+    from vmcluster.power.scenario import load_scenario as load_power_scenario
+    from vmcluster.power.traces import list_days, load_day
+
+    if path.is_dir():
+        setup, files = Scenario(name=path.name, policy="ours"), list_days(path)
+    else:
+        setup = load_power_scenario(path)
+        if not setup.trace:
+            raise UsageError(f"{path}: [simulation] names no trace; add trace = \"...\"")
+        files = [Path(setup.trace)]
+    names = parse_policies(policy or setup.policy)
+    for f in files:  # a bad row is reported before any work starts
+        load_day(f)
+    err = Console(stderr=True)
+    results = sweep(names, files, workers=1 if len(files) == 1 else None, scenario=setup,
+                    clock=time.perf_counter,
+                    progress=None if as_json else lambda r: err.print(
+                        f"{r.policy} {r.day}: simulated in {r.wall_s:.1f} s"))
+    show_results(results, [f.stem for f in files], as_json=as_json, plot_dir=plot_dir,
+                 title=f"{setup.name}: {setup.hosts} hosts, consolidation by {', '.join(names)}")
 
 
 def _write(path: Path, text: str) -> None:

@@ -82,10 +82,14 @@ def parse_policies(text: str) -> list[str]:
 
 
 def run_day(policy: str, trace_path: str, seed: int = 0, hosts: int | None = None,
-            clock: Callable[[], float] | None = None) -> Result:
-    """Simulate one policy on one day's CSV (a top-level function, so pools can pickle it)."""
+            clock: Callable[[], float] | None = None,
+            scenario: Scenario | None = None) -> Result:
+    """Simulate one policy on one day's CSV (a top-level function, so pools can pickle it).
+
+    ``scenario`` gives the datacenter (hosts, VM types, interval); the paper's by default.
+    """
     trace = load_day(Path(trace_path))
-    dc = Scenario().datacenter(trace.n_vms, hosts)
+    dc = (scenario or Scenario()).datacenter(trace.n_vms, hosts)
     decide = make_policy(policy)
     t0 = clock() if clock else 0.0
     placement = "first-fit" if decide is None else "pabfd"
@@ -101,7 +105,7 @@ def run_day(policy: str, trace_path: str, seed: int = 0, hosts: int | None = Non
 def sweep(
     policies: Sequence[str], trace_paths: Sequence[Path], *, workers: int | None = None,
     scheduler: str | None = None, seed: int = 0, clock: Callable[[], float] | None = None,
-    progress: Callable[[Result], None] | None = None,
+    progress: Callable[[Result], None] | None = None, scenario: Scenario | None = None,
 ) -> list[Result]:
     """Every policy on every day, in parallel; results in (policy, day) input order."""
     jobs = [(p, str(t)) for p in policies for t in trace_paths]
@@ -119,7 +123,10 @@ def sweep(
                 "check the address (tcp://HOST:PORT) and that the scheduler runs"
             ) from exc
         try:
-            futs = [client.submit(run_day, p, t, seed, None, clock, pure=False) for p, t in jobs]
+            futs = [
+                client.submit(run_day, p, t, seed, None, clock, scenario, pure=False)
+                for p, t in jobs
+            ]
             for (p, t), fut in zip(jobs, futs, strict=True):
                 results[(p, t)] = fut.result()
                 if progress:
@@ -128,12 +135,14 @@ def sweep(
             client.close()
     elif workers == 1:
         for p, t in jobs:
-            results[(p, t)] = run_day(p, t, seed, None, clock)
+            results[(p, t)] = run_day(p, t, seed, None, clock, scenario)
             if progress:
                 progress(results[(p, t)])
     else:
         with cf.ProcessPoolExecutor(max_workers=workers) as pool:
-            fmap = {pool.submit(run_day, p, t, seed, None, clock): (p, t) for p, t in jobs}
+            fmap = {
+                pool.submit(run_day, p, t, seed, None, clock, scenario): (p, t) for p, t in jobs
+            }
             for fut in cf.as_completed(fmap):
                 results[fmap[fut]] = fut.result()
                 if progress:

@@ -8,17 +8,20 @@ Defaults are Beloglazov & Buyya's / CloudSim 3.0.3's (``examples/power/Constants
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from vmcluster.errors import SpecError
+from vmcluster.model.tomlsource import TableRef, TomlSource, load_toml
 from vmcluster.power.engine import Datacenter
 from vmcluster.power.models import HP_ML110_G4, HP_ML110_G5, SpecPowerModel
+from vmcluster.power.traces import default_trace_dir
 
-__all__ = ["HostType", "Scenario", "VmType", "load_scenario"]
+__all__ = [
+    "HostType", "Scenario", "VmType", "is_power_scenario", "load_scenario", "scenario_from_source",
+]
 
 _MODELS: dict[str, SpecPowerModel] = {"ml110-g4": HP_ML110_G4, "ml110-g5": HP_ML110_G5}
 
@@ -75,36 +78,82 @@ class Scenario:
         )
 
 
+_TOP = {"name", "datacenter", "vm_types", "simulation", "policy"}
+_DC = {"hosts", "host_types"}
+_HOST = {"power_model", "pe_mips", "pes", "ram_mb", "bw_mbit"}
+_VM = {"mips", "ram_mb", "bw_mbit"}
+_SIM = {"interval_s", "duration_s", "trace"}
+_POLICY = {"name"}
+
+
+def is_power_scenario(data: dict[str, object]) -> bool:
+    """A datacenter-consolidation scenario (rather than a cluster scenario for the sim)."""
+    return "datacenter" in data or "vm_types" in data
+
+
+def _number(src: TomlSource, table: TableRef, data: dict[str, Any], key: str,
+            default: float | None = None) -> float:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise src.error(table, key, f"{key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _trace_path(src: TomlSource, text: str) -> Path:
+    """A trace named relative to the scenario file, else to the package's data."""
+    here = Path(src.filename).parent / text
+    if here.exists():
+        return here
+    shipped = default_trace_dir().parent / text
+    if shipped.exists():
+        return shipped
+    raise src.error(TableRef("simulation"), "trace", f"no trace file {text!r}",
+                    "give a path relative to the scenario file, or planetlab/<day>.csv")
+
+
 def load_scenario(path: Path) -> Scenario:
-    """Read a scenario TOML; errors name the file and what to fix."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpecError(str(path), f"cannot read scenario: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(str(path), f"invalid TOML: {exc}") from exc
-    try:
-        dc = data.get("datacenter", {})
-        hts = tuple(
-            HostType(str(h["power_model"]), float(h["pe_mips"]), int(h["pes"]),
-                     float(h["ram_mb"]), float(h["bw_mbit"]))
-            for h in dc.get("host_types", [])
-        ) or PAPER_HOSTS
-        for h in hts:
-            if h.power_model not in _MODELS:
-                raise SpecError(str(path), f"unknown power model {h.power_model!r}",
-                                f"known: {', '.join(_MODELS)}")
-        vts = tuple(
-            VmType(float(v["mips"]), float(v["ram_mb"]), float(v.get("bw_mbit", 100)))
-            for v in data.get("vm_types", [])
-        ) or PAPER_VMS
-        sim = data.get("simulation", {})
-        return Scenario(
-            name=str(data.get("name", path.stem)), hosts=int(dc.get("hosts", 800)),
-            host_types=hts, vm_types=vts, interval_s=float(sim.get("interval_s", 300)),
-            duration_s=float(sim.get("duration_s", 86400)), trace=str(sim.get("trace", "")),
-            policy=str(data.get("policy", {}).get("name", "lr-mmt-1.2")),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SpecError(str(path), f"bad scenario field: {exc}",
-                        "see examples/scenarios/planetlab-*.toml") from exc
+    """Read a scenario TOML; errors name file:line and what to fix."""
+    return scenario_from_source(load_toml(path))
+
+
+def scenario_from_source(src: TomlSource) -> Scenario:
+    data = src.data
+    for key in data:
+        if key not in _TOP:
+            raise src.error(None, None, f"unknown top-level key {key!r}",
+                            f"allowed: {', '.join(sorted(_TOP))}")
+    dc = data.get("datacenter", {})
+    dct = TableRef("datacenter")
+    src.check_keys(dct, dc, _DC, set())
+    hts = []
+    for i, h in enumerate(dc.get("host_types", [])):
+        t = TableRef("datacenter.host_types", i)
+        src.check_keys(t, h, _HOST, _HOST - {"bw_mbit"})
+        if h["power_model"] not in _MODELS:
+            raise src.error(t, "power_model", f"unknown power model {h['power_model']!r}",
+                            f"known: {', '.join(_MODELS)}")
+        hts.append(HostType(str(h["power_model"]), _number(src, t, h, "pe_mips"),
+                            int(_number(src, t, h, "pes")), _number(src, t, h, "ram_mb"),
+                            _number(src, t, h, "bw_mbit", 1000.0)))
+    vts = []
+    for i, v in enumerate(data.get("vm_types", [])):
+        t = TableRef("vm_types", i)
+        src.check_keys(t, v, _VM, {"mips", "ram_mb"})
+        vts.append(VmType(_number(src, t, v, "mips"), _number(src, t, v, "ram_mb"),
+                          _number(src, t, v, "bw_mbit", 100.0)))
+    sim = data.get("simulation", {})
+    simt = TableRef("simulation")
+    src.check_keys(simt, sim, _SIM, set())
+    pol = data.get("policy", {})
+    src.check_keys(TableRef("policy"), pol, _POLICY, set())
+    trace = sim.get("trace")
+    return Scenario(
+        name=str(data.get("name", Path(src.filename).stem)),
+        hosts=int(_number(src, dct, dc, "hosts", 800)),
+        host_types=tuple(hts) or PAPER_HOSTS,
+        vm_types=tuple(vts) or PAPER_VMS,
+        interval_s=_number(src, simt, sim, "interval_s", 300.0),
+        duration_s=_number(src, simt, sim, "duration_s", 86400.0),
+        trace="" if trace is None else str(_trace_path(src, str(trace))),
+        policy=str(pol.get("name", "lr-mmt-1.2")),
+    )
