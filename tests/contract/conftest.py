@@ -1,17 +1,28 @@
-"""One contract suite, every substrate: add a factory to ``FACTORIES`` and a param below.
+"""One contract suite, every substrate: a factory in ``FACTORIES`` and a param below.
 
-The qemu substrate joins with ``pytest.param("qemu", marks=pytest.mark.lab)`` and a
-factory that builds the lab for the spec and tears it down after the test.
+``sim`` builds a fresh :class:`SimSubstrate` per test. ``qemu`` brings up one lab
+(``examples/lab.toml``, named ``k<pid>``) per test module, stops its control plane
+(etcd, heartbeats, manager candidates: a manager would restart the VMs the tests
+stop or crash, and the contract is the substrate's, not the manager's), and puts
+the lab back to "every node up, every link up, no VM running" before and after
+each test instead of rebuilding it. At the end of the module the lab is taken
+down and the module fails if any namespace, state file or process is left.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
+from vmcluster.errors import SubstrateError
+from vmcluster.lab import netns
+from vmcluster.lab.lab import lab_down, lab_up
+from vmcluster.lab.layout import LabLayout
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 from vmcluster.substrate.protocol import Substrate
@@ -19,14 +30,76 @@ from vmcluster.substrate.sim import SimSubstrate
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
 
+Factory = Callable[[pytest.FixtureRequest, ClusterSpec], AbstractContextManager[Substrate]]
+
 
 @contextmanager
-def sim_substrate(spec: ClusterSpec) -> Iterator[Substrate]:
+def sim_substrate(request: pytest.FixtureRequest, spec: ClusterSpec) -> Iterator[Substrate]:
     yield SimSubstrate(spec)
 
 
-FACTORIES: dict[str, Callable[[ClusterSpec], AbstractContextManager[Substrate]]] = {
+@pytest.fixture(scope="module")
+def qemu_lab() -> Iterator[LabLayout]:
+    """One lab for the module, without its control plane; checked clean at the end."""
+    from vmcluster.lab.services import services_file, stop_services
+
+    layout = LabLayout(f"k{os.getpid()}"[:12])
+    try:
+        lab_up(LAB, layout.name, say=lambda _m: None)
+        stop_services(layout)
+        # Without services.json, a node started again (set_node/set_power) gets its agent
+        # only: see start_node_services.
+        services_file(layout).unlink()
+        yield layout
+    finally:
+        lab_down(layout)
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert not netns.lab_namespaces(layout)
+        assert not layout.state_dir.exists()
+        assert str(layout.state_dir) + "/" not in ps
+        assert f"--lab {layout.name} " not in ps
+
+
+def reset_lab(sub: Substrate, spec: ClusterSpec) -> None:
+    """Every node up, every link and storage path up, no VM (nor migration target) left."""
+    from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+    assert isinstance(sub, QemuSubstrate)
+    for node in sub.status().nodes:
+        if node.state != "up":
+            sub.set_node(node.name, True)
+    for nd in spec.nodes:
+        for net in nd.interfaces:
+            if not netns.link_is_up(sub.layout, net, nd.name):
+                sub.set_link(net, nd.name, True)
+    for node in sub.status().nodes:
+        if not node.storage_path:
+            sub.set_storage_path(node.name, True)
+    for vm in spec.vms:
+        sub.stop_vm(vm.name)
+        for nd in spec.nodes:  # an incoming QEMU a test left behind on a target
+            sub.agent(nd.name).call("stop", timeout_s=30, vm=vm.name)
+    for nd in spec.nodes:
+        if sub.agent(nd.name).call("list", timeout_s=10)["vms"]:
+            raise SubstrateError(f"reset: {nd.name} still runs QEMUs")
+
+
+@contextmanager
+def qemu_substrate(request: pytest.FixtureRequest, spec: ClusterSpec) -> Iterator[Substrate]:
+    from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+    layout: LabLayout = request.getfixturevalue("qemu_lab")
+    sub = QemuSubstrate(layout, spec)
+    reset_lab(sub, spec)
+    try:
+        yield sub
+    finally:
+        reset_lab(QemuSubstrate(layout, spec), spec)
+
+
+FACTORIES: dict[str, Factory] = {
     "sim": sim_substrate,
+    "qemu": qemu_substrate,
 }
 
 
@@ -35,7 +108,7 @@ def spec() -> ClusterSpec:
     return load_spec(LAB)
 
 
-@pytest.fixture(params=[pytest.param("sim")])
+@pytest.fixture(params=[pytest.param("sim"), pytest.param("qemu", marks=pytest.mark.lab)])
 def substrate(request: pytest.FixtureRequest, spec: ClusterSpec) -> Iterator[Substrate]:
-    with FACTORIES[request.param](spec) as sub:
+    with FACTORIES[request.param](request, spec) as sub:
         yield sub

@@ -33,7 +33,13 @@ Live migration, a phased protocol (as Ganeti's KVM driver)
     with ARP), the source is released, ownership moves in one step; otherwise
     it rolls back: the target is cleaned up and the VM runs on the source.
     ``finalize`` returns a :class:`MigrationResult` and never loses the VM.
-    Every phase is idempotent.
+    Every phase is idempotent: preparing the same VM, target and network again
+    returns the same handle (another target while one is live raises
+    ``MigrationError``), starting twice starts once, finalizing twice returns
+    the first result. A network that goes down under a migration makes ``poll``
+    report ``failed`` (at once in sim; in qemu once no bytes moved for
+    ``stall_s``). ``sent`` counts bytes on the wire, which in qemu is less than
+    the VM's memory (an untouched page costs a few bytes).
 
 Faults and power
     ``set_link(network, node, up)`` takes one node's interface on a network

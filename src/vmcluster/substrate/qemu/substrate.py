@@ -83,6 +83,7 @@ class _Attempt:
     error: str | None = None
     forced: bool = False
     last_info: dict[str, Any] = field(default_factory=dict)
+    handle: MigrationHandle | None = None
 
 
 class QemuSubstrate:
@@ -100,6 +101,7 @@ class QemuSubstrate:
         self.queue_timeout_s = queue_timeout_s
         self.on_event: Callable[[str], None] | None = None
         self._attempts: dict[str, _Attempt] = {}
+        self._results: dict[str, MigrationResult] = {}  # finalized attempts, by handle id
         self.last_switches: list[dict[str, Any]] = []
 
     @property
@@ -290,6 +292,11 @@ class QemuSubstrate:
         self.spec.vm(vm)
         tnode = self.spec.node(target)
         net = self.spec.network(network)
+        for att in self._attempts.values():
+            if att.handle is not None and att.handle.vm == vm:
+                if (att.handle.target, att.handle.network) == (target, network):
+                    return att.handle  # idempotent: the attempt already prepared
+                raise MigrationError(f"{vm} is already migrating to {att.handle.target}")
         source = self.owner(vm)
         if source is None:
             raise MigrationError(f"{vm} is not running; start it before migrating")
@@ -314,10 +321,12 @@ class QemuSubstrate:
             for f in slots:
                 f.close()
             raise MigrationError(f"cannot prepare {target} to receive {vm}: {exc}") from exc
-        self._attempts[hid] = _Attempt(str(reply["uri"]), slots, self._clock.now())
+        handle = MigrationHandle(vm, source, target, network, hid)
+        self._attempts[hid] = _Attempt(str(reply["uri"]), slots, self._clock.now(),
+                                       handle=handle)
         with update_state(self.layout) as st:
             st["vms"][vm]["migrating_to"] = target
-        return MigrationHandle(vm, source, target, network, hid)
+        return handle
 
     def _attempt(self, handle: MigrationHandle) -> _Attempt:
         try:
@@ -327,6 +336,8 @@ class QemuSubstrate:
 
     def start_migration(self, handle: MigrationHandle, params: MigrationParams) -> None:
         att = self._attempt(handle)
+        if att.params is not None:
+            return  # idempotent: QEMU is already migrating this attempt
         att.params = params
         net = self.spec.network(handle.network)
         if params.bandwidth_mibps is not None:
@@ -385,6 +396,8 @@ class QemuSubstrate:
         return progress
 
     def finalize_migration(self, handle: MigrationHandle, success: bool) -> MigrationResult:
+        if handle.id in self._results:
+            return self._results[handle.id]  # idempotent: the attempt already ended
         att = self._attempts.get(handle.id)
         src, tgt = self.agent(handle.source), self.agent(handle.target)
         try:
@@ -393,6 +406,10 @@ class QemuSubstrate:
             info = att.last_info if att else {}
         completed = info.get("status") == "completed"
         error = None if completed else (att.error if att and att.error else None)
+        if completed and not success:
+            # The contract: without ``success`` it rolls back. The target never ran, so
+            # resuming the source (paused after the copy) leaves exactly one copy.
+            completed, error = False, "rolled back by finalize"
         ok = False
         if completed:
             # QEMU finished the copy: the target holds the VM now. Going back would risk two
@@ -421,7 +438,7 @@ class QemuSubstrate:
         ram = info.get("ram", {})
         total_s = (info.get("total-time", 0) / 1000.0) if ok else (
             self._clock.now() - att.t0 if att else 0.0)
-        return MigrationResult(
+        result = MigrationResult(
             vm=handle.vm, source=handle.source, target=handle.target, network=handle.network,
             ok=ok, passes=int(ram.get("dirty-sync-count", 0)),
             sent_mib=int(ram.get("transferred", 0)) / MIB, total_s=float(total_s),
@@ -429,6 +446,8 @@ class QemuSubstrate:
             error=None if ok else error,
             extra={"setup_ms": info.get("setup-time"), "mbps": info.get("ram", {}).get("mbps")},
         )
+        self._results[handle.id] = result
+        return result
 
     def _rollback(self, handle: MigrationHandle) -> str | None:
         problems = []
