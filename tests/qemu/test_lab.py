@@ -155,12 +155,12 @@ def test_quick_migration(lab: QemuSubstrate) -> None:
 
 def test_concurrency_limit_queues_the_third_migration(lab: QemuSubstrate) -> None:
     limit = lab.spec.cluster.max_concurrent_migrations
-    held = [lab._try_slot("node1", limit) for _ in range(limit)]
+    held = [lab.migrations.try_slot("node1", limit) for _ in range(limit)]
     assert all(f is not None for f in held)
-    assert lab._try_slot("node1", limit) is None  # a third must wait
+    assert lab.migrations.try_slot("node1", limit) is None  # a third must wait
     for f in held:
         assert f is not None
         f.close()
-    again = lab._try_slot("node1", limit)
+    again = lab.migrations.try_slot("node1", limit)
     assert again is not None
     again.close()

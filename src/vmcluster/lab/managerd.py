@@ -32,7 +32,8 @@ from vmcluster.store.election import Fence
 from vmcluster.store.errors import Fenced
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
-from vmcluster.substrate.qemu.substrate import MIB, QemuSubstrate
+from vmcluster.substrate.qemu.migration import MIB
+from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["LabActuator", "main"]
 

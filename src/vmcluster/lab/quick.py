@@ -12,7 +12,8 @@ import contextlib
 from vmcluster.errors import MigrationError, SubstrateError
 from vmcluster.lab.state import update_state
 from vmcluster.substrate.protocol import MigrationResult
-from vmcluster.substrate.qemu.substrate import MIB, QemuSubstrate
+from vmcluster.substrate.qemu.migration import MIB
+from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["quick_migrate"]
 

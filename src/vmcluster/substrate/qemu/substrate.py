@@ -3,31 +3,20 @@
 Each method is a call (or a few) to the node agents over their unix sockets;
 VM ownership lives in the lab state file and moves in one atomic write at
 switchover. Migration follows the phased protocol of
-:mod:`vmcluster.substrate.protocol`: ``prepare`` starts an incoming QEMU on
-the target listening on the target's address on the chosen network,
-``start`` migrates the source to it with the downtime budget and bandwidth
-cap, ``poll`` reads ``query-migrate`` (and calls a migration that moves no
-bytes for ``stall_s`` failed: a cut network never makes QEMU give up on its
-own), and ``finalize`` either hands the VM to the target (``cont``,
-``announce-self``, ownership, source quits) or rolls back (cancel, resume on
-the source, target removed). A per-node limit on concurrent migrations is
-kept with ``flock`` slot files, so it holds across processes and frees
-itself when a process dies.
+:mod:`vmcluster.substrate.protocol`, implemented in
+:mod:`vmcluster.substrate.qemu.migration`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
 import psutil
 
-from vmcluster.errors import MigrationError, SubstrateError, UsageError
+from vmcluster.errors import SubstrateError, UsageError
 from vmcluster.lab import netns
 from vmcluster.lab.client import AgentClient, AgentDown, start_agent
 from vmcluster.lab.layout import LabLayout
@@ -39,23 +28,15 @@ from vmcluster.substrate.protocol import (
     MigrationParams,
     MigrationProgress,
     MigrationResult,
-    MigrationStatus,
     NodeStatus,
     SubstrateStatus,
     VmState,
     VmStatus,
 )
+from vmcluster.substrate.qemu.migration import MIB, QemuMigrations
 from vmcluster.substrate.qemu.vm import VmConfig, mac_for
 
 __all__ = ["QemuSubstrate", "WallClock"]
-
-MIB = 1024 * 1024
-_STATUS: dict[str, MigrationStatus] = {
-    "setup": "setup", "completed": "completed", "failed": "failed", "cancelled": "cancelled",
-    "cancelling": "cancelled",
-}
-_ACTIVE = ("active", "device", "pre-switchover", "wait-unplug")
-
 
 class WallClock:
     """Monotonic wall time since the substrate started."""
@@ -68,22 +49,6 @@ class WallClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(max(0.0, seconds))
-
-
-@dataclass
-class _Attempt:
-    """What this process knows about one migration attempt (by handle id)."""
-
-    uri: str
-    slots: list[IO[str]]
-    t0: float
-    params: MigrationParams | None = None
-    last_bytes: int = -1
-    last_change: float = 0.0
-    error: str | None = None
-    forced: bool = False
-    last_info: dict[str, Any] = field(default_factory=dict)
-    handle: MigrationHandle | None = None
 
 
 class QemuSubstrate:
@@ -100,8 +65,7 @@ class QemuSubstrate:
         self.stall_s = stall_s
         self.queue_timeout_s = queue_timeout_s
         self.on_event: Callable[[str], None] | None = None
-        self._attempts: dict[str, _Attempt] = {}
-        self._results: dict[str, MigrationResult] = {}  # finalized attempts, by handle id
+        self.migrations = QemuMigrations(self)
         self.last_switches: list[dict[str, Any]] = []
 
     @property
@@ -111,7 +75,7 @@ class QemuSubstrate:
     def agent(self, node: str) -> AgentClient:
         return AgentClient(self.layout, node)
 
-    def _say(self, msg: str) -> None:
+    def say(self, msg: str) -> None:
         if self.on_event is not None:
             self.on_event(msg)
 
@@ -136,7 +100,7 @@ class QemuSubstrate:
             kernel=image["kernel"], initrd=image["initrd"], append=append,
             disk=str(self.layout.disk(vm.name)), accel=nd.accel,
             csv=None if vm.volume is None else disk_config(self.layout, self.spec, vm.name, node,
-                                                           owner, say=self._say),
+                                                           owner, say=self.say),
         )
 
     # -- observation ----------------------------------------------------------------
@@ -253,215 +217,18 @@ class QemuSubstrate:
     def resume_vm(self, vm: str) -> None:
         self.agent(self._owned(vm)).call("resume", vm=vm)
 
-    # -- migration ------------------------------------------------------------------------
-    def _acquire_slots(self, nodes: list[str]) -> list[IO[str]]:
-        limit = self.spec.cluster.max_concurrent_migrations
-        held: list[IO[str]] = []
-        deadline = self._clock.now() + self.queue_timeout_s
-        announced = False
-        for node in nodes:
-            while True:
-                got = self._try_slot(node, limit)
-                if got is not None:
-                    held.append(got)
-                    break
-                if not announced:
-                    self._say(f"queued: {node} already runs {limit} migrations; waiting for a slot")
-                    announced = True
-                if self._clock.now() > deadline:
-                    for f in held:
-                        f.close()
-                    raise MigrationError(f"no migration slot on {node} within "
-                                         f"{self.queue_timeout_s:.0f} s")
-                self._clock.sleep(0.2)
-        return held
-
-    def _try_slot(self, node: str, limit: int) -> IO[str] | None:
-        for i in range(limit):
-            path = self.layout.slot_lock(node, i)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            f = path.open("a")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return f
-            except BlockingIOError:
-                f.close()
-        return None
-
+    # -- migration (the phases live in QemuMigrations) -----------------------------------
     def prepare_migration(self, vm: str, target: str, network: str) -> MigrationHandle:
-        self.spec.vm(vm)
-        tnode = self.spec.node(target)
-        net = self.spec.network(network)
-        for att in self._attempts.values():
-            if att.handle is not None and att.handle.vm == vm:
-                if (att.handle.target, att.handle.network) == (target, network):
-                    return att.handle  # idempotent: the attempt already prepared
-                raise MigrationError(f"{vm} is already migrating to {att.handle.target}")
-        source = self.owner(vm)
-        if source is None:
-            raise MigrationError(f"{vm} is not running; start it before migrating")
-        if source == target:
-            raise MigrationError(f"{vm} already runs on {target}; pick another node")
-        for node in (source, target):
-            if network not in self.spec.node(node).interfaces:
-                raise MigrationError(f"{node} has no interface on {network}")
-            if not netns.link_is_up(self.layout, network, node):
-                raise MigrationError(f"{node}'s interface on {network} is down")
-            if not self.agent(node).alive():
-                raise MigrationError(f"node {node} is down; cannot migrate {vm} there")
-        slots = self._acquire_slots(sorted({source, target}))
-        hid = uuid.uuid4().hex[:10]
-        try:
-            cfg = self.vm_config(vm, target)
-            reply = self.agent(target).call(
-                "incoming", timeout_s=60, config=cfg.to_json(), id=hid,
-                uri=f"tcp:{tnode.interfaces[net.name]}:0",
-            )
-        except (SubstrateError, UsageError) as exc:
-            for f in slots:
-                f.close()
-            raise MigrationError(f"cannot prepare {target} to receive {vm}: {exc}") from exc
-        handle = MigrationHandle(vm, source, target, network, hid)
-        self._attempts[hid] = _Attempt(str(reply["uri"]), slots, self._clock.now(),
-                                       handle=handle)
-        with update_state(self.layout) as st:
-            st["vms"][vm]["migrating_to"] = target
-        return handle
-
-    def _attempt(self, handle: MigrationHandle) -> _Attempt:
-        try:
-            return self._attempts[handle.id]
-        except KeyError as exc:
-            raise MigrationError(f"unknown migration {handle.id} of {handle.vm}") from exc
+        return self.migrations.prepare(vm, target, network)
 
     def start_migration(self, handle: MigrationHandle, params: MigrationParams) -> None:
-        att = self._attempt(handle)
-        if att.params is not None:
-            return  # idempotent: QEMU is already migrating this attempt
-        att.params = params
-        net = self.spec.network(handle.network)
-        if params.bandwidth_mibps is not None:
-            bw = params.bandwidth_mibps * MIB
-        elif net.bandwidth_mbps is not None:
-            bw = net.bandwidth_mbps * 1e6 / 8
-        else:
-            bw = 10e9  # unshaped: let QEMU go as fast as it can
-        caps = {"auto-converge": params.on_no_convergence == "throttle"}
-        att.t0 = att.last_change = self._clock.now()
-        self.agent(handle.source).call(
-            "migrate", vm=handle.vm, uri=att.uri, caps=caps,
-            params={"downtime_limit": int(params.downtime_ms), "max_bandwidth": int(bw)},
-        )
+        self.migrations.start(handle, params)
 
     def poll_migration(self, handle: MigrationHandle) -> MigrationProgress:
-        att = self._attempt(handle)
-        try:
-            info = self.agent(handle.source).call("query_migrate", vm=handle.vm)["migrate"]
-        except SubstrateError as exc:
-            att.error = f"lost the source: {exc}"
-            return MigrationProgress("failed", error=att.error)
-        att.last_info = info
-        status = str(info.get("status", "setup"))
-        ram = info.get("ram", {})
-        sent = int(ram.get("transferred", 0))
-        now = self._clock.now()
-        if sent != att.last_bytes:
-            att.last_bytes, att.last_change = sent, now
-        progress = MigrationProgress(
-            status=_STATUS.get(status, "active"),
-            pass_no=int(ram.get("dirty-sync-count", 0)),
-            sent_mib=sent / MIB,
-            remaining_mib=int(ram.get("remaining", 0)) / MIB,
-            dirty_mibps=float(ram.get("dirty-pages-rate", 0)) * int(ram.get("page-size", 4096))
-            / MIB,
-            expected_downtime_ms=info.get("expected-downtime"),
-            error=info.get("error-desc"),
-        )
-        if status == "failed":
-            att.error = str(info.get("error-desc") or "QEMU reported the migration failed")
-        elif status in _ACTIVE and now - att.last_change > self.stall_s:
-            att.error = (f"no bytes moved for {self.stall_s:.0f} s over {handle.network}"
-                         " (network down or target gone)")
-            return MigrationProgress("failed", progress.pass_no, progress.sent_mib,
-                                     progress.remaining_mib, error=att.error)
-        elif (att.params is not None and status in _ACTIVE
-              and progress.pass_no > att.params.max_passes and not att.forced):
-            if att.params.on_no_convergence == "abort":
-                att.error = f"no convergence after {att.params.max_passes} passes"
-                return MigrationProgress("failed", progress.pass_no, error=att.error)
-            att.forced = True  # force: accept the downtime the copy needs now
-            limit = int(max(att.params.downtime_ms, (progress.expected_downtime_ms or 0) * 1.5))
-            self.agent(handle.source).call("set_params", vm=handle.vm,
-                                           params={"downtime_limit": limit})
-        return progress
+        return self.migrations.poll(handle)
 
     def finalize_migration(self, handle: MigrationHandle, success: bool) -> MigrationResult:
-        if handle.id in self._results:
-            return self._results[handle.id]  # idempotent: the attempt already ended
-        att = self._attempts.get(handle.id)
-        src, tgt = self.agent(handle.source), self.agent(handle.target)
-        try:
-            info = src.call("query_migrate", vm=handle.vm)["migrate"]
-        except SubstrateError:
-            info = att.last_info if att else {}
-        completed = info.get("status") == "completed"
-        error = None if completed else (att.error if att and att.error else None)
-        if completed and not success:
-            # The contract: without ``success`` it rolls back. The target never ran, so
-            # resuming the source (paused after the copy) leaves exactly one copy.
-            completed, error = False, "rolled back by finalize"
-        ok = False
-        if completed:
-            # QEMU finished the copy: the target holds the VM now. Going back would risk two
-            # copies, so only a dead target sends us back to the (paused) source.
-            try:
-                tgt.call("takeover", vm=handle.vm)
-                ok = True
-            except SubstrateError as exc:
-                error = f"target {handle.target} failed after the switchover: {exc}"
-        if ok:
-            with update_state(self.layout) as st:
-                st["vms"][handle.vm] = {"node": handle.target}
-            try:
-                src.call("release", vm=handle.vm)
-            except SubstrateError as exc:
-                self._say(f"warning: could not release {handle.vm} on {handle.source}: {exc}")
-        else:
-            error = error or str(info.get("error-desc") or f"migration {info.get('status')}")
-            rollback_error = self._rollback(handle)
-            if rollback_error:
-                error += f"; {rollback_error}"
-        if att is not None:
-            for f in att.slots:
-                f.close()
-            self._attempts.pop(handle.id, None)
-        ram = info.get("ram", {})
-        total_s = (info.get("total-time", 0) / 1000.0) if ok else (
-            self._clock.now() - att.t0 if att else 0.0)
-        result = MigrationResult(
-            vm=handle.vm, source=handle.source, target=handle.target, network=handle.network,
-            ok=ok, passes=int(ram.get("dirty-sync-count", 0)),
-            sent_mib=int(ram.get("transferred", 0)) / MIB, total_s=float(total_s),
-            downtime_ms=float(info["downtime"]) if ok and "downtime" in info else None,
-            error=None if ok else error,
-            extra={"setup_ms": info.get("setup-time"), "mbps": info.get("ram", {}).get("mbps")},
-        )
-        self._results[handle.id] = result
-        return result
-
-    def _rollback(self, handle: MigrationHandle) -> str | None:
-        problems = []
-        try:
-            self.agent(handle.target).call("discard", vm=handle.vm)
-        except SubstrateError as exc:
-            problems.append(f"target cleanup: {exc}")
-        try:
-            self.agent(handle.source).call("cancel", vm=handle.vm)
-        except SubstrateError as exc:
-            problems.append(f"resuming on {handle.source} failed: {exc}")
-        with update_state(self.layout) as st:
-            st["vms"][handle.vm].pop("migrating_to", None)
-        return "; ".join(problems) or None
+        return self.migrations.finalize(handle, success)
 
     # -- faults and power ----------------------------------------------------------------
     def set_link(self, network: str, node: str, up: bool) -> None:
@@ -508,7 +275,7 @@ class QemuSubstrate:
         for net in nets:
             netns.set_link(self.layout, self.spec, net, node, up)
         for vol in self.spec.volumes:
-            coordinator(self.layout, self.spec, vol.name, say=self._say)
+            coordinator(self.layout, self.spec, vol.name, say=self.say)
         try:
             reply = self.agent(node).call("csv_reconcile", timeout_s=120, since=since)
         except AgentDown:

@@ -1,0 +1,280 @@
+"""The migration phases of the qemu substrate (see :mod:`vmcluster.substrate.qemu.substrate`).
+
+``prepare`` starts an incoming QEMU on the target listening on the target's
+address on the chosen network, ``start`` migrates the source to it with the
+downtime budget and bandwidth cap, ``poll`` reads ``query-migrate`` (and
+calls a migration that moves no bytes for ``stall_s`` failed: a cut network
+never makes QEMU give up on its own), and ``finalize`` either hands the VM to
+the target (``cont``, ``announce-self``, ownership, source quits) or rolls
+back (cancel, resume on the source, target removed). Every phase is
+idempotent. A per-node limit on concurrent migrations is kept with ``flock``
+slot files, so it holds across processes and frees itself when a process dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import uuid
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+from vmcluster.errors import MigrationError, SubstrateError, UsageError
+from vmcluster.lab import netns
+from vmcluster.lab.state import update_state
+from vmcluster.substrate.protocol import (
+    MigrationHandle,
+    MigrationParams,
+    MigrationProgress,
+    MigrationResult,
+    MigrationStatus,
+)
+
+if TYPE_CHECKING:
+    from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+__all__ = ["QemuMigrations"]
+
+MIB = 1024 * 1024
+_STATUS: dict[str, MigrationStatus] = {
+    "setup": "setup", "completed": "completed", "failed": "failed", "cancelled": "cancelled",
+    "cancelling": "cancelled",
+}
+_ACTIVE = ("active", "device", "pre-switchover", "wait-unplug")
+
+
+
+@dataclass
+class _Attempt:
+    """What this process knows about one migration attempt (by handle id)."""
+
+    uri: str
+    slots: list[IO[str]]
+    t0: float
+    params: MigrationParams | None = None
+    last_bytes: int = -1
+    last_change: float = 0.0
+    error: str | None = None
+    forced: bool = False
+    last_info: dict[str, Any] = field(default_factory=dict)
+    handle: MigrationHandle | None = None
+
+
+class QemuMigrations:
+    """The migration attempts this process drives on a :class:`QemuSubstrate`."""
+
+    def __init__(self, sub: QemuSubstrate) -> None:
+        self.sub = sub
+        self._attempts: dict[str, _Attempt] = {}
+        self._results: dict[str, MigrationResult] = {}  # finalized attempts, by handle id
+
+    def _acquire_slots(self, nodes: list[str]) -> list[IO[str]]:
+        limit = self.sub.spec.cluster.max_concurrent_migrations
+        held: list[IO[str]] = []
+        deadline = self.sub.clock.now() + self.sub.queue_timeout_s
+        announced = False
+        for node in nodes:
+            while True:
+                got = self.try_slot(node, limit)
+                if got is not None:
+                    held.append(got)
+                    break
+                if not announced:
+                    self.sub.say(f"queued: {node} already runs {limit} migrations; "
+                                 "waiting for a slot")
+                    announced = True
+                if self.sub.clock.now() > deadline:
+                    for f in held:
+                        f.close()
+                    raise MigrationError(f"no migration slot on {node} within "
+                                         f"{self.sub.queue_timeout_s:.0f} s")
+                self.sub.clock.sleep(0.2)
+        return held
+
+    def try_slot(self, node: str, limit: int) -> IO[str] | None:
+        """One of ``node``'s ``limit`` migration slots (an flock held open), or None."""
+        for i in range(limit):
+            path = self.sub.layout.slot_lock(node, i)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = path.open("a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return f
+            except BlockingIOError:
+                f.close()
+        return None
+
+    def prepare(self, vm: str, target: str, network: str) -> MigrationHandle:
+        self.sub.spec.vm(vm)
+        tnode = self.sub.spec.node(target)
+        net = self.sub.spec.network(network)
+        for att in self._attempts.values():
+            if att.handle is not None and att.handle.vm == vm:
+                if (att.handle.target, att.handle.network) == (target, network):
+                    return att.handle  # idempotent: the attempt already prepared
+                raise MigrationError(f"{vm} is already migrating to {att.handle.target}")
+        source = self.sub.owner(vm)
+        if source is None:
+            raise MigrationError(f"{vm} is not running; start it before migrating")
+        if source == target:
+            raise MigrationError(f"{vm} already runs on {target}; pick another node")
+        for node in (source, target):
+            if network not in self.sub.spec.node(node).interfaces:
+                raise MigrationError(f"{node} has no interface on {network}")
+            if not netns.link_is_up(self.sub.layout, network, node):
+                raise MigrationError(f"{node}'s interface on {network} is down")
+            if not self.sub.agent(node).alive():
+                raise MigrationError(f"node {node} is down; cannot migrate {vm} there")
+        slots = self._acquire_slots(sorted({source, target}))
+        hid = uuid.uuid4().hex[:10]
+        try:
+            cfg = self.sub.vm_config(vm, target)
+            reply = self.sub.agent(target).call(
+                "incoming", timeout_s=60, config=cfg.to_json(), id=hid,
+                uri=f"tcp:{tnode.interfaces[net.name]}:0",
+            )
+        except (SubstrateError, UsageError) as exc:
+            for f in slots:
+                f.close()
+            raise MigrationError(f"cannot prepare {target} to receive {vm}: {exc}") from exc
+        handle = MigrationHandle(vm, source, target, network, hid)
+        self._attempts[hid] = _Attempt(str(reply["uri"]), slots, self.sub.clock.now(),
+                                       handle=handle)
+        with update_state(self.sub.layout) as st:
+            st["vms"][vm]["migrating_to"] = target
+        return handle
+
+    def _attempt(self, handle: MigrationHandle) -> _Attempt:
+        try:
+            return self._attempts[handle.id]
+        except KeyError as exc:
+            raise MigrationError(f"unknown migration {handle.id} of {handle.vm}") from exc
+
+    def start(self, handle: MigrationHandle, params: MigrationParams) -> None:
+        att = self._attempt(handle)
+        if att.params is not None:
+            return  # idempotent: QEMU is already migrating this attempt
+        att.params = params
+        net = self.sub.spec.network(handle.network)
+        if params.bandwidth_mibps is not None:
+            bw = params.bandwidth_mibps * MIB
+        elif net.bandwidth_mbps is not None:
+            bw = net.bandwidth_mbps * 1e6 / 8
+        else:
+            bw = 10e9  # unshaped: let QEMU go as fast as it can
+        caps = {"auto-converge": params.on_no_convergence == "throttle"}
+        att.t0 = att.last_change = self.sub.clock.now()
+        self.sub.agent(handle.source).call(
+            "migrate", vm=handle.vm, uri=att.uri, caps=caps,
+            params={"downtime_limit": int(params.downtime_ms), "max_bandwidth": int(bw)},
+        )
+
+    def poll(self, handle: MigrationHandle) -> MigrationProgress:
+        att = self._attempt(handle)
+        try:
+            info = self.sub.agent(handle.source).call("query_migrate", vm=handle.vm)["migrate"]
+        except SubstrateError as exc:
+            att.error = f"lost the source: {exc}"
+            return MigrationProgress("failed", error=att.error)
+        att.last_info = info
+        status = str(info.get("status", "setup"))
+        ram = info.get("ram", {})
+        sent = int(ram.get("transferred", 0))
+        now = self.sub.clock.now()
+        if sent != att.last_bytes:
+            att.last_bytes, att.last_change = sent, now
+        progress = MigrationProgress(
+            status=_STATUS.get(status, "active"),
+            pass_no=int(ram.get("dirty-sync-count", 0)),
+            sent_mib=sent / MIB,
+            remaining_mib=int(ram.get("remaining", 0)) / MIB,
+            dirty_mibps=float(ram.get("dirty-pages-rate", 0)) * int(ram.get("page-size", 4096))
+            / MIB,
+            expected_downtime_ms=info.get("expected-downtime"),
+            error=info.get("error-desc"),
+        )
+        if status == "failed":
+            att.error = str(info.get("error-desc") or "QEMU reported the migration failed")
+        elif status in _ACTIVE and now - att.last_change > self.sub.stall_s:
+            att.error = (f"no bytes moved for {self.sub.stall_s:.0f} s over {handle.network}"
+                         " (network down or target gone)")
+            return MigrationProgress("failed", progress.pass_no, progress.sent_mib,
+                                     progress.remaining_mib, error=att.error)
+        elif (att.params is not None and status in _ACTIVE
+              and progress.pass_no > att.params.max_passes and not att.forced):
+            if att.params.on_no_convergence == "abort":
+                att.error = f"no convergence after {att.params.max_passes} passes"
+                return MigrationProgress("failed", progress.pass_no, error=att.error)
+            att.forced = True  # force: accept the downtime the copy needs now
+            limit = int(max(att.params.downtime_ms, (progress.expected_downtime_ms or 0) * 1.5))
+            self.sub.agent(handle.source).call("set_params", vm=handle.vm,
+                                           params={"downtime_limit": limit})
+        return progress
+
+    def finalize(self, handle: MigrationHandle, success: bool) -> MigrationResult:
+        if handle.id in self._results:
+            return self._results[handle.id]  # idempotent: the attempt already ended
+        att = self._attempts.get(handle.id)
+        src, tgt = self.sub.agent(handle.source), self.sub.agent(handle.target)
+        try:
+            info = src.call("query_migrate", vm=handle.vm)["migrate"]
+        except SubstrateError:
+            info = att.last_info if att else {}
+        completed = info.get("status") == "completed"
+        error = None if completed else (att.error if att and att.error else None)
+        if completed and not success:
+            # The contract: without ``success`` it rolls back. The target never ran, so
+            # resuming the source (paused after the copy) leaves exactly one copy.
+            completed, error = False, "rolled back by finalize"
+        ok = False
+        if completed:
+            # QEMU finished the copy: the target holds the VM now. Going back would risk two
+            # copies, so only a dead target sends us back to the (paused) source.
+            try:
+                tgt.call("takeover", vm=handle.vm)
+                ok = True
+            except SubstrateError as exc:
+                error = f"target {handle.target} failed after the switchover: {exc}"
+        if ok:
+            with update_state(self.sub.layout) as st:
+                st["vms"][handle.vm] = {"node": handle.target}
+            try:
+                src.call("release", vm=handle.vm)
+            except SubstrateError as exc:
+                self.sub.say(f"warning: could not release {handle.vm} on {handle.source}: {exc}")
+        else:
+            error = error or str(info.get("error-desc") or f"migration {info.get('status')}")
+            rollback_error = self._rollback(handle)
+            if rollback_error:
+                error += f"; {rollback_error}"
+        if att is not None:
+            for f in att.slots:
+                f.close()
+            self._attempts.pop(handle.id, None)
+        ram = info.get("ram", {})
+        total_s = (info.get("total-time", 0) / 1000.0) if ok else (
+            self.sub.clock.now() - att.t0 if att else 0.0)
+        result = MigrationResult(
+            vm=handle.vm, source=handle.source, target=handle.target, network=handle.network,
+            ok=ok, passes=int(ram.get("dirty-sync-count", 0)),
+            sent_mib=int(ram.get("transferred", 0)) / MIB, total_s=float(total_s),
+            downtime_ms=float(info["downtime"]) if ok and "downtime" in info else None,
+            error=None if ok else error,
+            extra={"setup_ms": info.get("setup-time"), "mbps": info.get("ram", {}).get("mbps")},
+        )
+        self._results[handle.id] = result
+        return result
+
+    def _rollback(self, handle: MigrationHandle) -> str | None:
+        problems = []
+        try:
+            self.sub.agent(handle.target).call("discard", vm=handle.vm)
+        except SubstrateError as exc:
+            problems.append(f"target cleanup: {exc}")
+        try:
+            self.sub.agent(handle.source).call("cancel", vm=handle.vm)
+        except SubstrateError as exc:
+            problems.append(f"resuming on {handle.source} failed: {exc}")
+        with update_state(self.sub.layout) as st:
+            st["vms"][handle.vm].pop("migrating_to", None)
+        return "; ".join(problems) or None
+
