@@ -17,21 +17,20 @@ holds after a retry rather than trusting the second answer.
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import json
-import queue
-import socket
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from vmcluster.errors import StoreError
 from vmcluster.store.clock import MonotonicClock
 from vmcluster.store.errors import StoreUnavailable
 from vmcluster.substrate.protocol import Clock
+
+if TYPE_CHECKING:
+    from vmcluster.store.watch import Watch
 
 __all__ = [
     "Compare",
@@ -41,8 +40,6 @@ __all__ = [
     "KeyValue",
     "Put",
     "TxnResult",
-    "Watch",
-    "WatchEvent",
 ]
 
 PREFIX = "/v3"
@@ -148,7 +145,7 @@ class Put:
         return {"request_put": body}
 
 
-def _key_range(key: str, prefix: bool) -> dict[str, Any]:
+def key_range(key: str, prefix: bool) -> dict[str, Any]:
     """The gateway's key (and range end, for a whole prefix) of a range request."""
     body: dict[str, Any] = {"key": _b64(key)}
     if prefix:
@@ -162,7 +159,7 @@ class Delete:
     prefix: bool = False
 
     def wire(self) -> dict[str, Any]:
-        return {"request_delete_range": _key_range(self.key, self.prefix)}
+        return {"request_delete_range": key_range(self.key, self.prefix)}
 
 
 @dataclass(frozen=True)
@@ -171,7 +168,7 @@ class Get:
     prefix: bool = False
 
     def wire(self) -> dict[str, Any]:
-        return {"request_range": _key_range(self.key, self.prefix)}
+        return {"request_range": key_range(self.key, self.prefix)}
 
 
 Op = Put | Delete | Get
@@ -185,12 +182,6 @@ class TxnResult:
     succeeded: bool
     revision: int
     responses: tuple[tuple[KeyValue, ...] | int, ...] = ()
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    type: Literal["PUT", "DELETE"]
-    kv: KeyValue
 
 
 @dataclass
@@ -277,7 +268,7 @@ class EtcdClient:
 
     def get_prefix(self, prefix: str) -> tuple[list[KeyValue], int]:
         """Every key under ``prefix`` (sorted by key) and the store revision read at."""
-        data = self.request("/kv/range", _key_range(prefix, True))
+        data = self.request("/kv/range", key_range(prefix, True))
         kvs = [KeyValue.from_wire(kv) for kv in data.get("kvs") or []]
         return kvs, int(data.get("header", {}).get("revision", 0))
 
@@ -349,120 +340,7 @@ class EtcdClient:
         return data
 
     def watch(self, key: str, *, prefix: bool = False, start_revision: int = 0) -> Watch:
+        from vmcluster.store.watch import Watch  # the stream needs the client; import late
+
         """Follow changes of ``key`` (or every key under it) from ``start_revision``."""
         return Watch(self, key, prefix, start_revision)
-
-
-class Watch:
-    """A watch stream read by one thread; it reconnects (to the next endpoint) from the
-    last revision it delivered, so no change is lost or repeated across a failover.
-
-    ``get(timeout)`` returns the next batch of events, ``[]`` when none came in
-    time, and raises the StoreError that ended the stream. ``close()`` ends it.
-    """
-
-    RECONNECT_S = 0.2
-    MAX_FAILURES = 50  # consecutive failed connects (about 10 s + timeouts) end the watch
-
-    def __init__(self, client: EtcdClient, key: str, prefix: bool, start_revision: int) -> None:
-        self._client, self._key, self._prefix = client, key, prefix
-        self._next = start_revision
-        self._queue: queue.Queue[list[WatchEvent] | StoreError] = queue.Queue()
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self._thread = threading.Thread(target=self._run, name=f"watch {key}", daemon=True)
-        self._thread.start()
-
-    def get(self, timeout: float) -> list[WatchEvent]:
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return []
-        if isinstance(item, StoreError):
-            self._queue.put(item)  # the stream stays ended for later calls
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._closed.set()
-        with self._lock:
-            if self._sock is not None:
-                with contextlib.suppress(OSError):
-                    self._sock.shutdown(socket.SHUT_RDWR)
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> Watch:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    def _run(self) -> None:
-        failures = 0
-        n = len(self._client.endpoints)
-        idx = self._client._current
-        while not self._closed.is_set():
-            url = self._client.endpoints[idx % n]
-            try:
-                delivered = self._stream(url)
-            except StoreError as exc:
-                self._queue.put(exc)
-                return
-            except (OSError, http.client.HTTPException, ValueError):
-                delivered = False
-            failures = 0 if delivered else failures + 1
-            if failures >= self.MAX_FAILURES:
-                self._queue.put(StoreUnavailable(f"watch on {self._key} lost every endpoint"))
-                return
-            idx += 1
-            self._closed.wait(self.RECONNECT_S)
-
-    def _stream(self, url: str) -> bool:
-        """Read one stream until it breaks; True when it was established."""
-        parts = urlsplit(url)
-        create = _key_range(self._key, self._prefix)
-        if self._next:
-            create["start_revision"] = str(self._next)
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=2.0)
-        try:
-            conn.connect()
-            assert conn.sock is not None
-            with self._lock:
-                if self._closed.is_set():
-                    return True
-                self._sock = conn.sock
-            conn.request("POST", PREFIX + "/watch", json.dumps({"create_request": create}))
-            resp = conn.getresponse()
-            if resp.status != 200:
-                return False
-            conn.sock.settimeout(None)  # a quiet key may stay silent for hours
-            established = False
-            while not self._closed.is_set():
-                line = resp.readline()
-                if not line:
-                    return established
-                msg = json.loads(line)
-                if "error" in msg:
-                    return established
-                result = msg.get("result", {})
-                if int(result.get("compact_revision", 0)):
-                    raise StoreError(
-                        f"watch on {self._key}: revision {self._next} was compacted away"
-                    )
-                established = established or bool(result.get("created"))
-                events = [
-                    WatchEvent(
-                        "DELETE" if ev.get("type") == "DELETE" else "PUT",
-                        KeyValue.from_wire(ev.get("kv", {})),
-                    )
-                    for ev in result.get("events") or []
-                ]
-                if events:
-                    self._next = events[-1].kv.mod_revision + 1
-                    self._queue.put(events)
-            return True
-        finally:
-            with self._lock:
-                self._sock = None
-            conn.close()
