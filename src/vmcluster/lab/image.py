@@ -9,7 +9,7 @@ metapackage, ``dpkg-deb -x``, ``depmod -b``, ``gcc -static``.
 
 Built images are cached under ``$XDG_CACHE_HOME/vmcluster`` (or
 ``~/.cache/vmcluster``) in a directory named by a hash of every input (kernel
-package and version, ``workload.c``, ``init``, busybox and gcc versions), so a
+package and version, every file in ``guest/``, busybox and gcc versions), so a
 second call returns at once and any change to an input builds a new image.
 """
 
@@ -42,6 +42,7 @@ __all__ = [
 GUEST_DIR = Path(__file__).parent / "guest"
 KERNEL_META = "linux-image-cloud-amd64"
 MODULES = ("virtio_pci", "virtio_net", "virtio_blk")
+GUEST_PROGRAMS = ("workload", "diskwriter")  # guest/<name>.c, each one static binary
 BUSYBOX = Path("/bin/busybox")
 LAB_NET = ipaddress.ip_network("198.18.0.0/15")
 _FORMAT = 1  # bump when the layout of the image changes
@@ -80,9 +81,7 @@ def ensure_guest_image(
         "format": str(_FORMAT),
         "kernel_package": package,
         "kernel_package_version": version,
-        "workload.c": _sha256(GUEST_DIR / "workload.c"),
-        "diskwriter.c": _sha256(GUEST_DIR / "diskwriter.c"),
-        "init": _sha256(GUEST_DIR / "init"),
+        **{f.name: _sha256(f) for f in sorted(GUEST_DIR.iterdir()) if f.is_file()},
         "busybox": _run(["dpkg-query", "-W", "-f=${Version}", "busybox-static"],
                         "dpkg-query busybox-static").strip(),
         "gcc": _run(["gcc", "-dumpfullversion"], "gcc -dumpfullversion").strip(),
@@ -241,15 +240,7 @@ def _build(
     moddir = root / "lib/modules" / kver
     order = module_load_order((moddir / "modules.dep").read_text(), MODULES)
 
-    say("guest image: compiling workload.c (gcc -static)")
-    workload = work / "workload"
-    _run(["gcc", "-static", "-O2", "-s", "-pthread", "-o", str(workload),
-          str(GUEST_DIR / "workload.c")], "gcc -static workload.c", timeout=300)
-
-    say("guest image: compiling diskwriter.c (gcc -static)")
-    diskwriter = work / "diskwriter"
-    _run(["gcc", "-static", "-O2", "-s", "-pthread", "-o", str(diskwriter),
-          str(GUEST_DIR / "diskwriter.c")], "gcc -static diskwriter.c", timeout=300)
+    workload, diskwriter = (_compile(name, work, say) for name in GUEST_PROGRAMS)
 
     say(f"guest image: packing initramfs ({len(order)} modules)")
     cpio = _Cpio()
@@ -260,8 +251,8 @@ def _build(
     cpio.device("dev/null", 0o666, 1, 3)
     cpio.file("init", (GUEST_DIR / "init").read_bytes(), 0o755)
     cpio.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
-    cpio.file("bin/workload", workload.read_bytes(), 0o755)
-    cpio.file("bin/diskwriter", diskwriter.read_bytes(), 0o755)
+    for program in (workload, diskwriter):
+        cpio.file(f"bin/{program.name}", program.read_bytes(), 0o755)
     loaded: list[str] = []
     for rel in order:
         data, rel_ko = _module_bytes(moddir / rel, rel)
@@ -273,6 +264,15 @@ def _build(
     shutil.copyfile(vmlinuz, out / "vmlinuz")
     meta = {"kernel_version": kver, "modules": loaded, "inputs": inputs}
     (out / _META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def _compile(name: str, work: Path, say: Callable[[str], None]) -> Path:
+    """guest/<name>.c as a static binary (the guest has no libc of its own)."""
+    say(f"guest image: compiling {name}.c (gcc -static)")
+    out = work / name
+    _run(["gcc", "-static", "-O2", "-s", "-pthread", "-I", str(GUEST_DIR), "-o", str(out),
+          str(GUEST_DIR / f"{name}.c")], f"gcc -static {name}.c", timeout=300)
+    return out
 
 
 def _module_bytes(path: Path, rel: str) -> tuple[bytes, str]:

@@ -45,6 +45,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "guestio.h"
+
 #define BLK 4096
 #define MAGIC 0x314b534944434d56ULL /* "VMCDISK1" little-endian */
 #define WIN_MAX 200000
@@ -80,32 +82,15 @@ static uint32_t crc32_ieee(const unsigned char *p, size_t n)
     return c ^ 0xFFFFFFFFu;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void say(const char *fmt, ...)
 {
     char buf[256];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    int n = format_line(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return;
-    if (n > (int)sizeof buf - 2)
-        n = (int)sizeof buf - 2;
-    buf[n++] = '\n';
-    for (int off = 0; off < n;) {
-        ssize_t w = write(1, buf + off, (size_t)(n - off));
-        if (w <= 0 && errno != EINTR)
-            break;
-        if (w > 0)
-            off += (int)w;
-    }
+    if (n > 0)
+        write_all(1, buf, n);
 }
 
 static void fill(unsigned char *b, uint64_t seq, uint64_t slot, uint64_t boot)

@@ -53,6 +53,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "guestio.h"
+
 #define PAGE_SIZE 4096UL
 #define PAGES_PER_MIB 256L
 #define TAG 0x564d432d50414745ULL /* "VMC-PAGE" */
@@ -90,29 +92,13 @@ static void say(const char *fmt, ...)
     char buf[512];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    int n = format_line(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    if (n < 0)
+    if (n <= 0)
         return;
-    if (n > (int)sizeof buf - 2)
-        n = (int)sizeof buf - 2;
-    buf[n++] = '\n';
     pthread_mutex_lock(&g_out_lock);
-    for (int off = 0; off < n;) {
-        ssize_t w = write(1, buf + off, (size_t)(n - off));
-        if (w <= 0 && errno != EINTR)
-            break;
-        if (w > 0)
-            off += (int)w;
-    }
+    write_all(1, buf, n);
     pthread_mutex_unlock(&g_out_lock);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 static struct page_head *page(long i)
@@ -312,14 +298,10 @@ static void send_line(int fd, const char *fmt, ...)
     char buf[LINE_MAX_LEN + 64];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    int n = format_line(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return;
-    if (n > (int)sizeof buf - 2)
-        n = (int)sizeof buf - 2;
-    buf[n++] = '\n';
-    (void)send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0)
+        (void)send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 /* Returns 0 to keep the connection, -1 to close it. */
