@@ -19,7 +19,9 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console(highlight=False)
+# On a terminal rich fits the window; in a log or a pipe it would assume 80
+# columns and squeeze wide tables into ellipses, so give it room there.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 
 
 def spec_option(default: str | None = "examples/lab.toml") -> Callable[[F], F]:

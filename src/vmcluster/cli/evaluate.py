@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from vmcluster.cli.common import emit_json, json_option
+from vmcluster.cli.common import console, emit_json, json_option
 from vmcluster.errors import UsageError
 from vmcluster.power.compare import cloudsim_figures, cloudsim_key
 from vmcluster.power.density import park_cores
@@ -104,14 +104,14 @@ def evaluate(traces: Path | None, policies: str, days: str, plot_dir: Path | Non
         if unknown:
             raise UsageError(f"--days: no trace for {unknown[0]} (have {', '.join(sorted(by))})")
         files = [by[d] for d in wanted]
-    console = Console(stderr=True)
+    err = Console(stderr=True)
     total = len(names) * len(files)
     done = [0]
 
     def progress(r: Result) -> None:
         done[0] += 1
         if not as_json:
-            console.print(f"[{done[0]}/{total}] {r.policy} {r.day}: {r.wall_s:.1f} s")
+            err.print(f"[{done[0]}/{total}] {r.policy} {r.day}: {r.wall_s:.1f} s")
 
     # fail on a bad trace before starting workers
     from vmcluster.power.traces import load_day
@@ -129,11 +129,11 @@ def show_results(results: list[Result], day_names: list[str], *, as_json: bool,
                  title: str = "Consolidation on PlanetLab traces (800 hosts)") -> None:
     """The metrics table (or one JSON object), and charts when ``plot_dir`` is given."""
     names = list(dict.fromkeys(r.policy for r in results))
-    console = Console(stderr=True)
+    err = Console(stderr=True)
     if plot_dir is not None:
         for png in _plot(results, plot_dir):
             if not as_json:
-                console.print(f"wrote {png}")
+                err.print(f"wrote {png}")
     if as_json:
         out: dict[str, object] = {"results": [r.to_json() for r in results]}
         if compare_cloudsim:
@@ -152,7 +152,7 @@ def show_results(results: list[Result], day_names: list[str], *, as_json: bool,
         if p in cs:
             table.add_row(f"  cloudsim {p}", f"mean/{int(cs[p]['days'])}d",
                           *(_fmt(k, cs[p][k]) for k in METRICS))
-    Console(width=150).print(table)
+    console.print(table)
 
 
 @click.group()
