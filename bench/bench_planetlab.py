@@ -50,7 +50,7 @@ def _in_child(policy: str, hosts: int, steps: int) -> dict[str, float]:
 
 def main() -> None:
     quick = "--quick" in sys.argv
-    console = Console()
+    console = Console(width=160)  # a wide table; logs would otherwise get 80 columns
     days = sorted(p for p in default_trace_dir().glob("*.csv"))
     if quick:
         days = days[:1]

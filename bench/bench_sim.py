@@ -102,7 +102,7 @@ def main() -> None:
     for key, value in results.items():
         if not isinstance(value, dict):
             table.add_row(key, str(value))
-    Console().print(table)
+    Console(width=120).print(table)
     out_path = ROOT / "bench" / "results" / "sim.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=2) + "\n")
