@@ -18,7 +18,7 @@ from vmcluster.heartbeat.detector import (
 )
 from vmcluster.model.spec import load_spec
 from vmcluster.policy.networks import cluster_network
-from vmcluster.store.clock import MonotonicClock
+from vmcluster.substrate.clock import MonotonicClock
 
 NODES = ("n1", "n2", "n3")
 NETS = ("A", "B")

@@ -16,8 +16,8 @@ from vmcluster.store import (
     Fenced,
     current_leader,
 )
-from vmcluster.store.clock import MonotonicClock
 from vmcluster.store.etcd import Compare, Put
+from vmcluster.substrate.clock import MonotonicClock
 
 from .conftest import Candidate, needs_etcd
 

@@ -40,7 +40,7 @@ from vmcluster.heartbeat.detector import (
     heartbeat_plan,
     peers_down,
 )
-from vmcluster.store.clock import MonotonicClock
+from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
 __all__ = ["HeartbeatDaemon", "main"]

@@ -27,11 +27,11 @@ from vmcluster.lab.nodewatch import node_endpoints
 from vmcluster.lab.state import read_state, update_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
-from vmcluster.store.clock import MonotonicClock
 from vmcluster.store.election import Fence
 from vmcluster.store.errors import Fenced
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
+from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.qemu.migration import MIB
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 

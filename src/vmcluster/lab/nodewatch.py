@@ -46,9 +46,9 @@ from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import read_state
 from vmcluster.model.spec import load_spec
 from vmcluster.policy.failover import must_stop_vms
-from vmcluster.store.clock import MonotonicClock
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
+from vmcluster.substrate.clock import MonotonicClock
 
 __all__ = ["HEARTBEAT_PORT", "main", "node_endpoints"]
 

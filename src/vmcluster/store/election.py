@@ -28,9 +28,9 @@ import threading
 from dataclasses import dataclass
 
 from vmcluster.errors import StoreError
-from vmcluster.store.clock import MonotonicClock
 from vmcluster.store.errors import Fenced
 from vmcluster.store.etcd import Compare, Delete, EtcdClient, Get, Put
+from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
 __all__ = ["Election", "Fence", "Keeper", "Leadership", "current_leader", "leader_key"]

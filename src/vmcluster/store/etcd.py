@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from vmcluster.errors import StoreError
-from vmcluster.store.clock import MonotonicClock
 from vmcluster.store.errors import StoreUnavailable
+from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
 if TYPE_CHECKING:

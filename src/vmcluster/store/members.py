@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from vmcluster.errors import StoreError
 from vmcluster.model import ClusterSpec, Role
 from vmcluster.policy.networks import network_props
-from vmcluster.store.clock import MonotonicClock
+from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
 __all__ = [

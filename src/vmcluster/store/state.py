@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmcluster.errors import StoreError
-from vmcluster.store.clock import MonotonicClock
 from vmcluster.store.election import Fence, leader_key
 from vmcluster.store.errors import Fenced, StoreConflict
 from vmcluster.store.etcd import Compare, Delete, EtcdClient, Get, KeyValue, Op, Put
+from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
 __all__ = ["ClusterState", "Migration", "Placement"]

@@ -23,6 +23,7 @@ from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import read_state, update_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
+from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
@@ -36,20 +37,7 @@ from vmcluster.substrate.protocol import (
 from vmcluster.substrate.qemu.migration import MIB, QemuMigrations
 from vmcluster.substrate.qemu.vm import VmConfig, mac_for
 
-__all__ = ["QemuSubstrate", "WallClock"]
-
-class WallClock:
-    """Monotonic wall time since the substrate started."""
-
-    def __init__(self) -> None:
-        self._t0 = time.monotonic()
-
-    def now(self) -> float:
-        return time.monotonic() - self._t0
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(max(0.0, seconds))
-
+__all__ = ["QemuSubstrate"]
 
 class QemuSubstrate:
     """The qemu substrate over the lab called ``layout.name`` (see module docstring)."""
@@ -61,7 +49,7 @@ class QemuSubstrate:
         self.layout = layout
         state = read_state(layout)
         self.spec = spec if spec is not None else load_spec(state["spec"])
-        self._clock = WallClock()
+        self._clock = MonotonicClock()
         self.stall_s = stall_s
         self.queue_timeout_s = queue_timeout_s
         self.on_event: Callable[[str], None] | None = None
@@ -69,7 +57,7 @@ class QemuSubstrate:
         self.last_switches: list[dict[str, Any]] = []
 
     @property
-    def clock(self) -> WallClock:
+    def clock(self) -> MonotonicClock:
         return self._clock
 
     def agent(self, node: str) -> AgentClient:

@@ -1,7 +1,7 @@
-"""The wall clock that store and heartbeat code waits on (they touch sockets and processes).
+"""The wall clock: what the qemu substrate, the store and the heartbeats wait on.
 
 Same shape as :class:`vmcluster.substrate.protocol.Clock`; pass any other Clock
-(a fake one in tests) where a function takes ``clock``.
+(the sim's virtual one, a fake one in tests) where a function takes ``clock``.
 """
 
 from __future__ import annotations
