@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.helpers import vmc
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def vmc(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "COLUMNS": "120"}
-    return subprocess.run(
-        [sys.executable, "-m", "vmcluster", *args], capture_output=True, text=True,
-        cwd=ROOT, env=env, timeout=60, check=False,
-    )
 
 
 def test_model_json_is_one_object_with_the_documented_keys() -> None:

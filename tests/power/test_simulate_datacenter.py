@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from tests import helpers
 from vmcluster.errors import SpecError
 from vmcluster.power.scenario import load_scenario
 
+vmc = partial(helpers.vmc, timeout=300)  # this module's commands run longer
+
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted((ROOT / "examples/scenarios").glob("planetlab-*.toml"))
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmcluster", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_every_shipped_planetlab_scenario_loads_with_its_trace() -> None:
@@ -31,7 +28,7 @@ def test_every_shipped_planetlab_scenario_loads_with_its_trace() -> None:
 
 
 def test_simulate_runs_a_planetlab_scenario() -> None:
-    out = run("simulate", "examples/scenarios/planetlab-20110306.toml", "--policy", "ours",
+    out = vmc("simulate", "examples/scenarios/planetlab-20110306.toml", "--policy", "ours",
               "--json")
     assert out.returncode == 0, out.stderr
     (result,) = json.loads(out.stdout)["results"]
@@ -42,7 +39,7 @@ def test_simulate_runs_a_planetlab_scenario() -> None:
 
 def test_simulate_takes_a_directory_of_traces(tmp_path: Path) -> None:
     shutil.copy(ROOT / "src/vmcluster/data/planetlab/20110306.csv", tmp_path / "dayA.csv")
-    out = run("simulate", str(tmp_path), "--policy", "thr-mmt-0.8", "--json")
+    out = vmc("simulate", str(tmp_path), "--policy", "thr-mmt-0.8", "--json")
     assert out.returncode == 0, out.stderr
     assert [r["day"] for r in json.loads(out.stdout)["results"]] == ["dayA"]
 
@@ -55,9 +52,9 @@ def test_bad_datacenter_scenario_names_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=rf"^{bad}:{line}: \[\[datacenter.host_types\]\] #1 "
                                         r"unknown key 'colour'"):
         load_scenario(bad)
-    out = run("simulate", str(bad))
+    out = vmc("simulate", str(bad))
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     missing = tmp_path / "missing.toml"
     missing.write_text(SCENARIOS[0].read_text().replace("planetlab/", "nowhere/"))
-    out = run("simulate", str(missing))
+    out = vmc("simulate", str(missing))
     assert out.returncode == 2 and "no trace file" in out.stderr

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from tests import helpers
 
 from vmcluster.lab import netns
 from vmcluster.lab.client import AgentClient
 from vmcluster.lab.probe import memory_ok, serial_sizes
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+vmc = partial(helpers.vmc, timeout=600)  # this module's commands run longer
 
 if TYPE_CHECKING:
     from conftest import LabStarter
@@ -83,12 +85,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory, start_lab: LabStarter) -> Qemu
     nodes = "".join(NODE.format(i=i, g=4 if i == 3 else 5) for i in (1, 2, 3))
     spec.write_text(SPEC.format(nodes=nodes), encoding="utf-8")
     return start_lab(spec, "k")
-
-
-def vmc(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run([sys.executable, "-m", "vmcluster", *args], capture_output=True,
-                          text=True, cwd=ROOT, env=env, timeout=600, check=False)
 
 
 def _placement(sub: QemuSubstrate) -> dict[str, str | None]:

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from tests import helpers
 from vmcluster.control.scenario import load_scenario
 from vmcluster.control.simulate import run_scenario
 from vmcluster.errors import SpecError
 
+vmc = partial(helpers.vmc, timeout=120)  # this module's commands run longer
+
 ROOT = Path(__file__).resolve().parents[2]
 SCEN = ROOT / "examples" / "scenarios"
-
-
-def vmc(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "vmcluster", *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=120, check=False)
 
 
 def test_seed_private_down_moves_traffic_and_migration_shares_public() -> None:

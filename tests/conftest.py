@@ -1,0 +1,1 @@
+"""Loaded before any test module, so the repository root is importable (``tests.helpers``)."""
