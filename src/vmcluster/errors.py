@@ -15,6 +15,7 @@ CLI prints ``str(err)`` as one line (what, where, what to do) and exits with
     ├── SubstrateError              a substrate could not act
     │   ├── QmpError                QEMU's monitor refused, replied badly, or went away
     │   ├── MigrationError          a migration failed; the VM is still on its source
+    │   │   └── MigrationRefused    refused before it started (QEMUs that cannot migrate)
     │   └── LabError                building or tearing down the lab failed
     └── StoreError                  the cluster store (etcd) failed or fenced us out
         ├── StoreUnavailable        no etcd endpoint answered    (vmcluster.store.errors)
@@ -28,6 +29,7 @@ __all__ = [
     "InputError",
     "LabError",
     "MigrationError",
+    "MigrationRefused",
     "PolicyError",
     "QmpError",
     "SpecError",
@@ -90,6 +92,11 @@ class QmpError(SubstrateError):
 
 class MigrationError(SubstrateError):
     """A migration failed. The VM is still running on its source (or was resumed there)."""
+
+
+class MigrationRefused(MigrationError):
+    """A migration was refused before anything started: no network could change that
+    (e.g. the target's QEMU cannot receive the VM). The VM is untouched."""
 
 
 class LabError(SubstrateError):

@@ -182,7 +182,7 @@ def vms(guest_image: GuestImage) -> Iterator[VmFactory]:
         factory.close()
 
 
-LabStarter = Callable[[Path, str], QemuSubstrate]
+LabStarter = Callable[..., QemuSubstrate]
 
 
 @pytest.fixture(scope="module")
@@ -194,11 +194,11 @@ def start_lab() -> Iterator[LabStarter]:
     """
     started: list[LabLayout] = []
 
-    def start(spec: Path, prefix: str) -> QemuSubstrate:
+    def start(spec: Path, prefix: str, qemu: dict[str, str] | None = None) -> QemuSubstrate:
         name = f"{prefix}{os.getpid()}"[:12]
         layout = LabLayout(name)
         started.append(layout)
-        return lab_up(spec, name, say=lambda _m: None)
+        return lab_up(spec, name, say=lambda _m: None, qemu=qemu)
 
     try:
         yield start

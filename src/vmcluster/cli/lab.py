@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import click
 
 from vmcluster.cli.common import lab_option
+from vmcluster.errors import UsageError, VmclusterError
 from vmcluster.lab.lab import lab_down, lab_up, resolve_lab, set_net
 from vmcluster.substrate.protocol import SubstrateStatus
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
@@ -26,11 +29,20 @@ def lab() -> None:
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, path_type=Path),
               default=Path("examples/lab.toml"), show_default=True)
 @lab_option("name", "the spec's cluster name")
+@click.option("--qemu", "qemus", multiple=True, metavar="NODE=NAME",
+              help="give NODE another QEMU than the installed one: debian-7.2 (Debian 12 "
+                   "main's, extracted into a cache), as in a cluster being upgraded host by host")
 @click.option("--json", "as_json", is_flag=True, help="print the final status as JSON")
-def up(spec_path: Path, name: str | None, as_json: bool) -> None:
+def up(spec_path: Path, name: str | None, qemus: tuple[str, ...], as_json: bool) -> None:
     """Create namespaces, links, agents and boot the spec's VMs."""
     say = (lambda m: click.echo(m, err=True)) if as_json else click.echo
-    sub = lab_up(spec_path, name, say=say)
+    chosen: dict[str, str] = {}
+    for item in qemus:
+        node, sep, which = item.partition("=")
+        if not sep or not node or not which:
+            raise UsageError(f"--qemu {item!r} is not NODE=NAME (e.g. --qemu node3=debian-7.2)")
+        chosen[node] = which
+    sub = lab_up(spec_path, name, say=say, qemu=chosen)
     _show(sub.status(), as_json, sub)
 
 
@@ -58,18 +70,31 @@ def _show(st: SubstrateStatus, as_json: bool, sub: QemuSubstrate) -> None:
     from vmcluster.lab.services import leader_summary
 
     lead = leader_summary(sub.layout)
+    qemu = {}
+    for n in st.nodes:
+        with contextlib.suppress(VmclusterError):
+            qemu[n.name] = sub.facts(n.name).version
+    machines = {v.name: sub.machine(v.name) for v in st.vms}
     if as_json:
-        click.echo(json.dumps({"lab": sub.layout.name, **st.to_json(), "leader": lead}))
+        base = st.to_json()
+        nodes = [{**n, "qemu_version": qemu.get(n["name"])}
+                 for n in cast(list[dict[str, Any]], base["nodes"])]
+        vms = [{**v, "machine": machines.get(v["name"])}
+               for v in cast(list[dict[str, Any]], base["vms"])]
+        click.echo(json.dumps({"lab": sub.layout.name, "nodes": nodes, "vms": vms,
+                               "leader": lead}))
         return
     click.echo(f"lab {sub.layout.name} ({sub.layout.state_dir})")
     click.echo("  manager: " + (f"{lead['manager']} leads (fencing token {lead['token']})"
                                 if lead else "no leader (store unreachable or electing)"))
     for n in st.nodes:
         links = f"  links down: {', '.join(n.links_down)}" if n.links_down else ""
-        click.echo(f"  node {n.name:<10} {n.state}{links}")
+        version = f"QEMU {qemu[n.name]}" if n.name in qemu else "QEMU ?"
+        click.echo(f"  node {n.name:<10} {n.state:<5} {version:<12}{links}")
     for v in st.vms:
         addr = sub.spec.vm(v.name).address
-        click.echo(f"  vm   {v.name:<10} {v.state:<9} on {v.node or '-':<8} {addr}")
+        click.echo(f"  vm   {v.name:<10} {v.state:<9} on {v.node or '-':<8} {addr}  "
+                   f"{machines[v.name]}")
 
 
 @lab.group("net")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vmcluster.errors import MigrationError, PolicyError, VmclusterError
+from vmcluster.errors import MigrationError, MigrationRefused, PolicyError, VmclusterError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import Health, live_migration_order
 from vmcluster.substrate.protocol import (
@@ -92,6 +92,8 @@ def _attempt(
 ) -> MigrationResult:
     try:
         handle = substrate.prepare_migration(vm, req.target, network)
+    except MigrationRefused:
+        raise  # no other network changes this: one line, before anything started
     except MigrationError as err:
         source = substrate.status().vm(vm).node or "?"
         return MigrationResult(vm, source, req.target, network, ok=False, error=str(err))

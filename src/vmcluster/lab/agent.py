@@ -7,7 +7,11 @@ state dir (``{"op": ..., ...}`` -> ``{"ok": true, ...}`` or ``{"ok": false,
 QEMU it recorded that is still alive is adopted (``query-status``); dead ones
 are forgotten; a running VM is never killed to reconcile.
 
-Ops: ping, list, start, stop, pause, resume, incoming, migrate, query_migrate,
+On start it also asks its QEMU what it supports
+(:func:`~vmcluster.substrate.qemu.facts.probe`): ``ping`` reports the version,
+``facts`` the whole answer (machine types, commands, capabilities).
+
+Ops: ping, facts, list, start, stop, pause, resume, incoming, migrate, query_migrate,
 set_params, cancel, takeover, release, discard, save, and the cluster shared
 volume ops of :class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that
 carries a manager's fencing ``token`` is refused unless that manager still leads
@@ -30,6 +34,7 @@ from vmcluster.csv.agentops import CsvOps
 from vmcluster.errors import QmpError, SubstrateError, VmclusterError
 from vmcluster.lab.fencing import AgentFence
 from vmcluster.lab.layout import LabLayout
+from vmcluster.substrate.qemu.facts import QemuFacts, QemuInstall, probe
 from vmcluster.substrate.qemu.process import QemuProcess
 from vmcluster.substrate.qemu.vm import VmConfig
 
@@ -49,8 +54,11 @@ async def _sh(*argv: str) -> tuple[int, str]:
 class Agent(CsvOps):
     """The node agent's state: the QEMUs it owns, by VM name."""
 
-    def __init__(self, layout: LabLayout, node: str) -> None:
+    def __init__(self, layout: LabLayout, node: str, install: QemuInstall | None = None
+                 ) -> None:
         self.layout, self.node = layout, node
+        self.install = install or QemuInstall()
+        self.facts: QemuFacts | None = None
         self.workdir = layout.qemu_dir(node)
         self.vms: dict[str, QemuProcess] = {}
         self.locks: dict[str, asyncio.Lock] = {}
@@ -59,6 +67,7 @@ class Agent(CsvOps):
         return self.locks.setdefault(vm, asyncio.Lock())
 
     async def reconcile(self) -> None:
+        self.facts = await probe(self.install)
         self.workdir.mkdir(parents=True, exist_ok=True)
         for rec in sorted(self.workdir.glob("*.json")):
             qp = await QemuProcess.adopt(rec)
@@ -92,7 +101,15 @@ class Agent(CsvOps):
 
     # -- ops ------------------------------------------------------------------------
     async def op_ping(self, req: Reply) -> Reply:
-        return {"node": self.node, "pid": os.getpid()}
+        return {"node": self.node, "pid": os.getpid(),
+                "qemu_version": self.facts.version if self.facts else None,
+                "qemu": self.install.label}
+
+    async def op_facts(self, req: Reply) -> Reply:
+        """What this host's QEMU supports (see :class:`QemuFacts`)."""
+        assert self.facts is not None  # probed before the agent serves
+        return {"facts": self.facts.to_json(), "features": self.facts.features(),
+                "install": self.install.to_json()}
 
     async def op_list(self, req: Reply) -> Reply:
         out = []
@@ -116,7 +133,7 @@ class Agent(CsvOps):
                 return {"status": await qp.qmp.query_status(), "pid": qp.pid}
             await self._tap(cfg)
             log = self.layout.serial_log(cfg.name, self.node)
-            qp = await QemuProcess.spawn(cfg, self.workdir, log, "run")
+            qp = await QemuProcess.spawn(cfg, self.workdir, log, "run", install=self.install)
             self.vms[cfg.name] = qp
             return {"status": await qp.qmp.query_status(), "pid": qp.pid}
 
@@ -148,7 +165,8 @@ class Agent(CsvOps):
                 await self._drop(cfg.name)  # a stale target of an earlier attempt
             await self._tap(cfg)
             log = self.layout.serial_log(cfg.name, self.node)
-            qp = await QemuProcess.spawn(cfg, self.workdir, log, "incoming", req.get("id", ""))
+            qp = await QemuProcess.spawn(cfg, self.workdir, log, "incoming", req.get("id", ""),
+                                         install=self.install)
             self.vms[cfg.name] = qp
             try:
                 await qp.qmp.migrate_set_capabilities({"events": True})
@@ -298,9 +316,9 @@ async def _serve(agent: Agent, sock_path: Path) -> None:
         await qp.qmp.close()
 
 
-async def _amain(lab: str, node: str, root: Path) -> None:
+async def _amain(lab: str, node: str, root: Path, install: QemuInstall) -> None:
     layout = LabLayout(lab, root)
-    agent = Agent(layout, node)
+    agent = Agent(layout, node, install)
     await agent.reconcile()
     await _serve(agent, layout.agent_socket(node))
 
@@ -310,8 +328,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lab", required=True)
     p.add_argument("--node", required=True)
     p.add_argument("--root", default=str(LabLayout("x").root))
+    p.add_argument("--qemu", default="", help="this host's QEMU as JSON (QemuInstall); "
+                   "default: the installed qemu-system-x86_64")
     args = p.parse_args(argv)
-    asyncio.run(_amain(args.lab, args.node, Path(args.root)))
+    install = QemuInstall.from_json(json.loads(args.qemu)) if args.qemu else QemuInstall()
+    asyncio.run(_amain(args.lab, args.node, Path(args.root), install))
 
 
 if __name__ == "__main__":

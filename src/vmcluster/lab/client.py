@@ -8,6 +8,7 @@ from typing import Any
 
 from vmcluster.errors import LabError, SubstrateError
 from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.state import read_state
 
 __all__ = ["AgentClient", "AgentDown"]
 
@@ -74,6 +75,9 @@ def start_agent(layout: LabLayout, node: str, timeout_s: float = 20.0) -> None:
     argv = ["setsid", "-f", "ip", "netns", "exec", layout.node_ns(node), sys.executable, "-m",
             "vmcluster.lab.agent", "--lab", layout.name, "--node", node,
             "--root", str(layout.root)]
+    install = read_state(layout).get("qemu", {}).get(node)  # the host's own QEMU, if not default
+    if install:
+        argv += ["--qemu", json.dumps(install)]
     with log.open("ab") as out:
         rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                             timeout=10, check=False).returncode

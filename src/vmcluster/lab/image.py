@@ -37,6 +37,7 @@ __all__ = [
     "ensure_guest_image",
     "kernel_cmdline",
     "module_load_order",
+    "run_tool",
 ]
 
 GUEST_DIR = Path(__file__).parent / "guest"
@@ -82,9 +83,9 @@ def ensure_guest_image(
         "kernel_package": package,
         "kernel_package_version": version,
         **{f.name: _sha256(f) for f in sorted(GUEST_DIR.iterdir()) if f.is_file()},
-        "busybox": _run(["dpkg-query", "-W", "-f=${Version}", "busybox-static"],
+        "busybox": run_tool(["dpkg-query", "-W", "-f=${Version}", "busybox-static"],
                         "dpkg-query busybox-static").strip(),
-        "gcc": _run(["gcc", "-dumpfullversion"], "gcc -dumpfullversion").strip(),
+        "gcc": run_tool(["gcc", "-dumpfullversion"], "gcc -dumpfullversion").strip(),
         "modules": ",".join(MODULES),
     }
     key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
@@ -220,14 +221,15 @@ def _build(
     dl = work / "download"
     dl.mkdir()
     say(f"guest image: downloading {package} {version}")
-    _run(["apt-get", "download", f"{package}={version}"], f"apt-get download {package}", cwd=dl,
+    run_tool(["apt-get", "download", f"{package}={version}"], f"apt-get download {package}", cwd=dl,
          timeout=600)
     debs = sorted(dl.glob("*.deb"))
     if len(debs) != 1:
         raise LabError(f"apt-get download {package} left {len(debs)} .deb files; run scripts/setup")
     root = work / "kernel"
     say(f"guest image: extracting {debs[0].name}")
-    _run(["dpkg-deb", "-x", str(debs[0]), str(root)], f"dpkg-deb -x {debs[0].name}", timeout=300)
+    run_tool(["dpkg-deb", "-x", str(debs[0]), str(root)], f"dpkg-deb -x {debs[0].name}",
+             timeout=300)
     versions = sorted(p.name for p in (root / "lib/modules").iterdir())
     if len(versions) != 1:
         raise LabError(f"{package} holds {len(versions)} module trees, expected 1")
@@ -236,7 +238,7 @@ def _build(
     if not vmlinuz.is_file():
         raise LabError(f"{package} has no boot/vmlinuz-{kver}")
     say(f"guest image: depmod -b for {kver}")
-    _run(["depmod", "-b", str(root), kver], f"depmod -b {root} {kver}", timeout=300)
+    run_tool(["depmod", "-b", str(root), kver], f"depmod -b {root} {kver}", timeout=300)
     moddir = root / "lib/modules" / kver
     order = module_load_order((moddir / "modules.dep").read_text(), MODULES)
 
@@ -270,7 +272,7 @@ def _compile(name: str, work: Path, say: Callable[[str], None]) -> Path:
     """guest/<name>.c as a static binary (the guest has no libc of its own)."""
     say(f"guest image: compiling {name}.c (gcc -static)")
     out = work / name
-    _run(["gcc", "-static", "-O2", "-s", "-pthread", "-I", str(GUEST_DIR), "-o", str(out),
+    run_tool(["gcc", "-static", "-O2", "-s", "-pthread", "-I", str(GUEST_DIR), "-o", str(out),
           str(GUEST_DIR / f"{name}.c")], f"gcc -static {name}.c", timeout=300)
     return out
 
@@ -289,7 +291,7 @@ def _module_bytes(path: Path, rel: str) -> tuple[bytes, str]:
 
 def _kernel_package() -> tuple[str, str]:
     """The versioned kernel package the metapackage depends on, and its version."""
-    text = _run(["apt-cache", "depends", KERNEL_META], f"apt-cache depends {KERNEL_META}")
+    text = run_tool(["apt-cache", "depends", KERNEL_META], f"apt-cache depends {KERNEL_META}")
     names = [
         line.split(":", 1)[1].strip()
         for line in text.splitlines()
@@ -299,7 +301,8 @@ def _kernel_package() -> tuple[str, str]:
     if not pkgs:
         raise LabError(f"apt-cache depends {KERNEL_META} names no kernel; run scripts/setup")
     package = pkgs[0]
-    show = _run(["apt-cache", "show", "--no-all-versions", package], f"apt-cache show {package}")
+    show = run_tool(["apt-cache", "show", "--no-all-versions", package],
+                    f"apt-cache show {package}")
     for line in show.splitlines():
         if line.startswith("Version:"):
             return package, line.split(":", 1)[1].strip()
@@ -317,7 +320,7 @@ def _load(final: Path) -> GuestImage | None:
     return GuestImage(kernel=kernel, initrd=initrd, kernel_version=str(meta["kernel_version"]))
 
 
-def _run(argv: list[str], what: str, cwd: Path | None = None, timeout: float = 60) -> str:
+def run_tool(argv: list[str], what: str, cwd: Path | None = None, timeout: float = 60) -> str:
     try:
         proc = subprocess.run(
             argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False

@@ -17,7 +17,7 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,9 +58,15 @@ def _require_root() -> None:
 
 
 def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
-           root: Path = RUN_ROOT, ready_timeout_s: float = 120.0) -> QemuSubstrate:
-    """Build and start the lab; returns a substrate bound to it."""
+           root: Path = RUN_ROOT, ready_timeout_s: float = 120.0,
+           qemu: Mapping[str, str] | None = None) -> QemuSubstrate:
+    """Build and start the lab; returns a substrate bound to it.
+
+    ``qemu`` gives some hosts another QEMU than the installed one (node -> a name of
+    :data:`~vmcluster.lab.qemu_cache.LAB_QEMUS`, e.g. ``{"node3": "debian-7.2"}``).
+    """
     from vmcluster.lab.image import ensure_guest_image
+    from vmcluster.lab.qemu_cache import ensure_qemu
 
     _require_root()
     t0 = time.monotonic()
@@ -74,7 +80,12 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
     if layout.state_dir.exists() or netns.lab_namespaces(layout):
         say(f"[{time.monotonic() - t0:5.1f}s] removing leftovers of an earlier {layout.name!r}")
         lab_down(layout)
+    for node in qemu or {}:
+        spec.node(node)
     image = ensure_guest_image(progress=lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}"))
+    installs = {node: ensure_qemu(q, progress=lambda m: say(f"[{time.monotonic() - t0:5.1f}s] "
+                                                              f"{m}")).to_json()
+                for node, q in (qemu or {}).items()}
     try:
         layout.state_dir.mkdir(parents=True)
         write_state(layout, {
@@ -84,6 +95,7 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
                       "kernel_version": image.kernel_version},
             "nodes": {n.name: {"state": "up", "storage_path": True} for n in spec.nodes},
             "vms": {vm.name: {"node": None} for vm in spec.vms},
+            "qemu": installs,
         })
         netns.build_network(layout, spec)
         say(f"[{time.monotonic() - t0:5.1f}s] network: {len(spec.nodes)} node namespaces, "
@@ -95,8 +107,12 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
                 say(f"[{time.monotonic() - t0:5.1f}s] {line}")
         with ThreadPoolExecutor(max_workers=max(1, len(spec.nodes))) as pool:
             list(pool.map(lambda n: start_agent(layout, n.name), spec.nodes))
-        say(f"[{time.monotonic() - t0:5.1f}s] agents: {len(spec.nodes)} up")
         sub = QemuSubstrate(layout, spec)
+        versions = ", ".join(f"{n.name} QEMU {sub.facts(n.name).version}" for n in spec.nodes)
+        say(f"[{time.monotonic() - t0:5.1f}s] agents: {len(spec.nodes)} up ({versions})")
+        pins = sub.define_vms()
+        say(f"[{time.monotonic() - t0:5.1f}s] machine types: "
+            + ", ".join(f"{vm} {m}" for vm, m in pins.items()))
         with ThreadPoolExecutor(max_workers=max(1, len(spec.vms))) as pool:
             list(pool.map(lambda vm: sub.start_vm(vm.name, vm.owner), spec.vms))
         say(f"[{time.monotonic() - t0:5.1f}s] VMs: {len(spec.vms)} QEMUs started; booting")

@@ -72,6 +72,9 @@ class Vm:
     disk_mib: int = 64
     priority: int = 2000
     anti_affinity: str | None = None
+    # QEMU machine type to pin ("pc-q35-7.2"); None: pinned when the VM is defined, to the
+    # newest versioned q35 type every host's QEMU knows.
+    machine: str | None = None
 
     @property
     def working_set_mib(self) -> float:

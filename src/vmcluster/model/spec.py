@@ -6,6 +6,7 @@ the table, what is wrong and what to do.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
@@ -45,6 +46,7 @@ _VM = {
     "disk_mib",
     "priority",
     "anti_affinity",
+    "machine",
 }
 T = TypeVar("T")
 
@@ -236,6 +238,10 @@ def _vm(r: _Reader, spec_nodes: set[str], networks: dict[str, Network], vols: se
     dirty = r.get("dirty_mibps", (float, int), 0.0)
     if dirty < 0:
         raise r.fail("dirty_mibps", "dirty_mibps must be >= 0")
+    machine = r.get("machine", str)
+    if machine is not None and not re.fullmatch(r"pc-q35-\d+\.\d+", machine):
+        raise r.fail("machine", f"machine {machine!r} is not a versioned q35 machine type",
+                     "use e.g. \"pc-q35-7.2\" (the bare \"q35\" alias changes with each QEMU)")
     return Vm(
         name=r.name(),
         owner=owner,
@@ -251,6 +257,7 @@ def _vm(r: _Reader, spec_nodes: set[str], networks: dict[str, Network], vols: se
         disk_mib=r.positive("disk_mib", int, 64),
         priority=r.get("priority", int, 2000),
         anti_affinity=r.get("anti_affinity", str),
+        machine=machine,
     )
 
 

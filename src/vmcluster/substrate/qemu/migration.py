@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from vmcluster.errors import MigrationError, SubstrateError, UsageError
+from vmcluster.errors import MigrationError, MigrationRefused, SubstrateError, UsageError
 from vmcluster.lab import netns
 from vmcluster.lab.state import update_state
 from vmcluster.substrate.protocol import (
@@ -124,6 +124,9 @@ class QemuMigrations:
                 raise MigrationError(f"{node}'s interface on {network} is down")
             if not self.sub.agent(node).alive():
                 raise MigrationError(f"node {node} is down; cannot migrate {vm} there")
+        refusal = self.sub.migration_refusal(vm, source, target)
+        if refusal is not None:
+            raise MigrationRefused(f"cannot migrate {vm}: {refusal}")
         slots = self._acquire_slots(sorted({source, target}))
         hid = uuid.uuid4().hex[:10]
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vmcluster.errors import QmpError, SubstrateError
+from vmcluster.substrate.qemu.facts import QemuInstall
 from vmcluster.substrate.qemu.qmp import Qmp
 from vmcluster.substrate.qemu.vm import VmConfig, qemu_argv
 
@@ -63,7 +64,8 @@ class QemuProcess:
 
     @classmethod
     async def spawn(
-        cls, cfg: VmConfig, workdir: Path, serial_log: Path, role: str, migration: str = ""
+        cls, cfg: VmConfig, workdir: Path, serial_log: Path, role: str, migration: str = "",
+        install: QemuInstall | None = None,
     ) -> QemuProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         sock = workdir / f"{cfg.name}.qmp"
@@ -72,12 +74,13 @@ class QemuProcess:
         for stale in (sock, pidfile):
             stale.unlink(missing_ok=True)
         serial_log.parent.mkdir(parents=True, exist_ok=True)
-        argv = qemu_argv(cfg, str(sock), str(serial_log), str(pidfile), role == "incoming")
+        argv = qemu_argv(cfg, str(sock), str(serial_log), str(pidfile), role == "incoming",
+                         install)
         argv.append("-daemonize")
         with errlog.open("wb") as err:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err,
-                start_new_session=True,
+                start_new_session=True, env=install.env() if install else None,
             )
             try:
                 rc = await asyncio.wait_for(proc.wait(), timeout=60)

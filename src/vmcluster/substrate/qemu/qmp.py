@@ -85,6 +85,18 @@ class Qmp:
         reply = await self._run("query-status")
         return str(_dict(reply, "query-status")["status"])
 
+    async def query_version(self) -> dict[str, Any]:
+        return _dict(await self._run("query-version"), "query-version")
+
+    async def query_commands(self) -> list[dict[str, Any]]:
+        return _list(await self._run("query-commands"), "query-commands")
+
+    async def query_migrate_capabilities(self) -> list[dict[str, Any]]:
+        return _list(await self._run("query-migrate-capabilities"), "query-migrate-capabilities")
+
+    async def query_machines(self) -> list[dict[str, Any]]:
+        return _list(await self._run("query-machines"), "query-machines")
+
     async def query_migrate(self) -> dict[str, Any]:
         return _dict(await self._run("query-migrate"), "query-migrate")
 
@@ -171,4 +183,10 @@ class Qmp:
 def _dict(reply: object, cmd: str) -> dict[str, Any]:
     if not isinstance(reply, dict):
         raise QmpError(f"{cmd} returned {type(reply).__name__}, expected an object")
+    return reply
+
+
+def _list(reply: object, cmd: str) -> list[dict[str, Any]]:
+    if not isinstance(reply, list) or not all(isinstance(x, dict) for x in reply):
+        raise QmpError(f"{cmd} returned {type(reply).__name__}, expected a list of objects")
     return reply

@@ -34,6 +34,7 @@ from vmcluster.substrate.protocol import (
     VmState,
     VmStatus,
 )
+from vmcluster.substrate.qemu.facts import QemuFacts, migration_refusal, pinned_machine
 from vmcluster.substrate.qemu.migration import MIB, QemuMigrations
 from vmcluster.substrate.qemu.vm import VmConfig, mac_for
 
@@ -55,6 +56,7 @@ class QemuSubstrate:
         self.on_event: Callable[[str], None] | None = None
         self.migrations = QemuMigrations(self)
         self.last_switches: list[dict[str, Any]] = []
+        self._facts: dict[str, QemuFacts] = {}
 
     @property
     def clock(self) -> MonotonicClock:
@@ -66,6 +68,47 @@ class QemuSubstrate:
     def say(self, msg: str) -> None:
         if self.on_event is not None:
             self.on_event(msg)
+
+    # -- each host's QEMU and each VM's machine type -------------------------------------
+    def facts(self, node: str) -> QemuFacts:
+        """What ``node``'s QEMU supports, as its agent probed it (asked once per substrate)."""
+        if node not in self._facts:
+            try:
+                reply = self.agent(node).call("facts", timeout_s=10)
+            except AgentDown as exc:
+                raise SubstrateError(f"node {node} is down; its QEMU is unknown") from exc
+            self._facts[node] = QemuFacts.from_json(reply["facts"])
+        return self._facts[node]
+
+    def machine(self, vm: str) -> str:
+        """The machine type ``vm`` is pinned to (pinned now if it is not yet)."""
+        pinned = read_state(self.layout).get("machines", {}).get(vm)
+        return str(pinned) if pinned else self.define_vms([vm])[vm]
+
+    def define_vms(self, names: list[str] | None = None) -> dict[str, str]:
+        """Pin each VM's machine type, once: the spec's, or the newest every host knows.
+
+        A cluster upgraded host by host keeps its VMs on the machine type they were
+        defined with, so they can move to the hosts that already run a newer QEMU.
+        """
+        want = names if names is not None else [v.name for v in self.spec.vms]
+        hosts = []
+        for n in self.spec.nodes:
+            with contextlib.suppress(SubstrateError):
+                hosts.append(self.facts(n.name))
+        out: dict[str, str] = {}
+        with update_state(self.layout) as st:
+            machines = st.setdefault("machines", {})
+            for name in want:
+                if not machines.get(name):
+                    machines[name] = pinned_machine(hosts, self.spec.vm(name).machine)
+                out[name] = str(machines[name])
+        return out
+
+    def migration_refusal(self, vm: str, source: str, target: str) -> str | None:
+        """Why ``vm`` cannot go from ``source``'s QEMU to ``target``'s (one line), or None."""
+        return migration_refusal(self.machine(vm), self.facts(source), self.facts(target),
+                                 source, target)
 
     # -- configuration ------------------------------------------------------------
     def vm_config(self, vm_name: str, node: str, owner: str | None = None) -> VmConfig:
@@ -86,7 +129,7 @@ class QemuSubstrate:
             name=vm.name, memory_mib=vm.memory_mib, vcpus=vm.vcpus, mac=mac_for(vm.name),
             tap=self.layout.tap(vm.name), bridge=self.layout.PUBLIC_BRIDGE,
             kernel=image["kernel"], initrd=image["initrd"], append=append,
-            disk=str(self.layout.disk(vm.name)), accel=nd.accel,
+            disk=str(self.layout.disk(vm.name)), accel=nd.accel, machine=self.machine(vm.name),
             csv=None if vm.volume is None else disk_config(self.layout, self.spec, vm.name, node,
                                                            owner, say=self.say),
         )

@@ -1,9 +1,14 @@
 """One VM as a QEMU process: its configuration and its command line.
 
 The same :class:`VmConfig` produces the source's and the target's command
-lines, so both sides of a migration have identical devices. TCG with
-``thread=single`` by default (multi-threaded TCG corrupted migrated guests
-here), KVM when the node says ``accel = "kvm"``.
+lines, so both sides of a migration have identical devices: the machine type
+is the VM's pinned one (``pc-q35-7.2``, never the bare ``q35`` alias, which
+resolves to a different machine on every QEMU version), and the NIC carries
+no option ROM (the guests boot with ``-kernel``; a ROM's size differs between
+QEMU builds and would break a 7.2 -> 10 migration). Each host runs its own
+QEMU (:class:`~vmcluster.substrate.qemu.facts.QemuInstall`): the config never
+names a binary. TCG with ``thread=single`` by default, KVM when the node says
+``accel = "kvm"``.
 """
 
 from __future__ import annotations
@@ -12,13 +17,12 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from vmcluster.substrate.qemu.facts import QemuInstall
+
 __all__ = [
     "DISK_NODE", "LUN_NODE_PREFIX", "PATH_NODE", "VmConfig", "disk_args", "mac_for",
     "qemu_argv", "ram_arg",
 ]
-
-QEMU = "qemu-system-x86_64"
-
 
 def ram_arg(memory_mib: int, accel: str = "tcg") -> str:
     """QEMU's ``-m`` value for a VM of ``memory_mib``.
@@ -57,6 +61,8 @@ class VmConfig:
     append: str
     disk: str
     accel: str = "tcg"
+    # The pinned machine type ("pc-q35-7.2"); "q35" only for a VM defined before pinning.
+    machine: str = "q35"
     # A disk on a cluster shared volume: {"host", "port", "export", "offset", "size",
     # "volume"}; the region [offset, offset + size) of the LUN served over NBD.
     csv: dict[str, Any] | None = None
@@ -108,14 +114,18 @@ def disk_args(cfg: VmConfig) -> list[str]:
 
 
 def qemu_argv(
-    cfg: VmConfig, qmp_socket: str, serial_log: str, pidfile: str, incoming: bool = False
+    cfg: VmConfig, qmp_socket: str, serial_log: str, pidfile: str, incoming: bool = False,
+    install: QemuInstall | None = None,
 ) -> list[str]:
-    """The QEMU command line. ``incoming``: wait for ``migrate-incoming`` (``-incoming defer``)."""
+    """The QEMU command line on a host running ``install`` (default: the system's QEMU).
+
+    ``incoming``: wait for ``migrate-incoming`` (``-incoming defer``).
+    """
     accel = "kvm" if cfg.accel == "kvm" else "tcg,thread=single"
     argv = [
-        QEMU,
+        *(install or QemuInstall()).argv0(),
         "-name", f"{cfg.name},debug-threads=on",
-        "-machine", "q35",
+        "-machine", cfg.machine,
         "-accel", accel,
         "-m", ram_arg(cfg.memory_mib, cfg.accel),
         "-smp", str(cfg.vcpus),
@@ -124,7 +134,7 @@ def qemu_argv(
         "-chardev", f"file,id=ser0,path={serial_log},append=on",
         "-serial", "chardev:ser0",
         "-netdev", f"tap,id=net0,ifname={cfg.tap},script=no,downscript=no",
-        "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac}",
+        "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac},romfile=",
         *disk_args(cfg),
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
         "-pidfile", pidfile,
