@@ -61,6 +61,13 @@ def test_migrate_between_every_pair_while_a_client_talks(lab: QemuSubstrate) -> 
         assert r.extra["memory_ok"] is True
         assert r.passes >= 1 and r.sent_mib > 0 and r.downtime_ms is not None
         assert lab.status().vm("web").node == target
+        # What clients saw: a UDP blackout (5 ms probes) laid beside QEMU's own pause and
+        # resume, and a real HTTP client (ab) that lost no request.
+        assert 0 < r.extra["blackout_ms"] < 3000
+        assert r.extra["ab_failed"] == 0 and r.extra["ab_requests"] > 0
+        bd = r.extra["breakdown"]
+        assert bd is not None and bd["paused_ms"] > 0
+        assert abs(sum(bd.values()) - r.extra["blackout_ms"]) < 20  # the parts add up
 
 
 def test_bad_migrations_leave_the_vm_where_it_was(lab: QemuSubstrate) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import click
 
@@ -128,14 +129,20 @@ def migrate(vm_name: str, target: str, quick: bool, as_json: bool, lab_name: str
     if as_json:
         click.echo(json.dumps(result.to_json()))
     else:
-        r = result.to_json()
+        r: dict[str, Any] = result.to_json()
         if result.ok:
             click.echo(f"{vm_name}: {result.source} -> {result.target} via {result.network}: "
                        f"{result.passes} passes, {result.sent_mib:.1f} MiB, "
                        f"{result.total_s:.2f} s, downtime {_ms(result.downtime_ms)}, "
-                       f"client gap {r['client_gap_ms']} ms, TCP session "
-                       f"{'kept' if r['tcp_session_survived'] else 'lost'}, memory "
+                       f"UDP blackout {_ms(r['blackout_ms'])}, TCP gap {_ms(r['client_gap_ms'])}"
+                       f" (session {'kept' if r['tcp_session_survived'] else 'lost'}), "
+                       f"ab {r['ab_failed']} failed / longest {_ms(r['ab_max_ms'])}, memory "
                        f"{'ok' if r['memory_ok'] else 'CORRUPT'}")
+            bd = r.get("breakdown")
+            if bd:
+                click.echo(f"  blackout = {bd['before_pause_ms']:.0f} ms before the source "
+                           f"paused + {bd['paused_ms']:.0f} ms paused until the target ran + "
+                           f"{bd['after_resume_ms']:.0f} ms until clients were answered again")
     if not result.ok:
         raise MigrationError(
             f"migrating {vm_name} to {target} failed ({result.error}); "

@@ -11,7 +11,7 @@ On start it also asks its QEMU what it supports
 (:func:`~vmcluster.substrate.qemu.facts.probe`): ``ping`` reports the version,
 ``facts`` the whole answer (machine types, commands, capabilities).
 
-Ops: ping, facts, list, start, stop, pause, resume, incoming, migrate, query_migrate,
+Ops: ping, facts, timeline, list, start, stop, pause, resume, incoming, migrate, query_migrate,
 set_params, cancel, takeover, release, discard, save, and the cluster shared
 volume ops of :class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that
 carries a manager's fencing ``token`` is refused unless that manager still leads
@@ -197,6 +197,11 @@ class Agent(CsvOps):
         await qp.qmp.migrate_set_parameters(**req.get("params", {}))
         await qp.qmp.start_migration(req["uri"])
         return {}
+
+    async def op_timeline(self, req: Reply) -> Reply:
+        """The VM's last STOP / RESUME events here, with QEMU's wall-clock timestamps."""
+        qp = self.vms.get(req["vm"])
+        return {"events": [] if qp is None else [list(e) for e in qp.qmp.events]}
 
     async def op_query_migrate(self, req: Reply) -> Reply:
         qp = self.get(req["vm"])

@@ -1,16 +1,27 @@
-"""What a client sees: a TCP echo loop from the client namespace, and the guest's memory check.
+"""What a client sees: probes from the client namespace, and the guest's memory check.
 
-``python -m vmcluster.lab.probe --addr A --port P`` (run inside the client
-namespace) sends ``<seq>\\n`` and waits for the same line back, one at a time,
-every ``interval`` seconds; on SIGTERM it prints one JSON object: replies, the
-longest silence between two replies (``max_gap_ms``), whether the first TCP
-session lasted throughout (``session_survived``). :class:`EchoProbe` starts and
-stops it from the host. :func:`memory_ok` reads a guest's serial log.
+Three clients watch a VM during a migration, each a process in the lab's client
+namespace (:class:`ClientProbe` starts and stops one from the host):
+
+* ``--mode tcp``: sends ``<seq>\\n`` and waits for the same line back, one at a
+  time, every ``interval`` seconds: the longest silence between two replies
+  (``max_gap_ms``) and whether the first TCP session lasted throughout. TCP's
+  200 ms minimum retransmission timeout bounds this gap from below.
+* ``--mode udp``: a datagram every 5 ms, echoed by the guest: ``blackout_ms`` is
+  the longest run of unanswered probes, in wall time from the last answered
+  probe before it to the first answered after it (``gap_from`` / ``gap_to``),
+  less one interval, so that it can be laid beside QEMU's own events.
+* ApacheBench (``ab``, Debian's apache2-utils: a client we did not write) against
+  busybox ``httpd`` in the guest: failed requests and the longest request.
+
+Each prints one JSON object when sent SIGTERM (ab: SIGINT). :func:`memory_ok`
+reads a guest's serial log.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import socket
@@ -23,17 +34,30 @@ from typing import Any
 from vmcluster.errors import LabError
 from vmcluster.lab.layout import LabLayout
 
-__all__ = ["EchoProbe", "memory_ok", "serial_sizes"]
+__all__ = ["ClientProbe", "memory_ok", "parse_ab", "serial_sizes"]
+
+HTTP_PORT = 80
 
 
-class EchoProbe:
-    """An echo loop running in the lab's client namespace against one VM."""
+class ClientProbe:
+    """One client process in the lab's client namespace against one VM.
 
-    def __init__(self, layout: LabLayout, addr: str, port: int = 7777,
-                 interval_s: float = 0.01) -> None:
-        self.argv = ["ip", "netns", "exec", layout.client_ns, sys.executable, "-m",
-                     "vmcluster.lab.probe", "--addr", addr, "--port", str(port),
-                     "--interval", str(interval_s)]
+    ``mode`` is ``tcp`` or ``udp`` (this module's own loops) or ``ab`` (ApacheBench).
+    """
+
+    def __init__(self, layout: LabLayout, addr: str, mode: str = "tcp", port: int = 7777,
+                 interval_s: float | None = None) -> None:
+        self.mode = mode
+        ns = ["ip", "netns", "exec", layout.client_ns]
+        if mode == "ab":
+            # -c 1: one request at a time, so a stall shows as one long request; -r: go on
+            # after a failed one; -s: a request stuck longer than 30 s counts as failed.
+            self.argv = [*ns, "ab", "-q", "-r", "-c", "1", "-n", "10000000", "-t", "900",
+                         "-s", "30", f"http://{addr}:{HTTP_PORT}/"]
+        else:
+            every = interval_s if interval_s is not None else (0.005 if mode == "udp" else 0.01)
+            self.argv = [*ns, sys.executable, "-m", "vmcluster.lab.probe", "--mode", mode,
+                         "--addr", addr, "--port", str(port), "--interval", str(every)]
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, ready_timeout_s: float = 20.0) -> None:
@@ -45,8 +69,19 @@ class EchoProbe:
         src = str(Path(vmcluster.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                    else "")
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, text=True, env=env)
+        try:
+            self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                         text=True, env=env)
+        except OSError as exc:
+            raise LabError(f"cannot start the {self.mode} client: {exc}") from exc
+        if self.mode == "ab":
+            time.sleep(0.3)  # ab says nothing until it ends; give it its first requests
+            if self.proc.poll() is not None:
+                err = self.proc.communicate()[1].strip().splitlines()
+                self.proc = None
+                raise LabError(f"ab cannot reach the VM's httpd: {err[-1] if err else '?'}")
+            return
         assert self.proc.stderr is not None
         deadline = time.monotonic() + ready_timeout_s
         # The probe writes "connected" on stderr once its first reply came back.
@@ -57,23 +92,43 @@ class EchoProbe:
             if line.startswith("connected"):
                 return
         self.stop()
-        raise LabError(f"the client cannot reach the VM ({' '.join(self.argv[-6:])})")
+        raise LabError(f"the {self.mode} client cannot reach the VM "
+                       f"({' '.join(self.argv[-6:])})")
 
     def stop(self) -> dict[str, Any]:
         if self.proc is None:
             return {}
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.SIGINT if self.mode == "ab" else signal.SIGTERM)
         try:
-            out, _ = self.proc.communicate(timeout=20)
+            out, _ = self.proc.communicate(timeout=40)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate()
         self.proc = None
+        if self.mode == "ab":
+            return parse_ab(out)
         try:
             return dict(json.loads(out.strip().splitlines()[-1]))
         except (ValueError, IndexError):
             return {"error": "the probe printed no result"}
+
+
+def parse_ab(text: str) -> dict[str, Any]:
+    """ApacheBench's report: completed and failed requests, the longest request (ms)."""
+    out: dict[str, Any] = {"requests": None, "failed": None, "max_ms": None}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        words = rest.split()
+        if key == "Complete requests" and words:
+            out["requests"] = int(words[0])
+        elif key == "Failed requests" and words:
+            out["failed"] = int(words[0])
+        elif key == "Total" and len(words) >= 5:  # min mean [+/-sd] median max
+            out["max_ms"] = int(words[-1])
+    if out["requests"] is None:
+        out["error"] = "ab printed no report"
+    return out
 
 
 def serial_sizes(layout: LabLayout, vm: str, nodes: list[str]) -> dict[str, int]:
@@ -102,6 +157,64 @@ def memory_ok(log: Path, offset: int, timeout_s: float = 15.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)
+
+
+def _udp(addr: str, port: int, interval: float) -> dict[str, Any]:
+    """A datagram every ``interval`` s; the longest run of unanswered ones, as a blackout."""
+    stop_at: float | None = None
+
+    def on_term(_sig: int, _frame: object) -> None:
+        nonlocal stop_at
+        stop_at = time.monotonic() + 1.0  # answers still on their way count
+
+    signal.signal(signal.SIGTERM, on_term)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((addr, port))
+    sock.setblocking(False)
+    sent: list[float] = []  # wall-clock send time of probe i
+    answered: set[int] = set()
+    next_send = time.monotonic()
+    told = False
+    sending = True
+    while stop_at is None or time.monotonic() < stop_at:
+        now = time.monotonic()
+        if sending and now >= next_send:
+            with contextlib.suppress(OSError):  # unreachable for a moment is a lost probe
+                sock.send(b"%d" % len(sent))
+            sent.append(time.time())
+            next_send += interval
+            if next_send < now:  # we were descheduled: do not send a burst
+                next_send = now + interval
+            if stop_at is not None:
+                sending = False
+        try:
+            while True:
+                data = sock.recv(64)
+                with contextlib.suppress(ValueError):
+                    answered.add(int(data))
+                if not told:
+                    print("connected", file=sys.stderr, flush=True)
+                    told = True
+        except (BlockingIOError, ConnectionRefusedError):
+            pass
+        time.sleep(max(0.0, min(next_send - time.monotonic(), 0.001)))
+    sock.close()
+    # The longest run of unanswered probes between two answered ones (a loss at the very
+    # start or end is the probe's own, not the VM's).
+    best, frm, to = 0, None, None
+    last_ok: int | None = None
+    for i in sorted(answered):
+        if last_ok is not None and i - last_ok - 1 > best:
+            best, frm, to = i - last_ok - 1, sent[last_ok], sent[i]
+        last_ok = i
+    lost = sum(1 for i in range(min(answered, default=0), max(answered, default=-1) + 1)
+               if i not in answered)
+    # In wall time, not count x interval: a probe sent late (the prober descheduled) must
+    # not shorten the blackout. The resolution is one interval.
+    blackout = 0.0 if frm is None or to is None else max(0.0, to - frm - interval)
+    return {"sent": len(sent), "answered": len(answered), "lost": lost, "lost_in_gap": best,
+            "blackout_ms": round(blackout * 1000, 1), "interval_ms": interval * 1000,
+            "gap_from": frm, "gap_to": to}
 
 
 def _run(addr: str, port: int, interval: float) -> dict[str, Any]:
@@ -169,11 +282,13 @@ def _run(addr: str, port: int, interval: float) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="vmcluster.lab.probe")
+    p.add_argument("--mode", choices=("tcp", "udp"), default="tcp")
     p.add_argument("--addr", required=True)
     p.add_argument("--port", type=int, default=7777)
     p.add_argument("--interval", type=float, default=0.01)
     args = p.parse_args(argv)
-    print(json.dumps(_run(args.addr, args.port, args.interval)), flush=True)
+    run = _udp if args.mode == "udp" else _run
+    print(json.dumps(run(args.addr, args.port, args.interval)), flush=True)
 
 
 if __name__ == "__main__":

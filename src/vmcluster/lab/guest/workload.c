@@ -35,6 +35,7 @@
  *   STATS            -> STATS sweeps=.. dirtied_bytes=.. corrupt=.. checks=.. ...
  *   SELFTEST CORRUPT -> OK SELFTEST       (damages one page; the next check reports it)
  *   QUIT             -> connection closed
+ * UDP on the same port: every datagram is echoed back unchanged (blackout probes).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -381,10 +382,40 @@ static int listen_on(long port)
     return fd;
 }
 
-static void serve(int lfd)
+/* UDP echo on the same port: every datagram goes straight back to its sender, so a client
+ * probing every few ms sees exactly when the VM stops and starts answering (no TCP
+ * retransmission timer in the way). */
+static int udp_on(long port)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_ANY)};
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void udp_echo(int ufd)
+{
+    char buf[512];
+    struct sockaddr_in from;
+    for (int n = 0; n < 64; n++) {
+        socklen_t flen = sizeof from;
+        ssize_t r = recvfrom(ufd, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &flen);
+        if (r < 0)
+            return;
+        sendto(ufd, buf, (size_t)r, MSG_DONTWAIT, (struct sockaddr *)&from, flen);
+    }
+}
+
+static void serve(int lfd, int ufd)
 {
     static struct client cl[MAX_CLIENTS];
-    struct pollfd pfd[MAX_CLIENTS + 1];
+    struct pollfd pfd[MAX_CLIENTS + 2];
     for (int i = 0; i < MAX_CLIENTS; i++)
         cl[i].fd = -1;
     for (;;) {
@@ -394,12 +425,16 @@ static void serve(int lfd)
             pfd[i + 1].fd = cl[i].fd;
             pfd[i + 1].events = POLLIN;
         }
-        if (poll(pfd, MAX_CLIENTS + 1, 1000) < 0) {
+        pfd[MAX_CLIENTS + 1].fd = ufd;
+        pfd[MAX_CLIENTS + 1].events = POLLIN;
+        if (poll(pfd, MAX_CLIENTS + 2, 1000) < 0) {
             if (errno == EINTR)
                 continue;
             say("WORKLOAD poll failed: %s", strerror(errno));
             return;
         }
+        if (pfd[MAX_CLIENTS + 1].revents & POLLIN)
+            udp_echo(ufd);
         if (pfd[0].revents & POLLIN) {
             int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
             if (fd >= 0) {
@@ -551,6 +586,11 @@ int main(int argc, char **argv)
         say("WORKLOAD-FAILED cannot listen on port %ld: %s", g_port, strerror(errno));
         return 1;
     }
+    int ufd = udp_on(g_port);
+    if (ufd < 0) {
+        say("WORKLOAD-FAILED cannot bind UDP port %ld: %s", g_port, strerror(errno));
+        return 1;
+    }
     if (g_selftest_at_start)
         atomic_store(&g_corrupt_req, 1);
     say("WORKLOAD-READY port=%ld mem_mib=%ld wws_mib=%.2f dirty_mibps=%g report_s=%g", g_port,
@@ -561,6 +601,6 @@ int main(int argc, char **argv)
         say("WORKLOAD-FAILED cannot start the sweeper thread");
         return 1;
     }
-    serve(lfd);
+    serve(lfd, ufd);
     return 1;
 }

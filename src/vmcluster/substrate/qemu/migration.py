@@ -14,6 +14,7 @@ slot files, so it holds across processes and frees itself when a process dies.
 from __future__ import annotations
 
 import fcntl
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -57,6 +58,7 @@ class _Attempt:
     forced: bool = False
     last_info: dict[str, Any] = field(default_factory=dict)
     handle: MigrationHandle | None = None
+    wall0: float = field(default_factory=time.time)
 
 
 class QemuMigrations:
@@ -237,7 +239,9 @@ class QemuMigrations:
                 ok = True
             except SubstrateError as exc:
                 error = f"target {handle.target} failed after the switchover: {exc}"
+        timeline: dict[str, float | None] = {}
         if ok:
+            timeline = self._timeline(handle, att.wall0 if att else 0.0)
             with update_state(self.sub.layout) as st:
                 st["vms"][handle.vm] = {"node": handle.target}
             try:
@@ -262,10 +266,25 @@ class QemuMigrations:
             sent_mib=int(ram.get("transferred", 0)) / MIB, total_s=float(total_s),
             downtime_ms=float(info["downtime"]) if ok and "downtime" in info else None,
             error=None if ok else error,
-            extra={"setup_ms": info.get("setup-time"), "mbps": info.get("ram", {}).get("mbps")},
+            extra={"setup_ms": info.get("setup-time"), "mbps": info.get("ram", {}).get("mbps"),
+                   **timeline},
         )
         self._results[handle.id] = result
         return result
+
+    def _timeline(self, handle: MigrationHandle, since: float) -> dict[str, float | None]:
+        """When the source's vCPUs stopped for the last copy and the target's ran (QEMU's
+        own event timestamps, wall clock), read before the source QEMU quits."""
+        def last(node: str, name: str) -> float | None:
+            try:
+                events = self.sub.agent(node).call("timeline", vm=handle.vm)["events"]
+            except SubstrateError:
+                return None
+            times = [float(t) for n, t in events if n == name and float(t) >= since]
+            return max(times) if times else None
+
+        return {"paused_at": last(handle.source, "STOP"),
+                "resumed_at": last(handle.target, "RESUME")}
 
     def _rollback(self, handle: MigrationHandle) -> str | None:
         problems = []

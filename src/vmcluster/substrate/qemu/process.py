@@ -22,7 +22,10 @@ from vmcluster.substrate.qemu.facts import QemuInstall
 from vmcluster.substrate.qemu.qmp import Qmp
 from vmcluster.substrate.qemu.vm import VmConfig, qemu_argv
 
-__all__ = ["QemuProcess", "Record"]
+__all__ = ["TIMELINE_EVENTS", "QemuProcess", "Record"]
+
+# QMP events each QEMU's timeline keeps: when its vCPUs stopped and ran again.
+TIMELINE_EVENTS = ("STOP", "RESUME")
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class QemuProcess:
         record = Record(cfg.name, role, pid, str(sock), str(serial_log), cfg.to_json(), migration)
         qmp = Qmp(f"{cfg.name}@{pid}")
         await qmp.connect(str(sock))
+        qmp.record_events(*TIMELINE_EVENTS)
         qp = cls(record, qmp, workdir / f"{cfg.name}.json")
         qp.save()
         return qp
@@ -116,6 +120,7 @@ class QemuProcess:
             await qmp.connect(record.qmp, timeout_s=5)
         except QmpError:
             return None  # alive but not answering: leave it (and its record) alone
+        qmp.record_events(*TIMELINE_EVENTS)
         return cls(record, qmp, record_path)
 
     def alive(self) -> bool:

@@ -10,6 +10,7 @@ are registered *before* the command that triggers the event
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Mapping
@@ -32,6 +33,27 @@ class Qmp:
         self.name = name
         self.timeout_s = timeout_s
         self._client = QMPClient(name)
+        # The last events of the kinds asked for with record_events(): (name, wall time).
+        self.events: collections.deque[tuple[str, float]] = collections.deque(maxlen=64)
+        self._recorder: asyncio.Task[None] | None = None
+
+    def record_events(self, *names: str) -> None:
+        """Keep every ``names`` event from now on in :attr:`events`, with QEMU's own
+        timestamp (wall clock), so that a migration's pause and resume can be laid
+        beside what a client saw."""
+        listener = EventListener(names=list(names))
+        self._client.register_listener(listener)
+
+        async def pump() -> None:
+            while True:
+                ev = await listener.get()
+                ts = dict(ev).get("timestamp")
+                if not isinstance(ts, dict):
+                    continue
+                at = float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6
+                self.events.append((str(ev.get("event")), at))
+
+        self._recorder = asyncio.get_running_loop().create_task(pump())
 
     async def connect(self, socket_path: str, timeout_s: float = 10.0) -> None:
         """Connect, retrying until the socket exists and answers, or ``timeout_s`` passes."""
@@ -49,6 +71,8 @@ class Qmp:
         raise QmpError(f"{self.name}: cannot connect to QMP at {socket_path}: {last}") from last
 
     async def close(self) -> None:
+        if self._recorder is not None:
+            self._recorder.cancel()
         with contextlib.suppress(QMPError, OSError, EOFError, TimeoutError):  # gone is fine
             await asyncio.wait_for(self._client.disconnect(), timeout=2.0)
 
