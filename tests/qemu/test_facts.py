@@ -19,7 +19,7 @@ from vmcluster.substrate.qemu.facts import (
     pinned_machine,
     probe,
 )
-from vmcluster.substrate.qemu.vm import VmConfig, mac_for, qemu_argv
+from vmcluster.substrate.qemu.vm import VmConfig, mac_for, qemu_argv, ram_arg
 
 
 def _facts(version: str, newest: tuple[int, int]) -> QemuFacts:
@@ -122,3 +122,10 @@ memory_mib = 256
     assert parse_spec(base + 'machine = "pc-q35-7.2"\n').vm("web").machine == "pc-q35-7.2"
     with pytest.raises(SpecError, match="versioned q35"):
         parse_spec(base + 'machine = "q35"\n')
+
+
+def test_the_extra_tcg_page_only_where_qemu_7_2_may_run_the_vm() -> None:
+    assert ram_arg(256, "tcg", "pc-q35-7.2") == "262148k"
+    assert ram_arg(256, "tcg", "q35") == "262148k"  # unpinned: it might meet 7.2
+    assert ram_arg(256, "tcg", "pc-q35-10.0") == "256"
+    assert ram_arg(256, "kvm", "pc-q35-7.2") == "256"

@@ -17,25 +17,30 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vmcluster.substrate.qemu.facts import QemuInstall
+from vmcluster.substrate.qemu.facts import QemuInstall, machine_version
 
 __all__ = [
     "DISK_NODE", "LUN_NODE_PREFIX", "PATH_NODE", "VmConfig", "disk_args", "mac_for",
     "qemu_argv", "ram_arg",
 ]
 
-def ram_arg(memory_mib: int, accel: str = "tcg") -> str:
-    """QEMU's ``-m`` value for a VM of ``memory_mib``.
+def ram_arg(memory_mib: int, accel: str = "tcg", machine: str = "q35") -> str:
+    """QEMU's ``-m`` value for a VM of ``memory_mib`` pinned to ``machine``.
 
-    Under TCG the RAM is one 4 KiB page larger than asked. QEMU 7.2 syncs the
-    dirty bitmap of a RAM block whose size is a multiple of 64 pages through a
-    fast path that does not reset TCG's TLB dirty state, so pages the vCPU
-    keeps writing through a cached TLB entry (kernel stacks, timers) are not
-    sent again: the migrated guest lost writes in 5 of 13 migrations at
-    exactly 256 MiB (kernel panics, CORRUPT from the workload) and in 0 of 10
-    at 256 MiB + 4 KiB. An odd page count takes the slow path, which resets it.
+    A TCG VM that may run on a QEMU 7.2 host (machine type older than
+    pc-q35-8.0, or the unpinned alias) gets one 4 KiB page more than asked.
+    QEMU 7.2 syncs the dirty bitmap of a RAM block whose size is a multiple of
+    64 pages through a fast path that does not reset TCG's TLB dirty state, so
+    pages the vCPU keeps writing through a cached TLB entry are not sent again:
+    at exactly 256 MiB the migrated guest's kernel died in 12 of 12 migrations
+    on 7.2.22 (5 of 13 corrupt on an earlier 7.2 build), and in 0 of 10 with one
+    page more. QEMU 10.0 lost nothing at exactly 256 MiB (0 of 16), and the odd
+    size costs it 200-700 ms of migration setup, so VMs pinned to a newer
+    machine (which can never run on 7.2) get exactly what they ask. The size is
+    the machine type's, not the host's: both ends of a migration must agree.
     """
-    if accel == "kvm":
+    version = machine_version(machine)
+    if accel == "kvm" or (version is not None and version >= (8, 0)):
         return str(memory_mib)
     return f"{memory_mib * 1024 + 4}k"
 
@@ -127,7 +132,7 @@ def qemu_argv(
         "-name", f"{cfg.name},debug-threads=on",
         "-machine", cfg.machine,
         "-accel", accel,
-        "-m", ram_arg(cfg.memory_mib, cfg.accel),
+        "-m", ram_arg(cfg.memory_mib, cfg.accel, cfg.machine),
         "-smp", str(cfg.vcpus),
         "-nodefaults", "-no-user-config", "-display", "none",
         "-kernel", cfg.kernel, "-initrd", cfg.initrd, "-append", cfg.append,
