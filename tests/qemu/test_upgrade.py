@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-
 from tests.helpers import vmc
+
 from vmcluster.errors import MigrationRefused
 from vmcluster.lab.observe import migrate_observed
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
