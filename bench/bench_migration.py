@@ -11,10 +11,12 @@ bounded below by TCP's 200 ms retransmission timeout), a UDP probe every 5 ms
 (the blackout), and ApacheBench against the guest's httpd (failed requests,
 longest request). The blackout is split by QEMU's own STOP/RESUME event times
 into before-pause, paused (source stop -> target run) and after-resume.
+``--tls both`` runs each QEMU with and without TLS on the migration stream.
 Prints a table (p50/p95 over the runs) and writes bench/results/migration.json.
 Needs root.
 
     python bench/bench_migration.py [--runs 10] [--rates 0,20,100] [--qemu system,debian-7.2]
+        [--tls on|off|both]
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from vmcluster.policy.prediction import predict
 SPEC = """
 [cluster]
 name = "bench"
+migration_tls = {tls}
 [[networks]]
 name = "Public"
 subnet = "198.18.1.0/24"
@@ -86,12 +89,13 @@ def pct(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run_qemu(qemu: str, rates: list[float], runs: int) -> tuple[float, str, list[dict[str, Any]]]:
+def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int
+             ) -> tuple[float, str, list[dict[str, Any]]]:
     """One lab whose two hosts both run ``qemu``; ``runs`` migrations per rate."""
     name = f"b{os.getpid()}"
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "bench.toml"
-        spec_path.write_text(SPEC)
+        spec_path.write_text(SPEC.replace("{tls}", "true" if tls else "false"))
         t0 = time.monotonic()
         choice = {} if qemu == "system" else {"node1": qemu, "node2": qemu}
         sub = lab_up(spec_path, name, say=lambda m: print(m, file=sys.stderr), qemu=choice)
@@ -112,7 +116,8 @@ def run_qemu(qemu: str, rates: list[float], runs: int) -> tuple[float, str, list
                     r = migrate_observed(sub, "vm", target)
                     bd = r.extra.get("breakdown") or {}
                     rows.append({
-                        "qemu": version, "dirty_mibps": rate, "ok": r.ok, "network": r.network,
+                        "qemu": version, "tls": tls, "dirty_mibps": rate, "ok": r.ok,
+                        "network": r.network,
                         "passes": r.passes, "sent_mib": round(r.sent_mib, 1),
                         "total_s": round(r.total_s, 3), "downtime_ms": r.downtime_ms,
                         "client_gap_ms": r.extra.get("client_gap_ms"),
@@ -141,8 +146,8 @@ def run_qemu(qemu: str, rates: list[float], runs: int) -> tuple[float, str, list
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (QEMU, dirty rate): p50/p95 and worst cases over the runs."""
     out = []
-    for key in sorted({(r["qemu"], r["dirty_mibps"]) for r in rows}):
-        grp = [r for r in rows if (r["qemu"], r["dirty_mibps"]) == key]
+    for key in sorted({(r["qemu"], r["tls"], r["dirty_mibps"]) for r in rows}):
+        grp = [r for r in rows if (r["qemu"], r["tls"], r["dirty_mibps"]) == key]
         ok = [r for r in grp if r["ok"]]
 
         def col(name: str, rs: list[dict[str, Any]] = ok) -> list[float]:
@@ -150,7 +155,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
         errs = [abs(e) for e in col("total_error_pct")]
         out.append({
-            "qemu": key[0], "dirty_mibps": key[1], "runs": len(grp), "ok": len(ok),
+            "qemu": key[0], "tls": "on" if key[1] else "off", "dirty_mibps": key[2],
+            "runs": len(grp), "ok": len(ok),
             "passes_p50": pct(col("passes"), 0.5), "total_s_p50": pct(col("total_s"), 0.5),
             "downtime_ms_p50": pct(col("downtime_ms"), 0.5),
             "downtime_ms_p95": pct(col("downtime_ms"), 0.95),
@@ -184,18 +190,23 @@ def main() -> None:
     ap.add_argument("--rates", default="0,20,100")
     ap.add_argument("--qemu", default="system,debian-7.2",
                     help="comma-separated: system (the installed QEMU) and/or debian-7.2")
+    ap.add_argument("--tls", choices=("on", "off", "both"), default="on",
+                    help="migration streams with TLS (the spec's migration_tls); both: each QEMU "
+                         "twice, to measure what TLS costs")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_migration: needs root (the lab uses network namespaces)")
     rates = [float(r) for r in args.rates.split(",")]
     rows: list[dict[str, Any]] = []
     ups: dict[str, float] = {}
+    tls_modes = {"on": [True], "off": [False], "both": [True, False]}[args.tls]
     for qemu in args.qemu.split(","):
-        up_s, version, got = run_qemu(qemu.strip(), rates, args.runs)
-        ups[version] = round(up_s, 2)
-        rows += got
+        for tls in tls_modes:
+            up_s, version, got = run_qemu(qemu.strip(), tls, rates, args.runs)
+            ups[version] = round(up_s, 2)
+            rows += got
     summary = summarise(rows)
-    cols = [("qemu", "QEMU"), ("dirty_mibps", "dirty MiB/s"), ("ok", "ok"),
+    cols = [("qemu", "QEMU"), ("tls", "TLS"), ("dirty_mibps", "dirty MiB/s"), ("ok", "ok"),
             ("passes_p50", "passes"), ("total_s_p50", "total s"),
             ("downtime_ms_p50", "downtime p50"), ("downtime_ms_p95", "p95"),
             ("blackout_ms_p50", "blackout p50"), ("blackout_ms_p95", "p95"),

@@ -8,6 +8,10 @@ from contextlib import ExitStack, contextmanager
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import pytest
+
+from vmcluster.errors import InputError
+from vmcluster.heartbeat.auth import HeartbeatAuth, load_key, new_key_file
 from vmcluster.heartbeat.daemon import HeartbeatDaemon
 from vmcluster.heartbeat.detector import (
     Binding,
@@ -24,6 +28,7 @@ NODES = ("n1", "n2", "n3")
 NETS = ("A", "B")
 SPEC = load_spec(Path(__file__).with_name("three_nodes.toml"))
 P = HeartbeatParams(0.1, 8)  # 0.8 s window keeps the test short; defaults are in bench/
+KEY = bytes(range(32))
 
 
 def addr(node: str, net: str) -> IPv4Address:
@@ -39,7 +44,7 @@ def free_udp_port() -> int:
 def daemon(node: str, port: int, nets: tuple[str, ...] = NETS) -> HeartbeatDaemon:
     binds = [Binding(n, addr(node, n), port) for n in nets]
     targets = [Target(p, n, addr(p, n), port) for p in NODES if p != node for n in NETS]
-    return HeartbeatDaemon("t", node, binds, targets, P)
+    return HeartbeatDaemon("t", node, binds, targets, P, key=KEY)
 
 
 @contextmanager
@@ -97,3 +102,46 @@ def test_one_missing_interface_is_a_partition_not_a_node_failure() -> None:
         assert network_states(SPEC, health) == {"A": "partitioned", "B": "up"}
         assert cluster_network(SPEC, health, "n1", "n3") == "B"
         assert cluster_network(SPEC, health, "n1", "n2") == "A"
+
+
+def test_forged_and_replayed_heartbeats_are_dropped_and_cannot_keep_a_dead_peer_alive() -> None:
+    port = free_udp_port()
+    d1, d2 = daemon("n1", port), daemon("n2", port)
+    with running([d1]):
+        # What n2 would send, captured on the wire: sealed with the cluster key.
+        auth = HeartbeatAuth(KEY)
+        captured = [auth.seal("t", "n2", "A", seq) for seq in range(1, 6)]
+        foreign = HeartbeatAuth(bytes(32)).seal("t", "n2", "A", 1)  # another cluster's key
+        tampered = captured[0].replace(b'"n":"n2"', b'"n":"n3"')
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((str(addr("n2", "A")), 0))
+            for msg in captured:  # genuine: accepted once, in order
+                s.sendto(msg, (str(addr("n1", "A")), port))
+            assert wait_until(lambda: d1.received == 5, 5)
+            clock = MonotonicClock()
+            end = clock.now() + 2.0  # n2 is dead; an attacker replays what it sent
+            while clock.now() < end:
+                for msg in (*captured, foreign, tampered, b"not json"):
+                    s.sendto(msg, (str(addr("n1", "A")), port))
+                clock.sleep(P.delay_s / 2)
+        assert d1.received == 5
+        assert d1.replayed > 0 and d1.forged > 0
+        assert d1.dropped >= d1.replayed + d1.forged
+        assert wait_until(lambda: "n2" in d1.down_peers(), 5)
+    # A restarted sender starts a new epoch: its heartbeats are fresh again.
+    with running([d1.__class__("t", "n1", d1.bindings, d1.targets, P, key=KEY), d2]) as (e1, _):
+        assert wait_until(lambda: e1.received > 5 and e1.replayed == 0, 5)
+
+
+def test_the_key_file_is_checked() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "hb.key"
+        new_key_file(path)
+        assert len(load_key(path)) == 32 and (path.stat().st_mode & 0o777) == 0o600
+        path.write_text("zz\n")
+        with pytest.raises(InputError, match="not hex"):
+            load_key(path)
+        with pytest.raises(InputError, match="No such file"):
+            load_key(Path(tmp) / "missing.key")

@@ -6,18 +6,26 @@ gone) even when a test fails.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import ssl
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from vmcluster.errors import MigrationError, UsageError
+from vmcluster.errors import MigrationError, StoreError, UsageError
 from vmcluster.lab import netns
 from vmcluster.lab.client import AgentClient, start_agent
+from vmcluster.lab.credentials import etcd_tls
 from vmcluster.lab.lab import set_net
+from vmcluster.lab.nsenter import NetnsThread
 from vmcluster.lab.observe import migrate_observed
+from vmcluster.store.etcd import EtcdClient
 from vmcluster.substrate.protocol import MigrationHandle, MigrationParams, MigrationProgress
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
@@ -171,3 +179,49 @@ def test_concurrency_limit_queues_the_third_migration(lab: QemuSubstrate) -> Non
     again = lab.migrations.try_slot("node1", limit)
     assert again is not None
     again.close()
+
+
+def test_the_migration_stream_is_tls_with_the_cluster_certificates(lab: QemuSubstrate) -> None:
+    """Bytes on the target's Migration interface: a TLS handshake, never QEMU's plain
+    stream (which starts with the magic QEVM)."""
+    source = lab.owner("batch")
+    target = "node1" if source != "node1" else "node2"
+    sniff = subprocess.Popen(
+        ["ip", "netns", "exec", lab.layout.node_ns(target), sys.executable,
+         str(Path(__file__).with_name("sniff.py")), lab.layout.node_if("Migration"), "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert sniff.stderr is not None and sniff.stderr.readline().strip() == "ready"
+        r = migrate_observed(lab, "batch", target)
+    finally:
+        sniff.send_signal(signal.SIGINT)
+        out, _ = sniff.communicate(timeout=40)
+    assert r.ok and r.network == "Migration" and r.extra["memory_ok"] is True
+    assert lab.spec.cluster.migration_tls
+    firsts = [v for v in (json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+                          ).values()]
+    assert firsts, "no TCP connection seen on the Migration network"
+    assert all(not bytes.fromhex(h).startswith(b"QEVM") for h in firsts)
+    assert any(bytes.fromhex(h)[:2] == b"\x16\x03" for h in firsts)  # a TLS handshake
+
+
+def test_etcd_serves_only_clients_with_a_cluster_certificate(lab: QemuSubstrate) -> None:
+    svc = json.loads((lab.layout.state_dir / "services.json").read_text())
+    assert svc["endpoints"] and all(u.startswith("https://") for u in svc["endpoints"])
+    admin = etcd_tls(lab.layout)
+    assert admin is not None
+    with NetnsThread(lab.layout.client_ns) as thread:
+        good = EtcdClient(svc["endpoints"], timeout=2.0, retry_s=0, tls=admin)
+        assert thread.call(good.get, "/nothing") is None
+        with pytest.raises(StoreError):  # no TLS at all
+            thread.call(EtcdClient(svc["endpoints"], timeout=2.0, retry_s=0).get, "/x")
+
+        def no_client_cert() -> None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.load_verify_locations(admin.ca)
+            c = EtcdClient(svc["endpoints"][:1], timeout=2.0, retry_s=0)
+            c._conns.tls = ctx  # the cluster CA, but no certificate of our own
+            c.get("/x")
+
+        with pytest.raises(StoreError):
+            thread.call(no_client_cert)

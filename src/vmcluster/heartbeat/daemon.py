@@ -7,9 +7,12 @@ Route states come from :class:`~vmcluster.heartbeat.detector.RouteTracker`,
 evaluated every ``delay / 5``; each change goes to ``on_change`` (called on
 the daemon's thread) and to the ``changes`` queue.
 
-A datagram is JSON ``{"c": cluster, "n": sender, "net": network, "s": seq}``;
-datagrams of another cluster, from an unknown peer, or naming another network
-than the socket they arrived on are dropped. Send errors (an interface that is
+A datagram is sealed with the cluster's heartbeat key
+(:mod:`vmcluster.heartbeat.auth`: an HMAC over cluster, sender, network, the
+sender's epoch and sequence); forged ones (``forged``) and replayed ones
+(``replayed``) are dropped and counted, and so are datagrams of another
+cluster, from an unknown peer, or naming another network than the socket they
+arrived on (``dropped`` counts every drop). Send errors (an interface that is
 down: ENETUNREACH) are ignored: the peer will miss us, which is the point.
 
 ``python -m vmcluster.heartbeat.daemon`` runs one daemon and prints each
@@ -29,8 +32,10 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
+from pathlib import Path
 from types import FrameType
 
+from vmcluster.heartbeat.auth import HeartbeatAuth, load_key
 from vmcluster.heartbeat.detector import (
     Binding,
     HeartbeatParams,
@@ -60,8 +65,12 @@ class HeartbeatDaemon:
         params: HeartbeatParams,
         clock: Clock | None = None,
         on_change: Callable[[RouteChange], None] | None = None,
+        *,
+        key: bytes,
     ) -> None:
         self.cluster, self.node, self.params = cluster, node, params
+        self.auth = HeartbeatAuth(key)
+        self.forged = self.replayed = 0
         self.bindings, self.targets = tuple(bindings), tuple(targets)
         self.clock = clock or MonotonicClock()
         self.on_change = on_change
@@ -121,9 +130,9 @@ class HeartbeatDaemon:
             sock = self._socks.get(t.network)
             if sock is None:
                 continue
-            msg = json.dumps({"c": self.cluster, "n": self.node, "net": t.network, "s": seq})
+            msg = self.auth.seal(self.cluster, self.node, t.network, seq)
             try:
-                sock.sendto(msg.encode(), (str(t.address), t.port))
+                sock.sendto(msg, (str(t.address), t.port))
                 self.sent += 1
             except OSError:
                 pass  # interface down / unreachable: the peer will miss this one
@@ -136,17 +145,16 @@ class HeartbeatDaemon:
                 return
             except OSError:
                 return
-            try:
-                msg = json.loads(data)
-                ok = msg["c"] == self.cluster and msg["net"] == network
-                sender = str(msg["n"])
-            except (ValueError, KeyError, TypeError):
-                ok, sender = False, ""
             with self._lock:
-                if ok and self._tracker.receive((sender, network), now):
+                verdict, sender = self.auth.check(data, self.cluster, network)
+                if verdict == "ok" and self._tracker.receive((sender, network), now):
                     self.received += 1
-                else:
-                    self.dropped += 1
+                    continue
+                self.dropped += 1
+                if verdict == "forged":
+                    self.forged += 1
+                elif verdict == "replayed":
+                    self.replayed += 1
 
     def _run(self) -> None:
         sel = selectors.DefaultSelector()
@@ -193,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delay-ms", type=int, default=250)
     ap.add_argument("--threshold", type=int, default=8)
     ap.add_argument("--duration", type=float, default=3600.0, help="stop after (seconds)")
+    ap.add_argument("--key-file", required=True, help="the cluster's heartbeat key (hex)")
     args = ap.parse_args(argv)
+    key = load_key(Path(args.key_file))
     params = HeartbeatParams(args.delay_ms / 1000.0, args.threshold)
     if args.spec:
         from vmcluster.model.spec import load_spec
@@ -224,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with HeartbeatDaemon(args.cluster, args.node, binds, targets, params, clock, report).start():
+    with HeartbeatDaemon(args.cluster, args.node, binds, targets, params, clock, report,
+                         key=key).start():
         print(json.dumps({"event": "started", "node": args.node, "mono": clock.now()}), flush=True)
         done.wait(args.duration)
     print(json.dumps({"event": "stopped", "node": args.node}), flush=True)

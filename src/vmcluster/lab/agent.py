@@ -34,6 +34,7 @@ from vmcluster.csv.agentops import CsvOps
 from vmcluster.errors import QmpError, SubstrateError, VmclusterError
 from vmcluster.lab.fencing import AgentFence
 from vmcluster.lab.layout import LabLayout
+from vmcluster.pki import NodeCredentials
 from vmcluster.substrate.qemu.facts import QemuFacts, QemuInstall, probe
 from vmcluster.substrate.qemu.process import QemuProcess
 from vmcluster.substrate.qemu.vm import VmConfig
@@ -170,6 +171,7 @@ class Agent(CsvOps):
             self.vms[cfg.name] = qp
             try:
                 await qp.qmp.migrate_set_capabilities({"events": True})
+                await self._migration_tls(qp, "server", req.get("tls", False))
                 await qp.qmp.migrate_incoming(req["uri"])
                 info = await qp.qmp.query_migrate()
             except QmpError:
@@ -195,8 +197,26 @@ class Agent(CsvOps):
             raise SubstrateError(f"{req['vm']} on {self.node} is not the running copy")
         await qp.qmp.migrate_set_capabilities({"events": True, **req.get("caps", {})})
         await qp.qmp.migrate_set_parameters(**req.get("params", {}))
+        await self._migration_tls(qp, "client", bool(req.get("tls_hostname")),
+                                  str(req.get("tls_hostname", "")))
         await qp.qmp.start_migration(req["uri"])
         return {}
+
+    async def _migration_tls(self, qp: QemuProcess, endpoint: str, on: bool,
+                             hostname: str = "") -> None:
+        """TLS for this QEMU's next migration stream (or none), with this host's certificate:
+        the target verifies the source's client certificate, the source the target's
+        certificate and its name (``hostname``)."""
+        if not on:
+            await qp.qmp.migrate_set_parameters(tls_creds="")
+            return
+        creds = NodeCredentials(self.layout.tls_dir(self.node))
+        if not creds.exists():
+            raise SubstrateError(f"{self.node} has no TLS certificate in {creds.directory}; "
+                                 "migration_tls needs one")
+        obj = f"vmc-tls-{endpoint}"
+        await qp.qmp.add_tls_creds(obj, endpoint, str(creds.qemu_dir))
+        await qp.qmp.migrate_set_parameters(tls_creds=obj, tls_hostname=hostname)
 
     async def op_timeline(self, req: Reply) -> Reply:
         """The VM's last STOP / RESUME events here, with QEMU's wall-clock timestamps."""
@@ -268,7 +288,9 @@ class Agent(CsvOps):
         path = str(req["path"])
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         await qp.qmp.migrate_set_capabilities({"events": True})
-        await qp.qmp.migrate_set_parameters(max_bandwidth=int(10e9))
+        # tls_creds="": a QEMU that once received a TLS migration keeps its server creds as a
+        # parameter, and a save to a local file is no TLS stream.
+        await qp.qmp.migrate_set_parameters(max_bandwidth=int(10e9), tls_creds="")
         await qp.qmp.start_migration(f"exec:cat > {path}")
         for _ in range(int(req.get("save_timeout_s", 120) / 0.05)):
             info = await qp.qmp.query_migrate()

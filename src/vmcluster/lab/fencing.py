@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from vmcluster.errors import StoreError
+from vmcluster.lab.credentials import etcd_tls
 from vmcluster.lab.layout import LabLayout
 from vmcluster.store.election import Fence
 from vmcluster.store.errors import Fenced
@@ -42,7 +43,8 @@ class AgentFence:
                              "can be checked; send the request without a token") from exc
             mine = list(svc.get("members", {}).get(self.node, []))
             ordered = mine + [u for u in svc["endpoints"] if u not in mine]
-            client = EtcdClient(ordered, timeout=1.0, retry_s=1.0)
+            client = EtcdClient(ordered, timeout=1.0, retry_s=1.0,
+                                tls=etcd_tls(self.layout, self.node))
             self._fence = Fence(client, svc["cluster"])
         return self._fence
 

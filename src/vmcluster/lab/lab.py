@@ -24,6 +24,7 @@ from pathlib import Path
 from vmcluster.errors import LabError, UsageError, VmclusterError
 from vmcluster.lab import netns
 from vmcluster.lab.client import AgentClient, start_agent
+from vmcluster.lab.credentials import issue_credentials
 from vmcluster.lab.layout import RUN_ROOT, LabLayout, check_lab_name
 from vmcluster.lab.state import write_state
 from vmcluster.model import ClusterSpec
@@ -97,6 +98,7 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
             "vms": {vm.name: {"node": None} for vm in spec.vms},
             "qemu": installs,
         })
+        issue_credentials(layout, spec)
         netns.build_network(layout, spec)
         say(f"[{time.monotonic() - t0:5.1f}s] network: {len(spec.nodes)} node namespaces, "
             f"{len(spec.networks)} bridges in {layout.fabric_ns}, client in {layout.client_ns}")

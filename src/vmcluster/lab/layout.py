@@ -69,6 +69,22 @@ class LabLayout:
     def agent_log(self, node: str) -> Path:
         return self.state_dir / "agents" / f"{node}.log"
 
+    def secrets_dir(self, node: str) -> Path:
+        """A node's own credentials (its copy of the cluster's heartbeat key, ...)."""
+        return self.state_dir / "secrets" / node
+
+    def heartbeat_key(self, node: str) -> Path:
+        return self.secrets_dir(node) / "heartbeat.key"
+
+    def tls_dir(self, node: str) -> Path:
+        """A node's key and certificate from the cluster CA (see vmcluster.pki)."""
+        return self.secrets_dir(node) / "tls"
+
+    @property
+    def ca_dir(self) -> Path:
+        """The cluster CA's key and certificate (the lab plays the cluster's init)."""
+        return self.state_dir / "ca"
+
     def qemu_dir(self, node: str) -> Path:
         """Where a node's agent keeps one record + QMP socket per QEMU it owns."""
         return self.state_dir / "qemu" / node

@@ -22,6 +22,7 @@ from vmcluster.control.manager import Manager, ManagerParams
 from vmcluster.control.migration import MigrationRequest, known_health, migrate
 from vmcluster.errors import SubstrateError
 from vmcluster.lab.client import AgentClient, AgentDown
+from vmcluster.lab.credentials import etcd_tls
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.nodewatch import node_endpoints
 from vmcluster.lab.state import read_state, update_state
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     svc = json.loads((layout.state_dir / "services.json").read_text())
     addrs = [str(a) for a in spec.node(args.node).interfaces.values()]
     mine = [u for u in svc["endpoints"] if any(f"//{a}:" in u for a in addrs)]
-    client = EtcdClient(node_endpoints(svc["endpoints"], mine), timeout=1.0, retry_s=2.0)
+    client = EtcdClient(node_endpoints(svc["endpoints"], mine), timeout=1.0, retry_s=2.0,
+                        tls=etcd_tls(layout, args.node))
     state = ClusterState(client, svc["cluster"])
     params = ManagerParams(**svc.get("manager", {}))
     done = threading.Event()

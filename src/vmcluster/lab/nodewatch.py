@@ -33,6 +33,7 @@ from typing import Any
 from vmcluster.control.events import Event, NodeIsolated, RouteDown, RouteUp
 from vmcluster.control.manager import report_key
 from vmcluster.errors import VmclusterError
+from vmcluster.heartbeat.auth import load_key
 from vmcluster.heartbeat.daemon import HeartbeatDaemon
 from vmcluster.heartbeat.detector import (
     HeartbeatParams,
@@ -42,6 +43,7 @@ from vmcluster.heartbeat.detector import (
     view_to_json,
 )
 from vmcluster.lab.client import AgentClient
+from vmcluster.lab.credentials import etcd_tls
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import read_state
 from vmcluster.model.spec import load_spec
@@ -68,7 +70,8 @@ class NodeWatch:
         svc = json.loads((layout.state_dir / "services.json").read_text())
         mine = [u for u in svc["endpoints"] if any(
             f"//{a}:" in u for a in map(str, self.spec.node(node).interfaces.values()))]
-        client = EtcdClient(node_endpoints(svc["endpoints"], mine), timeout=1.0, retry_s=0.5)
+        client = EtcdClient(node_endpoints(svc["endpoints"], mine), timeout=1.0, retry_s=0.5,
+                            tls=etcd_tls(layout, node))
         self.state = ClusterState(client, svc["cluster"])
         self.agent = AgentClient(layout, node)
         self.events: queue.Queue[Event] = queue.Queue()
@@ -81,7 +84,8 @@ class NodeWatch:
                                                                      HEARTBEAT_PORT)))
         self.hb = HeartbeatDaemon(svc["cluster"], node, binds, targets,
                                   HeartbeatParams.from_settings(self.spec.cluster),
-                                  MonotonicClock(), self._on_change)
+                                  MonotonicClock(), self._on_change,
+                                  key=load_key(layout.heartbeat_key(node)))
 
     def _on_change(self, ch: RouteChange) -> None:
         cls = RouteUp if ch.up else RouteDown

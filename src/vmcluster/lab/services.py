@@ -32,6 +32,7 @@ from typing import Any
 
 import vmcluster
 from vmcluster.errors import LabError, StoreError, VmclusterError
+from vmcluster.lab.credentials import etcd_tls
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.nodewatch import HEARTBEAT_PORT
 from vmcluster.lab.nsenter import NetnsThread
@@ -72,7 +73,8 @@ def service_log(layout: LabLayout, what: str, node: str) -> Path:
 def etcd_cluster(layout: LabLayout, spec: ClusterSpec) -> EtcdCluster:
     """The lab's etcd members (not started); one per node, in the node's namespace."""
     members = spec_members(spec, layout.state_dir / "etcd",
-                           prefix=lambda n: ("ip", "netns", "exec", layout.node_ns(n)))
+                           prefix=lambda n: ("ip", "netns", "exec", layout.node_ns(n)),
+                           tls=lambda n: etcd_tls(layout, n))
     return EtcdCluster(members, token=f"vmc-{layout.name}")
 
 
@@ -99,7 +101,7 @@ class LabStore:
 def lab_store(layout: LabLayout, ns: str | None = None) -> Iterator[LabStore]:
     """The lab's store, used through a thread inside ``ns`` (default: the client ns)."""
     svc = _read_services(layout)
-    client = EtcdClient(svc["endpoints"], timeout=1.0, retry_s=10.0)
+    client = EtcdClient(svc["endpoints"], timeout=1.0, retry_s=10.0, tls=etcd_tls(layout))
     with NetnsThread(ns or layout.client_ns) as thread:
         yield LabStore(ClusterState(client, svc["cluster"]), thread)
 
@@ -118,7 +120,7 @@ def leader_summary(layout: LabLayout) -> dict[str, Any] | None:
         return None
     try:
         svc = _read_services(layout)
-        client = EtcdClient(svc["endpoints"], timeout=1.0, retry_s=2.0)
+        client = EtcdClient(svc["endpoints"], timeout=1.0, retry_s=2.0, tls=etcd_tls(layout))
         with NetnsThread(layout.client_ns) as thread:
             held = thread.call(current_leader, client, svc["cluster"], timeout=15)
     except (VmclusterError, OSError, TimeoutError, KeyError):  # status shows the rest anyway
@@ -179,8 +181,8 @@ def start_services(layout: LabLayout, spec: ClusterSpec | None = None, say: Say 
             raise LabError(f"the lab's etcd did not come up: {exc}") from exc
         say(f"etcd: {len(spec.nodes)} members healthy ({time.monotonic() - t0:.1f} s)")
         svc = _read_services(layout)
-        store = ClusterState(EtcdClient(svc["endpoints"], timeout=1.0, retry_s=10.0),
-                             svc["cluster"])
+        store = ClusterState(EtcdClient(svc["endpoints"], timeout=1.0, retry_s=10.0,
+                                        tls=etcd_tls(layout)), svc["cluster"])
         thread.call(_seed, store, layout, Path(st["spec"]).read_text())
     for node in spec.nodes:
         for module in DAEMONS:

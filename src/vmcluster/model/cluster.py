@@ -19,6 +19,10 @@ class ClusterSettings:
 
     ``vcpus_per_core`` bounds how many vCPUs placement puts on a host per core
     (memory is never overcommitted); 4 is a common consolidation ratio.
+    ``migration_tls``: live-migration streams use TLS with the cluster's
+    certificates (mutual, the target's name checked); false sends them in the
+    clear, for a dedicated migration network one trusts (Proxmox's
+    ``migration: type=insecure``).
     """
 
     name: str
@@ -27,6 +31,7 @@ class ClusterSettings:
     max_concurrent_migrations: int = 2
     witness: bool = False
     vcpus_per_core: float = 4.0
+    migration_tls: bool = True
 
 
 @dataclass(frozen=True)

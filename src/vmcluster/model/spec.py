@@ -27,6 +27,7 @@ _CLUSTER = {
     "max_concurrent_migrations",
     "witness",
     "vcpus_per_core",
+    "migration_tls",
 }
 _NETWORK = {"name", "subnet", "gateway", "role", "metric", "bandwidth_mbps"}
 _NODE = {"name", "cores", "memory_mib", "interfaces", "accel", "power_model"}
@@ -281,6 +282,7 @@ def spec_from_source(src: TomlSource, path: Path | None) -> ClusterSpec:
         max_concurrent_migrations=c.positive("max_concurrent_migrations", int, 2),
         witness=c.get("witness", bool, False),
         vcpus_per_core=c.positive("vcpus_per_core", float, 4.0),
+        migration_tls=c.get("migration_tls", bool, True),
     )
 
     net_readers = _tables(src, "networks", _NETWORK, {"name", "subnet"})

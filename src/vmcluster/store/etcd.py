@@ -19,13 +19,14 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 from vmcluster.errors import StoreError
 from vmcluster.store.errors import StoreUnavailable
+from vmcluster.store.transport import Connections, EtcdTls
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
@@ -192,11 +193,22 @@ class EtcdClient:
     timeout: float = 2.0
     retry_s: float = 5.0  # keep trying every endpoint this long (a raft election takes ~1 s)
     clock: Clock = field(default_factory=MonotonicClock, repr=False)
+    # TLS with a client certificate, for https:// endpoints (etcd on real hosts).
+    tls: EtcdTls | None = None
     _current: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         if not self.endpoints:
             raise StoreError("no etcd endpoints given (pass at least one client URL)")
+        try:
+            self.ssl_context = self.tls.context() if self.tls is not None else None
+        except (OSError, ssl.SSLError) as exc:
+            raise StoreError(f"cannot load the etcd TLS files ({self.tls}): {exc}") from exc
+        self._conns = Connections(self.timeout, self.ssl_context)
+
+    def close(self) -> None:
+        """Close the connections this thread kept."""
+        self._conns.close()
 
     # -- transport --------------------------------------------------------
 
@@ -205,17 +217,27 @@ class EtcdClient:
         return [self.endpoints[(self._current + i) % n] for i in range(n)]
 
     def _post_one(self, url: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        parts = urlsplit(url)
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=self.timeout)
-        try:
-            conn.request(
-                "POST", PREFIX + path, json.dumps(body), {"Content-Type": "application/json"}
-            )
-            resp = conn.getresponse()
-            raw = resp.read()
-            status = resp.status
-        finally:
-            conn.close()
+        for attempt in (0, 1):
+            kept = self._conns.has(url)
+            conn = self._conns.get(url)
+            try:
+                conn.request(
+                    "POST", PREFIX + path, json.dumps(body), {"Content-Type": "application/json"}
+                )
+                resp = conn.getresponse()
+                raw = resp.read()
+                status = resp.status
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self._conns.drop(url)
+                if kept and attempt == 0:
+                    continue  # the member closed a kept connection while it was idle
+                raise
+            except BaseException:
+                self._conns.drop(url)  # a broken or half-used connection is never reused
+                raise
+            if resp.will_close:
+                self._conns.drop(url)
+            break
         try:
             data = json.loads(raw.splitlines()[0] if raw.strip() else b"{}")
         except (ValueError, IndexError) as exc:

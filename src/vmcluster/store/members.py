@@ -23,11 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
-from urllib.parse import urlsplit
 
 from vmcluster.errors import StoreError
 from vmcluster.model import ClusterSpec, Role
 from vmcluster.policy.networks import network_props
+from vmcluster.store.transport import EtcdTls, open_connection
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
@@ -59,6 +59,7 @@ class MemberSpec:
     peer_urls: tuple[str, ...]
     client_urls: tuple[str, ...]
     prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", "vmc-node1")
+    tls: EtcdTls | None = None  # client and peer TLS with client certificates (https URLs)
 
     def argv(
         self, initial_cluster: str, token: str, state: str, tuning: Sequence[str]
@@ -78,6 +79,7 @@ class MemberSpec:
             f"--initial-cluster-state={state}",
             "--logger=zap",
             "--log-outputs=stderr",
+            *(self.tls.member_flags() if self.tls is not None else ()),
             *tuning,
         ]
 
@@ -88,21 +90,27 @@ def spec_members(
     prefix: Callable[[str], tuple[str, ...]] = lambda node: (),
     peer_port: int = 2380,
     client_port: int = 2379,
+    tls: Callable[[str], EtcdTls | None] = lambda node: None,
 ) -> list[MemberSpec]:
     """One member per node of ``spec``, on the node's address on every role >= 1 network
     (so losing one network does not cut the store); ``prefix(node)`` runs it in the node's
-    namespace, e.g. ``lambda n: ("ip", "netns", "exec", f"vmc-{n}")``."""
+    namespace, e.g. ``lambda n: ("ip", "netns", "exec", f"vmc-{n}")``; ``tls(node)`` gives
+    a node's certificate files (then every URL is https and client certificates are
+    required)."""
     nets = [p.name for p in network_props(spec.networks) if p.role >= Role.CLUSTER]
     out = []
     for node in spec.nodes:
         addrs = [node.interfaces[n] for n in nets if n in node.interfaces]
+        creds = tls(node.name)
+        scheme = "https" if creds is not None else "http"
         out.append(
             MemberSpec(
                 name=node.name,
                 data_dir=data_root / f"{node.name}.etcd",
-                peer_urls=tuple(f"http://{a}:{peer_port}" for a in addrs),
-                client_urls=tuple(f"http://{a}:{client_port}" for a in addrs),
+                peer_urls=tuple(f"{scheme}://{a}:{peer_port}" for a in addrs),
+                client_urls=tuple(f"{scheme}://{a}:{client_port}" for a in addrs),
                 prefix=prefix(node.name),
+                tls=creds,
             )
         )
     return out
@@ -177,9 +185,10 @@ class EtcdCluster:
 
     def healthy(self, name: str) -> bool:
         """Does ``name`` answer /health with true (it has a leader and applies)?"""
-        for url in self.member(name).client_urls:
-            parts = urlsplit(url)
-            conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=1.0)
+        member = self.member(name)
+        ctx = member.tls.context() if member.tls is not None else None
+        for url in member.client_urls:
+            conn = open_connection(url, 1.0, ctx)
             try:
                 conn.request("GET", "/health")
                 body = conn.getresponse().read()

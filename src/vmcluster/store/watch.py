@@ -10,11 +10,11 @@ import socket
 import threading
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
 
 from vmcluster.errors import StoreError
 from vmcluster.store.errors import StoreUnavailable
 from vmcluster.store.etcd import PREFIX, EtcdClient, KeyValue, key_range
+from vmcluster.store.transport import open_connection
 
 __all__ = ["Watch", "WatchEvent"]
 
@@ -93,11 +93,10 @@ class Watch:
 
     def _stream(self, url: str) -> bool:
         """Read one stream until it breaks; True when it was established."""
-        parts = urlsplit(url)
         create = key_range(self._key, self._prefix)
         if self._next:
             create["start_revision"] = str(self._next)
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=2.0)
+        conn = open_connection(url, 2.0, self._client.ssl_context)
         try:
             conn.connect()
             assert conn.sock is not None

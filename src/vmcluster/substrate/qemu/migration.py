@@ -136,6 +136,7 @@ class QemuMigrations:
             reply = self.sub.agent(target).call(
                 "incoming", timeout_s=60, config=cfg.to_json(), id=hid,
                 uri=f"tcp:{tnode.interfaces[net.name]}:0",
+                tls=self.sub.spec.cluster.migration_tls,
             )
         except (SubstrateError, UsageError) as exc:
             for f in slots:
@@ -171,6 +172,7 @@ class QemuMigrations:
         self.sub.agent(handle.source).call(
             "migrate", vm=handle.vm, uri=att.uri, caps=caps,
             params={"downtime_limit": int(params.downtime_ms), "max_bandwidth": int(bw)},
+            tls_hostname=handle.target if self.sub.spec.cluster.migration_tls else "",
         )
 
     def poll(self, handle: MigrationHandle) -> MigrationProgress:
@@ -276,12 +278,18 @@ class QemuMigrations:
         """When the source's vCPUs stopped for the last copy and the target's ran (QEMU's
         own event timestamps, wall clock), read before the source QEMU quits."""
         def last(node: str, name: str) -> float | None:
-            try:
-                events = self.sub.agent(node).call("timeline", vm=handle.vm)["events"]
-            except SubstrateError:
-                return None
-            times = [float(t) for n, t in events if n == name and float(t) >= since]
-            return max(times) if times else None
+            # The target may still be loading the last state when the source reports
+            # completion: its RESUME comes a moment later.
+            deadline = self.sub.clock.now() + 2.0
+            while True:
+                try:
+                    events = self.sub.agent(node).call("timeline", vm=handle.vm)["events"]
+                except SubstrateError:
+                    return None
+                times = [float(t) for n, t in events if n == name and float(t) >= since]
+                if times or self.sub.clock.now() > deadline:
+                    return max(times) if times else None
+                self.sub.clock.sleep(0.02)
 
         return {"paused_at": last(handle.source, "STOP"),
                 "resumed_at": last(handle.target, "RESUME")}

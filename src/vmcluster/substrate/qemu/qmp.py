@@ -135,6 +135,20 @@ class Qmp:
             "announce-self", {"initial": 50, "max": 550, "rounds": 5, "step": 100}
         )
 
+    async def object_names(self) -> set[str]:
+        """The ids of the user-created objects (``qom-list /objects``)."""
+        return {str(o["name"]) for o in _list(await self._run("qom-list", {"path": "/objects"}),
+                                              "qom-list")}
+
+    async def add_tls_creds(self, obj_id: str, endpoint: str, directory: str) -> None:
+        """A ``tls-creds-x509`` object (once): ``endpoint`` server or client, the peer's
+        certificate verified against the CA in ``directory``."""
+        if obj_id in await self.object_names():
+            return
+        await self._run("object-add", {"qom-type": "tls-creds-x509", "id": obj_id,
+                                       "endpoint": endpoint, "dir": directory,
+                                       "verify-peer": True})
+
     async def migrate_set_capabilities(self, caps: Mapping[str, bool]) -> None:
         await self._run(
             "migrate-set-capabilities",

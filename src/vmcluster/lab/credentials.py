@@ -1,0 +1,66 @@
+"""The lab plays the cluster's init: a CA, each host's certificate, the heartbeat key.
+
+On real hosts ``cluster init`` makes the CA on the first host and each joining
+host makes its own key and has its request signed; the lab does the same in
+one step for every namespace host: the CA's files stay in the lab's ``ca/``,
+each host's key, certificate and copy of the heartbeat key go to its own
+``secrets/<node>/`` (keys mode 0600). Files that exist are kept, so a host
+restarted by a fault keeps the identity its peers know.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from vmcluster.heartbeat.auth import new_key_file
+from vmcluster.lab.layout import LabLayout
+from vmcluster.model import ClusterSpec
+from vmcluster.pki import CertificateAuthority, NodeCredentials
+from vmcluster.store.transport import EtcdTls
+
+__all__ = ["ADMIN", "etcd_tls", "issue_credentials", "lab_ca"]
+
+ADMIN = "admin"  # the operator's own certificate (the CLI, from the admin side)
+
+
+def lab_ca(layout: LabLayout) -> CertificateAuthority:
+    """The lab cluster's CA, created on first use."""
+    key, cert = layout.ca_dir / "ca-key.pem", layout.ca_dir / "ca.pem"
+    if key.is_file() and cert.is_file():
+        return CertificateAuthority(key.read_bytes(), cert.read_bytes())
+    ca = CertificateAuthority.create(layout.name)
+    layout.ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(ca.key_pem)
+    cert.write_bytes(ca.cert_pem)
+    return ca
+
+
+def issue_credentials(layout: LabLayout, spec: ClusterSpec) -> None:
+    """Every node's certificate (IP SANs: its cluster-network addresses) and heartbeat key."""
+    ca = lab_ca(layout)
+    for node in spec.nodes:
+        creds = NodeCredentials(layout.tls_dir(node.name))
+        if not creds.exists():
+            creds.issue(ca, node.name, [str(a) for a in node.interfaces.values()])
+    admin = NodeCredentials(layout.tls_dir(ADMIN))
+    if not admin.exists():
+        admin.issue(ca, ADMIN, [])
+    first = layout.heartbeat_key(spec.nodes[0].name)
+    if not first.exists():
+        new_key_file(first)
+    for node in spec.nodes[1:]:
+        path = layout.heartbeat_key(node.name)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(first, path)
+            path.chmod(0o600)
+
+
+def etcd_tls(layout: LabLayout, node: str | None = None) -> EtcdTls | None:
+    """``node``'s certificate files for etcd (the admin's when None); None when the lab
+    has none (a lab brought up before TLS)."""
+    creds = NodeCredentials(layout.tls_dir(node or ADMIN))
+    return EtcdTls(creds.ca, creds.cert, creds.key) if creds.exists() else None
