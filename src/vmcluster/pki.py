@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = [
     "CertificateAuthority",
     "NodeCredentials",
     "ca_hash",
+    "crl_serials",
     "make_csr",
     "new_key",
 ]
@@ -72,6 +74,12 @@ def ca_hash(ca_cert_pem: bytes) -> str:
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
     return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def crl_serials(crl_pem: bytes) -> frozenset[int]:
+    """The serial numbers a revocation list names."""
+    crl = x509.load_pem_x509_crl(crl_pem)
+    return frozenset(r.serial_number for r in crl)
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,29 @@ class NodeCredentials:
 
     def exists(self) -> bool:
         return self.ca.is_file() and self.cert.is_file() and self.key.is_file()
+
+    def client_context(self, ca: Path | None = None, present: bool = True) -> ssl.SSLContext:
+        """TLS as a client: the peer verified against the cluster CA (or ``ca``), this host's
+        certificate presented (``present``)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(ca or self.ca)
+        if present:
+            ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def server_context(self, check_crl: bool = False) -> ssl.SSLContext:
+        """TLS as a server: this host's certificate; callers must present one of the cluster
+        CA (not on the revocation list, with ``check_crl``)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cert, self.key)
+        ctx.load_verify_locations(self.ca)
+        if check_crl:
+            ctx.load_verify_locations(self.crl)
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
 
     def write(self, ca_cert_pem: bytes, cert_pem: bytes, key: ec.EllipticCurvePrivateKey,
               crl_pem: bytes | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -20,11 +21,12 @@ import pytest
 
 from vmcluster.errors import MigrationError, StoreError, UsageError
 from vmcluster.lab import netns
-from vmcluster.lab.client import AgentClient, start_agent
-from vmcluster.lab.credentials import etcd_tls
+from vmcluster.lab.client import AGENT_PORT, AgentClient, AgentError, start_agent
+from vmcluster.lab.credentials import etcd_tls, lab_ca, revoke
 from vmcluster.lab.lab import set_net
 from vmcluster.lab.nsenter import NetnsThread
 from vmcluster.lab.observe import migrate_observed
+from vmcluster.pki import CertificateAuthority, NodeCredentials
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.substrate.protocol import MigrationHandle, MigrationParams, MigrationProgress
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
@@ -225,3 +227,57 @@ def test_etcd_serves_only_clients_with_a_cluster_certificate(lab: QemuSubstrate)
 
         with pytest.raises(StoreError):
             thread.call(no_client_cert)
+
+
+def _ask_agent(lab: QemuSubstrate, node: str, ctx: ssl.SSLContext) -> str:
+    """One ping over the network from the admin side with ``ctx``: the reply, or why not."""
+    addr = str(lab.spec.node(node).interfaces["Public"])
+    with NetnsThread(lab.layout.client_ns) as t:
+        sock = t.call(socket.create_connection, (addr, AGENT_PORT), 5.0)
+    try:
+        with ctx.wrap_socket(sock, server_hostname=node) as tls:
+            tls.settimeout(5)
+            tls.sendall(b'{"op": "ping"}\n')
+            return tls.recv(4096).decode() or "closed"
+    except (ssl.SSLError, OSError) as exc:
+        return f"refused: {exc}"
+    finally:
+        sock.close()
+
+
+def _context(creds: NodeCredentials, ca: Path, present: bool = True) -> ssl.SSLContext:
+    return creds.client_context(ca=ca, present=present)
+
+
+def test_agents_answer_only_callers_with_a_valid_cluster_certificate(
+    lab: QemuSubstrate, tmp_path: Path,
+) -> None:
+    ca_file = NodeCredentials(lab.layout.tls_dir("admin")).ca
+    admin = NodeCredentials(lab.layout.tls_dir("admin"))
+    assert '"ok": true' in _ask_agent(lab, "node1", _context(admin, ca_file))
+    # No certificate of our own.
+    assert '"ok": true' not in _ask_agent(lab, "node1", _context(admin, ca_file, present=False))
+    # A certificate of another cluster's CA.
+    foreign = NodeCredentials(tmp_path / "foreign")
+    foreign.issue(CertificateAuthority.create("other"), "admin", [])
+    assert '"ok": true' not in _ask_agent(lab, "node1", _context(foreign, ca_file))
+    # A certificate of this CA that is then revoked: answered before, refused after.
+    ops = NodeCredentials(tmp_path / "ops")
+    ops.issue(lab_ca(lab.layout), "ops", [])
+    assert '"ok": true' in _ask_agent(lab, "node1", _context(ops, ca_file))
+    revoke(lab.layout, lab.spec, ops.cert.read_bytes())
+    assert '"ok": true' not in _ask_agent(lab, "node1", _context(ops, ca_file))
+    log = lab.layout.agent_log("node1").read_text()
+    assert "revoked" in log
+    # The admin's certificate still works; a stale fencing token is refused (test_fencing).
+    assert '"ok": true' in _ask_agent(lab, "node1", _context(admin, ca_file))
+
+
+def test_agent_errors_cross_the_wire_typed(lab: QemuSubstrate) -> None:
+    agent = AgentClient(lab.layout, "node1")
+    with pytest.raises(AgentError) as unknown:
+        agent.call("no_such_op")
+    assert unknown.value.code == "invalid"
+    with pytest.raises(AgentError) as missing:
+        agent.call("pause", vm="novm")
+    assert missing.value.code == "not_found" and "novm" in str(missing.value)

@@ -15,22 +15,15 @@ from vmcluster.pki import CertificateAuthority, NodeCredentials, ca_hash, make_c
 
 
 def _server_ctx(creds: NodeCredentials, crl: bool = False) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(creds.cert, creds.key)
-    ctx.load_verify_locations(creds.ca)
-    if crl:
-        ctx.load_verify_locations(creds.crl)
-        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
+    return creds.server_context(check_crl=crl)
 
 
 def _client_ctx(creds: NodeCredentials | None, ca: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(ca)
-    if creds is not None:
-        ctx.load_cert_chain(creds.cert, creds.key)
-    return ctx
+    if creds is None:  # no certificate of our own
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(ca)
+        return ctx
+    return creds.client_context(ca=ca)
 
 
 def _handshake(server: ssl.SSLContext, client: ssl.SSLContext, name: str) -> str:

@@ -26,15 +26,23 @@ import contextlib
 import json
 import os
 import signal
+import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from vmcluster.csv.agentops import CsvOps
-from vmcluster.errors import QmpError, SubstrateError, VmclusterError
+from vmcluster.errors import InputError, QmpError, SubstrateError, VmclusterError
+from vmcluster.lab.client import AGENT_PORT, speak_as
 from vmcluster.lab.fencing import AgentFence
 from vmcluster.lab.layout import LabLayout
-from vmcluster.pki import NodeCredentials
+from vmcluster.model import Role
+from vmcluster.pki import NodeCredentials, crl_serials
+from vmcluster.policy.networks import network_props
+from vmcluster.store.errors import Fenced
 from vmcluster.substrate.qemu.facts import QemuFacts, QemuInstall, probe
 from vmcluster.substrate.qemu.process import QemuProcess
 from vmcluster.substrate.qemu.vm import VmConfig
@@ -101,6 +109,12 @@ class Agent(CsvOps):
             await _sh("ip", "tuntap", "del", "dev", qp.record.config["tap"], "mode", "tap")
 
     # -- ops ------------------------------------------------------------------------
+    def cluster_addresses(self) -> list[str]:
+        """This host's addresses on the cluster networks (role >= 1): where it listens."""
+        spec = self._spec()
+        nets = {p.name for p in network_props(spec.networks) if p.role >= Role.CLUSTER}
+        return [str(a) for n, a in spec.node(self.node).interfaces.items() if n in nets]
+
     async def op_ping(self, req: Reply) -> Reply:
         return {"node": self.node, "pid": os.getpid(),
                 "qemu_version": self.facts.version if self.facts else None,
@@ -301,49 +315,100 @@ class Agent(CsvOps):
         raise SubstrateError(f"saving {req['vm']} to {path} did not finish in time")
 
 
+def error_code(exc: BaseException) -> str:
+    """The wire code of an error (see vmcluster.lab.client)."""
+    if isinstance(exc, Fenced):
+        return "fenced"
+    if isinstance(exc, InputError):
+        return "invalid"
+    if isinstance(exc, QmpError):
+        return "qemu"
+    if isinstance(exc, VmclusterError):
+        return "not_found" if " has no QEMU on " in str(exc) else "failed"
+    return "internal"
+
+
+class _Revocations:
+    """The serials on this host's copy of the CA's revocation list (reread when it changes)."""
+
+    def __init__(self, creds: NodeCredentials) -> None:
+        self.path, self._mtime, self.serials = creds.crl, -1.0, frozenset[int]()
+
+    def revoked(self, der: bytes | None) -> bool:
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError:
+            return False
+        if mtime != self._mtime:
+            self.serials, self._mtime = crl_serials(self.path.read_bytes()), mtime
+        return der is not None and x509.load_der_x509_certificate(der).serial_number in self.serials
+
+
 async def _serve(agent: Agent, sock_path: Path) -> None:
     handlers: dict[str, Callable[[Reply], Awaitable[Reply]]] = {
         name[3:]: getattr(agent, name) for name in dir(agent) if name.startswith("op_")
     }
 
     fence = AgentFence(agent.layout, agent.node)
+    creds = NodeCredentials(agent.layout.tls_dir(agent.node))
+    revocations = _Revocations(creds)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tls = writer.get_extra_info("ssl_object")
+        peer = writer.get_extra_info("peername")
+        if tls is not None and revocations.revoked(tls.getpeercert(binary_form=True)):
+            _log(f"refused {peer}: its certificate is revoked")
+            writer.close()
+            return
         try:
             line = await asyncio.wait_for(reader.readline(), timeout=10)
             req = json.loads(line)
             handler = handlers.get(str(req.get("op")))
             if handler is None:
-                reply: Reply = {"ok": False, "error": f"unknown op {req.get('op')!r}"}
+                reply: Reply = {"ok": False, "code": "invalid",
+                                "error": f"unknown op {req.get('op')!r}"}
             else:
                 await fence.check(req)  # a manager's request: refused if its token is stale
                 reply = {"ok": True, **await handler(req)}
         except VmclusterError as exc:
-            reply = {"ok": False, "error": str(exc)}
+            reply = {"ok": False, "code": error_code(exc), "error": str(exc)}
         except Exception as exc:  # the agent answers every request, whatever broke
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        with contextlib.suppress(OSError):
+            reply = {"ok": False, "code": "internal", "error": f"{type(exc).__name__}: {exc}"}
+        with contextlib.suppress(OSError, ssl.SSLError):
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
             writer.close()
 
     sock_path.parent.mkdir(parents=True, exist_ok=True)
     sock_path.unlink(missing_ok=True)
-    server = await asyncio.start_unix_server(handle, path=str(sock_path))
+    servers = [await asyncio.start_unix_server(handle, path=str(sock_path))]
+    ctx = creds.server_context()  # revocation: checked per connection, see _Revocations
+    for addr in agent.cluster_addresses():
+        try:
+            servers.append(await asyncio.start_server(handle, host=addr, port=AGENT_PORT,
+                                                      ssl=ctx, ssl_handshake_timeout=10))
+        except OSError as exc:
+            raise SubstrateError(f"cannot listen on {addr}:{AGENT_PORT}: {exc}") from exc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     monitor = asyncio.create_task(agent.csv_monitor())
-    async with server:
-        await stop.wait()
+    await stop.wait()
+    for server in servers:
+        server.close()
     monitor.cancel()
     # Exiting leaves every QEMU running: a restarted agent adopts them again.
     for qp in agent.vms.values():
         await qp.qmp.close()
 
 
+def _log(msg: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} agent: {msg}", flush=True)
+
+
 async def _amain(lab: str, node: str, root: Path, install: QemuInstall) -> None:
+    speak_as(node)
     layout = LabLayout(lab, root)
     agent = Agent(layout, node, install)
     await agent.reconcile()

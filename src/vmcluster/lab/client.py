@@ -1,50 +1,219 @@
-"""Talking to a node agent: one JSON request per unix-socket connection."""
+"""Talking to a node agent: one JSON request per connection.
+
+Between hosts an agent is reached over the cluster networks only, with mutual
+TLS: it listens on its host's address on every cluster network (role >= 1) at
+:data:`AGENT_PORT`, and both sides present a certificate of the cluster CA. A
+caller without one, with one from another CA, or with a revoked one is
+refused in the handshake. The caller tries the host's addresses lowest metric
+first (the one that last answered first), as heartbeats do. The host's own
+daemons, and the lab's observers that watch a host from outside it, use the
+host-local unix socket instead (``local=True``): it is a file on that host,
+like ``/run/vmcluster/agent.sock`` on a real one, and keeps answering when
+every network of the host is cut.
+
+Errors cross the wire typed: ``{"ok": false, "code": ..., "error": "one
+line"}``; :class:`AgentError` carries the code (``fenced``, ``invalid``,
+``not_found``, ``qemu``, ``failed``, ``internal``). A host that does not
+answer, or refuses the handshake, is :class:`AgentDown`.
+
+Who calls: a daemon speaks as its host (:func:`speak_as`); everything else
+(the CLI, tests, benchmarks) as the cluster's ``admin``. A caller outside
+every lab namespace (the operator's side) opens its sockets inside the lab's
+client namespace, on the public network, as a workstation would.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import ssl
+import threading
+from pathlib import Path
 from typing import Any
 
 from vmcluster.errors import LabError, SubstrateError
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import read_state
+from vmcluster.pki import NodeCredentials
 
-__all__ = ["AgentClient", "AgentDown"]
+__all__ = ["AGENT_PORT", "AgentClient", "AgentDown", "AgentError", "client_context",
+           "forget_namespaces", "speak_as", "start_agent"]
+
+AGENT_PORT = 3345
+_identity = {"name": "admin"}
+_lock = threading.Lock()
+_contexts: dict[tuple[str, int, int], ssl.SSLContext] = {}
+# namespace -> (its inode, a NetnsThread that makes sockets there)
+_sockets_from: dict[str, tuple[tuple[int, int], Any]] = {}
+_last_good: dict[tuple[str, str], str] = {}  # (lab dir, node) -> the address that answered last
 
 
 class AgentDown(LabError):
     """The node's agent does not answer (the node is down or crashed)."""
 
 
+class AgentError(SubstrateError):
+    """The agent answered with an error; ``code`` says what kind (see the module docstring)."""
+
+    def __init__(self, message: str, code: str = "failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def speak_as(name: str) -> None:
+    """This process calls agents with host ``name``'s certificate (daemons call this once)."""
+    _identity["name"] = name
+
+
+def client_context(layout: LabLayout, name: str) -> ssl.SSLContext:
+    """TLS as ``name`` (a host or ``admin``): its certificate, the cluster CA."""
+    creds = NodeCredentials(layout.tls_dir(name))
+    try:
+        st = creds.cert.stat()
+    except OSError as exc:
+        raise AgentDown(f"no certificate for {name} in {creds.directory}; is the lab up?") from exc
+    # Keyed by the certificate file itself: a new lab of the same name has a new CA.
+    key = (str(creds.cert), st.st_ino, st.st_mtime_ns)
+    with _lock:
+        ctx = _contexts.get(key)
+        if ctx is None:
+            ctx = _contexts[key] = creds.client_context()
+        return ctx
+
+
+def _in_lab_namespace(layout: LabLayout) -> bool:
+    """Is the calling thread inside one of this lab's network namespaces?"""
+    me = os.stat("/proc/thread-self/ns/net")
+    try:
+        names = [n for n in os.listdir("/run/netns") if n.startswith(layout.ns_prefix)]
+    except OSError:
+        return False
+    for n in names:
+        try:
+            st = os.stat(f"/run/netns/{n}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
+            return True
+    return False
+
+
+def _new_socket(layout: LabLayout) -> socket.socket:
+    """A TCP socket in the caller's namespace, or (outside the lab) in its client namespace:
+    a socket stays in the namespace it was made in, whichever thread then uses it."""
+    if _in_lab_namespace(layout):
+        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    from vmcluster.lab.nsenter import NetnsThread
+
+    ns = layout.client_ns
+    try:
+        st = os.stat(f"/run/netns/{ns}")
+    except OSError as exc:
+        raise AgentDown(f"the lab's client namespace {ns} is gone; is the lab up?") from exc
+    ident = (st.st_dev, st.st_ino)
+    with _lock:
+        held = _sockets_from.get(ns)
+        if held is not None and held[0] != ident:  # a new lab of the same name
+            held[1].close()
+            held = None
+        if held is None:
+            held = _sockets_from[ns] = (ident, NetnsThread(ns))
+    sock: socket.socket = held[1].call(socket.socket, socket.AF_INET, socket.SOCK_STREAM,
+                                       timeout=10)
+    return sock
+
+
+def forget_namespaces() -> None:
+    """Let go of the threads that make sockets in lab namespaces (a lab going down calls
+    this, so that no thread keeps a removed namespace alive)."""
+    with _lock:
+        for _ident, thread in _sockets_from.values():
+            thread.close()
+        _sockets_from.clear()
+
+
+def _reachable(layout: LabLayout, node: str) -> list[str]:
+    """``node``'s agent addresses, lowest metric first; from outside the lab (the client
+    namespace) only those on public networks."""
+    from vmcluster.model import Role
+    from vmcluster.model.spec import load_spec
+    from vmcluster.policy.networks import network_props
+
+    spec = load_spec(read_state(layout)["spec"])
+    nd = spec.node(node)
+    inside = _in_lab_namespace(layout)
+    props = sorted(network_props(spec.networks), key=lambda p: p.metric)
+    addrs = [str(nd.interfaces[p.name]) for p in props
+             if p.role >= Role.CLUSTER and p.name in nd.interfaces
+             and (inside or p.role == Role.CLUSTER_AND_CLIENT)]
+    last = _last_good.get((str(layout.state_dir), node))
+    return ([last] if last in addrs else []) + [a for a in addrs if a != last]
+
+
+def _exchange(sock: socket.socket, request: bytes) -> bytes:
+    sock.sendall(request)
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
 class AgentClient:
-    def __init__(self, layout: LabLayout, node: str) -> None:
-        self.layout, self.node = layout, node
+    def __init__(self, layout: LabLayout, node: str, local: bool = False) -> None:
+        self.layout, self.node, self.local = layout, node, local
 
     def call(self, op: str, timeout_s: float = 30.0, **args: Any) -> dict[str, Any]:
-        path = str(self.layout.agent_socket(self.node))
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(timeout_s)
-                s.connect(path)
-                s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
-                buf = b""
-                while not buf.endswith(b"\n"):
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    buf += chunk
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise AgentDown(f"the agent of {self.node} is not running ({path})") from exc
-        except OSError as exc:  # includes socket.timeout
-            raise AgentDown(f"the agent of {self.node} did not answer {op}: {exc}") from exc
+        request = json.dumps({"op": op, **args}).encode() + b"\n"
+        buf = self._local(op, request, timeout_s) if self.local else self._remote(
+            op, request, timeout_s)
         try:
             reply = json.loads(buf)
         except ValueError as exc:
             raise AgentDown(f"the agent of {self.node} sent a bad reply to {op}") from exc
         if not reply.get("ok"):
-            raise SubstrateError(f"{self.node}: {reply.get('error', 'unknown error')}")
+            raise AgentError(f"{self.node}: {reply.get('error', 'unknown error')}",
+                             str(reply.get("code", "failed")))
         return dict(reply)
+
+    def _local(self, op: str, request: bytes, timeout_s: float) -> bytes:
+        path = str(self.layout.agent_socket(self.node))
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout_s)
+                s.connect(path)
+                return _exchange(s, request)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise AgentDown(f"the agent of {self.node} is not running ({path})") from exc
+        except OSError as exc:  # includes socket.timeout
+            raise AgentDown(f"the agent of {self.node} did not answer {op}: {exc}") from exc
+
+    def _remote(self, op: str, request: bytes, timeout_s: float) -> bytes:
+        ctx = client_context(self.layout, _identity["name"])
+        failures = []
+        for addr in _reachable(self.layout, self.node):
+            sock = _new_socket(self.layout)
+            try:
+                sock.settimeout(min(timeout_s, 2.0))  # a dead address: try the next soon
+                sock.connect((addr, AGENT_PORT))
+                sock.settimeout(timeout_s)
+                with ctx.wrap_socket(sock, server_hostname=self.node) as tls:
+                    buf = _exchange(tls, request)
+            except ssl.SSLError as exc:
+                raise AgentDown(f"the agent of {self.node} refused TLS at {addr}: "
+                                f"{exc.reason or exc}") from exc
+            except OSError as exc:
+                failures.append(f"{addr}: {exc}")
+                continue
+            finally:
+                sock.close()
+            _last_good[(str(self.layout.state_dir), self.node)] = addr
+            return buf
+        raise AgentDown(f"the agent of {self.node} did not answer {op} "
+                        f"({'; '.join(failures) or 'no address on a network this side reaches'})")
 
     def alive(self) -> bool:
         try:
@@ -52,15 +221,12 @@ class AgentClient:
         except LabError:
             return False
         return True
-
-
 def start_agent(layout: LabLayout, node: str, timeout_s: float = 20.0) -> None:
     """Start ``node``'s agent inside its namespace, detached (``setsid -f``), and wait for it."""
     import os
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     import vmcluster
 

@@ -10,6 +10,7 @@ restarted by a fault keeps the identity its peers know.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -19,7 +20,7 @@ from vmcluster.model import ClusterSpec
 from vmcluster.pki import CertificateAuthority, NodeCredentials
 from vmcluster.store.transport import EtcdTls
 
-__all__ = ["ADMIN", "etcd_tls", "issue_credentials", "lab_ca"]
+__all__ = ["ADMIN", "etcd_tls", "issue_credentials", "lab_ca", "revoke"]
 
 ADMIN = "admin"  # the operator's own certificate (the CLI, from the admin side)
 
@@ -27,8 +28,10 @@ ADMIN = "admin"  # the operator's own certificate (the CLI, from the admin side)
 def lab_ca(layout: LabLayout) -> CertificateAuthority:
     """The lab cluster's CA, created on first use."""
     key, cert = layout.ca_dir / "ca-key.pem", layout.ca_dir / "ca.pem"
+    revoked = layout.ca_dir / "revoked.json"
     if key.is_file() and cert.is_file():
-        return CertificateAuthority(key.read_bytes(), cert.read_bytes())
+        serials = tuple(json.loads(revoked.read_text())) if revoked.is_file() else ()
+        return CertificateAuthority(key.read_bytes(), cert.read_bytes(), serials)
     ca = CertificateAuthority.create(layout.name)
     layout.ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -64,3 +67,16 @@ def etcd_tls(layout: LabLayout, node: str | None = None) -> EtcdTls | None:
     has none (a lab brought up before TLS)."""
     creds = NodeCredentials(layout.tls_dir(node or ADMIN))
     return EtcdTls(creds.ca, creds.cert, creds.key) if creds.exists() else None
+
+
+def revoke(layout: LabLayout, spec: ClusterSpec, cert_pem: bytes) -> None:
+    """Revoke a certificate of the lab's CA and give every host the new revocation list
+    (on real hosts the list travels through etcd; here the harness hands it out)."""
+    ca = lab_ca(layout).revoke(cert_pem)
+    (layout.ca_dir / "revoked.json").write_text(json.dumps(list(ca.revoked)))
+    crl = ca.crl_pem()
+    for node in spec.nodes:
+        path = NodeCredentials(layout.tls_dir(node.name)).crl
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(crl)
+        tmp.replace(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from vmcluster.errors import LabError, UsageError, VmclusterError
 from vmcluster.lab import netns
-from vmcluster.lab.client import AgentClient, start_agent
+from vmcluster.lab.client import AgentClient, forget_namespaces, start_agent
 from vmcluster.lab.credentials import issue_credentials
 from vmcluster.lab.layout import RUN_ROOT, LabLayout, check_lab_name
 from vmcluster.lab.state import write_state
@@ -175,6 +175,7 @@ def _kill_by_cmdline(needle: str) -> int:
 def lab_down(layout: LabLayout, say: Say | None = None) -> dict[str, object]:
     """Remove every process, namespace, socket and file of the lab. Safe to repeat."""
     _require_root()
+    forget_namespaces()  # no thread of ours may keep a removed namespace alive
     killed = _kill_by_cmdline(str(layout.state_dir) + "/")
     killed += _kill_by_cmdline(f"--lab\0{layout.name}\0")
     namespaces = netns.destroy_namespaces(layout)

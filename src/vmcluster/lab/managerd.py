@@ -21,7 +21,7 @@ from types import FrameType
 from vmcluster.control.manager import Manager, ManagerParams
 from vmcluster.control.migration import MigrationRequest, known_health, migrate
 from vmcluster.errors import SubstrateError
-from vmcluster.lab.client import AgentClient, AgentDown
+from vmcluster.lab.client import AgentClient, AgentDown, speak_as
 from vmcluster.lab.credentials import etcd_tls
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.nodewatch import node_endpoints
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node", required=True)
     ap.add_argument("--root", default=str(LabLayout("x").root))
     args = ap.parse_args(argv)
+    speak_as(args.node)  # this host's certificate, for the agents it calls
     layout = LabLayout(args.lab, Path(args.root))
     spec = load_spec(read_state(layout)["spec"])
     svc = json.loads((layout.state_dir / "services.json").read_text())

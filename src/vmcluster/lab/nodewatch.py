@@ -42,7 +42,7 @@ from vmcluster.heartbeat.detector import (
     peers_down,
     view_to_json,
 )
-from vmcluster.lab.client import AgentClient
+from vmcluster.lab.client import AgentClient, speak_as
 from vmcluster.lab.credentials import etcd_tls
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import read_state
@@ -73,7 +73,7 @@ class NodeWatch:
         client = EtcdClient(node_endpoints(svc["endpoints"], mine), timeout=1.0, retry_s=0.5,
                             tls=etcd_tls(layout, node))
         self.state = ClusterState(client, svc["cluster"])
-        self.agent = AgentClient(layout, node)
+        self.agent = AgentClient(layout, node, local=True)  # its own host's agent
         self.events: queue.Queue[Event] = queue.Queue()
         self.changed = threading.Event()
         self.isolated = False
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", default=str(LabLayout("x").root))
     ap.add_argument("--tick-s", type=float, default=0.1)
     args = ap.parse_args(argv)
+    speak_as(args.node)  # this host's certificate, for the agents it calls
     watch = NodeWatch(LabLayout(args.lab, Path(args.root)), args.node)
     done = threading.Event()
 

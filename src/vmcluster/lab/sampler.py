@@ -5,7 +5,9 @@ on a thread. A sample where one VM's QEMU is ``running`` on two nodes is a
 **double run**, the one thing failover must never do. The sampler also keeps,
 per VM, when it was last seen running and where, so a test or benchmark can
 tell when a VM ran again after a fault. Agents that do not answer (a crashed
-node) count as running nothing.
+node) count as running nothing. The sampler watches from outside the hosts,
+as a fault campaign's observer must: through each host's local agent socket,
+so that a host whose networks are all cut is still seen.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class RunSampler:
         running: dict[str, list[str]] = {}
         for node in self.nodes:
             try:
-                listed = AgentClient(self.layout, node).call("list", timeout_s=2)["vms"]
+                listed = AgentClient(self.layout, node, local=True).call("list", timeout_s=2)["vms"]
             except VmclusterError:
                 continue
             for v in listed:
