@@ -33,6 +33,7 @@ from vmcluster.errors import InputError, LabError
 __all__ = [
     "LAB_NET",
     "GuestImage",
+    "cache_workdir",
     "default_cache_dir",
     "ensure_guest_image",
     "kernel_cmdline",
@@ -94,11 +95,7 @@ def ensure_guest_image(
     if cached is not None:
         say(f"guest image: cached in {final} (kernel {cached.kernel_version})")
         return cached
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
-    except OSError as exc:
-        raise LabError(f"cannot create the image cache {cache}: {exc.strerror}") from exc
+    work = cache_workdir(cache, ".build-", "image")
     try:
         out = work / "out"
         out.mkdir()
@@ -118,6 +115,16 @@ def ensure_guest_image(
         raise LabError(f"guest image in {final} is incomplete; remove it and retry")
     say(f"guest image: built {final} (kernel {image.kernel_version})")
     return image
+
+
+def cache_workdir(cache: Path, prefix: str, what: str) -> Path:
+    """A new private work directory inside ``cache`` (renamed into place when complete, so
+    that two builds never see each other's half-made files)."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=cache))
+    except OSError as exc:
+        raise LabError(f"cannot create the {what} cache {cache}: {exc.strerror}") from exc
 
 
 def kernel_cmdline(

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from vmcluster.errors import LabError
-from vmcluster.lab.image import default_cache_dir, run_tool
+from vmcluster.lab.image import cache_workdir, default_cache_dir, run_tool
 from vmcluster.substrate.qemu.facts import QemuInstall
 
 __all__ = ["LAB_QEMUS", "ensure_qemu", "suite_version"]
@@ -70,11 +69,7 @@ def ensure_qemu(name: str, cache_dir: Path | None = None,
     if (final / ".complete").is_file():
         say(f"QEMU {name}: cached in {final}")
         return install
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".qemu-", dir=cache))
-    except OSError as exc:
-        raise LabError(f"cannot create the QEMU cache {cache}: {exc.strerror}") from exc
+    work = cache_workdir(cache, ".qemu-", "QEMU")
     try:
         dl, root = work / "download", work / "root"
         dl.mkdir()
