@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -21,10 +22,14 @@ import pytest
 
 from vmcluster.csv.checkdisk import DiskCheck, check_vm_disk, highest_ack
 from vmcluster.csv.coordinator import coordinator_call
+from vmcluster.csv.nbd import NbdClient, NbdError
+from vmcluster.csv.storage import san_target
 from vmcluster.csv.volume import FileBlock, read_table
 from vmcluster.lab.client import AgentClient, start_agent
+from vmcluster.lab.nsenter import NetnsThread
 from vmcluster.lab.observe import migrate_observed
 from vmcluster.lab.state import read_state
+from vmcluster.pki import CertificateAuthority, NodeCredentials
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 if TYPE_CHECKING:
@@ -165,3 +170,29 @@ def test_check_disk_cli_json(lab: QemuSubstrate) -> None:
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["ok"] is True and r["acked"] > 0 and r["missing"] == 0 and r["corrupt"] == 0
+
+
+def test_the_shared_lun_is_served_only_over_tls_to_cluster_certificates(
+    lab: QemuSubstrate, tmp_path: Path,
+) -> None:
+    """The SAN's NBD export: refused in the clear and to another CA's certificate, served
+    over TLS to a host of the cluster (the server's name checked)."""
+    san = san_target(lab.spec, "CSV1")
+    node2 = NodeCredentials(lab.layout.tls_dir("node2"))
+    foreign = NodeCredentials(tmp_path / "foreign")
+    foreign.issue(CertificateAuthority.create("other"), "node2", [])
+
+    def attach(tls: ssl.SSLContext | None) -> str:
+        try:
+            with NbdClient(san.host, san.port, san.export, tls=tls, tls_hostname=san.name) as lun:
+                return f"size {lun.size}"
+        except NbdError as exc:
+            return f"refused: {exc}"
+
+    with NetnsThread(lab.layout.node_ns("node2")) as t:
+        plain = t.call(attach, None)
+        other = t.call(attach, foreign.client_context(ca=node2.ca))
+        good = t.call(attach, node2.client_context())
+    assert plain.startswith("refused") and "TLS" in plain
+    assert other.startswith("refused")
+    assert good == f"size {1024 ** 3}"

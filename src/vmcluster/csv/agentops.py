@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -46,8 +47,9 @@ from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
+from vmcluster.pki import NodeCredentials
 from vmcluster.substrate.qemu.process import QemuProcess
-from vmcluster.substrate.qemu.vm import LUN_NODE_PREFIX, PATH_NODE
+from vmcluster.substrate.qemu.vm import LUN_NODE_PREFIX, NBD_TLS, PATH_NODE
 
 __all__ = ["CsvOps"]
 
@@ -75,6 +77,10 @@ class CsvOps:
             self._csv_spec = load_spec(read_state(self.layout)["spec"])
         return self._csv_spec
 
+    def _nbd_tls(self) -> ssl.SSLContext:
+        """TLS as this host, for our own NBD client (the coordinator's table reads)."""
+        return NodeCredentials(self.layout.tls_dir(self.node)).client_context()
+
     def _vlock(self, key: str) -> asyncio.Lock:
         if self._csv_locks is None:
             self._csv_locks = {}
@@ -91,7 +97,8 @@ class CsvOps:
         target = san_target(spec, volume)
 
         def work() -> vt.Table:
-            with NbdClient(target.host, target.port, target.export) as lun:
+            with NbdClient(target.host, target.port, target.export,
+                           tls=self._nbd_tls(), tls_hostname=target.name) as lun:
                 table = vt.read_table(lun)
                 new: vt.Table = change(table)
                 if new is not table:
@@ -171,7 +178,7 @@ class CsvOps:
         n = max(int(node.removeprefix(LUN_NODE_PREFIX) or 0) for _, node, _ in olds) + 1
         new = f"{LUN_NODE_PREFIX}{n}"
         t0, started = time.monotonic(), time.time()
-        await qp.qmp.blockdev_add_nbd(new, want.host, want.port, want.export)
+        await qp.qmp.blockdev_add_nbd(new, want.host, want.port, want.export, NBD_TLS, want.name)
         if kill_old:
             for _, _, uri in olds:
                 hostport = uri.removeprefix("nbd://").split("/", 1)[0]

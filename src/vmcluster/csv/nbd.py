@@ -1,4 +1,9 @@
-"""A small blocking NBD client (fixed newstyle handshake, ``NBD_OPT_GO``, simple replies).
+"""A small blocking NBD client (fixed newstyle handshake, ``NBD_OPT_STARTTLS``,
+``NBD_OPT_GO``, simple replies).
+
+With ``tls`` it upgrades the connection with ``NBD_OPT_STARTTLS`` before
+anything else, as QEMU's own client does against a server with ``tls-creds``:
+the export is then reached only over TLS, its certificate checked.
 
 The coordinator reads and writes a volume's allocation table through it, over
 its own storage path, exactly as QEMU reaches the LUN: no kernel nbd module,
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import struct
 from types import TracebackType
 
@@ -25,6 +31,7 @@ _SIMPLE_REPLY = 0x67446698
 _FLAG_FIXED_NEWSTYLE = 1
 _FLAG_NO_ZEROES = 2
 _OPT_GO = 7
+_OPT_STARTTLS = 5
 _REP_ACK = 1
 _REP_INFO = 3
 _INFO_EXPORT = 0
@@ -40,8 +47,10 @@ class NbdError(SubstrateError):
 class NbdClient:
     """One connection to one export: ``with NbdClient(host, port, name) as lun: ...``."""
 
-    def __init__(self, host: str, port: int, export: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, host: str, port: int, export: str, timeout_s: float = 5.0,
+                 tls: ssl.SSLContext | None = None, tls_hostname: str = "") -> None:
         self.where = f"nbd://{host}:{port}/{export}"
+        self._tls, self._tls_hostname = tls, tls_hostname or host
         self.size = 0
         self.read_only = False
         self._handle = 0
@@ -51,6 +60,9 @@ class NbdClient:
             raise NbdError(f"cannot connect to {self.where}: {exc}") from exc
         try:
             self._handshake(export)
+        except ssl.SSLError as exc:
+            self._sock.close()
+            raise NbdError(f"TLS with {self.where} failed: {exc.reason or exc}") from exc
         except (OSError, struct.error) as exc:
             self._sock.close()
             raise NbdError(f"NBD handshake with {self.where} failed: {exc}") from exc
@@ -82,6 +94,14 @@ class NbdClient:
         if not flags & _FLAG_FIXED_NEWSTYLE:
             raise NbdError(f"{self.where} does not speak fixed newstyle NBD")
         self._sock.sendall(struct.pack(">I", _FLAG_FIXED_NEWSTYLE | _FLAG_NO_ZEROES))
+        if self._tls is not None:
+            self._sock.sendall(struct.pack(">QII", _IHAVEOPT, _OPT_STARTTLS, 0))
+            magic, _opt, rtype, length = struct.unpack(">QIII", self._recv(20))
+            body = self._recv(length)
+            if magic != _REPLY_MAGIC or rtype != _REP_ACK:
+                raise NbdError(f"{self.where} refused STARTTLS: "
+                               f"{body.decode(errors='replace') or hex(rtype)}")
+            self._sock = self._tls.wrap_socket(self._sock, server_hostname=self._tls_hostname)
         name = export.encode()
         data = struct.pack(">I", len(name)) + name + struct.pack(">H", 0)
         self._sock.sendall(struct.pack(">QII", _IHAVEOPT, _OPT_GO, len(data)) + data)

@@ -6,6 +6,11 @@ one ``qemu-storage-daemon`` per volume exporting the LUN file over NBD on that
 address only. A node that lends its path for redirected I/O runs a second
 ``qemu-storage-daemon`` in its own namespace that re-exports the SAN's export
 on its address on the CSV network.
+
+Every NBD connection is TLS with the cluster's certificates (the SAN has one of
+its own, ``san``): each daemon serves with ``tls-creds-x509`` and
+``verify-peer=on``, so only holders of a cluster certificate can attach, and
+each client checks the server's name (:attr:`NbdTarget.name`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 from vmcluster.errors import LabError
 from vmcluster.lab.layout import LabLayout
 from vmcluster.model import ClusterSpec, Volume
+from vmcluster.pki import NodeCredentials
 
 __all__ = [
     "REDIRECT_PORT_BASE",
@@ -28,9 +34,11 @@ __all__ = [
     "san_argv",
     "san_target",
     "storage_networks",
+    "tls_object",
 ]
 
 SAN_PORT_BASE = 10809
+SAN_NAME = "san"  # the SAN's certificate
 REDIRECT_PORT_BASE = 10900
 QSD = "qemu-storage-daemon"
 
@@ -42,17 +50,19 @@ class NbdTarget:
     host: str
     port: int
     export: str
+    name: str = SAN_NAME  # the server's certificate name (TLS hostname)
 
     @property
     def uri(self) -> str:
         return f"nbd://{self.host}:{self.port}/{self.export}"
 
     def to_json(self) -> dict[str, object]:
-        return {"host": self.host, "port": self.port, "export": self.export}
+        return {"host": self.host, "port": self.port, "export": self.export, "name": self.name}
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> NbdTarget:
-        return cls(str(data["host"]), int(str(data["port"])), str(data["export"]))
+        return cls(str(data["host"]), int(str(data["port"])), str(data["export"]),
+                   str(data.get("name", SAN_NAME)))
 
 
 def _volume(spec: ClusterSpec, name: str) -> tuple[int, Volume]:
@@ -105,17 +115,25 @@ def redirect_target(spec: ClusterSpec, volume: str, node: str, network: str) -> 
     if addr is None:
         raise LabError(f"{node} has no address on {network} to re-export {volume} on")
     net_i = [n.name for n in spec.networks].index(network)
-    return NbdTarget(str(addr), REDIRECT_PORT_BASE + 10 * i + net_i, export_name(volume))
+    return NbdTarget(str(addr), REDIRECT_PORT_BASE + 10 * i + net_i, export_name(volume), node)
+
+
+def tls_object(obj_id: str, endpoint: str, directory: Path) -> str:
+    """A ``tls-creds-x509`` object for QEMU's ``-object`` / ``--object``: the host's own
+    certificate, the peer's checked against the cluster CA."""
+    return f"tls-creds-x509,id={obj_id},endpoint={endpoint},dir={directory},verify-peer=on"
 
 
 def san_argv(layout: LabLayout, spec: ClusterSpec, volume: str) -> list[str]:
     """The SAN's daemon for one volume: the LUN file, exported read-write over NBD."""
     t = san_target(spec, volume)
+    creds = NodeCredentials(layout.tls_dir(SAN_NAME))
     return [
         QSD,
+        "--object", tls_object("tls0", "server", creds.qemu_dir),
         "--blockdev", f"driver=file,node-name=lun,filename={layout.lun(volume)},"
                       "cache.direct=off,locking=off",
-        "--nbd-server", f"addr.type=inet,addr.host={t.host},addr.port={t.port}",
+        "--nbd-server", f"addr.type=inet,addr.host={t.host},addr.port={t.port},tls-creds=tls0",
         "--export", f"type=nbd,id=e0,node-name=lun,name={t.export},writable=on",
         "--pidfile", str(layout.san_pidfile(volume)),
         "--daemonize",
@@ -127,11 +145,15 @@ def redirect_argv(layout: LabLayout, spec: ClusterSpec, volume: str, node: str,
     """``node``'s re-export of the SAN's export of ``volume`` on its ``network`` address."""
     up = san_target(spec, volume)
     t = redirect_target(spec, volume, node, network)
+    mine = NodeCredentials(layout.tls_dir(node)).qemu_dir
     return [
         QSD,
+        "--object", tls_object("tlsc", "client", mine),
+        "--object", tls_object("tlss", "server", mine),
         "--blockdev", f"driver=nbd,node-name=up,server.type=inet,server.host={up.host},"
-                      f"server.port={up.port},export={up.export}",
-        "--nbd-server", f"addr.type=inet,addr.host={t.host},addr.port={t.port}",
+                      f"server.port={up.port},export={up.export},tls-creds=tlsc,"
+                      f"tls-hostname={up.name}",
+        "--nbd-server", f"addr.type=inet,addr.host={t.host},addr.port={t.port},tls-creds=tlss",
         "--export", f"type=nbd,id=e0,node-name=up,name={t.export},writable=on",
         "--pidfile", str(layout.redirect_pidfile(node, volume, network)),
         "--daemonize",

@@ -69,6 +69,8 @@ class Agent(CsvOps):
         self.install = install or QemuInstall()
         self.facts: QemuFacts | None = None
         self.workdir = layout.qemu_dir(node)
+        # This host's certificates in QEMU's layout (migration streams, NBD).
+        self.qemu_tls_dir = str(NodeCredentials(layout.tls_dir(node)).qemu_dir)
         self.vms: dict[str, QemuProcess] = {}
         self.locks: dict[str, asyncio.Lock] = {}
 
@@ -148,7 +150,8 @@ class Agent(CsvOps):
                 return {"status": await qp.qmp.query_status(), "pid": qp.pid}
             await self._tap(cfg)
             log = self.layout.serial_log(cfg.name, self.node)
-            qp = await QemuProcess.spawn(cfg, self.workdir, log, "run", install=self.install)
+            qp = await QemuProcess.spawn(cfg, self.workdir, log, "run", install=self.install,
+                                         tls_dir=self.qemu_tls_dir)
             self.vms[cfg.name] = qp
             return {"status": await qp.qmp.query_status(), "pid": qp.pid}
 
@@ -181,7 +184,7 @@ class Agent(CsvOps):
             await self._tap(cfg)
             log = self.layout.serial_log(cfg.name, self.node)
             qp = await QemuProcess.spawn(cfg, self.workdir, log, "incoming", req.get("id", ""),
-                                         install=self.install)
+                                         install=self.install, tls_dir=self.qemu_tls_dir)
             self.vms[cfg.name] = qp
             try:
                 await qp.qmp.migrate_set_capabilities({"events": True})

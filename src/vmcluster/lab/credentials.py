@@ -41,9 +41,15 @@ def lab_ca(layout: LabLayout) -> CertificateAuthority:
     return ca
 
 
-def issue_credentials(layout: LabLayout, spec: ClusterSpec) -> None:
-    """Every node's certificate (IP SANs: its cluster-network addresses) and heartbeat key."""
+def issue_credentials(layout: LabLayout, spec: ClusterSpec,
+                      others: dict[str, list[str]] | None = None) -> None:
+    """Every node's certificate (IP SANs: its cluster-network addresses) and heartbeat key;
+    ``others``: further hosts of the lab (the SAN) by name, with their addresses."""
     ca = lab_ca(layout)
+    for name, addresses in (others or {}).items():
+        creds = NodeCredentials(layout.tls_dir(name))
+        if not creds.exists():
+            creds.issue(ca, name, addresses)
     for node in spec.nodes:
         creds = NodeCredentials(layout.tls_dir(node.name))
         if not creds.exists():

@@ -98,7 +98,7 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
             "vms": {vm.name: {"node": None} for vm in spec.vms},
             "qemu": installs,
         })
-        issue_credentials(layout, spec)
+        issue_credentials(layout, spec, _other_hosts(spec))
         netns.build_network(layout, spec)
         say(f"[{time.monotonic() - t0:5.1f}s] network: {len(spec.nodes)} node namespaces, "
             f"{len(spec.networks)} bridges in {layout.fabric_ns}, client in {layout.client_ns}")
@@ -135,6 +135,16 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
         raise
     say(f"[{time.monotonic() - t0:5.1f}s] lab {layout.name!r} is up")
     return sub
+
+
+def _other_hosts(spec: ClusterSpec) -> dict[str, list[str]]:
+    """The lab's hosts besides the nodes that need a certificate: the SAN, when there are
+    shared volumes (it serves them over NBD with TLS)."""
+    if not spec.volumes:
+        return {}
+    from vmcluster.csv.storage import SAN_NAME, san_address, storage_networks
+
+    return {SAN_NAME: [str(san_address(spec, n)) for n in storage_networks(spec)]}
 
 
 def wait_ready(layout: LabLayout, vm: str, node: str, timeout_s: float) -> None:

@@ -68,7 +68,7 @@ class QemuProcess:
     @classmethod
     async def spawn(
         cls, cfg: VmConfig, workdir: Path, serial_log: Path, role: str, migration: str = "",
-        install: QemuInstall | None = None,
+        install: QemuInstall | None = None, tls_dir: str | None = None,
     ) -> QemuProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         sock = workdir / f"{cfg.name}.qmp"
@@ -78,7 +78,7 @@ class QemuProcess:
             stale.unlink(missing_ok=True)
         serial_log.parent.mkdir(parents=True, exist_ok=True)
         argv = qemu_argv(cfg, str(sock), str(serial_log), str(pidfile), role == "incoming",
-                         install)
+                         install, tls_dir)
         argv.append("-daemonize")
         with errlog.open("wb") as err:
             proc = await asyncio.create_subprocess_exec(

@@ -168,11 +168,14 @@ class Qmp:
     async def migrate_cancel(self) -> None:
         await self._run("migrate_cancel")
 
-    async def blockdev_add_nbd(self, node_name: str, host: str, port: int, export: str) -> None:
-        """Open an NBD export as block node ``node_name`` (connects now)."""
+    async def blockdev_add_nbd(self, node_name: str, host: str, port: int, export: str,
+                               tls_creds: str, tls_hostname: str) -> None:
+        """Open an NBD export as block node ``node_name`` (connects now, over TLS with the
+        ``tls_creds`` object, checking that the server is ``tls_hostname``)."""
         await self._run("blockdev-add", {
             "driver": "nbd", "node-name": node_name, "export": export,
             "server": {"type": "inet", "host": host, "port": str(port)},
+            "tls-creds": tls_creds, "tls-hostname": tls_hostname,
         })
 
     async def blockdev_reopen_raw(self, node_name: str, file: str, offset: int, size: int

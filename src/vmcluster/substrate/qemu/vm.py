@@ -20,7 +20,7 @@ from typing import Any
 from vmcluster.substrate.qemu.facts import QemuInstall, machine_version
 
 __all__ = [
-    "DISK_NODE", "LUN_NODE_PREFIX", "PATH_NODE", "VmConfig", "disk_args", "mac_for",
+    "DISK_NODE", "LUN_NODE_PREFIX", "NBD_TLS", "PATH_NODE", "VmConfig", "disk_args", "mac_for",
     "qemu_argv", "ram_arg",
 ]
 
@@ -85,6 +85,9 @@ LUN_NODE_PREFIX = "lun-"
 PATH_NODE = "csvpath"
 
 
+NBD_TLS = "vmc-nbd"  # the tls-creds-x509 object a CSV disk's NBD connections use
+
+
 def disk_args(cfg: VmConfig) -> list[str]:
     """The VM's disk: a local file, or a region of a CSV LUN reached over NBD."""
     if cfg.csv is None:
@@ -107,7 +110,8 @@ def disk_args(cfg: VmConfig) -> list[str]:
     return [
         "-blockdev",
         f"driver=nbd,node-name={lun},server.type=inet,server.host={c['host']},"
-        f"server.port={c['port']},export={c['export']}",
+        f"server.port={c['port']},export={c['export']},tls-creds={NBD_TLS},"
+        f"tls-hostname={c.get('name', 'san')}",
         "-blockdev",
         f"driver=quorum,node-name={PATH_NODE},vote-threshold=1,read-pattern=fifo,"
         f"children.0={lun}",
@@ -120,12 +124,15 @@ def disk_args(cfg: VmConfig) -> list[str]:
 
 def qemu_argv(
     cfg: VmConfig, qmp_socket: str, serial_log: str, pidfile: str, incoming: bool = False,
-    install: QemuInstall | None = None,
+    install: QemuInstall | None = None, tls_dir: str | None = None,
 ) -> list[str]:
     """The QEMU command line on a host running ``install`` (default: the system's QEMU).
 
-    ``incoming``: wait for ``migrate-incoming`` (``-incoming defer``).
+    ``incoming``: wait for ``migrate-incoming`` (``-incoming defer``). ``tls_dir``: the
+    host's certificates in QEMU's layout, for a CSV disk's NBD connections (needed then).
     """
+    if cfg.csv is not None and not tls_dir:
+        raise ValueError(f"{cfg.name}'s CSV disk is reached over NBD with TLS: pass tls_dir")
     accel = "kvm" if cfg.accel == "kvm" else "tcg,thread=single"
     argv = [
         *(install or QemuInstall()).argv0(),
@@ -140,6 +147,8 @@ def qemu_argv(
         "-serial", "chardev:ser0",
         "-netdev", f"tap,id=net0,ifname={cfg.tap},script=no,downscript=no",
         "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac},romfile=",
+        *(["-object", f"tls-creds-x509,id={NBD_TLS},endpoint=client,dir={tls_dir},"
+                      "verify-peer=on"] if cfg.csv is not None else []),
         *disk_args(cfg),
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
         "-pidfile", pidfile,
