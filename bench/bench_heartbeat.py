@@ -23,10 +23,13 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from vmcluster.heartbeat.auth import new_key_file
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = ("n1", "n2", "n3")
@@ -43,11 +46,16 @@ def free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The cluster's heartbeat key: every daemon seals and checks its datagrams with it
+# (written by main() into a temporary directory it removes).
+KEY_FILE = Path("heartbeat.key")
+
+
 class Daemon:
     def __init__(self, node: str, port: int, delay_ms: int, threshold: int) -> None:
         argv = [sys.executable, "-m", "vmcluster.heartbeat.daemon", "--cluster", "bench",
                 "--node", node, "--delay-ms", str(delay_ms), "--threshold", str(threshold),
-                "--duration", "600"]  # fmt: skip
+                "--duration", "600", "--key-file", str(KEY_FILE)]  # fmt: skip
         for net in NETS:
             argv += ["--bind", f"{net}={addr(node, net)}:{port}"]
             for peer in NODES:
@@ -162,6 +170,17 @@ def main() -> int:
     ap.add_argument("--load-s", type=float, default=20.0)
     ap.add_argument("--quick", action="store_true", help="only the default 250 ms x 8")
     args = ap.parse_args()
+    global KEY_FILE
+    keys = tempfile.TemporaryDirectory(prefix="vmc-bench-hb-")
+    KEY_FILE = Path(keys.name) / "heartbeat.key"
+    new_key_file(KEY_FILE)
+    try:
+        return _run(args)
+    finally:
+        keys.cleanup()
+
+
+def _run(args: argparse.Namespace) -> int:
     configs = [(250, 8)] if args.quick else [(250, 8), (1000, 10), (100, 5)]
     rows = []
     for delay_ms, threshold in configs:
