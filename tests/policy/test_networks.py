@@ -15,6 +15,7 @@ from vmcluster.policy.networks import (
     cluster_network,
     live_migration_order,
     network_props,
+    node_cluster_networks,
     routes,
 )
 
@@ -212,3 +213,9 @@ def test_failing_a_network_never_routes_over_it(
     for pair in r.pairs:
         assert pair.cluster != victim
         assert victim not in pair.live_migration.values()
+
+
+def test_a_nodes_cluster_networks_lowest_metric_first_without_role_0() -> None:
+    spec = load_spec(ROOT / "examples/lab.toml")  # Public 10000, Heartbeat 1000,
+    props = node_cluster_networks(spec, "node1")   # Migration 1100, Storage role 0
+    assert [p.name for p in props] == ["Heartbeat", "Migration", "Public"]

@@ -39,9 +39,8 @@ from vmcluster.errors import InputError, QmpError, SubstrateError, VmclusterErro
 from vmcluster.lab.client import AGENT_PORT, speak_as
 from vmcluster.lab.fencing import AgentFence
 from vmcluster.lab.layout import LabLayout
-from vmcluster.model import Role
 from vmcluster.pki import NodeCredentials, crl_serials
-from vmcluster.policy.networks import network_props
+from vmcluster.policy.networks import node_cluster_networks
 from vmcluster.store.errors import Fenced
 from vmcluster.substrate.qemu.facts import QemuFacts, QemuInstall, probe
 from vmcluster.substrate.qemu.process import QemuProcess
@@ -114,8 +113,8 @@ class Agent(CsvOps):
     def cluster_addresses(self) -> list[str]:
         """This host's addresses on the cluster networks (role >= 1): where it listens."""
         spec = self._spec()
-        nets = {p.name for p in network_props(spec.networks) if p.role >= Role.CLUSTER}
-        return [str(a) for n, a in spec.node(self.node).interfaces.items() if n in nets]
+        mine = spec.node(self.node).interfaces
+        return [str(mine[p.name]) for p in node_cluster_networks(spec, self.node)]
 
     async def op_ping(self, req: Reply) -> Reply:
         return {"node": self.node, "pid": os.getpid(),

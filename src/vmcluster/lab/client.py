@@ -99,10 +99,11 @@ def _in_lab_namespace(layout: LabLayout) -> bool:
     return False
 
 
-def _new_socket(layout: LabLayout) -> socket.socket:
-    """A TCP socket in the caller's namespace, or (outside the lab) in its client namespace:
-    a socket stays in the namespace it was made in, whichever thread then uses it."""
-    if _in_lab_namespace(layout):
+def _new_socket(layout: LabLayout, inside: bool) -> socket.socket:
+    """A TCP socket in the caller's namespace when it is ``inside`` the lab, else in the lab's
+    client namespace: a socket stays in the namespace it was made in, whichever thread then
+    uses it."""
+    if inside:
         return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     from vmcluster.lab.nsenter import NetnsThread
 
@@ -133,20 +134,17 @@ def forget_namespaces() -> None:
         _sockets_from.clear()
 
 
-def _reachable(layout: LabLayout, node: str) -> list[str]:
+def _reachable(layout: LabLayout, node: str, inside: bool) -> list[str]:
     """``node``'s agent addresses, lowest metric first; from outside the lab (the client
     namespace) only those on public networks."""
     from vmcluster.model import Role
     from vmcluster.model.spec import load_spec
-    from vmcluster.policy.networks import network_props
+    from vmcluster.policy.networks import node_cluster_networks
 
     spec = load_spec(read_state(layout)["spec"])
-    nd = spec.node(node)
-    inside = _in_lab_namespace(layout)
-    props = sorted(network_props(spec.networks), key=lambda p: p.metric)
-    addrs = [str(nd.interfaces[p.name]) for p in props
-             if p.role >= Role.CLUSTER and p.name in nd.interfaces
-             and (inside or p.role == Role.CLUSTER_AND_CLIENT)]
+    mine = spec.node(node).interfaces
+    addrs = [str(mine[p.name]) for p in node_cluster_networks(spec, node)
+             if inside or p.role == Role.CLUSTER_AND_CLIENT]
     last = _last_good.get((str(layout.state_dir), node))
     return ([last] if last in addrs else []) + [a for a in addrs if a != last]
 
@@ -193,9 +191,10 @@ class AgentClient:
 
     def _remote(self, op: str, request: bytes, timeout_s: float) -> bytes:
         ctx = client_context(self.layout, _identity["name"])
+        inside = _in_lab_namespace(self.layout)
         failures = []
-        for addr in _reachable(self.layout, self.node):
-            sock = _new_socket(self.layout)
+        for addr in _reachable(self.layout, self.node, inside):
+            sock = _new_socket(self.layout, inside)
             try:
                 sock.settimeout(min(timeout_s, 2.0))  # a dead address: try the next soon
                 sock.connect((addr, AGENT_PORT))

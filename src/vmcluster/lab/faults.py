@@ -23,11 +23,11 @@ from vmcluster.lab.client import start_agent
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.services import start_node_services
 from vmcluster.lab.state import read_state
-from vmcluster.model import ClusterSpec, Role
+from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
-from vmcluster.policy.networks import network_props
+from vmcluster.policy.networks import node_cluster_networks
 
-__all__ = ["cluster_networks", "crash_node", "isolate_node", "rejoin_node", "start_node"]
+__all__ = ["crash_node", "isolate_node", "rejoin_node", "start_node"]
 
 
 def _spec(layout: LabLayout, node: str) -> ClusterSpec:
@@ -36,13 +36,6 @@ def _spec(layout: LabLayout, node: str) -> ClusterSpec:
         raise UsageError(f"no node {node!r} in lab {layout.name}; nodes: "
                          f"{', '.join(n.name for n in spec.nodes)}")
     return spec
-
-
-def cluster_networks(spec: ClusterSpec, node: str) -> list[str]:
-    """The node's interfaces on cluster (role >= 1) networks."""
-    me = spec.node(node)
-    return [p.name for p in network_props(spec.networks)
-            if p.role >= Role.CLUSTER and p.name in me.interfaces]
 
 
 def crash_node(layout: LabLayout, node: str, timeout_s: float = 10.0) -> list[int]:
@@ -71,7 +64,7 @@ def start_node(layout: LabLayout, node: str) -> None:
 
 def _links(layout: LabLayout, node: str, up: bool) -> list[str]:
     spec = _spec(layout, node)
-    nets = cluster_networks(spec, node)
+    nets = [p.name for p in node_cluster_networks(spec, node)]
     for net in nets:
         netns.set_link(layout, spec, net, node, up)
     return nets

@@ -42,6 +42,7 @@ __all__ = [
     "live_migration_order",
     "network_props",
     "network_state",
+    "node_cluster_networks",
     "pair_networks",
     "routes",
 ]
@@ -109,6 +110,13 @@ def network_props(networks: Iterable[Network]) -> tuple[NetworkProps, ...]:
         metric = auto if net.metric is None else net.metric
         out.append(NetworkProps(net.name, role, metric, net.metric is None, order))
     return tuple(out)
+
+
+def node_cluster_networks(spec: ClusterSpec, node: str) -> list[NetworkProps]:
+    """The cluster (role >= 1) networks ``node`` has an interface on, lowest metric first."""
+    mine = spec.node(node).interfaces
+    return sorted((p for p in network_props(spec.networks)
+                   if p.role >= Role.CLUSTER and p.name in mine), key=lambda p: p.key)
 
 
 def network_state(spec: ClusterSpec, health: Health, network: str) -> NetworkState:
