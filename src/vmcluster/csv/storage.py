@@ -23,6 +23,7 @@ from vmcluster.errors import LabError
 from vmcluster.lab.layout import LabLayout
 from vmcluster.model import ClusterSpec, Volume
 from vmcluster.pki import NodeCredentials
+from vmcluster.substrate.qemu.vm import tls_object
 
 __all__ = [
     "REDIRECT_PORT_BASE",
@@ -34,7 +35,6 @@ __all__ = [
     "san_argv",
     "san_target",
     "storage_networks",
-    "tls_object",
 ]
 
 SAN_PORT_BASE = 10809
@@ -116,12 +116,6 @@ def redirect_target(spec: ClusterSpec, volume: str, node: str, network: str) -> 
         raise LabError(f"{node} has no address on {network} to re-export {volume} on")
     net_i = [n.name for n in spec.networks].index(network)
     return NbdTarget(str(addr), REDIRECT_PORT_BASE + 10 * i + net_i, export_name(volume), node)
-
-
-def tls_object(obj_id: str, endpoint: str, directory: Path) -> str:
-    """A ``tls-creds-x509`` object for QEMU's ``-object`` / ``--object``: the host's own
-    certificate, the peer's checked against the cluster CA."""
-    return f"tls-creds-x509,id={obj_id},endpoint={endpoint},dir={directory},verify-peer=on"
 
 
 def san_argv(layout: LabLayout, spec: ClusterSpec, volume: str) -> list[str]:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from vmcluster.substrate.qemu.facts import QemuInstall, machine_version
 
 __all__ = [
     "DISK_NODE", "LUN_NODE_PREFIX", "NBD_TLS", "PATH_NODE", "VmConfig", "disk_args", "mac_for",
-    "qemu_argv", "ram_arg",
+    "qemu_argv", "ram_arg", "tls_object",
 ]
 
 def ram_arg(memory_mib: int, accel: str = "tcg", machine: str = "q35") -> str:
@@ -88,6 +89,13 @@ PATH_NODE = "csvpath"
 NBD_TLS = "vmc-nbd"  # the tls-creds-x509 object a CSV disk's NBD connections use
 
 
+def tls_object(obj_id: str, endpoint: str, directory: str | Path) -> str:
+    """A ``tls-creds-x509`` object for ``-object`` (QEMU) or ``--object``
+    (qemu-storage-daemon): the host's own certificate in ``directory``, the peer's
+    checked against the cluster CA there."""
+    return f"tls-creds-x509,id={obj_id},endpoint={endpoint},dir={directory},verify-peer=on"
+
+
 def disk_args(cfg: VmConfig) -> list[str]:
     """The VM's disk: a local file, or a region of a CSV LUN reached over NBD."""
     if cfg.csv is None:
@@ -131,8 +139,11 @@ def qemu_argv(
     ``incoming``: wait for ``migrate-incoming`` (``-incoming defer``). ``tls_dir``: the
     host's certificates in QEMU's layout, for a CSV disk's NBD connections (needed then).
     """
-    if cfg.csv is not None and not tls_dir:
-        raise ValueError(f"{cfg.name}'s CSV disk is reached over NBD with TLS: pass tls_dir")
+    nbd_tls: list[str] = []
+    if cfg.csv is not None:
+        if not tls_dir:
+            raise ValueError(f"{cfg.name}'s CSV disk is reached over NBD with TLS: pass tls_dir")
+        nbd_tls = ["-object", tls_object(NBD_TLS, "client", tls_dir)]
     accel = "kvm" if cfg.accel == "kvm" else "tcg,thread=single"
     argv = [
         *(install or QemuInstall()).argv0(),
@@ -147,8 +158,7 @@ def qemu_argv(
         "-serial", "chardev:ser0",
         "-netdev", f"tap,id=net0,ifname={cfg.tap},script=no,downscript=no",
         "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac},romfile=",
-        *(["-object", f"tls-creds-x509,id={NBD_TLS},endpoint=client,dir={tls_dir},"
-                      "verify-peer=on"] if cfg.csv is not None else []),
+        *nbd_tls,
         *disk_args(cfg),
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
         "-pidfile", pidfile,
