@@ -41,10 +41,20 @@ __all__ = [
     "crl_serials",
     "make_csr",
     "new_key",
+    "write_file",
 ]
 
 _VALID_CA = dt.timedelta(days=3650)
 _VALID_NODE = dt.timedelta(days=825)
+
+
+def write_file(path: Path, data: bytes, secret: bool = True) -> None:
+    """Write ``path`` (its directory made 0700 if new); a ``secret`` is mode 0600 from its
+    creation on, never readable by others even for a moment."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:
@@ -239,11 +249,7 @@ class NodeCredentials:
         if crl_pem is not None:
             files[self.crl] = crl_pem
         for path, data in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            secret = path.name.endswith("key.pem")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            write_file(path, data, secret=path.name.endswith("key.pem"))
 
     def issue(self, ca: CertificateAuthority, node: str, addresses: Iterable[str]) -> None:
         """Make this host's key here, have ``ca`` sign its request, write everything."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vmcluster.errors import InputError
+from vmcluster.pki import write_file
 
 __all__ = ["KEY_BYTES", "HeartbeatAuth", "Verdict", "load_key", "new_key_file"]
 
@@ -33,10 +33,7 @@ Verdict = Literal["ok", "forged", "replayed", "malformed"]
 
 def new_key_file(path: Path) -> None:
     """Write a new random heartbeat key to ``path`` (hex, mode 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(KEY_BYTES) + "\n")
+    write_file(path, (secrets.token_hex(KEY_BYTES) + "\n").encode())
 
 
 def load_key(path: Path) -> bytes:

@@ -11,13 +11,11 @@ restarted by a fault keeps the identity its peers know.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 
 from vmcluster.heartbeat.auth import new_key_file
 from vmcluster.lab.layout import LabLayout
 from vmcluster.model import ClusterSpec
-from vmcluster.pki import CertificateAuthority, NodeCredentials
+from vmcluster.pki import CertificateAuthority, NodeCredentials, write_file
 from vmcluster.store.transport import EtcdTls
 
 __all__ = ["ADMIN", "etcd_tls", "issue_credentials", "lab_ca", "revoke"]
@@ -33,11 +31,8 @@ def lab_ca(layout: LabLayout) -> CertificateAuthority:
         serials = tuple(json.loads(revoked.read_text())) if revoked.is_file() else ()
         return CertificateAuthority(key.read_bytes(), cert.read_bytes(), serials)
     ca = CertificateAuthority.create(layout.name)
-    layout.ca_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(ca.key_pem)
-    cert.write_bytes(ca.cert_pem)
+    write_file(key, ca.key_pem)
+    write_file(cert, ca.cert_pem, secret=False)
     return ca
 
 
@@ -63,9 +58,7 @@ def issue_credentials(layout: LabLayout, spec: ClusterSpec,
     for node in spec.nodes[1:]:
         path = layout.heartbeat_key(node.name)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(first, path)
-            path.chmod(0o600)
+            write_file(path, first.read_bytes())
 
 
 def etcd_tls(layout: LabLayout, node: str | None = None) -> EtcdTls | None:
