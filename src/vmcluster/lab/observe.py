@@ -64,6 +64,8 @@ def migrate_observed(
             req = MigrationRequest(vm=vm, target=target, params=params)
             result = migrate(sub, spec, known_health(spec, sub.status()), req, on_progress)
     finally:
+        for c in clients.values():  # all at once: each winds down on its own (up to 1 s)
+            c.interrupt()
         seen = {mode: c.stop() for mode, c in clients.items()}
     where = result.target if result.ok else result.source
     mem = memory_ok(sub.layout.serial_log(vm, where), sizes.get(where, 0))

@@ -95,11 +95,16 @@ class ClientProbe:
         raise LabError(f"the {self.mode} client cannot reach the VM "
                        f"({' '.join(self.argv[-6:])})")
 
+    def interrupt(self) -> None:
+        """Tell the client the migration is over (it finishes and reports on its own)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT if self.mode == "ab" else signal.SIGTERM)
+
     def stop(self) -> dict[str, Any]:
+        """Interrupt the client (if not yet) and return what it reports."""
         if self.proc is None:
             return {}
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT if self.mode == "ab" else signal.SIGTERM)
+        self.interrupt()
         try:
             out, _ = self.proc.communicate(timeout=40)
         except subprocess.TimeoutExpired:
