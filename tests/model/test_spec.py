@@ -52,6 +52,13 @@ def test_examples_load() -> None:
     assert lab.network("Storage").role == 0
 
 
+def test_a_vm_may_pin_its_machine_type() -> None:
+    assert parse_spec(BASE).vm("vm1").machine is None  # pinned when the VM is defined
+    text = BASE.replace("memory_mib = 256", 'memory_mib = 256\nmachine = "pc-q35-7.2"')
+    pinned = parse_spec(text)
+    assert pinned.vm("vm1").machine == "pc-q35-7.2"
+
+
 def test_vm_addresses_are_assigned_on_the_public_network() -> None:
     spec = parse_spec(BASE)
     assert str(spec.vm("vm1").address) == "198.18.1.101"
@@ -69,6 +76,8 @@ def test_vm_addresses_are_assigned_on_the_public_network() -> None:
         ("cores = 2", "cores = 0", "cores = 0", "cores must be > 0"),
         ('name = "t"', 'name = "t"\nnodes = 3', "nodes = 3", "unknown key 'nodes'"),
         ("memory_mib = 256", 'memory_mib = "lots"', "lots", "memory_mib must be int"),
+        ("memory_mib = 256", 'memory_mib = 256\nmachine = "q35"', "machine",
+         "not a versioned q35 machine type"),
     ],
 )
 def test_bad_specs_get_one_located_error(old: str, new: str, at: str, fragment: str) -> None:

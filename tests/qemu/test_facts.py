@@ -7,9 +7,8 @@ import os
 
 import pytest
 
-from vmcluster.errors import SpecError, SubstrateError
+from vmcluster.errors import SubstrateError
 from vmcluster.lab.qemu_cache import suite_version
-from vmcluster.model.spec import parse_spec
 from vmcluster.substrate.qemu.facts import (
     QemuFacts,
     QemuInstall,
@@ -99,29 +98,6 @@ def test_suite_version_reads_apt_cache_madison() -> None:
         "bookworm-security/main amd64 Packages\n")
     assert suite_version(madison, "qemu-system-x86", "bookworm") == "1:7.2+dfsg-7+deb12u18+b3"
     assert suite_version(madison, "qemu-system-x86", "trixie") is None
-
-
-def test_spec_machine_must_be_a_versioned_q35() -> None:
-    base = """
-[cluster]
-name = "c"
-[[networks]]
-name = "Public"
-subnet = "198.18.1.0/24"
-gateway = "198.18.1.1"
-[[nodes]]
-name = "n1"
-cores = 2
-memory_mib = 2048
-interfaces = { Public = "198.18.1.11" }
-[[vms]]
-name = "web"
-owner = "n1"
-memory_mib = 256
-"""
-    assert parse_spec(base + 'machine = "pc-q35-7.2"\n').vm("web").machine == "pc-q35-7.2"
-    with pytest.raises(SpecError, match="versioned q35"):
-        parse_spec(base + 'machine = "q35"\n')
 
 
 def test_the_extra_tcg_page_only_where_qemu_7_2_may_run_the_vm() -> None:
