@@ -16,7 +16,6 @@ from vmcluster.heartbeat.auth import new_key_file
 from vmcluster.lab.layout import LabLayout
 from vmcluster.model import ClusterSpec
 from vmcluster.pki import CertificateAuthority, NodeCredentials, write_file
-from vmcluster.store.transport import EtcdTls
 
 __all__ = ["ADMIN", "etcd_tls", "issue_credentials", "lab_ca", "revoke"]
 
@@ -61,11 +60,11 @@ def issue_credentials(layout: LabLayout, spec: ClusterSpec,
             write_file(path, first.read_bytes())
 
 
-def etcd_tls(layout: LabLayout, node: str | None = None) -> EtcdTls | None:
+def etcd_tls(layout: LabLayout, node: str | None = None) -> NodeCredentials | None:
     """``node``'s certificate files for etcd (the admin's when None); None when the lab
     has none (a lab brought up before TLS)."""
     creds = NodeCredentials(layout.tls_dir(node or ADMIN))
-    return EtcdTls(creds.ca, creds.cert, creds.key) if creds.exists() else None
+    return creds if creds.exists() else None
 
 
 def revoke(layout: LabLayout, spec: ClusterSpec, cert_pem: bytes) -> None:

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from vmcluster.errors import StoreError
+from vmcluster.pki import NodeCredentials
 from vmcluster.store.errors import StoreUnavailable
-from vmcluster.store.transport import Connections, EtcdTls
+from vmcluster.store.transport import Connections
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
@@ -194,14 +195,14 @@ class EtcdClient:
     retry_s: float = 5.0  # keep trying every endpoint this long (a raft election takes ~1 s)
     clock: Clock = field(default_factory=MonotonicClock, repr=False)
     # TLS with a client certificate, for https:// endpoints (etcd on real hosts).
-    tls: EtcdTls | None = None
+    tls: NodeCredentials | None = None
     _current: int = field(default=0, repr=False)
 
     def __post_init__(self) -> None:
         if not self.endpoints:
             raise StoreError("no etcd endpoints given (pass at least one client URL)")
         try:
-            self.ssl_context = self.tls.context() if self.tls is not None else None
+            self.ssl_context = self.tls.client_context() if self.tls is not None else None
         except (OSError, ssl.SSLError) as exc:
             raise StoreError(f"cannot load the etcd TLS files ({self.tls}): {exc}") from exc
         self._conns = Connections(self.timeout, self.ssl_context)

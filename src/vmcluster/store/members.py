@@ -26,8 +26,9 @@ from typing import IO
 
 from vmcluster.errors import StoreError
 from vmcluster.model import ClusterSpec, Role
+from vmcluster.pki import NodeCredentials
 from vmcluster.policy.networks import network_props
-from vmcluster.store.transport import EtcdTls, open_connection
+from vmcluster.store.transport import member_flags, open_connection
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
@@ -59,7 +60,7 @@ class MemberSpec:
     peer_urls: tuple[str, ...]
     client_urls: tuple[str, ...]
     prefix: tuple[str, ...] = ()  # e.g. ("ip", "netns", "exec", "vmc-node1")
-    tls: EtcdTls | None = None  # client and peer TLS with client certificates (https URLs)
+    tls: NodeCredentials | None = None  # client and peer TLS with client certificates (https URLs)
 
     def argv(
         self, initial_cluster: str, token: str, state: str, tuning: Sequence[str]
@@ -79,7 +80,7 @@ class MemberSpec:
             f"--initial-cluster-state={state}",
             "--logger=zap",
             "--log-outputs=stderr",
-            *(self.tls.member_flags() if self.tls is not None else ()),
+            *(member_flags(self.tls) if self.tls is not None else ()),
             *tuning,
         ]
 
@@ -90,7 +91,7 @@ def spec_members(
     prefix: Callable[[str], tuple[str, ...]] = lambda node: (),
     peer_port: int = 2380,
     client_port: int = 2379,
-    tls: Callable[[str], EtcdTls | None] = lambda node: None,
+    tls: Callable[[str], NodeCredentials | None] = lambda node: None,
 ) -> list[MemberSpec]:
     """One member per node of ``spec``, on the node's address on every role >= 1 network
     (so losing one network does not cut the store); ``prefix(node)`` runs it in the node's
@@ -186,7 +187,7 @@ class EtcdCluster:
     def healthy(self, name: str) -> bool:
         """Does ``name`` answer /health with true (it has a leader and applies)?"""
         member = self.member(name)
-        ctx = member.tls.context() if member.tls is not None else None
+        ctx = member.tls.client_context() if member.tls is not None else None
         for url in member.client_urls:
             conn = open_connection(url, 1.0, ctx)
             try:

@@ -2,9 +2,10 @@
 
 etcd on real hosts serves clients and peers over TLS with client-certificate
 auth (the cluster CA; every member's certificate has an IP SAN per address it
-listens on). :class:`EtcdTls` names a host's CA, certificate and key files and
-builds the ``ssl`` context that checks the member's certificate against the
-cluster CA and the address in the URL, and presents this host's certificate.
+listens on): a host's :class:`~vmcluster.pki.NodeCredentials` give the ``ssl``
+context that checks the member's certificate against the cluster CA and the
+address in the URL and presents the host's own, and :func:`member_flags` the
+member's side.
 :class:`Connections` keeps one connection per endpoint and thread, so that a
 client does not pay a TLS handshake per request.
 """
@@ -15,35 +16,22 @@ import http.client
 import ssl
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import urlsplit
 
-__all__ = ["Connections", "EtcdTls", "open_connection"]
+from vmcluster.pki import NodeCredentials
+
+__all__ = ["Connections", "member_flags", "open_connection"]
 
 
-@dataclass(frozen=True)
-class EtcdTls:
-    """A host's TLS files for etcd: the cluster CA, its certificate and key (PEM)."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-    def context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_verify_locations(self.ca)
-        ctx.load_cert_chain(self.cert, self.key)
-        return ctx
-
-    def member_flags(self) -> list[str]:
-        """etcd's own flags: TLS for clients and peers, client certificates required."""
-        return [
-            f"--cert-file={self.cert}", f"--key-file={self.key}",
-            f"--trusted-ca-file={self.ca}", "--client-cert-auth=true",
-            f"--peer-cert-file={self.cert}", f"--peer-key-file={self.key}",
-            f"--peer-trusted-ca-file={self.ca}", "--peer-client-cert-auth=true",
-        ]
+def member_flags(creds: NodeCredentials) -> list[str]:
+    """etcd's own flags for a member with ``creds``: TLS for clients and peers, client
+    certificates required (both sides use the host's one certificate)."""
+    return [
+        f"--cert-file={creds.cert}", f"--key-file={creds.key}",
+        f"--trusted-ca-file={creds.ca}", "--client-cert-auth=true",
+        f"--peer-cert-file={creds.cert}", f"--peer-key-file={creds.key}",
+        f"--peer-trusted-ca-file={creds.ca}", "--peer-client-cert-auth=true",
+    ]
 
 
 def open_connection(url: str, timeout: float, tls: ssl.SSLContext | None
