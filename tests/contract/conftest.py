@@ -41,15 +41,11 @@ def sim_substrate(request: pytest.FixtureRequest, spec: ClusterSpec) -> Iterator
 @pytest.fixture(scope="module")
 def qemu_lab() -> Iterator[LabLayout]:
     """One lab for the module, without its control plane; checked clean at the end."""
-    from vmcluster.lab.services import services_file, stop_services
-
     layout = LabLayout(f"k{os.getpid()}"[:12])
     try:
-        lab_up(LAB, layout.name, say=lambda _m: None)
-        stop_services(layout)
-        # Without services.json, a node started again (set_node/set_power) gets its agent
-        # only: see start_node_services.
-        services_file(layout).unlink()
+        # Hosts that run their agent only: no store, heartbeats, manager or watchdog acts
+        # beside the contract's own calls.
+        lab_up(LAB, layout.name, say=lambda _m: None, control_plane=False)
         yield layout
     finally:
         lab_down(layout)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,35 +11,27 @@ from pathlib import Path
 import pytest
 
 from vmcluster.lab.fencing import AgentFence
-from vmcluster.lab.layout import LabLayout
 from vmcluster.store import Election, EtcdClient, Fenced, embedded
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server not installed")
 
 
 @pytest.fixture
-def lab_root() -> Iterator[tuple[LabLayout, list[str]]]:
+def endpoints() -> Iterator[list[str]]:
     base = Path(tempfile.mkdtemp(prefix="vmc-fence-"))
     cluster = embedded(base / "etcd", host="127.0.0.43", timeout=60)
     try:
-        layout = LabLayout("fence", base)
-        layout.state_dir.mkdir(parents=True)
-        yield layout, cluster.endpoints()
+        yield cluster.endpoints()
     finally:
         cluster.close()
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_stale_token_refused_current_accepted_none_unfenced(
-    lab_root: tuple[LabLayout, list[str]],
-) -> None:
-    layout, endpoints = lab_root
-    fence = AgentFence(layout, "node1")
-    with pytest.raises(Fenced, match="no control plane"):
+def test_stale_token_refused_current_accepted_none_unfenced(endpoints: list[str]) -> None:
+    fence = AgentFence("node1", "fence", [], None)
+    with pytest.raises(Fenced, match="knows no store"):
         asyncio.run(fence.check({"op": "start", "token": 5}))
-    (layout.state_dir / "services.json").write_text(
-        json.dumps({"cluster": "fence", "endpoints": endpoints}))
-    fence = AgentFence(layout, "node1")
+    fence = AgentFence("node1", "fence", endpoints, None)
     asyncio.run(fence.check({"op": "list"}))  # no token: the operator, not a manager
     client = EtcdClient(endpoints)
     first = Election(client, "fence", "m1", ttl=5)

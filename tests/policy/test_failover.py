@@ -99,7 +99,12 @@ def test_isolated_node_stops_before_the_majority_restarts() -> None:
     # and within its stop budget.
     isolated_done = last_heard + 0.25 + 2.0 + P.stop_budget_s
     assert restart_not_before(last_heard, st_) >= isolated_done
-    assert restart_not_before(last_heard, st_) == 100.0 + 2.0 + 0.25 + 1.0
+    # ... and a host whose daemon hung has been fenced by its watchdog: 2.5 s after its
+    # last pet, at most 1.25 s after its last heartbeat, killed within 0.5 s.
+    assert restart_not_before(last_heard, st_) >= last_heard + 2.5 + 1.25 + 0.5
+    assert restart_not_before(last_heard, st_) == max(100.0 + 2.0 + 0.25 + 1.0, 104.25)
+    longer = ClusterSettings("t", fence_window_s=10.0)
+    assert restart_not_before(last_heard, longer) == 100.0 + 10.0 + 1.25 + 0.5
 
 
 def test_flapping_three_failures_in_an_hour() -> None:

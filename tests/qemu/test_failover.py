@@ -8,6 +8,7 @@ One lab per module ("f<pid>"), torn down (and checked gone) even when a test fai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from vmcluster.lab.services import (
     services_file,
     start_member,
 )
+from vmcluster.node.daemon import TICK_S
 from vmcluster.store.election import Leadership, current_leader
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
@@ -306,3 +308,79 @@ def test_drain_moves_every_vm_and_ctrl_c_cancels(
                           "--lab", lab.layout.name], capture_output=True, text=True,
                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert json.loads(done.stdout) == {"node": node, "was": "draining", "state": "up"}
+
+
+def _qemu_pids(lab: QemuSubstrate, node: str) -> dict[str, int]:
+    listed = AgentClient(lab.layout, node).call("list")["vms"]
+    return {v["vm"]: int(v["pid"]) for v in listed if v["role"] == "run"}
+
+
+def _fence_records(lab: QemuSubstrate, node: str) -> list[dict[str, Any]]:
+    path = lab.layout.host_state_dir(node) / "log" / "fenced.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def test_restarting_vmclusterd_leaves_its_vms_running_and_nobody_notices(
+    lab: QemuSubstrate, store: LabStore, sampler: RunSampler
+) -> None:
+    where = wait_settled(lab, sampler, store)
+    node = where["db"]
+    before = _qemu_pids(lab, node)
+    beats = service_pids(lab.layout, node)["nodewatch"]
+    fenced = len(_fence_records(lab, node))
+    seq = last_seq(store)
+    (daemon,) = service_pids(lab.layout, node)["vmclusterd"]
+    os.kill(daemon, signal.SIGTERM)  # what `systemctl restart vmclusterd` does first
+    deadline = time.monotonic() + 30
+    while _alive(daemon) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(daemon)
+    start_node(lab.layout, node)
+    time.sleep(lab.spec.cluster.fence_window_s + 3.0)
+    assert _qemu_pids(lab, node) == before  # the same QEMUs, adopted
+    assert service_pids(lab.layout, node)["nodewatch"] == beats  # heartbeats never stopped
+    assert len(_fence_records(lab, node)) == fenced
+    assert not [e for e in events_after(store, seq)
+                if e["kind"] in ("node_down", "vm_restarted")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSTOP, signal.SIGKILL], ids=["SIGSTOP", "SIGKILL"])
+def test_a_host_whose_vmclusterd_stops_is_fenced_by_its_watchdog_before_failover(
+    lab: QemuSubstrate, store: LabStore, sampler: RunSampler, sig: signal.Signals
+) -> None:
+    where = wait_settled(lab, sampler, store)
+    node = where["batch"]
+    victims = _qemu_pids(lab, node)
+    fenced = len(_fence_records(lab, node))
+    seq = last_seq(store)
+    (daemon,) = service_pids(lab.layout, node)["vmclusterd"]
+    stopped_at = time.time()
+    os.kill(daemon, sig)
+    try:
+        restarts = [wait_event(store, seq, RESTART_BOUND_S, kind="vm_restarted", vm=vm)
+                    for vm in victims]
+        records = _fence_records(lab, node)[fenced:]
+        assert len(records) == 1, records
+        (record,) = records
+        # The watchdog waited its window (from the last pet, at most a tick before the
+        # signal), then killed exactly this host's QEMUs ...
+        assert record["at"] - stopped_at >= lab.spec.cluster.fence_window_s - TICK_S - 0.05
+        assert {k["vm"] for k in record["killed"]} == set(victims)
+        assert record["survivors"] == []
+        assert not any(_alive(pid) for pid in victims.values())
+        # ... before any survivor started one of them again.
+        assert all(record["at"] < r["at"] for r in restarts), (record, restarts)
+        assert not _alive(daemon)  # its process group went with them
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(daemon, signal.SIGCONT)
+        start_node(lab.layout, node)
+    wait_settled(lab, sampler, store)

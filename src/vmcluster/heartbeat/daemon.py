@@ -80,6 +80,7 @@ class HeartbeatDaemon:
         self._stop = threading.Event()
         self._socks: dict[str, socket.socket] = {}
         self._thread: threading.Thread | None = None
+        self.last_round = -1e9  # clock time of the last send round
         self._tracker = RouteTracker([(t.peer, t.network) for t in self.targets], params, 0.0)
 
     def start(self) -> HeartbeatDaemon:
@@ -121,6 +122,11 @@ class HeartbeatDaemon:
     def states(self) -> dict[tuple[str, str], bool]:
         with self._lock:
             return self._tracker.states()
+
+    def sending(self) -> bool:
+        """Does its thread run and send its rounds on time (within two delays)?"""
+        alive = self._thread is not None and self._thread.is_alive()
+        return alive and self.clock.now() - self.last_round < 2 * self.params.delay_s
 
     def down_peers(self) -> frozenset[str]:
         return peers_down(self.states())
@@ -169,6 +175,7 @@ class HeartbeatDaemon:
                 if now >= next_send:
                     seq += 1
                     self._send_all(seq)
+                    self.last_round = now
                     next_send += self.params.delay_s
                     if next_send < now:  # we were starved; do not burst to catch up
                         next_send = now + self.params.delay_s

@@ -1,8 +1,10 @@
 """The node agent: one process per node namespace that owns that node's QEMUs.
 
-Started as ``ip netns exec NS python -m vmcluster.lab.agent --lab L --node N``.
-It answers one JSON request per connection on a unix socket in the lab's
-state dir (``{"op": ..., ...}`` -> ``{"ok": true, ...}`` or ``{"ok": false,
+Started by ``vmclusterd`` as ``python -m vmcluster.lab.agent --config
+/etc/vmcluster/vmclusterd.toml`` (a part of the node daemon; see
+:mod:`vmcluster.node.daemon`). It answers one JSON request per connection,
+on its host's unix socket and over mutual TLS on the cluster networks
+(``{"op": ..., ...}`` -> ``{"ok": true, ...}`` or ``{"ok": false,
 "error": "one line"}``). On start it reconciles from QEMU's own state: every
 QEMU it recorded that is still alive is adopted (``query-status``); dead ones
 are forgotten; a running VM is never killed to reconcile.
@@ -39,6 +41,7 @@ from vmcluster.errors import InputError, QmpError, SubstrateError, VmclusterErro
 from vmcluster.lab.client import AGENT_PORT, speak_as
 from vmcluster.lab.fencing import AgentFence
 from vmcluster.lab.layout import LabLayout
+from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.pki import NodeCredentials, crl_serials
 from vmcluster.policy.networks import node_cluster_networks
 from vmcluster.store.errors import Fenced
@@ -62,14 +65,14 @@ async def _sh(*argv: str) -> tuple[int, str]:
 class Agent(CsvOps):
     """The node agent's state: the QEMUs it owns, by VM name."""
 
-    def __init__(self, layout: LabLayout, node: str, install: QemuInstall | None = None
-                 ) -> None:
-        self.layout, self.node = layout, node
-        self.install = install or QemuInstall()
+    def __init__(self, cfg: NodeConfig, layout: LabLayout) -> None:
+        self.cfg, self.layout, self.node = cfg, layout, cfg.node
+        self.install = QemuInstall.from_json(dict(cfg.qemu)) if cfg.qemu else QemuInstall()
         self.facts: QemuFacts | None = None
-        self.workdir = layout.qemu_dir(node)
+        self.workdir = cfg.qemu_dir
+        self.creds = NodeCredentials(cfg.tls_dir)
         # This host's certificates in QEMU's layout (migration streams, NBD).
-        self.qemu_tls_dir = str(NodeCredentials(layout.tls_dir(node)).qemu_dir)
+        self.qemu_tls_dir = str(self.creds.qemu_dir)
         self.vms: dict[str, QemuProcess] = {}
         self.locks: dict[str, asyncio.Lock] = {}
 
@@ -226,7 +229,7 @@ class Agent(CsvOps):
         if not on:
             await qp.qmp.migrate_set_parameters(tls_creds="")
             return
-        creds = NodeCredentials(self.layout.tls_dir(self.node))
+        creds = self.creds
         if not creds.exists():
             raise SubstrateError(f"{self.node} has no TLS certificate in {creds.directory}; "
                                  "migration_tls needs one")
@@ -351,8 +354,8 @@ async def _serve(agent: Agent, sock_path: Path) -> None:
         name[3:]: getattr(agent, name) for name in dir(agent) if name.startswith("op_")
     }
 
-    fence = AgentFence(agent.layout, agent.node)
-    creds = NodeCredentials(agent.layout.tls_dir(agent.node))
+    fence = AgentFence.from_config(agent.cfg)
+    creds = agent.creds
     revocations = _Revocations(creds)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -409,24 +412,21 @@ def _log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} agent: {msg}", flush=True)
 
 
-async def _amain(lab: str, node: str, root: Path, install: QemuInstall) -> None:
-    speak_as(node)
-    layout = LabLayout(lab, root)
-    agent = Agent(layout, node, install)
+async def _amain(cfg: NodeConfig) -> None:
+    if cfg.lab is None:
+        raise InputError(f"{cfg.path}: [lab] is missing; the agent still reads the spec and "
+                         "the CSV records from its lab (see vmcluster.node.config.LabRef)")
+    speak_as(cfg.node)
+    agent = Agent(cfg, LabLayout(cfg.lab.name, cfg.lab.root))
     await agent.reconcile()
-    await _serve(agent, layout.agent_socket(node))
+    await _serve(agent, cfg.run_dir / "agent.sock")
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="vmcluster.lab.agent")
-    p.add_argument("--lab", required=True)
-    p.add_argument("--node", required=True)
-    p.add_argument("--root", default=str(LabLayout("x").root))
-    p.add_argument("--qemu", default="", help="this host's QEMU as JSON (QemuInstall); "
-                   "default: the installed qemu-system-x86_64")
+    p.add_argument("--config", required=True, help="the host's vmclusterd.toml")
     args = p.parse_args(argv)
-    install = QemuInstall.from_json(json.loads(args.qemu)) if args.qemu else QemuInstall()
-    asyncio.run(_amain(args.lab, args.node, Path(args.root), install))
+    asyncio.run(_amain(load_config(args.config)))
 
 
 if __name__ == "__main__":

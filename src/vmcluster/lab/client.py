@@ -29,7 +29,6 @@ import os
 import socket
 import ssl
 import threading
-from pathlib import Path
 from typing import Any
 
 from vmcluster.errors import LabError, SubstrateError
@@ -38,7 +37,7 @@ from vmcluster.lab.state import read_state
 from vmcluster.pki import NodeCredentials
 
 __all__ = ["AGENT_PORT", "AgentClient", "AgentDown", "AgentError", "client_context",
-           "forget_namespaces", "speak_as", "start_agent"]
+           "forget_namespaces", "speak_as"]
 
 AGENT_PORT = 3345
 _identity = {"name": "admin"}
@@ -220,37 +219,3 @@ class AgentClient:
         except LabError:
             return False
         return True
-def start_agent(layout: LabLayout, node: str, timeout_s: float = 20.0) -> None:
-    """Start ``node``'s agent inside its namespace, detached (``setsid -f``), and wait for it."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    import vmcluster
-
-    client = AgentClient(layout, node)
-    if client.alive():
-        return
-    log = layout.agent_log(node)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    src = str(Path(vmcluster.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    argv = ["setsid", "-f", "ip", "netns", "exec", layout.node_ns(node), sys.executable, "-m",
-            "vmcluster.lab.agent", "--lab", layout.name, "--node", node,
-            "--root", str(layout.root)]
-    install = read_state(layout).get("qemu", {}).get(node)  # the host's own QEMU, if not default
-    if install:
-        argv += ["--qemu", json.dumps(install)]
-    with log.open("ab") as out:
-        rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
-                            timeout=10, check=False).returncode
-    if rc != 0:
-        raise LabError(f"cannot start the agent of {node}; see {log}")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if client.alive():
-            return
-        time.sleep(0.05)
-    raise LabError(f"the agent of {node} did not come up in {timeout_s:.0f} s; see {log}")

@@ -19,9 +19,8 @@ import time
 
 from vmcluster.errors import LabError, UsageError
 from vmcluster.lab import netns
-from vmcluster.lab.client import start_agent
+from vmcluster.lab.hosts import daemon_pids, start_daemon
 from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.services import start_node_services
 from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
@@ -54,12 +53,12 @@ def crash_node(layout: LabLayout, node: str, timeout_s: float = 10.0) -> list[in
 
 
 def start_node(layout: LabLayout, node: str) -> None:
-    """Boot ``node`` again (agent, etcd member, node watch, manager candidate)."""
+    """Boot ``node`` again: its vmclusterd (etcd member, agent, heartbeats, manager candidate)."""
     _spec(layout, node)
-    if netns.ns_pids(layout.node_ns(node)):
-        raise UsageError(f"{node} is running; crash it first (`vmcluster lab node crash {node}`)")
-    start_agent(layout, node)
-    start_node_services(layout, node)
+    if daemon_pids(layout, node)["vmclusterd"]:
+        raise UsageError(f"{node}'s vmclusterd is running; crash the node first "
+                         f"(`vmcluster lab node crash {node}`)")
+    start_daemon(layout, node)  # after a crash, or after its watchdog fenced it
 
 
 def _links(layout: LabLayout, node: str, up: bool) -> list[str]:

@@ -5,7 +5,7 @@ acting, the agent asks the store whether ``N`` is still the leader key's
 create revision (:meth:`~vmcluster.store.election.Fence.check`). A paused
 manager that wakes after its lease ran out, or one on the wrong side of a
 partition, is refused with one line starting ``fenced:``. When the agent
-cannot ask (no control plane, or this node is cut off from the store's
+cannot ask (the host knows no store, or it is cut off from the store's
 majority) it refuses too: an action it cannot prove current is not taken.
 Requests without a token (the operator's own ``vmcluster vm ...``) are not
 fenced.
@@ -14,12 +14,12 @@ fenced.
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Sequence
 from typing import Any
 
 from vmcluster.errors import StoreError
-from vmcluster.lab.credentials import etcd_tls
-from vmcluster.lab.layout import LabLayout
+from vmcluster.node.config import NodeConfig
+from vmcluster.pki import NodeCredentials
 from vmcluster.store.election import Fence
 from vmcluster.store.errors import Fenced
 from vmcluster.store.etcd import EtcdClient
@@ -30,22 +30,22 @@ __all__ = ["AgentFence"]
 class AgentFence:
     """``await fence.check(request)`` raises :class:`Fenced` for a stale token."""
 
-    def __init__(self, layout: LabLayout, node: str) -> None:
-        self.layout, self.node = layout, node
+    def __init__(self, node: str, cluster: str, endpoints: Sequence[str],
+                 tls: NodeCredentials | None) -> None:
+        self.node, self.cluster, self.endpoints, self.tls = node, cluster, endpoints, tls
         self._fence: Fence | None = None
+
+    @classmethod
+    def from_config(cls, cfg: NodeConfig) -> AgentFence:
+        return cls(cfg.node, cfg.cluster, cfg.endpoints, NodeCredentials(cfg.tls_dir))
 
     def _load(self) -> Fence:
         if self._fence is None:
-            try:
-                svc = json.loads((self.layout.state_dir / "services.json").read_text())
-            except (OSError, ValueError) as exc:
-                raise Fenced("fenced: this lab runs no control plane, so no manager token "
-                             "can be checked; send the request without a token") from exc
-            mine = list(svc.get("members", {}).get(self.node, []))
-            ordered = mine + [u for u in svc["endpoints"] if u not in mine]
-            client = EtcdClient(ordered, timeout=1.0, retry_s=1.0,
-                                tls=etcd_tls(self.layout, self.node))
-            self._fence = Fence(client, svc["cluster"])
+            if not self.endpoints:
+                raise Fenced("fenced: this host knows no store, so no manager token can be "
+                             "checked; send the request without a token")
+            client = EtcdClient(list(self.endpoints), timeout=1.0, retry_s=1.0, tls=self.tls)
+            self._fence = Fence(client, self.cluster)
         return self._fence
 
     def _check(self, token: int) -> None:

@@ -1,10 +1,12 @@
 """``lab up`` / ``down`` / ``status`` / ``net``: several hosts on one machine.
 
 ``up`` builds the guest image (cached), the namespaces and links of
-:mod:`vmcluster.lab.netns`, starts a node agent per node and boots the
-spec's VMs on their owners, then the control plane of
-:mod:`vmcluster.lab.services` (etcd members, heartbeats, manager candidates);
-any failure tears the half-built lab down again.
+:mod:`vmcluster.lab.netns`, writes each host's ``vmclusterd.toml`` and starts
+``vmclusterd`` on every host (:mod:`vmcluster.lab.hosts`: etcd member, agent,
+heartbeats, manager candidate, watchdog), boots the spec's VMs on their
+owners, then seeds the store and waits for a manager
+(:mod:`vmcluster.lab.services`); any failure tears the half-built lab down
+again.
 ``down`` finds everything by the lab's name (namespaces by prefix, processes
 by namespace and by the state dir on their command line), so it works after
 a crash and is safe to run twice.
@@ -23,8 +25,9 @@ from pathlib import Path
 
 from vmcluster.errors import LabError, UsageError, VmclusterError
 from vmcluster.lab import netns
-from vmcluster.lab.client import AgentClient, forget_namespaces, start_agent
+from vmcluster.lab.client import AgentClient, forget_namespaces
 from vmcluster.lab.credentials import issue_credentials
+from vmcluster.lab.hosts import start_daemon, write_node_configs
 from vmcluster.lab.layout import RUN_ROOT, LabLayout, check_lab_name
 from vmcluster.lab.state import write_state
 from vmcluster.model import ClusterSpec
@@ -60,11 +63,14 @@ def _require_root() -> None:
 
 def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
            root: Path = RUN_ROOT, ready_timeout_s: float = 120.0,
-           qemu: Mapping[str, str] | None = None) -> QemuSubstrate:
+           qemu: Mapping[str, str] | None = None, control_plane: bool = True,
+           manager: Mapping[str, float] | None = None) -> QemuSubstrate:
     """Build and start the lab; returns a substrate bound to it.
 
     ``qemu`` gives some hosts another QEMU than the installed one (node -> a name of
     :data:`~vmcluster.lab.qemu_cache.LAB_QEMUS`, e.g. ``{"node3": "debian-7.2"}``).
+    ``control_plane=False``: hosts run their agent only (no etcd, heartbeats, manager or
+    watchdog), for tests of the substrate alone. ``manager``: ManagerParams overrides.
     """
     from vmcluster.lab.image import ensure_guest_image
     from vmcluster.lab.qemu_cache import ensure_qemu
@@ -107,11 +113,13 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
 
             for line in start_san(layout, spec):
                 say(f"[{time.monotonic() - t0:5.1f}s] {line}")
+        write_node_configs(layout, spec, control_plane, manager)
         with ThreadPoolExecutor(max_workers=max(1, len(spec.nodes))) as pool:
-            list(pool.map(lambda n: start_agent(layout, n.name), spec.nodes))
+            list(pool.map(lambda n: start_daemon(layout, n.name), spec.nodes))
         sub = QemuSubstrate(layout, spec)
         versions = ", ".join(f"{n.name} QEMU {sub.facts(n.name).version}" for n in spec.nodes)
-        say(f"[{time.monotonic() - t0:5.1f}s] agents: {len(spec.nodes)} up ({versions})")
+        say(f"[{time.monotonic() - t0:5.1f}s] vmclusterd on {len(spec.nodes)} hosts, agents up "
+            f"({versions})")
         pins = sub.define_vms()
         say(f"[{time.monotonic() - t0:5.1f}s] machine types: "
             + ", ".join(f"{vm} {m}" for vm, m in pins.items()))
@@ -121,9 +129,11 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
         for vm in spec.vms:
             wait_ready(layout, vm.name, vm.owner, ready_timeout_s)
             say(f"[{time.monotonic() - t0:5.1f}s] {vm.name} ready on {vm.owner} ({vm.address})")
-        from vmcluster.lab.services import start_services  # etcd, heartbeats, managers
+        if control_plane:
+            from vmcluster.lab.services import start_services  # seed the store, a leader
 
-        start_services(layout, spec, say=lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}"))
+            start_services(layout, spec,
+                           say=lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}"))
     except (VmclusterError, OSError) as exc:
         say(f"lab up failed: {exc}; tearing down")
         lab_down(layout)

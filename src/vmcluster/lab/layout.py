@@ -63,15 +63,37 @@ class LabLayout:
     def lock_file(self) -> Path:
         return self.state_dir / "state.lock"
 
+    # -- one host's own files (what /etc/vmcluster, /var/lib/vmcluster and /run/vmcluster
+    # are on a real host); nothing outside a host's vmclusterd reads them
+    def host_dir(self, node: str) -> Path:
+        return self.state_dir / "hosts" / short_name("", node, limit=60)
+
+    def host_config_dir(self, node: str) -> Path:
+        return self.host_dir(node) / "etc"
+
+    def host_state_dir(self, node: str) -> Path:
+        return self.host_dir(node) / "var"
+
+    def host_run_dir(self, node: str) -> Path:
+        return self.host_dir(node) / "run"
+
+    def node_config(self, node: str) -> Path:
+        """The host's ``vmclusterd.toml``."""
+        return self.host_config_dir(node) / "vmclusterd.toml"
+
     def agent_socket(self, node: str) -> Path:
-        return self.state_dir / "agents" / f"{node}.sock"
+        return self.host_run_dir(node) / "agent.sock"
 
     def agent_log(self, node: str) -> Path:
-        return self.state_dir / "agents" / f"{node}.log"
+        return self.host_state_dir(node) / "log" / "agent.log"
+
+    def daemon_log(self, node: str) -> Path:
+        """What ``vmclusterd`` and its parts print (the lab's stand-in for the journal)."""
+        return self.host_state_dir(node) / "log" / "vmclusterd.log"
 
     def secrets_dir(self, node: str) -> Path:
         """A node's own credentials (its copy of the cluster's heartbeat key, ...)."""
-        return self.state_dir / "secrets" / node
+        return self.host_config_dir(node)
 
     def heartbeat_key(self, node: str) -> Path:
         return self.secrets_dir(node) / "heartbeat.key"
@@ -87,7 +109,7 @@ class LabLayout:
 
     def qemu_dir(self, node: str) -> Path:
         """Where a node's agent keeps one record + QMP socket per QEMU it owns."""
-        return self.state_dir / "qemu" / node
+        return self.host_state_dir(node) / "qemu"
 
     def disk(self, vm: str) -> Path:
         return self.state_dir / "disks" / f"{vm}.img"

@@ -1,7 +1,7 @@
-"""One manager candidate per node: ``python -m vmcluster.lab.managerd --lab L --node N``.
+"""One manager candidate per host: ``python -m vmcluster.lab.managerd --config C``.
 
 Wires :class:`~vmcluster.control.manager.Manager` to the lab: the store
-endpoints from ``services.json`` (this node's own member first) and
+endpoints from the host's ``vmclusterd.toml`` (this node's own member first) and
 :class:`LabActuator`, which starts a VM through the node's agent with the
 manager's fencing token (the agent checks it against the store and refuses a
 stale one) and records the new owner in the lab's state file.
@@ -15,19 +15,20 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
+from dataclasses import fields
 from types import FrameType
 
 from vmcluster.control.manager import Manager, ManagerParams
 from vmcluster.control.migration import MigrationRequest, known_health, migrate
 from vmcluster.errors import SubstrateError
 from vmcluster.lab.client import AgentClient, AgentDown, speak_as
-from vmcluster.lab.credentials import etcd_tls
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.nodewatch import node_endpoints
 from vmcluster.lab.state import read_state, update_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
+from vmcluster.node.config import load_config
+from vmcluster.pki import NodeCredentials
 from vmcluster.store.election import Fence
 from vmcluster.store.errors import Fenced
 from vmcluster.store.etcd import EtcdClient
@@ -77,20 +78,24 @@ class LabActuator:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vmcluster.lab.managerd")
-    ap.add_argument("--lab", required=True)
-    ap.add_argument("--node", required=True)
-    ap.add_argument("--root", default=str(LabLayout("x").root))
+    ap.add_argument("--config", required=True, help="the host's vmclusterd.toml")
     args = ap.parse_args(argv)
-    speak_as(args.node)  # this host's certificate, for the agents it calls
-    layout = LabLayout(args.lab, Path(args.root))
+    cfg = load_config(args.config)
+    if cfg.lab is None:
+        raise SystemExit(f"{cfg.path}: [lab] is missing; the manager still acts through its "
+                         "lab's substrate")
+    node = cfg.node
+    speak_as(node)  # this host's certificate, for the agents it calls
+    layout = LabLayout(cfg.lab.name, cfg.lab.root)
     spec = load_spec(read_state(layout)["spec"])
-    svc = json.loads((layout.state_dir / "services.json").read_text())
-    addrs = [str(a) for a in spec.node(args.node).interfaces.values()]
-    mine = [u for u in svc["endpoints"] if any(f"//{a}:" in u for a in addrs)]
-    client = EtcdClient(node_endpoints(svc["endpoints"], mine), timeout=1.0, retry_s=2.0,
-                        tls=etcd_tls(layout, args.node))
-    state = ClusterState(client, svc["cluster"])
-    params = ManagerParams(**svc.get("manager", {}))
+    addrs = [str(a) for a in spec.node(node).interfaces.values()]
+    mine = [u for u in cfg.endpoints if any(f"//{a}:" in u for a in addrs)]
+    client = EtcdClient(node_endpoints(list(cfg.endpoints), mine), timeout=1.0, retry_s=2.0,
+                        tls=NodeCredentials(cfg.tls_dir))
+    state = ClusterState(client, cfg.cluster)
+    kinds = {f.name: f.type for f in fields(ManagerParams)}
+    params = ManagerParams(**{k: int(v) if kinds[k] == "int" else v  # type: ignore[arg-type]
+                              for k, v in cfg.manager.items()})
     done = threading.Event()
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:
@@ -100,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     def say(msg: str) -> None:
-        print(json.dumps({"at": time.time(), "node": args.node, "msg": msg}), flush=True)
+        print(json.dumps({"at": time.time(), "node": node, "msg": msg}), flush=True)
 
     actuator = LabActuator(layout, spec, state.fence)
-    manager = Manager(state, spec, args.node, actuator, MonotonicClock(),
+    manager = Manager(state, spec, node, actuator, MonotonicClock(),
                       time.time, params, say)
     say("candidate")
     manager.run(done.is_set)

@@ -1,7 +1,7 @@
 """A node's watch: heartbeats, its report to the store, and the isolation rule.
 
-Runs in the node's namespace as ``python -m vmcluster.lab.nodewatch --lab L
---node N`` (started by :mod:`vmcluster.lab.services`). It
+Runs as ``python -m vmcluster.lab.nodewatch --config vmclusterd.toml``, the
+``heartbeats`` part of the host's :mod:`vmcluster.node.daemon`. It
 
 * runs the node's :class:`~vmcluster.heartbeat.daemon.HeartbeatDaemon` on every
   cluster (role >= 1) network, with the spec's delay and threshold;
@@ -13,7 +13,9 @@ Runs in the node's namespace as ``python -m vmcluster.lab.nodewatch --lab L
   (it lost every cluster network), it stops every VM its agent runs, within
   one tick, and keeps stopping any that appears while it stays cut off. The
   majority waits ``restart_not_before`` (window + delay + stop budget) before
-  restarting them, so a VM never runs on both sides.
+  restarting them, so a VM never runs on both sides;
+* touches ``<run_dir>/heartbeats.alive`` every tick while its heartbeats go out on
+  time: the daemon pets the host's watchdog only then.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -43,10 +44,11 @@ from vmcluster.heartbeat.detector import (
     view_to_json,
 )
 from vmcluster.lab.client import AgentClient, speak_as
-from vmcluster.lab.credentials import etcd_tls
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import read_state
 from vmcluster.model.spec import load_spec
+from vmcluster.node.config import NodeConfig, load_config
+from vmcluster.pki import NodeCredentials
 from vmcluster.policy.failover import must_stop_vms
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
@@ -63,16 +65,15 @@ def node_endpoints(endpoints: list[str], mine: list[str]) -> list[str]:
 
 
 class NodeWatch:
-    def __init__(self, layout: LabLayout, node: str, report_s: float = 0.5) -> None:
-        self.layout, self.node, self.report_s = layout, node, report_s
-        st = read_state(layout)
-        self.spec = load_spec(st["spec"])
-        svc = json.loads((layout.state_dir / "services.json").read_text())
-        mine = [u for u in svc["endpoints"] if any(
+    def __init__(self, cfg: NodeConfig, layout: LabLayout, report_s: float = 0.5) -> None:
+        self.cfg, self.layout, self.node, self.report_s = cfg, layout, cfg.node, report_s
+        node = cfg.node
+        self.spec = load_spec(read_state(layout)["spec"])
+        mine = [u for u in cfg.endpoints if any(
             f"//{a}:" in u for a in map(str, self.spec.node(node).interfaces.values()))]
-        client = EtcdClient(node_endpoints(svc["endpoints"], mine), timeout=1.0, retry_s=0.5,
-                            tls=etcd_tls(layout, node))
-        self.state = ClusterState(client, svc["cluster"])
+        client = EtcdClient(node_endpoints(list(cfg.endpoints), mine), timeout=1.0,
+                            retry_s=0.5, tls=NodeCredentials(cfg.tls_dir))
+        self.state = ClusterState(client, cfg.cluster)
         self.agent = AgentClient(layout, node, local=True)  # its own host's agent
         self.events: queue.Queue[Event] = queue.Queue()
         self.changed = threading.Event()
@@ -80,12 +81,18 @@ class NodeWatch:
         self.vms: list[str] = []
         self.clock = MonotonicClock()
         self._listed_at = -1e9
-        binds, targets = heartbeat_plan(self.spec, node, int(svc.get("heartbeat_port",
-                                                                     HEARTBEAT_PORT)))
-        self.hb = HeartbeatDaemon(svc["cluster"], node, binds, targets,
+        binds, targets = heartbeat_plan(self.spec, node, cfg.heartbeat_port)
+        self.hb = HeartbeatDaemon(cfg.cluster, node, binds, targets,
                                   HeartbeatParams.from_settings(self.spec.cluster),
                                   MonotonicClock(), self._on_change,
-                                  key=load_key(layout.heartbeat_key(node)))
+                                  key=load_key(cfg.heartbeat_key))
+
+    def alive_loop(self, done: threading.Event, every_s: float = 0.2) -> None:
+        """Say (to the daemon) that this host's heartbeats go out. A thread of its own:
+        the isolation rule may wait on the agent, and that must not look like silence."""
+        while not done.wait(every_s):
+            if self.hb.sending():
+                self.cfg.heartbeats_alive.touch()
 
     def _on_change(self, ch: RouteChange) -> None:
         cls = RouteUp if ch.up else RouteDown
@@ -94,11 +101,12 @@ class NodeWatch:
         print(json.dumps({"route": f"{ch.peer}/{ch.network}", "up": ch.up, "at": time.time()}),
               flush=True)
 
-    def _list(self) -> list[dict[str, Any]]:
+    def _list(self) -> list[dict[str, Any]] | None:
+        """What the agent runs; None when it does not answer (restarting, say)."""
         try:
             return list(self.agent.call("list", timeout_s=5)["vms"])
         except VmclusterError:
-            return []
+            return None
 
     def enforce(self) -> None:
         """The isolation rule (see module docstring); called every tick."""
@@ -111,7 +119,10 @@ class NodeWatch:
             self.isolated = cut_off
             return
         self._listed_at = now
-        listed = self._list()
+        got = self._list()
+        if got is None and not cut_off:
+            return  # an agent that does not answer has not stopped its VMs: report them still
+        listed = got or []
         self.vms = sorted(v["vm"] for v in listed if v.get("role") == "run")
         if cut_off and listed:
             stopped = []
@@ -158,13 +169,15 @@ class NodeWatch:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vmcluster.lab.nodewatch")
-    ap.add_argument("--lab", required=True)
-    ap.add_argument("--node", required=True)
-    ap.add_argument("--root", default=str(LabLayout("x").root))
+    ap.add_argument("--config", required=True, help="the host's vmclusterd.toml")
     ap.add_argument("--tick-s", type=float, default=0.1)
     args = ap.parse_args(argv)
-    speak_as(args.node)  # this host's certificate, for the agents it calls
-    watch = NodeWatch(LabLayout(args.lab, Path(args.root)), args.node)
+    cfg = load_config(args.config)
+    if cfg.lab is None:
+        raise SystemExit(f"{cfg.path}: [lab] is missing; the heartbeat part still reads the "
+                         "spec from its lab")
+    speak_as(cfg.node)  # this host's certificate, for the agents it calls
+    watch = NodeWatch(cfg, LabLayout(cfg.lab.name, cfg.lab.root))
     done = threading.Event()
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:
@@ -175,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     reporter = threading.Thread(target=watch.report_loop, args=(done,), daemon=True)
     with watch.hb.start():
         reporter.start()
-        print(json.dumps({"started": args.node, "at": time.time()}), flush=True)
+        print(json.dumps({"started": cfg.node, "at": time.time()}), flush=True)
+        threading.Thread(target=watch.alive_loop, args=(done,), daemon=True).start()
         while not done.wait(args.tick_s):
             watch.enforce()
     reporter.join(timeout=5)

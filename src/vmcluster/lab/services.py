@@ -1,38 +1,28 @@
-"""The lab's control plane: etcd members, node watches and manager candidates.
+"""The lab's control plane: the store each host's daemon serves, and who leads.
 
-Per node, inside the node's namespace (so that crashing a node kills them all):
-
-* an etcd member listening on the node's address on every cluster network
-  (role >= 1), peer port 2380, client port 2379, data in ``<state>/etcd/``;
-* a node watch (:mod:`vmcluster.lab.nodewatch`): heartbeats, the node's report,
-  and the isolation rule;
-* a manager candidate (:mod:`vmcluster.lab.managerd`); one of them leads.
-
-``services.json`` in the state dir says where the store is (every member's
-client URLs) and under which cluster name. The host reaches the store from
-the lab's client namespace (on the public network) through
-:class:`~vmcluster.lab.nsenter.NetnsThread`: see :func:`lab_store`.
-Every process is found again by its namespace or command line, so stopping
-works from any process and after a crash.
+Each host's ``vmclusterd`` (:mod:`vmcluster.lab.hosts`) starts its etcd member,
+heartbeats and manager candidate itself; this module waits for them, seeds
+the store (spec, node states, the placements the lab booted with) and finds
+the leader. ``services.json`` in the lab's state dir says where the store is
+for the lab's own tools (every member's client URLs, the cluster's name); no
+host reads it. The lab reaches the store from its client namespace (on the
+public network) through :class:`~vmcluster.lab.nsenter.NetnsThread`: see
+:func:`lab_store`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import vmcluster
 from vmcluster.errors import LabError, StoreError, VmclusterError
 from vmcluster.lab.credentials import etcd_tls
+from vmcluster.lab.hosts import daemon_pids, etcd_cluster, start_daemon
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.nodewatch import HEARTBEAT_PORT
 from vmcluster.lab.nsenter import NetnsThread
@@ -41,25 +31,23 @@ from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 from vmcluster.store.election import Leadership, current_leader
 from vmcluster.store.etcd import EtcdClient
-from vmcluster.store.members import EtcdCluster, spec_members
 from vmcluster.store.state import ClusterState
 
 __all__ = [
-    "DAEMONS",
     "LabStore",
     "etcd_cluster",
     "lab_store",
     "leader",
     "leader_summary",
+    "service_log",
     "service_pids",
     "start_member",
     "start_node_services",
     "start_services",
-    "stop_services",
 ]
 
 Say = Callable[[str], None]
-DAEMONS = ("vmcluster.lab.nodewatch", "vmcluster.lab.managerd")
+_PART_LOG = {"managerd": "manager", "nodewatch": "heartbeats"}
 
 
 def services_file(layout: LabLayout) -> Path:
@@ -67,15 +55,9 @@ def services_file(layout: LabLayout) -> Path:
 
 
 def service_log(layout: LabLayout, what: str, node: str) -> Path:
-    return layout.state_dir / "services" / f"{what}.{node}.log"
-
-
-def etcd_cluster(layout: LabLayout, spec: ClusterSpec) -> EtcdCluster:
-    """The lab's etcd members (not started); one per node, in the node's namespace."""
-    members = spec_members(spec, layout.state_dir / "etcd",
-                           prefix=lambda n: ("ip", "netns", "exec", layout.node_ns(n)),
-                           tls=lambda n: etcd_tls(layout, n))
-    return EtcdCluster(members, token=f"vmc-{layout.name}")
+    """The log of one of ``node``'s daemon parts (``managerd``, ``nodewatch``, ``etcd``,
+    ``agent``, ``watchdog``)."""
+    return layout.host_state_dir(node) / "log" / f"{_PART_LOG.get(what, what)}.log"
 
 
 def _read_services(layout: LabLayout) -> dict[str, Any]:
@@ -128,22 +110,6 @@ def leader_summary(layout: LabLayout) -> dict[str, Any] | None:
     return None if held is None else {"manager": held.name, "token": held.token}
 
 
-def _spawn(layout: LabLayout, node: str, module: str) -> None:
-    what = module.rsplit(".", 1)[1]
-    log = service_log(layout, what, node)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    src = str(Path(vmcluster.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    argv = ["setsid", "-f", "ip", "netns", "exec", layout.node_ns(node), sys.executable, "-m",
-            module, "--lab", layout.name, "--node", node, "--root", str(layout.root)]
-    with log.open("ab") as out:
-        rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
-                            timeout=10, check=False).returncode
-    if rc != 0:
-        raise LabError(f"cannot start {what} on {node}; see {log}")
-
-
 def _seed(store: ClusterState, layout: LabLayout, spec_text: str) -> None:
     """Spec, node states and the placements the lab booted with (only where none is set)."""
     store.put_spec(spec_text)
@@ -159,8 +125,8 @@ def _seed(store: ClusterState, layout: LabLayout, spec_text: str) -> None:
 
 
 def start_services(layout: LabLayout, spec: ClusterSpec | None = None, say: Say = print,
-                   timeout_s: float = 90.0, manager: dict[str, Any] | None = None) -> None:
-    """Start every node's etcd member, then node watches and manager candidates."""
+                   timeout_s: float = 90.0) -> None:
+    """Wait for the hosts' etcd members, seed the store, wait for an elected manager."""
     t0 = time.monotonic()
     st = read_state(layout)
     spec = spec or load_spec(st["spec"])
@@ -168,25 +134,19 @@ def start_services(layout: LabLayout, spec: ClusterSpec | None = None, say: Say 
     services_file(layout).write_text(json.dumps({
         "cluster": layout.name, "endpoints": cluster.endpoints(),
         "members": {m.name: list(m.client_urls) for m in cluster.members},
-        "heartbeat_port": HEARTBEAT_PORT, "manager": manager or {},
+        "heartbeat_port": HEARTBEAT_PORT,
     }, indent=1))
-    cluster.start()
-    # The members outlive this process; close our copies of their log files only.
-    for log in cluster._logs.values():
-        log.close()
     with NetnsThread(layout.client_ns) as thread:
         try:
             thread.call(cluster.wait_healthy, None, timeout_s)
         except StoreError as exc:
-            raise LabError(f"the lab's etcd did not come up: {exc}") from exc
+            raise LabError(f"the lab's etcd did not come up: {exc}; see "
+                           f"{service_log(layout, 'etcd', spec.nodes[0].name)}") from exc
         say(f"etcd: {len(spec.nodes)} members healthy ({time.monotonic() - t0:.1f} s)")
         svc = _read_services(layout)
         store = ClusterState(EtcdClient(svc["endpoints"], timeout=1.0, retry_s=10.0,
                                         tls=etcd_tls(layout)), svc["cluster"])
         thread.call(_seed, store, layout, Path(st["spec"]).read_text())
-    for node in spec.nodes:
-        for module in DAEMONS:
-            _spawn(layout, node.name, module)
     with lab_store(layout) as ls:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -200,77 +160,24 @@ def start_services(layout: LabLayout, spec: ClusterSpec | None = None, say: Say 
                    f"{service_log(layout, 'managerd', spec.nodes[0].name)}")
 
 
-def start_member(layout: LabLayout, node: str) -> None:
-    """Start ``node``'s etcd member again; it rejoins with the data it has."""
-    cluster = etcd_cluster(layout, load_spec(read_state(layout)["spec"]))
-    cluster.start([node], state="existing")
-    for log in cluster._logs.values():
-        log.close()
+def start_member(layout: LabLayout, node: str, timeout_s: float = 30.0) -> None:
+    """``node``'s etcd member is started again by its daemon; wait until it runs."""
+    start_node_services(layout, node)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if service_pids(layout, node)["etcd"]:
+            return
+        time.sleep(0.1)
+    raise LabError(f"{node}'s daemon did not start its etcd member again in {timeout_s:.0f} s; "
+                   f"see {layout.daemon_log(node)}")
 
 
 def start_node_services(layout: LabLayout, node: str) -> None:
-    """After a crash or power-on: the node's etcd member (with its data), node watch and
-    manager candidate, each unless it runs already; nothing when the lab has no control
-    plane."""
-    if not services_file(layout).exists():
-        return
-    running = service_pids(layout, node)
-    if not running["etcd"]:
-        start_member(layout, node)
-    for module in DAEMONS:
-        if not running[module.rsplit(".", 1)[1]]:
-            _spawn(layout, node, module)
+    """After a crash or power-on: the host's ``vmclusterd`` (it starts its parts)."""
+    start_daemon(layout, node)
 
 
 def service_pids(layout: LabLayout, node: str | None = None) -> dict[str, list[int]]:
-    """``{"etcd"|"nodewatch"|"managerd": [pid, ...]}`` of the lab (or one node)."""
-    out: dict[str, list[int]] = {"etcd": [], "nodewatch": [], "managerd": []}
-    etcd_dir = str(layout.state_dir / "etcd") + "/"
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        text = [a.decode(errors="replace") for a in args]
-        if any(a.startswith("--data-dir=" + etcd_dir) for a in text) and text[0].endswith("etcd"):
-            name = next(a for a in text if a.startswith("--name=")).split("=", 1)[1]
-            if node is None or name == node:
-                out["etcd"].append(int(proc.name))
-            continue
-        for module in DAEMONS:
-            if (module in text and "--lab" in text and text[text.index("--lab") + 1]
-                    == layout.name and (node is None or text[text.index("--node") + 1] == node)
-                    and text[0] != "ip"):
-                out[module.rsplit(".", 1)[1]].append(int(proc.name))
-    return out
-
-
-def stop_services(layout: LabLayout, timeout_s: float = 10.0) -> int:
-    """SIGTERM every control-plane process of the lab, SIGKILL what is left; the count."""
-    pids = [p for ps in service_pids(layout).values() for p in ps]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return len(pids)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.split(") ", 1)[1][:1] != "Z"
-
+    """The lab's host processes (or one node's), by role (see
+    :func:`~vmcluster.lab.hosts.daemon_pids`)."""
+    return daemon_pids(layout, node)

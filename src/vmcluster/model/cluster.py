@@ -23,6 +23,9 @@ class ClusterSettings:
     certificates (mutual, the target's name checked); false sends them in the
     clear, for a dedicated migration network one trusts (Proxmox's
     ``migration: type=insecure``).
+    ``fence_window_s``: a host whose ``vmclusterd`` has not petted its watchdog for this
+    long has its QEMUs killed by the watchdog; the survivors wait it out before they
+    restart that host's VMs (see ``policy.failover.restart_not_before``).
     """
 
     name: str
@@ -32,6 +35,7 @@ class ClusterSettings:
     witness: bool = False
     vcpus_per_core: float = 4.0
     migration_tls: bool = True
+    fence_window_s: float = 2.5
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,15 @@ the table, what is wrong and what to do.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from vmcluster.model.cluster import ClusterSettings, ClusterSpec, Node, Vm, Volume
 from vmcluster.model.network import Network, Role
-from vmcluster.model.tomlsource import TableRef, TomlSource, load_toml
+from vmcluster.model.tomlsource import TableReader, TableRef, TomlSource, load_toml
 
 __all__ = ["load_spec", "parse_spec", "spec_from_source"]
 
@@ -28,6 +28,7 @@ _CLUSTER = {
     "witness",
     "vcpus_per_core",
     "migration_tls",
+    "fence_window_s",
 }
 _NETWORK = {"name", "subnet", "gateway", "role", "metric", "bandwidth_mbps"}
 _NODE = {"name", "cores", "memory_mib", "interfaces", "accel", "power_model"}
@@ -62,52 +63,7 @@ def parse_spec(text: str, filename: str = "<spec>") -> ClusterSpec:
     return spec_from_source(TomlSource(text, filename), None)
 
 
-class _Reader:
-    """Typed access to one table's values, raising located SpecErrors."""
-
-    def __init__(self, src: TomlSource, table: TableRef, data: Mapping[str, Any]) -> None:
-        self.src, self.table, self.data = src, table, data
-
-    def fail(self, key: str | None, what: str, hint: str = "") -> Exception:
-        return self.src.error(self.table, key, what, hint)
-
-    def get(self, key: str, kind: type[T] | tuple[type, ...], default: T | None = None) -> Any:
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        # bool is an int in Python; a spec saying `cores = true` is a mistake.
-        if isinstance(value, bool) and bool not in kinds:
-            value = object()
-        if not isinstance(value, kinds):
-            names = " or ".join(k.__name__ for k in kinds)
-            raise self.fail(key, f"{key} must be {names}, got {self.data[key]!r}")
-        return value
-
-    def positive(self, key: str, kind: type, default: Any = None) -> Any:
-        value = self.get(key, (kind, int) if kind is float else kind, default)
-        if value is not None and value <= 0:
-            raise self.fail(key, f"{key} must be > 0, got {value}")
-        return float(value) if kind is float and value is not None else value
-
-    def name(self) -> str:
-        value = self.get("name", str)
-        if not value or not value.strip():
-            raise self.fail("name", "name must be a non-empty string")
-        return str(value)
-
-    def names(self, key: str) -> tuple[str, ...] | None:
-        value = self.get(key, list)
-        if value is None:
-            return None
-        if not all(isinstance(v, str) for v in value):
-            raise self.fail(key, f"{key} must be a list of names (strings)")
-        if len(set(value)) != len(value):
-            raise self.fail(key, f"{key} names something twice")
-        return tuple(value)
-
-
-def _tables(src: TomlSource, key: str, allowed: set[str], required: set[str]) -> list[_Reader]:
+def _tables(src: TomlSource, key: str, allowed: set[str], required: set[str]) -> list[TableReader]:
     raw = src.data.get(key, [])
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         raise src.error(None, None, f"{key} must be an array of tables ([[{key}]])")
@@ -115,11 +71,11 @@ def _tables(src: TomlSource, key: str, allowed: set[str], required: set[str]) ->
     for i, data in enumerate(raw):
         table = TableRef(key, i)
         src.check_keys(table, data, allowed, required)
-        readers.append(_Reader(src, table, data))
+        readers.append(TableReader(src, table, data))
     return readers
 
 
-def _unique(readers: list[_Reader], kind: str) -> list[str]:
+def _unique(readers: list[TableReader], kind: str) -> list[str]:
     seen: set[str] = set()
     names = []
     for r in readers:
@@ -131,14 +87,14 @@ def _unique(readers: list[_Reader], kind: str) -> list[str]:
     return names
 
 
-def _parse(r: _Reader, key: str, text: str, conv: Callable[[str], T], what: str) -> T:
+def _parse(r: TableReader, key: str, text: str, conv: Callable[[str], T], what: str) -> T:
     try:
         return conv(text)
     except ValueError as exc:
         raise r.fail(key, f"{key} {text!r} is not {what}: {exc}") from exc
 
 
-def _network(r: _Reader) -> Network:
+def _network(r: TableReader) -> Network:
     subnet = _parse(r, "subnet", r.get("subnet", str), ip_network, "an IPv4 subnet")
     if not isinstance(subnet, IPv4Network):
         raise r.fail("subnet", "only IPv4 subnets are supported")
@@ -166,7 +122,7 @@ def _network(r: _Reader) -> Network:
     )
 
 
-def _node(r: _Reader, networks: dict[str, Network]) -> Node:
+def _node(r: TableReader, networks: dict[str, Network]) -> Node:
     raw = r.get("interfaces", dict, {})
     interfaces: dict[str, IPv4Address] = {}
     for net_name, addr_text in raw.items():
@@ -202,7 +158,7 @@ def _node(r: _Reader, networks: dict[str, Network]) -> Node:
     )
 
 
-def _volume(r: _Reader, networks: dict[str, Network]) -> Volume:
+def _volume(r: TableReader, networks: dict[str, Network]) -> Volume:
     net = r.get("network", str)
     if net is not None and net not in networks:
         raise r.fail("network", f"network {net!r} is not declared", "declare it in [[networks]]")
@@ -212,7 +168,7 @@ def _volume(r: _Reader, networks: dict[str, Network]) -> Volume:
     return Volume(r.name(), size, net)
 
 
-def _vm(r: _Reader, spec_nodes: set[str], networks: dict[str, Network], vols: set[str]) -> Vm:
+def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols: set[str]) -> Vm:
     owner = r.get("owner", str)
     if owner not in spec_nodes:
         raise r.fail("owner", f"owner {owner!r} is not a declared node", "declare it in [[nodes]]")
@@ -274,7 +230,7 @@ def spec_from_source(src: TomlSource, path: Path | None) -> ClusterSpec:
         raise src.error(None, None, "missing [cluster] table", 'add [cluster] with name = "..."')
     ctable = TableRef("cluster")
     src.check_keys(ctable, cluster_data, _CLUSTER, {"name"})
-    c = _Reader(src, ctable, cluster_data)
+    c = TableReader(src, ctable, cluster_data)
     settings = ClusterSettings(
         name=c.name(),
         same_subnet_delay_ms=c.positive("same_subnet_delay_ms", int, 250),
@@ -283,6 +239,7 @@ def spec_from_source(src: TomlSource, path: Path | None) -> ClusterSpec:
         witness=c.get("witness", bool, False),
         vcpus_per_core=c.positive("vcpus_per_core", float, 4.0),
         migration_tls=c.get("migration_tls", bool, True),
+        fence_window_s=c.positive("fence_window_s", float, 2.5),
     )
 
     net_readers = _tables(src, "networks", _NETWORK, {"name", "subnet"})
@@ -323,7 +280,7 @@ def _assign_addresses(vms: list[Vm], networks: dict[str, Network], nodes: list[N
     return out
 
 
-def _check_addresses(src: TomlSource, nodes: list[Node], readers: list[_Reader]) -> None:
+def _check_addresses(src: TomlSource, nodes: list[Node], readers: list[TableReader]) -> None:
     seen: dict[IPv4Address, str] = {}
     for node, r in zip(nodes, readers, strict=True):
         for addr in node.interfaces.values():

@@ -13,11 +13,13 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vmcluster.errors import SpecError
 
-__all__ = ["TableRef", "TomlSource", "load_toml"]
+__all__ = ["TableReader", "TableRef", "TomlSource", "load_toml"]
+
+T = TypeVar("T")
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"""^\s*("([^"]+)"|'([^']+)'|([A-Za-z0-9_-]+))\s*=""")
@@ -101,6 +103,51 @@ class TomlSource:
         for key in sorted(required):
             if key not in data:
                 raise self.error(table, None, f"missing required key {key!r}", "add it")
+
+
+class TableReader:
+    """Typed access to one table's values, raising located SpecErrors."""
+
+    def __init__(self, src: TomlSource, table: TableRef, data: Mapping[str, Any]) -> None:
+        self.src, self.table, self.data = src, table, data
+
+    def fail(self, key: str | None, what: str, hint: str = "") -> Exception:
+        return self.src.error(self.table, key, what, hint)
+
+    def get(self, key: str, kind: type[T] | tuple[type, ...], default: T | None = None) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # bool is an int in Python; a spec saying `cores = true` is a mistake.
+        if isinstance(value, bool) and bool not in kinds:
+            value = object()
+        if not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise self.fail(key, f"{key} must be {names}, got {self.data[key]!r}")
+        return value
+
+    def positive(self, key: str, kind: type, default: Any = None) -> Any:
+        value = self.get(key, (kind, int) if kind is float else kind, default)
+        if value is not None and value <= 0:
+            raise self.fail(key, f"{key} must be > 0, got {value}")
+        return float(value) if kind is float and value is not None else value
+
+    def name(self) -> str:
+        value = self.get("name", str)
+        if not value or not value.strip():
+            raise self.fail("name", "name must be a non-empty string")
+        return str(value)
+
+    def names(self, key: str) -> tuple[str, ...] | None:
+        value = self.get(key, list)
+        if value is None:
+            return None
+        if not all(isinstance(v, str) for v in value):
+            raise self.fail(key, f"{key} must be a list of names (strings)")
+        if len(set(value)) != len(value):
+            raise self.fail(key, f"{key} names something twice")
+        return tuple(value)
 
 
 def load_toml(path: Path | str) -> TomlSource:

@@ -71,6 +71,11 @@ class FailoverParams:
     cpu_overcommit: float | None = None
     reserve_memory_mib: int = 0
     stop_budget_s: float = 1.0
+    # A host's vmclusterd pets its watchdog only while its heartbeats go out: its last pet
+    # is at most ``pet_slack_s`` after the last heartbeat it sent; a fired watchdog's
+    # SIGKILL of the host's QEMUs takes at most ``kill_budget_s``.
+    pet_slack_s: float = 1.25
+    kill_budget_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -223,12 +228,19 @@ def restart_not_before(
 ) -> float:
     """Earliest time the majority may restart the VMs of a node last heard at ``last_heard``.
 
-    The lost node last heard the majority at most one ``delay`` after that, knows it is
-    isolated one window later, and then has ``stop_budget_s`` to stop its VMs.
+    Whichever way the node went, its VMs are stopped by then:
+
+    * cut off: it last heard the majority at most one ``delay`` after that, knows it is
+      isolated one window later, and then has ``stop_budget_s`` to stop its VMs;
+    * its daemon hung or died: its watchdog, last petted at most ``pet_slack_s`` after
+      its last heartbeat, kills its QEMUs ``fence_window_s`` later, within
+      ``kill_budget_s``.
     """
     delay = settings.same_subnet_delay_ms / 1000.0
     window = delay * settings.same_subnet_threshold
-    return last_heard + window + delay + params.stop_budget_s
+    isolated = window + delay + params.stop_budget_s
+    fenced = settings.fence_window_s + params.pet_slack_s + params.kill_budget_s
+    return last_heard + max(isolated, fenced)
 
 
 def quarantined(

@@ -33,6 +33,7 @@ from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
 __all__ = [
+    "DEFAULT_TUNING",
     "EtcdCluster",
     "MemberSpec",
     "embedded",
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 ETCD = "/usr/bin/etcd"
+# etcd's own raft timing (100 ms heartbeat, 1 s election), which rides out a loaded machine.
+DEFAULT_TUNING = ("--heartbeat-interval=100", "--election-timeout=1000")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -143,7 +146,7 @@ class EtcdCluster:
 
     members: Sequence[MemberSpec]
     token: str = "vmcluster"
-    tuning: Sequence[str] = ("--heartbeat-interval=100", "--election-timeout=1000")
+    tuning: Sequence[str] = DEFAULT_TUNING
     clock: Clock = field(default_factory=MonotonicClock)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: dict[str, IO[bytes]] = field(default_factory=dict)

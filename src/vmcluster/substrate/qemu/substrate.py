@@ -18,7 +18,8 @@ import psutil
 
 from vmcluster.errors import SubstrateError, UsageError
 from vmcluster.lab import netns
-from vmcluster.lab.client import AgentClient, AgentDown, start_agent
+from vmcluster.lab.client import AgentClient, AgentDown
+from vmcluster.lab.hosts import start_daemon
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import read_state, update_state
 from vmcluster.model import ClusterSpec
@@ -271,10 +272,7 @@ class QemuSubstrate:
     def set_node(self, node: str, up: bool) -> None:
         self.spec.node(node)
         if up:
-            from vmcluster.lab.services import start_node_services
-
-            start_agent(self.layout, node)
-            start_node_services(self.layout, node)  # its etcd member, heartbeats, candidate
+            start_daemon(self.layout, node)  # its vmclusterd starts the host's parts
             with update_state(self.layout) as st:
                 st["nodes"][node] = {**st["nodes"].get(node, {}), "state": "up"}
             return

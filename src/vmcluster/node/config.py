@@ -1,0 +1,283 @@
+"""``vmclusterd.toml``: what one host's daemon needs to know, and where its files live.
+
+A host's files are its own: configuration and certificates under
+``config_dir`` (``/etc/vmcluster``), state under ``state_dir``
+(``/var/lib/vmcluster``: QEMU records, the etcd member's data, logs), sockets
+and pid files under ``run_dir`` (``/run/vmcluster``). Every path is
+configurable so that tests and the lab can point elsewhere.
+
+::
+
+    [node]
+    name = "node1"
+    cluster = "prod"                  # the cluster's name: its keys' prefix in etcd
+    parts = ["etcd", "agent", "heartbeats", "manager"]   # the default: all of them
+    heartbeat_port = 3343
+
+    [paths]
+    config_dir = "/etc/vmcluster"
+    state_dir = "/var/lib/vmcluster"
+    run_dir = "/run/vmcluster"
+
+    [etcd]
+    endpoints = ["https://198.18.1.1:2379", ...]   # the cluster's members, this host's first
+
+    [etcd.member]                     # this host runs a member (omit: an existing etcd)
+    peer_urls = ["https://198.18.1.1:2380"]
+    client_urls = ["https://198.18.1.1:2379"]
+    initial_cluster = "node1=https://198.18.1.1:2380,..."
+    token = "vmc-prod"
+
+    [watchdog]
+    fence_window_s = 2.5              # must equal the cluster spec's fence_window_s
+    restart_grace_s = 30              # a stopped daemon's successor must pet within this
+
+A bad file gets one :class:`~vmcluster.errors.SpecError` line naming
+``file:line`` and what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from vmcluster.control.manager import ManagerParams
+from vmcluster.model.tomlsource import TableReader, TableRef, TomlSource, load_toml
+
+__all__ = ["DEFAULT_CONFIG", "PARTS", "EtcdMemberConfig", "LabRef", "NodeConfig",
+           "load_config", "parse_config"]
+
+DEFAULT_CONFIG = Path("/etc/vmcluster/vmclusterd.toml")
+PARTS = ("etcd", "agent", "heartbeats", "manager")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_TOP = {"node", "paths", "etcd", "watchdog", "qemu", "manager", "lab"}
+
+
+@dataclass(frozen=True)
+class EtcdMemberConfig:
+    """The etcd member this host's daemon starts and keeps running."""
+
+    peer_urls: tuple[str, ...]
+    client_urls: tuple[str, ...]
+    initial_cluster: str
+    token: str
+
+
+@dataclass(frozen=True)
+class LabRef:
+    """Only in the lab harness: the lab whose shared files the parts still read (the
+    spec, the CSV coordinator's record, plain VM disks) until etcd holds them all."""
+
+    name: str
+    root: Path
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    path: Path
+    node: str
+    cluster: str
+    config_dir: Path = Path("/etc/vmcluster")
+    state_dir: Path = Path("/var/lib/vmcluster")
+    run_dir: Path = Path("/run/vmcluster")
+    parts: tuple[str, ...] = PARTS
+    heartbeat_port: int = 3343
+    endpoints: tuple[str, ...] = ()
+    member: EtcdMemberConfig | None = None
+    fence_window_s: float = 2.5
+    restart_grace_s: float = 30.0
+    qemu: Mapping[str, Any] = field(default_factory=dict)  # a QemuInstall as JSON; {}: system
+    manager: Mapping[str, float] = field(default_factory=dict)  # ManagerParams overrides
+    lab: LabRef | None = None
+
+    # -- where things are ------------------------------------------------------------
+    @property
+    def tls_dir(self) -> Path:
+        return self.config_dir / "tls"
+
+    @property
+    def heartbeat_key(self) -> Path:
+        return self.config_dir / "heartbeat.key"
+
+    @property
+    def qemu_dir(self) -> Path:
+        return self.state_dir / "qemu"
+
+    @property
+    def etcd_dir(self) -> Path:
+        return self.state_dir / "etcd"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "vmclusterd.pid"
+
+    @property
+    def watchdog_socket(self) -> Path:
+        return self.run_dir / "watchdog.sock"
+
+    @property
+    def watchdog_pidfile(self) -> Path:
+        return self.run_dir / "watchdog.pid"
+
+    @property
+    def heartbeats_pidfile(self) -> Path:
+        return self.run_dir / "heartbeats.pid"
+
+    @property
+    def heartbeats_alive(self) -> Path:
+        """Touched by the heartbeat part while its heartbeats go out (see the daemon)."""
+        return self.run_dir / "heartbeats.alive"
+
+    @property
+    def fence_log(self) -> Path:
+        """One JSON line per time the watchdog fenced this host."""
+        return self.state_dir / "log" / "fenced.jsonl"
+
+    def render(self) -> str:
+        """This configuration as ``vmclusterd.toml`` text (``parse_config`` reads it back)."""
+        doc = tomlkit.document()
+        doc["node"] = {"name": self.node, "cluster": self.cluster, "parts": list(self.parts),
+                       "heartbeat_port": self.heartbeat_port}
+        doc["paths"] = {"config_dir": str(self.config_dir), "state_dir": str(self.state_dir),
+                        "run_dir": str(self.run_dir)}
+        etcd = tomlkit.table()
+        if self.endpoints:
+            etcd["endpoints"] = list(self.endpoints)
+        if self.member is not None:
+            etcd["member"] = {"peer_urls": list(self.member.peer_urls),
+                              "client_urls": list(self.member.client_urls),
+                              "initial_cluster": self.member.initial_cluster,
+                              "token": self.member.token}
+        doc["etcd"] = etcd
+        doc["watchdog"] = {"fence_window_s": self.fence_window_s,
+                           "restart_grace_s": self.restart_grace_s}
+        if self.qemu:
+            doc["qemu"] = {k: v for k, v in self.qemu.items() if v is not None}
+        if self.manager:
+            doc["manager"] = dict(self.manager)
+        if self.lab is not None:
+            doc["lab"] = {"name": self.lab.name, "root": str(self.lab.root)}
+        return tomlkit.dumps(doc)
+
+
+def load_config(path: Path | str = DEFAULT_CONFIG) -> NodeConfig:
+    """Load and check ``vmclusterd.toml``."""
+    return _from_source(load_toml(path), Path(path))
+
+
+def parse_config(text: str, filename: str = "<config>") -> NodeConfig:
+    return _from_source(TomlSource(text, filename), Path(filename))
+
+
+def _table(src: TomlSource, name: str, allowed: set[str], required: set[str],
+           data: Any = None) -> TableReader:
+    data = src.data.get(name, {}) if data is None else data
+    ref = TableRef(name)
+    if not isinstance(data, dict):
+        raise src.error(None, None, f"{name} must be a table ([{name}])")
+    src.check_keys(ref, data, allowed, required)
+    return TableReader(src, ref, data)
+
+
+def _urls(r: TableReader, key: str, required: bool = True) -> tuple[str, ...]:
+    value = r.get(key, list)
+    if value is None:
+        if required:
+            raise r.fail(None, f"missing required key {key!r}", "add it")
+        return ()
+    if not value or not all(isinstance(u, str) and re.match(r"^https?://[^/]+:\d+$", u)
+                            for u in value):
+        raise r.fail(key, f"{key} must be a non-empty list of URLs like "
+                     f"\"https://198.18.1.1:2379\", got {value!r}")
+    return tuple(value)
+
+
+def _path(r: TableReader, key: str, default: Path) -> Path:
+    value = r.get(key, str)
+    if value is None:
+        return default
+    if not value.startswith("/"):
+        raise r.fail(key, f"{key} must be an absolute path, got {value!r}")
+    return Path(value)
+
+
+def _from_source(src: TomlSource, path: Path) -> NodeConfig:
+    for key in src.data:
+        if key not in _TOP:
+            raise src.error(None, None, f"unknown table {key!r}", f"allowed: {sorted(_TOP)}")
+    if "node" not in src.data:
+        raise src.error(None, None, "missing [node] table", 'add [node] with name = "..."')
+    node = _table(src, "node", {"name", "cluster", "parts", "heartbeat_port"},
+                  {"name", "cluster"})
+    name = node.name()
+    if not _NAME.match(name):
+        raise node.fail("name", f"node name {name!r} is not letters, digits, '.', '_', '-'")
+    cluster = node.get("cluster", str)
+    if not cluster or not _NAME.match(cluster):
+        raise node.fail("cluster", f"cluster name {cluster!r} is not letters, digits, "
+                        "'.', '_', '-'")
+    parts = node.names("parts") or PARTS
+    for part in parts:
+        if part not in PARTS:
+            raise node.fail("parts", f"unknown part {part!r}", f"parts: {', '.join(PARTS)}")
+    port = node.positive("heartbeat_port", int, 3343)
+    if port > 65535:
+        raise node.fail("heartbeat_port", f"heartbeat_port must be a port number, got {port}")
+    paths = _table(src, "paths", {"config_dir", "state_dir", "run_dir"}, set())
+    etcd_data = src.data.get("etcd", {})
+    etcd = _table(src, "etcd", {"endpoints", "member"}, set(), etcd_data)
+    endpoints = _urls(etcd, "endpoints", required=False)
+    needs = [p for p in parts if p in ("heartbeats", "manager")]
+    if needs and not endpoints:
+        raise etcd.fail(None, f"parts {needs} need the cluster's store, and [etcd] has no "
+                        "endpoints", 'add endpoints = ["https://ADDRESS:2379", ...]')
+    member = None
+    if "member" in etcd_data:
+        m = TableReader(src, TableRef("etcd.member"), etcd_data["member"])
+        if not isinstance(etcd_data["member"], dict):
+            raise etcd.fail("member", "member must be a table ([etcd.member])")
+        src.check_keys(TableRef("etcd.member"), etcd_data["member"],
+                       {"peer_urls", "client_urls", "initial_cluster", "token"},
+                       {"peer_urls", "client_urls", "initial_cluster", "token"})
+        initial = m.get("initial_cluster", str)
+        if f"{name}=" not in initial:
+            raise m.fail("initial_cluster", f"initial_cluster does not name this node "
+                         f"({name}=URL)", "list every member as NAME=PEER_URL")
+        member = EtcdMemberConfig(_urls(m, "peer_urls"), _urls(m, "client_urls"), initial,
+                                  str(m.get("token", str)))
+    if "etcd" in parts and member is None:
+        raise etcd.fail(None, "parts has \"etcd\" but there is no [etcd.member]",
+                        "add [etcd.member], or drop \"etcd\" from parts to use an "
+                        "existing etcd")
+    watchdog = _table(src, "watchdog", {"fence_window_s", "restart_grace_s"}, set())
+    qemu = src.data.get("qemu", {})
+    _table(src, "qemu", {"binary", "datadir", "moduledir", "firmware", "label"}, set(), qemu)
+    manager = src.data.get("manager", {})
+    tunable = {f.name for f in fields(ManagerParams) if f.type in ("float", "int")}
+    mgr = _table(src, "manager", tunable, set(), manager)
+    for key in manager:
+        mgr.positive(key, float)
+    lab = None
+    if "lab" in src.data:
+        lr = _table(src, "lab", {"name", "root"}, {"name", "root"})
+        lab = LabRef(lr.name(), _path(lr, "root", Path("/run/vmcluster")))
+    return NodeConfig(
+        path=path, node=name, cluster=str(cluster), parts=tuple(parts),
+        config_dir=_path(paths, "config_dir", Path("/etc/vmcluster")),
+        state_dir=_path(paths, "state_dir", Path("/var/lib/vmcluster")),
+        run_dir=_path(paths, "run_dir", Path("/run/vmcluster")),
+        heartbeat_port=int(port), endpoints=endpoints, member=member,
+        fence_window_s=watchdog.positive("fence_window_s", float, 2.5),
+        restart_grace_s=watchdog.positive("restart_grace_s", float, 30.0),
+        qemu=dict(qemu), manager={k: float(v) for k, v in manager.items()}, lab=lab,
+    )
+
