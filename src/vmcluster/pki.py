@@ -41,6 +41,7 @@ __all__ = [
     "crl_serials",
     "make_csr",
     "new_key",
+    "token_hash",
     "write_file",
 ]
 
@@ -76,6 +77,11 @@ def make_csr(key: ec.EllipticCurvePrivateKey, node: str) -> bytes:
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node)]))
            .sign(key, hashes.SHA256()))
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def token_hash(token: str) -> str:
+    """What the store keeps of an API token: its SHA-256, never the token."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def ca_hash(ca_cert_pem: bytes) -> str:

@@ -22,6 +22,9 @@ peer_urls = ["https://198.18.1.11:2380"]
 client_urls = ["https://198.18.1.11:2379"]
 initial_cluster = "node1=https://198.18.1.11:2380"
 token = "vmc-prod"
+
+[api]
+listen = ["198.18.1.11", "198.18.2.11"]
 """
 
 
@@ -31,7 +34,8 @@ def test_defaults_are_a_real_hosts_paths() -> None:
     assert cfg.config_dir == Path("/etc/vmcluster")
     assert cfg.state_dir == Path("/var/lib/vmcluster")
     assert cfg.run_dir == Path("/run/vmcluster")
-    assert cfg.parts == ("etcd", "agent", "heartbeats", "manager")
+    assert cfg.parts == ("etcd", "agent", "heartbeats", "manager", "api")
+    assert cfg.api_listen == ("198.18.1.11", "198.18.2.11") and cfg.api_port == 8443
     assert cfg.tls_dir == Path("/etc/vmcluster/tls")
     assert cfg.qemu_dir == Path("/var/lib/vmcluster/qemu")
     assert cfg.watchdog_socket == Path("/run/vmcluster/watchdog.sock")
@@ -47,6 +51,7 @@ def test_render_reads_back() -> None:
         member=EtcdMemberConfig(("https://198.18.1.12:2380",), ("https://198.18.1.12:2379",),
                                 "n-2=https://198.18.1.12:2380", "t"),
         fence_window_s=4.0, qemu={"binary": "/opt/q/qemu-system-x86_64"},
+        api_listen=("198.18.1.12",), api_port=9443,
         manager={"tick_s": 0.1}, lab=LabRef("lab", Path("/run/vmcluster")))
     assert parse_config(cfg.render(), str(cfg.path)) == cfg
 
@@ -71,6 +76,11 @@ def test_render_reads_back() -> None:
     ("[node]\nname = \"n1\"\ncluster = \"c\"\nparts = [\"agent\"]\n[manager]\nspeed = 2\n",
      "c.toml:6", "unknown key 'speed'"),
     ("[node\n", "c.toml:1", "invalid TOML"),
+    (GOOD.replace('listen = ["198.18.1.11", "198.18.2.11"]', 'listen = ["node1"]'),
+     "c.toml:15", "'node1' is not an IP address"),
+    (GOOD.replace('listen = ["198.18.1.11", "198.18.2.11"]', 'port = 8443'), "c.toml:1",
+     "[api] has no listen addresses"),
+    (GOOD + "port = 70000\n", "c.toml:16", "port must be a port number"),
 ])
 def test_a_bad_config_is_one_located_line(text: str, where: str, what: str) -> None:
     with pytest.raises(SpecError) as got:

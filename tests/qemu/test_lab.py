@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from tests.helpers import vmc
 
 from vmcluster.errors import MigrationError, StoreError, UsageError
 from vmcluster.lab import netns
@@ -291,3 +292,82 @@ def test_agent_errors_cross_the_wire_typed(lab: QemuSubstrate) -> None:
     with pytest.raises(AgentError) as missing:
         agent.call("pause", vm="novm")
     assert missing.value.code == "not_found" and "novm" in str(missing.value)
+
+
+# -- the cluster API (vmclusterd's api part) -------------------------------------------------
+def _admin_env(lab: QemuSubstrate) -> dict[str, str]:
+    from vmcluster.lab.services import lab_access
+
+    access = lab_access(lab.layout)
+    return {"VMCLUSTER_URL": ",".join(access.urls), "VMCLUSTER_TOKEN": access.token,
+            "VMCLUSTER_CA": str(access.ca)}
+
+
+def _vmc_in(ns: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The vmcluster CLI run inside ``ns`` (the lab's admin namespace) as an operator would."""
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "vmcluster", *args],
+                          env={**os.environ, "PYTHONPATH": str(root / "src"), **env},
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_cluster_status_through_the_api_from_the_admin_namespace(lab: QemuSubstrate) -> None:
+    out = _vmc_in(lab.layout.client_ns, _admin_env(lab), "cluster", "status", "--json")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    nodes = {n["name"]: n for n in got["nodes"]}
+    assert set(nodes) == {"node1", "node2", "node3"}
+    for name, n in nodes.items():
+        assert n["state"] == "up"
+        assert n["api_url"] == f"https://{lab.spec.node(name).interfaces['Public']}:8443"
+        assert n["qemu_version"] == lab.facts(name).version
+    assert {m["name"] for m in got["etcd"]["members"]} == set(nodes)
+    assert all(m["client_urls"] for m in got["etcd"]["members"])
+    assert got["etcd"]["leader"] in nodes
+    assert got["manager"]["node"] in nodes and got["manager"]["token"] > 0
+    # --lab is the same cluster, reached the same way
+    via_lab = vmc("cluster", "status", "--lab", lab.layout.name, "--json")
+    assert via_lab.returncode == 0, via_lab.stderr
+    assert json.loads(via_lab.stdout)["manager"] == got["manager"]
+
+
+def test_the_api_refuses_what_it_must_with_one_line(lab: QemuSubstrate) -> None:
+    env = _admin_env(lab)
+    ns = lab.layout.client_ns
+    bad = _vmc_in(ns, {**env, "VMCLUSTER_TOKEN": "not-a-token"}, "cluster", "status")
+    assert bad.returncode == 2 and "403" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    nowhere = _vmc_in(ns, {**env, "VMCLUSTER_URL": "https://198.18.1.99:8443"},
+                      "cluster", "status")
+    assert nowhere.returncode == 2 and "cannot reach the cluster" in nowhere.stderr
+    assert len(nowhere.stderr.splitlines()) == 1
+    plain = _vmc_in(ns, {**env, "VMCLUSTER_URL": "http://198.18.1.11:8443"}, "cluster", "status")
+    assert plain.returncode == 2 and "HTTPS only" in plain.stderr
+    # No token at all, and a client certificate from another CA, over raw HTTPS.
+    host = str(lab.spec.node("node1").interfaces["Public"])
+    ca = NodeCredentials(lab.layout.tls_dir("admin")).ca
+    foreign = CertificateAuthority.create("elsewhere")
+    other = NodeCredentials(lab.layout.state_dir / "foreign-api")
+    other.issue(foreign, "intruder", [])
+
+    def fetch(ctx: ssl.SSLContext, path: str = "/api/v1/cluster/status") -> bytes:
+        with socket.create_connection((host, 8443), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname=host) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                      .encode())
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            return data
+
+    with NetnsThread(ns) as t:
+        anonymous = t.call(fetch, ssl.create_default_context(cafile=str(ca)))
+        assert anonymous.startswith(b"HTTP/1.1 401")
+        health = t.call(fetch, ssl.create_default_context(cafile=str(ca)), "/api/v1/health")
+        assert health.startswith(b"HTTP/1.1 200") and b'"node":"node1"' in health
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.load_cert_chain(other.cert, other.key)
+        try:  # TLS 1.3: the server's refusal reaches the client at its first read
+            answer = t.call(fetch, ctx)
+        except (ssl.SSLError, OSError) as exc:
+            answer = repr(exc).encode()
+        assert not answer.startswith(b"HTTP/"), answer[:200]

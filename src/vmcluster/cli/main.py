@@ -29,6 +29,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("evaluate", "power"),
     ("events", "events"),
     ("node", "node"),
+    ("cluster", "cluster"),
 )
 
 # (group name, module under vmcluster.cli, attribute): subcommands that live in

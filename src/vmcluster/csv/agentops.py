@@ -290,7 +290,9 @@ class CsvOps:
         while True:
             await asyncio.sleep(MONITOR_TICK_S)
             now = {str(n): _link_up(self.layout.node_if(str(n))) for n in nets}
-            if now != last or time.monotonic() >= next_full:
+            # Not at once on start: the other hosts' agents may still be starting, and a
+            # round now would take the coordinator's role from one that is not up yet.
+            if (last and now != last) or time.monotonic() >= next_full:
                 if last and now != last:
                     _log(f"storage link {'up' if all(now.values()) else 'down'}; reconciling")
                 next_full = time.monotonic() + FULL_CHECK_S

@@ -29,11 +29,12 @@ from vmcluster.model import ClusterSpec
 from vmcluster.node.config import EtcdMemberConfig, LabRef, NodeConfig, load_config
 from vmcluster.node.daemon import child_env
 from vmcluster.pki import NodeCredentials
+from vmcluster.policy.networks import node_cluster_networks
 from vmcluster.store.members import EtcdCluster, spec_members
 
 __all__ = ["daemon_pids", "etcd_cluster", "node_config", "start_daemon", "write_node_configs"]
 
-ROLES = ("vmclusterd", "watchdog", "etcd", "agent", "nodewatch", "managerd")
+ROLES = ("vmclusterd", "watchdog", "etcd", "agent", "nodewatch", "managerd", "api")
 
 
 def etcd_cluster(layout: LabLayout, spec: ClusterSpec) -> EtcdCluster:
@@ -44,6 +45,14 @@ def etcd_cluster(layout: LabLayout, spec: ClusterSpec) -> EtcdCluster:
     members = [dataclasses.replace(m, data_dir=layout.host_state_dir(m.name) / "etcd")
                for m in members]
     return EtcdCluster(members, token=f"vmc-{layout.name}")
+
+
+def api_addresses(spec: ClusterSpec, node: str) -> tuple[str, ...]:
+    """Where a host's API answers: its addresses on the cluster networks, those on
+    client-facing (role 3) networks first (the admin side reaches those)."""
+    nets = sorted(node_cluster_networks(spec, node), key=lambda p: (-int(p.role), p.metric))
+    mine = spec.node(node).interfaces
+    return tuple(str(mine[p.name]) for p in nets)
 
 
 def node_config(layout: LabLayout, spec: ClusterSpec, node: str, control_plane: bool = True,
@@ -57,7 +66,9 @@ def node_config(layout: LabLayout, spec: ClusterSpec, node: str, control_plane: 
         path=layout.node_config(node), node=node, cluster=layout.name,
         config_dir=layout.host_config_dir(node), state_dir=layout.host_state_dir(node),
         run_dir=layout.host_run_dir(node),
-        parts=("etcd", "agent", "heartbeats", "manager") if control_plane else ("agent",),
+        parts=("etcd", "agent", "heartbeats", "manager", "api") if control_plane
+        else ("agent",),
+        api_listen=api_addresses(spec, node) if control_plane else (),
         heartbeat_port=HEARTBEAT_PORT,
         endpoints=tuple(endpoints) if control_plane else (),
         member=EtcdMemberConfig(member.peer_urls, member.client_urls, cluster.initial_cluster,
@@ -106,7 +117,8 @@ def daemon_pids(layout: LabLayout, node: str | None = None) -> dict[str, list[in
                 "vmclusterd" if "vmcluster.node.daemon" in text or argv[0].endswith("vmclusterd")
                 else "agent" if "vmcluster.lab.agent" in text else
                 "nodewatch" if "vmcluster.lab.nodewatch" in text else
-                "managerd" if "vmcluster.lab.managerd" in text else "")
+                "managerd" if "vmcluster.lab.managerd" in text else
+                "api" if "vmcluster.node.api" in text else "")
         if role:
             out[role].append(int(proc.name))
     return out

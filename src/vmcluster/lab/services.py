@@ -14,28 +14,34 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmcluster.cli.apiclient import ClusterAccess
 from vmcluster.errors import LabError, StoreError, VmclusterError
-from vmcluster.lab.credentials import etcd_tls
-from vmcluster.lab.hosts import daemon_pids, etcd_cluster, start_daemon
+from vmcluster.lab.credentials import ADMIN, etcd_tls
+from vmcluster.lab.hosts import api_addresses, daemon_pids, etcd_cluster, start_daemon
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.nodewatch import HEARTBEAT_PORT
 from vmcluster.lab.nsenter import NetnsThread
 from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
+from vmcluster.node.config import API_PORT
+from vmcluster.pki import NodeCredentials, token_hash, write_file
 from vmcluster.store.election import Leadership, current_leader
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
 
 __all__ = [
     "LabStore",
+    "admin_credentials",
     "etcd_cluster",
+    "lab_access",
     "lab_store",
     "leader",
     "leader_summary",
@@ -110,9 +116,43 @@ def leader_summary(layout: LabLayout) -> dict[str, Any] | None:
     return None if held is None else {"manager": held.name, "token": held.token}
 
 
+def admin_credentials(layout: LabLayout) -> Path:
+    """The lab operator's API credentials (what ``cluster init`` writes to
+    ``~/.config/vmcluster/`` on a real admin's workstation)."""
+    return layout.host_config_dir(ADMIN) / "credentials.json"
+
+
+def lab_access(layout: LabLayout) -> ClusterAccess:
+    """The lab's cluster as the CLI reaches it: every host's API URL, the admin token,
+    the lab's CA, from the lab's admin namespace."""
+    path = admin_credentials(layout)
+    try:
+        got = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LabError(f"lab {layout.name!r} has no API credentials ({path}); it runs no "
+                       "control plane, or was brought up by an older vmcluster") from exc
+    return ClusterAccess(tuple(got["urls"]), got["token"], Path(got["ca"]), layout.client_ns)
+
+
+def _admin_token(store: ClusterState, layout: LabLayout, spec: ClusterSpec) -> None:
+    """One admin token for the lab's operator: its hash in the store, the token itself
+    (mode 0600) only on the admin side."""
+    path = admin_credentials(layout)
+    if path.exists():
+        return
+    token = secrets.token_urlsafe(32)
+    store.client.put(store.key("tokens", token_hash(token)),
+                     json.dumps({"role": "admin", "name": ADMIN, "at": time.time()}).encode())
+    urls = [f"https://{api_addresses(spec, n.name)[0]}:{API_PORT}" for n in spec.nodes]
+    write_file(path, json.dumps({"urls": urls, "token": token,
+                                 "ca": str(NodeCredentials(layout.tls_dir(ADMIN)).ca)}).encode())
+
+
 def _seed(store: ClusterState, layout: LabLayout, spec_text: str) -> None:
-    """Spec, node states and the placements the lab booted with (only where none is set)."""
+    """Spec, node states and the placements the lab booted with (only where none is set),
+    and the operator's admin token."""
     store.put_spec(spec_text)
+    _admin_token(store, layout, load_spec(read_state(layout)["spec"]))
     vms = read_state(layout)["vms"]
     existing = store.placements()
     for vm, rec in sorted(vms.items()):

@@ -11,7 +11,7 @@ configurable so that tests and the lab can point elsewhere.
     [node]
     name = "node1"
     cluster = "prod"                  # the cluster's name: its keys' prefix in etcd
-    parts = ["etcd", "agent", "heartbeats", "manager"]   # the default: all of them
+    parts = ["etcd", "agent", "heartbeats", "manager", "api"]   # the default: all of them
     heartbeat_port = 3343
 
     [paths]
@@ -32,12 +32,17 @@ configurable so that tests and the lab can point elsewhere.
     fence_window_s = 2.5              # must equal the cluster spec's fence_window_s
     restart_grace_s = 30              # a stopped daemon's successor must pet within this
 
+    [api]
+    listen = ["198.18.1.11"]          # this host's addresses the API answers on
+    port = 8443
+
 A bad file gets one :class:`~vmcluster.errors.SpecError` line naming
 ``file:line`` and what to do.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -49,13 +54,14 @@ import tomlkit
 from vmcluster.control.manager import ManagerParams
 from vmcluster.model.tomlsource import TableReader, TableRef, TomlSource, load_toml
 
-__all__ = ["DEFAULT_CONFIG", "PARTS", "EtcdMemberConfig", "LabRef", "NodeConfig",
+__all__ = ["API_PORT", "DEFAULT_CONFIG", "PARTS", "EtcdMemberConfig", "LabRef", "NodeConfig",
            "load_config", "parse_config"]
 
 DEFAULT_CONFIG = Path("/etc/vmcluster/vmclusterd.toml")
-PARTS = ("etcd", "agent", "heartbeats", "manager")
+API_PORT = 8443
+PARTS = ("etcd", "agent", "heartbeats", "manager", "api")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_TOP = {"node", "paths", "etcd", "watchdog", "qemu", "manager", "lab"}
+_TOP = {"node", "paths", "etcd", "watchdog", "api", "qemu", "manager", "lab"}
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,8 @@ class NodeConfig:
     member: EtcdMemberConfig | None = None
     fence_window_s: float = 2.5
     restart_grace_s: float = 30.0
+    api_listen: tuple[str, ...] = ()
+    api_port: int = API_PORT
     qemu: Mapping[str, Any] = field(default_factory=dict)  # a QemuInstall as JSON; {}: system
     manager: Mapping[str, float] = field(default_factory=dict)  # ManagerParams overrides
     lab: LabRef | None = None
@@ -160,6 +168,8 @@ class NodeConfig:
         doc["etcd"] = etcd
         doc["watchdog"] = {"fence_window_s": self.fence_window_s,
                            "restart_grace_s": self.restart_grace_s}
+        if self.api_listen:
+            doc["api"] = {"listen": list(self.api_listen), "port": self.api_port}
         if self.qemu:
             doc["qemu"] = {k: v for k, v in self.qemu.items() if v is not None}
         if self.manager:
@@ -236,7 +246,7 @@ def _from_source(src: TomlSource, path: Path) -> NodeConfig:
     etcd_data = src.data.get("etcd", {})
     etcd = _table(src, "etcd", {"endpoints", "member"}, set(), etcd_data)
     endpoints = _urls(etcd, "endpoints", required=False)
-    needs = [p for p in parts if p in ("heartbeats", "manager")]
+    needs = [p for p in parts if p in ("heartbeats", "manager", "api")]
     if needs and not endpoints:
         raise etcd.fail(None, f"parts {needs} need the cluster's store, and [etcd] has no "
                         "endpoints", 'add endpoints = ["https://ADDRESS:2379", ...]')
@@ -259,6 +269,19 @@ def _from_source(src: TomlSource, path: Path) -> NodeConfig:
                         "add [etcd.member], or drop \"etcd\" from parts to use an "
                         "existing etcd")
     watchdog = _table(src, "watchdog", {"fence_window_s", "restart_grace_s"}, set())
+    api = _table(src, "api", {"listen", "port"}, set())
+    listen = api.names("listen") or ()
+    for addr in listen:
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            raise api.fail("listen", f"listen: {addr!r} is not an IP address") from None
+    if "api" in parts and not listen:
+        raise node.fail("parts", "parts has \"api\" but [api] has no listen addresses",
+                        'add [api] listen = ["ADDRESS", ...]')
+    api_port = api.positive("port", int, 8443)
+    if api_port > 65535:
+        raise api.fail("port", f"port must be a port number, got {api_port}")
     qemu = src.data.get("qemu", {})
     _table(src, "qemu", {"binary", "datadir", "moduledir", "firmware", "label"}, set(), qemu)
     manager = src.data.get("manager", {})
@@ -278,6 +301,7 @@ def _from_source(src: TomlSource, path: Path) -> NodeConfig:
         heartbeat_port=int(port), endpoints=endpoints, member=member,
         fence_window_s=watchdog.positive("fence_window_s", float, 2.5),
         restart_grace_s=watchdog.positive("restart_grace_s", float, 30.0),
+        api_listen=tuple(listen), api_port=int(api_port),
         qemu=dict(qemu), manager={k: float(v) for k, v in manager.items()}, lab=lab,
     )
 

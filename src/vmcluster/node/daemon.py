@@ -10,6 +10,7 @@ that one part's crash is not a dead node and each can be restarted alone:
 * ``heartbeats``: heartbeats on every cluster network, this host's report and
   the isolation rule (:mod:`vmcluster.lab.nodewatch`);
 * ``manager``: a manager candidate (:mod:`vmcluster.lab.managerd`);
+* ``api``: the cluster API over HTTPS (:mod:`vmcluster.node.api`);
 * the **watchdog** (:mod:`vmcluster.node.watchdog`), in its own session so that it
   outlives the daemon.
 
@@ -52,7 +53,7 @@ from vmcluster.node.watchdog import pet
 from vmcluster.pki import NodeCredentials
 from vmcluster.store.members import DEFAULT_TUNING, MemberSpec
 
-__all__ = ["PART_MODULES", "Daemon", "Part", "child_env", "main"]
+__all__ = ["PART_MODULES", "Daemon", "Part", "child_env", "main", "unit_text"]
 
 TICK_S = 0.25
 HEARTBEATS_FRESH_S = 1.0  # the heartbeat part touches its file at least this often
@@ -64,6 +65,7 @@ PART_MODULES = {
     "agent": "vmcluster.lab.agent",
     "heartbeats": "vmcluster.lab.nodewatch",
     "manager": "vmcluster.lab.managerd",
+    "api": "vmcluster.node.api",
 }
 _PR_SET_PDEATHSIG = 1
 
@@ -185,7 +187,8 @@ class Daemon:
         self.env = child_env()
         self.parts = [Part(n, part_argv(cfg, n), cfg.log_dir / f"{n}.log",
                            cfg.heartbeats_pidfile if n == "heartbeats" else None)
-                      for n in ("heartbeats", "etcd", "agent", "manager") if n in cfg.parts]
+                      for n in ("heartbeats", "etcd", "agent", "manager", "api")
+                      if n in cfg.parts]
         self.fencing = "heartbeats" in cfg.parts
         self.watchdog: subprocess.Popen[bytes] | None = None
 
@@ -301,6 +304,16 @@ class Daemon:
                      f"{self.cfg.restart_grace_s:.0f} s adopts them and every running VM")
 
 
+def unit_text() -> str:
+    """``vmclusterd.service``, its ExecStart pointing at this installation's daemon."""
+    from importlib.resources import files
+
+    script = Path(sys.executable).with_name("vmclusterd")
+    command = str(script) if script.exists() else f"{sys.executable} -m vmcluster.node.daemon"
+    text = files("vmcluster.node").joinpath("vmclusterd.service").read_text()
+    return text.replace("@VMCLUSTERD@", command)
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
     import vmcluster
@@ -330,7 +343,12 @@ def _claim_pidfile(cfg: NodeConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vmclusterd", description="the vmcluster node daemon")
     ap.add_argument("--config", default="/etc/vmcluster/vmclusterd.toml")
+    ap.add_argument("--print-unit", action="store_true",
+                    help="print the systemd unit for this installation and exit")
     args = ap.parse_args(argv)
+    if args.print_unit:
+        print(unit_text(), end="")
+        return 0
     try:
         cfg = load_config(args.config)
         cfg.run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,80 @@
+"""The API app against a real one-member etcd: tokens by hash, status from the store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from vmcluster.node.api import ApiContext, create_app
+from vmcluster.node.config import NodeConfig
+from vmcluster.pki import token_hash
+from vmcluster.store import EtcdClient, embedded
+from vmcluster.store.election import Election
+from vmcluster.store.state import ClusterState
+
+pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server not installed")
+SPEC = (Path(__file__).resolve().parents[2] / "examples" / "lab.toml").read_text()
+
+
+@pytest.fixture
+def api() -> Iterator[tuple[TestClient, ClusterState]]:
+    base = Path(tempfile.mkdtemp(prefix="vmc-api-"))
+    cluster = embedded(base / "etcd", host="127.0.0.44", timeout=60)
+    try:
+        state = ClusterState(EtcdClient(cluster.endpoints()), "t")
+        cfg = NodeConfig(path=base / "vmclusterd.toml", node="node1", cluster="t",
+                         run_dir=base / "run", endpoints=tuple(cluster.endpoints()),
+                         api_listen=("198.18.1.11",))
+        with TestClient(create_app(ApiContext(cfg, state))) as client:
+            yield client, state
+    finally:
+        cluster.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_health_needs_no_token_everything_else_an_admin_one(
+    api: tuple[TestClient, ClusterState],
+) -> None:
+    client, state = api
+    assert client.get("/api/v1/health").json()["node"] == "node1"
+    assert client.get("/api/v1/cluster/status").status_code == 401
+    bad = client.get("/api/v1/cluster/status", headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 403
+    state.client.put(state.key("tokens", token_hash("viewer-token")),
+                     json.dumps({"role": "viewer"}).encode())
+    viewer = client.get("/api/v1/cluster/status",
+                        headers={"Authorization": "Bearer viewer-token"})
+    assert viewer.status_code == 403
+    # The store holds the token's hash only: the token itself is nowhere in it.
+    kvs, _ = state.client.get_prefix(state.key(""))
+    assert all(b"viewer-token" not in kv.value and "viewer-token" not in kv.key for kv in kvs)
+
+
+def test_status_is_what_the_store_says(api: tuple[TestClient, ClusterState]) -> None:
+    client, state = api
+    state.client.put(state.key("tokens", token_hash("admin-token")),
+                     json.dumps({"role": "admin"}).encode())
+    state.put_spec(SPEC)
+    state.set_node_state("node1", "up")
+    state.set_node_state("node2", "down")
+    state.client.put(state.key("daemons", "node1"), json.dumps(
+        {"api_url": "https://198.18.1.11:8443", "qemu_version": "10.0.2", "at": 0}).encode())
+    held = Election(state.client, "t", "node1", ttl=5).campaign(10)
+    got = client.get("/api/v1/cluster/status",
+                     headers={"Authorization": "Bearer admin-token"}).json()
+    nodes = {n["name"]: n for n in got["nodes"]}
+    assert list(nodes) == ["node1", "node2", "node3"]
+    assert nodes["node1"]["state"] == "up" and nodes["node2"]["state"] == "down"
+    assert nodes["node3"]["state"] == "unknown" and nodes["node3"]["api_url"] is None
+    assert nodes["node1"]["qemu_version"] == "10.0.2"
+    assert got["manager"] == {"node": "node1", "token": held.token}
+    assert got["etcd"]["leader"] == "solo"
+    assert got["etcd"]["members"][0]["client_urls"]
+    doc = client.get("/api/v1/openapi.json").json()
+    assert "/api/v1/cluster/status" in doc["paths"]
