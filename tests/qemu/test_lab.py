@@ -371,3 +371,37 @@ def test_the_api_refuses_what_it_must_with_one_line(lab: QemuSubstrate) -> None:
         except (ssl.SSLError, OSError) as exc:
             answer = repr(exc).encode()
         assert not answer.startswith(b"HTTP/"), answer[:200]
+
+
+def test_hosts_share_no_files_with_each_other(lab: QemuSubstrate) -> None:
+    """Each host's daemon (and its QEMUs) has a mount namespace of its own, in which the
+    other hosts' directories (keys, QEMU records, etcd data) and the CA are empty."""
+    layout = lab.layout
+    from vmcluster.lab.hosts import daemon_pids
+
+    mnt = {}
+    for n in ("node1", "node2", "node3"):
+        (pid,) = daemon_pids(layout, n)["vmclusterd"]
+        mnt[n] = os.readlink(f"/proc/{pid}/ns/mnt")
+        for qemu in _qemu_pids_of(lab, n):
+            assert os.readlink(f"/proc/{qemu}/ns/mnt") == mnt[n]
+    assert len(set(mnt.values())) == 3 and os.readlink("/proc/self/ns/mnt") not in mnt.values()
+
+    def look(node: str, path: Path) -> subprocess.CompletedProcess[str]:
+        (pid,) = daemon_pids(layout, node)["vmclusterd"]
+        return subprocess.run(["nsenter", f"--mount=/proc/{pid}/ns/mnt", "cat", str(path)],
+                              capture_output=True, text=True, timeout=30, check=False)
+
+    own_key = NodeCredentials(layout.tls_dir("node1")).key
+    other_key = NodeCredentials(layout.tls_dir("node2")).key
+    assert look("node1", own_key).returncode == 0
+    assert "PRIVATE KEY" in look("node1", own_key).stdout
+    assert look("node1", other_key).returncode != 0  # there is nothing there to read
+    assert look("node2", layout.ca_dir / "ca-key.pem").returncode != 0
+    assert look("node3", layout.node_config("node1")).returncode != 0
+    assert other_key.exists() and (layout.ca_dir / "ca-key.pem").exists()  # from outside
+
+
+def _qemu_pids_of(lab: QemuSubstrate, node: str) -> list[int]:
+    return [int(v["pid"]) for v in AgentClient(lab.layout, node).call("list")["vms"]]
+

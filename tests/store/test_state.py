@@ -106,3 +106,30 @@ def test_event_log_is_gap_free_and_followable(etcd1: EtcdCluster) -> None:
     ]
     events, _ = state.events(after=29)
     assert [s for s, _ in events] == [30, 31]
+
+
+def test_the_spec_carries_the_schema_version_and_a_newer_one_is_refused(
+    etcd1: EtcdCluster,
+) -> None:
+    import json
+    from pathlib import Path
+
+    from vmcluster.errors import StoreError
+    from vmcluster.store.state import SCHEMA_VERSION
+
+    text = (Path(__file__).resolve().parents[2] / "examples" / "lab.toml").read_text()
+    state = ClusterState(EtcdClient(etcd1.endpoints()), "s")
+    waiter: dict[str, object] = {}
+    t = threading.Thread(target=lambda: waiter.update(spec=state.wait_spec(poll_s=0.05)))
+    t.start()  # a daemon's part waits for the spec before it starts
+    state.put_spec(text)
+    t.join(10)
+    spec = waiter["spec"]
+    assert spec.cluster.name == "lab"
+    schema = state.client.get(state.key("schema"))
+    assert schema is not None and schema.json() == {"version": SCHEMA_VERSION}
+    state.client.put(state.key("schema"), json.dumps({"version": SCHEMA_VERSION + 1}).encode())
+    with pytest.raises(StoreError, match="schema version 2; this vmcluster knows 1"):
+        state.spec_text()
+    with pytest.raises(StoreError, match="upgrade it on this host"):
+        state.put_spec(text)

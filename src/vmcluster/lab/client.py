@@ -29,14 +29,16 @@ import os
 import socket
 import ssl
 import threading
+from pathlib import Path
 from typing import Any
 
 from vmcluster.errors import LabError, SubstrateError
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import read_state
+from vmcluster.node.wire import exchange
 from vmcluster.pki import NodeCredentials
 
-__all__ = ["AGENT_PORT", "AgentClient", "AgentDown", "AgentError", "client_context",
+__all__ = ["AGENT_PORT", "AgentClient", "AgentDown", "AgentError", "LocalAgent", "client_context",
            "forget_namespaces", "speak_as"]
 
 AGENT_PORT = 3345
@@ -148,15 +150,38 @@ def _reachable(layout: LabLayout, node: str, inside: bool) -> list[str]:
     return ([last] if last in addrs else []) + [a for a in addrs if a != last]
 
 
-def _exchange(sock: socket.socket, request: bytes) -> bytes:
-    sock.sendall(request)
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-    return buf
+def _reply(node: str, op: str, buf: bytes) -> dict[str, Any]:
+    try:
+        reply = json.loads(buf)
+    except ValueError as exc:
+        raise AgentDown(f"the agent of {node} sent a bad reply to {op}") from exc
+    if not reply.get("ok"):
+        raise AgentError(f"{node}: {reply.get('error', 'unknown error')}",
+                         str(reply.get("code", "failed")))
+    return dict(reply)
+
+
+def _call_local(node: str, path: str, op: str, request: bytes, timeout_s: float) -> bytes:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout_s)
+            s.connect(path)
+            return exchange(s, request)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise AgentDown(f"the agent of {node} is not running ({path})") from exc
+    except OSError as exc:  # includes socket.timeout
+        raise AgentDown(f"the agent of {node} did not answer {op}: {exc}") from exc
+
+
+class LocalAgent:
+    """This host's own agent, over its unix socket (``<run_dir>/agent.sock``)."""
+
+    def __init__(self, node: str, socket_path: Path) -> None:
+        self.node, self.path = node, str(socket_path)
+
+    def call(self, op: str, timeout_s: float = 30.0, **args: Any) -> dict[str, Any]:
+        request = json.dumps({"op": op, **args}).encode() + b"\n"
+        return _reply(self.node, op, _call_local(self.node, self.path, op, request, timeout_s))
 
 
 class AgentClient:
@@ -165,28 +190,9 @@ class AgentClient:
 
     def call(self, op: str, timeout_s: float = 30.0, **args: Any) -> dict[str, Any]:
         request = json.dumps({"op": op, **args}).encode() + b"\n"
-        buf = self._local(op, request, timeout_s) if self.local else self._remote(
-            op, request, timeout_s)
-        try:
-            reply = json.loads(buf)
-        except ValueError as exc:
-            raise AgentDown(f"the agent of {self.node} sent a bad reply to {op}") from exc
-        if not reply.get("ok"):
-            raise AgentError(f"{self.node}: {reply.get('error', 'unknown error')}",
-                             str(reply.get("code", "failed")))
-        return dict(reply)
-
-    def _local(self, op: str, request: bytes, timeout_s: float) -> bytes:
-        path = str(self.layout.agent_socket(self.node))
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                s.settimeout(timeout_s)
-                s.connect(path)
-                return _exchange(s, request)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise AgentDown(f"the agent of {self.node} is not running ({path})") from exc
-        except OSError as exc:  # includes socket.timeout
-            raise AgentDown(f"the agent of {self.node} did not answer {op}: {exc}") from exc
+        buf = _call_local(self.node, str(self.layout.agent_socket(self.node)), op, request,
+                          timeout_s) if self.local else self._remote(op, request, timeout_s)
+        return _reply(self.node, op, buf)
 
     def _remote(self, op: str, request: bytes, timeout_s: float) -> bytes:
         ctx = client_context(self.layout, _identity["name"])
@@ -199,7 +205,7 @@ class AgentClient:
                 sock.connect((addr, AGENT_PORT))
                 sock.settimeout(timeout_s)
                 with ctx.wrap_socket(sock, server_hostname=self.node) as tls:
-                    buf = _exchange(tls, request)
+                    buf = exchange(tls, request)
             except ssl.SSLError as exc:
                 raise AgentDown(f"the agent of {self.node} refused TLS at {addr}: "
                                 f"{exc.reason or exc}") from exc

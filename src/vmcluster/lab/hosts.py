@@ -3,7 +3,8 @@
 For each node the lab writes the host's configuration into the host's own
 directories (``hosts/<node>/{etc,var,run}``, what ``/etc/vmcluster``,
 ``/var/lib/vmcluster`` and ``/run/vmcluster`` are on a real host) and starts
-``python -m vmcluster.node.daemon --config ...`` inside the node's namespace,
+``python -m vmcluster.node.daemon --config ...`` inside the node's network and
+mount namespaces (:mod:`vmcluster.lab.mountns`: no host sees another's files),
 detached, as systemd would. The daemon starts the host's etcd member, agent,
 heartbeats, manager candidate and watchdog (:mod:`vmcluster.node.daemon`).
 
@@ -23,6 +24,7 @@ from typing import Any
 
 from vmcluster.errors import LabError
 from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.mountns import enter_prefix, make_host_namespace
 from vmcluster.lab.nodewatch import HEARTBEAT_PORT
 from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
@@ -133,7 +135,8 @@ def start_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0) -> None:
     if not daemon_pids(layout, node)["vmclusterd"]:
         log = layout.daemon_log(node)
         log.parent.mkdir(parents=True, exist_ok=True)
-        argv = ["setsid", "-f", "ip", "netns", "exec", layout.node_ns(node), sys.executable,
+        make_host_namespace(layout, node)  # once; a host restarted re-enters its own
+        argv = ["setsid", "-f", *enter_prefix(layout, node), sys.executable,
                 "-m", "vmcluster.node.daemon", "--config", str(layout.node_config(node))]
         with log.open("ab") as out:
             rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
@@ -145,5 +148,15 @@ def start_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0) -> None:
         if client.alive():
             return
         time.sleep(0.05)
-    raise LabError(f"the agent of {node} did not come up in {timeout_s:.0f} s; see "
-                   f"{layout.agent_log(node)} and {layout.daemon_log(node)}")
+    last = _last_line(layout.agent_log(node)) or _last_line(layout.daemon_log(node))
+    raise LabError(f"the agent of {node} did not come up in {timeout_s:.0f} s"
+                   + (f" ({last})" if last else "") + f"; see {layout.agent_log(node)} and "
+                   f"{layout.daemon_log(node)}")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][-300:] if lines else ""

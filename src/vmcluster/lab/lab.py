@@ -29,6 +29,7 @@ from vmcluster.lab.client import AgentClient, forget_namespaces
 from vmcluster.lab.credentials import issue_credentials
 from vmcluster.lab.hosts import start_daemon, write_node_configs
 from vmcluster.lab.layout import RUN_ROOT, LabLayout, check_lab_name
+from vmcluster.lab.mountns import remove_host_namespaces
 from vmcluster.lab.state import write_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
@@ -116,6 +117,10 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
         write_node_configs(layout, spec, control_plane, manager)
         with ThreadPoolExecutor(max_workers=max(1, len(spec.nodes))) as pool:
             list(pool.map(lambda n: start_daemon(layout, n.name), spec.nodes))
+        if control_plane:  # the hosts' heartbeats and candidates start from the spec in etcd
+            from vmcluster.lab.services import seed_store
+
+            seed_store(layout, spec, say=lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}"))
         sub = QemuSubstrate(layout, spec)
         versions = ", ".join(f"{n.name} QEMU {sub.facts(n.name).version}" for n in spec.nodes)
         say(f"[{time.monotonic() - t0:5.1f}s] vmclusterd on {len(spec.nodes)} hosts, agents up "
@@ -130,7 +135,7 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
             wait_ready(layout, vm.name, vm.owner, ready_timeout_s)
             say(f"[{time.monotonic() - t0:5.1f}s] {vm.name} ready on {vm.owner} ({vm.address})")
         if control_plane:
-            from vmcluster.lab.services import start_services  # seed the store, a leader
+            from vmcluster.lab.services import start_services  # placements, a leader
 
             start_services(layout, spec,
                            say=lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}"))
@@ -199,6 +204,7 @@ def lab_down(layout: LabLayout, say: Say | None = None) -> dict[str, object]:
     killed = _kill_by_cmdline(str(layout.state_dir) + "/")
     killed += _kill_by_cmdline(f"--lab\0{layout.name}\0")
     namespaces = netns.destroy_namespaces(layout)
+    remove_host_namespaces(layout)  # the hosts' mount namespaces, bound under the state dir
     existed = layout.state_dir.exists()
     shutil.rmtree(layout.state_dir, ignore_errors=True)
     summary: dict[str, object] = {"lab": layout.name, "namespaces": namespaces,

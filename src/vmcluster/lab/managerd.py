@@ -23,10 +23,8 @@ from vmcluster.control.migration import MigrationRequest, known_health, migrate
 from vmcluster.errors import SubstrateError
 from vmcluster.lab.client import AgentClient, AgentDown, speak_as
 from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.nodewatch import node_endpoints
-from vmcluster.lab.state import read_state, update_state
+from vmcluster.lab.state import update_state
 from vmcluster.model import ClusterSpec
-from vmcluster.model.spec import load_spec
 from vmcluster.node.config import load_config
 from vmcluster.pki import NodeCredentials
 from vmcluster.store.election import Fence
@@ -87,12 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     node = cfg.node
     speak_as(node)  # this host's certificate, for the agents it calls
     layout = LabLayout(cfg.lab.name, cfg.lab.root)
-    spec = load_spec(read_state(layout)["spec"])
-    addrs = [str(a) for a in spec.node(node).interfaces.values()]
-    mine = [u for u in cfg.endpoints if any(f"//{a}:" in u for a in addrs)]
-    client = EtcdClient(node_endpoints(list(cfg.endpoints), mine), timeout=1.0, retry_s=2.0,
-                        tls=NodeCredentials(cfg.tls_dir))
+    client = EtcdClient(list(cfg.endpoints), timeout=1.0, retry_s=2.0,
+                        tls=NodeCredentials(cfg.tls_dir))  # the host's own member first
     state = ClusterState(client, cfg.cluster)
+    spec = state.wait_spec(say=lambda m: print(json.dumps({"msg": m}), flush=True))
     kinds = {f.name: f.type for f in fields(ManagerParams)}
     params = ManagerParams(**{k: int(v) if kinds[k] == "int" else v  # type: ignore[arg-type]
                               for k, v in cfg.manager.items()})

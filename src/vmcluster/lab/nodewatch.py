@@ -1,7 +1,9 @@
 """A node's watch: heartbeats, its report to the store, and the isolation rule.
 
 Runs as ``python -m vmcluster.lab.nodewatch --config vmclusterd.toml``, the
-``heartbeats`` part of the host's :mod:`vmcluster.node.daemon`. It
+``heartbeats`` part of the host's :mod:`vmcluster.node.daemon`. It reads the
+cluster's spec from the store (waiting until it is there) and nothing from the
+lab, and it
 
 * runs the node's :class:`~vmcluster.heartbeat.daemon.HeartbeatDaemon` on every
   cluster (role >= 1) network, with the spec's delay and threshold;
@@ -43,10 +45,7 @@ from vmcluster.heartbeat.detector import (
     peers_down,
     view_to_json,
 )
-from vmcluster.lab.client import AgentClient, speak_as
-from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.state import read_state
-from vmcluster.model.spec import load_spec
+from vmcluster.lab.client import LocalAgent, speak_as
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.pki import NodeCredentials
 from vmcluster.policy.failover import must_stop_vms
@@ -65,16 +64,17 @@ def node_endpoints(endpoints: list[str], mine: list[str]) -> list[str]:
 
 
 class NodeWatch:
-    def __init__(self, cfg: NodeConfig, layout: LabLayout, report_s: float = 0.5) -> None:
-        self.cfg, self.layout, self.node, self.report_s = cfg, layout, cfg.node, report_s
+    def __init__(self, cfg: NodeConfig, report_s: float = 0.5) -> None:
+        self.cfg, self.node, self.report_s = cfg, cfg.node, report_s
         node = cfg.node
-        self.spec = load_spec(read_state(layout)["spec"])
-        mine = [u for u in cfg.endpoints if any(
-            f"//{a}:" in u for a in map(str, self.spec.node(node).interfaces.values()))]
-        client = EtcdClient(node_endpoints(list(cfg.endpoints), mine), timeout=1.0,
-                            retry_s=0.5, tls=NodeCredentials(cfg.tls_dir))
+        # The host's own member first (the config lists it first): it answers even when
+        # the peers are slow.
+        client = EtcdClient(list(cfg.endpoints), timeout=1.0, retry_s=0.5,
+                            tls=NodeCredentials(cfg.tls_dir))
         self.state = ClusterState(client, cfg.cluster)
-        self.agent = AgentClient(layout, node, local=True)  # its own host's agent
+        self.spec = self.state.wait_spec(say=lambda m: print(json.dumps({"msg": m}),
+                                                             flush=True))
+        self.agent = LocalAgent(node, cfg.run_dir / "agent.sock")  # its own host's agent
         self.events: queue.Queue[Event] = queue.Queue()
         self.changed = threading.Event()
         self.isolated = False
@@ -173,11 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tick-s", type=float, default=0.1)
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
-    if cfg.lab is None:
-        raise SystemExit(f"{cfg.path}: [lab] is missing; the heartbeat part still reads the "
-                         "spec from its lab")
     speak_as(cfg.node)  # this host's certificate, for the agents it calls
-    watch = NodeWatch(cfg, LabLayout(cfg.lab.name, cfg.lab.root))
+    watch = NodeWatch(cfg)
     done = threading.Event()
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "lab_store",
     "leader",
     "leader_summary",
+    "seed_store",
     "service_log",
     "service_pids",
     "start_member",
@@ -148,25 +149,29 @@ def _admin_token(store: ClusterState, layout: LabLayout, spec: ClusterSpec) -> N
                                  "ca": str(NodeCredentials(layout.tls_dir(ADMIN)).ca)}).encode())
 
 
-def _seed(store: ClusterState, layout: LabLayout, spec_text: str) -> None:
-    """Spec, node states and the placements the lab booted with (only where none is set),
-    and the operator's admin token."""
+def _seed_spec(store: ClusterState, layout: LabLayout, spec_text: str) -> None:
+    """The spec (every host's parts wait for it), node states, the operator's token."""
     store.put_spec(spec_text)
     _admin_token(store, layout, load_spec(read_state(layout)["spec"]))
-    vms = read_state(layout)["vms"]
-    existing = store.placements()
-    for vm, rec in sorted(vms.items()):
-        if vm not in existing and rec.get("node"):
-            store.place(vm, rec["node"], expect=0, token=None)
     states = store.node_states()
     for node in read_state(layout)["nodes"]:
         if node not in states:
             store.set_node_state(node, "up")
 
 
-def start_services(layout: LabLayout, spec: ClusterSpec | None = None, say: Say = print,
-                   timeout_s: float = 90.0) -> None:
-    """Wait for the hosts' etcd members, seed the store, wait for an elected manager."""
+def _seed_placements(store: ClusterState, layout: LabLayout) -> None:
+    """The placements the lab booted its VMs with (only where none is set)."""
+    vms = read_state(layout)["vms"]
+    existing = store.placements()
+    for vm, rec in sorted(vms.items()):
+        if vm not in existing and rec.get("node"):
+            store.place(vm, rec["node"], expect=0, token=None)
+
+
+def seed_store(layout: LabLayout, spec: ClusterSpec | None = None, say: Say = print,
+               timeout_s: float = 90.0) -> None:
+    """Wait for the hosts' etcd members, then put the spec there: the hosts' heartbeats
+    and manager candidates start from it."""
     t0 = time.monotonic()
     st = read_state(layout)
     spec = spec or load_spec(st["spec"])
@@ -183,11 +188,17 @@ def start_services(layout: LabLayout, spec: ClusterSpec | None = None, say: Say 
             raise LabError(f"the lab's etcd did not come up: {exc}; see "
                            f"{service_log(layout, 'etcd', spec.nodes[0].name)}") from exc
         say(f"etcd: {len(spec.nodes)} members healthy ({time.monotonic() - t0:.1f} s)")
-        svc = _read_services(layout)
-        store = ClusterState(EtcdClient(svc["endpoints"], timeout=1.0, retry_s=10.0,
-                                        tls=etcd_tls(layout)), svc["cluster"])
-        thread.call(_seed, store, layout, Path(st["spec"]).read_text())
+        store = ClusterState(EtcdClient(cluster.endpoints(), timeout=1.0, retry_s=10.0,
+                                        tls=etcd_tls(layout)), layout.name)
+        thread.call(_seed_spec, store, layout, Path(st["spec"]).read_text())
+
+
+def start_services(layout: LabLayout, spec: ClusterSpec | None = None, say: Say = print,
+                   timeout_s: float = 90.0) -> None:
+    """Once the VMs run: their placements into the store; wait for an elected manager."""
+    spec = spec or load_spec(read_state(layout)["spec"])
     with lab_store(layout) as ls:
+        ls.call(_seed_placements, ls.state, layout)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             held = ls.call(current_leader, ls.state.client, ls.state.cluster)

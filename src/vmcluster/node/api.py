@@ -39,6 +39,7 @@ import vmcluster
 from vmcluster.errors import VmclusterError
 from vmcluster.model.spec import parse_spec
 from vmcluster.node.config import NodeConfig, load_config
+from vmcluster.node.wire import exchange
 from vmcluster.pki import NodeCredentials, token_hash
 from vmcluster.store.election import current_leader
 from vmcluster.store.etcd import EtcdClient
@@ -119,14 +120,7 @@ def _local_qemu(cfg: NodeConfig) -> str | None:
         s.settimeout(5)
         try:
             s.connect(str(cfg.run_dir / "agent.sock"))
-            s.sendall(b'{"op": "ping"}\n')
-            buf = b""
-            while not buf.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                buf += chunk
-            reply = json.loads(buf)
+            reply = json.loads(exchange(s, b'{"op": "ping"}\n'))
         except (OSError, ValueError):
             return None
     return reply.get("qemu_version") if reply.get("ok") else None

@@ -205,11 +205,14 @@ class Daemon:
         return pid if alive and ours else None
 
     def ensure_watchdog(self) -> None:
-        if self.watchdog is not None and self.watchdog.poll() is not None:
+        if self.watchdog is not None:
+            if self.watchdog.poll() is None:
+                return  # ours, and alive (it may still be starting)
             self.watchdog = None  # reaped: it died; start another below
         if self._watchdog_pid() is not None:
-            return
+            return  # one an earlier daemon started
         self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg.watchdog_socket.unlink(missing_ok=True)  # a dead watchdog's
         with (self.cfg.log_dir / "watchdog.log").open("ab") as out:
             self.watchdog = subprocess.Popen(
                 [sys.executable, "-m", "vmcluster.node.watchdog", "--config", str(self.cfg.path)],

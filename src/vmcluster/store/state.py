@@ -2,6 +2,7 @@
 
 ::
 
+    schema                  {"version": 1}  what this layout is; a newer one is refused
     spec                    the spec file's TOML text (parse it with model.spec.parse_spec)
     placements/<vm>         {"node": N, "state": S}  which node owns the VM
     migrations/<vm>         {"source", "target", "network", "token"}  one in flight per VM
@@ -25,14 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmcluster.errors import StoreError
+from vmcluster.model import ClusterSpec
+from vmcluster.model.spec import parse_spec
 from vmcluster.store.election import Fence, leader_key
-from vmcluster.store.errors import Fenced, StoreConflict
+from vmcluster.store.errors import Fenced, StoreConflict, StoreUnavailable
 from vmcluster.store.etcd import Compare, Delete, EtcdClient, Get, KeyValue, Op, Put
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
-__all__ = ["ClusterState", "Migration", "Placement"]
+__all__ = ["SCHEMA_VERSION", "ClusterState", "Migration", "Placement"]
 
+SCHEMA_VERSION = 1
 SEQ_WIDTH = 12
 _APPEND_TRIES = 50
 
@@ -93,11 +97,43 @@ class ClusterState:
     # -- spec -------------------------------------------------------------
 
     def put_spec(self, text: str, token: int | None = None) -> int:
-        return self._guarded(token, [], [Put(self.key("spec"), text.encode())], "spec update")
+        self.check_schema()
+        schema = Put(self.key("schema"), _dump({"version": SCHEMA_VERSION}))
+        return self._guarded(token, [], [schema, Put(self.key("spec"), text.encode())],
+                             "spec update")
+
+    def check_schema(self) -> None:
+        """Refuse a store written by a newer vmcluster (its layout may mean other things)."""
+        kv = self.client.get(self.key("schema"))
+        version = 0 if kv is None else int(kv.json().get("version", 0))
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"the store of {self.cluster} has schema version {version}; this "
+                             f"vmcluster knows {SCHEMA_VERSION}: upgrade it on this host")
 
     def spec_text(self) -> str | None:
+        self.check_schema()
         kv = self.client.get(self.key("spec"))
         return None if kv is None else kv.value.decode()
+
+    def wait_spec(self, say: Callable[[str], None] | None = None, poll_s: float = 0.5,
+                  timeout_s: float | None = None) -> ClusterSpec:
+        """The cluster's spec from the store, waiting for it to be put there (and for the
+        store to answer); a part of a daemon starts with this."""
+        deadline = None if timeout_s is None else self.clock.now() + timeout_s
+        said = False
+        while True:
+            try:
+                text = self.spec_text()
+            except StoreUnavailable:
+                text = None
+            if text is not None:
+                return parse_spec(text, f"<the spec of {self.cluster} in etcd>")
+            if deadline is not None and self.clock.now() >= deadline:
+                raise StoreError(f"no spec for {self.cluster} in the store after {timeout_s} s")
+            if say is not None and not said:
+                say(f"waiting for the spec of {self.cluster} in the store")
+                said = True
+            self.clock.sleep(poll_s)
 
     # -- placements -------------------------------------------------------
 
