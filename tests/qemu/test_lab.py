@@ -405,3 +405,23 @@ def test_hosts_share_no_files_with_each_other(lab: QemuSubstrate) -> None:
 def _qemu_pids_of(lab: QemuSubstrate, node: str) -> list[int]:
     return [int(v["pid"]) for v in AgentClient(lab.layout, node).call("list")["vms"]]
 
+
+def test_an_agent_takes_no_command_or_path_from_the_network(lab: QemuSubstrate) -> None:
+    """Migration URIs other than tcp:ADDRESS:PORT (exec:, file:) are refused, typed; quick
+    migration's save file is the agent's own path, handed to QEMU as an fd."""
+    node = lab.owner("db")
+    assert node is not None
+    other = "node1" if node != "node1" else "node2"
+    marker = lab.layout.state_dir / "pwned"
+    for op, agent_node, args in (
+        ("incoming", other, {"config": lab.vm_config("db", other).to_json(),
+                             "uri": f"exec:touch {marker}"}),
+        ("migrate", node, {"vm": "db", "uri": f"exec:touch {marker}"}),
+        ("migrate", node, {"vm": "db", "uri": f"file:{marker}"}),
+    ):
+        with pytest.raises(AgentError) as got:
+            AgentClient(lab.layout, agent_node).call(op, **args)
+        assert got.value.code == "invalid" and "tcp:ADDRESS:PORT" in str(got.value)
+    assert not marker.exists()
+    assert lab.status().vm("db").state == "running" and lab.owner("db") == node
+    assert all(v["vm"] != "db" for v in AgentClient(lab.layout, other).call("list")["vms"])

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import ssl
 import time
@@ -52,6 +53,7 @@ from vmcluster.substrate.qemu.vm import VmConfig
 __all__ = ["Agent", "main"]
 
 Reply = dict[str, Any]
+_TCP_URI = re.compile(r"^tcp:\d{1,3}(\.\d{1,3}){3}:\d{1,5}$")
 
 
 async def _sh(*argv: str) -> tuple[int, str]:
@@ -175,7 +177,10 @@ class Agent(CsvOps):
         return {"status": await qp.qmp.query_status()}
 
     async def op_incoming(self, req: Reply) -> Reply:
-        """Start a target QEMU waiting for ``uri`` (``tcp:ADDR:0`` picks a port)."""
+        """Start a target QEMU waiting for ``uri`` (``tcp:ADDR:0`` picks a port), or, with
+        ``quick``, restoring the VM's save file from the shared volume."""
+        quick = bool(req.get("quick"))
+        uri = "fd:vmc-restore" if quick else _tcp_uri(req.get("uri"))
         cfg = VmConfig.from_json(req["config"])
         async with self.lock(cfg.name):
             old = self.vms.get(cfg.name)
@@ -191,12 +196,14 @@ class Agent(CsvOps):
             try:
                 await qp.qmp.migrate_set_capabilities({"events": True})
                 await self._migration_tls(qp, "server", req.get("tls", False))
-                await qp.qmp.migrate_incoming(req["uri"])
+                if quick:
+                    await self._pass_file(qp, "vmc-restore", self.layout.quick_state(cfg.name),
+                                          os.O_RDONLY)
+                await qp.qmp.migrate_incoming(uri)
                 info = await qp.qmp.query_migrate()
             except QmpError:
                 await self._drop(cfg.name)
                 raise
-            uri = req["uri"]
             for sa in info.get("socket-address", []):
                 if sa.get("type") in ("inet", "ipv4"):
                     uri = f"tcp:{sa['host']}:{sa['port']}"
@@ -218,7 +225,7 @@ class Agent(CsvOps):
         await qp.qmp.migrate_set_parameters(**req.get("params", {}))
         await self._migration_tls(qp, "client", bool(req.get("tls_hostname")),
                                   str(req.get("tls_hostname", "")))
-        await qp.qmp.start_migration(req["uri"])
+        await qp.qmp.start_migration(_tcp_uri(req.get("uri")))
         return {}
 
     async def _migration_tls(self, qp: QemuProcess, endpoint: str, on: bool,
@@ -299,18 +306,29 @@ class Agent(CsvOps):
             await self._drop(req["vm"])
         return {"kept": False}
 
+    async def _pass_file(self, qp: QemuProcess, name: str, path: Path, flags: int) -> None:
+        """Open ``path`` here and hand it to the QEMU as ``fd:name``: QEMU never opens a
+        path, and never runs a command, that came over the network."""
+        fd = os.open(path, flags, 0o600)
+        try:
+            await qp.qmp.pass_fd(name, fd)
+        finally:
+            os.close(fd)
+
     async def op_save(self, req: Reply) -> Reply:
-        """Quick migration's first half: pause, write the state to ``path``, stay paused."""
+        """Quick migration's first half: pause, write the state to the VM's save file on
+        the shared volume (the agent's own path for it), stay paused."""
         qp = self.get(req["vm"])
         if await qp.qmp.query_status() == "running":
             await qp.qmp.stop()
-        path = str(req["path"])
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = self.layout.quick_state(qp.record.vm)
+        path.parent.mkdir(parents=True, exist_ok=True)
         await qp.qmp.migrate_set_capabilities({"events": True})
         # tls_creds="": a QEMU that once received a TLS migration keeps its server creds as a
         # parameter, and a save to a local file is no TLS stream.
         await qp.qmp.migrate_set_parameters(max_bandwidth=int(10e9), tls_creds="")
-        await qp.qmp.start_migration(f"exec:cat > {path}")
+        await self._pass_file(qp, "vmc-save", path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        await qp.qmp.start_migration("fd:vmc-save")
         for _ in range(int(req.get("save_timeout_s", 120) / 0.05)):
             info = await qp.qmp.query_migrate()
             if info.get("status") in ("completed", "failed", "cancelled"):
@@ -318,6 +336,14 @@ class Agent(CsvOps):
             await asyncio.sleep(0.05)
         await qp.qmp.migrate_cancel()
         raise SubstrateError(f"saving {req['vm']} to {path} did not finish in time")
+
+
+def _tcp_uri(uri: object) -> str:
+    """The only migration URI an agent takes from the network: ``tcp:ADDRESS:PORT``."""
+    if not isinstance(uri, str) or not _TCP_URI.match(uri):
+        raise InputError(f"migration URI {uri!r} is not tcp:ADDRESS:PORT; an agent takes no "
+                         "other URI (no exec:, no file:) from the network")
+    return uri
 
 
 def error_code(exc: BaseException) -> str:

@@ -32,12 +32,12 @@ def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 1
     t0 = clock.now()
     src, tgt = sub.agent(source), sub.agent(target)
     try:
-        saved = src.call("save", timeout_s=timeout_s + 10, vm=vm, path=str(path),
+        saved = src.call("save", timeout_s=timeout_s + 10, vm=vm,
                          save_timeout_s=timeout_s)["migrate"]
         if saved.get("status") != "completed":
             raise MigrationError(f"saving {vm} failed: {saved.get('error-desc', saved)}")
         tgt.call("incoming", timeout_s=60, config=sub.vm_config(vm, target).to_json(),
-                 uri=f"exec:cat {path}", id="quick")
+                 quick=True, id="quick")
         deadline = clock.now() + timeout_s
         while True:
             info = tgt.call("query_migrate", vm=vm)

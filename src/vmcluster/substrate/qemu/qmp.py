@@ -159,6 +159,15 @@ class Qmp:
         args = {k.replace("_", "-"): v for k, v in params.items()}
         await self._run("migrate-set-parameters", args)
 
+    async def pass_fd(self, name: str, fd: int) -> None:
+        """Hand QEMU an open file as ``name`` (SCM_RIGHTS, then ``getfd``), for an
+        ``fd:NAME`` migration URI; the caller keeps (and closes) its own copy."""
+        try:
+            self._client.send_fd_scm(fd)
+        except (OSError, QMPError) as exc:
+            raise QmpError(f"{self.name}: cannot pass a file descriptor: {exc}") from exc
+        await self._run("getfd", {"fdname": name})
+
     async def start_migration(self, uri: str) -> None:
         await self._run("migrate", {"uri": uri})
 
