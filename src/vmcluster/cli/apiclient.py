@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import ssl
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from vmcluster.errors import InputError, VmclusterError
+from vmcluster.node.access import ClusterAccess
 
 __all__ = ["ApiError", "ClusterAccess", "api_request", "credentials_file", "resolve_access"]
 
@@ -42,26 +41,6 @@ class ApiError(VmclusterError):
 def credentials_file() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "vmcluster" / "credentials.json"
-
-
-@dataclass(frozen=True)
-class ClusterAccess:
-    """``urls``: the cluster's API on one or more hosts; a request goes to the first that
-    can be reached (any host answers for the whole cluster)."""
-
-    urls: tuple[str, ...]
-    token: str
-    ca: Path
-    netns: str | None = None  # make the connections from this network namespace
-
-    @property
-    def url(self) -> str:
-        return self.urls[0]
-
-    def context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=str(self.ca))
-        ctx.check_hostname = True
-        return ctx
 
 
 def resolve_access(url: str | None, lab: str | None = None) -> ClusterAccess:

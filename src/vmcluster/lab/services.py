@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmcluster.cli.apiclient import ClusterAccess
 from vmcluster.errors import LabError, StoreError, VmclusterError
 from vmcluster.lab.credentials import ADMIN, etcd_tls
 from vmcluster.lab.hosts import api_addresses, daemon_pids, etcd_cluster, start_daemon
@@ -31,6 +30,7 @@ from vmcluster.lab.nsenter import NetnsThread
 from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
+from vmcluster.node.access import ClusterAccess
 from vmcluster.node.config import API_PORT
 from vmcluster.pki import NodeCredentials, token_hash, write_file
 from vmcluster.store.election import Leadership, current_leader
