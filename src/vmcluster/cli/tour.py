@@ -52,8 +52,15 @@ PREDICT: Sequence[Step] = (
     ),
 )
 LAB_TOUR: Sequence[Step] = (
-    ("Real hosts: namespaces, bridges, agents, QEMU guests", f"lab up --spec {LAB} --lab tour"),
+    (
+        "Real hosts: namespaces, bridges, vmclusterd on each host, QEMU guests",
+        f"lab up --spec {LAB} --lab tour",
+    ),
     ("The lab's state", "lab status --lab tour"),
+    (
+        "The cluster as its API sees it, over HTTPS from the admin's side (any host answers)",
+        "cluster status --lab tour",
+    ),
     (
         "Live migration over the network the policy picks, a client watching",
         "vm migrate web --to node2 --lab tour",
@@ -88,6 +95,7 @@ LAB_TOUR: Sequence[Step] = (
     ("Nothing ran twice, nothing was lost", "vm check-disk db --lab tour"),
     ("What the cluster saw, from its event log", "events --lab tour --last 12"),
     ("node2 boots again and rejoins", "lab node start node2 --lab tour"),
+    ("Its vmclusterd is back, with the etcd member it had", "cluster status --lab tour"),
     ("Drain a node for maintenance: its VMs live-migrate away", "node drain node3 --lab tour"),
     ("... and put it back in service", "node resume node3 --lab tour"),
     ("Power: the plan the consolidation policy makes for this lab", "lab consolidate --lab tour"),
