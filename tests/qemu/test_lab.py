@@ -276,7 +276,15 @@ def test_agents_answer_only_callers_with_a_valid_cluster_certificate(
     ops = NodeCredentials(tmp_path / "ops")
     ops.issue(lab_ca(lab.layout), "ops", [])
     assert '"ok": true' in _ask_agent(lab, "node1", _context(ops, ca_file))
-    revoke(lab.layout, lab.spec, ops.cert.read_bytes())
+    crl = revoke(lab.layout, lab.spec, ops.cert.read_bytes())
+    # The list travels through etcd; each host's vmclusterd writes its own copy.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(
+            NodeCredentials(lab.layout.tls_dir(n.name)).crl.read_bytes() != crl
+            for n in lab.spec.nodes):
+        time.sleep(0.2)
+    assert all(NodeCredentials(lab.layout.tls_dir(n.name)).crl.read_bytes() == crl
+               for n in lab.spec.nodes)
     assert '"ok": true' not in _ask_agent(lab, "node1", _context(ops, ca_file))
     log = lab.layout.agent_log("node1").read_text()
     assert "revoked" in log

@@ -2,9 +2,10 @@
 
 On real hosts ``cluster init`` makes the CA on the first host and each joining
 host makes its own key and has its request signed; the lab does the same in
-one step for every namespace host: the CA's files stay in the lab's ``ca/``,
-each host's key, certificate and copy of the heartbeat key go to its own
-``secrets/<node>/`` (keys mode 0600). Files that exist are kept, so a host
+one step for every namespace host: the CA's files stay in the lab's ``ca/``
+(no host sees them), revocation lists go into the store, and each host's key,
+certificate and copy of the heartbeat key go to its own ``hosts/<node>/etc/``
+(keys mode 0600). Files that exist are kept, so a host
 restarted by a fault keeps the identity its peers know.
 """
 
@@ -67,14 +68,23 @@ def etcd_tls(layout: LabLayout, node: str | None = None) -> NodeCredentials | No
     return creds if creds.exists() else None
 
 
-def revoke(layout: LabLayout, spec: ClusterSpec, cert_pem: bytes) -> None:
-    """Revoke a certificate of the lab's CA and give every host the new revocation list
-    (on real hosts the list travels through etcd; here the harness hands it out)."""
+def revoke(layout: LabLayout, spec: ClusterSpec, cert_pem: bytes) -> bytes:
+    """Revoke a certificate of the lab's CA; returns the new revocation list. It travels
+    through the store (``crl``): each host's API part writes it into its own
+    ``tls/crl.pem`` (see vmcluster.node.api). A lab without a control plane gets it in
+    its hosts' files from here instead."""
+    from vmcluster.lab.services import lab_store, services_file
+
     ca = lab_ca(layout).revoke(cert_pem)
     (layout.ca_dir / "revoked.json").write_text(json.dumps(list(ca.revoked)))
     crl = ca.crl_pem()
+    if services_file(layout).exists():
+        with lab_store(layout) as store:
+            store.call(store.state.client.put, store.state.key("crl"), crl)
+        return crl
     for node in spec.nodes:
         path = NodeCredentials(layout.tls_dir(node.name)).crl
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(crl)
         tmp.replace(path)
+    return crl

@@ -11,7 +11,8 @@ role), so a token read from a host's disk or from etcd cannot be replayed.
 Any host answers for the whole cluster: what it says comes from etcd (the spec,
 node states, the daemons' own records, etcd's members, the manager's lease).
 Each API part also publishes its host's record (``daemons/<node>``: API URL,
-vmcluster and QEMU versions, parts) every ``PUBLISH_S``.
+vmcluster and QEMU versions, parts) every ``PUBLISH_S``, and writes the CA's
+revocation list from the store (``crl``) into its host's ``tls/crl.pem``.
 
 The API issue extends this skeleton (VMs, migrations, the dashboard); the
 OpenAPI document is at ``/api/v1/openapi.json``.
@@ -48,6 +49,7 @@ from vmcluster.store.state import ClusterState
 __all__ = ["PUBLISH_S", "ApiContext", "create_app", "main"]
 
 PUBLISH_S = 5.0
+CRL_S = 1.0  # a revoked certificate is refused everywhere within about this
 
 
 def api_url(address: str, port: int) -> str:
@@ -73,6 +75,24 @@ class ApiContext:
     def publish(self) -> None:
         self.client.put(self.state.key("daemons", self.cfg.node),
                         json.dumps(self.daemon_record(), sort_keys=True).encode())
+
+    def sync_crl(self) -> bool:
+        """The cluster CA's revocation list travels through the store (``crl``); write it
+        into this host's ``tls/crl.pem`` (atomically) when it changed. The agent and the
+        NBD exports read that file. True when it was written."""
+        kv = self.client.get(self.state.key("crl"))
+        if kv is None:
+            return False
+        path = NodeCredentials(self.cfg.tls_dir).crl
+        try:
+            if path.read_bytes() == kv.value:
+                return False
+        except OSError:
+            pass
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(kv.value)
+        tmp.replace(path)
+        return True
 
     def role_of(self, token: str) -> str | None:
         kv = self.client.get(self.state.key("tokens", token_hash(token)))
@@ -175,10 +195,17 @@ def _sockets(cfg: NodeConfig) -> list[socket.socket]:
 
 
 def _publisher(ctx: ApiContext, done: threading.Event) -> None:
+    """The host's record every PUBLISH_S, the revocation list every CRL_S."""
+    last = -PUBLISH_S
     while True:
+        now = time.monotonic()
         with contextlib.suppress(VmclusterError, OSError):
-            ctx.publish()
-        if done.wait(PUBLISH_S):
+            if now - last >= PUBLISH_S:
+                ctx.publish()
+                last = now
+            if ctx.sync_crl():
+                print(f"revocation list updated in {ctx.cfg.tls_dir}", flush=True)
+        if done.wait(CRL_S):
             return
 
 

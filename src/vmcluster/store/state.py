@@ -4,6 +4,9 @@
 
     schema                  {"version": 1}  what this layout is; a newer one is refused
     spec                    the spec file's TOML text (parse it with model.spec.parse_spec)
+    crl                     the cluster CA's revocation list (PEM); every host keeps a copy
+    tokens/<sha256>         {"role": R}  an API token, by its hash only
+    daemons/<node>          {"api_url", "version", "qemu_version", "parts", "at"}
     placements/<vm>         {"node": N, "state": S}  which node owns the VM
     migrations/<vm>         {"source", "target", "network", "token"}  one in flight per VM
     nodes/<node>            {"state": "up" | "down" | "quarantined" | "draining", ...}
