@@ -78,8 +78,8 @@ class ApiContext:
 
     def sync_crl(self) -> bool:
         """The cluster CA's revocation list travels through the store (``crl``); write it
-        into this host's ``tls/crl.pem`` (atomically) when it changed. The agent and the
-        NBD exports read that file. True when it was written."""
+        into this host's ``tls/crl.pem`` (atomically) when it changed; the agent checks
+        its callers against that file. True when it was written."""
         kv = self.client.get(self.state.key("crl"))
         if kv is None:
             return False
