@@ -63,10 +63,12 @@ def _log(msg: str) -> None:
 
 
 class CsvOps:
-    """Agent mixin; needs ``layout``, ``node``, ``vms`` and ``get`` from the agent."""
+    """Agent mixin; needs ``layout``, ``node``, ``creds``, ``vms`` and ``get`` from the
+    agent."""
 
     layout: LabLayout
     node: str
+    creds: NodeCredentials  # this host's certificate (its config's tls dir)
     vms: dict[str, QemuProcess]
     _csv_spec: ClusterSpec | None = None
     _csv_locks: dict[str, asyncio.Lock] | None = None
@@ -79,7 +81,7 @@ class CsvOps:
 
     def _nbd_tls(self) -> ssl.SSLContext:
         """TLS as this host, for our own NBD client (the coordinator's table reads)."""
-        return NodeCredentials(self.layout.tls_dir(self.node)).client_context()
+        return self.creds.client_context()
 
     def _vlock(self, key: str) -> asyncio.Lock:
         if self._csv_locks is None:

@@ -23,6 +23,7 @@ from vmcluster.errors import LabError
 from vmcluster.lab.layout import LabLayout
 from vmcluster.model import ClusterSpec, Volume
 from vmcluster.pki import NodeCredentials
+from vmcluster.substrate.procs import pid_in_file
 from vmcluster.substrate.qemu.vm import tls_object
 
 __all__ = [
@@ -156,9 +157,4 @@ def redirect_argv(layout: LabLayout, spec: ClusterSpec, volume: str, node: str,
 
 def pid_from(pidfile: Path) -> int | None:
     """The live process named by ``pidfile`` (its command line must name the pidfile)."""
-    try:
-        pid = int(pidfile.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
-        return None
-    return pid if str(pidfile).encode() in cmdline else None
+    return pid_in_file(pidfile, str(pidfile))

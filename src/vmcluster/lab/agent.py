@@ -445,7 +445,7 @@ async def _amain(cfg: NodeConfig) -> None:
     speak_as(cfg.node)
     agent = Agent(cfg, LabLayout(cfg.lab.name, cfg.lab.root))
     await agent.reconcile()
-    await _serve(agent, cfg.run_dir / "agent.sock")
+    await _serve(agent, cfg.agent_socket)
 
 
 def main(argv: list[str] | None = None) -> None:

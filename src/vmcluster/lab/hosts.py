@@ -33,6 +33,7 @@ from vmcluster.node.daemon import child_env
 from vmcluster.pki import NodeCredentials
 from vmcluster.policy.networks import node_cluster_networks
 from vmcluster.store.members import EtcdCluster, spec_members
+from vmcluster.substrate.procs import live_cmdline
 
 __all__ = ["daemon_pids", "etcd_cluster", "node_config", "start_daemon", "write_node_configs"]
 
@@ -90,14 +91,8 @@ def write_node_configs(layout: LabLayout, spec: ClusterSpec, control_plane: bool
 
 
 def _argv_of(pid: str) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return []
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0")]
+    raw = live_cmdline(int(pid))
+    return [a.decode(errors="replace") for a in raw.split(b"\0")] if raw else []
 
 
 def daemon_pids(layout: LabLayout, node: str | None = None) -> dict[str, list[int]]:

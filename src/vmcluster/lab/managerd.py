@@ -26,11 +26,8 @@ from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import update_state
 from vmcluster.model import ClusterSpec
 from vmcluster.node.config import load_config
-from vmcluster.pki import NodeCredentials
 from vmcluster.store.election import Fence
 from vmcluster.store.errors import Fenced
-from vmcluster.store.etcd import EtcdClient
-from vmcluster.store.state import ClusterState
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.qemu.migration import MIB
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
@@ -85,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     node = cfg.node
     speak_as(node)  # this host's certificate, for the agents it calls
     layout = LabLayout(cfg.lab.name, cfg.lab.root)
-    client = EtcdClient(list(cfg.endpoints), timeout=1.0, retry_s=2.0,
-                        tls=NodeCredentials(cfg.tls_dir))  # the host's own member first
-    state = ClusterState(client, cfg.cluster)
+    state = cfg.store(retry_s=2.0)
     spec = state.wait_spec(say=lambda m: print(json.dumps({"msg": m}), flush=True))
     kinds = {f.name: f.type for f in fields(ManagerParams)}
     params = ManagerParams(**{k: int(v) if kinds[k] == "int" else v  # type: ignore[arg-type]

@@ -47,10 +47,7 @@ from vmcluster.heartbeat.detector import (
 )
 from vmcluster.lab.client import LocalAgent, speak_as
 from vmcluster.node.config import NodeConfig, load_config
-from vmcluster.pki import NodeCredentials
 from vmcluster.policy.failover import must_stop_vms
-from vmcluster.store.etcd import EtcdClient
-from vmcluster.store.state import ClusterState
 from vmcluster.substrate.clock import MonotonicClock
 
 __all__ = ["HEARTBEAT_PORT", "main", "node_endpoints"]
@@ -67,14 +64,11 @@ class NodeWatch:
     def __init__(self, cfg: NodeConfig, report_s: float = 0.5) -> None:
         self.cfg, self.node, self.report_s = cfg, cfg.node, report_s
         node = cfg.node
-        # The host's own member first (the config lists it first): it answers even when
-        # the peers are slow.
-        client = EtcdClient(list(cfg.endpoints), timeout=1.0, retry_s=0.5,
-                            tls=NodeCredentials(cfg.tls_dir))
-        self.state = ClusterState(client, cfg.cluster)
+        # The host's own member first: it answers even when the peers are slow.
+        self.state = cfg.store(retry_s=0.5)
         self.spec = self.state.wait_spec(say=lambda m: print(json.dumps({"msg": m}),
                                                              flush=True))
-        self.agent = LocalAgent(node, cfg.run_dir / "agent.sock")  # its own host's agent
+        self.agent = LocalAgent(node, cfg.agent_socket)  # its own host's agent
         self.events: queue.Queue[Event] = queue.Queue()
         self.changed = threading.Event()
         self.isolated = False

@@ -149,14 +149,15 @@ def _admin_token(store: ClusterState, layout: LabLayout, spec: ClusterSpec) -> N
                                  "ca": str(NodeCredentials(layout.tls_dir(ADMIN)).ca)}).encode())
 
 
-def _seed_spec(store: ClusterState, layout: LabLayout, spec_text: str) -> None:
+def _seed_spec(store: ClusterState, layout: LabLayout, spec: ClusterSpec,
+               spec_text: str) -> None:
     """The spec (every host's parts wait for it), node states, the operator's token."""
     store.put_spec(spec_text)
-    _admin_token(store, layout, load_spec(read_state(layout)["spec"]))
+    _admin_token(store, layout, spec)
     states = store.node_states()
-    for node in read_state(layout)["nodes"]:
-        if node not in states:
-            store.set_node_state(node, "up")
+    for node in spec.nodes:
+        if node.name not in states:
+            store.set_node_state(node.name, "up")
 
 
 def _seed_placements(store: ClusterState, layout: LabLayout) -> None:
@@ -190,7 +191,7 @@ def seed_store(layout: LabLayout, spec: ClusterSpec | None = None, say: Say = pr
         say(f"etcd: {len(spec.nodes)} members healthy ({time.monotonic() - t0:.1f} s)")
         store = ClusterState(EtcdClient(cluster.endpoints(), timeout=1.0, retry_s=10.0,
                                         tls=etcd_tls(layout)), layout.name)
-        thread.call(_seed_spec, store, layout, Path(st["spec"]).read_text())
+        thread.call(_seed_spec, store, layout, spec, Path(st["spec"]).read_text())
 
 
 def start_services(layout: LabLayout, spec: ClusterSpec | None = None, say: Say = print,

@@ -139,7 +139,7 @@ def _local_qemu(cfg: NodeConfig) -> str | None:
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(5)
         try:
-            s.connect(str(cfg.run_dir / "agent.sock"))
+            s.connect(str(cfg.agent_socket))
             reply = json.loads(exchange(s, b'{"op": "ping"}\n'))
         except (OSError, ValueError):
             return None
@@ -216,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         creds = NodeCredentials(cfg.tls_dir)
-        client = EtcdClient(list(cfg.endpoints), timeout=2.0, retry_s=5.0, tls=creds)
-        ctx = ApiContext(cfg, ClusterState(client, cfg.cluster))
+        ctx = ApiContext(cfg, cfg.store(timeout_s=2.0, retry_s=5.0))
         socks = _sockets(cfg)
     except VmclusterError as exc:
         print(f"vmcluster api: {exc}", file=sys.stderr)

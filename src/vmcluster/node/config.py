@@ -53,6 +53,9 @@ import tomlkit
 
 from vmcluster.control.manager import ManagerParams
 from vmcluster.model.tomlsource import TableReader, TableRef, TomlSource, load_toml
+from vmcluster.pki import NodeCredentials
+from vmcluster.store.etcd import EtcdClient
+from vmcluster.store.state import ClusterState
 
 __all__ = ["API_PORT", "DEFAULT_CONFIG", "PARTS", "EtcdMemberConfig", "LabRef", "NodeConfig",
            "load_config", "parse_config"]
@@ -129,6 +132,11 @@ class NodeConfig:
         return self.run_dir / "vmclusterd.pid"
 
     @property
+    def agent_socket(self) -> Path:
+        """The agent's host-local socket (this host's own parts and tools only)."""
+        return self.run_dir / "agent.sock"
+
+    @property
     def watchdog_socket(self) -> Path:
         return self.run_dir / "watchdog.sock"
 
@@ -149,6 +157,13 @@ class NodeConfig:
     def fence_log(self) -> Path:
         """One JSON line per time the watchdog fenced this host."""
         return self.state_dir / "log" / "fenced.jsonl"
+
+    def store(self, timeout_s: float = 1.0, retry_s: float = 1.0) -> ClusterState:
+        """The cluster's store as this host reaches it: its endpoints (its own member
+        first, as the config lists them), its certificate, the cluster's name."""
+        client = EtcdClient(list(self.endpoints), timeout=timeout_s, retry_s=retry_s,
+                            tls=NodeCredentials(self.tls_dir))
+        return ClusterState(client, self.cluster)
 
     def render(self) -> str:
         """This configuration as ``vmclusterd.toml`` text (``parse_config`` reads it back)."""

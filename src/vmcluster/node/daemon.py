@@ -49,9 +49,10 @@ from typing import IO
 
 from vmcluster.errors import VmclusterError
 from vmcluster.node.config import NodeConfig, load_config
-from vmcluster.node.watchdog import pet
+from vmcluster.node.watchdog import heartbeats_age, pet
 from vmcluster.pki import NodeCredentials
 from vmcluster.store.members import DEFAULT_TUNING, MemberSpec
+from vmcluster.substrate.procs import live_cmdline, pid_in_file
 
 __all__ = ["PART_MODULES", "Daemon", "Part", "child_env", "main", "unit_text"]
 
@@ -74,16 +75,6 @@ def _die_with_parent() -> None:
     """In the child, before exec: SIGKILL when the daemon dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def _live_argv(pid: int) -> bytes:
-    """``pid``'s command line while it lives (b"" for none or a zombie)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return b""
-    return b"" if stat.rsplit(")", 1)[-1].split()[0] == "Z" else cmdline
 
 
 @dataclass
@@ -109,18 +100,13 @@ class Part:
 
     def running(self) -> bool:
         if self.adopted is not None:
-            return bool(_live_argv(self.adopted))
+            return bool(live_cmdline(self.adopted))
         return self.proc is not None and self.proc.poll() is None
 
     def adopt(self, now: float) -> bool:
         """Take over the part a previous daemon left running, if its pid file names it."""
-        if self.pidfile is None:
-            return False
-        try:
-            pid = int(self.pidfile.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return False
-        if _live_argv(pid) != b"\0".join(a.encode() for a in self.argv) + b"\0":
+        pid = None if self.pidfile is None else pid_in_file(self.pidfile)
+        if pid is None or live_cmdline(pid) != b"\0".join(a.encode() for a in self.argv) + b"\0":
             return False
         self.adopted, self.started_at = pid, now
         return True
@@ -194,15 +180,8 @@ class Daemon:
 
     # -- the watchdog ----------------------------------------------------------------
     def _watchdog_pid(self) -> int | None:
-        try:
-            pid = int(self.cfg.watchdog_pidfile.read_text().split()[0])
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except (OSError, ValueError, IndexError):
-            return None
-        alive = stat.rsplit(")", 1)[-1].split()[0] != "Z"
-        ours = b"vmcluster.node.watchdog" in cmdline and str(self.cfg.path).encode() in cmdline
-        return pid if alive and ours else None
+        return pid_in_file(self.cfg.watchdog_pidfile, "vmcluster.node.watchdog",
+                           str(self.cfg.path))
 
     def ensure_watchdog(self) -> None:
         if self.watchdog is not None:
@@ -225,11 +204,7 @@ class Daemon:
                  f"{self.cfg.fence_window_s:.2f} s)")
 
     def heartbeats_fresh(self) -> bool:
-        try:
-            age = time.time() - self.cfg.heartbeats_alive.stat().st_mtime
-        except OSError:
-            return False
-        return age < HEARTBEATS_FRESH_S
+        return heartbeats_age(self.cfg) < HEARTBEATS_FRESH_S
 
     # -- one round ---------------------------------------------------------------------
     def supervise(self) -> None:
@@ -264,11 +239,7 @@ class Daemon:
     def _hung(self, part: Part, now: float) -> bool:
         if now - part.started_at < HEARTBEATS_HUNG_S + 5.0:  # give it time to start
             return False
-        try:
-            age = time.time() - self.cfg.heartbeats_alive.stat().st_mtime
-        except OSError:
-            return True
-        return age > HEARTBEATS_HUNG_S
+        return heartbeats_age(self.cfg) > HEARTBEATS_HUNG_S
 
     def tick(self) -> None:
         self.supervise()
@@ -332,12 +303,8 @@ def _say(msg: str) -> None:
 
 def _claim_pidfile(cfg: NodeConfig) -> None:
     """One daemon per host: refuse to start beside a live one."""
-    try:
-        pid = int(cfg.pidfile.read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, IndexError):
-        pid, cmdline = 0, b""
-    if pid and pid != os.getpid() and str(cfg.path).encode() in cmdline:
+    pid = pid_in_file(cfg.pidfile, str(cfg.path))
+    if pid is not None and pid != os.getpid():
         raise VmclusterError(f"vmclusterd for {cfg.node} already runs (pid {pid}, "
                              f"{cfg.pidfile}); stop it first")
     cfg.pidfile.write_text(f"{os.getpid()}\n")

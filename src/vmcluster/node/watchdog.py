@@ -46,9 +46,10 @@ from typing import Any
 
 from vmcluster.errors import VmclusterError
 from vmcluster.node.config import NodeConfig, load_config
+from vmcluster.substrate.procs import pid_in_file
 from vmcluster.substrate.qemu.process import pid_matches
 
-__all__ = ["Watchdog", "main", "pet"]
+__all__ = ["Watchdog", "heartbeats_age", "main", "pet"]
 
 POLL_S = 0.05
 
@@ -61,6 +62,15 @@ def pet(cfg: NodeConfig, word: bytes = b"pet") -> bool:
         except OSError:
             return False
     return True
+
+
+def heartbeats_age(cfg: NodeConfig, wall: Any = time.time) -> float:
+    """Seconds since the heartbeat part last said this host's heartbeats go out
+    (``heartbeats.alive``); infinite when it never did."""
+    try:
+        return float(wall() - cfg.heartbeats_alive.stat().st_mtime)
+    except OSError:
+        return float("inf")
 
 
 def _recorded_qemus(qemu_dir: Path) -> list[tuple[str, int, str]]:
@@ -77,13 +87,7 @@ def _recorded_qemus(qemu_dir: Path) -> list[tuple[str, int, str]]:
 def _part_pid(pidfile: Path, module: str, cfg: NodeConfig) -> int | None:
     """The live process a pid file names, if its command line is ``module`` of this
     host's config (never a reused pid)."""
-    try:
-        pid = int(pidfile.read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, IndexError):
-        return None
-    ours = module.encode() in cmdline and str(cfg.path).encode() in cmdline
-    return pid if ours else None
+    return pid_in_file(pidfile, module, str(cfg.path))
 
 
 def _daemon_pid(cfg: NodeConfig) -> int | None:
@@ -114,10 +118,7 @@ class Watchdog:
             _log("disarmed by the daemon")
 
     def heartbeats_age(self) -> float:
-        try:
-            return float(self.wall() - self.cfg.heartbeats_alive.stat().st_mtime)
-        except OSError:
-            return float("inf")
+        return heartbeats_age(self.cfg, self.wall)
 
     def due(self) -> str | None:
         """Why the host must be fenced now, or None."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vmcluster.errors import QmpError, SubstrateError
+from vmcluster.substrate.procs import live_cmdline
 from vmcluster.substrate.qemu.facts import QemuInstall
 from vmcluster.substrate.qemu.qmp import Qmp
 from vmcluster.substrate.qemu.vm import VmConfig, qemu_argv
@@ -147,11 +148,4 @@ class QemuProcess:
 
 def pid_matches(pid: int, qmp_socket: str) -> bool:
     """Is ``pid`` alive and the QEMU whose QMP socket is ``qmp_socket`` (not a reused pid)?"""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-        return False
-    return qmp_socket.encode() in cmdline
+    return qmp_socket.encode() in live_cmdline(pid)
