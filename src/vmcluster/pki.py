@@ -169,8 +169,10 @@ class CertificateAuthority:
                 .sign(self._key(), hashes.SHA256()))
         return _cert_pem(cert)
 
-    def revoke(self, cert_pem: bytes) -> CertificateAuthority:
-        serial = x509.load_pem_x509_certificate(cert_pem).serial_number
+    def revoke(self, cert: bytes | int) -> CertificateAuthority:
+        """The CA with ``cert`` (a PEM certificate or its serial number) revoked too."""
+        serial = (cert if isinstance(cert, int)
+                  else x509.load_pem_x509_certificate(cert).serial_number)
         return CertificateAuthority(self.key_pem, self.cert_pem,
                                     tuple(sorted({*self.revoked, serial})))
 

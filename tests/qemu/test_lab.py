@@ -339,6 +339,32 @@ def test_cluster_status_through_the_api_from_the_admin_namespace(lab: QemuSubstr
     assert json.loads(via_lab.stdout)["manager"] == got["manager"]
 
 
+def test_the_cluster_was_made_by_init_and_join(lab: QemuSubstrate) -> None:
+    """lab up ran `cluster init` in node1 and `cluster join` in node2 and node3: three
+    voting etcd members, each host's key made on the host, admitted by the API."""
+    got = json.loads(vmc("cluster", "status", "--lab", lab.layout.name, "--json").stdout)
+    assert sorted(m["name"] for m in got["etcd"]["members"]) == ["node1", "node2", "node3"]
+    assert not any(m["learner"] for m in got["etcd"]["members"])
+    api_log = (lab.layout.host_state_dir("node1") / "log" / "api.log").read_text()
+    assert "admitted node2 (etcd learner)" in api_log
+    assert "admitted node3 (etcd learner)" in api_log
+    for n in ("node2", "node3"):
+        cfg = lab.layout.node_config(n).read_text()
+        assert 'state = "existing"' in cfg and "[lab]" in cfg
+    assert not list(lab.layout.ca_dir.glob("*node*"))  # no host's key was made here
+    # A second join of a host that is a member is refused on the host, nothing changed.
+    token = json.loads(vmc("cluster", "token", "create", "--lab", lab.layout.name,
+                           "--json").stdout)
+    again = subprocess.run(
+        ["ip", "netns", "exec", lab.layout.node_ns("node2"), sys.executable, "-m",
+         "vmcluster", "cluster", "join", "https://198.18.1.11:8443", "--token",
+         token["token"], "--ca-hash", token["ca_hash"], "--node", "node2", "--config",
+         str(lab.layout.node_config("node2")), "--start", "none"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 2 and "already holds this host's certificate" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
 def test_the_api_refuses_what_it_must_with_one_line(lab: QemuSubstrate) -> None:
     env = _admin_env(lab)
     ns = lab.layout.client_ns

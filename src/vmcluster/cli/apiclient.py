@@ -34,7 +34,7 @@ class ApiError(VmclusterError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
-        if status in (0, 401, 403, 404, 422):  # 0: no answer (a wrong or dead URL)
+        if status in (0, 400, 401, 403, 404, 409, 422):  # 0: no answer (a wrong or dead URL)
             self.exit_code = 2
 
 
@@ -100,7 +100,9 @@ def _do(access: ClusterAccess, method: str, path: str, body: Any, timeout_s: flo
     except ValueError:
         data = {"detail": reply.text[:200]}
     if reply.status_code >= 400:
-        detail = data.get("detail") if isinstance(data, dict) else data
+        err = data.get("error") if isinstance(data, dict) else None
+        detail = (err.get("message") if isinstance(err, dict)
+                  else data.get("detail") if isinstance(data, dict) else data)
         raise ApiError(f"{url}{path}: {reply.status_code} {detail}", reply.status_code)
     if not isinstance(data, dict):
         raise ApiError(f"{url}{path}: expected a JSON object, got {type(data).__name__}")

@@ -63,7 +63,9 @@ from vmcluster.substrate.protocol import Clock
 
 __all__ = ["Actuator", "Manager", "ManagerParams", "report_key"]
 
-EXCLUDED_STATES = ("quarantined", "draining")
+# Nodes no VM is placed on: "joining" (admitted by `cluster join`, not heard from yet: not
+# down either), "left" (`cluster leave`).
+EXCLUDED_STATES = ("quarantined", "draining", "joining", "left")
 
 
 class Actuator(Protocol):
@@ -218,7 +220,12 @@ class Manager:
         if not has_quorum(total, total - len(seen.dead), self.spec.cluster.witness, False):
             return  # the minority never acts (etcd would refuse our writes anyway)
         nodes = self.state.node_states()
-        for node in sorted(seen.dead - set(term.dead_since)):
+        for node in sorted(seen.heard - seen.dead):
+            if nodes.get(node, {}).get("state") == "joining":  # its first heartbeats
+                self.state.set_node_state(node, "up", term.token)
+                self.say(f"{node} joined: up")
+        joining = {n for n, r in nodes.items() if r.get("state") == "joining"}
+        for node in sorted(seen.dead - set(term.dead_since) - joining):
             leaving = node in reports and reports[node].leaving
             self._node_down(term, node, now, nodes.get(node, {}), leaving)
         self._adopt(term, seen)

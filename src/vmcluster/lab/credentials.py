@@ -1,12 +1,14 @@
-"""The lab plays the cluster's init: a CA, each host's certificate, the heartbeat key.
+"""The lab's CA, and the certificates of the lab's hosts that are not cluster nodes.
 
-On real hosts ``cluster init`` makes the CA on the first host and each joining
-host makes its own key and has its request signed; the lab does the same in
-one step for every namespace host: the CA's files stay in the lab's ``ca/``
-(no host sees them), revocation lists go into the store, and each host's key,
-certificate and copy of the heartbeat key go to its own ``hosts/<node>/etc/``
-(keys mode 0600). Files that exist are kept, so a host
-restarted by a fault keeps the identity its peers know.
+The lab makes the CA (in its ``ca/``, which no host sees) and hands it to
+``cluster init`` on the first node as an organisation hands its own CA
+(:func:`vmcluster.lab.hosts.bootstrap_hosts`); the nodes then get their
+certificates from ``init`` and ``join``. The lab issues from the same CA the
+SAN's certificate (it serves the shared LUNs over NBD with TLS) and the admin
+side's (its tools read etcd). A lab without a control plane (the substrate
+contract suite) has no init: the lab then issues every host's certificate and
+the heartbeat key itself. Files that exist are kept, so a host restarted by a
+fault keeps the identity its peers know.
 """
 
 from __future__ import annotations
@@ -37,21 +39,24 @@ def lab_ca(layout: LabLayout) -> CertificateAuthority:
 
 
 def issue_credentials(layout: LabLayout, spec: ClusterSpec,
-                      others: dict[str, list[str]] | None = None) -> None:
-    """Every node's certificate (IP SANs: its cluster-network addresses) and heartbeat key;
-    ``others``: further hosts of the lab (the SAN) by name, with their addresses."""
+                      others: dict[str, list[str]] | None = None, nodes: bool = True) -> None:
+    """The admin side's certificate; ``others``: further hosts of the lab (the SAN) by
+    name, with their addresses; ``nodes``: every node's certificate (IP SANs: its
+    addresses) and heartbeat key too (no ``cluster init`` makes them)."""
     ca = lab_ca(layout)
     for name, addresses in (others or {}).items():
         creds = NodeCredentials(layout.tls_dir(name))
         if not creds.exists():
             creds.issue(ca, name, addresses)
+    admin = NodeCredentials(layout.tls_dir(ADMIN))
+    if not admin.exists():
+        admin.issue(ca, ADMIN, [])
+    if not nodes:
+        return
     for node in spec.nodes:
         creds = NodeCredentials(layout.tls_dir(node.name))
         if not creds.exists():
             creds.issue(ca, node.name, [str(a) for a in node.interfaces.values()])
-    admin = NodeCredentials(layout.tls_dir(ADMIN))
-    if not admin.exists():
-        admin.issue(ca, ADMIN, [])
     first = layout.heartbeat_key(spec.nodes[0].name)
     if not first.exists():
         new_key_file(first)
@@ -69,19 +74,21 @@ def etcd_tls(layout: LabLayout, node: str | None = None) -> NodeCredentials | No
 
 
 def revoke(layout: LabLayout, spec: ClusterSpec, cert_pem: bytes) -> bytes:
-    """Revoke a certificate of the lab's CA; returns the new revocation list. It travels
-    through the store (``crl``): each host's API part writes it into its own
-    ``tls/crl.pem`` (see vmcluster.node.api). A lab without a control plane gets it in
-    its hosts' files from here instead."""
+    """Revoke a certificate of the lab's CA; returns the new revocation list. With a
+    control plane the cluster's CA record in etcd is what revokes (as ``cluster leave``
+    does, :func:`vmcluster.node.bootstrap.revoke_certificate`): the list travels through
+    the store and each host's API part writes it into its own ``tls/crl.pem``. A lab
+    without a control plane gets it in its hosts' files from here instead."""
     from vmcluster.lab.services import lab_store, services_file
+    from vmcluster.node.bootstrap import revoke_certificate
 
+    if services_file(layout).exists():
+        with lab_store(layout) as store:
+            got: bytes = store.call(revoke_certificate, store.state, cert_pem)
+            return got
     ca = lab_ca(layout).revoke(cert_pem)
     (layout.ca_dir / "revoked.json").write_text(json.dumps(list(ca.revoked)))
     crl = ca.crl_pem()
-    if services_file(layout).exists():
-        with lab_store(layout) as store:
-            store.call(store.state.client.put, store.state.key("crl"), crl)
-        return crl
     for node in spec.nodes:
         path = NodeCredentials(layout.tls_dir(node.name)).crl
         tmp = path.with_suffix(".tmp")

@@ -8,6 +8,14 @@ mount namespaces (:mod:`vmcluster.lab.mountns`: no host sees another's files),
 detached, as systemd would. The daemon starts the host's etcd member, agent,
 heartbeats, manager candidate and watchdog (:mod:`vmcluster.node.daemon`).
 
+With a control plane the lab makes the cluster as an operator would
+(:func:`bootstrap_hosts`): it writes each host's base config (paths, the
+lab's QEMU build, manager tunables), runs ``vmcluster cluster init`` inside the
+first host and ``vmcluster cluster join`` inside each other one, with the join
+command init printed; those start the hosts' daemons. The lab's CA is handed
+to init as an organisation's own CA would be (``<config_dir>/ca/``), so that the
+lab's SAN and its admin side have certificates of the same CA.
+
 ``control_plane=False`` (the substrate contract suite) gives hosts that run
 their agent only: no store, no heartbeats, no manager, no watchdog.
 """
@@ -15,29 +23,39 @@ their agent only: no store, no heartbeats, no manager, no watchdog.
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from vmcluster.errors import LabError
+from vmcluster.errors import LabError, VmclusterError
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.mountns import enter_prefix, make_host_namespace
 from vmcluster.lab.nodewatch import HEARTBEAT_PORT
 from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
-from vmcluster.node.config import EtcdMemberConfig, LabRef, NodeConfig, load_config
+from vmcluster.node.config import PARTS, LabRef, NodeConfig, load_base_config, load_config
 from vmcluster.node.daemon import child_env
-from vmcluster.pki import NodeCredentials
-from vmcluster.policy.networks import node_cluster_networks
+from vmcluster.pki import NodeCredentials, write_file
 from vmcluster.store.members import EtcdCluster, spec_members
 from vmcluster.substrate.procs import live_cmdline
 
-__all__ = ["daemon_pids", "etcd_cluster", "node_config", "start_daemon", "write_node_configs"]
+__all__ = ["bootstrap_hosts", "daemon_pids", "etcd_cluster", "node_config", "start_daemon",
+           "write_node_configs"]
 
 ROLES = ("vmclusterd", "watchdog", "etcd", "agent", "nodewatch", "managerd", "api")
+
+
+def _runs_member(layout: LabLayout, node: str) -> bool:
+    """Whether ``node``'s daemon runs an etcd member (a host that joined after the
+    cluster had ``etcd_voters`` of them does not); True before its config exists."""
+    try:
+        return load_config(layout.node_config(node)).member is not None
+    except VmclusterError:
+        return True
 
 
 def etcd_cluster(layout: LabLayout, spec: ClusterSpec) -> EtcdCluster:
@@ -46,38 +64,23 @@ def etcd_cluster(layout: LabLayout, spec: ClusterSpec) -> EtcdCluster:
     members = spec_members(spec, layout.state_dir, tls=lambda n: NodeCredentials(
         layout.tls_dir(n)))
     members = [dataclasses.replace(m, data_dir=layout.host_state_dir(m.name) / "etcd")
-               for m in members]
+               for m in members if _runs_member(layout, m.name)]
     return EtcdCluster(members, token=f"vmc-{layout.name}")
-
-
-def api_addresses(spec: ClusterSpec, node: str) -> tuple[str, ...]:
-    """Where a host's API answers: its addresses on the cluster networks, those on
-    client-facing (role 3) networks first (the admin side reaches those)."""
-    nets = sorted(node_cluster_networks(spec, node), key=lambda p: (-int(p.role), p.metric))
-    mine = spec.node(node).interfaces
-    return tuple(str(mine[p.name]) for p in nets)
 
 
 def node_config(layout: LabLayout, spec: ClusterSpec, node: str, control_plane: bool = True,
                 manager: Mapping[str, float] | None = None) -> NodeConfig:
-    cluster = etcd_cluster(layout, spec)
-    member = cluster.member(node)
-    mine = list(member.client_urls)
-    endpoints = mine + [u for u in cluster.endpoints() if u not in mine]
+    """What the lab writes into a host's ``vmclusterd.toml`` before it joins a cluster:
+    its paths, the lab's QEMU build, manager tunables (``cluster init``/``join`` add the
+    cluster's part); a host of a lab without a control plane runs its agent only."""
     install: dict[str, Any] = read_state(layout).get("qemu", {}).get(node) or {}
     return NodeConfig(
         path=layout.node_config(node), node=node, cluster=layout.name,
         config_dir=layout.host_config_dir(node), state_dir=layout.host_state_dir(node),
         run_dir=layout.host_run_dir(node),
-        parts=("etcd", "agent", "heartbeats", "manager", "api") if control_plane
-        else ("agent",),
-        api_listen=api_addresses(spec, node) if control_plane else (),
-        heartbeat_port=HEARTBEAT_PORT,
-        endpoints=tuple(endpoints) if control_plane else (),
-        member=EtcdMemberConfig(member.peer_urls, member.client_urls, cluster.initial_cluster,
-                                cluster.token) if control_plane else None,
-        fence_window_s=spec.cluster.fence_window_s, qemu=install,
-        manager=dict(manager or {}), lab=LabRef(layout.name, layout.root),
+        parts=PARTS if control_plane else ("agent",),
+        heartbeat_port=HEARTBEAT_PORT, fence_window_s=spec.cluster.fence_window_s,
+        qemu=install, manager=dict(manager or {}), lab=LabRef(layout.name, layout.root),
     )
 
 
@@ -87,7 +90,60 @@ def write_node_configs(layout: LabLayout, spec: ClusterSpec, control_plane: bool
         cfg = node_config(layout, spec, n.name, control_plane, manager)
         cfg.path.parent.mkdir(parents=True, exist_ok=True)
         cfg.path.write_text(cfg.render())
-        load_config(cfg.path)  # what the daemon will read must read back
+        (load_base_config if control_plane else load_config)(cfg.path)  # must read back
+
+
+def _vmcluster_in(layout: LabLayout, node: str, args: list[str], timeout_s: float
+                  ) -> dict[str, Any]:
+    """``vmcluster ARGS --json`` run inside ``node`` (its network and mount namespaces),
+    as an operator logged in there would; its JSON answer."""
+    make_host_namespace(layout, node)
+    argv = [*enter_prefix(layout, node), sys.executable, "-m", "vmcluster", *args, "--json"]
+    try:
+        got = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             env=child_env(), timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"`vmcluster {args[0]} {args[1]}` on {node} took over {timeout_s:.0f} s;"
+                       f" see {layout.daemon_log(node)}") from exc
+    if got.returncode != 0:
+        err = got.stderr.strip().splitlines()
+        raise LabError(f"`vmcluster {' '.join(args[:2])}` on {node} failed: "
+                       f"{err[-1] if err else got.returncode}; see {layout.daemon_log(node)}")
+    out: dict[str, Any] = json.loads(got.stdout)
+    return out
+
+
+def bootstrap_hosts(layout: LabLayout, spec: ClusterSpec, spec_text: str,
+                    say: Callable[[str], None], timeout_s: float = 120.0) -> dict[str, Any]:
+    """``cluster init`` on the first node, ``cluster join`` on the others (one at a time:
+    etcd takes one learner at a time); returns init's answer (the join command, the
+    admin's credentials file on the first host)."""
+    from vmcluster.lab.credentials import lab_ca
+
+    first = spec.nodes[0].name
+    ca = lab_ca(layout)
+    ca_dir = layout.host_config_dir(first) / "ca"
+    write_file(ca_dir / "ca-key.pem", ca.key_pem)
+    write_file(ca_dir / "ca.pem", ca.cert_pem, secret=False)
+    spec_file = layout.host_config_dir(first) / "cluster.toml"
+    spec_file.write_text(spec_text)
+    creds = layout.host_config_dir(first) / "admin" / "credentials.json"
+    t0 = time.monotonic()
+    init = _vmcluster_in(layout, first, [
+        "cluster", "init", "--spec", str(spec_file), "--node", first, "--name", layout.name,
+        "--config", str(layout.node_config(first)), "--start", "detach",
+        "--credentials", str(creds)], timeout_s)
+    say(f"cluster init on {first}: etcd, API at {init['api_url']} "
+        f"({time.monotonic() - t0:.1f} s)")
+    for node in spec.nodes[1:]:
+        t1 = time.monotonic()
+        got = _vmcluster_in(layout, node.name, [
+            "cluster", "join", init["api_url"], "--token", init["join_token"],
+            "--ca-hash", init["ca_hash"], "--node", node.name,
+            "--config", str(layout.node_config(node.name)), "--start", "detach"], timeout_s)
+        say(f"cluster join on {node.name}: etcd {got['etcd']} "
+            f"({time.monotonic() - t1:.1f} s)")
+    return init
 
 
 def _argv_of(pid: str) -> list[str]:

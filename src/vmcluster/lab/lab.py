@@ -27,7 +27,7 @@ from vmcluster.errors import LabError, UsageError, VmclusterError
 from vmcluster.lab import netns
 from vmcluster.lab.client import AgentClient, forget_namespaces
 from vmcluster.lab.credentials import issue_credentials
-from vmcluster.lab.hosts import start_daemon, write_node_configs
+from vmcluster.lab.hosts import bootstrap_hosts, start_daemon, write_node_configs
 from vmcluster.lab.layout import RUN_ROOT, LabLayout, check_lab_name
 from vmcluster.lab.mountns import remove_host_namespaces
 from vmcluster.lab.state import write_state
@@ -105,7 +105,7 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
             "vms": {vm.name: {"node": None} for vm in spec.vms},
             "qemu": installs,
         })
-        issue_credentials(layout, spec, _other_hosts(spec))
+        issue_credentials(layout, spec, _other_hosts(spec), nodes=not control_plane)
         netns.build_network(layout, spec)
         say(f"[{time.monotonic() - t0:5.1f}s] network: {len(spec.nodes)} node namespaces, "
             f"{len(spec.networks)} bridges in {layout.fabric_ns}, client in {layout.client_ns}")
@@ -115,12 +115,14 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
             for line in start_san(layout, spec):
                 say(f"[{time.monotonic() - t0:5.1f}s] {line}")
         write_node_configs(layout, spec, control_plane, manager)
-        with ThreadPoolExecutor(max_workers=max(1, len(spec.nodes))) as pool:
-            list(pool.map(lambda n: start_daemon(layout, n.name), spec.nodes))
-        if control_plane:  # the hosts' heartbeats and candidates start from the spec in etcd
+        if control_plane:  # `cluster init` on the first host, `cluster join` on the others
             from vmcluster.lab.services import seed_store
 
-            seed_store(layout, spec, say=lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}"))
+            stamp: Say = lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}")  # noqa: E731
+            init = bootstrap_hosts(layout, spec, Path(spec_path).read_text(), stamp)
+            seed_store(layout, spec, init, say=stamp)
+        with ThreadPoolExecutor(max_workers=max(1, len(spec.nodes))) as pool:
+            list(pool.map(lambda n: start_daemon(layout, n.name), spec.nodes))
         sub = QemuSubstrate(layout, spec)
         versions = ", ".join(f"{n.name} QEMU {sub.facts(n.name).version}" for n in spec.nodes)
         say(f"[{time.monotonic() - t0:5.1f}s] vmclusterd on {len(spec.nodes)} hosts, agents up "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from typing import Any
 
 from vmcluster.errors import LabError, StoreError, VmclusterError
 from vmcluster.lab.credentials import ADMIN, etcd_tls
-from vmcluster.lab.hosts import api_addresses, daemon_pids, etcd_cluster, start_daemon
+from vmcluster.lab.hosts import daemon_pids, etcd_cluster, start_daemon
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.nodewatch import HEARTBEAT_PORT
 from vmcluster.lab.nsenter import NetnsThread
@@ -31,8 +30,7 @@ from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 from vmcluster.node.access import ClusterAccess
-from vmcluster.node.config import API_PORT
-from vmcluster.pki import NodeCredentials, token_hash, write_file
+from vmcluster.pki import NodeCredentials, write_file
 from vmcluster.store.election import Leadership, current_leader
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
@@ -135,31 +133,6 @@ def lab_access(layout: LabLayout) -> ClusterAccess:
     return ClusterAccess(tuple(got["urls"]), got["token"], Path(got["ca"]), layout.client_ns)
 
 
-def _admin_token(store: ClusterState, layout: LabLayout, spec: ClusterSpec) -> None:
-    """One admin token for the lab's operator: its hash in the store, the token itself
-    (mode 0600) only on the admin side."""
-    path = admin_credentials(layout)
-    if path.exists():
-        return
-    token = secrets.token_urlsafe(32)
-    store.client.put(store.key("tokens", token_hash(token)),
-                     json.dumps({"role": "admin", "name": ADMIN, "at": time.time()}).encode())
-    urls = [f"https://{api_addresses(spec, n.name)[0]}:{API_PORT}" for n in spec.nodes]
-    write_file(path, json.dumps({"urls": urls, "token": token,
-                                 "ca": str(NodeCredentials(layout.tls_dir(ADMIN)).ca)}).encode())
-
-
-def _seed_spec(store: ClusterState, layout: LabLayout, spec: ClusterSpec,
-               spec_text: str) -> None:
-    """The spec (every host's parts wait for it), node states, the operator's token."""
-    store.put_spec(spec_text)
-    _admin_token(store, layout, spec)
-    states = store.node_states()
-    for node in spec.nodes:
-        if node.name not in states:
-            store.set_node_state(node.name, "up")
-
-
 def _seed_placements(store: ClusterState, layout: LabLayout) -> None:
     """The placements the lab booted its VMs with (only where none is set)."""
     vms = read_state(layout)["vms"]
@@ -169,29 +142,30 @@ def _seed_placements(store: ClusterState, layout: LabLayout) -> None:
             store.place(vm, rec["node"], expect=0, token=None)
 
 
-def seed_store(layout: LabLayout, spec: ClusterSpec | None = None, say: Say = print,
+def seed_store(layout: LabLayout, spec: ClusterSpec, init: dict[str, Any], say: Say = print,
                timeout_s: float = 90.0) -> None:
-    """Wait for the hosts' etcd members, then put the spec there: the hosts' heartbeats
-    and manager candidates start from it."""
+    """After ``cluster init``/``join`` (which put the spec, the CA and the admin token into
+    etcd): where the store is for the lab's own tools (``services.json``), the admin
+    side's API credentials, and every member healthy."""
     t0 = time.monotonic()
-    st = read_state(layout)
-    spec = spec or load_spec(st["spec"])
     cluster = etcd_cluster(layout, spec)
     services_file(layout).write_text(json.dumps({
         "cluster": layout.name, "endpoints": cluster.endpoints(),
         "members": {m.name: list(m.client_urls) for m in cluster.members},
         "heartbeat_port": HEARTBEAT_PORT,
     }, indent=1))
+    written = json.loads(Path(init["credentials"]).read_text())["clusters"]
+    token = next(iter(written.values()))["token"]
+    write_file(admin_credentials(layout), json.dumps({
+        "urls": list(written), "token": token,
+        "ca": str(NodeCredentials(layout.tls_dir(ADMIN)).ca)}).encode())
     with NetnsThread(layout.client_ns) as thread:
         try:
             thread.call(cluster.wait_healthy, None, timeout_s)
         except StoreError as exc:
             raise LabError(f"the lab's etcd did not come up: {exc}; see "
                            f"{service_log(layout, 'etcd', spec.nodes[0].name)}") from exc
-        say(f"etcd: {len(spec.nodes)} members healthy ({time.monotonic() - t0:.1f} s)")
-        store = ClusterState(EtcdClient(cluster.endpoints(), timeout=1.0, retry_s=10.0,
-                                        tls=etcd_tls(layout)), layout.name)
-        thread.call(_seed_spec, store, layout, spec, Path(st["spec"]).read_text())
+    say(f"etcd: {len(cluster.members)} members healthy ({time.monotonic() - t0:.1f} s)")
 
 
 def start_services(layout: LabLayout, spec: ClusterSpec | None = None, say: Say = print,

@@ -26,6 +26,8 @@ class ClusterSettings:
     ``fence_window_s``: a host whose ``vmclusterd`` has not petted its watchdog for this
     long has its QEMUs killed by the watchdog; the survivors wait it out before they
     restart that host's VMs (see ``policy.failover.restart_not_before``).
+    ``etcd_voters``: how many hosts run a voting etcd member (1, 3 or 5); hosts that
+    join after that many use the others' members as clients (``cluster join``).
     """
 
     name: str
@@ -36,6 +38,7 @@ class ClusterSettings:
     vcpus_per_core: float = 4.0
     migration_tls: bool = True
     fence_window_s: float = 2.5
+    etcd_voters: int = 3
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ _CLUSTER = {
     "vcpus_per_core",
     "migration_tls",
     "fence_window_s",
+    "etcd_voters",
 }
 _NETWORK = {"name", "subnet", "gateway", "role", "metric", "bandwidth_mbps"}
 _NODE = {"name", "cores", "memory_mib", "interfaces", "accel", "power_model"}
@@ -218,6 +219,14 @@ def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols
     )
 
 
+def _voters(c: TableReader) -> int:
+    value = c.positive("etcd_voters", int, 3)
+    if value not in (1, 3, 5):
+        raise c.fail("etcd_voters", f"etcd_voters must be 1, 3 or 5, got {value}",
+                     "an odd number keeps a majority; more than 5 voters slows every write")
+    return int(value)
+
+
 def spec_from_source(src: TomlSource, path: Path | None) -> ClusterSpec:
     """Validate a parsed TOML document as a cluster spec."""
     for key in src.data:
@@ -240,6 +249,7 @@ def spec_from_source(src: TomlSource, path: Path | None) -> ClusterSpec:
         vcpus_per_core=c.positive("vcpus_per_core", float, 4.0),
         migration_tls=c.get("migration_tls", bool, True),
         fence_window_s=c.positive("fence_window_s", float, 2.5),
+        etcd_voters=_voters(c),
     )
 
     net_readers = _tables(src, "networks", _NETWORK, {"name", "subnet"})

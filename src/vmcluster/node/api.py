@@ -34,14 +34,25 @@ from typing import Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import vmcluster
 from vmcluster.errors import VmclusterError
 from vmcluster.model.spec import parse_spec
+from vmcluster.node.bootstrap import (
+    JOIN_TOKEN_TTL_S,
+    JoinRefused,
+    admit,
+    leave,
+    new_join_token,
+    promote_if_learner,
+)
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.node.wire import exchange
-from vmcluster.pki import NodeCredentials, token_hash
+from vmcluster.pki import NodeCredentials, ca_hash, token_hash
 from vmcluster.store.election import current_leader
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
@@ -146,27 +157,99 @@ def _local_qemu(cfg: NodeConfig) -> str | None:
     return reply.get("qemu_version") if reply.get("ok") else None
 
 
+class JoinRequest(BaseModel):
+    node: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    csr: str = Field(min_length=1, max_length=16384, description="PEM certificate request")
+
+
+class TokenRequest(BaseModel):
+    ttl_s: float = Field(JOIN_TOKEN_TTL_S, gt=0, le=30 * 24 * 3600.0)
+
+
+_CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          409: "conflict", 422: "invalid", 503: "unavailable"}
+
+
+def _problem(status: int, message: str, code: str | None = None,
+             field: str | None = None) -> JSONResponse:
+    """Every error: ``{"error": {"code", "message", "field"}}`` with its HTTP status."""
+    return JSONResponse({"error": {"code": code or _CODES.get(status, "error"),
+                                   "message": message, "field": field}}, status_code=status)
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(401, "no bearer token; pass Authorization: Bearer TOKEN "
+                            "(`vmcluster` reads it from ~/.config/vmcluster/)")
+    return token.strip()
+
+
 def create_app(ctx: ApiContext) -> FastAPI:
     app = FastAPI(title="vmcluster", version=vmcluster.__version__,
                   openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
 
     async def admin(request: Request) -> str:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(401, "no bearer token; pass Authorization: Bearer TOKEN "
-                                "(`vmcluster` reads it from ~/.config/vmcluster/)")
+        token = _bearer(request)
         try:
-            role = await asyncio.to_thread(ctx.role_of, token.strip())
+            role = await asyncio.to_thread(ctx.role_of, token)
         except VmclusterError as exc:
             raise HTTPException(503, f"the store does not answer: {exc}") from exc
         if role != "admin":
             raise HTTPException(403, "this token is not an admin token of this cluster")
         return role
 
+    @app.exception_handler(JoinRefused)
+    async def on_refused(_request: Request, exc: JoinRefused) -> JSONResponse:
+        return _problem(exc.status, str(exc), exc.code, exc.field)
+
     @app.exception_handler(VmclusterError)
     async def on_error(_request: Request, exc: VmclusterError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503)
+        return _problem(503, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _problem(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        return _problem(422, f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}",
+                        "invalid", ".".join(loc) or None)
+
+    @app.get("/api/v1/join/ca")
+    async def join_ca() -> dict[str, Any]:
+        """The cluster CA's certificate: what a joining host fetches before it trusts the
+        cluster, and checks against the ``--ca-hash`` it was given."""
+        pem = NodeCredentials(ctx.cfg.tls_dir).ca.read_bytes()
+        return {"ca": pem.decode(), "ca_hash": ca_hash(pem)}
+
+    @app.post("/api/v1/join")
+    async def join(body: JoinRequest, request: Request) -> dict[str, Any]:
+        """Admit a host: its certificate request signed, etcd membership as a learner."""
+        token = _bearer(request)
+        got: dict[str, Any] = await asyncio.to_thread(admit, ctx.state, token, body.node,
+                                                      body.csr.encode())
+        print(f"admitted {body.node} (etcd {'learner' if got['member'] else 'client'})",
+              flush=True)
+        return got
+
+    @app.post("/api/v1/cluster/join-tokens")
+    async def join_token(body: TokenRequest | None = None,
+                         _role: str = Depends(admin)) -> dict[str, Any]:
+        ttl = body.ttl_s if body is not None else JOIN_TOKEN_TTL_S
+        token, expires = await asyncio.to_thread(new_join_token, ctx.state, ttl)
+        pem = NodeCredentials(ctx.cfg.tls_dir).ca.read_bytes()
+        url = api_url(ctx.cfg.api_listen[0], ctx.cfg.api_port)
+        return {"token": token, "expires": expires, "ca_hash": ca_hash(pem),
+                "join_command": f"vmcluster cluster join {url} --token {token} "
+                                f"--ca-hash {ca_hash(pem)} --node NODE"}
+
+    @app.post("/api/v1/nodes/{node}/leave")
+    async def node_leave(node: str, _role: str = Depends(admin)) -> dict[str, Any]:
+        got: dict[str, Any] = await asyncio.to_thread(leave, ctx.state, node)
+        return got
 
     @app.get("/api/v1/health")
     async def health() -> dict[str, Any]:
@@ -195,11 +278,16 @@ def _sockets(cfg: NodeConfig) -> list[socket.socket]:
 
 
 def _publisher(ctx: ApiContext, done: threading.Event) -> None:
-    """The host's record every PUBLISH_S, the revocation list every CRL_S."""
+    """The host's record every PUBLISH_S, the revocation list every CRL_S; this host's etcd
+    member promoted once it caught up (a host that joined)."""
     last = -PUBLISH_S
+    voter = ctx.cfg.member is None
     while True:
         now = time.monotonic()
         with contextlib.suppress(VmclusterError, OSError):
+            if not voter and promote_if_learner(ctx.cfg, ctx.state):
+                voter = True
+                print(f"etcd member of {ctx.cfg.node} is a voter", flush=True)
             if now - last >= PUBLISH_S:
                 ctx.publish()
                 last = now

@@ -58,7 +58,7 @@ from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
 
 __all__ = ["API_PORT", "DEFAULT_CONFIG", "PARTS", "EtcdMemberConfig", "LabRef", "NodeConfig",
-           "load_config", "parse_config"]
+           "load_base_config", "load_config", "parse_config"]
 
 DEFAULT_CONFIG = Path("/etc/vmcluster/vmclusterd.toml")
 API_PORT = 8443
@@ -75,6 +75,7 @@ class EtcdMemberConfig:
     client_urls: tuple[str, ...]
     initial_cluster: str
     token: str
+    state: str = "new"  # "existing": a member added to a running cluster (cluster join)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class NodeConfig:
             etcd["member"] = {"peer_urls": list(self.member.peer_urls),
                               "client_urls": list(self.member.client_urls),
                               "initial_cluster": self.member.initial_cluster,
-                              "token": self.member.token}
+                              "token": self.member.token, "state": self.member.state}
         doc["etcd"] = etcd
         doc["watchdog"] = {"fence_window_s": self.fence_window_s,
                            "restart_grace_s": self.restart_grace_s}
@@ -197,6 +198,16 @@ class NodeConfig:
 def load_config(path: Path | str = DEFAULT_CONFIG) -> NodeConfig:
     """Load and check ``vmclusterd.toml``."""
     return _from_source(load_toml(path), Path(path))
+
+
+def load_base_config(path: Path | str) -> NodeConfig:
+    """What ``cluster init`` and ``cluster join`` start from: the host's ``vmclusterd.toml``
+    as the operator prepared it (paths, ``[qemu]``, ``[manager]``, the API port), which
+    need not name the node or the cluster yet; the defaults when there is no file."""
+    path = Path(path)
+    if not path.exists():
+        return NodeConfig(path=path, node="", cluster="")
+    return _from_source(load_toml(path), path, partial=True)
 
 
 def parse_config(text: str, filename: str = "<config>") -> NodeConfig:
@@ -235,19 +246,20 @@ def _path(r: TableReader, key: str, default: Path) -> Path:
     return Path(value)
 
 
-def _from_source(src: TomlSource, path: Path) -> NodeConfig:
+def _from_source(src: TomlSource, path: Path, partial: bool = False) -> NodeConfig:
+    """``partial``: a file ``cluster init``/``join`` completes (see load_base_config)."""
     for key in src.data:
         if key not in _TOP:
             raise src.error(None, None, f"unknown table {key!r}", f"allowed: {sorted(_TOP)}")
-    if "node" not in src.data:
+    if "node" not in src.data and not partial:
         raise src.error(None, None, "missing [node] table", 'add [node] with name = "..."')
     node = _table(src, "node", {"name", "cluster", "parts", "heartbeat_port"},
-                  {"name", "cluster"})
-    name = node.name()
-    if not _NAME.match(name):
+                  set() if partial else {"name", "cluster"})
+    name = node.get("name", str) or "" if partial else node.name()
+    if (name or not partial) and not _NAME.match(name):
         raise node.fail("name", f"node name {name!r} is not letters, digits, '.', '_', '-'")
-    cluster = node.get("cluster", str)
-    if not cluster or not _NAME.match(cluster):
+    cluster = node.get("cluster", str) or ("" if partial else None)
+    if (cluster or not partial) and (not cluster or not _NAME.match(cluster)):
         raise node.fail("cluster", f"cluster name {cluster!r} is not letters, digits, "
                         "'.', '_', '-'")
     parts = node.names("parts") or PARTS
@@ -262,7 +274,7 @@ def _from_source(src: TomlSource, path: Path) -> NodeConfig:
     etcd = _table(src, "etcd", {"endpoints", "member"}, set(), etcd_data)
     endpoints = _urls(etcd, "endpoints", required=False)
     needs = [p for p in parts if p in ("heartbeats", "manager", "api")]
-    if needs and not endpoints:
+    if needs and not endpoints and not partial:
         raise etcd.fail(None, f"parts {needs} need the cluster's store, and [etcd] has no "
                         "endpoints", 'add endpoints = ["https://ADDRESS:2379", ...]')
     member = None
@@ -271,15 +283,18 @@ def _from_source(src: TomlSource, path: Path) -> NodeConfig:
         if not isinstance(etcd_data["member"], dict):
             raise etcd.fail("member", "member must be a table ([etcd.member])")
         src.check_keys(TableRef("etcd.member"), etcd_data["member"],
-                       {"peer_urls", "client_urls", "initial_cluster", "token"},
+                       {"peer_urls", "client_urls", "initial_cluster", "token", "state"},
                        {"peer_urls", "client_urls", "initial_cluster", "token"})
         initial = m.get("initial_cluster", str)
         if f"{name}=" not in initial:
             raise m.fail("initial_cluster", f"initial_cluster does not name this node "
                          f"({name}=URL)", "list every member as NAME=PEER_URL")
+        state = m.get("state", str, "new")
+        if state not in ("new", "existing"):
+            raise m.fail("state", f"state must be \"new\" or \"existing\", got {state!r}")
         member = EtcdMemberConfig(_urls(m, "peer_urls"), _urls(m, "client_urls"), initial,
-                                  str(m.get("token", str)))
-    if "etcd" in parts and member is None:
+                                  str(m.get("token", str)), str(state))
+    if "etcd" in parts and member is None and not partial:
         raise etcd.fail(None, "parts has \"etcd\" but there is no [etcd.member]",
                         "add [etcd.member], or drop \"etcd\" from parts to use an "
                         "existing etcd")
@@ -291,7 +306,7 @@ def _from_source(src: TomlSource, path: Path) -> NodeConfig:
             ipaddress.ip_address(addr)
         except ValueError:
             raise api.fail("listen", f"listen: {addr!r} is not an IP address") from None
-    if "api" in parts and not listen:
+    if "api" in parts and not listen and not partial:
         raise node.fail("parts", "parts has \"api\" but [api] has no listen addresses",
                         'add [api] listen = ["ADDRESS", ...]')
     api_port = api.positive("port", int, 8443)

@@ -151,11 +151,12 @@ class Part:
 
 
 def etcd_argv(cfg: NodeConfig) -> list[str]:
-    """This host's etcd member: "new" the first time, "existing" once it has data."""
+    """This host's etcd member: "new" the first time (the member ``cluster init`` made),
+    "existing" once it has data or when it was added to a running cluster (``join``)."""
     assert cfg.member is not None
     member = MemberSpec(cfg.node, cfg.etcd_dir, cfg.member.peer_urls, cfg.member.client_urls,
                         tls=NodeCredentials(cfg.tls_dir))
-    state = "existing" if (cfg.etcd_dir / "member").exists() else "new"
+    state = "existing" if (cfg.etcd_dir / "member").exists() else cfg.member.state
     return member.argv(cfg.member.initial_cluster, cfg.member.token, state, DEFAULT_TUNING)
 
 

@@ -46,7 +46,10 @@ __all__ = [
 
 PREFIX = "/v3"
 _RETRY_CODES = {14}  # UNAVAILABLE
-_RETRY_TEXT = ("no leader", "leader changed", "request timed out", "not capable")
+# "not supported for learner": a member that joined and is not promoted yet serves no
+# client requests; the next endpoint does.
+_RETRY_TEXT = ("no leader", "leader changed", "request timed out", "not capable",
+               "not supported for learner")
 
 
 def _b64(text: str | bytes) -> str:
@@ -356,6 +359,21 @@ class EtcdClient:
 
     def member_list(self) -> list[dict[str, Any]]:
         return list(self.request("/cluster/member/list", {}).get("members") or [])
+
+    def member_add(self, peer_urls: Sequence[str], learner: bool = True) -> dict[str, Any]:
+        """Add a member (a learner by default: it votes only once promoted, so a member
+        that never catches up cannot cost the cluster its quorum); returns its record."""
+        data = self.request("/cluster/member/add",
+                            {"peerURLs": list(peer_urls), "isLearner": learner})
+        return dict(data.get("member") or {})
+
+    def member_promote(self, member_id: str) -> None:
+        """Make a learner a voter; etcd refuses while it has not caught up with the leader
+        (StoreError "can only promote a learner member which is in sync with leader")."""
+        self.request("/cluster/member/promote", {"ID": member_id})
+
+    def member_remove(self, member_id: str) -> None:
+        self.request("/cluster/member/remove", {"ID": member_id})
 
     def status(self, url: str) -> dict[str, Any]:
         """Maintenance status of one member (its id, leader id, raft term)."""
