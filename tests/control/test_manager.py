@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from vmcluster.control.manager import Manager, ManagerParams, report_key
+from vmcluster.control.ledger import StoreLedger
+from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds, report_key
 from vmcluster.model.spec import load_spec
 from vmcluster.store import ClusterState, EtcdClient, EtcdCluster, Fenced, embedded
 
@@ -44,12 +45,23 @@ class ManualClock:
 class Recorder:
     def __init__(self) -> None:
         self.started: list[tuple[str, str, int]] = []
+        self.ends: dict[str, MigrationEnds] = {}
+        self.settled: list[tuple[str, str]] = []
 
     def start_vm(self, vm: str, node: str, token: int) -> None:
         self.started.append((vm, node, token))
 
     def migrate_vm(self, vm: str, target: str, token: int) -> bool:
         return False
+
+    def migration_ends(self, vm: str, source: str, target: str) -> MigrationEnds:
+        return self.ends[vm]
+
+    def complete_migration(self, vm: str, source: str, target: str, token: int) -> None:
+        self.settled.append((vm, f"on {target}"))
+
+    def roll_back_migration(self, vm: str, source: str, target: str, token: int) -> None:
+        self.settled.append((vm, f"back to {source}"))
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +247,70 @@ def test_placement_follows_a_vm_that_runs_elsewhere_once_it_lasts(state: Cluster
     publish(state, {"node1"}, moved)
     m.tick()
     assert rec.started == []
+
+
+# -- migrations whose driver died ---------------------------------------------------
+def _orphan(state: ClusterState, vm: str, target: str) -> StoreLedger:
+    """A migration recorded by a driver (the CLI: no token) that then died."""
+    from vmcluster.substrate.protocol import MigrationHandle
+
+    ledger = StoreLedger(state)
+    ledger.begin(MigrationHandle(vm, OWNERS[vm], target, "Migration", f"id-{vm}"))
+    ledger._drop_lease()  # what a SIGKILL does to it, DRIVER_TTL_S later
+    return ledger
+
+
+@pytest.mark.parametrize(("source", "target", "outcome"), [
+    ("postmigrate", "complete", "on node2"),   # the copy is done: it moves forward
+    ("gone", "complete", "on node2"),          # the source died after the copy
+    ("migrating", "receiving", "back to node1"),
+    ("postmigrate", "receiving", "back to node1"),  # the target never got all of it
+    ("running", "gone", "back to node1"),
+])
+def test_an_orphaned_migration_is_settled_from_both_ends(
+    state: ClusterState, source: str, target: str, outcome: str,
+) -> None:
+    m, _clock, rec = manager(state)
+    m.take_office(10)
+    _orphan(state, "web", "node2")
+    rec.ends["web"] = MigrationEnds(source, target)
+    publish(state, set())
+    m.tick()
+    assert rec.settled == [("web", outcome)]
+    assert state.migrations() == {}
+    assert state.placement("web").node == ("node2" if outcome == "on node2" else "node1")
+    m.tick()
+    assert rec.settled == [("web", outcome)]  # once
+
+
+def test_a_live_driver_is_left_alone_and_its_commit_beats_a_late_settle(
+    state: ClusterState,
+) -> None:
+    from vmcluster.errors import MigrationError
+    from vmcluster.substrate.protocol import MigrationHandle
+
+    m, _clock, rec = manager(state)
+    m.take_office(10)
+    ledger = StoreLedger(state)
+    handle = MigrationHandle("db", "node2", "node3", "Migration", "live")
+    ledger.begin(handle)
+    rec.ends["db"] = MigrationEnds("postmigrate", "complete")
+    publish(state, set())
+    m.tick()
+    assert rec.settled == [] and "db" in state.migrations()  # its driver renews its lease
+    with pytest.raises(MigrationError, match="already migrating"):
+        StoreLedger(state).begin(handle)  # one migration per VM
+    ledger.commit()
+    assert state.placement("db").node == "node3" and state.migrations() == {}
+    # A driver whose record was settled by the manager may neither commit nor abort.
+    late = _orphan(state, "batch", "node1")
+    rec.ends["batch"] = MigrationEnds("migrating", "receiving")
+    m.tick()
+    assert rec.settled == [("batch", "back to node3")]
+    from vmcluster.store import StoreConflict
+
+    with pytest.raises(StoreConflict):
+        late.commit()
+    with pytest.raises(StoreConflict):
+        late.abort()
+    assert state.placement("batch").node == "node3"

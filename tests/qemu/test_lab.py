@@ -459,3 +459,91 @@ def test_an_agent_takes_no_command_or_path_from_the_network(lab: QemuSubstrate) 
     assert not marker.exists()
     assert lab.status().vm("db").state == "running" and lab.owner("db") == node
     assert all(v["vm"] != "db" for v in AgentClient(lab.layout, other).call("list")["vms"])
+
+
+# -- one switchover protocol: a migration's end is decided in the store ----------------------
+def _copies(lab: QemuSubstrate, vm: str) -> dict[str, tuple[str, str]]:
+    """Every QEMU of ``vm`` in the lab: node -> (role, run status)."""
+    out = {}
+    for n in lab.spec.nodes:
+        for v in AgentClient(lab.layout, n.name).call("list")["vms"]:
+            if v["vm"] == vm:
+                out[n.name] = (v["role"], v["status"])
+    return out
+
+
+def _store(lab: QemuSubstrate) -> tuple[dict[str, str | None], list[str]]:
+    from vmcluster.lab.services import lab_store
+
+    with lab_store(lab.layout) as ls:
+        placements = {vm: p.node for vm, p in ls.call(ls.state.placements).items()}
+        return placements, sorted(ls.call(ls.state.migrations))
+
+
+def _one_copy_until_settled(lab: QemuSubstrate, vm: str, timeout_s: float = 30.0
+                            ) -> dict[str, tuple[str, str]]:
+    """Watch ``vm`` until no migration of it is recorded: never two running copies."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        copies = _copies(lab, vm)
+        running = [n for n, (_role, status) in copies.items() if status == "running"]
+        assert len(running) <= 1, copies
+        if vm not in _store(lab)[1] and len(copies) == 1 and running:
+            return copies
+        assert time.monotonic() < deadline, (copies, _store(lab))
+        time.sleep(0.2)
+
+
+def test_a_killed_migration_cli_leaves_one_running_copy(lab: QemuSubstrate) -> None:
+    vm, source = "batch", lab.owner("batch")
+    target = "node1" if source != "node1" else "node2"
+    root = Path(__file__).resolve().parents[2]
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "vmcluster", "vm", "migrate", vm, "--to", target, "--lab",
+         lab.layout.name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(root / "src")})
+    try:
+        assert cli.stdout is not None
+        for line in cli.stdout:  # the CLI prints its progress: kill it mid-copy
+            if " active pass " in line:
+                break
+        assert vm in _store(lab)[1]  # the migration is a record in the store
+    finally:
+        cli.kill()
+        cli.wait(timeout=10)
+    copies = _one_copy_until_settled(lab, vm)
+    (node,) = copies
+    assert copies[node] == ("run", "running")
+    assert _store(lab)[0][vm] == node and lab.owner(vm) == node
+
+
+def test_a_driver_lost_after_the_copy_is_completed_by_the_manager(lab: QemuSubstrate) -> None:
+    """The copy is done, both QEMUs paused (the target by -S), and the driver dies before
+    the switchover: the manager moves ownership and runs the target, never both."""
+    from vmcluster.lab.services import lab_ledger
+
+    vm, source = "web", lab.owner("web")
+    assert source is not None
+    target = "node2" if source != "node2" else "node3"
+    with lab_ledger(lab.layout) as ledger:
+        assert ledger is not None
+        handle = lab.prepare_migration(vm, target, "Migration")
+        ledger.begin(handle)
+        lab.start_migration(handle, MigrationParams(downtime_ms=300))
+        deadline = time.monotonic() + 60
+        while lab.poll_migration(handle).status != "completed":
+            assert time.monotonic() < deadline
+            ledger.renew()
+            time.sleep(0.1)
+        # The source reports its end a moment before the target has loaded the last state.
+        deadline = time.monotonic() + 10
+        while (copies := _copies(lab, vm))[target][1] == "inmigrate":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert copies == {source: ("run", "postmigrate"), target: ("incoming", "paused")}
+        for slot in lab.migrations._attempts.pop(handle.id).slots:  # this driver "dies"
+            slot.close()
+        ledger._drop_lease()
+    copies = _one_copy_until_settled(lab, vm)
+    assert copies == {target: ("run", "running")}
+    assert _store(lab)[0][vm] == target and lab.owner(vm) == target

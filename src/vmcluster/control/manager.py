@@ -61,11 +61,22 @@ from vmcluster.store.errors import Fenced, StoreConflict
 from vmcluster.store.state import ClusterState
 from vmcluster.substrate.protocol import Clock
 
-__all__ = ["Actuator", "Manager", "ManagerParams", "report_key"]
+__all__ = ["Actuator", "Manager", "ManagerParams", "MigrationEnds", "report_key"]
 
 # Nodes no VM is placed on: "joining" (admitted by `cluster join`, not heard from yet: not
 # down either), "left" (`cluster leave`).
 EXCLUDED_STATES = ("quarantined", "draining", "joining", "left")
+
+
+@dataclass(frozen=True)
+class MigrationEnds:
+    """What QEMU says at both ends of a migration whose driver is gone. ``source``:
+    "running", "migrating" (copying), "paused", "postmigrate" (its state went to the
+    target) or "gone"; ``target``: "complete" (the state is in, paused by ``-S``),
+    "receiving" or "gone"."""
+
+    source: str
+    target: str
 
 
 class Actuator(Protocol):
@@ -74,6 +85,14 @@ class Actuator(Protocol):
     def start_vm(self, vm: str, node: str, token: int) -> None: ...
 
     def migrate_vm(self, vm: str, target: str, token: int) -> bool: ...
+
+    def migration_ends(self, vm: str, source: str, target: str) -> MigrationEnds: ...
+
+    def complete_migration(self, vm: str, source: str, target: str, token: int) -> None:
+        """The target runs and announces itself, the source QEMU quits."""
+
+    def roll_back_migration(self, vm: str, source: str, target: str, token: int) -> None:
+        """The target QEMU goes; the source, if it is alive, runs again."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +256,7 @@ class Manager:
                 self.state.set_node_state(node, state, term.token,
                                           failures=record.get("failures", []), failed=False)
             self._event(NodeUp(self.wall(), self.name, node))
+        self._settle_orphans(term)
         nodes = self.state.node_states()
         excluded = {n for n, s in nodes.items() if s.get("state") in EXCLUDED_STATES}
         self._failover(term, seen, excluded, now)
@@ -348,6 +368,41 @@ class Manager:
             return
         self._event(VmRestarted(self.wall(), node, vm, from_node, term.token))
         self.say(f"restarted {vm} on {node} (was on {from_node})")
+
+    def _settle_orphans(self, term: _Term) -> None:
+        """End the migrations whose driver died (a killed CLI, a manager gone), from QEMU's
+        state at both ends, deciding by compare-and-set on the record (see
+        :mod:`vmcluster.control.ledger`): a copy that is complete on a target whose
+        source gave its state away (or died) moves there; anything else goes back to the
+        source. A record someone else ended meanwhile is left alone."""
+        for vm, mig in sorted(self.state.orphaned_migrations().items()):
+            try:
+                ends = self.actuator.migration_ends(vm, mig.source, mig.target)
+            except VmclusterError as exc:
+                self.say(f"cannot read {vm}'s migration ends yet: {exc}")
+                continue
+            forward = ends.target == "complete" and ends.source in ("postmigrate", "gone")
+            try:
+                if forward:
+                    self.state.finish_migration(mig, success=True, token=term.token)
+                else:
+                    self.state.abort_migration(mig, token=term.token)
+            except StoreConflict:
+                continue  # its driver (or another manager) ended it after all
+            try:
+                if forward:
+                    self.actuator.complete_migration(vm, mig.source, mig.target, term.token)
+                else:
+                    self.actuator.roll_back_migration(vm, mig.source, mig.target, term.token)
+            except Fenced:
+                raise
+            except VmclusterError as exc:
+                self.say(f"settling {vm}'s orphaned migration failed: {exc}")
+                continue
+            self.say(f"{vm}'s migration lost its driver ({mig.source} {ends.source}, "
+                     f"{mig.target} {ends.target}): "
+                     + (f"completed on {mig.target}" if forward else
+                        f"rolled back to {mig.source}"))
 
     def _recover(self, term: _Term, seen: Assessment, excluded: set[str], now: float) -> None:
         """Start again a VM placed on a healthy node that runs nowhere (see module doc)."""

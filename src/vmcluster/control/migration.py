@@ -4,12 +4,16 @@ The network comes from the policy (the VM's ordered list, else the
 second-lowest metric for that node pair). If a migration fails, the next
 network of that order is tried; the VM is never lost because the
 substrate's ``finalize_migration(success=False)`` rolls back to the source.
+With a ``ledger`` (:class:`~vmcluster.control.ledger.StoreLedger`) each attempt is
+a record in the store, and its end is decided there by compare-and-set: see
+:mod:`vmcluster.control.ledger`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vmcluster.errors import MigrationError, MigrationRefused, PolicyError, VmclusterError
 from vmcluster.model import ClusterSpec
@@ -22,6 +26,9 @@ from vmcluster.substrate.protocol import (
     Substrate,
     SubstrateStatus,
 )
+
+if TYPE_CHECKING:
+    from vmcluster.control.ledger import StoreLedger
 
 __all__ = ["MigrationRequest", "ProgressCallback", "known_health", "migrate"]
 
@@ -52,6 +59,7 @@ def migrate(
     health: Health,
     req: MigrationRequest,
     on_progress: ProgressCallback | None = None,
+    ledger: StoreLedger | None = None,
 ) -> MigrationResult:
     """Migrate ``req.vm`` to ``req.target``, trying each network of the policy's order.
 
@@ -75,8 +83,9 @@ def migrate(
     params = req.params or MigrationParams(downtime_ms=vm.max_downtime_ms)
     result: MigrationResult | None = None
     for network in order:
-        result = _attempt(substrate, vm.name, req, network, params, on_progress)
-        if result.ok:
+        result = _attempt(substrate, vm.name, req, network, params, on_progress, ledger)
+        if result.ok or (result.error or "").startswith(("switchover refused",
+                                                          "rollback refused")):
             return result
     assert result is not None
     return result
@@ -89,6 +98,7 @@ def _attempt(
     network: str,
     params: MigrationParams,
     on_progress: ProgressCallback | None,
+    ledger: StoreLedger | None = None,
 ) -> MigrationResult:
     try:
         handle = substrate.prepare_migration(vm, req.target, network)
@@ -97,11 +107,21 @@ def _attempt(
     except MigrationError as err:
         source = substrate.status().vm(vm).node or "?"
         return MigrationResult(vm, source, req.target, network, ok=False, error=str(err))
+    if ledger is not None:
+        try:
+            ledger.begin(handle)
+        except VmclusterError as err:
+            failed = substrate.finalize_migration(handle, False)  # the prepared target goes
+            return MigrationResult(vm, handle.source, req.target, network, ok=False,
+                                   error=f"{err}" + (f"; {failed.error}" if failed.error
+                                                     and not failed.ok else ""))
     success = False
     try:
         substrate.start_migration(handle, params)
         deadline = substrate.clock.now() + req.timeout_s
         while substrate.clock.now() <= deadline:
+            if ledger is not None:
+                ledger.renew()
             progress = substrate.poll_migration(handle)
             if on_progress is not None:
                 on_progress(handle, progress)
@@ -114,5 +134,5 @@ def _attempt(
     finally:
         # Runs on errors and interrupts too: finalize owns rollback, so the VM
         # is left running on exactly one node whatever happened above.
-        result = substrate.finalize_migration(handle, success)
+        result = substrate.finalize_migration(handle, success, ledger)
     return result

@@ -171,8 +171,17 @@ class Agent(CsvOps):
         return {"status": await qp.qmp.query_status()}
 
     async def op_resume(self, req: Reply) -> Reply:
+        """Run a paused VM again; never a migration target (it runs by ``takeover``) nor a
+        source whose state went to a target (``postmigrate``: that copy may be running, or
+        be about to; only the migration's rollback, ``cancel``, resumes it)."""
         qp = self.get(req["vm"])
-        if await qp.qmp.query_status() in ("paused", "postmigrate"):
+        status = await qp.qmp.query_status()
+        if qp.record.role != "run" or status == "postmigrate":
+            what = ("a migration target" if qp.record.role != "run"
+                    else "a migrated source (postmigrate)")
+            raise SubstrateError(f"{req['vm']} on {self.node} is {what}; it is not resumed "
+                                 "(its migration decides)")
+        if status == "paused":
             await qp.qmp.cont()
         return {"status": await qp.qmp.query_status()}
 
@@ -250,8 +259,18 @@ class Agent(CsvOps):
         return {"events": [] if qp is None else [list(e) for e in qp.qmp.events]}
 
     async def op_query_migrate(self, req: Reply) -> Reply:
+        """The VM's migration state; with ``wait_s``, first wait up to that long (checking
+        every 10 ms over QMP here) for a migration in progress to end, so that its driver
+        hears of the end at once rather than at its next poll."""
         qp = self.get(req["vm"])
-        return {"migrate": await qp.qmp.query_migrate(), "status": await qp.qmp.query_status()}
+        wait_s = min(float(req.get("wait_s", 0.0)), 5.0)
+        info = await qp.qmp.query_migrate()
+        deadline = time.monotonic() + wait_s
+        while (info.get("status") in ("setup", "active", "device", "pre-switchover")
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.01)
+            info = await qp.qmp.query_migrate()
+        return {"migrate": info, "status": await qp.qmp.query_status()}
 
     async def op_cancel(self, req: Reply) -> Reply:
         """Roll back the source: cancel any migration, then run the VM again."""
@@ -275,6 +294,15 @@ class Agent(CsvOps):
         """The target becomes the VM: run it, announce its MAC, record it as owned."""
         qp = self.get(req["vm"])
         status = await qp.qmp.query_status()
+        # The source may report its end a moment before this side has loaded the last
+        # state; with -S this QEMU then stays paused: wait for it, then run it.
+        for _ in range(3000):
+            if status != "inmigrate":
+                break
+            await asyncio.sleep(0.005)
+            status = await qp.qmp.query_status()
+        if status == "inmigrate":
+            raise SubstrateError(f"{req['vm']} on {self.node} is still receiving its state")
         if status in ("paused", "postmigrate", "prelaunch"):
             await qp.qmp.cont()
         await qp.qmp.announce_self()

@@ -10,6 +10,7 @@ stale one) and records the new owner in the lab's state file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -18,7 +19,8 @@ import time
 from dataclasses import fields
 from types import FrameType
 
-from vmcluster.control.manager import Manager, ManagerParams
+from vmcluster.control.ledger import StoreLedger
+from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds
 from vmcluster.control.migration import MigrationRequest, known_health, migrate
 from vmcluster.errors import SubstrateError
 from vmcluster.lab.client import AgentClient, AgentDown, speak_as
@@ -28,6 +30,7 @@ from vmcluster.model import ClusterSpec
 from vmcluster.node.config import load_config
 from vmcluster.store.election import Fence
 from vmcluster.store.errors import Fenced
+from vmcluster.store.state import ClusterState
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.qemu.migration import MIB
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
@@ -38,8 +41,9 @@ __all__ = ["LabActuator", "main"]
 class LabActuator:
     """The manager's hands in the lab: node agents over their unix sockets."""
 
-    def __init__(self, layout: LabLayout, spec: ClusterSpec, fence: Fence | None = None) -> None:
-        self.layout, self.spec, self.fence = layout, spec, fence
+    def __init__(self, layout: LabLayout, spec: ClusterSpec, fence: Fence | None = None,
+                 state: ClusterState | None = None) -> None:
+        self.layout, self.spec, self.fence, self.state = layout, spec, fence, state
 
     def start_vm(self, vm: str, node: str, token: int) -> None:
         if self.fence is not None:
@@ -66,9 +70,59 @@ class LabActuator:
 
     def migrate_vm(self, vm: str, target: str, token: int) -> bool:
         sub = QemuSubstrate(self.layout, self.spec)
+        ledger = StoreLedger(self.state, token) if self.state is not None else None
         result = migrate(sub, self.spec, known_health(self.spec, sub.status()),
-                         MigrationRequest(vm, target))
+                         MigrationRequest(vm, target), ledger=ledger)
         return result.ok
+
+    # -- a migration whose driver died --------------------------------------------
+    def _qemu(self, node: str, vm: str) -> tuple[str, str, str] | None:
+        """(role, run status, QEMU's migration status) of ``vm``'s QEMU on ``node``."""
+        agent = AgentClient(self.layout, node)
+        try:
+            listed = {v["vm"]: v for v in agent.call("list", timeout_s=10)["vms"]}
+            if vm not in listed:
+                return None
+            got = agent.call("query_migrate", vm=vm, timeout_s=10)
+        except AgentDown:
+            return None
+        return (str(listed[vm]["role"]), str(got["status"]),
+                str(got["migrate"].get("status", "none")))
+
+    def migration_ends(self, vm: str, source: str, target: str) -> MigrationEnds:
+        src, tgt = self._qemu(source, vm), self._qemu(target, vm)
+        if src is None or src[0] != "run":
+            s_end = "gone"
+        elif src[1] == "postmigrate":
+            s_end = "postmigrate"
+        elif src[2] in ("setup", "active", "device", "pre-switchover", "cancelling"):
+            s_end = "migrating"
+        else:
+            s_end = "paused" if src[1] == "paused" else "running"
+        if tgt is None or tgt[0] != "incoming":
+            t_end = "gone"
+        else:
+            t_end = "complete" if tgt[1] == "paused" and tgt[2] == "completed" else "receiving"
+        return MigrationEnds(s_end, t_end)
+
+    def complete_migration(self, vm: str, source: str, target: str, token: int) -> None:
+        if self.fence is not None:
+            self.fence.check(token)
+        AgentClient(self.layout, target).call("takeover", vm=vm, timeout_s=30)
+        with update_state(self.layout) as st:
+            st["vms"][vm] = {"node": target}
+        with contextlib.suppress(AgentDown, SubstrateError):
+            AgentClient(self.layout, source).call("release", vm=vm, timeout_s=30)
+
+    def roll_back_migration(self, vm: str, source: str, target: str, token: int) -> None:
+        if self.fence is not None:
+            self.fence.check(token)
+        with contextlib.suppress(AgentDown):
+            AgentClient(self.layout, target).call("discard", vm=vm, timeout_s=30)
+        with contextlib.suppress(AgentDown):  # a dead source: failover restarts the VM
+            AgentClient(self.layout, source).call("cancel", vm=vm, timeout_s=30)
+        with update_state(self.layout) as st:
+            st["vms"].get(vm, {}).pop("migrating_to", None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(json.dumps({"at": time.time(), "node": node, "msg": msg}), flush=True)
 
-    actuator = LabActuator(layout, spec, state.fence)
+    actuator = LabActuator(layout, spec, state.fence, state)
     manager = Manager(state, spec, node, actuator, MonotonicClock(),
                       time.time, params, say)
     say("candidate")

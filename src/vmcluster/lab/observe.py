@@ -61,8 +61,12 @@ def migrate_observed(
         if quick:
             result = quick_migrate(sub, vm, target)
         else:
+            from vmcluster.lab.services import lab_ledger
+
             req = MigrationRequest(vm=vm, target=target, params=params)
-            result = migrate(sub, spec, known_health(spec, sub.status()), req, on_progress)
+            with lab_ledger(sub.layout) as ledger:
+                result = migrate(sub, spec, known_health(spec, sub.status()), req, on_progress,
+                                 ledger)
     finally:
         for c in clients.values():  # all at once: each winds down on its own (up to 1 s)
             c.interrupt()

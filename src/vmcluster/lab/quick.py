@@ -41,7 +41,9 @@ def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 1
         deadline = clock.now() + timeout_s
         while True:
             info = tgt.call("query_migrate", vm=vm)
-            if info["migrate"].get("status") == "completed" or info["status"] == "running":
+            # The target starts with -S: once restored it is paused, until takeover.
+            if info["migrate"].get("status") == "completed" or info["status"] in (
+                    "running", "paused"):
                 break
             if info["migrate"].get("status") == "failed" or clock.now() > deadline:
                 raise MigrationError(f"restoring {vm} on {target} failed")

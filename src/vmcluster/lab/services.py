@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vmcluster.control.ledger import StoreLedger
 from vmcluster.errors import LabError, StoreError, VmclusterError
 from vmcluster.lab.credentials import ADMIN, etcd_tls
 from vmcluster.lab.hosts import daemon_pids, etcd_cluster, start_daemon
@@ -40,6 +41,7 @@ __all__ = [
     "admin_credentials",
     "etcd_cluster",
     "lab_access",
+    "lab_ledger",
     "lab_store",
     "leader",
     "leader_summary",
@@ -91,6 +93,18 @@ def lab_store(layout: LabLayout, ns: str | None = None) -> Iterator[LabStore]:
     client = EtcdClient(svc["endpoints"], timeout=1.0, retry_s=10.0, tls=etcd_tls(layout))
     with NetnsThread(ns or layout.client_ns) as thread:
         yield LabStore(ClusterState(client, svc["cluster"]), thread)
+
+
+@contextlib.contextmanager
+def lab_ledger(layout: LabLayout) -> Iterator[StoreLedger | None]:
+    """The migration ledger of the lab's operator (no fencing token: the CLI's own
+    migrations), its store calls made from the admin namespace; None without a
+    control plane."""
+    if not services_file(layout).exists():
+        yield None
+        return
+    with lab_store(layout) as ls:
+        yield StoreLedger(ls.state, None, ls.call)
 
 
 def leader(layout: LabLayout) -> Leadership | None:

@@ -8,7 +8,8 @@
     tokens/<sha256>         {"role": R}  an API token, by its hash only
     daemons/<node>          {"api_url", "version", "qemu_version", "parts", "at"}
     placements/<vm>         {"node": N, "state": S}  which node owns the VM
-    migrations/<vm>         {"source", "target", "network", "token"}  one in flight per VM
+    migrations/<vm>         {"source", "target", "network", "token", "id"}  one in flight per VM
+    migration-drivers/<vm>  {"id"} on the lease of the process driving it; gone: an orphan
     nodes/<node>            {"state": "up" | "down" | "quarantined" | "draining", ...}
     routes/<observer>       the observer's heartbeat view {"peer/net": true|false}
     event-seq               the last event number
@@ -17,7 +18,10 @@
 A VM's placement changes only by compare-and-set on its key's mod revision,
 in a transaction that is also guarded by the manager's fencing token, so two
 managers (or one stale one) can never give a VM two owners. A migration's
-switchover (placement -> target, migration key deleted) is one transaction.
+switchover (placement -> target, migration key deleted) is one transaction, and
+so is its abort (the migration key deleted): whoever wins that compare-and-set on
+the record decides which copy runs, the driver or the manager that adopts an
+orphan, never both.
 A lost compare raises :class:`StoreConflict`, a stale token :class:`Fenced`.
 """
 
@@ -64,8 +68,9 @@ class Migration:
     source: str
     target: str
     network: str
-    token: int
+    token: int | None
     revision: int
+    id: str = ""
 
 
 class ClusterState:
@@ -180,20 +185,28 @@ class ClusterState:
     # -- migrations -------------------------------------------------------
 
     def begin_migration(
-        self, vm: str, target: str, network: str, *, expect: Placement, token: int
+        self, vm: str, target: str, network: str, *, expect: Placement, token: int | None,
+        attempt: str = "", driver_lease: int = 0,
     ) -> Migration:
-        """Record a migration of ``vm`` from its current owner; one in flight per VM."""
+        """Record a migration of ``vm`` from its current owner; one in flight per VM. With
+        ``driver_lease``, the driver's key lives on that lease: when the driver dies the
+        record is an orphan (:meth:`orphaned_migrations`)."""
         if expect.node is None:
             raise StoreError(f"cannot migrate {vm}: it has no owner")
         mkey = self.key("migrations", vm)
-        body = {"source": expect.node, "target": target, "network": network, "token": token}
+        body = {"source": expect.node, "target": target, "network": network, "token": token,
+                "id": attempt}
+        ops: list[Op] = [Put(mkey, _dump(body))]
+        if driver_lease:
+            ops.append(Put(self.key("migration-drivers", vm), _dump({"id": attempt}),
+                           driver_lease))
         rev = self._guarded(
             token,
             [Compare.modified(self.key("placements", vm), expect.revision), Compare.absent(mkey)],
-            [Put(mkey, _dump(body))],
+            ops,
             f"migration of {vm}",
         )
-        return Migration(vm, expect.node, target, network, token, rev)
+        return Migration(vm, expect.node, target, network, token, rev, attempt)
 
     def migrations(self) -> dict[str, Migration]:
         kvs, _ = self.client.get_prefix(self.key("migrations", ""))
@@ -201,18 +214,31 @@ class ClusterState:
         for kv in kvs:
             d = kv.json()
             vm = kv.key.rsplit("/", 1)[1]
-            out[vm] = Migration(
-                vm, d["source"], d["target"], d["network"], d["token"], kv.mod_revision
-            )
+            out[vm] = Migration(vm, d["source"], d["target"], d["network"], d.get("token"),
+                                kv.mod_revision, str(d.get("id", "")))
         return out
 
-    def finish_migration(self, mig: Migration, *, success: bool, token: int) -> Placement:
+    def orphaned_migrations(self) -> dict[str, Migration]:
+        """Migrations whose driver is gone (its lease expired): the manager settles them."""
+        drivers, _ = self.client.get_prefix(self.key("migration-drivers", ""))
+        driven = {kv.key.rsplit("/", 1)[1] for kv in drivers}
+        return {vm: m for vm, m in self.migrations().items() if vm not in driven}
+
+    def abort_migration(self, mig: Migration, token: int | None = None) -> None:
+        """Give ``mig`` up (the VM stays on its source): the record is deleted only if it is
+        still the one ``mig`` read (StoreConflict otherwise: someone else settled it)."""
+        mkey = self.key("migrations", mig.vm)
+        self._guarded(token, [Compare.modified(mkey, mig.revision)],
+                      [Delete(mkey), Delete(self.key("migration-drivers", mig.vm))],
+                      f"rollback of {mig.vm}'s migration")
+
+    def finish_migration(self, mig: Migration, *, success: bool, token: int | None) -> Placement:
         """End ``mig``: on success the owner becomes the target in the same transaction."""
         pkey, mkey = self.key("placements", mig.vm), self.key("migrations", mig.vm)
         current = self.placement(mig.vm)
         if current.node != mig.source:
             raise StoreConflict(f"{mig.vm} is owned by {current.node}, not {mig.source}")
-        ops: list[Op] = [Delete(mkey)]
+        ops: list[Op] = [Delete(mkey), Delete(self.key("migration-drivers", mig.vm))]
         node = mig.target if success else mig.source
         if success:
             ops.append(Put(pkey, _dump({"node": node, "state": current.state})))

@@ -70,6 +70,7 @@ __all__ = [
     "NodeStatus",
     "Substrate",
     "SubstrateStatus",
+    "Switchover",
     "VmStatus",
 ]
 
@@ -194,6 +195,19 @@ class MigrationResult:
         }
 
 
+class Switchover(Protocol):
+    """Who may decide a migration's end, asked by ``finalize_migration`` at the moment it
+    matters: ``commit`` before the target may run (ownership moves to the target), ``abort``
+    before the source may run again (the attempt is given up). Each raises a
+    :class:`~vmcluster.errors.VmclusterError` when the caller may not (the migration's
+    record in the store was taken over, or its fencing token is stale); the substrate then
+    runs neither copy and leaves both as they are, for whoever holds the record now."""
+
+    def commit(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
 @runtime_checkable
 class Substrate(Protocol):
     """See the module docstring for the contract every method keeps."""
@@ -219,7 +233,8 @@ class Substrate(Protocol):
 
     def poll_migration(self, handle: MigrationHandle) -> MigrationProgress: ...
 
-    def finalize_migration(self, handle: MigrationHandle, success: bool) -> MigrationResult: ...
+    def finalize_migration(self, handle: MigrationHandle, success: bool,
+                           switchover: Switchover | None = None) -> MigrationResult: ...
 
     def set_link(self, network: str, node: str, up: bool) -> None: ...
 

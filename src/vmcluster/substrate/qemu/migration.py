@@ -19,7 +19,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from vmcluster.errors import MigrationError, MigrationRefused, SubstrateError, UsageError
+from vmcluster.errors import (
+    MigrationError,
+    MigrationRefused,
+    SubstrateError,
+    UsageError,
+    VmclusterError,
+)
 from vmcluster.lab import netns
 from vmcluster.lab.state import update_state
 from vmcluster.substrate.protocol import (
@@ -28,6 +34,7 @@ from vmcluster.substrate.protocol import (
     MigrationProgress,
     MigrationResult,
     MigrationStatus,
+    Switchover,
 )
 
 if TYPE_CHECKING:
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
 __all__ = ["QemuMigrations"]
 
 MIB = 1024 * 1024
+WAIT_S = 0.5  # a poll waits this long at the source for the migration to end
 _STATUS: dict[str, MigrationStatus] = {
     "setup": "setup", "completed": "completed", "failed": "failed", "cancelled": "cancelled",
     "cancelling": "cancelled",
@@ -178,7 +186,10 @@ class QemuMigrations:
     def poll(self, handle: MigrationHandle) -> MigrationProgress:
         att = self._attempt(handle)
         try:
-            info = self.sub.agent(handle.source).call("query_migrate", vm=handle.vm)["migrate"]
+            # The source's agent answers as soon as the migration ends (or after WAIT_S):
+            # the switchover then starts at once, not at the driver's next poll.
+            info = self.sub.agent(handle.source).call(
+                "query_migrate", vm=handle.vm, wait_s=WAIT_S, timeout_s=WAIT_S + 10)["migrate"]
         except SubstrateError as exc:
             att.error = f"lost the source: {exc}"
             return MigrationProgress("failed", error=att.error)
@@ -217,15 +228,23 @@ class QemuMigrations:
                                            params={"downtime_limit": limit})
         return progress
 
-    def finalize(self, handle: MigrationHandle, success: bool) -> MigrationResult:
+    def finalize(self, handle: MigrationHandle, success: bool,
+                 switchover: Switchover | None = None) -> MigrationResult:
+        """End the attempt. The target QEMU was started with ``-S``: it runs only after
+        ``switchover.commit()`` moved ownership; the source runs again only after
+        ``switchover.abort()`` gave the attempt up. If either refuses, neither copy is run,
+        touched or removed: whoever holds the migration's record settles it."""
         if handle.id in self._results:
             return self._results[handle.id]  # idempotent: the attempt already ended
         att = self._attempts.get(handle.id)
         src, tgt = self.sub.agent(handle.source), self.sub.agent(handle.target)
-        try:
-            info = src.call("query_migrate", vm=handle.vm)["migrate"]
-        except SubstrateError:
-            info = att.last_info if att else {}
+        if att is not None and att.last_info.get("status") == "completed":
+            info = att.last_info  # just read by poll: no round trip inside the blackout
+        else:
+            try:
+                info = src.call("query_migrate", vm=handle.vm)["migrate"]
+            except SubstrateError:
+                info = att.last_info if att else {}
         completed = info.get("status") == "completed"
         error = None if completed else (att.error if att and att.error else None)
         if completed and not success:
@@ -233,11 +252,37 @@ class QemuMigrations:
             # resuming the source (paused after the copy) leaves exactly one copy.
             completed, error = False, "rolled back by finalize"
         ok = False
-        if completed:
-            # QEMU finished the copy: the target holds the VM now. Going back would risk two
-            # copies, so only a dead target sends us back to the (paused) source.
+        refused = None
+        marks: dict[str, float | None] = {}
+        t_switch = self.sub.clock.now()
+        if completed and switchover is not None:
             try:
+                switchover.commit()
+                marks["commit_ms"] = round((self.sub.clock.now() - t_switch) * 1000, 1)
+            except VmclusterError as exc:
+                refused = f"switchover refused: {exc}"
+        elif switchover is not None:
+            try:
+                switchover.abort()
+            except VmclusterError as exc:
+                refused = f"rollback refused: {exc}"
+        if refused is not None:
+            # Not ours to end any more: both copies stay as they are (the target paused).
+            if att is not None:
+                for f in att.slots:
+                    f.close()
+                self._attempts.pop(handle.id, None)
+            result = MigrationResult(handle.vm, handle.source, handle.target, handle.network,
+                                     ok=False, error=refused + "; the manager settles it")
+            self._results[handle.id] = result
+            return result
+        if completed:
+            # QEMU finished the copy and ownership moved: the target is the VM now. Going
+            # back would risk two copies, so only a dead target leaves the (paused) source.
+            try:
+                t_take = self.sub.clock.now()
                 tgt.call("takeover", vm=handle.vm)
+                marks["takeover_ms"] = round((self.sub.clock.now() - t_take) * 1000, 1)
                 ok = True
             except SubstrateError as exc:
                 error = f"target {handle.target} failed after the switchover: {exc}"
@@ -269,7 +314,7 @@ class QemuMigrations:
             downtime_ms=float(info["downtime"]) if ok and "downtime" in info else None,
             error=None if ok else error,
             extra={"setup_ms": info.get("setup-time"), "mbps": info.get("ram", {}).get("mbps"),
-                   **timeline},
+                   **timeline, **marks},
         )
         self._results[handle.id] = result
         return result

@@ -32,6 +32,7 @@ from vmcluster.substrate.protocol import (
     MigrationResult,
     NodeStatus,
     SubstrateStatus,
+    Switchover,
     VmState,
     VmStatus,
 )
@@ -259,8 +260,9 @@ class QemuSubstrate:
     def poll_migration(self, handle: MigrationHandle) -> MigrationProgress:
         return self.migrations.poll(handle)
 
-    def finalize_migration(self, handle: MigrationHandle, success: bool) -> MigrationResult:
-        return self.migrations.finalize(handle, success)
+    def finalize_migration(self, handle: MigrationHandle, success: bool,
+                           switchover: Switchover | None = None) -> MigrationResult:
+        return self.migrations.finalize(handle, success, switchover)
 
     # -- faults and power ----------------------------------------------------------------
     def set_link(self, network: str, node: str, up: bool) -> None:

@@ -166,5 +166,7 @@ def qemu_argv(
     if cfg.accel == "kvm":
         argv += ["-cpu", "host"]
     if incoming:
-        argv += ["-incoming", "defer"]
+        # -S: a target stays paused once the state is in; it runs only when its agent is
+        # told to take over, which the driver does after ownership moved in the store.
+        argv += ["-S", "-incoming", "defer"]
     return argv

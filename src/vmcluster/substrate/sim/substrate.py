@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vmcluster.errors import MigrationError, SubstrateError, UsageError
+from vmcluster.errors import MigrationError, SubstrateError, UsageError, VmclusterError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import Health, cluster_network, network_props
 from vmcluster.substrate.protocol import (
@@ -30,6 +30,7 @@ from vmcluster.substrate.protocol import (
     MigrationResult,
     NodeStatus,
     SubstrateStatus,
+    Switchover,
     VmStatus,
 )
 from vmcluster.substrate.sim.engine import Engine
@@ -257,11 +258,18 @@ class SimSubstrate:
     def poll_migration(self, handle: MigrationHandle) -> MigrationProgress:
         return self.engine.progress(self.engine.get(handle))
 
-    def finalize_migration(self, handle: MigrationHandle, success: bool) -> MigrationResult:
+    def finalize_migration(self, handle: MigrationHandle, success: bool,
+                           switchover: Switchover | None = None) -> MigrationResult:
         m = self.engine.get(handle)
         if m.result is not None:
             return m.result
         ok = success and m.status == "completed"
+        if switchover is not None:
+            try:
+                (switchover.commit if ok else switchover.abort)()
+            except VmclusterError as exc:  # not ours to end: the VM stays where it is
+                self.engine.fail(m, f"switchover refused: {exc}")
+                ok = False
         if not ok:
             self.engine.fail(m, "cancelled by finalize" if success is False else "not completed")
             if m.status == "completed":  # completed but the caller says it failed: roll back
