@@ -259,17 +259,13 @@ class Agent(CsvOps):
         return {"events": [] if qp is None else [list(e) for e in qp.qmp.events]}
 
     async def op_query_migrate(self, req: Reply) -> Reply:
-        """The VM's migration state; with ``wait_s``, first wait up to that long (checking
-        every 10 ms over QMP here) for a migration in progress to end, so that its driver
-        hears of the end at once rather than at its next poll."""
+        """The VM's migration state; with ``wait_s``, first wait up to that long for a
+        migration in progress to end (woken by QEMU's MIGRATION events), so that its
+        driver hears of the end at once rather than at its next poll."""
         qp = self.get(req["vm"])
         wait_s = min(float(req.get("wait_s", 0.0)), 5.0)
-        info = await qp.qmp.query_migrate()
-        deadline = time.monotonic() + wait_s
-        while (info.get("status") in ("setup", "active", "device", "pre-switchover")
-               and time.monotonic() < deadline):
-            await asyncio.sleep(0.01)
-            info = await qp.qmp.query_migrate()
+        info = (await qp.qmp.migration_settled(wait_s) if wait_s > 0
+                else await qp.qmp.query_migrate())
         return {"migrate": info, "status": await qp.qmp.query_status()}
 
     async def op_cancel(self, req: Reply) -> Reply:

@@ -104,6 +104,30 @@ class Qmp:
 
         return wait()
 
+    async def migration_settled(self, timeout_s: float) -> dict[str, Any]:
+        """``query-migrate``, after waiting up to ``timeout_s`` for a migration in progress
+        to end. It waits on QEMU's own ``MIGRATION`` events (the ``events`` capability),
+        not by asking again and again: under TCG every QMP command competes with the
+        vCPUs and the migration thread for QEMU's main lock."""
+        active = ("setup", "active", "device", "pre-switchover", "wait-unplug")
+        listener = EventListener(names=["MIGRATION"])
+        self._client.register_listener(listener)
+        try:
+            info = await self.query_migrate()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            while info.get("status") in active and (left := deadline - loop.time()) > 0:
+                try:
+                    ev = await asyncio.wait_for(listener.get(), timeout=left)
+                except TimeoutError:
+                    break
+                data = dict(ev).get("data")
+                if not isinstance(data, dict) or data.get("status") not in active:
+                    info = await self.query_migrate()
+        finally:
+            self._client.remove_listener(listener)
+        return info
+
     # -- named verbs ------------------------------------------------------------
     async def query_status(self) -> str:
         reply = await self._run("query-status")
