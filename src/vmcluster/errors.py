@@ -94,6 +94,10 @@ class MigrationError(SubstrateError):
     """A migration failed. The VM is still running on its source (or was resumed there)."""
 
 
+class MigrationCancelled(MigrationError):
+    """Whoever asked for the migration (or the drain) cancelled it; the VM stays put."""
+
+
 class MigrationRefused(MigrationError):
     """A migration was refused before anything started: no network could change that
     (e.g. the target's QEMU cannot receive the VM). The VM is untouched."""

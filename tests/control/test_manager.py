@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds, report_key
+from vmcluster.errors import MigrationCancelled
 from vmcluster.model.spec import load_spec
-from vmcluster.store import ClusterState, EtcdClient, EtcdCluster, Fenced, embedded
+from vmcluster.store import ClusterState, EtcdClient, EtcdCluster, Fenced, embedded, intents
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = load_spec(ROOT / "examples/lab.toml")
@@ -62,6 +65,23 @@ class Recorder:
 
     def roll_back_migration(self, vm: str, source: str, target: str, token: int) -> None:
         self.settled.append((vm, f"back to {source}"))
+
+    carried: list[tuple[str, dict[str, Any], int]]
+
+    def carry_out(self, kind: str, args: Mapping[str, Any], token: int,
+                  cancelled: Callable[[], bool],
+                  progress: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
+        self.carried = [*getattr(self, "carried", []), (kind, dict(args), token)]
+        progress({"vm": args.get("vm"), "status": "active"})
+        deadline = time.monotonic() + 10
+        while args.get("wait") and not cancelled():  # a long one, until cancelled
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        if args.get("wait"):
+            raise MigrationCancelled("cancelled")
+        if args.get("vm") == "fails":
+            return {"ok": False, "error": "no network"}
+        return {"ok": True, "moved": [args.get("vm")]}
 
 
 @pytest.fixture(scope="module")
@@ -314,3 +334,56 @@ def test_a_live_driver_is_left_alone_and_its_commit_beats_a_late_settle(
     with pytest.raises(StoreConflict):
         late.abort()
     assert state.placement("batch").node == "node3"
+
+
+# -- intents: what the API asked for ------------------------------------------------
+def _wait_end(state: ClusterState, intent_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        got = intents.get(state, intent_id)
+        assert got is not None
+        if got.state in intents.DONE:
+            return got.to_json()
+        assert time.monotonic() < deadline, got
+        time.sleep(0.05)
+
+
+def test_the_manager_carries_out_intents_in_workers_and_cancels_them(
+    state: ClusterState,
+) -> None:
+    m, _clock, rec = manager(state)
+    token = m.take_office(10)
+    ok = intents.submit(state, "migrate", {"vm": "web", "to": "node2"}, "admin")
+    bad = intents.submit(state, "migrate", {"vm": "fails", "to": "node2"}, "admin")
+    slow = intents.submit(state, "drain", {"node": "node3", "wait": True}, "admin")
+    publish(state, set())
+    m.tick()  # claims all three; the loop itself does not wait for any of them
+    assert _wait_end(state, ok.id)["state"] == "done"
+    assert _wait_end(state, bad.id)["state"] == "failed"
+    running = intents.get(state, slow.id)
+    assert running is not None and running.state == "running"
+    assert running.record["token"] == token
+    intents.cancel(state, slow.id)
+    assert _wait_end(state, slow.id)["state"] == "cancelled"
+    assert sorted(k for k, _a, _t in rec.carried) == ["drain", "migrate", "migrate"]
+    assert {t for _k, _a, t in rec.carried} == {token}
+    m.tick()
+    assert len(rec.carried) == 3  # each once
+    # A pending intent is cancelled at once, and never carried out.
+    later = intents.submit(state, "migrate", {"vm": "db", "to": "node1"}, "admin")
+    assert intents.cancel(state, later.id).state == "cancelled"
+    m.tick()
+    assert len(rec.carried) == 3
+
+
+def test_an_intent_a_deposed_manager_was_running_is_marked_failed(state: ClusterState) -> None:
+    it = intents.submit(state, "drain", {"node": "node1"}, "admin")
+    # A manager of an earlier term (token 1) claimed it, then died.
+    intents.update(state, it.id, None, state="running", token=1)
+    m, _clock, rec = manager(state)
+    m.take_office(10)
+    publish(state, set())
+    m.tick()
+    got = _wait_end(state, it.id)
+    assert got["state"] == "failed" and "lost office" in got["error"]
+    assert not getattr(rec, "carried", [])

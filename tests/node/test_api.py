@@ -78,3 +78,34 @@ def test_status_is_what_the_store_says(api: tuple[TestClient, ClusterState]) -> 
     assert got["etcd"]["members"][0]["client_urls"]
     doc = client.get("/api/v1/openapi.json").json()
     assert "/api/v1/cluster/status" in doc["paths"]
+
+
+def test_writes_are_intents_the_manager_carries_out(api: tuple[TestClient, ClusterState]) -> None:
+    client, state = api
+    state.client.put(state.key("tokens", token_hash("admin-token")),
+                     json.dumps({"role": "admin"}).encode())
+    state.put_spec(SPEC)
+    admin = {"Authorization": "Bearer admin-token"}
+    got = client.post("/api/v1/nodes/node3/drain", headers=admin)
+    assert got.status_code == 202 and got.json()["state"] == "pending"
+    assert got.headers["location"] == f"/api/v1/intents/{got.json()['id']}"
+    assert got.json()["kind"] == "drain" and got.json()["args"] == {"node": "node3"}
+    seen = client.get(got.headers["location"], headers=admin).json()
+    assert seen["id"] == got.json()["id"] and seen["state"] == "pending"
+    cancelled = client.post(got.headers["location"] + "/cancel", headers=admin).json()
+    assert cancelled["state"] == "cancelled"
+    mig = client.post("/api/v1/vms/web/migrate", json={"to": "node2"}, headers=admin)
+    assert mig.status_code == 202 and mig.json()["args"] == {"vm": "web", "to": "node2"}
+    # Refusals: one error object each, naming the field; nothing recorded.
+    for path, body, code, field in [
+        ("/api/v1/nodes/node9/drain", None, 404, "node"),
+        ("/api/v1/vms/novm/migrate", {"to": "node2"}, 404, "vm"),
+        ("/api/v1/vms/web/migrate", {"to": "node9"}, 422, "to"),
+        ("/api/v1/vms/web/migrate", {}, 422, "to"),
+    ]:
+        bad = client.post(path, json=body, headers=admin)
+        assert bad.status_code == code and bad.json()["error"]["field"] == field, bad.json()
+    assert client.get("/api/v1/intents/nope", headers=admin).status_code == 404
+    assert client.post("/api/v1/nodes/node3/drain").status_code == 401
+    kvs, _ = state.client.get_prefix(state.key("intents", ""))
+    assert len(kvs) == 2

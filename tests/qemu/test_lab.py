@@ -547,3 +547,21 @@ def test_a_driver_lost_after_the_copy_is_completed_by_the_manager(lab: QemuSubst
     copies = _one_copy_until_settled(lab, vm)
     assert copies == {target: ("run", "running")}
     assert _store(lab)[0][vm] == target and lab.owner(vm) == target
+
+
+def test_a_migration_asked_through_the_api_is_done_by_the_manager(lab: QemuSubstrate) -> None:
+    """From the admin namespace with VMCLUSTER_URL only: the API records an intent, the
+    elected manager migrates under its token, the CLI watches."""
+    vm, source = "db", lab.owner("db")
+    target = "node3" if source != "node3" else "node1"
+    out = _vmc_in(lab.layout.client_ns, _admin_env(lab), "vm", "migrate", vm, "--to", target,
+                  "--json")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["state"] == "done" and got["ok"] is True, got
+    assert (got["source"], got["target"]) == (source, target)
+    copies = _one_copy_until_settled(lab, vm)
+    assert copies == {target: ("run", "running")}
+    assert _store(lab)[0][vm] == target and lab.owner(vm) == target
+    bad = _vmc_in(lab.layout.client_ns, _admin_env(lab), "vm", "migrate", vm, "--to", "node9")
+    assert bad.returncode == 2 and "node9" in bad.stderr and len(bad.stderr.splitlines()) == 1

@@ -1,20 +1,23 @@
-"""``vmcluster node drain NODE`` (live-migrate every VM off, Ctrl-C cancels) and
-``vmcluster node resume NODE``."""
+"""``vmcluster node drain NODE`` (the manager live-migrates every VM off; Ctrl-C cancels)
+and ``vmcluster node resume NODE``."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
 
+from vmcluster.cli.apiclient import ClusterAccess, api_request, resolve_access
+from vmcluster.cli.cluster import cluster_option
 from vmcluster.cli.common import lab_option
-from vmcluster.control.drain import drain, resume
+from vmcluster.control.drain import resume
+from vmcluster.errors import VmclusterError
 from vmcluster.lab.lab import resolve_lab
 from vmcluster.lab.services import lab_store
-from vmcluster.policy.failover import CannotPlace, Migrate
-from vmcluster.substrate.protocol import MigrationHandle, MigrationProgress, MigrationResult
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["node"]
@@ -29,50 +32,74 @@ def node() -> None:
 
 @node.command("drain")
 @click.argument("node_name", metavar="NODE")
-@_LAB
+@cluster_option
 @click.option("--json", "as_json", is_flag=True, help="print the result as one JSON object")
-def drain_cmd(node_name: str, lab_name: str | None, as_json: bool) -> None:
-    """Live-migrate every VM off NODE, one at a time; Ctrl-C cancels (the VM in flight
-    stays where it was)."""
-    layout = resolve_lab(lab_name)
-    sub = QemuSubstrate(layout)
+def drain_cmd(node_name: str, cluster_url: str | None, lab_name: str | None,
+              as_json: bool) -> None:
+    """Live-migrate every VM off NODE, one at a time: the cluster's elected manager does it
+    (an intent through the API; this command only watches). Ctrl-C cancels: the VM in
+    flight stays where it was, the node is up again."""
+    if cluster_url is None and lab_name is None and not os.environ.get("VMCLUSTER_URL"):
+        lab_name = resolve_lab(None).name  # the only lab that is up
+    access = resolve_access(cluster_url, lab_name)
 
     def say(msg: str) -> None:
         click.echo(msg, err=as_json)
 
-    last: dict[str, float] = {}
-
-    def on_plan(actions: list[Migrate | CannotPlace]) -> None:
-        if not actions:
-            say(f"{node_name}: no VM to move")
-        for a in actions:
-            say(f"plan: {a.vm} -> {a.target}" if isinstance(a, Migrate)
-                else f"plan: {a.vm} cannot move: {a.reason}")
-
-    def on_progress(h: MigrationHandle, p: MigrationProgress) -> None:
-        now = time.monotonic()
-        if now - last.get(h.vm, 0.0) >= 0.5 or p.status not in ("active", "setup"):
-            last[h.vm] = now
-            say(f"  {h.vm} -> {h.target} over {h.network}: {p.status} pass {p.pass_no} "
-                f"sent {p.sent_mib:.0f} MiB, {p.remaining_mib:.0f} MiB left")
-
-    def on_result(r: MigrationResult) -> None:
-        say(f"{r.vm}: {'moved to ' + r.target if r.ok else 'stayed: ' + str(r.error)}"
-            + (f" (downtime {r.downtime_ms:.0f} ms)" if r.ok and r.downtime_ms else ""))
-
-    with lab_store(layout) as store:
-        result = drain(sub, sub.spec, store.state, node_name, store=store.call,
-                       wall=time.time, on_plan=on_plan, on_progress=on_progress,
-                       on_result=on_result)
+    it = api_request(access, "POST", f"/api/v1/nodes/{node_name}/drain")
+    say(f"drain of {node_name}: intent {it['id']}, carried out by the manager")
+    final = _watch(access, it["id"], say)
+    result = dict(final.get("result") or {})
+    if final["state"] == "failed" and not result:
+        raise VmclusterError(f"the drain of {node_name} failed: {final.get('error')}")
     if as_json:
-        click.echo(json.dumps({"lab": layout.name, **result.to_json()}))
-    elif result.cancelled:
-        click.echo(f"drain of {node_name} cancelled; {len(result.moved)} VM(s) moved, "
-                   f"{node_name} is up")
+        click.echo(json.dumps({**({"lab": lab_name} if lab_name else {}), "intent": it["id"],
+                               **result}))
+    elif result.get("cancelled"):
+        click.echo(f"drain of {node_name} cancelled; {len(result.get('moved', []))} VM(s) "
+                   f"moved, {node_name} is up")
     else:
-        click.echo(f"{node_name} drained: {len(result.moved)} moved, {len(result.failed)} "
-                   f"failed, {len(result.unplaced)} could not be placed; "
+        click.echo(f"{node_name} drained: {len(result.get('moved', []))} moved, "
+                   f"{len(result.get('failed', []))} failed, "
+                   f"{len(result.get('unplaced', []))} could not be placed; "
                    f"`vmcluster node resume {node_name}` puts it back in service")
+
+
+def _watch(access: ClusterAccess, intent_id: str, say: Callable[[str], None],
+           timeout_s: float = 3600.0) -> dict[str, Any]:
+    """Follow an intent until it ends (bounded), printing its plan and progress; Ctrl-C
+    asks the cluster to cancel it and goes on watching until it has."""
+    deadline = time.monotonic() + timeout_s
+    shown_plan, last_line, cancelling = False, "", False
+    while time.monotonic() < deadline:
+        try:
+            got = api_request(access, "GET", f"/api/v1/intents/{intent_id}")
+            if got["state"] in ("done", "failed", "cancelled"):
+                return got
+            p = got.get("progress") or {}
+            if "plan" in p and not shown_plan:
+                shown_plan = True
+                if not p["plan"]:
+                    say("no VM to move")
+                for a in p["plan"]:
+                    say(f"plan: {a['vm']} -> {a['target']}" if a.get("target")
+                        else f"plan: {a['vm']} cannot move: {a.get('reason')}")
+            if "vm" in p:
+                line = (f"  {p['vm']} -> {p['target']} over {p['network']}: {p['status']} "
+                        f"pass {p['pass']} sent {p['sent_mib']:.0f} MiB, "
+                        f"{p['remaining_mib']:.0f} MiB left")
+                if line != last_line:
+                    say(line)
+                    last_line = line
+            time.sleep(0.3)
+        except KeyboardInterrupt:
+            if cancelling:
+                raise
+            cancelling = True
+            say("cancelling (the VM in flight stays where it is) ...")
+            api_request(access, "POST", f"/api/v1/intents/{intent_id}/cancel")
+    raise VmclusterError(f"intent {intent_id} did not end within {timeout_s:.0f} s; "
+                         f"GET /api/v1/intents/{intent_id} shows it")
 
 
 @node.command("resume")

@@ -103,9 +103,19 @@ def console(vm_name: str, lines: int, follow: bool, lab_name: str | None) -> Non
 @click.option("--to", "target", required=True, help="target node")
 @click.option("--quick", is_flag=True, help="quick migration: pause, save, restore")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--cluster", "cluster_url", default=None, metavar="URL", envvar="VMCLUSTER_URL",
+              help="Through the cluster's API: the manager migrates (an intent).")
 @_LAB
-def migrate(vm_name: str, target: str, quick: bool, as_json: bool, lab_name: str | None) -> None:
-    """Live-migrate VM to NODE over the network the policy picks (next one on failure)."""
+def migrate(vm_name: str, target: str, quick: bool, as_json: bool, cluster_url: str | None,
+            lab_name: str | None) -> None:
+    """Live-migrate VM to NODE over the network the policy picks (next one on failure).
+
+    With --cluster (or $VMCLUSTER_URL) the cluster's manager does it (this command only
+    watches; Ctrl-C asks it to cancel). With --lab the command drives it itself from the
+    lab's admin side, with clients watching the VM (what the tour shows)."""
+    if cluster_url is not None and lab_name is None:
+        _migrate_through_api(cluster_url, vm_name, target, quick, as_json)
+        return
     sub = _sub(lab_name)
     def err(m: str) -> None:
         return (click.echo(m, err=True))
@@ -148,6 +158,29 @@ def migrate(vm_name: str, target: str, quick: bool, as_json: bool, lab_name: str
             f"migrating {vm_name} to {target} failed ({result.error}); "
             f"it still runs on {result.source}"
         )
+
+
+def _migrate_through_api(url: str, vm_name: str, target: str, quick: bool,
+                         as_json: bool) -> None:
+    from vmcluster.cli.apiclient import api_request, resolve_access
+    from vmcluster.cli.node import _watch
+    from vmcluster.errors import UsageError
+
+    if quick:
+        raise UsageError("--quick is not an API intent yet; use --lab for a quick migration")
+    access = resolve_access(url)
+    it = api_request(access, "POST", f"/api/v1/vms/{vm_name}/migrate", {"to": target})
+    final = _watch(access, it["id"], lambda m: click.echo(m, err=True))
+    r = dict(final.get("result") or {})
+    if as_json:
+        click.echo(json.dumps({"intent": it["id"], "state": final["state"], **r}))
+    elif final["state"] == "done":
+        click.echo(f"{vm_name}: {r.get('source')} -> {r.get('target')} via {r.get('network')}"
+                   f": {r.get('passes')} passes, {float(r.get('total_s') or 0):.2f} s, "
+                   f"downtime {_ms(r.get('downtime_ms'))} (by the manager, intent {it['id']})")
+    if final["state"] != "done":
+        raise MigrationError(f"migrating {vm_name} to {target} {final['state']}: "
+                             f"{r.get('error') or final.get('error')}")
 
 
 def _ms(value: float | None) -> str:

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmcluster.control.events import MigrationDone, VmCannotPlace
+from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.migration import MigrationRequest, ProgressCallback, known_health, migrate
-from vmcluster.errors import UsageError
+from vmcluster.errors import MigrationCancelled, UsageError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.failover import CannotPlace, FailoverParams, Migrate, drain_plan
 from vmcluster.store.errors import StoreConflict
@@ -62,9 +63,14 @@ def drain(
     on_plan: Callable[[list[Migrate | CannotPlace]], None] = lambda _p: None,
     on_progress: ProgressCallback | None = None,
     on_result: Callable[[MigrationResult], None] = lambda _r: None,
+    ledger: Callable[[], StoreLedger] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> DrainResult:
     """Drain ``node`` (see module docstring); ``store(fn, *args)`` runs each store call
-    (the CLI runs them from inside the lab's namespace)."""
+    (the CLI runs them from inside the lab's namespace). ``ledger()``: a migration ledger
+    per VM (the manager's, under its token: each switchover then moves the placement);
+    ``cancelled()`` is asked before each VM (and the ``on_progress`` callback may raise
+    MigrationCancelled for the one in flight)."""
     spec.node(node)
     nodes = store(state.node_states)
     assert isinstance(nodes, dict)
@@ -88,19 +94,24 @@ def drain(
         for action in actions:
             if not isinstance(action, Migrate):
                 continue
+            if cancelled():
+                raise MigrationCancelled(f"the drain of {node} was cancelled")
             health = known_health(spec, substrate.status())
             result = migrate(substrate, spec, health, MigrationRequest(action.vm, action.target),
-                             on_progress)
+                             on_progress, ledger() if ledger is not None else None)
             on_result(result)
             store(state.append_event, MigrationDone(
                 wall(), node, result.vm, result.source, result.target, result.network,
                 result.ok, result.downtime_ms).to_json())
+            if not result.ok and (result.error or "").startswith("cancelled"):
+                raise MigrationCancelled(f"the drain of {node} was cancelled")
             if not result.ok:
                 run.failed.append(result)
                 continue
             run.moved.append(result)
-            store(_move_placement, state, result.vm, result.target)
-    except KeyboardInterrupt:
+            if ledger is None:  # with a ledger, the switchover moved the placement
+                store(_move_placement, state, result.vm, result.target)
+    except (KeyboardInterrupt, MigrationCancelled):
         store(state.set_node_state, node, "up")
         return DrainResult(node, tuple(run.moved), tuple(run.failed), unplaced, True, "up")
     return DrainResult(node, tuple(run.moved), tuple(run.failed), unplaced, False, "draining")

@@ -28,6 +28,7 @@ candidate campaigns again.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -43,7 +44,7 @@ from vmcluster.control.events import (
     VmRestarted,
 )
 from vmcluster.control.liveness import Assessment, NodeReport, ReportTracker, assess
-from vmcluster.errors import StoreError, VmclusterError
+from vmcluster.errors import MigrationCancelled, StoreError, VmclusterError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.failover import (
     CannotPlace,
@@ -56,6 +57,7 @@ from vmcluster.policy.failover import (
     quarantined,
     restart_not_before,
 )
+from vmcluster.store import intents
 from vmcluster.store.election import Election, Keeper, current_leader
 from vmcluster.store.errors import Fenced, StoreConflict
 from vmcluster.store.state import ClusterState
@@ -94,6 +96,13 @@ class Actuator(Protocol):
     def roll_back_migration(self, vm: str, source: str, target: str, token: int) -> None:
         """The target QEMU goes; the source, if it is alive, runs again."""
 
+    def carry_out(self, kind: str, args: Mapping[str, Any], token: int,
+                  cancelled: Callable[[], bool],
+                  progress: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
+        """Do what an intent asks (``migrate``: ``vm``, ``to``; ``drain``: ``node``) under
+        ``token``; ``cancelled()`` says the asker cancelled (stop at the next safe point,
+        raising MigrationCancelled), ``progress(...)`` reports. Returns the result."""
+
 
 @dataclass(frozen=True)
 class ManagerParams:
@@ -106,6 +115,7 @@ class ManagerParams:
     adopt_s: float = 3.0  # a VM seen running elsewhere than placed this long is placed there
     flap_limit: int = 3
     flap_window_s: float = 3600.0
+    max_workers: int = 4  # intents carried out at once
     failover: FailoverParams = field(default_factory=lambda: FailoverParams(stop_budget_s=2.0))
 
 
@@ -125,6 +135,7 @@ class _Term:
     mismatch: dict[str, tuple[str, int, float]] = field(default_factory=dict)
     net_states: dict[str, str] = field(default_factory=dict)
     cluster_network: str | None = None
+    workers: dict[str, threading.Thread] = field(default_factory=dict)  # by intent id
 
 
 class Manager:
@@ -257,6 +268,7 @@ class Manager:
                                           failures=record.get("failures", []), failed=False)
             self._event(NodeUp(self.wall(), self.name, node))
         self._settle_orphans(term)
+        self._intents(term)
         nodes = self.state.node_states()
         excluded = {n for n, s in nodes.items() if s.get("state") in EXCLUDED_STATES}
         self._failover(term, seen, excluded, now)
@@ -368,6 +380,67 @@ class Manager:
             return
         self._event(VmRestarted(self.wall(), node, vm, from_node, term.token))
         self.say(f"restarted {vm} on {node} (was on {from_node})")
+
+    def _intents(self, term: _Term) -> None:
+        """Carry out what the API recorded (see :mod:`vmcluster.store.intents`), each in a
+        worker thread of its own, so that this loop never waits for a migration. Intents
+        a former manager was running are marked failed: what they left in flight is an
+        orphaned migration, settled above."""
+        for done in [i for i, t in term.workers.items() if not t.is_alive()]:
+            del term.workers[done]
+        for it in intents.running(self.state):
+            if it.record.get("token") != term.token and it.id not in term.workers:
+                with contextlib.suppress(StoreConflict, StoreError):
+                    intents.update(self.state, it.id, term.token, state="failed",
+                                   error=f"interrupted: the manager that ran it (token "
+                                   f"{it.record.get('token')}) lost office", ended=self.wall())
+        for it in intents.pending(self.state):
+            if len(term.workers) >= self.params.max_workers:
+                break
+            try:
+                claimed = intents.claim(self.state, it, term.token)
+            except StoreConflict:
+                continue
+            worker = threading.Thread(target=self._work, args=(claimed, term.token),
+                                      name=f"intent-{it.id}", daemon=True)
+            term.workers[it.id] = worker
+            worker.start()
+            self.say(f"carrying out {it.kind} {it.args} (intent {it.id})")
+
+    def _work(self, it: intents.Intent, token: int) -> None:
+        """One intent, start to end, in its own thread."""
+        last = [0.0]
+
+        def cancelled() -> bool:
+            got = intents.get(self.state, it.id)
+            return got is not None and got.state == "cancelling"
+
+        def progress(p: Mapping[str, Any]) -> None:
+            now = self.clock.now()
+            if now - last[0] >= 0.5:
+                last[0] = now
+                with contextlib.suppress(StoreError, StoreConflict):
+                    intents.update(self.state, it.id, token, progress=dict(p))
+
+        try:
+            result = self.actuator.carry_out(it.kind, it.args, token, cancelled, progress)
+        except Fenced:
+            return  # the next manager marks it failed
+        except MigrationCancelled as exc:
+            self._end(it, token, "cancelled", error=str(exc))
+            return
+        except VmclusterError as exc:
+            self._end(it, token, "failed", error=str(exc))
+            return
+        state = ("cancelled" if result.get("cancelled") else
+                 "done" if result.get("ok", True) else "failed")
+        self._end(it, token, state, result=result, error=result.get("error"))
+
+    def _end(self, it: intents.Intent, token: int, state: str, **fields: Any) -> None:
+        try:
+            intents.update(self.state, it.id, token, state=state, ended=self.wall(), **fields)
+        except (StoreError, StoreConflict) as exc:
+            self.say(f"could not record the end of intent {it.id}: {exc}")
 
     def _settle_orphans(self, term: _Term) -> None:
         """End the migrations whose driver died (a killed CLI, a manager gone), from QEMU's

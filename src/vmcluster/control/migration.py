@@ -12,10 +12,16 @@ a record in the store, and its end is decided there by compare-and-set: see
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from vmcluster.errors import MigrationError, MigrationRefused, PolicyError, VmclusterError
+from vmcluster.errors import (
+    MigrationCancelled,
+    MigrationError,
+    MigrationRefused,
+    PolicyError,
+    VmclusterError,
+)
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import Health, live_migration_order
 from vmcluster.substrate.protocol import (
@@ -85,7 +91,7 @@ def migrate(
     for network in order:
         result = _attempt(substrate, vm.name, req, network, params, on_progress, ledger)
         if result.ok or (result.error or "").startswith(("switchover refused",
-                                                          "rollback refused")):
+                                                          "rollback refused", "cancelled")):
             return result
     assert result is not None
     return result
@@ -115,7 +121,7 @@ def _attempt(
             return MigrationResult(vm, handle.source, req.target, network, ok=False,
                                    error=f"{err}" + (f"; {failed.error}" if failed.error
                                                      and not failed.ok else ""))
-    success = False
+    success = cancelled = False
     try:
         substrate.start_migration(handle, params)
         deadline = substrate.clock.now() + req.timeout_s
@@ -129,10 +135,15 @@ def _attempt(
                 success = progress.status == "completed"
                 break
             substrate.clock.sleep(req.poll_s)
+    except MigrationCancelled:
+        cancelled = True
     except VmclusterError:
         success = False
     finally:
         # Runs on errors and interrupts too: finalize owns rollback, so the VM
         # is left running on exactly one node whatever happened above.
         result = substrate.finalize_migration(handle, success, ledger)
+    if cancelled and not result.ok:
+        return replace(result, error=f"cancelled ({result.error})" if result.error
+                       else "cancelled")
     return result

@@ -16,13 +16,16 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from types import FrameType
+from typing import Any
 
+from vmcluster.control.drain import drain
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds
 from vmcluster.control.migration import MigrationRequest, known_health, migrate
-from vmcluster.errors import SubstrateError
+from vmcluster.errors import MigrationCancelled, SubstrateError
 from vmcluster.lab.client import AgentClient, AgentDown, speak_as
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import update_state
@@ -32,6 +35,7 @@ from vmcluster.store.election import Fence
 from vmcluster.store.errors import Fenced
 from vmcluster.store.state import ClusterState
 from vmcluster.substrate.clock import MonotonicClock
+from vmcluster.substrate.protocol import MigrationHandle, MigrationProgress
 from vmcluster.substrate.qemu.migration import MIB
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
@@ -74,6 +78,46 @@ class LabActuator:
         result = migrate(sub, self.spec, known_health(self.spec, sub.status()),
                          MigrationRequest(vm, target), ledger=ledger)
         return result.ok
+
+    # -- what the API asked for (intents) ----------------------------------------
+    def carry_out(self, kind: str, args: Mapping[str, Any], token: int,
+                  cancelled: Callable[[], bool],
+                  progress: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
+        if self.fence is not None:
+            self.fence.check(token)
+        sub = QemuSubstrate(self.layout, self.spec)
+        asked = [0.0]
+
+        def on_progress(h: MigrationHandle, p: MigrationProgress) -> None:
+            progress({"vm": h.vm, "target": h.target, "network": h.network,
+                      "status": p.status, "pass": p.pass_no, "sent_mib": round(p.sent_mib, 1),
+                      "remaining_mib": round(p.remaining_mib, 1)})
+            now = time.monotonic()
+            if now - asked[0] >= 0.5:  # one store read per half second, not per poll
+                asked[0] = now
+                if cancelled():
+                    raise MigrationCancelled(f"the migration of {h.vm} was cancelled")
+
+        def ledger() -> StoreLedger | None:
+            return StoreLedger(self.state, token) if self.state is not None else None
+
+        if kind == "migrate":
+            vm, target = str(args["vm"]), str(args["to"])
+            result = migrate(sub, self.spec, known_health(self.spec, sub.status()),
+                             MigrationRequest(vm, target), on_progress, ledger())
+            return {**result.to_json(), "cancelled": (result.error or "").startswith(
+                "cancelled")}
+        if kind == "drain":
+            st = self.state
+            assert st is not None
+            got = drain(sub, self.spec, st, str(args["node"]), wall=time.time,
+                        on_plan=lambda plan: progress({"plan": [
+                            {"vm": a.vm, "target": getattr(a, "target", None),
+                             "reason": getattr(a, "reason", None)} for a in plan]}),
+                        on_progress=on_progress, ledger=lambda: StoreLedger(st, token),
+                        cancelled=cancelled)
+            return {**got.to_json(), "ok": not got.failed}
+        raise SubstrateError(f"unknown intent kind {kind!r}")
 
     # -- a migration whose driver died --------------------------------------------
     def _qemu(self, node: str, vm: str) -> tuple[str, str, str] | None:

@@ -53,6 +53,7 @@ from vmcluster.node.bootstrap import (
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.node.wire import exchange
 from vmcluster.pki import NodeCredentials, ca_hash, token_hash
+from vmcluster.store import intents
 from vmcluster.store.election import current_leader
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
@@ -162,6 +163,10 @@ class JoinRequest(BaseModel):
     csr: str = Field(min_length=1, max_length=16384, description="PEM certificate request")
 
 
+class MigrateRequest(BaseModel):
+    to: str = Field(min_length=1, max_length=63, description="the target node")
+
+
 class TokenRequest(BaseModel):
     ttl_s: float = Field(JOIN_TOKEN_TTL_S, gt=0, le=30 * 24 * 3600.0)
 
@@ -245,6 +250,52 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"token": token, "expires": expires, "ca_hash": ca_hash(pem),
                 "join_command": f"vmcluster cluster join {url} --token {token} "
                                 f"--ca-hash {ca_hash(pem)} --node NODE"}
+
+    def _spec() -> Any:
+        text = ctx.state.spec_text()
+        if text is None:
+            raise HTTPException(503, "the cluster has no spec yet")
+        return parse_spec(text, "<the spec in etcd>")
+
+    def _submit(kind: str, args: dict[str, Any]) -> JSONResponse:
+        it = intents.submit(ctx.state, kind, args, by="admin")
+        return JSONResponse(it.to_json(), status_code=202,
+                            headers={"Location": f"/api/v1/intents/{it.id}"})
+
+    @app.post("/api/v1/nodes/{node}/drain", status_code=202)
+    async def node_drain(node: str, _role: str = Depends(admin)) -> JSONResponse:
+        """Ask the manager to live-migrate every VM off ``node`` (an intent; 202)."""
+        spec = await asyncio.to_thread(_spec)
+        if node not in {n.name for n in spec.nodes}:
+            raise JoinRefused(404, "not_found", f"no node {node!r} in the cluster", "node")
+        return await asyncio.to_thread(_submit, "drain", {"node": node})
+
+    @app.post("/api/v1/vms/{vm}/migrate", status_code=202)
+    async def vm_migrate(vm: str, body: MigrateRequest,
+                         _role: str = Depends(admin)) -> JSONResponse:
+        """Ask the manager to live-migrate ``vm`` to ``to`` (an intent; 202)."""
+        spec = await asyncio.to_thread(_spec)
+        if vm not in {v.name for v in spec.vms}:
+            raise JoinRefused(404, "not_found", f"no VM {vm!r} in the cluster", "vm")
+        if body.to not in {n.name for n in spec.nodes}:
+            raise JoinRefused(422, "invalid", f"no node {body.to!r} in the cluster", "to")
+        return await asyncio.to_thread(_submit, "migrate", {"vm": vm, "to": body.to})
+
+    @app.get("/api/v1/intents/{intent_id}")
+    async def intent_get(intent_id: str, _role: str = Depends(admin)) -> dict[str, Any]:
+        it = await asyncio.to_thread(intents.get, ctx.state, intent_id)
+        if it is None:
+            raise JoinRefused(404, "not_found", f"no intent {intent_id}", "id")
+        return it.to_json()
+
+    @app.post("/api/v1/intents/{intent_id}/cancel")
+    async def intent_cancel(intent_id: str, _role: str = Depends(admin)) -> dict[str, Any]:
+        """Cancel: a pending intent at once, a running one at its next safe point (the VM
+        in flight stays on its source)."""
+        if await asyncio.to_thread(intents.get, ctx.state, intent_id) is None:
+            raise JoinRefused(404, "not_found", f"no intent {intent_id}", "id")
+        it = await asyncio.to_thread(intents.cancel, ctx.state, intent_id)
+        return it.to_json()
 
     @app.post("/api/v1/nodes/{node}/leave")
     async def node_leave(node: str, _role: str = Depends(admin)) -> dict[str, Any]:

@@ -106,19 +106,20 @@ def claim(state: ClusterState, intent: Intent, token: int) -> Intent:
                                   "started": time.time()}, token, f"intent {intent.id}")
 
 
-def update(state: ClusterState, intent_id: str, token: int | None, tries: int = 10,
+def update(cluster: ClusterState, intent_id: str, guard: int | None, tries: int = 10,
            **fields: Any) -> Intent:
-    """Set ``fields`` of an intent (its progress, its end), re-reading on a lost compare;
-    a cancel asked meanwhile is kept (a ``running`` intent stays ``cancelling``)."""
+    """Set ``fields`` of an intent (its progress, its end), the write guarded by the
+    fencing token ``guard``, re-reading on a lost compare; a cancel asked meanwhile is
+    kept (a ``running`` intent stays ``cancelling``)."""
     for _ in range(tries):
-        current = get(state, intent_id)
+        current = get(cluster, intent_id)
         if current is None:
             raise StoreError(f"intent {intent_id} is gone")
         record = {**current.record, **fields}
         if current.state == "cancelling" and fields.get("state") == "running":
             record["state"] = "cancelling"
         try:
-            return _write(state, current, record, token, f"intent {intent_id}")
+            return _write(cluster, current, record, guard, f"intent {intent_id}")
         except StoreConflict:
             continue
     raise StoreConflict(f"intent {intent_id} kept changing")
