@@ -12,7 +12,7 @@ a record in the store, and its end is decided there by compare-and-set: see
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vmcluster.errors import (
@@ -90,8 +90,7 @@ def migrate(
     result: MigrationResult | None = None
     for network in order:
         result = _attempt(substrate, vm.name, req, network, params, on_progress, ledger)
-        if result.ok or (result.error or "").startswith(("switchover refused",
-                                                          "rollback refused", "cancelled")):
+        if result.ok or result.unsettled:  # unsettled: not ours to try again
             return result
     assert result is not None
     return result
@@ -143,7 +142,8 @@ def _attempt(
         # Runs on errors and interrupts too: finalize owns rollback, so the VM
         # is left running on exactly one node whatever happened above.
         result = substrate.finalize_migration(handle, success, ledger)
-    if cancelled and not result.ok:
-        return replace(result, error=f"cancelled ({result.error})" if result.error
-                       else "cancelled")
+    if cancelled and not result.ok:  # rolled back: the cancel goes on to the caller
+        raise MigrationCancelled(f"the migration of {vm} was cancelled; it stays on "
+                                 f"{result.source}" + (f" ({result.error})"
+                                                       if result.error else ""))
     return result

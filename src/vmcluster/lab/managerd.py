@@ -105,8 +105,7 @@ class LabActuator:
             vm, target = str(args["vm"]), str(args["to"])
             result = migrate(sub, self.spec, known_health(self.spec, sub.status()),
                              MigrationRequest(vm, target), on_progress, ledger())
-            return {**result.to_json(), "cancelled": (result.error or "").startswith(
-                "cancelled")}
+            return result.to_json()
         if kind == "drain":
             st = self.state
             assert st is not None

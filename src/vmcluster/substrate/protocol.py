@@ -165,7 +165,9 @@ class MigrationProgress:
 
 @dataclass(frozen=True)
 class MigrationResult:
-    """How a migration ended. ``ok`` False means the VM is (still) on ``source``."""
+    """How a migration ended. ``ok`` False means the VM is (still) on ``source``, unless
+    ``unsettled``: the end was refused (the migration's record was no longer the caller's
+    to end), neither copy was run, and whoever holds the record settles it."""
 
     vm: str
     source: str
@@ -178,6 +180,7 @@ class MigrationResult:
     downtime_ms: float | None = None
     error: str | None = None
     extra: Mapping[str, object] = field(default_factory=dict)
+    unsettled: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -191,6 +194,7 @@ class MigrationResult:
             "total_s": round(self.total_s, 4),
             "downtime_ms": None if self.downtime_ms is None else round(self.downtime_ms, 3),
             "error": self.error,
+            "unsettled": self.unsettled,
             **dict(self.extra),
         }
 

@@ -273,7 +273,8 @@ class QemuMigrations:
                     f.close()
                 self._attempts.pop(handle.id, None)
             result = MigrationResult(handle.vm, handle.source, handle.target, handle.network,
-                                     ok=False, error=refused + "; the manager settles it")
+                                     ok=False, error=refused + "; the manager settles it",
+                                     unsettled=True)
             self._results[handle.id] = result
             return result
         if completed:

@@ -15,6 +15,7 @@ cluster network to a node that has one); heartbeats on the cluster network.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -264,12 +265,13 @@ class SimSubstrate:
         if m.result is not None:
             return m.result
         ok = success and m.status == "completed"
+        refused = False
         if switchover is not None:
             try:
                 (switchover.commit if ok else switchover.abort)()
-            except VmclusterError as exc:  # not ours to end: the VM stays where it is
+            except VmclusterError as exc:  # not ours to end (the sim keeps it on its source)
                 self.engine.fail(m, f"switchover refused: {exc}")
-                ok = False
+                ok, refused = False, True
         if not ok:
             self.engine.fail(m, "cancelled by finalize" if success is False else "not completed")
             if m.status == "completed":  # completed but the caller says it failed: roll back
@@ -280,7 +282,7 @@ class SimSubstrate:
             self._place(rec, dst, "running" if m.prior_state != "paused" else "paused")
         elif rec.state == "migrating":
             rec.state = m.prior_state
-        m.result = self.engine.result(m, ok)
+        m.result = replace(self.engine.result(m, ok), unsettled=refused)
         self.emit("migration-finalize", vm=handle.vm, id=handle.id, ok=ok,
                   node=rec.node, error=m.result.error)
         self._refresh_redirects()
