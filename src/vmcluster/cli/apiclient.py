@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from vmcluster.errors import InputError, VmclusterError
-from vmcluster.node.access import ClusterAccess
+from vmcluster.node.access import API_URL, ClusterAccess, credentials_file, error_message
 
 __all__ = ["ApiError", "ClusterAccess", "api_request", "credentials_file", "resolve_access"]
 
@@ -36,11 +35,6 @@ class ApiError(VmclusterError):
         self.status = status
         if status in (0, 400, 401, 403, 404, 409, 422):  # 0: no answer (a wrong or dead URL)
             self.exit_code = 2
-
-
-def credentials_file() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "vmcluster" / "credentials.json"
 
 
 def resolve_access(url: str | None, lab: str | None = None) -> ClusterAccess:
@@ -56,7 +50,7 @@ def resolve_access(url: str | None, lab: str | None = None) -> ClusterAccess:
                          "VMCLUSTER_URL (or --lab NAME for a lab)")
     urls = tuple(u.strip().rstrip("/") for u in url.split(",") if u.strip())
     for u in urls:
-        if not re.match(r"^https://[^/\s]+:\d+$", u):
+        if not API_URL.match(u):
             raise InputError(f"cluster URL {u!r} is not https://HOST:PORT; the API speaks "
                              "HTTPS only (several: comma-separated)")
     url = urls[0]
@@ -100,10 +94,8 @@ def _do(access: ClusterAccess, method: str, path: str, body: Any, timeout_s: flo
     except ValueError:
         data = {"detail": reply.text[:200]}
     if reply.status_code >= 400:
-        err = data.get("error") if isinstance(data, dict) else None
-        detail = (err.get("message") if isinstance(err, dict)
-                  else data.get("detail") if isinstance(data, dict) else data)
-        raise ApiError(f"{url}{path}: {reply.status_code} {detail}", reply.status_code)
+        raise ApiError(f"{url}{path}: {reply.status_code} {error_message(data)}",
+                       reply.status_code)
     if not isinstance(data, dict):
         raise ApiError(f"{url}{path}: expected a JSON object, got {type(data).__name__}")
     return data

@@ -42,10 +42,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import vmcluster
 from vmcluster.errors import VmclusterError
 from vmcluster.model.spec import parse_spec
+from vmcluster.node.access import api_url
 from vmcluster.node.bootstrap import (
     JOIN_TOKEN_TTL_S,
     JoinRefused,
     admit,
+    join_command,
     leave,
     new_join_token,
     promote_if_learner,
@@ -62,10 +64,6 @@ __all__ = ["PUBLISH_S", "ApiContext", "create_app", "main"]
 
 PUBLISH_S = 5.0
 CRL_S = 1.0  # a revoked certificate is refused everywhere within about this
-
-
-def api_url(address: str, port: int) -> str:
-    return f"https://{address}:{port}"
 
 
 @dataclass
@@ -245,11 +243,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
                          _role: str = Depends(admin)) -> dict[str, Any]:
         ttl = body.ttl_s if body is not None else JOIN_TOKEN_TTL_S
         token, expires = await asyncio.to_thread(new_join_token, ctx.state, ttl)
-        pem = NodeCredentials(ctx.cfg.tls_dir).ca.read_bytes()
+        digest = ca_hash(NodeCredentials(ctx.cfg.tls_dir).ca.read_bytes())
         url = api_url(ctx.cfg.api_listen[0], ctx.cfg.api_port)
-        return {"token": token, "expires": expires, "ca_hash": ca_hash(pem),
-                "join_command": f"vmcluster cluster join {url} --token {token} "
-                                f"--ca-hash {ca_hash(pem)} --node NODE"}
+        return {"token": token, "expires": expires, "ca_hash": digest,
+                "join_command": join_command(url, token, digest)}
 
     def _spec() -> Any:
         text = ctx.state.spec_text()

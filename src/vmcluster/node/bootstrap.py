@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import re
 import secrets
 import shutil
@@ -54,6 +53,7 @@ from vmcluster.errors import InputError, StoreError, VmclusterError
 from vmcluster.heartbeat.auth import new_key_file
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec, parse_spec
+from vmcluster.node.access import API_URL, api_url, credentials_file, error_message
 from vmcluster.node.config import (
     DEFAULT_CONFIG,
     PARTS,
@@ -85,6 +85,7 @@ __all__ = [
     "cluster_name",
     "init_cluster",
     "join_cluster",
+    "join_command",
     "leave",
     "new_join_token",
     "promote_if_learner",
@@ -186,6 +187,11 @@ def new_join_token(state: ClusterState, ttl_s: float = JOIN_TOKEN_TTL_S) -> tupl
     state.client.put(state.key("join-tokens", token_hash(token)),
                      json.dumps({"expires": expires}).encode(), lease)
     return token, expires
+
+
+def join_command(url: str, token: str, digest: str, node: str = "NODE") -> str:
+    """What a host runs to join (``cluster init`` and ``cluster token create`` print it)."""
+    return f"vmcluster cluster join {url} --token {token} --ca-hash {digest} --node {node}"
 
 
 def _rand(n: int) -> str:
@@ -423,8 +429,7 @@ class InitResult:
     admin_token: str
 
     def join_command(self, node: str = "NODE") -> str:
-        return (f"vmcluster cluster join {self.api_url} --token {self.join_token} "
-                f"--ca-hash {self.ca_hash} --node {node}")
+        return join_command(self.api_url, self.join_token, self.ca_hash, node)
 
     def to_json(self) -> dict[str, Any]:
         out = {k: str(v) if isinstance(v, Path) else v
@@ -504,18 +509,13 @@ def init_cluster(spec_path: Path, node: str, config: Path = DEFAULT_CONFIG, *,
         raise InputError(f"the store at {', '.join(cfg.endpoints)} already holds cluster "
                          f"{cluster}; join it instead (`vmcluster cluster join`)") from exc
     token, expires = new_join_token(state, token_ttl_s)
-    url = f"https://{cfg.api_listen[0]}:{cfg.api_port}"
+    url = api_url(cfg.api_listen[0], cfg.api_port)
     _api_ready(url, ca.cert_pem, deadline)
-    credentials = credentials or _default_credentials()
-    urls = [f"https://{api_addresses(spec, n.name)[0]}:{cfg.api_port}" for n in spec.nodes]
+    credentials = credentials or credentials_file()
+    urls = [api_url(api_addresses(spec, n.name)[0], cfg.api_port) for n in spec.nodes]
     _write_credentials(credentials, urls, admin_token, ca.cert_pem, cluster)
     return InitResult(cluster, node, url, ca_hash(ca.cert_pem), token, expires, credentials,
                       admin_token)
-
-
-def _default_credentials() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "vmcluster" / "credentials.json"
 
 
 def fetch_ca(url: str, expected_hash: str, timeout_s: float = 10.0) -> bytes:
@@ -543,7 +543,7 @@ def join_cluster(url: str, token: str, expected_hash: str, node: str,
                  timeout_s: float = 120.0, say: Say = print) -> dict[str, Any]:
     """Join the cluster whose member answers at ``url`` (see the module docstring)."""
     url = url.rstrip("/")
-    if not re.match(r"^https://[^/\s]+:\d+$", url):
+    if not API_URL.match(url):
         raise InputError(f"join URL {url!r} is not https://HOST:PORT (a member's API)")
     if not _TOKEN.match(token):
         raise InputError(f"--token {token!r} is not a join token (like abcdef.0123456789abcdef"
@@ -564,11 +564,11 @@ def join_cluster(url: str, token: str, expected_hash: str, node: str,
             raise InputError(f"{url}: the join request failed: {exc}") from exc
         data = _json(reply)
         if reply.status_code == 503 and time.monotonic() < deadline:
-            say(f"{url}: {_message(data)}; retrying")
+            say(f"{url}: {error_message(data)}; retrying")
             time.sleep(1.0)
             continue
         if reply.status_code != 200:
-            raise InputError(f"{url} refused the join: {_message(data)}")
+            raise InputError(f"{url} refused the join: {error_message(data)}")
         break
     creds = NodeCredentials(base.tls_dir)
     creds.write(data["ca"].encode(), data["cert"].encode(), key, data["crl"].encode())
@@ -596,7 +596,7 @@ def join_cluster(url: str, token: str, expected_hash: str, node: str,
                                      "goes on trying)")
             time.sleep(0.5)
         role = "voter"
-    api = f"https://{cfg.api_listen[0]}:{cfg.api_port}"
+    api = api_url(cfg.api_listen[0], cfg.api_port)
     _api_ready(api, ca_pem, deadline)
     return {"cluster": cfg.cluster, "node": node, "etcd": role, "api_url": api,
             "daemon": how}
@@ -618,10 +618,3 @@ def _json(reply: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {"error": {"message": reply.text[:200]}}
     return data if isinstance(data, dict) else {"error": {"message": str(data)[:200]}}
-
-
-def _message(data: dict[str, Any]) -> str:
-    err = data.get("error")
-    if isinstance(err, dict):
-        return str(err.get("message"))
-    return str(data.get("detail", data))
