@@ -63,7 +63,7 @@ def drain(
     on_plan: Callable[[list[Migrate | CannotPlace]], None] = lambda _p: None,
     on_progress: ProgressCallback | None = None,
     on_result: Callable[[MigrationResult], None] = lambda _r: None,
-    ledger: Callable[[], StoreLedger] | None = None,
+    ledger: Callable[[], StoreLedger | None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> DrainResult:
     """Drain ``node`` (see module docstring); ``store(fn, *args)`` runs each store call

@@ -48,6 +48,7 @@ from vmcluster.policy.networks import node_cluster_networks
 from vmcluster.store.errors import Fenced
 from vmcluster.substrate.qemu.facts import QemuFacts, QemuInstall, probe
 from vmcluster.substrate.qemu.process import QemuProcess
+from vmcluster.substrate.qemu.qmp import MIGRATING
 from vmcluster.substrate.qemu.vm import VmConfig
 
 __all__ = ["Agent", "main"]
@@ -272,7 +273,7 @@ class Agent(CsvOps):
         """Roll back the source: cancel any migration, then run the VM again."""
         qp = self.get(req["vm"])
         info = await qp.qmp.query_migrate()
-        if info.get("status") in ("setup", "active", "device", "pre-switchover", "wait-unplug"):
+        if info.get("status") in MIGRATING:
             await qp.qmp.migrate_cancel()
             for _ in range(200):
                 info = await qp.qmp.query_migrate()

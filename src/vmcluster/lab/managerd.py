@@ -37,6 +37,7 @@ from vmcluster.store.state import ClusterState
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import MigrationHandle, MigrationProgress
 from vmcluster.substrate.qemu.migration import MIB
+from vmcluster.substrate.qemu.qmp import MIGRATING
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["LabActuator", "main"]
@@ -74,10 +75,13 @@ class LabActuator:
 
     def migrate_vm(self, vm: str, target: str, token: int) -> bool:
         sub = QemuSubstrate(self.layout, self.spec)
-        ledger = StoreLedger(self.state, token) if self.state is not None else None
         result = migrate(sub, self.spec, known_health(self.spec, sub.status()),
-                         MigrationRequest(vm, target), ledger=ledger)
+                         MigrationRequest(vm, target), ledger=self._ledger(token))
         return result.ok
+
+    def _ledger(self, token: int) -> StoreLedger | None:
+        """Each migration's record in the store, under the manager's token."""
+        return StoreLedger(self.state, token) if self.state is not None else None
 
     # -- what the API asked for (intents) ----------------------------------------
     def carry_out(self, kind: str, args: Mapping[str, Any], token: int,
@@ -98,13 +102,10 @@ class LabActuator:
                 if cancelled():
                     raise MigrationCancelled(f"the migration of {h.vm} was cancelled")
 
-        def ledger() -> StoreLedger | None:
-            return StoreLedger(self.state, token) if self.state is not None else None
-
         if kind == "migrate":
             vm, target = str(args["vm"]), str(args["to"])
             result = migrate(sub, self.spec, known_health(self.spec, sub.status()),
-                             MigrationRequest(vm, target), on_progress, ledger())
+                             MigrationRequest(vm, target), on_progress, self._ledger(token))
             return result.to_json()
         if kind == "drain":
             st = self.state
@@ -113,7 +114,7 @@ class LabActuator:
                         on_plan=lambda plan: progress({"plan": [
                             {"vm": a.vm, "target": getattr(a, "target", None),
                              "reason": getattr(a, "reason", None)} for a in plan]}),
-                        on_progress=on_progress, ledger=lambda: StoreLedger(st, token),
+                        on_progress=on_progress, ledger=lambda: self._ledger(token),
                         cancelled=cancelled)
             return {**got.to_json(), "ok": not got.failed}
         raise SubstrateError(f"unknown intent kind {kind!r}")
@@ -138,7 +139,7 @@ class LabActuator:
             s_end = "gone"
         elif src[1] == "postmigrate":
             s_end = "postmigrate"
-        elif src[2] in ("setup", "active", "device", "pre-switchover", "cancelling"):
+        elif src[2] in (*MIGRATING, "cancelling"):
             s_end = "migrating"
         else:
             s_end = "paused" if src[1] == "paused" else "running"

@@ -20,10 +20,14 @@ from qemu.qmp import EventListener, QMPClient, QMPError
 
 from vmcluster.errors import QmpError
 
-__all__ = ["Qmp"]
+__all__ = ["MIGRATING", "Qmp"]
 
 # qemu.qmp logs every disconnect at WARNING; our callers report errors themselves.
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+
+# query-migrate statuses of a migration still in progress
+MIGRATING = ("setup", "active", "device", "pre-switchover", "wait-unplug")
 
 
 class Qmp:
@@ -109,7 +113,7 @@ class Qmp:
         to end. It waits on QEMU's own ``MIGRATION`` events (the ``events`` capability),
         not by asking again and again: under TCG every QMP command competes with the
         vCPUs and the migration thread for QEMU's main lock."""
-        active = ("setup", "active", "device", "pre-switchover", "wait-unplug")
+        active = MIGRATING
         listener = EventListener(names=["MIGRATION"])
         self._client.register_listener(listener)
         try:
