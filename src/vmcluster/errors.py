@@ -60,10 +60,11 @@ class SpecError(InputError):
     problem and ``hint`` what to do about it.
     """
 
-    def __init__(self, where: str, what: str, hint: str = "") -> None:
+    def __init__(self, where: str, what: str, hint: str = "", field: str | None = None) -> None:
         self.where = where
         self.what = what
         self.hint = hint
+        self.field = field  # the key at fault, when one is
         msg = f"{where}: {what}"
         if hint:
             msg += f" ({hint})"

@@ -22,7 +22,7 @@ from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds, report_key
 from vmcluster.errors import MigrationCancelled
 from vmcluster.model.spec import load_spec
-from vmcluster.store import ClusterState, EtcdClient, EtcdCluster, Fenced, embedded, intents
+from vmcluster.store import ClusterState, EtcdClient, EtcdCluster, Fenced, embedded, intents, vms
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = load_spec(ROOT / "examples/lab.toml")
@@ -53,6 +53,9 @@ class Recorder:
 
     def start_vm(self, vm: str, node: str, token: int) -> None:
         self.started.append((vm, node, token))
+
+    def stop_vm(self, vm: str, node: str, token: int) -> None:
+        self.stopped = [*getattr(self, "stopped", []), (vm, node, token)]
 
     def migrate_vm(self, vm: str, target: str, token: int) -> bool:
         return False
@@ -387,3 +390,58 @@ def test_an_intent_a_deposed_manager_was_running_is_marked_failed(state: Cluster
     got = _wait_end(state, it.id)
     assert got["state"] == "failed" and "lost office" in got["error"]
     assert not getattr(rec, "carried", [])
+
+
+def _settle(m: Manager) -> None:
+    """Wait for the manager's start threads and intent workers of this term."""
+    assert m.term is not None
+    for t in [*m.term.starting.values(), *m.term.workers.values()]:
+        t.join(10)
+
+
+def test_vms_defined_to_run_start_on_their_owner_and_a_stopped_one_stays_stopped(
+    state: ClusterState,
+) -> None:
+    state.client.delete(state.key("placements", ""), prefix=True)
+    state.put_spec((ROOT / "examples/lab.toml").read_text())
+    for vm in LAB.vms:
+        vms.define(state, {"name": vm.name, "owner": vm.owner, "memory_mib": vm.memory_mib},
+                   desired="stopped" if vm.name == "batch" else "running")
+    m, clock, rec = manager(state)
+    token = m.take_office(10)
+    # node1 (web's owner) is not heard yet: a young term waits for it rather than
+    # starting web elsewhere; db's owner is up, so db starts there.
+    publish(state, {"node1"}, {"node2": [], "node3": []})
+    m.tick()
+    _settle(m)
+    assert rec.started == [("db", "node2", token)]
+    assert state.placement("db").node == "node2" and state.placement("web").node is None
+    publish(state, set(), {"node1": [], "node2": ["db"], "node3": []})
+    m.tick()
+    _settle(m)
+    assert rec.started[1:] == [("web", "node1", token)]
+    assert "vm_started" in kinds(state)
+    # batch is desired stopped: never started. A stop intent stops db for good.
+    vms.set_desired(state, "db", "stopped")
+    it = intents.submit(state, "stop", {"vm": "db"}, by="test")
+    publish(state, set(), {"node1": ["web"], "node2": ["db"], "node3": []})
+    m.tick()
+    _settle(m)
+    assert intents.get(state, it.id).state == "done"  # type: ignore[union-attr]
+    assert rec.stopped == [("db", "node2", token)]
+    assert state.placement("db").node is None
+    clock.t += 30
+    publish(state, set(), {"node1": ["web"], "node2": [], "node3": []})
+    m.tick()
+    _settle(m)
+    assert [v for v, _, _ in rec.started] == ["db", "web"]  # neither db nor batch again
+    # A start intent with a node: placed and started there, done once a report shows it.
+    vms.set_desired(state, "batch", "running")
+    it = intents.submit(state, "start", {"vm": "batch", "on": "node2"}, by="test")
+    publish(state, set(), {"node1": ["web"], "node2": ["batch"], "node3": []})
+    m.tick()
+    _settle(m)
+    got = intents.get(state, it.id)
+    assert got is not None and got.state == "done", got
+    assert state.placement("batch").node == "node2"
+    assert ("batch", "node2", token) in rec.started

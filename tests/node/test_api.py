@@ -94,6 +94,9 @@ def test_writes_are_intents_the_manager_carries_out(api: tuple[TestClient, Clust
     assert seen["id"] == got.json()["id"] and seen["state"] == "pending"
     cancelled = client.post(got.headers["location"] + "/cancel", headers=admin).json()
     assert cancelled["state"] == "cancelled"
+    made = client.post("/api/v1/vms", json={"name": "web", "owner": "node1", "memory_mib": 257},
+                       headers=admin)
+    assert made.status_code == 201, made.json()
     mig = client.post("/api/v1/vms/web/migrate", json={"to": "node2"}, headers=admin)
     assert mig.status_code == 202 and mig.json()["args"] == {"vm": "web", "to": "node2"}
     # Refusals: one error object each, naming the field; nothing recorded.
@@ -109,3 +112,59 @@ def test_writes_are_intents_the_manager_carries_out(api: tuple[TestClient, Clust
     assert client.post("/api/v1/nodes/node3/drain").status_code == 401
     kvs, _ = state.client.get_prefix(state.key("intents", ""))
     assert len(kvs) == 2
+
+
+def test_vms_are_defined_started_stopped_and_deleted_through_the_store(
+    api: tuple[TestClient, ClusterState],
+) -> None:
+    client, state = api
+    state.client.put(state.key("tokens", token_hash("admin-token")),
+                     json.dumps({"role": "admin"}).encode())
+    state.put_spec(SPEC)
+    admin = {"Authorization": "Bearer admin-token"}
+    assert client.get("/api/v1/vms", headers=admin).json() == {"vms": []}
+    made = client.post("/api/v1/vms", headers=admin, json={
+        "name": "app", "owner": "node2", "memory_mib": 257, "vcpus": 1})
+    assert made.status_code == 201 and made.headers["location"] == "/api/v1/vms/app"
+    body = made.json()
+    assert body["desired"] == "stopped" and body["node"] is None and body["state"] == "stopped"
+    # Its address was assigned and is now part of its definition: a VM defined later can
+    # never shift it.
+    assert body["definition"]["address"].startswith("198.18.")
+    second = client.post("/api/v1/vms", headers=admin, json={
+        "name": "api", "owner": "node1", "memory_mib": 257, "start": True})
+    assert second.status_code == 201 and second.json()["intent"]["kind"] == "start"
+    assert second.json()["definition"]["address"] != body["definition"]["address"]
+    assert [v["name"] for v in client.get("/api/v1/vms", headers=admin).json()["vms"]] == [
+        "app", "api"]
+    assert state.spec().vm("app").owner == "node2"  # the cluster's spec has it
+    # Refusals: a bad definition names its key; a taken name is a conflict; nothing kept.
+    for body_, code, field in [
+        ({"name": "x", "owner": "node9", "memory_mib": 257}, 422, "owner"),
+        ({"name": "x", "owner": "node1", "memory_mib": -1}, 422, "memory_mib"),
+        ({"name": "x", "owner": "node1", "memory_mib": 257, "colour": "red"}, 422, "colour"),
+        ({"owner": "node1", "memory_mib": 257}, 422, "name"),
+        ({"name": "app", "owner": "node1", "memory_mib": 257}, 409, "name"),
+    ]:
+        bad = client.post("/api/v1/vms", headers=admin, json=body_)
+        assert bad.status_code == code, bad.json()
+        assert bad.json()["error"]["field"] == field, bad.json()
+    assert len(client.get("/api/v1/vms", headers=admin).json()["vms"]) == 2
+    # start and stop are intents, and record the desired state at once.
+    started = client.post("/api/v1/vms/app/start", json={"on": "node3"}, headers=admin)
+    assert started.status_code == 202 and started.json()["args"] == {"vm": "app", "on": "node3"}
+    assert client.get("/api/v1/vms/app", headers=admin).json()["desired"] == "running"
+    assert client.post("/api/v1/vms/app/start", json={"on": "node9"},
+                       headers=admin).json()["error"]["field"] == "on"
+    stopped = client.post("/api/v1/vms/app/stop", headers=admin)
+    assert stopped.status_code == 202 and stopped.json()["kind"] == "stop"
+    assert client.get("/api/v1/vms/app", headers=admin).json()["desired"] == "stopped"
+    assert client.post("/api/v1/vms/nope/stop", headers=admin).status_code == 404
+    # Deleting: refused while it has an owner, done once it has none.
+    state.place("app", "node2", expect=0, token=None)
+    assert client.delete("/api/v1/vms/app", headers=admin).status_code == 409
+    p = state.placement("app")
+    state.place("app", None, expect=p.revision, token=None, state="stopped")
+    assert client.delete("/api/v1/vms/app", headers=admin).json()["deleted"] is True
+    assert client.get("/api/v1/vms/app", headers=admin).status_code == 404
+    assert "app" not in {v.name for v in state.spec().vms}

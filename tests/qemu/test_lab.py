@@ -26,7 +26,7 @@ from vmcluster.errors import MigrationError, StoreError, UsageError
 from vmcluster.lab import netns
 from vmcluster.lab.client import AGENT_PORT, AgentClient, AgentDown, AgentError
 from vmcluster.lab.credentials import etcd_tls, lab_ca, revoke
-from vmcluster.lab.lab import set_net
+from vmcluster.lab.lab import set_net, wait_ready
 from vmcluster.lab.nsenter import NetnsThread
 from vmcluster.lab.observe import migrate_observed
 from vmcluster.pki import CertificateAuthority, NodeCredentials
@@ -565,3 +565,42 @@ def test_a_migration_asked_through_the_api_is_done_by_the_manager(lab: QemuSubst
     assert _store(lab)[0][vm] == target and lab.owner(vm) == target
     bad = _vmc_in(lab.layout.client_ns, _admin_env(lab), "vm", "migrate", vm, "--to", "node9")
     assert bad.returncode == 2 and "node9" in bad.stderr and len(bad.stderr.splitlines()) == 1
+
+
+def test_a_vm_defined_through_the_api_is_started_stopped_and_deleted(lab: QemuSubstrate) -> None:
+    """From the admin namespace with VMCLUSTER_URL only: define a VM, start it (the
+    manager places it on its owner and its node builds and runs the QEMU), stop it (it
+    stays stopped), delete it. The lab's own view lists it as the cluster does."""
+    env, ns = _admin_env(lab), lab.layout.client_ns
+    made = _vmc_in(ns, env, "vm", "create", "extra", "--owner", "node3", "--memory", "160",
+                   "--start", "--json")
+    try:
+        assert made.returncode == 0, made.stderr
+        got = json.loads(made.stdout)
+        assert got["node"] == "node3" and got["desired"] == "running", got
+        address = got["definition"]["address"]
+        assert address not in {str(v.address) for v in lab.spec.vms}
+        wait_ready(lab.layout, "extra", "node3", 120)
+        listed = json.loads(_vmc_in(ns, env, "vm", "list", "--json").stdout)["vms"]
+        assert {v["name"]: v["node"] for v in listed}["extra"] == "node3"
+        assert "extra" in vmc("vm", "list", "--lab", lab.layout.name).stdout
+        # The guest's web server answers on its address, from the admin side.
+        http = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c",
+                               "import sys, urllib.request as u; "
+                               "print(u.urlopen(sys.argv[1], timeout=5).status)",
+                               f"http://{address}/"],
+                              capture_output=True, text=True, timeout=20, check=False)
+        assert http.stdout.strip() == "200", http.stderr
+        refused = _vmc_in(ns, env, "vm", "delete", "extra")
+        assert refused.returncode == 2 and "stop it" in refused.stderr
+        stopped = _vmc_in(ns, env, "vm", "stop", "extra")
+        assert stopped.returncode == 0, stopped.stderr
+        time.sleep(5)  # longer than the manager's recover_s: nothing starts it again
+        after = {v["vm"] for v in lab.agent("node3").call("list")["vms"]}
+        assert "extra" not in after
+        assert _vmc_in(ns, env, "vm", "delete", "extra").returncode == 0
+        listed = json.loads(_vmc_in(ns, env, "vm", "list", "--json").stdout)["vms"]
+        assert "extra" not in {v["name"] for v in listed}
+    finally:
+        _vmc_in(ns, env, "vm", "stop", "extra")
+        _vmc_in(ns, env, "vm", "delete", "extra")

@@ -62,7 +62,10 @@ def down(name: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(name: str | None, as_json: bool) -> None:
     """Nodes (agent up or down, links down) and VMs (owner and state)."""
-    sub = QemuSubstrate(resolve_lab(name))
+    from vmcluster.lab.services import lab_spec
+
+    layout = resolve_lab(name)
+    sub = QemuSubstrate(layout, lab_spec(layout))  # with the VMs defined since `lab up`
     _show(sub.status(), as_json, sub)
 
 

@@ -1,17 +1,22 @@
-"""``vmcluster vm``: list, start, stop, pause, resume, console and migrate lab VMs."""
+"""``vmcluster vm``: create, list, start, stop, delete, pause, resume, console and migrate
+VMs (through the cluster's API; a lab without a control plane through its agents)."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
+from vmcluster.cli.apiclient import ClusterAccess, api_request, resolve_access
+from vmcluster.cli.cluster import cluster_option
 from vmcluster.cli.common import ProgressLine, lab_option
-from vmcluster.errors import MigrationError
+from vmcluster.errors import InputError, MigrationError, VmclusterError
 from vmcluster.lab.lab import resolve_lab
 from vmcluster.lab.observe import migrate_observed
+from vmcluster.model.tomlsource import load_toml
 from vmcluster.substrate.protocol import MigrationHandle, MigrationProgress
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
@@ -21,7 +26,10 @@ _LAB = lab_option()
 
 
 def _sub(lab_name: str | None) -> QemuSubstrate:
-    return QemuSubstrate(resolve_lab(lab_name))
+    from vmcluster.lab.services import lab_spec
+
+    layout = resolve_lab(lab_name)
+    return QemuSubstrate(layout, lab_spec(layout))  # with the VMs defined since `lab up`
 
 
 @click.group()
@@ -29,10 +37,35 @@ def vm() -> None:
     """Operate the lab's VMs."""
 
 
+def _api(cluster_url: str | None, lab_name: str | None) -> ClusterAccess | None:
+    """The cluster's API, when there is one to go through: ``--cluster`` (or
+    $VMCLUSTER_URL), or a lab that runs a control plane; None for a lab of agents only
+    (its commands then act on the agents themselves)."""
+    if cluster_url is not None and lab_name is None:
+        return resolve_access(cluster_url)
+    from vmcluster.lab.services import services_file
+
+    layout = resolve_lab(lab_name)
+    return resolve_access(None, layout.name) if services_file(layout).exists() else None
+
+
 @vm.command("list")
-@_LAB
+@cluster_option
 @click.option("--json", "as_json", is_flag=True)
-def list_(lab_name: str | None, as_json: bool) -> None:
+def list_(cluster_url: str | None, lab_name: str | None, as_json: bool) -> None:
+    """The VMs: where each runs and what is wanted of it (with --cluster, as the cluster's
+    API says; with --lab, as the lab's agents say)."""
+    if cluster_url is not None and lab_name is None:
+        got = api_request(resolve_access(cluster_url), "GET", "/api/v1/vms")
+        if as_json:
+            click.echo(json.dumps(got))
+            return
+        for v in got["vms"]:
+            d = v["definition"]
+            click.echo(f"{v['name']:<10} {v['state']:<9} {v['node'] or '-':<8} "
+                       f"{d.get('address', '-'):<14} desired {v['desired']}, "
+                       f"{d.get('memory_mib')} MiB, {d.get('vcpus', 1)} vCPU")
+        return
     sub = _sub(lab_name)
     vms = sub.status().vms
     if as_json:
@@ -54,24 +87,144 @@ def _simple(name: str, doc: str) -> None:
         click.echo(f"{vm_name}: {sub.status().vm(vm_name).state}")
 
 
-_simple("stop", "Stop a VM (its QEMU quits).")
 _simple("pause", "Pause a VM.")
 _simple("resume", "Resume a paused VM.")
 
 
+def _carried(access: ClusterAccess, it: dict[str, Any], what: str) -> dict[str, Any]:
+    """Watch an intent to its end; its result, or one error line."""
+    from vmcluster.cli.node import _watch
+
+    final = _watch(access, it["id"], lambda m: click.echo(m, err=True))
+    result = dict(final.get("result") or {})
+    if final["state"] != "done":
+        why = result.get("error") or final.get("error")
+        raise VmclusterError(f"{what} {final['state']}: {why}")
+    return result
+
+
 @vm.command("start")
 @click.argument("vm_name", metavar="VM")
-@click.option("--on", "node", default=None, help="node (default: the spec's owner)")
-@_LAB
-def start(vm_name: str, node: str | None, lab_name: str | None) -> None:
-    """Start a VM on a node."""
+@click.option("--on", "node", default=None, help="node (default: its owner, or where the "
+              "placement rules say)")
+@cluster_option
+def start(vm_name: str, node: str | None, cluster_url: str | None, lab_name: str | None) -> None:
+    """Start a VM: its desired state becomes running and the manager starts it."""
     from vmcluster.lab.lab import wait_ready
 
-    sub = _sub(lab_name)
-    node = node or sub.spec.vm(vm_name).owner
-    sub.start_vm(vm_name, node)
-    wait_ready(sub.layout, vm_name, node, 120)
-    click.echo(f"{vm_name}: running on {node}")
+    access = _api(cluster_url, lab_name)
+    if access is None:  # a lab of agents only
+        sub = _sub(lab_name)
+        node = node or sub.spec.vm(vm_name).owner
+        sub.start_vm(vm_name, node)
+        wait_ready(sub.layout, vm_name, node, 120)
+        click.echo(f"{vm_name}: running on {node}")
+        return
+    it = api_request(access, "POST", f"/api/v1/vms/{vm_name}/start",
+                     {"on": node} if node else None)
+    got = _carried(access, it, f"starting {vm_name}")
+    if access.netns is not None:  # a lab's: wait for its guest, as `lab up` does
+        wait_ready(resolve_lab(lab_name), vm_name, str(got["node"]), 120)
+    click.echo(f"{vm_name}: running on {got['node']}")
+
+
+@vm.command("stop")
+@click.argument("vm_name", metavar="VM")
+@cluster_option
+def stop(vm_name: str, cluster_url: str | None, lab_name: str | None) -> None:
+    """Stop a VM (its QEMU quits); its desired state becomes stopped, so nothing starts
+    it again until `vmcluster vm start`."""
+    access = _api(cluster_url, lab_name)
+    if access is None:
+        sub = _sub(lab_name)
+        sub.stop_vm(vm_name)
+        click.echo(f"{vm_name}: {sub.status().vm(vm_name).state}")
+        return
+    got = _carried(access, api_request(access, "POST", f"/api/v1/vms/{vm_name}/stop"),
+                   f"stopping {vm_name}")
+    click.echo(f"{vm_name}: stopped" + (f" (was on {got['node']})" if got.get("node") else ""))
+
+
+def _definition(vm_name: str, from_file: Path | None, given: dict[str, Any]) -> dict[str, Any]:
+    """A VM's definition: the file's table (if any), then the options given."""
+    table: dict[str, Any] = {}
+    if from_file is not None:
+        src = load_toml(from_file)
+        tables = src.data.get("vms")
+        if isinstance(tables, list):
+            if len(tables) != 1 or not isinstance(tables[0], dict):
+                raise InputError(f"{from_file}: holds {len(tables)} [[vms]] tables; give one")
+            table = dict(tables[0])
+        else:
+            table = dict(src.data)
+    table.update({k: v for k, v in given.items() if v is not None})
+    if table.setdefault("name", vm_name) != vm_name:
+        raise InputError(f"{from_file}: defines {table['name']!r}, not {vm_name!r}")
+    return table
+
+
+@vm.command("create")
+@click.argument("vm_name", metavar="VM")
+@click.option("--owner", default=None, help="its home node (required, here or in --from)")
+@click.option("--memory", "memory_mib", type=click.IntRange(min=1), default=None,
+              help="memory in MiB (required, here or in --from)")
+@click.option("--vcpus", type=click.IntRange(min=1), default=None)
+@click.option("--disk", "disk_mib", type=click.IntRange(min=1), default=None,
+              help="disk size in MiB (a plain disk, or on --volume)")
+@click.option("--volume", default=None, help="a cluster shared volume for its disk")
+@click.option("--address", default=None, help="its address on the public network "
+              "(default: the next free one)")
+@click.option("--preferred-owners", default=None, metavar="N1,N2",
+              help="nodes to fail over to, in order")
+@click.option("--from", "from_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="a TOML file with the VM's table (keys as in a spec's [[vms]])")
+@click.option("--start/--no-start", "start_it", default=False, show_default=True,
+              help="start it once it is defined")
+@click.option("--json", "as_json", is_flag=True, help="print the API's object")
+@cluster_option
+def create(vm_name: str, owner: str | None, memory_mib: int | None, vcpus: int | None,
+           disk_mib: int | None, volume: str | None, address: str | None,
+           preferred_owners: str | None, from_file: Path | None, start_it: bool,
+           as_json: bool, cluster_url: str | None, lab_name: str | None) -> None:
+    """Define a VM in the cluster (checked as a spec's [[vms]] table is); --start also
+    starts it."""
+    prefs = None if preferred_owners is None else [
+        n.strip() for n in preferred_owners.split(",") if n.strip()]
+    body = _definition(vm_name, from_file, {
+        "owner": owner, "memory_mib": memory_mib, "vcpus": vcpus, "disk_mib": disk_mib,
+        "volume": volume, "address": address, "preferred_owners": prefs})
+    access = _api(cluster_url, lab_name)
+    if access is None:
+        raise InputError("this lab runs no control plane: VMs are defined in a cluster; "
+                         "use a lab brought up with one, or --cluster URL")
+    got = api_request(access, "POST", "/api/v1/vms", {**body, "start": start_it})
+    if start_it:
+        ran = _carried(access, got["intent"], f"starting {vm_name}")
+        got = {**got, "node": ran.get("node"), "state": "running", "desired": "running"}
+        if access.netns is not None:
+            from vmcluster.lab.lab import wait_ready
+
+            wait_ready(resolve_lab(lab_name), vm_name, str(ran["node"]), 120)
+    if as_json:
+        click.echo(json.dumps(got))
+        return
+    d = got["definition"]
+    click.echo(f"{vm_name}: defined ({d['memory_mib']} MiB, {d.get('vcpus', 1)} vCPU, owner "
+               f"{d['owner']}, address {d.get('address', '-')})"
+               + (f"; running on {got['node']}" if start_it else
+                  f"; `vmcluster vm start {vm_name}` starts it"))
+
+
+@vm.command("delete")
+@click.argument("vm_name", metavar="VM")
+@cluster_option
+def delete(vm_name: str, cluster_url: str | None, lab_name: str | None) -> None:
+    """Delete a stopped VM's definition (refused while it runs: stop it first)."""
+    access = _api(cluster_url, lab_name)
+    if access is None:
+        raise InputError("this lab runs no control plane: there is no definition to delete")
+    api_request(access, "DELETE", f"/api/v1/vms/{vm_name}")
+    click.echo(f"{vm_name}: deleted")
 
 
 @vm.command("console")

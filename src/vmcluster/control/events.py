@@ -28,6 +28,7 @@ __all__ = [
     "RouteUp",
     "VmCannotPlace",
     "VmRestarted",
+    "VmStarted",
     "VmStopped",
     "event_from_json",
 ]
@@ -112,6 +113,12 @@ class NodeQuarantined(Event):
 class VmRestarted(Event):
     vm: str
     from_node: str
+    token: int
+
+
+@dataclass(frozen=True)
+class VmStarted(Event):
+    vm: str
     token: int
 
 

@@ -20,6 +20,12 @@ Each tick (``tick_s``, wall time through the injected clock):
   its node was cut off) is started there again after ``recover_s``.
   A node that fails ``flap_limit`` times within ``flap_window_s`` is
   quarantined: kept out of placement and drained by live migration.
+* **desired state**: a VM defined to run (``vms/<vm>`` desired "running", see
+  :mod:`vmcluster.store.vms`) that has no owner is started: on its owner when that
+  node is healthy, elsewhere by :func:`start_plan` once the term is ``start_grace_s``
+  old (a new manager first waits to hear every node). The VMs come from the store's
+  definitions, read again whenever one changes. ``start`` and ``stop`` intents (the
+  API's) use the same steps; a VM desired "stopped" is never started again.
 
 A lost lease (``Keeper.lost``) or a :class:`Fenced` write ends the term; the
 candidate campaigns again.
@@ -42,9 +48,17 @@ from vmcluster.control.events import (
     NodeUp,
     VmCannotPlace,
     VmRestarted,
+    VmStarted,
+    VmStopped,
 )
 from vmcluster.control.liveness import Assessment, NodeReport, ReportTracker, assess
-from vmcluster.errors import MigrationCancelled, StoreError, VmclusterError
+from vmcluster.errors import (
+    MigrationCancelled,
+    SpecError,
+    StoreError,
+    SubstrateError,
+    VmclusterError,
+)
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.failover import (
     CannotPlace,
@@ -56,11 +70,12 @@ from vmcluster.policy.failover import (
     has_quorum,
     quarantined,
     restart_not_before,
+    start_plan,
 )
-from vmcluster.store import intents
+from vmcluster.store import intents, vms
 from vmcluster.store.election import Election, Keeper, current_leader
 from vmcluster.store.errors import Fenced, StoreConflict
-from vmcluster.store.state import ClusterState
+from vmcluster.store.state import ClusterState, Placement
 from vmcluster.substrate.protocol import Clock
 
 __all__ = ["Actuator", "Manager", "ManagerParams", "MigrationEnds", "report_key"]
@@ -85,6 +100,9 @@ class Actuator(Protocol):
     """How the manager acts on nodes; every call carries its fencing token."""
 
     def start_vm(self, vm: str, node: str, token: int) -> None: ...
+
+    def stop_vm(self, vm: str, node: str, token: int) -> None:
+        """``vm``'s QEMU on ``node`` quits (nothing to do when it runs no such QEMU)."""
 
     def migrate_vm(self, vm: str, target: str, token: int) -> bool: ...
 
@@ -116,6 +134,8 @@ class ManagerParams:
     flap_limit: int = 3
     flap_window_s: float = 3600.0
     max_workers: int = 4  # intents carried out at once
+    start_grace_s: float = 15.0  # a new term waits this long for a VM's owner to be heard
+    start_wait_s: float = 180.0  # a start intent waits this long to see the VM run
     failover: FailoverParams = field(default_factory=lambda: FailoverParams(stop_budget_s=2.0))
 
 
@@ -136,6 +156,9 @@ class _Term:
     net_states: dict[str, str] = field(default_factory=dict)
     cluster_network: str | None = None
     workers: dict[str, threading.Thread] = field(default_factory=dict)  # by intent id
+    began: float | None = None  # when its first tick ran
+    starting: dict[str, threading.Thread] = field(default_factory=dict)  # by VM
+    asked: set[str] = field(default_factory=set)  # VMs a start intent is placing
 
 
 class Manager:
@@ -158,6 +181,9 @@ class Manager:
         self.election = Election(state.client, state.cluster, name, params.lease_ttl, clock)
         self.tracker = ReportTracker(params.stale_s)
         self.term: _Term | None = None
+        self.desired: dict[str, str] = {}  # vm -> "running" | "stopped", from the store
+        self._defs: tuple[tuple[str, int], ...] | None = None
+        self.seen: Assessment | None = None  # the last tick's
 
     # -- leadership ---------------------------------------------------------------
     def run(self, stop: Callable[[], bool]) -> None:
@@ -244,7 +270,11 @@ class Manager:
         if term is None:
             return
         now = self.clock.now()
+        if term.began is None:
+            term.began = now
+        self._refresh_spec()
         seen, reports = self.observe()
+        self.seen = seen
         self._networks(term, seen)
         total = len(self.spec.nodes)
         if not has_quorum(total, total - len(seen.dead), self.spec.cluster.witness, False):
@@ -273,7 +303,145 @@ class Manager:
         excluded = {n for n, s in nodes.items() if s.get("state") in EXCLUDED_STATES}
         self._failover(term, seen, excluded, now)
         self._recover(term, seen, excluded, now)
+        self._start_desired(term, seen, excluded, now)
         self._drain_quarantined(term, seen, nodes)
+
+    def _refresh_spec(self) -> None:
+        """The VMs as the store defines them, read again when a definition changed (a
+        store without a spec, as in tests of the manager alone, keeps the given spec)."""
+        recs = vms.records(self.state)
+        sig = tuple((r.name, r.revision) for r in recs.values())
+        if sig == self._defs:
+            return
+        self._defs = sig
+        self.desired = {n: r.desired for n, r in recs.items()}
+        text = self.state.spec_text()
+        if text is None:
+            return
+        try:
+            self.spec = self.state.spec(text, [r.definition for r in recs.values()])
+        except SpecError as exc:
+            self.say(f"the store's VM definitions do not fit its spec ({exc}); keeping the "
+                     "VMs as they were")
+
+    # -- desired state: VMs to run that have no owner ----------------------------------
+    def _start_desired(self, term: _Term, seen: Assessment, excluded: set[str],
+                       now: float) -> None:
+        for done, t in list(term.starting.items()):  # an intent's worker may add one
+            if not t.is_alive():
+                term.starting.pop(done, None)
+        want = [v.name for v in self.spec.vms if self.desired.get(v.name) == "running"
+                and v.name not in term.starting and v.name not in term.asked]
+        if not want:
+            return
+        placements = self.state.placements()
+        migrating = set(self.state.migrations())
+        todo = []
+        for name in want:
+            p = placements.get(name)
+            if (p is not None and p.node is not None) or name in migrating:
+                continue
+            if seen.running_fresh.get(name):
+                continue  # it runs somewhere: the placement follows it (_adopt), no start
+            todo.append(name)
+        if not todo:
+            return
+        young = term.began is not None and now - term.began < self.params.start_grace_s
+        barred = excluded | set(seen.dead) | {
+            n.name for n in self.spec.nodes if n.name not in seen.healthy}
+        owners = {vm: p.node for vm, p in placements.items()}
+        plan = start_plan(self.spec, owners, todo, params=self.params.failover,
+                          excluded=barred)
+        for action in plan.actions:
+            if isinstance(action, CannotPlace):
+                if not young and action.vm not in term.unplaceable:
+                    term.unplaceable.add(action.vm)
+                    self._event(VmCannotPlace(self.wall(), self.name, action.vm, action.reason))
+                continue
+            if not isinstance(action, Restart):
+                continue
+            if young and action.node != self.spec.vm(action.vm).owner:
+                continue  # its owner may not have been heard yet
+            self._launch(term, action.vm, action.node, placements.get(action.vm))
+
+    def _launch(self, term: _Term, vm: str, node: str, current: Placement | None) -> bool:
+        """Place ``vm`` on ``node`` (compare-and-set from ``current``), then start its QEMU
+        there in a thread of its own; False when someone placed it meanwhile."""
+        try:
+            self.state.place(vm, node, expect=0 if current is None else current.revision,
+                             token=term.token)
+        except StoreConflict:
+            return False
+        term.unplaceable.discard(vm)
+        term.missing_since.pop(vm, None)
+
+        def run() -> None:
+            try:
+                self.actuator.start_vm(vm, node, term.token)
+            except Fenced:
+                return
+            except VmclusterError as exc:
+                self.say(f"starting {vm} on {node} failed: {exc}; will retry")
+                return
+            self._event(VmStarted(self.wall(), node, vm, term.token))
+            self.say(f"started {vm} on {node}")
+
+        worker = threading.Thread(target=run, name=f"start-{vm}", daemon=True)
+        term.starting[vm] = worker
+        worker.start()
+        return True
+
+    def _carry_start(self, args: Mapping[str, Any], token: int) -> dict[str, Any]:
+        """A ``start`` intent (the API set the VM's desired state to running): place and
+        start it (on ``on`` if given), then wait until a report shows it running."""
+        vm = str(args["vm"])
+        try:
+            return self._start_and_wait(vm, args.get("on"), token)
+        finally:
+            if self.term is not None:
+                self.term.asked.discard(vm)
+
+    def _start_and_wait(self, vm: str, on: object, token: int) -> dict[str, Any]:
+        deadline = self.clock.now() + self.params.start_wait_s
+        while self.clock.now() < deadline:
+            term = self.term
+            if term is None or term.token != token:
+                raise Fenced(f"fenced: token {token} lost office while starting {vm}")
+            if vm not in {v.name for v in self.spec.vms}:
+                raise SubstrateError(f"no VM {vm!r} is defined")
+            p = self.state.placement(vm)
+            if p.node is None and vm not in term.starting and self.seen is not None:
+                node = str(on) if on else None
+                if node is None:
+                    barred = set(self.seen.dead) | {n.name for n in self.spec.nodes
+                                                    if n.name not in self.seen.healthy}
+                    owners = {v: q.node for v, q in self.state.placements().items()}
+                    plan = start_plan(self.spec, owners, [vm], params=self.params.failover,
+                                      excluded=barred)
+                    got = plan.actions[0]
+                    if isinstance(got, CannotPlace):
+                        return {"ok": False, "vm": vm, "error": got.reason}
+                    node = getattr(got, "node", None)
+                if node is not None:
+                    self._launch(term, vm, node, p)
+            elif p.node is not None and self.seen is not None and \
+                    p.node in self.seen.running_fresh.get(vm, frozenset()):
+                return {"ok": True, "vm": vm, "node": p.node}
+            self.clock.sleep(self.params.tick_s)
+        raise SubstrateError(f"{vm} was not seen running within {self.params.start_wait_s:.0f} s")
+
+    def _carry_stop(self, args: Mapping[str, Any], token: int) -> dict[str, Any]:
+        """A ``stop`` intent (the API set the VM's desired state to stopped): its QEMU
+        quits, then its placement is cleared, so that nothing starts it again."""
+        vm = str(args["vm"])
+        if vm in self.state.migrations():
+            raise SubstrateError(f"{vm} is migrating; cancel the migration first")
+        p = self.state.placement(vm)
+        if p.node is not None:
+            self.actuator.stop_vm(vm, p.node, token)
+            self.state.place(vm, None, expect=p.revision, token=token, state="stopped")
+            self._event(VmStopped(self.wall(), p.node, vm, "stopped through the API"))
+        return {"ok": True, "vm": vm, "node": p.node}
 
     def _networks(self, term: _Term, seen: Assessment) -> None:
         """An event per network whose state changed since the last tick of this term."""
@@ -401,6 +569,8 @@ class Manager:
                 claimed = intents.claim(self.state, it, term.token)
             except StoreConflict:
                 continue
+            if claimed.kind == "start":  # its own node choice, not the desired-state step's
+                term.asked.add(str(claimed.args.get("vm")))
             worker = threading.Thread(target=self._work, args=(claimed, term.token),
                                       name=f"intent-{it.id}", daemon=True)
             term.workers[it.id] = worker
@@ -423,7 +593,12 @@ class Manager:
                     intents.update(self.state, it.id, token, progress=dict(p))
 
         try:
-            result = self.actuator.carry_out(it.kind, it.args, token, cancelled, progress)
+            if it.kind == "start":
+                result = self._carry_start(it.args, token)
+            elif it.kind == "stop":
+                result = self._carry_stop(it.args, token)
+            else:
+                result = self.actuator.carry_out(it.kind, it.args, token, cancelled, progress)
         except Fenced:
             return  # the next manager marks it failed
         except MigrationCancelled as exc:
@@ -481,7 +656,8 @@ class Manager:
         """Start again a VM placed on a healthy node that runs nowhere (see module doc)."""
         migrating = set(self.state.migrations())
         for vm, p in self.state.placements().items():
-            if p.node is None or p.state != "running" or vm in migrating:
+            if p.node is None or p.state != "running" or vm in migrating \
+                    or self.desired.get(vm) == "stopped" or vm in term.starting:
                 term.missing_since.pop(vm, None)
                 continue
             if seen.running.get(vm) or p.node not in seen.healthy:

@@ -130,17 +130,25 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
         pins = sub.define_vms()
         say(f"[{time.monotonic() - t0:5.1f}s] machine types: "
             + ", ".join(f"{vm} {m}" for vm, m in pins.items()))
-        with ThreadPoolExecutor(max_workers=max(1, len(spec.vms))) as pool:
-            list(pool.map(lambda vm: sub.start_vm(vm.name, vm.owner), spec.vms))
-        say(f"[{time.monotonic() - t0:5.1f}s] VMs: {len(spec.vms)} QEMUs started; booting")
-        for vm in spec.vms:
-            wait_ready(layout, vm.name, vm.owner, ready_timeout_s)
-            say(f"[{time.monotonic() - t0:5.1f}s] {vm.name} ready on {vm.owner} ({vm.address})")
         if control_plane:
-            from vmcluster.lab.services import start_services  # placements, a leader
+            # `cluster init` defined the spec's VMs, to run: the elected manager starts each
+            # on its owner, as it would on real hosts.
+            from vmcluster.lab.services import start_services, wait_placed
 
             start_services(layout, spec,
                            say=lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}"))
+            homes = wait_placed(layout, [vm.name for vm in spec.vms], ready_timeout_s)
+            say(f"[{time.monotonic() - t0:5.1f}s] VMs: the manager started {len(homes)} "
+                "QEMUs; booting")
+        else:
+            with ThreadPoolExecutor(max_workers=max(1, len(spec.vms))) as pool:
+                list(pool.map(lambda vm: sub.start_vm(vm.name, vm.owner), spec.vms))
+            homes = {vm.name: vm.owner for vm in spec.vms}
+            say(f"[{time.monotonic() - t0:5.1f}s] VMs: {len(spec.vms)} QEMUs started; booting")
+        for vm in spec.vms:
+            wait_ready(layout, vm.name, homes[vm.name], ready_timeout_s)
+            say(f"[{time.monotonic() - t0:5.1f}s] {vm.name} ready on {homes[vm.name]} "
+                f"({vm.address})")
     except (VmclusterError, OSError) as exc:
         say(f"lab up failed: {exc}; tearing down")
         lab_down(layout)

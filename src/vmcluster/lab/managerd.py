@@ -25,7 +25,7 @@ from vmcluster.control.drain import drain
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds
 from vmcluster.control.migration import MigrationRequest, known_health, migrate
-from vmcluster.errors import MigrationCancelled, SubstrateError
+from vmcluster.errors import MigrationCancelled, StoreError, SubstrateError
 from vmcluster.lab.client import AgentClient, AgentDown, speak_as
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import update_state
@@ -50,16 +50,25 @@ class LabActuator:
                  state: ClusterState | None = None) -> None:
         self.layout, self.spec, self.fence, self.state = layout, spec, fence, state
 
+    def _spec(self) -> ClusterSpec:
+        """The cluster's spec with its VMs as the store defines them now (a VM defined
+        through the API since this manager started is one of them)."""
+        if self.state is not None:
+            with contextlib.suppress(StoreError):
+                self.spec = self.state.spec()
+        return self.spec
+
     def start_vm(self, vm: str, node: str, token: int) -> None:
         if self.fence is not None:
             self.fence.check(token)  # before anything changes, e.g. a CSV disk's owner
-        sub = QemuSubstrate(self.layout, self.spec)
+        spec = self._spec()
+        sub = QemuSubstrate(self.layout, spec)
         disk = self.layout.disk(vm)
-        if self.spec.vm(vm).volume is None and not disk.exists():
+        if spec.vm(vm).volume is None and not disk.exists():
             # A plain disk file survives its node; a CSV disk lives on its volume's LUN.
             disk.parent.mkdir(parents=True, exist_ok=True)
             with disk.open("wb") as f:
-                f.truncate(self.spec.vm(vm).disk_mib * MIB)
+                f.truncate(spec.vm(vm).disk_mib * MIB)
         cfg = sub.vm_config(vm, node, owner=node)
         try:
             AgentClient(self.layout, node).call("start", timeout_s=90, config=cfg.to_json(),
@@ -73,9 +82,18 @@ class LabActuator:
         with update_state(self.layout) as st:
             st["vms"][vm] = {"node": node}
 
+    def stop_vm(self, vm: str, node: str, token: int) -> None:
+        try:
+            AgentClient(self.layout, node).call("stop", timeout_s=30, vm=vm, token=token)
+        except AgentDown:
+            return  # a down node's VMs died with it
+        with update_state(self.layout) as st:
+            st["vms"][vm] = {"node": None}
+
     def migrate_vm(self, vm: str, target: str, token: int) -> bool:
-        sub = QemuSubstrate(self.layout, self.spec)
-        result = migrate(sub, self.spec, known_health(self.spec, sub.status()),
+        spec = self._spec()
+        sub = QemuSubstrate(self.layout, spec)
+        result = migrate(sub, spec, known_health(spec, sub.status()),
                          MigrationRequest(vm, target), ledger=self._ledger(token))
         return result.ok
 
@@ -89,7 +107,8 @@ class LabActuator:
                   progress: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
         if self.fence is not None:
             self.fence.check(token)
-        sub = QemuSubstrate(self.layout, self.spec)
+        spec = self._spec()
+        sub = QemuSubstrate(self.layout, spec)
         asked = [0.0]
 
         def on_progress(h: MigrationHandle, p: MigrationProgress) -> None:
@@ -104,13 +123,13 @@ class LabActuator:
 
         if kind == "migrate":
             vm, target = str(args["vm"]), str(args["to"])
-            result = migrate(sub, self.spec, known_health(self.spec, sub.status()),
+            result = migrate(sub, spec, known_health(spec, sub.status()),
                              MigrationRequest(vm, target), on_progress, self._ledger(token))
             return result.to_json()
         if kind == "drain":
             st = self.state
             assert st is not None
-            got = drain(sub, self.spec, st, str(args["node"]), wall=time.time,
+            got = drain(sub, spec, st, str(args["node"]), wall=time.time,
                         on_plan=lambda plan: progress({"plan": [
                             {"vm": a.vm, "target": getattr(a, "target", None),
                              "reason": getattr(a, "reason", None)} for a in plan]}),

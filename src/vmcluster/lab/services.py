@@ -129,6 +129,24 @@ def leader_summary(layout: LabLayout) -> dict[str, Any] | None:
     return None if held is None else {"manager": held.name, "token": held.token}
 
 
+def lab_spec(layout: LabLayout) -> ClusterSpec:
+    """The lab's cluster spec as its store holds it (with the VMs defined through the API
+    since ``lab up``); the spec file when the lab runs no control plane, or when its store
+    does not answer within a few seconds (never raises for that)."""
+    spec_file = read_state(layout)["spec"]
+    if not services_file(layout).exists():
+        return load_spec(spec_file)
+    try:
+        svc = _read_services(layout)
+        client = EtcdClient(svc["endpoints"], timeout=1.0, retry_s=2.0, tls=etcd_tls(layout))
+        with NetnsThread(layout.client_ns) as thread:
+            got: ClusterSpec = thread.call(ClusterState(client, svc["cluster"]).spec,
+                                           timeout=15)
+            return got
+    except (StoreError, OSError, TimeoutError, KeyError):
+        return load_spec(spec_file)
+
+
 def admin_credentials(layout: LabLayout) -> Path:
     """The lab operator's API credentials (what ``cluster init`` writes to
     ``~/.config/vmcluster/`` on a real admin's workstation)."""
@@ -198,6 +216,27 @@ def start_services(layout: LabLayout, spec: ClusterSpec | None = None, say: Say 
             time.sleep(0.2)
     raise LabError(f"no manager was elected in {timeout_s:.0f} s; see "
                    f"{service_log(layout, 'managerd', spec.nodes[0].name)}")
+
+
+def wait_placed(layout: LabLayout, names: list[str], timeout_s: float = 120.0,
+                poll_s: float = 0.2) -> dict[str, str]:
+    """Wait until the manager has placed each of ``names`` (and its start has been asked
+    of the node); ``{vm: node}``."""
+    deadline = time.monotonic() + timeout_s
+    with lab_store(layout) as ls:
+        while True:
+            placed = ls.call(ls.state.placements)
+            homes = {vm: placed[vm].node for vm in names if vm in placed and placed[vm].node}
+            if len(homes) == len(names):
+                return {vm: str(node) for vm, node in homes.items()}
+            if time.monotonic() >= deadline:
+                missing = ", ".join(sorted(set(names) - set(homes)))
+                held = ls.call(current_leader, ls.state.client, ls.state.cluster)
+                where = (f"see {service_log(layout, 'managerd', held.name)}" if held
+                         else "no manager is elected")
+                raise LabError(f"the manager did not start {missing} within {timeout_s:.0f} s; "
+                               + where)
+            time.sleep(poll_s)
 
 
 def start_member(layout: LabLayout, node: str, timeout_s: float = 30.0) -> None:

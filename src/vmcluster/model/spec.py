@@ -7,17 +7,17 @@ the table, what is wrong and what to do.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from vmcluster.model.cluster import ClusterSettings, ClusterSpec, Node, Vm, Volume
 from vmcluster.model.network import Network, Role
 from vmcluster.model.tomlsource import TableReader, TableRef, TomlSource, load_toml
 
-__all__ = ["load_spec", "parse_spec", "spec_from_source"]
+__all__ = ["VM_KEYS", "load_spec", "parse_spec", "spec_from_source", "spec_with_vms"]
 
 _TOP = {"cluster", "networks", "nodes", "vms", "volumes"}
 _CLUSTER = {
@@ -34,7 +34,7 @@ _CLUSTER = {
 _NETWORK = {"name", "subnet", "gateway", "role", "metric", "bandwidth_mbps"}
 _NODE = {"name", "cores", "memory_mib", "interfaces", "accel", "power_model"}
 _VOLUME = {"name", "size_gib", "network"}
-_VM = {
+VM_KEYS = _VM = {
     "name",
     "owner",
     "memory_mib",
@@ -62,6 +62,16 @@ def load_spec(path: Path | str) -> ClusterSpec:
 def parse_spec(text: str, filename: str = "<spec>") -> ClusterSpec:
     """Validate spec text (for tests and tools that build specs in memory)."""
     return spec_from_source(TomlSource(text, filename), None)
+
+
+def spec_with_vms(text: str, filename: str, vms: Sequence[Mapping[str, Any]]) -> ClusterSpec:
+    """The spec ``text`` with ``vms`` (``[[vms]]`` tables, e.g. the VM definitions kept in
+    the store) in place of its own ``[[vms]]``; a bad definition's error names its VM."""
+    src = TomlSource(text, filename)
+    labels = [f"vm {v.get('name')!r}" if isinstance(v.get("name"), str) else f"vm #{i + 1}"
+              for i, v in enumerate(vms)]
+    src.replace_tables("vms", [dict(v) for v in vms], labels)
+    return spec_from_source(src, None)
 
 
 def _tables(src: TomlSource, key: str, allowed: set[str], required: set[str]) -> list[TableReader]:

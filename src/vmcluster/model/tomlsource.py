@@ -49,7 +49,17 @@ class TomlSource:
             where = f"{filename}:{match.group(1)}" if match else filename
             raise SpecError(where, f"invalid TOML: {exc}", "fix the syntax") from exc
         self._tables: dict[tuple[str, int | None], tuple[int, int]] = {}
+        self._labels: dict[tuple[str, int | None], str] = {}
         self._index_tables()
+
+    def replace_tables(self, name: str, tables: list[dict[str, Any]], labels: list[str]) -> None:
+        """Put ``tables`` in place of the document's ``[[name]]`` array (tables that come
+        from elsewhere, e.g. VM definitions kept in the store); their errors name them by
+        ``labels`` (one per table) rather than by a line of this text."""
+        for key in [k for k in self._tables if k[0] == name]:
+            del self._tables[key]
+        self.data[name] = tables
+        self._labels.update({(name, i): label for i, label in enumerate(labels)})
 
     def _index_tables(self) -> None:
         counts: dict[str, int] = {}
@@ -88,8 +98,10 @@ class TomlSource:
         self, table: TableRef | None, key: str | None, what: str, hint: str = ""
     ) -> SpecError:
         """A SpecError located at ``key`` of ``table``; prefixed with the table's label."""
-        label = table.label() + " " if table is not None else ""
-        return SpecError(self.where(table, key), f"{label}{what}", hint)
+        if table is None:
+            return SpecError(self.where(), what, hint, field=key)
+        label = self._labels.get((table.name, table.index)) or table.label()
+        return SpecError(self.where(table, key), f"{label} {what}", hint, field=key)
 
     def check_keys(
         self, table: TableRef, data: Mapping[str, Any], allowed: set[str], required: set[str]

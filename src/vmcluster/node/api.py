@@ -40,7 +40,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import vmcluster
-from vmcluster.errors import VmclusterError
+from vmcluster.errors import InputError, SpecError, VmclusterError
+from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import parse_spec
 from vmcluster.node.access import api_url
 from vmcluster.node.bootstrap import (
@@ -55,10 +56,11 @@ from vmcluster.node.bootstrap import (
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.node.wire import exchange
 from vmcluster.pki import NodeCredentials, ca_hash, token_hash
-from vmcluster.store import intents
+from vmcluster.store import intents, vms
 from vmcluster.store.election import current_leader
+from vmcluster.store.errors import StoreConflict
 from vmcluster.store.etcd import EtcdClient
-from vmcluster.store.state import ClusterState
+from vmcluster.store.state import ClusterState, Placement
 
 __all__ = ["PUBLISH_S", "ApiContext", "create_app", "main"]
 
@@ -113,7 +115,7 @@ class ApiContext:
     def status(self) -> dict[str, Any]:
         """What ``vmcluster cluster status --json`` prints."""
         spec_text = self.state.spec_text()
-        spec = parse_spec(spec_text, "<spec in etcd>") if spec_text else None
+        spec = parse_spec(spec_text, "<the spec in etcd>") if spec_text else None
         states = self.state.node_states()
         daemons = {kv.key.rsplit("/", 1)[-1]: kv.json()
                    for kv in self.client.get_prefix(self.state.key("daemons", ""))[0]}
@@ -165,12 +167,25 @@ class MigrateRequest(BaseModel):
     to: str = Field(min_length=1, max_length=63, description="the target node")
 
 
+class StartRequest(BaseModel):
+    on: str | None = Field(None, min_length=1, max_length=63,
+                           description="the node to start on (default: its owner, or where "
+                           "the placement rules say)")
+
+
 class TokenRequest(BaseModel):
     ttl_s: float = Field(JOIN_TOKEN_TTL_S, gt=0, le=30 * 24 * 3600.0)
 
 
 _CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found",
           409: "conflict", 422: "invalid", 503: "unavailable"}
+
+
+def _vm_json(rec: vms.VmRecord, placement: Placement | None) -> dict[str, Any]:
+    """A VM as the API shows it: what it is, what is wanted of it, where it runs."""
+    return {"name": rec.name, "definition": rec.definition, "desired": rec.desired,
+            "machine": rec.machine, "node": placement.node if placement else None,
+            "state": placement.state if placement and placement.node else "stopped"}
 
 
 def _problem(status: int, message: str, code: str | None = None,
@@ -208,6 +223,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.exception_handler(VmclusterError)
     async def on_error(_request: Request, exc: VmclusterError) -> JSONResponse:
+        if isinstance(exc, SpecError):  # a bad definition: what, which key, what to do
+            hint = f" ({exc.hint})" if exc.hint else ""
+            return _problem(422, exc.what + hint, "invalid", exc.field)
+        if isinstance(exc, InputError):
+            return _problem(422, str(exc), "invalid")
+        if isinstance(exc, StoreConflict):
+            return _problem(409, str(exc))
         return _problem(503, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
@@ -248,11 +270,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"token": token, "expires": expires, "ca_hash": digest,
                 "join_command": join_command(url, token, digest)}
 
-    def _spec() -> Any:
-        text = ctx.state.spec_text()
-        if text is None:
+    def _spec() -> ClusterSpec:
+        if ctx.state.spec_text() is None:
             raise HTTPException(503, "the cluster has no spec yet")
-        return parse_spec(text, "<the spec in etcd>")
+        return ctx.state.spec()
 
     def _submit(kind: str, args: dict[str, Any]) -> JSONResponse:
         it = intents.submit(ctx.state, kind, args, by="admin")
@@ -277,6 +298,84 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if body.to not in {n.name for n in spec.nodes}:
             raise JoinRefused(422, "invalid", f"no node {body.to!r} in the cluster", "to")
         return await asyncio.to_thread(_submit, "migrate", {"vm": vm, "to": body.to})
+
+    def _vm_view(name: str) -> dict[str, Any]:
+        rec = vms.get(ctx.state, name)
+        if rec is None:
+            raise JoinRefused(404, "not_found", f"no VM {name!r} is defined", "vm")
+        return _vm_json(rec, ctx.state.placement(name))
+
+    def _vm_list() -> dict[str, Any]:
+        placements = ctx.state.placements()
+        return {"vms": [_vm_json(r, placements.get(n))
+                        for n, r in vms.records(ctx.state).items()]}
+
+    def _define(body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise JoinRefused(422, "invalid", "a VM needs a name", "name")
+        start = body.pop("start", False)
+        if not isinstance(start, bool):
+            raise JoinRefused(422, "invalid", "start must be true or false", "start")
+        known = vms.records(ctx.state)
+        if name in known:
+            raise JoinRefused(409, "conflict", f"a VM named {name!r} is already defined", "name")
+        defs = [r.definition for r in known.values()]
+        spec = ctx.state.spec(definitions=[*defs, body])  # SpecError: 422, naming the key
+        if spec.vm(name).address is not None:  # pinned, so later VMs never shift it
+            body = {**body, "address": str(spec.vm(name).address)}
+        rec = vms.define(ctx.state, body)
+        out = _vm_json(rec, None)
+        if start:
+            vms.set_desired(ctx.state, name, "running")
+            out["intent"] = intents.submit(ctx.state, "start", {"vm": name}, by="admin").to_json()
+        return out
+
+    @app.get("/api/v1/vms")
+    async def vm_list(_role: str = Depends(admin)) -> dict[str, Any]:
+        """Every VM: its definition, desired state, machine type and where it runs."""
+        got: dict[str, Any] = await asyncio.to_thread(_vm_list)
+        return got
+
+    @app.post("/api/v1/vms", status_code=201)
+    async def vm_define(body: dict[str, Any], _role: str = Depends(admin)) -> JSONResponse:
+        """Define a VM: the keys of a spec file's ``[[vms]]`` table (``name``, ``owner``,
+        ``memory_mib`` required), checked as the spec is; ``"start": true`` also starts it
+        (an intent, under ``intent``)."""
+        got = await asyncio.to_thread(_define, dict(body))
+        return JSONResponse(got, status_code=201,
+                            headers={"Location": f"/api/v1/vms/{got['name']}"})
+
+    @app.get("/api/v1/vms/{vm}")
+    async def vm_get(vm: str, _role: str = Depends(admin)) -> dict[str, Any]:
+        return await asyncio.to_thread(_vm_view, vm)
+
+    @app.delete("/api/v1/vms/{vm}")
+    async def vm_delete(vm: str, _role: str = Depends(admin)) -> dict[str, Any]:
+        """Delete a stopped VM's definition (409 while it runs somewhere)."""
+        await asyncio.to_thread(_vm_view, vm)
+        await asyncio.to_thread(vms.undefine, ctx.state, vm)
+        return {"name": vm, "deleted": True}
+
+    def _desire(vm: str, desired: str, kind: str, args: dict[str, Any]) -> JSONResponse:
+        _vm_view(vm)
+        vms.set_desired(ctx.state, vm, desired)
+        return _submit(kind, args)
+
+    @app.post("/api/v1/vms/{vm}/start", status_code=202)
+    async def vm_start(vm: str, body: StartRequest | None = None,
+                       _role: str = Depends(admin)) -> JSONResponse:
+        """Run ``vm`` (desired state: running): the manager places and starts it (202)."""
+        on = body.on if body is not None else None
+        if on is not None and on not in {n.name for n in (await asyncio.to_thread(_spec)).nodes}:
+            raise JoinRefused(422, "invalid", f"no node {on!r} in the cluster", "on")
+        args = {"vm": vm, **({"on": on} if on else {})}
+        return await asyncio.to_thread(_desire, vm, "running", "start", args)
+
+    @app.post("/api/v1/vms/{vm}/stop", status_code=202)
+    async def vm_stop(vm: str, _role: str = Depends(admin)) -> JSONResponse:
+        """Stop ``vm`` (desired state: stopped): its QEMU quits, nothing restarts it (202)."""
+        return await asyncio.to_thread(_desire, vm, "stopped", "stop", {"vm": vm})
 
     @app.get("/api/v1/intents/{intent_id}")
     async def intent_get(intent_id: str, _role: str = Depends(admin)) -> dict[str, Any]:

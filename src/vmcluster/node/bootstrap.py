@@ -41,6 +41,7 @@ import ssl
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -441,9 +442,16 @@ def seed_cluster(state: ClusterState, spec: ClusterSpec, spec_text: bytes,
                  ca: CertificateAuthority, heartbeat_key: bytes, node: str, serial: int) -> str:
     """A new cluster's first records, in one transaction that needs an empty store: the
     schema and spec, the CA, the heartbeat key, ``node`` as its first member (up, the
-    others joining), an admin token. Returns the token (the store keeps its hash)."""
+    others joining), an admin token, and the spec file's VMs as definitions, to run (the
+    manager starts each on its owner once that host is up). Returns the token (the store
+    keeps its hash)."""
     admin_token = secrets.token_urlsafe(32)
     others = [n.name for n in spec.nodes if n.name != node]
+    # Each VM's address as the spec gave it or assigned it, so that VMs defined later
+    # never shift the address of one defined now.
+    tables = [{**t, "address": str(spec.vm(t["name"]).address)}
+              if spec.vm(t["name"]).address is not None else t
+              for t in tomllib.loads(spec_text.decode()).get("vms", [])]
     ops = [Put(state.key("schema"), json.dumps({"version": SCHEMA_VERSION}).encode()),
            Put(state.key("spec"), spec_text),
            Put(state.key("pki", "ca"), _ca_record(ca)),
@@ -454,7 +462,10 @@ def seed_cluster(state: ClusterState, spec: ClusterSpec, spec_text: bytes,
            Put(state.key("members", node), json.dumps(
                {"joined": time.time(), "etcd": "voter", "serial": serial}).encode()),
            Put(state.key("nodes", node), b'{"state": "up"}'),
-           *(Put(state.key("nodes", n), b'{"state": "joining"}') for n in others)]
+           *(Put(state.key("nodes", n), b'{"state": "joining"}') for n in others),
+           *(Put(state.key("vms", t["name"]), json.dumps(
+               {"definition": t, "desired": "running", "machine": None, "seq": i}).encode())
+             for i, t in enumerate(tables))]
     got = state.client.txn([Compare.absent(state.key("spec"))], ops)
     if not got.succeeded:
         raise StoreConflict(f"the store already holds cluster {state.cluster}")

@@ -24,7 +24,7 @@ Pure functions of the spec, the current placements and what is down.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from vmcluster.model import ClusterSettings, ClusterSpec, Vm
 
@@ -40,6 +40,7 @@ __all__ = [
     "must_stop_vms",
     "quarantined",
     "restart_not_before",
+    "start_plan",
 ]
 
 
@@ -181,6 +182,33 @@ def failover_plan(
         else:
             loads.add(vm, got)
             actions.append(Restart(vm.name, got, str(placements[vm.name])))
+    return FailoverPlan(tuple(actions))
+
+
+def start_plan(
+    spec: ClusterSpec,
+    placements: Mapping[str, str | None],
+    vms: Iterable[str],
+    down: Iterable[str] = (),
+    params: FailoverParams = FailoverParams(),
+    excluded: Iterable[str] = (),
+) -> FailoverPlan:
+    """Where to start each of ``vms`` (stopped, or never started): its owner first, then its
+    preferred owners, by the rules a restart follows (room, anti-affinity); one action
+    per VM, in priority order (``Restart`` with ``from_node`` "")."""
+    barred = set(down) | set(excluded)
+    loads = _Loads(spec, placements, params)
+    up = [n.name for n in spec.nodes if n.name not in barred]
+    actions: list[Restart | Migrate | CannotPlace] = []
+    for vm in _by_priority(spec.vm(v) for v in vms):
+        homed = replace(vm, preferred_owners=(vm.owner, *(n for n in vm.preferred_owners
+                                                          if n != vm.owner)))
+        got = _choose(homed, up, loads)
+        if isinstance(got, CannotPlace):
+            actions.append(got)
+        else:
+            loads.add(vm, got)
+            actions.append(Restart(vm.name, got, ""))
     return FailoverPlan(tuple(actions))
 
 

@@ -7,6 +7,7 @@
     crl                     the cluster CA's revocation list (PEM); every host keeps a copy
     tokens/<sha256>         {"role": R}  an API token, by its hash only
     daemons/<node>          {"api_url", "version", "qemu_version", "parts", "at"}
+    vms/<vm>                {"definition", "desired", "machine"}  see store.vms
     placements/<vm>         {"node": N, "state": S}  which node owns the VM
     migrations/<vm>         {"source", "target", "network", "token", "id"}  one in flight per VM
     migration-drivers/<vm>  {"id"} on the lease of the process driving it; gone: an orphan
@@ -28,13 +29,13 @@ A lost compare raises :class:`StoreConflict`, a stale token :class:`Fenced`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from vmcluster.errors import StoreError
 from vmcluster.model import ClusterSpec
-from vmcluster.model.spec import parse_spec
+from vmcluster.model.spec import spec_with_vms
 from vmcluster.store.election import Fence, leader_key
 from vmcluster.store.errors import Fenced, StoreConflict, StoreUnavailable
 from vmcluster.store.etcd import Compare, Delete, EtcdClient, Get, KeyValue, Op, Put
@@ -123,6 +124,21 @@ class ClusterState:
         kv = self.client.get(self.key("spec"))
         return None if kv is None else kv.value.decode()
 
+    def spec(self, text: str | None = None,
+             definitions: Sequence[Mapping[str, Any]] | None = None) -> ClusterSpec:
+        """The cluster's spec: the spec text with the store's VM definitions as its VMs
+        (StoreError when there is no spec in the store yet). ``text`` and
+        ``definitions``, when given, are used instead of reading them."""
+        from vmcluster.store import vms
+
+        text = self.spec_text() if text is None else text
+        if text is None:
+            raise StoreError(f"the store holds no spec for {self.cluster}; run `vmcluster "
+                             "cluster init` first")
+        if definitions is None:
+            definitions = [r.definition for r in vms.records(self).values()]
+        return spec_with_vms(text, f"<the spec of {self.cluster} in etcd>", definitions)
+
     def wait_spec(self, say: Callable[[str], None] | None = None, poll_s: float = 0.5,
                   timeout_s: float | None = None) -> ClusterSpec:
         """The cluster's spec from the store, waiting for it to be put there (and for the
@@ -135,7 +151,7 @@ class ClusterState:
             except StoreUnavailable:
                 text = None
             if text is not None:
-                return parse_spec(text, f"<the spec of {self.cluster} in etcd>")
+                return self.spec(text)
             if deadline is not None and self.clock.now() >= deadline:
                 raise StoreError(f"no spec for {self.cluster} in the store after {timeout_s} s")
             if say is not None and not said:

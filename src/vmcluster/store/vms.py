@@ -1,0 +1,158 @@
+"""VM definitions and their desired state, under ``/vmcluster/<cluster>/vms/<name>``.
+
+::
+
+    vms/<name>   {"definition": {...}, "desired": "running" | "stopped", "machine": M | null,
+                  "seq": N}
+
+``definition`` holds the keys of a spec file's ``[[vms]]`` table (name, owner,
+memory_mib, vcpus, volume, address, ...): the store's definitions are the
+cluster's VMs, and the spec text beside them only gives the cluster, its
+nodes, networks and volumes (``cluster init`` defines the spec file's own VMs).
+``desired`` is what the operator asked for; what runs where is the VM's
+placement (``placements/<name>``) and the nodes' reports. ``machine`` is the
+machine type the VM was pinned to at its first start, so that it can move to
+hosts whose QEMU is newer. ``seq`` orders the VMs as they were defined (the spec
+file's order first), so that the cluster's spec lists them in a stable order.
+
+A definition is created once (a second one of the same name is a conflict),
+changes only by compare-and-set on its revision, and is deleted only while the
+VM has no owner.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from vmcluster.errors import InputError
+from vmcluster.store.errors import StoreConflict
+from vmcluster.store.etcd import Compare, Delete, KeyValue, Put
+
+if TYPE_CHECKING:  # state.py imports this module
+    from vmcluster.store.state import ClusterState
+
+__all__ = ["DESIRED", "VmRecord", "define", "get", "pin_machine", "records", "set_desired",
+           "undefine"]
+
+DESIRED = ("running", "stopped")
+
+
+@dataclass(frozen=True)
+class VmRecord:
+    name: str
+    definition: dict[str, Any]
+    desired: str
+    machine: str | None
+    revision: int
+    seq: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"definition": self.definition, "desired": self.desired, "machine": self.machine,
+                "seq": self.seq}
+
+
+def _key(state: ClusterState, name: str = "") -> str:
+    return str(state.key("vms", name))
+
+
+def _record(kv: KeyValue) -> VmRecord:
+    d = kv.json()
+    return VmRecord(kv.key.rsplit("/", 1)[1], dict(d.get("definition", {})),
+                    str(d.get("desired", "stopped")), d.get("machine"), kv.mod_revision,
+                    int(d.get("seq", 0)))
+
+
+def _dump(rec: Mapping[str, Any]) -> bytes:
+    return json.dumps(rec, sort_keys=True).encode()
+
+
+def records(state: ClusterState) -> dict[str, VmRecord]:
+    """Every VM definition, by name (in name order)."""
+    kvs, _ = state.client.get_prefix(_key(state))
+    return {r.name: r for r in sorted((_record(kv) for kv in kvs),
+                                      key=lambda r: (r.seq, r.name))}
+
+
+def get(state: ClusterState, name: str) -> VmRecord | None:
+    kv = state.client.get(_key(state, name))
+    return None if kv is None else _record(kv)
+
+
+def define(state: ClusterState, definition: Mapping[str, Any], desired: str = "stopped",
+           token: int | None = None) -> VmRecord:
+    """Create a VM's definition (StoreConflict when the name is taken). Validate it first
+    (``ClusterState.spec_with``): the store keeps what it is given."""
+    if desired not in DESIRED:
+        raise InputError(f"desired state {desired!r} is not one of {', '.join(DESIRED)}")
+    name = str(definition["name"])
+    key = _key(state, name)
+    seq = 1 + max((r.seq for r in records(state).values()), default=-1)
+    body = {"definition": dict(definition), "desired": desired, "machine": None, "seq": seq}
+    try:
+        rev = state._guarded(token, [Compare.absent(key)], [Put(key, _dump(body))],
+                             f"definition of {name}")
+    except StoreConflict as exc:
+        raise StoreConflict(f"a VM named {name!r} is already defined") from exc
+    return VmRecord(name, dict(definition), desired, None, rev, seq)
+
+
+def _update(state: ClusterState, rec: VmRecord, token: int | None, what: str,
+            **fields: Any) -> VmRecord:
+    key = _key(state, rec.name)
+    body = {**rec.to_json(), **fields}
+    rev = state._guarded(token, [Compare.modified(key, rec.revision)], [Put(key, _dump(body))],
+                         f"{what} of {rec.name}")
+    return VmRecord(rec.name, rec.definition, str(body["desired"]), body["machine"], rev,
+                    rec.seq)
+
+
+def _require(state: ClusterState, name: str) -> VmRecord:
+    rec = get(state, name)
+    if rec is None:
+        raise InputError(f"no VM named {name!r} is defined")
+    return rec
+
+
+def set_desired(state: ClusterState, name: str, desired: str, token: int | None = None) -> VmRecord:
+    """Record what the operator wants of ``name`` (retried on a concurrent change)."""
+    if desired not in DESIRED:
+        raise InputError(f"desired state {desired!r} is not one of {', '.join(DESIRED)}")
+    for _ in range(20):
+        rec = _require(state, name)
+        if rec.desired == desired:
+            return rec
+        try:
+            return _update(state, rec, token, "desired state", desired=desired)
+        except StoreConflict:
+            continue
+    raise StoreConflict(f"the definition of {name} keeps changing; try again")
+
+
+def pin_machine(state: ClusterState, name: str, machine: str, token: int | None = None) -> str:
+    """Pin ``name`` to ``machine`` unless it is pinned already; the pinned machine type."""
+    for _ in range(20):
+        rec = _require(state, name)
+        if rec.machine:
+            return rec.machine
+        try:
+            _update(state, rec, token, "machine type", machine=machine)
+            return machine
+        except StoreConflict:
+            continue
+    raise StoreConflict(f"the definition of {name} keeps changing; try again")
+
+
+def undefine(state: ClusterState, name: str, token: int | None = None) -> None:
+    """Delete ``name``'s definition; refused while the VM has an owner (stop it first)."""
+    rec = _require(state, name)
+    pkey = state.key("placements", name)
+    placed = state.client.get(pkey)
+    if placed is not None and placed.json().get("node"):
+        raise StoreConflict(f"{name} runs on {placed.json()['node']}; stop it before deleting it")
+    guards = [Compare.modified(_key(state, name), rec.revision),
+              Compare.modified(pkey, 0 if placed is None else placed.mod_revision)]
+    state._guarded(token, guards, [Delete(_key(state, name)), Delete(pkey)],
+                   f"deletion of {name}")
