@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from vmcluster.cli.main import cli
-from vmcluster.control.consolidate import observe, plan
-from vmcluster.control.consolidate_apply import Step, apply
-from vmcluster.errors import UsageError
+from vmcluster.control.consolidate import ConsolidationPlan, PowerGuard, observe, plan
+from vmcluster.control.consolidate_apply import ApplyReport, Step, apply
+from vmcluster.errors import InputError, UsageError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import parse_spec
 from vmcluster.substrate.sim import SimSubstrate
@@ -169,7 +169,7 @@ def test_json_shape() -> None:
     out = json.loads(json.dumps(p.to_json()))
     assert set(out) == {"policy", "migrations", "power_on", "power_off", "skipped", "overloaded",
                         "nodes", "predicted_total_s", "watts_before", "watts_after",
-                        "horizon_s", "energy_before_wh", "energy_after_wh"}
+                        "horizon_s", "energy_before_wh", "energy_after_wh", "kept_on"}
     [m] = out["migrations"]
     assert set(m) == {"vm", "source", "target", "network", "fallbacks", "predicted_s",
                       "predicted_downtime_ms", "predicted_mib", "converges"}
@@ -178,8 +178,46 @@ def test_json_shape() -> None:
     assert out["nodes"][0]["state_after"] == "off" and out["nodes"][0]["watts_after"] == 0.0
     assert out["energy_before_wh"] == pytest.approx(out["watts_before"])
     rep = json.loads(json.dumps(apply(sub, spec, p).to_json()))
-    assert set(rep) == {"ok", "migrations", "powered_on", "powered_off", "kept_on", "errors"}
+    assert set(rep) == {"ok", "migrations", "powered_on", "powered_off", "kept_on", "errors",
+                        "cancelled"}
     assert rep["migrations"][0]["ok"] is True
+    # What the manager is handed back: the plan as JSON, the report as JSON.
+    again = ConsolidationPlan.from_json(out)
+    assert [(m.vm, m.source, m.target, m.network) for m in again.migrations] == [
+        (m["vm"], m["source"], m["target"], m["network"])]
+    assert again.power_off == (("n1", "emptied by the plan"),)
+    assert ApplyReport.from_json(rep).to_json() == rep
+    with pytest.raises(InputError, match="plan"):
+        ConsolidationPlan.from_json({"migrations": [{"vm": "x"}]})
+
+
+def test_the_guard_keeps_quorum_and_the_managers_node_on() -> None:
+    """Three idle nodes, each an etcd voter: the policy would power two off, but a second
+    one off would lose the store's quorum; the manager's node never goes off."""
+    spec, sub = cluster([(1, 0.05), (2, 0.05)])
+    free = plan(sub, spec)
+    assert len(free.power_off) == 2
+    guard = PowerGuard(frozenset({"n1", "n2", "n3"}), manager=None)
+    kept = plan(sub, spec, guard=guard)
+    assert len(kept.power_off) == 1 and len(kept.kept_on) == 1
+    assert "quorum" in kept.kept_on[0][1]
+    mgr = next(n for n, _ in free.power_off)
+    led = plan(sub, spec, guard=PowerGuard(frozenset(), manager=mgr))
+    assert mgr not in {n for n, _ in led.power_off}
+    assert (mgr, "it runs the cluster's elected manager") in led.kept_on
+    # apply asks the guard again, as things are then: a plan older than the quorum
+    rep = apply(sub, spec, free, guard=lambda: guard)
+    assert len(rep.powered_off) == 1 and "quorum" in rep.kept_on[0][1]
+
+
+def test_a_cancelled_apply_stops_before_the_next_migration_and_powers_nothing_off() -> None:
+    spec, sub = cluster([(1, 0.05), (2, 0.05)])
+    p = plan(sub, spec)
+    assert p.migrations
+    before = where(sub)
+    rep = apply(sub, spec, p, cancelled=lambda: True)
+    assert rep.cancelled and rep.migrations == () and rep.powered_off == ()
+    assert where(sub) == before
 
 
 def test_same_cluster_same_plan() -> None:

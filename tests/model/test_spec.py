@@ -102,3 +102,23 @@ def test_invalid_toml_names_the_line() -> None:
 def test_missing_file() -> None:
     with pytest.raises(SpecError, match="no such file"):
         load_spec("/nonexistent/spec.toml")
+
+
+def test_vm_definitions_from_elsewhere_replace_the_texts_and_errors_name_them() -> None:
+    """The cluster's VMs live in the store: the spec text's [[vms]] give way to them, and a
+    bad definition's error names the VM and the key, not a line of the text."""
+    from vmcluster.model.spec import spec_with_vms
+
+    spec = spec_with_vms(BASE, "<store>", [
+        {"name": "a", "owner": "n2", "memory_mib": 128},
+        {"name": "b", "owner": "n1", "memory_mib": 64, "address": "198.18.1.150"}])
+    assert [v.name for v in spec.vms] == ["a", "b"]  # vm1 of the text is not one of them
+    assert str(spec.vm("a").address) == "198.18.1.101"
+    assert not spec_with_vms(BASE, "<store>", []).vms
+    with pytest.raises(SpecError) as bad:
+        spec_with_vms(BASE, "<store>", [{"name": "a", "owner": "n9", "memory_mib": 128}])
+    assert bad.value.field == "owner" and bad.value.where == "<store>"
+    assert bad.value.what.startswith("vm 'a' owner 'n9' is not a declared node")
+    with pytest.raises(SpecError) as unknown:
+        spec_with_vms(BASE, "<store>", [{"name": "a", "owner": "n1", "memory_mib": 1, "x": 1}])
+    assert unknown.value.field == "x"

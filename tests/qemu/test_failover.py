@@ -105,7 +105,10 @@ def wait_settled(lab: QemuSubstrate, sampler: RunSampler, store: LabStore) -> di
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         states = store.call(store.state.node_states)
-        if all(states.get(n, {}).get("state") == "up" for n in NODES):
+        # Heard (up) is not yet serving: a host started again heartbeats before its
+        # agent listens on the cluster networks (it first probes its QEMU and adopts).
+        if all(states.get(n, {}).get("state") == "up" for n in NODES) and all(
+                AgentClient(lab.layout, n).alive() for n in NODES):
             break
         time.sleep(0.2)
     s = sampler.latest()

@@ -448,7 +448,7 @@ def test_an_agent_takes_no_command_or_path_from_the_network(lab: QemuSubstrate) 
     other = "node1" if node != "node1" else "node2"
     marker = lab.layout.state_dir / "pwned"
     for op, agent_node, args in (
-        ("incoming", other, {"config": lab.vm_config("db", other).to_json(),
+        ("incoming", other, {"vm": "db", "machine": lab.machine("db"),
                              "uri": f"exec:touch {marker}"}),
         ("migrate", node, {"vm": "db", "uri": f"exec:touch {marker}"}),
         ("migrate", node, {"vm": "db", "uri": f"file:{marker}"}),
@@ -456,6 +456,20 @@ def test_an_agent_takes_no_command_or_path_from_the_network(lab: QemuSubstrate) 
         with pytest.raises(AgentError) as got:
             AgentClient(lab.layout, agent_node).call(op, **args)
         assert got.value.code == "invalid" and "tcp:ADDRESS:PORT" in str(got.value)
+    assert not marker.exists()
+    # A start names a defined VM and a machine type this host has; the agent builds the
+    # QEMU itself (a "config" with paths in it is not even read), and only where the
+    # store places the VM: never a second copy.
+    agent = AgentClient(lab.layout, other)
+    for args, code in (
+        ({"vm": "nosuchvm", "machine": lab.machine("db")}, "not_found"),
+        ({"vm": "db", "machine": lab.machine("db"),
+          "config": {"kernel": str(marker), "disk": "/etc/shadow"}}, "conflict"),
+        ({"vm": "db", "machine": "pc-q35-1.0"}, "conflict"),
+    ):
+        with pytest.raises(AgentError) as refused:
+            agent.call("start", **args)
+        assert refused.value.code == code, refused.value
     assert not marker.exists()
     assert lab.status().vm("db").state == "running" and lab.owner("db") == node
     assert all(v["vm"] != "db" for v in AgentClient(lab.layout, other).call("list")["vms"])

@@ -7,11 +7,12 @@ hbal, it prints the plan and changes nothing unless ``--apply`` is given.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import click
 
 from vmcluster.cli.common import lab_option
-from vmcluster.control.consolidate import ConsolidationPlan, make_plan, observe
+from vmcluster.control.consolidate import ConsolidationPlan, PowerGuard, make_plan, observe
 from vmcluster.control.consolidate_apply import ApplyReport, Step, apply
 from vmcluster.errors import MigrationError
 from vmcluster.lab.lab import resolve_lab
@@ -37,12 +38,12 @@ def consolidate(name: str | None, policy: str, do_apply: bool, seed: int, as_jso
 
     sub.on_event = err
     err(f"lab {sub.layout.name}: measuring utilisation ...")
-    the_plan = make_plan(observe(sub, sub.spec), sub.spec, policy, seed)
+    the_plan = make_plan(observe(sub, sub.spec), sub.spec, policy, seed, guard=_guard(sub))
     if not as_json:
         _show(the_plan)
     report: ApplyReport | None = None
     if do_apply and not the_plan.empty:
-        report = apply(sub, sub.spec, the_plan, on_step=lambda s: err(_step_line(s)))
+        report = _apply(sub, the_plan, err)
     elif do_apply:
         err("nothing to do")
     if as_json:
@@ -52,6 +53,42 @@ def consolidate(name: str | None, policy: str, do_apply: bool, seed: int, as_jso
         _show_report(report)
     if report is not None and not report.ok:
         raise MigrationError("; ".join(report.errors))
+
+
+def _guard(sub: QemuSubstrate) -> PowerGuard:
+    """What must stay on: the etcd quorum and the manager's node, when there is a store."""
+    from vmcluster.lab.services import lab_store, services_file
+
+    if not services_file(sub.layout).exists():
+        return PowerGuard()
+    from vmcluster.control.consolidate_apply import store_guard
+
+    with lab_store(sub.layout) as ls:
+        got: PowerGuard = ls.call(store_guard, ls.state)
+        return got
+
+
+def _apply(sub: QemuSubstrate, the_plan: ConsolidationPlan, err: Callable[[str], None]
+           ) -> ApplyReport:
+    """The plan shown, carried out: by the cluster's elected manager when the lab runs a
+    control plane (an intent through its API, watched here; Ctrl-C cancels), else here."""
+    from vmcluster.lab.services import services_file
+
+    if not services_file(sub.layout).exists():
+        return apply(sub, sub.spec, the_plan, on_step=lambda s: err(_step_line(s)))
+    from vmcluster.cli.apiclient import api_request, resolve_access
+    from vmcluster.cli.node import _watch
+
+    access = resolve_access(None, sub.layout.name)
+    it = api_request(access, "POST", "/api/v1/consolidations", {"plan": the_plan.to_json()})
+    err(f"plan handed to the manager: intent {it['id']}")
+    final = _watch(access, it["id"], err)
+    got = dict(final.get("result") or {})
+    if final["state"] != "done" and not got:
+        return ApplyReport(errors=(f"the consolidation {final['state']}: "
+                                   f"{final.get('error')}",),
+                           cancelled=final["state"] == "cancelled")
+    return ApplyReport.from_json(got)
 
 
 def _step_line(s: Step) -> str:
@@ -73,6 +110,8 @@ def _show(p: ConsolidationPlan) -> None:
         click.echo(f"  power off {node} ({why})")
     for node in p.power_on:
         click.echo(f"  power on  {node} (load needs it)")
+    for node, why in p.kept_on:
+        click.echo(f"  keep on   {node} ({why})")
     for vm, why in p.skipped:
         click.echo(f"  not moving {vm}: {why}")
     click.echo(f"  {'node':<8} {'state':<11} {'CPU':<16} {'watts':<16}  vms")

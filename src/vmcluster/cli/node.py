@@ -70,13 +70,22 @@ def _watch(access: ClusterAccess, intent_id: str, say: Callable[[str], None],
     """Follow an intent until it ends (bounded), printing its plan and progress; Ctrl-C
     asks the cluster to cancel it and goes on watching until it has."""
     deadline = time.monotonic() + timeout_s
-    shown_plan, last_line, cancelling = False, "", False
+    shown_plan, last_line, cancelling, shown_steps = False, "", False, 0
+
+    def new_steps(steps: list[str]) -> None:  # a step log (a plan's): each line once
+        nonlocal shown_steps
+        for line in steps[shown_steps:]:
+            say(line)
+        shown_steps = max(shown_steps, len(steps))
+
     while time.monotonic() < deadline:
         try:
             got = api_request(access, "GET", f"/api/v1/intents/{intent_id}")
             if got["state"] in ("done", "failed", "cancelled"):
+                new_steps(list((got.get("result") or {}).get("steps", [])))
                 return got
             p = got.get("progress") or {}
+            new_steps(list(p.get("steps", [])))
             if "plan" in p and not shown_plan:
                 shown_plan = True
                 if not p["plan"]:
@@ -84,7 +93,7 @@ def _watch(access: ClusterAccess, intent_id: str, say: Callable[[str], None],
                 for a in p["plan"]:
                     say(f"plan: {a['vm']} -> {a['target']}" if a.get("target")
                         else f"plan: {a['vm']} cannot move: {a.get('reason')}")
-            if "vm" in p:
+            if "vm" in p and "steps" not in p:
                 line = (f"  {p['vm']} -> {p['target']} over {p['network']}: {p['status']} "
                         f"pass {p['pass']} sent {p['sent_mib']:.0f} MiB, "
                         f"{p['remaining_mib']:.0f} MiB left")

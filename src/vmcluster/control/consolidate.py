@@ -30,12 +30,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from vmcluster.control.migration import known_health
-from vmcluster.errors import PolicyError, UsageError
+from vmcluster.errors import InputError, PolicyError, UsageError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import Health
 from vmcluster.policy.prediction import DEFAULT_BANDWIDTH_MBPS, predict
@@ -47,7 +47,7 @@ from vmcluster.substrate.protocol import Substrate
 
 __all__ = [
     "ConsolidationPlan", "NodeChange", "NodeView", "Observation",
-    "PlannedMigration", "make_plan", "observe", "plan",
+    "PlannedMigration", "PowerGuard", "make_plan", "observe", "plan",
 ]
 
 MIPS_PER_CORE = 1000.0
@@ -124,6 +124,7 @@ class ConsolidationPlan:
     overloaded: tuple[str, ...]
     nodes: tuple[NodeChange, ...]
     horizon_s: float = 3600.0
+    kept_on: tuple[tuple[str, str], ...] = ()  # (node, why) empty, but the guard keeps it on
 
     @property
     def watts_before(self) -> float:
@@ -137,6 +138,26 @@ class ConsolidationPlan:
     def empty(self) -> bool:
         return not (self.migrations or self.power_on or self.power_off)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ConsolidationPlan:
+        """What applying a plan needs of its JSON (``to_json``): its migrations, power-ons
+        and power-offs (an API body; a bad one is one InputError line)."""
+        try:
+            migrations = tuple(PlannedMigration(
+                vm=str(m["vm"]), source=str(m["source"]), target=str(m["target"]),
+                network=str(m["network"]), fallbacks=tuple(str(f) for f in m.get("fallbacks", ())),
+                predicted_s=float(m.get("predicted_s", 0.0)),
+                predicted_downtime_ms=float(m.get("predicted_downtime_ms", 0.0)),
+                predicted_mib=float(m.get("predicted_mib", 0.0)),
+                converges=bool(m.get("converges", True))) for m in data.get("migrations", []))
+            power_on = tuple(str(n) for n in data.get("power_on", []))
+            power_off = tuple((str(o["node"]), str(o.get("reason", "")))
+                              for o in data.get("power_off", []))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"plan: not a consolidation plan as `lab consolidate --json` "
+                             f"prints one ({type(exc).__name__}: {exc})") from exc
+        return cls(str(data.get("policy", "")), migrations, power_on, power_off, (), (), ())
+
     def to_json(self) -> dict[str, object]:
         hours = self.horizon_s / 3600.0
         return {
@@ -145,6 +166,7 @@ class ConsolidationPlan:
             "power_on": list(self.power_on),
             "power_off": [{"node": n, "reason": r} for n, r in self.power_off],
             "skipped": [{"vm": v, "reason": r} for v, r in self.skipped],
+            "kept_on": [{"node": n, "reason": r} for n, r in self.kept_on],
             "overloaded": list(self.overloaded),
             "nodes": [n.to_json() for n in self.nodes],
             "predicted_total_s": round(sum(m.predicted_s for m in self.migrations), 3),
@@ -244,9 +266,31 @@ def _snapshot(obs: Observation, spec: ClusterSpec) -> tuple[Snapshot, list[str]]
     return snap, vms
 
 
+@dataclass(frozen=True)
+class PowerGuard:
+    """What stays on whatever power a plan would save: a majority of the cluster's etcd
+    voters (powering off one more would lose the store's quorum, and with it every
+    failover), and the node of the elected manager (it carries the plan out)."""
+
+    voters: frozenset[str] = frozenset()
+    manager: str | None = None
+
+    def refuses(self, node: str, off: set[str]) -> str | None:
+        """Why ``node`` must stay on while the nodes ``off`` are off, or None."""
+        if node == self.manager:
+            return "it runs the cluster's elected manager"
+        if node in self.voters:
+            left = len(self.voters - off - {node})
+            if left <= len(self.voters) // 2:
+                return (f"its etcd member is needed for quorum ({left} of "
+                        f"{len(self.voters)} voters would be left on)")
+        return None
+
+
 def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: int = 0,
-              horizon_s: float = 3600.0) -> ConsolidationPlan:
-    """What ``policy`` would do with the observed cluster (nothing is changed)."""
+              horizon_s: float = 3600.0, guard: PowerGuard = PowerGuard()) -> ConsolidationPlan:
+    """What ``policy`` would do with the observed cluster (nothing is changed); ``guard``
+    says which nodes must stay on."""
     decide = make_policy(policy)
     if decide is None:
         raise UsageError(f"policy {policy!r} never moves VMs; pick ours, lr-mmt-1.2 or thr-mmt-0.8")
@@ -288,7 +332,7 @@ def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: i
                                       p.result.total_s, p.result.downtime_ms, p.result.sent_mib,
                                       p.result.converged))
     overloaded = tuple(hosts[h] for h in decision.overloaded) if decision else ()
-    return _finish(obs, spec, policy, moves, power_on, skipped, overloaded, horizon_s)
+    return _finish(obs, spec, policy, moves, power_on, skipped, overloaded, horizon_s, guard)
 
 
 def _powered(health: Health, node: str) -> Health:
@@ -298,7 +342,7 @@ def _powered(health: Health, node: str) -> Health:
 
 def _finish(obs: Observation, spec: ClusterSpec, policy: str, moves: list[PlannedMigration],
             power_on: list[str], skipped: list[tuple[str, str]], overloaded: tuple[str, ...],
-            horizon_s: float) -> ConsolidationPlan:
+            horizon_s: float, guard: PowerGuard = PowerGuard()) -> ConsolidationPlan:
     load = {v: obs.vm_cpu.get(v, 0.0) * spec.vm(v).vcpus for v in obs.vm_cpu}  # in cores
     after = {n.name: list(n.vms) for n in obs.nodes}
     delta = {n.name: 0.0 for n in obs.nodes}
@@ -311,10 +355,17 @@ def _finish(obs: Observation, spec: ClusterSpec, policy: str, moves: list[Planne
     targets = {m.target for m in moves}
     up_after = sum(1 for n in obs.nodes if n.state == "up" or n.name in power_on)
     power_off: list[tuple[str, str]] = []
+    kept: list[tuple[str, str]] = []
+    off = {n.name for n in obs.nodes if n.state != "up" and n.name not in power_on}
     for n in obs.nodes:
         if n.state != "up" or after[n.name] or n.name in targets or up_after <= 1:
             continue
+        why = guard.refuses(n.name, off)
+        if why is not None:
+            kept.append((n.name, why))
+            continue
         power_off.append((n.name, "emptied by the plan" if n.vms else "already empty"))
+        off.add(n.name)
         up_after -= 1
     off_after = {name for name, _ in power_off}
     changes = []
@@ -328,13 +379,14 @@ def _finish(obs: Observation, spec: ClusterSpec, policy: str, moves: list[Planne
             float(table.power(n.util)) if n.state == "up" else 0.0,
             float(table.power(u_after)) if on_after else 0.0, n.vms, tuple(after[n.name])))
     return ConsolidationPlan(policy, tuple(moves), tuple(power_on), tuple(power_off),
-                             tuple(skipped), overloaded, tuple(changes), horizon_s)
+                             tuple(skipped), overloaded, tuple(changes), horizon_s, tuple(kept))
 
 
 def plan(substrate: Substrate, spec: ClusterSpec, policy: str = "ours", seed: int = 0,
-         vm_cpu: Mapping[str, float] | None = None) -> ConsolidationPlan:
+         vm_cpu: Mapping[str, float] | None = None,
+         guard: PowerGuard = PowerGuard()) -> ConsolidationPlan:
     """Observe ``substrate`` and plan (nothing is changed)."""
-    return make_plan(observe(substrate, spec, vm_cpu), spec, policy, seed)
+    return make_plan(observe(substrate, spec, vm_cpu), spec, policy, seed, guard=guard)
 
 
 # -- apply ---------------------------------------------------------------------------------

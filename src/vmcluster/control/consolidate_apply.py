@@ -3,19 +3,25 @@
 Power-ons come first, then each migration through
 :func:`~vmcluster.control.migration.migrate` one at a time, then power-offs of
 the nodes left empty. A failed migration leaves its VM where it is, and the
-node it was to empty stays on.
+node it was to empty stays on. The elected manager applies a plan the API was given
+(an intent), each migration on its ledger under its fencing token; a cancel stops
+before the next migration (the one in flight ends where it is), and no node is then
+powered off.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from vmcluster.control.consolidate import ConsolidationPlan, PlannedMigration
+from vmcluster.control.consolidate import ConsolidationPlan, PlannedMigration, PowerGuard
+from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.migration import MigrationRequest, known_health, migrate
-from vmcluster.errors import VmclusterError
+from vmcluster.errors import MigrationCancelled, VmclusterError
 from vmcluster.model import ClusterSpec
+from vmcluster.store.election import current_leader
+from vmcluster.store.state import ClusterState
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationProgress,
@@ -23,7 +29,7 @@ from vmcluster.substrate.protocol import (
     Substrate,
 )
 
-__all__ = ["ApplyReport", "OnStep", "Step", "apply"]
+__all__ = ["ApplyReport", "OnStep", "Step", "apply", "store_guard"]
 
 StepKind = Literal["power-on", "power-off", "keep-on", "migrate", "progress", "migrated",
                    "migration-failed", "skip"]
@@ -46,16 +52,25 @@ class ApplyReport:
     powered_off: tuple[str, ...] = ()
     kept_on: tuple[tuple[str, str], ...] = ()
     errors: tuple[str, ...] = ()
+    cancelled: bool = False
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ApplyReport:
+        """A report as ``to_json`` wrote it (e.g. the manager's, read back from its intent)."""
+        return cls(tuple(MigrationResult.from_json(r) for r in data.get("migrations", [])),
+                   tuple(data.get("powered_on", [])), tuple(data.get("powered_off", [])),
+                   tuple((k["node"], k["reason"]) for k in data.get("kept_on", [])),
+                   tuple(data.get("errors", [])), bool(data.get("cancelled", False)))
+
     def to_json(self) -> dict[str, object]:
         return {"ok": self.ok, "migrations": [r.to_json() for r in self.migrations],
                 "powered_on": list(self.powered_on), "powered_off": list(self.powered_off),
                 "kept_on": [{"node": n, "reason": r} for n, r in self.kept_on],
-                "errors": list(self.errors)}
+                "errors": list(self.errors), "cancelled": self.cancelled}
 
 
 OnStep = Callable[[Step], None]
@@ -64,6 +79,7 @@ OnStep = Callable[[Step], None]
 @dataclass
 class _Run:
     on_step: OnStep | None
+    ledger: Callable[[], StoreLedger | None]
     results: list[MigrationResult] = field(default_factory=list)
     on: list[str] = field(default_factory=list)
     off: list[str] = field(default_factory=list)
@@ -78,9 +94,14 @@ class _Run:
 
 def apply(substrate: Substrate, spec: ClusterSpec, the_plan: ConsolidationPlan,
           on_step: OnStep | None = None, poll_s: float = 0.2,
-          timeout_s: float = 600.0) -> ApplyReport:
-    """Perform ``the_plan``: power-ons, then each migration, then power-offs of emptied nodes."""
-    run = _Run(on_step)
+          timeout_s: float = 600.0, ledger: Callable[[], StoreLedger | None] = lambda: None,
+          cancelled: Callable[[], bool] = lambda: False,
+          guard: Callable[[], PowerGuard] = PowerGuard) -> ApplyReport:
+    """Perform ``the_plan``: power-ons, then each migration, then power-offs of emptied
+    nodes. ``ledger()``: a migration ledger per VM (the manager's, under its token);
+    ``cancelled()`` is asked before each migration; ``guard()`` is asked, as things are
+    then, before each power-off (a plan may be older than the cluster's quorum)."""
+    run = _Run(on_step, ledger)
     failed_on: set[str] = set()
     for node in the_plan.power_on:
         run.say("power-on", node, f"powering {node} on: load needs it")
@@ -93,6 +114,10 @@ def apply(substrate: Substrate, spec: ClusterSpec, the_plan: ConsolidationPlan,
             run.say("skip", node, f"could not power {node} on: {exc}")
     stay_on: dict[str, str] = {}
     for m in the_plan.migrations:
+        if cancelled():
+            run.say("skip", m.vm, "cancelled: no further migration, no node powered off")
+            return ApplyReport(tuple(run.results), tuple(run.on), (), tuple(run.kept),
+                               tuple(run.errors), cancelled=True)
         why = _cannot_start(substrate, m, failed_on)
         if why is None:
             res = _migrate_one(substrate, spec, m, run, poll_s, timeout_s)
@@ -103,7 +128,8 @@ def apply(substrate: Substrate, spec: ClusterSpec, the_plan: ConsolidationPlan,
         run.say("migration-failed", m.vm, why)
         stay_on.setdefault(m.source, why)
     for node, _reason in the_plan.power_off:
-        why = stay_on.get(node) or _still_busy(substrate, node)
+        off = {n.name for n in substrate.status().nodes if n.state != "up"} | set(run.off)
+        why = stay_on.get(node) or _still_busy(substrate, node) or guard().refuses(node, off)
         if why is None:
             try:
                 substrate.set_power(node, False)
@@ -141,7 +167,9 @@ def _migrate_one(substrate: Substrate, spec: ClusterSpec, m: PlannedMigration, r
     health = known_health(spec, substrate.status())
     req = MigrationRequest(vm=m.vm, target=m.target, poll_s=poll_s, timeout_s=timeout_s)
     try:
-        res = migrate(substrate, spec, health, req, progress)
+        res = migrate(substrate, spec, health, req, progress, run.ledger())
+    except MigrationCancelled:
+        raise
     except VmclusterError as exc:  # no network could even be tried; nothing moved
         res = MigrationResult(m.vm, m.source, m.target, m.network, ok=False, error=str(exc))
     run.results.append(res)
@@ -155,3 +183,12 @@ def _migrate_one(substrate: Substrate, spec: ClusterSpec, m: PlannedMigration, r
 def _still_busy(substrate: Substrate, node: str) -> str | None:
     left = [v.name for v in substrate.status().vms if v.node == node and v.state != "stopped"]
     return f"VMs still there: {', '.join(left)}" if left else None
+
+
+def store_guard(state: ClusterState) -> PowerGuard:
+    """The power guard of the cluster in ``state``: its etcd voters (by member name) and the
+    node of its elected manager."""
+    voters = frozenset(str(m["name"]) for m in state.client.member_list()
+                       if m.get("name") and not m.get("isLearner"))
+    held = current_leader(state.client, state.cluster)
+    return PowerGuard(voters, held.name if held else None)

@@ -14,10 +14,18 @@ On start it also asks its QEMU what it supports
 ``facts`` the whole answer (machine types, commands, capabilities).
 
 Ops: ping, facts, timeline, list, start, stop, pause, resume, incoming, migrate, query_migrate,
-set_params, cancel, takeover, release, discard, save, and the cluster shared
+set_params, cancel, takeover, release, discard, save, power_off, and the cluster shared
 volume ops of :class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that
 carries a manager's fencing ``token`` is refused unless that manager still leads
 (:mod:`vmcluster.lab.fencing`).
+
+``start`` and ``incoming`` name a VM, never a QEMU configuration: the agent builds
+the command line itself from the VM's definition in the store (or, in a lab without
+a control plane, from the lab's spec file), this host's boot image (``[guest]`` of
+its config) and its own paths. The only things a caller chooses are the VM, its
+machine type (one this host's QEMU has; pinned in the VM's record in the store at
+its first start, after which the record decides) and a ``tcp:ADDRESS:PORT`` to
+listen on.
 """
 
 from __future__ import annotations
@@ -38,22 +46,35 @@ from typing import Any
 from cryptography import x509
 
 from vmcluster.csv.agentops import CsvOps
-from vmcluster.errors import InputError, QmpError, SubstrateError, VmclusterError
+from vmcluster.errors import InputError, QmpError, StoreError, SubstrateError, VmclusterError
 from vmcluster.lab.client import AGENT_PORT, speak_as
 from vmcluster.lab.fencing import AgentFence
 from vmcluster.lab.layout import LabLayout
+from vmcluster.model import ClusterSpec
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.pki import NodeCredentials, crl_serials
 from vmcluster.policy.networks import node_cluster_networks
+from vmcluster.store import vms
 from vmcluster.store.errors import Fenced
+from vmcluster.store.state import ClusterState
 from vmcluster.substrate.qemu.facts import QemuFacts, QemuInstall, probe
 from vmcluster.substrate.qemu.process import QemuProcess
 from vmcluster.substrate.qemu.qmp import MIGRATING
-from vmcluster.substrate.qemu.vm import VmConfig
+from vmcluster.substrate.qemu.vm import VmConfig, mac_for
 
-__all__ = ["Agent", "main"]
+__all__ = ["Agent", "Conflict", "NotFound", "guest_config", "main"]
 
 Reply = dict[str, Any]
+
+
+class NotFound(SubstrateError):
+    """The VM asked for has no QEMU here, or no definition in the cluster."""
+
+
+class Conflict(SubstrateError):
+    """What was asked contradicts the store (e.g. a start where the VM is not placed)."""
+
+
 _TCP_URI = re.compile(r"^tcp:\d{1,3}(\.\d{1,3}){3}:\d{1,5}$")
 
 
@@ -78,6 +99,8 @@ class Agent(CsvOps):
         self.qemu_tls_dir = str(self.creds.qemu_dir)
         self.vms: dict[str, QemuProcess] = {}
         self.locks: dict[str, asyncio.Lock] = {}
+        self._state: ClusterState | None = None
+        self._fresh: tuple[float, ClusterSpec] | None = None
 
     def lock(self, vm: str) -> asyncio.Lock:
         return self.locks.setdefault(vm, asyncio.Lock())
@@ -96,7 +119,7 @@ class Agent(CsvOps):
             if qp is not None:
                 self.vms.pop(vm, None)
                 qp.record_path.unlink(missing_ok=True)
-            raise SubstrateError(f"{vm} has no QEMU on {self.node}")
+            raise NotFound(f"{vm} has no QEMU on {self.node}")
         return qp
 
     async def _tap(self, cfg: VmConfig) -> None:
@@ -145,8 +168,101 @@ class Agent(CsvOps):
                         "serial_log": qp.record.serial_log})
         return {"vms": out}
 
+    # -- a VM's QEMU configuration, built here ------------------------------------------
+    def _store(self) -> ClusterState | None:
+        """This host's view of the cluster's store (None in a lab of agents only)."""
+        if not self.cfg.endpoints:
+            return None
+        if self._state is None:
+            self._state = self.cfg.store(timeout_s=2.0, retry_s=2.0)
+        return self._state
+
+    def cluster_spec(self, max_age_s: float = 0.0) -> ClusterSpec:
+        """The cluster's spec with its VMs as the store defines them (read again when
+        older than ``max_age_s``); the lab's spec file when there is no store."""
+        state = self._store()
+        if state is None:
+            return CsvOps._spec(self)
+        now = time.monotonic()
+        if self._fresh is None or now - self._fresh[0] > max_age_s:
+            try:
+                self._fresh = (now, state.spec())
+            except StoreError as exc:
+                if self._fresh is None:
+                    raise SubstrateError(f"{self.node} cannot read the VM definitions from "
+                                         f"the store: {exc}") from exc
+        return self._fresh[1]
+
+    def _spec(self) -> ClusterSpec:  # the CSV ops' view: a few seconds old at most
+        return self.cluster_spec(max_age_s=5.0)
+
+    def _machine(self, vm: str, asked: object) -> str:
+        """The machine type ``vm`` runs with here: its record's pin in the store, else
+        ``asked`` (checked against this host's QEMU, then pinned in the record)."""
+        state = self._store()
+        if state is not None:
+            rec = vms.get(state, vm)
+            if rec is not None and rec.machine:
+                if rec.machine not in self._machines():
+                    raise SubstrateError(f"{vm} is pinned to {rec.machine}, which this host's "
+                                         f"QEMU {self._version()} does not have")
+                return rec.machine
+        if not isinstance(asked, str) or not re.fullmatch(r"pc-q35-\d+\.\d+", asked):
+            raise InputError(f"machine {asked!r} is not a versioned q35 machine type")
+        if asked not in self._machines():
+            raise SubstrateError(f"this host's QEMU {self._version()} has no machine {asked}")
+        if state is not None and vms.get(state, vm) is not None:
+            return vms.pin_machine(state, vm, asked)
+        return asked
+
+    def _machines(self) -> tuple[str, ...]:
+        return self.facts.machines if self.facts is not None else ()
+
+    def _version(self) -> str:
+        return self.facts.version if self.facts is not None else "?"
+
+    def _build(self, name: str, machine: object, starting: bool) -> VmConfig:
+        """``name``'s QEMU configuration on this host (in a worker thread: it may ask the
+        store and a volume's coordinator). ``starting``: this host becomes the writer of
+        its shared disk and makes its plain disk if it has none."""
+        spec = self.cluster_spec()
+        if name not in {v.name for v in spec.vms}:
+            raise NotFound(f"no VM named {name!r} is defined in the cluster")
+        vm = spec.vm(name)
+        if self.cfg.guest_kernel is None or self.cfg.guest_initrd is None:
+            raise SubstrateError(f"{self.cfg.path}: [guest] names no kernel and initrd; "
+                                 "this host cannot boot VMs")
+        state = self._store()
+        if starting and state is not None:
+            # A VM runs where the store places it, and nowhere else: the manager places
+            # it (compare-and-set) before it asks for the start.
+            try:
+                placed = state.placement(name).node
+            except StoreError as exc:
+                raise SubstrateError(f"{self.node} cannot read {name}'s placement: {exc}; "
+                                     "not starting it") from exc
+            if placed != self.node:
+                raise Conflict(f"{name} is placed on {placed or 'no node'}, not {self.node}; "
+                               "a VM starts only where the cluster placed it")
+        pinned = self._machine(name, machine)
+        csv = None
+        if vm.volume is not None:
+            from vmcluster.csv.attach import disk_config
+
+            csv = disk_config(self.layout, spec, name, self.node,
+                              self.node if starting else None)
+        elif starting:
+            disk = self.layout.disk(name)
+            if not disk.exists():
+                disk.parent.mkdir(parents=True, exist_ok=True)
+                with disk.open("wb") as f:
+                    f.truncate(vm.disk_mib << 20)
+        return guest_config(spec, name, self.node, self.layout, self.cfg.guest_kernel,
+                            self.cfg.guest_initrd, pinned, csv)
+
     async def op_start(self, req: Reply) -> Reply:
-        cfg = VmConfig.from_json(req["config"])
+        cfg = await asyncio.to_thread(self._build, str(req.get("vm")), req.get("machine"),
+                                      True)
         async with self.lock(cfg.name):
             if cfg.name in self.vms and self.vms[cfg.name].alive():
                 qp = self.vms[cfg.name]
@@ -191,7 +307,8 @@ class Agent(CsvOps):
         ``quick``, restoring the VM's save file from the shared volume."""
         quick = bool(req.get("quick"))
         uri = "fd:vmc-restore" if quick else _tcp_uri(req.get("uri"))
-        cfg = VmConfig.from_json(req["config"])
+        cfg = await asyncio.to_thread(self._build, str(req.get("vm")), req.get("machine"),
+                                      False)
         async with self.lock(cfg.name):
             old = self.vms.get(cfg.name)
             if old is not None and old.alive():
@@ -331,6 +448,18 @@ class Agent(CsvOps):
             await self._drop(req["vm"])
         return {"kept": False}
 
+    async def op_power_off(self, req: Reply) -> Reply:
+        """This host powers itself off (a consolidation's last step, asked by the manager
+        under its token); refused while it runs any QEMU. A lab host is its namespaces:
+        every process of this host ends, its heartbeats saying it is leaving (so it is
+        "off", not failed). The reply goes out first."""
+        running = sorted(n for n, qp in self.vms.items() if qp.alive())
+        if running:
+            raise Conflict(f"{self.node} still runs {', '.join(running)}; migrate them away "
+                           "before powering it off")
+        asyncio.get_running_loop().call_later(0.2, _power_off_host)
+        return {"node": self.node, "powering_off": True}
+
     async def _pass_file(self, qp: QemuProcess, name: str, path: Path, flags: int) -> None:
         """Open ``path`` here and hand it to the QEMU as ``fd:name``: QEMU never opens a
         path, and never runs a command, that came over the network."""
@@ -363,6 +492,45 @@ class Agent(CsvOps):
         raise SubstrateError(f"saving {req['vm']} to {path} did not finish in time")
 
 
+def _power_off_host() -> None:
+    """SIGTERM to every other process of this host's network namespace, then to us."""
+    me = os.stat("/proc/self/ns/net")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            st = os.stat(f"/proc/{entry}/ns/net")
+            if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
+                os.kill(int(entry), signal.SIGTERM)
+        except OSError:
+            continue
+    _log("powered off: every process of this host was asked to end")
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def guest_config(spec: ClusterSpec, vm_name: str, node: str, layout: LabLayout, kernel: Path,
+                 initrd: Path, machine: str, csv: dict[str, Any] | None) -> VmConfig:
+    """The QEMU configuration of ``vm_name`` on ``node``, from its definition: memory,
+    vCPUs and accelerator, its NIC on the public bridge with its stable MAC, the guest's
+    kernel command line (its address, the test workload's working set and dirty rate),
+    its disk (a plain file, or its region of a shared volume: ``csv``)."""
+    from vmcluster.lab.image import kernel_cmdline  # the image module is optional at import
+
+    vm, nd = spec.vm(vm_name), spec.node(node)
+    pub = next((n for n in spec.networks if n.public), None)
+    if pub is None or vm.address is None:
+        raise SubstrateError(f"{vm.name} has no address on a public network")
+    work_mib = max(8, vm.memory_mib - 96)
+    wws = int(min(vm.working_set_mib, work_mib))
+    append = kernel_cmdline(str(vm.address), pub.subnet.prefixlen, work_mib, wws,
+                            vm.dirty_mibps, gw=str(pub.gateway) if pub.gateway else "")
+    return VmConfig(
+        name=vm.name, memory_mib=vm.memory_mib, vcpus=vm.vcpus, mac=mac_for(vm.name),
+        tap=layout.tap(vm.name), bridge=layout.PUBLIC_BRIDGE, kernel=str(kernel),
+        initrd=str(initrd), append=append, disk=str(layout.disk(vm.name)), accel=nd.accel,
+        machine=machine, csv=csv)
+
+
 def _tcp_uri(uri: object) -> str:
     """The only migration URI an agent takes from the network: ``tcp:ADDRESS:PORT``."""
     if not isinstance(uri, str) or not _TCP_URI.match(uri):
@@ -379,8 +547,12 @@ def error_code(exc: BaseException) -> str:
         return "invalid"
     if isinstance(exc, QmpError):
         return "qemu"
+    if isinstance(exc, NotFound):
+        return "not_found"
+    if isinstance(exc, Conflict):
+        return "conflict"
     if isinstance(exc, VmclusterError):
-        return "not_found" if " has no QEMU on " in str(exc) else "failed"
+        return "failed"
     return "internal"
 
 

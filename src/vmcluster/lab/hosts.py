@@ -73,7 +73,9 @@ def node_config(layout: LabLayout, spec: ClusterSpec, node: str, control_plane: 
     """What the lab writes into a host's ``vmclusterd.toml`` before it joins a cluster:
     its paths, the lab's QEMU build, manager tunables (``cluster init``/``join`` add the
     cluster's part); a host of a lab without a control plane runs its agent only."""
-    install: dict[str, Any] = read_state(layout).get("qemu", {}).get(node) or {}
+    state = read_state(layout)
+    install: dict[str, Any] = state.get("qemu", {}).get(node) or {}
+    image = state["image"]  # the guest image, shared read-only as a package would be
     return NodeConfig(
         path=layout.node_config(node), node=node, cluster=layout.name,
         config_dir=layout.host_config_dir(node), state_dir=layout.host_state_dir(node),
@@ -81,6 +83,7 @@ def node_config(layout: LabLayout, spec: ClusterSpec, node: str, control_plane: 
         parts=PARTS if control_plane else ("agent",),
         heartbeat_port=HEARTBEAT_PORT, fence_window_s=spec.cluster.fence_window_s,
         qemu=install, manager=dict(manager or {}), lab=LabRef(layout.name, layout.root),
+        guest_kernel=Path(image["kernel"]), guest_initrd=Path(image["initrd"]),
     )
 
 

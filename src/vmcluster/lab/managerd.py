@@ -36,11 +36,28 @@ from vmcluster.store.errors import Fenced
 from vmcluster.store.state import ClusterState
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import MigrationHandle, MigrationProgress
-from vmcluster.substrate.qemu.migration import MIB
 from vmcluster.substrate.qemu.qmp import MIGRATING
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["LabActuator", "main"]
+
+
+class HostPower(QemuSubstrate):
+    """The manager's substrate for a plan: a host powers itself off when asked (its agent,
+    under the manager's token); powering a host on needs its BMC, which the manager has
+    no path to yet, so a plan's power-on is refused here (the lab's own switch is
+    `vmcluster lab consolidate` without a control plane, or the harness)."""
+
+    token: int | None = None
+
+    def set_power(self, node: str, on: bool) -> None:
+        self.spec.node(node)
+        if on:
+            raise SubstrateError(f"the manager cannot power {node} on (no BMC is configured)")
+        with contextlib.suppress(AgentDown):  # already off
+            self.agent(node).call("power_off", timeout_s=30, token=self.token)
+        with update_state(self.layout) as st:
+            st["nodes"][node] = {**st["nodes"].get(node, {}), "state": "off"}
 
 
 class LabActuator:
@@ -61,18 +78,10 @@ class LabActuator:
     def start_vm(self, vm: str, node: str, token: int) -> None:
         if self.fence is not None:
             self.fence.check(token)  # before anything changes, e.g. a CSV disk's owner
-        spec = self._spec()
-        sub = QemuSubstrate(self.layout, spec)
-        disk = self.layout.disk(vm)
-        if spec.vm(vm).volume is None and not disk.exists():
-            # A plain disk file survives its node; a CSV disk lives on its volume's LUN.
-            disk.parent.mkdir(parents=True, exist_ok=True)
-            with disk.open("wb") as f:
-                f.truncate(spec.vm(vm).disk_mib * MIB)
-        cfg = sub.vm_config(vm, node, owner=node)
-        try:
-            AgentClient(self.layout, node).call("start", timeout_s=90, config=cfg.to_json(),
-                                                token=token)
+        sub = QemuSubstrate(self.layout, self._spec())
+        try:  # the agent builds the QEMU from the VM's definition in the store
+            AgentClient(self.layout, node).call("start", timeout_s=90, vm=vm,
+                                                machine=sub.machine(vm), token=token)
         except AgentDown as exc:
             raise SubstrateError(f"cannot start {vm}: node {node} is down") from exc
         except SubstrateError as exc:
@@ -136,6 +145,29 @@ class LabActuator:
                         on_progress=on_progress, ledger=lambda: self._ledger(token),
                         cancelled=cancelled)
             return {**got.to_json(), "ok": not got.failed}
+        if kind == "consolidate":
+            from vmcluster.control.consolidate import ConsolidationPlan
+            from vmcluster.control.consolidate_apply import Step, apply, store_guard
+
+            power = HostPower(self.layout, spec)
+            power.token = token
+            st = self.state
+            assert st is not None
+
+            steps: list[str] = []  # every step but progress, for whoever watches
+
+            def on_step(s: Step) -> None:
+                if s.kind != "progress":
+                    steps.append(f"[{s.kind}] {s.message}")
+                progress({"steps": list(steps), "message": s.message})
+                if s.kind == "progress" and cancelled():
+                    raise MigrationCancelled(f"the consolidation was cancelled ({s.subject} "
+                                             "stays where it was)")
+
+            report = apply(power, spec, ConsolidationPlan.from_json(dict(args["plan"])),
+                           on_step=on_step, ledger=lambda: self._ledger(token),
+                           cancelled=cancelled, guard=lambda: store_guard(st))
+            return {**report.to_json(), "steps": steps}
         raise SubstrateError(f"unknown intent kind {kind!r}")
 
     # -- a migration whose driver died --------------------------------------------

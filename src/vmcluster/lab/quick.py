@@ -36,8 +36,8 @@ def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 1
                          save_timeout_s=timeout_s)["migrate"]
         if saved.get("status") != "completed":
             raise MigrationError(f"saving {vm} failed: {saved.get('error-desc', saved)}")
-        tgt.call("incoming", timeout_s=60, config=sub.vm_config(vm, target).to_json(),
-                 quick=True, id="quick")
+        tgt.call("incoming", timeout_s=60, vm=vm, machine=sub.machine(vm), quick=True,
+                 id="quick")
         deadline = clock.now() + timeout_s
         while True:
             info = tgt.call("query_migrate", vm=vm)

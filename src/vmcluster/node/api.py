@@ -167,6 +167,10 @@ class MigrateRequest(BaseModel):
     to: str = Field(min_length=1, max_length=63, description="the target node")
 
 
+class PlanRequest(BaseModel):
+    plan: dict[str, Any] = Field(description="a consolidation plan's JSON")
+
+
 class StartRequest(BaseModel):
     on: str | None = Field(None, min_length=1, max_length=63,
                            description="the node to start on (default: its owner, or where "
@@ -376,6 +380,32 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def vm_stop(vm: str, _role: str = Depends(admin)) -> JSONResponse:
         """Stop ``vm`` (desired state: stopped): its QEMU quits, nothing restarts it (202)."""
         return await asyncio.to_thread(_desire, vm, "stopped", "stop", {"vm": vm})
+
+    def _consolidation(plan: dict[str, Any]) -> JSONResponse:
+        from vmcluster.control.consolidate import ConsolidationPlan
+
+        parsed = ConsolidationPlan.from_json(plan)
+        spec = _spec()
+        vms_, nodes = {v.name for v in spec.vms}, {n.name for n in spec.nodes}
+        for m in parsed.migrations:
+            if m.vm not in vms_:
+                raise JoinRefused(422, "invalid", f"plan: no VM {m.vm!r} in the cluster", "plan")
+            for node in (m.source, m.target):
+                if node not in nodes:
+                    raise JoinRefused(422, "invalid", f"plan: no node {node!r} in the cluster",
+                                      "plan")
+        for node in [*parsed.power_on, *(n for n, _ in parsed.power_off)]:
+            if node not in nodes:
+                raise JoinRefused(422, "invalid", f"plan: no node {node!r} in the cluster",
+                                  "plan")
+        return _submit("consolidate", {"plan": plan})
+
+    @app.post("/api/v1/consolidations", status_code=202)
+    async def consolidation_apply(body: PlanRequest,
+                                  _role: str = Depends(admin)) -> JSONResponse:
+        """Apply a consolidation plan (as ``lab consolidate --json`` prints it): the
+        manager migrates, then powers the emptied nodes off (an intent; 202)."""
+        return await asyncio.to_thread(_consolidation, body.plan)
 
     @app.get("/api/v1/intents/{intent_id}")
     async def intent_get(intent_id: str, _role: str = Depends(admin)) -> dict[str, Any]:

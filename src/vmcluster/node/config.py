@@ -36,6 +36,10 @@ configurable so that tests and the lab can point elsewhere.
     listen = ["198.18.1.11"]          # this host's addresses the API answers on
     port = 8443
 
+    [guest]                           # what the agent boots the VMs it starts with
+    kernel = "/var/lib/vmcluster/images/vmlinuz"
+    initrd = "/var/lib/vmcluster/images/initrd.img"
+
 A bad file gets one :class:`~vmcluster.errors.SpecError` line naming
 ``file:line`` and what to do.
 """
@@ -64,7 +68,7 @@ DEFAULT_CONFIG = Path("/etc/vmcluster/vmclusterd.toml")
 API_PORT = 8443
 PARTS = ("etcd", "agent", "heartbeats", "manager", "api")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_TOP = {"node", "paths", "etcd", "watchdog", "api", "qemu", "manager", "lab"}
+_TOP = {"node", "paths", "etcd", "watchdog", "api", "qemu", "manager", "lab", "guest"}
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,10 @@ class NodeConfig:
     qemu: Mapping[str, Any] = field(default_factory=dict)  # a QemuInstall as JSON; {}: system
     manager: Mapping[str, float] = field(default_factory=dict)  # ManagerParams overrides
     lab: LabRef | None = None
+    # The boot image of the VMs this host's agent starts: a host's own files, never a
+    # path that came over the network.
+    guest_kernel: Path | None = None
+    guest_initrd: Path | None = None
 
     # -- where things are ------------------------------------------------------------
     @property
@@ -192,6 +200,8 @@ class NodeConfig:
             doc["manager"] = dict(self.manager)
         if self.lab is not None:
             doc["lab"] = {"name": self.lab.name, "root": str(self.lab.root)}
+        if self.guest_kernel is not None and self.guest_initrd is not None:
+            doc["guest"] = {"kernel": str(self.guest_kernel), "initrd": str(self.guest_initrd)}
         return tomlkit.dumps(doc)
 
 
@@ -319,6 +329,10 @@ def _from_source(src: TomlSource, path: Path, partial: bool = False) -> NodeConf
     mgr = _table(src, "manager", tunable, set(), manager)
     for key in manager:
         mgr.positive(key, float)
+    guest = _table(src, "guest", {"kernel", "initrd"}, set())
+    kernel, initrd = guest.get("kernel", str), guest.get("initrd", str)
+    if (kernel is None) != (initrd is None):
+        raise guest.fail(None, "[guest] needs both kernel and initrd", "give both paths")
     lab = None
     if "lab" in src.data:
         lr = _table(src, "lab", {"name", "root"}, {"name", "root"})
@@ -333,5 +347,7 @@ def _from_source(src: TomlSource, path: Path, partial: bool = False) -> NodeConf
         restart_grace_s=watchdog.positive("restart_grace_s", float, 30.0),
         api_listen=tuple(listen), api_port=int(api_port),
         qemu=dict(qemu), manager={k: float(v) for k, v in manager.items()}, lab=lab,
+        guest_kernel=None if kernel is None else _path(guest, "kernel", Path("/")),
+        guest_initrd=None if initrd is None else _path(guest, "initrd", Path("/")),
     )
 

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "Clock",
@@ -197,6 +197,20 @@ class MigrationResult:
             "unsettled": self.unsettled,
             **dict(self.extra),
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MigrationResult:
+        """A result as ``to_json`` wrote it (its extra keys kept in ``extra``)."""
+        known = {"vm", "source", "target", "network", "ok", "passes", "sent_mib", "total_s",
+                 "downtime_ms", "error", "unsettled"}
+        down = data.get("downtime_ms")
+        return cls(str(data["vm"]), str(data["source"]), str(data["target"]),
+                   str(data["network"]), bool(data["ok"]), int(data.get("passes", 0)),
+                   float(data.get("sent_mib", 0.0)), float(data.get("total_s", 0.0)),
+                   None if down is None else float(down),
+                   None if data.get("error") is None else str(data["error"]),
+                   {k: v for k, v in data.items() if k not in known},
+                   bool(data.get("unsettled", False)))
 
 
 class Switchover(Protocol):

@@ -140,9 +140,8 @@ class QemuMigrations:
         slots = self._acquire_slots(sorted({source, target}))
         hid = uuid.uuid4().hex[:10]
         try:
-            cfg = self.sub.vm_config(vm, target)
             reply = self.sub.agent(target).call(
-                "incoming", timeout_s=60, config=cfg.to_json(), id=hid,
+                "incoming", timeout_s=60, vm=vm, machine=self.sub.machine(vm), id=hid,
                 uri=f"tcp:{tnode.interfaces[net.name]}:0",
                 tls=self.sub.spec.cluster.migration_tls,
             )

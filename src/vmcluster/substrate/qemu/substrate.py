@@ -37,8 +37,7 @@ from vmcluster.substrate.protocol import (
     VmStatus,
 )
 from vmcluster.substrate.qemu.facts import QemuFacts, migration_refusal, pinned_machine
-from vmcluster.substrate.qemu.migration import MIB, QemuMigrations
-from vmcluster.substrate.qemu.vm import VmConfig, mac_for
+from vmcluster.substrate.qemu.migration import QemuMigrations
 
 __all__ = ["QemuSubstrate"]
 
@@ -111,30 +110,6 @@ class QemuSubstrate:
         """Why ``vm`` cannot go from ``source``'s QEMU to ``target``'s (one line), or None."""
         return migration_refusal(self.machine(vm), self.facts(source), self.facts(target),
                                  source, target)
-
-    # -- configuration ------------------------------------------------------------
-    def vm_config(self, vm_name: str, node: str, owner: str | None = None) -> VmConfig:
-        """The VM's QEMU config on ``node``; a CSV disk's owner becomes ``owner`` if given."""
-        from vmcluster.csv.attach import disk_config
-        from vmcluster.lab.image import kernel_cmdline  # the image module is optional at import
-
-        vm, nd = self.spec.vm(vm_name), self.spec.node(node)
-        image = read_state(self.layout)["image"]
-        pub = next((n for n in self.spec.networks if n.public), None)
-        if pub is None or vm.address is None:
-            raise SubstrateError(f"{vm.name} has no address on a public network")
-        work_mib = max(8, vm.memory_mib - 96)
-        wws = int(min(vm.working_set_mib, work_mib))
-        append = kernel_cmdline(str(vm.address), pub.subnet.prefixlen, work_mib, wws,
-                                vm.dirty_mibps, gw=str(pub.gateway) if pub.gateway else "")
-        return VmConfig(
-            name=vm.name, memory_mib=vm.memory_mib, vcpus=vm.vcpus, mac=mac_for(vm.name),
-            tap=self.layout.tap(vm.name), bridge=self.layout.PUBLIC_BRIDGE,
-            kernel=image["kernel"], initrd=image["initrd"], append=append,
-            disk=str(self.layout.disk(vm.name)), accel=nd.accel, machine=self.machine(vm.name),
-            csv=None if vm.volume is None else disk_config(self.layout, self.spec, vm.name, node,
-                                                           owner, say=self.say),
-        )
 
     # -- observation ----------------------------------------------------------------
     def owner(self, vm: str) -> str | None:
@@ -209,15 +184,8 @@ class QemuSubstrate:
         owner = self.owner(vm)
         if owner is not None and owner != node and self._runs_on(vm, owner):
             raise SubstrateError(f"{vm} already runs on {owner}; stop or migrate it first")
-        disk = self.layout.disk(vm)
-        if self.spec.vm(vm).volume is None:  # a CSV disk lives on its volume's LUN instead
-            disk.parent.mkdir(parents=True, exist_ok=True)
-            if not disk.exists():
-                with disk.open("wb") as f:
-                    f.truncate(self.spec.vm(vm).disk_mib * MIB)
-        cfg = self.vm_config(vm, node, owner=node)
-        try:
-            self.agent(node).call("start", timeout_s=90, config=cfg.to_json())
+        try:  # the agent builds the QEMU from the VM's definition, its disk too
+            self.agent(node).call("start", timeout_s=90, vm=vm, machine=self.machine(vm))
         except AgentDown as exc:
             raise SubstrateError(f"cannot start {vm}: node {node} is down") from exc
         with update_state(self.layout) as st:
