@@ -445,3 +445,24 @@ def test_vms_defined_to_run_start_on_their_owner_and_a_stopped_one_stays_stopped
     assert got is not None and got.state == "done", got
     assert state.placement("batch").node == "node2"
     assert ("batch", "node2", token) in rec.started
+
+
+def test_a_resume_intent_puts_a_drained_node_back_and_refuses_a_down_one(
+    state: ClusterState,
+) -> None:
+    m, _clock, _rec = manager(state)
+    m.take_office(10)
+    state.set_node_state("node3", "quarantined", failures=[1.0, 2.0, 3.0], failed=False)
+    state.set_node_state("node1", "down")
+    ok = intents.submit(state, "resume", {"node": "node3"}, by="test")
+    bad = intents.submit(state, "resume", {"node": "node1"}, by="test")
+    publish(state, {"node1"})
+    m.tick()
+    _settle(m)
+    done, refused = intents.get(state, ok.id), intents.get(state, bad.id)
+    assert done is not None and done.state == "done", done
+    assert done.record["result"] == {"ok": True, "node": "node3", "was": "quarantined",
+                                     "state": "up"}
+    assert state.node_states()["node3"]["state"] == "up"
+    assert state.node_states()["node3"]["failures"] == []
+    assert refused is not None and refused.state == "failed" and "down" in refused.record["error"]

@@ -76,7 +76,10 @@ def test_migrate_between_every_pair_while_a_client_talks(lab: QemuSubstrate) -> 
         assert lab.status().vm("web").node == target
         # What clients saw: a UDP blackout (5 ms probes) laid beside QEMU's own pause and
         # resume, and a real HTTP client (ab) that lost no request.
-        assert 0 < r.extra["blackout_ms"] < 3000
+        # (A prober descheduled across the whole pause sends nothing then, and sees no
+        # blackout: that is a measurement lost, not a VM that never paused.)
+        stalled = float(r.extra.get("probe_stall_ms") or 0) >= float(r.downtime_ms)
+        assert 0 < r.extra["blackout_ms"] < 3000 or stalled, r.extra
         assert r.extra["ab_failed"] == 0 and r.extra["ab_requests"] > 0
         bd = r.extra["breakdown"]
         assert bd is not None and bd["paused_ms"] > 0
@@ -240,15 +243,17 @@ def test_etcd_serves_only_clients_with_a_cluster_certificate(lab: QemuSubstrate)
             thread.call(no_client_cert)
 
 
-def _ask_agent(lab: QemuSubstrate, node: str, ctx: ssl.SSLContext) -> str:
-    """One ping over the network from the admin side with ``ctx``: the reply, or why not."""
+def _ask_agent(lab: QemuSubstrate, node: str, ctx: ssl.SSLContext,
+               request: bytes = b'{"op": "ping"}\n') -> str:
+    """One request (a ping) over the network from the admin side with ``ctx``: the reply,
+    or why not."""
     addr = str(lab.spec.node(node).interfaces["Public"])
     with NetnsThread(lab.layout.client_ns) as t:
         sock = t.call(socket.create_connection, (addr, AGENT_PORT), 5.0)
     try:
         with ctx.wrap_socket(sock, server_hostname=node) as tls:
             tls.settimeout(5)
-            tls.sendall(b'{"op": "ping"}\n')
+            tls.sendall(request)
             return tls.recv(4096).decode() or "closed"
     except (ssl.SSLError, OSError) as exc:
         return f"refused: {exc}"
@@ -290,6 +295,13 @@ def test_agents_answer_only_callers_with_a_valid_cluster_certificate(
     assert "revoked" in log
     # The admin's certificate still works; a stale fencing token is refused (test_fencing).
     assert '"ok": true' in _ask_agent(lab, "node1", _context(admin, ca_file))
+    # Another host reads freely, but changes nothing without the manager's token.
+    host = NodeCredentials(lab.layout.tls_dir("node2"))
+    assert '"ok": true' in _ask_agent(lab, "node1", _context(host, ca_file),
+                                      b'{"op": "list"}\n')
+    refused = json.loads(_ask_agent(lab, "node1", _context(host, ca_file),
+                                    b'{"op": "pause", "vm": "novm"}\n'))
+    assert refused["code"] == "fenced" and "no fencing token" in refused["error"], refused
 
 
 def test_agent_errors_cross_the_wire_typed(lab: QemuSubstrate) -> None:
@@ -618,3 +630,19 @@ def test_a_vm_defined_through_the_api_is_started_stopped_and_deleted(lab: QemuSu
     finally:
         _vmc_in(ns, env, "vm", "stop", "extra")
         _vmc_in(ns, env, "vm", "delete", "extra")
+
+
+def test_a_quick_migration_through_the_api_follows_the_switchover_protocol(
+    lab: QemuSubstrate,
+) -> None:
+    """`vm migrate --quick` from the admin namespace: the manager pauses, saves, restores
+    on the target, moving the placement by compare-and-set before the target runs."""
+    vm, source = "web", lab.owner("web")
+    target = "node2" if source != "node2" else "node3"
+    out = _vmc_in(lab.layout.client_ns, _admin_env(lab), "vm", "migrate", vm, "--to", target,
+                  "--quick", "--json")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["state"] == "done" and got["ok"] is True and got["network"] == "shared-path"
+    assert _one_copy_until_settled(lab, vm) == {target: ("run", "running")}
+    assert _store(lab)[0][vm] == target and lab.owner(vm) == target

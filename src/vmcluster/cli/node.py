@@ -1,5 +1,5 @@
 """``vmcluster node drain NODE`` (the manager live-migrates every VM off; Ctrl-C cancels)
-and ``vmcluster node resume NODE``."""
+and ``vmcluster node resume NODE``, both through the cluster's API."""
 
 from __future__ import annotations
 
@@ -14,11 +14,8 @@ import click
 from vmcluster.cli.apiclient import ClusterAccess, api_request, resolve_access
 from vmcluster.cli.cluster import cluster_option
 from vmcluster.cli.common import lab_option
-from vmcluster.control.drain import resume
 from vmcluster.errors import VmclusterError
 from vmcluster.lab.lab import resolve_lab
-from vmcluster.lab.services import lab_store
-from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["node"]
 
@@ -113,13 +110,19 @@ def _watch(access: ClusterAccess, intent_id: str, say: Callable[[str], None],
 
 @node.command("resume")
 @click.argument("node_name", metavar="NODE")
-@_LAB
+@cluster_option
 @click.option("--json", "as_json", is_flag=True)
-def resume_cmd(node_name: str, lab_name: str | None, as_json: bool) -> None:
-    """Put NODE back in service after a drain or a quarantine."""
-    layout = resolve_lab(lab_name)
-    QemuSubstrate(layout).spec.node(node_name)
-    with lab_store(layout) as store:
-        before = resume(store.state, node_name, store=store.call)
-    out: dict[str, Any] = {"node": node_name, "was": before, "state": "up"}
-    click.echo(json.dumps(out) if as_json else f"{node_name}: {before} -> up")
+def resume_cmd(node_name: str, cluster_url: str | None, lab_name: str | None,
+               as_json: bool) -> None:
+    """Put NODE back in service after a drain or a quarantine (the manager records it)."""
+    if cluster_url is None and lab_name is None and not os.environ.get("VMCLUSTER_URL"):
+        lab_name = resolve_lab(None).name  # the only lab that is up
+    access = resolve_access(cluster_url, lab_name)
+    it = api_request(access, "POST", f"/api/v1/nodes/{node_name}/resume")
+    final = _watch(access, it["id"], lambda m: click.echo(m, err=True), timeout_s=60)
+    got = dict(final.get("result") or {})
+    if final["state"] != "done":
+        raise VmclusterError(f"resuming {node_name} {final['state']}: "
+                             f"{got.get('error') or final.get('error')}")
+    out: dict[str, Any] = {"node": node_name, "was": got["was"], "state": "up"}
+    click.echo(json.dumps(out) if as_json else f"{node_name}: {got['was']} -> up")

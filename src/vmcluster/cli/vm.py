@@ -317,12 +317,10 @@ def _migrate_through_api(url: str, vm_name: str, target: str, quick: bool,
                          as_json: bool) -> None:
     from vmcluster.cli.apiclient import api_request, resolve_access
     from vmcluster.cli.node import _watch
-    from vmcluster.errors import UsageError
 
-    if quick:
-        raise UsageError("--quick is not an API intent yet; use --lab for a quick migration")
     access = resolve_access(url)
-    it = api_request(access, "POST", f"/api/v1/vms/{vm_name}/migrate", {"to": target})
+    it = api_request(access, "POST", f"/api/v1/vms/{vm_name}/migrate",
+                     {"to": target, "mode": "quick" if quick else "live"})
     final = _watch(access, it["id"], lambda m: click.echo(m, err=True))
     r = dict(final.get("result") or {})
     if as_json:

@@ -7,7 +7,7 @@ store's placements. Each VM moves with :func:`control.migration.migrate`
 source); after each switchover the VM's placement moves to the target by
 compare-and-set. An interrupt (Ctrl-C) cancels: the VM in flight stays on the
 source, the ones already moved stay moved, and the node is ``up`` again.
-``resume`` ends a drain or a quarantine.
+``node resume`` (an intent the manager carries out) ends a drain or a quarantine.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from vmcluster.store.errors import StoreConflict
 from vmcluster.store.state import ClusterState
 from vmcluster.substrate.protocol import MigrationResult, Substrate
 
-__all__ = ["DrainResult", "drain", "resume"]
+__all__ = ["DrainResult", "drain"]
 
 @dataclass(frozen=True)
 class DrainResult:
@@ -125,15 +125,3 @@ def _move_placement(state: ClusterState, vm: str, target: str) -> None:
         except StoreConflict:
             continue
     raise StoreConflict(f"could not record {vm} on {target}: its placement kept changing")
-
-
-def resume(state: ClusterState, node: str, store: Callable[..., object] = lambda fn, *a: fn(*a)
-           ) -> str:
-    """End a drain or quarantine: ``node`` takes VMs again. Returns the previous state."""
-    nodes = store(state.node_states)
-    assert isinstance(nodes, dict)
-    before = str(nodes.get(node, {}).get("state", "up"))
-    if before == "down":
-        raise UsageError(f"{node} is down; start it first (`vmcluster lab node start {node}`)")
-    store(state.set_node_state, node, "up")
-    return before

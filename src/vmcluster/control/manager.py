@@ -376,15 +376,10 @@ class Manager:
         term.missing_since.pop(vm, None)
 
         def run() -> None:
-            try:
-                self.actuator.start_vm(vm, node, term.token)
-            except Fenced:
-                return
-            except VmclusterError as exc:
-                self.say(f"starting {vm} on {node} failed: {exc}; will retry")
-                return
-            self._event(VmStarted(self.wall(), node, vm, term.token))
-            self.say(f"started {vm} on {node}")
+            with contextlib.suppress(Fenced):  # the next manager starts it
+                if self._start_on(term, vm, node):
+                    self._event(VmStarted(self.wall(), node, vm, term.token))
+                    self.say(f"started {vm} on {node}")
 
         worker = threading.Thread(target=run, name=f"start-{vm}", daemon=True)
         term.starting[vm] = worker
@@ -429,6 +424,19 @@ class Manager:
                 return {"ok": True, "vm": vm, "node": p.node}
             self.clock.sleep(self.params.tick_s)
         raise SubstrateError(f"{vm} was not seen running within {self.params.start_wait_s:.0f} s")
+
+    def _carry_resume(self, args: Mapping[str, Any], token: int) -> dict[str, Any]:
+        """A ``resume`` intent: a drained or quarantined node takes VMs again (a node that
+        is down must come back first; its failures are forgotten with the quarantine)."""
+        node = str(args["node"])
+        record = self.state.node_states().get(node, {})
+        before = str(record.get("state", "up"))
+        if before in ("down", "off"):
+            raise SubstrateError(f"{node} is {before}; start it first, it comes back up "
+                                 "by itself once it is heard")
+        if before != "up":
+            self.state.set_node_state(node, "up", token, failures=[], failed=False)
+        return {"ok": True, "node": node, "was": before, "state": "up"}
 
     def _carry_stop(self, args: Mapping[str, Any], token: int) -> dict[str, Any]:
         """A ``stop`` intent (the API set the VM's desired state to stopped): its QEMU
@@ -539,15 +547,22 @@ class Manager:
             return  # someone moved it since we read; the next tick reads again
         term.unplaceable.discard(vm)
         term.missing_since.pop(vm, None)
+        if not self._start_on(term, vm, node):
+            return
+        self._event(VmRestarted(self.wall(), node, vm, from_node, term.token))
+        self.say(f"restarted {vm} on {node} (was on {from_node})")
+
+    def _start_on(self, term: _Term, vm: str, node: str) -> bool:
+        """Ask ``node`` to start ``vm`` (placed there already); False when it failed (the
+        placement stays, and ``_recover`` tries again). Fenced goes to the caller."""
         try:
             self.actuator.start_vm(vm, node, term.token)
         except Fenced:
             raise
         except VmclusterError as exc:
             self.say(f"starting {vm} on {node} failed: {exc}; will retry")
-            return
-        self._event(VmRestarted(self.wall(), node, vm, from_node, term.token))
-        self.say(f"restarted {vm} on {node} (was on {from_node})")
+            return False
+        return True
 
     def _intents(self, term: _Term) -> None:
         """Carry out what the API recorded (see :mod:`vmcluster.store.intents`), each in a
@@ -597,6 +612,8 @@ class Manager:
                 result = self._carry_start(it.args, token)
             elif it.kind == "stop":
                 result = self._carry_stop(it.args, token)
+            elif it.kind == "resume":
+                result = self._carry_resume(it.args, token)
             else:
                 result = self.actuator.carry_out(it.kind, it.args, token, cancelled, progress)
         except Fenced:

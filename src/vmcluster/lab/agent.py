@@ -17,7 +17,8 @@ Ops: ping, facts, timeline, list, start, stop, pause, resume, incoming, migrate,
 set_params, cancel, takeover, release, discard, save, power_off, and the cluster shared
 volume ops of :class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that
 carries a manager's fencing ``token`` is refused unless that manager still leads
-(:mod:`vmcluster.lab.fencing`).
+(:mod:`vmcluster.lab.fencing`); a state-changing request from another host must carry
+one (:data:`STATE_CHANGING`).
 
 ``start`` and ``incoming`` name a VM, never a QEMU configuration: the agent builds
 the command line itself from the VM's definition in the store (or, in a lab without
@@ -44,10 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from vmcluster.csv.agentops import CsvOps
 from vmcluster.errors import InputError, QmpError, StoreError, SubstrateError, VmclusterError
 from vmcluster.lab.client import AGENT_PORT, speak_as
+from vmcluster.lab.credentials import ADMIN
 from vmcluster.lab.fencing import AgentFence
 from vmcluster.lab.layout import LabLayout
 from vmcluster.model import ClusterSpec
@@ -409,8 +412,12 @@ class Agent(CsvOps):
         qp = self.get(req["vm"])
         status = await qp.qmp.query_status()
         # The source may report its end a moment before this side has loaded the last
-        # state; with -S this QEMU then stays paused: wait for it, then run it.
-        for _ in range(3000):
+        # state; with -S this QEMU then stays paused: wait for it (woken by its own
+        # MIGRATION event, not by asking under the blackout), then run it.
+        if status == "inmigrate":
+            await qp.qmp.migration_settled(15.0)
+            status = await qp.qmp.query_status()
+        for _ in range(200):  # the run state may trail the event by a moment
             if status != "inmigrate":
                 break
             await asyncio.sleep(0.005)
@@ -492,6 +499,31 @@ class Agent(CsvOps):
         raise SubstrateError(f"saving {req['vm']} to {path} did not finish in time")
 
 
+# What changes a VM or this host. From another host (over TCP with its certificate) each
+# must carry the manager's fencing token, which must still lead; reads, the shared
+# volumes' coordination between agents (csv_*), the host's own parts (the unix socket)
+# and the cluster's operator (the admin certificate) need none.
+STATE_CHANGING = frozenset({"start", "stop", "pause", "resume", "incoming", "set_params",
+                            "migrate", "cancel", "takeover", "release", "discard", "save",
+                            "power_off"})
+
+
+def _peer_name(tls: ssl.SSLObject) -> str:
+    """The common name of the caller's certificate (a host's name, or ``admin``)."""
+    der = tls.getpeercert(binary_form=True)
+    if der is None:
+        return ""
+    names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+        NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+def _require_token(op: str, req: Reply, peer: str) -> None:
+    if op in STATE_CHANGING and req.get("token") is None and peer != ADMIN:
+        raise Fenced(f"fenced: {op} from host {peer or '?'} carries no fencing token; a "
+                     "host acts on another only for the elected manager, under its token")
+
+
 def _power_off_host() -> None:
     """SIGTERM to every other process of this host's network namespace, then to us."""
     me = os.stat("/proc/self/ns/net")
@@ -539,21 +571,14 @@ def _tcp_uri(uri: object) -> str:
     return uri
 
 
+_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (Fenced, "fenced"), (InputError, "invalid"), (QmpError, "qemu"), (NotFound, "not_found"),
+    (Conflict, "conflict"), (VmclusterError, "failed"))
+
+
 def error_code(exc: BaseException) -> str:
-    """The wire code of an error (see vmcluster.lab.client)."""
-    if isinstance(exc, Fenced):
-        return "fenced"
-    if isinstance(exc, InputError):
-        return "invalid"
-    if isinstance(exc, QmpError):
-        return "qemu"
-    if isinstance(exc, NotFound):
-        return "not_found"
-    if isinstance(exc, Conflict):
-        return "conflict"
-    if isinstance(exc, VmclusterError):
-        return "failed"
-    return "internal"
+    """The wire code of an error (see vmcluster.lab.client); the first kind that fits."""
+    return next((code for kind, code in _CODES if isinstance(exc, kind)), "internal")
 
 
 class _Revocations:
@@ -596,6 +621,8 @@ async def _serve(agent: Agent, sock_path: Path) -> None:
                 reply: Reply = {"ok": False, "code": "invalid",
                                 "error": f"unknown op {req.get('op')!r}"}
             else:
+                if tls is not None:
+                    _require_token(str(req.get("op")), req, _peer_name(tls))
                 await fence.check(req)  # a manager's request: refused if its token is stale
                 reply = {"ok": True, **await handler(req)}
         except VmclusterError as exc:

@@ -185,10 +185,16 @@ class LocalAgent:
 
 
 class AgentClient:
-    def __init__(self, layout: LabLayout, node: str, local: bool = False) -> None:
-        self.layout, self.node, self.local = layout, node, local
+    """``token``: the manager's fencing token, sent with every request (a host's
+    state-changing request without a current one is refused)."""
+
+    def __init__(self, layout: LabLayout, node: str, local: bool = False,
+                 token: int | None = None) -> None:
+        self.layout, self.node, self.local, self.token = layout, node, local, token
 
     def call(self, op: str, timeout_s: float = 30.0, **args: Any) -> dict[str, Any]:
+        if self.token is not None:
+            args.setdefault("token", self.token)
         request = json.dumps({"op": op, **args}).encode() + b"\n"
         buf = _call_local(self.node, str(self.layout.agent_socket(self.node)), op, request,
                           timeout_s) if self.local else self._remote(op, request, timeout_s)

@@ -48,14 +48,12 @@ class HostPower(QemuSubstrate):
     no path to yet, so a plan's power-on is refused here (the lab's own switch is
     `vmcluster lab consolidate` without a control plane, or the harness)."""
 
-    token: int | None = None
-
     def set_power(self, node: str, on: bool) -> None:
         self.spec.node(node)
         if on:
             raise SubstrateError(f"the manager cannot power {node} on (no BMC is configured)")
         with contextlib.suppress(AgentDown):  # already off
-            self.agent(node).call("power_off", timeout_s=30, token=self.token)
+            self.agent(node).call("power_off", timeout_s=30)
         with update_state(self.layout) as st:
             st["nodes"][node] = {**st["nodes"].get(node, {}), "state": "off"}
 
@@ -66,6 +64,13 @@ class LabActuator:
     def __init__(self, layout: LabLayout, spec: ClusterSpec, fence: Fence | None = None,
                  state: ClusterState | None = None) -> None:
         self.layout, self.spec, self.fence, self.state = layout, spec, fence, state
+
+    def _sub(self, token: int, spec: ClusterSpec | None = None,
+             kind: type[QemuSubstrate] = QemuSubstrate) -> QemuSubstrate:
+        """A substrate that speaks for the manager: ``token`` goes with every request."""
+        sub = kind(self.layout, spec or self._spec())
+        sub.token = token
+        return sub
 
     def _spec(self) -> ClusterSpec:
         """The cluster's spec with its VMs as the store defines them now (a VM defined
@@ -78,10 +83,9 @@ class LabActuator:
     def start_vm(self, vm: str, node: str, token: int) -> None:
         if self.fence is not None:
             self.fence.check(token)  # before anything changes, e.g. a CSV disk's owner
-        sub = QemuSubstrate(self.layout, self._spec())
+        sub = self._sub(token)
         try:  # the agent builds the QEMU from the VM's definition in the store
-            AgentClient(self.layout, node).call("start", timeout_s=90, vm=vm,
-                                                machine=sub.machine(vm), token=token)
+            sub.agent(node).call("start", timeout_s=90, vm=vm, machine=sub.machine(vm))
         except AgentDown as exc:
             raise SubstrateError(f"cannot start {vm}: node {node} is down") from exc
         except SubstrateError as exc:
@@ -93,7 +97,7 @@ class LabActuator:
 
     def stop_vm(self, vm: str, node: str, token: int) -> None:
         try:
-            AgentClient(self.layout, node).call("stop", timeout_s=30, vm=vm, token=token)
+            AgentClient(self.layout, node, token=token).call("stop", timeout_s=30, vm=vm)
         except AgentDown:
             return  # a down node's VMs died with it
         with update_state(self.layout) as st:
@@ -101,7 +105,7 @@ class LabActuator:
 
     def migrate_vm(self, vm: str, target: str, token: int) -> bool:
         spec = self._spec()
-        sub = QemuSubstrate(self.layout, spec)
+        sub = self._sub(token, spec)
         result = migrate(sub, spec, known_health(spec, sub.status()),
                          MigrationRequest(vm, target), ledger=self._ledger(token))
         return result.ok
@@ -117,7 +121,7 @@ class LabActuator:
         if self.fence is not None:
             self.fence.check(token)
         spec = self._spec()
-        sub = QemuSubstrate(self.layout, spec)
+        sub = self._sub(token, spec)
         asked = [0.0]
 
         def on_progress(h: MigrationHandle, p: MigrationProgress) -> None:
@@ -130,6 +134,11 @@ class LabActuator:
                 if cancelled():
                     raise MigrationCancelled(f"the migration of {h.vm} was cancelled")
 
+        if kind == "migrate" and args.get("mode") == "quick":
+            from vmcluster.lab.quick import quick_migrate
+
+            return quick_migrate(sub, str(args["vm"]), str(args["to"]),
+                                 ledger=self._ledger(token)).to_json()
         if kind == "migrate":
             vm, target = str(args["vm"]), str(args["to"])
             result = migrate(sub, spec, known_health(spec, sub.status()),
@@ -149,8 +158,7 @@ class LabActuator:
             from vmcluster.control.consolidate import ConsolidationPlan
             from vmcluster.control.consolidate_apply import Step, apply, store_guard
 
-            power = HostPower(self.layout, spec)
-            power.token = token
+            power = self._sub(token, spec, HostPower)
             st = self.state
             assert st is not None
 
@@ -203,19 +211,19 @@ class LabActuator:
     def complete_migration(self, vm: str, source: str, target: str, token: int) -> None:
         if self.fence is not None:
             self.fence.check(token)
-        AgentClient(self.layout, target).call("takeover", vm=vm, timeout_s=30)
+        AgentClient(self.layout, target, token=token).call("takeover", vm=vm, timeout_s=30)
         with update_state(self.layout) as st:
             st["vms"][vm] = {"node": target}
         with contextlib.suppress(AgentDown, SubstrateError):
-            AgentClient(self.layout, source).call("release", vm=vm, timeout_s=30)
+            AgentClient(self.layout, source, token=token).call("release", vm=vm, timeout_s=30)
 
     def roll_back_migration(self, vm: str, source: str, target: str, token: int) -> None:
         if self.fence is not None:
             self.fence.check(token)
         with contextlib.suppress(AgentDown):
-            AgentClient(self.layout, target).call("discard", vm=vm, timeout_s=30)
+            AgentClient(self.layout, target, token=token).call("discard", vm=vm, timeout_s=30)
         with contextlib.suppress(AgentDown):  # a dead source: failover restarts the VM
-            AgentClient(self.layout, source).call("cancel", vm=vm, timeout_s=30)
+            AgentClient(self.layout, source, token=token).call("cancel", vm=vm, timeout_s=30)
         with update_state(self.layout) as st:
             st["vms"].get(vm, {}).pop("migrating_to", None)
 

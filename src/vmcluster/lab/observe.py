@@ -82,6 +82,7 @@ def migrate_observed(
         "tcp_session_survived": bool(tcp.get("session_survived", False)),
         "client_errors": tcp.get("errors", []),
         "blackout_ms": udp.get("blackout_ms"),
+        "probe_stall_ms": udp.get("max_send_gap_ms"),
         "udp_lost": udp.get("lost"),
         "ab_requests": ab.get("requests"),
         "ab_failed": ab.get("failed"),

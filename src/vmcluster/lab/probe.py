@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import signal
 import socket
@@ -217,9 +218,11 @@ def _udp(addr: str, port: int, interval: float) -> dict[str, Any]:
     # In wall time, not count x interval: a probe sent late (the prober descheduled) must
     # not shorten the blackout. The resolution is one interval.
     blackout = 0.0 if frm is None or to is None else max(0.0, to - frm - interval)
+    # A prober that could not send (descheduled) measures nothing meanwhile: say how long.
+    stall = max((b - a for a, b in itertools.pairwise(sent)), default=0.0)
     return {"sent": len(sent), "answered": len(answered), "lost": lost, "lost_in_gap": best,
             "blackout_ms": round(blackout * 1000, 1), "interval_ms": interval * 1000,
-            "gap_from": frm, "gap_to": to}
+            "gap_from": frm, "gap_to": to, "max_send_gap_ms": round(stall * 1000, 1)}
 
 
 def _run(addr: str, port: int, interval: float) -> dict[str, Any]:

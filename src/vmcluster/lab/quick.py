@@ -2,24 +2,29 @@
 
 The VM is paused for the whole copy (its downtime is the full save + restore);
 the state file on the lab's shared path is removed afterwards. On any failure
-the target is removed and the VM resumes on its source.
+the target is removed and the VM resumes on its source. With a ``ledger`` (the
+manager's, under its token) the move follows the switchover protocol of live
+migration: recorded before the save, ownership moved by compare-and-set before the
+target may run, the record deleted by compare-and-set before the source may run
+again; a refused end leaves both copies for whoever holds the record.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-from vmcluster.errors import MigrationError, SubstrateError
+from vmcluster.control.ledger import StoreLedger
+from vmcluster.errors import MigrationError, SubstrateError, VmclusterError
 from vmcluster.lab.state import update_state
-from vmcluster.substrate.protocol import MigrationResult
+from vmcluster.substrate.protocol import MigrationHandle, MigrationResult
 from vmcluster.substrate.qemu.migration import MIB
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["quick_migrate"]
 
 
-def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 120.0
-                  ) -> MigrationResult:
+def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 120.0,
+                  ledger: StoreLedger | None = None) -> MigrationResult:
     source = sub.owner(vm)
     if source is None:
         raise MigrationError(f"{vm} is not running")
@@ -31,11 +36,19 @@ def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 1
     clock = sub.clock
     t0 = clock.now()
     src, tgt = sub.agent(source), sub.agent(target)
+    if ledger is not None:
+        try:
+            ledger.begin(MigrationHandle(vm, source, target, "shared-path", "quick"))
+        except VmclusterError as exc:
+            return MigrationResult(vm, source, target, "shared-path", ok=False, error=str(exc))
+    committed = False
     try:
         saved = src.call("save", timeout_s=timeout_s + 10, vm=vm,
                          save_timeout_s=timeout_s)["migrate"]
         if saved.get("status") != "completed":
             raise MigrationError(f"saving {vm} failed: {saved.get('error-desc', saved)}")
+        if ledger is not None:
+            ledger.renew()
         tgt.call("incoming", timeout_s=60, vm=vm, machine=sub.machine(vm), quick=True,
                  id="quick")
         deadline = clock.now() + timeout_s
@@ -47,13 +60,29 @@ def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 1
                 break
             if info["migrate"].get("status") == "failed" or clock.now() > deadline:
                 raise MigrationError(f"restoring {vm} on {target} failed")
+            if ledger is not None:
+                ledger.renew()
             clock.sleep(0.05)
+        if ledger is not None:
+            ledger.commit()  # ownership moves before the target may run
+            committed = True
         tgt.call("takeover", vm=vm)
         down_s = clock.now() - t0
         with update_state(sub.layout) as st:
             st["vms"][vm] = {"node": target}
         src.call("release", vm=vm)
-    except SubstrateError as exc:
+    except VmclusterError as exc:
+        if committed:  # the target owns it now: never run the source again
+            return MigrationResult(vm, source, target, "shared-path", ok=False, unsettled=True,
+                                   error=f"{exc}; {vm} belongs to {target} now, the manager "
+                                   "runs it there", total_s=clock.now() - t0)
+        try:
+            if ledger is not None:
+                ledger.abort()  # the record gone before the source may run again
+        except VmclusterError as refused:
+            return MigrationResult(vm, source, target, "shared-path", ok=False, unsettled=True,
+                                   error=f"{exc}; rollback refused: {refused}",
+                                   total_s=clock.now() - t0)
         for agent, op in ((tgt, "discard"), (src, "cancel")):
             with contextlib.suppress(SubstrateError):
                 agent.call(op, vm=vm)

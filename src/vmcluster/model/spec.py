@@ -134,6 +134,9 @@ def _network(r: TableReader) -> Network:
 
 
 def _node(r: TableReader, networks: dict[str, Network]) -> Node:
+    if r.name() in ("admin", "san"):
+        raise r.fail("name", f"node name {r.name()!r} is reserved (the operator's and the "
+                     "storage host's certificates)", "pick another name")
     raw = r.get("interfaces", dict, {})
     interfaces: dict[str, IPv4Address] = {}
     for net_name, addr_text in raw.items():

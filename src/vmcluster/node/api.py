@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -165,6 +165,8 @@ class JoinRequest(BaseModel):
 
 class MigrateRequest(BaseModel):
     to: str = Field(min_length=1, max_length=63, description="the target node")
+    mode: Literal["live", "quick"] = Field("live", description="live (pre-copy) or quick "
+                                           "(pause, save to the shared path, restore)")
 
 
 class PlanRequest(BaseModel):
@@ -284,13 +286,20 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return JSONResponse(it.to_json(), status_code=202,
                             headers={"Location": f"/api/v1/intents/{it.id}"})
 
+    def _node_intent(kind: str, node: str) -> JSONResponse:
+        if node not in {n.name for n in _spec().nodes}:
+            raise JoinRefused(404, "not_found", f"no node {node!r} in the cluster", "node")
+        return _submit(kind, {"node": node})
+
     @app.post("/api/v1/nodes/{node}/drain", status_code=202)
     async def node_drain(node: str, _role: str = Depends(admin)) -> JSONResponse:
         """Ask the manager to live-migrate every VM off ``node`` (an intent; 202)."""
-        spec = await asyncio.to_thread(_spec)
-        if node not in {n.name for n in spec.nodes}:
-            raise JoinRefused(404, "not_found", f"no node {node!r} in the cluster", "node")
-        return await asyncio.to_thread(_submit, "drain", {"node": node})
+        return await asyncio.to_thread(_node_intent, "drain", node)
+
+    @app.post("/api/v1/nodes/{node}/resume", status_code=202)
+    async def node_resume(node: str, _role: str = Depends(admin)) -> JSONResponse:
+        """Put a drained or quarantined node back in service (an intent; 202)."""
+        return await asyncio.to_thread(_node_intent, "resume", node)
 
     @app.post("/api/v1/vms/{vm}/migrate", status_code=202)
     async def vm_migrate(vm: str, body: MigrateRequest,
@@ -301,7 +310,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise JoinRefused(404, "not_found", f"no VM {vm!r} in the cluster", "vm")
         if body.to not in {n.name for n in spec.nodes}:
             raise JoinRefused(422, "invalid", f"no node {body.to!r} in the cluster", "to")
-        return await asyncio.to_thread(_submit, "migrate", {"vm": vm, "to": body.to})
+        args = {"vm": vm, "to": body.to, **({"mode": "quick"} if body.mode == "quick" else {})}
+        return await asyncio.to_thread(_submit, "migrate", args)
 
     def _vm_view(name: str) -> dict[str, Any]:
         rec = vms.get(ctx.state, name)

@@ -58,13 +58,16 @@ class QemuSubstrate:
         self.migrations = QemuMigrations(self)
         self.last_switches: list[dict[str, Any]] = []
         self._facts: dict[str, QemuFacts] = {}
+        # The manager's fencing token when it acts through this substrate: it goes with
+        # every request to an agent (see vmcluster.lab.fencing).
+        self.token: int | None = None
 
     @property
     def clock(self) -> MonotonicClock:
         return self._clock
 
     def agent(self, node: str) -> AgentClient:
-        return AgentClient(self.layout, node)
+        return AgentClient(self.layout, node, token=self.token)
 
     def say(self, msg: str) -> None:
         if self.on_event is not None:
