@@ -212,7 +212,8 @@ def test_the_migration_stream_is_tls_with_the_cluster_certificates(lab: QemuSubs
     finally:
         sniff.send_signal(signal.SIGINT)
         out, _ = sniff.communicate(timeout=40)
-    assert r.ok and r.network == "Migration" and r.extra["memory_ok"] is True
+    assert r.ok and r.network == "Migration" and r.extra["memory_ok"] is True, (
+        r.error, r.extra.get("tried"))
     assert lab.spec.cluster.migration_tls
     firsts = [v for v in (json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
                           ).values()]

@@ -5,8 +5,10 @@ The protocol that keeps a VM from ever running twice (see
 
 1. The driver (the CLI, or the manager for its own plans) records the migration
    in etcd (``migrations/<vm>``) by compare-and-set against the VM's placement,
-   with its own key (``migration-drivers/<vm>``) on a short lease it keeps alive
-   while it drives.
+   with its own key (``migration-drivers/<vm>``) on a short lease that a thread of
+   the driver keeps alive while it drives (so a long call, such as a quick
+   migration's save, does not make it look dead; a killed or stopped driver
+   process stops renewing).
 2. The target QEMU is started paused (``-S``). Once QEMU has copied the state,
    ownership moves to the target by one compare-and-set on the record and the
    placement (:meth:`StoreLedger.commit`), guarded by the manager's fencing token
@@ -22,6 +24,7 @@ The protocol that keeps a VM from ever running twice (see
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +57,7 @@ class StoreLedger:
     _mig: Migration | None = field(default=None, repr=False)
     _lease: int = field(default=0, repr=False)
     _renewed: float = field(default=0.0, repr=False)
+    _keeping: threading.Event | None = field(default=None, repr=False)
 
     def begin(self, handle: MigrationHandle) -> None:
         placement = self.run(self.state.placement, handle.vm)
@@ -68,6 +72,15 @@ class StoreLedger:
             raise MigrationError(f"{handle.vm} is already migrating, or its placement "
                                  f"changed: {exc}") from exc
         self._renewed = time.monotonic()
+        stop = self._keeping = threading.Event()
+        threading.Thread(target=self._keep, args=(self._lease, stop), daemon=True,
+                         name=f"lease {handle.vm}").start()
+
+    def _keep(self, lease: int, stop: threading.Event) -> None:
+        """Renew ``lease`` every second until ``stop`` (the driver's own thread)."""
+        while not stop.wait(_RENEW_S):
+            with contextlib.suppress(VmclusterError, OSError, TimeoutError):
+                self.run(self.state.client.lease_keepalive, lease)
 
     def renew(self) -> None:
         """Keep the driver's lease (call it while polling; it renews at most once a s)."""
@@ -87,7 +100,15 @@ class StoreLedger:
         self.run(self.state.abort_migration, self._mig, self.token)
         self._drop_lease()
 
+    def stop_keeping(self) -> None:
+        """Stop renewing (the driver is done with this attempt, however it ended): a
+        record still there is an orphan once the lease runs out, for the manager."""
+        if self._keeping is not None:
+            self._keeping.set()
+            self._keeping = None
+
     def _drop_lease(self) -> None:
+        self.stop_keeping()
         if self._lease:
             with contextlib.suppress(VmclusterError, OSError, TimeoutError):
                 self.run(self.state.client.lease_revoke, self._lease)  # else it expires

@@ -12,7 +12,7 @@ a record in the store, and its end is decided there by compare-and-set: see
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from vmcluster.errors import (
@@ -88,12 +88,16 @@ def migrate(
         )
     params = req.params or MigrationParams(downtime_ms=vm.max_downtime_ms)
     result: MigrationResult | None = None
+    tried: list[dict[str, object]] = []  # the networks that failed before the last one
     for network in order:
         result = _attempt(substrate, vm.name, req, network, params, on_progress, ledger)
         if result.ok or result.unsettled:  # unsettled: not ours to try again
-            return result
+            break
+        tried.append({"network": network, "error": result.error})
     assert result is not None
-    return result
+    if tried and tried[-1]["network"] == result.network and not result.ok:
+        tried.pop()  # the last attempt is the result itself
+    return replace(result, extra={**result.extra, "tried": tried}) if tried else result
 
 
 def _attempt(
@@ -141,7 +145,11 @@ def _attempt(
     finally:
         # Runs on errors and interrupts too: finalize owns rollback, so the VM
         # is left running on exactly one node whatever happened above.
-        result = substrate.finalize_migration(handle, success, ledger)
+        try:
+            result = substrate.finalize_migration(handle, success, ledger)
+        finally:
+            if ledger is not None:
+                ledger.stop_keeping()
     if cancelled and not result.ok:  # rolled back: the cancel goes on to the caller
         raise MigrationCancelled(f"the migration of {vm} was cancelled; it stays on "
                                  f"{result.source}" + (f" ({result.error})"

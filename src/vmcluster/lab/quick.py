@@ -90,6 +90,8 @@ def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 1
                                total_s=clock.now() - t0)
     finally:
         path.unlink(missing_ok=True)
+        if ledger is not None:
+            ledger.stop_keeping()
     return MigrationResult(
         vm, source, target, "shared-path", ok=True, passes=1,
         sent_mib=int(saved.get("ram", {}).get("transferred", 0)) / MIB,

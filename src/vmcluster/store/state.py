@@ -36,6 +36,7 @@ from typing import Any
 from vmcluster.errors import StoreError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import spec_with_vms
+from vmcluster.store import vms
 from vmcluster.store.election import Fence, leader_key
 from vmcluster.store.errors import Fenced, StoreConflict, StoreUnavailable
 from vmcluster.store.etcd import Compare, Delete, EtcdClient, Get, KeyValue, Op, Put
@@ -129,8 +130,6 @@ class ClusterState:
         """The cluster's spec: the spec text with the store's VM definitions as its VMs
         (StoreError when there is no spec in the store yet). ``text`` and
         ``definitions``, when given, are used instead of reading them."""
-        from vmcluster.store import vms
-
         text = self.spec_text() if text is None else text
         if text is None:
             raise StoreError(f"the store holds no spec for {self.cluster}; run `vmcluster "

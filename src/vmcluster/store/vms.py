@@ -25,14 +25,23 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from vmcluster.errors import InputError
 from vmcluster.store.errors import StoreConflict
-from vmcluster.store.etcd import Compare, Delete, KeyValue, Put
+from vmcluster.store.etcd import Compare, Delete, EtcdClient, KeyValue, Op, Put
 
-if TYPE_CHECKING:  # state.py imports this module
-    from vmcluster.store.state import ClusterState
+
+class StateLike(Protocol):
+    """What of :class:`vmcluster.store.state.ClusterState` this module uses (that class
+    reads the definitions through this module, so it is not imported here)."""
+
+    client: EtcdClient
+
+    def key(self, *parts: str) -> str: ...
+
+    def _guarded(self, token: int | None, compare: list[Compare], ops: list[Op],
+                 what: str) -> int: ...
 
 __all__ = ["DESIRED", "VmRecord", "define", "get", "pin_machine", "records", "set_desired",
            "undefine"]
@@ -54,7 +63,7 @@ class VmRecord:
                 "seq": self.seq}
 
 
-def _key(state: ClusterState, name: str = "") -> str:
+def _key(state: StateLike, name: str = "") -> str:
     return str(state.key("vms", name))
 
 
@@ -69,19 +78,19 @@ def _dump(rec: Mapping[str, Any]) -> bytes:
     return json.dumps(rec, sort_keys=True).encode()
 
 
-def records(state: ClusterState) -> dict[str, VmRecord]:
+def records(state: StateLike) -> dict[str, VmRecord]:
     """Every VM definition, by name (in name order)."""
     kvs, _ = state.client.get_prefix(_key(state))
     return {r.name: r for r in sorted((_record(kv) for kv in kvs),
                                       key=lambda r: (r.seq, r.name))}
 
 
-def get(state: ClusterState, name: str) -> VmRecord | None:
+def get(state: StateLike, name: str) -> VmRecord | None:
     kv = state.client.get(_key(state, name))
     return None if kv is None else _record(kv)
 
 
-def define(state: ClusterState, definition: Mapping[str, Any], desired: str = "stopped",
+def define(state: StateLike, definition: Mapping[str, Any], desired: str = "stopped",
            token: int | None = None) -> VmRecord:
     """Create a VM's definition (StoreConflict when the name is taken). Validate it first
     (``ClusterState.spec_with``): the store keeps what it is given."""
@@ -99,7 +108,7 @@ def define(state: ClusterState, definition: Mapping[str, Any], desired: str = "s
     return VmRecord(name, dict(definition), desired, None, rev, seq)
 
 
-def _update(state: ClusterState, rec: VmRecord, token: int | None, what: str,
+def _update(state: StateLike, rec: VmRecord, token: int | None, what: str,
             **fields: Any) -> VmRecord:
     key = _key(state, rec.name)
     body = {**rec.to_json(), **fields}
@@ -109,14 +118,14 @@ def _update(state: ClusterState, rec: VmRecord, token: int | None, what: str,
                     rec.seq)
 
 
-def _require(state: ClusterState, name: str) -> VmRecord:
+def _require(state: StateLike, name: str) -> VmRecord:
     rec = get(state, name)
     if rec is None:
         raise InputError(f"no VM named {name!r} is defined")
     return rec
 
 
-def set_desired(state: ClusterState, name: str, desired: str, token: int | None = None) -> VmRecord:
+def set_desired(state: StateLike, name: str, desired: str, token: int | None = None) -> VmRecord:
     """Record what the operator wants of ``name`` (retried on a concurrent change)."""
     if desired not in DESIRED:
         raise InputError(f"desired state {desired!r} is not one of {', '.join(DESIRED)}")
@@ -131,7 +140,7 @@ def set_desired(state: ClusterState, name: str, desired: str, token: int | None 
     raise StoreConflict(f"the definition of {name} keeps changing; try again")
 
 
-def pin_machine(state: ClusterState, name: str, machine: str, token: int | None = None) -> str:
+def pin_machine(state: StateLike, name: str, machine: str, token: int | None = None) -> str:
     """Pin ``name`` to ``machine`` unless it is pinned already; the pinned machine type."""
     for _ in range(20):
         rec = _require(state, name)
@@ -145,7 +154,7 @@ def pin_machine(state: ClusterState, name: str, machine: str, token: int | None 
     raise StoreConflict(f"the definition of {name} keeps changing; try again")
 
 
-def undefine(state: ClusterState, name: str, token: int | None = None) -> None:
+def undefine(state: StateLike, name: str, token: int | None = None) -> None:
     """Delete ``name``'s definition; refused while the VM has an owner (stop it first)."""
     rec = _require(state, name)
     pkey = state.key("placements", name)
