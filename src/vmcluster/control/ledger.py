@@ -79,8 +79,12 @@ class StoreLedger:
     def _keep(self, lease: int, stop: threading.Event) -> None:
         """Renew ``lease`` every second until ``stop`` (the driver's own thread)."""
         while not stop.wait(_RENEW_S):
-            with contextlib.suppress(VmclusterError, OSError, TimeoutError):
+            try:
                 self.run(self.state.client.lease_keepalive, lease)
+            except (VmclusterError, OSError, TimeoutError):
+                continue  # the store away for a moment: the next second tries again
+            except RuntimeError:
+                return  # the namespace thread it ran in is gone: so is its driver
 
     def renew(self) -> None:
         """Keep the driver's lease (call it while polling; it renews at most once a s)."""

@@ -39,6 +39,7 @@ import os
 import re
 import signal
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -104,6 +105,7 @@ class Agent(CsvOps):
         self.locks: dict[str, asyncio.Lock] = {}
         self._state: ClusterState | None = None
         self._fresh: tuple[float, ClusterSpec] | None = None
+        self._refreshing = threading.Event()
 
     def lock(self, vm: str) -> asyncio.Lock:
         return self.locks.setdefault(vm, asyncio.Lock())
@@ -196,8 +198,25 @@ class Agent(CsvOps):
                                          f"the store: {exc}") from exc
         return self._fresh[1]
 
-    def _spec(self) -> ClusterSpec:  # the CSV ops' view: a few seconds old at most
-        return self.cluster_spec(max_age_s=5.0)
+    def _spec(self) -> ClusterSpec:
+        """The CSV ops' view, called on the event loop: it never waits for the store once
+        a spec was read (at start); one older than 5 s is read again in a thread, and
+        this call returns the last one meanwhile."""
+        if self._fresh is None or self._store() is None:
+            return self.cluster_spec()
+        if time.monotonic() - self._fresh[0] > 5.0 and not self._refreshing.is_set():
+            self._refreshing.set()
+
+            def refresh() -> None:
+                try:
+                    self.cluster_spec()
+                except VmclusterError as exc:
+                    _log(f"cannot read the VM definitions again: {exc}")
+                finally:
+                    self._refreshing.clear()
+
+            threading.Thread(target=refresh, name="spec refresh", daemon=True).start()
+        return self._fresh[1]
 
     def _machine(self, vm: str, asked: object) -> str:
         """The machine type ``vm`` runs with here: its record's pin in the store, else
