@@ -29,7 +29,7 @@ from vmcluster.csv.volume import FileBlock, read_table
 from vmcluster.lab.client import AgentClient
 from vmcluster.lab.nsenter import NetnsThread
 from vmcluster.lab.observe import migrate_observed
-from vmcluster.lab.state import read_state
+from vmcluster.lab.services import lab_csv_book
 from vmcluster.pki import CertificateAuthority, NodeCredentials
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
@@ -146,21 +146,22 @@ def test_a_hung_coordinator_loses_the_role(lab: QemuSubstrate) -> None:
     # (A killed agent is started again by its host's vmclusterd within a second; a hung
     # one answers nobody until it is woken.)
     layout = lab.layout
-    old = coordinator_call(layout, lab.spec, "CSV1", "csv_table")["coordinator"]
-    pid = AgentClient(layout, old).call("ping")["pid"]
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        deadline = time.monotonic() + 30
-        new = old
-        while time.monotonic() < deadline and new == old:
-            new = read_state(layout)["volumes"]["CSV1"]["coordinator"]  # the agents re-elect
-            time.sleep(0.2)
-        assert new != old and new == min(n.name for n in lab.spec.nodes if n.name != old)
-        reply = coordinator_call(layout, lab.spec, "CSV1", "csv_table")
-        assert reply["coordinator"] == new
-        assert {d["name"] for d in reply["table"]["disks"]} == {"web", "db", "batch"}
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    with lab_csv_book(layout) as book:  # the records are in etcd: the hosts keep them there
+        old = coordinator_call(layout, book, lab.spec, "CSV1", "csv_table")["coordinator"]
+        pid = AgentClient(layout, old).call("ping")["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 30
+            new = old
+            while time.monotonic() < deadline and new == old:
+                new = book.recorded("CSV1")  # the other agents re-elect
+                time.sleep(0.2)
+            assert new != old and new == min(n.name for n in lab.spec.nodes if n.name != old)
+            reply = coordinator_call(layout, book, lab.spec, "CSV1", "csv_table")
+            assert reply["coordinator"] == new
+            assert {d["name"] for d in reply["table"]["disks"]} == {"web", "db", "batch"}
+        finally:
+            os.kill(pid, signal.SIGCONT)
     for vm in ("web", "db", "batch"):
         assert _check(lab, vm).ok
 

@@ -179,7 +179,7 @@ def test_quick_migration(lab: QemuSubstrate) -> None:
     source = lab.owner("batch")
     target = "node3" if source != "node3" else "node2"
     r = migrate_observed(lab, "batch", target, quick=True)
-    assert r.ok and r.network == "shared-path" and lab.owner("batch") == target
+    assert r.ok and r.network == "shared-path" and lab.owner("batch") == target, r.error
     assert r.extra["memory_ok"] is True
     assert not lab.layout.quick_state("batch").exists()
 
@@ -422,7 +422,8 @@ def test_the_api_refuses_what_it_must_with_one_line(lab: QemuSubstrate) -> None:
 
 def test_hosts_share_no_files_with_each_other(lab: QemuSubstrate) -> None:
     """Each host's daemon (and its QEMUs) has a mount namespace of its own, in which the
-    other hosts' directories (keys, QEMU records, etcd data) and the CA are empty."""
+    other hosts' directories (keys, QEMU records, etcd data), the CA and the lab's own
+    records are empty."""
     layout = lab.layout
     from vmcluster.lab.hosts import daemon_pids
 
@@ -447,6 +448,9 @@ def test_hosts_share_no_files_with_each_other(lab: QemuSubstrate) -> None:
     assert look("node2", layout.ca_dir / "ca-key.pem").returncode != 0
     assert look("node3", layout.node_config("node1")).returncode != 0
     assert other_key.exists() and (layout.ca_dir / "ca-key.pem").exists()  # from outside
+    # Nor the lab's own records: a host knows the cluster from etcd only.
+    assert look("node1", layout.state_file).returncode != 0
+    assert layout.state_file.exists()
 
 
 def _qemu_pids_of(lab: QemuSubstrate, node: str) -> list[int]:

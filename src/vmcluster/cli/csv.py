@@ -8,12 +8,14 @@ from typing import Any
 import click
 
 from vmcluster.cli.common import lab_option
-from vmcluster.csv.coordinator import observe, volume_access
+from vmcluster.csv.coordinator import CsvBook, volume_access
 from vmcluster.csv.storage import san_target
 from vmcluster.lab.client import AgentClient, AgentDown
 from vmcluster.lab.lab import resolve_lab
 from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.services import lab_csv_book
 from vmcluster.lab.state import read_state
+from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 
 __all__ = ["csv"]
@@ -26,7 +28,12 @@ def csv() -> None:
 
 def csv_status(layout: LabLayout) -> dict[str, Any]:
     spec = load_spec(read_state(layout)["spec"])
-    view = observe(layout, spec)
+    with lab_csv_book(layout) as book:
+        return _status(layout, book, spec)
+
+
+def _status(layout: LabLayout, book: CsvBook, spec: ClusterSpec) -> dict[str, Any]:
+    view = book.view(spec)
     paths: dict[str, dict[str, str]] = {}
     for node in sorted(view.up):
         try:
@@ -35,7 +42,7 @@ def csv_status(layout: LabLayout) -> dict[str, Any]:
             paths[node] = {}
     volumes = []
     for vol in spec.volumes:
-        coord, modes = volume_access(layout, spec, vol.name, view)
+        coord, modes = volume_access(book, spec, vol.name, view)
         vms = {vm.name for vm in spec.vms if vm.volume == vol.name}
         volumes.append({
             "volume": vol.name, "network": vol.network, "san": san_target(spec, vol.name).uri,

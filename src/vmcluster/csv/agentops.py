@@ -27,11 +27,17 @@ import contextlib
 import ssl
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from vmcluster.csv import volume as vt
-from vmcluster.csv.coordinator import coordinator, observe
+from vmcluster.csv.coordinator import (
+    CsvBook,
+    FileBook,
+    LinkPublisher,
+    StoreBook,
+    coordinator,
+    local_links,
+)
 from vmcluster.csv.nbd import NbdClient
 from vmcluster.csv.paths import access_modes
 from vmcluster.csv.storage import (
@@ -48,6 +54,7 @@ from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 from vmcluster.pki import NodeCredentials
+from vmcluster.store.state import ClusterState
 from vmcluster.substrate.qemu.process import QemuProcess
 from vmcluster.substrate.qemu.vm import LUN_NODE_PREFIX, NBD_TLS, PATH_NODE
 
@@ -73,11 +80,29 @@ class CsvOps:
     _csv_spec: ClusterSpec | None = None
     _csv_locks: dict[str, asyncio.Lock] | None = None
     _csv_log: list[tuple[float, Reply]] | None = None
+    _csv_book: StoreBook | None = None
+    _csv_links: LinkPublisher | None = None
 
     def _spec(self) -> ClusterSpec:
         if self._csv_spec is None:
             self._csv_spec = load_spec(read_state(self.layout)["spec"])
         return self._csv_spec
+
+    def _store(self) -> ClusterState | None:
+        return None
+
+    def _my_links(self) -> dict[str, bool]:
+        return local_links(self._spec(), self.node)
+
+    def book(self) -> CsvBook:
+        """Where the coordinators are recorded: the store (the lab's file when the lab's
+        hosts run their agent only)."""
+        state = self._store()
+        if state is None:
+            return FileBook(self.layout, skip_ping=self.node)
+        if self._csv_book is None:
+            self._csv_book = StoreBook(state, self.node, self._my_links)
+        return self._csv_book
 
     def _nbd_tls(self) -> ssl.SSLContext:
         """TLS as this host, for our own NBD client (the coordinator's table reads)."""
@@ -92,7 +117,7 @@ class CsvOps:
     async def _table_op(self, req: Reply, change: Any) -> Reply:
         volume = str(req["volume"])
         spec = self._spec()
-        recorded = read_state(self.layout).get("volumes", {}).get(volume, {}).get("coordinator")
+        recorded = await asyncio.to_thread(self.book().recorded, volume)
         if recorded != self.node:
             raise SubstrateError(f"{self.node} is not the coordinator of {volume} "
                                  f"({recorded or 'nobody'} is)")
@@ -219,12 +244,14 @@ class CsvOps:
         if not spec.volumes:
             return []
         async with self._vlock("reconcile"):
-            view = await asyncio.to_thread(observe, self.layout, spec, self.node)
+            book = self.book()
+            if self._csv_links is not None:  # the others decide on what this host sees now
+                await asyncio.to_thread(self._csv_links.publish, self._my_links())
+            view = await asyncio.to_thread(book.view, spec)
             done: list[Reply] = []
             by_addr = {str(a): n.name for n in spec.nodes for a in n.interfaces.values()}
             for vol in spec.volumes:
-                coord = await asyncio.to_thread(coordinator, self.layout, spec, vol.name, view,
-                                                _log)
+                coord = await asyncio.to_thread(coordinator, book, spec, vol.name, view, _log)
                 has_path = view.has_path(vol.network)
                 mine = access_modes(spec, view.health, view.up, has_path, coord,
                                     vol.network)[self.node]
@@ -279,19 +306,28 @@ class CsvOps:
         return {"paths": out}
 
     async def csv_monitor(self) -> None:
-        """Reconcile when this node's storage link changes, and every few seconds."""
+        """Publish this host's links (with a store); reconcile the VM disks when its storage
+        link changes, and every few seconds."""
         try:
             spec = self._spec()
         except SubstrateError:
             return
         nets = {v.network for v in spec.volumes if v.network in spec.node(self.node).interfaces}
-        if not spec.volumes:
+        book = self.book()
+        if isinstance(book, StoreBook):  # the other hosts learn this host's links from here
+            self._csv_links = LinkPublisher(book, self.node, _log)
+        elif not spec.volumes:
             return
         last: dict[str, bool] = {}
         next_full = time.monotonic() + FULL_CHECK_S
         while True:
-            await asyncio.sleep(MONITOR_TICK_S)
-            now = {str(n): _link_up(self.layout.node_if(str(n))) for n in nets}
+            links = self._my_links()
+            if self._csv_links is not None:
+                await asyncio.to_thread(self._csv_links.publish, links)
+            if not spec.volumes:
+                await asyncio.sleep(MONITOR_TICK_S)
+                continue
+            now = {str(n): links.get(str(n), False) for n in nets}
             # Not at once on start: the other hosts' agents may still be starting, and a
             # round now would take the coordinator's role from one that is not up yet.
             if (last and now != last) or time.monotonic() >= next_full:
@@ -303,11 +339,4 @@ class CsvOps:
                 except Exception as exc:  # keep watching whatever one round hit
                     _log(f"reconcile failed: {type(exc).__name__}: {exc}")
             last = now
-
-
-def _link_up(ifname: str) -> bool:
-    """Is the interface administratively up, in this (the agent's) namespace?"""
-    try:
-        return bool(int(Path(f"/sys/class/net/{ifname}/flags").read_text(), 16) & 1)
-    except (OSError, ValueError):
-        return False
+            await asyncio.sleep(MONITOR_TICK_S)

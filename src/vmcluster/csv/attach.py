@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vmcluster.csv.coordinator import coordinator_call, volume_access
+from vmcluster.csv.coordinator import CsvBook, coordinator_call, volume_access
 from vmcluster.csv.storage import NbdTarget, san_target
 from vmcluster.errors import SubstrateError
 from vmcluster.lab.client import AgentClient
@@ -24,9 +24,10 @@ MIB = 1024 * 1024
 Say = Callable[[str], None]
 
 
-def node_target(layout: LabLayout, spec: ClusterSpec, volume: str, node: str) -> NbdTarget:
+def node_target(layout: LabLayout, book: CsvBook, spec: ClusterSpec, volume: str,
+                node: str) -> NbdTarget:
     """Where ``node`` reaches ``volume`` now (starting a re-export when redirected)."""
-    _, modes = volume_access(layout, spec, volume)
+    _, modes = volume_access(book, spec, volume)
     acc = modes[node]
     if acc.mode == "direct":
         return san_target(spec, volume)
@@ -38,23 +39,23 @@ def node_target(layout: LabLayout, spec: ClusterSpec, volume: str, node: str) ->
     raise SubstrateError(f"{node} has no access to volume {volume}: {acc.reason}")
 
 
-def disk_config(layout: LabLayout, spec: ClusterSpec, vm_name: str, node: str,
+def disk_config(layout: LabLayout, book: CsvBook, spec: ClusterSpec, vm_name: str, node: str,
                 owner: str | None, say: Say | None = None) -> dict[str, Any]:
     """The ``csv`` part of a VmConfig: the disk's region (created if new) and its path."""
     vm = spec.vm(vm_name)
     assert vm.volume is not None
-    reply = coordinator_call(layout, spec, vm.volume, "csv_create", say=say, disk=vm.name,
-                             size=vm.disk_mib * MIB, owner=owner)
+    reply = coordinator_call(layout, book, spec, vm.volume, "csv_create", say=say,
+                             disk=vm.name, size=vm.disk_mib * MIB, owner=owner)
     ext = next(d for d in reply["table"]["disks"] if d["name"] == vm.name)
-    target = node_target(layout, spec, vm.volume, node)
+    target = node_target(layout, book, spec, vm.volume, node)
     return {**target.to_json(), "volume": vm.volume, "offset": int(ext["offset"]),
             "size": int(ext["size"])}
 
 
-def record_owner(layout: LabLayout, spec: ClusterSpec, vm_name: str, node: str,
+def record_owner(layout: LabLayout, book: CsvBook, spec: ClusterSpec, vm_name: str, node: str,
                  say: Say | None = None) -> None:
     """Record ``node`` as the one writer of the VM's disk (at start and at switchover)."""
     vm = spec.vm(vm_name)
     if vm.volume is not None:
-        coordinator_call(layout, spec, vm.volume, "csv_set_owner", say=say, disk=vm.name,
-                         owner=node)
+        coordinator_call(layout, book, spec, vm.volume, "csv_set_owner", say=say,
+                         disk=vm.name, owner=node)

@@ -50,7 +50,7 @@ from cryptography.x509.oid import NameOID
 
 from vmcluster.csv.agentops import CsvOps
 from vmcluster.errors import InputError, QmpError, StoreError, SubstrateError, VmclusterError
-from vmcluster.lab.client import AGENT_PORT, speak_as
+from vmcluster.lab.client import AGENT_PORT, addresses_from, speak_as
 from vmcluster.lab.credentials import ADMIN
 from vmcluster.lab.fencing import AgentFence
 from vmcluster.lab.layout import LabLayout
@@ -271,7 +271,7 @@ class Agent(CsvOps):
         if vm.volume is not None:
             from vmcluster.csv.attach import disk_config
 
-            csv = disk_config(self.layout, spec, name, self.node,
+            csv = disk_config(self.layout, self.book(), spec, name, self.node,
                               self.node if starting else None)
         elif starting:
             disk = self.layout.disk(name)
@@ -453,8 +453,8 @@ class Agent(CsvOps):
             from vmcluster.csv.attach import record_owner
 
             try:
-                await asyncio.to_thread(record_owner, self.layout, self._spec(), req["vm"],
-                                        self.node)
+                await asyncio.to_thread(record_owner, self.layout, self.book(), self._spec(),
+                                        req["vm"], self.node)
             except VmclusterError as exc:
                 owner_error = str(exc)
         return {"status": await qp.qmp.query_status(), "owner_error": owner_error}
@@ -683,10 +683,11 @@ def _log(msg: str) -> None:
 
 async def _amain(cfg: NodeConfig) -> None:
     if cfg.lab is None:
-        raise InputError(f"{cfg.path}: [lab] is missing; the agent still reads the spec and "
-                         "the CSV records from its lab (see vmcluster.node.config.LabRef)")
+        raise InputError(f"{cfg.path}: [lab] is missing; the agent still takes its paths "
+                         "from its lab (see vmcluster.node.config.LabRef)")
     speak_as(cfg.node)
     agent = Agent(cfg, LabLayout(cfg.lab.name, cfg.lab.root))
+    addresses_from(agent._spec)  # the other hosts' addresses: the spec the store has
     await agent.reconcile()
     await _serve(agent, cfg.agent_socket)
 

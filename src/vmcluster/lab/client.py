@@ -29,8 +29,9 @@ import os
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmcluster.errors import LabError, SubstrateError
 from vmcluster.lab.layout import LabLayout
@@ -38,8 +39,11 @@ from vmcluster.lab.state import read_state
 from vmcluster.node.wire import exchange
 from vmcluster.pki import NodeCredentials
 
-__all__ = ["AGENT_PORT", "AgentClient", "AgentDown", "AgentError", "LocalAgent", "client_context",
-           "forget_namespaces", "speak_as"]
+if TYPE_CHECKING:
+    from vmcluster.model import ClusterSpec
+
+__all__ = ["AGENT_PORT", "AgentClient", "AgentDown", "AgentError", "LocalAgent", "addresses_from",
+           "client_context", "forget_namespaces", "speak_as"]
 
 AGENT_PORT = 3345
 _identity = {"name": "admin"}
@@ -48,6 +52,7 @@ _contexts: dict[tuple[str, int, int], ssl.SSLContext] = {}
 # namespace -> (its inode, a NetnsThread that makes sockets there)
 _sockets_from: dict[str, tuple[tuple[int, int], Any]] = {}
 _last_good: dict[tuple[str, str], str] = {}  # (lab dir, node) -> the address that answered last
+_address_book: list[Callable[[], ClusterSpec]] = []
 
 
 class AgentDown(LabError):
@@ -65,6 +70,12 @@ class AgentError(SubstrateError):
 def speak_as(name: str) -> None:
     """This process calls agents with host ``name``'s certificate (daemons call this once)."""
     _identity["name"] = name
+
+
+def addresses_from(spec: Callable[[], ClusterSpec]) -> None:
+    """This process finds the hosts' addresses in ``spec()`` (a host's daemons: the
+    cluster's spec as the store has it), not in the lab's files (the operator's side)."""
+    _address_book[:] = [spec]
 
 
 def client_context(layout: LabLayout, name: str) -> ssl.SSLContext:
@@ -142,7 +153,7 @@ def _reachable(layout: LabLayout, node: str, inside: bool) -> list[str]:
     from vmcluster.model.spec import load_spec
     from vmcluster.policy.networks import node_cluster_networks
 
-    spec = load_spec(read_state(layout)["spec"])
+    spec = _address_book[0]() if _address_book else load_spec(read_state(layout)["spec"])
     mine = spec.node(node).interfaces
     addrs = [str(mine[p.name]) for p in node_cluster_networks(spec, node)
              if inside or p.role == Role.CLUSTER_AND_CLIENT]

@@ -49,7 +49,7 @@ def resolve_lab(name: str | None, root: Path = RUN_ROOT) -> LabLayout:
     name = name or os.environ.get("VMCLUSTER_LAB")
     if name:
         return LabLayout(check_lab_name(name), root)
-    labs = sorted(p.name for p in root.glob("*") if (p / "state.json").exists())
+    labs = sorted(p.name for p in root.glob("*") if (p / "harness" / "state.json").exists())
     if not labs:
         raise LabError("no lab is up; run `vmcluster lab up` first")
     if len(labs) > 1:
@@ -95,9 +95,10 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
                                                               f"{m}")).to_json()
                 for node, q in (qemu or {}).items()}
     try:
-        layout.state_dir.mkdir(parents=True)
+        layout.harness_dir.mkdir(parents=True)
         write_state(layout, {
             "lab": layout.name,
+            "control_plane": control_plane,  # its hosts then see nothing of this file
             "spec": str(Path(spec_path).resolve()),
             "image": {"kernel": str(image.kernel), "initrd": str(image.initrd),
                       "kernel_version": image.kernel_version},

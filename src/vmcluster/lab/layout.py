@@ -56,12 +56,18 @@ class LabLayout:
         return self.root / self.name
 
     @property
+    def harness_dir(self) -> Path:
+        """The lab's own bookkeeping (its spec file's path, the guest image, which QEMU each
+        host runs); the hosts of a lab with a control plane cannot see it."""
+        return self.state_dir / "harness"
+
+    @property
     def state_file(self) -> Path:
-        return self.state_dir / "state.json"
+        return self.harness_dir / "state.json"
 
     @property
     def lock_file(self) -> Path:
-        return self.state_dir / "state.lock"
+        return self.harness_dir / "state.lock"
 
     # -- one host's own files (what /etc/vmcluster, /var/lib/vmcluster and /run/vmcluster
     # are on a real host); nothing outside a host's vmclusterd reads them

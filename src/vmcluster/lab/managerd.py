@@ -4,7 +4,8 @@ Wires :class:`~vmcluster.control.manager.Manager` to the lab: the store
 endpoints from the host's ``vmclusterd.toml`` (this node's own member first) and
 :class:`LabActuator`, which starts a VM through the node's agent with the
 manager's fencing token (the agent checks it against the store and refuses a
-stale one) and records the new owner in the lab's state file.
+stale one). Everything it remembers is in the store (:class:`StoreRecords`): a host's
+manager reads nothing of the lab's own files.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds
 from vmcluster.control.migration import MigrationRequest, known_health, migrate
 from vmcluster.errors import MigrationCancelled, StoreError, SubstrateError
-from vmcluster.lab.client import AgentClient, AgentDown, speak_as
+from vmcluster.lab.client import AgentClient, AgentDown, addresses_from, speak_as
 from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.state import update_state
+from vmcluster.lab.records import StoreRecords
 from vmcluster.model import ClusterSpec
 from vmcluster.node.config import load_config
 from vmcluster.store.election import Fence
@@ -54,30 +55,28 @@ class HostPower(QemuSubstrate):
             raise SubstrateError(f"the manager cannot power {node} on (no BMC is configured)")
         with contextlib.suppress(AgentDown):  # already off
             self.agent(node).call("power_off", timeout_s=30)
-        with update_state(self.layout) as st:
-            st["nodes"][node] = {**st["nodes"].get(node, {}), "state": "off"}
+        # Its last report says it left on purpose: the manager records it "off".
 
 
 class LabActuator:
     """The manager's hands in the lab: node agents over their unix sockets."""
 
-    def __init__(self, layout: LabLayout, spec: ClusterSpec, fence: Fence | None = None,
-                 state: ClusterState | None = None) -> None:
+    def __init__(self, layout: LabLayout, spec: ClusterSpec, fence: Fence | None,
+                 state: ClusterState) -> None:
         self.layout, self.spec, self.fence, self.state = layout, spec, fence, state
 
     def _sub(self, token: int, spec: ClusterSpec | None = None,
              kind: type[QemuSubstrate] = QemuSubstrate) -> QemuSubstrate:
         """A substrate that speaks for the manager: ``token`` goes with every request."""
-        sub = kind(self.layout, spec or self._spec())
+        sub = kind(self.layout, spec or self._spec(), records=StoreRecords(self.state))
         sub.token = token
         return sub
 
     def _spec(self) -> ClusterSpec:
         """The cluster's spec with its VMs as the store defines them now (a VM defined
         through the API since this manager started is one of them)."""
-        if self.state is not None:
-            with contextlib.suppress(StoreError):
-                self.spec = self.state.spec()
+        with contextlib.suppress(StoreError):
+            self.spec = self.state.spec()
         return self.spec
 
     def start_vm(self, vm: str, node: str, token: int) -> None:
@@ -92,16 +91,12 @@ class LabActuator:
             if "fenced" in str(exc):
                 raise Fenced(str(exc)) from exc
             raise
-        with update_state(self.layout) as st:
-            st["vms"][vm] = {"node": node}
 
     def stop_vm(self, vm: str, node: str, token: int) -> None:
         try:
             AgentClient(self.layout, node, token=token).call("stop", timeout_s=30, vm=vm)
         except AgentDown:
             return  # a down node's VMs died with it
-        with update_state(self.layout) as st:
-            st["vms"][vm] = {"node": None}
 
     def migrate_vm(self, vm: str, target: str, token: int) -> bool:
         spec = self._spec()
@@ -110,9 +105,9 @@ class LabActuator:
                          MigrationRequest(vm, target), ledger=self._ledger(token))
         return result.ok
 
-    def _ledger(self, token: int) -> StoreLedger | None:
+    def _ledger(self, token: int) -> StoreLedger:
         """Each migration's record in the store, under the manager's token."""
-        return StoreLedger(self.state, token) if self.state is not None else None
+        return StoreLedger(self.state, token)
 
     # -- what the API asked for (intents) ----------------------------------------
     def carry_out(self, kind: str, args: Mapping[str, Any], token: int,
@@ -146,7 +141,6 @@ class LabActuator:
             return result.to_json()
         if kind == "drain":
             st = self.state
-            assert st is not None
             got = drain(sub, spec, st, str(args["node"]), wall=time.time,
                         on_plan=lambda plan: progress({"plan": [
                             {"vm": a.vm, "target": getattr(a, "target", None),
@@ -160,7 +154,6 @@ class LabActuator:
 
             power = self._sub(token, spec, HostPower)
             st = self.state
-            assert st is not None
 
             steps: list[str] = []  # every step but progress, for whoever watches
 
@@ -212,8 +205,6 @@ class LabActuator:
         if self.fence is not None:
             self.fence.check(token)
         AgentClient(self.layout, target, token=token).call("takeover", vm=vm, timeout_s=30)
-        with update_state(self.layout) as st:
-            st["vms"][vm] = {"node": target}
         with contextlib.suppress(AgentDown, SubstrateError):
             AgentClient(self.layout, source, token=token).call("release", vm=vm, timeout_s=30)
 
@@ -224,8 +215,6 @@ class LabActuator:
             AgentClient(self.layout, target, token=token).call("discard", vm=vm, timeout_s=30)
         with contextlib.suppress(AgentDown):  # a dead source: failover restarts the VM
             AgentClient(self.layout, source, token=token).call("cancel", vm=vm, timeout_s=30)
-        with update_state(self.layout) as st:
-            st["vms"].get(vm, {}).pop("migrating_to", None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"at": time.time(), "node": node, "msg": msg}), flush=True)
 
     actuator = LabActuator(layout, spec, state.fence, state)
+    addresses_from(lambda: actuator.spec)  # the hosts' addresses: the spec it last read
     manager = Manager(state, spec, node, actuator, MonotonicClock(),
                       time.time, params, say)
     say("candidate")

@@ -12,9 +12,12 @@ namespace). Inside it:
 
 The lab starts the host's ``vmclusterd`` with ``nsenter --net=... --mount=...``,
 so every process of the host (the parts, the watchdog, its QEMUs) lives in both
-namespaces. What the lab still shares with every host, until etcd holds it: the
-spec file, ``state.json`` (the CSV coordinator's record), plain VM disks, serial
-logs, and the guest image and QEMU binaries (read-only, as packages are).
+namespaces. A lab with a control plane hides its own records (``harness/``: which
+node owns what, the CSV coordinators of a lab without a store) from its hosts: they
+know the cluster from etcd only. What the lab still shares with every host: the
+spec file (which they do not read), plain VM disks and a quick migration's saved
+state (a shared path, as a quick migration needs), serial logs, and the guest image
+and QEMU binaries (read-only, as packages are).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from vmcluster.errors import LabError
 from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.state import read_state
 
 __all__ = ["enter_prefix", "hidden_from", "make_host_namespace", "mount_namespace_file",
            "remove_host_namespaces"]
@@ -51,11 +55,16 @@ def _run(argv: list[str]) -> None:
 
 
 def hidden_from(layout: LabLayout, node: str) -> list[Path]:
-    """What a host must not see: the other hosts' directories, the CA, the admin's."""
+    """What a host must not see: the other hosts' directories, the CA, the admin's, and
+    (when its lab runs a control plane) the lab's own records."""
     hosts = layout.state_dir / "hosts"
     mine = layout.host_dir(node)
     hidden = [p for p in sorted(hosts.iterdir()) if p.is_dir() and p != mine]
-    return [*hidden, layout.ca_dir] if layout.ca_dir.is_dir() else hidden
+    if layout.ca_dir.is_dir():
+        hidden.append(layout.ca_dir)
+    if read_state(layout).get("control_plane", False):
+        hidden.append(layout.harness_dir)
+    return hidden
 
 
 _LOCK = threading.Lock()

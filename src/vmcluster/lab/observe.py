@@ -58,13 +58,13 @@ def migrate_observed(
             except LabError as exc:
                 sub.say(f"warning: no {mode} client during this migration: {exc}")
     try:
-        if quick:
-            result = quick_migrate(sub, vm, target)
-        else:
-            from vmcluster.lab.services import lab_ledger
+        from vmcluster.lab.services import lab_ledger
 
-            req = MigrationRequest(vm=vm, target=target, params=params)
-            with lab_ledger(sub.layout) as ledger:
+        with lab_ledger(sub.layout) as ledger:  # the store records who owns it, either way
+            if quick:
+                result = quick_migrate(sub, vm, target, ledger=ledger)
+            else:
+                req = MigrationRequest(vm=vm, target=target, params=params)
                 result = migrate(sub, spec, known_health(spec, sub.status()), req, on_progress,
                                  ledger)
     finally:

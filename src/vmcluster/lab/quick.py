@@ -15,7 +15,6 @@ import contextlib
 
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.errors import MigrationError, SubstrateError, VmclusterError
-from vmcluster.lab.state import update_state
 from vmcluster.substrate.protocol import MigrationHandle, MigrationResult
 from vmcluster.substrate.qemu.migration import MIB
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
@@ -68,8 +67,7 @@ def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 1
             committed = True
         tgt.call("takeover", vm=vm)
         down_s = clock.now() - t0
-        with update_state(sub.layout) as st:
-            st["vms"][vm] = {"node": target}
+        sub.records.set_owner(vm, target)
         src.call("release", vm=vm)
     except VmclusterError as exc:
         if committed:  # the target owns it now: never run the source again

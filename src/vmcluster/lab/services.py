@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vmcluster.control.ledger import StoreLedger
+from vmcluster.csv.coordinator import CsvBook, FileBook, LabView, StoreBook
 from vmcluster.errors import LabError, StoreError, VmclusterError
 from vmcluster.lab.credentials import ADMIN, etcd_tls
 from vmcluster.lab.hosts import daemon_pids, etcd_cluster, start_daemon
@@ -40,7 +41,9 @@ __all__ = [
     "LabStore",
     "admin_credentials",
     "etcd_cluster",
+    "has_control_plane",
     "lab_access",
+    "lab_csv_book",
     "lab_ledger",
     "lab_store",
     "leader",
@@ -105,6 +108,40 @@ def lab_ledger(layout: LabLayout) -> Iterator[StoreLedger | None]:
         return
     with lab_store(layout) as ls:
         yield StoreLedger(ls.state, None, ls.call)
+
+
+def has_control_plane(layout: LabLayout) -> bool:
+    return services_file(layout).exists()
+
+
+class _ClientNsBook:
+    """The store's CSV records, read and written from the lab's client namespace."""
+
+    def __init__(self, ls: LabStore) -> None:
+        self.ls, self.book = ls, StoreBook(ls.state)
+
+    def view(self, spec: ClusterSpec) -> LabView:
+        got: LabView = self.ls.call(self.book.view, spec)
+        return got
+
+    def recorded(self, volume: str) -> str | None:
+        got: str | None = self.ls.call(self.book.recorded, volume)
+        return got
+
+    def replace(self, volume: str, able: frozenset[str], new: str | None) -> str | None:
+        got: str | None = self.ls.call(self.book.replace, volume, able, new)
+        return got
+
+
+@contextlib.contextmanager
+def lab_csv_book(layout: LabLayout) -> Iterator[CsvBook]:
+    """Where the lab's coordinators are recorded: the store (its hosts publish their links
+    there), or the lab's state file when its hosts run their agent only."""
+    if not has_control_plane(layout):
+        yield FileBook(layout)
+        return
+    with lab_store(layout) as ls:
+        yield _ClientNsBook(ls)
 
 
 def leader(layout: LabLayout) -> Leadership | None:

@@ -45,7 +45,7 @@ def write_state(layout: LabLayout, state: LabState) -> None:
 @contextlib.contextmanager
 def update_state(layout: LabLayout) -> Iterator[LabState]:
     """``with update_state(layout) as st: st[...] = ...`` — locked, atomic."""
-    layout.state_dir.mkdir(parents=True, exist_ok=True)
+    layout.harness_dir.mkdir(parents=True, exist_ok=True)
     with layout.lock_file.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:

@@ -27,7 +27,6 @@ from vmcluster.errors import (
     VmclusterError,
 )
 from vmcluster.lab import netns
-from vmcluster.lab.state import update_state
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
@@ -152,8 +151,7 @@ class QemuMigrations:
         handle = MigrationHandle(vm, source, target, network, hid)
         self._attempts[hid] = _Attempt(str(reply["uri"]), slots, self.sub.clock.now(),
                                        handle=handle)
-        with update_state(self.sub.layout) as st:
-            st["vms"][vm]["migrating_to"] = target
+        self.sub.records.set_migrating(vm, target)
         return handle
 
     def _attempt(self, handle: MigrationHandle) -> _Attempt:
@@ -289,8 +287,7 @@ class QemuMigrations:
         timeline: dict[str, float | None] = {}
         if ok:
             timeline = self._timeline(handle, att.wall0 if att else 0.0)
-            with update_state(self.sub.layout) as st:
-                st["vms"][handle.vm] = {"node": handle.target}
+            self.sub.records.set_owner(handle.vm, handle.target)
             try:
                 src.call("release", vm=handle.vm)
             except SubstrateError as exc:
@@ -349,7 +346,6 @@ class QemuMigrations:
             self.sub.agent(handle.source).call("cancel", vm=handle.vm)
         except SubstrateError as exc:
             problems.append(f"resuming on {handle.source} failed: {exc}")
-        with update_state(self.sub.layout) as st:
-            st["vms"][handle.vm].pop("migrating_to", None)
+        self.sub.records.set_migrating(handle.vm, None)
         return "; ".join(problems) or None
 

@@ -30,6 +30,7 @@ from vmcluster.substrate.protocol import (
     MigrationParams,
     MigrationProgress,
     MigrationResult,
+    NodeState,
     NodeStatus,
     SubstrateStatus,
     Switchover,
@@ -38,19 +39,30 @@ from vmcluster.substrate.protocol import (
 )
 from vmcluster.substrate.qemu.facts import QemuFacts, migration_refusal, pinned_machine
 from vmcluster.substrate.qemu.migration import QemuMigrations
+from vmcluster.substrate.qemu.records import FileRecords, SubstrateRecords
 
-__all__ = ["QemuSubstrate"]
+__all__ = ["QemuSubstrate", "lab_records"]
+
+
+def lab_records(layout: LabLayout) -> SubstrateRecords:
+    """The records of the lab's operator side: the store's, when the lab runs a control
+    plane (what its manager decided), else the lab's own file."""
+    if read_state(layout).get("control_plane", False):
+        from vmcluster.lab.records import LabStoreRecords
+
+        return LabStoreRecords(layout)
+    return FileRecords(layout)
 
 class QemuSubstrate:
     """The qemu substrate over the lab called ``layout.name`` (see module docstring)."""
 
     def __init__(
         self, layout: LabLayout, spec: ClusterSpec | None = None, stall_s: float = 5.0,
-        queue_timeout_s: float = 600.0,
+        queue_timeout_s: float = 600.0, records: SubstrateRecords | None = None,
     ) -> None:
         self.layout = layout
-        state = read_state(layout)
-        self.spec = spec if spec is not None else load_spec(state["spec"])
+        self.records: SubstrateRecords = records or lab_records(layout)
+        self.spec = spec if spec is not None else load_spec(read_state(layout)["spec"])
         self._clock = MonotonicClock()
         self.stall_s = stall_s
         self.queue_timeout_s = queue_timeout_s
@@ -86,8 +98,8 @@ class QemuSubstrate:
 
     def machine(self, vm: str) -> str:
         """The machine type ``vm`` is pinned to (pinned now if it is not yet)."""
-        pinned = read_state(self.layout).get("machines", {}).get(vm)
-        return str(pinned) if pinned else self.define_vms([vm])[vm]
+        pinned = self.records.machines().get(vm)
+        return pinned if pinned else self.define_vms([vm])[vm]
 
     def define_vms(self, names: list[str] | None = None) -> dict[str, str]:
         """Pin each VM's machine type, once: the spec's, or the newest every host knows.
@@ -96,18 +108,15 @@ class QemuSubstrate:
         defined with, so they can move to the hosts that already run a newer QEMU.
         """
         want = names if names is not None else [v.name for v in self.spec.vms]
+        pinned = self.records.machines()
         hosts = []
-        for n in self.spec.nodes:
-            with contextlib.suppress(SubstrateError):
-                hosts.append(self.facts(n.name))
-        out: dict[str, str] = {}
-        with update_state(self.layout) as st:
-            machines = st.setdefault("machines", {})
-            for name in want:
-                if not machines.get(name):
-                    machines[name] = pinned_machine(hosts, self.spec.vm(name).machine)
-                out[name] = str(machines[name])
-        return out
+        if any(name not in pinned for name in want):
+            for n in self.spec.nodes:
+                with contextlib.suppress(SubstrateError):
+                    hosts.append(self.facts(n.name))
+        return self.records.pin_machines({
+            name: pinned.get(name) or pinned_machine(hosts, self.spec.vm(name).machine)
+            for name in want})
 
     def migration_refusal(self, vm: str, source: str, target: str) -> str | None:
         """Why ``vm`` cannot go from ``source``'s QEMU to ``target``'s (one line), or None."""
@@ -117,15 +126,13 @@ class QemuSubstrate:
     # -- observation ----------------------------------------------------------------
     def owner(self, vm: str) -> str | None:
         self.spec.vm(vm)
-        node = read_state(self.layout)["vms"].get(vm, {}).get("node")
-        return None if node is None else str(node)
+        return self.records.snapshot(self.spec).owner(vm)
 
     def status(self) -> SubstrateStatus:
-        state = read_state(self.layout)
+        rec = self.records.snapshot(self.spec)
         nodes, running = [], {}
         for node in self.spec.nodes:
-            recorded = state["nodes"].get(node.name, {})
-            nstate = recorded.get("state", "up")
+            nstate: NodeState = "off" if rec.node_state(node.name) == "off" else "up"
             if nstate != "off":
                 try:
                     listed = self.agent(node.name).call("list", timeout_s=10)["vms"]
@@ -133,12 +140,11 @@ class QemuSubstrate:
                     running[node.name] = {v["vm"]: v for v in listed}
                 except AgentDown:
                     nstate = "down"
-            down = tuple(n for n in node.interfaces
-                         if not netns.link_is_up(self.layout, n, node.name))
-            nodes.append(NodeStatus(node.name, nstate, recorded.get("storage_path", True), down))
+            nodes.append(NodeStatus(node.name, nstate, rec.storage_path(node.name),
+                                    rec.links_down(node.name)))
         vms = []
         for vm in self.spec.vms:
-            owner = state["vms"].get(vm.name, {}).get("node")
+            owner = rec.owner(vm.name)
             info = running.get(owner, {}).get(vm.name) if owner else None
             if owner is None:
                 vms.append(VmStatus(vm.name, None, "stopped"))
@@ -148,7 +154,7 @@ class QemuSubstrate:
                 vms.append(VmStatus(vm.name, owner if owner not in running else None, "stopped"))
                 continue
             st: VmState = "running" if info["status"] == "running" else "paused"
-            if state["vms"][vm.name].get("migrating_to"):
+            if rec.migrating(vm.name):
                 st = "migrating"
             vms.append(VmStatus(vm.name, owner, st))
         return SubstrateStatus(tuple(nodes), tuple(vms))
@@ -191,8 +197,7 @@ class QemuSubstrate:
             self.agent(node).call("start", timeout_s=90, vm=vm, machine=self.machine(vm))
         except AgentDown as exc:
             raise SubstrateError(f"cannot start {vm}: node {node} is down") from exc
-        with update_state(self.layout) as st:
-            st["vms"][vm] = {"node": node}
+        self.records.set_owner(vm, node)
 
     def _runs_on(self, vm: str, node: str) -> bool:
         try:
@@ -206,8 +211,7 @@ class QemuSubstrate:
         if owner is not None:
             with contextlib.suppress(AgentDown):  # a down node's VMs died with it
                 self.agent(owner).call("stop", timeout_s=30, vm=vm)
-        with update_state(self.layout) as st:
-            st["vms"][vm] = {"node": None}
+        self.records.set_owner(vm, None)
 
     def _owned(self, vm: str) -> str:
         owner = self.owner(vm)
@@ -241,24 +245,30 @@ class QemuSubstrate:
         if network not in self.spec.node(node).interfaces:
             raise UsageError(f"node {node!r} has no interface on {network!r}")
         netns.set_link(self.layout, self.spec, network, node, up)
+        self._await_link(network, node, up)
+
+    def _await_link(self, network: str, node: str, up: bool, timeout_s: float = 5.0) -> None:
+        """Return once the records show the link as set (in a lab with a store: once the
+        host published what it sees, a fraction of a second); a host that is down never
+        does, so this gives up after ``timeout_s`` without an error."""
+        deadline = self._clock.now() + timeout_s
+        while (network in self.records.snapshot(self.spec).links_down(node)) == up:
+            if self._clock.now() > deadline:
+                return
+            self._clock.sleep(0.05)
 
     def set_node(self, node: str, up: bool) -> None:
         self.spec.node(node)
         if up:
             start_daemon(self.layout, node)  # its vmclusterd starts the host's parts
-            with update_state(self.layout) as st:
-                st["nodes"][node] = {**st["nodes"].get(node, {}), "state": "up"}
+            self.records.set_node_state(node, "up")
             return
         for pid in netns.ns_pids(self.layout.node_ns(node)):
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
         for f in self.layout.qemu_dir(node).glob("*.json"):
             f.unlink(missing_ok=True)
-        with update_state(self.layout) as st:
-            st["nodes"][node] = {**st["nodes"].get(node, {}), "state": "down"}
-            for vm, rec in st["vms"].items():
-                if rec.get("node") == node:
-                    st["vms"][vm] = {"node": None}
+        self.records.set_node_state(node, "down", drop_owners=True)
 
     def set_storage_path(self, node: str, up: bool) -> None:
         """Cut or restore ``node``'s path to the SAN (its storage interfaces), then let its
@@ -266,18 +276,22 @@ class QemuSubstrate:
 
         The disk switches the node's agent made are kept in ``last_switches``.
         """
-        from vmcluster.csv.coordinator import coordinator
+        from vmcluster.csv.coordinator import FileBook, coordinator
+        from vmcluster.lab.services import has_control_plane
 
         nd = self.spec.node(node)
         nets = sorted({v.network for v in self.spec.volumes
                        if v.network is not None and v.network in nd.interfaces})
         since = time.time()
-        with update_state(self.layout) as st:
-            st["nodes"][node] = {**st["nodes"].get(node, {}), "storage_path": up}
+        store = has_control_plane(self.layout)
+        if not store:  # hosts that run their agent only: the lab keeps their records
+            with update_state(self.layout) as st:
+                st["nodes"][node] = {**st["nodes"].get(node, {}), "storage_path": up}
         for net in nets:
             netns.set_link(self.layout, self.spec, net, node, up)
-        for vol in self.spec.volumes:
-            coordinator(self.layout, self.spec, vol.name, say=self.say)
+        if not store:  # else the node's agent sees its own link and re-elects, as a host would
+            for vol in self.spec.volumes:
+                coordinator(FileBook(self.layout), self.spec, vol.name, say=self.say)
         try:
             reply = self.agent(node).call("csv_reconcile", timeout_s=120, since=since)
         except AgentDown:
@@ -293,8 +307,7 @@ class QemuSubstrate:
             for pid in netns.ns_pids(self.layout.node_ns(node)):
                 with contextlib.suppress(psutil.Error):
                     psutil.Process(pid).terminate()
-            with update_state(self.layout) as st:
-                st["nodes"][node] = {**st["nodes"].get(node, {}), "state": "off"}
+            self.records.set_node_state(node, "off")
         else:
             self.set_node(node, True)
 
