@@ -168,3 +168,23 @@ def test_vms_are_defined_started_stopped_and_deleted_through_the_store(
     assert client.delete("/api/v1/vms/app", headers=admin).json()["deleted"] is True
     assert client.get("/api/v1/vms/app", headers=admin).status_code == 404
     assert "app" not in {v.name for v in state.spec().vms}
+
+
+def test_the_event_log_is_read_and_long_polled_through_the_api(
+    api: tuple[TestClient, ClusterState],
+) -> None:
+    client, state = api
+    state.client.put(state.key("tokens", token_hash("admin-token")),
+                     json.dumps({"role": "admin"}).encode())
+    auth = {"Authorization": "Bearer admin-token"}
+    assert client.get("/api/v1/events").status_code == 401
+    for i in range(3):
+        state.append_event({"kind": "note", "at": 1.0 + i, "text": f"e{i}"})
+    got = client.get("/api/v1/events?after=1", headers=auth).json()
+    assert [e["seq"] for e in got["events"]] == [2, 3] and got["last"] == 3
+    assert got["events"][0]["text"] == "e1"
+    # Nothing new: a long poll waits (bounded) and says where to ask from next.
+    empty = client.get("/api/v1/events?after=3&wait_s=0.5", headers=auth).json()
+    assert empty == {"events": [], "last": 3}
+    bad = client.get("/api/v1/events?wait_s=99", headers=auth)
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "wait_s"

@@ -594,6 +594,11 @@ def test_a_migration_asked_through_the_api_is_done_by_the_manager(lab: QemuSubst
     copies = _one_copy_until_settled(lab, vm)
     assert copies == {target: ("run", "running")}
     assert _store(lab)[0][vm] == target and lab.owner(vm) == target
+    # The event log says so, through the API as well.
+    log = _vmc_in(lab.layout.client_ns, _admin_env(lab), "events", "--json")
+    assert log.returncode == 0, log.stderr
+    done = [e for e in json.loads(log.stdout)["events"] if e["kind"] == "migration_done"]
+    assert any((e["vm"], e["target"]) == (vm, target) for e in done), done
     bad = _vmc_in(lab.layout.client_ns, _admin_env(lab), "vm", "migrate", vm, "--to", "node9")
     assert bad.returncode == 2 and "node9" in bad.stderr and len(bad.stderr.splitlines()) == 1
 

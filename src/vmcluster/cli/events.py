@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -9,12 +10,47 @@ from typing import Any
 
 import click
 
+from vmcluster.cli.apiclient import ClusterAccess, api_request, resolve_access
 from vmcluster.cli.common import lab_option
 from vmcluster.control.events import event_from_json
 from vmcluster.lab.lab import resolve_lab
 from vmcluster.lab.services import lab_store
 
 __all__ = ["events"]
+
+_WAIT_S = 10.0  # one long poll of the API's event log
+
+
+def _from_api(access: ClusterAccess, follow: bool, after: int, last: int | None,
+              timeout_s: float, as_json: bool) -> None:
+    """The event log through the cluster's API; ``--follow`` long-polls it until
+    ``timeout_s`` has passed (or Ctrl-C)."""
+    got = api_request(access, "GET", f"/api/v1/events?after={after}&limit=100000")
+    past = list(got["events"])
+    if not follow:
+        if last is not None:
+            past = past[-last:] if last > 0 else []
+        if as_json:
+            click.echo(json.dumps({"cluster": access.urls[0], "events": past}))
+        else:
+            for rec in past:
+                click.echo(_line(int(rec.pop("seq")), rec))
+        return
+    deadline = time.monotonic() + timeout_s
+    seq = int(got["last"])
+
+    def show(recs: list[dict[str, Any]]) -> None:
+        for rec in recs:
+            click.echo(json.dumps(rec) if as_json else _line(int(rec.pop("seq")), rec))
+
+    show(past)
+    with contextlib.suppress(KeyboardInterrupt):
+        while (left := deadline - time.monotonic()) > 0:  # bounded by --timeout
+            wait = min(_WAIT_S, max(0.0, left))
+            got = api_request(access, "GET", f"/api/v1/events?after={seq}&wait_s={wait:.1f}",
+                              timeout_s=wait + 15)
+            show(list(got["events"]))
+            seq = int(got["last"])
 
 
 def _line(seq: int, rec: dict[str, Any]) -> str:
@@ -28,6 +64,9 @@ def _line(seq: int, rec: dict[str, Any]) -> str:
 
 
 @click.command("events")
+@click.option("--cluster", "cluster_url", default=None, metavar="URL", envvar="VMCLUSTER_URL",
+              show_envvar=True, help="The cluster's API, https://HOST:8443 (else the lab's "
+              "store).")
 @lab_option()
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events (Ctrl-C ends)")
 @click.option("--after", type=int, default=0, show_default=True, help="only events after SEQ")
@@ -36,10 +75,13 @@ def _line(seq: int, rec: dict[str, Any]) -> str:
               help="with --follow: stop after this many seconds")
 @click.option("--json", "as_json", is_flag=True,
               help="one JSON object: {events: [...]}; with --follow, one object per line")
-def events(lab_name: str | None, follow: bool, after: int, last: int | None, timeout_s: float,
-           as_json: bool) -> None:
+def events(cluster_url: str | None, lab_name: str | None, follow: bool, after: int,
+           last: int | None, timeout_s: float, as_json: bool) -> None:
     """Show the event log: routes and networks down/up, nodes down, VMs restarted,
     migrations done, leaders elected."""
+    if cluster_url is not None and lab_name is None:
+        _from_api(resolve_access(cluster_url), follow, after, last, timeout_s, as_json)
+        return
     layout = resolve_lab(lab_name)
     with lab_store(layout) as store:
         if not follow:

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from vmcluster.control.events import (
     Event,
     LeaderElected,
+    MigrationDone,
     NetworkStateChanged,
     NodeDown,
     NodeQuarantined,
@@ -626,6 +627,13 @@ class Manager:
             return
         state = ("cancelled" if result.get("cancelled") else
                  "done" if result.get("ok", True) else "failed")
+        if it.kind == "migrate" and result.get("source") and result.get("target"):
+            with contextlib.suppress(StoreError):  # the intent's end matters more
+                self._event(MigrationDone(
+                    self.wall(), self.name, str(result["vm"]),
+                    str(result["source"]), str(result["target"]),
+                    str(result.get("network") or ""), bool(result.get("ok")),
+                    result.get("downtime_ms")))
         self._end(it, token, state, result=result, error=result.get("error"))
 
     def _end(self, it: intents.Intent, token: int, state: str, **fields: Any) -> None:

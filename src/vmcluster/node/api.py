@@ -438,6 +438,31 @@ def create_app(ctx: ApiContext) -> FastAPI:
         got: dict[str, Any] = await asyncio.to_thread(leave, ctx.state, node)
         return got
 
+    @app.get("/api/v1/events")
+    async def events(after: int = 0, wait_s: float = 0.0, limit: int = 1000,
+                     _role: str = Depends(admin)) -> Any:
+        """The event log after sequence number ``after`` (at most ``limit``, oldest first);
+        ``wait_s`` (up to 30): when there is none yet, wait that long for one. ``last``: the
+        sequence number to ask ``after`` next."""
+        for name, bad in (("after", after < 0), ("limit", limit < 1),
+                          ("wait_s", not 0.0 <= wait_s <= 30.0)):
+            if bad:
+                return _problem(422, f"query parameter {name} is out of range (after >= 0, "
+                                "limit >= 1, 0 <= wait_s <= 30)", "invalid", name)
+        got: dict[str, Any] = await asyncio.to_thread(_events, after, wait_s, limit)
+        return got
+
+    def _events(after: int, wait_s: float, limit: int) -> dict[str, Any]:
+        deadline = time.monotonic() + wait_s
+        while True:  # bounded by wait_s
+            got, _rev = ctx.state.events(after)
+            if got or time.monotonic() >= deadline:
+                break
+            time.sleep(0.25)
+        got = got[:limit]
+        return {"events": [{"seq": seq, **rec} for seq, rec in got],
+                "last": got[-1][0] if got else after}
+
     @app.get("/api/v1/health")
     async def health() -> dict[str, Any]:
         return {"ok": True, "node": ctx.cfg.node, "version": vmcluster.__version__}
