@@ -64,6 +64,7 @@ from vmcluster.model import ClusterSpec
 from vmcluster.policy.failover import (
     CannotPlace,
     FailoverParams,
+    FailoverPlan,
     Migrate,
     Restart,
     drain_plan,
@@ -348,11 +349,7 @@ class Manager:
         if not todo:
             return
         young = term.began is not None and now - term.began < self.params.start_grace_s
-        barred = excluded | set(seen.dead) | {
-            n.name for n in self.spec.nodes if n.name not in seen.healthy}
-        owners = {vm: p.node for vm, p in placements.items()}
-        plan = start_plan(self.spec, owners, todo, params=self.params.failover,
-                          excluded=barred)
+        plan = self._where_to_start(todo, seen, excluded, placements)
         for action in plan.actions:
             if isinstance(action, CannotPlace):
                 if not young and action.vm not in term.unplaceable:
@@ -364,6 +361,15 @@ class Manager:
             if young and action.node != self.spec.vm(action.vm).owner:
                 continue  # its owner may not have been heard yet
             self._launch(term, action.vm, action.node, placements.get(action.vm))
+
+    def _where_to_start(self, vms: list[str], seen: Assessment, excluded: set[str],
+                        placements: Mapping[str, Placement]) -> FailoverPlan:
+        """Where to start ``vms``: the start policy over the healthy nodes that are not
+        dead, drained, quarantined, joining or gone."""
+        barred = excluded | set(seen.dead) | {
+            n.name for n in self.spec.nodes if n.name not in seen.healthy}
+        owners = {vm: p.node for vm, p in placements.items()}
+        return start_plan(self.spec, owners, vms, params=self.params.failover, excluded=barred)
 
     def _launch(self, term: _Term, vm: str, node: str, current: Placement | None) -> bool:
         """Place ``vm`` on ``node`` (compare-and-set from ``current``), then start its QEMU
@@ -409,12 +415,10 @@ class Manager:
             if p.node is None and vm not in term.starting and self.seen is not None:
                 node = str(on) if on else None
                 if node is None:
-                    barred = set(self.seen.dead) | {n.name for n in self.spec.nodes
-                                                    if n.name not in self.seen.healthy}
-                    owners = {v: q.node for v, q in self.state.placements().items()}
-                    plan = start_plan(self.spec, owners, [vm], params=self.params.failover,
-                                      excluded=barred)
-                    got = plan.actions[0]
+                    excluded = {n for n, r in self.state.node_states().items()
+                                if r.get("state") in EXCLUDED_STATES}
+                    got = self._where_to_start([vm], self.seen, excluded,
+                                               self.state.placements()).actions[0]
                     if isinstance(got, CannotPlace):
                         return {"ok": False, "vm": vm, "error": got.reason}
                     node = getattr(got, "node", None)

@@ -157,13 +157,19 @@ def leader_summary(layout: LabLayout) -> dict[str, Any] | None:
     if not services_file(layout).exists():
         return None
     try:
-        svc = _read_services(layout)
-        client = EtcdClient(svc["endpoints"], timeout=1.0, retry_s=2.0, tls=etcd_tls(layout))
-        with NetnsThread(layout.client_ns) as thread:
-            held = thread.call(current_leader, client, svc["cluster"], timeout=15)
+        held = _glance(layout, lambda st: current_leader(st.client, st.cluster))
     except (VmclusterError, OSError, TimeoutError, KeyError):  # status shows the rest anyway
         return None
     return None if held is None else {"manager": held.name, "token": held.token}
+
+
+def _glance(layout: LabLayout, read: Callable[[ClusterState], Any]) -> Any:
+    """``read(state)`` on the lab's store from its client namespace, giving up within
+    seconds (a short retry): for status lines that must not hang on a dead store."""
+    svc = _read_services(layout)
+    client = EtcdClient(svc["endpoints"], timeout=1.0, retry_s=2.0, tls=etcd_tls(layout))
+    with NetnsThread(layout.client_ns) as thread:
+        return thread.call(read, ClusterState(client, svc["cluster"]), timeout=15)
 
 
 def lab_spec(layout: LabLayout) -> ClusterSpec:
@@ -174,12 +180,8 @@ def lab_spec(layout: LabLayout) -> ClusterSpec:
     if not services_file(layout).exists():
         return load_spec(spec_file)
     try:
-        svc = _read_services(layout)
-        client = EtcdClient(svc["endpoints"], timeout=1.0, retry_s=2.0, tls=etcd_tls(layout))
-        with NetnsThread(layout.client_ns) as thread:
-            got: ClusterSpec = thread.call(ClusterState(client, svc["cluster"]).spec,
-                                           timeout=15)
-            return got
+        got: ClusterSpec = _glance(layout, lambda st: st.spec())
+        return got
     except (StoreError, OSError, TimeoutError, KeyError):
         return load_spec(spec_file)
 

@@ -23,7 +23,7 @@ VM has no owner.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -125,33 +125,34 @@ def _require(state: StateLike, name: str) -> VmRecord:
     return rec
 
 
+def _change(state: StateLike, name: str, token: int | None, what: str,
+            done: Callable[[VmRecord], bool], **fields: Any) -> VmRecord:
+    """Set ``fields`` on ``name``'s record unless ``done(record)`` already; retried on a
+    concurrent change (bounded)."""
+    for _ in range(20):
+        rec = _require(state, name)
+        if done(rec):
+            return rec
+        try:
+            return _update(state, rec, token, what, **fields)
+        except StoreConflict:
+            continue
+    raise StoreConflict(f"the definition of {name} keeps changing; try again")
+
+
 def set_desired(state: StateLike, name: str, desired: str, token: int | None = None) -> VmRecord:
     """Record what the operator wants of ``name`` (retried on a concurrent change)."""
     if desired not in DESIRED:
         raise InputError(f"desired state {desired!r} is not one of {', '.join(DESIRED)}")
-    for _ in range(20):
-        rec = _require(state, name)
-        if rec.desired == desired:
-            return rec
-        try:
-            return _update(state, rec, token, "desired state", desired=desired)
-        except StoreConflict:
-            continue
-    raise StoreConflict(f"the definition of {name} keeps changing; try again")
+    return _change(state, name, token, "desired state", lambda r: r.desired == desired,
+                   desired=desired)
 
 
 def pin_machine(state: StateLike, name: str, machine: str, token: int | None = None) -> str:
     """Pin ``name`` to ``machine`` unless it is pinned already; the pinned machine type."""
-    for _ in range(20):
-        rec = _require(state, name)
-        if rec.machine:
-            return rec.machine
-        try:
-            _update(state, rec, token, "machine type", machine=machine)
-            return machine
-        except StoreConflict:
-            continue
-    raise StoreConflict(f"the definition of {name} keeps changing; try again")
+    rec = _change(state, name, token, "machine type", lambda r: bool(r.machine),
+                  machine=machine)
+    return rec.machine or machine
 
 
 def undefine(state: StateLike, name: str, token: int | None = None) -> None:
