@@ -466,3 +466,32 @@ def test_a_resume_intent_puts_a_drained_node_back_and_refuses_a_down_one(
     assert state.node_states()["node3"]["state"] == "up"
     assert state.node_states()["node3"]["failures"] == []
     assert refused is not None and refused.state == "failed" and "down" in refused.record["error"]
+
+
+def test_a_delete_intent_removes_the_disk_then_the_definition_never_of_a_running_vm(
+    state: ClusterState,
+) -> None:
+    state.client.delete(state.key("placements", ""), prefix=True)
+    state.put_spec((ROOT / "examples/lab.toml").read_text())
+    for vm in LAB.vms:
+        vms.define(state, {"name": vm.name, "owner": vm.owner, "memory_mib": vm.memory_mib},
+                   desired="running" if vm.name == "web" else "stopped")
+    state.place("web", "node1", expect=0, token=None)
+    m, _clock, rec = manager(state)
+    token = m.take_office(10)
+    running = intents.submit(state, "delete", {"vm": "web"}, by="test")
+    gone = intents.submit(state, "delete", {"vm": "db"}, by="test")
+    kept = intents.submit(state, "delete", {"vm": "batch", "keep_disk": True}, by="test")
+    publish(state, set(), {"node1": ["web"], "node2": [], "node3": []})
+    m.tick()
+    _settle(m)
+    refused = intents.get(state, running.id)
+    assert refused is not None and refused.state == "failed"
+    assert "stop it first" in refused.record["error"]
+    assert vms.get(state, "web") is not None  # nothing of it went
+    done = intents.get(state, gone.id)
+    assert done is not None and done.state == "done", done
+    assert ("delete", {"vm": "db"}, token) in rec.carried  # its disk, by a host
+    assert vms.get(state, "db") is None and vms.get(state, "batch") is None
+    assert [k for k, a, _ in rec.carried if a.get("vm") == "batch"] == []  # disk kept
+    assert intents.get(state, kept.id).state == "done"  # type: ignore[union-attr]

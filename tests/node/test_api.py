@@ -160,14 +160,16 @@ def test_vms_are_defined_started_stopped_and_deleted_through_the_store(
     assert stopped.status_code == 202 and stopped.json()["kind"] == "stop"
     assert client.get("/api/v1/vms/app", headers=admin).json()["desired"] == "stopped"
     assert client.post("/api/v1/vms/nope/stop", headers=admin).status_code == 404
-    # Deleting: refused while it has an owner, done once it has none.
+    # Deleting: refused while it has an owner; once it has none, an intent the manager
+    # carries out (its disk, then its definition: the manager's tests show that part).
     state.place("app", "node2", expect=0, token=None)
     assert client.delete("/api/v1/vms/app", headers=admin).status_code == 409
     p = state.placement("app")
     state.place("app", None, expect=p.revision, token=None, state="stopped")
-    assert client.delete("/api/v1/vms/app", headers=admin).json()["deleted"] is True
-    assert client.get("/api/v1/vms/app", headers=admin).status_code == 404
-    assert "app" not in {v.name for v in state.spec().vms}
+    deleting = client.delete("/api/v1/vms/app?keep_disk=true", headers=admin)
+    assert deleting.status_code == 202 and deleting.json()["kind"] == "delete"
+    assert deleting.json()["args"] == {"vm": "app", "keep_disk": True}
+    assert client.delete("/api/v1/vms/nope", headers=admin).status_code == 404
 
 
 def test_the_event_log_is_read_and_long_polled_through_the_api(

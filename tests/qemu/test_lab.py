@@ -634,9 +634,12 @@ def test_a_vm_defined_through_the_api_is_started_stopped_and_deleted(lab: QemuSu
         time.sleep(5)  # longer than the manager's recover_s: nothing starts it again
         after = {v["vm"] for v in lab.agent("node3").call("list")["vms"]}
         assert "extra" not in after
-        assert _vmc_in(ns, env, "vm", "delete", "extra").returncode == 0
+        assert lab.layout.disk("extra").exists()
+        deleted = _vmc_in(ns, env, "vm", "delete", "extra")
+        assert deleted.returncode == 0 and "with its disk" in deleted.stdout, deleted.stderr
         listed = json.loads(_vmc_in(ns, env, "vm", "list", "--json").stdout)["vms"]
         assert "extra" not in {v["name"] for v in listed}
+        assert not lab.layout.disk("extra").exists()  # nothing of it is left behind
     finally:
         _vmc_in(ns, env, "vm", "stop", "extra")
         _vmc_in(ns, env, "vm", "delete", "extra")

@@ -56,6 +56,31 @@ def test_kv_txn_lease_and_watch(etcd1: EtcdCluster) -> None:
     assert c.delete("k/", prefix=True) == 1
 
 
+@needs_etcd
+def test_a_client_learns_the_members_from_etcd_itself(etcd1: EtcdCluster) -> None:
+    """A host's endpoints are those it knew when it joined; with ``sync_s`` the client
+    takes the voting members' URLs from etcd's member list (a gone one is dropped)."""
+    class Clock:
+        t = 0.0
+
+        def now(self) -> float:
+            return self.t
+
+        def sleep(self, seconds: float) -> None:
+            self.t += seconds
+
+    real = etcd1.endpoints()
+    gone = f"http://127.0.0.1:{free_port()}"
+    clock = Clock()
+    c = EtcdClient([gone, *real], timeout=1.0, retry_s=0.5, sync_s=30.0, clock=clock)
+    c.put("sync/a", b"1")
+    assert c.endpoints == [gone, *real]  # not yet: 30 s have not passed
+    clock.t += 31.0
+    assert c.get("sync/a") is not None
+    assert c.endpoints == real
+    c.delete("sync/", prefix=True)
+
+
 @pytest.mark.lab
 @needs_etcd
 def test_client_and_watch_fail_over_to_another_member(etcd3: EtcdCluster) -> None:

@@ -217,14 +217,22 @@ def create(vm_name: str, owner: str | None, memory_mib: int | None, vcpus: int |
 
 @vm.command("delete")
 @click.argument("vm_name", metavar="VM")
+@click.option("--keep-disk", is_flag=True, help="keep its disk (a region of its shared "
+              "volume, or its disk file); only the definition goes")
 @cluster_option
-def delete(vm_name: str, cluster_url: str | None, lab_name: str | None) -> None:
-    """Delete a stopped VM's definition (refused while it runs: stop it first)."""
+def delete(vm_name: str, keep_disk: bool, cluster_url: str | None,
+           lab_name: str | None) -> None:
+    """Delete a stopped VM: its disk, then its definition (refused while it runs: stop it
+    first)."""
     access = _api(cluster_url, lab_name)
     if access is None:
         raise InputError("this lab runs no control plane: there is no definition to delete")
-    api_request(access, "DELETE", f"/api/v1/vms/{vm_name}")
-    click.echo(f"{vm_name}: deleted")
+    query = "?keep_disk=true" if keep_disk else ""
+    it = api_request(access, "DELETE", f"/api/v1/vms/{vm_name}{query}")
+    got = _carried(access, it, f"deleting {vm_name}")
+    disk = got.get("disk")
+    click.echo(f"{vm_name}: deleted" + (f" with its disk ({disk})" if disk else
+                                        " (its disk kept)" if keep_disk else ""))
 
 
 @vm.command("console")

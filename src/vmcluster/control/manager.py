@@ -456,6 +456,28 @@ class Manager:
             self._event(VmStopped(self.wall(), p.node, vm, "stopped through the API"))
         return {"ok": True, "vm": vm, "node": p.node}
 
+    def _carry_delete(self, args: Mapping[str, Any], token: int,
+                      cancelled: Callable[[], bool],
+                      progress: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
+        """A ``delete`` intent: a VM that runs nowhere loses its disk (unless
+        ``keep_disk``), then its definition; a disk that cannot be removed keeps the
+        definition too, so nothing is half gone."""
+        vm = str(args["vm"])
+        if vm in self.state.migrations():
+            raise SubstrateError(f"{vm} is migrating; it is not deleted")
+        p = self.state.placement(vm)
+        seen = self.seen
+        running = seen.running_fresh.get(vm, frozenset()) if seen is not None else frozenset()
+        if p.node is not None or running:
+            where = p.node or ", ".join(sorted(running))
+            raise StoreConflict(f"{vm} runs on {where}; stop it first (`vmcluster vm stop {vm}`)")
+        result: dict[str, Any] = {"ok": True, "vm": vm, "disk": None}
+        if not args.get("keep_disk"):
+            result["disk"] = self.actuator.carry_out("delete", {"vm": vm}, token, cancelled,
+                                                     progress).get("removed")
+        vms.undefine(self.state, vm, token)
+        return result
+
     def _networks(self, term: _Term, seen: Assessment) -> None:
         """An event per network whose state changed since the last tick of this term."""
         if not seen.network_states:
@@ -619,6 +641,8 @@ class Manager:
                 result = self._carry_stop(it.args, token)
             elif it.kind == "resume":
                 result = self._carry_resume(it.args, token)
+            elif it.kind == "delete":
+                result = self._carry_delete(it.args, token, cancelled, progress)
             else:
                 result = self.actuator.carry_out(it.kind, it.args, token, cancelled, progress)
         except Fenced:

@@ -303,6 +303,33 @@ class Agent(CsvOps):
             await self._drop(req["vm"])
         return {}
 
+    async def op_delete_disk(self, req: Reply) -> Reply:
+        """Remove a deleted VM's disk: its region on its shared volume (through the
+        volume's coordinator), or its disk file. Refused while its QEMU runs here; the
+        manager asks only once the VM runs nowhere."""
+        name = str(req.get("vm"))
+        async with self.lock(name):
+            if name in self.vms and self.vms[name].alive():
+                raise Conflict(f"{name} runs on {self.node}; its disk stays")
+            spec = await asyncio.to_thread(self.cluster_spec)
+            vm = spec.vm(name)
+            if vm.volume is not None:
+                from vmcluster.csv.coordinator import coordinator_call
+
+                table = (await asyncio.to_thread(
+                    coordinator_call, self.layout, self.book(), spec, vm.volume,
+                    "csv_table"))["table"]
+                if not any(d["name"] == name for d in table["disks"]):
+                    return {"removed": None}  # never started, or removed already
+                await asyncio.to_thread(coordinator_call, self.layout, self.book(), spec,
+                                        vm.volume, "csv_delete", disk=name)
+                return {"removed": f"{vm.volume}/{name}"}
+            disk = self.layout.disk(name)
+            if not disk.exists():
+                return {"removed": None}
+            disk.unlink()
+            return {"removed": str(disk)}
+
     async def op_pause(self, req: Reply) -> Reply:
         qp = self.get(req["vm"])
         if await qp.qmp.query_status() == "running":
@@ -524,7 +551,7 @@ class Agent(CsvOps):
 # and the cluster's operator (the admin certificate) need none.
 STATE_CHANGING = frozenset({"start", "stop", "pause", "resume", "incoming", "set_params",
                             "migrate", "cancel", "takeover", "release", "discard", "save",
-                            "power_off"})
+                            "power_off", "delete_disk"})
 
 
 def _peer_name(tls: ssl.SSLObject) -> str:

@@ -55,7 +55,15 @@ class HostPower(QemuSubstrate):
             raise SubstrateError(f"the manager cannot power {node} on (no BMC is configured)")
         with contextlib.suppress(AgentDown):  # already off
             self.agent(node).call("power_off", timeout_s=30)
-        # Its last report says it left on purpose: the manager records it "off".
+        # Its last report says it left on purpose: the manager's loop (another thread of
+        # this process) records it "off" once its heartbeats are gone; the step is done
+        # then (bounded: a host that left no last words ends up "down" instead).
+        deadline = self.clock.now() + 30.0
+        while self.records.snapshot(self.spec).node_state(node) != "off":
+            if self.clock.now() > deadline:
+                raise SubstrateError(f"{node} was powered off but the cluster has not "
+                                     "recorded it off within 30 s")
+            self.clock.sleep(0.2)
 
 
 class LabActuator:
@@ -169,6 +177,16 @@ class LabActuator:
                            on_step=on_step, ledger=lambda: self._ledger(token),
                            cancelled=cancelled, guard=lambda: store_guard(st))
             return {**report.to_json(), "steps": steps}
+        if kind == "delete":  # the VM's disk, by a host that is up (any host reaches it)
+            failures = []
+            for node in sorted(n.name for n in spec.nodes):
+                try:
+                    return AgentClient(self.layout, node, token=token).call(
+                        "delete_disk", timeout_s=60, vm=str(args["vm"]))
+                except AgentDown as exc:
+                    failures.append(str(exc))
+            raise SubstrateError(f"no host could remove the disk of {args['vm']}: "
+                                 + "; ".join(failures))
         raise SubstrateError(f"unknown intent kind {kind!r}")
 
     # -- a migration whose driver died --------------------------------------------

@@ -364,12 +364,19 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def vm_get(vm: str, _role: str = Depends(admin)) -> dict[str, Any]:
         return await asyncio.to_thread(_vm_view, vm)
 
-    @app.delete("/api/v1/vms/{vm}")
-    async def vm_delete(vm: str, _role: str = Depends(admin)) -> dict[str, Any]:
-        """Delete a stopped VM's definition (409 while it runs somewhere)."""
-        await asyncio.to_thread(_vm_view, vm)
-        await asyncio.to_thread(vms.undefine, ctx.state, vm)
-        return {"name": vm, "deleted": True}
+    @app.delete("/api/v1/vms/{vm}", status_code=202)
+    async def vm_delete(vm: str, keep_disk: bool = False,
+                        _role: str = Depends(admin)) -> JSONResponse:
+        """Delete a stopped VM: its disk (unless ``keep_disk``), then its definition; an
+        intent the manager carries out. 409 at once while it is placed on a node."""
+        return await asyncio.to_thread(_delete, vm, keep_disk)
+
+    def _delete(vm: str, keep_disk: bool) -> JSONResponse:
+        view = _vm_view(vm)
+        if view.get("node"):
+            raise StoreConflict(f"{vm} runs on {view['node']}; stop it first "
+                                f"(`vmcluster vm stop {vm}`)")
+        return _submit("delete", {"vm": vm, "keep_disk": keep_disk})
 
     def _desire(vm: str, desired: str, kind: str, args: dict[str, Any]) -> JSONResponse:
         _vm_view(vm)

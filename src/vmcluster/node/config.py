@@ -169,9 +169,10 @@ class NodeConfig:
 
     def store(self, timeout_s: float = 1.0, retry_s: float = 1.0) -> ClusterState:
         """The cluster's store as this host reaches it: its endpoints (its own member
-        first, as the config lists them), its certificate, the cluster's name."""
+        first, as the config lists them, then every voter etcd lists, read again every
+        30 s), its certificate, the cluster's name."""
         client = EtcdClient(list(self.endpoints), timeout=timeout_s, retry_s=retry_s,
-                            tls=NodeCredentials(self.tls_dir))
+                            tls=NodeCredentials(self.tls_dir), sync_s=30.0)
         return ClusterState(client, self.cluster)
 
     def render(self) -> str:

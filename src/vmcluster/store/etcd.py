@@ -199,7 +199,12 @@ class EtcdClient:
     clock: Clock = field(default_factory=MonotonicClock, repr=False)
     # TLS with a client certificate, for https:// endpoints (etcd on real hosts).
     tls: NodeCredentials | None = None
+    # Every sync_s seconds (0: never) the endpoints become the voting members' client URLs
+    # as etcd lists them, those given kept first and in order: a host that joined before
+    # others did, or a member that left, does not leave this client with a stale list.
+    sync_s: float = 0.0
     _current: int = field(default=0, repr=False)
+    _synced: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -209,6 +214,8 @@ class EtcdClient:
         except (OSError, ssl.SSLError) as exc:
             raise StoreError(f"cannot load the etcd TLS files ({self.tls}): {exc}") from exc
         self._conns = Connections(self.timeout, self.ssl_context)
+        self.endpoints = list(self.endpoints)
+        self._synced = self.clock.now()
 
     def close(self) -> None:
         """Close the connections this thread kept."""
@@ -256,6 +263,8 @@ class EtcdClient:
         """POST ``body`` to ``/v3{path}`` on the first endpoint that answers, trying all of
         them again for up to ``retry_s`` seconds (StoreUnavailable after that)."""
         deadline = self.clock.now() + self.retry_s
+        if self.sync_s and self.clock.now() - self._synced >= self.sync_s:
+            self._sync()
         while True:
             try:
                 return self._request_round(path, body)
@@ -263,6 +272,25 @@ class EtcdClient:
                 if self.clock.now() >= deadline:
                     raise
             self.clock.sleep(0.1)
+
+    def _sync(self) -> None:
+        """The endpoints from etcd's member list (see ``sync_s``); kept as they are when
+        no member answers, or when the list names no voter with a client URL."""
+        self._synced = self.clock.now()
+        try:
+            members = self._request_round("/cluster/member/list", {}).get("members") or []
+        except StoreError:
+            return
+        urls = [u for m in members if not m.get("isLearner") for u in m.get("clientURLs", [])]
+        if not urls:
+            return
+        # The order this host was given is kept (its own member first: it answers when
+        # the network is cut), for the endpoints that are still members; then the others.
+        known = [u for u in self.endpoints if u in urls]
+        fresh = known + [u for u in urls if u not in known]
+        if fresh != list(self.endpoints):
+            self.endpoints = fresh
+            self._current = 0
 
     def _request_round(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         failures: list[str] = []

@@ -32,7 +32,7 @@ from vmcluster.store.state import ClusterState
 
 __all__ = ["DONE", "Intent", "cancel", "claim", "get", "pending", "running", "submit", "update"]
 
-KINDS = ("migrate", "drain", "start", "stop", "consolidate", "resume")
+KINDS = ("migrate", "drain", "start", "stop", "consolidate", "resume", "delete")
 DONE = ("done", "failed", "cancelled")
 
 
