@@ -399,14 +399,20 @@ def _settle(m: Manager) -> None:
         t.join(10)
 
 
-def test_vms_defined_to_run_start_on_their_owner_and_a_stopped_one_stays_stopped(
-    state: ClusterState,
-) -> None:
+def _define_lab_vms(state: ClusterState, running: set[str]) -> None:
+    """The lab spec's VMs defined in the store (those in ``running`` desired running),
+    none placed."""
     state.client.delete(state.key("placements", ""), prefix=True)
     state.put_spec((ROOT / "examples/lab.toml").read_text())
     for vm in LAB.vms:
         vms.define(state, {"name": vm.name, "owner": vm.owner, "memory_mib": vm.memory_mib},
-                   desired="stopped" if vm.name == "batch" else "running")
+                   desired="running" if vm.name in running else "stopped")
+
+
+def test_vms_defined_to_run_start_on_their_owner_and_a_stopped_one_stays_stopped(
+    state: ClusterState,
+) -> None:
+    _define_lab_vms(state, running={"web", "db"})
     m, clock, rec = manager(state)
     token = m.take_office(10)
     # node1 (web's owner) is not heard yet: a young term waits for it rather than
@@ -471,11 +477,7 @@ def test_a_resume_intent_puts_a_drained_node_back_and_refuses_a_down_one(
 def test_a_delete_intent_removes_the_disk_then_the_definition_never_of_a_running_vm(
     state: ClusterState,
 ) -> None:
-    state.client.delete(state.key("placements", ""), prefix=True)
-    state.put_spec((ROOT / "examples/lab.toml").read_text())
-    for vm in LAB.vms:
-        vms.define(state, {"name": vm.name, "owner": vm.owner, "memory_mib": vm.memory_mib},
-                   desired="running" if vm.name == "web" else "stopped")
+    _define_lab_vms(state, running={"web"})
     state.place("web", "node1", expect=0, token=None)
     m, _clock, rec = manager(state)
     token = m.take_office(10)

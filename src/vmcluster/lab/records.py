@@ -48,7 +48,21 @@ class _StoreSnapshot:
         return vm in self.moving
 
 
-class StoreRecords:
+class _RecordedElsewhere:
+    """The writes the store already records elsewhere: a placement is the manager's
+    compare-and-set, a node's state the manager's, a migration the ledger's."""
+
+    def set_owner(self, vm: str, node: str | None) -> None:
+        return None
+
+    def set_node_state(self, node: str, state: str, drop_owners: bool = False) -> None:
+        return None
+
+    def set_migrating(self, vm: str, target: str | None) -> None:
+        return None
+
+
+class StoreRecords(_RecordedElsewhere):
     """The substrate's records for a host's manager: all in the store. Owners are the
     placements (the manager's compare-and-set writes them, a migration's ledger moves
     them), node states the manager's, migrations the ledger's, links what each host
@@ -60,15 +74,6 @@ class StoreRecords:
     def snapshot(self, spec: ClusterSpec) -> RecordsSnapshot:
         return _StoreSnapshot(self.state, spec)
 
-    def set_owner(self, vm: str, node: str | None) -> None:
-        return None
-
-    def set_node_state(self, node: str, state: str, drop_owners: bool = False) -> None:
-        return None
-
-    def set_migrating(self, vm: str, target: str | None) -> None:
-        return None
-
     def machines(self) -> Mapping[str, str]:
         return {name: rec.machine for name, rec in vm_records.records(self.state).items()
                 if rec.machine}
@@ -78,7 +83,7 @@ class StoreRecords:
                 for name, machine in wanted.items()}
 
 
-class LabStoreRecords:
+class LabStoreRecords(_RecordedElsewhere):
     """:class:`StoreRecords` through the lab's client namespace (one store connection per
     call: the lab's tools call rarely, and hold no thread in a namespace between calls)."""
 
@@ -94,15 +99,6 @@ class LabStoreRecords:
     def snapshot(self, spec: ClusterSpec) -> RecordsSnapshot:
         got: RecordsSnapshot = self._call("snapshot", spec)
         return got
-
-    def set_owner(self, vm: str, node: str | None) -> None:
-        return None
-
-    def set_node_state(self, node: str, state: str, drop_owners: bool = False) -> None:
-        return None
-
-    def set_migrating(self, vm: str, target: str | None) -> None:
-        return None
 
     def machines(self) -> Mapping[str, str]:
         got: Mapping[str, str] = self._call("machines")
