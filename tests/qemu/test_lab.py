@@ -363,7 +363,7 @@ def test_the_cluster_was_made_by_init_and_join(lab: QemuSubstrate) -> None:
     assert "admitted node3 (etcd learner)" in api_log
     for n in ("node2", "node3"):
         cfg = lab.layout.node_config(n).read_text()
-        assert 'state = "existing"' in cfg and "[lab]" in cfg
+        assert 'state = "existing"' in cfg and "shared_dir" in cfg and "[lab]" not in cfg
     assert not list(lab.layout.ca_dir.glob("*node*"))  # no host's key was made here
     # A second join of a host that is a member is refused on the host, nothing changed.
     token = json.loads(vmc("cluster", "token", "create", "--lab", lab.layout.name,
@@ -448,7 +448,9 @@ def test_hosts_share_no_files_with_each_other(lab: QemuSubstrate) -> None:
     assert look("node2", layout.ca_dir / "ca-key.pem").returncode != 0
     assert look("node3", layout.node_config("node1")).returncode != 0
     assert other_key.exists() and (layout.ca_dir / "ca-key.pem").exists()  # from outside
-    # Nor the lab's own records: a host knows the cluster from etcd only.
+    # Nor the lab's own records: a host knows the cluster from etcd only, and its
+    # config names no lab (only the directory hosts share), as a real host's would not.
+    assert "[lab]" not in layout.node_config("node1").read_text()
     assert look("node1", layout.state_file).returncode != 0
     assert layout.state_file.exists()
 

@@ -174,7 +174,7 @@ class CsvOps:
         async with self._vlock(f"export:{volume}:{network}"):
             if pid_from(pidfile) is None:
                 pidfile.parent.mkdir(parents=True, exist_ok=True)
-                argv = redirect_argv(self.layout, spec, volume, self.node, network)
+                argv = redirect_argv(self.layout, spec, volume, self.node, network, self.creds)
                 proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.STDOUT, start_new_session=True)

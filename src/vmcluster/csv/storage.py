@@ -136,11 +136,12 @@ def san_argv(layout: LabLayout, spec: ClusterSpec, volume: str) -> list[str]:
 
 
 def redirect_argv(layout: LabLayout, spec: ClusterSpec, volume: str, node: str,
-                  network: str) -> list[str]:
-    """``node``'s re-export of the SAN's export of ``volume`` on its ``network`` address."""
+                  network: str, creds: NodeCredentials) -> list[str]:
+    """``node``'s re-export of the SAN's export of ``volume`` on its ``network`` address,
+    with ``node``'s own certificate (``creds``)."""
     up = san_target(spec, volume)
     t = redirect_target(spec, volume, node, network)
-    mine = NodeCredentials(layout.tls_dir(node)).qemu_dir
+    mine = creds.qemu_dir
     return [
         QSD,
         "--object", tls_object("tlsc", "client", mine),

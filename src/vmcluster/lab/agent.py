@@ -53,7 +53,7 @@ from vmcluster.errors import InputError, QmpError, StoreError, SubstrateError, V
 from vmcluster.lab.client import AGENT_PORT, addresses_from, speak_as
 from vmcluster.lab.credentials import ADMIN
 from vmcluster.lab.fencing import AgentFence
-from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.layout import LabLayout, shared_layout
 from vmcluster.model import ClusterSpec
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.pki import NodeCredentials, crl_serials
@@ -709,11 +709,8 @@ def _log(msg: str) -> None:
 
 
 async def _amain(cfg: NodeConfig) -> None:
-    if cfg.lab is None:
-        raise InputError(f"{cfg.path}: [lab] is missing; the agent still takes its paths "
-                         "from its lab (see vmcluster.node.config.LabRef)")
-    speak_as(cfg.node)
-    agent = Agent(cfg, LabLayout(cfg.lab.name, cfg.lab.root))
+    speak_as(cfg.node, cfg.tls_dir)
+    agent = Agent(cfg, shared_layout(cfg.shared))  # what this host shares with the others
     addresses_from(agent._spec)  # the other hosts' addresses: the spec the store has
     await agent.reconcile()
     await _serve(agent, cfg.agent_socket)

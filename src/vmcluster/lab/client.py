@@ -46,7 +46,7 @@ __all__ = ["AGENT_PORT", "AgentClient", "AgentDown", "AgentError", "LocalAgent",
            "client_context", "forget_namespaces", "speak_as"]
 
 AGENT_PORT = 3345
-_identity = {"name": "admin"}
+_identity = {"name": "admin", "tls_dir": ""}
 _lock = threading.Lock()
 _contexts: dict[tuple[str, int, int], ssl.SSLContext] = {}
 # namespace -> (its inode, a NetnsThread that makes sockets there)
@@ -67,9 +67,11 @@ class AgentError(SubstrateError):
         self.code = code
 
 
-def speak_as(name: str) -> None:
-    """This process calls agents with host ``name``'s certificate (daemons call this once)."""
+def speak_as(name: str, tls_dir: Path | None = None) -> None:
+    """This process calls agents with host ``name``'s certificate, from ``tls_dir`` (a
+    host's daemons call this once, with their config's; else the lab's layout says)."""
     _identity["name"] = name
+    _identity["tls_dir"] = str(tls_dir) if tls_dir is not None else ""
 
 
 def addresses_from(spec: Callable[[], ClusterSpec]) -> None:
@@ -80,7 +82,8 @@ def addresses_from(spec: Callable[[], ClusterSpec]) -> None:
 
 def client_context(layout: LabLayout, name: str) -> ssl.SSLContext:
     """TLS as ``name`` (a host or ``admin``): its certificate, the cluster CA."""
-    creds = NodeCredentials(layout.tls_dir(name))
+    own = _identity["tls_dir"] if name == _identity["name"] else ""
+    creds = NodeCredentials(Path(own) if own else layout.tls_dir(name))
     try:
         st = creds.cert.stat()
     except OSError as exc:
@@ -213,7 +216,9 @@ class AgentClient:
 
     def _remote(self, op: str, request: bytes, timeout_s: float) -> bytes:
         ctx = client_context(self.layout, _identity["name"])
-        inside = _in_lab_namespace(self.layout)
+        # A host's daemon (it knows the hosts from the store) is on the cluster networks
+        # itself; the operator's side may be outside every lab namespace.
+        inside = bool(_address_book) or _in_lab_namespace(self.layout)
         failures = []
         for addr in _reachable(self.layout, self.node, inside):
             sock = _new_socket(self.layout, inside)

@@ -37,7 +37,7 @@ from vmcluster.lab.mountns import enter_prefix, make_host_namespace
 from vmcluster.lab.nodewatch import HEARTBEAT_PORT
 from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
-from vmcluster.node.config import PARTS, LabRef, NodeConfig, load_base_config, load_config
+from vmcluster.node.config import PARTS, NodeConfig, load_base_config, load_config
 from vmcluster.node.daemon import child_env
 from vmcluster.pki import NodeCredentials, write_file
 from vmcluster.store.members import EtcdCluster, spec_members
@@ -82,7 +82,7 @@ def node_config(layout: LabLayout, spec: ClusterSpec, node: str, control_plane: 
         run_dir=layout.host_run_dir(node),
         parts=PARTS if control_plane else ("agent",),
         heartbeat_port=HEARTBEAT_PORT, fence_window_s=spec.cluster.fence_window_s,
-        qemu=install, manager=dict(manager or {}), lab=LabRef(layout.name, layout.root),
+        qemu=install, manager=dict(manager or {}), shared_dir=layout.state_dir,
         guest_kernel=Path(image["kernel"]), guest_initrd=Path(image["initrd"]),
     )
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from vmcluster.errors import UsageError
 
-__all__ = ["RUN_ROOT", "LabLayout", "check_lab_name", "short_name"]
+__all__ = ["RUN_ROOT", "LabLayout", "SharedLayout", "check_lab_name", "shared_layout",
+           "short_name"]
 
 RUN_ROOT = Path("/run/vmcluster")
 IFNAMSIZ = 15
@@ -186,3 +187,19 @@ class LabLayout:
     @staticmethod
     def tap(vm: str) -> str:
         return short_name("t-", vm)
+
+
+@dataclass(frozen=True)
+class SharedLayout(LabLayout):
+    """What a host's daemons see of the layout: the files hosts share (plain VM disks, a
+    quick migration's saved state, serial consoles, migration slot locks) under one
+    directory, ``root/name``, which need not be named as a lab is (on real hosts: a
+    mount every host has, e.g. NFS). Its namespace names are never used."""
+
+    def __post_init__(self) -> None:
+        return None
+
+
+def shared_layout(shared_dir: Path) -> SharedLayout:
+    return SharedLayout(shared_dir.name, shared_dir.parent)
+

@@ -28,7 +28,7 @@ from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds
 from vmcluster.control.migration import MigrationRequest, known_health, migrate
 from vmcluster.errors import MigrationCancelled, StoreError, SubstrateError
 from vmcluster.lab.client import AgentClient, AgentDown, addresses_from, speak_as
-from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.layout import LabLayout, shared_layout
 from vmcluster.lab.records import StoreRecords
 from vmcluster.model import ClusterSpec
 from vmcluster.node.config import load_config
@@ -240,12 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="the host's vmclusterd.toml")
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
-    if cfg.lab is None:
-        raise SystemExit(f"{cfg.path}: [lab] is missing; the manager still acts through its "
-                         "lab's substrate")
     node = cfg.node
-    speak_as(node)  # this host's certificate, for the agents it calls
-    layout = LabLayout(cfg.lab.name, cfg.lab.root)
+    speak_as(node, cfg.tls_dir)  # this host's certificate, for the agents it calls
+    layout = shared_layout(cfg.shared)  # what this host shares with the others
     state = cfg.store(retry_s=2.0)
     spec = state.wait_spec(say=lambda m: print(json.dumps({"msg": m}), flush=True))
     kinds = {f.name: f.type for f in fields(ManagerParams)}

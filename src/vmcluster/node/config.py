@@ -84,8 +84,7 @@ class EtcdMemberConfig:
 
 @dataclass(frozen=True)
 class LabRef:
-    """Only in the lab harness: the lab whose shared files the parts still read (the
-    spec, the CSV coordinator's record, plain VM disks) until etcd holds them all."""
+    """Older lab configs: the lab whose directory the hosts share (now ``shared_dir``)."""
 
     name: str
     root: Path
@@ -110,6 +109,9 @@ class NodeConfig:
     qemu: Mapping[str, Any] = field(default_factory=dict)  # a QemuInstall as JSON; {}: system
     manager: Mapping[str, float] = field(default_factory=dict)  # ManagerParams overrides
     lab: LabRef | None = None
+    # The directory every host mounts (plain VM disks, quick migrations' saved states,
+    # serial consoles); default: <state_dir>/shared, or the lab's directory.
+    shared_dir: Path | None = None
     # The boot image of the VMs this host's agent starts: a host's own files, never a
     # path that came over the network.
     guest_kernel: Path | None = None
@@ -119,6 +121,14 @@ class NodeConfig:
     @property
     def tls_dir(self) -> Path:
         return self.config_dir / "tls"
+
+    @property
+    def shared(self) -> Path:
+        if self.shared_dir is not None:
+            return self.shared_dir
+        if self.lab is not None:
+            return self.lab.root / self.lab.name
+        return self.state_dir / "shared"
 
     @property
     def heartbeat_key(self) -> Path:
@@ -182,6 +192,8 @@ class NodeConfig:
                        "heartbeat_port": self.heartbeat_port}
         doc["paths"] = {"config_dir": str(self.config_dir), "state_dir": str(self.state_dir),
                         "run_dir": str(self.run_dir)}
+        if self.shared_dir is not None:
+            doc["paths"]["shared_dir"] = str(self.shared_dir)
         etcd = tomlkit.table()
         if self.endpoints:
             etcd["endpoints"] = list(self.endpoints)
@@ -280,7 +292,7 @@ def _from_source(src: TomlSource, path: Path, partial: bool = False) -> NodeConf
     port = node.positive("heartbeat_port", int, 3343)
     if port > 65535:
         raise node.fail("heartbeat_port", f"heartbeat_port must be a port number, got {port}")
-    paths = _table(src, "paths", {"config_dir", "state_dir", "run_dir"}, set())
+    paths = _table(src, "paths", {"config_dir", "state_dir", "run_dir", "shared_dir"}, set())
     etcd_data = src.data.get("etcd", {})
     etcd = _table(src, "etcd", {"endpoints", "member"}, set(), etcd_data)
     endpoints = _urls(etcd, "endpoints", required=False)
@@ -343,6 +355,8 @@ def _from_source(src: TomlSource, path: Path, partial: bool = False) -> NodeConf
         config_dir=_path(paths, "config_dir", Path("/etc/vmcluster")),
         state_dir=_path(paths, "state_dir", Path("/var/lib/vmcluster")),
         run_dir=_path(paths, "run_dir", Path("/run/vmcluster")),
+        shared_dir=(_path(paths, "shared_dir", Path("/")) if paths.get("shared_dir", str)
+                    else None),
         heartbeat_port=int(port), endpoints=endpoints, member=member,
         fence_window_s=watchdog.positive("fence_window_s", float, 2.5),
         restart_grace_s=watchdog.positive("restart_grace_s", float, 30.0),
