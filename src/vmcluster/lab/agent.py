@@ -162,16 +162,24 @@ class Agent(CsvOps):
                 "install": self.install.to_json()}
 
     async def op_list(self, req: Reply) -> Reply:
-        out = []
-        for name in list(self.vms):
+        """Every QEMU this host runs. Their states are asked all at once, each for at most
+        LIST_QMP_S: one QEMU slow to answer (TCG under load) must not make the whole host
+        look dead to its heartbeats' report. A live QEMU that does not answer is listed
+        all the same (status ``unknown``): leaving it out would say it runs nowhere."""
+        async def one(name: str) -> Reply | None:
             try:
                 qp = self.get(name)
-                status = await qp.qmp.query_status()
             except VmclusterError:
-                continue
-            out.append({"vm": name, "role": qp.record.role, "status": status, "pid": qp.pid,
-                        "serial_log": qp.record.serial_log})
-        return {"vms": out}
+                return None  # its process is gone
+            try:
+                status = await asyncio.wait_for(qp.qmp.query_status(), timeout=LIST_QMP_S)
+            except (VmclusterError, TimeoutError):
+                status = "unknown"
+            return {"vm": name, "role": qp.record.role, "status": status, "pid": qp.pid,
+                    "serial_log": qp.record.serial_log}
+
+        got = await asyncio.gather(*(one(name) for name in list(self.vms)))
+        return {"vms": [v for v in got if v is not None]}
 
     # -- a VM's QEMU configuration, built here ------------------------------------------
     def _store(self) -> ClusterState | None:
@@ -549,6 +557,7 @@ class Agent(CsvOps):
 # must carry the manager's fencing token, which must still lead; reads, the shared
 # volumes' coordination between agents (csv_*), the host's own parts (the unix socket)
 # and the cluster's operator (the admin certificate) need none.
+LIST_QMP_S = 3.0
 STATE_CHANGING = frozenset({"start", "stop", "pause", "resume", "incoming", "set_params",
                             "migrate", "cancel", "takeover", "release", "discard", "save",
                             "power_off", "delete_disk"})
