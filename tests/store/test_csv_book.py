@@ -76,6 +76,14 @@ def test_hosts_links_and_coordinator_live_in_the_store(etcd1: EtcdCluster) -> No
             time.sleep(0.2)
         assert "n2" not in book.view(SPEC).up
         assert coordinator(book, SPEC, "CSV1") == "n3"
+        # A lease that expired while its host lived (the store was slow): the host's
+        # publisher notices (keepalive says TTL 0) and writes its entry again.
+        state.client.lease_revoke(pubs["n3"]._lease)
+        assert "n3" not in book.view(SPEC).up
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and "n3" not in book.view(SPEC).up:
+            time.sleep(0.2)
+        assert "n3" in book.view(SPEC).up
     finally:
         for pub in pubs.values():
             pub.stop()

@@ -192,12 +192,15 @@ class LinkPublisher:
                     self.publish(last)
                 continue
             try:
-                self.book.state.client.lease_keepalive(lease)
+                alive = self.book.state.client.lease_keepalive(lease) > 0
             except StoreError:
+                alive = False
+            if not alive:  # expired (TTL 0: the store was slow or away), its entry gone
                 with self._lock:
-                    self._lease = 0  # expired (the store was away): grant a new one
+                    if self._lease == lease:
+                        self._lease = 0
                 if last is not None:
-                    self.publish(last)
+                    self.publish(last)  # a new lease, the entry written again
 
     def stop(self) -> None:
         self._done.set()
