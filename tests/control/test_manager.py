@@ -339,6 +339,33 @@ def test_a_live_driver_is_left_alone_and_its_commit_beats_a_late_settle(
     assert state.placement("batch").node == "node3"
 
 
+def test_a_driver_whose_lease_lapsed_claims_its_record_again(state: ClusterState) -> None:
+    """etcd answers the keepalive of an expired lease with TTL 0: a driver starved for a
+    few seconds claims its record again on a new lease, and the manager in the same
+    process never takes the migration it is driving for an orphan."""
+    from vmcluster.substrate.protocol import MigrationHandle
+
+    ledger = StoreLedger(state)
+    ledger.begin(MigrationHandle("db", "node2", "node3", "Migration", "starved"))
+    old = ledger._lease
+    state.client.lease_revoke(old)  # what a starved driver's lapse looks like
+    assert "db" in state.orphaned_migrations()
+    deadline = time.monotonic() + 10
+    while "db" in state.orphaned_migrations() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "db" not in state.orphaned_migrations() and ledger._lease != old
+    ledger.abort()
+    assert state.migrations() == {}
+    # A record settled by someone else meanwhile is not claimed again.
+    ledger = StoreLedger(state)
+    ledger.begin(MigrationHandle("db", "node2", "node3", "Migration", "settled"))
+    mig = state.migrations()["db"]
+    state.abort_migration(mig)
+    assert state.reclaim_migration(mig, state.client.lease_grant(5)) is False
+    assert state.migrations() == {}
+    ledger.stop_keeping()
+
+
 # -- intents: what the API asked for ------------------------------------------------
 def _wait_end(state: ClusterState, intent_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 10

@@ -35,10 +35,20 @@ from vmcluster.store.errors import StoreConflict
 from vmcluster.store.state import ClusterState, Migration
 from vmcluster.substrate.protocol import MigrationHandle
 
-__all__ = ["DRIVER_TTL_S", "StoreLedger"]
+__all__ = ["DRIVER_TTL_S", "StoreLedger", "driving"]
 
-DRIVER_TTL_S = 3  # a killed driver's migration is an orphan this long after its last renewal
+DRIVER_TTL_S = 5  # a killed driver's migration is an orphan this long after its last renewal
 _RENEW_S = 1.0
+
+_driving: set[str] = set()  # attempts this process drives now: never orphans to it
+_driving_lock = threading.Lock()
+
+
+def driving() -> frozenset[str]:
+    """The ids of the migrations this process is driving right now. The manager leaves
+    these alone even when their lease lapsed (its own driver thread was starved)."""
+    with _driving_lock:
+        return frozenset(_driving)
 
 
 def _direct(fn: Callable[..., Any], *args: Any) -> Any:
@@ -72,15 +82,26 @@ class StoreLedger:
             raise MigrationError(f"{handle.vm} is already migrating, or its placement "
                                  f"changed: {exc}") from exc
         self._renewed = time.monotonic()
+        with _driving_lock:
+            _driving.add(self._mig.id)
         stop = self._keeping = threading.Event()
-        threading.Thread(target=self._keep, args=(self._lease, stop), daemon=True,
+        threading.Thread(target=self._keep, args=(self._mig, stop), daemon=True,
                          name=f"lease {handle.vm}").start()
 
-    def _keep(self, lease: int, stop: threading.Event) -> None:
-        """Renew ``lease`` every second until ``stop`` (the driver's own thread)."""
+    def _keep(self, mig: Migration, stop: threading.Event) -> None:
+        """Renew the driver's lease every second until ``stop`` (the driver's own thread).
+        etcd answers the keepalive of an expired lease with TTL 0: the driver (starved for
+        a few seconds) then claims its record again on a new lease, if it is still the one
+        it wrote; otherwise someone settled it and the driver's commit or abort will say so."""
         while not stop.wait(_RENEW_S):
             try:
-                self.run(self.state.client.lease_keepalive, lease)
+                alive = self.run(self.state.client.lease_keepalive, self._lease) > 0
+                if not alive and not stop.is_set():
+                    lease = int(self.run(self.state.client.lease_grant, DRIVER_TTL_S))
+                    if not self.run(self.state.reclaim_migration, mig, lease):
+                        self.run(self.state.client.lease_revoke, lease)
+                        return
+                    self._lease = lease
             except (VmclusterError, OSError, TimeoutError):
                 continue  # the store away for a moment: the next second tries again
             except RuntimeError:
@@ -110,6 +131,9 @@ class StoreLedger:
         if self._keeping is not None:
             self._keeping.set()
             self._keeping = None
+        if self._mig is not None:
+            with _driving_lock:
+                _driving.discard(self._mig.id)
 
     def _drop_lease(self) -> None:
         self.stop_keeping()

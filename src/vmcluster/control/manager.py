@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from vmcluster.control import ledger
 from vmcluster.control.events import (
     Event,
     LeaderElected,
@@ -185,6 +186,7 @@ class Manager:
         self.term: _Term | None = None
         self.desired: dict[str, str] = {}  # vm -> "running" | "stopped", from the store
         self._defs: tuple[tuple[str, int], ...] | None = None
+        self._spec_lock = threading.Lock()
         self.seen: Assessment | None = None  # the last tick's
 
     # -- leadership ---------------------------------------------------------------
@@ -311,6 +313,10 @@ class Manager:
     def _refresh_spec(self) -> None:
         """The VMs as the store defines them, read again when a definition changed (a
         store without a spec, as in tests of the manager alone, keeps the given spec)."""
+        with self._spec_lock:  # the tick and an intent's worker may both read it
+            self._read_spec()
+
+    def _read_spec(self) -> None:
         recs = vms.records(self.state)
         sig = tuple((r.name, r.revision) for r in recs.values())
         if sig == self._defs:
@@ -410,7 +416,9 @@ class Manager:
             if term is None or term.token != token:
                 raise Fenced(f"fenced: token {token} lost office while starting {vm}")
             if vm not in {v.name for v in self.spec.vms}:
-                raise SubstrateError(f"no VM {vm!r} is defined")
+                self._refresh_spec()  # defined a moment ago: the tick may not have read it
+                if vm not in {v.name for v in self.spec.vms}:
+                    raise SubstrateError(f"no VM {vm!r} is defined")
             p = self.state.placement(vm)
             if p.node is None and vm not in term.starting and self.seen is not None:
                 node = str(on) if on else None
@@ -676,7 +684,10 @@ class Manager:
         :mod:`vmcluster.control.ledger`): a copy that is complete on a target whose
         source gave its state away (or died) moves there; anything else goes back to the
         source. A record someone else ended meanwhile is left alone."""
+        mine = ledger.driving()
         for vm, mig in sorted(self.state.orphaned_migrations().items()):
+            if mig.id and mig.id in mine:
+                continue  # this process drives it: its lease lapsed, the driver is alive
             try:
                 ends = self.actuator.migration_ends(vm, mig.source, mig.target)
             except VmclusterError as exc:

@@ -239,6 +239,16 @@ class ClusterState:
         driven = {kv.key.rsplit("/", 1)[1] for kv in drivers}
         return {vm: m for vm, m in self.migrations().items() if vm not in driven}
 
+    def reclaim_migration(self, mig: Migration, lease: int) -> bool:
+        """The driver of ``mig`` claims it again on ``lease`` (its old lease expired while it
+        was still driving), only if the record is still the one it wrote; False when
+        someone else settled it meanwhile."""
+        mkey = self.key("migrations", mig.vm)
+        got = self.client.txn([Compare.modified(mkey, mig.revision)],
+                              [Put(self.key("migration-drivers", mig.vm),
+                                   _dump({"id": mig.id}), lease)])
+        return bool(got.succeeded)
+
     def abort_migration(self, mig: Migration, token: int | None = None) -> None:
         """Give ``mig`` up (the VM stays on its source): the record is deleted only if it is
         still the one ``mig`` read (StoreConflict otherwise: someone else settled it)."""
