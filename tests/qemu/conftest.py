@@ -193,7 +193,7 @@ def _keep_logs(layout: LabLayout) -> None:
         return
     dest = Path(keep) / layout.name
     for log in [*layout.state_dir.glob("hosts/*/var/log/*.log"),
-                *layout.state_dir.glob("logs/*.log")]:
+                *layout.state_dir.glob("hosts/*/var/console/*.log")]:
         target = dest / log.relative_to(layout.state_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(log, target)

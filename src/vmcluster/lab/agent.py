@@ -719,7 +719,8 @@ def _log(msg: str) -> None:
 
 async def _amain(cfg: NodeConfig) -> None:
     speak_as(cfg.node, cfg.tls_dir)
-    agent = Agent(cfg, shared_layout(cfg.shared))  # what this host shares with the others
+    # what this host shares with the others, and its own directories
+    agent = Agent(cfg, shared_layout(cfg.shared, cfg.state_dir, cfg.run_dir))
     addresses_from(agent._spec)  # the other hosts' addresses: the spec the store has
     await agent.reconcile()
     await _serve(agent, cfg.agent_socket)

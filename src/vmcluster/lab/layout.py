@@ -129,12 +129,15 @@ class LabLayout:
         return self.state_dir / "san" / f"{short_name('', volume, limit=40)}.pid"
 
     def redirect_pidfile(self, node: str, volume: str, network: str) -> Path:
-        """The pidfile of the NBD re-export ``node`` serves for redirected I/O."""
+        """The pidfile of the NBD re-export ``node`` serves for redirected I/O (the host's
+        own run directory)."""
         tag = short_name("", volume, network, limit=60)
-        return self.state_dir / "redirect" / f"{node}.{tag}.pid"
+        return self.host_run_dir(node) / "redirect" / f"{tag}.pid"
 
     def serial_log(self, vm: str, node: str) -> Path:
-        return self.state_dir / "logs" / f"{vm}.{node}.log"
+        """``vm``'s serial console on ``node`` (the host's own state directory: a VM that
+        migrates writes on in the target's)."""
+        return self.host_state_dir(node) / "console" / f"{vm}.log"
 
     def quick_state(self, vm: str) -> Path:
         return self.state_dir / "saved" / f"{vm}.state"
@@ -191,15 +194,25 @@ class LabLayout:
 
 @dataclass(frozen=True)
 class SharedLayout(LabLayout):
-    """What a host's daemons see of the layout: the files hosts share (plain VM disks, a
-    quick migration's saved state, serial consoles, migration slot locks) under one
-    directory, ``root/name``, which need not be named as a lab is (on real hosts: a
-    mount every host has, e.g. NFS). Its namespace names are never used."""
+    """What a host's daemons see of the layout: the cluster's shared file storage (plain
+    VM disks, a quick migration's saved state, migration slot locks) under one directory,
+    ``root/name``, which need not be named as a lab is (on real hosts: a mount every host
+    has, e.g. NFS), and the host's own directories (``own_state``, ``own_run``: its
+    serial consoles, its redirect pidfiles). Its namespace names are never used."""
+
+    own_state: Path = Path("/var/lib/vmcluster")
+    own_run: Path = Path("/run/vmcluster")
 
     def __post_init__(self) -> None:
         return None
 
+    def host_state_dir(self, node: str) -> Path:
+        return self.own_state  # a host knows only its own
 
-def shared_layout(shared_dir: Path) -> SharedLayout:
-    return SharedLayout(shared_dir.name, shared_dir.parent)
+    def host_run_dir(self, node: str) -> Path:
+        return self.own_run
+
+
+def shared_layout(shared_dir: Path, own_state: Path, own_run: Path) -> SharedLayout:
+    return SharedLayout(shared_dir.name, shared_dir.parent, own_state, own_run)
 

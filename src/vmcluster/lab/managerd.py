@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     node = cfg.node
     speak_as(node, cfg.tls_dir)  # this host's certificate, for the agents it calls
-    layout = shared_layout(cfg.shared)  # what this host shares with the others
+    # what this host shares with the others, and its own directories
+    layout = shared_layout(cfg.shared, cfg.state_dir, cfg.run_dir)
     state = cfg.store(retry_s=2.0)
     spec = state.wait_spec(say=lambda m: print(json.dumps({"msg": m}), flush=True))
     kinds = {f.name: f.type for f in fields(ManagerParams)}

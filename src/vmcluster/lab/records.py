@@ -7,6 +7,7 @@ the lab's tools see the owners the cluster's manager decided, not a file of thei
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -78,6 +79,17 @@ class StoreRecords(_RecordedElsewhere):
         return {name: rec.machine for name, rec in vm_records.records(self.state).items()
                 if rec.machine}
 
+    def wait_link(self, spec: ClusterSpec, network: str, node: str, up: bool,
+                  timeout_s: float) -> bool:
+        """Poll only the hosts' published links (one read each 50 ms): a host publishes
+        what it sees a fraction of a second after its link changed."""
+        book, deadline = StoreBook(self.state), time.monotonic() + timeout_s
+        while ((network, node) in book.view(spec).links_up) != up:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def pin_machines(self, wanted: Mapping[str, str]) -> dict[str, str]:
         return {name: vm_records.pin_machine(self.state, name, machine)
                 for name, machine in wanted.items()}
@@ -106,4 +118,9 @@ class LabStoreRecords(_RecordedElsewhere):
 
     def pin_machines(self, wanted: Mapping[str, str]) -> dict[str, str]:
         got: dict[str, str] = self._call("pin_machines", wanted)
+        return got
+
+    def wait_link(self, spec: ClusterSpec, network: str, node: str, up: bool,
+                  timeout_s: float) -> bool:
+        got: bool = self._call("wait_link", spec, network, node, up, timeout_s)
         return got

@@ -50,6 +50,12 @@ class SubstrateRecords(Protocol):
 
     def machines(self) -> Mapping[str, str]: ...
 
+    def wait_link(self, spec: ClusterSpec, network: str, node: str, up: bool,
+                  timeout_s: float) -> bool:
+        """Wait until the records show ``node``'s link on ``network`` as ``up`` (True),
+        or ``timeout_s`` passed (False)."""
+        ...
+
     def pin_machines(self, wanted: Mapping[str, str]) -> dict[str, str]:
         """Pin each VM not pinned yet to ``wanted[vm]``; every VM's pin afterwards."""
         ...
@@ -109,6 +115,10 @@ class FileRecords:
     def machines(self) -> Mapping[str, str]:
         return {str(k): str(v) for k, v in read_state(self.layout).get("machines", {}).items()
                 if v}
+
+    def wait_link(self, spec: ClusterSpec, network: str, node: str, up: bool,
+                  timeout_s: float) -> bool:
+        return netns.link_is_up(self.layout, network, node) == up  # the link itself: at once
 
     def pin_machines(self, wanted: Mapping[str, str]) -> dict[str, str]:
         with update_state(self.layout) as st:

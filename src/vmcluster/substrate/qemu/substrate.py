@@ -251,11 +251,7 @@ class QemuSubstrate:
         """Return once the records show the link as set (in a lab with a store: once the
         host published what it sees, a fraction of a second); a host that is down never
         does, so this gives up after ``timeout_s`` without an error."""
-        deadline = self._clock.now() + timeout_s
-        while (network in self.records.snapshot(self.spec).links_down(node)) == up:
-            if self._clock.now() > deadline:
-                return
-            self._clock.sleep(0.05)
+        self.records.wait_link(self.spec, network, node, up, timeout_s)
 
     def set_node(self, node: str, up: bool) -> None:
         self.spec.node(node)
