@@ -143,6 +143,7 @@ class LabLayout:
         return self.state_dir / "saved" / f"{vm}.state"
 
     def slot_lock(self, node: str, slot: int) -> Path:
+        """A migration slot of a lab without a store (with one: ``slots/`` in etcd)."""
         return self.state_dir / "slots" / f"{node}.{slot}.lock"
 
     # -- namespaces and interfaces --------------------------------------------------
@@ -195,7 +196,7 @@ class LabLayout:
 @dataclass(frozen=True)
 class SharedLayout(LabLayout):
     """What a host's daemons see of the layout: the cluster's shared file storage (plain
-    VM disks, a quick migration's saved state, migration slot locks) under one directory,
+    VM disks, a quick migration's saved state) under one directory,
     ``root/name``, which need not be named as a lab is (on real hosts: a mount every host
     has, e.g. NFS), and the host's own directories (``own_state``, ``own_run``: its
     serial consoles, its redirect pidfiles). Its namespace names are never used."""

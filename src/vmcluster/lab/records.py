@@ -7,6 +7,7 @@ the lab's tools see the owners the cluster's manager decided, not a file of thei
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,8 +16,9 @@ from vmcluster.csv.coordinator import LabView, StoreBook
 from vmcluster.lab.layout import LabLayout
 from vmcluster.model import ClusterSpec
 from vmcluster.store import vms as vm_records
+from vmcluster.store.slots import take_slot
 from vmcluster.store.state import ClusterState, Placement
-from vmcluster.substrate.qemu.records import RecordsSnapshot
+from vmcluster.substrate.qemu.records import RecordsSnapshot, Slot
 
 __all__ = ["LabStoreRecords", "StoreRecords"]
 
@@ -79,6 +81,9 @@ class StoreRecords(_RecordedElsewhere):
         return {name: rec.machine for name, rec in vm_records.records(self.state).items()
                 if rec.machine}
 
+    def try_slot(self, node: str, limit: int) -> Slot | None:
+        return take_slot(self.state, node, limit)
+
     def wait_link(self, spec: ClusterSpec, network: str, node: str, up: bool,
                   timeout_s: float) -> bool:
         """Poll only the hosts' published links (one read each 50 ms): a host publishes
@@ -119,6 +124,15 @@ class LabStoreRecords(_RecordedElsewhere):
     def pin_machines(self, wanted: Mapping[str, str]) -> dict[str, str]:
         got: dict[str, str] = self._call("pin_machines", wanted)
         return got
+
+    def try_slot(self, node: str, limit: int) -> Slot | None:
+        """A slot whose lease a thread in the client namespace keeps alive (that thread
+        goes when the slot does)."""
+        from vmcluster.lab.services import lab_store
+
+        session = contextlib.ExitStack()
+        ls = session.enter_context(lab_store(self.layout))
+        return take_slot(ls.state, node, limit, ls.call, done=session.close)
 
     def wait_link(self, spec: ClusterSpec, network: str, node: str, up: bool,
                   timeout_s: float) -> bool:

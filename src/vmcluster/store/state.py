@@ -11,6 +11,9 @@
     placements/<vm>         {"node": N, "state": S}  which node owns the VM
     migrations/<vm>         {"source", "target", "network", "token", "id"}  one in flight per VM
     migration-drivers/<vm>  {"id"} on the lease of the process driving it; gone: an orphan
+    slots/<node>/<i>        {} on its holder's lease: a migration slot (see store.slots)
+    csv/hosts/<node>        {"links"} what the host sees of its links, on its lease
+    csv/volumes/<volume>    {"coordinator", "epoch"} a shared volume's coordinator (csv)
     nodes/<node>            {"state": "up" | "down" | "quarantined" | "draining", ...}
     routes/<observer>       the observer's heartbeat view {"peer/net": true|false}
     event-seq               the last event number

@@ -13,11 +13,10 @@ slot files, so it holds across processes and frees itself when a process dies.
 
 from __future__ import annotations
 
-import fcntl
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from vmcluster.errors import (
     MigrationError,
@@ -37,6 +36,7 @@ from vmcluster.substrate.protocol import (
 )
 
 if TYPE_CHECKING:
+    from vmcluster.substrate.qemu.records import Slot
     from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["QemuMigrations"]
@@ -56,7 +56,7 @@ class _Attempt:
     """What this process knows about one migration attempt (by handle id)."""
 
     uri: str
-    slots: list[IO[str]]
+    slots: list[Slot]
     t0: float
     params: MigrationParams | None = None
     last_bytes: int = -1
@@ -76,9 +76,9 @@ class QemuMigrations:
         self._attempts: dict[str, _Attempt] = {}
         self._results: dict[str, MigrationResult] = {}  # finalized attempts, by handle id
 
-    def _acquire_slots(self, nodes: list[str]) -> list[IO[str]]:
+    def _acquire_slots(self, nodes: list[str]) -> list[Slot]:
         limit = self.sub.spec.cluster.max_concurrent_migrations
-        held: list[IO[str]] = []
+        held: list[Slot] = []
         deadline = self.sub.clock.now() + self.sub.queue_timeout_s
         announced = False
         for node in nodes:
@@ -99,18 +99,9 @@ class QemuMigrations:
                 self.sub.clock.sleep(0.2)
         return held
 
-    def try_slot(self, node: str, limit: int) -> IO[str] | None:
-        """One of ``node``'s ``limit`` migration slots (an flock held open), or None."""
-        for i in range(limit):
-            path = self.sub.layout.slot_lock(node, i)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            f = path.open("a")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return f
-            except BlockingIOError:
-                f.close()
-        return None
+    def try_slot(self, node: str, limit: int) -> Slot | None:
+        """One of ``node``'s ``limit`` migration slots (see the records), or None."""
+        return self.sub.records.try_slot(node, limit)
 
     def prepare(self, vm: str, target: str, network: str) -> MigrationHandle:
         self.sub.spec.vm(vm)

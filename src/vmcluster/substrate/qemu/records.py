@@ -14,6 +14,7 @@ a migration under way, each VM's machine type, links cut) comes from records:
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -22,7 +23,7 @@ from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import read_state, update_state
 from vmcluster.model import ClusterSpec
 
-__all__ = ["FileRecords", "RecordsSnapshot", "SubstrateRecords"]
+__all__ = ["FileRecords", "RecordsSnapshot", "Slot", "SubstrateRecords"]
 
 
 class RecordsSnapshot(Protocol):
@@ -39,6 +40,12 @@ class RecordsSnapshot(Protocol):
     def migrating(self, vm: str) -> bool: ...
 
 
+class Slot(Protocol):
+    """A migration slot held until closed."""
+
+    def close(self) -> None: ...
+
+
 class SubstrateRecords(Protocol):
     def snapshot(self, spec: ClusterSpec) -> RecordsSnapshot: ...
 
@@ -49,6 +56,10 @@ class SubstrateRecords(Protocol):
     def set_migrating(self, vm: str, target: str | None) -> None: ...
 
     def machines(self) -> Mapping[str, str]: ...
+
+    def try_slot(self, node: str, limit: int) -> Slot | None:
+        """One of ``node``'s ``limit`` migration slots, or None when all are held."""
+        ...
 
     def wait_link(self, spec: ClusterSpec, network: str, node: str, up: bool,
                   timeout_s: float) -> bool:
@@ -115,6 +126,19 @@ class FileRecords:
     def machines(self) -> Mapping[str, str]:
         return {str(k): str(v) for k, v in read_state(self.layout).get("machines", {}).items()
                 if v}
+
+    def try_slot(self, node: str, limit: int) -> Slot | None:
+        """An flock on one of the lab's slot files, held open."""
+        for i in range(limit):
+            path = self.layout.slot_lock(node, i)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = path.open("a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return f
+            except BlockingIOError:
+                f.close()
+        return None
 
     def wait_link(self, spec: ClusterSpec, network: str, node: str, up: bool,
                   timeout_s: float) -> bool:
