@@ -254,10 +254,28 @@ class NodeCredentials:
                  self.qemu_dir / "server-key.pem": key_pem,
                  self.qemu_dir / "client-cert.pem": cert_pem,
                  self.qemu_dir / "client-key.pem": key_pem}
-        if crl_pem is not None:
-            files[self.crl] = crl_pem
         for path, data in files.items():
             write_file(path, data, secret=path.name.endswith("key.pem"))
+        if crl_pem is not None:
+            self.write_crl(crl_pem)
+
+    def write_crl(self, crl_pem: bytes) -> bool:
+        """The revocation list, for Python's TLS (``crl.pem``) and QEMU's (``qemu/ca-crl.pem``:
+        each migration's TLS object and each NBD server reads it when made), each replaced
+        atomically; True when either changed."""
+        changed = False
+        for path in (self.crl, self.qemu_dir / "ca-crl.pem"):
+            try:
+                if path.read_bytes() == crl_pem:
+                    continue
+            except OSError:
+                pass
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(crl_pem)
+            tmp.replace(path)
+            changed = True
+        return changed
 
     def issue(self, ca: CertificateAuthority, node: str, addresses: Iterable[str]) -> None:
         """Make this host's key here, have ``ca`` sign its request, write everything."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,49 @@ def test_ca_hash_pins_the_ca_and_bad_requests_are_one_line() -> None:
         a.sign(b"garbage", "n1", [])
     cert = x509.load_pem_x509_certificate(a.sign(make_csr(new_key(), "n9"), "n9", ["::1"]))
     assert cert.issuer == x509.load_pem_x509_certificate(a.cert_pem).subject
+
+
+@pytest.mark.lab
+@pytest.mark.skipif(shutil.which("qemu-storage-daemon") is None, reason="needs QEMU")
+def test_qemu_refuses_a_revoked_certificate_from_its_copy_of_the_crl(tmp_path: Path) -> None:
+    """QEMU's TLS (a migration's stream, an NBD export) reads ``qemu/ca-crl.pem`` when its
+    TLS object is made: a host whose certificate was revoked cannot connect any more."""
+    ca = CertificateAuthority.create("crl-test")
+    server, good, bad = (NodeCredentials(tmp_path / n) for n in ("server", "good", "bad"))
+    for n, creds in (("server", server), ("good", good), ("bad", bad)):
+        creds.issue(ca, n, ["127.0.0.1"])
+    crl = ca.revoke(bad.cert.read_bytes()).crl_pem()
+    assert server.write_crl(crl) and not server.write_crl(crl)  # the same list: unchanged
+    assert (server.qemu_dir / "ca-crl.pem").read_bytes() == crl == server.crl.read_bytes()
+    lun = tmp_path / "lun.raw"
+    lun.write_bytes(b"\0" * 65536)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    qsd = subprocess.Popen([
+        "qemu-storage-daemon", "--object",
+        f"tls-creds-x509,id=t,endpoint=server,dir={server.qemu_dir},verify-peer=on",
+        "--blockdev", f"driver=file,node-name=lun,filename={lun}",
+        "--nbd-server", f"addr.type=inet,addr.host=127.0.0.1,addr.port={port},tls-creds=t",
+        "--export", "type=nbd,id=e,node-name=lun,name=lun"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def info(creds: NodeCredentials) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([
+                "qemu-img", "info", "--object",
+                f"tls-creds-x509,id=t,endpoint=client,dir={creds.qemu_dir}", "--image-opts",
+                f"driver=nbd,host=127.0.0.1,port={port},export=lun,tls-creds=t"],
+                capture_output=True, text=True, timeout=20, check=False)
+
+        for _ in range(50):  # bounded: the export is up within a fraction of a second
+            got = info(good)
+            if "Connection refused" not in got.stderr:
+                break
+            time.sleep(0.1)
+        assert got.returncode == 0, got.stderr
+        refused = info(bad)
+        assert refused.returncode != 0
+    finally:
+        qsd.terminate()
+        _, err = qsd.communicate(timeout=10)
+    assert "revoked" in err

@@ -90,21 +90,13 @@ class ApiContext:
 
     def sync_crl(self) -> bool:
         """The cluster CA's revocation list travels through the store (``crl``); write it
-        into this host's ``tls/crl.pem`` (atomically) when it changed; the agent checks
-        its callers against that file. True when it was written."""
+        into this host's ``tls/crl.pem`` and QEMU's copy (atomically) when it changed; the
+        agent checks its callers against it, QEMU each migration's peer. True when it
+        was written."""
         kv = self.client.get(self.state.key("crl"))
         if kv is None:
             return False
-        path = NodeCredentials(self.cfg.tls_dir).crl
-        try:
-            if path.read_bytes() == kv.value:
-                return False
-        except OSError:
-            pass
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(kv.value)
-        tmp.replace(path)
-        return True
+        return NodeCredentials(self.cfg.tls_dir).write_crl(kv.value)
 
     def role_of(self, token: str) -> str | None:
         kv = self.client.get(self.state.key("tokens", token_hash(token)))
