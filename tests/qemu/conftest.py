@@ -185,20 +185,6 @@ def vms(guest_image: GuestImage) -> Iterator[VmFactory]:
 LabStarter = Callable[..., QemuSubstrate]
 
 
-def _keep_logs(layout: LabLayout) -> None:
-    """With $VMC_KEEP_LOGS=DIR (debugging a CI run; unset by default), copy the lab's
-    logs (every host's parts, every serial console) there before the lab goes."""
-    keep = os.environ.get("VMC_KEEP_LOGS")
-    if not keep or not layout.state_dir.is_dir():
-        return
-    dest = Path(keep) / layout.name
-    for log in [*layout.state_dir.glob("hosts/*/var/log/*.log"),
-                *layout.state_dir.glob("hosts/*/var/console/*.log")]:
-        target = dest / log.relative_to(layout.state_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(log, target)
-
-
 @pytest.fixture(scope="module")
 def start_lab() -> Iterator[LabStarter]:
     """``start_lab(spec, prefix)`` brings up a lab named prefix+pid for this test module.
@@ -218,7 +204,6 @@ def start_lab() -> Iterator[LabStarter]:
         yield start
     finally:
         for layout in started:
-            _keep_logs(layout)
             lab_down(layout)
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
         for layout in started:

@@ -14,6 +14,7 @@ a crash and is safe to run twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -208,9 +209,25 @@ def _kill_by_cmdline(needle: str) -> int:
     return killed
 
 
+def keep_logs(layout: LabLayout) -> None:
+    """With $VMC_KEEP_LOGS=DIR (debugging a CI run; unset by default), copy the lab's
+    logs (every host's parts, every serial console) under DIR/<lab>/ before they go."""
+    keep = os.environ.get("VMC_KEEP_LOGS")
+    if not keep or not layout.state_dir.is_dir():
+        return
+    dest = Path(keep) / layout.name
+    for log in [*layout.state_dir.glob("hosts/*/var/log/*.log"),
+                *layout.state_dir.glob("hosts/*/var/console/*.log")]:
+        target = dest / log.relative_to(layout.state_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            shutil.copyfile(log, target)
+
+
 def lab_down(layout: LabLayout, say: Say | None = None) -> dict[str, object]:
     """Remove every process, namespace, socket and file of the lab. Safe to repeat."""
     _require_root()
+    keep_logs(layout)  # a lab that failed to come up too
     forget_namespaces()  # no thread of ours may keep a removed namespace alive
     killed = _kill_by_cmdline(str(layout.state_dir) + "/")
     killed += _kill_by_cmdline(f"--lab\0{layout.name}\0")

@@ -253,11 +253,23 @@ class QemuSubstrate:
         does, so this gives up after ``timeout_s`` without an error."""
         self.records.wait_link(self.spec, network, node, up, timeout_s)
 
+    def _await_heard(self, node: str, timeout_s: float = 60.0) -> None:
+        """Return once the records no longer show ``node`` off (with a store: once the
+        manager heard the host again, its next tick or two after the daemon's start)."""
+        deadline = self._clock.now() + timeout_s
+        while self.records.snapshot(self.spec).node_state(node) == "off":
+            if self._clock.now() > deadline:
+                raise SubstrateError(f"{node}'s vmclusterd runs again but the cluster has "
+                                     f"not heard it within {timeout_s:.0f} s; see "
+                                     f"{self.layout.daemon_log(node)}")
+            self._clock.sleep(0.5)
+
     def set_node(self, node: str, up: bool) -> None:
         self.spec.node(node)
         if up:
             start_daemon(self.layout, node)  # its vmclusterd starts the host's parts
             self.records.set_node_state(node, "up")
+            self._await_heard(node)
             return
         for pid in netns.ns_pids(self.layout.node_ns(node)):
             with contextlib.suppress(psutil.Error):
