@@ -480,6 +480,32 @@ def test_vms_defined_to_run_start_on_their_owner_and_a_stopped_one_stays_stopped
     assert ("batch", "node2", token) in rec.started
 
 
+def test_a_vm_waits_for_an_owner_that_never_joined_and_fails_over_once_it_ran(
+    state: ClusterState,
+) -> None:
+    """After `cluster init`, hosts join one by one: a VM whose owner has not joined yet
+    waits for it (it does not pile onto the first hosts once the term is old); an owner
+    that ran and died is failed over from as before."""
+    _define_lab_vms(state, running={"web"})
+    for node in ("node2", "node3"):  # their daemons ran; node1 (web's owner) never did
+        state.client.put(state.key("daemons", node), b"{}")
+    m, clock, rec = manager(state)
+    m.take_office(10)
+    publish(state, {"node1"}, {"node2": [], "node3": []})
+    m.tick()
+    clock.t += ManagerParams().start_grace_s + 1  # the term is old now
+    publish(state, {"node1"}, {"node2": [], "node3": []})
+    m.tick()
+    _settle(m)
+    assert rec.started == [] and state.placement("web").node is None
+    state.client.put(state.key("daemons", "node1"), b"{}")  # node1 joined, then died
+    publish(state, {"node1"}, {"node2": [], "node3": []})
+    m.tick()
+    _settle(m)
+    assert [(v, n) for v, n, _ in rec.started] == [("web", "node2")] or \
+        [(v, n) for v, n, _ in rec.started] == [("web", "node3")]
+
+
 def test_a_resume_intent_puts_a_drained_node_back_and_refuses_a_down_one(
     state: ClusterState,
 ) -> None:

@@ -154,6 +154,7 @@ class _Term:
     dead_since: dict[str, float] = field(default_factory=dict)
     missing_since: dict[str, tuple[int, float]] = field(default_factory=dict)
     unplaceable: set[str] = field(default_factory=set)
+    waiting: set[str] = field(default_factory=set)  # VMs said to wait for their owner
     drained: set[str] = field(default_factory=set)
     mismatch: dict[str, tuple[str, int, float]] = field(default_factory=dict)
     net_states: dict[str, str] = field(default_factory=dict)
@@ -356,6 +357,7 @@ class Manager:
             return
         young = term.began is not None and now - term.began < self.params.start_grace_s
         plan = self._where_to_start(todo, seen, excluded, placements)
+        ran = set(self.state.daemons())  # hosts that have run in this cluster at all
         for action in plan.actions:
             if isinstance(action, CannotPlace):
                 if not young and action.vm not in term.unplaceable:
@@ -364,8 +366,16 @@ class Manager:
                 continue
             if not isinstance(action, Restart):
                 continue
-            if young and action.node != self.spec.vm(action.vm).owner:
-                continue  # its owner may not have been heard yet
+            owner = self.spec.vm(action.vm).owner
+            if action.node != owner and (young or (owner is not None and owner not in ran)):
+                # Its owner may not have been heard yet, or has not joined the cluster at
+                # all (hosts join one by one after `cluster init`): it waits for its owner
+                # rather than piling onto the first hosts; once the owner ran, failover.
+                if owner not in ran and action.vm not in term.waiting:
+                    term.waiting.add(action.vm)
+                    self.say(f"{action.vm} waits for its owner {owner}, which has not "
+                             "joined the cluster yet (or start it elsewhere: vm start --on)")
+                continue
             self._launch(term, action.vm, action.node, placements.get(action.vm))
 
     def _where_to_start(self, vms: list[str], seen: Assessment, excluded: set[str],
