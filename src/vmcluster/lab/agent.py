@@ -722,7 +722,10 @@ async def _amain(cfg: NodeConfig) -> None:
     # what this host shares with the others, and its own directories
     agent = Agent(cfg, shared_layout(cfg.shared, cfg.state_dir, cfg.run_dir))
     addresses_from(agent._spec)  # the other hosts' addresses: the spec the store has
+    t0 = time.monotonic()
     await agent.reconcile()
+    _log(f"started: QEMU {agent.facts.version if agent.facts else '?'} probed, "
+         f"{len(agent.vms)} running QEMU(s) adopted in {time.monotonic() - t0:.1f} s")
     await _serve(agent, cfg.agent_socket)
 
 
