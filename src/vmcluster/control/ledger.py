@@ -75,15 +75,19 @@ class StoreLedger:
             raise MigrationError(f"the store places {handle.vm} on {placement.node}, not on "
                                  f"{handle.source} where it runs; try again in a few seconds")
         self._lease = int(self.run(self.state.client.lease_grant, DRIVER_TTL_S))
+        with _driving_lock:  # before the record exists: this process never orphans it
+            _driving.add(handle.id)
         try:
             self._mig = self.run(_begin, self.state, handle, placement, self.token, self._lease)
-        except StoreConflict as exc:
+        except BaseException as exc:
+            with _driving_lock:
+                _driving.discard(handle.id)
             self._drop_lease()
-            raise MigrationError(f"{handle.vm} is already migrating, or its placement "
-                                 f"changed: {exc}") from exc
+            if isinstance(exc, StoreConflict):
+                raise MigrationError(f"{handle.vm} is already migrating, or its placement "
+                                     f"changed: {exc}") from exc
+            raise
         self._renewed = time.monotonic()
-        with _driving_lock:
-            _driving.add(self._mig.id)
         stop = self._keeping = threading.Event()
         threading.Thread(target=self._keep, args=(self._mig, stop), daemon=True,
                          name=f"lease {handle.vm}").start()

@@ -228,19 +228,28 @@ class ClusterState:
 
     def migrations(self) -> dict[str, Migration]:
         kvs, _ = self.client.get_prefix(self.key("migrations", ""))
-        out = {}
-        for kv in kvs:
-            d = kv.json()
-            vm = kv.key.rsplit("/", 1)[1]
-            out[vm] = Migration(vm, d["source"], d["target"], d["network"], d.get("token"),
-                                kv.mod_revision, str(d.get("id", "")))
-        return out
+        return {kv.key.rsplit("/", 1)[1]: self._migration(kv) for kv in kvs}
+
+    @staticmethod
+    def _migration(kv: KeyValue) -> Migration:
+        d = kv.json()
+        return Migration(kv.key.rsplit("/", 1)[1], d["source"], d["target"], d["network"],
+                         d.get("token"), kv.mod_revision, str(d.get("id", "")))
 
     def orphaned_migrations(self) -> dict[str, Migration]:
         """Migrations whose driver is gone (its lease expired): the manager settles them."""
-        drivers, _ = self.client.get_prefix(self.key("migration-drivers", ""))
-        driven = {kv.key.rsplit("/", 1)[1] for kv in drivers}
-        return {vm: m for vm, m in self.migrations().items() if vm not in driven}
+        # One read of both prefixes ("migrations/" and "migration-drivers/" share
+        # "migration"): two reads could see a migration begun between them without its
+        # driver, and take a live one for an orphan.
+        kvs, _ = self.client.get_prefix(self.key("migration"))
+        records, driven = self.key("migrations", ""), self.key("migration-drivers", "")
+        out, have = {}, set()
+        for kv in kvs:
+            if kv.key.startswith(driven):
+                have.add(kv.key[len(driven):])
+            elif kv.key.startswith(records):
+                out[kv.key[len(records):]] = self._migration(kv)
+        return {vm: m for vm, m in out.items() if vm not in have}
 
     def reclaim_migration(self, mig: Migration, lease: int) -> bool:
         """The driver of ``mig`` claims it again on ``lease`` (its old lease expired while it
