@@ -8,9 +8,10 @@ the lab's tools see the owners the cluster's manager decided, not a file of thei
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmcluster.csv.coordinator import LabView, StoreBook
 from vmcluster.lab.layout import LabLayout
@@ -19,6 +20,9 @@ from vmcluster.store import vms as vm_records
 from vmcluster.store.slots import take_slot
 from vmcluster.store.state import ClusterState, Placement
 from vmcluster.substrate.qemu.records import RecordsSnapshot, Slot
+
+if TYPE_CHECKING:
+    from vmcluster.lab.services import LabStore
 
 __all__ = ["LabStoreRecords", "StoreRecords"]
 
@@ -106,6 +110,9 @@ class LabStoreRecords(_RecordedElsewhere):
 
     def __init__(self, layout: LabLayout) -> None:
         self.layout = layout
+        self._slot_lock = threading.Lock()
+        self._slot_session: tuple[contextlib.ExitStack, LabStore] | None = None
+        self._slots_held = 0
 
     def _call(self, method: str, *args: Any) -> Any:
         from vmcluster.lab.services import lab_store
@@ -126,13 +133,25 @@ class LabStoreRecords(_RecordedElsewhere):
         return got
 
     def try_slot(self, node: str, limit: int) -> Slot | None:
-        """A slot whose lease a thread in the client namespace keeps alive (that thread
-        goes when the slot does)."""
+        """A slot whose lease a thread in the client namespace keeps alive. The slots this
+        process holds at once (a migration's source and target) share one session, which
+        goes with the last of them."""
         from vmcluster.lab.services import lab_store
 
-        session = contextlib.ExitStack()
-        ls = session.enter_context(lab_store(self.layout))
-        return take_slot(ls.state, node, limit, ls.call, done=session.close)
+        with self._slot_lock:
+            if self._slot_session is None:
+                stack = contextlib.ExitStack()
+                self._slot_session = (stack, stack.enter_context(lab_store(self.layout)))
+            self._slots_held += 1
+            ls = self._slot_session[1]
+        return take_slot(ls.state, node, limit, ls.call, done=self._slot_gone)
+
+    def _slot_gone(self) -> None:
+        with self._slot_lock:
+            self._slots_held -= 1
+            if self._slots_held == 0 and self._slot_session is not None:
+                self._slot_session[0].close()
+                self._slot_session = None
 
     def wait_link(self, spec: ClusterSpec, network: str, node: str, up: bool,
                   timeout_s: float) -> bool:
