@@ -367,11 +367,12 @@ class Manager:
             if not isinstance(action, Restart):
                 continue
             owner = self.spec.vm(action.vm).owner
-            if action.node != owner and (young or (owner is not None and owner not in ran)):
+            unjoined = owner is not None and owner not in ran
+            if action.node != owner and (young or unjoined):
                 # Its owner may not have been heard yet, or has not joined the cluster at
                 # all (hosts join one by one after `cluster init`): it waits for its owner
                 # rather than piling onto the first hosts; once the owner ran, failover.
-                if owner not in ran and action.vm not in term.waiting:
+                if unjoined and action.vm not in term.waiting:
                     term.waiting.add(action.vm)
                     self.say(f"{action.vm} waits for its owner {owner}, which has not "
                              "joined the cluster yet (or start it elsewhere: vm start --on)")

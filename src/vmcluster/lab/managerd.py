@@ -58,12 +58,9 @@ class HostPower(QemuSubstrate):
         # Its last report says it left on purpose: the manager's loop (another thread of
         # this process) records it "off" once its heartbeats are gone; the step is done
         # then (bounded: a host that left no last words ends up "down" instead).
-        deadline = self.clock.now() + 30.0
-        while self.records.snapshot(self.spec).node_state(node) != "off":
-            if self.clock.now() > deadline:
-                raise SubstrateError(f"{node} was powered off but the cluster has not "
-                                     "recorded it off within 30 s")
-            self.clock.sleep(0.2)
+        self._await_off(node, True, 30.0, 0.2,
+                        f"{node} was powered off but the cluster has not recorded it off "
+                        "within 30 s")
 
 
 class LabActuator:

@@ -109,8 +109,8 @@ class NodeConfig:
     qemu: Mapping[str, Any] = field(default_factory=dict)  # a QemuInstall as JSON; {}: system
     manager: Mapping[str, float] = field(default_factory=dict)  # ManagerParams overrides
     lab: LabRef | None = None
-    # The directory every host mounts (plain VM disks, quick migrations' saved states,
-    # serial consoles); default: <state_dir>/shared, or the lab's directory.
+    # The directory every host mounts (plain VM disks, quick migrations' saved states);
+    # default: <state_dir>/shared, or the lab's directory.
     shared_dir: Path | None = None
     # The boot image of the VMs this host's agent starts: a host's own files, never a
     # path that came over the network.

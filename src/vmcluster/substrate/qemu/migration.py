@@ -7,8 +7,9 @@ calls a migration that moves no bytes for ``stall_s`` failed: a cut network
 never makes QEMU give up on its own), and ``finalize`` either hands the VM to
 the target (``cont``, ``announce-self``, ownership, source quits) or rolls
 back (cancel, resume on the source, target removed). Every phase is
-idempotent. A per-node limit on concurrent migrations is kept with ``flock``
-slot files, so it holds across processes and frees itself when a process dies.
+idempotent. A per-node limit on concurrent migrations is kept in the records' slots
+(leased keys in etcd, or ``flock`` files in a lab without a store), so it holds across
+processes and frees itself when a process dies.
 """
 
 from __future__ import annotations

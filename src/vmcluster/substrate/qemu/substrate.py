@@ -253,16 +253,23 @@ class QemuSubstrate:
         does, so this gives up after ``timeout_s`` without an error."""
         self.records.wait_link(self.spec, network, node, up, timeout_s)
 
-    def _await_heard(self, node: str, timeout_s: float = 60.0) -> None:
-        """Return once the records no longer show ``node`` off (with a store: once the
-        manager heard the host again, its next tick or two after the daemon's start)."""
+    def _await_off(self, node: str, off: bool, timeout_s: float, poll_s: float,
+                   failed: str) -> None:
+        """Return once the records show ``node`` off (``off``) or no longer off; with a
+        store, the manager records that once it heard the host leave or come back.
+        ``failed``: the error's text after ``timeout_s``."""
         deadline = self._clock.now() + timeout_s
-        while self.records.snapshot(self.spec).node_state(node) == "off":
+        while (self.records.snapshot(self.spec).node_state(node) == "off") != off:
             if self._clock.now() > deadline:
-                raise SubstrateError(f"{node}'s vmclusterd runs again but the cluster has "
-                                     f"not heard it within {timeout_s:.0f} s; see "
-                                     f"{self.layout.daemon_log(node)}")
-            self._clock.sleep(0.5)
+                raise SubstrateError(failed)
+            self._clock.sleep(poll_s)
+
+    def _await_heard(self, node: str, timeout_s: float = 60.0) -> None:
+        """Return once the cluster heard ``node`` again (its manager's next tick or two
+        after the daemon's start)."""
+        self._await_off(node, False, timeout_s, 0.5,
+                        f"{node}'s vmclusterd runs again but the cluster has not heard it "
+                        f"within {timeout_s:.0f} s; see {self.layout.daemon_log(node)}")
 
     def set_node(self, node: str, up: bool) -> None:
         self.spec.node(node)
