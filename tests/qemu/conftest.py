@@ -183,6 +183,32 @@ def vms(guest_image: GuestImage) -> Iterator[VmFactory]:
 
 
 LabStarter = Callable[..., QemuSubstrate]
+_LIVE_LABS: list[LabLayout] = []  # labs up right now, whose logs a failing test shows
+_LOG_TAIL = 60  # lines of each host log a failing lab test's report carries
+
+
+def _log_tails(layout: LabLayout) -> str:
+    """The last lines of every host's logs (vmclusterd, agent, heartbeats, ...): a lab
+    test that fails on CI says what the hosts were doing, not only what the test saw."""
+    out = []
+    for log in sorted(layout.state_dir.glob("hosts/*/var/log/*.log")):
+        try:
+            lines = log.read_text(errors="replace").splitlines()[-_LOG_TAIL:]
+        except OSError as exc:
+            lines = [f"(unreadable: {exc})"]
+        out.append(f"--- {log.relative_to(layout.state_dir)} (last {len(lines)} lines)")
+        out.extend(lines)
+    return "\n".join(out)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for layout in _LIVE_LABS:
+            report.sections.append((f"lab {layout.name}: host logs", _log_tails(layout)))
 
 
 @pytest.fixture(scope="module")
@@ -198,12 +224,14 @@ def start_lab() -> Iterator[LabStarter]:
         name = f"{prefix}{os.getpid()}"[:12]
         layout = LabLayout(name)
         started.append(layout)
+        _LIVE_LABS.append(layout)
         return lab_up(spec, name, say=lambda _m: None, qemu=qemu)
 
     try:
         yield start
     finally:
         for layout in started:
+            _LIVE_LABS.remove(layout)
             lab_down(layout)
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
         for layout in started:
