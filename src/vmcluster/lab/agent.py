@@ -14,8 +14,9 @@ On start it also asks its QEMU what it supports
 ``facts`` the whole answer (machine types, commands, capabilities).
 
 Ops: ping, facts, timeline, list, start, stop, pause, resume, incoming, migrate, query_migrate,
-set_params, cancel, takeover, release, discard, save, power_off, and the cluster shared
-volume ops of :class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that
+set_params, cancel, takeover, release, discard, save, power_off, drive, drive_status,
+drive_cancel (this host drives a live migration of its VM: :mod:`vmcluster.lab.driver`),
+and the cluster shared volume ops of :class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that
 carries a manager's fencing ``token`` is refused unless that manager still leads
 (:mod:`vmcluster.lab.fencing`); a state-changing request from another host must carry
 one (:data:`STATE_CHANGING`).
@@ -50,8 +51,9 @@ from cryptography.x509.oid import NameOID
 
 from vmcluster.csv.agentops import CsvOps
 from vmcluster.errors import InputError, QmpError, StoreError, SubstrateError, VmclusterError
-from vmcluster.lab.client import AGENT_PORT, addresses_from, speak_as
+from vmcluster.lab.client import AGENT_PORT, Conflict, NotFound, addresses_from, speak_as
 from vmcluster.lab.credentials import ADMIN
+from vmcluster.lab.driver import SourceDrives
 from vmcluster.lab.fencing import AgentFence
 from vmcluster.lab.layout import LabLayout, shared_layout
 from vmcluster.model import ClusterSpec
@@ -61,6 +63,7 @@ from vmcluster.policy.networks import node_cluster_networks
 from vmcluster.store import vms
 from vmcluster.store.errors import Fenced
 from vmcluster.store.state import ClusterState
+from vmcluster.substrate.protocol import MigrationParams
 from vmcluster.substrate.qemu.facts import QemuFacts, QemuInstall, probe
 from vmcluster.substrate.qemu.process import QemuProcess
 from vmcluster.substrate.qemu.qmp import MIGRATING
@@ -69,14 +72,6 @@ from vmcluster.substrate.qemu.vm import VmConfig, mac_for
 __all__ = ["Agent", "Conflict", "NotFound", "guest_config", "main"]
 
 Reply = dict[str, Any]
-
-
-class NotFound(SubstrateError):
-    """The VM asked for has no QEMU here, or no definition in the cluster."""
-
-
-class Conflict(SubstrateError):
-    """What was asked contradicts the store (e.g. a start where the VM is not placed)."""
 
 
 _TCP_URI = re.compile(r"^tcp:\d{1,3}(\.\d{1,3}){3}:\d{1,5}$")
@@ -106,6 +101,10 @@ class Agent(CsvOps):
         self._state: ClusterState | None = None
         self._fresh: tuple[float, ClusterSpec] | None = None
         self._refreshing = threading.Event()
+        # The live migrations this host drives as their source (see vmcluster.lab.driver).
+        self.drives = SourceDrives(self.node, layout,
+                                   lambda: cfg.store(timeout_s=5.0, retry_s=5.0),
+                                   lambda: self.cluster_spec(max_age_s=1.0), _log)
 
     def lock(self, vm: str) -> asyncio.Lock:
         return self.locks.setdefault(vm, asyncio.Lock())
@@ -412,6 +411,34 @@ class Agent(CsvOps):
         await qp.qmp.start_migration(_tcp_uri(req.get("uri")))
         return {}
 
+    async def op_drive(self, req: Reply) -> Reply:
+        """Drive the live migration of a VM that runs here, under the asker's fencing token
+        (a thread of this agent runs the whole protocol; see vmcluster.lab.driver). Returns
+        at once with the drive's id; ``drive_status`` tells how it goes."""
+        if self._store() is None:
+            raise SubstrateError(f"{self.node} knows no store: a drive needs the cluster's "
+                                 "records (migrate from the operator's side instead)")
+        if req.get("token") is None:
+            raise InputError("drive: the manager's fencing token is missing")
+        qp = self.get(str(req.get("vm")))
+        if qp.record.role != "run":
+            raise Conflict(f"{qp.record.vm} on {self.node} is not the running copy")
+        params = None
+        if req.get("params") is not None:
+            try:
+                params = MigrationParams(**dict(req["params"]))
+            except (TypeError, ValueError) as exc:
+                raise InputError(f"drive: bad migration params {req['params']!r}: {exc}"
+                                 ) from exc
+        return self.drives.start(qp.record.vm, str(req.get("target")), int(req["token"]),
+                                 params)
+
+    async def op_drive_status(self, req: Reply) -> Reply:
+        return self.drives.status(str(req.get("vm")), req.get("id"))
+
+    async def op_drive_cancel(self, req: Reply) -> Reply:
+        return self.drives.cancel(str(req.get("vm")), req.get("id"))
+
     async def _migration_tls(self, qp: QemuProcess, endpoint: str, on: bool,
                              hostname: str = "") -> None:
         """TLS for this QEMU's next migration stream (or none), with this host's certificate:
@@ -560,7 +587,7 @@ class Agent(CsvOps):
 LIST_QMP_S = 3.0
 STATE_CHANGING = frozenset({"start", "stop", "pause", "resume", "incoming", "set_params",
                             "migrate", "cancel", "takeover", "release", "discard", "save",
-                            "power_off", "delete_disk"})
+                            "power_off", "delete_disk", "drive", "drive_cancel"})
 
 
 def _peer_name(tls: ssl.SSLObject) -> str:

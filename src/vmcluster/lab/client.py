@@ -42,8 +42,8 @@ from vmcluster.pki import NodeCredentials
 if TYPE_CHECKING:
     from vmcluster.model import ClusterSpec
 
-__all__ = ["AGENT_PORT", "AgentClient", "AgentDown", "AgentError", "LocalAgent", "addresses_from",
-           "client_context", "forget_namespaces", "speak_as"]
+__all__ = ["AGENT_PORT", "AgentClient", "AgentDown", "AgentError", "Conflict", "LocalAgent",
+           "NotFound", "addresses_from", "client_context", "forget_namespaces", "speak_as"]
 
 AGENT_PORT = 3345
 _identity = {"name": "admin", "tls_dir": ""}
@@ -65,6 +65,16 @@ class AgentError(SubstrateError):
     def __init__(self, message: str, code: str = "failed") -> None:
         super().__init__(message)
         self.code = code
+
+
+class NotFound(SubstrateError):
+    """(Raised by an agent.) The VM asked for has no QEMU here, or no definition in the
+    cluster; on the wire: code ``not_found``."""
+
+
+class Conflict(SubstrateError):
+    """(Raised by an agent.) What was asked contradicts the store (e.g. a start where the
+    VM is not placed); on the wire: code ``conflict``."""
 
 
 def speak_as(name: str, tls_dir: Path | None = None) -> None:

@@ -1,0 +1,238 @@
+"""A live migration is driven by its source host, not by the manager that asked for it.
+
+The elected manager decides *that* a VM moves (an operator's intent, a drain, a
+consolidation plan, a quarantined host); the source host's agent *drives* the move:
+it runs :func:`vmcluster.control.migration.migrate` in a thread of its own, under the
+fencing token the manager sent with the request, with the migration's record and
+driver lease in etcd (:class:`~vmcluster.control.ledger.StoreLedger`). So:
+
+* the manager's process does not carry the migration: a manager that fails over
+  mid-copy does not end it. The copy goes on; the switchover's compare-and-set is
+  still guarded by the token the driver was started with, so once another manager
+  leads, the old driver's end is refused and the new manager settles the record from
+  QEMU's own state on both ends (completes a finished copy, rolls back an unfinished
+  one), as it does for any driver that died;
+* a source host that dies takes its driver along: its lease lapses, and the manager
+  settles the record the same way (the VM then fails over with its host);
+* the asker watches: :func:`drive_at_source` polls the source's ``drive_status`` and
+  hands on its progress, and a cancel is sent to the driver (``drive_cancel``), which
+  rolls back at its next safe point.
+
+Two halves: :class:`SourceDrives` lives in the agent (ops ``drive``, ``drive_status``,
+``drive_cancel``), :func:`drive_at_source` in whoever asks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vmcluster.control.ledger import StoreLedger
+from vmcluster.control.migration import MigrationRequest, ProgressCallback, known_health, migrate
+from vmcluster.errors import (
+    MigrationCancelled,
+    MigrationError,
+    MigrationRefused,
+    PolicyError,
+    SubstrateError,
+    VmclusterError,
+)
+from vmcluster.lab.client import AgentClient, AgentDown, AgentError, NotFound
+from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.records import StoreRecords
+from vmcluster.model import ClusterSpec
+from vmcluster.store.state import ClusterState
+from vmcluster.substrate.protocol import (
+    MigrationHandle,
+    MigrationParams,
+    MigrationProgress,
+    MigrationResult,
+)
+from vmcluster.substrate.qemu.substrate import QemuSubstrate
+
+__all__ = ["DRIVER_LOST_S", "SourceDrives", "drive_at_source"]
+
+DRIVER_LOST_S = 15.0  # the source's agent silent this long: its driver is taken for lost
+_KEEP_DONE_S = 600.0  # how long a finished drive's result is kept for its asker
+# The errors a drive can end with before it moved anything, by name across the wire.
+_ERRORS: dict[str, type[VmclusterError]] = {
+    cls.__name__: cls for cls in (MigrationError, MigrationRefused, PolicyError,
+                                  MigrationCancelled, SubstrateError)}
+
+
+@dataclass
+class _Drive:
+    id: str
+    vm: str
+    target: str
+    token: int
+    state: str = "running"  # running | done | failed
+    handle: dict[str, str] | None = None
+    progress: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    error_type: str | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    ended_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "vm": self.vm, "target": self.target, "state": self.state,
+                "handle": self.handle, "progress": self.progress, "result": self.result,
+                "error": self.error, "error_type": self.error_type,
+                "cancelled": self.cancel.is_set()}
+
+
+class SourceDrives:
+    """The migrations this host drives as their source (one per VM at a time).
+
+    ``store()``: a new client of the cluster's store (each drive has its own session);
+    ``spec()``: the cluster's spec with its VMs as the store defines them now."""
+
+    def __init__(self, node: str, layout: LabLayout, store: Callable[[], ClusterState],
+                 spec: Callable[[], ClusterSpec],
+                 log: Callable[[str], None] = lambda _m: None) -> None:
+        self.node, self.layout, self._store, self._spec = node, layout, store, spec
+        self.log = log
+        self._drives: dict[str, _Drive] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    def start(self, vm: str, target: str, token: int, params: MigrationParams | None
+              ) -> dict[str, Any]:
+        """Begin driving ``vm`` to ``target``; returns at once with the drive's id."""
+        with self._lock:
+            self._forget_old()
+            now = self._drives.get(vm)
+            if now is not None and now.state == "running":
+                raise MigrationError(f"{vm} is already migrating to {now.target} "
+                                     f"(driven by {self.node})")
+            drive = _Drive(f"{self.node}-{time.time_ns()}-{next(self._ids)}", vm, target, token)
+            self._drives[vm] = drive
+        self.log(f"driving the migration of {vm} to {target} (token {token}, id {drive.id})")
+        threading.Thread(target=self._run, args=(drive, params), name=f"drive-{vm}",
+                         daemon=True).start()
+        return {"id": drive.id, "driver": self.node}
+
+    def status(self, vm: str, drive_id: str | None = None) -> dict[str, Any]:
+        with self._lock:
+            drive = self._drives.get(vm)
+        if drive is None or (drive_id is not None and drive.id != drive_id):
+            raise NotFound(f"{self.node} drives no migration of {vm}"
+                           + (f" with id {drive_id}" if drive_id else ""))
+        return drive.to_json()
+
+    def cancel(self, vm: str, drive_id: str | None = None) -> dict[str, Any]:
+        got = self.status(vm, drive_id)
+        with self._lock:
+            drive = self._drives[vm]
+        drive.cancel.set()
+        return {**got, "cancelled": True}
+
+    def running(self) -> list[str]:
+        with self._lock:
+            return sorted(vm for vm, d in self._drives.items() if d.state == "running")
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        for vm, d in list(self._drives.items()):
+            if d.ended_at is not None and now - d.ended_at > _KEEP_DONE_S:
+                del self._drives[vm]
+
+    def _run(self, drive: _Drive, params: MigrationParams | None) -> None:
+        def on_progress(h: MigrationHandle, p: MigrationProgress) -> None:
+            drive.handle = asdict(h)
+            drive.progress = asdict(p)
+            if drive.cancel.is_set():
+                raise MigrationCancelled(f"the migration of {h.vm} was cancelled")
+
+        try:
+            state = self._store()
+            spec = self._spec()
+            sub = QemuSubstrate(self.layout, spec, records=StoreRecords(state))
+            sub.token = drive.token  # every request of this drive carries the asker's token
+            if sub.status().vm(drive.vm).node != self.node:
+                raise MigrationError(f"{drive.vm} does not run on {self.node}; its source "
+                                     "drives a migration")
+            result = migrate(sub, spec, known_health(spec, sub.status()),
+                             MigrationRequest(drive.vm, drive.target, params), on_progress,
+                             StoreLedger(state, drive.token))
+            drive.result, drive.state = result.to_json(), "done"
+        except VmclusterError as exc:
+            drive.error, drive.error_type, drive.state = str(exc), type(exc).__name__, "failed"
+        except Exception as exc:  # a driver thread never dies silently
+            drive.error, drive.error_type = f"{type(exc).__name__}: {exc}", "MigrationError"
+            drive.state = "failed"
+        finally:
+            drive.ended_at = time.monotonic()
+            r = drive.result or {}
+            self.log(f"drive {drive.id} of {drive.vm} ended: " + (
+                f"{'moved to ' + drive.target if r.get('ok') else 'not moved'} "
+                f"({r.get('network')}, {r.get('total_s')} s, downtime {r.get('downtime_ms')} ms"
+                + (f"; {r['error']}" if r.get("error") else "") + ")"
+                if drive.state == "done" else f"failed: {drive.error}"))
+
+
+def drive_at_source(sub: QemuSubstrate, req: MigrationRequest,
+                    on_progress: ProgressCallback | None, token: int,
+                    lost_s: float = DRIVER_LOST_S) -> MigrationResult:
+    """Have ``req.vm``'s source host drive its migration under ``token``, and watch it
+    until it ends. Raises what the driver raised before it moved anything (no network,
+    a refusal, a cancel that rolled back); a driver lost for ``lost_s`` (its host or
+    agent went) gives an unsettled result: the manager settles its record."""
+    source = sub.status().vm(req.vm).node
+    if source is None:
+        raise MigrationError(f"{req.vm} is not running; start it before migrating")
+    if source == req.target:
+        raise MigrationError(f"{req.vm} already runs on {req.target}; pick another node")
+    asker = AgentClient(sub.layout, source, token=token)
+    params = None if req.params is None else asdict(req.params)
+    try:
+        drive_id = str(asker.call("drive", vm=req.vm, target=req.target, params=params,
+                                  timeout_s=30)["id"])
+    except AgentDown as exc:
+        raise MigrationError(f"cannot migrate {req.vm}: its source {source} does not "
+                             f"answer ({exc})") from exc
+    watcher = AgentClient(sub.layout, source)
+    cancel_sent, heard = False, time.monotonic()
+    shown: tuple[Any, ...] = ()
+    while True:
+        try:
+            st = watcher.call("drive_status", vm=req.vm, id=drive_id, timeout_s=10)
+            heard = time.monotonic()
+        except (AgentDown, AgentError) as exc:
+            # Silent too long, or restarted (a new agent knows no drive of its
+            # predecessor): the driver is gone and its lease lapses.
+            gone = isinstance(exc, AgentError) and exc.code == "not_found"
+            if isinstance(exc, AgentError) and not gone:
+                raise
+            if gone or time.monotonic() - heard > lost_s:
+                return MigrationResult(
+                    req.vm, source, req.target, "?", ok=False, unsettled=True,
+                    error=f"the driver on {source} was lost ({exc}); the manager settles "
+                          "the migration from its record and QEMU's state")
+            time.sleep(0.5)
+            continue
+        if st.get("handle") and st.get("progress") and on_progress is not None:
+            key = tuple(sorted(st["progress"].items()))
+            if key != shown:
+                shown = key
+                try:
+                    on_progress(MigrationHandle(**st["handle"]),
+                                MigrationProgress(**st["progress"]))
+                except MigrationCancelled:
+                    if not cancel_sent:
+                        asker.call("drive_cancel", vm=req.vm, id=drive_id, timeout_s=10)
+                        cancel_sent = True
+        if st["state"] == "done":
+            result = MigrationResult.from_json(st["result"])
+            if cancel_sent and not result.ok:
+                raise MigrationCancelled(f"the migration of {req.vm} was cancelled; it stays "
+                                         f"on {result.source}")
+            return result
+        if st["state"] == "failed":
+            raise _ERRORS.get(str(st.get("error_type")), MigrationError)(str(st["error"]))
+        time.sleep(max(req.poll_s, 0.2))
