@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from vmcluster.control.consolidate import ConsolidationPlan, PlannedMigration, PowerGuard
 from vmcluster.control.ledger import StoreLedger
-from vmcluster.control.migration import MigrationRequest, known_health, migrate
+from vmcluster.control.migration import MigrationRequest, Migrator, known_health, migrate
 from vmcluster.errors import MigrationCancelled, VmclusterError
 from vmcluster.model import ClusterSpec
 from vmcluster.store.election import current_leader
@@ -80,6 +80,7 @@ OnStep = Callable[[Step], None]
 class _Run:
     on_step: OnStep | None
     ledger: Callable[[], StoreLedger | None]
+    migrator: Migrator
     results: list[MigrationResult] = field(default_factory=list)
     on: list[str] = field(default_factory=list)
     off: list[str] = field(default_factory=list)
@@ -96,12 +97,14 @@ def apply(substrate: Substrate, spec: ClusterSpec, the_plan: ConsolidationPlan,
           on_step: OnStep | None = None, poll_s: float = 0.2,
           timeout_s: float = 600.0, ledger: Callable[[], StoreLedger | None] = lambda: None,
           cancelled: Callable[[], bool] = lambda: False,
-          guard: Callable[[], PowerGuard] = PowerGuard) -> ApplyReport:
+          guard: Callable[[], PowerGuard] = PowerGuard,
+          migrator: Migrator = migrate) -> ApplyReport:
     """Perform ``the_plan``: power-ons, then each migration, then power-offs of emptied
     nodes. ``ledger()``: a migration ledger per VM (the manager's, under its token);
     ``cancelled()`` is asked before each migration; ``guard()`` is asked, as things are
-    then, before each power-off (a plan may be older than the cluster's quorum)."""
-    run = _Run(on_step, ledger)
+    then, before each power-off (a plan may be older than the cluster's quorum);
+    ``migrator``: who drives each migration (this process, or the VM's source host)."""
+    run = _Run(on_step, ledger, migrator)
     failed_on: set[str] = set()
     for node in the_plan.power_on:
         run.say("power-on", node, f"powering {node} on: load needs it")
@@ -167,7 +170,7 @@ def _migrate_one(substrate: Substrate, spec: ClusterSpec, m: PlannedMigration, r
     health = known_health(spec, substrate.status())
     req = MigrationRequest(vm=m.vm, target=m.target, poll_s=poll_s, timeout_s=timeout_s)
     try:
-        res = migrate(substrate, spec, health, req, progress, run.ledger())
+        res = run.migrator(substrate, spec, health, req, progress, run.ledger())
     except MigrationCancelled:
         raise
     except VmclusterError as exc:  # no network could even be tried; nothing moved

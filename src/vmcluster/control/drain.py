@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 
 from vmcluster.control.events import MigrationDone, VmCannotPlace
 from vmcluster.control.ledger import StoreLedger
-from vmcluster.control.migration import MigrationRequest, ProgressCallback, known_health, migrate
+from vmcluster.control.migration import (
+    MigrationRequest,
+    Migrator,
+    ProgressCallback,
+    known_health,
+    migrate,
+)
 from vmcluster.errors import MigrationCancelled, UsageError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.failover import CannotPlace, FailoverParams, Migrate, drain_plan
@@ -65,12 +71,14 @@ def drain(
     on_result: Callable[[MigrationResult], None] = lambda _r: None,
     ledger: Callable[[], StoreLedger | None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
+    migrator: Migrator = migrate,
 ) -> DrainResult:
     """Drain ``node`` (see module docstring); ``store(fn, *args)`` runs each store call
     (the CLI runs them from inside the lab's namespace). ``ledger()``: a migration ledger
     per VM (the manager's, under its token: each switchover then moves the placement);
     ``cancelled()`` is asked before each VM (and the ``on_progress`` callback may raise
-    MigrationCancelled for the one in flight)."""
+    MigrationCancelled for the one in flight); ``migrator``: who drives each migration
+    (this process, or the VM's source host)."""
     spec.node(node)
     nodes = store(state.node_states)
     assert isinstance(nodes, dict)
@@ -97,8 +105,8 @@ def drain(
             if cancelled():
                 raise MigrationCancelled(f"the drain of {node} was cancelled")
             health = known_health(spec, substrate.status())
-            result = migrate(substrate, spec, health, MigrationRequest(action.vm, action.target),
-                             on_progress, ledger() if ledger is not None else None)
+            result = migrator(substrate, spec, health, MigrationRequest(action.vm, action.target),
+                              on_progress, ledger() if ledger is not None else None)
             on_result(result)
             store(state.append_event, MigrationDone(
                 wall(), node, result.vm, result.source, result.target, result.network,

@@ -36,7 +36,7 @@ from vmcluster.substrate.protocol import (
 if TYPE_CHECKING:
     from vmcluster.control.ledger import StoreLedger
 
-__all__ = ["MigrationRequest", "ProgressCallback", "known_health", "migrate"]
+__all__ = ["MigrationRequest", "Migrator", "ProgressCallback", "known_health", "migrate"]
 
 ProgressCallback = Callable[[MigrationHandle, MigrationProgress], None]
 
@@ -57,6 +57,14 @@ class MigrationRequest:
     params: MigrationParams | None = None  # None: from the VM's spec
     poll_s: float = 0.1
     timeout_s: float = 600.0
+
+
+# Who carries out a migration: :func:`migrate` here, in this process, or a stand-in with
+# its signature that has another process drive it (the source host's agent:
+# vmcluster.lab.driver) and returns what that driver's ``migrate`` returned.
+Migrator = Callable[
+    [Substrate, ClusterSpec, Health, "MigrationRequest", ProgressCallback | None,
+     "StoreLedger | None"], MigrationResult]
 
 
 def migrate(

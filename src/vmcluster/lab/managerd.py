@@ -25,18 +25,30 @@ from typing import Any
 from vmcluster.control.drain import drain
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds
-from vmcluster.control.migration import MigrationRequest, known_health, migrate
+from vmcluster.control.migration import (
+    MigrationRequest,
+    Migrator,
+    ProgressCallback,
+    known_health,
+)
 from vmcluster.errors import MigrationCancelled, StoreError, SubstrateError
 from vmcluster.lab.client import AgentClient, AgentDown, addresses_from, speak_as
+from vmcluster.lab.driver import drive_at_source
 from vmcluster.lab.layout import LabLayout, shared_layout
 from vmcluster.lab.records import StoreRecords
 from vmcluster.model import ClusterSpec
 from vmcluster.node.config import load_config
+from vmcluster.policy.networks import Health
 from vmcluster.store.election import Fence
 from vmcluster.store.errors import Fenced
 from vmcluster.store.state import ClusterState
 from vmcluster.substrate.clock import MonotonicClock
-from vmcluster.substrate.protocol import MigrationHandle, MigrationProgress
+from vmcluster.substrate.protocol import (
+    MigrationHandle,
+    MigrationProgress,
+    MigrationResult,
+    Substrate,
+)
 from vmcluster.substrate.qemu.qmp import MIGRATING
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
@@ -106,9 +118,20 @@ class LabActuator:
     def migrate_vm(self, vm: str, target: str, token: int) -> bool:
         spec = self._spec()
         sub = self._sub(token, spec)
-        result = migrate(sub, spec, known_health(spec, sub.status()),
-                         MigrationRequest(vm, target), ledger=self._ledger(token))
+        result = self._migrator(token)(sub, spec, known_health(spec, sub.status()),
+                                       MigrationRequest(vm, target), None, None)
         return result.ok
+
+    def _migrator(self, token: int) -> Migrator:
+        """Live migrations are driven by the VM's source host, under ``token``; the
+        manager watches (see vmcluster.lab.driver)."""
+        def at_source(sub: Substrate, _spec: ClusterSpec, _health: Health,
+                      req: MigrationRequest, on_progress: ProgressCallback | None,
+                      _ledger: StoreLedger | None) -> MigrationResult:
+            assert isinstance(sub, QemuSubstrate)
+            return drive_at_source(sub, req, on_progress, token)
+
+        return at_source
 
     def _ledger(self, token: int) -> StoreLedger:
         """Each migration's record in the store, under the manager's token."""
@@ -141,8 +164,8 @@ class LabActuator:
                                  ledger=self._ledger(token)).to_json()
         if kind == "migrate":
             vm, target = str(args["vm"]), str(args["to"])
-            result = migrate(sub, spec, known_health(spec, sub.status()),
-                             MigrationRequest(vm, target), on_progress, self._ledger(token))
+            result = self._migrator(token)(sub, spec, known_health(spec, sub.status()),
+                                           MigrationRequest(vm, target), on_progress, None)
             return result.to_json()
         if kind == "drain":
             st = self.state
@@ -151,7 +174,7 @@ class LabActuator:
                             {"vm": a.vm, "target": getattr(a, "target", None),
                              "reason": getattr(a, "reason", None)} for a in plan]}),
                         on_progress=on_progress, ledger=lambda: self._ledger(token),
-                        cancelled=cancelled)
+                        cancelled=cancelled, migrator=self._migrator(token))
             return {**got.to_json(), "ok": not got.failed}
         if kind == "consolidate":
             from vmcluster.control.consolidate import ConsolidationPlan
@@ -172,7 +195,8 @@ class LabActuator:
 
             report = apply(power, spec, ConsolidationPlan.from_json(dict(args["plan"])),
                            on_step=on_step, ledger=lambda: self._ledger(token),
-                           cancelled=cancelled, guard=lambda: store_guard(st))
+                           cancelled=cancelled, guard=lambda: store_guard(st),
+                           migrator=self._migrator(token))
             return {**report.to_json(), "steps": steps}
         if kind == "delete":  # the VM's disk, by a host that is up (any host reaches it)
             failures = []
