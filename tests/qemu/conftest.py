@@ -193,7 +193,8 @@ def _log_tails(layout: LabLayout) -> str:
     out = []
     for log in sorted(layout.state_dir.glob("hosts/*/var/log/*.log")):
         try:
-            lines = log.read_text(errors="replace").splitlines()[-_LOG_TAIL:]
+            tail = 10 if log.name == "etcd.log" else _LOG_TAIL  # etcd's lines are long
+            lines = log.read_text(errors="replace").splitlines()[-tail:]
         except OSError as exc:
             lines = [f"(unreadable: {exc})"]
         out.append(f"--- {log.relative_to(layout.state_dir)} (last {len(lines)} lines)")

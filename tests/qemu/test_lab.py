@@ -605,6 +605,62 @@ def test_a_migration_asked_through_the_api_is_done_by_the_manager(lab: QemuSubst
     assert bad.returncode == 2 and "node9" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
+def _managerd_pid(lab: QemuSubstrate, node: str) -> int:
+    """The pid of ``node``'s manager candidate (a part of its vmclusterd)."""
+    host = subprocess.run(["ip", "netns", "pids", lab.layout.node_ns(node)],
+                          capture_output=True, text=True, check=True).stdout.split()
+    pids = [int(pid) for pid in host
+            if b"vmcluster.lab.managerd" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(pids) == 1, (node, pids)
+    return pids[0]
+
+
+def test_the_source_host_drives_a_migration_and_it_outlives_the_manager(
+        lab: QemuSubstrate) -> None:
+    """The elected manager asks, the VM's source host drives (its agent reports the
+    drive); killing the manager mid-copy does not end the migration: the VM ends up
+    running once, on the target."""
+    status = _vmc_in(lab.layout.client_ns, _admin_env(lab), "cluster", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    manager = json.loads(status.stdout)["manager"]["node"]
+    # A VM that the manager's host neither runs nor receives: only the manager dies.
+    vm, source = next((v, lab.owner(v)) for v in ("db", "web", "batch")
+                      if lab.owner(v) != manager)
+    assert source is not None
+    target = next(n.name for n in lab.spec.nodes if n.name not in (source, manager))
+    root = Path(__file__).resolve().parents[2]
+    cli = subprocess.Popen(
+        ["ip", "netns", "exec", lab.layout.client_ns, sys.executable, "-m", "vmcluster", "vm",
+         "migrate", vm, "--to", target, "--json"],
+        env={**os.environ, "PYTHONPATH": str(root / "src"), **_admin_env(lab)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = AgentClient(lab.layout, source)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the source's agent drives it, under the manager's token
+            with contextlib.suppress(AgentError):
+                drive = driver.call("drive_status", vm=vm)
+                if drive["state"] != "running" or (drive["progress"] or {}).get(
+                        "status") == "active":
+                    break
+            assert time.monotonic() < deadline, "the source never drove the migration"
+            time.sleep(0.05)
+        assert drive["target"] == target
+        os.kill(_managerd_pid(lab, manager), signal.SIGKILL)  # vmclusterd starts it again
+        deadline = time.monotonic() + 90
+        while (drive := driver.call("drive_status", vm=vm, id=drive["id"]))["state"] \
+                == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert drive["state"] == "done", drive
+    finally:
+        cli.kill()
+        cli.wait(timeout=10)
+    copies = _one_copy_until_settled(lab, vm, timeout_s=60)
+    assert copies == {target: ("run", "running")}, (copies, drive)
+    assert _store(lab)[0][vm] == target and lab.owner(vm) == target
+
+
 def test_a_vm_defined_through_the_api_is_started_stopped_and_deleted(lab: QemuSubstrate) -> None:
     """From the admin namespace with VMCLUSTER_URL only: define a VM, start it (the
     manager places it on its owner and its node builds and runs the QEMU), stop it (it
