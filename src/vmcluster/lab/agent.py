@@ -13,11 +13,12 @@ On start it also asks its QEMU what it supports
 (:func:`~vmcluster.substrate.qemu.facts.probe`): ``ping`` reports the version,
 ``facts`` the whole answer (machine types, commands, capabilities).
 
-Ops: ping, facts, timeline, list, start, stop, pause, resume, incoming, migrate, query_migrate,
-set_params, cancel, takeover, release, discard, save, power_off, drive, drive_status,
-drive_cancel (this host drives a live migration of its VM: :mod:`vmcluster.lab.driver`),
-and the cluster shared volume ops of :class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that
-carries a manager's fencing ``token`` is refused unless that manager still leads
+Ops: ping, facts, timeline, list, start, stop, pause, resume, incoming, migrate,
+query_migrate, set_params, cancel, takeover, release, discard, save, power_off, drive,
+drive_status, drive_cancel, drive_adopt (this host drives a live migration of its VM:
+:mod:`vmcluster.lab.driver`), and the cluster shared volume ops of
+:class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that carries a manager's
+fencing ``token`` is refused unless that manager still leads
 (:mod:`vmcluster.lab.fencing`); a state-changing request from another host must carry
 one (:data:`STATE_CHANGING`).
 
@@ -170,10 +171,18 @@ class Agent(CsvOps):
                 qp = self.get(name)
             except VmclusterError:
                 return None  # its process is gone
-            try:
-                status = await asyncio.wait_for(qp.qmp.query_status(), timeout=LIST_QMP_S)
-            except (VmclusterError, TimeoutError):
+            # asyncio.wait, not wait_for: a QMP call whose cancel does not finish at once
+            # must not hold up the list (wait_for waits for the cancelled call to end).
+            ask = asyncio.ensure_future(qp.qmp.query_status())
+            await asyncio.wait({ask}, timeout=LIST_QMP_S)
+            if not ask.done():
+                ask.cancel()
+                ask.add_done_callback(_consume)
                 status = "unknown"
+            elif ask.exception() is not None:
+                status = "unknown"
+            else:
+                status = ask.result()
             return {"vm": name, "role": qp.record.role, "status": status, "pid": qp.pid,
                     "serial_log": qp.record.serial_log}
 
@@ -439,6 +448,12 @@ class Agent(CsvOps):
     async def op_drive_cancel(self, req: Reply) -> Reply:
         return self.drives.cancel(str(req.get("vm")), req.get("id"))
 
+    async def op_drive_adopt(self, req: Reply) -> Reply:
+        """A new manager's token for a drive in flight (checked to lead, like any)."""
+        if req.get("token") is None:
+            raise InputError("drive_adopt: the manager's fencing token is missing")
+        return self.drives.adopt(str(req.get("vm")), req.get("id"), int(req["token"]))
+
     async def _migration_tls(self, qp: QemuProcess, endpoint: str, on: bool,
                              hostname: str = "") -> None:
         """TLS for this QEMU's next migration stream (or none), with this host's certificate:
@@ -587,7 +602,8 @@ class Agent(CsvOps):
 LIST_QMP_S = 3.0
 STATE_CHANGING = frozenset({"start", "stop", "pause", "resume", "incoming", "set_params",
                             "migrate", "cancel", "takeover", "release", "discard", "save",
-                            "power_off", "delete_disk", "drive", "drive_cancel"})
+                            "power_off", "delete_disk", "drive", "drive_cancel",
+                            "drive_adopt"})
 
 
 def _peer_name(tls: ssl.SSLObject) -> str:
@@ -706,7 +722,10 @@ async def _serve(agent: Agent, sock_path: Path) -> None:
                 if tls is not None:
                     _require_token(str(req.get("op")), req, _peer_name(tls))
                 await fence.check(req)  # a manager's request: refused if its token is stale
+                began = time.monotonic()
                 reply = {"ok": True, **await handler(req)}
+                if time.monotonic() - began > SLOW_OP_S:
+                    _log(f"{req.get('op')} from {peer} took {time.monotonic() - began:.1f} s")
         except VmclusterError as exc:
             reply = {"ok": False, "code": error_code(exc), "error": str(exc)}
         except Exception as exc:  # the agent answers every request, whatever broke
@@ -731,13 +750,36 @@ async def _serve(agent: Agent, sock_path: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     monitor = asyncio.create_task(agent.csv_monitor())
+    lag = asyncio.create_task(_watch_loop_lag())
     await stop.wait()
     for server in servers:
         server.close()
     monitor.cancel()
+    lag.cancel()
     # Exiting leaves every QEMU running: a restarted agent adopts them again.
     for qp in agent.vms.values():
         await qp.qmp.close()
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Fetch an abandoned task's outcome, so that asyncio does not log it as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
+SLOW_OP_S = 5.0  # an op that takes longer is logged: its callers time out at 10-30 s
+LAG_S = 1.0  # the event loop held this long by one step is logged (nothing else answers)
+
+
+async def _watch_loop_lag(every_s: float = 0.25) -> None:
+    """Log when this agent's event loop was held (a blocking call on it): while it is,
+    no request, not even ``ping`` or ``list``, is answered."""
+    while True:
+        t0 = time.monotonic()
+        await asyncio.sleep(every_s)
+        late = time.monotonic() - t0 - every_s
+        if late > LAG_S:
+            _log(f"the event loop was held for {late:.1f} s")
 
 
 def _log(msg: str) -> None:

@@ -232,17 +232,20 @@ class AgentClient:
         failures = []
         for addr in _reachable(self.layout, self.node, inside):
             sock = _new_socket(self.layout, inside)
+            phase = "connect"  # which step failed, for the error: a dead address or a hung agent
             try:
                 sock.settimeout(min(timeout_s, 2.0))  # a dead address: try the next soon
                 sock.connect((addr, AGENT_PORT))
                 sock.settimeout(timeout_s)
+                phase = "TLS handshake"
                 with ctx.wrap_socket(sock, server_hostname=self.node) as tls:
+                    phase = f"reply within {timeout_s:g} s"
                     buf = exchange(tls, request)
             except ssl.SSLError as exc:
                 raise AgentDown(f"the agent of {self.node} refused TLS at {addr}: "
                                 f"{exc.reason or exc}") from exc
             except OSError as exc:
-                failures.append(f"{addr}: {exc}")
+                failures.append(f"{addr}: {phase}: {exc}")
                 continue
             finally:
                 sock.close()
