@@ -20,7 +20,7 @@ import pytest
 
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds, report_key
-from vmcluster.errors import MigrationCancelled
+from vmcluster.errors import MigrationCancelled, MigrationError
 from vmcluster.model.spec import load_spec
 from vmcluster.store import ClusterState, EtcdClient, EtcdCluster, Fenced, embedded, intents, vms
 
@@ -57,8 +57,19 @@ class Recorder:
     def stop_vm(self, vm: str, node: str, token: int) -> None:
         self.stopped = [*getattr(self, "stopped", []), (vm, node, token)]
 
-    def migrate_vm(self, vm: str, target: str, token: int) -> bool:
-        return False
+    def migrate_vm(self, vm: str, target: str, token: int) -> None:
+        self.migrated = [*getattr(self, "migrated", []), (vm, target, token)]
+
+    adoptable: dict[str, dict[str, Any]]  # by VM: what a deposed manager's driver ends with
+
+    def adopt_migration(self, args: Mapping[str, Any], token: int,
+                        cancelled: Callable[[], bool],
+                        progress: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
+        self.adopted = [*getattr(self, "adopted", []), (dict(args), token)]
+        got = getattr(self, "adoptable", {}).get(str(args["vm"]))
+        if got is None:
+            raise MigrationError(f"no host drives the migration of {args['vm']} any more")
+        return got
 
     def migration_ends(self, vm: str, source: str, target: str) -> MigrationEnds:
         return self.ends[vm]
@@ -236,6 +247,23 @@ def test_third_failure_within_the_window_quarantines(state: ClusterState) -> Non
     assert kinds(state).count("node_down") == 4
 
 
+def test_a_quarantined_host_that_is_up_is_emptied_without_waiting(
+        state: ClusterState) -> None:
+    """Its VMs are handed to their source host to drive, once each; the manager does
+    not wait for the copy, and does not move a placement itself (the switchover does)."""
+    m, _clock, rec = manager(state)
+    token = m.take_office(10)
+    state.set_node_state("node3", "quarantined", failures=[1.0, 2.0, 3.0], failed=False)
+    publish(state, set())
+    before = {vm: p.node for vm, p in state.placements().items()}
+    m.tick()
+    m.tick()
+    on3 = sorted(vm for vm, node in OWNERS.items() if node == "node3")
+    assert on3 and sorted(vm for vm, _t, _k in rec.migrated) == on3
+    assert all(t != "node3" and k == token for _vm, t, k in rec.migrated)
+    assert {vm: p.node for vm, p in state.placements().items()} == before
+
+
 def test_a_standby_deposes_a_leader_whose_node_is_dead(state: ClusterState) -> None:
     old, _, _ = manager(state, "node1")
     old_token = old.take_office(10)
@@ -404,6 +432,31 @@ def test_the_manager_carries_out_intents_in_workers_and_cancels_them(
     assert intents.cancel(state, later.id).state == "cancelled"
     m.tick()
     assert len(rec.carried) == 3
+
+
+def test_a_migration_a_deposed_manager_asked_for_is_adopted_by_the_next(
+        state: ClusterState) -> None:
+    """Its driver (the VM's source host) outlives the manager: the next one goes on
+    watching it under its own token and ends the intent with the driver's result; one
+    whose driver is gone too is marked failed."""
+    alive = intents.submit(state, "migrate", {"vm": "db", "to": "node2"}, "admin")
+    gone = intents.submit(state, "migrate", {"vm": "web", "to": "node3"}, "admin")
+    for it in (alive, gone):
+        intents.update(state, it.id, None, state="running", token=1)
+    m, _clock, rec = manager(state)
+    rec.adoptable = {"db": {"vm": "db", "source": "node1", "target": "node2", "ok": True,
+                            "network": "Migration"}}
+    m.take_office(10)
+    publish(state, set())
+    m.tick()
+    done = _wait_end(state, alive.id)
+    token = done["token"]
+    assert done["state"] == "done" and token not in (None, 1), done
+    assert done["result"]["target"] == "node2"
+    failed = _wait_end(state, gone.id)
+    assert failed["state"] == "failed" and "lost office" in failed["error"], failed
+    assert sorted((a["vm"], t) for a, t in rec.adopted) == [("db", token), ("web", token)]
+    assert not getattr(rec, "carried", [])
 
 
 def test_an_intent_a_deposed_manager_was_running_is_marked_failed(state: ClusterState) -> None:

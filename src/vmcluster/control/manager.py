@@ -56,6 +56,7 @@ from vmcluster.control.events import (
 from vmcluster.control.liveness import Assessment, NodeReport, ReportTracker, assess
 from vmcluster.errors import (
     MigrationCancelled,
+    MigrationError,
     SpecError,
     StoreError,
     SubstrateError,
@@ -107,7 +108,9 @@ class Actuator(Protocol):
     def stop_vm(self, vm: str, node: str, token: int) -> None:
         """``vm``'s QEMU on ``node`` quits (nothing to do when it runs no such QEMU)."""
 
-    def migrate_vm(self, vm: str, target: str, token: int) -> bool: ...
+    def migrate_vm(self, vm: str, target: str, token: int) -> None:
+        """Start moving ``vm`` live to ``target`` and return: its source host drives it,
+        and the switchover moves its placement (the loop never waits for a copy)."""
 
     def migration_ends(self, vm: str, source: str, target: str) -> MigrationEnds: ...
 
@@ -123,6 +126,13 @@ class Actuator(Protocol):
         """Do what an intent asks (``migrate``: ``vm``, ``to``; ``drain``: ``node``) under
         ``token``; ``cancelled()`` says the asker cancelled (stop at the next safe point,
         raising MigrationCancelled), ``progress(...)`` reports. Returns the result."""
+
+    def adopt_migration(self, args: Mapping[str, Any], token: int,
+                        cancelled: Callable[[], bool],
+                        progress: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
+        """Take over a live migration a deposed manager asked for (a ``migrate`` intent's
+        ``args``) and is still in flight: its driver goes on under ``token``, watched to
+        its end. Raises MigrationError when nothing of it is in flight any more."""
 
 
 @dataclass(frozen=True)
@@ -619,6 +629,15 @@ class Manager:
             del term.workers[done]
         for it in intents.running(self.state):
             if it.record.get("token") != term.token and it.id not in term.workers:
+                if it.kind == "migrate" and it.args.get("mode") != "quick":
+                    # Its driver (the VM's source host) may still be copying: adopt it.
+                    with contextlib.suppress(StoreConflict, StoreError):
+                        adopted = intents.update(self.state, it.id, term.token,
+                                                 token=term.token)
+                        self._spawn(term, adopted, adopt=True)
+                        self.say(f"adopting {it.kind} {it.args} (intent {it.id}) from "
+                                 f"token {it.record.get('token')}")
+                    continue
                 with contextlib.suppress(StoreConflict, StoreError):
                     intents.update(self.state, it.id, term.token, state="failed",
                                    error=f"interrupted: the manager that ran it (token "
@@ -632,14 +651,18 @@ class Manager:
                 continue
             if claimed.kind == "start":  # its own node choice, not the desired-state step's
                 term.asked.add(str(claimed.args.get("vm")))
-            worker = threading.Thread(target=self._work, args=(claimed, term.token),
-                                      name=f"intent-{it.id}", daemon=True)
-            term.workers[it.id] = worker
-            worker.start()
+            self._spawn(term, claimed)
             self.say(f"carrying out {it.kind} {it.args} (intent {it.id})")
 
-    def _work(self, it: intents.Intent, token: int) -> None:
-        """One intent, start to end, in its own thread."""
+    def _spawn(self, term: _Term, it: intents.Intent, adopt: bool = False) -> None:
+        worker = threading.Thread(target=self._work, args=(it, term.token, adopt),
+                                  name=f"intent-{it.id}", daemon=True)
+        term.workers[it.id] = worker
+        worker.start()
+
+    def _work(self, it: intents.Intent, token: int, adopt: bool = False) -> None:
+        """One intent, start to end, in its own thread (``adopt``: one a deposed manager
+        was carrying out, whose migration may still be in flight)."""
         last = [0.0]
 
         def cancelled() -> bool:
@@ -654,7 +677,15 @@ class Manager:
                     intents.update(self.state, it.id, token, progress=dict(p))
 
         try:
-            if it.kind == "start":
+            if adopt:
+                try:
+                    result = self.actuator.adopt_migration(it.args, token, cancelled, progress)
+                except MigrationError as exc:
+                    if isinstance(exc, MigrationCancelled):
+                        raise
+                    raise MigrationError(f"interrupted: the manager that ran it lost office, "
+                                         f"and {exc}") from exc
+            elif it.kind == "start":
                 result = self._carry_start(it.args, token)
             elif it.kind == "stop":
                 result = self._carry_stop(it.args, token)
@@ -772,16 +803,11 @@ class Manager:
                     continue
                 term.drained.add(action.vm)
                 try:
-                    ok = self.actuator.migrate_vm(action.vm, action.target, term.token)
+                    self.actuator.migrate_vm(action.vm, action.target, term.token)
                 except Fenced:
                     raise
                 except VmclusterError as exc:
                     self.say(f"draining {action.vm} off {node} failed: {exc}")
-                    continue
-                if ok:
-                    current = self.state.placement(action.vm)
-                    self.state.place(action.vm, action.target, expect=current.revision,
-                                     token=term.token)
 
     def _event(self, event: Event) -> None:
         try:

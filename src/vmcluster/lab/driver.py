@@ -18,8 +18,13 @@ driver lease in etcd (:class:`~vmcluster.control.ledger.StoreLedger`). So:
   hands on its progress, and a cancel is sent to the driver (``drive_cancel``), which
   rolls back at its next safe point.
 
+* a manager that takes office while a migration it did not ask for is in flight
+  adopts it (:func:`adopt_drive`): the driver goes on under the new token
+  (``drive_adopt``) and the new manager watches it to the end of the intent.
+
 Two halves: :class:`SourceDrives` lives in the agent (ops ``drive``, ``drive_status``,
-``drive_cancel``), :func:`drive_at_source` in whoever asks.
+``drive_cancel``, ``drive_adopt``), :func:`drive_at_source` and :func:`adopt_drive` in
+whoever asks.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from vmcluster.lab.client import AgentClient, AgentDown, AgentError, NotFound
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.records import StoreRecords
 from vmcluster.model import ClusterSpec
+from vmcluster.store.errors import Fenced
 from vmcluster.store.state import ClusterState
 from vmcluster.substrate.protocol import (
     MigrationHandle,
@@ -54,9 +60,13 @@ from vmcluster.substrate.protocol import (
 )
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
-__all__ = ["DRIVER_LOST_S", "SourceDrives", "drive_at_source"]
+__all__ = ["DRIVER_LOST_S", "SourceDrives", "adopt_drive", "drive_at_source", "start_drive"]
 
 DRIVER_LOST_S = 15.0  # the source's agent silent this long: its driver is taken for lost
+# A drive whose token stopped leading waits this long for the next manager to adopt it
+# (that manager takes office once the old one's lease ran out, a few seconds) before its
+# request counts as refused; QEMU goes on copying meanwhile.
+ADOPT_WAIT_S = 20.0
 _KEEP_DONE_S = 600.0  # how long a finished drive's result is kept for its asker
 # The errors a drive can end with before it moved anything, by name across the wire.
 _ERRORS: dict[str, type[VmclusterError]] = {
@@ -78,6 +88,25 @@ class _Drive:
     error_type: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     ended_at: float | None = None
+    sub: QemuSubstrate | None = None  # what the drive acts through, under ``token``
+    ledger: StoreLedger | None = None
+    token_changed: threading.Event = field(default_factory=threading.Event)
+    abandoned: int | None = None  # a stale token no manager adopted the drive from
+
+    def wait_adopted(self, stale: int | None, timeout_s: float = ADOPT_WAIT_S) -> bool:
+        """Wait until a new manager's token replaced ``stale`` (True), or give up (once
+        per stale token: the rollback after a refused switchover does not wait again)."""
+        if self.abandoned == stale:
+            return self.token != stale
+        deadline = time.monotonic() + timeout_s
+        while self.token == stale:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.token_changed.wait(left):
+                if self.token == stale:
+                    self.abandoned = stale
+                return self.token != stale
+            self.token_changed.clear()
+        return True
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "vm": self.vm, "target": self.target, "state": self.state,
@@ -132,6 +161,20 @@ class SourceDrives:
         drive.cancel.set()
         return {**got, "cancelled": True}
 
+    def adopt(self, vm: str, drive_id: str | None, token: int) -> dict[str, Any]:
+        """A new manager took office: the drive goes on under its ``token`` (the agent
+        checked that it leads), so that its switchover is not refused for the old one."""
+        self.status(vm, drive_id)
+        with self._lock:
+            drive = self._drives[vm]
+            drive.token = token
+            for holder in (drive.sub, drive.ledger):
+                if holder is not None:
+                    holder.token = token
+            drive.token_changed.set()
+        self.log(f"drive {drive.id} of {vm} goes on under token {token}")
+        return drive.to_json()
+
     def running(self) -> list[str]:
         with self._lock:
             return sorted(vm for vm, d in self._drives.items() if d.state == "running")
@@ -152,14 +195,17 @@ class SourceDrives:
         try:
             state = self._store()
             spec = self._spec()
-            sub = QemuSubstrate(self.layout, spec, records=StoreRecords(state))
-            sub.token = drive.token  # every request of this drive carries the asker's token
+            sub = _DriveSubstrate(self.layout, spec, records=StoreRecords(state))
+            with self._lock:  # every request of this drive carries the asker's token
+                sub.token, sub.drive = drive.token, drive
+                ledger = _DriveLedger(state, drive.token, drive=drive)
+                drive.sub, drive.ledger = sub, ledger
             if sub.status().vm(drive.vm).node != self.node:
                 raise MigrationError(f"{drive.vm} does not run on {self.node}; its source "
                                      "drives a migration")
             result = migrate(sub, spec, known_health(spec, sub.status()),
                              MigrationRequest(drive.vm, drive.target, params), on_progress,
-                             StoreLedger(state, drive.token))
+                             ledger)
             drive.result, drive.state = result.to_json(), "done"
         except VmclusterError as exc:
             drive.error, drive.error_type, drive.state = str(exc), type(exc).__name__, "failed"
@@ -168,12 +214,60 @@ class SourceDrives:
             drive.state = "failed"
         finally:
             drive.ended_at = time.monotonic()
+            drive.sub = drive.ledger = None
             r = drive.result or {}
             self.log(f"drive {drive.id} of {drive.vm} ended: " + (
                 f"{'moved to ' + drive.target if r.get('ok') else 'not moved'} "
                 f"({r.get('network')}, {r.get('total_s')} s, downtime {r.get('downtime_ms')} ms"
                 + (f"; {r['error']}" if r.get("error") else "") + ")"
                 if drive.state == "done" else f"failed: {drive.error}"))
+
+
+class _DriveClient(AgentClient):
+    """A drive's requests: one refused as fenced waits for the next manager to adopt the
+    drive (:meth:`SourceDrives.adopt`) and goes again under its token."""
+
+    def __init__(self, layout: LabLayout, node: str, drive: _Drive) -> None:
+        super().__init__(layout, node, token=drive.token)
+        self.drive = drive
+
+    def call(self, op: str, timeout_s: float = 30.0, **args: Any) -> dict[str, Any]:
+        try:
+            return super().call(op, timeout_s, **args)
+        except AgentError as exc:
+            if exc.code != "fenced" or not self.drive.wait_adopted(self.token):
+                raise
+            self.token = self.drive.token
+            return super().call(op, timeout_s, **args)
+
+
+class _DriveSubstrate(QemuSubstrate):
+    drive: _Drive
+
+    def agent(self, node: str) -> AgentClient:
+        return _DriveClient(self.layout, node, self.drive)
+
+
+@dataclass
+class _DriveLedger(StoreLedger):
+    """The drive's record: a switchover or abort refused for a token that no longer leads
+    waits for the next manager to adopt the drive, then goes again under its token."""
+
+    drive: _Drive | None = None
+
+    def commit(self) -> None:
+        self._again(super().commit)
+
+    def abort(self) -> None:
+        self._again(super().abort)
+
+    def _again(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Fenced:
+            if self.drive is None or not self.drive.wait_adopted(self.token):
+                raise
+            step()  # adopt() set our token to the new manager's
 
 
 def drive_at_source(sub: QemuSubstrate, req: MigrationRequest,
@@ -183,6 +277,13 @@ def drive_at_source(sub: QemuSubstrate, req: MigrationRequest,
     until it ends. Raises what the driver raised before it moved anything (no network,
     a refusal, a cancel that rolled back); a driver lost for ``lost_s`` (its host or
     agent went) gives an unsettled result: the manager settles its record."""
+    source, drive_id = start_drive(sub, req, token)
+    return _watch(sub.layout, source, req, drive_id, on_progress, token, lost_s)
+
+
+def start_drive(sub: QemuSubstrate, req: MigrationRequest, token: int) -> tuple[str, str]:
+    """Ask ``req.vm``'s source host to drive its migration under ``token``; returns the
+    source and the drive's id at once (the switchover moves the VM's placement)."""
     source = sub.status().vm(req.vm).node
     if source is None:
         raise MigrationError(f"{req.vm} is not running; start it before migrating")
@@ -196,7 +297,41 @@ def drive_at_source(sub: QemuSubstrate, req: MigrationRequest,
     except AgentDown as exc:
         raise MigrationError(f"cannot migrate {req.vm}: its source {source} does not "
                              f"answer ({exc})") from exc
-    watcher = AgentClient(sub.layout, source)
+    return source, drive_id
+
+
+def adopt_drive(sub: QemuSubstrate, req: MigrationRequest,
+                on_progress: ProgressCallback | None, token: int,
+                lost_s: float = DRIVER_LOST_S) -> MigrationResult:
+    """A new manager takes over the watch of ``req.vm``'s migration to ``req.target``
+    that a deposed one asked for: the host that drives it (asked on every node: the
+    placement may have moved already) goes on under ``token`` from now on, so that its
+    switchover is not refused for the old token. MigrationError when no host drives
+    that migration any more (its record, if any, is an orphan the manager settles)."""
+    for node in sorted(n.name for n in sub.spec.nodes):
+        try:
+            st = AgentClient(sub.layout, node).call("drive_status", vm=req.vm, timeout_s=10)
+        except (AgentDown, AgentError):
+            continue  # down, or drives no migration of it
+        if st.get("target") != req.target:
+            continue
+        if st["state"] == "running":
+            try:
+                AgentClient(sub.layout, node, token=token).call(
+                    "drive_adopt", vm=req.vm, id=st["id"], timeout_s=10)
+            except AgentDown as exc:
+                raise MigrationError(f"the driver of {req.vm} on {node} stopped answering "
+                                     f"({exc})") from exc
+        return _watch(sub.layout, node, req, str(st["id"]), on_progress, token, lost_s)
+    raise MigrationError(f"no host drives the migration of {req.vm} to {req.target} any more")
+
+
+def _watch(layout: LabLayout, source: str, req: MigrationRequest, drive_id: str,
+           on_progress: ProgressCallback | None, token: int, lost_s: float
+           ) -> MigrationResult:
+    """Follow drive ``drive_id`` on ``source`` to its end (see :func:`drive_at_source`)."""
+    asker = AgentClient(layout, source, token=token)
+    watcher = AgentClient(layout, source)
     cancel_sent, heard = False, time.monotonic()
     shown: tuple[Any, ...] = ()
     while True:

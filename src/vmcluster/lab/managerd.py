@@ -33,7 +33,7 @@ from vmcluster.control.migration import (
 )
 from vmcluster.errors import MigrationCancelled, StoreError, SubstrateError
 from vmcluster.lab.client import AgentClient, AgentDown, addresses_from, speak_as
-from vmcluster.lab.driver import drive_at_source
+from vmcluster.lab.driver import adopt_drive, drive_at_source, start_drive
 from vmcluster.lab.layout import LabLayout, shared_layout
 from vmcluster.lab.records import StoreRecords
 from vmcluster.model import ClusterSpec
@@ -115,12 +115,10 @@ class LabActuator:
         except AgentDown:
             return  # a down node's VMs died with it
 
-    def migrate_vm(self, vm: str, target: str, token: int) -> bool:
-        spec = self._spec()
-        sub = self._sub(token, spec)
-        result = self._migrator(token)(sub, spec, known_health(spec, sub.status()),
-                                       MigrationRequest(vm, target), None, None)
-        return result.ok
+    def migrate_vm(self, vm: str, target: str, token: int) -> None:
+        source, drive = start_drive(self._sub(token), MigrationRequest(vm, target), token)
+        print(json.dumps({"at": time.time(), "msg": f"{source} drives {vm} to {target} "
+                          f"(drive {drive})"}), flush=True)
 
     def _migrator(self, token: int) -> Migrator:
         """Live migrations are driven by the VM's source host, under ``token``; the
@@ -138,13 +136,11 @@ class LabActuator:
         return StoreLedger(self.state, token)
 
     # -- what the API asked for (intents) ----------------------------------------
-    def carry_out(self, kind: str, args: Mapping[str, Any], token: int,
-                  cancelled: Callable[[], bool],
-                  progress: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
-        if self.fence is not None:
-            self.fence.check(token)
-        spec = self._spec()
-        sub = self._sub(token, spec)
+    @staticmethod
+    def _relay(cancelled: Callable[[], bool], progress: Callable[[Mapping[str, Any]], None]
+               ) -> ProgressCallback:
+        """A migration's progress, handed on to its intent; a cancel asked for (read
+        from the store at most twice a second) raises MigrationCancelled."""
         asked = [0.0]
 
         def on_progress(h: MigrationHandle, p: MigrationProgress) -> None:
@@ -152,11 +148,30 @@ class LabActuator:
                       "status": p.status, "pass": p.pass_no, "sent_mib": round(p.sent_mib, 1),
                       "remaining_mib": round(p.remaining_mib, 1)})
             now = time.monotonic()
-            if now - asked[0] >= 0.5:  # one store read per half second, not per poll
+            if now - asked[0] >= 0.5:
                 asked[0] = now
                 if cancelled():
                     raise MigrationCancelled(f"the migration of {h.vm} was cancelled")
 
+        return on_progress
+
+    def adopt_migration(self, args: Mapping[str, Any], token: int,
+                        cancelled: Callable[[], bool],
+                        progress: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
+        if self.fence is not None:
+            self.fence.check(token)
+        sub = self._sub(token)
+        return adopt_drive(sub, MigrationRequest(str(args["vm"]), str(args["to"])),
+                           self._relay(cancelled, progress), token).to_json()
+
+    def carry_out(self, kind: str, args: Mapping[str, Any], token: int,
+                  cancelled: Callable[[], bool],
+                  progress: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
+        if self.fence is not None:
+            self.fence.check(token)
+        spec = self._spec()
+        sub = self._sub(token, spec)
+        on_progress = self._relay(cancelled, progress)
         if kind == "migrate" and args.get("mode") == "quick":
             from vmcluster.lab.quick import quick_migrate
 

@@ -13,8 +13,11 @@ manager claims it (``running``, guarded by its fencing token, by compare-and-set
 so that two managers never both run it) and carries it out in a worker of its
 own, so its loop never blocks on a migration. A client that asked can watch it
 (``GET /api/v1/intents/{id}``) or ask to cancel it; killing the client changes
-nothing. An intent a deposed manager was running is marked ``failed`` by the
-next one (the migration it drove, if any, is an orphan the manager settles).
+nothing. A live ``migrate`` a deposed manager was running is adopted by the next
+one (its driver, the VM's source host, goes on under the new token and the new
+manager watches it to the end); any other intent a deposed manager was running
+is marked ``failed`` (the migration it drove, if any, is an orphan the manager
+settles).
 """
 
 from __future__ import annotations
