@@ -60,6 +60,9 @@ class Recorder:
     def migrate_vm(self, vm: str, target: str, token: int) -> None:
         self.migrated = [*getattr(self, "migrated", []), (vm, target, token)]
 
+    def lend_token(self, vm: str, source: str, token: int) -> None:
+        self.lent = [*getattr(self, "lent", []), (vm, source, token)]
+
     adoptable: dict[str, dict[str, Any]]  # by VM: what a deposed manager's driver ends with
 
     def adopt_migration(self, args: Mapping[str, Any], token: int,
@@ -457,6 +460,26 @@ def test_a_migration_a_deposed_manager_asked_for_is_adopted_by_the_next(
     assert failed["state"] == "failed" and "lost office" in failed["error"], failed
     assert sorted((a["vm"], t) for a, t in rec.adopted) == [("db", token), ("web", token)]
     assert not getattr(rec, "carried", [])
+
+
+def test_a_drive_a_deposed_manager_started_is_handed_the_new_token_once(
+        state: ClusterState) -> None:
+    """A drain's migration in flight (no intent of its own to adopt): the next manager
+    hands its driver the new token, once per term; an operator's (no token) is left."""
+    old, _, _ = manager(state, "node1")
+    old_token = old.take_office(10)
+    lease = state.client.lease_grant(60)  # the drivers are alive: no orphans here
+    state.begin_migration("db", "node3", "Migration", expect=state.placement("db"),
+                          token=old_token, attempt="a1", driver_lease=lease)
+    state.begin_migration("web", "node3", "Migration", expect=state.placement("web"),
+                          token=None, attempt="a2", driver_lease=lease)
+    old.election.resign()
+    m, _clock, rec = manager(state)
+    token = m.take_office(10)
+    publish(state, set())
+    m.tick()
+    m.tick()
+    assert rec.lent == [("db", "node2", token)]
 
 
 def test_an_intent_a_deposed_manager_was_running_is_marked_failed(state: ClusterState) -> None:

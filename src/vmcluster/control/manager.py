@@ -127,6 +127,10 @@ class Actuator(Protocol):
         ``token``; ``cancelled()`` says the asker cancelled (stop at the next safe point,
         raising MigrationCancelled), ``progress(...)`` reports. Returns the result."""
 
+    def lend_token(self, vm: str, source: str, token: int) -> None:
+        """The driver of ``vm``'s migration on ``source`` goes on under ``token`` (nothing
+        happens when it drives none: its record is then an orphan, settled apart)."""
+
     def adopt_migration(self, args: Mapping[str, Any], token: int,
                         cancelled: Callable[[], bool],
                         progress: Callable[[Mapping[str, Any]], None]) -> dict[str, Any]:
@@ -173,6 +177,7 @@ class _Term:
     began: float | None = None  # when its first tick ran
     starting: dict[str, threading.Thread] = field(default_factory=dict)  # by VM
     asked: set[str] = field(default_factory=set)  # VMs a start intent is placing
+    lent: set[str] = field(default_factory=set)  # migrations handed this term's token
 
 
 class Manager:
@@ -313,6 +318,7 @@ class Manager:
                                           failures=record.get("failures", []), failed=False)
             self._event(NodeUp(self.wall(), self.name, node))
         self._settle_orphans(term)
+        self._adopt_drives(term)
         self._intents(term)
         nodes = self.state.node_states()
         excluded = {n for n, s in nodes.items() if s.get("state") in EXCLUDED_STATES}
@@ -719,6 +725,22 @@ class Manager:
             intents.update(self.state, it.id, token, state=state, ended=self.wall(), **fields)
         except (StoreError, StoreConflict) as exc:
             self.say(f"could not record the end of intent {it.id}: {exc}")
+
+    def _adopt_drives(self, term: _Term) -> None:
+        """A migration in flight that a deposed manager asked for (its record carries that
+        manager's token) goes on under this one's: its driver, the VM's source host, is
+        handed the new token once per term, so that its switchover is not refused (a
+        drain's, a consolidation's; an operator's own, without a token, is left alone)."""
+        for vm, mig in sorted(self.state.migrations().items()):
+            if mig.token is None or mig.token == term.token or mig.id in term.lent:
+                continue
+            term.lent.add(mig.id)
+            try:
+                self.actuator.lend_token(vm, mig.source, term.token)
+            except Fenced:
+                raise
+            except VmclusterError as exc:
+                self.say(f"cannot hand {vm}'s migration to this term: {exc}")
 
     def _settle_orphans(self, term: _Term) -> None:
         """End the migrations whose driver died (a killed CLI, a manager gone), from QEMU's

@@ -32,7 +32,7 @@ from vmcluster.control.migration import (
     known_health,
 )
 from vmcluster.errors import MigrationCancelled, StoreError, SubstrateError
-from vmcluster.lab.client import AgentClient, AgentDown, addresses_from, speak_as
+from vmcluster.lab.client import AgentClient, AgentDown, AgentError, addresses_from, speak_as
 from vmcluster.lab.driver import adopt_drive, drive_at_source, start_drive
 from vmcluster.lab.layout import LabLayout, shared_layout
 from vmcluster.lab.records import StoreRecords
@@ -154,6 +154,16 @@ class LabActuator:
                     raise MigrationCancelled(f"the migration of {h.vm} was cancelled")
 
         return on_progress
+
+    def lend_token(self, vm: str, source: str, token: int) -> None:
+        try:
+            AgentClient(self.layout, source, token=token).call("drive_adopt", vm=vm,
+                                                               timeout_s=5)
+        except AgentDown:
+            return  # its host is gone, and its driver with it: an orphan, settled apart
+        except AgentError as exc:
+            if exc.code != "not_found":
+                raise
 
     def adopt_migration(self, args: Mapping[str, Any], token: int,
                         cancelled: Callable[[], bool],
