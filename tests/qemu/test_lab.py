@@ -705,6 +705,18 @@ def test_a_vm_defined_through_the_api_is_started_stopped_and_deleted(lab: QemuSu
         _vmc_in(ns, env, "vm", "delete", "extra")
 
 
+def test_a_hosts_public_mac_stays_put_while_vms_come_and_go(lab: QemuSubstrate) -> None:
+    """By now every host has had VMs start, stop and migrate on and off its public bridge
+    (their taps are its ports). A bridge takes its lowest port's MAC unless it has one
+    of its own: a host whose MAC changed with a tap was unreachable until the others'
+    ARP entries expired (the "agent did not answer list" flake)."""
+    public = next(i for i, n in enumerate(lab.spec.networks) if n.public)
+    for ni, node in enumerate(lab.spec.nodes):
+        shown = netns.run(["ip", "-n", lab.layout.node_ns(node.name), "-o", "link", "show",
+                           lab.layout.PUBLIC_BRIDGE])
+        assert f"link/ether {netns.bridge_mac(ni, public)} " in shown, shown
+
+
 def test_a_quick_migration_through_the_api_follows_the_switchover_protocol(
     lab: QemuSubstrate,
 ) -> None:

@@ -23,6 +23,7 @@ from vmcluster.lab.layout import LabLayout
 from vmcluster.model import ClusterSpec, Network
 
 __all__ = [
+    "bridge_mac",
     "build_network",
     "client_address",
     "destroy_namespaces",
@@ -65,6 +66,12 @@ def _ns_setup(ns: str) -> list[list[str]]:
     ]
 
 
+def bridge_mac(node_index: int, network_index: int) -> str:
+    """The fixed, locally administered MAC of lab node ``node_index``'s bridge on network
+    ``network_index`` (unique in a lab: each lab has a fabric of its own)."""
+    return f"02:76:63:00:{node_index:02x}:{network_index:02x}"
+
+
 def _shape(ns: str, dev: str, mbps: float | None) -> list[list[str]]:
     if not mbps:
         return []
@@ -100,6 +107,10 @@ def build_network(layout: LabLayout, spec: ClusterSpec) -> None:
                 br = layout.PUBLIC_BRIDGE
                 cmds += [
                     ["ip", "-n", ns, "link", "add", br, "type", "bridge", "forward_delay", "0"],
+                    # A fixed MAC: a bridge without one takes its lowest port's, so a VM's
+                    # tap joining or leaving (a start, a migration) changed the host's MAC
+                    # and the others' ARP entries pointed at nothing for up to a minute.
+                    ["ip", "-n", ns, "link", "set", br, "address", bridge_mac(ni, i)],
                     ["ip", "-n", ns, "link", "set", ifn, "master", br, "up"],
                     ["ip", "-n", ns, "addr", "add", addr, "dev", br],
                     ["ip", "-n", ns, "link", "set", br, "up"],
