@@ -617,14 +617,8 @@ class Manager:
     def _start_on(self, term: _Term, vm: str, node: str) -> bool:
         """Ask ``node`` to start ``vm`` (placed there already); False when it failed (the
         placement stays, and ``_recover`` tries again). Fenced goes to the caller."""
-        try:
-            self.actuator.start_vm(vm, node, term.token)
-        except Fenced:
-            raise
-        except VmclusterError as exc:
-            self.say(f"starting {vm} on {node} failed: {exc}; will retry")
-            return False
-        return True
+        return self._act(f"starting {vm} on {node} failed (will retry)",
+                         self.actuator.start_vm, vm, node, term.token)
 
     def _intents(self, term: _Term) -> None:
         """Carry out what the API recorded (see :mod:`vmcluster.store.intents`), each in a
@@ -726,6 +720,18 @@ class Manager:
         except (StoreError, StoreConflict) as exc:
             self.say(f"could not record the end of intent {it.id}: {exc}")
 
+    def _act(self, failed: str, call: Callable[..., None], *args: Any) -> bool:
+        """One actuator call, ``call(*args)``: Fenced goes up (this manager was deposed);
+        any other error is said after ``failed`` (what did not happen) and gives False."""
+        try:
+            call(*args)
+        except Fenced:
+            raise
+        except VmclusterError as exc:
+            self.say(f"{failed}: {exc}")
+            return False
+        return True
+
     def _adopt_drives(self, term: _Term) -> None:
         """A migration in flight that a deposed manager asked for (its record carries that
         manager's token) goes on under this one's: its driver, the VM's source host, is
@@ -735,12 +741,8 @@ class Manager:
             if mig.token is None or mig.token == term.token or mig.id in term.lent:
                 continue
             term.lent.add(mig.id)
-            try:
-                self.actuator.lend_token(vm, mig.source, term.token)
-            except Fenced:
-                raise
-            except VmclusterError as exc:
-                self.say(f"cannot hand {vm}'s migration to this term: {exc}")
+            self._act(f"cannot hand {vm}'s migration to this term",
+                      self.actuator.lend_token, vm, mig.source, term.token)
 
     def _settle_orphans(self, term: _Term) -> None:
         """End the migrations whose driver died (a killed CLI, a manager gone), from QEMU's
@@ -797,12 +799,8 @@ class Manager:
                 term.missing_since[vm] = (p.revision, now)
             elif now - since >= self.params.recover_s:
                 term.missing_since.pop(vm, None)
-                try:
-                    self.actuator.start_vm(vm, p.node, term.token)
-                except Fenced:
-                    raise
-                except VmclusterError as exc:
-                    self.say(f"starting {vm} again on {p.node} failed: {exc}")
+                if not self._act(f"starting {vm} again on {p.node} failed",
+                                 self.actuator.start_vm, vm, p.node, term.token):
                     continue
                 self._event(VmRestarted(self.wall(), p.node, vm, p.node, term.token))
 
@@ -824,12 +822,8 @@ class Manager:
                 if node not in seen.running.get(action.vm, ()):
                     continue
                 term.drained.add(action.vm)
-                try:
-                    self.actuator.migrate_vm(action.vm, action.target, term.token)
-                except Fenced:
-                    raise
-                except VmclusterError as exc:
-                    self.say(f"draining {action.vm} off {node} failed: {exc}")
+                self._act(f"draining {action.vm} off {node} failed",
+                          self.actuator.migrate_vm, action.vm, action.target, term.token)
 
     def _event(self, event: Event) -> None:
         try:
