@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from vmcluster.control.consolidate import ConsolidationPlan, PlannedMigration, PowerGuard
 from vmcluster.control.ledger import StoreLedger
-from vmcluster.control.migration import MigrationRequest, Migrator, known_health, migrate
+from vmcluster.control.migration import MigrationRequest, Migrator, migrate_here
 from vmcluster.errors import MigrationCancelled, VmclusterError
 from vmcluster.model import ClusterSpec
 from vmcluster.store.election import current_leader
@@ -98,7 +98,7 @@ def apply(substrate: Substrate, spec: ClusterSpec, the_plan: ConsolidationPlan,
           timeout_s: float = 600.0, ledger: Callable[[], StoreLedger | None] = lambda: None,
           cancelled: Callable[[], bool] = lambda: False,
           guard: Callable[[], PowerGuard] = PowerGuard,
-          migrator: Migrator = migrate) -> ApplyReport:
+          migrator: Migrator = migrate_here) -> ApplyReport:
     """Perform ``the_plan``: power-ons, then each migration, then power-offs of emptied
     nodes. ``ledger()``: a migration ledger per VM (the manager's, under its token);
     ``cancelled()`` is asked before each migration; ``guard()`` is asked, as things are
@@ -167,10 +167,9 @@ def _migrate_one(substrate: Substrate, spec: ClusterSpec, m: PlannedMigration, r
                 f"pass {p.pass_no} sent {p.sent_mib:.1f} MiB remaining {p.remaining_mib:.1f} MiB",
                 p)
 
-    health = known_health(spec, substrate.status())
     req = MigrationRequest(vm=m.vm, target=m.target, poll_s=poll_s, timeout_s=timeout_s)
     try:
-        res = run.migrator(substrate, spec, health, req, progress, run.ledger())
+        res = run.migrator(substrate, spec, req, progress, run.ledger())
     except MigrationCancelled:
         raise
     except VmclusterError as exc:  # no network could even be tried; nothing moved

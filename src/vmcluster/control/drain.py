@@ -21,8 +21,7 @@ from vmcluster.control.migration import (
     MigrationRequest,
     Migrator,
     ProgressCallback,
-    known_health,
-    migrate,
+    migrate_here,
 )
 from vmcluster.errors import MigrationCancelled, UsageError
 from vmcluster.model import ClusterSpec
@@ -71,7 +70,7 @@ def drain(
     on_result: Callable[[MigrationResult], None] = lambda _r: None,
     ledger: Callable[[], StoreLedger | None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
-    migrator: Migrator = migrate,
+    migrator: Migrator = migrate_here,
 ) -> DrainResult:
     """Drain ``node`` (see module docstring); ``store(fn, *args)`` runs each store call
     (the CLI runs them from inside the lab's namespace). ``ledger()``: a migration ledger
@@ -104,8 +103,7 @@ def drain(
                 continue
             if cancelled():
                 raise MigrationCancelled(f"the drain of {node} was cancelled")
-            health = known_health(spec, substrate.status())
-            result = migrator(substrate, spec, health, MigrationRequest(action.vm, action.target),
+            result = migrator(substrate, spec, MigrationRequest(action.vm, action.target),
                               on_progress, ledger() if ledger is not None else None)
             on_result(result)
             store(state.append_event, MigrationDone(

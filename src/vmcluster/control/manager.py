@@ -680,9 +680,9 @@ class Manager:
             if adopt:
                 try:
                     result = self.actuator.adopt_migration(it.args, token, cancelled, progress)
+                except MigrationCancelled:
+                    raise
                 except MigrationError as exc:
-                    if isinstance(exc, MigrationCancelled):
-                        raise
                     raise MigrationError(f"interrupted: the manager that ran it lost office, "
                                          f"and {exc}") from exc
             elif it.kind == "start":

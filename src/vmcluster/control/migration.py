@@ -36,7 +36,8 @@ from vmcluster.substrate.protocol import (
 if TYPE_CHECKING:
     from vmcluster.control.ledger import StoreLedger
 
-__all__ = ["MigrationRequest", "Migrator", "ProgressCallback", "known_health", "migrate"]
+__all__ = ["MigrationRequest", "Migrator", "ProgressCallback", "known_health", "migrate",
+           "migrate_here"]
 
 ProgressCallback = Callable[[MigrationHandle, MigrationProgress], None]
 
@@ -59,12 +60,21 @@ class MigrationRequest:
     timeout_s: float = 600.0
 
 
-# Who carries out a migration: :func:`migrate` here, in this process, or a stand-in with
-# its signature that has another process drive it (the source host's agent:
-# vmcluster.lab.driver) and returns what that driver's ``migrate`` returned.
+# Who carries out a migration: :func:`migrate_here`, in this process, or a stand-in that
+# has another process drive it (the source host's agent: vmcluster.lab.driver) and
+# returns what that driver's ``migrate`` returned. Whoever drives reads the links'
+# health itself, when it begins.
 Migrator = Callable[
-    [Substrate, ClusterSpec, Health, "MigrationRequest", ProgressCallback | None,
+    [Substrate, ClusterSpec, "MigrationRequest", ProgressCallback | None,
      "StoreLedger | None"], MigrationResult]
+
+
+def migrate_here(substrate: Substrate, spec: ClusterSpec, req: MigrationRequest,
+                 on_progress: ProgressCallback | None = None,
+                 ledger: StoreLedger | None = None) -> MigrationResult:
+    """:func:`migrate` in this process, over the links as the substrate reports them now."""
+    return migrate(substrate, spec, known_health(spec, substrate.status()), req, on_progress,
+                   ledger)
 
 
 def migrate(

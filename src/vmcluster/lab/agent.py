@@ -427,8 +427,7 @@ class Agent(CsvOps):
         if self._store() is None:
             raise SubstrateError(f"{self.node} knows no store: a drive needs the cluster's "
                                  "records (migrate from the operator's side instead)")
-        if req.get("token") is None:
-            raise InputError("drive: the manager's fencing token is missing")
+        token = _token("drive", req)
         qp = self.get(str(req.get("vm")))
         if qp.record.role != "run":
             raise Conflict(f"{qp.record.vm} on {self.node} is not the running copy")
@@ -439,8 +438,7 @@ class Agent(CsvOps):
             except (TypeError, ValueError) as exc:
                 raise InputError(f"drive: bad migration params {req['params']!r}: {exc}"
                                  ) from exc
-        return self.drives.start(qp.record.vm, str(req.get("target")), int(req["token"]),
-                                 params)
+        return self.drives.start(qp.record.vm, str(req.get("target")), token, params)
 
     async def op_drive_status(self, req: Reply) -> Reply:
         return self.drives.status(str(req.get("vm")), req.get("id"))
@@ -450,9 +448,7 @@ class Agent(CsvOps):
 
     async def op_drive_adopt(self, req: Reply) -> Reply:
         """A new manager's token for a drive in flight (checked to lead, like any)."""
-        if req.get("token") is None:
-            raise InputError("drive_adopt: the manager's fencing token is missing")
-        return self.drives.adopt(str(req.get("vm")), req.get("id"), int(req["token"]))
+        return self.drives.adopt(str(req.get("vm")), req.get("id"), _token("drive_adopt", req))
 
     async def _migration_tls(self, qp: QemuProcess, endpoint: str, on: bool,
                              hostname: str = "") -> None:
@@ -606,6 +602,14 @@ STATE_CHANGING = frozenset({"start", "stop", "pause", "resume", "incoming", "set
                             "drive_adopt"})
 
 
+def _token(op: str, req: Reply) -> int:
+    """The manager's fencing token ``req`` carries (already checked to lead): a drive
+    acts under it, so even a request from this host's own socket must name one."""
+    if req.get("token") is None:
+        raise InputError(f"{op}: the manager's fencing token is missing")
+    return int(req["token"])
+
+
 def _peer_name(tls: ssl.SSLObject) -> str:
     """The common name of the caller's certificate (a host's name, or ``admin``)."""
     der = tls.getpeercert(binary_form=True)
@@ -724,8 +728,9 @@ async def _serve(agent: Agent, sock_path: Path) -> None:
                 await fence.check(req)  # a manager's request: refused if its token is stale
                 began = time.monotonic()
                 reply = {"ok": True, **await handler(req)}
-                if time.monotonic() - began > SLOW_OP_S:
-                    _log(f"{req.get('op')} from {peer} took {time.monotonic() - began:.1f} s")
+                took = time.monotonic() - began
+                if took > SLOW_OP_S:
+                    _log(f"{req.get('op')} from {peer} took {took:.1f} s")
         except VmclusterError as exc:
             reply = {"ok": False, "code": error_code(exc), "error": str(exc)}
         except Exception as exc:  # the agent answers every request, whatever broke

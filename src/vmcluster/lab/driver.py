@@ -7,20 +7,17 @@ fencing token the manager sent with the request, with the migration's record and
 driver lease in etcd (:class:`~vmcluster.control.ledger.StoreLedger`). So:
 
 * the manager's process does not carry the migration: a manager that fails over
-  mid-copy does not end it. The copy goes on; the switchover's compare-and-set is
-  still guarded by the token the driver was started with, so once another manager
-  leads, the old driver's end is refused and the new manager settles the record from
-  QEMU's own state on both ends (completes a finished copy, rolls back an unfinished
-  one), as it does for any driver that died;
+  mid-copy does not end it. The copy goes on, and the next manager hands the driver
+  its own token (``drive_adopt``), so that the switchover is not refused; a request
+  refused as fenced meanwhile waits for that, once, up to ``ADOPT_WAIT_S``. A drive
+  no manager adopts ends refused, and the manager settles its record from QEMU's own
+  state on both ends, as it does for any driver that died;
 * a source host that dies takes its driver along: its lease lapses, and the manager
   settles the record the same way (the VM then fails over with its host);
 * the asker watches: :func:`drive_at_source` polls the source's ``drive_status`` and
   hands on its progress, and a cancel is sent to the driver (``drive_cancel``), which
-  rolls back at its next safe point.
-
-* a manager that takes office while a migration it did not ask for is in flight
-  adopts it (:func:`adopt_drive`): the driver goes on under the new token
-  (``drive_adopt``) and the new manager watches it to the end of the intent.
+  rolls back at its next safe point. A new manager takes over the watch of a migrate
+  intent its predecessor was running (:func:`adopt_drive`).
 
 Two halves: :class:`SourceDrives` lives in the agent (ops ``drive``, ``drive_status``,
 ``drive_cancel``, ``drive_adopt``), :func:`drive_at_source` and :func:`adopt_drive` in
@@ -146,27 +143,30 @@ class SourceDrives:
                          daemon=True).start()
         return {"id": drive.id, "driver": self.node}
 
-    def status(self, vm: str, drive_id: str | None = None) -> dict[str, Any]:
-        with self._lock:
-            drive = self._drives.get(vm)
+    def _find(self, vm: str, drive_id: str | None) -> _Drive:
+        """``vm``'s drive here (the one with ``drive_id``, when given); NotFound else.
+        Called with the lock held."""
+        drive = self._drives.get(vm)
         if drive is None or (drive_id is not None and drive.id != drive_id):
             raise NotFound(f"{self.node} drives no migration of {vm}"
                            + (f" with id {drive_id}" if drive_id else ""))
-        return drive.to_json()
+        return drive
+
+    def status(self, vm: str, drive_id: str | None = None) -> dict[str, Any]:
+        with self._lock:
+            return self._find(vm, drive_id).to_json()
 
     def cancel(self, vm: str, drive_id: str | None = None) -> dict[str, Any]:
-        got = self.status(vm, drive_id)
         with self._lock:
-            drive = self._drives[vm]
+            drive = self._find(vm, drive_id)
         drive.cancel.set()
-        return {**got, "cancelled": True}
+        return drive.to_json()
 
     def adopt(self, vm: str, drive_id: str | None, token: int) -> dict[str, Any]:
         """A new manager took office: the drive goes on under its ``token`` (the agent
         checked that it leads), so that its switchover is not refused for the old one."""
-        self.status(vm, drive_id)
         with self._lock:
-            drive = self._drives[vm]
+            drive = self._find(vm, drive_id)
             drive.token = token
             for holder in (drive.sub, drive.ledger):
                 if holder is not None:
@@ -174,10 +174,6 @@ class SourceDrives:
             drive.token_changed.set()
         self.log(f"drive {drive.id} of {vm} goes on under token {token}")
         return drive.to_json()
-
-    def running(self) -> list[str]:
-        with self._lock:
-            return sorted(vm for vm, d in self._drives.items() if d.state == "running")
 
     def _forget_old(self) -> None:
         now = time.monotonic()
@@ -200,10 +196,11 @@ class SourceDrives:
                 sub.token, sub.drive = drive.token, drive
                 ledger = _DriveLedger(state, drive.token, drive=drive)
                 drive.sub, drive.ledger = sub, ledger
-            if sub.status().vm(drive.vm).node != self.node:
+            now = sub.status()
+            if now.vm(drive.vm).node != self.node:
                 raise MigrationError(f"{drive.vm} does not run on {self.node}; its source "
                                      "drives a migration")
-            result = migrate(sub, spec, known_health(spec, sub.status()),
+            result = migrate(sub, spec, known_health(spec, now),
                              MigrationRequest(drive.vm, drive.target, params), on_progress,
                              ledger)
             drive.result, drive.state = result.to_json(), "done"

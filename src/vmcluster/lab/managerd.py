@@ -25,12 +25,7 @@ from typing import Any
 from vmcluster.control.drain import drain
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds
-from vmcluster.control.migration import (
-    MigrationRequest,
-    Migrator,
-    ProgressCallback,
-    known_health,
-)
+from vmcluster.control.migration import MigrationRequest, Migrator, ProgressCallback
 from vmcluster.errors import MigrationCancelled, StoreError, SubstrateError
 from vmcluster.lab.client import AgentClient, AgentDown, AgentError, addresses_from, speak_as
 from vmcluster.lab.driver import adopt_drive, drive_at_source, start_drive
@@ -38,7 +33,6 @@ from vmcluster.lab.layout import LabLayout, shared_layout
 from vmcluster.lab.records import StoreRecords
 from vmcluster.model import ClusterSpec
 from vmcluster.node.config import load_config
-from vmcluster.policy.networks import Health
 from vmcluster.store.election import Fence
 from vmcluster.store.errors import Fenced
 from vmcluster.store.state import ClusterState
@@ -123,8 +117,8 @@ class LabActuator:
     def _migrator(self, token: int) -> Migrator:
         """Live migrations are driven by the VM's source host, under ``token``; the
         manager watches (see vmcluster.lab.driver)."""
-        def at_source(sub: Substrate, _spec: ClusterSpec, _health: Health,
-                      req: MigrationRequest, on_progress: ProgressCallback | None,
+        def at_source(sub: Substrate, _spec: ClusterSpec, req: MigrationRequest,
+                      on_progress: ProgressCallback | None,
                       _ledger: StoreLedger | None) -> MigrationResult:
             assert isinstance(sub, QemuSubstrate)
             return drive_at_source(sub, req, on_progress, token)
@@ -148,7 +142,7 @@ class LabActuator:
                       "status": p.status, "pass": p.pass_no, "sent_mib": round(p.sent_mib, 1),
                       "remaining_mib": round(p.remaining_mib, 1)})
             now = time.monotonic()
-            if now - asked[0] >= 0.5:
+            if now - asked[0] >= 0.5:  # one store read per half second, not per poll
                 asked[0] = now
                 if cancelled():
                     raise MigrationCancelled(f"the migration of {h.vm} was cancelled")
@@ -189,8 +183,8 @@ class LabActuator:
                                  ledger=self._ledger(token)).to_json()
         if kind == "migrate":
             vm, target = str(args["vm"]), str(args["to"])
-            result = self._migrator(token)(sub, spec, known_health(spec, sub.status()),
-                                           MigrationRequest(vm, target), on_progress, None)
+            result = self._migrator(token)(sub, spec, MigrationRequest(vm, target),
+                                           on_progress, None)
             return result.to_json()
         if kind == "drain":
             st = self.state
