@@ -78,6 +78,7 @@ def test_vm_addresses_are_assigned_on_the_public_network() -> None:
         ("memory_mib = 256", 'memory_mib = "lots"', "lots", "memory_mib must be int"),
         ("memory_mib = 256", 'memory_mib = 256\nmachine = "q35"', "machine",
          "not a versioned q35 machine type"),
+        ('name = "vm1"', 'name = "../vm1"', "../vm1", "VM name '../vm1' is not 1-63 letters"),
     ],
 )
 def test_bad_specs_get_one_located_error(old: str, new: str, at: str, fragment: str) -> None:

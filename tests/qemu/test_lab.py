@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 import pytest
 from tests.helpers import vmc
 
+from vmcluster.csv.savestate import region_name
+from vmcluster.csv.volume import FileBlock, read_table
 from vmcluster.errors import MigrationError, StoreError, UsageError
 from vmcluster.lab import netns
 from vmcluster.lab.client import AGENT_PORT, AgentClient, AgentDown, AgentError
@@ -181,7 +183,12 @@ def test_quick_migration(lab: QemuSubstrate) -> None:
     r = migrate_observed(lab, "batch", target, quick=True)
     assert r.ok and r.network == "shared-path" and lab.owner("batch") == target, r.error
     assert r.extra["memory_ok"] is True
+    # The state went through the VM's own volume, never through a file the hosts share,
+    # and its region went with the move.
+    said = lab.layout.agent_log(source).read_text(errors="replace")
+    assert "batch: saved " in said and f"to CSV1:{region_name('batch')}" in said
     assert not lab.layout.quick_state("batch").exists()
+    assert read_table(FileBlock(str(lab.layout.lun("CSV1")))).get(region_name("batch")) is None
 
 
 def test_concurrency_limit_queues_the_third_migration(lab: QemuSubstrate) -> None:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 import sys
+import threading
 import time
 from typing import Any
 
@@ -36,10 +38,12 @@ from vmcluster.csv.coordinator import (
     LinkPublisher,
     StoreBook,
     coordinator,
+    coordinator_call,
     local_links,
 )
 from vmcluster.csv.nbd import NbdClient
 from vmcluster.csv.paths import access_modes
+from vmcluster.csv.savestate import region_name, region_size, restore_stream, save_stream, seal
 from vmcluster.csv.storage import (
     NbdTarget,
     pid_from,
@@ -51,7 +55,7 @@ from vmcluster.errors import SubstrateError
 from vmcluster.lab.client import AgentClient
 from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.state import read_state
-from vmcluster.model import ClusterSpec
+from vmcluster.model import ClusterSpec, Vm
 from vmcluster.model.spec import load_spec
 from vmcluster.pki import NodeCredentials
 from vmcluster.store.state import ClusterState
@@ -184,6 +188,115 @@ class CsvOps:
                                          f"{network}: {out.decode(errors='replace').strip()}")
                 _log(f"re-exporting {volume} at {target.uri} for redirected I/O")
         return {"target": target.to_json()}
+
+    # -- a quick migration's saved state, on the VM's own volume ----------------------------
+    def _state_region(self, vm: Vm, create: bool) -> tuple[NbdTarget, int, int, str]:
+        """(this host's path to the volume, offset, size, name in errors) of ``vm``'s saved
+        state region; ``create``: made (again, if too small) for a save (in a thread)."""
+        from vmcluster.csv.attach import node_target
+
+        assert vm.volume is not None
+        spec, book, name = self._spec(), self.book(), region_name(vm.name)
+        where = f"{vm.volume}:{name}"
+
+        def table(op: str, **args: Any) -> dict[str, Any] | None:
+            reply = coordinator_call(self.layout, book, spec, str(vm.volume), op, **args)
+            return next((d for d in reply["table"]["disks"] if d["name"] == name), None)
+
+        ext = table("csv_table")
+        if create:
+            size = region_size(vm.memory_mib)
+            if ext is not None and int(ext["size"]) < size:  # its VM has more memory now
+                table("csv_delete", disk=name)
+            ext = table("csv_create", disk=name, size=size, owner=self.node)
+        if ext is None:
+            raise SubstrateError(f"{vm.name} has no saved state on {vm.volume}")
+        target = node_target(self.layout, book, spec, vm.volume, self.node)
+        return target, int(ext["offset"]), int(ext["size"]), where
+
+    def _lun(self, target: NbdTarget) -> NbdClient:
+        return NbdClient(target.host, target.port, target.export, timeout_s=30.0,
+                         tls=self._nbd_tls(), tls_hostname=target.name)
+
+    async def save_state_to_volume(self, qp: QemuProcess, vm: Vm, fdname: str,
+                                   migrate: Any) -> Reply:
+        """Run ``migrate()`` (an ``fd:fdname`` migration) with ``fdname`` a pipe that this
+        agent copies into ``vm``'s state region; sealed only when QEMU says the stream is
+        complete. ``migrate`` returns QEMU's final ``query-migrate``."""
+        target, offset, size, where = await asyncio.to_thread(self._state_region, vm, True)
+        r, w = os.pipe()
+        try:
+            await qp.qmp.pass_fd(fdname, w)
+        except BaseException:
+            os.close(r)
+            raise
+        finally:
+            os.close(w)
+
+        def copy() -> tuple[int, int]:
+            try:
+                with self._lun(target) as lun:
+                    return save_stream(lun, offset, size, r, where)
+            finally:
+                os.close(r)  # a copy that fails makes QEMU's writes fail, not block
+
+        copying = asyncio.ensure_future(asyncio.to_thread(copy))
+        try:
+            info: Reply = await migrate()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await qp.qmp.close_fd(fdname)  # no migration took it: end the copy
+            with contextlib.suppress(Exception):
+                await copying
+            raise
+        length, crc = await copying
+        if info.get("status") == "completed":
+            def sealed() -> None:
+                with self._lun(target) as lun:
+                    seal(lun, offset, length, crc)
+
+            await asyncio.to_thread(sealed)
+            _log(f"{vm.name}: saved {length >> 20} MiB of state to {where}")
+        return info
+
+    async def restore_state_from_volume(self, qp: QemuProcess, vm: Vm, fdname: str) -> None:
+        """Hand QEMU ``fdname``, a pipe this agent fills from ``vm``'s sealed state region
+        (in the background: QEMU reads as it restores)."""
+        target, offset, size, where = await asyncio.to_thread(self._state_region, vm, False)
+        r, w = os.pipe()
+        try:
+            await qp.qmp.pass_fd(fdname, r)
+        except BaseException:
+            os.close(w)
+            raise
+        finally:
+            os.close(r)
+
+        def feed() -> None:
+            try:
+                with self._lun(target) as lun:
+                    n = restore_stream(lun, offset, size, w, where)
+                _log(f"{vm.name}: restored {n >> 20} MiB of state from {where}")
+            except (OSError, SubstrateError) as exc:  # QEMU sees the stream end early
+                _log(f"{vm.name}: restoring from {where} stopped: {exc}")
+            finally:
+                os.close(w)
+
+        threading.Thread(target=feed, name=f"restore {vm.name}", daemon=True).start()
+
+    async def drop_saved_state(self, vm: Vm) -> str | None:
+        """Remove ``vm``'s state region from its volume; its name, or None if it had none."""
+        assert vm.volume is not None
+        spec, book, name = self._spec(), self.book(), region_name(vm.name)
+
+        def drop() -> str | None:
+            table = coordinator_call(self.layout, book, spec, str(vm.volume), "csv_table")
+            if not any(d["name"] == name for d in table["table"]["disks"]):
+                return None
+            coordinator_call(self.layout, book, spec, str(vm.volume), "csv_delete", disk=name)
+            return f"{vm.volume}:{name}"
+
+        return await asyncio.to_thread(drop)
 
     # -- path switching ------------------------------------------------------------------
     async def _paths(self, qp: QemuProcess) -> list[tuple[str, str, str]]:

@@ -14,7 +14,8 @@ On start it also asks its QEMU what it supports
 ``facts`` the whole answer (machine types, commands, capabilities).
 
 Ops: ping, facts, timeline, list, start, stop, pause, resume, incoming, migrate,
-query_migrate, set_params, cancel, takeover, release, discard, save, power_off, drive,
+query_migrate, set_params, cancel, takeover, release, discard, save, drop_saved, power_off,
+drive,
 drive_status, drive_cancel, drive_adopt (this host drives a live migration of its VM:
 :mod:`vmcluster.lab.driver`), and the cluster shared volume ops of
 :class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that carries a manager's
@@ -329,6 +330,7 @@ class Agent(CsvOps):
                 raise Conflict(f"{name} runs on {self.node}; its disk stays")
             spec = await asyncio.to_thread(self.cluster_spec)
             vm = spec.vm(name)
+            await self.op_drop_saved({"vm": name})  # a quick migration's leftover, if any
             if vm.volume is not None:
                 from vmcluster.csv.coordinator import coordinator_call
 
@@ -388,12 +390,15 @@ class Agent(CsvOps):
             try:
                 await qp.qmp.migrate_set_capabilities({"events": True})
                 await self._migration_tls(qp, "server", req.get("tls", False))
-                if quick:
+                if quick and cfg.csv is not None:
+                    vm = (await asyncio.to_thread(self.cluster_spec)).vm(cfg.name)
+                    await self.restore_state_from_volume(qp, vm, "vmc-restore")
+                elif quick:
                     await self._pass_file(qp, "vmc-restore", self.layout.quick_state(cfg.name),
                                           os.O_RDONLY)
                 await qp.qmp.migrate_incoming(uri)
                 info = await qp.qmp.query_migrate()
-            except QmpError:
+            except SubstrateError:
                 await self._drop(cfg.name)
                 raise
             for sa in info.get("socket-address", []):
@@ -569,26 +574,45 @@ class Agent(CsvOps):
             os.close(fd)
 
     async def op_save(self, req: Reply) -> Reply:
-        """Quick migration's first half: pause, write the state to the VM's save file on
-        the shared volume (the agent's own path for it), stay paused."""
+        """Quick migration's first half: pause, write the state where the VM's disk is (a
+        region of its shared volume, or a file beside its plain disk), stay paused."""
         qp = self.get(req["vm"])
+        vm = (await asyncio.to_thread(self.cluster_spec)).vm(qp.record.vm)
         if await qp.qmp.query_status() == "running":
             await qp.qmp.stop()
-        path = self.layout.quick_state(qp.record.vm)
-        path.parent.mkdir(parents=True, exist_ok=True)
         await qp.qmp.migrate_set_capabilities({"events": True})
         # tls_creds="": a QEMU that once received a TLS migration keeps its server creds as a
         # parameter, and a save to a local file is no TLS stream.
         await qp.qmp.migrate_set_parameters(max_bandwidth=int(10e9), tls_creds="")
+        timeout_s = float(req.get("save_timeout_s", 120))
+
+        async def migrate() -> Reply:
+            await qp.qmp.start_migration("fd:vmc-save")
+            for _ in range(int(timeout_s / 0.05)):
+                info = await qp.qmp.query_migrate()
+                if info.get("status") in ("completed", "failed", "cancelled"):
+                    return info
+                await asyncio.sleep(0.05)
+            await qp.qmp.migrate_cancel()
+            raise SubstrateError(f"saving {vm.name} did not finish in {timeout_s:.0f} s")
+
+        if vm.volume is not None:
+            return {"migrate": await self.save_state_to_volume(qp, vm, "vmc-save", migrate)}
+        path = self.layout.quick_state(vm.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
         await self._pass_file(qp, "vmc-save", path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        await qp.qmp.start_migration("fd:vmc-save")
-        for _ in range(int(req.get("save_timeout_s", 120) / 0.05)):
-            info = await qp.qmp.query_migrate()
-            if info.get("status") in ("completed", "failed", "cancelled"):
-                return {"migrate": info}
-            await asyncio.sleep(0.05)
-        await qp.qmp.migrate_cancel()
-        raise SubstrateError(f"saving {req['vm']} to {path} did not finish in time")
+        return {"migrate": await migrate()}
+
+    async def op_drop_saved(self, req: Reply) -> Reply:
+        """Remove the VM's saved state (its quick migration ended, either way)."""
+        vm = (await asyncio.to_thread(self.cluster_spec)).vm(str(req.get("vm")))
+        if vm.volume is not None:
+            return {"removed": await self.drop_saved_state(vm)}
+        path = self.layout.quick_state(vm.name)
+        if not path.exists():
+            return {"removed": None}
+        path.unlink()
+        return {"removed": str(path)}
 
 
 # What changes a VM or this host. From another host (over TCP with its certificate) each
@@ -598,7 +622,7 @@ class Agent(CsvOps):
 LIST_QMP_S = 3.0
 STATE_CHANGING = frozenset({"start", "stop", "pause", "resume", "incoming", "set_params",
                             "migrate", "cancel", "takeover", "release", "discard", "save",
-                            "power_off", "delete_disk", "drive", "drive_cancel",
+                            "drop_saved", "power_off", "delete_disk", "drive", "drive_cancel",
                             "drive_adopt"})
 
 

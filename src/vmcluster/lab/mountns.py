@@ -15,9 +15,9 @@ so every process of the host (the parts, the watchdog, its QEMUs) lives in both
 namespaces. A lab with a control plane hides its own records (``harness/``: which
 node owns what, the CSV coordinators of a lab without a store) from its hosts: they
 know the cluster from etcd only. What the lab still shares with every host: the
-spec file (which they do not read), plain VM disks and a quick migration's saved
-state (a shared path, as a quick migration needs), serial logs, and the guest image
-and QEMU binaries (read-only, as packages are).
+spec file (which they do not read), the file storage of VMs without a shared volume
+(their plain disks and quick-migration states), and the guest image and QEMU
+binaries (read-only, as packages are).
 """
 
 from __future__ import annotations

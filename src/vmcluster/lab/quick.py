@@ -1,7 +1,10 @@
-"""Quick migration, live migration's predecessor: pause, save to the shared path, restore.
+"""Quick migration, live migration's predecessor: pause, save, restore.
 
-The VM is paused for the whole copy (its downtime is the full save + restore);
-the state file on the lab's shared path is removed afterwards. On any failure
+The VM is paused for the whole copy (its downtime is the full save + restore). The
+source's agent saves the state where the VM's disk is: a region of its cluster shared
+volume (see :mod:`vmcluster.csv.savestate`), or a file beside a plain disk in the
+hosts' file storage; the target's agent restores it from there; the source's removes
+it afterwards. On any failure
 the target is removed and the VM resumes on its source. With a ``ledger`` (the
 manager's, under its token) the move follows the switchover protocol of live
 migration: recorded before the save, ownership moved by compare-and-set before the
@@ -31,7 +34,6 @@ def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 1
         raise MigrationError(f"{vm} already runs on {target}; pick another node")
     if not sub.agent(target).alive():
         raise MigrationError(f"node {target} is down; cannot move {vm} there")
-    path = sub.layout.quick_state(vm)
     clock = sub.clock
     t0 = clock.now()
     src, tgt = sub.agent(source), sub.agent(target)
@@ -87,7 +89,8 @@ def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 1
         return MigrationResult(vm, source, target, "shared-path", ok=False, error=str(exc),
                                total_s=clock.now() - t0)
     finally:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(SubstrateError):  # a leftover is replaced by the next save
+            src.call("drop_saved", vm=vm)
         if ledger is not None:
             ledger.stop_keeping()
     return MigrationResult(

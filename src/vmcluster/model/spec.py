@@ -34,6 +34,9 @@ _CLUSTER = {
 _NETWORK = {"name", "subnet", "gateway", "role", "metric", "bandwidth_mbps"}
 _NODE = {"name", "cores", "memory_mib", "interfaces", "accel", "power_model"}
 _VOLUME = {"name", "size_gib", "network"}
+# A VM's name names its QEMU, its disk (a file, or a region of a volume) and its records:
+# no '/', no space, nothing a path or a command line would read differently.
+_VM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 VM_KEYS = _VM = {
     "name",
     "owner",
@@ -183,6 +186,9 @@ def _volume(r: TableReader, networks: dict[str, Network]) -> Volume:
 
 
 def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols: set[str]) -> Vm:
+    if not _VM_NAME.fullmatch(r.name()):
+        raise r.fail("name", f"VM name {r.name()!r} is not 1-63 letters, digits, '.', '_' or "
+                     "'-' (starting with a letter or digit)", "rename it, e.g. \"web-1\"")
     owner = r.get("owner", str)
     if owner not in spec_nodes:
         raise r.fail("owner", f"owner {owner!r} is not a declared node", "declare it in [[nodes]]")

@@ -196,6 +196,10 @@ class Qmp:
             raise QmpError(f"{self.name}: cannot pass a file descriptor: {exc}") from exc
         await self._run("getfd", {"fdname": name})
 
+    async def close_fd(self, name: str) -> None:
+        """Close a descriptor QEMU still holds as ``name`` (one no migration took)."""
+        await self._run("closefd", {"fdname": name})
+
     async def start_migration(self, uri: str) -> None:
         await self._run("migrate", {"uri": uri})
 
