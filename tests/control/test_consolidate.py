@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from vmcluster.cli.main import cli
 from vmcluster.control.consolidate import ConsolidationPlan, PowerGuard, observe, plan
 from vmcluster.control.consolidate_apply import ApplyReport, Step, apply
+from vmcluster.control.migration import MigrationRequest, migrate_here
 from vmcluster.errors import InputError, UsageError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import parse_spec
@@ -104,6 +105,20 @@ def test_underloaded_node_is_emptied_and_powered_off() -> None:
     assert any(s.kind == "progress" and s.progress is not None and s.progress.sent_mib > 0
                for s in steps)
     assert "n1" not in sub.utilisation()  # an off node draws nothing and reports no load
+
+
+def test_a_plan_applied_again_skips_what_moved_and_finishes_the_rest() -> None:
+    """What a manager that took over an interrupted consolidation does: the VM already
+    on its target is not moved again, nor counted as a failure."""
+    spec, sub = cluster([(1, 0.05), (2, 0.3), (3, 0.3)])
+    p = plan(sub, spec)
+    [m] = p.migrations
+    # the first run's migration, before its manager died
+    assert migrate_here(sub, spec, MigrationRequest(m.vm, m.target), None, None).ok
+    steps: list[Step] = []
+    rep = apply(sub, spec, p, on_step=steps.append)
+    assert rep.ok and rep.migrations == () and rep.powered_off == ("n1",), rep
+    assert [(s.kind, s.subject) for s in steps][:1] == [("skip", m.vm)]
 
 
 @pytest.mark.parametrize("policy", ["ours", "lr-mmt-1.2", "thr-mmt-0.8"])

@@ -482,17 +482,39 @@ def test_a_drive_a_deposed_manager_started_is_handed_the_new_token_once(
     assert rec.lent == [("db", "node2", token)]
 
 
-def test_an_intent_a_deposed_manager_was_running_is_marked_failed(state: ClusterState) -> None:
-    it = intents.submit(state, "drain", {"node": "node1"}, "admin")
-    # A manager of an earlier term (token 1) claimed it, then died.
-    intents.update(state, it.id, None, state="running", token=1)
-    m, _clock, rec = manager(state)
-    m.take_office(10)
+def test_a_drain_a_deposed_manager_was_running_is_resumed_once_its_migration_ends(
+        state: ClusterState) -> None:
+    """The drain runs again, from a fresh plan, under the new token, but only once the
+    migration it had in flight has ended (its VM is never asked to move twice); a quick
+    migration it was running is marked failed (its save died with its driver)."""
+    old, _, _ = manager(state, "node1")
+    old_token = old.take_office(10)
+    drain_it = intents.submit(state, "drain", {"node": "node1"}, "admin")
+    quick_it = intents.submit(state, "migrate", {"vm": "web", "to": "node3", "mode": "quick"},
+                              "admin")
+    for it in (drain_it, quick_it):
+        intents.update(state, it.id, None, state="running", token=old_token)
+    lease = state.client.lease_grant(60)  # its driver is alive: no orphan
+    state.begin_migration("db", "node3", "Migration", expect=state.placement("db"),
+                          token=old_token, attempt="a1", driver_lease=lease)
+    old.election.resign()
+    clock, rec = ManualClock(), Recorder()
+    m = Manager(state, LAB, "node2", rec, clock, lambda: 1000.0 + clock.t,
+                ManagerParams(resume_wait_s=1e9))
+    token = m.take_office(10)
     publish(state, set())
     m.tick()
-    got = _wait_end(state, it.id)
-    assert got["state"] == "failed" and "lost office" in got["error"]
-    assert not getattr(rec, "carried", [])
+    failed = _wait_end(state, quick_it.id)
+    assert failed["state"] == "failed" and "lost office" in failed["error"], failed
+    time.sleep(0.5)
+    assert not getattr(rec, "carried", [])  # the drain waits for db's migration
+    resumed = intents.get(state, drain_it.id)
+    assert resumed is not None and resumed.state == "running"
+    assert resumed.record["token"] == token
+    state.abort_migration(state.migrations()["db"], token)  # the drive, lent this token
+    done = _wait_end(state, drain_it.id)
+    assert done["state"] == "done", done
+    assert rec.carried == [("drain", {"node": "node1"}, token)]
 
 
 def _settle(m: Manager) -> None:

@@ -27,6 +27,7 @@ from vmcluster.substrate.protocol import (
     MigrationProgress,
     MigrationResult,
     Substrate,
+    VmStatus,
 )
 
 __all__ = ["ApplyReport", "OnStep", "Step", "apply", "store_guard"]
@@ -121,7 +122,12 @@ def apply(substrate: Substrate, spec: ClusterSpec, the_plan: ConsolidationPlan,
             run.say("skip", m.vm, "cancelled: no further migration, no node powered off")
             return ApplyReport(tuple(run.results), tuple(run.on), (), tuple(run.kept),
                                tuple(run.errors), cancelled=True)
-        why = _cannot_start(substrate, m, failed_on)
+        now = substrate.status().vm(m.vm)
+        if now.node == m.target and now.state in ("running", "paused"):
+            # Moved already: by this plan's earlier run (a manager that ran it lost office).
+            run.say("skip", m.vm, f"{m.vm} is on {m.target} already")
+            continue
+        why = _cannot_start(now, m, failed_on)
         if why is None:
             res = _migrate_one(substrate, spec, m, run, poll_s, timeout_s)
             if res.ok:
@@ -148,10 +154,9 @@ def apply(substrate: Substrate, spec: ClusterSpec, the_plan: ConsolidationPlan,
                        tuple(run.errors))
 
 
-def _cannot_start(substrate: Substrate, m: PlannedMigration, failed_on: set[str]) -> str | None:
+def _cannot_start(now: VmStatus, m: PlannedMigration, failed_on: set[str]) -> str | None:
     if m.target in failed_on:
         return f"{m.vm} not moved: its target {m.target} could not be powered on"
-    now = substrate.status().vm(m.vm)
     if now.node != m.source or now.state not in ("running", "paused"):
         return f"{m.vm} not moved: it is {now.state} on {now.node or 'no node'}, not on {m.source}"
     return None

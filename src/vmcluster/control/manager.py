@@ -153,7 +153,15 @@ class ManagerParams:
     max_workers: int = 4  # intents carried out at once
     start_grace_s: float = 15.0  # a new term waits this long for a VM's owner to be heard
     start_wait_s: float = 180.0  # a start intent waits this long to see the VM run
+    resume_wait_s: float = 600.0  # a resumed intent waits this long for migrations in flight
     failover: FailoverParams = field(default_factory=lambda: FailoverParams(stop_budget_s=2.0))
+
+
+# What a deposed manager was carrying out that the next one carries out again from the
+# start: each reads the cluster afresh, so nothing done is done twice (a drain plans from
+# the placements, a consolidation skips VMs already on their target; the others are
+# idempotent).
+RESUMED = frozenset({"drain", "consolidate", "start", "stop", "resume", "delete"})
 
 
 def report_key(state: ClusterState, node: str = "") -> str:
@@ -622,21 +630,25 @@ class Manager:
 
     def _intents(self, term: _Term) -> None:
         """Carry out what the API recorded (see :mod:`vmcluster.store.intents`), each in a
-        worker thread of its own, so that this loop never waits for a migration. Intents
-        a former manager was running are marked failed: what they left in flight is an
-        orphaned migration, settled above."""
+        worker thread of its own, so that this loop never waits for a migration. An
+        intent a deposed manager was running goes on under this one: a live migration
+        is adopted from its driver; the kinds in :data:`RESUMED` run again from the
+        start once the migrations in flight have ended; a quick migration is marked
+        failed (its save died with its driver: settled as an orphan, above)."""
         for done in [i for i, t in term.workers.items() if not t.is_alive()]:
             del term.workers[done]
         for it in intents.running(self.state):
             if it.record.get("token") != term.token and it.id not in term.workers:
-                if it.kind == "migrate" and it.args.get("mode") != "quick":
-                    # Its driver (the VM's source host) may still be copying: adopt it.
+                live = it.kind == "migrate" and it.args.get("mode") != "quick"
+                if live or it.kind in RESUMED:
                     with contextlib.suppress(StoreConflict, StoreError):
-                        adopted = intents.update(self.state, it.id, term.token,
-                                                 token=term.token)
-                        self._spawn(term, adopted, adopt=True)
-                        self.say(f"adopting {it.kind} {it.args} (intent {it.id}) from "
-                                 f"token {it.record.get('token')}")
+                        taken = intents.update(self.state, it.id, term.token,
+                                               token=term.token)
+                        if it.kind == "start":
+                            term.asked.add(str(it.args.get("vm")))
+                        self._spawn(term, taken, "adopt" if live else "resume")
+                        self.say(f"{'adopting' if live else 'resuming'} {it.kind} {it.args} "
+                                 f"(intent {it.id}) from token {it.record.get('token')}")
                     continue
                 with contextlib.suppress(StoreConflict, StoreError):
                     intents.update(self.state, it.id, term.token, state="failed",
@@ -654,15 +666,17 @@ class Manager:
             self._spawn(term, claimed)
             self.say(f"carrying out {it.kind} {it.args} (intent {it.id})")
 
-    def _spawn(self, term: _Term, it: intents.Intent, adopt: bool = False) -> None:
-        worker = threading.Thread(target=self._work, args=(it, term.token, adopt),
+    def _spawn(self, term: _Term, it: intents.Intent, taken: str = "") -> None:
+        worker = threading.Thread(target=self._work, args=(it, term.token, taken),
                                   name=f"intent-{it.id}", daemon=True)
         term.workers[it.id] = worker
         worker.start()
 
-    def _work(self, it: intents.Intent, token: int, adopt: bool = False) -> None:
-        """One intent, start to end, in its own thread (``adopt``: one a deposed manager
-        was carrying out, whose migration may still be in flight)."""
+    def _work(self, it: intents.Intent, token: int, taken: str = "") -> None:
+        """One intent, start to end, in its own thread. ``taken`` from a deposed manager:
+        ``adopt`` (its live migration may still be in flight: watch it to its end), or
+        ``resume`` (carry it out again, once the migrations in flight now have ended)."""
+        adopt = taken == "adopt"
         last = [0.0]
 
         def cancelled() -> bool:
@@ -677,6 +691,8 @@ class Manager:
                     intents.update(self.state, it.id, token, progress=dict(p))
 
         try:
+            if taken == "resume":
+                self._await_migrations_in_flight(token, cancelled)
             if adopt:
                 try:
                     result = self.actuator.adopt_migration(it.args, token, cancelled, progress)
@@ -713,6 +729,19 @@ class Manager:
                     str(result.get("network") or ""), bool(result.get("ok")),
                     result.get("downtime_ms")))
         self._end(it, token, state, result=result, error=result.get("error"))
+
+    def _await_migrations_in_flight(self, token: int, cancelled: Callable[[], bool]) -> None:
+        """Before a resumed intent runs again: until every migration in flight now has
+        ended (a deposed manager's drive, going on under this term's token, or an orphan
+        settled), so that no VM is asked to move twice; at most ``resume_wait_s``."""
+        waiting = {(vm, m.id) for vm, m in self.state.migrations().items()}
+        deadline = self.clock.now() + self.params.resume_wait_s
+        while waiting and self.clock.now() < deadline and not cancelled():
+            term = self.term
+            if term is None or term.token != token:
+                raise Fenced(f"fenced: token {token} lost office while resuming an intent")
+            self.clock.sleep(self.params.tick_s)
+            waiting &= {(vm, m.id) for vm, m in self.state.migrations().items()}
 
     def _end(self, it: intents.Intent, token: int, state: str, **fields: Any) -> None:
         try:
