@@ -486,7 +486,7 @@ def test_a_drain_a_deposed_manager_was_running_is_resumed_once_its_migration_end
         state: ClusterState) -> None:
     """The drain runs again, from a fresh plan, under the new token, but only once the
     migration it had in flight has ended (its VM is never asked to move twice); a quick
-    migration it was running is marked failed (its save died with its driver)."""
+    migration whose driver is gone too is marked failed."""
     old, _, _ = manager(state, "node1")
     old_token = old.take_office(10)
     drain_it = intents.submit(state, "drain", {"node": "node1"}, "admin")
@@ -506,6 +506,7 @@ def test_a_drain_a_deposed_manager_was_running_is_resumed_once_its_migration_end
     m.tick()
     failed = _wait_end(state, quick_it.id)
     assert failed["state"] == "failed" and "lost office" in failed["error"], failed
+    assert [(a["vm"], a.get("mode")) for a, _t in rec.adopted] == [("web", "quick")]
     time.sleep(0.5)
     assert not getattr(rec, "carried", [])  # the drain waits for db's migration
     resumed = intents.get(state, drain_it.id)

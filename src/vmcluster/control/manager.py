@@ -631,23 +631,22 @@ class Manager:
     def _intents(self, term: _Term) -> None:
         """Carry out what the API recorded (see :mod:`vmcluster.store.intents`), each in a
         worker thread of its own, so that this loop never waits for a migration. An
-        intent a deposed manager was running goes on under this one: a live migration
-        is adopted from its driver; the kinds in :data:`RESUMED` run again from the
-        start once the migrations in flight have ended; a quick migration is marked
-        failed (its save died with its driver: settled as an orphan, above)."""
+        intent a deposed manager was running goes on under this one: a migration is
+        adopted from its driver (the VM's source host); the kinds in :data:`RESUMED` run
+        again from the start once the migrations in flight have ended."""
         for done in [i for i, t in term.workers.items() if not t.is_alive()]:
             del term.workers[done]
         for it in intents.running(self.state):
             if it.record.get("token") != term.token and it.id not in term.workers:
-                live = it.kind == "migrate" and it.args.get("mode") != "quick"
-                if live or it.kind in RESUMED:
+                moving = it.kind == "migrate"
+                if moving or it.kind in RESUMED:
                     with contextlib.suppress(StoreConflict, StoreError):
                         taken = intents.update(self.state, it.id, term.token,
                                                token=term.token)
                         if it.kind == "start":
                             term.asked.add(str(it.args.get("vm")))
-                        self._spawn(term, taken, "adopt" if live else "resume")
-                        self.say(f"{'adopting' if live else 'resuming'} {it.kind} {it.args} "
+                        self._spawn(term, taken, "adopt" if moving else "resume")
+                        self.say(f"{'adopting' if moving else 'resuming'} {it.kind} {it.args} "
                                  f"(intent {it.id}) from token {it.record.get('token')}")
                     continue
                 with contextlib.suppress(StoreConflict, StoreError):

@@ -16,7 +16,7 @@ On start it also asks its QEMU what it supports
 Ops: ping, facts, timeline, list, start, stop, pause, resume, incoming, migrate,
 query_migrate, set_params, cancel, takeover, release, discard, save, drop_saved, power_off,
 drive,
-drive_status, drive_cancel, drive_adopt (this host drives a live migration of its VM:
+drive_status, drive_cancel, drive_adopt (this host drives a migration of its VM:
 :mod:`vmcluster.lab.driver`), and the cluster shared volume ops of
 :class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that carries a manager's
 fencing ``token`` is refused unless that manager still leads
@@ -426,9 +426,10 @@ class Agent(CsvOps):
         return {}
 
     async def op_drive(self, req: Reply) -> Reply:
-        """Drive the live migration of a VM that runs here, under the asker's fencing token
-        (a thread of this agent runs the whole protocol; see vmcluster.lab.driver). Returns
-        at once with the drive's id; ``drive_status`` tells how it goes."""
+        """Drive the migration (live; quick with ``quick``) of a VM that runs here, under
+        the asker's fencing token (a thread of this agent runs the whole protocol; see
+        vmcluster.lab.driver). Returns at once with the drive's id; ``drive_status``
+        tells how it goes."""
         if self._store() is None:
             raise SubstrateError(f"{self.node} knows no store: a drive needs the cluster's "
                                  "records (migrate from the operator's side instead)")
@@ -443,7 +444,8 @@ class Agent(CsvOps):
             except (TypeError, ValueError) as exc:
                 raise InputError(f"drive: bad migration params {req['params']!r}: {exc}"
                                  ) from exc
-        return self.drives.start(qp.record.vm, str(req.get("target")), token, params)
+        return self.drives.start(qp.record.vm, str(req.get("target")), token, params,
+                                 bool(req.get("quick")))
 
     async def op_drive_status(self, req: Reply) -> Reply:
         return self.drives.status(str(req.get("vm")), req.get("id"))

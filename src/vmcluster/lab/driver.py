@@ -1,8 +1,9 @@
-"""A live migration is driven by its source host, not by the manager that asked for it.
+"""A migration (live, or quick) is driven by its source host, not by the manager that asked.
 
 The elected manager decides *that* a VM moves (an operator's intent, a drain, a
 consolidation plan, a quarantined host); the source host's agent *drives* the move:
-it runs :func:`vmcluster.control.migration.migrate` in a thread of its own, under the
+it runs :func:`vmcluster.control.migration.migrate` (or, for a quick migration,
+:func:`vmcluster.lab.quick.quick_migrate`) in a thread of its own, under the
 fencing token the manager sent with the request, with the migration's record and
 driver lease in etcd (:class:`~vmcluster.control.ledger.StoreLedger`). So:
 
@@ -45,6 +46,7 @@ from vmcluster.errors import (
 )
 from vmcluster.lab.client import AgentClient, AgentDown, AgentError, NotFound
 from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.quick import quick_migrate
 from vmcluster.lab.records import StoreRecords
 from vmcluster.model import ClusterSpec
 from vmcluster.store.errors import Fenced
@@ -77,6 +79,7 @@ class _Drive:
     vm: str
     target: str
     token: int
+    quick: bool = False  # pause, save onto the shared volume, restore; else live pre-copy
     state: str = "running"  # running | done | failed
     handle: dict[str, str] | None = None
     progress: dict[str, Any] | None = None
@@ -106,7 +109,8 @@ class _Drive:
         return True
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "vm": self.vm, "target": self.target, "state": self.state,
+        return {"id": self.id, "vm": self.vm, "target": self.target, "quick": self.quick,
+                "state": self.state,
                 "handle": self.handle, "progress": self.progress, "result": self.result,
                 "error": self.error, "error_type": self.error_type,
                 "cancelled": self.cancel.is_set()}
@@ -127,8 +131,8 @@ class SourceDrives:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
 
-    def start(self, vm: str, target: str, token: int, params: MigrationParams | None
-              ) -> dict[str, Any]:
+    def start(self, vm: str, target: str, token: int, params: MigrationParams | None,
+              quick: bool = False) -> dict[str, Any]:
         """Begin driving ``vm`` to ``target``; returns at once with the drive's id."""
         with self._lock:
             self._forget_old()
@@ -136,9 +140,11 @@ class SourceDrives:
             if now is not None and now.state == "running":
                 raise MigrationError(f"{vm} is already migrating to {now.target} "
                                      f"(driven by {self.node})")
-            drive = _Drive(f"{self.node}-{time.time_ns()}-{next(self._ids)}", vm, target, token)
+            drive = _Drive(f"{self.node}-{time.time_ns()}-{next(self._ids)}", vm, target, token,
+                           quick)
             self._drives[vm] = drive
-        self.log(f"driving the migration of {vm} to {target} (token {token}, id {drive.id})")
+        self.log(f"driving the {'quick' if quick else 'live'} migration of {vm} to {target} "
+                 f"(token {token}, id {drive.id})")
         threading.Thread(target=self._run, args=(drive, params), name=f"drive-{vm}",
                          daemon=True).start()
         return {"id": drive.id, "driver": self.node}
@@ -200,9 +206,12 @@ class SourceDrives:
             if now.vm(drive.vm).node != self.node:
                 raise MigrationError(f"{drive.vm} does not run on {self.node}; its source "
                                      "drives a migration")
-            result = migrate(sub, spec, known_health(spec, now),
-                             MigrationRequest(drive.vm, drive.target, params), on_progress,
-                             ledger)
+            if drive.quick:
+                result = quick_migrate(sub, drive.vm, drive.target, ledger=ledger)
+            else:
+                result = migrate(sub, spec, known_health(spec, now),
+                                 MigrationRequest(drive.vm, drive.target, params), on_progress,
+                                 ledger)
             drive.result, drive.state = result.to_json(), "done"
         except VmclusterError as exc:
             drive.error, drive.error_type, drive.state = str(exc), type(exc).__name__, "failed"
@@ -269,16 +278,17 @@ class _DriveLedger(StoreLedger):
 
 def drive_at_source(sub: QemuSubstrate, req: MigrationRequest,
                     on_progress: ProgressCallback | None, token: int,
-                    lost_s: float = DRIVER_LOST_S) -> MigrationResult:
+                    lost_s: float = DRIVER_LOST_S, quick: bool = False) -> MigrationResult:
     """Have ``req.vm``'s source host drive its migration under ``token``, and watch it
     until it ends. Raises what the driver raised before it moved anything (no network,
     a refusal, a cancel that rolled back); a driver lost for ``lost_s`` (its host or
     agent went) gives an unsettled result: the manager settles its record."""
-    source, drive_id = start_drive(sub, req, token)
+    source, drive_id = start_drive(sub, req, token, quick)
     return _watch(sub.layout, source, req, drive_id, on_progress, token, lost_s)
 
 
-def start_drive(sub: QemuSubstrate, req: MigrationRequest, token: int) -> tuple[str, str]:
+def start_drive(sub: QemuSubstrate, req: MigrationRequest, token: int,
+                quick: bool = False) -> tuple[str, str]:
     """Ask ``req.vm``'s source host to drive its migration under ``token``; returns the
     source and the drive's id at once (the switchover moves the VM's placement)."""
     source = sub.status().vm(req.vm).node
@@ -290,7 +300,7 @@ def start_drive(sub: QemuSubstrate, req: MigrationRequest, token: int) -> tuple[
     params = None if req.params is None else asdict(req.params)
     try:
         drive_id = str(asker.call("drive", vm=req.vm, target=req.target, params=params,
-                                  timeout_s=30)["id"])
+                                  quick=quick, timeout_s=30)["id"])
     except AgentDown as exc:
         raise MigrationError(f"cannot migrate {req.vm}: its source {source} does not "
                              f"answer ({exc})") from exc

@@ -177,10 +177,8 @@ class LabActuator:
         sub = self._sub(token, spec)
         on_progress = self._relay(cancelled, progress)
         if kind == "migrate" and args.get("mode") == "quick":
-            from vmcluster.lab.quick import quick_migrate
-
-            return quick_migrate(sub, str(args["vm"]), str(args["to"]),
-                                 ledger=self._ledger(token)).to_json()
+            return drive_at_source(sub, MigrationRequest(str(args["vm"]), str(args["to"])),
+                                   on_progress, token, quick=True).to_json()
         if kind == "migrate":
             vm, target = str(args["vm"]), str(args["to"])
             result = self._migrator(token)(sub, spec, MigrationRequest(vm, target),
