@@ -24,12 +24,13 @@ import pytest
 from vmcluster.csv.checkdisk import DiskCheck, check_vm_disk, highest_ack
 from vmcluster.csv.coordinator import coordinator_call
 from vmcluster.csv.nbd import NbdClient, NbdError
-from vmcluster.csv.storage import san_target
+from vmcluster.csv.storage import NbdTarget, san_target
 from vmcluster.csv.volume import FileBlock, read_table
 from vmcluster.lab.client import AgentClient
+from vmcluster.lab.credentials import lab_ca
 from vmcluster.lab.nsenter import NetnsThread
 from vmcluster.lab.observe import migrate_observed
-from vmcluster.lab.services import lab_csv_book
+from vmcluster.lab.services import lab_csv_book, lab_store
 from vmcluster.pki import CertificateAuthority, NodeCredentials
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
@@ -200,3 +201,48 @@ def test_the_shared_lun_is_served_only_over_tls_to_cluster_certificates(
     assert plain.startswith("refused") and "TLS" in plain
     assert other.startswith("refused")
     assert good == f"size {1024 ** 3}"
+
+
+def test_a_re_export_serves_only_the_clusters_member_hosts(
+    lab: QemuSubstrate, tmp_path: Path,
+) -> None:
+    """node1's re-export of CSV1 (redirected I/O): a member host attaches; a certificate
+    of this very CA for a name that is no member (a host that left) is refused; once
+    etcd lists it as a member the re-export lets it in, without restarting, and shuts it
+    out again when it is gone."""
+    reply = AgentClient(lab.layout, "node1").call("csv_export", volume="CSV1",
+                                                  network="Migration")
+    target = NbdTarget.from_json(reply["target"])
+    node2 = NodeCredentials(lab.layout.tls_dir("node2"))
+    gone = NodeCredentials(tmp_path / "gone")
+    gone.issue(lab_ca(lab.layout), "gone", [])
+
+    def attach(creds: NodeCredentials) -> str:
+        try:
+            with NbdClient(target.host, target.port, target.export,
+                           tls=creds.client_context(ca=node2.ca),
+                           tls_hostname=target.name) as lun:
+                return f"size {lun.size}"
+        except NbdError as exc:
+            return f"refused: {exc}"
+
+    def attach_until(creds: NodeCredentials, good: bool) -> str:
+        deadline = time.monotonic() + 20  # the agent rewrites the list every 5 s
+        while True:
+            with NetnsThread(lab.layout.node_ns("node2")) as t:
+                got = str(t.call(attach, creds))
+            if got.startswith("size") == good or time.monotonic() > deadline:
+                return got
+            time.sleep(0.5)
+
+    assert attach_until(node2, True) == f"size {1024 ** 3}"
+    assert attach_until(gone, False).startswith("refused")
+    with lab_store(lab.layout) as s:
+        key = s.state.key("members", "gone")
+        s.call(s.state.client.put, key, b'{"serial": 0}')
+        try:
+            assert attach_until(gone, True).startswith("size")
+        finally:
+            s.call(s.state.client.delete, key)
+    assert attach_until(gone, False).startswith("refused")
+    assert attach_until(node2, True).startswith("size")

@@ -29,6 +29,7 @@ import ssl
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from vmcluster.csv import volume as vt
@@ -46,6 +47,7 @@ from vmcluster.csv.paths import access_modes
 from vmcluster.csv.savestate import region_name, region_size, restore_stream, save_stream, seal
 from vmcluster.csv.storage import (
     NbdTarget,
+    authz_rules,
     pid_from,
     redirect_argv,
     redirect_target,
@@ -60,6 +62,7 @@ from vmcluster.model.spec import load_spec
 from vmcluster.pki import NodeCredentials
 from vmcluster.store.state import ClusterState
 from vmcluster.substrate.qemu.process import QemuProcess
+from vmcluster.substrate.qemu.qmp import Qmp
 from vmcluster.substrate.qemu.vm import LUN_NODE_PREFIX, NBD_TLS, PATH_NODE
 
 __all__ = ["CsvOps"]
@@ -86,6 +89,7 @@ class CsvOps:
     _csv_log: list[tuple[float, Reply]] | None = None
     _csv_book: StoreBook | None = None
     _csv_links: LinkPublisher | None = None
+    _csv_authz: dict[str, tuple[str, ...]] | None = None
 
     def _spec(self) -> ClusterSpec:
         if self._csv_spec is None:
@@ -175,8 +179,10 @@ class CsvOps:
         spec = self._spec()
         target = redirect_target(spec, volume, self.node, network)
         pidfile = self.layout.redirect_pidfile(self.node, volume, network)
+        monitor = self.layout.redirect_monitor(self.node, volume, network)
         async with self._vlock(f"export:{volume}:{network}"):
             if pid_from(pidfile) is None:
+                self._authz_set().pop(str(monitor), None)  # a new daemon lets in nobody yet
                 pidfile.parent.mkdir(parents=True, exist_ok=True)
                 argv = redirect_argv(self.layout, spec, volume, self.node, network, self.creds)
                 proc = await asyncio.create_subprocess_exec(
@@ -187,6 +193,7 @@ class CsvOps:
                     raise SubstrateError(f"{self.node}: cannot re-export {volume} on "
                                          f"{network}: {out.decode(errors='replace').strip()}")
                 _log(f"re-exporting {volume} at {target.uri} for redirected I/O")
+            await self._let_in(monitor, await asyncio.to_thread(self._member_hosts))
         return {"target": target.to_json()}
 
     # -- a quick migration's saved state, on the VM's own volume ----------------------------
@@ -297,6 +304,43 @@ class CsvOps:
             return f"{vm.volume}:{name}"
 
         return await asyncio.to_thread(drop)
+
+    def _member_hosts(self) -> tuple[str, ...]:
+        """Who may use this host's re-exports: the cluster's member hosts (the spec's nodes
+        in a lab without a store). In a thread: it may ask the store."""
+        state = self._store()
+        if state is None:
+            return tuple(sorted(n.name for n in self._spec().nodes))
+        kvs, _ = state.client.get_prefix(state.key("members", ""))
+        return tuple(sorted(kv.key.rsplit("/", 1)[1] for kv in kvs))
+
+    def _authz_set(self) -> dict[str, tuple[str, ...]]:
+        """The hosts each re-export (by its QMP socket) was last told to let in."""
+        if self._csv_authz is None:
+            self._csv_authz = {}
+        return self._csv_authz
+
+    async def _let_in(self, monitor: Path, hosts: tuple[str, ...]) -> None:
+        """Tell the re-export whose QMP socket is ``monitor`` to serve exactly ``hosts``
+        (their certificates' names), unless it was told so already."""
+        if self._authz_set().get(str(monitor)) == hosts:
+            return
+        qmp = Qmp(f"re-export {monitor.stem}")
+        await qmp.connect(str(monitor), timeout_s=10.0)
+        try:
+            await qmp.set_authz_rules("authz0", authz_rules(hosts))
+        finally:
+            await qmp.close()
+        self._authz_set()[str(monitor)] = hosts
+        _log(f"re-export {monitor.stem} serves the member hosts {', '.join(hosts)}")
+
+    async def _refresh_authz(self) -> None:
+        """Every live re-export of this host serves the member hosts of now: a host that
+        left the cluster (its certificate revoked) is refused from then on."""
+        hosts = await asyncio.to_thread(self._member_hosts)
+        for pidfile in sorted((self.layout.host_run_dir(self.node) / "redirect").glob("*.pid")):
+            if pid_from(pidfile) is not None:
+                await self._let_in(pidfile.with_suffix(".qmp"), hosts)
 
     # -- path switching ------------------------------------------------------------------
     async def _paths(self, qp: QemuProcess) -> list[tuple[str, str, str]]:
@@ -444,6 +488,10 @@ class CsvOps:
             # Not at once on start: the other hosts' agents may still be starting, and a
             # round now would take the coordinator's role from one that is not up yet.
             if (last and now != last) or time.monotonic() >= next_full:
+                try:  # a host that left the cluster is refused by the re-exports at once
+                    await self._refresh_authz()
+                except Exception as exc:
+                    _log(f"cannot update the re-exports' member list: {exc}")
                 if last and now != last:
                     _log(f"storage link {'up' if all(now.values()) else 'down'}; reconciling")
                 next_full = time.monotonic() + FULL_CHECK_S

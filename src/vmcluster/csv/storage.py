@@ -10,11 +10,18 @@ on its address on the CSV network.
 Every NBD connection is TLS with the cluster's certificates (the SAN has one of
 its own, ``san``): each daemon serves with ``tls-creds-x509`` and
 ``verify-peer=on``, so only holders of a cluster certificate can attach, and
-each client checks the server's name (:attr:`NbdTarget.name`).
+each client checks the server's name (:attr:`NbdTarget.name`). A re-export also
+serves only the cluster's member hosts (``tls-authz``: an ``authz-list`` of their
+certificates' names that the agent sets through the daemon's QMP socket, again
+whenever membership changes), so a host that left the cluster, whose certificate is
+revoked, is refused at once: QEMU reads the revocation list only at start. (The
+self-refreshing ``authz-list-file`` cannot be created in QEMU 10.0: its QAPI and
+QOM type names differ.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -30,6 +37,7 @@ __all__ = [
     "REDIRECT_PORT_BASE",
     "SAN_PORT_BASE",
     "NbdTarget",
+    "authz_rules",
     "redirect_argv",
     "redirect_target",
     "san_address",
@@ -135,10 +143,15 @@ def san_argv(layout: LabLayout, spec: ClusterSpec, volume: str) -> list[str]:
     ]
 
 
+def authz_rules(hosts: Iterable[str]) -> list[dict[str, str]]:
+    """An ``authz-list``'s rules that let in exactly the certificates of ``hosts``."""
+    return [{"match": f"CN={h}", "policy": "allow", "format": "exact"} for h in sorted(hosts)]
+
+
 def redirect_argv(layout: LabLayout, spec: ClusterSpec, volume: str, node: str,
                   network: str, creds: NodeCredentials) -> list[str]:
     """``node``'s re-export of the SAN's export of ``volume`` on its ``network`` address,
-    with ``node``'s own certificate (``creds``)."""
+    with ``node``'s own certificate (``creds``), for the hosts its ``authz0`` lets in."""
     up = san_target(spec, volume)
     t = redirect_target(spec, volume, node, network)
     mine = creds.qemu_dir
@@ -146,10 +159,15 @@ def redirect_argv(layout: LabLayout, spec: ClusterSpec, volume: str, node: str,
         QSD,
         "--object", tls_object("tlsc", "client", mine),
         "--object", tls_object("tlss", "server", mine),
+        "--object", "authz-list,id=authz0,policy=deny",  # nobody, until the agent says
+        "--chardev", f"socket,id=m0,path={layout.redirect_monitor(node, volume, network)},"
+                     "server=on,wait=off",
+        "--monitor", "chardev=m0",
         "--blockdev", f"driver=nbd,node-name=up,server.type=inet,server.host={up.host},"
                       f"server.port={up.port},export={up.export},tls-creds=tlsc,"
                       f"tls-hostname={up.name}",
-        "--nbd-server", f"addr.type=inet,addr.host={t.host},addr.port={t.port},tls-creds=tlss",
+        "--nbd-server", f"addr.type=inet,addr.host={t.host},addr.port={t.port},tls-creds=tlss,"
+                        "tls-authz=authz0",
         "--export", f"type=nbd,id=e0,node-name=up,name={t.export},writable=on",
         "--pidfile", str(layout.redirect_pidfile(node, volume, network)),
         "--daemonize",

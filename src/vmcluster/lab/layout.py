@@ -134,6 +134,10 @@ class LabLayout:
         tag = short_name("", volume, network, limit=60)
         return self.host_run_dir(node) / "redirect" / f"{tag}.pid"
 
+    def redirect_monitor(self, node: str, volume: str, network: str) -> Path:
+        """The QMP socket of that re-export (its agent updates who may use it)."""
+        return self.redirect_pidfile(node, volume, network).with_suffix(".qmp")
+
     def serial_log(self, vm: str, node: str) -> Path:
         """``vm``'s serial console on ``node`` (the host's own state directory: a VM that
         migrates writes on in the target's)."""

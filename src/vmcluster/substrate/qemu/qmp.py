@@ -200,6 +200,12 @@ class Qmp:
         """Close a descriptor QEMU still holds as ``name`` (one no migration took)."""
         await self._run("closefd", {"fdname": name})
 
+    async def set_authz_rules(self, obj_id: str, rules: list[dict[str, str]]) -> None:
+        """Replace the rules of the ``authz-list`` object ``obj_id`` (a server that names
+        it in ``tls-authz`` checks each new client against them)."""
+        await self._run("qom-set", {"path": f"/objects/{obj_id}", "property": "rules",
+                                    "value": rules})
+
     async def start_migration(self, uri: str) -> None:
         await self._run("migrate", {"uri": uri})
 
