@@ -131,8 +131,11 @@ def test_vms_are_defined_started_stopped_and_deleted_through_the_store(
     # Its address was assigned and is now part of its definition: a VM defined later can
     # never shift it.
     assert body["definition"]["address"].startswith("198.18.")
+    # Its disk goes on the cluster's shared volume unless it says otherwise.
+    assert body["definition"]["volume"] == "CSV1"
     second = client.post("/api/v1/vms", headers=admin, json={
-        "name": "api", "owner": "node1", "memory_mib": 257, "start": True})
+        "name": "api", "owner": "node1", "memory_mib": 257, "start": True, "volume": None})
+    assert "volume" not in second.json()["definition"]  # a plain disk: the file storage
     assert second.status_code == 201 and second.json()["intent"]["kind"] == "start"
     assert second.json()["definition"]["address"] != body["definition"]["address"]
     assert [v["name"] for v in client.get("/api/v1/vms", headers=admin).json()["vms"]] == [

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vmcluster.errors import SpecError
+from vmcluster.errors import SpecError, SubstrateError
+from vmcluster.lab.layout import shared_layout
 from vmcluster.node.config import EtcdMemberConfig, LabRef, NodeConfig, parse_config
 
 GOOD = """\
@@ -41,6 +42,20 @@ def test_defaults_are_a_real_hosts_paths() -> None:
     assert cfg.watchdog_socket == Path("/run/vmcluster/watchdog.sock")
     assert cfg.fence_window_s == 2.5 and cfg.restart_grace_s == 30.0
     assert cfg.member is not None and cfg.member.token == "vmc-prod"
+
+
+def test_a_host_without_file_storage_refuses_a_plain_disk_with_one_line() -> None:
+    """No [paths] shared_dir: the cluster has no file storage; a VM without a shared
+    volume has nowhere to keep its disk, and says so (where to set it, what else to do)."""
+    cfg = parse_config(GOOD, "vmclusterd.toml")
+    assert cfg.shared is None
+    host = shared_layout(cfg.shared, cfg.state_dir, cfg.run_dir, cfg.lab_dir)
+    with pytest.raises(SubstrateError, match=r"no file storage \(\[paths\] shared_dir") as err:
+        host.disk("web")
+    assert "\n" not in str(err.value) and "volume" in str(err.value)
+    nfs = shared_layout(Path("/srv/vmcluster"), cfg.state_dir, cfg.run_dir)
+    assert nfs.disk("web") == Path("/srv/vmcluster/disks/web.img")
+    assert nfs.quick_state("web") == Path("/srv/vmcluster/saved/web.state")
 
 
 def test_render_reads_back() -> None:

@@ -125,8 +125,8 @@ def test_network_cut_mid_migration_is_retried_on_the_next(lab: QemuSubstrate) ->
 
     try:
         r = migrate_observed(lab, "web", target, on_progress=on_progress)
-    finally:
-        netns.set_link(lab.layout, lab.spec, "Migration", source or "", up=True)
+    finally:  # back up, and published: the next migration reads the links from the store
+        lab.set_link("Migration", source or "", up=True)
     assert cut.is_set()
     assert r.ok and r.network == "Public" and lab.owner("web") == target
     assert r.extra["memory_ok"] is True
@@ -370,7 +370,8 @@ def test_the_cluster_was_made_by_init_and_join(lab: QemuSubstrate) -> None:
     assert "admitted node3 (etcd learner)" in api_log
     for n in ("node2", "node3"):
         cfg = lab.layout.node_config(n).read_text()
-        assert 'state = "existing"' in cfg and "shared_dir" in cfg and "[lab]" not in cfg
+        # No file storage: every VM of this spec is on a shared volume.
+        assert 'state = "existing"' in cfg and "shared_dir" not in cfg and "[lab]" not in cfg
     assert not list(lab.layout.ca_dir.glob("*node*"))  # no host's key was made here
     # A second join of a host that is a member is refused on the host, nothing changed.
     token = json.loads(vmc("cluster", "token", "create", "--lab", lab.layout.name,
@@ -456,10 +457,25 @@ def test_hosts_share_no_files_with_each_other(lab: QemuSubstrate) -> None:
     assert look("node3", layout.node_config("node1")).returncode != 0
     assert other_key.exists() and (layout.ca_dir / "ca-key.pem").exists()  # from outside
     # Nor the lab's own records: a host knows the cluster from etcd only, and its
-    # config names no lab (only the directory hosts share), as a real host's would not.
-    assert "[lab]" not in layout.node_config("node1").read_text()
+    # config names no lab, as a real host's would not. Every VM of this spec is on a
+    # shared volume, so there is no file storage either: nothing of the lab's directory
+    # but the host's own, not even the SAN's LUN files.
+    config = layout.node_config("node1").read_text()
+    assert "[lab]" not in config and "shared_dir" not in config
     assert look("node1", layout.state_file).returncode != 0
-    assert layout.state_file.exists()
+    assert look("node1", layout.lun("CSV1")).returncode != 0
+    assert layout.state_file.exists() and layout.lun("CSV1").exists()
+    (pid,) = daemon_pids(layout, "node1")["vmclusterd"]
+    seen = subprocess.run(["nsenter", f"--mount=/proc/{pid}/ns/mnt", "find",
+                           str(layout.state_dir), "-maxdepth", "2"],
+                          capture_output=True, text=True, timeout=30, check=True).stdout.split()
+    assert sorted(seen) == sorted(str(p) for p in (
+        layout.state_dir, layout.state_dir / "hosts", layout.host_dir("node1"))), seen
+    # Nor has it a handle on another host's network namespace: it learns of their links
+    # from what they publish.
+    netns_seen = subprocess.run(["nsenter", f"--mount=/proc/{pid}/ns/mnt", "ls", "/run/netns"],
+                                capture_output=True, text=True, timeout=30, check=True).stdout
+    assert netns_seen.split() == [] and layout.node_ns("node2") in os.listdir("/run/netns")
 
 
 def _qemu_pids_of(lab: QemuSubstrate, node: str) -> list[int]:
@@ -701,12 +717,15 @@ def test_a_vm_defined_through_the_api_is_started_stopped_and_deleted(lab: QemuSu
         time.sleep(5)  # longer than the manager's recover_s: nothing starts it again
         after = {v["vm"] for v in lab.agent("node3").call("list")["vms"]}
         assert "extra" not in after
-        assert lab.layout.disk("extra").exists()
+        # Its disk went on the cluster's shared volume (no --volume: the first one).
+        assert got["definition"]["volume"] == "CSV1"
+        lun = FileBlock(str(lab.layout.lun("CSV1")))
+        assert read_table(lun).get("extra") is not None
         deleted = _vmc_in(ns, env, "vm", "delete", "extra")
         assert deleted.returncode == 0 and "with its disk" in deleted.stdout, deleted.stderr
         listed = json.loads(_vmc_in(ns, env, "vm", "list", "--json").stdout)["vms"]
         assert "extra" not in {v["name"] for v in listed}
-        assert not lab.layout.disk("extra").exists()  # nothing of it is left behind
+        assert read_table(lun).get("extra") is None  # nothing of it is left behind
     finally:
         _vmc_in(ns, env, "vm", "stop", "extra")
         _vmc_in(ns, env, "vm", "delete", "extra")

@@ -171,7 +171,8 @@ def _definition(vm_name: str, from_file: Path | None, given: dict[str, Any]) -> 
 @click.option("--vcpus", type=click.IntRange(min=1), default=None)
 @click.option("--disk", "disk_mib", type=click.IntRange(min=1), default=None,
               help="disk size in MiB (a plain disk, or on --volume)")
-@click.option("--volume", default=None, help="a cluster shared volume for its disk")
+@click.option("--volume", default=None, help="the cluster shared volume for its disk (default: the "
+              "cluster's first, if it has one)")
 @click.option("--address", default=None, help="its address on the public network "
               "(default: the next free one)")
 @click.option("--preferred-owners", default=None, metavar="N1,N2",

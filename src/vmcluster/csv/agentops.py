@@ -76,6 +76,21 @@ def _log(msg: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} csv: {msg}", file=sys.stderr, flush=True)
 
 
+async def _pipe_with(qp: QemuProcess, fdname: str, qemu_writes: bool) -> int:
+    """A pipe whose one end QEMU holds as ``fdname`` (the write end when
+    ``qemu_writes``); returns the other end, ours to close."""
+    r, w = os.pipe()
+    theirs, ours = (w, r) if qemu_writes else (r, w)
+    try:
+        await qp.qmp.pass_fd(fdname, theirs)
+    except BaseException:
+        os.close(ours)
+        raise
+    finally:
+        os.close(theirs)
+    return ours
+
+
 class CsvOps:
     """Agent mixin; needs ``layout``, ``node``, ``creds``, ``vms`` and ``get`` from the
     agent."""
@@ -231,14 +246,7 @@ class CsvOps:
         agent copies into ``vm``'s state region; sealed only when QEMU says the stream is
         complete. ``migrate`` returns QEMU's final ``query-migrate``."""
         target, offset, size, where = await asyncio.to_thread(self._state_region, vm, True)
-        r, w = os.pipe()
-        try:
-            await qp.qmp.pass_fd(fdname, w)
-        except BaseException:
-            os.close(r)
-            raise
-        finally:
-            os.close(w)
+        r = await _pipe_with(qp, fdname, qemu_writes=True)
 
         def copy() -> tuple[int, int]:
             try:
@@ -270,14 +278,7 @@ class CsvOps:
         """Hand QEMU ``fdname``, a pipe this agent fills from ``vm``'s sealed state region
         (in the background: QEMU reads as it restores)."""
         target, offset, size, where = await asyncio.to_thread(self._state_region, vm, False)
-        r, w = os.pipe()
-        try:
-            await qp.qmp.pass_fd(fdname, r)
-        except BaseException:
-            os.close(w)
-            raise
-        finally:
-            os.close(r)
+        w = await _pipe_with(qp, fdname, qemu_writes=False)
 
         def feed() -> None:
             try:

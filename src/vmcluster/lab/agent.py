@@ -342,11 +342,7 @@ class Agent(CsvOps):
                 await asyncio.to_thread(coordinator_call, self.layout, self.book(), spec,
                                         vm.volume, "csv_delete", disk=name)
                 return {"removed": f"{vm.volume}/{name}"}
-            disk = self.layout.disk(name)
-            if not disk.exists():
-                return {"removed": None}
-            disk.unlink()
-            return {"removed": str(disk)}
+            return {"removed": self._remove_file(self.layout.disk, name)}
 
     async def op_pause(self, req: Reply) -> Reply:
         qp = self.get(req["vm"])
@@ -610,11 +606,19 @@ class Agent(CsvOps):
         vm = (await asyncio.to_thread(self.cluster_spec)).vm(str(req.get("vm")))
         if vm.volume is not None:
             return {"removed": await self.drop_saved_state(vm)}
-        path = self.layout.quick_state(vm.name)
+        return {"removed": self._remove_file(self.layout.quick_state, vm.name)}
+
+    def _remove_file(self, where: Callable[[str], Path], vm: str) -> str | None:
+        """Remove ``where(vm)`` from the file storage; its path, or None when there was
+        none (or the cluster has no file storage, so it never had one)."""
+        try:
+            path = where(vm)
+        except SubstrateError:
+            return None
         if not path.exists():
-            return {"removed": None}
+            return None
         path.unlink()
-        return {"removed": str(path)}
+        return str(path)
 
 
 # What changes a VM or this host. From another host (over TCP with its certificate) each
@@ -687,7 +691,8 @@ def guest_config(spec: ClusterSpec, vm_name: str, node: str, layout: LabLayout, 
     return VmConfig(
         name=vm.name, memory_mib=vm.memory_mib, vcpus=vm.vcpus, mac=mac_for(vm.name),
         tap=layout.tap(vm.name), bridge=layout.PUBLIC_BRIDGE, kernel=str(kernel),
-        initrd=str(initrd), append=append, disk=str(layout.disk(vm.name)), accel=nd.accel,
+        initrd=str(initrd), append=append,
+        disk="" if csv is not None else str(layout.disk(vm.name)), accel=nd.accel,
         machine=machine, csv=csv)
 
 
@@ -820,7 +825,7 @@ def _log(msg: str) -> None:
 async def _amain(cfg: NodeConfig) -> None:
     speak_as(cfg.node, cfg.tls_dir)
     # what this host shares with the others, and its own directories
-    agent = Agent(cfg, shared_layout(cfg.shared, cfg.state_dir, cfg.run_dir))
+    agent = Agent(cfg, shared_layout(cfg.shared, cfg.state_dir, cfg.run_dir, cfg.lab_dir))
     addresses_from(agent._spec)  # the other hosts' addresses: the spec the store has
     t0 = time.monotonic()
     await agent.reconcile()

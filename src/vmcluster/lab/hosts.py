@@ -37,7 +37,7 @@ from vmcluster.lab.mountns import enter_prefix, make_host_namespace
 from vmcluster.lab.nodewatch import HEARTBEAT_PORT
 from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
-from vmcluster.node.config import PARTS, NodeConfig, load_base_config, load_config
+from vmcluster.node.config import PARTS, LabRef, NodeConfig, load_base_config, load_config
 from vmcluster.node.daemon import child_env
 from vmcluster.pki import NodeCredentials, write_file
 from vmcluster.store.members import EtcdCluster, spec_members
@@ -68,6 +68,11 @@ def etcd_cluster(layout: LabLayout, spec: ClusterSpec) -> EtcdCluster:
     return EtcdCluster(members, token=f"vmc-{layout.name}")
 
 
+def needs_file_storage(spec: ClusterSpec) -> bool:
+    """Whether a VM of ``spec`` keeps its disk in the file storage (it has no volume)."""
+    return any(vm.volume is None for vm in spec.vms)
+
+
 def node_config(layout: LabLayout, spec: ClusterSpec, node: str, control_plane: bool = True,
                 manager: Mapping[str, float] | None = None) -> NodeConfig:
     """What the lab writes into a host's ``vmclusterd.toml`` before it joins a cluster:
@@ -82,7 +87,11 @@ def node_config(layout: LabLayout, spec: ClusterSpec, node: str, control_plane: 
         run_dir=layout.host_run_dir(node),
         parts=PARTS if control_plane else ("agent",),
         heartbeat_port=HEARTBEAT_PORT, fence_window_s=spec.cluster.fence_window_s,
-        qemu=install, manager=dict(manager or {}), shared_dir=layout.state_dir,
+        qemu=install, manager=dict(manager or {}),
+        # The file storage (NFS on real hosts), only when a VM needs it.
+        shared_dir=layout.file_storage if needs_file_storage(spec) else None,
+        # A lab of agents only keeps the cluster's records in its own file.
+        lab=None if control_plane else LabRef(layout.name, layout.root),
         guest_kernel=Path(image["kernel"]), guest_initrd=Path(image["initrd"]),
     )
 

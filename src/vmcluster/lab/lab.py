@@ -28,7 +28,12 @@ from vmcluster.errors import LabError, UsageError, VmclusterError
 from vmcluster.lab import netns
 from vmcluster.lab.client import AgentClient, forget_namespaces
 from vmcluster.lab.credentials import issue_credentials
-from vmcluster.lab.hosts import bootstrap_hosts, start_daemon, write_node_configs
+from vmcluster.lab.hosts import (
+    bootstrap_hosts,
+    needs_file_storage,
+    start_daemon,
+    write_node_configs,
+)
 from vmcluster.lab.layout import RUN_ROOT, LabLayout, check_lab_name
 from vmcluster.lab.mountns import remove_host_namespaces
 from vmcluster.lab.state import write_state
@@ -117,6 +122,8 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
             for line in start_san(layout, spec):
                 say(f"[{time.monotonic() - t0:5.1f}s] {line}")
         write_node_configs(layout, spec, control_plane, manager)
+        if needs_file_storage(spec):  # before the hosts' namespaces, which bind it
+            layout.file_storage.mkdir(parents=True, exist_ok=True)
         if control_plane:  # `cluster init` on the first host, `cluster join` on the others
             from vmcluster.lab.services import seed_store
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmcluster.errors import UsageError
+from vmcluster.errors import SubstrateError, UsageError
 
 __all__ = ["RUN_ROOT", "LabLayout", "SharedLayout", "check_lab_name", "shared_layout",
            "short_name"]
@@ -118,8 +118,16 @@ class LabLayout:
         """Where a node's agent keeps one record + QMP socket per QEMU it owns."""
         return self.host_state_dir(node) / "qemu"
 
+    @property
+    def file_storage(self) -> Path:
+        """The cluster's file storage, a directory every host mounts (NFS on real hosts):
+        the plain disks and quick-migration states of VMs without a shared volume. A lab
+        gives its hosts one only when its spec has such a VM; nothing else of the lab's
+        directory is theirs to see."""
+        return self.state_dir / "files"
+
     def disk(self, vm: str) -> Path:
-        return self.state_dir / "disks" / f"{vm}.img"
+        return self.file_storage / "disks" / f"{vm}.img"
 
     def lun(self, volume: str) -> Path:
         """A cluster shared volume's LUN: a raw file the SAN serves over NBD."""
@@ -144,7 +152,7 @@ class LabLayout:
         return self.host_state_dir(node) / "console" / f"{vm}.log"
 
     def quick_state(self, vm: str) -> Path:
-        return self.state_dir / "saved" / f"{vm}.state"
+        return self.file_storage / "saved" / f"{vm}.state"
 
     def slot_lock(self, node: str, slot: int) -> Path:
         """A migration slot of a lab without a store (with one: ``slots/`` in etcd)."""
@@ -199,17 +207,26 @@ class LabLayout:
 
 @dataclass(frozen=True)
 class SharedLayout(LabLayout):
-    """What a host's daemons see of the layout: the cluster's shared file storage (plain
-    VM disks, a quick migration's saved state) under one directory,
-    ``root/name``, which need not be named as a lab is (on real hosts: a mount every host
-    has, e.g. NFS), and the host's own directories (``own_state``, ``own_run``: its
-    serial consoles, its redirect pidfiles). Its namespace names are never used."""
+    """What a host's daemons see of the layout: the host's own directories
+    (``own_state``, ``own_run``: its serial consoles, its redirect pidfiles) and, when
+    the cluster has one, its file storage (``files``: a directory every host mounts,
+    e.g. NFS). Its lab name and namespace names are never used."""
 
     own_state: Path = Path("/var/lib/vmcluster")
     own_run: Path = Path("/run/vmcluster")
+    files: Path | None = None
 
     def __post_init__(self) -> None:
         return None
+
+    @property
+    def file_storage(self) -> Path:
+        if self.files is None:
+            raise SubstrateError(
+                "this cluster has no file storage ([paths] shared_dir: a directory every "
+                "host mounts, e.g. NFS): a VM without a shared volume has nowhere to keep "
+                "its disk; give it a volume (`volume = \"CSV1\"`)")
+        return self.files
 
     def host_state_dir(self, node: str) -> Path:
         return self.own_state  # a host knows only its own
@@ -218,6 +235,9 @@ class SharedLayout(LabLayout):
         return self.own_run
 
 
-def shared_layout(shared_dir: Path, own_state: Path, own_run: Path) -> SharedLayout:
-    return SharedLayout(shared_dir.name, shared_dir.parent, own_state, own_run)
-
+def shared_layout(files: Path | None, own_state: Path, own_run: Path,
+                  lab: tuple[str, Path] | None = None) -> SharedLayout:
+    """A host's layout; ``lab`` (name, root): the lab whose records the host reads (a lab
+    whose hosts run their agent only keeps the cluster's records in its own file)."""
+    name, root = lab if lab is not None else ("host", own_state)
+    return SharedLayout(name, root, own_state, own_run, files)

@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     node = cfg.node
     speak_as(node, cfg.tls_dir)  # this host's certificate, for the agents it calls
     # what this host shares with the others, and its own directories
-    layout = shared_layout(cfg.shared, cfg.state_dir, cfg.run_dir)
+    layout = shared_layout(cfg.shared, cfg.state_dir, cfg.run_dir, cfg.lab_dir)
     state = cfg.store(retry_s=2.0)
     spec = state.wait_spec(say=lambda m: print(json.dumps({"msg": m}), flush=True))
     kinds = {f.name: f.type for f in fields(ManagerParams)}

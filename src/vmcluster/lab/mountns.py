@@ -6,18 +6,22 @@ namespace). Inside it:
 
 * ``/sys`` is mounted again from the host's network namespace (so that
   ``/sys/class/net`` shows its own interfaces, as ``ip netns exec`` does);
-* every other host's directory (its keys, QEMU records, etcd data, sockets), the
-  cluster CA's directory and the admin's credentials are covered by an empty,
-  read-only tmpfs.
+* a host of a lab with a control plane sees nothing of the lab's directory but its
+  own directory (its keys, QEMU records, etcd data, sockets) and, when a VM of the
+  spec has no shared volume, the file storage (``files/``: those VMs' plain disks
+  and quick-migration states, shared as an NFS mount would be): the lab's
+  directory is covered by an empty read-only tmpfs and those two are bound back,
+  so the lab's records, the SAN's LUN files, the CA, the other hosts and whatever
+  the harness makes later are out of its sight, and so are the lab's network
+  namespaces (``/run/netns``). It knows the cluster from etcd only; beyond that,
+  only the guest image and the QEMU binaries are shared (read-only, as packages
+  are);
+* a host of a lab of agents only (the substrate contract tests) reads the lab's
+  records in its file; the other hosts' directories and the CA are covered.
 
 The lab starts the host's ``vmclusterd`` with ``nsenter --net=... --mount=...``,
 so every process of the host (the parts, the watchdog, its QEMUs) lives in both
-namespaces. A lab with a control plane hides its own records (``harness/``: which
-node owns what, the CSV coordinators of a lab without a store) from its hosts: they
-know the cluster from etcd only. What the lab still shares with every host: the
-spec file (which they do not read), the file storage of VMs without a shared volume
-(their plain disks and quick-migration states), and the guest image and QEMU
-binaries (read-only, as packages are).
+namespaces.
 """
 
 from __future__ import annotations
@@ -55,15 +59,14 @@ def _run(argv: list[str]) -> None:
 
 
 def hidden_from(layout: LabLayout, node: str) -> list[Path]:
-    """What a host must not see: the other hosts' directories, the CA, the admin's, and
-    (when its lab runs a control plane) the lab's own records."""
+    """What a host of a lab of agents only must not see: the other hosts' directories
+    (the admin's among them) and the CA. (A host of a lab with a control plane sees
+    nothing of the lab's directory but its own and the file storage.)"""
     hosts = layout.state_dir / "hosts"
     mine = layout.host_dir(node)
     hidden = [p for p in sorted(hosts.iterdir()) if p.is_dir() and p != mine]
     if layout.ca_dir.is_dir():
         hidden.append(layout.ca_dir)
-    if read_state(layout).get("control_plane", False):
-        hidden.append(layout.harness_dir)
     return hidden
 
 
@@ -74,6 +77,29 @@ def make_host_namespace(layout: LabLayout, node: str) -> Path:
     """Make ``node``'s mount namespace (once); returns the file it is bound onto."""
     with _LOCK:  # hosts start in parallel; the private mount is made once
         return _make(layout, node)
+
+
+def _cover_script(layout: LabLayout, node: str) -> list[str]:
+    """Shell lines that leave a host of a lab with a control plane nothing of the lab's
+    directory but its own directory and the file storage (when the lab has one): the
+    lab's directory is covered by an empty read-only tmpfs, and those two are bound
+    back. What the harness makes there later stays out of sight too."""
+    keep = [layout.host_dir(node)]
+    if layout.file_storage.is_dir():
+        keep.append(layout.file_storage)
+    lab = shlex.quote(str(layout.state_dir))
+    lines = ["held=$(mktemp -d)"]
+    for i, path in enumerate(keep):
+        lines += [f"mkdir \"$held/{i}\"", f"mount --bind {shlex.quote(str(path))} \"$held/{i}\""]
+    lines.append(f"mount -t tmpfs -o size=64k,mode=0755 vmc-lab {lab}")
+    for i, path in enumerate(keep):
+        q = shlex.quote(str(path))
+        lines += [f"mkdir -p {q}", f"mount --bind \"$held/{i}\" {q}", f"umount \"$held/{i}\""]
+    lines += [f"mount -o remount,bind,ro {lab}", "rm -rf \"$held\""]
+    # Nor the other hosts' network namespaces: a host learns of another's links from
+    # what it publishes, never by looking (a real host has no handle on them either).
+    lines.append("mount -t tmpfs -o ro,size=4k,mode=0555 vmc-netns /run/netns")
+    return lines
 
 
 def _make(layout: LabLayout, node: str) -> Path:
@@ -87,8 +113,11 @@ def _make(layout: LabLayout, node: str) -> Path:
         return target
     target.touch()
     script = ["set -e", "mount -t sysfs sysfs /sys"]
-    script += [f"mount -t tmpfs -o ro,size=4k,mode=0555 vmc-hidden {shlex.quote(str(p))}"
-               for p in hidden_from(layout, node)]
+    if read_state(layout).get("control_plane", False):
+        script += _cover_script(layout, node)
+    else:  # its hosts read the lab's records: only the others' and the CA are hidden
+        script += [f"mount -t tmpfs -o ro,size=4k,mode=0555 vmc-hidden {shlex.quote(str(p))}"
+                   for p in hidden_from(layout, node)]
     _run(["unshare", f"--mount={target}", "--propagation", "private", "nsenter",
           f"--net=/run/netns/{layout.node_ns(node)}", "sh", "-c", "; ".join(script)])
     return target

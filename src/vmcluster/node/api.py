@@ -327,6 +327,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if name in known:
             raise JoinRefused(409, "conflict", f"a VM named {name!r} is already defined", "name")
         defs = [r.definition for r in known.values()]
+        if "volume" not in body:
+            # On the cluster's shared storage unless it says otherwise: a VM there can
+            # migrate and fail over; `"volume": null` keeps its disk in the file storage.
+            volumes = ctx.state.spec(definitions=defs).volumes
+            if volumes:
+                body = {**body, "volume": volumes[0].name}
+        elif body["volume"] is None:
+            body = {k: v for k, v in body.items() if k != "volume"}
         spec = ctx.state.spec(definitions=[*defs, body])  # SpecError: 422, naming the key
         if spec.vm(name).address is not None:  # pinned, so later VMs never shift it
             body = {**body, "address": str(spec.vm(name).address)}
@@ -347,7 +355,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def vm_define(body: dict[str, Any], _role: str = Depends(admin)) -> JSONResponse:
         """Define a VM: the keys of a spec file's ``[[vms]]`` table (``name``, ``owner``,
         ``memory_mib`` required), checked as the spec is; ``"start": true`` also starts it
-        (an intent, under ``intent``)."""
+        (an intent, under ``intent``). Without ``volume`` its disk goes on the cluster's
+        first shared volume, if it has one (``"volume": null``: the file storage)."""
         got = await asyncio.to_thread(_define, dict(body))
         return JSONResponse(got, status_code=201,
                             headers={"Location": f"/api/v1/vms/{got['name']}"})

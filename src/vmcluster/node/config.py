@@ -109,8 +109,9 @@ class NodeConfig:
     qemu: Mapping[str, Any] = field(default_factory=dict)  # a QemuInstall as JSON; {}: system
     manager: Mapping[str, float] = field(default_factory=dict)  # ManagerParams overrides
     lab: LabRef | None = None
-    # The directory every host mounts (plain VM disks, quick migrations' saved states);
-    # default: <state_dir>/shared, or the lab's directory.
+    # The cluster's file storage, a directory every host mounts (NFS): the plain disks and
+    # quick-migration states of VMs without a shared volume. None: the cluster has none,
+    # and such a VM is refused at start.
     shared_dir: Path | None = None
     # The boot image of the VMs this host's agent starts: a host's own files, never a
     # path that came over the network.
@@ -123,12 +124,18 @@ class NodeConfig:
         return self.config_dir / "tls"
 
     @property
-    def shared(self) -> Path:
+    def lab_dir(self) -> tuple[str, Path] | None:
+        """(name, root) of the lab whose records this host reads, if any (a lab whose
+        hosts run their agent only)."""
+        return None if self.lab is None else (self.lab.name, self.lab.root)
+
+    @property
+    def shared(self) -> Path | None:
         if self.shared_dir is not None:
             return self.shared_dir
-        if self.lab is not None:
-            return self.lab.root / self.lab.name
-        return self.state_dir / "shared"
+        if self.lab is not None:  # an older lab config: the lab's file storage
+            return self.lab.root / self.lab.name / "files"
+        return None
 
     @property
     def heartbeat_key(self) -> Path:

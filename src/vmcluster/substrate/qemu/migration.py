@@ -26,7 +26,6 @@ from vmcluster.errors import (
     UsageError,
     VmclusterError,
 )
-from vmcluster.lab import netns
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
@@ -118,10 +117,13 @@ class QemuMigrations:
             raise MigrationError(f"{vm} is not running; start it before migrating")
         if source == target:
             raise MigrationError(f"{vm} already runs on {target}; pick another node")
+        # The links as the records know them: what each host publishes (a host never
+        # looks into another's namespace); the lab's own view for the operator's harness.
+        seen = self.sub.records.snapshot(self.sub.spec)
         for node in (source, target):
             if network not in self.sub.spec.node(node).interfaces:
                 raise MigrationError(f"{node} has no interface on {network}")
-            if not netns.link_is_up(self.sub.layout, network, node):
+            if network in seen.links_down(node):
                 raise MigrationError(f"{node}'s interface on {network} is down")
             if not self.sub.agent(node).alive():
                 raise MigrationError(f"node {node} is down; cannot migrate {vm} there")
