@@ -35,7 +35,6 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from bench_failover import events_after, last_seq, settle, wait_event  # noqa: E402
 
-from vmcluster.control.drain import resume  # noqa: E402
 from vmcluster.lab.client import AgentClient  # noqa: E402
 from vmcluster.lab.faults import start_node  # noqa: E402
 from vmcluster.lab.hosts import daemon_pids  # noqa: E402
@@ -113,7 +112,9 @@ def fence_trial(kind: str, layout: LabLayout, store: LabStore, sampler: RunSampl
            "killed": [k["vm"] for k in records[0]["killed"]] if records else []}
     start_node(layout, node)
     wait_event(store, seq, 60, kind="node_up", peer=node)
-    store.call(resume, store.state, node)  # trials are independent: no flap quarantine
+    # Trials are independent: forget the failure history (no flapping quarantine).
+    store.call(lambda: store.state.set_node_state(node, "up", None, failures=[],
+                                                 failed=False))
     row["double_runs"] = len(sampler.doubles) - doubles
     return row
 

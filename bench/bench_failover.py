@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from vmcluster.control.drain import resume  # noqa: E402
+from vmcluster.control.simulate import predict_crash  # noqa: E402
 from vmcluster.lab.faults import crash_node, isolate_node, rejoin_node, start_node  # noqa: E402
 from vmcluster.lab.lab import lab_down, lab_up, set_net  # noqa: E402
 from vmcluster.lab.layout import LabLayout  # noqa: E402
@@ -108,6 +108,15 @@ def fault_trial(kind: str, layout: LabLayout, store: LabStore, sampler: RunSampl
         "new_manager_s": None if elected is None else round(elected["at"] - t_wall, 3),
     }
     if kind != "split":
+        # What the simulator predicts for the same cluster and crash: the same hosts, and
+        # the restarts issued after the same wait (the lab's first vm_restarted event).
+        predicted = predict_crash(store.call(store.state.spec), where, victim)
+        restarted = [rec for _, rec in events_after(store, seq) if rec["kind"] == "vm_restarted"]
+        row["restart_issued_s"] = (round(min(r["at"] for r in restarted) - t_wall, 3)
+                                   if restarted else None)
+        row["sim_restart_issued_s"] = (None if predicted.after_s is None
+                                       else round(predicted.after_s, 3))
+        row["sim_same_hosts"] = {r["vm"]: r["node"] for r in restarted} == predicted.restarts
         start_node(layout, victim)
     else:
         rejoin_node(layout, victim)
@@ -115,7 +124,8 @@ def fault_trial(kind: str, layout: LabLayout, store: LabStore, sampler: RunSampl
         row["isolated_stop_s"] = None if iso is None else round(iso["at"] - t_wall, 3)
     wait_event(store, seq, 60, kind="node_up", peer=victim)
     # Trials are independent: forget the failure history (no flapping quarantine).
-    store.call(resume, store.state, victim)
+    store.call(lambda: store.state.set_node_state(victim, "up", None, failures=[],
+                                                 failed=False))
     row["double_runs"] = len(sampler.doubles) - doubles_before
     row["events"] = [
         [round(rec["at"] - t_wall, 3), rec["kind"], rec["node"], rec.get("peer") or rec.get("vm")]
@@ -198,6 +208,9 @@ def main() -> int:
         "restart_s_manager_on_node": stat("restart_s", [r for r in rows if r["manager_on_node"]
                                                         and r["vms"]]),
         "new_manager_s": stat("new_manager_s", [r for r in rows if r["manager_on_node"]]),
+        "restart_issued_s": stat("restart_issued_s", [r for r in rows if r["vms"]]),
+        "sim_restart_issued_s": stat("sim_restart_issued_s", [r for r in rows if r["vms"]]),
+        "sim_same_hosts": all(r.get("sim_same_hosts", True) for r in rows),
         "spurious_failovers": sum(q["spurious_failovers"] for q in quiet),
         "double_runs": sum(r["double_runs"] for r in rows) + sum(q["double_runs"] for q in quiet),
     }
@@ -207,12 +220,16 @@ def main() -> int:
     res.parent.mkdir(parents=True, exist_ok=True)
     res.write_text(json.dumps(out, indent=1))
     print(f"{'fault':<10}{'node':<7}{'mgr?':<6}{'vms':<14}{'detect s':>9}{'stop s':>8}"
-          f"{'run again s':>12}{'new mgr s':>10}{'doubles':>8}")
+          f"{'issued s':>9}{'sim s':>7}{'same':>6}{'run again s':>12}{'new mgr s':>10}"
+          f"{'doubles':>8}")
     for r in rows:
         stop = r.get("isolated_stop_s")
+        same = {True: "yes", False: "NO", None: "-"}[r.get("sim_same_hosts")]
         print(f"{r['fault']:<10}{r['node']:<7}{'yes' if r['manager_on_node'] else 'no':<6}"
               f"{','.join(r['vms']) or '-':<14}{r['detect_s'] or '-':>9}"
-              f"{stop if stop else '-':>8}{r['restart_s'] if r['vms'] else '-':>12}"
+              f"{stop if stop else '-':>8}{r.get('restart_issued_s') or '-':>9}"
+              f"{r.get('sim_restart_issued_s') or '-':>7}{same:>6}"
+              f"{r['restart_s'] if r['vms'] else '-':>12}"
               f"{r['new_manager_s'] or '-':>10}{r['double_runs']:>8}")
     for q in quiet:
         print(f"quiet: {q['fault']:<24} {q['seconds']:.0f} s: spurious failovers "

@@ -8,6 +8,7 @@ quorum, and a deposed manager is fenced by the store.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -20,8 +21,10 @@ import pytest
 
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds, report_key
+from vmcluster.control.simulate import predict_crash
 from vmcluster.errors import MigrationCancelled, MigrationError
 from vmcluster.model.spec import load_spec
+from vmcluster.policy.failover import restart_not_before
 from vmcluster.store import ClusterState, EtcdClient, EtcdCluster, Fenced, embedded, intents, vms
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -649,3 +652,31 @@ def test_a_delete_intent_removes_the_disk_then_the_definition_never_of_a_running
     assert vms.get(state, "db") is None and vms.get(state, "batch") is None
     assert [k for k, a, _ in rec.carried if a.get("vm") == "batch"] == []  # disk kept
     assert intents.get(state, kept.id).state == "done"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("victim", NODES)
+def test_the_simulator_restarts_a_crashed_nodes_vms_where_the_manager_does(
+        state: ClusterState, victim: str) -> None:
+    """One policy for both: priorities, anti-affinity over preference, room. web and db
+    must not share a host, so web (preferring node2) goes elsewhere when node1 dies."""
+    spec = dataclasses.replace(LAB, vms=tuple(
+        dataclasses.replace(v, anti_affinity="front" if v.name in ("web", "db") else None,
+                            priority=3 if v.name == "db" else 2)
+        for v in LAB.vms))
+    clock, rec = ManualClock(), Recorder()
+    m = Manager(state, spec, next(n for n in NODES if n != victim), rec, clock,
+                lambda: 1000.0 + clock.t, ManagerParams())
+    m.take_office(10)
+    publish(state, set())
+    m.tick()
+    publish(state, {victim})
+    m.tick()  # it is down now; its VMs wait for the isolated side to stop them
+    clock.t += 30
+    publish(state, {victim})
+    m.tick()
+    predicted = predict_crash(spec, OWNERS, victim)
+    assert {vm: node for vm, node, _t in rec.started} == predicted.restarts
+    if victim == "node1":
+        assert predicted.restarts == {"web": "node3"}  # not node2: db is there
+    assert predicted.after_s == pytest.approx(
+        restart_not_before(0.0, spec.cluster, m.params.failover))

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from vmcluster.control.simulate import predict_crash
 from vmcluster.errors import SubstrateError
 from vmcluster.lab.client import AgentClient
 from vmcluster.lab.faults import crash_node, isolate_node, rejoin_node, start_node
@@ -166,6 +167,9 @@ def test_crashed_node_vms_restart_once_on_survivors(
     restarted = [e for e in events_after(store, seq) if e["kind"] == "vm_restarted"]
     assert sorted(e["vm"] for e in restarted) == sorted(lost)
     assert all(e["node"] != victim for e in restarted)
+    # The simulator, given the same cluster and crash, restarts them on the same hosts.
+    predicted = predict_crash(store.call(store.state.spec), where, victim)
+    assert {e["vm"]: e["node"] for e in restarted} == predicted.restarts, predicted
     placements = store.call(store.state.placements)
     assert all(placements[vm].node != victim for vm in lost)
     check_disks(lab)

@@ -64,6 +64,7 @@ from vmcluster.errors import (
 )
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.failover import (
+    CLUSTER_FAILOVER,
     CannotPlace,
     FailoverParams,
     FailoverPlan,
@@ -154,7 +155,7 @@ class ManagerParams:
     start_grace_s: float = 15.0  # a new term waits this long for a VM's owner to be heard
     start_wait_s: float = 180.0  # a start intent waits this long to see the VM run
     resume_wait_s: float = 600.0  # a resumed intent waits this long for migrations in flight
-    failover: FailoverParams = field(default_factory=lambda: FailoverParams(stop_budget_s=2.0))
+    failover: FailoverParams = CLUSTER_FAILOVER
 
 
 # What a deposed manager was carrying out that the next one carries out again from the

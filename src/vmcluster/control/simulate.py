@@ -5,25 +5,41 @@ operator migrations and drains) are applied when due; after each utilisation
 update a simple threshold policy moves VMs off hosts above ``high``, empties
 hosts below ``low`` and powers empty hosts off (and one back on when no host
 has room); migrations take the network the policy picks for each node pair
-and fall back along its order; VMs of a crashed node restart elsewhere after
-the heartbeat timeout. Energy comes from a linear power model.
+and fall back along its order. A crashed node's VMs restart where the cluster's
+manager would restart them, decided by the same policy (:func:`failover_plan`:
+quorum, priorities, preferred owners, anti-affinity, room) at the same moment
+(:func:`restart_not_before` the crash); a drain's targets come from
+:func:`drain_plan`. The trace names the policy of each restart and drain move.
+Energy comes from a linear power model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from vmcluster.control.scenario import Event, Scenario
+from vmcluster.control.scenario import Event, PolicyParams, PowerParams, Scenario
 from vmcluster.errors import MigrationError, SubstrateError
+from vmcluster.model import ClusterSpec
+from vmcluster.policy.failover import (
+    CLUSTER_FAILOVER,
+    CannotPlace,
+    Migrate,
+    Restart,
+    drain_plan,
+    failover_plan,
+    has_quorum,
+    restart_not_before,
+)
 from vmcluster.policy.networks import live_migration_order, routes
 from vmcluster.substrate.protocol import MigrationHandle, MigrationParams, MigrationResult
 from vmcluster.substrate.sim import SimSubstrate
+from vmcluster.substrate.sim.workload import constant
 
-__all__ = ["Report", "run_scenario"]
+__all__ = ["CrashPrediction", "Report", "predict_crash", "run_scenario"]
 
 Trace = Callable[[dict[str, Any]], None]
 
@@ -160,10 +176,10 @@ class _Runner:
         elif kind in ("node-down", "node-up"):
             lost = [v.spec.name for v in sub.vms.values() if v.node == ev.node]
             sub.set_node(ev.node or "", kind == "node-up")
-            if kind == "node-down":
-                delay = (self.spec.cluster.same_subnet_delay_ms
-                         * self.spec.cluster.same_subnet_threshold / 1000.0)
-                sub.at(sub.now() + delay, lambda: self._failover(ev, lost))
+            if kind == "node-down":  # when the manager may restart them, not before
+                now = sub.now()
+                at = restart_not_before(now, self.spec.cluster, CLUSTER_FAILOVER)
+                sub.at(at, lambda: self._failover(ev.node or "", lost))
             else:
                 self._failure(f"node-up {ev.node}", "node back; it takes VMs again")
         elif kind in ("storage-down", "storage-up"):
@@ -187,39 +203,52 @@ class _Runner:
     def _failure(self, event: str, handled: str) -> None:
         self.report.failures.append({"t": _r(self.sub.now()), "event": event, "handled": handled})
 
-    def _failover(self, ev: Event, lost: list[str]) -> None:
+    def _node_states(self) -> tuple[set[str], set[str], set[str]]:
+        """(up, down, off) nodes now."""
+        nodes = self.sub.nodes.values()
+        up = {n.name for n in nodes if n.state == "up"}
+        down = {n.name for n in nodes if n.state == "down"}
+        return up, down, {n.name for n in nodes} - up - down
+
+    def _failover(self, node: str, lost: list[str]) -> None:
+        """Restart ``node``'s VMs as the manager would: with quorum only, by
+        :func:`failover_plan` over the placements as the store has them (the lost VMs
+        still on ``node``)."""
+        up, down, off = self._node_states()
+        event = f"node-down {node}"
+        if not has_quorum(len(self.spec.nodes), len(up), self.spec.cluster.witness, True):
+            self._failure(event, f"{len(lost)} VMs lost; no quorum ({len(up)} of "
+                          f"{len(self.spec.nodes)} nodes up): nothing restarts")
+            return
+        placements: dict[str, str | None] = {name: v.node for name, v in self.sub.vms.items()}
+        placements.update({vm: node for vm in lost if placements.get(vm) is None})
+        plan = failover_plan(self.spec, placements, down | {node}, CLUSTER_FAILOVER,
+                             excluded=off)
         placed, unplaced = [], []
-        for vm in lost:
-            target = self._target(vm, exclude={ev.node or ""})
-            if target is None:
-                unplaced.append(vm)
-                continue
-            self.sub.start_vm(vm, target)
-            placed.append(f"{vm}->{target}")
-        self._failure(f"node-down {ev.node}",
-                      f"{len(lost)} VMs lost; restarted {', '.join(placed) or 'none'}"
-                      + (f"; no room for {', '.join(unplaced)}" if unplaced else ""))
+        for action in plan.actions:
+            if isinstance(action, CannotPlace):
+                unplaced.append(f"{action.vm} ({action.reason})")
+            elif isinstance(action, Restart) and action.vm in lost:
+                self.sub.emit("decision", policy="failover_plan", action="restart",
+                              vm=action.vm, node=action.node, from_node=action.from_node)
+                self.sub.start_vm(action.vm, action.node)
+                placed.append(f"{action.vm}->{action.node}")
+        self._failure(event, f"{len(lost)} VMs lost; restarted {', '.join(placed) or 'none'}"
+                      + (f"; cannot place {', '.join(unplaced)}" if unplaced else ""))
 
     def _drain(self, node: str) -> None:
-        vms = [v.spec.name for v in self.sub.vms.values() if v.node == node]
-        for vm in vms:
-            target = self._target(vm, exclude={node})
-            if target is None:
-                self._failure(f"drain {node}", f"no room for {vm}; it stays")
-            else:
-                self._migrate(vm, target, f"drain {node}")
-
-    def _target(self, vm: str, exclude: set[str]) -> str | None:
-        """The least loaded up node with room for ``vm``."""
-        util = self.sub.utilisation_array()
-        mem = self.sub.vms[vm].spec.memory_mib
-        best = None
-        for n in self.sub.nodes.values():
-            if n.state != "up" or n.name in exclude or n.used_mib + mem > n.memory_mib:
-                continue
-            if best is None or util[n.index] < util[best.index]:
-                best = n
-        return None if best is None else best.name
+        """Move every VM off ``node`` to the targets :func:`drain_plan` gives."""
+        _up, down, off = self._node_states()
+        placements = {name: v.node for name, v in self.sub.vms.items()}
+        for action in drain_plan(self.spec, placements, node, down, CLUSTER_FAILOVER,
+                                 excluded=off).actions:
+            if isinstance(action, CannotPlace):
+                self._failure(f"drain {node}", f"cannot place {action.vm} ({action.reason}); "
+                              "it stays")
+            elif isinstance(action, Migrate):
+                self.sub.emit("decision", policy="drain_plan", action="migrate", vm=action.vm,
+                              node=action.target, from_node=node)
+                self._migrate(action.vm, action.target, f"drain {node}")
 
     # -- migrations ---------------------------------------------------------------
 
@@ -389,6 +418,38 @@ def _bin_traffic(series: list[tuple[float, str, str, float]], bin_s: float,
         flush(key, since, end, rate)
     return [{"t": b * bin_s, "class": c, "network": n, "mib": _r(v)}
             for (b, c, n), v in sorted(out.items())]
+
+
+@dataclass(frozen=True)
+class CrashPrediction:
+    """What the simulator says the cluster does when ``node`` crashes: where each of its
+    VMs restarts (None: nowhere) and how long after the crash the restarts are issued."""
+
+    node: str
+    restarts: dict[str, str | None]
+    after_s: float | None
+
+
+def predict_crash(spec: ClusterSpec, placements: Mapping[str, str | None],
+                  node: str) -> CrashPrediction:
+    """Simulate ``node`` crashing with the VMs where ``placements`` puts them (those placed
+    nowhere are left out): the same policy, quorum and waiting time as the manager's."""
+    vms = tuple(replace(v, owner=str(placements[v.name])) for v in spec.vms
+                if placements.get(v.name))
+    crash_at = 1.0
+    wait = restart_not_before(crash_at, spec.cluster, CLUSTER_FAILOVER) - crash_at
+    scn = Scenario(name=f"crash of {node}", spec=replace(spec, vms=vms),
+                   workload=constant(len(vms), 0.1), io_mibps=0.0,
+                   events=(Event(at=crash_at, kind="node-down", node=node),),
+                   policy=PolicyParams(), power=PowerParams(),
+                   duration_s=crash_at + wait + 5.0, seed=0, bin_s=60.0, source="<crash>")
+    decided: list[dict[str, Any]] = []
+    run_scenario(scn, trace=lambda e: decided.append(e) if e["kind"] == "decision" else None)
+    lost = [v.name for v in vms if v.owner == node]
+    restarts: dict[str, str | None] = dict.fromkeys(lost)
+    restarts.update({str(d["vm"]): str(d["node"]) for d in decided if d["action"] == "restart"})
+    after = min((float(d["t"]) for d in decided), default=None)
+    return CrashPrediction(node, restarts, None if after is None else after - crash_at)
 
 
 def run_scenario(scn: Scenario, *, trace: Trace | None = None,

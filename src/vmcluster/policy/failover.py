@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from vmcluster.model import ClusterSettings, ClusterSpec, Vm
 
 __all__ = [
+    "CLUSTER_FAILOVER",
     "CannotPlace",
     "FailoverParams",
     "FailoverPlan",
@@ -77,6 +78,11 @@ class FailoverParams:
     # SIGKILL of the host's QEMUs takes at most ``kill_budget_s``.
     pet_slack_s: float = 1.25
     kill_budget_s: float = 0.5
+
+
+# What the cluster's manager decides with (and so the simulator, to predict it): a
+# cut-off node gets 2 s to stop its VMs before the majority restarts them.
+CLUSTER_FAILOVER = FailoverParams(stop_budget_s=2.0)
 
 
 @dataclass(frozen=True)
