@@ -20,8 +20,8 @@ from vmcluster.csv.savestate import (
     seal,
 )
 from vmcluster.csv.volume import FileBlock
+from vmcluster.model import MIB
 
-MIB = 1 << 20
 OFFSET = 2 * MIB
 SIZE = 4 * MIB
 

@@ -23,8 +23,7 @@ from vmcluster.csv.volume import (
     write_table,
 )
 from vmcluster.errors import UsageError
-
-MIB = 1 << 20
+from vmcluster.model import MIB
 
 
 @pytest.fixture

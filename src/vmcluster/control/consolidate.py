@@ -178,10 +178,6 @@ class ConsolidationPlan:
         }
 
 
-StepKind = Literal["power-on", "power-off", "keep-on", "migrate", "progress", "migrated",
-                   "migration-failed", "skip"]
-
-
 def _flat(obj: PlannedMigration | NodeChange) -> dict[str, object]:
     """A flat dataclass as JSON: tuples as lists, floats to 4 decimals."""
     out: dict[str, object] = {}

@@ -16,11 +16,10 @@ from vmcluster.csv.storage import NbdTarget, san_target
 from vmcluster.errors import SubstrateError
 from vmcluster.lab.client import AgentClient
 from vmcluster.lab.layout import LabLayout
-from vmcluster.model import ClusterSpec
+from vmcluster.model import MIB, ClusterSpec
 
-__all__ = ["MIB", "disk_config", "node_target", "record_owner"]
+__all__ = ["disk_config", "node_target", "record_owner"]
 
-MIB = 1024 * 1024
 Say = Callable[[str], None]
 
 

@@ -20,6 +20,7 @@ import struct
 from types import TracebackType
 
 from vmcluster.errors import SubstrateError
+from vmcluster.model import MIB
 
 __all__ = ["NbdClient", "NbdError"]
 
@@ -37,7 +38,7 @@ _REP_INFO = 3
 _INFO_EXPORT = 0
 _CMD_READ, _CMD_WRITE, _CMD_DISC, _CMD_FLUSH = 0, 1, 2, 3
 _FLAG_READ_ONLY = 1 << 1
-_MAX_IO = 1 << 20  # split larger requests (servers may refuse > 32 MiB)
+_MAX_IO = MIB  # split larger requests (servers may refuse > 32 MiB)
 
 
 class NbdError(SubstrateError):

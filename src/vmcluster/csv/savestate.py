@@ -23,11 +23,11 @@ import zlib
 
 from vmcluster.csv.volume import BlockIO
 from vmcluster.errors import SubstrateError
+from vmcluster.model import MIB
 
 __all__ = ["HEADER_SIZE", "SaveError", "region_name", "region_size", "restore_stream",
            "save_stream", "seal"]
 
-MIB = 1024 * 1024
 MAGIC = b"VMCSAVE1"
 _HEAD = struct.Struct("<8sQI")  # magic, stream length, crc32 of the stream
 HEADER_SIZE = 4096

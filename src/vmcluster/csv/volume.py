@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from vmcluster.errors import SubstrateError, UsageError
+from vmcluster.model import MIB
 
 __all__ = [
     "ALIGN",
@@ -43,8 +44,8 @@ MAGIC = b"VMCCSVT1"
 FORMAT = 1
 SLOT_SIZE = 64 * 1024
 SLOT_OFFSETS = (0, SLOT_SIZE)
-DATA_START = 1024 * 1024
-ALIGN = 1024 * 1024
+DATA_START = MIB
+ALIGN = MIB
 _HEADER = struct.Struct("<8sIQII")  # magic, format, generation, payload length, crc32
 
 

@@ -23,8 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from vmcluster.model import ClusterSettings, ClusterSpec, Role
-from vmcluster.policy.networks import Health, NetworkState, network_props, network_state
+from vmcluster.model import ClusterSettings, ClusterSpec
+from vmcluster.policy.networks import Health, NetworkState, cluster_networks, network_state
 
 __all__ = [
     "Binding",
@@ -92,7 +92,7 @@ def heartbeat_plan(
 ) -> tuple[tuple[Binding, ...], tuple[Target, ...]]:
     """``node``'s bindings and targets: every peer on every role >= 1 network both are on."""
     me = spec.node(node)
-    nets = [p.name for p in network_props(spec.networks) if p.role >= Role.CLUSTER]
+    nets = [p.name for p in cluster_networks(spec.networks)]
     binds = tuple(Binding(n, me.interfaces[n], port) for n in nets if n in me.interfaces)
     mine = {b.network for b in binds}
     targets = tuple(
@@ -159,11 +159,7 @@ def health_from_views(spec: ClusterSpec, views: Mapping[str, Mapping[Route, bool
 
 def network_states(spec: ClusterSpec, health: Health) -> dict[str, NetworkState]:
     """``up`` / ``partitioned`` / ``down`` for every cluster (role >= 1) network."""
-    return {
-        p.name: network_state(spec, health, p.name)
-        for p in network_props(spec.networks)
-        if p.role >= Role.CLUSTER
-    }
+    return {p.name: network_state(spec, health, p.name) for p in cluster_networks(spec.networks)}
 
 
 def view_to_json(states: Mapping[Route, bool]) -> dict[str, bool]:

@@ -18,8 +18,8 @@ import contextlib
 
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.errors import MigrationError, SubstrateError, VmclusterError
+from vmcluster.model import MIB
 from vmcluster.substrate.protocol import MigrationHandle, MigrationResult
-from vmcluster.substrate.qemu.migration import MIB
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["quick_migrate"]

@@ -13,6 +13,8 @@ from vmcluster.model.network import Network
 __all__ = ["ClusterSettings", "ClusterSpec", "Node", "Vm", "Volume"]
 
 
+MIB = 1024 * 1024  # bytes in a MiB: sizes in specs are MiB, on the wire bytes
+
 @dataclass(frozen=True)
 class ClusterSettings:
     """Cluster-wide settings. Heartbeat defaults detect a dead node in 2 s (250 ms x 8).

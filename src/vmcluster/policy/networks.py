@@ -39,6 +39,7 @@ __all__ = [
     "PairRoute",
     "Routes",
     "cluster_network",
+    "cluster_networks",
     "live_migration_order",
     "network_props",
     "network_state",
@@ -112,11 +113,17 @@ def network_props(networks: Iterable[Network]) -> tuple[NetworkProps, ...]:
     return tuple(out)
 
 
+def cluster_networks(networks: Iterable[Network]) -> list[NetworkProps]:
+    """The cluster (role >= 1) networks, in declaration order: heartbeats, CSV, etcd and
+    the agents use only these."""
+    return [p for p in network_props(networks) if p.role >= Role.CLUSTER]
+
+
 def node_cluster_networks(spec: ClusterSpec, node: str) -> list[NetworkProps]:
     """The cluster (role >= 1) networks ``node`` has an interface on, lowest metric first."""
     mine = spec.node(node).interfaces
-    return sorted((p for p in network_props(spec.networks)
-                   if p.role >= Role.CLUSTER and p.name in mine), key=lambda p: p.key)
+    return sorted((p for p in cluster_networks(spec.networks) if p.name in mine),
+                  key=lambda p: p.key)
 
 
 def network_state(spec: ClusterSpec, health: Health, network: str) -> NetworkState:

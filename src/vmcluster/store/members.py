@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import IO
 
 from vmcluster.errors import StoreError
-from vmcluster.model import ClusterSpec, Role
+from vmcluster.model import ClusterSpec
 from vmcluster.pki import NodeCredentials
-from vmcluster.policy.networks import network_props
+from vmcluster.policy.networks import cluster_networks
 from vmcluster.store.transport import member_flags, open_connection
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
@@ -101,7 +101,7 @@ def spec_members(
     namespace, e.g. ``lambda n: ("ip", "netns", "exec", f"vmc-{n}")``; ``tls(node)`` gives
     a node's certificate files (then every URL is https and client certificates are
     required)."""
-    nets = [p.name for p in network_props(spec.networks) if p.role >= Role.CLUSTER]
+    nets = [p.name for p in cluster_networks(spec.networks)]
     out = []
     for node in spec.nodes:
         addrs = [node.interfaces[n] for n in nets if n in node.interfaces]

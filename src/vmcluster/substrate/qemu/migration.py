@@ -26,6 +26,7 @@ from vmcluster.errors import (
     UsageError,
     VmclusterError,
 )
+from vmcluster.model import MIB
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["QemuMigrations"]
 
-MIB = 1024 * 1024
 WAIT_S = 0.5  # a poll waits this long at the source for the migration to end
 _STATUS: dict[str, MigrationStatus] = {
     "setup": "setup", "completed": "completed", "failed": "failed", "cancelled": "cancelled",

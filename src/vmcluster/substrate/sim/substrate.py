@@ -22,7 +22,7 @@ import numpy as np
 
 from vmcluster.errors import MigrationError, SubstrateError, UsageError, VmclusterError
 from vmcluster.model import ClusterSpec
-from vmcluster.policy.networks import Health, cluster_network, network_props
+from vmcluster.policy.networks import Health, cluster_network, cluster_networks
 from vmcluster.substrate.protocol import (
     Clock,
     MigrationHandle,
@@ -70,8 +70,7 @@ class SimSubstrate:
         self.vms = {v.name: VmRec(v, i) for i, v in enumerate(spec.vms)}
         self.fabric = Fabric(spec, self.now)
         self.engine = Engine(self, spec.cluster.max_concurrent_migrations)
-        self._props = sorted((p for p in network_props(spec.networks) if p.role >= 1),
-                             key=lambda p: p.key)
+        self._props = sorted(cluster_networks(spec.networks), key=lambda p: p.key)
         self._redirects: list[FlowRec] = []
         self._paths_down = 0  # nodes without a storage path (skip redirect work when none)
         self._health: Health | None = None
