@@ -7,11 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from vmcluster.cli.main import cli
+from tests.helpers import vmc
 from vmcluster.control.consolidate import ConsolidationPlan, PowerGuard, observe, plan
 from vmcluster.control.consolidate_apply import ApplyReport, Step, apply
 from vmcluster.control.migration import MigrationRequest, migrate_here
@@ -254,9 +253,13 @@ def test_bad_policy_names_fail_clearly() -> None:
         plan(sub, spec, "npa")
 
 
-def test_cli_is_registered_under_lab() -> None:
-    res = CliRunner().invoke(cli, ["lab", "consolidate", "--help"])
-    assert res.exit_code == 0 and "--apply" in res.output and "--policy" in res.output
+def test_cli_is_registered_under_lab_and_refuses_a_lab_that_is_not_up() -> None:
+    """As a user runs it: one line naming the lab and what to do, a failing exit code."""
+    res = vmc("lab", "consolidate", "--lab", "nolab9", "--policy", "ours")
+    assert res.returncode == 1 and res.stdout == "", res
+    assert res.stderr.strip().splitlines() == [
+        "vmcluster: error: lab 'nolab9' is not up (no /run/vmcluster/nolab9/harness/state.json);"
+        " run `vmcluster lab up`"]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

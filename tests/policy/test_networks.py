@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from vmcluster.policy.networks import (
     cluster_network,
     live_migration_order,
     network_props,
+    network_state,
     node_cluster_networks,
     routes,
 )
@@ -219,3 +221,28 @@ def test_a_nodes_cluster_networks_lowest_metric_first_without_role_0() -> None:
     spec = load_spec(ROOT / "examples/lab.toml")  # Public 10000, Heartbeat 1000,
     props = node_cluster_networks(spec, "node1")   # Migration 1100, Storage role 0
     assert [p.name for p in props] == ["Heartbeat", "Migration", "Public"]
+
+
+def test_equal_metrics_go_to_the_network_declared_first() -> None:
+    """Two networks with the same hand-set metric: the one declared first carries cluster
+    traffic, whichever way they are listed."""
+    lab = load_spec(ROOT / "examples/lab.toml")
+    for first, second in (("Heartbeat", "Migration"), ("Migration", "Heartbeat")):
+        by_name = {n.name: n for n in lab.networks}
+        nets = tuple(
+            [n for n in lab.networks if n.name not in (first, second)]
+            + [dataclasses.replace(by_name[first], metric=500),
+               dataclasses.replace(by_name[second], metric=500)])
+        spec = dataclasses.replace(lab, networks=nets)
+        assert cluster_network(spec, Health(), "node1", "node2") == first
+        assert routes(spec).cluster == first
+
+
+def test_a_network_with_one_interface_up_is_down_not_partitioned() -> None:
+    """Partitioned means two nodes still talk over it; with one interface up nobody does."""
+    lab = load_spec(ROOT / "examples/lab.toml")
+    assert network_state(lab, Health.parse(lab, ["Migration@node1"]), "Migration") == \
+        "partitioned"
+    one_left = Health.parse(lab, ["Migration@node1", "Migration@node2"])
+    assert network_state(lab, one_left, "Migration") == "down"
+    assert network_state(lab, Health(), "Migration") == "up"
