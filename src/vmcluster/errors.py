@@ -14,6 +14,8 @@ CLI prints ``str(err)`` as one line (what, where, what to do) and exits with
     ├── PolicyError                 policy cannot decide (no network available for a pair...)
     ├── SubstrateError              a substrate could not act
     │   ├── QmpError                QEMU's monitor refused, replied badly, or went away
+    │   │   ├── QemuRefused         QEMU answered with an error (its ``error_class`` kept)
+    │   │   └── QemuGone            QEMU's monitor went away or did not answer in time
     │   ├── MigrationError          a migration failed; the VM is still on its source
     │   │   └── MigrationRefused    refused before it started (QEMUs that cannot migrate)
     │   └── LabError                building or tearing down the lab failed
@@ -31,6 +33,8 @@ __all__ = [
     "MigrationError",
     "MigrationRefused",
     "PolicyError",
+    "QemuGone",
+    "QemuRefused",
     "QmpError",
     "SpecError",
     "StoreError",
@@ -89,6 +93,20 @@ class SubstrateError(VmclusterError):
 
 class QmpError(SubstrateError):
     """QEMU's monitor refused a command, replied with something unexpected, or disconnected."""
+
+
+class QemuRefused(QmpError):
+    """QEMU is there and said no: ``error_class`` is QMP's (``GenericError``,
+    ``DeviceNotFound``, ...). Asking again the same way gets the same answer."""
+
+    def __init__(self, message: str, error_class: str, desc: str) -> None:
+        super().__init__(message)
+        self.error_class, self.desc = error_class, desc
+
+
+class QemuGone(QmpError):
+    """QEMU's monitor went away, or did not answer in time: the process may be dead or
+    hung; what it did with the command is unknown."""
 
 
 class MigrationError(SubstrateError):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from pathlib import Path
 
 import pytest
 
-from vmcluster.errors import SubstrateError
+from vmcluster.errors import QemuGone, QemuRefused, SubstrateError
 from vmcluster.lab.qemu_cache import suite_version
 from vmcluster.substrate.qemu.facts import (
     QemuFacts,
@@ -18,6 +20,7 @@ from vmcluster.substrate.qemu.facts import (
     pinned_machine,
     probe,
 )
+from vmcluster.substrate.qemu.qmp import Qmp
 from vmcluster.substrate.qemu.vm import VmConfig, mac_for, qemu_argv, ram_arg
 
 
@@ -105,3 +108,38 @@ def test_the_extra_tcg_page_only_where_qemu_7_2_may_run_the_vm() -> None:
     assert ram_arg(256, "tcg", "q35") == "262148k"  # unpinned: it might meet 7.2
     assert ram_arg(256, "tcg", "pc-q35-10.0") == "256"
     assert ram_arg(256, "kvm", "pc-q35-7.2") == "256"
+
+
+def test_qmp_tells_a_refusal_from_a_qemu_that_is_gone(tmp_path: Path) -> None:
+    """A real QEMU: a command it refuses keeps QMP's error class and description; once it
+    is killed, the next command says the monitor went away."""
+    install = QemuInstall()
+    sock = tmp_path / "qmp"
+
+    async def run() -> tuple[QemuRefused, QemuGone]:
+        proc = await asyncio.create_subprocess_exec(
+            *install.argv0(), "-machine", "none", "-accel", "tcg", "-nodefaults",
+            "-no-user-config", "-display", "none", "-S", "-qmp",
+            f"unix:{sock},server=on,wait=off", stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env=install.env())
+        qmp = Qmp("refusal-test", timeout_s=5.0)
+        try:
+            await qmp.connect(str(sock))
+            with pytest.raises(QemuRefused) as refused:
+                await qmp.blockdev_del("no-such-node")
+            proc.kill()
+            await proc.wait()
+            with pytest.raises(QemuGone) as gone:
+                await qmp.query_status()
+            return refused.value, gone.value
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            await qmp.close()
+
+    refused, gone = asyncio.run(run())
+    assert refused.error_class == "GenericError" and "no-such-node" in refused.desc
+    assert "QEMU refused blockdev-del" in str(refused) and "\n" not in str(refused)
+    assert "went away" in str(gone) or "no answer" in str(gone)

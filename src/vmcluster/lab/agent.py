@@ -52,7 +52,14 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from vmcluster.csv.agentops import CsvOps
-from vmcluster.errors import InputError, QmpError, StoreError, SubstrateError, VmclusterError
+from vmcluster.errors import (
+    InputError,
+    QemuGone,
+    QmpError,
+    StoreError,
+    SubstrateError,
+    VmclusterError,
+)
 from vmcluster.lab.client import AGENT_PORT, Conflict, NotFound, addresses_from, speak_as
 from vmcluster.lab.credentials import ADMIN
 from vmcluster.lab.driver import SourceDrives
@@ -705,8 +712,8 @@ def _tcp_uri(uri: object) -> str:
 
 
 _CODES: tuple[tuple[type[BaseException], str], ...] = (
-    (Fenced, "fenced"), (InputError, "invalid"), (QmpError, "qemu"), (NotFound, "not_found"),
-    (Conflict, "conflict"), (VmclusterError, "failed"))
+    (Fenced, "fenced"), (InputError, "invalid"), (QemuGone, "unavailable"), (QmpError, "qemu"),
+    (NotFound, "not_found"), (Conflict, "conflict"), (VmclusterError, "failed"))
 
 
 def error_code(exc: BaseException) -> str:

@@ -13,7 +13,8 @@ every network of the host is cut.
 
 Errors cross the wire typed: ``{"ok": false, "code": ..., "error": "one
 line"}``; :class:`AgentError` carries the code (``fenced``, ``invalid``,
-``not_found``, ``conflict``, ``qemu``, ``failed``, ``internal``). A host that does not
+``not_found``, ``conflict``, ``qemu`` (QEMU refused), ``unavailable`` (the VM's QEMU went
+away or does not answer), ``failed``, ``internal``). A host that does not
 answer, or refuses the handshake, is :class:`AgentDown`.
 
 Who calls: a daemon speaks as its host (:func:`speak_as`); everything else

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmcluster.errors import QmpError, SubstrateError
+from vmcluster.errors import QemuRefused, QmpError, SubstrateError
 from vmcluster.substrate.qemu.qmp import Qmp
 
 __all__ = [
@@ -210,8 +210,8 @@ async def probe(install: QemuInstall, timeout_s: float = 30.0) -> QemuFacts:
         refusal: str | None = None
         try:
             await qmp.migrate_set_capabilities({"multifd": True, "postcopy-ram": True})
-        except QmpError as exc:
-            refusal = str(exc).split("failed: ", 1)[-1]
+        except QemuRefused as exc:  # QEMU said why; a QEMU gone is no answer
+            refusal = exc.desc
         return facts_from_replies(version, commands, caps, machines, refusal)
     finally:
         await qmp.quit()

@@ -16,9 +16,9 @@ import logging
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
-from qemu.qmp import EventListener, QMPClient, QMPError
+from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
-from vmcluster.errors import QmpError
+from vmcluster.errors import QemuGone, QemuRefused, QmpError
 
 __all__ = ["MIGRATING", "Qmp"]
 
@@ -86,11 +86,15 @@ class Qmp:
                 self._client.execute(cmd, dict(args) if args else None), timeout=self.timeout_s
             )
         except TimeoutError as exc:
-            raise QmpError(f"{self.name}: {cmd} timed out after {self.timeout_s} s") from exc
-        except QMPError as exc:
-            raise QmpError(f"{self.name}: {cmd} failed: {exc}") from exc
+            raise QemuGone(f"{self.name}: {cmd} got no answer within {self.timeout_s} s "
+                           "(QEMU hung or busy)") from exc
+        except ExecuteError as exc:
+            raise QemuRefused(f"{self.name}: QEMU refused {cmd}: {exc} ({exc.error_class})",
+                              exc.error_class, str(exc)) from exc
+        except QMPError as exc:  # the connection, not the command
+            raise QemuGone(f"{self.name}: monitor went away during {cmd}: {exc}") from exc
         except (OSError, EOFError) as exc:
-            raise QmpError(f"{self.name}: monitor went away during {cmd}: {exc}") from exc
+            raise QemuGone(f"{self.name}: monitor went away during {cmd}: {exc}") from exc
 
     def expect_event(self, *names: str, timeout_s: float = 30.0) -> Awaitable[dict[str, Any]]:
         """Register a listener for ``names`` now; await the result after sending the command."""
