@@ -331,12 +331,13 @@ def _admin_env(lab: QemuSubstrate) -> dict[str, str]:
             "VMCLUSTER_CA": str(access.ca)}
 
 
-def _vmc_in(ns: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def _vmc_in(ns: str, env: dict[str, str], *args: str,
+            timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
     """The vmcluster CLI run inside ``ns`` (the lab's admin namespace) as an operator would."""
     root = Path(__file__).resolve().parents[2]
     return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-m", "vmcluster", *args],
                           env={**os.environ, "PYTHONPATH": str(root / "src"), **env},
-                          capture_output=True, text=True, timeout=60, check=False)
+                          capture_output=True, text=True, timeout=timeout_s, check=False)
 
 
 def test_cluster_status_through_the_api_from_the_admin_namespace(lab: QemuSubstrate) -> None:
@@ -751,7 +752,8 @@ def test_a_quick_migration_through_the_api_follows_the_switchover_protocol(
     vm, source = "web", lab.owner("web")
     target = "node2" if source != "node2" else "node3"
     out = _vmc_in(lab.layout.client_ns, _admin_env(lab), "vm", "migrate", vm, "--to", target,
-                  "--quick", "--json")
+                  "--quick", "--json",
+                  timeout_s=240)  # a save and a restore through the SAN: the VM is paused
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert got["state"] == "done" and got["ok"] is True and got["network"] == "shared-path"

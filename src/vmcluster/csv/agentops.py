@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import ssl
 import sys
@@ -44,7 +45,14 @@ from vmcluster.csv.coordinator import (
 )
 from vmcluster.csv.nbd import NbdClient
 from vmcluster.csv.paths import access_modes
-from vmcluster.csv.savestate import region_name, region_size, restore_stream, save_stream, seal
+from vmcluster.csv.savestate import (
+    CHUNK,
+    region_name,
+    region_size,
+    restore_stream,
+    save_stream,
+    seal,
+)
 from vmcluster.csv.storage import (
     NbdTarget,
     authz_rules,
@@ -80,6 +88,10 @@ async def _pipe_with(qp: QemuProcess, fdname: str, qemu_writes: bool) -> int:
     """A pipe whose one end QEMU holds as ``fdname`` (the write end when
     ``qemu_writes``); returns the other end, ours to close."""
     r, w = os.pipe()
+    # A pipe as big as a copy's chunk: QEMU fills (or drains) one while the agent moves
+    # the previous one over NBD, instead of waiting on a 64 KiB pipe.
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, CHUNK)
     theirs, ours = (w, r) if qemu_writes else (r, w)
     try:
         await qp.qmp.pass_fd(fdname, theirs)

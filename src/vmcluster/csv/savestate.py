@@ -25,13 +25,14 @@ from vmcluster.csv.volume import BlockIO
 from vmcluster.errors import SubstrateError
 from vmcluster.model import MIB
 
-__all__ = ["HEADER_SIZE", "SaveError", "region_name", "region_size", "restore_stream",
+__all__ = ["CHUNK", "HEADER_SIZE", "SaveError", "region_name", "region_size", "restore_stream",
            "save_stream", "seal"]
 
 MAGIC = b"VMCSAVE1"
 _HEAD = struct.Struct("<8sQI")  # magic, stream length, crc32 of the stream
 HEADER_SIZE = 4096
-CHUNK = MIB
+CHUNK = MIB  # a pipe's size: what QEMU writes or reads while the agent moves the last batch
+BATCH = 8 * MIB  # what the agent moves over NBD at once (pipelined 1 MiB requests)
 # Beyond the guest's RAM a stream carries device state, option ROMs and video RAM.
 MARGIN_MIB = 64
 
@@ -68,7 +69,7 @@ def save_stream(lun: BlockIO, offset: int, size: int, fd: int, where: str) -> tu
     lun.write(offset, b"\0" * HEADER_SIZE)  # no stale header survives a new save
     lun.flush()
     room, length, crc = size - HEADER_SIZE, 0, 0
-    while chunk := _read_full(fd, CHUNK):
+    while chunk := _read_full(fd, BATCH):
         if length + len(chunk) > room:
             raise SaveError(f"the saved state outgrew {where} ({room >> 20} MiB)")
         lun.write(offset + HEADER_SIZE + length, chunk)
@@ -93,7 +94,7 @@ def restore_stream(lun: BlockIO, offset: int, size: int, fd: int, where: str) ->
         raise SaveError(f"{where}: its header claims {length} bytes, more than the region")
     pos, got, held = 0, 0, b""
     while pos < length:
-        chunk = lun.read(offset + HEADER_SIZE + pos, min(CHUNK, length - pos))
+        chunk = lun.read(offset + HEADER_SIZE + pos, min(BATCH, length - pos))
         pos, got = pos + len(chunk), zlib.crc32(chunk, got)
         if held:
             _write_all(fd, held)
