@@ -30,6 +30,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,21 @@ class CsvOps:
             await self._let_in(monitor, await asyncio.to_thread(self._member_hosts))
         return {"target": target.to_json()}
 
+    # -- regions of a volume, through its coordinator (in a thread) -------------------------
+    def _region(self, volume: str, name: str, op: str = "csv_table",
+                **args: Any) -> dict[str, Any] | None:
+        """Region ``name`` of ``volume``'s allocation table once ``op`` is done (None: it
+        has none)."""
+        reply = coordinator_call(self.layout, self.book(), self._spec(), volume, op, **args)
+        return next((d for d in reply["table"]["disks"] if d["name"] == name), None)
+
+    def drop_region(self, volume: str, name: str) -> str | None:
+        """Remove region ``name`` from ``volume``; ``volume/name``, or None if it had none."""
+        if self._region(volume, name) is None:
+            return None
+        self._region(volume, name, "csv_delete", disk=name)
+        return f"{volume}/{name}"
+
     # -- a quick migration's saved state, on the VM's own volume ----------------------------
     def _state_region(self, vm: Vm, create: bool) -> tuple[NbdTarget, int, int, str]:
         """(this host's path to the volume, offset, size, name in errors) of ``vm``'s saved
@@ -230,30 +246,24 @@ class CsvOps:
         from vmcluster.csv.attach import node_target
 
         assert vm.volume is not None
-        spec, book, name = self._spec(), self.book(), region_name(vm.name)
-        where = f"{vm.volume}:{name}"
-
-        def table(op: str, **args: Any) -> dict[str, Any] | None:
-            reply = coordinator_call(self.layout, book, spec, str(vm.volume), op, **args)
-            return next((d for d in reply["table"]["disks"] if d["name"] == name), None)
-
-        ext = table("csv_table")
+        volume, name = vm.volume, region_name(vm.name)
+        ext = self._region(volume, name)
         if create:
             size = region_size(vm.memory_mib)
             if ext is not None and int(ext["size"]) < size:  # its VM has more memory now
-                table("csv_delete", disk=name)
-            ext = table("csv_create", disk=name, size=size, owner=self.node)
+                self._region(volume, name, "csv_delete", disk=name)
+            ext = self._region(volume, name, "csv_create", disk=name, size=size, owner=self.node)
         if ext is None:
-            raise SubstrateError(f"{vm.name} has no saved state on {vm.volume}")
-        target = node_target(self.layout, book, spec, vm.volume, self.node)
-        return target, int(ext["offset"]), int(ext["size"]), where
+            raise SubstrateError(f"{vm.name} has no saved state on {volume}")
+        target = node_target(self.layout, self.book(), self._spec(), volume, self.node)
+        return target, int(ext["offset"]), int(ext["size"]), f"{volume}:{name}"
 
     def _lun(self, target: NbdTarget) -> NbdClient:
         return NbdClient(target.host, target.port, target.export, timeout_s=30.0,
                          tls=self._nbd_tls(), tls_hostname=target.name)
 
     async def save_state_to_volume(self, qp: QemuProcess, vm: Vm, fdname: str,
-                                   migrate: Any) -> Reply:
+                                   migrate: Callable[[], Awaitable[Reply]]) -> Reply:
         """Run ``migrate()`` (an ``fd:fdname`` migration) with ``fdname`` a pipe that this
         agent copies into ``vm``'s state region; sealed only when QEMU says the stream is
         complete. ``migrate`` returns QEMU's final ``query-migrate``."""
@@ -304,20 +314,6 @@ class CsvOps:
 
         threading.Thread(target=feed, name=f"restore {vm.name}", daemon=True).start()
 
-    async def drop_saved_state(self, vm: Vm) -> str | None:
-        """Remove ``vm``'s state region from its volume; its name, or None if it had none."""
-        assert vm.volume is not None
-        spec, book, name = self._spec(), self.book(), region_name(vm.name)
-
-        def drop() -> str | None:
-            table = coordinator_call(self.layout, book, spec, str(vm.volume), "csv_table")
-            if not any(d["name"] == name for d in table["table"]["disks"]):
-                return None
-            coordinator_call(self.layout, book, spec, str(vm.volume), "csv_delete", disk=name)
-            return f"{vm.volume}:{name}"
-
-        return await asyncio.to_thread(drop)
-
     def _member_hosts(self) -> tuple[str, ...]:
         """Who may use this host's re-exports: the cluster's member hosts (the spec's nodes
         in a lab without a store). In a thread: it may ask the store."""
@@ -350,10 +346,13 @@ class CsvOps:
     async def _refresh_authz(self) -> None:
         """Every live re-export of this host serves the member hosts of now: a host that
         left the cluster (its certificate revoked) is refused from then on."""
+        live = [p for p in sorted((self.layout.host_run_dir(self.node) / "redirect").glob("*.pid"))
+                if pid_from(p) is not None]
+        if not live:
+            return  # no re-export runs here: nothing to ask the store for
         hosts = await asyncio.to_thread(self._member_hosts)
-        for pidfile in sorted((self.layout.host_run_dir(self.node) / "redirect").glob("*.pid")):
-            if pid_from(pidfile) is not None:
-                await self._let_in(pidfile.with_suffix(".qmp"), hosts)
+        for pidfile in live:
+            await self._let_in(pidfile.with_suffix(".qmp"), hosts)
 
     # -- path switching ------------------------------------------------------------------
     async def _paths(self, qp: QemuProcess) -> list[tuple[str, str, str]]:

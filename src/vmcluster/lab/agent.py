@@ -15,8 +15,7 @@ On start it also asks its QEMU what it supports
 
 Ops: ping, facts, timeline, list, start, stop, pause, resume, incoming, migrate,
 query_migrate, set_params, cancel, takeover, release, discard, save, drop_saved, power_off,
-drive,
-drive_status, drive_cancel, drive_adopt (this host drives a migration of its VM:
+drive, drive_status, drive_cancel, drive_adopt (this host drives a migration of its VM:
 :mod:`vmcluster.lab.driver`), and the cluster shared volume ops of
 :class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that carries a manager's
 fencing ``token`` is refused unless that manager still leads
@@ -52,6 +51,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from vmcluster.csv.agentops import CsvOps
+from vmcluster.csv.savestate import region_name
 from vmcluster.errors import (
     InputError,
     QemuGone,
@@ -65,7 +65,7 @@ from vmcluster.lab.credentials import ADMIN
 from vmcluster.lab.driver import SourceDrives
 from vmcluster.lab.fencing import AgentFence
 from vmcluster.lab.layout import LabLayout, shared_layout
-from vmcluster.model import ClusterSpec
+from vmcluster.model import ClusterSpec, Vm
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.pki import NodeCredentials, crl_serials
 from vmcluster.policy.networks import node_cluster_networks
@@ -335,20 +335,10 @@ class Agent(CsvOps):
         async with self.lock(name):
             if name in self.vms and self.vms[name].alive():
                 raise Conflict(f"{name} runs on {self.node}; its disk stays")
-            spec = await asyncio.to_thread(self.cluster_spec)
-            vm = spec.vm(name)
-            await self.op_drop_saved({"vm": name})  # a quick migration's leftover, if any
-            if vm.volume is not None:
-                from vmcluster.csv.coordinator import coordinator_call
-
-                table = (await asyncio.to_thread(
-                    coordinator_call, self.layout, self.book(), spec, vm.volume,
-                    "csv_table"))["table"]
-                if not any(d["name"] == name for d in table["disks"]):
-                    return {"removed": None}  # never started, or removed already
-                await asyncio.to_thread(coordinator_call, self.layout, self.book(), spec,
-                                        vm.volume, "csv_delete", disk=name)
-                return {"removed": f"{vm.volume}/{name}"}
+            vm = (await asyncio.to_thread(self.cluster_spec)).vm(name)
+            await self._drop_saved(vm)  # a quick migration's leftover, if any
+            if vm.volume is not None:  # None: never started, or removed already
+                return {"removed": await asyncio.to_thread(self.drop_region, vm.volume, name)}
             return {"removed": self._remove_file(self.layout.disk, name)}
 
     async def op_pause(self, req: Reply) -> Reply:
@@ -610,10 +600,13 @@ class Agent(CsvOps):
 
     async def op_drop_saved(self, req: Reply) -> Reply:
         """Remove the VM's saved state (its quick migration ended, either way)."""
-        vm = (await asyncio.to_thread(self.cluster_spec)).vm(str(req.get("vm")))
+        return {"removed": await self._drop_saved(
+            (await asyncio.to_thread(self.cluster_spec)).vm(str(req.get("vm"))))}
+
+    async def _drop_saved(self, vm: Vm) -> str | None:
         if vm.volume is not None:
-            return {"removed": await self.drop_saved_state(vm)}
-        return {"removed": self._remove_file(self.layout.quick_state, vm.name)}
+            return await asyncio.to_thread(self.drop_region, vm.volume, region_name(vm.name))
+        return self._remove_file(self.layout.quick_state, vm.name)
 
     def _remove_file(self, where: Callable[[str], Path], vm: str) -> str | None:
         """Remove ``where(vm)`` from the file storage; its path, or None when there was
