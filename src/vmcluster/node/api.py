@@ -327,15 +327,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if name in known:
             raise JoinRefused(409, "conflict", f"a VM named {name!r} is already defined", "name")
         defs = [r.definition for r in known.values()]
-        if "volume" not in body:
-            # On the cluster's shared storage unless it says otherwise: a VM there can
-            # migrate and fail over; `"volume": null` keeps its disk in the file storage.
-            volumes = ctx.state.spec(definitions=defs).volumes
-            if volumes:
-                body = {**body, "volume": volumes[0].name}
-        elif body["volume"] is None:
+        default_volume = "volume" not in body
+        if body.get("volume", "") is None:  # `"volume": null`: its disk in the file storage
             body = {k: v for k, v in body.items() if k != "volume"}
         spec = ctx.state.spec(definitions=[*defs, body])  # SpecError: 422, naming the key
+        if default_volume and spec.volumes:
+            # On the cluster's shared storage unless it says otherwise: a VM there can
+            # migrate and fail over (a declared volume cannot make the definition invalid).
+            body = {**body, "volume": spec.volumes[0].name}
         if spec.vm(name).address is not None:  # pinned, so later VMs never shift it
             body = {**body, "address": str(spec.vm(name).address)}
         rec = vms.define(ctx.state, body)
