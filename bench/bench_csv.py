@@ -31,7 +31,7 @@ from typing import Any
 
 from vmcluster.csv.checkdisk import check_vm_disk
 from vmcluster.lab.lab import lab_down, lab_up
-from vmcluster.lab.layout import LabLayout
+from vmcluster.substrate.host.layout import LabLayout
 
 SPEC = """
 [cluster]

@@ -35,14 +35,14 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from bench_failover import events_after, last_seq, settle, wait_event  # noqa: E402
 
-from vmcluster.lab.client import AgentClient  # noqa: E402
 from vmcluster.lab.faults import start_node  # noqa: E402
 from vmcluster.lab.hosts import daemon_pids  # noqa: E402
 from vmcluster.lab.lab import lab_down, lab_up  # noqa: E402
-from vmcluster.lab.layout import LabLayout  # noqa: E402
 from vmcluster.lab.sampler import RunSampler  # noqa: E402
 from vmcluster.lab.services import LabStore, lab_store  # noqa: E402
 from vmcluster.model.spec import load_spec  # noqa: E402
+from vmcluster.substrate.host.client import AgentClient  # noqa: E402
+from vmcluster.substrate.host.layout import LabLayout  # noqa: E402
 
 SPEC = ROOT / "examples" / "lab.toml"
 

@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT / "src"))
 from vmcluster.control.simulate import predict_crash  # noqa: E402
 from vmcluster.lab.faults import crash_node, isolate_node, rejoin_node, start_node  # noqa: E402
 from vmcluster.lab.lab import lab_down, lab_up, set_net  # noqa: E402
-from vmcluster.lab.layout import LabLayout  # noqa: E402
 from vmcluster.lab.sampler import RunSampler  # noqa: E402
 from vmcluster.lab.services import LabStore, lab_store  # noqa: E402
 from vmcluster.store.election import current_leader  # noqa: E402
+from vmcluster.substrate.host.layout import LabLayout  # noqa: E402
 
 SPEC = ROOT / "examples" / "lab.toml"
 FAILOVER_KINDS = ("node_down", "vm_restarted", "node_isolated")

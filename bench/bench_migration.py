@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from vmcluster.lab.lab import lab_down, lab_up
-from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.observe import migrate_observed
 from vmcluster.policy.networks import Health
 from vmcluster.policy.prediction import predict
+from vmcluster.substrate.host.layout import LabLayout
 
 SPEC = """
 [cluster]

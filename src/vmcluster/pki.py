@@ -35,6 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from vmcluster.errors import InputError
 
 __all__ = [
+    "ADMIN",
     "CertificateAuthority",
     "NodeCredentials",
     "ca_hash",
@@ -45,6 +46,7 @@ __all__ = [
     "write_file",
 ]
 
+ADMIN = "admin"  # the operator's own certificate's name (the CLI, from the admin side)
 _VALID_CA = dt.timedelta(days=3650)
 _VALID_NODE = dt.timedelta(days=825)
 

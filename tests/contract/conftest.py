@@ -22,10 +22,12 @@ import pytest
 from vmcluster.errors import SubstrateError
 from vmcluster.lab import netns
 from vmcluster.lab.lab import lab_down, lab_up
-from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.substrate import LabSubstrate
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
-from vmcluster.substrate.protocol import Substrate
+from vmcluster.substrate.host import netns as host_netns
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.protocol import FaultInjector, Substrate
 from vmcluster.substrate.sim import SimSubstrate
 
 LAB = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
@@ -58,15 +60,14 @@ def qemu_lab() -> Iterator[LabLayout]:
 
 def reset_lab(sub: Substrate, spec: ClusterSpec) -> None:
     """Every node up, every link and storage path up, no VM (nor migration target) left."""
-    from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
-    assert isinstance(sub, QemuSubstrate)
+    assert isinstance(sub, LabSubstrate)
     for node in sub.status().nodes:
         if node.state != "up":
             sub.set_node(node.name, True)
     for nd in spec.nodes:
         for net in nd.interfaces:
-            if not netns.link_is_up(sub.layout, net, nd.name):
+            if not host_netns.link_is_up(sub.layout, net, nd.name):
                 sub.set_link(net, nd.name, True)
     for node in sub.status().nodes:
         if not node.storage_path:
@@ -82,15 +83,14 @@ def reset_lab(sub: Substrate, spec: ClusterSpec) -> None:
 
 @contextmanager
 def qemu_substrate(request: pytest.FixtureRequest, spec: ClusterSpec) -> Iterator[Substrate]:
-    from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
     layout: LabLayout = request.getfixturevalue("qemu_lab")
-    sub = QemuSubstrate(layout, spec)
+    sub = LabSubstrate(layout, spec)
     reset_lab(sub, spec)
     try:
         yield sub
     finally:
-        reset_lab(QemuSubstrate(layout, spec), spec)
+        reset_lab(LabSubstrate(layout, spec), spec)
 
 
 FACTORIES: dict[str, Factory] = {
@@ -108,3 +108,11 @@ def spec() -> ClusterSpec:
 def substrate(request: pytest.FixtureRequest, spec: ClusterSpec) -> Iterator[Substrate]:
     with FACTORIES[request.param](request, spec) as sub:
         yield sub
+
+
+@pytest.fixture
+def faults(substrate: Substrate) -> FaultInjector:
+    """The same world's fault injector: the simulator's and the lab's substrates are their
+    own (a host's manager holds a plain QemuSubstrate, which has none)."""
+    assert isinstance(substrate, (SimSubstrate, LabSubstrate))
+    return substrate

@@ -14,6 +14,7 @@ from vmcluster.errors import MigrationError, SubstrateError, UsageError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import Health
 from vmcluster.substrate.protocol import (
+    FaultInjector,
     MigrationHandle,
     MigrationParams,
     MigrationProgress,
@@ -98,14 +99,16 @@ def test_migration_moves_the_vm(substrate: Substrate, spec: ClusterSpec) -> None
     assert (st.node, st.state) == ("node3", "running")
 
 
-def test_prepare_refuses_impossible_migrations(substrate: Substrate, spec: ClusterSpec) -> None:
+def test_prepare_refuses_impossible_migrations(
+    substrate: Substrate, faults: FaultInjector, spec: ClusterSpec
+) -> None:
     boot(substrate, spec, "db")
     with pytest.raises(MigrationError):
         substrate.prepare_migration("db", "node2", "Migration")  # its own node
-    substrate.set_link("Migration", "node3", False)
+    faults.set_link("Migration", "node3", False)
     with pytest.raises(MigrationError):
         substrate.prepare_migration("db", "node3", "Migration")
-    substrate.set_node("node1", False)
+    faults.set_node("node1", False)
     with pytest.raises(MigrationError):
         substrate.prepare_migration("db", "node1", "Public")
 
@@ -141,13 +144,13 @@ def test_finalize_false_after_a_completed_copy_still_rolls_back(
 
 
 def test_link_failure_mid_migration_leaves_vm_on_source(
-    substrate: Substrate, spec: ClusterSpec
+    substrate: Substrate, faults: FaultInjector, spec: ClusterSpec
 ) -> None:
     boot(substrate, spec, "db")
     handle = substrate.prepare_migration("db", "node3", "Migration")
     substrate.start_migration(handle, SLOW)
     wait_status(substrate, handle, "active")
-    substrate.set_link("Migration", "node3", False)
+    faults.set_link("Migration", "node3", False)
     # A cut network fails the migration (qemu notices when no bytes move for a while).
     wait_status(substrate, handle, "failed", limit_s=60.0)
     result = substrate.finalize_migration(handle, True)
@@ -161,22 +164,24 @@ def test_link_failure_mid_migration_leaves_vm_on_source(
     assert again.ok and again.network == "Public"
 
 
-def test_node_crash_power_and_storage(substrate: Substrate, spec: ClusterSpec) -> None:
+def test_node_crash_power_and_storage(
+    substrate: Substrate, faults: FaultInjector, spec: ClusterSpec
+) -> None:
     boot(substrate, spec, "web", "db")
     with pytest.raises(SubstrateError):
         substrate.set_power("node1", False)  # web runs there
-    substrate.set_node("node1", False)
+    faults.set_node("node1", False)
     st = substrate.status()
     assert st.node("node1").state == "down"
     assert (st.vm("web").node, st.vm("web").state) == (None, "stopped")
     with pytest.raises(SubstrateError):
         substrate.start_vm("web", "node1")
-    substrate.set_node("node1", True)
+    faults.set_node("node1", True)
     substrate.set_power("node1", False)
     assert substrate.status().node("node1").state == "off"
     assert "node1" not in substrate.utilisation()
     substrate.set_power("node1", True)
-    substrate.set_storage_path("node2", False)
+    faults.set_storage_path("node2", False)
     assert substrate.status().node("node2").storage_path is False
     assert substrate.status().vm("db").state == "running"  # redirected I/O keeps it running
     util = substrate.utilisation()

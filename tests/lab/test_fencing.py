@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vmcluster.lab.fencing import AgentFence
+from vmcluster.node.fencing import AgentFence
 from vmcluster.store import Election, EtcdClient, Fenced, embedded
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server not installed")

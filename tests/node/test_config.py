@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from vmcluster.errors import SpecError, SubstrateError
-from vmcluster.lab.layout import shared_layout
 from vmcluster.node.config import EtcdMemberConfig, LabRef, NodeConfig, parse_config
+from vmcluster.substrate.host.layout import shared_layout
 
 GOOD = """\
 [node]

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from vmcluster.lab import netns
-from vmcluster.lab.image import GuestImage, ensure_guest_image, kernel_cmdline
 from vmcluster.lab.lab import lab_down, lab_up
-from vmcluster.lab.layout import LabLayout
-from vmcluster.substrate.qemu.substrate import QemuSubstrate
+from vmcluster.lab.substrate import LabSubstrate
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.qemu.image import GuestImage, ensure_guest_image, kernel_cmdline
 from vmcluster.substrate.qemu.vm import ram_arg
 
 GUEST_IP = "198.18.1.101"
@@ -182,7 +182,7 @@ def vms(guest_image: GuestImage) -> Iterator[VmFactory]:
         factory.close()
 
 
-LabStarter = Callable[..., QemuSubstrate]
+LabStarter = Callable[..., LabSubstrate]
 _LIVE_LABS: list[LabLayout] = []  # labs up right now, whose logs a failing test shows
 _LOG_TAIL = 60  # lines of each host log a failing lab test's report carries
 
@@ -221,7 +221,7 @@ def start_lab() -> Iterator[LabStarter]:
     """
     started: list[LabLayout] = []
 
-    def start(spec: Path, prefix: str, qemu: dict[str, str] | None = None) -> QemuSubstrate:
+    def start(spec: Path, prefix: str, qemu: dict[str, str] | None = None) -> LabSubstrate:
         name = f"{prefix}{os.getpid()}"[:12]
         layout = LabLayout(name)
         started.append(layout)

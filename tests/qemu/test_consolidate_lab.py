@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from tests import helpers
 
-from vmcluster.lab import netns
-from vmcluster.lab.client import AgentClient
 from vmcluster.lab.probe import memory_ok, serial_sizes
-from vmcluster.substrate.qemu.substrate import QemuSubstrate
+from vmcluster.lab.substrate import LabSubstrate
+from vmcluster.substrate.host import netns
+from vmcluster.substrate.host.client import AgentClient
 
 vmc = partial(helpers.vmc, timeout=600)  # this module's commands run longer
 
@@ -82,14 +82,14 @@ interfaces = {{Public = "198.18.1.1{i}", Heartbeat = "198.18.2.1{i}", Migration 
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, start_lab: LabStarter) -> QemuSubstrate:
+def lab(tmp_path_factory: pytest.TempPathFactory, start_lab: LabStarter) -> LabSubstrate:
     spec = tmp_path_factory.mktemp("consolidate") / "spec.toml"
     nodes = "".join(NODE.format(i=i, g=4 if i == 3 else 5) for i in (1, 2, 3))
     spec.write_text(SPEC.format(nodes=nodes), encoding="utf-8")
     return start_lab(spec, "k")
 
 
-def _placement(sub: QemuSubstrate) -> dict[str, str | None]:
+def _placement(sub: LabSubstrate) -> dict[str, str | None]:
     return {v.name: v.node for v in sub.status().vms}
 
 
@@ -102,7 +102,7 @@ def _wait_no_pids(ns: str, timeout_s: float = 20.0) -> list[int]:
     return pids
 
 
-def test_plan_only_changes_nothing(lab: QemuSubstrate) -> None:
+def test_plan_only_changes_nothing(lab: LabSubstrate) -> None:
     before = _placement(lab)
     res = vmc("lab", "consolidate", "--name", lab.layout.name, "--json")
     assert res.returncode == 0, res.stderr
@@ -128,7 +128,7 @@ def test_plan_only_changes_nothing(lab: QemuSubstrate) -> None:
     assert text.returncode == 0 and "power off" in text.stdout and "predicted" in text.stdout
 
 
-def test_apply_moves_for_real_powers_off_and_back_on(lab: QemuSubstrate) -> None:
+def test_apply_moves_for_real_powers_off_and_back_on(lab: LabSubstrate) -> None:
     nodes = [n.name for n in lab.spec.nodes]
     sizes = {vm: serial_sizes(lab.layout, vm, nodes) for vm in ("web", "db")}
     pids = {vm: _pid(lab, vm) for vm in ("web", "db")}
@@ -166,7 +166,7 @@ def test_apply_moves_for_real_powers_off_and_back_on(lab: QemuSubstrate) -> None
         assert AgentClient(lab.layout, node).alive()
 
 
-def _pid(sub: QemuSubstrate, vm: str) -> int:
+def _pid(sub: LabSubstrate, vm: str) -> int:
     node = sub.owner(vm)
     assert node is not None
     listed = AgentClient(sub.layout, node).call("list")["vms"]

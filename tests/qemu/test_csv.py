@@ -26,13 +26,13 @@ from vmcluster.csv.coordinator import coordinator_call
 from vmcluster.csv.nbd import NbdClient, NbdError
 from vmcluster.csv.storage import NbdTarget, san_target
 from vmcluster.csv.volume import FileBlock, read_table
-from vmcluster.lab.client import AgentClient
 from vmcluster.lab.credentials import lab_ca
-from vmcluster.lab.nsenter import NetnsThread
 from vmcluster.lab.observe import migrate_observed
 from vmcluster.lab.services import lab_csv_book, lab_store
+from vmcluster.lab.substrate import LabSubstrate
 from vmcluster.pki import CertificateAuthority, NodeCredentials
-from vmcluster.substrate.qemu.substrate import QemuSubstrate
+from vmcluster.substrate.host.client import AgentClient
+from vmcluster.substrate.host.nsenter import NetnsThread
 
 if TYPE_CHECKING:
     from conftest import LabStarter
@@ -47,19 +47,19 @@ SAN = "nbd://198.18.4.250:10809/csv-CSV1"
 
 
 @pytest.fixture(scope="module")
-def lab(start_lab: LabStarter) -> QemuSubstrate:
+def lab(start_lab: LabStarter) -> LabSubstrate:
     return start_lab(SPEC, "c")
 
 
-def _logs(sub: QemuSubstrate, vm: str) -> list[Path]:
+def _logs(sub: LabSubstrate, vm: str) -> list[Path]:
     return [sub.layout.serial_log(vm, n.name) for n in sub.spec.nodes]
 
 
-def _check(sub: QemuSubstrate, vm: str) -> DiskCheck:
+def _check(sub: LabSubstrate, vm: str) -> DiskCheck:
     return check_vm_disk(sub.layout.lun("CSV1"), "CSV1", vm, _logs(sub, vm))
 
 
-def _more_acks(sub: QemuSubstrate, vm: str, n: int = 50, timeout_s: float = 60) -> int:
+def _more_acks(sub: LabSubstrate, vm: str, n: int = 50, timeout_s: float = 60) -> int:
     """Wait until the guest acknowledged ``n`` more blocks; the new highest ack."""
     start = highest_ack(_logs(sub, vm))
     deadline = time.monotonic() + timeout_s
@@ -72,11 +72,11 @@ def _more_acks(sub: QemuSubstrate, vm: str, n: int = 50, timeout_s: float = 60) 
                 f"in {timeout_s:.0f} s")
 
 
-def _paths(sub: QemuSubstrate, node: str) -> dict[str, str]:
+def _paths(sub: LabSubstrate, node: str) -> dict[str, str]:
     return dict(AgentClient(sub.layout, node).call("csv_paths")["paths"])
 
 
-def _status(sub: QemuSubstrate) -> dict[str, object]:
+def _status(sub: LabSubstrate) -> dict[str, object]:
     out = subprocess.run(
         [sys.executable, "-m", "vmcluster", "csv", "status", "--name", sub.layout.name, "--json"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
@@ -85,7 +85,7 @@ def _status(sub: QemuSubstrate) -> dict[str, object]:
     return dict(json.loads(out.stdout))
 
 
-def test_every_disk_is_a_region_of_one_lun_and_direct(lab: QemuSubstrate) -> None:
+def test_every_disk_is_a_region_of_one_lun_and_direct(lab: LabSubstrate) -> None:
     table = read_table(FileBlock(str(lab.layout.lun("CSV1"))))
     assert {(d.name, d.owner) for d in table.disks} == {
         ("web", "node1"), ("db", "node2"), ("batch", "node3")}
@@ -102,7 +102,7 @@ def test_every_disk_is_a_region_of_one_lun_and_direct(lab: QemuSubstrate) -> Non
         assert r.acked > 0 and r.ok, r
 
 
-def test_storage_cut_redirects_live_and_loses_no_acknowledged_write(lab: QemuSubstrate) -> None:
+def test_storage_cut_redirects_live_and_loses_no_acknowledged_write(lab: LabSubstrate) -> None:
     node = lab.owner("web")
     assert node == "node1"
     _more_acks(lab, "web", 20)
@@ -129,7 +129,7 @@ def test_storage_cut_redirects_live_and_loses_no_acknowledged_write(lab: QemuSub
     assert r.ok, r
 
 
-def test_live_migration_hands_the_disk_over(lab: QemuSubstrate) -> None:
+def test_live_migration_hands_the_disk_over(lab: LabSubstrate) -> None:
     source = lab.owner("db")
     target = "node3" if source != "node3" else "node1"
     _more_acks(lab, "db", 20)
@@ -143,7 +143,7 @@ def test_live_migration_hands_the_disk_over(lab: QemuSubstrate) -> None:
     assert check.ok, check
 
 
-def test_a_hung_coordinator_loses_the_role(lab: QemuSubstrate) -> None:
+def test_a_hung_coordinator_loses_the_role(lab: LabSubstrate) -> None:
     # (A killed agent is started again by its host's vmclusterd within a second; a hung
     # one answers nobody until it is woken.)
     layout = lab.layout
@@ -167,7 +167,7 @@ def test_a_hung_coordinator_loses_the_role(lab: QemuSubstrate) -> None:
         assert _check(lab, vm).ok
 
 
-def test_check_disk_cli_json(lab: QemuSubstrate) -> None:
+def test_check_disk_cli_json(lab: LabSubstrate) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "vmcluster", "vm", "check-disk", "batch", "--lab",
          lab.layout.name, "--json"], capture_output=True, text=True, timeout=60, cwd=ROOT,
@@ -178,7 +178,7 @@ def test_check_disk_cli_json(lab: QemuSubstrate) -> None:
 
 
 def test_the_shared_lun_is_served_only_over_tls_to_cluster_certificates(
-    lab: QemuSubstrate, tmp_path: Path,
+    lab: LabSubstrate, tmp_path: Path,
 ) -> None:
     """The SAN's NBD export: refused in the clear and to another CA's certificate, served
     over TLS to a host of the cluster (the server's name checked)."""
@@ -204,7 +204,7 @@ def test_the_shared_lun_is_served_only_over_tls_to_cluster_certificates(
 
 
 def test_a_re_export_serves_only_the_clusters_member_hosts(
-    lab: QemuSubstrate, tmp_path: Path,
+    lab: LabSubstrate, tmp_path: Path,
 ) -> None:
     """node1's re-export of CSV1 (redirected I/O): a member host attaches; a certificate
     of this very CA for a name that is no member (a host that left) is refused; once

@@ -23,7 +23,6 @@ import pytest
 
 from vmcluster.control.simulate import predict_crash
 from vmcluster.errors import SubstrateError
-from vmcluster.lab.client import AgentClient
 from vmcluster.lab.faults import crash_node, isolate_node, rejoin_node, start_node
 from vmcluster.lab.lab import set_net
 from vmcluster.lab.sampler import RunSampler
@@ -35,9 +34,10 @@ from vmcluster.lab.services import (
     services_file,
     start_member,
 )
+from vmcluster.lab.substrate import LabSubstrate
 from vmcluster.node.daemon import TICK_S
 from vmcluster.store.election import Leadership, current_leader
-from vmcluster.substrate.qemu.substrate import QemuSubstrate
+from vmcluster.substrate.host.client import AgentClient
 
 if TYPE_CHECKING:
     from conftest import LabStarter
@@ -53,20 +53,20 @@ RESTART_BOUND_S = 60.0  # generous: the machine may be loaded by other tests
 
 
 @pytest.fixture(scope="module")
-def lab(start_lab: LabStarter) -> QemuSubstrate:
+def lab(start_lab: LabStarter) -> LabSubstrate:
     sub = start_lab(SPEC, "f")  # agents, VMs, then the control plane
     assert services_file(sub.layout).exists()
     return sub
 
 
 @pytest.fixture
-def store(lab: QemuSubstrate) -> Iterator[LabStore]:
+def store(lab: LabSubstrate) -> Iterator[LabStore]:
     with lab_store(lab.layout) as s:
         yield s
 
 
 @pytest.fixture
-def sampler(lab: QemuSubstrate) -> Iterator[RunSampler]:
+def sampler(lab: LabSubstrate) -> Iterator[RunSampler]:
     with RunSampler(lab.layout, NODES) as s:
         yield s
     assert not s.doubles, f"a VM ran twice: {s.doubles[:3]}"
@@ -98,7 +98,7 @@ def leader(store: LabStore) -> Leadership | None:
     return got
 
 
-def wait_settled(lab: QemuSubstrate, sampler: RunSampler, store: LabStore) -> dict[str, str]:
+def wait_settled(lab: LabSubstrate, sampler: RunSampler, store: LabStore) -> dict[str, str]:
     """Every VM runs exactly once and every node is heard; returns vm -> node."""
     t0 = time.monotonic()
     vms = [v.name for v in lab.spec.vms]
@@ -117,7 +117,7 @@ def wait_settled(lab: QemuSubstrate, sampler: RunSampler, store: LabStore) -> di
     return {vm: s.running[vm][0] for vm in vms}
 
 
-def check_disks(lab: QemuSubstrate) -> None:
+def check_disks(lab: LabSubstrate) -> None:
     """No acknowledged write lost, where the VM has a disk on a cluster shared volume."""
     for vm in lab.spec.vms:
         if getattr(vm, "volume", None) is None:
@@ -131,7 +131,7 @@ def check_disks(lab: QemuSubstrate) -> None:
 
 
 def test_one_network_down_reroutes_without_failover(
-    lab: QemuSubstrate, store: LabStore, sampler: RunSampler
+    lab: LabSubstrate, store: LabStore, sampler: RunSampler
 ) -> None:
     before = wait_settled(lab, sampler, store)
     seq = last_seq(store)
@@ -153,7 +153,7 @@ def test_one_network_down_reroutes_without_failover(
 
 
 def test_crashed_node_vms_restart_once_on_survivors(
-    lab: QemuSubstrate, store: LabStore, sampler: RunSampler
+    lab: LabSubstrate, store: LabStore, sampler: RunSampler
 ) -> None:
     where = wait_settled(lab, sampler, store)
     victim = where["db"]
@@ -178,7 +178,7 @@ def test_crashed_node_vms_restart_once_on_survivors(
 
 
 def test_split_one_two_isolated_side_stops_majority_restarts(
-    lab: QemuSubstrate, store: LabStore, sampler: RunSampler
+    lab: LabSubstrate, store: LabStore, sampler: RunSampler
 ) -> None:
     where = wait_settled(lab, sampler, store)
     counts = {n: sum(1 for v in where.values() if v == n) for n in NODES}
@@ -201,7 +201,7 @@ def test_split_one_two_isolated_side_stops_majority_restarts(
 
 
 def test_etcd_leader_killed_store_keeps_working(
-    lab: QemuSubstrate, store: LabStore, sampler: RunSampler
+    lab: LabSubstrate, store: LabStore, sampler: RunSampler
 ) -> None:
     wait_settled(lab, sampler, store)
     client = store.state.client
@@ -232,7 +232,7 @@ def test_etcd_leader_killed_store_keeps_working(
 
 
 def test_stopped_manager_is_replaced_and_fenced_when_it_wakes(
-    lab: QemuSubstrate, store: LabStore, sampler: RunSampler
+    lab: LabSubstrate, store: LabStore, sampler: RunSampler
 ) -> None:
     wait_settled(lab, sampler, store)
     old = leader(store)
@@ -265,7 +265,7 @@ def test_stopped_manager_is_replaced_and_fenced_when_it_wakes(
     assert now is not None and now.token >= new.token
 
 
-def _drain_cli(lab: QemuSubstrate, node: str) -> subprocess.Popen[str]:
+def _drain_cli(lab: LabSubstrate, node: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "vmcluster", "node", "drain", node, "--json", "--lab",
          lab.layout.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -273,7 +273,7 @@ def _drain_cli(lab: QemuSubstrate, node: str) -> subprocess.Popen[str]:
 
 
 def test_drain_moves_every_vm_and_ctrl_c_cancels(
-    lab: QemuSubstrate, store: LabStore, sampler: RunSampler
+    lab: LabSubstrate, store: LabStore, sampler: RunSampler
 ) -> None:
     where = wait_settled(lab, sampler, store)
     node = max(NODES, key=lambda n: (sum(1 for v in where.values() if v == n), n))
@@ -317,12 +317,12 @@ def test_drain_moves_every_vm_and_ctrl_c_cancels(
     assert json.loads(done.stdout) == {"node": node, "was": "draining", "state": "up"}
 
 
-def _qemu_pids(lab: QemuSubstrate, node: str) -> dict[str, int]:
+def _qemu_pids(lab: LabSubstrate, node: str) -> dict[str, int]:
     listed = AgentClient(lab.layout, node).call("list")["vms"]
     return {v["vm"]: int(v["pid"]) for v in listed if v["role"] == "run"}
 
 
-def _fence_records(lab: QemuSubstrate, node: str) -> list[dict[str, Any]]:
+def _fence_records(lab: LabSubstrate, node: str) -> list[dict[str, Any]]:
     path = lab.layout.host_state_dir(node) / "log" / "fenced.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
@@ -336,7 +336,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_restarting_vmclusterd_leaves_its_vms_running_and_nobody_notices(
-    lab: QemuSubstrate, store: LabStore, sampler: RunSampler
+    lab: LabSubstrate, store: LabStore, sampler: RunSampler
 ) -> None:
     where = wait_settled(lab, sampler, store)
     node = where["db"]
@@ -361,7 +361,7 @@ def test_restarting_vmclusterd_leaves_its_vms_running_and_nobody_notices(
 
 @pytest.mark.parametrize("sig", [signal.SIGSTOP, signal.SIGKILL], ids=["SIGSTOP", "SIGKILL"])
 def test_a_host_whose_vmclusterd_stops_is_fenced_by_its_watchdog_before_failover(
-    lab: QemuSubstrate, store: LabStore, sampler: RunSampler, sig: signal.Signals
+    lab: LabSubstrate, store: LabStore, sampler: RunSampler, sig: signal.Signals
 ) -> None:
     where = wait_settled(lab, sampler, store)
     node = where["batch"]

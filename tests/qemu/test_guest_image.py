@@ -22,7 +22,7 @@ import pytest
 from qemu.qmp import QMPClient
 
 from vmcluster.errors import InputError
-from vmcluster.lab.image import GUEST_DIR, kernel_cmdline, module_load_order
+from vmcluster.substrate.qemu.image import GUEST_DIR, kernel_cmdline, module_load_order
 
 if TYPE_CHECKING:
     from conftest import VmFactory

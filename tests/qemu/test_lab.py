@@ -26,15 +26,17 @@ from vmcluster.csv.savestate import region_name
 from vmcluster.csv.volume import FileBlock, read_table
 from vmcluster.errors import MigrationError, StoreError, UsageError
 from vmcluster.lab import netns
-from vmcluster.lab.client import AGENT_PORT, AgentClient, AgentDown, AgentError
-from vmcluster.lab.credentials import etcd_tls, lab_ca, revoke
+from vmcluster.lab.credentials import etcd_tls, lab_ca
 from vmcluster.lab.lab import set_net, wait_ready
-from vmcluster.lab.nsenter import NetnsThread
 from vmcluster.lab.observe import migrate_observed
+from vmcluster.lab.services import revoke
+from vmcluster.lab.substrate import LabSubstrate
 from vmcluster.pki import CertificateAuthority, NodeCredentials
 from vmcluster.store.etcd import EtcdClient
+from vmcluster.substrate.host import netns as host_netns
+from vmcluster.substrate.host.client import AGENT_PORT, AgentClient, AgentDown, AgentError
+from vmcluster.substrate.host.nsenter import NetnsThread
 from vmcluster.substrate.protocol import MigrationHandle, MigrationParams, MigrationProgress
-from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 if TYPE_CHECKING:
     from conftest import LabStarter
@@ -47,25 +49,25 @@ SPEC = Path(__file__).resolve().parents[2] / "examples" / "lab.toml"
 
 
 @pytest.fixture(scope="module")
-def lab(start_lab: LabStarter) -> QemuSubstrate:
+def lab(start_lab: LabStarter) -> LabSubstrate:
     return start_lab(SPEC, "t")
 
 
-def _owner_pid(sub: QemuSubstrate, vm: str) -> int:
+def _owner_pid(sub: LabSubstrate, vm: str) -> int:
     node = sub.owner(vm)
     assert node is not None
     listed = AgentClient(sub.layout, node).call("list")["vms"]
     return int(next(v["pid"] for v in listed if v["vm"] == vm and v["role"] == "run"))
 
 
-def test_up_status(lab: QemuSubstrate) -> None:
+def test_up_status(lab: LabSubstrate) -> None:
     st = lab.status().to_json()
     assert [n["state"] for n in st["nodes"]] == ["up", "up", "up"]
     assert {(v["name"], v["node"], v["state"]) for v in st["vms"]} == {
         ("web", "node1", "running"), ("db", "node2", "running"), ("batch", "node3", "running")}
 
 
-def test_migrate_between_every_pair_while_a_client_talks(lab: QemuSubstrate) -> None:
+def test_migrate_between_every_pair_while_a_client_talks(lab: LabSubstrate) -> None:
     route = ["node2", "node3", "node1", "node3", "node2", "node1"]  # every pair, both ways
     for target in route:
         source = lab.owner("web")
@@ -88,7 +90,7 @@ def test_migrate_between_every_pair_while_a_client_talks(lab: QemuSubstrate) -> 
         assert abs(sum(bd.values()) - r.extra["blackout_ms"]) < 20  # the parts add up
 
 
-def test_bad_migrations_leave_the_vm_where_it_was(lab: QemuSubstrate) -> None:
+def test_bad_migrations_leave_the_vm_where_it_was(lab: LabSubstrate) -> None:
     node, pid = lab.owner("db"), _owner_pid(lab, "db")
     with pytest.raises(UsageError):
         migrate_observed(lab, "db", node or "")  # to itself
@@ -102,7 +104,7 @@ def test_bad_migrations_leave_the_vm_where_it_was(lab: QemuSubstrate) -> None:
     assert lab.status().vm("db").state == "running"
 
 
-def test_network_down_migrates_over_the_next_network(lab: QemuSubstrate) -> None:
+def test_network_down_migrates_over_the_next_network(lab: LabSubstrate) -> None:
     set_net(lab, "Migration", up=False)
     try:
         assert lab.status().node("node1").links_down == ("Migration",)
@@ -113,14 +115,14 @@ def test_network_down_migrates_over_the_next_network(lab: QemuSubstrate) -> None
         set_net(lab, "Migration", up=True)
 
 
-def test_network_cut_mid_migration_is_retried_on_the_next(lab: QemuSubstrate) -> None:
+def test_network_cut_mid_migration_is_retried_on_the_next(lab: LabSubstrate) -> None:
     source = lab.owner("web")
     target = "node2" if source != "node2" else "node3"
     cut = threading.Event()
 
     def on_progress(h: MigrationHandle, p: MigrationProgress) -> None:
         if h.network == "Migration" and p.sent_mib > 20 and not cut.is_set():
-            netns.set_link(lab.layout, lab.spec, "Migration", h.source, up=False)
+            host_netns.set_link(lab.layout, lab.spec, "Migration", h.source, up=False)
             cut.set()
 
     try:
@@ -132,7 +134,7 @@ def test_network_cut_mid_migration_is_retried_on_the_next(lab: QemuSubstrate) ->
     assert r.extra["memory_ok"] is True
 
 
-def test_target_killed_mid_migration_rolls_back(lab: QemuSubstrate) -> None:
+def test_target_killed_mid_migration_rolls_back(lab: LabSubstrate) -> None:
     source = lab.owner("db")
     assert source is not None
     target = "node1" if source != "node1" else "node3"
@@ -158,7 +160,7 @@ def test_target_killed_mid_migration_rolls_back(lab: QemuSubstrate) -> None:
 
 
 def test_a_killed_agent_is_started_again_by_vmclusterd_and_adopts_its_vms(
-    lab: QemuSubstrate,
+    lab: LabSubstrate,
 ) -> None:
     node = lab.owner("web")
     assert node is not None
@@ -177,7 +179,7 @@ def test_a_killed_agent_is_started_again_by_vmclusterd_and_adopts_its_vms(
     assert _owner_pid(lab, "web") == pid  # the same QEMU, adopted, never restarted
 
 
-def test_quick_migration(lab: QemuSubstrate) -> None:
+def test_quick_migration(lab: LabSubstrate) -> None:
     source = lab.owner("batch")
     target = "node3" if source != "node3" else "node2"
     r = migrate_observed(lab, "batch", target, quick=True)
@@ -191,7 +193,7 @@ def test_quick_migration(lab: QemuSubstrate) -> None:
     assert read_table(FileBlock(str(lab.layout.lun("CSV1")))).get(region_name("batch")) is None
 
 
-def test_concurrency_limit_queues_the_third_migration(lab: QemuSubstrate) -> None:
+def test_concurrency_limit_queues_the_third_migration(lab: LabSubstrate) -> None:
     limit = lab.spec.cluster.max_concurrent_migrations
     held = [lab.migrations.try_slot("node1", limit) for _ in range(limit)]
     assert all(f is not None for f in held)
@@ -204,7 +206,7 @@ def test_concurrency_limit_queues_the_third_migration(lab: QemuSubstrate) -> Non
     again.close()
 
 
-def test_the_migration_stream_is_tls_with_the_cluster_certificates(lab: QemuSubstrate) -> None:
+def test_the_migration_stream_is_tls_with_the_cluster_certificates(lab: LabSubstrate) -> None:
     """Bytes on the target's Migration interface: a TLS handshake, never QEMU's plain
     stream (which starts with the magic QEVM)."""
     source = lab.owner("batch")
@@ -229,7 +231,7 @@ def test_the_migration_stream_is_tls_with_the_cluster_certificates(lab: QemuSubs
     assert any(bytes.fromhex(h)[:2] == b"\x16\x03" for h in firsts)  # a TLS handshake
 
 
-def test_etcd_serves_only_clients_with_a_cluster_certificate(lab: QemuSubstrate) -> None:
+def test_etcd_serves_only_clients_with_a_cluster_certificate(lab: LabSubstrate) -> None:
     svc = json.loads((lab.layout.state_dir / "services.json").read_text())
     assert svc["endpoints"] and all(u.startswith("https://") for u in svc["endpoints"])
     admin = etcd_tls(lab.layout)
@@ -251,7 +253,7 @@ def test_etcd_serves_only_clients_with_a_cluster_certificate(lab: QemuSubstrate)
             thread.call(no_client_cert)
 
 
-def _ask_agent(lab: QemuSubstrate, node: str, ctx: ssl.SSLContext,
+def _ask_agent(lab: LabSubstrate, node: str, ctx: ssl.SSLContext,
                request: bytes = b'{"op": "ping"}\n') -> str:
     """One request (a ping) over the network from the admin side with ``ctx``: the reply,
     or why not."""
@@ -274,7 +276,7 @@ def _context(creds: NodeCredentials, ca: Path, present: bool = True) -> ssl.SSLC
 
 
 def test_agents_answer_only_callers_with_a_valid_cluster_certificate(
-    lab: QemuSubstrate, tmp_path: Path,
+    lab: LabSubstrate, tmp_path: Path,
 ) -> None:
     ca_file = NodeCredentials(lab.layout.tls_dir("admin")).ca
     admin = NodeCredentials(lab.layout.tls_dir("admin"))
@@ -312,7 +314,7 @@ def test_agents_answer_only_callers_with_a_valid_cluster_certificate(
     assert refused["code"] == "fenced" and "no fencing token" in refused["error"], refused
 
 
-def test_agent_errors_cross_the_wire_typed(lab: QemuSubstrate) -> None:
+def test_agent_errors_cross_the_wire_typed(lab: LabSubstrate) -> None:
     agent = AgentClient(lab.layout, "node1")
     with pytest.raises(AgentError) as unknown:
         agent.call("no_such_op")
@@ -323,7 +325,7 @@ def test_agent_errors_cross_the_wire_typed(lab: QemuSubstrate) -> None:
 
 
 # -- the cluster API (vmclusterd's api part) -------------------------------------------------
-def _admin_env(lab: QemuSubstrate) -> dict[str, str]:
+def _admin_env(lab: LabSubstrate) -> dict[str, str]:
     from vmcluster.lab.services import lab_access
 
     access = lab_access(lab.layout)
@@ -340,7 +342,7 @@ def _vmc_in(ns: str, env: dict[str, str], *args: str,
                           capture_output=True, text=True, timeout=timeout_s, check=False)
 
 
-def test_cluster_status_through_the_api_from_the_admin_namespace(lab: QemuSubstrate) -> None:
+def test_cluster_status_through_the_api_from_the_admin_namespace(lab: LabSubstrate) -> None:
     out = _vmc_in(lab.layout.client_ns, _admin_env(lab), "cluster", "status", "--json")
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
@@ -360,7 +362,7 @@ def test_cluster_status_through_the_api_from_the_admin_namespace(lab: QemuSubstr
     assert json.loads(via_lab.stdout)["manager"] == got["manager"]
 
 
-def test_the_cluster_was_made_by_init_and_join(lab: QemuSubstrate) -> None:
+def test_the_cluster_was_made_by_init_and_join(lab: LabSubstrate) -> None:
     """lab up ran `cluster init` in node1 and `cluster join` in node2 and node3: three
     voting etcd members, each host's key made on the host, admitted by the API."""
     got = json.loads(vmc("cluster", "status", "--lab", lab.layout.name, "--json").stdout)
@@ -387,7 +389,7 @@ def test_the_cluster_was_made_by_init_and_join(lab: QemuSubstrate) -> None:
     assert len(again.stderr.strip().splitlines()) == 1
 
 
-def test_the_api_refuses_what_it_must_with_one_line(lab: QemuSubstrate) -> None:
+def test_the_api_refuses_what_it_must_with_one_line(lab: LabSubstrate) -> None:
     env = _admin_env(lab)
     ns = lab.layout.client_ns
     bad = _vmc_in(ns, {**env, "VMCLUSTER_TOKEN": "not-a-token"}, "cluster", "status")
@@ -429,7 +431,7 @@ def test_the_api_refuses_what_it_must_with_one_line(lab: QemuSubstrate) -> None:
         assert not answer.startswith(b"HTTP/"), answer[:200]
 
 
-def test_hosts_share_no_files_with_each_other(lab: QemuSubstrate) -> None:
+def test_hosts_share_no_files_with_each_other(lab: LabSubstrate) -> None:
     """Each host's daemon (and its QEMUs) has a mount namespace of its own, in which the
     other hosts' directories (keys, QEMU records, etcd data), the CA and the lab's own
     records are empty."""
@@ -479,11 +481,11 @@ def test_hosts_share_no_files_with_each_other(lab: QemuSubstrate) -> None:
     assert netns_seen.split() == [] and layout.node_ns("node2") in os.listdir("/run/netns")
 
 
-def _qemu_pids_of(lab: QemuSubstrate, node: str) -> list[int]:
+def _qemu_pids_of(lab: LabSubstrate, node: str) -> list[int]:
     return [int(v["pid"]) for v in AgentClient(lab.layout, node).call("list")["vms"]]
 
 
-def test_an_agent_takes_no_command_or_path_from_the_network(lab: QemuSubstrate) -> None:
+def test_an_agent_takes_no_command_or_path_from_the_network(lab: LabSubstrate) -> None:
     """Migration URIs other than tcp:ADDRESS:PORT (exec:, file:) are refused, typed; quick
     migration's save file is the agent's own path, handed to QEMU as an fd."""
     node = lab.owner("db")
@@ -519,7 +521,7 @@ def test_an_agent_takes_no_command_or_path_from_the_network(lab: QemuSubstrate) 
 
 
 # -- one switchover protocol: a migration's end is decided in the store ----------------------
-def _copies(lab: QemuSubstrate, vm: str) -> dict[str, tuple[str, str]]:
+def _copies(lab: LabSubstrate, vm: str) -> dict[str, tuple[str, str]]:
     """Every QEMU of ``vm`` in the lab: node -> (role, run status)."""
     out = {}
     for n in lab.spec.nodes:
@@ -529,7 +531,7 @@ def _copies(lab: QemuSubstrate, vm: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _store(lab: QemuSubstrate) -> tuple[dict[str, str | None], list[str]]:
+def _store(lab: LabSubstrate) -> tuple[dict[str, str | None], list[str]]:
     from vmcluster.lab.services import lab_store
 
     with lab_store(lab.layout) as ls:
@@ -537,7 +539,7 @@ def _store(lab: QemuSubstrate) -> tuple[dict[str, str | None], list[str]]:
         return placements, sorted(ls.call(ls.state.migrations))
 
 
-def _one_copy_until_settled(lab: QemuSubstrate, vm: str, timeout_s: float = 30.0
+def _one_copy_until_settled(lab: LabSubstrate, vm: str, timeout_s: float = 30.0
                             ) -> dict[str, tuple[str, str]]:
     """Watch ``vm`` until no migration of it is recorded: never two running copies."""
     deadline = time.monotonic() + timeout_s
@@ -551,7 +553,7 @@ def _one_copy_until_settled(lab: QemuSubstrate, vm: str, timeout_s: float = 30.0
         time.sleep(0.2)
 
 
-def test_a_killed_migration_cli_leaves_one_running_copy(lab: QemuSubstrate) -> None:
+def test_a_killed_migration_cli_leaves_one_running_copy(lab: LabSubstrate) -> None:
     vm, source = "batch", lab.owner("batch")
     target = "node1" if source != "node1" else "node2"
     root = Path(__file__).resolve().parents[2]
@@ -574,7 +576,7 @@ def test_a_killed_migration_cli_leaves_one_running_copy(lab: QemuSubstrate) -> N
     assert _store(lab)[0][vm] == node and lab.owner(vm) == node
 
 
-def test_a_driver_lost_after_the_copy_is_completed_by_the_manager(lab: QemuSubstrate) -> None:
+def test_a_driver_lost_after_the_copy_is_completed_by_the_manager(lab: LabSubstrate) -> None:
     """The copy is done, both QEMUs paused (the target by -S), and the driver dies before
     the switchover: the manager moves ownership and runs the target, never both."""
     from vmcluster.lab.services import lab_ledger
@@ -606,7 +608,7 @@ def test_a_driver_lost_after_the_copy_is_completed_by_the_manager(lab: QemuSubst
     assert _store(lab)[0][vm] == target and lab.owner(vm) == target
 
 
-def test_a_migration_asked_through_the_api_is_done_by_the_manager(lab: QemuSubstrate) -> None:
+def test_a_migration_asked_through_the_api_is_done_by_the_manager(lab: LabSubstrate) -> None:
     """From the admin namespace with VMCLUSTER_URL only: the API records an intent, the
     elected manager migrates under its token, the CLI watches."""
     vm, source = "db", lab.owner("db")
@@ -629,18 +631,18 @@ def test_a_migration_asked_through_the_api_is_done_by_the_manager(lab: QemuSubst
     assert bad.returncode == 2 and "node9" in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
-def _managerd_pid(lab: QemuSubstrate, node: str) -> int:
+def _managerd_pid(lab: LabSubstrate, node: str) -> int:
     """The pid of ``node``'s manager candidate (a part of its vmclusterd)."""
     host = subprocess.run(["ip", "netns", "pids", lab.layout.node_ns(node)],
                           capture_output=True, text=True, check=True).stdout.split()
     pids = [int(pid) for pid in host
-            if b"vmcluster.lab.managerd" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            if b"vmcluster.node.managerd" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(pids) == 1, (node, pids)
     return pids[0]
 
 
 def test_the_source_host_drives_a_migration_and_it_outlives_the_manager(
-        lab: QemuSubstrate) -> None:
+        lab: LabSubstrate) -> None:
     """The elected manager asks, the VM's source host drives (its agent reports the
     drive); killing the manager mid-migration does not end it: the VM ends up running
     once, on the target, and the next manager adopts the intent, so the operator's
@@ -687,7 +689,7 @@ def test_the_source_host_drives_a_migration_and_it_outlives_the_manager(
     assert _store(lab)[0][vm] == target and lab.owner(vm) == target
 
 
-def test_a_vm_defined_through_the_api_is_started_stopped_and_deleted(lab: QemuSubstrate) -> None:
+def test_a_vm_defined_through_the_api_is_started_stopped_and_deleted(lab: LabSubstrate) -> None:
     """From the admin namespace with VMCLUSTER_URL only: define a VM, start it (the
     manager places it on its owner and its node builds and runs the QEMU), stop it (it
     stays stopped), delete it. The lab's own view lists it as the cluster does."""
@@ -732,20 +734,20 @@ def test_a_vm_defined_through_the_api_is_started_stopped_and_deleted(lab: QemuSu
         _vmc_in(ns, env, "vm", "delete", "extra")
 
 
-def test_a_hosts_public_mac_stays_put_while_vms_come_and_go(lab: QemuSubstrate) -> None:
+def test_a_hosts_public_mac_stays_put_while_vms_come_and_go(lab: LabSubstrate) -> None:
     """By now every host has had VMs start, stop and migrate on and off its public bridge
     (their taps are its ports). A bridge takes its lowest port's MAC unless it has one
     of its own: a host whose MAC changed with a tap was unreachable until the others'
     ARP entries expired (the "agent did not answer list" flake)."""
     public = next(i for i, n in enumerate(lab.spec.networks) if n.public)
     for ni, node in enumerate(lab.spec.nodes):
-        shown = netns.run(["ip", "-n", lab.layout.node_ns(node.name), "-o", "link", "show",
+        shown = host_netns.run(["ip", "-n", lab.layout.node_ns(node.name), "-o", "link", "show",
                            lab.layout.PUBLIC_BRIDGE])
         assert f"link/ether {netns.bridge_mac(ni, public)} " in shown, shown
 
 
 def test_a_quick_migration_through_the_api_follows_the_switchover_protocol(
-    lab: QemuSubstrate,
+    lab: LabSubstrate,
 ) -> None:
     """`vm migrate --quick` from the admin namespace: the manager pauses, saves, restores
     on the target, moving the placement by compare-and-set before the target runs."""

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmcluster.errors import UsageError
-from vmcluster.lab.layout import LabLayout, check_lab_name, short_name
+from vmcluster.substrate.host.layout import LabLayout, check_lab_name, short_name
 from vmcluster.substrate.qemu.vm import VmConfig, mac_for, qemu_argv
 
 

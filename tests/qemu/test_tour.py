@@ -10,7 +10,7 @@ import subprocess
 import pytest
 from tests.helpers import vmc
 
-from vmcluster.lab.layout import RUN_ROOT
+from vmcluster.substrate.host.layout import RUN_ROOT
 
 pytestmark = [
     pytest.mark.lab,

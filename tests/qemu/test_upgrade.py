@@ -18,7 +18,7 @@ from tests.helpers import vmc
 
 from vmcluster.errors import MigrationRefused
 from vmcluster.lab.observe import migrate_observed
-from vmcluster.substrate.qemu.substrate import QemuSubstrate
+from vmcluster.lab.substrate import LabSubstrate
 
 if TYPE_CHECKING:
     from conftest import LabStarter
@@ -62,13 +62,13 @@ dirty_mibps = 8
 
 
 @pytest.fixture(scope="module")
-def lab(start_lab: LabStarter, tmp_path_factory: pytest.TempPathFactory) -> QemuSubstrate:
+def lab(start_lab: LabStarter, tmp_path_factory: pytest.TempPathFactory) -> LabSubstrate:
     spec = tmp_path_factory.mktemp("upgrade") / "upgrade.toml"
     spec.write_text(SPEC)
     return start_lab(spec, "u", qemu={"old": "debian-7.2"})
 
 
-def test_each_host_reports_its_own_qemu_and_the_vm_is_pinned(lab: QemuSubstrate) -> None:
+def test_each_host_reports_its_own_qemu_and_the_vm_is_pinned(lab: LabSubstrate) -> None:
     assert lab.facts("old").version.startswith("7.2.")
     assert lab.facts("new").version_tuple[:2] >= (8, 0)
     assert lab.machine("vm") == "pc-q35-7.2"
@@ -80,7 +80,7 @@ def test_each_host_reports_its_own_qemu_and_the_vm_is_pinned(lab: QemuSubstrate)
     assert st["vms"][0]["machine"] == "pc-q35-7.2"
 
 
-def test_a_vm_moves_from_qemu_7_2_to_qemu_10_and_never_back(lab: QemuSubstrate) -> None:
+def test_a_vm_moves_from_qemu_7_2_to_qemu_10_and_never_back(lab: LabSubstrate) -> None:
     assert lab.owner("vm") == "old"
     r = migrate_observed(lab, "vm", "new")
     assert r.ok, r.error
@@ -96,7 +96,7 @@ def test_a_vm_moves_from_qemu_7_2_to_qemu_10_and_never_back(lab: QemuSubstrate) 
     assert lab.owner("vm") == "new" and lab.status().vm("vm").state == "running"
 
 
-def test_the_cached_qemu_7_2_is_debian_12_mains(lab: QemuSubstrate) -> None:
+def test_the_cached_qemu_7_2_is_debian_12_mains(lab: LabSubstrate) -> None:
     install = json.loads(Path(lab.layout.state_file).read_text())["qemu"]["old"]
     assert install["label"] == "debian-7.2"
     assert Path(install["binary"]).is_file() and Path(install["moduledir"]).is_dir()

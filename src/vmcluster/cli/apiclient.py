@@ -22,7 +22,10 @@ from typing import Any
 import httpx
 
 from vmcluster.errors import InputError, VmclusterError
+from vmcluster.lab.lab import resolve_lab
+from vmcluster.lab.services import lab_access
 from vmcluster.node.access import API_URL, ClusterAccess, credentials_file, error_message
+from vmcluster.substrate.host.nsenter import NetnsThread
 
 __all__ = ["ApiError", "ClusterAccess", "api_request", "credentials_file", "resolve_access"]
 
@@ -40,9 +43,6 @@ class ApiError(VmclusterError):
 def resolve_access(url: str | None, lab: str | None = None) -> ClusterAccess:
     """The cluster to talk to: ``url``, else $VMCLUSTER_URL, else ``lab``'s."""
     if lab is not None and url is None:
-        from vmcluster.lab.lab import resolve_lab
-        from vmcluster.lab.services import lab_access
-
         return lab_access(resolve_lab(lab))
     url = url or os.environ.get("VMCLUSTER_URL")
     if not url:
@@ -106,7 +106,6 @@ def api_request(access: ClusterAccess, method: str, path: str, body: Any = None,
     """One request to the cluster's API (from ``access.netns`` when set)."""
     if access.netns is None:
         return _do(access, method, path, body, timeout_s)
-    from vmcluster.lab.nsenter import NetnsThread
 
     with NetnsThread(access.netns) as thread:
         got: dict[str, Any] = thread.call(_do, access, method, path, body, timeout_s,

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from vmcluster.cli.apiclient import api_request, resolve_access
 from vmcluster.cli.common import console, emit_json, json_option
+from vmcluster.node.bootstrap import init_cluster, join_cluster
 from vmcluster.node.config import DEFAULT_CONFIG
 
 __all__ = ["cluster", "cluster_option"]
@@ -69,7 +70,6 @@ def init(spec_path: Path, node: str, name: str | None, credentials: Path | None,
          ttl_h: float, config: Path, start: str, as_json: bool) -> None:
     """Create the cluster on this host: its CA, this host's certificate, a one-member
     etcd with the spec, the admin's credentials; prints the join command."""
-    from vmcluster.node.bootstrap import init_cluster
 
     say = (lambda _m: None) if as_json else (lambda m: console.print(m, highlight=False))
     got = init_cluster(spec_path, node, config, name=name, start=start,
@@ -97,7 +97,6 @@ def init(spec_path: Path, node: str, name: str | None, credentials: Path | None,
 def join(url: str, token: str, ca_hash: str, node: str, config: Path, start: str,
          as_json: bool) -> None:
     """Join the cluster whose member answers at URL (https://HOST:8443)."""
-    from vmcluster.node.bootstrap import join_cluster
 
     say = (lambda _m: None) if as_json else (lambda m: console.print(m, highlight=False))
     got = join_cluster(url, token, ca_hash, node, config, start=start, say=say)

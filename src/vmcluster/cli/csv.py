@@ -10,13 +10,13 @@ import click
 from vmcluster.cli.common import lab_option
 from vmcluster.csv.coordinator import CsvBook, volume_access
 from vmcluster.csv.storage import san_target
-from vmcluster.lab.client import AgentClient, AgentDown
 from vmcluster.lab.lab import resolve_lab
-from vmcluster.lab.layout import LabLayout
 from vmcluster.lab.services import lab_csv_book
-from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
+from vmcluster.substrate.host.client import AgentClient, AgentDown
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.host.state import read_state
 
 __all__ = ["csv"]
 

@@ -14,7 +14,7 @@ from vmcluster.errors import UsageError
 from vmcluster.power.compare import cloudsim_figures, cloudsim_key
 from vmcluster.power.density import park_cores
 from vmcluster.power.evaluate import Result, parse_policies, sweep
-from vmcluster.power.traces import default_trace_dir, list_days
+from vmcluster.power.traces import default_trace_dir, list_days, load_day
 
 __all__ = ["evaluate", "power", "show_results"]
 
@@ -52,7 +52,7 @@ def _fmt(m: str, v: float) -> str:
 
 
 def _plot(results: list[Result], directory: Path) -> list[Path]:
-    import matplotlib
+    import matplotlib  # heavy: only when a plot is asked for
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -114,7 +114,6 @@ def evaluate(traces: Path | None, policies: str, days: str, plot_dir: Path | Non
             err.print(f"[{done[0]}/{total}] {r.policy} {r.day}: {r.wall_s:.1f} s")
 
     # fail on a bad trace before starting workers
-    from vmcluster.power.traces import load_day
 
     for f in files:
         load_day(f)

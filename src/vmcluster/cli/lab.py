@@ -12,8 +12,9 @@ import click
 from vmcluster.cli.common import lab_option
 from vmcluster.errors import UsageError, VmclusterError
 from vmcluster.lab.lab import lab_down, lab_up, resolve_lab, set_net
+from vmcluster.lab.services import lab_spec, leader_summary
+from vmcluster.lab.substrate import LabSubstrate
 from vmcluster.substrate.protocol import SubstrateStatus
-from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["lab"]
 
@@ -62,16 +63,13 @@ def down(name: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(name: str | None, as_json: bool) -> None:
     """Nodes (agent up or down, links down) and VMs (owner and state)."""
-    from vmcluster.lab.services import lab_spec
 
     layout = resolve_lab(name)
-    sub = QemuSubstrate(layout, lab_spec(layout))  # with the VMs defined since `lab up`
+    sub = LabSubstrate(layout, lab_spec(layout))  # with the VMs defined since `lab up`
     _show(sub.status(), as_json, sub)
 
 
-def _show(st: SubstrateStatus, as_json: bool, sub: QemuSubstrate) -> None:
-    from vmcluster.lab.services import leader_summary
-
+def _show(st: SubstrateStatus, as_json: bool, sub: LabSubstrate) -> None:
     lead = leader_summary(sub.layout)
     qemu = {}
     for n in st.nodes:
@@ -106,7 +104,7 @@ def net() -> None:
 
 
 def _net(target: str, name: str | None, up: bool) -> None:
-    sub = QemuSubstrate(resolve_lab(name))
+    sub = LabSubstrate(resolve_lab(name))
     changed = set_net(sub, target, up)
     for network, node in changed:
         click.echo(f"{network}@{node}: {'up' if up else 'down'}")
@@ -132,7 +130,7 @@ def storage() -> None:
 
 
 def _storage(node: str, name: str | None, up: bool, as_json: bool) -> None:
-    sub = QemuSubstrate(resolve_lab(name))
+    sub = LabSubstrate(resolve_lab(name))
     sub.set_storage_path(node, up)
     if as_json:
         click.echo(json.dumps({"node": node, "storage_path": up, "switched": sub.last_switches}))

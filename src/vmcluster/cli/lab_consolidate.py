@@ -11,12 +11,15 @@ from collections.abc import Callable
 
 import click
 
+from vmcluster.cli.apiclient import api_request, resolve_access
 from vmcluster.cli.common import lab_option
+from vmcluster.cli.node import _watch
 from vmcluster.control.consolidate import ConsolidationPlan, PowerGuard, make_plan, observe
-from vmcluster.control.consolidate_apply import ApplyReport, Step, apply
+from vmcluster.control.consolidate_apply import ApplyReport, Step, apply, store_guard
 from vmcluster.errors import MigrationError
 from vmcluster.lab.lab import resolve_lab
-from vmcluster.substrate.qemu.substrate import QemuSubstrate
+from vmcluster.lab.services import lab_store, services_file
+from vmcluster.lab.substrate import LabSubstrate
 
 __all__ = ["consolidate"]
 
@@ -31,7 +34,7 @@ __all__ = ["consolidate"]
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def consolidate(name: str | None, policy: str, do_apply: bool, seed: int, as_json: bool) -> None:
     """Show which VMs the power policy would move where and which nodes it would power off."""
-    sub = QemuSubstrate(resolve_lab(name))
+    sub = LabSubstrate(resolve_lab(name))
 
     def err(msg: str) -> None:
         click.echo(msg, err=True)
@@ -55,29 +58,24 @@ def consolidate(name: str | None, policy: str, do_apply: bool, seed: int, as_jso
         raise MigrationError("; ".join(report.errors))
 
 
-def _guard(sub: QemuSubstrate) -> PowerGuard:
+def _guard(sub: LabSubstrate) -> PowerGuard:
     """What must stay on: the etcd quorum and the manager's node, when there is a store."""
-    from vmcluster.lab.services import lab_store, services_file
 
     if not services_file(sub.layout).exists():
         return PowerGuard()
-    from vmcluster.control.consolidate_apply import store_guard
 
     with lab_store(sub.layout) as ls:
         got: PowerGuard = ls.call(store_guard, ls.state)
         return got
 
 
-def _apply(sub: QemuSubstrate, the_plan: ConsolidationPlan, err: Callable[[str], None]
+def _apply(sub: LabSubstrate, the_plan: ConsolidationPlan, err: Callable[[str], None]
            ) -> ApplyReport:
     """The plan shown, carried out: by the cluster's elected manager when the lab runs a
     control plane (an intent through its API, watched here; Ctrl-C cancels), else here."""
-    from vmcluster.lab.services import services_file
 
     if not services_file(sub.layout).exists():
         return apply(sub, sub.spec, the_plan, on_step=lambda s: err(_step_line(s)))
-    from vmcluster.cli.apiclient import api_request, resolve_access
-    from vmcluster.cli.node import _watch
 
     access = resolve_access(None, sub.layout.name)
     it = api_request(access, "POST", "/api/v1/consolidations", {"plan": the_plan.to_json()})

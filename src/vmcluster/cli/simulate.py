@@ -13,11 +13,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from vmcluster.cli.common import console, emit_json, json_option
+from vmcluster.cli.evaluate import show_results
 from vmcluster.control.scenario import load_scenario
 from vmcluster.control.simulate import Report, run_scenario
 from vmcluster.errors import UsageError
 from vmcluster.model.tomlsource import load_toml
-from vmcluster.power.scenario import is_power_scenario
+from vmcluster.power.evaluate import parse_policies, sweep
+from vmcluster.power.scenario import Scenario, is_power_scenario
+from vmcluster.power.scenario import load_scenario as load_power_scenario
+from vmcluster.power.traces import list_days, load_day
 
 __all__ = ["simulate"]
 
@@ -65,7 +69,7 @@ def simulate(scenario: Path, as_json: bool, trace_path: Path | None,
         _write(trace_path, "".join(
             json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n" for e in events))
     if plot_dir is not None:
-        from vmcluster.cli.simplot import plot  # matplotlib only when asked
+        from vmcluster.cli.simplot import plot  # matplotlib is heavy: only when asked
 
         try:
             plot(report, plot_dir)
@@ -80,11 +84,6 @@ def simulate(scenario: Path, as_json: bool, trace_path: Path | None,
 def _consolidation(path: Path, policy: str | None, as_json: bool,
                    plot_dir: Path | None) -> None:
     """A datacenter day (or every day of a trace directory) under one consolidation policy."""
-    from vmcluster.cli.evaluate import show_results
-    from vmcluster.power.evaluate import parse_policies, sweep
-    from vmcluster.power.scenario import Scenario
-    from vmcluster.power.scenario import load_scenario as load_power_scenario
-    from vmcluster.power.traces import list_days, load_day
 
     if path.is_dir():
         setup, files = Scenario(name=path.name, policy="ours"), list_days(path)

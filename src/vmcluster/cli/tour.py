@@ -15,6 +15,9 @@ from collections.abc import Sequence
 import click
 
 from vmcluster.cli.common import console
+from vmcluster.lab.lab import lab_down, resolve_lab
+from vmcluster.lab.substrate import LabSubstrate
+from vmcluster.substrate.host.layout import LabLayout
 
 __all__ = ["tour"]
 
@@ -110,20 +113,17 @@ POWER: Sequence[Step] = (
 
 
 def run_step(title: str, args: str) -> None:
-    from vmcluster.cli.main import cli  # late import: main imports this module
-
     console.rule(f"[bold]{title}")
     console.print(f"[dim]$ vmcluster {args}[/dim]")
-    cli.main(args=shlex.split(args), prog_name="vmcluster", standalone_mode=False)
+    root = click.get_current_context().find_root().command  # the `vmcluster` group
+    root.main(args=shlex.split(args), prog_name="vmcluster", standalone_mode=False)
     console.print()
 
 
 def wait_all_running(lab: str, timeout_s: float = 60.0) -> None:
     """Poll the lab until every VM of its spec runs on a node that is up (bounded)."""
-    from vmcluster.lab.lab import resolve_lab
-    from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
-    sub = QemuSubstrate(resolve_lab(lab))
+    sub = LabSubstrate(resolve_lab(lab))
     start = sub.clock.now()
     while sub.clock.now() - start < timeout_s:
         status = sub.status()
@@ -137,9 +137,6 @@ def wait_all_running(lab: str, timeout_s: float = 60.0) -> None:
 
 
 def run_lab_tour() -> None:
-    from vmcluster.lab.lab import lab_down
-    from vmcluster.lab.layout import LabLayout
-
     try:
         for title, args in LAB_TOUR:
             if args == WAIT_FAILOVER:

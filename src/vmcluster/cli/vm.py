@@ -13,23 +13,24 @@ import click
 from vmcluster.cli.apiclient import ClusterAccess, api_request, resolve_access
 from vmcluster.cli.cluster import cluster_option
 from vmcluster.cli.common import ProgressLine, lab_option
-from vmcluster.errors import InputError, MigrationError, VmclusterError
-from vmcluster.lab.lab import resolve_lab
+from vmcluster.cli.node import _watch
+from vmcluster.csv.checkdisk import check_vm_disk
+from vmcluster.errors import InputError, MigrationError, UsageError, VmclusterError
+from vmcluster.lab.lab import resolve_lab, wait_ready
 from vmcluster.lab.observe import migrate_observed
+from vmcluster.lab.services import lab_spec, services_file
+from vmcluster.lab.substrate import LabSubstrate
 from vmcluster.model.tomlsource import load_toml
 from vmcluster.substrate.protocol import MigrationHandle, MigrationProgress
-from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["vm"]
 
 _LAB = lab_option()
 
 
-def _sub(lab_name: str | None) -> QemuSubstrate:
-    from vmcluster.lab.services import lab_spec
-
+def _sub(lab_name: str | None) -> LabSubstrate:
     layout = resolve_lab(lab_name)
-    return QemuSubstrate(layout, lab_spec(layout))  # with the VMs defined since `lab up`
+    return LabSubstrate(layout, lab_spec(layout))  # with the VMs defined since `lab up`
 
 
 @click.group()
@@ -43,7 +44,6 @@ def _api(cluster_url: str | None, lab_name: str | None) -> ClusterAccess | None:
     (its commands then act on the agents themselves)."""
     if cluster_url is not None and lab_name is None:
         return resolve_access(cluster_url)
-    from vmcluster.lab.services import services_file
 
     layout = resolve_lab(lab_name)
     return resolve_access(None, layout.name) if services_file(layout).exists() else None
@@ -93,7 +93,6 @@ _simple("resume", "Resume a paused VM.")
 
 def _carried(access: ClusterAccess, it: dict[str, Any], what: str) -> dict[str, Any]:
     """Watch an intent to its end; its result, or one error line."""
-    from vmcluster.cli.node import _watch
 
     final = _watch(access, it["id"], lambda m: click.echo(m, err=True))
     result = dict(final.get("result") or {})
@@ -110,7 +109,6 @@ def _carried(access: ClusterAccess, it: dict[str, Any], what: str) -> dict[str, 
 @cluster_option
 def start(vm_name: str, node: str | None, cluster_url: str | None, lab_name: str | None) -> None:
     """Start a VM: its desired state becomes running and the manager starts it."""
-    from vmcluster.lab.lab import wait_ready
 
     access = _api(cluster_url, lab_name)
     if access is None:  # a lab of agents only
@@ -203,8 +201,6 @@ def create(vm_name: str, owner: str | None, memory_mib: int | None, vcpus: int |
         ran = _carried(access, got["intent"], f"starting {vm_name}")
         got = {**got, "node": ran.get("node"), "state": "running", "desired": "running"}
         if access.netns is not None:
-            from vmcluster.lab.lab import wait_ready
-
             wait_ready(resolve_lab(lab_name), vm_name, str(ran["node"]), 120)
     if as_json:
         click.echo(json.dumps(got))
@@ -324,8 +320,6 @@ def migrate(vm_name: str, target: str, quick: bool, as_json: bool, cluster_url: 
 
 def _migrate_through_api(url: str, vm_name: str, target: str, quick: bool,
                          as_json: bool) -> None:
-    from vmcluster.cli.apiclient import api_request, resolve_access
-    from vmcluster.cli.node import _watch
 
     access = resolve_access(url)
     it = api_request(access, "POST", f"/api/v1/vms/{vm_name}/migrate",
@@ -353,8 +347,6 @@ def _ms(value: float | None) -> str:
 @_LAB
 def check_disk(vm_name: str, as_json: bool, lab_name: str | None) -> None:
     """Compare the blocks VM acknowledged (serial log) with its disk on the LUN (no stop)."""
-    from vmcluster.csv.checkdisk import check_vm_disk
-    from vmcluster.errors import UsageError
 
     sub = _sub(lab_name)
     spec_vm = sub.spec.vm(vm_name)

@@ -61,7 +61,7 @@ class MigrationRequest:
 
 
 # Who carries out a migration: :func:`migrate_here`, in this process, or a stand-in that
-# has another process drive it (the source host's agent: vmcluster.lab.driver) and
+# has another process drive it (the source host's agent: vmcluster.node.driver) and
 # returns what that driver's ``migrate`` returned. Whoever drives reads the links'
 # health itself, when it begins.
 Migrator = Callable[

@@ -1,6 +1,6 @@
 """The CSV side of a node agent: coordinator ops, re-exports, and live path switching.
 
-Mixed into :class:`vmcluster.lab.agent.Agent` (its ``op_*`` methods are agent ops):
+Mixed into :class:`vmcluster.node.agent.Agent` (its ``op_*`` methods are agent ops):
 
 * coordinator role: ``csv_table``, ``csv_create``, ``csv_delete``, ``csv_resize``,
   ``csv_set_owner`` read-modify-write the allocation table on
@@ -63,13 +63,13 @@ from vmcluster.csv.storage import (
     san_target,
 )
 from vmcluster.errors import SubstrateError
-from vmcluster.lab.client import AgentClient
-from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec, Vm
 from vmcluster.model.spec import load_spec
 from vmcluster.pki import NodeCredentials
 from vmcluster.store.state import ClusterState
+from vmcluster.substrate.host.client import AgentClient
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.host.state import read_state
 from vmcluster.substrate.qemu.process import QemuProcess
 from vmcluster.substrate.qemu.qmp import Qmp
 from vmcluster.substrate.qemu.vm import LUN_NODE_PREFIX, NBD_TLS, PATH_NODE

@@ -14,9 +14,9 @@ from typing import Any
 from vmcluster.csv.coordinator import CsvBook, coordinator_call, volume_access
 from vmcluster.csv.storage import NbdTarget, san_target
 from vmcluster.errors import SubstrateError
-from vmcluster.lab.client import AgentClient
-from vmcluster.lab.layout import LabLayout
 from vmcluster.model import MIB, ClusterSpec
+from vmcluster.substrate.host.client import AgentClient
+from vmcluster.substrate.host.layout import LabLayout
 
 __all__ = ["disk_config", "node_target", "record_owner"]
 

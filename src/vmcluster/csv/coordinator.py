@@ -30,14 +30,14 @@ import psutil
 
 from vmcluster.csv.paths import Access, access_modes, elect_coordinator
 from vmcluster.errors import StoreError, SubstrateError
-from vmcluster.lab import netns
-from vmcluster.lab.client import AgentClient, AgentDown
-from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.state import read_state, update_state
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import Health
 from vmcluster.store.etcd import Compare, Put
 from vmcluster.store.state import ClusterState
+from vmcluster.substrate.host import netns
+from vmcluster.substrate.host.client import AgentClient, AgentDown
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.host.state import read_state, update_state
 
 __all__ = ["CsvBook", "FileBook", "LabView", "LinkPublisher", "StoreBook", "coordinator",
            "coordinator_call", "local_links", "volume_access"]

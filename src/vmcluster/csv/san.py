@@ -13,9 +13,9 @@ import subprocess
 from vmcluster.csv.storage import san_argv, san_target
 from vmcluster.csv.volume import FileBlock, format_table
 from vmcluster.errors import LabError
-from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.state import update_state
 from vmcluster.model import ClusterSpec
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.host.state import update_state
 
 __all__ = ["start_san"]
 

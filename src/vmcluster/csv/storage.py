@@ -27,9 +27,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from vmcluster.errors import LabError
-from vmcluster.lab.layout import LabLayout
 from vmcluster.model import ClusterSpec, Volume
 from vmcluster.pki import NodeCredentials
+from vmcluster.substrate.host.layout import LabLayout
 from vmcluster.substrate.procs import pid_in_file
 from vmcluster.substrate.qemu.vm import tls_object
 

@@ -45,6 +45,7 @@ from vmcluster.heartbeat.detector import (
     heartbeat_plan,
     peers_down,
 )
+from vmcluster.model.spec import load_spec
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
@@ -213,8 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     key = load_key(Path(args.key_file))
     params = HeartbeatParams(args.delay_ms / 1000.0, args.threshold)
     if args.spec:
-        from vmcluster.model.spec import load_spec
-
         spec = load_spec(args.spec)
         binds, targets = heartbeat_plan(spec, args.node, args.port)
         params = HeartbeatParams.from_settings(spec.cluster)

@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 
 from vmcluster.heartbeat.auth import new_key_file
-from vmcluster.lab.layout import LabLayout
 from vmcluster.model import ClusterSpec
-from vmcluster.pki import CertificateAuthority, NodeCredentials, write_file
+from vmcluster.pki import ADMIN, CertificateAuthority, NodeCredentials, write_file
+from vmcluster.substrate.host.layout import LabLayout
 
-__all__ = ["ADMIN", "etcd_tls", "issue_credentials", "lab_ca", "revoke"]
+__all__ = ["etcd_tls", "issue_credentials", "lab_ca"]
 
-ADMIN = "admin"  # the operator's own certificate (the CLI, from the admin side)
 
 
 def lab_ca(layout: LabLayout) -> CertificateAuthority:
@@ -71,27 +70,3 @@ def etcd_tls(layout: LabLayout, node: str | None = None) -> NodeCredentials | No
     has none (a lab brought up before TLS)."""
     creds = NodeCredentials(layout.tls_dir(node or ADMIN))
     return creds if creds.exists() else None
-
-
-def revoke(layout: LabLayout, spec: ClusterSpec, cert_pem: bytes) -> bytes:
-    """Revoke a certificate of the lab's CA; returns the new revocation list. With a
-    control plane the cluster's CA record in etcd is what revokes (as ``cluster leave``
-    does, :func:`vmcluster.node.bootstrap.revoke_certificate`): the list travels through
-    the store and each host's API part writes it into its own ``tls/crl.pem``. A lab
-    without a control plane gets it in its hosts' files from here instead."""
-    from vmcluster.lab.services import lab_store, services_file
-    from vmcluster.node.bootstrap import revoke_certificate
-
-    if services_file(layout).exists():
-        with lab_store(layout) as store:
-            got: bytes = store.call(revoke_certificate, store.state, cert_pem)
-            return got
-    ca = lab_ca(layout).revoke(cert_pem)
-    (layout.ca_dir / "revoked.json").write_text(json.dumps(list(ca.revoked)))
-    crl = ca.crl_pem()
-    for node in spec.nodes:
-        path = NodeCredentials(layout.tls_dir(node.name)).crl
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(crl)
-        tmp.replace(path)
-    return crl

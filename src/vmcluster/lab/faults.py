@@ -18,13 +18,13 @@ import signal
 import time
 
 from vmcluster.errors import LabError, UsageError
-from vmcluster.lab import netns
 from vmcluster.lab.hosts import daemon_pids, start_daemon
-from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 from vmcluster.policy.networks import node_cluster_networks
+from vmcluster.substrate.host import netns
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.host.state import read_state
 
 __all__ = ["crash_node", "isolate_node", "rejoin_node", "start_node"]
 

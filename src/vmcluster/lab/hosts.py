@@ -32,15 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from vmcluster.errors import LabError, VmclusterError
-from vmcluster.lab.layout import LabLayout
+from vmcluster.lab.credentials import lab_ca
 from vmcluster.lab.mountns import enter_prefix, make_host_namespace
-from vmcluster.lab.nodewatch import HEARTBEAT_PORT
-from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
 from vmcluster.node.config import PARTS, LabRef, NodeConfig, load_base_config, load_config
 from vmcluster.node.daemon import child_env
+from vmcluster.node.nodewatch import HEARTBEAT_PORT
 from vmcluster.pki import NodeCredentials, write_file
 from vmcluster.store.members import EtcdCluster, spec_members
+from vmcluster.substrate.host.client import AgentClient
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.host.state import read_state
 from vmcluster.substrate.procs import live_cmdline
 
 __all__ = ["bootstrap_hosts", "daemon_pids", "etcd_cluster", "node_config", "start_daemon",
@@ -130,7 +132,6 @@ def bootstrap_hosts(layout: LabLayout, spec: ClusterSpec, spec_text: str,
     """``cluster init`` on the first node, ``cluster join`` on the others (one at a time:
     etcd takes one learner at a time); returns init's answer (the join command, the
     admin's credentials file on the first host)."""
-    from vmcluster.lab.credentials import lab_ca
 
     first = spec.nodes[0].name
     ca = lab_ca(layout)
@@ -180,9 +181,9 @@ def daemon_pids(layout: LabLayout, node: str | None = None) -> dict[str, list[in
         role = ("etcd" if argv[0].endswith("etcd") else
                 "watchdog" if "vmcluster.node.watchdog" in text else
                 "vmclusterd" if "vmcluster.node.daemon" in text or argv[0].endswith("vmclusterd")
-                else "agent" if "vmcluster.lab.agent" in text else
-                "nodewatch" if "vmcluster.lab.nodewatch" in text else
-                "managerd" if "vmcluster.lab.managerd" in text else
+                else "agent" if "vmcluster.node.agent" in text else
+                "nodewatch" if "vmcluster.node.nodewatch" in text else
+                "managerd" if "vmcluster.node.managerd" in text else
                 "api" if "vmcluster.node.api" in text else "")
         if role:
             out[role].append(int(proc.name))
@@ -192,7 +193,6 @@ def daemon_pids(layout: LabLayout, node: str | None = None) -> dict[str, list[in
 def start_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0) -> None:
     """Start ``node``'s ``vmclusterd`` in its namespace (unless it runs) and wait until its
     agent answers."""
-    from vmcluster.lab.client import AgentClient
 
     client = AgentClient(layout, node)
     if not daemon_pids(layout, node)["vmclusterd"]:

@@ -24,9 +24,10 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from vmcluster.csv.san import start_san
+from vmcluster.csv.storage import SAN_NAME, san_address, storage_networks
 from vmcluster.errors import LabError, UsageError, VmclusterError
 from vmcluster.lab import netns
-from vmcluster.lab.client import AgentClient, forget_namespaces
 from vmcluster.lab.credentials import issue_credentials
 from vmcluster.lab.hosts import (
     bootstrap_hosts,
@@ -34,12 +35,16 @@ from vmcluster.lab.hosts import (
     start_daemon,
     write_node_configs,
 )
-from vmcluster.lab.layout import RUN_ROOT, LabLayout, check_lab_name
 from vmcluster.lab.mountns import remove_host_namespaces
-from vmcluster.lab.state import write_state
+from vmcluster.lab.qemu_cache import ensure_qemu
+from vmcluster.lab.services import seed_store, start_services, wait_placed
+from vmcluster.lab.substrate import LabSubstrate
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
-from vmcluster.substrate.qemu.substrate import QemuSubstrate
+from vmcluster.substrate.host.client import AgentClient, forget_namespaces
+from vmcluster.substrate.host.layout import RUN_ROOT, LabLayout, check_lab_name
+from vmcluster.substrate.host.state import write_state
+from vmcluster.substrate.qemu.image import ensure_guest_image
 
 __all__ = ["default_lab_name", "lab_down", "lab_up", "resolve_lab", "set_net", "wait_ready"]
 
@@ -71,7 +76,7 @@ def _require_root() -> None:
 def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
            root: Path = RUN_ROOT, ready_timeout_s: float = 120.0,
            qemu: Mapping[str, str] | None = None, control_plane: bool = True,
-           manager: Mapping[str, float] | None = None) -> QemuSubstrate:
+           manager: Mapping[str, float] | None = None) -> LabSubstrate:
     """Build and start the lab; returns a substrate bound to it.
 
     ``qemu`` gives some hosts another QEMU than the installed one (node -> a name of
@@ -79,8 +84,6 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
     ``control_plane=False``: hosts run their agent only (no etcd, heartbeats, manager or
     watchdog), for tests of the substrate alone. ``manager``: ManagerParams overrides.
     """
-    from vmcluster.lab.image import ensure_guest_image
-    from vmcluster.lab.qemu_cache import ensure_qemu
 
     _require_root()
     t0 = time.monotonic()
@@ -117,22 +120,19 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
         say(f"[{time.monotonic() - t0:5.1f}s] network: {len(spec.nodes)} node namespaces, "
             f"{len(spec.networks)} bridges in {layout.fabric_ns}, client in {layout.client_ns}")
         if spec.volumes:
-            from vmcluster.csv.san import start_san
-
             for line in start_san(layout, spec):
                 say(f"[{time.monotonic() - t0:5.1f}s] {line}")
         write_node_configs(layout, spec, control_plane, manager)
         if needs_file_storage(spec):  # before the hosts' namespaces, which bind it
             layout.file_storage.mkdir(parents=True, exist_ok=True)
         if control_plane:  # `cluster init` on the first host, `cluster join` on the others
-            from vmcluster.lab.services import seed_store
 
             stamp: Say = lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}")  # noqa: E731
             init = bootstrap_hosts(layout, spec, Path(spec_path).read_text(), stamp)
             seed_store(layout, spec, init, say=stamp)
         with ThreadPoolExecutor(max_workers=max(1, len(spec.nodes))) as pool:
             list(pool.map(lambda n: start_daemon(layout, n.name), spec.nodes))
-        sub = QemuSubstrate(layout, spec)
+        sub = LabSubstrate(layout, spec)
         versions = ", ".join(f"{n.name} QEMU {sub.facts(n.name).version}" for n in spec.nodes)
         say(f"[{time.monotonic() - t0:5.1f}s] vmclusterd on {len(spec.nodes)} hosts, agents up "
             f"({versions})")
@@ -142,7 +142,6 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
         if control_plane:
             # `cluster init` defined the spec's VMs, to run: the elected manager starts each
             # on its owner, as it would on real hosts.
-            from vmcluster.lab.services import start_services, wait_placed
 
             start_services(layout, spec,
                            say=lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}"))
@@ -176,7 +175,6 @@ def _other_hosts(spec: ClusterSpec) -> dict[str, list[str]]:
     shared volumes (it serves them over NBD with TLS)."""
     if not spec.volumes:
         return {}
-    from vmcluster.csv.storage import SAN_NAME, san_address, storage_networks
 
     return {SAN_NAME: [str(san_address(spec, n)) for n in storage_networks(spec)]}
 
@@ -250,7 +248,7 @@ def lab_down(layout: LabLayout, say: Say | None = None) -> dict[str, object]:
     return summary
 
 
-def set_net(sub: QemuSubstrate, target: str, up: bool) -> list[tuple[str, str]]:
+def set_net(sub: LabSubstrate, target: str, up: bool) -> list[tuple[str, str]]:
     """``NETWORK`` (every node on it) or ``NETWORK@NODE`` down or up; returns what changed."""
     net_name, _, node_name = target.partition("@")
     net = sub.spec.network(net_name)

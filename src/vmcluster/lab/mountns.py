@@ -32,8 +32,8 @@ import threading
 from pathlib import Path
 
 from vmcluster.errors import LabError
-from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.state import read_state
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.host.state import read_state
 
 __all__ = ["enter_prefix", "hidden_from", "make_host_namespace", "mount_namespace_file",
            "remove_host_namespaces"]

@@ -15,12 +15,11 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-from collections.abc import Sequence
 
-from vmcluster.errors import LabError
-from vmcluster.lab.layout import LabLayout
+from vmcluster.csv.storage import san_address, storage_networks
 from vmcluster.model import ClusterSpec, Network
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.host.netns import ns_pids, run
 
 __all__ = [
     "bridge_mac",
@@ -28,23 +27,7 @@ __all__ = [
     "client_address",
     "destroy_namespaces",
     "lab_namespaces",
-    "link_is_up",
-    "run",
-    "set_link",
 ]
-
-
-def run(cmd: Sequence[str], timeout_s: float = 20.0, check: bool = True) -> str:
-    """Run a short command; a failure is a LabError naming the command and its stderr."""
-    try:
-        proc = subprocess.run(
-            list(cmd), capture_output=True, text=True, timeout=timeout_s, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LabError(f"{' '.join(cmd)}: {exc}") from exc
-    if check and proc.returncode != 0:
-        raise LabError(f"{' '.join(cmd)} failed: {proc.stderr.strip() or proc.returncode}")
-    return proc.stdout
 
 
 def _public(spec: ClusterSpec) -> Network | None:
@@ -139,7 +122,6 @@ def build_network(layout: LabLayout, spec: ClusterSpec) -> None:
 
 def _san_links(layout: LabLayout, spec: ClusterSpec) -> list[list[str]]:
     """The SAN namespace and its one interface per storage network (none without volumes)."""
-    from vmcluster.csv.storage import san_address, storage_networks
 
     if not spec.volumes:
         return []
@@ -161,27 +143,6 @@ def _san_links(layout: LabLayout, spec: ClusterSpec) -> list[list[str]]:
     return cmds
 
 
-def node_link_dev(layout: LabLayout, network: str) -> str:
-    return layout.node_if(network)
-
-
-def set_link(layout: LabLayout, spec: ClusterSpec, network: str, node: str, up: bool) -> None:
-    """Take ``node``'s interface on ``network`` down or up (the veth in its namespace)."""
-    run(["ip", "-n", layout.node_ns(node), "link", "set", layout.node_if(network),
-         "up" if up else "down"])
-
-
-def link_is_up(layout: LabLayout, network: str, node: str) -> bool:
-    """Is ``node``'s interface on ``network`` administratively up?"""
-    out = run(["ip", "-n", layout.node_ns(node), "-j", "link", "show", layout.node_if(network)],
-              check=False)
-    try:
-        info = json.loads(out)
-    except json.JSONDecodeError:
-        return False
-    return bool(info) and "UP" in info[0].get("flags", [])
-
-
 def lab_namespaces(layout: LabLayout) -> list[str]:
     """Every namespace of this lab that exists now (found by the lab's prefix)."""
     out = run(["ip", "-j", "netns", "list"], check=False)
@@ -190,11 +151,6 @@ def lab_namespaces(layout: LabLayout) -> list[str]:
     except (json.JSONDecodeError, KeyError, TypeError):
         names = [line.split()[0] for line in out.splitlines() if line.strip()]
     return [n for n in names if n.startswith(layout.ns_prefix)]
-
-
-def ns_pids(ns: str) -> list[int]:
-    out = run(["ip", "netns", "pids", ns], check=False)
-    return [int(p) for p in out.split() if p.isdigit()]
 
 
 def destroy_namespaces(layout: LabLayout) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 from vmcluster.control.migration import MigrationRequest, ProgressCallback, known_health, migrate
 from vmcluster.errors import LabError, UsageError
 from vmcluster.lab.probe import ClientProbe, memory_ok, serial_sizes
-from vmcluster.lab.quick import quick_migrate
+from vmcluster.node.quick import quick_migrate
 from vmcluster.substrate.protocol import MigrationParams, MigrationResult
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -32,8 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import vmcluster
 from vmcluster.errors import LabError
-from vmcluster.lab.layout import LabLayout
+from vmcluster.substrate.host.layout import LabLayout
 
 __all__ = ["ClientProbe", "memory_ok", "parse_ab", "serial_sizes"]
 
@@ -62,9 +64,7 @@ class ClientProbe:
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self, ready_timeout_s: float = 20.0) -> None:
-        import os
 
-        import vmcluster
 
         env = dict(os.environ)
         src = str(Path(vmcluster.__file__).resolve().parent.parent)

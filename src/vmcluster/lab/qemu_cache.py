@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmcluster.errors import LabError
-from vmcluster.lab.image import cache_workdir, default_cache_dir, run_tool
 from vmcluster.substrate.qemu.facts import QemuInstall
+from vmcluster.substrate.qemu.image import cache_workdir, default_cache_dir, run_tool
 
 __all__ = ["LAB_QEMUS", "ensure_qemu", "suite_version"]
 

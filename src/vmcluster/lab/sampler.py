@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vmcluster.errors import VmclusterError
-from vmcluster.lab.client import AgentClient
-from vmcluster.lab.layout import LabLayout
+from vmcluster.substrate.host.client import AgentClient
+from vmcluster.substrate.host.layout import LabLayout
 
 __all__ = ["RunSampler", "Sample"]
 

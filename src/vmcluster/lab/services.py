@@ -6,7 +6,7 @@ the store (spec, node states, the placements the lab booted with) and finds
 the leader. ``services.json`` in the lab's state dir says where the store is
 for the lab's own tools (every member's client URLs, the cluster's name); no
 host reads it. The lab reaches the store from its client namespace (on the
-public network) through :class:`~vmcluster.lab.nsenter.NetnsThread`: see
+public network) through :class:`~vmcluster.substrate.host.nsenter.NetnsThread`: see
 :func:`lab_store`.
 """
 
@@ -23,19 +23,20 @@ from typing import Any
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.csv.coordinator import CsvBook, FileBook, LabView, StoreBook
 from vmcluster.errors import LabError, StoreError, VmclusterError
-from vmcluster.lab.credentials import ADMIN, etcd_tls
+from vmcluster.lab.credentials import etcd_tls, lab_ca
 from vmcluster.lab.hosts import daemon_pids, etcd_cluster, start_daemon
-from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.nodewatch import HEARTBEAT_PORT
-from vmcluster.lab.nsenter import NetnsThread
-from vmcluster.lab.state import read_state
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 from vmcluster.node.access import ClusterAccess
-from vmcluster.pki import NodeCredentials, write_file
+from vmcluster.node.bootstrap import revoke_certificate
+from vmcluster.node.nodewatch import HEARTBEAT_PORT
+from vmcluster.pki import ADMIN, NodeCredentials, write_file
 from vmcluster.store.election import Leadership, current_leader
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.host.nsenter import NetnsThread
+from vmcluster.substrate.host.state import read_state
 
 __all__ = [
     "LabStore",
@@ -48,6 +49,7 @@ __all__ = [
     "lab_store",
     "leader",
     "leader_summary",
+    "revoke",
     "seed_store",
     "service_log",
     "service_pids",
@@ -299,3 +301,25 @@ def service_pids(layout: LabLayout, node: str | None = None) -> dict[str, list[i
     """The lab's host processes (or one node's), by role (see
     :func:`~vmcluster.lab.hosts.daemon_pids`)."""
     return daemon_pids(layout, node)
+
+
+def revoke(layout: LabLayout, spec: ClusterSpec, cert_pem: bytes) -> bytes:
+    """Revoke a certificate of the lab's CA; returns the new revocation list. With a
+    control plane the cluster's CA record in etcd is what revokes (as ``cluster leave``
+    does, :func:`vmcluster.node.bootstrap.revoke_certificate`): the list travels through
+    the store and each host's API part writes it into its own ``tls/crl.pem``. A lab
+    without a control plane gets it in its hosts' files from here instead."""
+
+    if services_file(layout).exists():
+        with lab_store(layout) as store:
+            got: bytes = store.call(revoke_certificate, store.state, cert_pem)
+            return got
+    ca = lab_ca(layout).revoke(cert_pem)
+    (layout.ca_dir / "revoked.json").write_text(json.dumps(list(ca.revoked)))
+    crl = ca.crl_pem()
+    for node in spec.nodes:
+        path = NodeCredentials(layout.tls_dir(node.name)).crl
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(crl)
+        tmp.replace(path)
+    return crl

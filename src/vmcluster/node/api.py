@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import vmcluster
+from vmcluster.control.consolidate import ConsolidationPlan
 from vmcluster.errors import InputError, SpecError, VmclusterError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import parse_spec
@@ -54,13 +55,13 @@ from vmcluster.node.bootstrap import (
     promote_if_learner,
 )
 from vmcluster.node.config import NodeConfig, load_config
-from vmcluster.node.wire import exchange
 from vmcluster.pki import NodeCredentials, ca_hash, token_hash
 from vmcluster.store import intents, vms
 from vmcluster.store.election import current_leader
 from vmcluster.store.errors import StoreConflict
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState, Placement
+from vmcluster.substrate.host.wire import exchange
 
 __all__ = ["PUBLISH_S", "ApiContext", "create_app", "main"]
 
@@ -399,8 +400,6 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return await asyncio.to_thread(_desire, vm, "stopped", "stop", {"vm": vm})
 
     def _consolidation(plan: dict[str, Any]) -> JSONResponse:
-        from vmcluster.control.consolidate import ConsolidationPlan
-
         parsed = ConsolidationPlan.from_json(plan)
         spec = _spec()
         vms_, nodes = {v.name for v in spec.vms}, {n.name for n in spec.nodes}

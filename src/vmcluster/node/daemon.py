@@ -5,11 +5,11 @@ that one part's crash is not a dead node and each can be restarted alone:
 
 * ``etcd``: this host's etcd member (Debian's ``etcd``; ``[etcd.member]``),
   client and peer TLS with the host's certificate;
-* ``agent``: owns this host's QEMUs (:mod:`vmcluster.lab.agent`); QEMU runs
+* ``agent``: owns this host's QEMUs (:mod:`vmcluster.node.agent`); QEMU runs
   daemonized, so an agent that restarts adopts its VMs and never stops one;
 * ``heartbeats``: heartbeats on every cluster network, this host's report and
-  the isolation rule (:mod:`vmcluster.lab.nodewatch`);
-* ``manager``: a manager candidate (:mod:`vmcluster.lab.managerd`);
+  the isolation rule (:mod:`vmcluster.node.nodewatch`);
+* ``manager``: a manager candidate (:mod:`vmcluster.node.managerd`);
 * ``api``: the cluster API over HTTPS (:mod:`vmcluster.node.api`);
 * the **watchdog** (:mod:`vmcluster.node.watchdog`), in its own session so that it
   outlives the daemon.
@@ -44,9 +44,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import IO
 
+import vmcluster
 from vmcluster.errors import VmclusterError
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.node.watchdog import heartbeats_age, pet
@@ -63,9 +65,9 @@ BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)
 STABLE_S = 30.0  # a part that ran this long starts its backoff from the beginning again
 
 PART_MODULES = {
-    "agent": "vmcluster.lab.agent",
-    "heartbeats": "vmcluster.lab.nodewatch",
-    "manager": "vmcluster.lab.managerd",
+    "agent": "vmcluster.node.agent",
+    "heartbeats": "vmcluster.node.nodewatch",
+    "manager": "vmcluster.node.managerd",
     "api": "vmcluster.node.api",
 }
 _PR_SET_PDEATHSIG = 1
@@ -281,7 +283,6 @@ class Daemon:
 
 def unit_text() -> str:
     """``vmclusterd.service``, its ExecStart pointing at this installation's daemon."""
-    from importlib.resources import files
 
     script = Path(sys.executable).with_name("vmclusterd")
     command = str(script) if script.exists() else f"{sys.executable} -m vmcluster.node.daemon"
@@ -291,7 +292,6 @@ def unit_text() -> str:
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    import vmcluster
 
     src = str(Path(vmcluster.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

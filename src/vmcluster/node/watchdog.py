@@ -152,7 +152,7 @@ class Watchdog:
         if daemon is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(os.getpgid(daemon), signal.SIGKILL)
-        beats = _part_pid(self.cfg.heartbeats_pidfile, "vmcluster.lab.nodewatch", self.cfg)
+        beats = _part_pid(self.cfg.heartbeats_pidfile, "vmcluster.node.nodewatch", self.cfg)
         if beats is not None:  # it outlives a daemon that stopped (see node.daemon)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(beats, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from vmcluster.substrate.protocol import (
     Clock,
+    FaultInjector,
     MigrationHandle,
     MigrationParams,
     MigrationProgress,
@@ -14,6 +15,7 @@ from vmcluster.substrate.protocol import (
 
 __all__ = [
     "Clock",
+    "FaultInjector",
     "MigrationHandle",
     "MigrationParams",
     "MigrationProgress",

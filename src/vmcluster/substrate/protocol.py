@@ -41,12 +41,16 @@ Live migration, a phased protocol (as Ganeti's KVM driver)
     ``stall_s``). ``sent`` counts bytes on the wire, which in qemu is less than
     the VM's memory (an untouched page costs a few bytes).
 
-Faults and power
+Power
+    ``set_power(node, on)`` powers an empty host off or on (``SubstrateError``
+    if VMs still run there, or when the substrate has no way to power a host on).
+
+Faults (a separate :class:`FaultInjector`, held by the simulator and the lab,
+never by production code)
     ``set_link(network, node, up)`` takes one node's interface on a network
     down or up; ``set_node(node, up)`` crashes a node (its VMs die with it) or
     starts it again; ``set_storage_path(node, up)`` cuts or restores a node's
-    path to shared storage; ``set_power(node, on)`` powers an empty host off
-    or on (``SubstrateError`` if VMs still run there).
+    path to shared storage.
 
 Observation
     ``status()`` returns a :class:`SubstrateStatus`: every node's state and
@@ -62,6 +66,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 __all__ = [
     "Clock",
+    "FaultInjector",
     "MigrationHandle",
     "MigrationParams",
     "MigrationProgress",
@@ -254,10 +259,15 @@ class Substrate(Protocol):
     def finalize_migration(self, handle: MigrationHandle, success: bool,
                            switchover: Switchover | None = None) -> MigrationResult: ...
 
+    def set_power(self, node: str, on: bool) -> None: ...
+
+
+class FaultInjector(Protocol):
+    """What a rehearsal does to hosts (see the module docstring): the simulator's and the
+    lab's, never the product's; the manager only ever sees what follows from it."""
+
     def set_link(self, network: str, node: str, up: bool) -> None: ...
 
     def set_node(self, node: str, up: bool) -> None: ...
 
     def set_storage_path(self, node: str, up: bool) -> None: ...
-
-    def set_power(self, node: str, on: bool) -> None: ...

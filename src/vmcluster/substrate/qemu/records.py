@@ -6,7 +6,7 @@ a migration under way, each VM's machine type, links cut) comes from records:
 
 * :class:`FileRecords`, the lab harness's own file (``state.json``), for the
   operator's side of a lab and for labs whose hosts run their agent only;
-* the store's records, for a host's manager (``vmcluster.lab.managerd.StoreRecords``):
+* the store's records, for a host's manager (``vmcluster.node.managerd.StoreRecords``):
   placements, node states, migrations and VM definitions in etcd, links as each host
   publishes them. Writes the store already records elsewhere (a placement is the
   manager's compare-and-set, a migration the ledger's) are no-ops there.
@@ -18,10 +18,10 @@ import fcntl
 from collections.abc import Mapping
 from typing import Protocol
 
-from vmcluster.lab import netns
-from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.state import read_state, update_state
 from vmcluster.model import ClusterSpec
+from vmcluster.substrate.host import netns
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.host.state import read_state, update_state
 
 __all__ = ["FileRecords", "RecordsSnapshot", "Slot", "SubstrateRecords"]
 
@@ -95,7 +95,7 @@ class _FileSnapshot:
 
 
 class FileRecords:
-    """The lab's state file (locked read-modify-write, see :mod:`vmcluster.lab.state`)."""
+    """The lab's state file (locked read-modify-write: :mod:`vmcluster.substrate.host.state`)."""
 
     def __init__(self, layout: LabLayout) -> None:
         self.layout = layout

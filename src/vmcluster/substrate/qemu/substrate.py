@@ -1,8 +1,8 @@
-"""QemuSubstrate: the substrate Protocol on a lab of node agents running QEMU.
+"""QemuSubstrate: the substrate Protocol over the hosts' agents, which run QEMU.
 
-Each method is a call (or a few) to the node agents over their unix sockets;
-VM ownership lives in the lab state file and moves in one atomic write at
-switchover. Migration follows the phased protocol of
+Each method is a call (or a few) to the node agents; VM ownership lives in the
+records it is given (the store's, for a host's manager) and moves in one
+compare-and-set at switchover. Migration follows the phased protocol of
 :mod:`vmcluster.substrate.protocol`, implemented in
 :mod:`vmcluster.substrate.qemu.migration`.
 """
@@ -10,21 +10,18 @@ switchover. Migration follows the phased protocol of
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import psutil
 
-from vmcluster.errors import SubstrateError, UsageError
-from vmcluster.lab import netns
-from vmcluster.lab.client import AgentClient, AgentDown
-from vmcluster.lab.hosts import start_daemon
-from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.state import read_state, update_state
+from vmcluster.errors import SubstrateError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 from vmcluster.substrate.clock import MonotonicClock
+from vmcluster.substrate.host.client import AgentClient, AgentDown
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.host.state import read_state
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
@@ -39,29 +36,20 @@ from vmcluster.substrate.protocol import (
 )
 from vmcluster.substrate.qemu.facts import QemuFacts, migration_refusal, pinned_machine
 from vmcluster.substrate.qemu.migration import QemuMigrations
-from vmcluster.substrate.qemu.records import FileRecords, SubstrateRecords
+from vmcluster.substrate.qemu.records import SubstrateRecords
 
-__all__ = ["QemuSubstrate", "lab_records"]
+__all__ = ["QemuSubstrate"]
 
-
-def lab_records(layout: LabLayout) -> SubstrateRecords:
-    """The records of the lab's operator side: the store's, when the lab runs a control
-    plane (what its manager decided), else the lab's own file."""
-    if read_state(layout).get("control_plane", False):
-        from vmcluster.lab.records import LabStoreRecords
-
-        return LabStoreRecords(layout)
-    return FileRecords(layout)
 
 class QemuSubstrate:
     """The qemu substrate over the lab called ``layout.name`` (see module docstring)."""
 
     def __init__(
         self, layout: LabLayout, spec: ClusterSpec | None = None, stall_s: float = 5.0,
-        queue_timeout_s: float = 600.0, records: SubstrateRecords | None = None,
+        queue_timeout_s: float = 600.0, *, records: SubstrateRecords,
     ) -> None:
         self.layout = layout
-        self.records: SubstrateRecords = records or lab_records(layout)
+        self.records = records
         self.spec = spec if spec is not None else load_spec(read_state(layout)["spec"])
         self._clock = MonotonicClock()
         self.stall_s = stall_s
@@ -71,7 +59,7 @@ class QemuSubstrate:
         self.last_switches: list[dict[str, Any]] = []
         self._facts: dict[str, QemuFacts] = {}
         # The manager's fencing token when it acts through this substrate: it goes with
-        # every request to an agent (see vmcluster.lab.fencing).
+        # every request to an agent (see vmcluster.node.fencing).
         self.token: int | None = None
 
     @property
@@ -239,20 +227,7 @@ class QemuSubstrate:
                            switchover: Switchover | None = None) -> MigrationResult:
         return self.migrations.finalize(handle, success, switchover)
 
-    # -- faults and power ----------------------------------------------------------------
-    def set_link(self, network: str, node: str, up: bool) -> None:
-        self.spec.network(network)
-        if network not in self.spec.node(node).interfaces:
-            raise UsageError(f"node {node!r} has no interface on {network!r}")
-        netns.set_link(self.layout, self.spec, network, node, up)
-        self._await_link(network, node, up)
-
-    def _await_link(self, network: str, node: str, up: bool, timeout_s: float = 5.0) -> None:
-        """Return once the records show the link as set (in a lab with a store: once the
-        host published what it sees, a fraction of a second); a host that is down never
-        does, so this gives up after ``timeout_s`` without an error."""
-        self.records.wait_link(self.spec, network, node, up, timeout_s)
-
+    # -- power --------------------------------------------------------------------------
     def _await_off(self, node: str, off: bool, timeout_s: float, poll_s: float,
                    failed: str) -> None:
         """Return once the records show ``node`` off (``off``) or no longer off; with a
@@ -264,65 +239,21 @@ class QemuSubstrate:
                 raise SubstrateError(failed)
             self._clock.sleep(poll_s)
 
-    def _await_heard(self, node: str, timeout_s: float = 60.0) -> None:
-        """Return once the cluster heard ``node`` again (its manager's next tick or two
-        after the daemon's start)."""
-        self._await_off(node, False, timeout_s, 0.5,
-                        f"{node}'s vmclusterd runs again but the cluster has not heard it "
-                        f"within {timeout_s:.0f} s; see {self.layout.daemon_log(node)}")
-
-    def set_node(self, node: str, up: bool) -> None:
-        self.spec.node(node)
-        if up:
-            start_daemon(self.layout, node)  # its vmclusterd starts the host's parts
-            self.records.set_node_state(node, "up")
-            self._await_heard(node)
-            return
-        for pid in netns.ns_pids(self.layout.node_ns(node)):
-            with contextlib.suppress(psutil.Error):
-                psutil.Process(pid).kill()
-        for f in self.layout.qemu_dir(node).glob("*.json"):
-            f.unlink(missing_ok=True)
-        self.records.set_node_state(node, "down", drop_owners=True)
-
-    def set_storage_path(self, node: str, up: bool) -> None:
-        """Cut or restore ``node``'s path to the SAN (its storage interfaces), then let its
-        agent switch its VM disks (redirected / direct) and hand a coordinator role over.
-
-        The disk switches the node's agent made are kept in ``last_switches``.
-        """
-        from vmcluster.csv.coordinator import FileBook, coordinator
-        from vmcluster.lab.services import has_control_plane
-
-        nd = self.spec.node(node)
-        nets = sorted({v.network for v in self.spec.volumes
-                       if v.network is not None and v.network in nd.interfaces})
-        since = time.time()
-        store = has_control_plane(self.layout)
-        if not store:  # hosts that run their agent only: the lab keeps their records
-            with update_state(self.layout) as st:
-                st["nodes"][node] = {**st["nodes"].get(node, {}), "storage_path": up}
-        for net in nets:
-            netns.set_link(self.layout, self.spec, net, node, up)
-        if not store:  # else the node's agent sees its own link and re-elects, as a host would
-            for vol in self.spec.volumes:
-                coordinator(FileBook(self.layout), self.spec, vol.name, say=self.say)
-        try:
-            reply = self.agent(node).call("csv_reconcile", timeout_s=120, since=since)
-        except AgentDown:
-            self.last_switches = []
-            return
-        self.last_switches = list(reply.get("switched", []))
-
     def set_power(self, node: str, on: bool) -> None:
+        """A host powers itself off when asked (its agent, under the manager's token);
+        powering a host on needs its BMC, which vmcluster has no path to yet, so a
+        power-on is refused here (the lab powers its hosts on itself:
+        :class:`vmcluster.lab.substrate.LabSubstrate`)."""
         self.spec.node(node)
-        if not on:
-            if any(v.node == node for v in self.status().vms):
-                raise SubstrateError(f"{node} still runs VMs; migrate them away first")
-            for pid in netns.ns_pids(self.layout.node_ns(node)):
-                with contextlib.suppress(psutil.Error):
-                    psutil.Process(pid).terminate()
-            self.records.set_node_state(node, "off")
-        else:
-            self.set_node(node, True)
-
+        if on:
+            raise SubstrateError(f"vmcluster cannot power {node} on (no BMC is configured)")
+        if any(v.node == node for v in self.status().vms):
+            raise SubstrateError(f"{node} still runs VMs; migrate them away first")
+        with contextlib.suppress(AgentDown):  # already off
+            self.agent(node).call("power_off", timeout_s=30)
+        # Its last report says it left on purpose: the manager's loop records it "off" once
+        # its heartbeats are gone; the step is done then (bounded: a host that left no
+        # last words ends up "down" instead).
+        self._await_off(node, True, 30.0, 0.2,
+                        f"{node} was powered off but the cluster has not recorded it off "
+                        "within 30 s")

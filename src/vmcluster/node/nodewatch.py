@@ -1,6 +1,6 @@
 """A node's watch: heartbeats, its report to the store, and the isolation rule.
 
-Runs as ``python -m vmcluster.lab.nodewatch --config vmclusterd.toml``, the
+Runs as ``python -m vmcluster.node.nodewatch --config vmclusterd.toml``, the
 ``heartbeats`` part of the host's :mod:`vmcluster.node.daemon`. It reads the
 cluster's spec from the store (waiting until it is there) and nothing from the
 lab, and it
@@ -45,10 +45,10 @@ from vmcluster.heartbeat.detector import (
     peers_down,
     view_to_json,
 )
-from vmcluster.lab.client import LocalAgent, speak_as
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.policy.failover import must_stop_vms
 from vmcluster.substrate.clock import MonotonicClock
+from vmcluster.substrate.host.client import LocalAgent, speak_as
 
 __all__ = ["HEARTBEAT_PORT", "main", "node_endpoints"]
 
@@ -162,7 +162,7 @@ class NodeWatch:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vmcluster.lab.nodewatch")
+    ap = argparse.ArgumentParser(prog="python -m vmcluster.node.nodewatch")
     ap.add_argument("--config", required=True, help="the host's vmclusterd.toml")
     ap.add_argument("--tick-s", type=float, default=0.1)
     args = ap.parse_args(argv)

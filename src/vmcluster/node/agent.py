@@ -1,6 +1,6 @@
 """The node agent: one process per node namespace that owns that node's QEMUs.
 
-Started by ``vmclusterd`` as ``python -m vmcluster.lab.agent --config
+Started by ``vmclusterd`` as ``python -m vmcluster.node.agent --config
 /etc/vmcluster/vmclusterd.toml`` (a part of the node daemon; see
 :mod:`vmcluster.node.daemon`). It answers one JSON request per connection,
 on its host's unix socket and over mutual TLS on the cluster networks
@@ -16,10 +16,10 @@ On start it also asks its QEMU what it supports
 Ops: ping, facts, timeline, list, start, stop, pause, resume, incoming, migrate,
 query_migrate, set_params, cancel, takeover, release, discard, save, drop_saved, power_off,
 drive, drive_status, drive_cancel, drive_adopt (this host drives a migration of its VM:
-:mod:`vmcluster.lab.driver`), and the cluster shared volume ops of
+:mod:`vmcluster.node.driver`), and the cluster shared volume ops of
 :class:`~vmcluster.csv.agentops.CsvOps` (csv_*). A request that carries a manager's
 fencing ``token`` is refused unless that manager still leads
-(:mod:`vmcluster.lab.fencing`); a state-changing request from another host must carry
+(:mod:`vmcluster.node.fencing`); a state-changing request from another host must carry
 one (:data:`STATE_CHANGING`).
 
 ``start`` and ``incoming`` name a VM, never a QEMU configuration: the agent builds
@@ -51,6 +51,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from vmcluster.csv.agentops import CsvOps
+from vmcluster.csv.attach import disk_config, record_owner
 from vmcluster.csv.savestate import region_name
 from vmcluster.errors import (
     InputError,
@@ -60,20 +61,22 @@ from vmcluster.errors import (
     SubstrateError,
     VmclusterError,
 )
-from vmcluster.lab.client import AGENT_PORT, Conflict, NotFound, addresses_from, speak_as
-from vmcluster.lab.credentials import ADMIN
-from vmcluster.lab.driver import SourceDrives
-from vmcluster.lab.fencing import AgentFence
-from vmcluster.lab.layout import LabLayout, shared_layout
 from vmcluster.model import ClusterSpec, Vm
 from vmcluster.node.config import NodeConfig, load_config
-from vmcluster.pki import NodeCredentials, crl_serials
+from vmcluster.node.driver import SourceDrives
+from vmcluster.node.fencing import AgentFence
+from vmcluster.pki import ADMIN, NodeCredentials, crl_serials
 from vmcluster.policy.networks import node_cluster_networks
 from vmcluster.store import vms
 from vmcluster.store.errors import Fenced
 from vmcluster.store.state import ClusterState
+from vmcluster.substrate.host.client import AGENT_PORT, Conflict, NotFound, addresses_from, speak_as
+from vmcluster.substrate.host.layout import LabLayout, shared_layout
 from vmcluster.substrate.protocol import MigrationParams
 from vmcluster.substrate.qemu.facts import QemuFacts, QemuInstall, probe
+from vmcluster.substrate.qemu.image import (
+    kernel_cmdline,  # the image module is optional at import
+)
 from vmcluster.substrate.qemu.process import QemuProcess
 from vmcluster.substrate.qemu.qmp import MIGRATING
 from vmcluster.substrate.qemu.vm import VmConfig, mac_for
@@ -110,7 +113,7 @@ class Agent(CsvOps):
         self._state: ClusterState | None = None
         self._fresh: tuple[float, ClusterSpec] | None = None
         self._refreshing = threading.Event()
-        # The live migrations this host drives as their source (see vmcluster.lab.driver).
+        # The live migrations this host drives as their source (see vmcluster.node.driver).
         self.drives = SourceDrives(self.node, layout,
                                    lambda: cfg.store(timeout_s=5.0, retry_s=5.0),
                                    lambda: self.cluster_spec(max_age_s=1.0), _log)
@@ -293,8 +296,6 @@ class Agent(CsvOps):
         pinned = self._machine(name, machine)
         csv = None
         if vm.volume is not None:
-            from vmcluster.csv.attach import disk_config
-
             csv = disk_config(self.layout, self.book(), spec, name, self.node,
                               self.node if starting else None)
         elif starting:
@@ -421,7 +422,7 @@ class Agent(CsvOps):
     async def op_drive(self, req: Reply) -> Reply:
         """Drive the migration (live; quick with ``quick``) of a VM that runs here, under
         the asker's fencing token (a thread of this agent runs the whole protocol; see
-        vmcluster.lab.driver). Returns at once with the drive's id; ``drive_status``
+        vmcluster.node.driver). Returns at once with the drive's id; ``drive_status``
         tells how it goes."""
         if self._store() is None:
             raise SubstrateError(f"{self.node} knows no store: a drive needs the cluster's "
@@ -523,7 +524,6 @@ class Agent(CsvOps):
         owner_error = None
         if qp.record.config.get("csv"):
             # Switchover: this node is now the one writer of the VM's CSV disk.
-            from vmcluster.csv.attach import record_owner
 
             try:
                 await asyncio.to_thread(record_owner, self.layout, self.book(), self._spec(),
@@ -678,7 +678,6 @@ def guest_config(spec: ClusterSpec, vm_name: str, node: str, layout: LabLayout, 
     vCPUs and accelerator, its NIC on the public bridge with its stable MAC, the guest's
     kernel command line (its address, the test workload's working set and dirty rate),
     its disk (a plain file, or its region of a shared volume: ``csv``)."""
-    from vmcluster.lab.image import kernel_cmdline  # the image module is optional at import
 
     vm, nd = spec.vm(vm_name), spec.node(node)
     pub = next((n for n in spec.networks if n.public), None)
@@ -710,7 +709,7 @@ _CODES: tuple[tuple[type[BaseException], str], ...] = (
 
 
 def error_code(exc: BaseException) -> str:
-    """The wire code of an error (see vmcluster.lab.client); the first kind that fits."""
+    """The wire code of an error (see vmcluster.substrate.host.client); the first kind that fits."""
     return next((code for kind, code in _CODES if isinstance(exc, kind)), "internal")
 
 
@@ -835,7 +834,7 @@ async def _amain(cfg: NodeConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="vmcluster.lab.agent")
+    p = argparse.ArgumentParser(prog="vmcluster.node.agent")
     p.add_argument("--config", required=True, help="the host's vmclusterd.toml")
     args = p.parse_args(argv)
     asyncio.run(_amain(load_config(args.config)))

@@ -1,4 +1,4 @@
-"""One manager candidate per host: ``python -m vmcluster.lab.managerd --config C``.
+"""One manager candidate per host: ``python -m vmcluster.node.managerd --config C``.
 
 Wires :class:`~vmcluster.control.manager.Manager` to the lab: the store
 endpoints from the host's ``vmclusterd.toml`` (this node's own member first) and
@@ -22,21 +22,29 @@ from dataclasses import fields
 from types import FrameType
 from typing import Any
 
+from vmcluster.control.consolidate import ConsolidationPlan
+from vmcluster.control.consolidate_apply import Step, apply, store_guard
 from vmcluster.control.drain import drain
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds
 from vmcluster.control.migration import MigrationRequest, Migrator, ProgressCallback
 from vmcluster.errors import MigrationCancelled, StoreError, SubstrateError
-from vmcluster.lab.client import AgentClient, AgentDown, AgentError, addresses_from, speak_as
-from vmcluster.lab.driver import adopt_drive, drive_at_source, start_drive
-from vmcluster.lab.layout import LabLayout, shared_layout
-from vmcluster.lab.records import StoreRecords
 from vmcluster.model import ClusterSpec
 from vmcluster.node.config import load_config
+from vmcluster.node.driver import adopt_drive, drive_at_source, start_drive
+from vmcluster.node.records import StoreRecords
 from vmcluster.store.election import Fence
 from vmcluster.store.errors import Fenced
 from vmcluster.store.state import ClusterState
 from vmcluster.substrate.clock import MonotonicClock
+from vmcluster.substrate.host.client import (
+    AgentClient,
+    AgentDown,
+    AgentError,
+    addresses_from,
+    speak_as,
+)
+from vmcluster.substrate.host.layout import LabLayout, shared_layout
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationProgress,
@@ -49,26 +57,6 @@ from vmcluster.substrate.qemu.substrate import QemuSubstrate
 __all__ = ["LabActuator", "main"]
 
 
-class HostPower(QemuSubstrate):
-    """The manager's substrate for a plan: a host powers itself off when asked (its agent,
-    under the manager's token); powering a host on needs its BMC, which the manager has
-    no path to yet, so a plan's power-on is refused here (the lab's own switch is
-    `vmcluster lab consolidate` without a control plane, or the harness)."""
-
-    def set_power(self, node: str, on: bool) -> None:
-        self.spec.node(node)
-        if on:
-            raise SubstrateError(f"the manager cannot power {node} on (no BMC is configured)")
-        with contextlib.suppress(AgentDown):  # already off
-            self.agent(node).call("power_off", timeout_s=30)
-        # Its last report says it left on purpose: the manager's loop (another thread of
-        # this process) records it "off" once its heartbeats are gone; the step is done
-        # then (bounded: a host that left no last words ends up "down" instead).
-        self._await_off(node, True, 30.0, 0.2,
-                        f"{node} was powered off but the cluster has not recorded it off "
-                        "within 30 s")
-
-
 class LabActuator:
     """The manager's hands in the lab: node agents over their unix sockets."""
 
@@ -76,10 +64,9 @@ class LabActuator:
                  state: ClusterState) -> None:
         self.layout, self.spec, self.fence, self.state = layout, spec, fence, state
 
-    def _sub(self, token: int, spec: ClusterSpec | None = None,
-             kind: type[QemuSubstrate] = QemuSubstrate) -> QemuSubstrate:
+    def _sub(self, token: int, spec: ClusterSpec | None = None) -> QemuSubstrate:
         """A substrate that speaks for the manager: ``token`` goes with every request."""
-        sub = kind(self.layout, spec or self._spec(), records=StoreRecords(self.state))
+        sub = QemuSubstrate(self.layout, spec or self._spec(), records=StoreRecords(self.state))
         sub.token = token
         return sub
 
@@ -116,7 +103,7 @@ class LabActuator:
 
     def _migrator(self, token: int) -> Migrator:
         """Live migrations are driven by the VM's source host, under ``token``; the
-        manager watches (see vmcluster.lab.driver)."""
+        manager watches (see vmcluster.node.driver)."""
         def at_source(sub: Substrate, _spec: ClusterSpec, req: MigrationRequest,
                       on_progress: ProgressCallback | None,
                       _ledger: StoreLedger | None) -> MigrationResult:
@@ -194,10 +181,7 @@ class LabActuator:
                         cancelled=cancelled, migrator=self._migrator(token))
             return {**got.to_json(), "ok": not got.failed}
         if kind == "consolidate":
-            from vmcluster.control.consolidate import ConsolidationPlan
-            from vmcluster.control.consolidate_apply import Step, apply, store_guard
-
-            power = self._sub(token, spec, HostPower)
+            power = self._sub(token, spec)
             st = self.state
 
             steps: list[str] = []  # every step but progress, for whoever watches
@@ -274,7 +258,7 @@ class LabActuator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m vmcluster.lab.managerd")
+    ap = argparse.ArgumentParser(prog="python -m vmcluster.node.managerd")
     ap.add_argument("--config", required=True, help="the host's vmclusterd.toml")
     args = ap.parse_args(argv)
     cfg = load_config(args.config)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from vmcluster.errors import LabError
-from vmcluster.lab.layout import LabLayout
+from vmcluster.substrate.host.layout import LabLayout
 
 __all__ = ["LabState", "read_state", "update_state", "write_state"]
 

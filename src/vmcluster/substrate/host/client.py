@@ -35,10 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmcluster.errors import LabError, SubstrateError
-from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.state import read_state
-from vmcluster.node.wire import exchange
+from vmcluster.model import Role
+from vmcluster.model.spec import load_spec
 from vmcluster.pki import NodeCredentials
+from vmcluster.policy.networks import node_cluster_networks
+from vmcluster.substrate.host.layout import LabLayout
+from vmcluster.substrate.host.nsenter import NetnsThread
+from vmcluster.substrate.host.state import read_state
+from vmcluster.substrate.host.wire import exchange
 
 if TYPE_CHECKING:
     from vmcluster.model import ClusterSpec
@@ -131,7 +135,6 @@ def _new_socket(layout: LabLayout, inside: bool) -> socket.socket:
     uses it."""
     if inside:
         return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    from vmcluster.lab.nsenter import NetnsThread
 
     ns = layout.client_ns
     try:
@@ -163,9 +166,6 @@ def forget_namespaces() -> None:
 def _reachable(layout: LabLayout, node: str, inside: bool) -> list[str]:
     """``node``'s agent addresses, lowest metric first; from outside the lab (the client
     namespace) only those on public networks."""
-    from vmcluster.model import Role
-    from vmcluster.model.spec import load_spec
-    from vmcluster.policy.networks import node_cluster_networks
 
     spec = _address_book[0]() if _address_book else load_spec(read_state(layout)["spec"])
     mine = spec.node(node).interfaces

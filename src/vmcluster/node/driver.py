@@ -3,7 +3,7 @@
 The elected manager decides *that* a VM moves (an operator's intent, a drain, a
 consolidation plan, a quarantined host); the source host's agent *drives* the move:
 it runs :func:`vmcluster.control.migration.migrate` (or, for a quick migration,
-:func:`vmcluster.lab.quick.quick_migrate`) in a thread of its own, under the
+:func:`vmcluster.node.quick.quick_migrate`) in a thread of its own, under the
 fencing token the manager sent with the request, with the migration's record and
 driver lease in etcd (:class:`~vmcluster.control.ledger.StoreLedger`). So:
 
@@ -44,13 +44,13 @@ from vmcluster.errors import (
     SubstrateError,
     VmclusterError,
 )
-from vmcluster.lab.client import AgentClient, AgentDown, AgentError, NotFound
-from vmcluster.lab.layout import LabLayout
-from vmcluster.lab.quick import quick_migrate
-from vmcluster.lab.records import StoreRecords
 from vmcluster.model import ClusterSpec
+from vmcluster.node.quick import quick_migrate
+from vmcluster.node.records import StoreRecords
 from vmcluster.store.errors import Fenced
 from vmcluster.store.state import ClusterState
+from vmcluster.substrate.host.client import AgentClient, AgentDown, AgentError, NotFound
+from vmcluster.substrate.host.layout import LabLayout
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
