@@ -10,6 +10,7 @@ from vmcluster.errors import StoreError
 from vmcluster.store import EtcdClient, EtcdCluster, StoreUnavailable
 from vmcluster.store.etcd import Compare, Get, Put, prefix_end
 from vmcluster.store.members import free_port
+from vmcluster.store.watch import Watch
 
 from .conftest import needs_etcd
 
@@ -42,7 +43,7 @@ def test_kv_txn_lease_and_watch(etcd1: EtcdCluster) -> None:
     lease = c.lease_grant(5)
     c.put("k/b", b"x", lease)
     assert c.lease_keepalive(lease) > 0
-    with c.watch("k/", prefix=True, start_revision=rev) as w:
+    with Watch(c, "k/", prefix=True, start_revision=rev) as w:
         c.lease_revoke(lease)  # deletes k/b
         seen = []
         for _ in range(20):
@@ -86,7 +87,7 @@ def test_a_client_learns_the_members_from_etcd_itself(etcd1: EtcdCluster) -> Non
 def test_client_and_watch_fail_over_to_another_member(etcd3: EtcdCluster) -> None:
     c = EtcdClient(etcd3.endpoints(), timeout=1.0)  # m1 first
     rev = c.put("w/1", b"a")
-    with c.watch("w/", prefix=True, start_revision=rev) as w:
+    with Watch(c, "w/", prefix=True, start_revision=rev) as w:
         assert [e.kv.key for e in w.get(5)] == ["w/1"]
         etcd3.signal("m1", signal.SIGKILL)
         c.put("w/2", b"b")  # goes to m2 or m3

@@ -22,7 +22,7 @@ import json
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from vmcluster.errors import StoreError
 from vmcluster.pki import NodeCredentials
@@ -30,9 +30,6 @@ from vmcluster.store.errors import StoreUnavailable
 from vmcluster.store.transport import Connections
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
-
-if TYPE_CHECKING:
-    from vmcluster.store.watch import Watch
 
 __all__ = [
     "Compare",
@@ -407,9 +404,3 @@ class EtcdClient:
         """Maintenance status of one member (its id, leader id, raft term)."""
         _, data = self._post_one(url, "/maintenance/status", {})
         return data
-
-    def watch(self, key: str, *, prefix: bool = False, start_revision: int = 0) -> Watch:
-        from vmcluster.store.watch import Watch  # the stream needs the client; import late
-
-        """Follow changes of ``key`` (or every key under it) from ``start_revision``."""
-        return Watch(self, key, prefix, start_revision)

@@ -43,6 +43,7 @@ from vmcluster.store import vms
 from vmcluster.store.election import Fence, leader_key
 from vmcluster.store.errors import Fenced, StoreConflict, StoreUnavailable
 from vmcluster.store.etcd import Compare, Delete, EtcdClient, Get, KeyValue, Op, Put
+from vmcluster.store.watch import Watch
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
@@ -360,7 +361,7 @@ class ClusterState:
         for seq, rec in past:
             last = seq
             yield seq, rec
-        with self.client.watch(self.key("events", ""), prefix=True, start_revision=rev + 1) as w:
+        with Watch(self.client, self.key("events", ""), prefix=True, start_revision=rev + 1) as w:
             while (stop is None or not stop()) and (
                 deadline is None or self.clock.now() < deadline
             ):

@@ -37,7 +37,9 @@ class Watch:
     RECONNECT_S = 0.2
     MAX_FAILURES = 50  # consecutive failed connects (about 10 s + timeouts) end the watch
 
-    def __init__(self, client: EtcdClient, key: str, prefix: bool, start_revision: int) -> None:
+    def __init__(self, client: EtcdClient, key: str, *, prefix: bool = False,
+                 start_revision: int = 0) -> None:
+        """Follow changes of ``key`` (or every key under it) from ``start_revision``."""
         self._client, self._key, self._prefix = client, key, prefix
         self._next = start_revision
         self._queue: queue.Queue[list[WatchEvent] | StoreError] = queue.Queue()

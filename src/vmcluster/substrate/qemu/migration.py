@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from vmcluster.errors import (
     MigrationError,
@@ -26,8 +26,10 @@ from vmcluster.errors import (
     UsageError,
     VmclusterError,
 )
-from vmcluster.model import MIB
+from vmcluster.model import MIB, ClusterSpec
+from vmcluster.substrate.host.client import AgentClient
 from vmcluster.substrate.protocol import (
+    Clock,
     MigrationHandle,
     MigrationParams,
     MigrationProgress,
@@ -35,12 +37,9 @@ from vmcluster.substrate.protocol import (
     MigrationStatus,
     Switchover,
 )
+from vmcluster.substrate.qemu.records import Slot, SubstrateRecords
 
-if TYPE_CHECKING:
-    from vmcluster.substrate.qemu.records import Slot
-    from vmcluster.substrate.qemu.substrate import QemuSubstrate
-
-__all__ = ["QemuMigrations"]
+__all__ = ["Agents", "QemuMigrations"]
 
 WAIT_S = 0.5  # a poll waits this long at the source for the migration to end
 _STATUS: dict[str, MigrationStatus] = {
@@ -49,6 +48,28 @@ _STATUS: dict[str, MigrationStatus] = {
 }
 _ACTIVE = ("active", "device", "pre-switchover", "wait-unplug")
 
+
+class Agents(Protocol):
+    """What a migration needs of the substrate that drives it (a :class:`QemuSubstrate`):
+    the cluster's spec and records, a clock, the hosts' agents and a few of its answers."""
+
+    spec: ClusterSpec
+    records: SubstrateRecords
+    queue_timeout_s: float
+    stall_s: float
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def agent(self, node: str) -> AgentClient: ...
+
+    def say(self, msg: str) -> None: ...
+
+    def owner(self, vm: str) -> str | None: ...
+
+    def machine(self, vm: str) -> str: ...
+
+    def migration_refusal(self, vm: str, source: str, target: str) -> str | None: ...
 
 
 @dataclass
@@ -71,7 +92,7 @@ class _Attempt:
 class QemuMigrations:
     """The migration attempts this process drives on a :class:`QemuSubstrate`."""
 
-    def __init__(self, sub: QemuSubstrate) -> None:
+    def __init__(self, sub: Agents) -> None:
         self.sub = sub
         self._attempts: dict[str, _Attempt] = {}
         self._results: dict[str, MigrationResult] = {}  # finalized attempts, by handle id

@@ -12,7 +12,7 @@ the rest wait in a FIFO queue.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from vmcluster.errors import MigrationError
 from vmcluster.policy.migration_model import Pass, PrecopyInput, after_pass, next_throttle
@@ -22,18 +22,35 @@ from vmcluster.substrate.protocol import (
     MigrationProgress,
     MigrationResult,
 )
-from vmcluster.substrate.sim.state import FlowRec, MigRec
+from vmcluster.substrate.sim.kernel import Kernel
+from vmcluster.substrate.sim.network import Fabric
+from vmcluster.substrate.sim.state import FlowRec, MigRec, NodeRec, VmRec
 
-if TYPE_CHECKING:
-    from vmcluster.substrate.sim.substrate import SimSubstrate
+__all__ = ["Engine", "World"]
 
-__all__ = ["Engine"]
+
+class World(Protocol):
+    """What the migration engine needs of the simulated world that owns it (a
+    :class:`~vmcluster.substrate.sim.substrate.SimSubstrate`): its event kernel and
+    fabric, its nodes' and VMs' records, and its trace."""
+
+    kernel: Kernel
+    fabric: Fabric
+    state_mib: float
+
+    def now(self) -> float: ...
+
+    def emit(self, kind: str, **fields: Any) -> None: ...
+
+    def node_rec(self, name: str) -> NodeRec: ...
+
+    def vm_rec(self, name: str) -> VmRec: ...
 
 
 class Engine:
     """Migrations of one :class:`SimSubstrate` (which owns nodes, VMs and the fabric)."""
 
-    def __init__(self, sub: SimSubstrate, limit: int) -> None:
+    def __init__(self, sub: World, limit: int) -> None:
         self.sub = sub
         self.limit = limit
         self.migs: dict[str, MigRec] = {}
