@@ -18,11 +18,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from vmcluster.power.compare import cloudsim_figures, cloudsim_key
-from vmcluster.power.engine import simulate
-from vmcluster.power.evaluate import make_policy, run_day
-from vmcluster.power.scenario import Scenario
-from vmcluster.power.traces import default_trace_dir, load_day
+from vmcluster.experiments.compare import cloudsim_figures, cloudsim_key
+from vmcluster.experiments.engine import simulate
+from vmcluster.experiments.evaluate import run_day
+from vmcluster.experiments.scenario import Scenario
+from vmcluster.experiments.traces import default_trace_dir, load_day
+from vmcluster.policy.power.registry import make_policy
 
 POLICIES = ["npa", "dvfs", "thr-mmt-0.8", "iqr-mmt-1.5", "mad-mmt-2.5", "lr-mmt-1.2",
             "lrr-mmt-1.2", "thr-rs-0.8", "thr-mc-0.8", "lr-rs-1.2", "lr-mc-1.2", "ours"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vmcluster.errors import UsageError
-from vmcluster.power.evaluate import sweep
+from vmcluster.experiments.evaluate import sweep
 
 distributed = pytest.importorskip("dask.distributed")
 DAY = Path(__file__).resolve().parents[2] / "src/vmcluster/data/planetlab/20110306.csv"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from vmcluster.errors import UsageError
-from vmcluster.power.detection import Detector, iqr_rows, lr_predict, mad_rows, overloaded
-from vmcluster.power.selection import select_vm
+from vmcluster.policy.power.detection import Detector, iqr_rows, lr_predict, mad_rows, overloaded
+from vmcluster.policy.power.selection import select_vm
 
 
 def _h(values: list[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vmcluster.power.detection import Detector
-from vmcluster.power.engine import Datacenter, simulate
-from vmcluster.power.evaluate import make_policy
-from vmcluster.power.ours import OursPolicy
-from vmcluster.power.placement import PaperPolicy, Planner
-from vmcluster.power.plan import Migrate, Plan, Snapshot
-from vmcluster.power.scenario import Scenario
+from vmcluster.experiments.engine import Datacenter, simulate
+from vmcluster.experiments.scenario import Scenario
+from vmcluster.policy.power.detection import Detector
+from vmcluster.policy.power.ours import OursPolicy
+from vmcluster.policy.power.placement import PaperPolicy, Planner
+from vmcluster.policy.power.plan import Migrate, Plan, Snapshot
+from vmcluster.policy.power.registry import make_policy
 
 LINEAR = np.linspace(100.0, 200.0, 11)  # 100 W idle, 200 W at full load
 

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmcluster.errors import UsageError
-from vmcluster.power.density import park_cores
-from vmcluster.power.models import G5_PER_CORE, HP_ML110_G4, HP_ML110_G5, LinearPowerModel
+from vmcluster.policy.power.density import park_cores
+from vmcluster.policy.power.models import G5_PER_CORE, HP_ML110_G4, HP_ML110_G5, LinearPowerModel
 
 
 @pytest.mark.parametrize("model", [HP_ML110_G4, HP_ML110_G5])

@@ -11,7 +11,7 @@ import pytest
 
 from tests import helpers
 from vmcluster.errors import SpecError
-from vmcluster.power.scenario import load_scenario
+from vmcluster.experiments.scenario import load_scenario
 
 vmc = partial(helpers.vmc, timeout=300)  # this module's commands run longer
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from vmcluster.cli.main import cli, main
 from vmcluster.errors import TraceError, UsageError
-from vmcluster.power.evaluate import make_policy
-from vmcluster.power.traces import default_trace_dir, load_day, load_dir
+from vmcluster.experiments.traces import default_trace_dir, load_day, load_dir
+from vmcluster.policy.power.registry import make_policy
 
 
 def _write(path: Path, rows: list[str]) -> Path:

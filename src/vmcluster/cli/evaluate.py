@@ -11,10 +11,11 @@ from rich.table import Table
 
 from vmcluster.cli.common import console, emit_json, json_option
 from vmcluster.errors import UsageError
-from vmcluster.power.compare import cloudsim_figures, cloudsim_key
-from vmcluster.power.density import park_cores
-from vmcluster.power.evaluate import Result, parse_policies, sweep
-from vmcluster.power.traces import default_trace_dir, list_days, load_day
+from vmcluster.experiments.compare import cloudsim_figures, cloudsim_key
+from vmcluster.experiments.evaluate import Result, sweep
+from vmcluster.experiments.traces import default_trace_dir, list_days, load_day
+from vmcluster.policy.power.density import park_cores
+from vmcluster.policy.power.registry import parse_policies
 
 __all__ = ["evaluate", "power", "show_results"]
 

@@ -17,11 +17,12 @@ from vmcluster.cli.evaluate import show_results
 from vmcluster.control.scenario import load_scenario
 from vmcluster.control.simulate import Report, run_scenario
 from vmcluster.errors import UsageError
+from vmcluster.experiments.evaluate import sweep
+from vmcluster.experiments.scenario import Scenario, is_power_scenario
+from vmcluster.experiments.scenario import load_scenario as load_power_scenario
+from vmcluster.experiments.traces import list_days, load_day
 from vmcluster.model.tomlsource import load_toml
-from vmcluster.power.evaluate import parse_policies, sweep
-from vmcluster.power.scenario import Scenario, is_power_scenario
-from vmcluster.power.scenario import load_scenario as load_power_scenario
-from vmcluster.power.traces import list_days, load_day
+from vmcluster.policy.power.registry import parse_policies
 
 __all__ = ["simulate"]
 

@@ -2,10 +2,10 @@
 
 Substrate-agnostic (sim or qemu). :func:`observe` reads ``status()`` and
 ``utilisation()``; :func:`make_plan` turns that into a power
-:class:`~vmcluster.power.plan.Snapshot` (one host per powered or switched-off
+:class:`~vmcluster.policy.power.plan.Snapshot` (one host per powered or switched-off
 node, ``MIPS_PER_CORE`` per core; one VM per running VM, its CPU request its
 measured load), calls a consolidation policy (``ours`` by default, or any
-name :func:`~vmcluster.power.evaluate.make_policy` knows, e.g. ``lr-mmt-1.2``,
+name :func:`~vmcluster.policy.power.registry.make_policy` knows, e.g. ``lr-mmt-1.2``,
 ``thr-mmt-0.8``) and maps the decision back to names, with each migration's
 network, predicted time and downtime (:func:`~vmcluster.policy.prediction.predict`)
 and watts before/after from each node's power model. Applying a plan
@@ -38,11 +38,11 @@ from vmcluster.control.migration import known_health
 from vmcluster.errors import InputError, PolicyError, UsageError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import Health
+from vmcluster.policy.power.detection import HISTORY
+from vmcluster.policy.power.models import HP_ML110_G4, HP_ML110_G5, SpecPowerModel
+from vmcluster.policy.power.plan import Migrate, PowerOn, Snapshot
+from vmcluster.policy.power.registry import make_policy
 from vmcluster.policy.prediction import DEFAULT_BANDWIDTH_MBPS, predict
-from vmcluster.power.detection import HISTORY
-from vmcluster.power.evaluate import make_policy
-from vmcluster.power.models import HP_ML110_G4, HP_ML110_G5, SpecPowerModel
-from vmcluster.power.plan import Migrate, PowerOn, Snapshot
 from vmcluster.substrate.protocol import Substrate
 
 __all__ = [

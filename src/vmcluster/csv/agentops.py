@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from vmcluster.csv import volume as vt
+from vmcluster.csv.attach import node_target
 from vmcluster.csv.coordinator import (
     CsvBook,
     FileBook,
@@ -243,7 +244,6 @@ class CsvOps:
     def _state_region(self, vm: Vm, create: bool) -> tuple[NbdTarget, int, int, str]:
         """(this host's path to the volume, offset, size, name in errors) of ``vm``'s saved
         state region; ``create``: made (again, if too small) for a save (in a thread)."""
-        from vmcluster.csv.attach import node_target
 
         assert vm.volume is not None
         volume, name = vm.volume, region_name(vm.name)

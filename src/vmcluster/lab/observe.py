@@ -22,6 +22,7 @@ from typing import Any
 from vmcluster.control.migration import MigrationRequest, ProgressCallback, known_health, migrate
 from vmcluster.errors import LabError, UsageError
 from vmcluster.lab.probe import ClientProbe, memory_ok, serial_sizes
+from vmcluster.lab.services import lab_ledger
 from vmcluster.node.quick import quick_migrate
 from vmcluster.substrate.protocol import MigrationParams, MigrationResult
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
@@ -58,7 +59,6 @@ def migrate_observed(
             except LabError as exc:
                 sub.say(f"warning: no {mode} client during this migration: {exc}")
     try:
-        from vmcluster.lab.services import lab_ledger
 
         with lab_ledger(sub.layout) as ledger:  # the store records who owns it, either way
             if quick:

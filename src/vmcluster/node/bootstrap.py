@@ -63,6 +63,7 @@ from vmcluster.node.config import (
     load_base_config,
     load_config,
 )
+from vmcluster.node.daemon import child_env
 from vmcluster.pki import (
     CertificateAuthority,
     NodeCredentials,
@@ -378,7 +379,6 @@ def start_host_daemon(cfg: NodeConfig, how: str) -> str:
     elif how == "detach":
         log = cfg.log_dir / "vmclusterd.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        from vmcluster.node.daemon import child_env
 
         with log.open("ab") as out:
             subprocess.Popen([sys.executable, "-m", "vmcluster.node.daemon", "--config",

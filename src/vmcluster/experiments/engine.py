@@ -28,15 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from vmcluster.power.detection import HISTORY, Detector
-from vmcluster.power.placement import first_fit, initial_placement
-from vmcluster.power.plan import Migrate, Plan, Snapshot, power_at
+from vmcluster.policy.power.detection import HISTORY, Detector
+from vmcluster.policy.power.placement import first_fit, initial_placement
+from vmcluster.policy.power.plan import Migrate, Policy, Snapshot, power_at
 
-__all__ = ["Datacenter", "Metrics", "Policy", "simulate"]
+__all__ = ["Datacenter", "Metrics", "simulate"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-Policy = Callable[[Snapshot, int], Plan]
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,11 +1,5 @@
-"""Policy names, one-day runs and sweeps (policies x days) on a process pool or Dask.
-
-Policy names: ``<detector>-<selection>[-<param>]`` for the paper's policies
-(detector thr, iqr, mad, lr, lrr; selection mmt, rs, mc; parameter defaults:
-THR 0.8, IQR 1.5, MAD 2.5, LR/LRR 1.2), ``ours``, and the baselines ``npa``
-(no power awareness: every host at full power all day) and ``dvfs`` (power
-follows load, no migrations).
-"""
+"""One-day runs and sweeps (policies x days) on a process pool or Dask, by policy name
+(:mod:`vmcluster.policy.power.registry`)."""
 
 from __future__ import annotations
 
@@ -16,18 +10,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vmcluster.errors import UsageError
-from vmcluster.power.detection import DETECTORS, Detector
-from vmcluster.power.engine import Metrics, Policy, simulate
-from vmcluster.power.ours import OursPolicy
-from vmcluster.power.placement import PaperPolicy
-from vmcluster.power.scenario import Scenario
-from vmcluster.power.selection import SELECTIONS
-from vmcluster.power.traces import load_day
+from vmcluster.experiments.engine import Metrics, simulate
+from vmcluster.experiments.scenario import Scenario
+from vmcluster.experiments.traces import load_day
+from vmcluster.policy.power.registry import make_policy
 
-__all__ = ["Result", "make_policy", "parse_policies", "run_day", "sweep"]
-
-BASELINES = ("npa", "dvfs")
-
+__all__ = ["Result", "run_day", "sweep"]
 
 @dataclass(frozen=True)
 class Result:
@@ -48,37 +36,6 @@ class Result:
         d = asdict(self)
         return {k: d[k] for k in ("policy", "day", "energy_kwh", "slatah", "pdm", "slav", "esv",
                                   "migrations")}
-
-
-def make_policy(name: str) -> Policy | None:
-    """The decide function for a policy name (None for the no-migration baselines)."""
-    key = name.strip().lower()
-    if key in BASELINES:
-        return None
-    if key == "ours":
-        return OursPolicy().decide
-    parts = key.split("-")
-    if len(parts) not in (2, 3) or parts[0] not in DETECTORS or parts[1] not in SELECTIONS:
-        raise UsageError(
-            f"unknown policy {name!r}: use <detector>-<selection>[-<param>] with detector in "
-            f"{'/'.join(DETECTORS)} and selection in {'/'.join(SELECTIONS)}, or ours, npa, dvfs"
-        )
-    param = DETECTORS[parts[0]]
-    if len(parts) == 3:
-        try:
-            param = float(parts[2])
-        except ValueError as exc:
-            raise UsageError(f"policy {name!r}: parameter {parts[2]!r} is not a number") from exc
-    return PaperPolicy(Detector(parts[0], param), parts[1]).decide
-
-
-def parse_policies(text: str) -> list[str]:
-    names = [n.strip().lower() for n in text.split(",") if n.strip()]
-    if not names:
-        raise UsageError("--policies is empty: name at least one policy")
-    for n in names:
-        make_policy(n)  # validates
-    return names
 
 
 def run_day(policy: str, trace_path: str, seed: int = 0, hosts: int | None = None,

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from vmcluster.experiments.engine import Datacenter
+from vmcluster.experiments.traces import default_trace_dir
 from vmcluster.model.tomlsource import TableRef, TomlSource, load_toml
-from vmcluster.power.engine import Datacenter
-from vmcluster.power.models import HP_ML110_G4, HP_ML110_G5, SpecPowerModel
-from vmcluster.power.traces import default_trace_dir
+from vmcluster.policy.power.models import HP_ML110_G4, HP_ML110_G5, SpecPowerModel
 
 __all__ = [
     "HostType", "Scenario", "VmType", "is_power_scenario", "load_scenario", "scenario_from_source",

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmcluster.errors import UsageError
-from vmcluster.power.models import G5_PER_CORE, PerCorePowerModel
+from vmcluster.policy.power.models import G5_PER_CORE, PerCorePowerModel
 
 __all__ = ["DensityPlan", "park_cores"]
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from vmcluster.power.detection import HISTORY, Detector, overloaded
-from vmcluster.power.plan import Action, Migrate, Plan, PowerOff, PowerOn, Snapshot, power_at
-from vmcluster.power.selection import select_vm
+from vmcluster.policy.power.detection import HISTORY, Detector, overloaded
+from vmcluster.policy.power.plan import Action, Migrate, Plan, PowerOff, PowerOn, Snapshot, power_at
+from vmcluster.policy.power.selection import select_vm
 
 __all__ = ["PaperPolicy", "Planner", "first_fit", "initial_placement"]
 

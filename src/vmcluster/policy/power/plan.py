@@ -7,12 +7,13 @@ callers must not mutate them); the plan is a tuple of frozen actions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Action", "Migrate", "Plan", "PowerOff", "PowerOn", "Snapshot", "power_at"]
+__all__ = ["Action", "Migrate", "Plan", "Policy", "PowerOff", "PowerOn", "Snapshot", "power_at"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -101,3 +102,7 @@ def power_at(table: FloatArray, hosts: IntArray, util: FloatArray) -> FloatArray
     lo = table[hosts, idx]
     hi = table[hosts, idx + 1]
     return np.asarray(lo + (hi - lo) * frac, dtype=np.float64)
+
+
+Policy = Callable[[Snapshot, int], Plan]
+"""A consolidation policy: ``decide(snapshot, seed) -> plan``."""

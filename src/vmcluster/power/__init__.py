@@ -1,1 +1,0 @@
-"""vmcluster.power."""
