@@ -195,7 +195,7 @@ def _still_busy(substrate: Substrate, node: str) -> str | None:
 def store_guard(state: ClusterState) -> PowerGuard:
     """The power guard of the cluster in ``state``: its etcd voters (by member name) and the
     node of its elected manager."""
-    voters = frozenset(str(m["name"]) for m in state.client.member_list()
+    voters = frozenset(str(m["name"]) for m in state.etcd.member_list()
                        if m.get("name") and not m.get("isLearner"))
     held = current_leader(state.client, state.cluster)
     return PowerGuard(voters, held.name if held else None)

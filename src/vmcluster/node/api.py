@@ -76,7 +76,7 @@ class ApiContext:
 
     @property
     def client(self) -> EtcdClient:
-        return self.state.client
+        return self.state.etcd
 
     def daemon_record(self) -> dict[str, Any]:
         return {"node": self.cfg.node, "api_url": api_url(self.cfg.api_listen[0],

@@ -224,7 +224,7 @@ def admit(state: ClusterState, token: str, node: str, csr_pem: bytes) -> dict[st
         cert = ca.sign(csr_pem, node, _addresses(spec, node))
     except InputError as exc:
         raise JoinRefused(422, "invalid", str(exc), "csr") from exc
-    members = state.client.member_list()
+    members = state.etcd.member_list()
     voters = [m for m in members if not m.get("isLearner")]
     learners = [m for m in members if m.get("isLearner")]
     mine = _member(spec, node)
@@ -284,9 +284,9 @@ def leave(state: ClusterState, node: str) -> dict[str, Any]:
         spec = parse_spec(text, "<the spec in etcd>")
         if node in {n.name for n in spec.nodes}:
             urls = set(_member(spec, node).peer_urls)
-            for m in state.client.member_list():
+            for m in state.etcd.member_list():
                 if urls & set(m.get("peerURLs", [])):
-                    state.client.member_remove(str(m["ID"]))
+                    state.etcd.member_remove(str(m["ID"]))
                     removed = m.get("name") or node
     serial = int(rec.json().get("serial", 0))
     if serial:
@@ -302,7 +302,7 @@ def _add_learner(state: ClusterState, peer_urls: Sequence[str], tries: int = 10)
     does for a moment after a member was removed (a host that left and joins again)."""
     for attempt in range(tries):
         try:
-            state.client.member_add(peer_urls, learner=True)
+            state.etcd.member_add(peer_urls, learner=True)
             return
         except StoreError as exc:
             if "member not found" not in str(exc) or attempt == tries - 1:
@@ -316,13 +316,13 @@ def promote_if_learner(cfg: NodeConfig, state: ClusterState) -> bool:
     if cfg.member is None:
         return True
     mine = set(cfg.member.peer_urls)
-    for m in state.client.member_list():
+    for m in state.etcd.member_list():
         if not mine & set(m.get("peerURLs", [])):
             continue
         if not m.get("isLearner"):
             return True
         try:
-            state.client.member_promote(str(m["ID"]))
+            state.etcd.member_promote(str(m["ID"]))
         except StoreError as exc:
             if "in sync" in str(exc) or "not ready" in str(exc):
                 return False
@@ -618,7 +618,7 @@ def _is_voter(cfg: NodeConfig, state: ClusterState) -> bool:
     mine = set(cfg.member.peer_urls)
     try:
         return any(mine & set(m.get("peerURLs", [])) and not m.get("isLearner")
-                   for m in state.client.member_list())
+                   for m in state.etcd.member_list())
     except VmclusterError:
         return False
 

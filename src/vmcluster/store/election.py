@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from vmcluster.errors import StoreError
 from vmcluster.store.errors import Fenced
 from vmcluster.store.etcd import Compare, Delete, EtcdClient, Get, Put
+from vmcluster.store.kv import KV
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
@@ -50,7 +51,7 @@ class Leadership:
     token: int
 
 
-def current_leader(client: EtcdClient, cluster: str) -> Leadership | None:
+def current_leader(client: KV, cluster: str) -> Leadership | None:
     kv = client.get(leader_key(cluster))
     if kv is None:
         return None
@@ -60,7 +61,7 @@ def current_leader(client: EtcdClient, cluster: str) -> Leadership | None:
 class Fence:
     """What an agent (or a store write) uses to refuse a manager that no longer leads."""
 
-    def __init__(self, client: EtcdClient, cluster: str) -> None:
+    def __init__(self, client: KV, cluster: str) -> None:
         self.client, self.cluster = client, cluster
 
     def check(self, token: int) -> Leadership:
@@ -84,7 +85,7 @@ class Election:
 
     def __init__(
         self,
-        client: EtcdClient,
+        client: KV,
         cluster: str,
         name: str,
         ttl: int = 5,

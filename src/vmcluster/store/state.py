@@ -43,6 +43,7 @@ from vmcluster.store import vms
 from vmcluster.store.election import Fence, leader_key
 from vmcluster.store.errors import Fenced, StoreConflict, StoreUnavailable
 from vmcluster.store.etcd import Compare, Delete, EtcdClient, Get, KeyValue, Op, Put
+from vmcluster.store.kv import KV
 from vmcluster.store.watch import Watch
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
@@ -82,11 +83,19 @@ class Migration:
 class ClusterState:
     """Typed reads and guarded writes of one cluster's state."""
 
-    def __init__(self, client: EtcdClient, cluster: str, clock: Clock | None = None) -> None:
+    def __init__(self, client: KV, cluster: str, clock: Clock | None = None) -> None:
         self.client, self.cluster = client, cluster
         self.root = f"/vmcluster/{cluster}/"
         self.fence = Fence(client, cluster)
         self.clock = clock or MonotonicClock()
+
+    @property
+    def etcd(self) -> EtcdClient:
+        """The store as etcd, for what only etcd has: its members (a cluster whose store is
+        in memory, the simulator's, has none)."""
+        if not isinstance(self.client, EtcdClient):
+            raise StoreError("this cluster's store is in memory: it has no etcd members")
+        return self.client
 
     def key(self, *parts: str) -> str:
         return self.root + "/".join(parts)
@@ -361,6 +370,16 @@ class ClusterState:
         for seq, rec in past:
             last = seq
             yield seq, rec
+        if not isinstance(self.client, EtcdClient):  # a store without watches: poll it
+            while (stop is None or not stop()) and (
+                deadline is None or self.clock.now() < deadline
+            ):
+                fresh, _ = self.events(last)
+                for seq, rec in fresh:
+                    last = seq
+                    yield seq, rec
+                self.clock.sleep(poll_s)
+            return
         with Watch(self.client, self.key("events", ""), prefix=True, start_revision=rev + 1) as w:
             while (stop is None or not stop()) and (
                 deadline is None or self.clock.now() < deadline

@@ -29,14 +29,15 @@ from typing import Any, Protocol
 
 from vmcluster.errors import InputError
 from vmcluster.store.errors import StoreConflict
-from vmcluster.store.etcd import Compare, Delete, EtcdClient, KeyValue, Op, Put
+from vmcluster.store.etcd import Compare, Delete, KeyValue, Op, Put
+from vmcluster.store.kv import KV
 
 
 class StateLike(Protocol):
     """What of :class:`vmcluster.store.state.ClusterState` this module uses (that class
     reads the definitions through this module, so it is not imported here)."""
 
-    client: EtcdClient
+    client: KV
 
     def key(self, *parts: str) -> str: ...
 
