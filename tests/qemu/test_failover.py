@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import tomlkit
 
 from vmcluster.control.simulate import predict_crash
 from vmcluster.errors import SubstrateError
@@ -53,8 +54,25 @@ RESTART_BOUND_S = 60.0  # generous: the machine may be loaded by other tests
 
 
 @pytest.fixture(scope="module")
-def lab(start_lab: LabStarter) -> LabSubstrate:
-    sub = start_lab(SPEC, "f")  # agents, VMs, then the control plane
+def spec_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The lab's spec with what makes a restart a decision: web and db must not share a
+    host (anti-affinity), db comes first (priority) and prefers node2, then node1 (where
+    web runs, so it may not go there)."""
+    doc = tomlkit.parse(SPEC.read_text())
+    for vm in doc["vms"]:
+        vm["priority"] = {"db": 3, "web": 2}.get(vm["name"], 1)
+        if vm["name"] in ("web", "db"):
+            vm["anti_affinity"] = "front"
+        if vm["name"] == "db":
+            vm["preferred_owners"] = ["node2", "node1"]
+    path = tmp_path_factory.mktemp("failover") / "lab.toml"
+    path.write_text(tomlkit.dumps(doc))
+    return path
+
+
+@pytest.fixture(scope="module")
+def lab(start_lab: LabStarter, spec_file: Path) -> LabSubstrate:
+    sub = start_lab(spec_file, "f")  # agents, VMs, then the control plane
     assert services_file(sub.layout).exists()
     return sub
 
@@ -170,6 +188,8 @@ def test_crashed_node_vms_restart_once_on_survivors(
     # The simulator, given the same cluster and crash, restarts them on the same hosts.
     predicted = predict_crash(store.call(store.state.spec), where, victim)
     assert {e["vm"]: e["node"] for e in restarted} == predicted.restarts, predicted
+    if (victim, where["web"]) == ("node2", "node1"):  # anti-affinity over preference
+        assert predicted.restarts == {"db": "node3"}
     placements = store.call(store.state.placements)
     assert all(placements[vm].node != victim for vm in lost)
     check_disks(lab)

@@ -1,16 +1,18 @@
 """Run a scenario on the simulation substrate and report what happened.
 
-The runner is the control loop in virtual time: scenario events (faults,
-operator migrations and drains) are applied when due; after each utilisation
-update a simple threshold policy moves VMs off hosts above ``high``, empties
-hosts below ``low`` and powers empty hosts off (and one back on when no host
-has room); migrations take the network the policy picks for each node pair
-and fall back along its order. A crashed node's VMs restart where the cluster's
-manager would restart them, decided by the same policy (:func:`failover_plan`:
-quorum, priorities, preferred owners, anti-affinity, room) at the same moment
-(:func:`restart_not_before` the crash); a drain's targets come from
-:func:`drain_plan`. The trace names the policy of each restart and drain move.
-Energy comes from a linear power model.
+Scenario events (faults, operator migrations and drains) are applied when due;
+after each utilisation update a simple threshold policy moves VMs off hosts above
+``high``, empties hosts below ``low`` and powers empty hosts off (and one back on
+when no host has room); migrations take the network the policy picks for each
+node pair and fall back along its order. Faults are met by the cluster's own
+manager (:class:`~vmcluster.control.manager.Manager`), run in virtual time over
+the hosts' reports and an in-memory store (:mod:`vmcluster.control.simhosts`): it
+finds a crashed node dead from the others' heartbeat views and restarts its VMs
+by :func:`failover_plan` (quorum, priorities, preferred owners, anti-affinity,
+room) once the isolated side has had time to stop them. A drain's targets come
+from :func:`drain_plan`. The trace carries the manager's events in the store's
+own words and names the policy of each restart and drain move. Energy comes from
+a linear power model.
 """
 
 from __future__ import annotations
@@ -22,15 +24,14 @@ from typing import Any
 import numpy as np
 
 from vmcluster.control.scenario import Event, PolicyParams, PowerParams, Scenario
+from vmcluster.control.simhosts import SimHosts
 from vmcluster.errors import MigrationError, SubstrateError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.failover import (
     CLUSTER_FAILOVER,
     CannotPlace,
     Migrate,
-    Restart,
     drain_plan,
-    failover_plan,
     has_quorum,
     restart_not_before,
 )
@@ -112,6 +113,11 @@ class _Runner:
         self.sub.engine.on_end = self._ended
         self.sub.on_tick.append(self._tick)
         self.next_policy = 0.0
+        # The cluster's own manager, on an in-memory store in virtual time.
+        self.hosts = SimHosts(self.sub, self.spec,
+                              lambda vm, to: self._migrate(vm, to, "manager: drain"))
+        self.hosts.on_event.append(self._manager_event)
+        self.crashes: dict[str, tuple[dict[str, Any], list[str], list[str], list[str]]] = {}
 
     # -- the run ----------------------------------------------------------------
 
@@ -121,6 +127,7 @@ class _Runner:
                 self.sub.start_vm(vm.name, vm.owner)
             except SubstrateError as err:
                 self._failure(f"start {vm.name}", f"not started: {err}")
+        self.hosts.place_all()
         for ev in self.scn.events:
             self.sub.at(ev.at, self._applier(ev), priority=2)
         self.sub.kernel.run_until(self.scn.duration_s)
@@ -171,15 +178,18 @@ class _Runner:
                                                if ev.network in n.interfaces]
             for node in nodes:
                 sub.set_link(ev.network or "", node, kind == "network-up")
+            self.hosts.fault(*(f"{node}/{ev.network}" for node in nodes))
             self._failure(f"{kind} {ev.network}" + (f"@{ev.node}" if ev.node else ""),
                           self._routing())
         elif kind in ("node-down", "node-up"):
             lost = [v.spec.name for v in sub.vms.values() if v.node == ev.node]
             sub.set_node(ev.node or "", kind == "node-up")
-            if kind == "node-down":  # when the manager may restart them, not before
-                now = sub.now()
-                at = restart_not_before(now, self.spec.cluster, CLUSTER_FAILOVER)
-                sub.at(at, lambda: self._failover(ev.node or "", lost))
+            self.hosts.fault(ev.node or "")  # the manager finds out, and fails over
+            if kind == "node-down":
+                entry = {"t": _r(sub.now()), "event": f"node-down {ev.node}", "handled": ""}
+                self.report.failures.append(entry)
+                self.crashes[ev.node or ""] = (entry, lost, [], [])
+                self._crash_handled(ev.node or "")
             else:
                 self._failure(f"node-up {ev.node}", "node back; it takes VMs again")
         elif kind in ("storage-down", "storage-up"):
@@ -210,31 +220,33 @@ class _Runner:
         down = {n.name for n in nodes if n.state == "down"}
         return up, down, {n.name for n in nodes} - up - down
 
-    def _failover(self, node: str, lost: list[str]) -> None:
-        """Restart ``node``'s VMs as the manager would: with quorum only, by
-        :func:`failover_plan` over the placements as the store has them (the lost VMs
-        still on ``node``)."""
-        up, down, off = self._node_states()
-        event = f"node-down {node}"
-        if not has_quorum(len(self.spec.nodes), len(up), self.spec.cluster.witness, True):
-            self._failure(event, f"{len(lost)} VMs lost; no quorum ({len(up)} of "
-                          f"{len(self.spec.nodes)} nodes up): nothing restarts")
-            return
-        placements: dict[str, str | None] = {name: v.node for name, v in self.sub.vms.items()}
-        placements.update({vm: node for vm in lost if placements.get(vm) is None})
-        plan = failover_plan(self.spec, placements, down | {node}, CLUSTER_FAILOVER,
-                             excluded=off)
-        placed, unplaced = [], []
-        for action in plan.actions:
-            if isinstance(action, CannotPlace):
-                unplaced.append(f"{action.vm} ({action.reason})")
-            elif isinstance(action, Restart) and action.vm in lost:
-                self.sub.emit("decision", policy="failover_plan", action="restart",
-                              vm=action.vm, node=action.node, from_node=action.from_node)
-                self.sub.start_vm(action.vm, action.node)
-                placed.append(f"{action.vm}->{action.node}")
-        self._failure(event, f"{len(lost)} VMs lost; restarted {', '.join(placed) or 'none'}"
-                      + (f"; cannot place {', '.join(unplaced)}" if unplaced else ""))
+    def _manager_event(self, rec: dict[str, Any]) -> None:
+        """What the manager recorded, into the trace in the store's own words; a restart
+        also as the decision of the policy that chose its node."""
+        kind = str(rec["kind"])
+        self.sub.emit(kind, **{k: v for k, v in rec.items() if k not in ("kind", "at")})
+        if kind == "vm_restarted":
+            self.sub.emit("decision", policy="failover_plan", action="restart",
+                          vm=rec["vm"], node=rec["node"], from_node=rec["from_node"])
+            crash = self.crashes.get(str(rec["from_node"]))
+            if crash is not None:
+                crash[2].append(f"{rec['vm']}->{rec['node']}")
+                self._crash_handled(str(rec["from_node"]))
+        elif kind == "vm_cannot_place":
+            for node, crash in self.crashes.items():
+                if rec["vm"] in crash[1]:
+                    crash[3].append(f"{rec['vm']} ({rec['reason']})")
+                    self._crash_handled(node)
+
+    def _crash_handled(self, node: str) -> None:
+        entry, lost, placed, unplaced = self.crashes[node]
+        up, _down, _off = self._node_states()
+        quorum = has_quorum(len(self.spec.nodes), len(up), self.spec.cluster.witness, True)
+        entry["handled"] = (
+            f"{len(lost)} VMs lost; restarted {', '.join(placed) or 'none'}"
+            + (f"; cannot place {', '.join(unplaced)}" if unplaced else "")
+            + ("" if quorum or placed else
+               f"; no quorum ({len(up)} of {len(self.spec.nodes)} nodes up)"))
 
     def _drain(self, node: str) -> None:
         """Move every VM off ``node`` to the targets :func:`drain_plan` gives."""
@@ -290,6 +302,8 @@ class _Runner:
         fallbacks, reason = self.moving.pop(handle.id)
         self.busy.discard(handle.vm)
         self._record(result, reason)
+        if result.ok:
+            self.hosts.moved(handle.vm, handle.target)
         if not result.ok and fallbacks and self.sub.vms[handle.vm].node == handle.source:
             self._migrate(handle.vm, handle.target, reason + " (retry)", fallbacks)
 
@@ -433,7 +447,7 @@ class CrashPrediction:
 def predict_crash(spec: ClusterSpec, placements: Mapping[str, str | None],
                   node: str) -> CrashPrediction:
     """Simulate ``node`` crashing with the VMs where ``placements`` puts them (those placed
-    nowhere are left out): the same policy, quorum and waiting time as the manager's."""
+    nowhere are left out): the cluster's manager itself decides, in virtual time."""
     vms = tuple(replace(v, owner=str(placements[v.name])) for v in spec.vms
                 if placements.get(v.name))
     crash_at = 1.0
