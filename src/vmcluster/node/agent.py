@@ -488,11 +488,7 @@ class Agent(CsvOps):
         info = await qp.qmp.query_migrate()
         if info.get("status") in MIGRATING:
             await qp.qmp.migrate_cancel()
-            for _ in range(200):
-                info = await qp.qmp.query_migrate()
-                if info.get("status") not in ("active", "cancelling", "device", "setup"):
-                    break
-                await asyncio.sleep(0.05)
+            await qp.qmp.migration_settled(10.0)  # on QEMU's MIGRATION events
         status = await qp.qmp.query_status()
         if status in ("paused", "postmigrate", "finish-migrate"):
             await qp.qmp.cont()
@@ -583,11 +579,9 @@ class Agent(CsvOps):
 
         async def migrate() -> Reply:
             await qp.qmp.start_migration("fd:vmc-save")
-            for _ in range(int(timeout_s / 0.05)):
-                info = await qp.qmp.query_migrate()
-                if info.get("status") in ("completed", "failed", "cancelled"):
-                    return info
-                await asyncio.sleep(0.05)
+            info = await qp.qmp.migration_settled(timeout_s)  # on QEMU's MIGRATION events
+            if info.get("status") in ("completed", "failed", "cancelled"):
+                return info
             await qp.qmp.migrate_cancel()
             raise SubstrateError(f"saving {vm.name} did not finish in {timeout_s:.0f} s")
 

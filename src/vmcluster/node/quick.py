@@ -20,6 +20,7 @@ from vmcluster.control.ledger import StoreLedger
 from vmcluster.errors import MigrationError, SubstrateError, VmclusterError
 from vmcluster.model import MIB
 from vmcluster.substrate.protocol import MigrationHandle, MigrationResult
+from vmcluster.substrate.qemu.qmp import MIGRATING
 from vmcluster.substrate.qemu.substrate import QemuSubstrate
 
 __all__ = ["quick_migrate"]
@@ -53,8 +54,8 @@ def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 1
         tgt.call("incoming", timeout_s=60, vm=vm, machine=sub.machine(vm), quick=True,
                  id="quick")
         deadline = clock.now() + timeout_s
-        while True:
-            info = tgt.call("query_migrate", vm=vm)
+        while True:  # woken by the target QEMU's MIGRATION events, not a 50 ms poll
+            info = tgt.call("query_migrate", vm=vm, wait_s=0.5)
             # The target starts with -S: once restored it is paused, until takeover.
             if info["migrate"].get("status") == "completed" or info["status"] in (
                     "running", "paused"):
@@ -63,7 +64,8 @@ def quick_migrate(sub: QemuSubstrate, vm: str, target: str, timeout_s: float = 1
                 raise MigrationError(f"restoring {vm} on {target} failed")
             if ledger is not None:
                 ledger.renew()
-            clock.sleep(0.05)
+            if info["migrate"].get("status") not in MIGRATING:
+                clock.sleep(0.05)  # nothing in progress to wait on yet: look again shortly
         if ledger is not None:
             ledger.commit()  # ownership moves before the target may run
             committed = True

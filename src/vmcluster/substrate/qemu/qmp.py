@@ -116,8 +116,9 @@ class Qmp:
         """``query-migrate``, after waiting up to ``timeout_s`` for a migration in progress
         to end. It waits on QEMU's own ``MIGRATION`` events (the ``events`` capability),
         not by asking again and again: under TCG every QMP command competes with the
-        vCPUs and the migration thread for QEMU's main lock."""
-        active = MIGRATING
+        vCPUs and the migration thread for QEMU's main lock. A migration being cancelled is
+        still in progress: this waits for it to be cancelled."""
+        active = (*MIGRATING, "cancelling")
         listener = EventListener(names=["MIGRATION"])
         self._client.register_listener(listener)
         try:
