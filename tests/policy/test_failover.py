@@ -20,6 +20,7 @@ from vmcluster.policy.failover import (
     must_stop_vms,
     quarantined,
     restart_not_before,
+    start_plan,
 )
 
 P = FailoverParams()
@@ -213,3 +214,66 @@ def test_drain_properties(case: tuple[ClusterSpec, dict[str, str | None], set[st
     for a in plan.actions:
         if isinstance(a, Migrate):
             assert a.source == src and a.target != src and a.target not in others_down
+
+
+# -- each rule at its edge (these keep scripts/mutation's mutants dead) ---------------------
+
+def test_a_preferred_owner_wins_over_more_free_memory_and_cores_break_ties() -> None:
+    s = spec([node("a"), node("b", mem=2048), node("c", mem=8192)],
+             [Vm("x", "a", 512, preferred_owners=("b",))])
+    assert failover_plan(s, {"x": "a"}, {"a"}).actions == (Restart("x", "b", "a"),)
+    s2 = spec([node("a"), node("b", cores=2), node("c", cores=8)], [Vm("x", "a", 512)])
+    assert failover_plan(s2, {"x": "a"}, {"a"}).actions == (Restart("x", "c", "a"),)
+
+
+def test_reserved_memory_is_never_given_and_a_vm_may_use_every_last_vcpu() -> None:
+    s = spec([node("a"), node("b", mem=1024)], [Vm("x", "a", 512)])
+    reserve = FailoverParams(reserve_memory_mib=600)
+    (act,) = failover_plan(s, {"x": "a"}, {"a"}, reserve).actions
+    assert isinstance(act, CannotPlace) and "424 MiB" in act.reason
+    exact = spec([node("a"), node("b", cores=1)], [Vm("x", "a", 512, vcpus=4)],
+                 vcpus_per_core=4.0)
+    assert failover_plan(exact, {"x": "a"}, {"a"}).actions == (Restart("x", "b", "a"),)
+
+
+def test_start_plan_owner_first_then_preferences_by_priority_and_room() -> None:
+    s = spec([node("a", mem=1024), node("b", mem=1024), node("c", mem=1024)],
+             [Vm("web", "a", 512, preferred_owners=("c", "b")),
+              Vm("db", "b", 768, priority=3000),
+              Vm("job", "b", 768, priority=1000, preferred_owners=("c",)),
+              Vm("big", "a", 2048)])
+    plan = start_plan(s, {}, ["web", "job", "db", "big"], down={"a"})
+    # By priority (db 3000; big and web the default, by name; job 1000): db takes its
+    # owner b; big fits nowhere; web's owner a is down, so its first preference c; job's
+    # owner b has 256 MiB left and its preference c 512 MiB: nowhere.
+    assert [(type(a).__name__, a.vm, getattr(a, "node", None)) for a in plan.actions] == [
+        ("Restart", "db", "b"), ("CannotPlace", "big", None), ("Restart", "web", "c"),
+        ("CannotPlace", "job", None)]
+    assert plan.actions[0] == Restart("db", "b", "")
+    # What already runs counts, and an excluded node takes nothing.
+    again = start_plan(s, {"db": "b"}, ["web"], excluded={"c"})
+    assert again.actions == (Restart("web", "a", ""),)
+    moved = start_plan(s, {}, ["web"], excluded={"a"})
+    assert moved.actions == (Restart("web", "c", ""),)  # its first preference
+    # Its owner, even where another node has more room (a failover would take that one).
+    home = spec([node("a", mem=1024), node("b", mem=8192)], [Vm("x", "a", 256)])
+    assert start_plan(home, {}, ["x"]).actions == (Restart("x", "a", ""),)
+
+
+def test_quorum_at_its_edges() -> None:
+    assert not has_quorum(3, 2, True, False)  # 2 of 4 votes: no majority without the witness
+    assert not has_quorum(4, 1, True, True)  # the witness is one vote, not two
+    with_witness = ClusterSettings("t", witness=True)
+    assert not must_stop_vms(2, 1, with_witness, True)  # it holds the witness's vote
+    assert must_stop_vms(2, 1, with_witness, False)
+
+
+def test_a_long_heartbeat_window_sets_the_restart_time() -> None:
+    slow = ClusterSettings("t", same_subnet_delay_ms=1000, same_subnet_threshold=10)
+    # window 10 s + one delay + the stop budget, well past the watchdog's 4.25 s
+    assert restart_not_before(100.0, slow) == 100.0 + 10.0 + 1.0 + P.stop_budget_s
+
+
+def test_flapping_counts_failures_within_the_hour_including_now() -> None:
+    assert not quarantined([0, 1000, 3000], now=3600)  # exactly an hour old: out
+    assert quarantined([10, 20, 30], now=30)  # one failing right now counts

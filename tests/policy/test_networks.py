@@ -6,9 +6,11 @@ import dataclasses
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vmcluster.errors import UsageError
 from vmcluster.model import ClusterSettings, ClusterSpec, Network, Node, Role, Vm
 from vmcluster.model.spec import load_spec
 from vmcluster.policy.networks import (
@@ -246,3 +248,57 @@ def test_a_network_with_one_interface_up_is_down_not_partitioned() -> None:
     one_left = Health.parse(lab, ["Migration@node1", "Migration@node2"])
     assert network_state(lab, one_left, "Migration") == "down"
     assert network_state(lab, Health(), "Migration") == "up"
+
+
+# -- each rule at its edge (these keep scripts/mutation's mutants dead) ---------------------
+
+def test_routes_with_a_partitioned_network_in_full() -> None:
+    """node1 lost Heartbeat: fully up networks rank before it cluster-wide (Migration
+    carries heartbeats and CSV), the default live-migration order is that ranking with
+    the CSV network last, and each pair routes by what both of its nodes have."""
+    spec = load_spec(ROOT / "examples/lab.toml")
+    got = routes(spec, Health.parse(spec, ["Heartbeat@node1"])).to_json()
+    assert got == {
+        "networks": [
+            {"name": "Public", "role": 3, "metric": 10000, "auto_metric": True, "state": "up"},
+            {"name": "Heartbeat", "role": 1, "metric": 1000, "auto_metric": True,
+             "state": "partitioned"},
+            {"name": "Migration", "role": 1, "metric": 1100, "auto_metric": True, "state": "up"},
+            {"name": "Storage", "role": 0, "metric": 1200, "auto_metric": True, "state": "up"},
+        ],
+        "cluster": "Migration", "csv": "Migration", "client": ["Public"],
+        "live_migration": {"web": ["Public", "Heartbeat", "Migration"],
+                           "db": ["Public", "Heartbeat", "Migration"],
+                           "batch": ["Migration", "Public"]},
+        "pairs": [
+            {"nodes": ["node1", "node2"], "cluster": "Migration",
+             "live_migration": {"web": "Public", "db": "Public", "batch": "Migration"}},
+            {"nodes": ["node1", "node3"], "cluster": "Migration",
+             "live_migration": {"web": "Public", "db": "Public", "batch": "Migration"}},
+            {"nodes": ["node2", "node3"], "cluster": "Heartbeat",
+             "live_migration": {"web": "Migration", "db": "Migration", "batch": "Migration"}},
+        ],
+    }
+
+
+def test_a_vms_own_list_may_name_a_role_0_network() -> None:
+    """The cluster never picks a role-0 network by itself, but an administrator who lists
+    one for a VM's migrations gets it."""
+    lab = load_spec(ROOT / "examples/lab.toml")
+    vm = dataclasses.replace(lab.vm("batch"), live_migration_networks=("Storage", "Migration"))
+    assert live_migration_order(lab, Health(), vm, "node1", "node3") == ["Storage", "Migration"]
+
+
+def test_networks_keep_their_declaration_order() -> None:
+    nets = [_net("A", 1, False), _net("B", 2, True), _net("C", 3, False)]
+    assert [p.order for p in network_props(nets)] == [0, 1, 2]
+
+
+def test_a_down_interface_on_a_network_the_node_lacks_is_refused_by_name() -> None:
+    lab = load_spec(ROOT / "examples/lab.toml")
+    bare = dataclasses.replace(lab, nodes=tuple(
+        dataclasses.replace(n, interfaces={k: v for k, v in n.interfaces.items()
+                                           if (n.name, k) != ("node3", "Migration")})
+        for n in lab.nodes))
+    with pytest.raises(UsageError, match="node 'node3' has no interface on 'Migration'"):
+        Health.parse(bare, ["Migration@node3"])

@@ -115,11 +115,6 @@ class _Loads:
         self.cpu[node] += vm.vcpus
         self.classes[node].append(vm.anti_affinity)
 
-    def remove(self, vm: Vm, node: str) -> None:
-        self.mem[node] -= vm.memory_mib
-        self.cpu[node] -= vm.vcpus
-        self.classes[node].remove(vm.anti_affinity)
-
     def free_mem(self, node: str) -> int:
         n = self.spec.node(node)
         return n.memory_mib - self.params.reserve_memory_mib - self.mem[node]
@@ -179,9 +174,7 @@ def failover_plan(
     up = [n.name for n in spec.nodes if n.name not in barred]
     actions: list[Restart | Migrate | CannotPlace] = []
     victims = [vm for vm in spec.vms if placements.get(vm.name) in dead]
-    for vm in victims:  # their old node is gone: its load no longer counts
-        loads.remove(vm, str(placements[vm.name]))
-    for vm in _by_priority(victims):
+    for vm in _by_priority(victims):  # (a dead node's load never matters: it takes none)
         got = _choose(vm, up, loads)
         if isinstance(got, CannotPlace):
             actions.append(got)
