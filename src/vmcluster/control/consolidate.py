@@ -28,11 +28,13 @@ Why the mapping does a little more than translate:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from vmcluster.control.migration import known_health
 from vmcluster.errors import InputError, PolicyError, UsageError
@@ -46,8 +48,16 @@ from vmcluster.policy.prediction import DEFAULT_BANDWIDTH_MBPS, predict
 from vmcluster.substrate.protocol import Substrate
 
 __all__ = [
-    "ConsolidationPlan", "NodeChange", "NodeView", "Observation",
-    "PlannedMigration", "PowerGuard", "make_plan", "observe", "plan",
+    "ConsolidationPlan",
+    "LoadHistory",
+    "NodeChange",
+    "NodeView",
+    "Observation",
+    "PlannedMigration",
+    "PowerGuard",
+    "make_plan",
+    "observe",
+    "plan",
 ]
 
 MIPS_PER_CORE = 1000.0
@@ -227,7 +237,18 @@ def observe(substrate: Substrate, spec: ClusterSpec,
 
 # -- plan ----------------------------------------------------------------------------------
 
-def _snapshot(obs: Observation, spec: ClusterSpec) -> tuple[Snapshot, list[str]]:
+@dataclass(frozen=True)
+class LoadHistory:
+    """Each VM's earlier CPU loads: row ``index[vm]`` of ``loads``, latest first, the first
+    ``counts[row]`` of them recorded."""
+
+    index: Mapping[str, int]
+    loads: npt.NDArray[np.float64]  # VMs x HISTORY
+    counts: npt.NDArray[np.int64]
+
+
+def _snapshot(obs: Observation, spec: ClusterSpec,
+              history: LoadHistory | None = None) -> tuple[Snapshot, list[str]]:
     hosts = [n.name for n in obs.nodes]
     vms = [v for n in obs.nodes for v in n.vms]
     vm_index = {v: i for i, v in enumerate(vms)}
@@ -238,7 +259,13 @@ def _snapshot(obs: Observation, spec: ClusterSpec) -> tuple[Snapshot, list[str]]
     req = cpu * vcpus * MIPS_PER_CORE
     host_mips = cores * MIPS_PER_CORE
     host_util = np.bincount(vm_host, req, len(hosts)) / host_mips if vms else np.zeros(len(hosts))
-    hist = np.zeros((len(vms), HISTORY))
+    if history is not None and vms:
+        rows = np.array([history.index[v] for v in vms], dtype=np.int64)
+        hist = np.clip(history.loads[rows, :HISTORY], 0.0, 1.0)
+        count = np.clip(history.counts[rows], 1, HISTORY)
+    else:
+        hist = np.zeros((len(vms), HISTORY))
+        count = np.ones(len(vms), dtype=np.int64)
     hist[:, 0] = cpu
     bw = [max((spec.network(net).bandwidth_mbps or DEFAULT_BANDWIDTH_MBPS)
               for net in spec.node(h).interfaces) if spec.node(h).interfaces
@@ -256,7 +283,7 @@ def _snapshot(obs: Observation, spec: ClusterSpec) -> tuple[Snapshot, list[str]]
         host_vms=tuple(tuple(vm_index[v] for v in n.vms) for n in obs.nodes),
         vm_req=req,
         vm_hist=hist,
-        vm_hist_count=np.ones(len(vms), dtype=np.int64),
+        vm_hist_count=count,
         host_util=host_util,
     )
     return snap, vms
@@ -284,9 +311,15 @@ class PowerGuard:
 
 
 def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: int = 0,
-              horizon_s: float = 3600.0, guard: PowerGuard = PowerGuard()) -> ConsolidationPlan:
+              horizon_s: float = 3600.0, guard: PowerGuard = PowerGuard(),
+              history: LoadHistory | None = None, max_moves: int | None = None,
+              timed: Callable[[float], None] | None = None) -> ConsolidationPlan:
     """What ``policy`` would do with the observed cluster (nothing is changed); ``guard``
-    says which nodes must stay on."""
+    says which nodes must stay on. ``history``: each VM's earlier CPU loads, latest
+    first (the detectors that regress or take quantiles need some; without, they fall
+    back to a threshold). ``max_moves``: the plan moves at most that many VMs (the rest
+    are skipped, and their hosts stay on). ``timed`` is told the wall seconds the policy's
+    own decision took."""
     decide = make_policy(policy)
     if decide is None:
         raise UsageError(f"policy {policy!r} never moves VMs; pick ours, lr-mmt-1.2 or thr-mmt-0.8")
@@ -295,8 +328,11 @@ def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: i
     decision = None
     vms: list[str] = []
     if any(n.vms for n in obs.nodes):
-        snap, vms = _snapshot(obs, spec)
+        snap, vms = _snapshot(obs, spec, history)
+        t0 = time.perf_counter()
         decision = decide(snap, seed)
+        if timed is not None:
+            timed(time.perf_counter() - t0)
     where = {v: n.name for n in obs.nodes for v in n.vms}
     free = {n.name: n.memory_mib - sum(spec.vm(v).memory_mib for v in n.vms) for n in obs.nodes}
     power_on = sorted({hosts[a.host] for a in (decision.actions if decision else ())
@@ -311,6 +347,9 @@ def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: i
         vm, target = vms[vm_i], hosts[host_i]
         source, mem = where[vm], spec.vm(vm).memory_mib
         if source == target:
+            continue
+        if max_moves is not None and len(moves) >= max_moves:
+            skipped.append((vm, f"over this round's limit of {max_moves} moves"))
             continue
         if free[target] < mem:
             skipped.append((vm, f"{target} has {free[target]} MiB free, {vm} needs {mem} MiB"))

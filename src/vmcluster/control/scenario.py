@@ -7,8 +7,9 @@
     [generate]                       or a synthetic one: hosts, cores, memory_mib, network_mbps
     [[generate.vms]]                 count, memory_mib, vcpus, dirty_mibps, wws_mib, max_downtime_ms
     [workload]                       kind = constant|synthetic|trace; util; file; interval; io_mibps
-    [policy]                         kind = threshold|none; high; low; interval; max_migrations;
-                                     power_off; on_no_convergence
+    [policy]                         kind = none or a consolidation policy's name (ours,
+                                     lr-mmt-1.2, thr-mmt-0.8, ...: the policy registry's);
+                                     interval; max_migrations; power_off; on_no_convergence
     [power]                          idle_w, max_w (a linear power model per host)
     [[events]]                       at; kind = network-down|network-up|node-down|node-up|
                                      storage-down|storage-up|migrate|drain; network; node; vm; to
@@ -23,10 +24,11 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from vmcluster.errors import SpecError
+from vmcluster.errors import SpecError, UsageError
 from vmcluster.model import ClusterSettings, ClusterSpec, Network, Node, Vm
 from vmcluster.model.spec import load_spec, spec_from_source
 from vmcluster.model.tomlsource import TableRef, TomlSource, load_toml
+from vmcluster.policy.power.registry import make_policy
 from vmcluster.substrate.sim.workload import Workload, constant, from_csv, parse_time, synthetic
 
 __all__ = ["EVENT_KINDS", "Event", "PolicyParams", "PowerParams", "Scenario", "load_scenario"]
@@ -44,8 +46,7 @@ _TABLES: dict[str, set[str]] = {
                  "max_concurrent_migrations"},
     "workload": {"kind", "util", "file", "interval", "io_mibps", "mean_low", "mean_high",
                  "amplitude"},
-    "policy": {"kind", "high", "low", "interval", "max_migrations", "power_off",
-               "on_no_convergence"},
+    "policy": {"kind", "interval", "max_migrations", "power_off", "on_no_convergence"},
     "power": {"idle_w", "max_w"},
 }
 _GEN_VM = {"count", "memory_mib", "vcpus", "dirty_mibps", "wws_mib", "max_downtime_ms", "name"}
@@ -64,9 +65,7 @@ class Event:
 
 @dataclass(frozen=True)
 class PolicyParams:
-    kind: str = "none"
-    high: float = 0.8
-    low: float = 0.2
+    kind: str = "none"  # or a name the policy registry knows
     interval_s: float = 300.0
     max_migrations: int = 20
     power_off: bool = True
@@ -156,17 +155,19 @@ def load_scenario(path: Path | str) -> Scenario:
     seed = scn.int_("seed", 0)
     workload, io = _workload(src, spec, path, duration, seed)
     pol = _table(src, "policy")
+    kind = pol.text("kind", "none")
+    try:
+        if kind != "none" and make_policy(kind) is None:
+            kind = "none"  # a baseline (npa, dvfs): nothing moves
+    except UsageError as exc:
+        raise pol.fail("kind", str(exc)) from exc
     policy = PolicyParams(
-        kind=pol.text("kind", "none", ("none", "threshold")),
-        high=pol.num("high", 0.8, 0.0, 1.0),
-        low=pol.num("low", 0.2, 0.0, 1.0),
+        kind=kind,
         interval_s=pol.time("interval", 300.0),
         max_migrations=pol.int_("max_migrations", 20),
         power_off=bool(pol.data.get("power_off", True)),
         on_no_convergence=pol.text("on_no_convergence", "force", ("force", "throttle", "abort")),
     )
-    if policy.low >= policy.high:
-        raise pol.fail("low", f"low ({policy.low}) must be below high ({policy.high})")
     if policy.interval_s <= 0:
         raise pol.fail("interval", "interval must be > 0")
     pw = _table(src, "power")

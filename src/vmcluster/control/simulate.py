@@ -1,28 +1,31 @@
 """Run a scenario on the simulation substrate and report what happened.
 
 Scenario events (faults, operator migrations and drains) are applied when due;
-after each utilisation update a simple threshold policy moves VMs off hosts above
-``high``, empties hosts below ``low`` and powers empty hosts off (and one back on
-when no host has room); migrations take the network the policy picks for each
-node pair and fall back along its order. Faults are met by the cluster's own
-manager (:class:`~vmcluster.control.manager.Manager`), run in virtual time over
-the hosts' reports and an in-memory store (:mod:`vmcluster.control.simhosts`): it
+every policy interval the scenario's consolidation policy (a name the policy
+registry knows: ``lr-mmt-1.2``, ``ours``, ...) plans as ``lab consolidate`` does,
+with each VM's load history, and its moves and power changes are carried out;
+migrations take the network the plan predicted for each node pair and fall back
+along the policy's order. Faults are met by the cluster's own manager
+(:class:`~vmcluster.control.manager.Manager`), run in virtual time over the
+hosts' reports and an in-memory store (:mod:`vmcluster.control.simhosts`): it
 finds a crashed node dead from the others' heartbeat views and restarts its VMs
 by :func:`failover_plan` (quorum, priorities, preferred owners, anti-affinity,
 room) once the isolated side has had time to stop them. A drain's targets come
 from :func:`drain_plan`. The trace carries the manager's events in the store's
-own words and names the policy of each restart and drain move. Energy comes from
-a linear power model.
+own words and names the policy of each restart, drain and consolidation move.
+Energy comes from a linear power model.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from vmcluster.control.consolidate import LoadHistory, make_plan, observe
 from vmcluster.control.scenario import Event, PolicyParams, PowerParams, Scenario
 from vmcluster.control.simhosts import SimHosts
 from vmcluster.errors import MigrationError, SubstrateError
@@ -36,6 +39,7 @@ from vmcluster.policy.failover import (
     restart_not_before,
 )
 from vmcluster.policy.networks import live_migration_order, routes
+from vmcluster.policy.power.detection import HISTORY
 from vmcluster.substrate.protocol import MigrationHandle, MigrationParams, MigrationResult
 from vmcluster.substrate.sim import SimSubstrate
 from vmcluster.substrate.sim.workload import constant
@@ -58,6 +62,10 @@ class Report:
     hosts: list[dict[str, Any]] = field(default_factory=list)
     energy_kwh: float = 0.0
     events: int = 0
+    # Wall seconds spent planning consolidation (observe, the policy, the mapping); not in
+    # to_json, which stays the same for a scenario and seed.
+    planning_s: float = field(default=0.0, compare=False)
+    policy_s: float = field(default=0.0, compare=False)  # of which the policy's decide()
 
     def to_json(self) -> dict[str, Any]:
         s = self.scenario
@@ -113,6 +121,11 @@ class _Runner:
         self.sub.engine.on_end = self._ended
         self.sub.on_tick.append(self._tick)
         self.next_policy = 0.0
+        self.decisions = 0
+        # Each VM's loads, latest first: what the policies' detectors regress on.
+        self.history = LoadHistory({n: i for i, n in enumerate(self.vm_names)},
+                                   np.zeros((len(self.vm_names), HISTORY)),
+                                   np.zeros(len(self.vm_names), dtype=np.int64))
         # The cluster's own manager, on an in-memory store in virtual time.
         self.hosts = SimHosts(self.sub, self.spec,
                               lambda vm, to: self._migrate(vm, to, "manager: drain"))
@@ -155,10 +168,14 @@ class _Runner:
         self._account()
         if self.progress is not None:
             self.progress(self.sub.now())
+        h = self.history
+        h.loads[:, 1:] = h.loads[:, :-1]
+        h.loads[:, 0] = self.sub.vm_util
+        np.minimum(h.counts + 1, HISTORY, out=h.counts)
         if self.sub.now() + 1e-9 >= self.next_policy:
             self.next_policy = self.sub.now() + self.scn.policy.interval_s
-            if self.scn.policy.kind == "threshold":
-                self._threshold()
+            if self.scn.policy.kind != "none":
+                self._consolidate()
         util = self.sub.utilisation_array()
         up = np.array([n.state == "up" for n in self.sub.nodes.values()])
         active = int(up.sum())
@@ -307,85 +324,38 @@ class _Runner:
         if not result.ok and fallbacks and self.sub.vms[handle.vm].node == handle.source:
             self._migrate(handle.vm, handle.target, reason + " (retry)", fallbacks)
 
-    # -- the threshold policy -------------------------------------------------------
+    # -- consolidation: the scenario's policy, planned as `lab consolidate` plans ---------
 
-    def _threshold(self) -> None:
+    def _timed(self, seconds: float) -> None:
+        self.report.policy_s += seconds
+
+    def _consolidate(self) -> None:
+        """One decision of the scenario's consolidation policy (a name the policy registry
+        knows), planned by :func:`~vmcluster.control.consolidate.make_plan` from what the
+        substrate shows now, as ``vmcluster lab consolidate`` plans: hosts it needs are
+        powered on, at most ``max_migrations`` of its moves start (VMs already in flight
+        stay), and hosts left empty are powered off once their last VM has gone."""
         pol, sub = self.scn.policy, self.sub
-        util = sub.utilisation_array()
-        nodes = list(sub.nodes.values())
-        up = np.array([n.state == "up" for n in nodes])
-        free = np.array([n.memory_mib - n.used_mib for n in nodes], dtype=np.float64)
-        vm_node = sub.vm_node_indices()
-        vm_load = sub.vm_util * np.array([v.vcpus for v in self.spec.vms]) / np.where(
-            vm_node >= 0, self.cores[np.maximum(vm_node, 0)], 1.0)
-        budget = pol.max_migrations
-        locked = np.zeros(len(nodes), dtype=bool)  # sources of this round: take no VMs
-
-        def place(i: int, exclude: int, cap: float, best_fit: bool) -> int | None:
-            add = vm_load[i] * self.cores[exclude] / self.cores
-            ok = up & ~locked & (free >= self.vm_mem[i]) & (util + add <= cap)
-            ok[exclude] = False
-            if not ok.any():
-                return None
-            score = np.where(ok, util if best_fit else -util, -np.inf)
-            return int(np.argmax(score))
-
-        def move(i: int, src: int, dst: int) -> None:
-            nonlocal budget
-            add = vm_load[i] * self.cores[src] / self.cores[dst]
-            util[src] -= vm_load[i]
-            util[dst] += add
-            free[dst] -= self.vm_mem[i]
-            self._migrate(self.vm_names[i], nodes[dst].name, "threshold")
-            budget -= 1
-
-        by_node: dict[int, list[int]] = {}
-        for i in np.flatnonzero(vm_node >= 0).tolist():
-            if self.vm_names[i] not in self.busy:
-                by_node.setdefault(int(vm_node[i]), []).append(i)
-        for h in np.argsort(-util, kind="stable").tolist():
-            if budget <= 0 or util[h] <= pol.high:
-                break
-            for i in sorted(by_node.get(h, []), key=lambda i: -vm_load[i]):
-                if util[h] <= pol.high or budget <= 0:
-                    break
-                dst = place(i, h, pol.high, best_fit=False)
-                if dst is None:
-                    self._power_on_one()
-                    break
-                move(i, h, dst)
-            locked[h] = True
-        for h in np.argsort(util, kind="stable").tolist():
-            if budget <= 0 or not up[h] or util[h] >= pol.low or locked[h]:
-                continue
-            vms = by_node.get(h, [])
-            if not vms or len(vms) > budget:
-                continue
-            locked[h] = True
-            plan = []
-            for i in vms:
-                dst = place(i, h, pol.high, best_fit=True)
-                if dst is None:
-                    break
-                plan.append((i, dst))
-                util[dst] += vm_load[i] * self.cores[h] / self.cores[dst]
-                free[dst] -= self.vm_mem[i]
-            for i, dst in plan:  # undo the tentative placement; move() re-applies it
-                util[dst] -= vm_load[i] * self.cores[h] / self.cores[dst]
-                free[dst] += self.vm_mem[i]
-            if len(plan) == len(vms):
-                for i, dst in plan:
-                    move(i, h, dst)
+        cpu = dict(zip(self.vm_names, sub.vm_util.tolist(), strict=True))
+        self.decisions += 1
+        t0 = time.perf_counter()
+        plan = make_plan(observe(sub, self.spec, vm_cpu=cpu), self.spec, pol.kind,
+                         seed=self.scn.seed + self.decisions, history=self.history,
+                         max_moves=pol.max_migrations, timed=self._timed)
+        self.report.planning_s += time.perf_counter() - t0
+        for node in plan.power_on:
+            self.sub.emit("decision", policy=pol.kind, action="power-on", node=node)
+            sub.set_power(node, True)
+        for m in plan.migrations:
+            if m.vm in self.busy:
+                continue  # still moving from the last round
+            self.sub.emit("decision", policy=pol.kind, action="migrate", vm=m.vm,
+                          node=m.target, from_node=m.source)
+            self._migrate(m.vm, m.target, pol.kind, [m.network, *m.fallbacks])
         if pol.power_off:
-            for n in nodes:
+            for n in sub.nodes.values():
                 if n.state == "up" and n.used_mib == 0 and n.migrations == 0:
                     sub.set_power(n.name, False)
-
-    def _power_on_one(self) -> None:
-        for n in self.sub.nodes.values():
-            if n.state == "off":
-                self.sub.set_power(n.name, True)
-                return
 
     # -- the report -------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -107,23 +108,37 @@ class ClusterSpec:
     volumes: tuple[Volume, ...] = ()
     source: Path | None = field(default=None, compare=False)
 
+    # Lookups by name in O(1): a datacenter's spec has thousands of VMs, and the planners
+    # look each one up (the cache is not a field: equality and replace() ignore it).
+    @cached_property
+    def _networks_by_name(self) -> dict[str, Network]:
+        return {n.name: n for n in reversed(self.networks)}  # the first of a name wins
+
+    @cached_property
+    def _nodes_by_name(self) -> dict[str, Node]:
+        return {n.name: n for n in reversed(self.nodes)}
+
+    @cached_property
+    def _vms_by_name(self) -> dict[str, Vm]:
+        return {v.name: v for v in reversed(self.vms)}
+
     def network(self, name: str) -> Network:
-        for net in self.networks:
-            if net.name == name:
-                return net
-        raise UsageError(f"unknown network {name!r}; known: {_names(self.networks)}")
+        net = self._networks_by_name.get(name)
+        if net is None:
+            raise UsageError(f"unknown network {name!r}; known: {_names(self.networks)}")
+        return net
 
     def node(self, name: str) -> Node:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise UsageError(f"unknown node {name!r}; known: {_names(self.nodes)}")
+        node = self._nodes_by_name.get(name)
+        if node is None:
+            raise UsageError(f"unknown node {name!r}; known: {_names(self.nodes)}")
+        return node
 
     def vm(self, name: str) -> Vm:
-        for vm in self.vms:
-            if vm.name == name:
-                return vm
-        raise UsageError(f"unknown VM {name!r}; known: {_names(self.vms)}")
+        vm = self._vms_by_name.get(name)
+        if vm is None:
+            raise UsageError(f"unknown VM {name!r}; known: {_names(self.vms)}")
+        return vm
 
 
 def _names(items: tuple[Network, ...] | tuple[Node, ...] | tuple[Vm, ...]) -> str:
