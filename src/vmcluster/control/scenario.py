@@ -26,19 +26,14 @@ from typing import Any
 
 from vmcluster.errors import SpecError, UsageError
 from vmcluster.model import ClusterSettings, ClusterSpec, Network, Node, Vm
+from vmcluster.model.faults import KINDS, LINK_EVENTS, NODE_EVENTS, MoveVm, ScenarioEvent
 from vmcluster.model.spec import load_spec, spec_from_source
 from vmcluster.model.tomlsource import TableRef, TomlSource, load_toml
 from vmcluster.policy.power.registry import make_policy
 from vmcluster.substrate.sim.workload import Workload, constant, from_csv, parse_time, synthetic
 
-__all__ = ["EVENT_KINDS", "Event", "PolicyParams", "PowerParams", "Scenario", "load_scenario"]
+__all__ = ["PolicyParams", "PowerParams", "Scenario", "load_scenario"]
 
-EVENT_KINDS: dict[str, tuple[str, ...]] = {  # kind -> required keys
-    "network-down": ("network",), "network-up": ("network",),
-    "node-down": ("node",), "node-up": ("node",),
-    "storage-down": ("node",), "storage-up": ("node",),
-    "migrate": ("vm", "to"), "drain": ("node",),
-}
 _SPEC_KEYS = {"cluster", "networks", "nodes", "vms", "volumes"}
 _TABLES: dict[str, set[str]] = {
     "scenario": {"name", "duration", "seed", "spec", "bin"},
@@ -50,17 +45,6 @@ _TABLES: dict[str, set[str]] = {
     "power": {"idle_w", "max_w"},
 }
 _GEN_VM = {"count", "memory_mib", "vcpus", "dirty_mibps", "wws_mib", "max_downtime_ms", "name"}
-
-
-@dataclass(frozen=True)
-class Event:
-    at: float
-    kind: str
-    network: str | None = None
-    node: str | None = None
-    vm: str | None = None
-    to: str | None = None
-    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,7 +68,7 @@ class Scenario:
     spec: ClusterSpec
     workload: Workload
     io_mibps: float
-    events: tuple[Event, ...]
+    events: tuple[ScenarioEvent, ...]
     policy: PolicyParams
     power: PowerParams
     duration_s: float
@@ -269,19 +253,20 @@ def _workload(
     return from_csv(path.parent / wl.text("file"), [v.name for v in spec.vms], interval), io
 
 
-def _events(src: TomlSource, spec: ClusterSpec, duration: float) -> tuple[Event, ...]:
+def _events(src: TomlSource, spec: ClusterSpec, duration: float
+            ) -> tuple[ScenarioEvent, ...]:
     raw = src.data.get("events", [])
     if not isinstance(raw, list):
         raise src.error(None, None, "events must be an array of tables ([[events]])")
     nodes = {n.name for n in spec.nodes}
     nets = {n.name for n in spec.networks}
     vms = {v.name for v in spec.vms}
-    out = []
+    out: list[ScenarioEvent] = []
     for i, data in enumerate(raw):
         t = _Tab(src, TableRef("events", i), data)
         src.check_keys(t.ref, data, {"at", "kind", "network", "node", "vm", "to"}, {"at", "kind"})
-        kind = t.text("kind", None, tuple(EVENT_KINDS))
-        for key in EVENT_KINDS[kind]:
+        kind = t.text("kind", None, tuple(KINDS))
+        for key in KINDS[kind]:
             if key not in data:
                 raise t.fail(None, f"a {kind} event needs {key} = ...")
         at = t.time("at", 0)
@@ -292,6 +277,13 @@ def _events(src: TomlSource, spec: ClusterSpec, duration: float) -> tuple[Event,
             if key in data and t.text(key) not in known:
                 raise t.fail(key, f"unknown {what} {data[key]!r}",
                              f"known: {', '.join(sorted(known)[:8])}")
-        out.append(Event(at, kind, data.get("network"), data.get("node"), data.get("vm"),
-                         data.get("to"), src.where(t.ref, "kind")))
+        where = src.where(t.ref, "kind")
+        if kind in LINK_EVENTS:
+            node = data.get("node")
+            out.append(LINK_EVENTS[kind](at, str(data["network"]),
+                                         None if node is None else str(node), where))
+        elif kind in NODE_EVENTS:
+            out.append(NODE_EVENTS[kind](at, str(data["node"]), where))
+        else:
+            out.append(MoveVm(at, str(data["vm"]), str(data["to"]), where))
     return tuple(sorted(out, key=lambda e: e.at))

@@ -26,10 +26,12 @@ from typing import Any
 import numpy as np
 
 from vmcluster.control.consolidate import LoadHistory, make_plan, observe
-from vmcluster.control.scenario import Event, PolicyParams, PowerParams, Scenario
+from vmcluster.control.faults import inject
+from vmcluster.control.scenario import PolicyParams, PowerParams, Scenario
 from vmcluster.control.simhosts import SimHosts
 from vmcluster.errors import MigrationError, SubstrateError
 from vmcluster.model import ClusterSpec
+from vmcluster.model.faults import Drain, LinkDown, LinkUp, MoveVm, NodeDown, NodeUp, ScenarioEvent
 from vmcluster.policy.failover import (
     CLUSTER_FAILOVER,
     CannotPlace,
@@ -148,7 +150,7 @@ class _Runner:
         self._finish()
         return self.report
 
-    def _applier(self, ev: Event) -> Callable[[], None]:
+    def _applier(self, ev: ScenarioEvent) -> Callable[[], None]:
         return lambda: self._apply(ev)
 
     def _account(self) -> None:
@@ -188,36 +190,32 @@ class _Runner:
 
     # -- events -------------------------------------------------------------------
 
-    def _apply(self, ev: Event) -> None:
-        sub, kind = self.sub, ev.kind
-        if kind in ("network-down", "network-up"):
-            nodes = [ev.node] if ev.node else [n.name for n in self.spec.nodes
-                                               if ev.network in n.interfaces]
-            for node in nodes:
-                sub.set_link(ev.network or "", node, kind == "network-up")
-            self.hosts.fault(*(f"{node}/{ev.network}" for node in nodes))
-            self._failure(f"{kind} {ev.network}" + (f"@{ev.node}" if ev.node else ""),
-                          self._routing())
-        elif kind in ("node-down", "node-up"):
-            lost = [v.spec.name for v in sub.vms.values() if v.node == ev.node]
-            sub.set_node(ev.node or "", kind == "node-up")
-            self.hosts.fault(ev.node or "")  # the manager finds out, and fails over
-            if kind == "node-down":
-                entry = {"t": _r(sub.now()), "event": f"node-down {ev.node}", "handled": ""}
-                self.report.failures.append(entry)
-                self.crashes[ev.node or ""] = (entry, lost, [], [])
-                self._crash_handled(ev.node or "")
-            else:
-                self._failure(f"node-up {ev.node}", "node back; it takes VMs again")
-        elif kind in ("storage-down", "storage-up"):
-            sub.set_storage_path(ev.node or "", kind == "storage-up")
+    def _apply(self, ev: ScenarioEvent) -> None:
+        sub = self.sub
+        if isinstance(ev, MoveVm):
+            self._migrate(ev.vm, ev.to, "operator")
+            return
+        if isinstance(ev, Drain):
+            self._drain(ev.node)
+            return
+        lost = ([v.spec.name for v in sub.vms.values() if v.node == ev.node]
+                if isinstance(ev, NodeDown) else [])
+        changed = inject(ev, sub, self.spec)
+        if changed:
+            self.hosts.fault(*changed)  # the manager finds out, and fails over
+        if isinstance(ev, (LinkDown, LinkUp)):
+            self._failure(str(ev), self._routing())
+        elif isinstance(ev, NodeDown):
+            entry = {"t": _r(sub.now()), "event": str(ev), "handled": ""}
+            self.report.failures.append(entry)
+            self.crashes[ev.node] = (entry, lost, [], [])
+            self._crash_handled(ev.node)
+        elif isinstance(ev, NodeUp):
+            self._failure(str(ev), "node back; it takes VMs again")
+        else:
             what = "; ".join(f"I/O of {src} redirected to {dst} over {net}"
                              for net, src, dst in sub.redirects())
-            self._failure(f"{kind} {ev.node}", what or "direct I/O everywhere")
-        elif kind == "migrate":
-            self._migrate(ev.vm or "", ev.to or "", "operator")
-        elif kind == "drain":
-            self._drain(ev.node or "")
+            self._failure(str(ev), what or "direct I/O everywhere")
 
     def _routing(self) -> str:
         if len(self.spec.nodes) > 64:
@@ -424,7 +422,7 @@ def predict_crash(spec: ClusterSpec, placements: Mapping[str, str | None],
     wait = restart_not_before(crash_at, spec.cluster, CLUSTER_FAILOVER) - crash_at
     scn = Scenario(name=f"crash of {node}", spec=replace(spec, vms=vms),
                    workload=constant(len(vms), 0.1), io_mibps=0.0,
-                   events=(Event(at=crash_at, kind="node-down", node=node),),
+                   events=(NodeDown(crash_at, node),),
                    policy=PolicyParams(), power=PowerParams(),
                    duration_s=crash_at + wait + 5.0, seed=0, bin_s=60.0, source="<crash>")
     decided: list[dict[str, Any]] = []
