@@ -15,3 +15,16 @@ def vmc(*args: str, cwd: Path = ROOT, timeout: float = 60.0) -> subprocess.Compl
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     return subprocess.run([sys.executable, "-m", "vmcluster", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
+
+
+class ManualClock:
+    """Virtual time that moves only when someone sleeps (or a test sets ``t``)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)

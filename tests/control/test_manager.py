@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import ManualClock
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds, report_key
 from vmcluster.control.simulate import predict_crash
@@ -35,17 +36,6 @@ OWNERS = {"web": "node1", "db": "node2", "batch": "node3"}
 
 needs_etcd = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server not installed")
 pytestmark = needs_etcd
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += max(0.0, seconds)
 
 
 class Recorder:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ManualClock
 from vmcluster.errors import StoreError
 from vmcluster.store import EtcdClient, embedded
 from vmcluster.store.election import Election, current_leader
@@ -26,19 +27,6 @@ from vmcluster.store.memory import MemoryKV
 from vmcluster.store.state import ClusterState
 
 from .conftest import needs_etcd
-
-
-class HandClock:
-    """Virtual time that moves only when a test sleeps."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class WallClock:
@@ -52,7 +40,7 @@ class WallClock:
 @dataclass
 class Store:
     kv: KV
-    clock: HandClock | WallClock
+    clock: ManualClock | WallClock
 
     def let_lease_expire(self, ttl: int) -> None:
         # etcd's leader checks expiries every 500 ms; one TTL and a margin is enough.
@@ -63,7 +51,7 @@ class Store:
                         pytest.param("etcd", marks=[pytest.mark.lab, needs_etcd])])
 def store(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Store]:
     if request.param == "memory":
-        clock = HandClock()
+        clock = ManualClock()
         yield Store(MemoryKV(clock), clock)
         return
     cluster = embedded(workdir, host="127.0.0.32", timeout=60)
