@@ -308,18 +308,10 @@ class ClusterState:
         kvs, _ = self.client.get_prefix(self.key("nodes", ""))
         return {kv.key.rsplit("/", 1)[1]: kv.json() for kv in kvs}
 
-    def publish_routes(self, observer: str, view: Mapping[str, bool], lease: int = 0) -> int:
-        """An agent's heartbeat view (``"peer/network": up``), optionally on its lease."""
-        return self.client.put(self.key("routes", observer), _dump(dict(view)), lease)
-
     def daemons(self) -> dict[str, dict[str, Any]]:
         """Each host's daemon record (``daemons/<node>``, written by its API part once it
         runs): a host without one has never run in this cluster."""
         kvs, _ = self.client.get_prefix(self.key("daemons", ""))
-        return {kv.key.rsplit("/", 1)[1]: kv.json() for kv in kvs}
-
-    def route_views(self) -> dict[str, dict[str, bool]]:
-        kvs, _ = self.client.get_prefix(self.key("routes", ""))
         return {kv.key.rsplit("/", 1)[1]: kv.json() for kv in kvs}
 
     # -- events -----------------------------------------------------------

@@ -2,9 +2,8 @@
 
 Substrate code never builds QMP dicts inline: it calls ``start_migration``,
 ``query_migrate``... Every call has a timeout; a refusal, a bad reply or a
-disconnect becomes one :class:`~vmcluster.errors.QmpError`. Event listeners
-are registered *before* the command that triggers the event
-(:meth:`Qmp.expect_event` returns a waiter to await after the command).
+disconnect becomes one :class:`~vmcluster.errors.QmpError`. A migration's end
+is awaited on QEMU's own ``MIGRATION`` events (:meth:`Qmp.migration_settled`).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
@@ -95,22 +94,6 @@ class Qmp:
             raise QemuGone(f"{self.name}: monitor went away during {cmd}: {exc}") from exc
         except (OSError, EOFError) as exc:
             raise QemuGone(f"{self.name}: monitor went away during {cmd}: {exc}") from exc
-
-    def expect_event(self, *names: str, timeout_s: float = 30.0) -> Awaitable[dict[str, Any]]:
-        """Register a listener for ``names`` now; await the result after sending the command."""
-        listener = EventListener(names=list(names))
-        self._client.register_listener(listener)
-
-        async def wait() -> dict[str, Any]:
-            try:
-                event = await asyncio.wait_for(listener.get(), timeout=timeout_s)
-                return dict(event)
-            except TimeoutError as exc:
-                raise QmpError(f"{self.name}: no {'/'.join(names)} event in {timeout_s} s") from exc
-            finally:
-                self._client.remove_listener(listener)
-
-        return wait()
 
     async def migration_settled(self, timeout_s: float) -> dict[str, Any]:
         """``query-migrate``, after waiting up to ``timeout_s`` for a migration in progress
@@ -229,17 +212,6 @@ class Qmp:
             "server": {"type": "inet", "host": host, "port": str(port)},
             "tls-creds": tls_creds, "tls-hostname": tls_hostname,
         })
-
-    async def blockdev_reopen_raw(self, node_name: str, file: str, offset: int, size: int
-                                  ) -> None:
-        """Point raw node ``node_name`` at block node ``file`` (same window of it).
-
-        ``blockdev-reopen`` resets every option not given, so offset and size are
-        passed again; QEMU drains and flushes the node (and its old child) first.
-        """
-        await self._run("blockdev-reopen", {"options": [{
-            "driver": "raw", "node-name": node_name, "file": file, "offset": offset,
-            "size": size}]})
 
     async def quorum_add_child(self, parent: str, node: str) -> None:
         """Add block node ``node`` as a child of quorum node ``parent``."""

@@ -59,11 +59,6 @@ class Kernel:
         if until > self.now:
             self.now = until
 
-    def next_time(self) -> float | None:
-        while self._heap and self._heap[0][3] is None:
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
-
 
 class SimClock:
     """The Clock of the Protocol in virtual time: ``sleep`` runs the events it spans."""

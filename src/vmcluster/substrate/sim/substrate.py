@@ -154,10 +154,6 @@ class SimSubstrate:
                            minlength=len(self._cores))
         return np.asarray(np.minimum(load / self._cores, 1.0), dtype=np.float64)
 
-    def vm_node_indices(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """Per VM (spec order) the index of the node whose CPU it uses, or -1."""
-        return self._vm_node.copy()
-
     def redirects(self) -> list[tuple[str, str, str]]:
         """Redirected CSV I/O streams now: (network, from node, to node)."""
         return [(f.network, str(f.links[0][1]), str(f.links[1][1]))  # type: ignore[index]
