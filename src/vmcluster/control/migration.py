@@ -36,8 +36,8 @@ from vmcluster.substrate.protocol import (
 if TYPE_CHECKING:
     from vmcluster.control.ledger import StoreLedger
 
-__all__ = ["MigrationRequest", "Migrator", "ProgressCallback", "known_health", "migrate",
-           "migrate_here"]
+__all__ = ["MigrationRequest", "Migrator", "ProgressCallback", "health_for", "known_health",
+           "migrate", "migrate_here"]
 
 ProgressCallback = Callable[[MigrationHandle, MigrationProgress], None]
 
@@ -49,6 +49,27 @@ def known_health(spec: ClusterSpec, status: SubstrateStatus) -> Health:
         if n.state != "up":
             down.update((net, n.name) for net in spec.node(n.name).interfaces)
     return Health(frozenset(down))
+
+
+# A host's published links can lapse for a moment (its lease renewed late on a busy
+# machine, or an agent restarting): the policy then sees none of that host's links up.
+LINKS_SETTLE_S = 4.0
+
+
+def health_for(substrate: Substrate, spec: ClusterSpec, vm: str, target: str,
+               settle_s: float = LINKS_SETTLE_S) -> Health:
+    """The links' health for moving ``vm`` to ``target``, as the substrate reports it now;
+    when the policy finds no network at all between the two, it looks again (every
+    0.5 s, for at most ``settle_s``) before the caller gives up."""
+    deadline = substrate.clock.now() + settle_s
+    while True:
+        status = substrate.status()
+        health = known_health(spec, status)
+        source = status.vm(vm).node
+        if source is None or source == target or substrate.clock.now() >= deadline or \
+                live_migration_order(spec, health, spec.vm(vm), source, target):
+            return health
+        substrate.clock.sleep(0.5)
 
 
 @dataclass(frozen=True)
@@ -73,8 +94,8 @@ def migrate_here(substrate: Substrate, spec: ClusterSpec, req: MigrationRequest,
                  on_progress: ProgressCallback | None = None,
                  ledger: StoreLedger | None = None) -> MigrationResult:
     """:func:`migrate` in this process, over the links as the substrate reports them now."""
-    return migrate(substrate, spec, known_health(spec, substrate.status()), req, on_progress,
-                   ledger)
+    return migrate(substrate, spec, health_for(substrate, spec, req.vm, req.target), req,
+                   on_progress, ledger)
 
 
 def migrate(

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from vmcluster.control.ledger import StoreLedger
-from vmcluster.control.migration import MigrationRequest, ProgressCallback, known_health, migrate
+from vmcluster.control.migration import MigrationRequest, ProgressCallback, health_for, migrate
 from vmcluster.errors import (
     MigrationCancelled,
     MigrationError,
@@ -209,7 +209,7 @@ class SourceDrives:
             if drive.quick:
                 result = quick_migrate(sub, drive.vm, drive.target, ledger=ledger)
             else:
-                result = migrate(sub, spec, known_health(spec, now),
+                result = migrate(sub, spec, health_for(sub, spec, drive.vm, drive.target),
                                  MigrationRequest(drive.vm, drive.target, params), on_progress,
                                  ledger)
             drive.result, drive.state = result.to_json(), "done"
