@@ -83,7 +83,7 @@ from vmcluster.store.errors import Fenced, StoreConflict
 from vmcluster.store.state import ClusterState, Placement
 from vmcluster.substrate.protocol import Clock
 
-__all__ = ["Actuator", "Manager", "ManagerParams", "MigrationEnds", "report_key"]
+__all__ = ["Actuator", "Manager", "ManagerParams", "MigrationEnds", "quorate", "report_key"]
 
 # Nodes no VM is placed on: "joining" (admitted by `cluster join`, not heard from yet: not
 # down either), "left" (`cluster leave`).
@@ -163,6 +163,13 @@ class ManagerParams:
 # the placements, a consolidation skips VMs already on their target; the others are
 # idempotent).
 RESUMED = frozenset({"drain", "consolidate", "start", "stop", "resume", "delete"})
+
+
+def quorate(spec: ClusterSpec, alive: int) -> bool:
+    """May the side that still hears ``alive`` of the spec's nodes act? The manager's own
+    rule: a strict majority of the votes, the witness counted as not seen (the manager
+    has no path to it yet)."""
+    return has_quorum(len(spec.nodes), alive, spec.cluster.witness, False)
 
 
 def report_key(state: ClusterState, node: str = "") -> str:
@@ -306,7 +313,7 @@ class Manager:
         self.seen = seen
         self._networks(term, seen)
         total = len(self.spec.nodes)
-        if not has_quorum(total, total - len(seen.dead), self.spec.cluster.witness, False):
+        if not quorate(self.spec, total - len(seen.dead)):
             return  # the minority never acts (etcd would refuse our writes anyway)
         nodes = self.state.node_states()
         for node in sorted(seen.heard - seen.dead):

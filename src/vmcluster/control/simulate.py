@@ -27,6 +27,7 @@ import numpy as np
 
 from vmcluster.control.consolidate import LoadHistory, make_plan, observe
 from vmcluster.control.faults import inject
+from vmcluster.control.manager import quorate
 from vmcluster.control.scenario import PolicyParams, PowerParams, Scenario
 from vmcluster.control.simhosts import SimHosts
 from vmcluster.errors import MigrationError, SubstrateError
@@ -37,7 +38,6 @@ from vmcluster.policy.failover import (
     CannotPlace,
     Migrate,
     drain_plan,
-    has_quorum,
     restart_not_before,
 )
 from vmcluster.policy.networks import live_migration_order, routes
@@ -102,6 +102,17 @@ def _r(x: float) -> float:
     return round(x, 6)
 
 
+@dataclass
+class _Crash:
+    """A crash's line in the report (``entry``), completed as the manager's restarts and
+    refusals come in."""
+
+    entry: dict[str, Any]
+    lost: list[str]
+    placed: list[str] = field(default_factory=list)
+    unplaced: list[str] = field(default_factory=list)
+
+
 class _Runner:
     def __init__(self, scn: Scenario, trace: Trace | None,
                  progress: Callable[[float], None] | None) -> None:
@@ -132,7 +143,7 @@ class _Runner:
         self.hosts = SimHosts(self.sub, self.spec,
                               lambda vm, to: self._migrate(vm, to, "manager: drain"))
         self.hosts.on_event.append(self._manager_event)
-        self.crashes: dict[str, tuple[dict[str, Any], list[str], list[str], list[str]]] = {}
+        self.crashes: dict[str, _Crash] = {}  # by node: what its crash cost, as it settles
 
     # -- the run ----------------------------------------------------------------
 
@@ -206,9 +217,7 @@ class _Runner:
         if isinstance(ev, (LinkDown, LinkUp)):
             self._failure(str(ev), self._routing())
         elif isinstance(ev, NodeDown):
-            entry = {"t": _r(sub.now()), "event": str(ev), "handled": ""}
-            self.report.failures.append(entry)
-            self.crashes[ev.node] = (entry, lost, [], [])
+            self.crashes[ev.node] = _Crash(self._failure(str(ev), ""), lost)
             self._crash_handled(ev.node)
         elif isinstance(ev, NodeUp):
             self._failure(str(ev), "node back; it takes VMs again")
@@ -225,8 +234,11 @@ class _Runner:
         return (f"heartbeats and CSV on {r.cluster or 'no network'};"
                 f" live migration on {', '.join(lm) or 'no network'}")
 
-    def _failure(self, event: str, handled: str) -> None:
-        self.report.failures.append({"t": _r(self.sub.now()), "event": event, "handled": handled})
+    def _failure(self, event: str, handled: str) -> dict[str, Any]:
+        """Report ``event`` and how it was handled; the entry, for a later word on it."""
+        entry: dict[str, Any] = {"t": _r(self.sub.now()), "event": event, "handled": handled}
+        self.report.failures.append(entry)
+        return entry
 
     def _node_states(self) -> tuple[set[str], set[str], set[str]]:
         """(up, down, off) nodes now."""
@@ -245,19 +257,20 @@ class _Runner:
                           vm=rec["vm"], node=rec["node"], from_node=rec["from_node"])
             crash = self.crashes.get(str(rec["from_node"]))
             if crash is not None:
-                crash[2].append(f"{rec['vm']}->{rec['node']}")
+                crash.placed.append(f"{rec['vm']}->{rec['node']}")
                 self._crash_handled(str(rec["from_node"]))
         elif kind == "vm_cannot_place":
             for node, crash in self.crashes.items():
-                if rec["vm"] in crash[1]:
-                    crash[3].append(f"{rec['vm']} ({rec['reason']})")
+                if rec["vm"] in crash.lost:
+                    crash.unplaced.append(f"{rec['vm']} ({rec['reason']})")
                     self._crash_handled(node)
 
     def _crash_handled(self, node: str) -> None:
-        entry, lost, placed, unplaced = self.crashes[node]
+        crash = self.crashes[node]
+        lost, placed, unplaced = crash.lost, crash.placed, crash.unplaced
         up, _down, _off = self._node_states()
-        quorum = has_quorum(len(self.spec.nodes), len(up), self.spec.cluster.witness, True)
-        entry["handled"] = (
+        quorum = quorate(self.spec, len(up))  # what the manager decides by
+        crash.entry["handled"] = (
             f"{len(lost)} VMs lost; restarted {', '.join(placed) or 'none'}"
             + (f"; cannot place {', '.join(unplaced)}" if unplaced else "")
             + ("" if quorum or placed else

@@ -26,7 +26,7 @@ from vmcluster.substrate.host import netns
 from vmcluster.substrate.host.layout import LabLayout
 from vmcluster.substrate.host.state import read_state
 
-__all__ = ["crash_node", "isolate_node", "rejoin_node", "start_node"]
+__all__ = ["crash_node", "isolate_node", "rejoin_node", "signal_node", "start_node"]
 
 
 def _spec(layout: LabLayout, node: str) -> ClusterSpec:
@@ -37,13 +37,19 @@ def _spec(layout: LabLayout, node: str) -> ClusterSpec:
     return spec
 
 
-def crash_node(layout: LabLayout, node: str, timeout_s: float = 10.0) -> list[int]:
-    """SIGKILL every process of ``node``; returns their pids once all are gone."""
-    _spec(layout, node)
+def signal_node(layout: LabLayout, node: str, sig: signal.Signals) -> list[int]:
+    """Send ``sig`` to every process of ``node`` (its namespace's); returns their pids."""
     pids = netns.ns_pids(layout.node_ns(node))
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
+    return pids
+
+
+def crash_node(layout: LabLayout, node: str, timeout_s: float = 10.0) -> list[int]:
+    """SIGKILL every process of ``node``; returns their pids once all are gone."""
+    _spec(layout, node)
+    pids = signal_node(layout, node, signal.SIGKILL)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not netns.ns_pids(layout.node_ns(node)):

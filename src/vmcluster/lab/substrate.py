@@ -5,13 +5,12 @@ starting its ``vmclusterd`` again."""
 
 from __future__ import annotations
 
-import contextlib
+import signal
 import time
-
-import psutil
 
 from vmcluster.csv.coordinator import FileBook, coordinator
 from vmcluster.errors import SubstrateError, UsageError
+from vmcluster.lab.faults import signal_node
 from vmcluster.lab.hosts import start_daemon
 from vmcluster.lab.records import LabStoreRecords
 from vmcluster.lab.services import has_control_plane
@@ -63,17 +62,10 @@ class LabSubstrate(QemuSubstrate):
                             f"{node}'s vmclusterd runs again but the cluster has not heard "
                             f"it within 60 s; see {self.layout.daemon_log(node)}")
             return
-        self._kill(node, hard=True)
+        signal_node(self.layout, node, signal.SIGKILL)
         for f in self.layout.qemu_dir(node).glob("*.json"):
             f.unlink(missing_ok=True)
         self.records.set_node_state(node, "down", drop_owners=True)
-
-    def _kill(self, node: str, hard: bool) -> None:
-        """SIGKILL (a crash) or SIGTERM (a clean power-off) every process of ``node``."""
-        for pid in netns.ns_pids(self.layout.node_ns(node)):
-            with contextlib.suppress(psutil.Error):
-                proc = psutil.Process(pid)
-                proc.kill() if hard else proc.terminate()
 
     def set_storage_path(self, node: str, up: bool) -> None:
         """Cut or restore ``node``'s path to the SAN (its storage interfaces), then let its
@@ -109,5 +101,5 @@ class LabSubstrate(QemuSubstrate):
             return
         if any(v.node == node for v in self.status().vms):
             raise SubstrateError(f"{node} still runs VMs; migrate them away first")
-        self._kill(node, hard=False)
+        signal_node(self.layout, node, signal.SIGTERM)  # a clean power-off
         self.records.set_node_state(node, "off")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import TypeVar
 
 from vmcluster.errors import UsageError
 from vmcluster.model.network import Network
@@ -15,6 +16,7 @@ __all__ = ["ClusterSettings", "ClusterSpec", "Node", "Vm", "Volume"]
 
 
 MIB = 1024 * 1024  # bytes in a MiB: sizes in specs are MiB, on the wire bytes
+
 
 @dataclass(frozen=True)
 class ClusterSettings:
@@ -111,34 +113,29 @@ class ClusterSpec:
     # Lookups by name in O(1): a datacenter's spec has thousands of VMs, and the planners
     # look each one up (the cache is not a field: equality and replace() ignore it).
     @cached_property
-    def _networks_by_name(self) -> dict[str, Network]:
-        return {n.name: n for n in reversed(self.networks)}  # the first of a name wins
-
-    @cached_property
-    def _nodes_by_name(self) -> dict[str, Node]:
-        return {n.name: n for n in reversed(self.nodes)}
-
-    @cached_property
-    def _vms_by_name(self) -> dict[str, Vm]:
-        return {v.name: v for v in reversed(self.vms)}
+    def _by_name(self) -> tuple[dict[str, Network], dict[str, Node], dict[str, Vm]]:
+        return ({n.name: n for n in reversed(self.networks)},  # the first of a name wins
+                {n.name: n for n in reversed(self.nodes)},
+                {v.name: v for v in reversed(self.vms)})
 
     def network(self, name: str) -> Network:
-        net = self._networks_by_name.get(name)
-        if net is None:
-            raise UsageError(f"unknown network {name!r}; known: {_names(self.networks)}")
-        return net
+        return _find(self._by_name[0], name, "network", self.networks)
 
     def node(self, name: str) -> Node:
-        node = self._nodes_by_name.get(name)
-        if node is None:
-            raise UsageError(f"unknown node {name!r}; known: {_names(self.nodes)}")
-        return node
+        return _find(self._by_name[1], name, "node", self.nodes)
 
     def vm(self, name: str) -> Vm:
-        vm = self._vms_by_name.get(name)
-        if vm is None:
-            raise UsageError(f"unknown VM {name!r}; known: {_names(self.vms)}")
-        return vm
+        return _find(self._by_name[2], name, "VM", self.vms)
+
+
+_T = TypeVar("_T", Network, Node, Vm)
+
+
+def _find(by_name: Mapping[str, _T], name: str, what: str, items: tuple[_T, ...]) -> _T:
+    got = by_name.get(name)
+    if got is None:
+        raise UsageError(f"unknown {what} {name!r}; known: {_names(items)}")
+    return got
 
 
 def _names(items: tuple[Network, ...] | tuple[Node, ...] | tuple[Vm, ...]) -> str:

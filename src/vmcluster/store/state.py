@@ -91,10 +91,11 @@ class ClusterState:
 
     @property
     def etcd(self) -> EtcdClient:
-        """The store as etcd, for what only etcd has: its members (a cluster whose store is
-        in memory, the simulator's, has none)."""
+        """The store as etcd, for what only etcd has: its members and its watches (a
+        cluster whose store is in memory, the simulator's, has neither)."""
         if not isinstance(self.client, EtcdClient):
-            raise StoreError("this cluster's store is in memory: it has no etcd members")
+            raise StoreError("this cluster's store is in memory: it has no etcd members "
+                             "or watches")
         return self.client
 
     def key(self, *parts: str) -> str:
@@ -362,17 +363,7 @@ class ClusterState:
         for seq, rec in past:
             last = seq
             yield seq, rec
-        if not isinstance(self.client, EtcdClient):  # a store without watches: poll it
-            while (stop is None or not stop()) and (
-                deadline is None or self.clock.now() < deadline
-            ):
-                fresh, _ = self.events(last)
-                for seq, rec in fresh:
-                    last = seq
-                    yield seq, rec
-                self.clock.sleep(poll_s)
-            return
-        with Watch(self.client, self.key("events", ""), prefix=True, start_revision=rev + 1) as w:
+        with Watch(self.etcd, self.key("events", ""), prefix=True, start_revision=rev + 1) as w:
             while (stop is None or not stop()) and (
                 deadline is None or self.clock.now() < deadline
             ):
