@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from vmcluster.node.api import ApiContext, create_app
+from vmcluster.node.cache import CachedKV
 from vmcluster.node.config import NodeConfig
 from vmcluster.pki import token_hash
 from vmcluster.store import EtcdClient, embedded
@@ -31,26 +32,30 @@ def api() -> Iterator[tuple[TestClient, ClusterState]]:
         cfg = NodeConfig(path=base / "vmclusterd.toml", node="node1", cluster="t",
                          run_dir=base / "run", endpoints=tuple(cluster.endpoints()),
                          api_listen=("198.18.1.11",))
-        with TestClient(create_app(ApiContext(cfg, state))) as client:
-            yield client, state
+        ctx = ApiContext(cfg, state)
+        with TestClient(create_app(ctx)) as client:
+            assert ctx.cache is not None and ctx.cache.healthy
+            # The test writes as a host would, through etcd; each write returns once the
+            # API's cache holds it, so what the test wrote is what the API reads next.
+            yield client, ClusterState(CachedKV(ctx.cache), "t")
     finally:
         cluster.close()
         shutil.rmtree(base, ignore_errors=True)
 
 
-def test_health_needs_no_token_everything_else_an_admin_one(
+def test_health_needs_no_token_everything_else_a_known_one(
     api: tuple[TestClient, ClusterState],
 ) -> None:
     client, state = api
     assert client.get("/api/v1/health").json()["node"] == "node1"
     assert client.get("/api/v1/cluster/status").status_code == 401
     bad = client.get("/api/v1/cluster/status", headers={"Authorization": "Bearer nope"})
-    assert bad.status_code == 403
+    assert bad.status_code == 401 and bad.json()["error"]["code"] == "unauthorized"
     state.client.put(state.key("tokens", token_hash("viewer-token")),
                      json.dumps({"role": "viewer"}).encode())
     viewer = client.get("/api/v1/cluster/status",
                         headers={"Authorization": "Bearer viewer-token"})
-    assert viewer.status_code == 403
+    assert viewer.status_code == 403  # a role this version does not know reads nothing
     # The store holds the token's hash only: the token itself is nowhere in it.
     kvs, _ = state.client.get_prefix(state.key(""))
     assert all(b"viewer-token" not in kv.value and "viewer-token" not in kv.key for kv in kvs)
@@ -193,3 +198,135 @@ def test_the_event_log_is_read_and_long_polled_through_the_api(
     assert empty == {"events": [], "last": 3}
     bad = client.get("/api/v1/events?wait_s=99", headers=auth)
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "wait_s"
+
+
+def _admin(state: ClusterState) -> dict[str, str]:
+    state.client.put(state.key("tokens", token_hash("admin-token")),
+                     json.dumps({"role": "admin", "name": "admin"}).encode())
+    return {"Authorization": "Bearer admin-token"}
+
+
+def test_tokens_have_roles_and_every_write_is_audited_with_its_token(
+    api: tuple[TestClient, ClusterState],
+) -> None:
+    client, state = api
+    admin = _admin(state)
+    state.put_spec(SPEC)
+    made = client.post("/api/v1/tokens", json={"name": "grafana", "role": "read-only"},
+                       headers=admin)
+    assert made.status_code == 201, made.json()
+    secret = made.json()["token"]
+    assert made.json()["role"] == "read-only" and made.json()["by"] == "admin (admin)"
+    reader = {"Authorization": f"Bearer {secret}"}
+    # A read-only token reads everything but the tokens, and writes nothing (403).
+    assert client.get("/api/v1/vms", headers=reader).status_code == 200
+    assert client.get("/api/v1/nodes", headers=reader).status_code == 200
+    assert client.get("/api/v1/tokens", headers=reader).status_code == 403
+    refused = client.post("/api/v1/nodes/node2/drain", headers=reader)
+    assert refused.status_code == 403 and "read-only" in refused.json()["error"]["message"]
+    assert client.post("/api/v1/tokens", json={"name": "x"}, headers=reader).status_code == 403
+    # Bad bodies: one error naming the field; nothing made.
+    for body, field in [({"name": "grafana"}, "name"), ({"name": "a b"}, "name"),
+                        ({"name": "y", "role": "root"}, "role"),
+                        ({"name": "y", "colour": "red"}, "colour")]:
+        bad = client.post("/api/v1/tokens", json=body, headers=admin)
+        assert bad.status_code in (409, 422) and bad.json()["error"]["field"] == field, bad.json()
+    listed = client.get("/api/v1/tokens", headers=admin).json()["tokens"]
+    assert [t["name"] for t in listed] == ["admin", "grafana"]
+    assert all("token" not in t for t in listed)
+    kvs, _ = state.client.get_prefix(state.key(""))
+    assert all(secret.encode() not in kv.value and secret not in kv.key for kv in kvs)
+    # The audit trail: each write, allowed or refused, with the token's name and role.
+    drained = client.post("/api/v1/nodes/node2/drain", headers=admin)
+    assert drained.status_code == 202 and drained.json()["by"] == "admin (admin)"
+    audit = [e for e in client.get("/api/v1/events", headers=admin).json()["events"]
+             if e["kind"] == "api_write"]
+    assert [(e["method"], e["path"], e["status"], e["token"], e["role"]) for e in audit] == [
+        ("POST", "/api/v1/tokens", 201, "admin", "admin"),
+        ("POST", "/api/v1/nodes/node2/drain", 403, "grafana", "read-only"),
+        ("POST", "/api/v1/tokens", 403, "grafana", "read-only"),
+        ("POST", "/api/v1/tokens", 409, "admin", "admin"),
+        ("POST", "/api/v1/tokens", 422, "admin", "admin"),
+        ("POST", "/api/v1/tokens", 422, "admin", "admin"),
+        ("POST", "/api/v1/tokens", 422, "admin", "admin"),
+        ("POST", "/api/v1/nodes/node2/drain", 202, "admin", "admin"),
+    ]
+    # Revoked: refused at once; a token cannot revoke itself.
+    assert client.delete("/api/v1/tokens/admin", headers=admin).status_code == 409
+    assert client.delete("/api/v1/tokens/grafana", headers=admin).json()["revoked"] is True
+    assert client.get("/api/v1/vms", headers=reader).status_code == 401
+    assert client.delete("/api/v1/tokens/grafana", headers=admin).status_code == 404
+
+
+def test_the_cluster_reads_nodes_networks_volumes_migrations_and_metrics(
+    api: tuple[TestClient, ClusterState],
+) -> None:
+    client, state = api
+    admin = _admin(state)
+    state.put_spec(SPEC)
+    for n in ("node1", "node2", "node3"):
+        state.set_node_state(n, "up")
+    made = client.post("/api/v1/vms", headers=admin, json={
+        "name": "web", "owner": "node1", "memory_mib": 257, "vcpus": 2})
+    assert made.status_code == 201
+    state.place("web", "node1", expect=0, token=None)
+    # node1 hears node2 on every network but Migration; node3 reports nothing (never seen).
+    state.client.put(state.key("reports", "node1"), json.dumps({"routes": {
+        "node2/Public": True, "node2/Heartbeat": True, "node2/Migration": False}}).encode())
+    state.client.put(state.key("reports", "node2"), json.dumps({"routes": {
+        "node1/Public": True, "node1/Heartbeat": True, "node1/Migration": False}}).encode())
+    nodes = {n["name"]: n for n in client.get("/api/v1/nodes", headers=admin).json()["nodes"]}
+    assert nodes["node1"]["vms"] == ["web"] and nodes["node1"]["vcpus_used"] == 2
+    assert nodes["node1"]["report"]["fresh"] and not nodes["node3"]["report"]["fresh"]
+    assert client.get("/api/v1/nodes/node9", headers=admin).status_code == 404
+    nets = client.get("/api/v1/networks", headers=admin).json()
+    by = {n["name"]: n for n in nets["networks"]}
+    assert by["Heartbeat"]["role"] == 1 and by["Heartbeat"]["auto_metric"]
+    assert "heartbeat" in by["Heartbeat"]["carries"] and "csv" in by["Heartbeat"]["carries"]
+    assert "client" in by["Public"]["carries"]
+    assert by["Migration"]["down"] == ["node1", "node2"]
+    assert nets["cluster"] == "Heartbeat"
+    vols = client.get("/api/v1/volumes", headers=admin).json()["volumes"]
+    assert vols[0]["name"] == "CSV1" and vols[0]["vms"] == ["web"]
+    assert {a["node"] for a in vols[0]["nodes"]} <= {"node1", "node2", "node3"}
+    vm = client.get("/api/v1/vms/web", headers=admin).json()
+    assert vm["node"] == "node1" and vm["state"] == "running" and vm["migration"] is None
+    # A migration: its intent, then its record in flight with the passes so far.
+    mig = client.post("/api/v1/vms/web/migrate", json={"to": "node2"}, headers=admin).json()
+    listed = client.get("/api/v1/migrations", headers=admin).json()["migrations"]
+    assert listed[0]["id"] == mig["id"] and listed[0]["state"] == "pending"
+    assert client.get(f"/api/v1/migrations/{mig['id']}", headers=admin).json()["vm"] == "web"
+    pred = client.get("/api/v1/plans/migration?vm=web&to=node2", headers=admin).json()
+    assert pred["source"] == "node1" and pred["network"] and pred["total_s"] > 0
+    bad = client.get("/api/v1/plans/migration?vm=web&to=node9", headers=admin)
+    assert bad.status_code == 422 and "node9" in bad.json()["error"]["message"]
+    drain = client.get("/api/v1/plans/drain?node=node1", headers=admin).json()
+    assert drain["actions"][0]["vm"] == "web" and drain["actions"][0]["target"] in (
+        "node2", "node3")
+    text = client.get("/metrics", headers=admin).text
+    assert 'vmcluster_node_state{node="node1",state="up"} 1.0' in text
+    assert 'vmcluster_network_state{network="Migration",state="down"} 1.0' in text
+    assert 'vmcluster_vms{desired="stopped",state="running"} 1.0' in text
+    assert "vmcluster_migration_downtime_seconds_bucket" in text
+    assert client.get("/metrics").status_code == 401
+
+
+def test_the_stream_sends_the_log_and_each_intent_as_it_changes(
+    api: tuple[TestClient, ClusterState],
+) -> None:
+    client, state = api
+    admin = _admin(state)
+    state.put_spec(SPEC)
+    state.append_event({"kind": "note", "at": 1.0, "node": "node1"})
+    with client.stream("GET", "/api/v1/stream?max_s=2", headers=admin) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        seen: list[str] = []
+        for line in resp.iter_lines():  # bounded: the stream ends after max_s
+            seen.append(line)
+            if line == "event: event":
+                client.post("/api/v1/nodes/node2/drain", headers=admin)
+    kinds = [line.split(": ", 1)[1] for line in seen if line.startswith("event: ")]
+    assert kinds[0] == "event" and "intent" in kinds and "change" in kinds
+    data = [json.loads(line[6:]) for line in seen if line.startswith("data: ")]
+    assert any(d.get("kind") == "drain" and d.get("state") == "pending" for d in data)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
 __all__ = [
+    "ApiWrite",
     "Event",
     "LeaderElected",
     "MigrationDone",
@@ -147,6 +148,22 @@ class MigrationDone(Event):
 @dataclass(frozen=True)
 class LeaderElected(Event):
     token: int
+
+
+@dataclass(frozen=True)
+class ApiWrite(Event):
+    """The audit trail: a write asked of ``node``'s API, by the token named ``token``
+    (with its ``role``), and how it was answered (``status``: the HTTP status)."""
+
+    method: str
+    path: str
+    status: int
+    token: str
+    role: str
+
+    def describe(self) -> str:
+        return (f"api on {self.node}: {self.method} {self.path} -> {self.status} "
+                f"by {self.token} ({self.role})")
 
 
 def event_from_json(data: Mapping[str, Any]) -> Event:

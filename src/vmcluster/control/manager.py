@@ -172,6 +172,23 @@ def quorate(spec: ClusterSpec, alive: int) -> bool:
     return has_quorum(len(spec.nodes), alive, spec.cluster.witness, False)
 
 
+PASSES_KEPT = 100  # of a migration's passes, in its intent's progress
+
+
+def _note_pass(passes: list[dict[str, Any]], p: Mapping[str, Any]) -> bool:
+    """Keep the latest figures of each pass of a migration's progress; True when ``p``
+    starts a new pass."""
+    n = p.get("pass")
+    if not isinstance(n, int) or n < 1:
+        return False
+    entry = {"pass": n, "sent_mib": p.get("sent_mib"), "remaining_mib": p.get("remaining_mib")}
+    if passes and passes[-1]["pass"] == n:
+        passes[-1] = entry
+        return False
+    passes.append(entry)
+    return True
+
+
 def report_key(state: ClusterState, node: str = "") -> str:
     return state.key("reports", node)
 
@@ -690,12 +707,16 @@ class Manager:
             got = intents.get(self.state, it.id)
             return got is not None and got.state == "cancelling"
 
+        passes: list[dict[str, Any]] = []  # a live migration's passes, as they went
+
         def progress(p: Mapping[str, Any]) -> None:
             now = self.clock.now()
-            if now - last[0] >= 0.5:
+            new_pass = _note_pass(passes, p)
+            if new_pass or now - last[0] >= 0.5:  # every pass is seen, the rest twice a second
                 last[0] = now
                 with contextlib.suppress(StoreError, StoreConflict):
-                    intents.update(self.state, it.id, token, progress=dict(p))
+                    intents.update(self.state, it.id, token,
+                                   progress={**p, "passes": passes[-PASSES_KEPT:]})
 
         try:
             if taken == "resume":

@@ -29,21 +29,27 @@ import ssl
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import vmcluster
 from vmcluster.control.consolidate import ConsolidationPlan
-from vmcluster.errors import InputError, SpecError, VmclusterError
+from vmcluster.control.events import ApiWrite
+from vmcluster.errors import InputError, PolicyError, SpecError, UsageError, VmclusterError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import parse_spec
+from vmcluster.node import metrics, views
 from vmcluster.node.access import api_url
 from vmcluster.node.bootstrap import (
     JOIN_TOKEN_TTL_S,
@@ -54,29 +60,79 @@ from vmcluster.node.bootstrap import (
     new_join_token,
     promote_if_learner,
 )
+from vmcluster.node.cache import CachedKV, StoreCache
 from vmcluster.node.config import NodeConfig, load_config
-from vmcluster.pki import NodeCredentials, ca_hash, token_hash
-from vmcluster.store import intents, vms
+from vmcluster.pki import NodeCredentials, ca_hash
+from vmcluster.policy.failover import drain_plan
+from vmcluster.policy.prediction import predict
+from vmcluster.store import intents, tokens, vms
 from vmcluster.store.election import current_leader
 from vmcluster.store.errors import StoreConflict
 from vmcluster.store.etcd import EtcdClient
-from vmcluster.store.state import ClusterState, Placement
+from vmcluster.store.state import ClusterState
 from vmcluster.substrate.host.wire import exchange
 
-__all__ = ["PUBLISH_S", "ApiContext", "create_app", "main"]
+__all__ = ["PUBLISH_S", "ApiContext", "Caller", "create_app", "main"]
 
 PUBLISH_S = 5.0
 CRL_S = 1.0  # a revoked certificate is refused everywhere within about this
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who made a request: the token's name and role."""
+
+    name: str
+    role: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.role})"
+
+
 @dataclass
 class ApiContext:
+    """``state`` reads and writes etcd itself (joins, members, the status's etcd view);
+    ``view`` is the same cluster read through the API's watch-fed cache (every other read,
+    and the writes whose result a client reads back)."""
+
     cfg: NodeConfig
     state: ClusterState
+    cache: StoreCache | None = None
+    _spec_memo: tuple[tuple[int, int, int], ClusterSpec] | None = field(default=None,
+                                                                         repr=False)
 
     @property
     def client(self) -> EtcdClient:
         return self.state.etcd
+
+    @property
+    def view(self) -> ClusterState:
+        if self.cache is None:
+            return self.state
+        return ClusterState(CachedKV(self.cache), self.state.cluster)
+
+    def age(self, key: str) -> float | None:
+        return None if self.cache is None else self.cache.age_s(key)
+
+    def start(self) -> None:
+        if self.cache is None and isinstance(self.state.client, EtcdClient):
+            self.cache = StoreCache(self.state.client, self.state.root).start()
+
+    def stop(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    def spec(self, view: ClusterState) -> ClusterSpec:
+        """The cluster's spec with its VMs, parsed once per change of the spec or a VM."""
+        text = view.client.get(view.key("spec"))
+        if text is None:
+            raise HTTPException(503, "the cluster has no spec yet")
+        defs, _ = view.client.get_prefix(view.key("vms", ""))
+        key = (text.mod_revision, max((kv.mod_revision for kv in defs), default=0), len(defs))
+        if self._spec_memo is None or self._spec_memo[0] != key:
+            self._spec_memo = (key, view.spec())
+        return self._spec_memo[1]
 
     def daemon_record(self) -> dict[str, Any]:
         return {"node": self.cfg.node, "api_url": api_url(self.cfg.api_listen[0],
@@ -99,11 +155,14 @@ class ApiContext:
             return False
         return NodeCredentials(self.cfg.tls_dir).write_crl(kv.value)
 
-    def role_of(self, token: str) -> str | None:
-        kv = self.client.get(self.state.key("tokens", token_hash(token)))
-        if kv is None:
-            return None
-        return str(kv.json().get("role", ""))
+    def caller(self, token: str) -> Caller | None:
+        """The token's name and role; None when the cluster does not know it. The cache
+        answers a known token; an unknown one is looked up in etcd itself (a token made a
+        moment ago on another host)."""
+        rec = tokens.lookup(self.view, token)
+        if rec is None and self.cache is not None:
+            rec = tokens.lookup(self.state, token)
+        return None if rec is None else Caller(rec.name, rec.role)
 
     def status(self) -> dict[str, Any]:
         """What ``vmcluster cluster status --json`` prints."""
@@ -152,39 +211,47 @@ def _local_qemu(cfg: NodeConfig) -> str | None:
 
 
 class JoinRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     node: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     csr: str = Field(min_length=1, max_length=16384, description="PEM certificate request")
 
 
 class MigrateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     to: str = Field(min_length=1, max_length=63, description="the target node")
     mode: Literal["live", "quick"] = Field("live", description="live (pre-copy) or quick "
                                            "(pause, save to the shared path, restore)")
 
 
 class PlanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     plan: dict[str, Any] = Field(description="a consolidation plan's JSON")
 
 
 class StartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     on: str | None = Field(None, min_length=1, max_length=63,
                            description="the node to start on (default: its owner, or where "
                            "the placement rules say)")
 
 
 class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     ttl_s: float = Field(JOIN_TOKEN_TTL_S, gt=0, le=30 * 24 * 3600.0)
+
+
+class ApiTokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=63, pattern=tokens.NAME.pattern)
+    role: Literal["admin", "read-only"] = Field("read-only", description="admin: everything; "
+                                                "read-only: every read but the tokens")
 
 
 _CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found",
           409: "conflict", 422: "invalid", 503: "unavailable"}
-
-
-def _vm_json(rec: vms.VmRecord, placement: Placement | None) -> dict[str, Any]:
-    """A VM as the API shows it: what it is, what is wanted of it, where it runs."""
-    return {"name": rec.name, "definition": rec.definition, "desired": rec.desired,
-            "machine": rec.machine, "node": placement.node if placement else None,
-            "state": placement.state if placement and placement.node else "stopped"}
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+STREAM_MAX_S = 300.0  # an event stream ends by itself after this; the client reconnects
+DASHBOARD = Path(__file__).resolve().parent / "dashboard"
 
 
 def _problem(status: int, message: str, code: str | None = None,
@@ -192,6 +259,10 @@ def _problem(status: int, message: str, code: str | None = None,
     """Every error: ``{"error": {"code", "message", "field"}}`` with its HTTP status."""
     return JSONResponse({"error": {"code": code or _CODES.get(status, "error"),
                                    "message": message, "field": field}}, status_code=status)
+
+
+def _not_found(what: str, name: str, field: str) -> JoinRefused:
+    return JoinRefused(404, "not_found", f"no {what} {name!r} in the cluster", field)
 
 
 def _bearer(request: Request) -> str:
@@ -202,19 +273,59 @@ def _bearer(request: Request) -> str:
     return token.strip()
 
 
+def _sse(kind: str, data: Any, ident: int | None = None) -> str:
+    head = f"id: {ident}\n" if ident is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data, sort_keys=True)}\n\n"
+
+
 def create_app(ctx: ApiContext) -> FastAPI:
-    app = FastAPI(title="vmcluster", version=vmcluster.__version__,
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(ctx.start)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(ctx.stop)
+
+    app = FastAPI(title="vmcluster", version=vmcluster.__version__, lifespan=lifespan,
                   openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
 
-    async def admin(request: Request) -> str:
+    async def reader(request: Request) -> Caller:
+        """Any token the cluster knows (401 otherwise)."""
         token = _bearer(request)
         try:
-            role = await asyncio.to_thread(ctx.role_of, token)
+            who = await asyncio.to_thread(ctx.caller, token)
         except VmclusterError as exc:
             raise HTTPException(503, f"the store does not answer: {exc}") from exc
-        if role != "admin":
-            raise HTTPException(403, "this token is not an admin token of this cluster")
-        return role
+        if who is None:
+            raise HTTPException(401, "this token is not one of this cluster's tokens "
+                                "(`vmcluster token create` makes one)")
+        request.state.caller = who
+        if who.role not in tokens.ROLES:
+            raise HTTPException(403, f"token {who.name!r} has role {who.role!r}, which this "
+                                f"cluster does not know ({', '.join(tokens.ROLES)})")
+        return who
+
+    async def admin(request: Request) -> Caller:
+        """An admin token (403 for a read-only one)."""
+        who = await reader(request)
+        if who.role != "admin":
+            raise HTTPException(403, f"token {who.name!r} is {who.role}; this needs an admin "
+                                "token")
+        return who
+
+    @app.middleware("http")
+    async def audit(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                    ) -> Response:
+        """The audit trail: every write a known token asked, with its answer, is an event."""
+        response = await call_next(request)
+        who = getattr(request.state, "caller", None)
+        if request.method in WRITES and isinstance(who, Caller):
+            event = ApiWrite(time.time(), ctx.cfg.node, request.method, request.url.path,
+                             response.status_code, who.name, who.role)
+            with contextlib.suppress(VmclusterError):
+                await asyncio.to_thread(ctx.view.append_event, event.to_json())
+        return response
 
     @app.exception_handler(JoinRefused)
     async def on_refused(_request: Request, exc: JoinRefused) -> JSONResponse:
@@ -225,7 +336,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if isinstance(exc, SpecError):  # a bad definition: what, which key, what to do
             hint = f" ({exc.hint})" if exc.hint else ""
             return _problem(422, exc.what + hint, "invalid", exc.field)
-        if isinstance(exc, InputError):
+        if isinstance(exc, (InputError, UsageError, PolicyError)):
             return _problem(422, str(exc), "invalid")
         if isinstance(exc, StoreConflict):
             return _problem(409, str(exc))
@@ -238,9 +349,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
         return _problem(422, f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}",
                         "invalid", ".".join(loc) or None)
+
+    # -- joining --------------------------------------------------------------------
 
     @app.get("/api/v1/join/ca")
     async def join_ca() -> dict[str, Any]:
@@ -261,7 +374,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.post("/api/v1/cluster/join-tokens")
     async def join_token(body: TokenRequest | None = None,
-                         _role: str = Depends(admin)) -> dict[str, Any]:
+                         _who: Caller = Depends(admin)) -> dict[str, Any]:
         ttl = body.ttl_s if body is not None else JOIN_TOKEN_TTL_S
         token, expires = await asyncio.to_thread(new_join_token, ctx.state, ttl)
         digest = ca_hash(NodeCredentials(ctx.cfg.tls_dir).ca.read_bytes())
@@ -269,137 +382,276 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"token": token, "expires": expires, "ca_hash": digest,
                 "join_command": join_command(url, token, digest)}
 
-    def _spec() -> ClusterSpec:
-        if ctx.state.spec_text() is None:
-            raise HTTPException(503, "the cluster has no spec yet")
-        return ctx.state.spec()
+    @app.post("/api/v1/nodes/{node}/leave")
+    async def node_leave(node: str, _who: Caller = Depends(admin)) -> dict[str, Any]:
+        got: dict[str, Any] = await asyncio.to_thread(leave, ctx.state, node)
+        return got
 
-    def _submit(kind: str, args: dict[str, Any]) -> JSONResponse:
-        it = intents.submit(ctx.state, kind, args, by="admin")
+    # -- API tokens -----------------------------------------------------------------
+
+    @app.get("/api/v1/tokens")
+    async def token_list(_who: Caller = Depends(admin)) -> dict[str, Any]:
+        """The cluster's API tokens: name, role, when and by whom made (never the secret,
+        which the store does not have)."""
+        got = await asyncio.to_thread(tokens.records, ctx.view)
+        return {"tokens": [r.to_json() for r in got]}
+
+    @app.post("/api/v1/tokens", status_code=201)
+    async def token_create(body: ApiTokenRequest, who: Caller = Depends(admin)
+                           ) -> dict[str, Any]:
+        """A new API token; its secret is in this answer only."""
+        if any(r.name == body.name for r in await asyncio.to_thread(tokens.records, ctx.view)):
+            raise JoinRefused(409, "conflict", f"a token named {body.name!r} exists; revoke "
+                              "it first or pick another name", "name")
+        secret, rec = await asyncio.to_thread(tokens.create, ctx.view, body.name, body.role,
+                                              who.label)
+        return {**rec.to_json(), "token": secret}
+
+    @app.delete("/api/v1/tokens/{name}")
+    async def token_revoke(name: str, who: Caller = Depends(admin)) -> dict[str, Any]:
+        """Revoke a token: refused at once on every host."""
+        if name == who.name:
+            raise JoinRefused(409, "conflict", f"token {name!r} is the one making this "
+                              "request; revoke it with another admin token", "name")
+        if not any(r.name == name for r in await asyncio.to_thread(tokens.records, ctx.view)):
+            raise _not_found("token", name, "name")
+        rec = await asyncio.to_thread(tokens.revoke, ctx.view, name)
+        return {**rec.to_json(), "revoked": True}
+
+    # -- reads ----------------------------------------------------------------------
+
+    def _spec() -> ClusterSpec:
+        return ctx.spec(ctx.view)
+
+    @app.get("/api/v1/cluster")
+    async def cluster_get(_who: Caller = Depends(reader)) -> dict[str, Any]:
+        """The cluster: its name, hosts, etcd members and leader, the elected manager."""
+        return await asyncio.to_thread(ctx.status)
+
+    @app.get("/api/v1/cluster/status")
+    async def cluster_status(_who: Caller = Depends(reader)) -> dict[str, Any]:
+        """What ``vmcluster cluster status`` shows (the same as ``/api/v1/cluster``)."""
+        return await asyncio.to_thread(ctx.status)
+
+    def _nodes() -> dict[str, Any]:
+        return {"nodes": views.nodes(ctx.view, _spec(), ctx.age)}
+
+    @app.get("/api/v1/nodes")
+    async def node_list(_who: Caller = Depends(reader)) -> dict[str, Any]:
+        """Every node: state, resources, the VMs on it, its report and its daemon."""
+        return await asyncio.to_thread(_nodes)
+
+    @app.get("/api/v1/nodes/{node}")
+    async def node_get(node: str, _who: Caller = Depends(reader)) -> dict[str, Any]:
+        got = await asyncio.to_thread(_nodes)
+        for n in got["nodes"]:
+            if n["name"] == node:
+                return dict(n)
+        raise _not_found("node", node, "node")
+
+    @app.get("/api/v1/networks")
+    async def network_list(_who: Caller = Depends(reader)) -> dict[str, Any]:
+        """Each cluster network: role, metric (``auto_metric``), state, what it carries now
+        (heartbeat, csv, client, live_migration) and the route per node pair."""
+        return await asyncio.to_thread(lambda: views.networks(ctx.view, _spec(), ctx.age))
+
+    @app.get("/api/v1/volumes")
+    async def volume_list(_who: Caller = Depends(reader)) -> dict[str, Any]:
+        """Each shared volume: coordinator, VMs on it, every node's access (direct, or
+        redirected via a node over a network)."""
+        return {"volumes": await asyncio.to_thread(lambda: views.volumes(ctx.view, _spec()))}
+
+    @app.get("/api/v1/migrations")
+    async def migration_list(limit: int = Query(50, ge=1, le=1000),
+                             _who: Caller = Depends(reader)) -> dict[str, Any]:
+        """Migrations, newest first: in flight (with the passes so far) and finished."""
+        return {"migrations": await asyncio.to_thread(views.migrations, ctx.view, limit)}
+
+    @app.get("/api/v1/migrations/{intent_id}")
+    async def migration_get(intent_id: str, _who: Caller = Depends(reader)) -> dict[str, Any]:
+        for m in await asyncio.to_thread(views.migrations, ctx.view, 1000):
+            if m["id"] == intent_id:
+                return dict(m)
+        raise _not_found("migration", intent_id, "id")
+
+    @app.post("/api/v1/migrations/{intent_id}/cancel")
+    async def migration_cancel(intent_id: str, _who: Caller = Depends(admin)
+                               ) -> dict[str, Any]:
+        """Cancel a migration: the VM stays on its source."""
+        return await intent_cancel(intent_id, _who)
+
+    # -- plans ----------------------------------------------------------------------
+
+    def _placements() -> dict[str, str | None]:
+        return {vm: p.node for vm, p in ctx.view.placements().items()}
+
+    def _predict(vm: str, to: str) -> dict[str, Any]:
+        spec = _spec()
+        spec.node(to)
+        source = _placements().get(spec.vm(vm).name)
+        if source is None:
+            raise JoinRefused(409, "conflict", f"{vm} does not run; start it before "
+                              "predicting its migration", "vm")
+        seen = views.assessment(ctx.view, spec, ctx.age)
+        flows: dict[str, int] = {}
+        for m in ctx.view.migrations().values():
+            flows[m.network] = flows.get(m.network, 0) + 1
+        pred = predict(spec, seen.health, vm, to, source=source, flows=flows)
+        return {"vm": vm, "source": source, "target": to, **pred.to_json()}
+
+    @app.get("/api/v1/plans/migration")
+    async def plan_migration(vm: str = Query(min_length=1), to: str = Query(min_length=1),
+                             _who: Caller = Depends(reader)) -> dict[str, Any]:
+        """The prediction of migrating ``vm`` to ``to`` now: the network the policy picks,
+        the pre-copy model pass by pass, total time and downtime, before anything starts."""
+        return await asyncio.to_thread(_predict, vm, to)
+
+    def _drain(node: str) -> dict[str, Any]:
+        spec = _spec()
+        spec.node(node)
+        seen = views.assessment(ctx.view, spec, ctx.age)
+        plan = drain_plan(spec, _placements(), node, down=seen.dead)
+        return {"node": node, "actions": plan.to_json()}
+
+    @app.get("/api/v1/plans/drain")
+    async def plan_drain(node: str = Query(min_length=1),
+                         _who: Caller = Depends(reader)) -> dict[str, Any]:
+        """Where a drain of ``node`` would move each VM (by the manager's own rules), and
+        what it could not place."""
+        return await asyncio.to_thread(_drain, node)
+
+    # -- actions: intents the elected manager carries out -----------------------------
+
+    def _submit(kind: str, args: dict[str, Any], who: Caller) -> JSONResponse:
+        it = intents.submit(ctx.view, kind, args, by=who.label)
         return JSONResponse(it.to_json(), status_code=202,
                             headers={"Location": f"/api/v1/intents/{it.id}"})
 
-    def _node_intent(kind: str, node: str) -> JSONResponse:
+    def _node_intent(kind: str, node: str, who: Caller) -> JSONResponse:
         if node not in {n.name for n in _spec().nodes}:
-            raise JoinRefused(404, "not_found", f"no node {node!r} in the cluster", "node")
-        return _submit(kind, {"node": node})
+            raise _not_found("node", node, "node")
+        return _submit(kind, {"node": node}, who)
 
     @app.post("/api/v1/nodes/{node}/drain", status_code=202)
-    async def node_drain(node: str, _role: str = Depends(admin)) -> JSONResponse:
+    async def node_drain(node: str, who: Caller = Depends(admin)) -> JSONResponse:
         """Ask the manager to live-migrate every VM off ``node`` (an intent; 202)."""
-        return await asyncio.to_thread(_node_intent, "drain", node)
+        return await asyncio.to_thread(_node_intent, "drain", node, who)
 
     @app.post("/api/v1/nodes/{node}/resume", status_code=202)
-    async def node_resume(node: str, _role: str = Depends(admin)) -> JSONResponse:
+    async def node_resume(node: str, who: Caller = Depends(admin)) -> JSONResponse:
         """Put a drained or quarantined node back in service (an intent; 202)."""
-        return await asyncio.to_thread(_node_intent, "resume", node)
+        return await asyncio.to_thread(_node_intent, "resume", node, who)
 
-    @app.post("/api/v1/vms/{vm}/migrate", status_code=202)
-    async def vm_migrate(vm: str, body: MigrateRequest,
-                         _role: str = Depends(admin)) -> JSONResponse:
-        """Ask the manager to live-migrate ``vm`` to ``to`` (an intent; 202)."""
-        spec = await asyncio.to_thread(_spec)
+    def _migrate(vm: str, body: MigrateRequest, who: Caller) -> JSONResponse:
+        spec = _spec()
         if vm not in {v.name for v in spec.vms}:
-            raise JoinRefused(404, "not_found", f"no VM {vm!r} in the cluster", "vm")
+            raise _not_found("VM", vm, "vm")
         if body.to not in {n.name for n in spec.nodes}:
             raise JoinRefused(422, "invalid", f"no node {body.to!r} in the cluster", "to")
         args = {"vm": vm, "to": body.to, **({"mode": "quick"} if body.mode == "quick" else {})}
-        return await asyncio.to_thread(_submit, "migrate", args)
+        return _submit("migrate", args, who)
+
+    @app.post("/api/v1/vms/{vm}/migrate", status_code=202)
+    async def vm_migrate(vm: str, body: MigrateRequest,
+                         who: Caller = Depends(admin)) -> JSONResponse:
+        """Ask the manager to live-migrate ``vm`` to ``to`` (an intent; 202); its progress
+        is at ``/api/v1/migrations/{id}`` and in the stream."""
+        return await asyncio.to_thread(_migrate, vm, body, who)
 
     def _vm_view(name: str) -> dict[str, Any]:
-        rec = vms.get(ctx.state, name)
+        rec = vms.get(ctx.view, name)
         if rec is None:
             raise JoinRefused(404, "not_found", f"no VM {name!r} is defined", "vm")
-        return _vm_json(rec, ctx.state.placement(name))
+        flying = ctx.view.migrations().get(name)
+        return views.vm_json(rec, ctx.view.placement(name), None if flying is None else
+                             {"source": flying.source, "target": flying.target,
+                              "network": flying.network, "id": flying.id})
 
-    def _vm_list() -> dict[str, Any]:
-        placements = ctx.state.placements()
-        return {"vms": [_vm_json(r, placements.get(n))
-                        for n, r in vms.records(ctx.state).items()]}
-
-    def _define(body: dict[str, Any]) -> dict[str, Any]:
+    def _define(body: dict[str, Any], who: Caller) -> dict[str, Any]:
         name = body.get("name")
         if not isinstance(name, str) or not name:
             raise JoinRefused(422, "invalid", "a VM needs a name", "name")
         start = body.pop("start", False)
         if not isinstance(start, bool):
             raise JoinRefused(422, "invalid", "start must be true or false", "start")
-        known = vms.records(ctx.state)
+        view = ctx.view
+        known = vms.records(view)
         if name in known:
             raise JoinRefused(409, "conflict", f"a VM named {name!r} is already defined", "name")
         defs = [r.definition for r in known.values()]
         default_volume = "volume" not in body
         if body.get("volume", "") is None:  # `"volume": null`: its disk in the file storage
             body = {k: v for k, v in body.items() if k != "volume"}
-        spec = ctx.state.spec(definitions=[*defs, body])  # SpecError: 422, naming the key
+        spec = view.spec(definitions=[*defs, body])  # SpecError: 422, naming the key
         if default_volume and spec.volumes:
             # On the cluster's shared storage unless it says otherwise: a VM there can
             # migrate and fail over (a declared volume cannot make the definition invalid).
             body = {**body, "volume": spec.volumes[0].name}
         if spec.vm(name).address is not None:  # pinned, so later VMs never shift it
             body = {**body, "address": str(spec.vm(name).address)}
-        rec = vms.define(ctx.state, body)
-        out = _vm_json(rec, None)
+        rec = vms.define(view, body)
+        out = views.vm_json(rec, None)
         if start:
-            vms.set_desired(ctx.state, name, "running")
-            out["intent"] = intents.submit(ctx.state, "start", {"vm": name}, by="admin").to_json()
+            vms.set_desired(view, name, "running")
+            out["intent"] = intents.submit(view, "start", {"vm": name}, by=who.label).to_json()
         return out
 
     @app.get("/api/v1/vms")
-    async def vm_list(_role: str = Depends(admin)) -> dict[str, Any]:
-        """Every VM: its definition, desired state, machine type and where it runs."""
-        got: dict[str, Any] = await asyncio.to_thread(_vm_list)
-        return got
+    async def vm_list(_who: Caller = Depends(reader)) -> dict[str, Any]:
+        """Every VM: its definition, desired and observed state, machine type, where it
+        runs and the migration it is in, if any."""
+        return {"vms": await asyncio.to_thread(views.vm_list, ctx.view)}
 
     @app.post("/api/v1/vms", status_code=201)
-    async def vm_define(body: dict[str, Any], _role: str = Depends(admin)) -> JSONResponse:
+    async def vm_define(body: dict[str, Any], who: Caller = Depends(admin)) -> JSONResponse:
         """Define a VM: the keys of a spec file's ``[[vms]]`` table (``name``, ``owner``,
         ``memory_mib`` required), checked as the spec is; ``"start": true`` also starts it
         (an intent, under ``intent``). Without ``volume`` its disk goes on the cluster's
         first shared volume, if it has one (``"volume": null``: the file storage)."""
-        got = await asyncio.to_thread(_define, dict(body))
+        got = await asyncio.to_thread(_define, dict(body), who)
         return JSONResponse(got, status_code=201,
                             headers={"Location": f"/api/v1/vms/{got['name']}"})
 
     @app.get("/api/v1/vms/{vm}")
-    async def vm_get(vm: str, _role: str = Depends(admin)) -> dict[str, Any]:
+    async def vm_get(vm: str, _who: Caller = Depends(reader)) -> dict[str, Any]:
         return await asyncio.to_thread(_vm_view, vm)
 
     @app.delete("/api/v1/vms/{vm}", status_code=202)
     async def vm_delete(vm: str, keep_disk: bool = False,
-                        _role: str = Depends(admin)) -> JSONResponse:
+                        who: Caller = Depends(admin)) -> JSONResponse:
         """Delete a stopped VM: its disk (unless ``keep_disk``), then its definition; an
         intent the manager carries out. 409 at once while it is placed on a node."""
-        return await asyncio.to_thread(_delete, vm, keep_disk)
+        return await asyncio.to_thread(_delete, vm, keep_disk, who)
 
-    def _delete(vm: str, keep_disk: bool) -> JSONResponse:
+    def _delete(vm: str, keep_disk: bool, who: Caller) -> JSONResponse:
         view = _vm_view(vm)
         if view.get("node"):
             raise StoreConflict(f"{vm} runs on {view['node']}; stop it first "
                                 f"(`vmcluster vm stop {vm}`)")
-        return _submit("delete", {"vm": vm, "keep_disk": keep_disk})
+        return _submit("delete", {"vm": vm, "keep_disk": keep_disk}, who)
 
-    def _desire(vm: str, desired: str, kind: str, args: dict[str, Any]) -> JSONResponse:
+    def _desire(vm: str, desired: str, kind: str, args: dict[str, Any],
+                who: Caller) -> JSONResponse:
         _vm_view(vm)
-        vms.set_desired(ctx.state, vm, desired)
-        return _submit(kind, args)
+        vms.set_desired(ctx.view, vm, desired)
+        return _submit(kind, args, who)
 
     @app.post("/api/v1/vms/{vm}/start", status_code=202)
     async def vm_start(vm: str, body: StartRequest | None = None,
-                       _role: str = Depends(admin)) -> JSONResponse:
+                       who: Caller = Depends(admin)) -> JSONResponse:
         """Run ``vm`` (desired state: running): the manager places and starts it (202)."""
         on = body.on if body is not None else None
         if on is not None and on not in {n.name for n in (await asyncio.to_thread(_spec)).nodes}:
             raise JoinRefused(422, "invalid", f"no node {on!r} in the cluster", "on")
         args = {"vm": vm, **({"on": on} if on else {})}
-        return await asyncio.to_thread(_desire, vm, "running", "start", args)
+        return await asyncio.to_thread(_desire, vm, "running", "start", args, who)
 
     @app.post("/api/v1/vms/{vm}/stop", status_code=202)
-    async def vm_stop(vm: str, _role: str = Depends(admin)) -> JSONResponse:
+    async def vm_stop(vm: str, who: Caller = Depends(admin)) -> JSONResponse:
         """Stop ``vm`` (desired state: stopped): its QEMU quits, nothing restarts it (202)."""
-        return await asyncio.to_thread(_desire, vm, "stopped", "stop", {"vm": vm})
+        return await asyncio.to_thread(_desire, vm, "stopped", "stop", {"vm": vm}, who)
 
-    def _consolidation(plan: dict[str, Any]) -> JSONResponse:
+    def _consolidation(plan: dict[str, Any], who: Caller) -> JSONResponse:
         parsed = ConsolidationPlan.from_json(plan)
         spec = _spec()
         vms_, nodes = {v.name for v in spec.vms}, {n.name for n in spec.nodes}
@@ -414,39 +666,43 @@ def create_app(ctx: ApiContext) -> FastAPI:
             if node not in nodes:
                 raise JoinRefused(422, "invalid", f"plan: no node {node!r} in the cluster",
                                   "plan")
-        return _submit("consolidate", {"plan": plan})
+        return _submit("consolidate", {"plan": plan}, who)
 
     @app.post("/api/v1/consolidations", status_code=202)
     async def consolidation_apply(body: PlanRequest,
-                                  _role: str = Depends(admin)) -> JSONResponse:
+                                  who: Caller = Depends(admin)) -> JSONResponse:
         """Apply a consolidation plan (as ``lab consolidate --json`` prints it): the
         manager migrates, then powers the emptied nodes off (an intent; 202)."""
-        return await asyncio.to_thread(_consolidation, body.plan)
+        return await asyncio.to_thread(_consolidation, body.plan, who)
+
+    @app.get("/api/v1/intents")
+    async def intent_list(limit: int = Query(50, ge=1, le=1000),
+                          _who: Caller = Depends(reader)) -> dict[str, Any]:
+        """What the API was asked to do, newest first, with each one's state and result."""
+        got = await asyncio.to_thread(intents.every, ctx.view)
+        return {"intents": [i.to_json() for i in reversed(got)][:limit]}
 
     @app.get("/api/v1/intents/{intent_id}")
-    async def intent_get(intent_id: str, _role: str = Depends(admin)) -> dict[str, Any]:
-        it = await asyncio.to_thread(intents.get, ctx.state, intent_id)
+    async def intent_get(intent_id: str, _who: Caller = Depends(reader)) -> dict[str, Any]:
+        it = await asyncio.to_thread(intents.get, ctx.view, intent_id)
         if it is None:
             raise JoinRefused(404, "not_found", f"no intent {intent_id}", "id")
         return it.to_json()
 
     @app.post("/api/v1/intents/{intent_id}/cancel")
-    async def intent_cancel(intent_id: str, _role: str = Depends(admin)) -> dict[str, Any]:
+    async def intent_cancel(intent_id: str, _who: Caller = Depends(admin)) -> dict[str, Any]:
         """Cancel: a pending intent at once, a running one at its next safe point (the VM
         in flight stays on its source)."""
-        if await asyncio.to_thread(intents.get, ctx.state, intent_id) is None:
+        if await asyncio.to_thread(intents.get, ctx.view, intent_id) is None:
             raise JoinRefused(404, "not_found", f"no intent {intent_id}", "id")
-        it = await asyncio.to_thread(intents.cancel, ctx.state, intent_id)
+        it = await asyncio.to_thread(intents.cancel, ctx.view, intent_id)
         return it.to_json()
 
-    @app.post("/api/v1/nodes/{node}/leave")
-    async def node_leave(node: str, _role: str = Depends(admin)) -> dict[str, Any]:
-        got: dict[str, Any] = await asyncio.to_thread(leave, ctx.state, node)
-        return got
+    # -- the event log, and everything that changes, as it happens -----------------------
 
     @app.get("/api/v1/events")
     async def events(after: int = 0, wait_s: float = 0.0, limit: int = 1000,
-                     _role: str = Depends(admin)) -> Any:
+                     _who: Caller = Depends(reader)) -> Any:
         """The event log after sequence number ``after`` (at most ``limit``, oldest first);
         ``wait_s`` (up to 30): when there is none yet, wait that long for one. ``last``: the
         sequence number to ask ``after`` next."""
@@ -460,23 +716,87 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     def _events(after: int, wait_s: float, limit: int) -> dict[str, Any]:
         deadline = time.monotonic() + wait_s
+        view = ctx.view
         while True:  # bounded by wait_s
-            got, _rev = ctx.state.events(after)
-            if got or time.monotonic() >= deadline:
+            got, rev = view.events(after)
+            left = deadline - time.monotonic()
+            if got or left <= 0:
                 break
-            time.sleep(0.25)
+            if ctx.cache is not None:
+                ctx.cache.wait_change(rev, min(left, 1.0))
+            else:
+                time.sleep(min(left, 0.25))
         got = got[:limit]
         return {"events": [{"seq": seq, **rec} for seq, rec in got],
                 "last": got[-1][0] if got else after}
+
+    def _changes(after_seq: int, after_rev: int) -> tuple[list[str], int, int]:
+        """Server-sent events for what changed after ``after_rev``: new log events, the
+        intents (with migrations' progress) that changed, and one ``change`` with the
+        revision so that a page knows to refresh its views."""
+        view = ctx.view
+        got, rev = view.events(after_seq)
+        out = [_sse("event", {"seq": seq, **rec}, seq) for seq, rec in got]
+        last = got[-1][0] if got else after_seq
+        for it in intents.every(view):
+            if it.revision > after_rev:
+                out.append(_sse("intent", it.to_json()))
+        if rev > after_rev:
+            out.append(_sse("change", {"revision": rev}))
+        return out, last, rev
+
+    @app.get("/api/v1/stream")
+    async def stream(request: Request, after: int = Query(0, ge=0),
+                     max_s: float = Query(STREAM_MAX_S, gt=0, le=3600),
+                     _who: Caller = Depends(reader)) -> StreamingResponse:
+        """Server-sent events: ``event`` (the log after ``after``), ``intent`` (an intent
+        changed: a migration's passes as they go), ``change`` (something in the cluster
+        changed: refresh the views). Ends by itself after ``max_s``; reconnect with
+        ``after`` = the last event's id."""
+        if ctx.cache is None:
+            raise HTTPException(503, "this API has no store cache to stream from")
+        cache = ctx.cache
+
+        async def gen() -> AsyncIterator[str]:
+            deadline = time.monotonic() + max_s
+            seq, rev = after, 0
+            _, rev = await asyncio.to_thread(ctx.view.events, 1 << 62)
+            out, seq, _ = await asyncio.to_thread(_changes, seq, rev)  # the log so far
+            for chunk in out:
+                yield chunk
+            while time.monotonic() < deadline and not await request.is_disconnected():
+                now = await asyncio.to_thread(cache.wait_change, rev, 1.0)
+                if now > rev:
+                    out, seq, rev = await asyncio.to_thread(_changes, seq, rev)
+                    for chunk in out:
+                        yield chunk
+                else:
+                    yield ": keepalive\n\n"
+
+        return StreamingResponse(gen(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})
+
+    # -- health, metrics, the dashboard ----------------------------------------------
 
     @app.get("/api/v1/health")
     async def health() -> dict[str, Any]:
         return {"ok": True, "node": ctx.cfg.node, "version": vmcluster.__version__}
 
-    @app.get("/api/v1/cluster/status")
-    async def cluster_status(_role: str = Depends(admin)) -> dict[str, Any]:
-        return await asyncio.to_thread(ctx.status)
+    def _metrics() -> bytes:
+        view = ctx.view
+        return generate_latest(metrics.registry(view, ctx.spec(view), ctx.age))
 
+    @app.get("/metrics")
+    async def prometheus(_who: Caller = Depends(reader)) -> Response:
+        """The cluster in Prometheus' text format (a read-only token is enough)."""
+        body = await asyncio.to_thread(_metrics)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/ui/")
+
+    app.mount("/ui", StaticFiles(directory=DASHBOARD, html=True), name="dashboard")
     return app
 
 

@@ -74,6 +74,7 @@ from vmcluster.pki import (
     write_file,
 )
 from vmcluster.policy.networks import node_cluster_networks
+from vmcluster.store import tokens
 from vmcluster.store.errors import StoreConflict
 from vmcluster.store.etcd import Compare, Put
 from vmcluster.store.members import MemberSpec, spec_members
@@ -458,7 +459,7 @@ def seed_cluster(state: ClusterState, spec: ClusterSpec, spec_text: bytes,
            Put(state.key("crl"), ca.crl_pem()),
            Put(state.key("pki", "heartbeat-key"), heartbeat_key),
            Put(state.key("tokens", token_hash(admin_token)),
-               json.dumps({"role": "admin", "name": "admin", "at": time.time()}).encode()),
+               tokens.record("admin", "admin", f"cluster init on {node}")),
            Put(state.key("members", node), json.dumps(
                {"joined": time.time(), "etcd": "voter", "serial": serial}).encode()),
            Put(state.key("nodes", node), b'{"state": "up"}'),

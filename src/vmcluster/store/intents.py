@@ -33,7 +33,8 @@ from vmcluster.store.errors import StoreConflict
 from vmcluster.store.etcd import Compare, Put
 from vmcluster.store.state import ClusterState
 
-__all__ = ["DONE", "Intent", "cancel", "claim", "get", "pending", "running", "submit", "update"]
+__all__ = ["DONE", "Intent", "cancel", "claim", "every", "get", "pending", "running", "submit",
+           "update"]
 
 KINDS = ("migrate", "drain", "start", "stop", "consolidate", "resume", "delete")
 DONE = ("done", "failed", "cancelled")
@@ -82,18 +83,18 @@ def get(state: ClusterState, intent_id: str) -> Intent | None:
     return None if kv is None else Intent(intent_id, kv.json(), kv.mod_revision)
 
 
-def _all(state: ClusterState) -> list[Intent]:
+def every(state: ClusterState) -> list[Intent]:
     kvs, _ = state.client.get_prefix(state.key("intents", ""))
     return sorted((Intent(kv.key.rsplit("/", 1)[1], kv.json(), kv.mod_revision) for kv in kvs),
                   key=lambda i: (float(i.record.get("at", 0)), i.id))
 
 
 def pending(state: ClusterState) -> list[Intent]:
-    return [i for i in _all(state) if i.state == "pending"]
+    return [i for i in every(state) if i.state == "pending"]
 
 
 def running(state: ClusterState) -> list[Intent]:
-    return [i for i in _all(state) if i.state in ("running", "cancelling")]
+    return [i for i in every(state) if i.state in ("running", "cancelling")]
 
 
 def _write(state: ClusterState, intent: Intent, record: dict[str, Any], token: int | None,
