@@ -30,6 +30,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("events", "events"),
     ("node", "node"),
     ("cluster", "cluster"),
+    ("token", "token"),
 )
 
 # (group name, module under vmcluster.cli, attribute): subcommands that live in

@@ -1,0 +1,401 @@
+// vmcluster's dashboard: the cluster's API (/api/v1) in a page, in the spirit of the
+// Failover Cluster Manager. No build step and no outside scripts: what the daemon serves
+// is all there is. The token stays in this tab's sessionStorage; every request carries it.
+"use strict";
+
+const S = { token: sessionStorage.getItem("vmcluster-token") || "", data: {}, log: [],
+            intents: {}, lastSeq: 0, refreshTimer: null, streamOn: false, prediction: null };
+
+const $ = (sel) => document.querySelector(sel);
+const esc = (v) => String(v ?? "").replace(/[&<>"']/g,
+  (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+const badge = (v, cls) => `<span class="badge ${esc(cls || v)}">${esc(v)}</span>`;
+const fmtTime = (t) => t ? new Date(t * 1000).toLocaleTimeString() : "-";
+
+async function api(method, path, body) {
+  const opts = { method, headers: { Authorization: `Bearer ${S.token}` } };
+  if (body !== undefined) {
+    opts.headers["Content-Type"] = "application/json";
+    opts.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, opts);
+  let data = null;
+  try { data = await resp.json(); } catch (e) { data = null; }
+  if (!resp.ok) {
+    const err = (data && data.error) || {};
+    const e = new Error(`${resp.status} ${err.message || resp.statusText}`);
+    e.status = resp.status;
+    throw e;
+  }
+  return data;
+}
+
+function showError(e) {
+  $("#error").textContent = e ? String(e.message || e) : "";
+  if (e && e.status === 401) logout();
+}
+
+// -- login ------------------------------------------------------------------------------
+
+async function login(token) {
+  S.token = token;
+  try {
+    const st = await api("GET", "/api/v1/cluster/status");
+    sessionStorage.setItem("vmcluster-token", token);
+    $("#login-pane").hidden = true;
+    $("#app").hidden = false;
+    $("#logout").hidden = false;
+    $("#login-error").textContent = "";
+    S.data.status = st;
+    await refresh();
+    stream();
+    route();
+  } catch (e) {
+    S.token = "";
+    $("#login-pane").hidden = false;
+    $("#login-error").textContent = `cannot connect: ${e.message}`;
+  }
+}
+
+function logout() {
+  sessionStorage.removeItem("vmcluster-token");
+  S.token = "";
+  $("#app").hidden = true;
+  $("#logout").hidden = true;
+  $("#login-pane").hidden = false;
+}
+
+// -- data -------------------------------------------------------------------------------
+
+async function refresh() {
+  const [status, nodes, vms, networks, volumes, migrations] = await Promise.all([
+    api("GET", "/api/v1/cluster/status"), api("GET", "/api/v1/nodes"),
+    api("GET", "/api/v1/vms"), api("GET", "/api/v1/networks"), api("GET", "/api/v1/volumes"),
+    api("GET", "/api/v1/migrations?limit=20")]);
+  Object.assign(S.data, { status, nodes: nodes.nodes, vms: vms.vms, networks,
+                          volumes: volumes.volumes, migrations: migrations.migrations });
+  for (const m of S.data.migrations) S.intents[m.id] = S.intents[m.id] || m;
+  $("#cluster-name").textContent = `cluster ${status.cluster}`;
+  $("#manager").textContent = status.manager.node
+    ? `manager ${status.manager.node} (term ${status.manager.token})` : "no manager";
+  render();
+}
+
+function scheduleRefresh() {
+  if (S.refreshTimer) return;
+  S.refreshTimer = setTimeout(async () => {
+    S.refreshTimer = null;
+    try { await refresh(); showError(null); } catch (e) { showError(e); }
+  }, 300);
+}
+
+// Server-sent events over fetch (EventSource cannot send the token). The server ends a
+// stream after a few minutes; the page then opens the next one from the last event seen.
+async function stream() {
+  if (S.streamOn || !S.token) return;
+  S.streamOn = true;
+  $("#live").className = "badge on";
+  $("#live").textContent = "live";
+  try {
+    const resp = await fetch(`/api/v1/stream?after=${S.lastSeq}`,
+                             { headers: { Authorization: `Bearer ${S.token}` } });
+    if (!resp.ok) throw new Error(`stream: ${resp.status}`);
+    const reader = resp.body.getReader();
+    const dec = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let cut;
+      while ((cut = buf.indexOf("\n\n")) >= 0) {
+        const chunk = buf.slice(0, cut);
+        buf = buf.slice(cut + 2);
+        let kind = "message", data = "";
+        for (const line of chunk.split("\n")) {
+          if (line.startsWith("event: ")) kind = line.slice(7);
+          else if (line.startsWith("data: ")) data += line.slice(6);
+        }
+        if (data) onStream(kind, JSON.parse(data));
+      }
+    }
+  } catch (e) {
+    showError(e);
+  } finally {
+    S.streamOn = false;
+    $("#live").className = "badge off";
+    $("#live").textContent = "offline";
+    if (S.token) setTimeout(stream, 1000);
+  }
+}
+
+function onStream(kind, data) {
+  if (kind === "event") {
+    S.lastSeq = Math.max(S.lastSeq, data.seq);
+    S.log.push(data);
+    if (S.log.length > 500) S.log.shift();
+    if (currentRoute().page === "events" || currentRoute().page === "cluster") renderEvents();
+  } else if (kind === "intent") {
+    S.intents[data.id] = data;
+    const r = currentRoute();
+    if (r.page === "vm" && data.kind === "migrate" && data.args.vm === r.arg) renderVmMigration();
+    if (r.page === "migrations") renderPage();
+  } else if (kind === "change") {
+    scheduleRefresh();
+  }
+}
+
+// -- actions ----------------------------------------------------------------------------
+
+async function act(method, path, body, what) {
+  try {
+    const got = await api(method, path, body);
+    showError(null);
+    scheduleRefresh();
+    return got;
+  } catch (e) {
+    showError(new Error(`${what}: ${e.message}`));
+    return null;
+  }
+}
+
+window.vmc = {
+  drain: (n) => act("POST", `/api/v1/nodes/${encodeURIComponent(n)}/drain`, undefined, `drain ${n}`),
+  resume: (n) => act("POST", `/api/v1/nodes/${encodeURIComponent(n)}/resume`, undefined, `resume ${n}`),
+  start: (v) => act("POST", `/api/v1/vms/${encodeURIComponent(v)}/start`, {}, `start ${v}`),
+  stop: (v) => act("POST", `/api/v1/vms/${encodeURIComponent(v)}/stop`, undefined, `stop ${v}`),
+  cancel: (id) => act("POST", `/api/v1/migrations/${encodeURIComponent(id)}/cancel`, undefined, "cancel"),
+  predict: async (v) => {
+    const to = $("#migrate-target").value;
+    try {
+      S.prediction = await api("GET", `/api/v1/plans/migration?vm=${encodeURIComponent(v)}&to=${encodeURIComponent(to)}`);
+      showError(null);
+    } catch (e) { S.prediction = null; showError(e); }
+    renderPrediction();
+  },
+  migrate: async (v) => {
+    const to = $("#migrate-target").value;
+    const mode = $("#migrate-mode").value;
+    const got = await act("POST", `/api/v1/vms/${encodeURIComponent(v)}/migrate`, { to, mode },
+                          `migrate ${v}`);
+    if (got) { S.intents[got.id] = got; S.watching = got.id; renderVmMigration(); }
+  },
+};
+
+// -- pages ------------------------------------------------------------------------------
+
+function currentRoute() {
+  const parts = (location.hash.replace(/^#\/?/, "") || "cluster").split("/");
+  return { page: parts[0] || "cluster", arg: decodeURIComponent(parts[1] || "") };
+}
+
+function route() {
+  const r = currentRoute();
+  for (const a of document.querySelectorAll("nav a")) {
+    const target = a.getAttribute("href").replace(/^#\/?/, "") || "cluster";
+    a.classList.toggle("active", target === r.page || (r.page === "vm" && target === "roles"));
+  }
+  S.prediction = null;
+  renderPage();
+}
+
+function render() { if (!$("#app").hidden) renderPage(); }
+
+function renderPage() {
+  const r = currentRoute();
+  const pages = { cluster: pageCluster, roles: pageRoles, nodes: pageNodes, storage: pageStorage,
+                  networks: pageNetworks, migrations: pageMigrations, events: pageEvents,
+                  vm: pageVm };
+  const page = pages[r.page] || pageCluster;
+  if (!S.data.nodes) return;
+  $("#main").innerHTML = page(r.arg);
+  if (r.page === "vm") { renderPrediction(); renderVmMigration(); }
+  if (r.page === "events" || r.page === "cluster") renderEvents();
+}
+
+function nodesTable() {
+  const rows = S.data.nodes.map((n) => `
+    <tr data-node="${esc(n.name)}">
+      <td>${esc(n.name)}</td><td>${badge(n.state)}</td>
+      <td>${n.report.fresh ? badge("reporting", "up") : badge("silent", "down")}</td>
+      <td>${n.vms.map((v) => `<a href="#/vm/${esc(v)}">${esc(v)}</a>`).join(", ") || "-"}</td>
+      <td>${n.memory_used_mib} / ${n.memory_mib} MiB</td><td>${n.vcpus_used} vCPU / ${n.cores} cores</td>
+      <td class="muted">${esc(n.qemu_version || "-")}</td>
+      <td>${n.state === "up"
+        ? `<button class="drain" onclick="vmc.drain('${esc(n.name)}')">Pause (drain roles)</button>`
+        : `<button class="resume" onclick="vmc.resume('${esc(n.name)}')">Resume</button>`}</td>
+    </tr>`).join("");
+  return `<table id="nodes"><tr><th>Node</th><th>Status</th><th>Report</th><th>Roles</th>
+    <th>Memory</th><th>CPU</th><th>QEMU</th><th></th></tr>${rows}</table>`;
+}
+
+function networksTable() {
+  const rows = S.data.networks.networks.map((n) => `
+    <tr data-network="${esc(n.name)}">
+      <td>${esc(n.name)}</td><td>${badge(n.state)}</td>
+      <td>${n.role} ${esc({ 0: "(none)", 1: "(cluster only)", 3: "(cluster and client)" }[n.role] || "")}</td>
+      <td>${n.metric}</td><td>${n.auto_metric ? "1" : "0"}</td>
+      <td class="mono">${esc(n.subnet)}</td>
+      <td>${n.carries.map((c) => badge(c, "")).join(" ") || "-"}</td>
+      <td>${n.down.length ? "down on " + esc(n.down.join(", ")) : ""}</td></tr>`).join("");
+  return `<table id="networks"><tr><th>Name</th><th>Status</th><th>Role</th><th>Metric</th>
+    <th>AutoMetric</th><th>Subnet</th><th>Carries now</th><th></th></tr>${rows}</table>`;
+}
+
+function volumesTable() {
+  const rows = S.data.volumes.map((v) => `
+    <tr data-volume="${esc(v.name)}"><td>${esc(v.name)}</td><td>${v.size_gib} GiB</td>
+      <td>${esc(v.coordinator || "-")}</td><td>${esc(v.vms.join(", ") || "-")}</td>
+      <td>${v.nodes.map((a) => `${esc(a.node)}: ${badge(a.mode)}${a.via ? " via " + esc(a.via) : ""}`).join("<br>")}</td></tr>`).join("");
+  return `<table id="volumes"><tr><th>Volume</th><th>Size</th><th>Coordinator</th><th>VMs</th>
+    <th>Access per node</th></tr>${rows}</table>`;
+}
+
+function vmsTable() {
+  const rows = S.data.vms.map((v) => `
+    <tr data-vm="${esc(v.name)}"><td><a class="vm-link" href="#/vm/${esc(v.name)}">${esc(v.name)}</a></td>
+      <td>${badge(v.state)}</td><td>${esc(v.desired)}</td><td class="vm-owner">${esc(v.node || "-")}</td>
+      <td>${v.definition.memory_mib} MiB, ${v.definition.vcpus || 1} vCPU</td>
+      <td class="mono">${esc(v.definition.address || "-")}</td>
+      <td>${esc(v.definition.volume || "local")}</td></tr>`).join("");
+  return `<table id="vms"><tr><th>Role</th><th>Status</th><th>Desired</th><th>Owner node</th>
+    <th>Size</th><th>Address</th><th>Disk on</th></tr>${rows}</table>`;
+}
+
+function pageCluster() {
+  const st = S.data.status;
+  const byNode = S.data.nodes.map((n) => `
+    <div class="card" data-card="${esc(n.name)}"><h3>${esc(n.name)} ${badge(n.state)}</h3>
+      ${n.vms.map((v) => `<div><a href="#/vm/${esc(v)}">${esc(v)}</a></div>`).join("") || '<div class="muted">no roles</div>'}
+    </div>`).join("");
+  return `<h1>Cluster ${esc(st.cluster)}</h1>
+    <p>Manager: ${esc(st.manager.node || "none")} · etcd leader: ${esc(st.etcd.leader || "none")}
+       · heartbeats and CSV on <b>${esc(S.data.networks.cluster || "-")}</b></p>
+    <h2>Roles by node</h2><div class="cards">${byNode}</div>
+    <h2>Nodes</h2>${nodesTable()}
+    <h2>Networks</h2>${networksTable()}
+    <h2>Storage</h2>${volumesTable()}
+    <h2>Recent cluster events</h2><table id="events-list"></table>`;
+}
+
+function pageRoles() { return `<h1>Roles</h1>${vmsTable()}`; }
+function pageNodes() { return `<h1>Nodes</h1>${nodesTable()}`; }
+function pageStorage() { return `<h1>Cluster shared volumes</h1>${volumesTable()}`; }
+
+function pageNetworks() {
+  const pairs = S.data.networks.pairs.map((p) => `<tr><td>${esc(p.nodes.join(" – "))}</td>
+    <td>${esc(p.cluster || "-")}</td></tr>`).join("");
+  return `<h1>Networks</h1>${networksTable()}
+    <h2>Per node pair</h2><table><tr><th>Pair</th><th>Heartbeats and CSV</th></tr>${pairs}</table>`;
+}
+
+function migrationRow(m) {
+  const p = m.progress || {};
+  return `<tr data-migration="${esc(m.id)}"><td>${esc(m.vm)}</td><td>${esc(m.to)}</td>
+    <td>${esc(m.mode)}</td><td>${badge(m.state)}</td>
+    <td>${p.pass ? `pass ${p.pass}, ${p.remaining_mib} MiB left` : ""}</td>
+    <td>${m.result ? `${m.result.total_s} s, downtime ${m.result.downtime_ms} ms` : esc(m.error || "")}</td>
+    <td>${esc(m.by || "")}</td>
+    <td>${m.state === "running" || m.state === "pending"
+      ? `<button onclick="vmc.cancel('${esc(m.id)}')">Cancel</button>` : ""}</td></tr>`;
+}
+
+function pageMigrations() {
+  const list = Object.values(S.intents).filter((m) => (m.kind || "migrate") === "migrate")
+    .map((m) => m.kind ? { id: m.id, vm: m.args.vm, to: m.args.to, mode: m.args.mode || "live",
+                           state: m.state, progress: m.progress, result: m.result, error: m.error,
+                           by: m.by, at: m.at } : m)
+    .sort((a, b) => (b.at || 0) - (a.at || 0));
+  return `<h1>Migrations</h1><table id="migrations"><tr><th>VM</th><th>To</th><th>Mode</th>
+    <th>State</th><th>Progress</th><th>Result</th><th>By</th><th></th></tr>
+    ${list.map(migrationRow).join("")}</table>`;
+}
+
+function pageEvents() { return `<h1>Cluster events</h1><table id="events-list"></table>`; }
+
+function renderEvents() {
+  const t = $("#events-list");
+  if (!t) return;
+  const shown = currentRoute().page === "events" ? 200 : 12;
+  t.innerHTML = `<tr><th>#</th><th>Time</th><th>Event</th><th>Node</th><th>Details</th></tr>` +
+    S.log.slice(-shown).reverse().map((e) => {
+      const { seq, kind, at, node, ...rest } = e;
+      return `<tr data-seq="${seq}"><td>${seq}</td><td>${fmtTime(at)}</td><td>${esc(kind)}</td>
+        <td>${esc(node)}</td><td class="mono">${esc(JSON.stringify(rest))}</td></tr>`;
+    }).join("");
+}
+
+function pageVm(name) {
+  const v = S.data.vms.find((x) => x.name === name);
+  if (!v) return `<h1>${esc(name)}</h1><p class="error">no VM ${esc(name)} in the cluster</p>`;
+  const d = v.definition;
+  const targets = S.data.nodes.filter((n) => n.name !== v.node && n.state === "up")
+    .map((n) => `<option value="${esc(n.name)}">${esc(n.name)}</option>`).join("");
+  return `<h1>Role ${esc(v.name)} ${badge(v.state)}</h1>
+    <dl>
+      <dt>Owner node</dt><dd id="vm-node">${esc(v.node || "-")}</dd>
+      <dt>Desired state</dt><dd id="vm-desired">${esc(v.desired)}</dd>
+      <dt>Memory, vCPUs</dt><dd>${d.memory_mib} MiB, ${d.vcpus || 1}</dd>
+      <dt>Disk</dt><dd>${esc(d.volume ? `on shared volume ${d.volume}` : "local file")}${d.disk_mib ? `, ${d.disk_mib} MiB` : ""}</dd>
+      <dt>Address</dt><dd class="mono">${esc(d.address || "-")}</dd>
+      <dt>Preferred owners</dt><dd>${esc((d.preferred_owners || []).join(", ") || "any")}</dd>
+      <dt>Downtime budget</dt><dd>${esc(d.max_downtime_ms || 300)} ms</dd>
+      <dt>Machine</dt><dd>${esc(v.machine || "-")}</dd>
+    </dl>
+    <div class="actions">
+      <button id="vm-start" onclick="vmc.start('${esc(v.name)}')" ${v.node ? "disabled" : ""}>Start</button>
+      <button id="vm-stop" onclick="vmc.stop('${esc(v.name)}')" ${v.node ? "" : "disabled"}>Stop</button>
+    </div>
+    <h2>Move (live migration)</h2>
+    <div class="actions">
+      <label>to <select id="migrate-target">${targets}</select></label>
+      <label>mode <select id="migrate-mode"><option value="live">live</option><option value="quick">quick</option></select></label>
+      <button id="migrate-predict" onclick="vmc.predict('${esc(v.name)}')" ${v.node && targets ? "" : "disabled"}>Predict</button>
+      <button id="migrate-start" class="primary" onclick="vmc.migrate('${esc(v.name)}')" ${v.node && targets ? "" : "disabled"}>Migrate</button>
+    </div>
+    <div id="prediction"></div>
+    <div id="migration"></div>`;
+}
+
+function renderPrediction() {
+  const box = $("#prediction");
+  if (!box) return;
+  const p = S.prediction;
+  if (!p) { box.innerHTML = ""; return; }
+  box.innerHTML = `<p id="predicted">Predicted over <b>${esc(p.network)}</b>:
+    ${p.total_s.toFixed(2)} s in ${p.passes.length} passes, downtime ${p.downtime_ms.toFixed(0)} ms
+    ${p.converged === false ? "(does not converge within the budget)" : ""}</p>`;
+}
+
+function renderVmMigration() {
+  const box = $("#migration");
+  if (!box) return;
+  const name = currentRoute().arg;
+  const mine = Object.values(S.intents)
+    .filter((i) => i.kind === "migrate" && i.args && i.args.vm === name)
+    .sort((a, b) => (b.at || 0) - (a.at || 0));
+  const m = mine[0];
+  if (!m) { box.innerHTML = ""; return; }
+  const p = m.progress || {};
+  const passes = (p.passes || []).map((x) => `<tr><td>${x.pass}</td><td>${x.sent_mib}</td>
+    <td>${x.remaining_mib}</td></tr>`).join("");
+  const total = p.passes && p.passes.length ? (p.passes[0].remaining_mib || 1) : 1;
+  const left = p.remaining_mib ?? total;
+  const pct = Math.max(0, Math.min(100, 100 * (1 - left / Math.max(total, left, 1))));
+  const r = m.result;
+  box.innerHTML = `<h2>Migration to ${esc(m.args.to)} ${badge(m.state, m.state === "running" ? "running-intent" : m.state)}</h2>
+    <p id="migration-state" data-state="${esc(m.state)}">${esc(p.status || m.state)}
+      ${p.pass ? ` · pass ${p.pass} over ${esc(p.network || "")} <span class="bar"><span style="width:${pct.toFixed(0)}%"></span></span>` : ""}
+      ${m.state === "running" ? `<button onclick="vmc.cancel('${esc(m.id)}')">Cancel</button>` : ""}</p>
+    ${r ? `<p id="migration-result">${r.ok ? "Done" : "Failed"}: ${esc(r.source)} → ${esc(r.target)}
+      over ${esc(r.network)}, ${r.total_s} s, ${r.passes} passes, downtime ${r.downtime_ms} ms</p>` : ""}
+    ${m.error ? `<p class="error">${esc(m.error)}</p>` : ""}
+    <table id="passes"><tr><th>Pass</th><th>Sent MiB</th><th>Remaining MiB</th></tr>${passes}</table>`;
+}
+
+// -- start ------------------------------------------------------------------------------
+
+window.addEventListener("hashchange", route);
+$("#login-form").addEventListener("submit", (ev) => { ev.preventDefault(); login($("#token").value.trim()); });
+$("#logout").addEventListener("click", logout);
+if (S.token) login(S.token); else $("#login-pane").hidden = false;
