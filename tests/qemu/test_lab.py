@@ -16,10 +16,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import browser  # tests/qemu/browser.py: Debian's Chromium through Selenium
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select, WebDriverWait
 from tests.helpers import vmc
 
 from vmcluster.csv.savestate import region_name
@@ -29,7 +35,7 @@ from vmcluster.lab import netns
 from vmcluster.lab.credentials import etcd_tls, lab_ca
 from vmcluster.lab.lab import set_net, wait_ready
 from vmcluster.lab.observe import migrate_observed
-from vmcluster.lab.services import revoke
+from vmcluster.lab.services import lab_access, revoke
 from vmcluster.lab.substrate import LabSubstrate
 from vmcluster.pki import CertificateAuthority, NodeCredentials
 from vmcluster.store.etcd import EtcdClient
@@ -761,3 +767,123 @@ def test_a_quick_migration_through_the_api_follows_the_switchover_protocol(
     assert got["state"] == "done" and got["ok"] is True and got["network"] == "shared-path"
     assert _one_copy_until_settled(lab, vm) == {target: ("run", "running")}
     assert _store(lab)[0][vm] == target and lab.owner(vm) == target
+
+
+ARTEFACTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "dashboard"
+
+
+def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
+    lab: LabSubstrate,
+) -> None:
+    """Debian's Chromium, headless, from the admin namespace, trusting the cluster CA: log
+    in with a read-only token (sees everything, cannot act), then with an admin token; see
+    the nodes and VMs; click Migrate and watch the passes; see the new owner; drain the
+    node by clicking, then resume it. A screenshot of each page goes to bench/results/."""
+    if not browser.available():
+        pytest.skip("chromium, chromium-driver or certutil missing (scripts/setup installs them)")
+    access = lab_access(lab.layout)
+    env = _admin_env(lab)
+    ro = _vmc_in(lab.layout.client_ns, env, "token", "create", "viewer", "--role", "read-only",
+                 "--json")
+    assert ro.returncode == 0, ro.stderr
+    viewer = json.loads(ro.stdout)["token"]
+    vm, source = "batch", lab.owner("batch")
+    assert source is not None
+    target = next(n.name for n in lab.spec.nodes if n.name != source)
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    url = access.url + "/ui/"
+
+    def wait(d: WebDriver, cond: Callable[[WebDriver], object], timeout: float = 30) -> None:
+        # The page re-renders as the cluster changes: an element may go stale under a look.
+        WebDriverWait(d, timeout, poll_frequency=0.1,
+                      ignored_exceptions=[StaleElementReferenceException]).until(cond)
+
+    def click(d: WebDriver, by: str, what: str) -> None:
+        def done(d: WebDriver) -> bool:
+            d.find_element(by, what).click()
+            return True
+
+        wait(d, done)
+
+    def login(d: WebDriver, token: str) -> None:
+        d.get(url)
+        d.execute_script("sessionStorage.clear()")
+        d.get(url)
+        wait(d, lambda d: d.find_element(By.ID, "token").is_displayed())
+        d.find_element(By.ID, "token").send_keys(token)
+        d.find_element(By.ID, "login").click()
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#nodes tr[data-node]"))
+
+    def shot(d: WebDriver, name: str) -> None:
+        d.save_screenshot(str(ARTEFACTS / f"{name}.png"))
+
+    def scenario(d: WebDriver) -> dict[str, Any]:
+        # Read-only: the cluster at a glance, and a refusal in one line when it acts.
+        login(d, viewer)
+        nodes = [e.get_attribute("data-node")
+                 for e in d.find_elements(By.CSS_SELECTOR, "#nodes tr[data-node]")]
+        assert nodes == [n.name for n in lab.spec.nodes]
+        cards = d.find_element(By.CSS_SELECTOR, f'[data-card="{source}"]').text
+        assert vm in cards
+        assert "Heartbeat" in d.find_element(By.ID, "networks").text
+        assert "CSV1" in d.find_element(By.ID, "volumes").text
+        shot(d, "cluster-read-only")
+        click(d, By.CSS_SELECTOR, f'#nodes tr[data-node="{source}"] button.drain')
+        wait(d, lambda d: "403" in d.find_element(By.ID, "error").text)
+        # Admin: the VM's page, a prediction, then a live migration watched pass by pass.
+        login(d, access.token)
+        d.get(url + f"#/vm/{vm}")
+        wait(d, lambda d: d.find_element(By.ID, "vm-node").text == source)
+        Select(d.find_element(By.ID, "migrate-target")).select_by_value(target)
+        click(d, By.ID, "migrate-predict")
+        wait(d, lambda d: "Predicted over" in d.find_element(By.ID, "prediction").text)
+        shot(d, "vm-before")
+        click(d, By.ID, "migrate-start")
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#passes tr td"), 60)
+        shot(d, "vm-migrating")
+        wait(d, lambda d: d.find_elements(By.ID, "migration-result"), 120)
+        wait(d, lambda d: d.find_element(By.ID, "vm-node").text == target, 30)
+        result = ""
+
+        def finished(d: WebDriver) -> bool:
+            nonlocal result
+            result = d.find_element(By.ID, "migration-result").text
+            return bool(result)
+
+        wait(d, finished)
+        timing = d.execute_script("return window.vmcTiming")
+        shot(d, "vm-after")
+        # Drain the VM's new node by clicking, then resume it.
+        d.get(url + "#/nodes")
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, f'#nodes tr[data-node="{target}"]'))
+        click(d, By.CSS_SELECTOR, f'#nodes tr[data-node="{target}"] button.drain')
+
+        def emptied(d: WebDriver) -> bool:
+            row = d.find_element(By.CSS_SELECTOR, f'#nodes tr[data-node="{target}"]')
+            return "draining" in row.text and vm not in row.text
+
+        wait(d, emptied, 240)
+        shot(d, "nodes-drained")
+        click(d, By.CSS_SELECTOR, f'#nodes tr[data-node="{target}"] button.resume')
+        wait(d, lambda d: "up" in d.find_element(
+            By.CSS_SELECTOR, f'#nodes tr[data-node="{target}"]').text.split(), 60)
+        d.get(url + "#/events")
+        wait(d, lambda d: "api_write" in d.find_element(By.ID, "events-list").text)
+        shot(d, "events")
+        return {"result": result, "timing": timing}
+
+    with browser.chromium_in(lab.layout.client_ns, access.ca) as run:
+        got = run(scenario)
+    assert "Done" in got["result"] and f"→ {target}" in got["result"], got
+    assert got["timing"]["click_to_progress_ms"] is not None
+    (ARTEFACTS / "timing.json").write_text(json.dumps(got["timing"]))
+    assert lab.owner(vm) != target  # drained away
+    for name in ("cluster-read-only", "vm-migrating", "vm-after", "nodes-drained", "events"):
+        assert (ARTEFACTS / f"{name}.png").stat().st_size > 10_000
+    # The audit trail names who did what: the viewer's refused drain, the admin's moves.
+    log = json.loads(_vmc_in(lab.layout.client_ns, env, "events", "--json").stdout)["events"]
+    writes = [(e["path"], e["status"], e["token"]) for e in log if e["kind"] == "api_write"]
+    assert (f"/api/v1/nodes/{source}/drain", 403, "viewer") in writes
+    assert (f"/api/v1/vms/{vm}/migrate", 202, "admin") in writes
+    assert (f"/api/v1/nodes/{target}/drain", 202, "admin") in writes
+    _vmc_in(lab.layout.client_ns, env, "token", "revoke", "viewer")

@@ -682,7 +682,11 @@ class Manager:
             if len(term.workers) >= self.params.max_workers:
                 break
             try:
-                claimed = intents.claim(self.state, it, term.token)
+                # A migration says at once that it is under way: the page that asked for
+                # it shows "preparing" while the target's QEMU starts.
+                first = ({"progress": {"status": "preparing", "target": it.args.get("to")}}
+                         if it.kind == "migrate" else {})
+                claimed = intents.claim(self.state, it, term.token, **first)
             except StoreConflict:
                 continue
             if claimed.kind == "start":  # its own node choice, not the desired-state step's

@@ -38,6 +38,7 @@ class StoreCache:
         self._keys: list[str] = []  # sorted: a prefix read is a bisected slice
         self._seen: dict[str, float] = {}  # key -> monotonic time of its last change here
         self._rev = 0
+        self._changed = 0  # the revision of the last change of a value (not a rewrite)
         self._healthy = False
         self._cond = threading.Condition()
         self._closed = threading.Event()
@@ -67,6 +68,15 @@ class StoreCache:
     def revision(self) -> int:
         return self._rev
 
+    @property
+    def changed(self) -> int:
+        """The revision of the last write that changed a value: rewrites of the same value
+        (a node's report every half second) and the daemons' own records do not count."""
+        return self._changed
+
+    def _noisy(self, key: str) -> bool:
+        return key.startswith(self.prefix + "daemons/")
+
     def _run(self) -> None:
         while not self._closed.is_set():
             try:
@@ -92,6 +102,8 @@ class StoreCache:
             for kv in kvs:
                 if old.get(kv.key) != kv:
                     self._seen[kv.key] = now
+            if {k: v.value for k, v in old.items()} != {k: v.value for k, v in self._data.items()}:
+                self._changed = rev
             self._rev = max(self._rev, rev)
             self._healthy = True
             self._cond.notify_all()
@@ -101,6 +113,10 @@ class StoreCache:
         with self._cond:
             i = bisect.bisect_left(self._keys, kv.key)
             present = i < len(self._keys) and self._keys[i] == kv.key
+            old = self._data.get(kv.key)
+            if (deleted and old is not None) or (not deleted and (
+                    old is None or old.value != kv.value) and not self._noisy(kv.key)):
+                self._changed = kv.mod_revision
             if deleted:
                 if present:
                     del self._keys[i]

@@ -104,10 +104,12 @@ def _write(state: ClusterState, intent: Intent, record: dict[str, Any], token: i
     return Intent(intent.id, record, rev)
 
 
-def claim(state: ClusterState, intent: Intent, token: int) -> Intent:
-    """``pending`` -> ``running`` under ``token`` (StoreConflict: someone claimed it)."""
+def claim(state: ClusterState, intent: Intent, token: int, **fields: Any) -> Intent:
+    """``pending`` -> ``running`` under ``token`` (StoreConflict: someone claimed it), with
+    ``fields`` (a first ``progress``)."""
     return _write(state, intent, {**intent.record, "state": "running", "token": token,
-                                  "started": time.time()}, token, f"intent {intent.id}")
+                                  "started": time.time(), **fields}, token,
+                  f"intent {intent.id}")
 
 
 def update(cluster: ClusterState, intent_id: str, guard: int | None, tries: int = 10,

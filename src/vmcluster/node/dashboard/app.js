@@ -137,6 +137,13 @@ function onStream(kind, data) {
     if (currentRoute().page === "events" || currentRoute().page === "cluster") renderEvents();
   } else if (kind === "intent") {
     S.intents[data.id] = data;
+    const t = window.vmcTiming;
+    if (data.id === S.watching && data.progress) {
+      if (t.click_to_progress_ms == null) t.click_to_progress_ms = performance.now() - S.clickedAt;
+      if (data.progress.pass && t.click_to_first_pass_ms == null) {
+        t.click_to_first_pass_ms = performance.now() - S.clickedAt;
+      }
+    }
     const r = currentRoute();
     if (r.page === "vm" && data.kind === "migrate" && data.args.vm === r.arg) renderVmMigration();
     if (r.page === "migrations") renderPage();
@@ -159,6 +166,7 @@ async function act(method, path, body, what) {
   }
 }
 
+window.vmcTiming = { click_to_progress_ms: null };  // read by the browser test and bench
 window.vmc = {
   drain: (n) => act("POST", `/api/v1/nodes/${encodeURIComponent(n)}/drain`, undefined, `drain ${n}`),
   resume: (n) => act("POST", `/api/v1/nodes/${encodeURIComponent(n)}/resume`, undefined, `resume ${n}`),
@@ -176,6 +184,8 @@ window.vmc = {
   migrate: async (v) => {
     const to = $("#migrate-target").value;
     const mode = $("#migrate-mode").value;
+    S.clickedAt = performance.now();
+    window.vmcTiming = { click_to_progress_ms: null, click_to_first_pass_ms: null };
     const got = await act("POST", `/api/v1/vms/${encodeURIComponent(v)}/migrate`, { to, mode },
                           `migrate ${v}`);
     if (got) { S.intents[got.id] = got; S.watching = got.id; renderVmMigration(); }
@@ -208,7 +218,14 @@ function renderPage() {
                   vm: pageVm };
   const page = pages[r.page] || pageCluster;
   if (!S.data.nodes) return;
+  // What the user was choosing survives a re-render (the cluster changes under the page).
+  const kept = {};
+  for (const el of document.querySelectorAll("#main select, #main input")) kept[el.id] = el.value;
   $("#main").innerHTML = page(r.arg);
+  for (const [id, value] of Object.entries(kept)) {
+    const el = document.getElementById(id);
+    if (el && [...(el.options || [{ value }])].some((o) => o.value === value)) el.value = value;
+  }
   if (r.page === "vm") { renderPrediction(); renderVmMigration(); }
   if (r.page === "events" || r.page === "cluster") renderEvents();
 }
