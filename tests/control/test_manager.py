@@ -47,8 +47,10 @@ class Recorder:
     def start_vm(self, vm: str, node: str, token: int) -> None:
         self.started.append((vm, node, token))
 
-    def stop_vm(self, vm: str, node: str, token: int) -> None:
+    def stop_vm(self, vm: str, node: str, token: int, shutdown_s: float = 0.0) -> str | None:
         self.stopped = [*getattr(self, "stopped", []), (vm, node, token)]
+        self.shutdowns = [*getattr(self, "shutdowns", []), shutdown_s]
+        return "shutdown" if shutdown_s else "quit"
 
     def migrate_vm(self, vm: str, target: str, token: int) -> None:
         self.migrated = [*getattr(self, "migrated", []), (vm, target, token)]
@@ -548,12 +550,16 @@ def test_vms_defined_to_run_start_on_their_owner_and_a_stopped_one_stays_stopped
     assert "vm_started" in kinds(state)
     # batch is desired stopped: never started. A stop intent stops db for good.
     vms.set_desired(state, "db", "stopped")
-    it = intents.submit(state, "stop", {"vm": "db"}, by="test")
+    it = intents.submit(state, "stop", {"vm": "db", "shutdown_s": 45.0}, by="test")
     publish(state, set(), {"node1": ["web"], "node2": ["db"], "node3": []})
     m.tick()
     _settle(m)
-    assert intents.get(state, it.id).state == "done"  # type: ignore[union-attr]
-    assert rec.stopped == [("db", "node2", token)]
+    done = intents.get(state, it.id)
+    assert done is not None and done.state == "done"
+    assert done.record["result"]["how"] == "shutdown"  # its guest was asked, and did
+    assert rec.stopped == [("db", "node2", token)] and rec.shutdowns == [45.0]
+    stopped = [e for e in state.events()[0] if e[1]["kind"] == "vm_stopped"]
+    assert "ACPI" in stopped[-1][1]["reason"]
     assert state.placement("db").node is None
     clock.t += 30
     publish(state, set(), {"node1": ["web"], "node2": [], "node3": []})

@@ -152,6 +152,25 @@ def test_guest_boots_and_serves_echo_and_control(vms: VmFactory) -> None:
     assert not vm.lines("CORRUPT")
 
 
+@pytest.mark.lab
+def test_the_guest_shuts_down_when_its_acpi_power_button_is_pressed(vms: VmFactory) -> None:
+    """What `vmcluster vm stop` asks first: the guest's acpid runs its power-button action,
+    which syncs and powers off, and QEMU exits by itself."""
+    vm = vms.start("button", mem_mib=64, wws_mib=8, dirty_mibps=1)
+    vm.wait_for(r"^VMC-READY ", BOOT_TIMEOUT)
+
+    async def press() -> None:
+        client = await _qmp(vm.qmp_path, "button")
+        try:
+            await client.execute("system_powerdown")
+        finally:
+            await client.disconnect()
+
+    asyncio.run(press())
+    vm.wait_for(r"^VMC-SHUTDOWN acpi power button", 30)
+    assert vm.proc.wait(timeout=30) == 0
+
+
 async def _qmp(path: Path, name: str) -> QMPClient:
     client = QMPClient(name)
     deadline = time.monotonic() + 30

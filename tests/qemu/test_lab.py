@@ -721,16 +721,26 @@ def test_a_vm_defined_through_the_api_is_started_stopped_and_deleted(lab: LabSub
         assert http.stdout.strip() == "200", http.stderr
         refused = _vmc_in(ns, env, "vm", "delete", "extra")
         assert refused.returncode == 2 and "stop it" in refused.stderr
-        stopped = _vmc_in(ns, env, "vm", "stop", "extra")
+        # Stopped: the guest is asked (ACPI power button) and shuts itself down.
+        stopped = _vmc_in(ns, env, "vm", "stop", "extra", timeout_s=90)
         assert stopped.returncode == 0, stopped.stderr
+        assert "shut down by its guest" in stopped.stdout, stopped.stdout
+        serial = lab.layout.serial_log("extra", "node3").read_text(errors="replace")
+        assert "VMC-SHUTDOWN acpi power button" in serial
         time.sleep(5)  # longer than the manager's recover_s: nothing starts it again
         after = {v["vm"] for v in lab.agent("node3").call("list")["vms"]}
         assert "extra" not in after
+        # --force: powered off at once; delete --force stops a running VM first.
+        again = _vmc_in(ns, env, "vm", "start", "extra", timeout_s=150)
+        assert again.returncode == 0, again.stderr
+        forced = _vmc_in(ns, env, "vm", "stop", "extra", "--force")
+        assert forced.returncode == 0 and "powered off" in forced.stdout, forced.stdout
+        assert _vmc_in(ns, env, "vm", "start", "extra", timeout_s=150).returncode == 0
         # Its disk went on the cluster's shared volume (no --volume: the first one).
         assert got["definition"]["volume"] == "CSV1"
         lun = FileBlock(str(lab.layout.lun("CSV1")))
         assert read_table(lun).get("extra") is not None
-        deleted = _vmc_in(ns, env, "vm", "delete", "extra")
+        deleted = _vmc_in(ns, env, "vm", "delete", "extra", "--force", timeout_s=90)
         assert deleted.returncode == 0 and "with its disk" in deleted.stdout, deleted.stderr
         listed = json.loads(_vmc_in(ns, env, "vm", "list", "--json").stdout)["vms"]
         assert "extra" not in {v["name"] for v in listed}

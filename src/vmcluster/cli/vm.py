@@ -128,19 +128,27 @@ def start(vm_name: str, node: str | None, cluster_url: str | None, lab_name: str
 
 @vm.command("stop")
 @click.argument("vm_name", metavar="VM")
+@click.option("--force", is_flag=True, help="power it off at once (no guest shutdown)")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, max=600), default=None,
+              help="seconds the guest has to shut down [default: its shutdown_timeout_s, 30]")
 @cluster_option
-def stop(vm_name: str, cluster_url: str | None, lab_name: str | None) -> None:
-    """Stop a VM (its QEMU quits); its desired state becomes stopped, so nothing starts
-    it again until `vmcluster vm start`."""
+def stop(vm_name: str, force: bool, timeout_s: float | None, cluster_url: str | None,
+         lab_name: str | None) -> None:
+    """Stop a VM: its guest is asked to shut down (the ACPI power button) and powered off
+    if it has not within the timeout; --force powers it off at once. Its desired state
+    becomes stopped, so nothing starts it again until `vmcluster vm start`."""
     access = _api(cluster_url, lab_name)
     if access is None:
         sub = _sub(lab_name)
         sub.stop_vm(vm_name)
         click.echo(f"{vm_name}: {sub.status().vm(vm_name).state}")
         return
-    got = _carried(access, api_request(access, "POST", f"/api/v1/vms/{vm_name}/stop"),
+    body = {"force": force, **({"timeout_s": timeout_s} if timeout_s is not None else {})}
+    got = _carried(access, api_request(access, "POST", f"/api/v1/vms/{vm_name}/stop", body),
                    f"stopping {vm_name}")
-    click.echo(f"{vm_name}: stopped" + (f" (was on {got['node']})" if got.get("node") else ""))
+    how = {"shutdown": "shut down by its guest", "quit": "powered off",
+           "killed": "killed (its QEMU did not quit)"}.get(str(got.get("how")), "stopped")
+    click.echo(f"{vm_name}: {how}" + (f" (was on {got['node']})" if got.get("node") else ""))
 
 
 def _definition(vm_name: str, from_file: Path | None, given: dict[str, Any]) -> dict[str, Any]:
@@ -216,14 +224,18 @@ def create(vm_name: str, owner: str | None, memory_mib: int | None, vcpus: int |
 @click.argument("vm_name", metavar="VM")
 @click.option("--keep-disk", is_flag=True, help="keep its disk (a region of its shared "
               "volume, or its disk file); only the definition goes")
+@click.option("--force", is_flag=True, help="a running VM is powered off first")
 @cluster_option
-def delete(vm_name: str, keep_disk: bool, cluster_url: str | None,
+def delete(vm_name: str, keep_disk: bool, force: bool, cluster_url: str | None,
            lab_name: str | None) -> None:
-    """Delete a stopped VM: its disk, then its definition (refused while it runs: stop it
-    first)."""
+    """Delete a stopped VM: its disk, then its definition (refused while it runs, unless
+    --force powers it off first)."""
     access = _api(cluster_url, lab_name)
     if access is None:
         raise InputError("this lab runs no control plane: there is no definition to delete")
+    if force and api_request(access, "GET", f"/api/v1/vms/{vm_name}").get("node"):
+        _carried(access, api_request(access, "POST", f"/api/v1/vms/{vm_name}/stop",
+                                     {"force": True}), f"stopping {vm_name}")
     query = "?keep_disk=true" if keep_disk else ""
     it = api_request(access, "DELETE", f"/api/v1/vms/{vm_name}{query}")
     got = _carried(access, it, f"deleting {vm_name}")

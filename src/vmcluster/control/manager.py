@@ -106,8 +106,10 @@ class Actuator(Protocol):
 
     def start_vm(self, vm: str, node: str, token: int) -> None: ...
 
-    def stop_vm(self, vm: str, node: str, token: int) -> None:
-        """``vm``'s QEMU on ``node`` quits (nothing to do when it runs no such QEMU)."""
+    def stop_vm(self, vm: str, node: str, token: int, shutdown_s: float = 0.0) -> str | None:
+        """``vm``'s QEMU on ``node`` quits (nothing to do when it runs no such QEMU); with
+        ``shutdown_s`` > 0 its guest is asked to shut down first and given that long. How
+        it ended: shutdown, quit, killed (None: unknown, or it ran nowhere)."""
 
     def migrate_vm(self, vm: str, target: str, token: int) -> None:
         """Start moving ``vm`` live to ``target`` and return: its source host drives it,
@@ -518,11 +520,16 @@ class Manager:
         if vm in self.state.migrations():
             raise SubstrateError(f"{vm} is migrating; cancel the migration first")
         p = self.state.placement(vm)
+        how = None
+        shutdown_s = 0.0 if args.get("force") else float(args.get("shutdown_s", 0.0))
         if p.node is not None:
-            self.actuator.stop_vm(vm, p.node, token)
+            how = self.actuator.stop_vm(vm, p.node, token, shutdown_s)
             self.state.place(vm, None, expect=p.revision, token=token, state="stopped")
-            self._event(VmStopped(self.wall(), p.node, vm, "stopped through the API"))
-        return {"ok": True, "vm": vm, "node": p.node}
+            why = {"shutdown": "shut down by its guest (ACPI) through the API",
+                   "killed": "killed (it did not quit) through the API"}.get(
+                how or "", "powered off through the API")
+            self._event(VmStopped(self.wall(), p.node, vm, why))
+        return {"ok": True, "vm": vm, "node": p.node, "how": how}
 
     def _carry_delete(self, args: Mapping[str, Any], token: int,
                       cancelled: Callable[[], bool],
@@ -534,8 +541,7 @@ class Manager:
         if vm in self.state.migrations():
             raise SubstrateError(f"{vm} is migrating; it is not deleted")
         p = self.state.placement(vm)
-        seen = self.seen
-        running = seen.running_fresh.get(vm, frozenset()) if seen is not None else frozenset()
+        running = self._still_reported(vm) if p.node is None else frozenset()
         if p.node is not None or running:
             where = p.node or ", ".join(sorted(running))
             raise StoreConflict(f"{vm} runs on {where}; stop it first (`vmcluster vm stop {vm}`)")
@@ -545,6 +551,18 @@ class Manager:
                                                      progress).get("removed")
         vms.undefine(self.state, vm, token)
         return result
+
+    def _still_reported(self, vm: str, settle_s: float = 3.0) -> frozenset[str]:
+        """The nodes whose fresh reports still run ``vm``, once they have had ``settle_s``
+        to catch up (a VM stopped a moment ago is in its node's report until the next one,
+        written about twice a second)."""
+        deadline = self.clock.now() + settle_s
+        while True:
+            seen = self.seen
+            running = seen.running_fresh.get(vm, frozenset()) if seen is not None else frozenset()
+            if not running or self.clock.now() >= deadline:
+                return running
+            self.clock.sleep(0.2)
 
     def _networks(self, term: _Term, seen: Assessment) -> None:
         """An event per network whose state changed since the last tick of this term."""

@@ -56,9 +56,11 @@ class _Actuator:
     def start_vm(self, vm: str, node: str, token: int) -> None:
         self.sub.start_vm(vm, node)
 
-    def stop_vm(self, vm: str, node: str, token: int) -> None:
+    def stop_vm(self, vm: str, node: str, token: int, shutdown_s: float = 0.0) -> str | None:
         if self.sub.status().vm(vm).node == node:
             self.sub.stop_vm(vm)
+            return "quit"  # a simulated guest has no power button
+        return None
 
     def migrate_vm(self, vm: str, target: str, token: int) -> None:
         self._migrate(vm, target)

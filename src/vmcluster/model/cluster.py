@@ -92,6 +92,9 @@ class Vm:
     # QEMU machine type to pin ("pc-q35-7.2"); None: pinned when the VM is defined, to the
     # newest versioned q35 type every host's QEMU knows.
     machine: str | None = None
+    # `vm stop`: how long the guest has to shut down after its ACPI power button is
+    # pressed, before its QEMU is made to quit (0: at once).
+    shutdown_timeout_s: float = 30.0
 
     @property
     def working_set_mib(self) -> float:

@@ -53,6 +53,7 @@ VM_KEYS = _VM = {
     "priority",
     "anti_affinity",
     "machine",
+    "shutdown_timeout_s",
 }
 T = TypeVar("T")
 
@@ -235,7 +236,16 @@ def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols
         priority=r.get("priority", int, 2000),
         anti_affinity=r.get("anti_affinity", str),
         machine=machine,
+        shutdown_timeout_s=_shutdown_timeout(r),
     )
+
+
+def _shutdown_timeout(r: TableReader) -> float:
+    value = float(r.get("shutdown_timeout_s", (float, int), 30.0))
+    if not 0 <= value <= 600:
+        raise r.fail("shutdown_timeout_s", f"shutdown_timeout_s must be 0 to 600 s, got {value:g}",
+                     "0 powers the VM off at once, as `vm stop --force` does")
+    return value
 
 
 def _voters(c: TableReader) -> int:

@@ -86,6 +86,7 @@ __all__ = ["Agent", "Conflict", "NotFound", "guest_config", "main"]
 Reply = dict[str, Any]
 
 
+MAX_SHUTDOWN_S = 600.0  # the longest a guest is given to shut down when asked
 _TCP_URI = re.compile(r"^tcp:\d{1,3}(\.\d{1,3}){3}:\d{1,5}$")
 
 
@@ -148,11 +149,15 @@ class Agent(CsvOps):
         if rc != 0:
             raise SubstrateError(f"cannot attach tap {cfg.tap} to {cfg.bridge}: {out}")
 
-    async def _drop(self, vm: str) -> None:
+    async def _drop(self, vm: str, shutdown_s: float = 0.0) -> str | None:
+        """Stop ``vm``'s QEMU (asking the guest first for ``shutdown_s``); how it ended, None
+        when none ran here."""
         qp = self.vms.pop(vm, None)
-        if qp is not None:
-            await qp.stop()
-            await _sh("ip", "tuntap", "del", "dev", qp.record.config["tap"], "mode", "tap")
+        if qp is None:
+            return None
+        how = await qp.stop(shutdown_s=shutdown_s)
+        await _sh("ip", "tuntap", "del", "dev", qp.record.config["tap"], "mode", "tap")
+        return how
 
     # -- ops ------------------------------------------------------------------------
     def cluster_addresses(self) -> list[str]:
@@ -324,9 +329,15 @@ class Agent(CsvOps):
             return {"status": await qp.qmp.query_status(), "pid": qp.pid}
 
     async def op_stop(self, req: Reply) -> Reply:
+        """Stop a VM: with ``shutdown_s`` > 0 its guest is asked to shut down (the ACPI
+        power button) and given that long before its QEMU is made to quit. ``how``:
+        shutdown, quit, killed, or null when it did not run here."""
+        shutdown_s = req.get("shutdown_s", 0.0)
+        if not isinstance(shutdown_s, (int, float)) or not 0 <= shutdown_s <= MAX_SHUTDOWN_S:
+            raise InputError(f"shutdown_s must be a number of seconds, 0 to {MAX_SHUTDOWN_S:g}")
         async with self.lock(req["vm"]):
-            await self._drop(req["vm"])
-        return {}
+            how = await self._drop(req["vm"], float(shutdown_s))
+        return {"how": how}
 
     async def op_delete_disk(self, req: Reply) -> Reply:
         """Remove a deleted VM's disk: its region on its shared volume (through the

@@ -235,6 +235,13 @@ class StartRequest(BaseModel):
                            "the placement rules say)")
 
 
+class StopRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    force: bool = Field(False, description="power off at once, without asking the guest")
+    timeout_s: float | None = Field(None, ge=0, le=600, description="seconds the guest has to "
+                                    "shut down (default: the VM's shutdown_timeout_s)")
+
+
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ttl_s: float = Field(JOIN_TOKEN_TTL_S, gt=0, le=30 * 24 * 3600.0)
@@ -660,10 +667,25 @@ def create_app(ctx: ApiContext) -> FastAPI:
         args = {"vm": vm, **({"on": on} if on else {})}
         return await asyncio.to_thread(_desire, vm, "running", "start", args, who)
 
+    def _stop(vm: str, body: StopRequest, who: Caller) -> JSONResponse:
+        _vm_view(vm)
+        if body.force:
+            args: dict[str, Any] = {"vm": vm, "force": True}
+        else:
+            timeout = body.timeout_s
+            if timeout is None:
+                timeout = _spec().vm(vm).shutdown_timeout_s
+            args = {"vm": vm, "shutdown_s": timeout}
+        return _desire(vm, "stopped", "stop", args, who)
+
     @app.post("/api/v1/vms/{vm}/stop", status_code=202)
-    async def vm_stop(vm: str, who: Caller = Depends(admin)) -> JSONResponse:
-        """Stop ``vm`` (desired state: stopped): its QEMU quits, nothing restarts it (202)."""
-        return await asyncio.to_thread(_desire, vm, "stopped", "stop", {"vm": vm}, who)
+    async def vm_stop(vm: str, body: StopRequest | None = None,
+                      who: Caller = Depends(admin)) -> JSONResponse:
+        """Stop ``vm`` (desired state: stopped; nothing restarts it): its guest is asked to
+        shut down (ACPI) and given ``timeout_s`` (default: its ``shutdown_timeout_s``)
+        before its QEMU is made to quit; ``force``: at once (202)."""
+        body = body or StopRequest(force=False, timeout_s=None)
+        return await asyncio.to_thread(_stop, vm, body, who)
 
     def _consolidation(plan: dict[str, Any], who: Caller) -> JSONResponse:
         parsed = ConsolidationPlan.from_json(plan)

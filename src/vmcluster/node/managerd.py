@@ -90,11 +90,14 @@ class LabActuator:
                 raise Fenced(str(exc)) from exc
             raise
 
-    def stop_vm(self, vm: str, node: str, token: int) -> None:
+    def stop_vm(self, vm: str, node: str, token: int, shutdown_s: float = 0.0) -> str | None:
         try:
-            AgentClient(self.layout, node, token=token).call("stop", timeout_s=30, vm=vm)
+            got = AgentClient(self.layout, node, token=token).call(
+                "stop", timeout_s=30 + shutdown_s, vm=vm, shutdown_s=shutdown_s)
         except AgentDown:
-            return  # a down node's VMs died with it
+            return None  # a down node's VMs died with it
+        how = got.get("how")
+        return None if how is None else str(how)
 
     def migrate_vm(self, vm: str, target: str, token: int) -> None:
         source, drive = start_drive(self._sub(token), MigrationRequest(vm, target), token)

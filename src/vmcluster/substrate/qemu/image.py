@@ -43,7 +43,7 @@ __all__ = [
 
 GUEST_DIR = Path(__file__).parent / "guest"
 KERNEL_META = "linux-image-cloud-amd64"
-MODULES = ("virtio_pci", "virtio_net", "virtio_blk")
+MODULES = ("virtio_pci", "virtio_net", "virtio_blk", "button", "evdev")  # button, evdev: ACPI power
 GUEST_PROGRAMS = ("workload", "diskwriter")  # guest/<name>.c, each one static binary
 BUSYBOX = Path("/bin/busybox")
 LAB_NET = ipaddress.ip_network("198.18.0.0/15")

@@ -127,15 +127,28 @@ class QemuProcess:
     def alive(self) -> bool:
         return pid_matches(self.record.pid, self.record.qmp)
 
-    async def stop(self, grace_s: float = 5.0) -> None:
-        """Quit over QMP; SIGKILL if it has not exited after ``grace_s``. Removes the record."""
+    async def stop(self, grace_s: float = 5.0, shutdown_s: float = 0.0) -> str:
+        """Stop the QEMU; returns how: ``shutdown`` (with ``shutdown_s`` > 0, the guest was
+        asked over ACPI and powered itself off within that time), ``quit`` (over QMP) or
+        ``killed`` (SIGKILL, when it had not exited ``grace_s`` after the quit). Removes
+        the record."""
+        how = "quit"
+        loop = asyncio.get_running_loop()
+        if shutdown_s > 0 and self.alive():
+            with contextlib.suppress(QmpError):
+                await self.qmp.system_powerdown()
+            deadline = loop.time() + shutdown_s
+            while self.alive() and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+            if not self.alive():
+                how = "shutdown"
         if self.alive():
             await self.qmp.quit()
-            loop = asyncio.get_running_loop()
             deadline = loop.time() + grace_s
             while self.alive() and loop.time() < deadline:
                 await asyncio.sleep(0.05)
             if self.alive():
+                how = "killed"
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.pid, signal.SIGKILL)
                 while self.alive() and loop.time() < deadline + 5:
@@ -144,6 +157,7 @@ class QemuProcess:
             await self.qmp.close()
         self.record_path.unlink(missing_ok=True)
         Path(self.record.qmp).unlink(missing_ok=True)
+        return how
 
 
 def pid_matches(pid: int, qmp_socket: str) -> bool:

@@ -146,6 +146,10 @@ class Qmp:
     async def stop(self) -> None:
         await self._run("stop")
 
+    async def system_powerdown(self) -> None:
+        """Press the guest's ACPI power button (a guest that listens shuts down)."""
+        await self._run("system_powerdown")
+
     async def announce_self(self) -> None:
         await self._run(
             "announce-self", {"initial": 50, "max": 550, "rounds": 5, "step": 100}
