@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -897,3 +899,54 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
     assert (f"/api/v1/vms/{vm}/migrate", 202, "admin") in writes
     assert (f"/api/v1/nodes/{target}/drain", 202, "admin") in writes
     _vmc_in(lab.layout.client_ns, env, "token", "revoke", "viewer")
+
+
+def test_a_vm_is_imported_from_a_qcow2_image_onto_the_shared_volume(lab: LabSubstrate) -> None:
+    """`vm import` from the admin side, as a P2V would: a qcow2 image is uploaded,
+    converted onto the cluster's shared volume into a region of its own (every byte of
+    it: the image's, then zeros), and the VM is defined and starts. An image qemu-img
+    cannot read, or one larger than the volume can hold, is refused in one line and
+    nothing is created; no other VM's region is touched."""
+    env, ns = _admin_env(lab), lab.layout.client_ns
+    work = Path(tempfile.mkdtemp(prefix="vmc-import-"))
+    lun = FileBlock(str(lab.layout.lun("CSV1")))
+    try:
+        pattern = b"".join(i.to_bytes(4, "big") * 256 for i in range(5 * 1024))  # 5 MiB
+        (work / "disk.raw").write_bytes(pattern)
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2",
+                        str(work / "disk.raw"), str(work / "disk.qcow2")], check=True)
+        header = bytearray((work / "disk.qcow2").read_bytes()[:4096])
+        header[4:8] = (99).to_bytes(4, "big")  # a qcow2 version no qemu-img knows
+        (work / "bad.qcow2").write_bytes(bytes(header))
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(work / "huge.qcow2"),
+                        "4G"], check=True)
+        before = read_table(lun)
+        for image, why in (("bad.qcow2", "qemu-img cannot read"), ("huge.qcow2", "no free")):
+            bad = _vmc_in(ns, env, "vm", "import", str(work / image), "--name", "imp",
+                          "--owner", "node2", "--memory-mib", "160", timeout_s=120)
+            assert bad.returncode == 2 and why in bad.stderr, bad.stderr
+            assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        listed = json.loads(_vmc_in(ns, env, "vm", "list", "--json").stdout)["vms"]
+        assert "imp" not in {v["name"] for v in listed}
+        assert read_table(lun).get("imp") is None
+        made = _vmc_in(ns, env, "vm", "import", str(work / "disk.qcow2"), "--name", "imp",
+                       "--owner", "node2", "--memory-mib", "160", "--json", timeout_s=300)
+        assert made.returncode == 0, made.stderr
+        got = json.loads(made.stdout)
+        assert got["import"]["image"]["format"] == "qcow2"
+        assert got["definition"]["disk_mib"] == 5 and got["definition"]["volume"] == "CSV1"
+        ext = read_table(lun).need("imp")
+        assert lun.read(ext.offset, len(pattern)) == pattern
+        assert lun.read(ext.offset + len(pattern), ext.size - len(pattern)) == bytes(
+            ext.size - len(pattern))
+        # Its region is its own: the other VMs' regions are where they were.
+        for other in before.disks:
+            now = read_table(lun).need(other.name)
+            assert (now.offset, now.size) == (other.offset, other.size)
+            assert now.end <= ext.offset or ext.end <= now.offset
+        started = _vmc_in(ns, env, "vm", "start", "imp", timeout_s=180)
+        assert started.returncode == 0 and "running on" in started.stdout, started.stderr
+    finally:
+        _vmc_in(ns, env, "vm", "delete", "imp", "--force", timeout_s=90)
+        shutil.rmtree(work, ignore_errors=True)
+    assert read_table(lun).get("imp") is None

@@ -74,14 +74,19 @@ def resolve_access(url: str | None, lab: str | None = None) -> ClusterAccess:
     return ClusterAccess(urls, token, Path(ca))
 
 
-def _do(access: ClusterAccess, method: str, path: str, body: Any, timeout_s: float
-        ) -> dict[str, Any]:
+def _do(access: ClusterAccess, method: str, path: str, body: Any, timeout_s: float,
+        upload: Path | None = None) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {access.token}"}
     failures = []
     with httpx.Client(verify=access.context(), timeout=timeout_s) as client:
         for url in access.urls:  # each once, in order: bounded
             try:
-                reply = client.request(method, url + path, json=body, headers=headers)
+                if upload is not None:
+                    with upload.open("rb") as f:
+                        reply = client.request(method, url + path, content=f, headers={
+                            **headers, "Content-Type": "application/octet-stream"})
+                else:
+                    reply = client.request(method, url + path, json=body, headers=headers)
                 break
             except httpx.TransportError as exc:
                 failures.append(f"{url}: {exc or type(exc).__name__}")
@@ -102,12 +107,13 @@ def _do(access: ClusterAccess, method: str, path: str, body: Any, timeout_s: flo
 
 
 def api_request(access: ClusterAccess, method: str, path: str, body: Any = None,
-                timeout_s: float = 15.0) -> dict[str, Any]:
-    """One request to the cluster's API (from ``access.netns`` when set)."""
+                timeout_s: float = 15.0, upload: Path | None = None) -> dict[str, Any]:
+    """One request to the cluster's API (from ``access.netns`` when set); ``upload``: a
+    file sent as the body, as it is read."""
     if access.netns is None:
-        return _do(access, method, path, body, timeout_s)
+        return _do(access, method, path, body, timeout_s, upload)
 
     with NetnsThread(access.netns) as thread:
-        got: dict[str, Any] = thread.call(_do, access, method, path, body, timeout_s,
+        got: dict[str, Any] = thread.call(_do, access, method, path, body, timeout_s, upload,
                                           timeout=timeout_s + 5)
         return got

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import click
 
@@ -171,12 +172,15 @@ def _definition(vm_name: str, from_file: Path | None, given: dict[str, Any]) -> 
 
 @vm.command("create")
 @click.argument("vm_name", metavar="VM")
-@click.option("--owner", default=None, help="its home node (required, here or in --from)")
-@click.option("--memory", "memory_mib", type=click.IntRange(min=1), default=None,
-              help="memory in MiB (required, here or in --from)")
+@click.option("--owner", "--node", "owner", default=None,
+              help="its home node (required, here or in --from)")
+@click.option("--memory-mib", "--memory", "memory_mib", type=click.IntRange(min=1),
+              default=None, help="memory in MiB (required, here or in --from)")
 @click.option("--vcpus", type=click.IntRange(min=1), default=None)
-@click.option("--disk", "disk_mib", type=click.IntRange(min=1), default=None,
+@click.option("--disk-mib", "--disk", "disk_mib", type=click.IntRange(min=1), default=None,
               help="disk size in MiB (a plain disk, or on --volume)")
+@click.option("--disk-gib", type=click.IntRange(min=1), default=None,
+              help="disk size in GiB (instead of --disk-mib)")
 @click.option("--volume", default=None, help="the cluster shared volume for its disk (default: the "
               "cluster's first, if it has one)")
 @click.option("--address", default=None, help="its address on the public network "
@@ -190,11 +194,16 @@ def _definition(vm_name: str, from_file: Path | None, given: dict[str, Any]) -> 
 @click.option("--json", "as_json", is_flag=True, help="print the API's object")
 @cluster_option
 def create(vm_name: str, owner: str | None, memory_mib: int | None, vcpus: int | None,
-           disk_mib: int | None, volume: str | None, address: str | None,
-           preferred_owners: str | None, from_file: Path | None, start_it: bool,
-           as_json: bool, cluster_url: str | None, lab_name: str | None) -> None:
+           disk_mib: int | None, disk_gib: int | None, volume: str | None,
+           address: str | None, preferred_owners: str | None, from_file: Path | None,
+           start_it: bool, as_json: bool, cluster_url: str | None,
+           lab_name: str | None) -> None:
     """Define a VM in the cluster (checked as a spec's [[vms]] table is); --start also
-    starts it."""
+    starts it. (`vmcluster vm import IMAGE` makes one from an existing disk.)"""
+    if disk_gib is not None:
+        if disk_mib is not None:
+            raise UsageError("give --disk-gib or --disk-mib, not both")
+        disk_mib = disk_gib * 1024
     prefs = None if preferred_owners is None else [
         n.strip() for n in preferred_owners.split(",") if n.strip()]
     body = _definition(vm_name, from_file, {
@@ -218,6 +227,46 @@ def create(vm_name: str, owner: str | None, memory_mib: int | None, vcpus: int |
                f"{d['owner']}, address {d.get('address', '-')})"
                + (f"; running on {got['node']}" if start_it else
                   f"; `vmcluster vm start {vm_name}` starts it"))
+
+
+@vm.command("import")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", "vm_name", required=True, help="the new VM's name")
+@click.option("--owner", required=True, help="its home node")
+@click.option("--memory-mib", "--memory", "memory_mib", type=click.IntRange(min=1),
+              required=True)
+@click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--volume", default=None, help="the shared volume for its disk (default: the "
+              "cluster's first; 'none': the cluster's file storage)")
+@click.option("--address", default=None, help="its address on the public network")
+@click.option("--start/--no-start", "start_it", default=False, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the API's object")
+@cluster_option
+def import_(image: Path, vm_name: str, owner: str, memory_mib: int, vcpus: int,
+            volume: str | None, address: str | None, start_it: bool, as_json: bool,
+            cluster_url: str | None, lab_name: str | None) -> None:
+    """Import IMAGE (raw, qcow2, vmdk, vhd, vhdx: what qemu-img reads) as the disk of a new
+    VM: it is uploaded to a host, converted onto a shared volume, and the VM is defined
+    (the seed's P2V, for Linux). Nothing is created if the image cannot be read or does
+    not fit."""
+    access = _api(cluster_url, lab_name)
+    if access is None:
+        raise InputError("this lab runs no control plane: there is no API to import into")
+    params = {"name": vm_name, "owner": owner, "memory_mib": memory_mib, "vcpus": vcpus,
+              "start": "true" if start_it else "false",
+              **({"volume": volume} if volume is not None else {}),
+              **({"address": address} if address else {})}
+    got = api_request(access, "POST", f"/api/v1/vms/import?{urlencode(params)}",
+                      timeout_s=3600.0, upload=image)
+    if start_it:
+        got = {**got, **_carried(access, got["intent"], f"starting {vm_name}")}
+    if as_json:
+        click.echo(json.dumps(got))
+        return
+    imp = got["import"]["image"]
+    click.echo(f"{vm_name}: imported a {imp['format']} image ({imp['disk_mib']} MiB) onto "
+               f"{got['import']['disk']}" + (f"; running on {got['node']}" if start_it else
+                                             "; start it with `vmcluster vm start`"))
 
 
 @vm.command("delete")

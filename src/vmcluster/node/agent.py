@@ -53,6 +53,7 @@ from cryptography.x509.oid import NameOID
 from vmcluster.csv.agentops import CsvOps
 from vmcluster.csv.attach import disk_config, record_owner
 from vmcluster.csv.savestate import region_name
+from vmcluster.csv.storage import NbdTarget
 from vmcluster.errors import (
     InputError,
     QemuGone,
@@ -73,6 +74,7 @@ from vmcluster.store.state import ClusterState
 from vmcluster.substrate.host.client import AGENT_PORT, Conflict, NotFound, addresses_from, speak_as
 from vmcluster.substrate.host.layout import LabLayout, shared_layout
 from vmcluster.substrate.protocol import MigrationParams
+from vmcluster.substrate.qemu.diskimage import image_info, to_raw
 from vmcluster.substrate.qemu.facts import QemuFacts, QemuInstall, probe
 from vmcluster.substrate.qemu.image import (
     kernel_cmdline,  # the image module is optional at import
@@ -87,6 +89,21 @@ Reply = dict[str, Any]
 
 
 MAX_SHUTDOWN_S = 600.0  # the longest a guest is given to shut down when asked
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+MIB = 1 << 20
+CHUNK = 4 * MIB
+# Ops only this host's own parts may ask (over its unix socket): they name its files.
+LOCAL_ONLY = frozenset({"import_disk"})
+
+
+def _copy(src: Any, write: Callable[[bytes], object]) -> int:
+    """Copy ``src`` (a binary file) to ``write`` in CHUNK pieces; the bytes copied."""
+    total = 0
+    while chunk := src.read(CHUNK):
+        write(chunk)
+        total += len(chunk)
+    return total
+
 _TCP_URI = re.compile(r"^tcp:\d{1,3}(\.\d{1,3}){3}:\d{1,5}$")
 
 
@@ -338,6 +355,69 @@ class Agent(CsvOps):
         async with self.lock(req["vm"]):
             how = await self._drop(req["vm"], float(shutdown_s))
         return {"how": how}
+
+    async def op_import_disk(self, req: Reply) -> Reply:
+        """Put an uploaded image (``upload``: the API's id for a file in this host's upload
+        directory) on the disk of VM ``vm`` (defined a moment ago, running nowhere): its
+        region of its shared volume, made for it, or its disk file. Only from this host's
+        own socket (see LOCAL_ONLY). ``written``: the bytes written."""
+        name, upload = str(req.get("vm")), str(req.get("upload"))
+        if not UPLOAD_ID.fullmatch(upload):
+            raise InputError(f"upload id {upload!r} is not one this API made")
+        async with self.lock(name):
+            if name in self.vms:
+                raise Conflict(f"{name} runs on {self.node}; its disk is not replaced")
+            return await asyncio.to_thread(self._import_disk, name,
+                                           self.cfg.upload_dir / f"{upload}.img")
+
+    def _import_disk(self, name: str, src: Path) -> Reply:
+        spec = self.cluster_spec(max_age_s=0.0)
+        vm = spec.vm(name)
+        info = image_info(src, "the uploaded image")
+        if info.disk_mib > vm.disk_mib:
+            raise InputError(f"the image needs {info.disk_mib} MiB; {name}'s disk_mib is "
+                             f"{vm.disk_mib}")
+        raw = src.with_suffix(".raw")
+        try:
+            to_raw(src, info, raw, "the uploaded image")
+            size = vm.disk_mib * MIB
+            if vm.volume is None:
+                dst = self.layout.disk(name)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                with raw.open("rb") as fin, dst.open("wb") as fout:
+                    written = _copy(fin, fout.write)
+                    fout.truncate(size)
+                return {"written": written, "disk": str(dst), "image": info.to_json()}
+            try:
+                csv = disk_config(self.layout, self.book(), spec, name, self.node, None)
+            except VmclusterError as exc:
+                if "no free" in str(exc):
+                    raise InputError(f"{name}: volume {vm.volume} has no free {vm.disk_mib} "
+                                     "MiB region for the image") from exc
+                raise
+            if int(csv["size"]) < info.virtual_size:
+                raise InputError(f"{name}'s region on {vm.volume} is smaller than the image")
+            target = NbdTarget.from_json(csv)
+            offset, region = int(csv["offset"]), int(csv["size"])
+            with raw.open("rb") as fin, self._lun(target) as lun:
+                written = 0
+                while chunk := fin.read(CHUNK):
+                    lun.write(offset + written, chunk)
+                    written += len(chunk)
+                # The rest of the region is zeroed: a region a deleted VM once had keeps
+                # nothing of it.
+                pos = written
+                while pos < region:
+                    n = min(CHUNK, region - pos)
+                    lun.write(offset + pos, bytes(n))
+                    pos += n
+                lun.flush()
+            _log(f"{name}: imported a {info.format} image of {info.disk_mib} MiB onto "
+                 f"{vm.volume} at {offset >> 20} MiB")
+            return {"written": written, "disk": f"{vm.volume}/{name}", "offset": offset,
+                    "image": info.to_json()}
+        finally:
+            raw.unlink(missing_ok=True)
 
     async def op_delete_disk(self, req: Reply) -> Reply:
         """Remove a deleted VM's disk: its region on its shared volume (through the
@@ -759,6 +839,9 @@ async def _serve(agent: Agent, sock_path: Path) -> None:
                                 "error": f"unknown op {req.get('op')!r}"}
             else:
                 if tls is not None:
+                    if req.get("op") in LOCAL_ONLY:
+                        raise InputError(f"{req.get('op')} is asked by this host's own parts "
+                                         "only, over its socket")
                     _require_token(str(req.get("op")), req, _peer_name(tls))
                 await fence.check(req)  # a manager's request: refused if its token is stale
                 began = time.monotonic()

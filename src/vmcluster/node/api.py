@@ -29,6 +29,7 @@ import ssl
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ from vmcluster.store.errors import StoreConflict
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
 from vmcluster.substrate.host.wire import exchange
+from vmcluster.substrate.qemu.diskimage import image_info
 
 __all__ = ["PUBLISH_S", "ApiContext", "Caller", "create_app", "main"]
 
@@ -198,6 +200,19 @@ class ApiContext:
                             "token": held.token if held else None}}
 
 
+def _local_agent(cfg: NodeConfig, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """One request to this host's own agent, over its unix socket; its reply."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout_s)
+        try:
+            s.connect(str(cfg.agent_socket))
+            reply = json.loads(exchange(s, json.dumps(request).encode() + b"\n"))
+        except (OSError, ValueError) as exc:
+            raise VmclusterError(f"this host's agent did not answer {request.get('op')}: "
+                                 f"{exc}") from exc
+    return dict(reply)
+
+
 def _local_qemu(cfg: NodeConfig) -> str | None:
     """This host's QEMU version, from its own agent (its unix socket)."""
     with socket.socket(socket.AF_UNIX) as s:
@@ -257,6 +272,8 @@ class ApiTokenRequest(BaseModel):
 _CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found",
           409: "conflict", 422: "invalid", 503: "unavailable"}
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+IMPORT_S = 3600.0  # the longest an image's conversion onto its volume may take
+MAX_UPLOAD = 1 << 40  # 1 TiB: an upload larger than this is refused as it arrives
 STREAM_MAX_S = 300.0  # an event stream ends by itself after this; the client reconnects
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
 
@@ -632,6 +649,69 @@ def create_app(ctx: ApiContext) -> FastAPI:
         got = await asyncio.to_thread(_define, dict(body), who)
         return JSONResponse(got, status_code=201,
                             headers={"Location": f"/api/v1/vms/{got['name']}"})
+
+    def _import(path: Path, upload: str, body: dict[str, Any], start: bool,
+                who: Caller) -> dict[str, Any]:
+        try:
+            info = image_info(path, "the uploaded image")
+        except InputError as exc:
+            raise JoinRefused(422, "invalid", str(exc), "image") from exc
+        out = _define({**body, "disk_mib": info.disk_mib}, who)
+        name = out["name"]
+        try:
+            got = _local_agent(ctx.cfg, {"op": "import_disk", "vm": name, "upload": upload},
+                               IMPORT_S)
+        except BaseException:
+            vms.undefine(ctx.view, name)  # nothing is left half made
+            raise
+        if not got.get("ok"):
+            vms.undefine(ctx.view, name)
+            status = 422 if got.get("code") == "invalid" else 503
+            raise JoinRefused(status, "invalid" if status == 422 else "unavailable",
+                              f"importing the image of {name}: {got.get('error')}", "image")
+        out["import"] = {k: v for k, v in got.items() if k not in ("ok",)}
+        if start:
+            vms.set_desired(ctx.view, name, "running")
+            out["desired"] = "running"
+            out["intent"] = intents.submit(ctx.view, "start", {"vm": name},
+                                           by=who.label).to_json()
+        return out
+
+    @app.post("/api/v1/vms/import", status_code=201)
+    async def vm_import(request: Request, name: str = Query(min_length=1, max_length=63),
+                        owner: str = Query(min_length=1, max_length=63),
+                        memory_mib: int = Query(ge=1), vcpus: int = Query(1, ge=1),
+                        volume: str | None = Query(None), address: str | None = Query(None),
+                        start: bool = Query(False),
+                        who: Caller = Depends(admin)) -> JSONResponse:
+        """Import a disk image (the request's body: raw, qcow2, vmdk, vhd or vhdx, as
+        qemu-img reads it) as the disk of a new VM: the image is converted onto its shared
+        volume (default: the first) or its disk file, then the VM is defined (and, with
+        ``start``, started). A file qemu-img cannot read, or one that does not fit its
+        volume, is refused (422, field ``image``) and nothing is created."""
+        upload = uuid.uuid4().hex
+        path = ctx.cfg.upload_dir / f"{upload}.img"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            size = 0
+            with path.open("wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > MAX_UPLOAD:
+                        raise JoinRefused(413, "too_large", f"an image over {MAX_UPLOAD >> 30} "
+                                          "GiB is not imported this way", "image")
+                    f.write(chunk)
+            if size == 0:
+                raise JoinRefused(422, "invalid", "the request carries no image (send the "
+                                  "file as the body)", "image")
+            body = {"name": name, "owner": owner, "memory_mib": memory_mib, "vcpus": vcpus,
+                    **({"address": address} if address else {})}
+            if volume is not None:
+                body["volume"] = None if volume in ("", "none") else volume
+            got = await asyncio.to_thread(_import, path, upload, body, start, who)
+        finally:
+            path.unlink(missing_ok=True)
+        return JSONResponse(got, status_code=201, headers={"Location": f"/api/v1/vms/{name}"})
 
     @app.get("/api/v1/vms/{vm}")
     async def vm_get(vm: str, _who: Caller = Depends(reader)) -> dict[str, Any]:

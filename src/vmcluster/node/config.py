@@ -124,6 +124,12 @@ class NodeConfig:
         return self.config_dir / "tls"
 
     @property
+    def upload_dir(self) -> Path:
+        """Where the API keeps an uploaded disk image until this host's agent has put it
+        on its volume (``vm import``); files named by an id the API chose, never a path."""
+        return self.state_dir / "uploads"
+
+    @property
     def lab_dir(self) -> tuple[str, Path] | None:
         """(name, root) of the lab whose records this host reads, if any (a lab whose
         hosts run their agent only)."""
