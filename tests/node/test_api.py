@@ -330,3 +330,35 @@ def test_the_stream_sends_the_log_and_each_intent_as_it_changes(
     assert kinds[0] == "event" and "intent" in kinds and "change" in kinds
     data = [json.loads(line[6:]) for line in seen if line.startswith("data: ")]
     assert any(d.get("kind") == "drain" and d.get("state") == "pending" for d in data)
+
+
+def test_a_vms_definition_is_changed_by_the_rules(api: tuple[TestClient, ClusterState]) -> None:
+    client, state = api
+    admin = _admin(state)
+    state.put_spec(SPEC)
+    assert client.post("/api/v1/vms", headers=admin, json={
+        "name": "web", "owner": "node1", "memory_mib": 257}).status_code == 201
+    got = client.patch("/api/v1/vms/web", headers=admin, json={
+        "memory_mib": 512, "vcpus": 2, "preferred_owners": ["node2", "node3"],
+        "max_downtime_ms": 100, "shutdown_timeout_s": 5})
+    assert got.status_code == 200, got.json()
+    d = got.json()["definition"]
+    assert (d["memory_mib"], d["vcpus"], d["preferred_owners"]) == (512, 2, ["node2", "node3"])
+    assert state.spec().vm("web").max_downtime_ms == 100
+    back = client.patch("/api/v1/vms/web", headers=admin, json={"max_downtime_ms": None})
+    assert "max_downtime_ms" not in back.json()["definition"]
+    # Running: memory and vCPUs wait for a stop; the rest changes at once.
+    state.place("web", "node1", expect=0, token=None)
+    busy = client.patch("/api/v1/vms/web", headers=admin, json={"memory_mib": 1024})
+    assert busy.status_code == 409 and busy.json()["error"]["field"] == "memory_mib"
+    assert client.patch("/api/v1/vms/web", headers=admin,
+                        json={"priority": 3000}).status_code == 200
+    for body, code, field in [({"address": "198.18.1.99"}, 422, "address"),
+                              ({"colour": "red"}, 422, "colour"),
+                              ({"preferred_owners": ["node9"]}, 422, "preferred_owners"),
+                              ({"shutdown_timeout_s": 9999}, 422, "shutdown_timeout_s")]:
+        bad = client.patch("/api/v1/vms/web", headers=admin, json=body)
+        assert bad.status_code == code and bad.json()["error"]["field"] == field, bad.json()
+    assert client.patch("/api/v1/vms/nope", headers=admin, json={"vcpus": 1}).status_code == 404
+    final = state.spec().vm("web")
+    assert (final.memory_mib, final.priority, final.shutdown_timeout_s) == (512, 3000, 5.0)

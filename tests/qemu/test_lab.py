@@ -946,6 +946,13 @@ def test_a_vm_is_imported_from_a_qcow2_image_onto_the_shared_volume(lab: LabSubs
             assert now.end <= ext.offset or ext.end <= now.offset
         started = _vmc_in(ns, env, "vm", "start", "imp", timeout_s=180)
         assert started.returncode == 0 and "running on" in started.stdout, started.stderr
+        # `vm set`: what may change while it runs does; memory waits for a stop.
+        changed = _vmc_in(ns, env, "vm", "set", "imp", "priority=3000",
+                          "preferred_owners=node3,node1")
+        assert changed.returncode == 0, changed.stderr
+        assert 'preferred_owners=["node3", "node1"]' in changed.stdout
+        busy = _vmc_in(ns, env, "vm", "set", "imp", "memory_mib=512")
+        assert busy.returncode == 2 and "stopped" in busy.stderr, busy.stderr
     finally:
         _vmc_in(ns, env, "vm", "delete", "imp", "--force", timeout_s=90)
         shutil.rmtree(work, ignore_errors=True)

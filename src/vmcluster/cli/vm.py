@@ -229,6 +229,48 @@ def create(vm_name: str, owner: str | None, memory_mib: int | None, vcpus: int |
                   f"; `vmcluster vm start {vm_name}` starts it"))
 
 
+LIST_KEYS = ("preferred_owners", "live_migration_networks")
+
+
+def _setting(item: str) -> tuple[str, Any]:
+    """``key=value``: a number, true/false, null (back to the default), a comma-separated
+    list for the list keys, or else a string."""
+    key, eq, raw = item.partition("=")
+    if not eq or not key:
+        raise UsageError(f"{item!r} is not key=value (e.g. memory_mib=512)")
+    if raw == "null":
+        return key, None
+    if key in LIST_KEYS:
+        return key, [n.strip() for n in raw.split(",") if n.strip()]
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+@vm.command("set")
+@click.argument("vm_name", metavar="VM")
+@click.argument("settings", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.option("--json", "as_json", is_flag=True, help="print the API's object")
+@cluster_option
+def set_(vm_name: str, settings: tuple[str, ...], as_json: bool, cluster_url: str | None,
+         lab_name: str | None) -> None:
+    """Change a VM's definition: memory_mib, vcpus while it is stopped; preferred_owners,
+    live_migration_networks (comma-separated), max_downtime_ms, priority, anti_affinity,
+    shutdown_timeout_s at any time; KEY=null puts one back to its default."""
+    access = _api(cluster_url, lab_name)
+    if access is None:
+        raise InputError("this lab runs no control plane: there is no definition to change")
+    got = api_request(access, "PATCH", f"/api/v1/vms/{vm_name}",
+                      dict(_setting(s) for s in settings))
+    if as_json:
+        click.echo(json.dumps(got))
+        return
+    d = got["definition"]
+    click.echo(f"{vm_name}: " + ", ".join(f"{k}={json.dumps(d.get(k))}"
+                                          for k, _ in map(_setting, settings)))
+
+
 @vm.command("import")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", "vm_name", required=True, help="the new VM's name")

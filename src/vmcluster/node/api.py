@@ -49,7 +49,7 @@ from vmcluster.control.consolidate import ConsolidationPlan
 from vmcluster.control.events import ApiWrite
 from vmcluster.errors import InputError, PolicyError, SpecError, UsageError, VmclusterError
 from vmcluster.model import ClusterSpec
-from vmcluster.model.spec import parse_spec
+from vmcluster.model.spec import VM_KEYS, parse_spec
 from vmcluster.node import metrics, views
 from vmcluster.node.access import api_url
 from vmcluster.node.bootstrap import (
@@ -272,6 +272,10 @@ class ApiTokenRequest(BaseModel):
 _CODES = {400: "invalid", 401: "unauthorized", 403: "forbidden", 404: "not_found",
           409: "conflict", 422: "invalid", 503: "unavailable"}
 WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# What `vm set` may not change, and why; what it changes only while the VM is stopped.
+FIXED_KEYS = {"name": "define a new VM", "volume": "its disk lives there",
+              "address": "clients know it by it", "disk_mib": "its disk is that size"}
+STOPPED_KEYS = frozenset({"memory_mib", "vcpus", "machine"})
 IMPORT_S = 3600.0  # the longest an image's conversion onto its volume may take
 MAX_UPLOAD = 1 << 40  # 1 TiB: an upload larger than this is refused as it arrives
 STREAM_MAX_S = 300.0  # an event stream ends by itself after this; the client reconnects
@@ -712,6 +716,41 @@ def create_app(ctx: ApiContext) -> FastAPI:
         finally:
             path.unlink(missing_ok=True)
         return JSONResponse(got, status_code=201, headers={"Location": f"/api/v1/vms/{name}"})
+
+    def _set(vm: str, changes: dict[str, Any]) -> dict[str, Any]:
+        view = ctx.view
+        rec = vms.get(view, vm)
+        if rec is None:
+            raise JoinRefused(404, "not_found", f"no VM {vm!r} is defined", "vm")
+        if not changes:
+            raise JoinRefused(422, "invalid", "nothing to set: send the keys to change", None)
+        for key in changes:
+            if key in FIXED_KEYS:
+                raise JoinRefused(422, "invalid", f"{key} of a VM does not change once it is "
+                                  f"defined ({FIXED_KEYS[key]})", key)
+            if key not in VM_KEYS:
+                raise JoinRefused(422, "invalid", f"unknown key {key!r}; a VM has "
+                                  f"{', '.join(sorted(VM_KEYS - set(FIXED_KEYS)))}", key)
+        node = view.placement(vm).node
+        for key in changes:
+            if key in STOPPED_KEYS and node is not None:
+                raise JoinRefused(409, "conflict", f"{key} changes only while {vm} is stopped "
+                                  f"(it runs on {node}; `vmcluster vm stop {vm}` first)", key)
+        new = {**rec.definition, **changes}
+        new = {k: v for k, v in new.items() if v is not None}  # null: back to the default
+        others = [r.definition for n, r in vms.records(view).items() if n != vm]
+        view.spec(definitions=[*others, new])  # SpecError: 422, naming the key
+        got = vms.redefine(view, rec, new)
+        return views.vm_json(got, view.placement(vm))
+
+    @app.patch("/api/v1/vms/{vm}")
+    async def vm_set(vm: str, changes: dict[str, Any], _who: Caller = Depends(admin)
+                     ) -> dict[str, Any]:
+        """Change a VM's definition (``vmcluster vm set``): memory_mib, vcpus and machine
+        while it is stopped; preferred owners, live-migration networks, downtime budget,
+        priority, anti-affinity, shutdown timeout and the rest at any time. ``null`` puts
+        a key back to its default. Checked as a spec's [[vms]] table is."""
+        return await asyncio.to_thread(_set, vm, dict(changes))
 
     @app.get("/api/v1/vms/{vm}")
     async def vm_get(vm: str, _who: Caller = Depends(reader)) -> dict[str, Any]:

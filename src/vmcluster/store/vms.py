@@ -44,8 +44,8 @@ class StateLike(Protocol):
     def _guarded(self, token: int | None, compare: list[Compare], ops: list[Op],
                  what: str) -> int: ...
 
-__all__ = ["DESIRED", "VmRecord", "define", "get", "pin_machine", "records", "set_desired",
-           "undefine"]
+__all__ = ["DESIRED", "VmRecord", "define", "get", "pin_machine", "records", "redefine",
+           "set_desired", "undefine"]
 
 DESIRED = ("running", "stopped")
 
@@ -115,8 +115,17 @@ def _update(state: StateLike, rec: VmRecord, token: int | None, what: str,
     body = {**rec.to_json(), **fields}
     rev = state._guarded(token, [Compare.modified(key, rec.revision)], [Put(key, _dump(body))],
                          f"{what} of {rec.name}")
-    return VmRecord(rec.name, rec.definition, str(body["desired"]), body["machine"], rev,
-                    rec.seq)
+    return VmRecord(rec.name, dict(body["definition"]), str(body["desired"]), body["machine"],
+                    rev, rec.seq)
+
+
+def redefine(state: StateLike, rec: VmRecord, definition: Mapping[str, Any],
+             token: int | None = None) -> VmRecord:
+    """Replace ``rec``'s definition (validated by the caller) if it has not changed since
+    ``rec`` was read (StoreConflict otherwise: read it again)."""
+    if definition.get("name") != rec.name:
+        raise InputError(f"a VM's name does not change ({rec.name})")
+    return _update(state, rec, token, "definition", definition=dict(definition))
 
 
 def _require(state: StateLike, name: str) -> VmRecord:
