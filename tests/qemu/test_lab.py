@@ -799,10 +799,12 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
                  "--json")
     assert ro.returncode == 0, ro.stderr
     viewer = json.loads(ro.stdout)["token"]
-    vm, source = "batch", lab.owner("batch")
-    assert source is not None
-    target = next(n.name for n in lab.spec.nodes if n.name != source)
+    vm, source = "fromimage", "node2"
+    target = "node3"
     ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="vmc-dash-"))
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(work / "disk.qcow2"), "8M"],
+                   check=True)
     url = access.url + "/ui/"
 
     def wait(d: WebDriver, cond: Callable[[WebDriver], object], timeout: float = 30) -> None:
@@ -836,14 +838,28 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
                  for e in d.find_elements(By.CSS_SELECTOR, "#nodes tr[data-node]")]
         assert nodes == [n.name for n in lab.spec.nodes]
         cards = d.find_element(By.CSS_SELECTOR, f'[data-card="{source}"]').text
-        assert vm in cards
+        assert lab.owner("db") != source or "db" in cards
         assert "Heartbeat" in d.find_element(By.ID, "networks").text
         assert "CSV1" in d.find_element(By.ID, "volumes").text
         shot(d, "cluster-read-only")
         click(d, By.CSS_SELECTOR, f'#nodes tr[data-node="{source}"] button.drain')
         wait(d, lambda d: "403" in d.find_element(By.ID, "error").text)
-        # Admin: the VM's page, a prediction, then a live migration watched pass by pass.
+        # Admin: a VM from an imported qcow2 image, started; its page, a prediction, then a
+        # live migration watched pass by pass.
         login(d, access.token)
+        d.get(url + "#/roles")
+        wait(d, lambda d: d.find_elements(By.ID, "create-form"))
+        d.find_element(By.ID, "new-name").send_keys(vm)
+        Select(d.find_element(By.ID, "new-owner")).select_by_value(source)
+        d.find_element(By.ID, "new-image").send_keys(str(work / "disk.qcow2"))
+        d.find_element(By.ID, "new-start").click()
+        shot(d, "roles-import")
+        click(d, By.ID, "new-submit")
+        wait(d, lambda d: "imported a qcow2" in d.find_element(By.ID, "create-status").text, 120)
+        wait(d, lambda d: "running" in d.find_element(
+            By.CSS_SELECTOR, f'#vms tr[data-vm="{vm}"]').text, 120)
+        shot(d, "roles-imported")
+        wait_ready(lab.layout, vm, source, 120)
         d.get(url + f"#/vm/{vm}")
         wait(d, lambda d: d.find_element(By.ID, "vm-node").text == source)
         Select(d.find_element(By.ID, "migrate-target")).select_by_value(target)
@@ -884,12 +900,15 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         shot(d, "events")
         return {"result": result, "timing": timing}
 
-    with browser.chromium_in(lab.layout.client_ns, access.ca) as run:
-        got = run(scenario)
+    try:
+        with browser.chromium_in(lab.layout.client_ns, access.ca) as run:
+            got = run(scenario)
+    finally:
+        _vmc_in(lab.layout.client_ns, env, "vm", "delete", vm, "--force", timeout_s=90)
+        shutil.rmtree(work, ignore_errors=True)
     assert "Done" in got["result"] and f"→ {target}" in got["result"], got
     assert got["timing"]["click_to_progress_ms"] is not None
     (ARTEFACTS / "timing.json").write_text(json.dumps(got["timing"]))
-    assert lab.owner(vm) != target  # drained away
     for name in ("cluster-read-only", "vm-migrating", "vm-after", "nodes-drained", "events"):
         assert (ARTEFACTS / f"{name}.png").stat().st_size > 10_000
     # The audit trail names who did what: the viewer's refused drain, the admin's moves.
@@ -897,6 +916,7 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
     writes = [(e["path"], e["status"], e["token"]) for e in log if e["kind"] == "api_write"]
     assert (f"/api/v1/nodes/{source}/drain", 403, "viewer") in writes
     assert (f"/api/v1/vms/{vm}/migrate", 202, "admin") in writes
+    assert ("/api/v1/vms/import", 201, "admin") in writes
     assert (f"/api/v1/nodes/{target}/drain", 202, "admin") in writes
     _vmc_in(lab.layout.client_ns, env, "token", "revoke", "viewer")
 

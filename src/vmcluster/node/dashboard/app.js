@@ -173,6 +173,37 @@ window.vmc = {
   start: (v) => act("POST", `/api/v1/vms/${encodeURIComponent(v)}/start`, {}, `start ${v}`),
   stop: (v) => act("POST", `/api/v1/vms/${encodeURIComponent(v)}/stop`, undefined, `stop ${v}`),
   cancel: (id) => act("POST", `/api/v1/migrations/${encodeURIComponent(id)}/cancel`, undefined, "cancel"),
+  create: async (ev) => {
+    ev.preventDefault();
+    const name = $("#new-name").value.trim();
+    const params = new URLSearchParams({ name, owner: $("#new-owner").value,
+      memory_mib: $("#new-memory").value, vcpus: $("#new-vcpus").value,
+      start: $("#new-start").checked ? "true" : "false" });
+    const file = $("#new-image").files[0];
+    $("#create-status").textContent = file ? `uploading ${file.name} and converting it...` : "creating...";
+    try {
+      let got;
+      if (file) {
+        const resp = await fetch(`/api/v1/vms/import?${params}`, { method: "POST", body: file,
+          headers: { Authorization: `Bearer ${S.token}`, "Content-Type": "application/octet-stream" } });
+        got = await resp.json();
+        if (!resp.ok) throw new Error(`${resp.status} ${(got.error || {}).message}`);
+      } else {
+        got = await api("POST", "/api/v1/vms", { name, owner: params.get("owner"),
+          memory_mib: Number(params.get("memory_mib")), vcpus: Number(params.get("vcpus")),
+          start: $("#new-start").checked });
+      }
+      $("#create-status").textContent = file
+        ? `${name}: imported a ${got.import.image.format} image (${got.import.image.disk_mib} MiB) onto ${got.import.disk}`
+        : `${name}: defined`;
+      showError(null);
+      scheduleRefresh();
+    } catch (e) {
+      $("#create-status").textContent = "";
+      showError(new Error(`create ${name}: ${e.message}`));
+    }
+    return false;
+  },
   predict: async (v) => {
     const to = $("#migrate-target").value;
     try {
@@ -218,9 +249,18 @@ function renderPage() {
                   vm: pageVm };
   const page = pages[r.page] || pageCluster;
   if (!S.data.nodes) return;
+  // A form being filled in is never re-rendered (a chosen file cannot be put back): on the
+  // roles page only the table follows the cluster.
+  if (r.page === "roles" && $("#create-form") && $("#vms") && S.renderedPage === "roles") {
+    $("#vms").outerHTML = vmsTable();
+    return;
+  }
+  S.renderedPage = r.page;
   // What the user was choosing survives a re-render (the cluster changes under the page).
   const kept = {};
-  for (const el of document.querySelectorAll("#main select, #main input")) kept[el.id] = el.value;
+  for (const el of document.querySelectorAll("#main select, #main input:not([type=file])")) {
+    kept[el.id] = el.value;
+  }
   $("#main").innerHTML = page(r.arg);
   for (const [id, value] of Object.entries(kept)) {
     const el = document.getElementById(id);
@@ -295,7 +335,21 @@ function pageCluster() {
     <h2>Recent cluster events</h2><table id="events-list"></table>`;
 }
 
-function pageRoles() { return `<h1>Roles</h1>${vmsTable()}`; }
+function pageRoles() {
+  const owners = S.data.nodes.map((n) => `<option value="${esc(n.name)}">${esc(n.name)}</option>`).join("");
+  return `<h1>Roles</h1>${vmsTable()}
+    <h2>Create a VM, or import one from a disk image</h2>
+    <form id="create-form" class="actions" onsubmit="return vmc.create(event)">
+      <label>name <input id="new-name" required size="10"></label>
+      <label>owner <select id="new-owner">${owners}</select></label>
+      <label>memory MiB <input id="new-memory" type="number" min="64" value="256" size="6"></label>
+      <label>vCPUs <input id="new-vcpus" type="number" min="1" value="1" size="3"></label>
+      <label>image (raw, qcow2, vmdk, vhd, vhdx) <input id="new-image" type="file"></label>
+      <label><input id="new-start" type="checkbox"> start it</label>
+      <button id="new-submit" class="primary" type="submit">Create</button>
+    </form>
+    <p id="create-status" class="muted"></p>`;
+}
 function pageNodes() { return `<h1>Nodes</h1>${nodesTable()}`; }
 function pageStorage() { return `<h1>Cluster shared volumes</h1>${volumesTable()}`; }
 
@@ -380,7 +434,7 @@ function renderPrediction() {
   const p = S.prediction;
   if (!p) { box.innerHTML = ""; return; }
   box.innerHTML = `<p id="predicted">Predicted over <b>${esc(p.network)}</b>:
-    ${p.total_s.toFixed(2)} s in ${p.passes.length} passes, downtime ${p.downtime_ms.toFixed(0)} ms
+    ${p.total_s.toFixed(2)} s in ${p.passes.length} pass${p.passes.length === 1 ? "" : "es"}, downtime ${p.downtime_ms.toFixed(0)} ms
     ${p.converged === false ? "(does not converge within the budget)" : ""}</p>`;
 }
 
@@ -396,9 +450,9 @@ function renderVmMigration() {
   const p = m.progress || {};
   const passes = (p.passes || []).map((x) => `<tr><td>${x.pass}</td><td>${x.sent_mib}</td>
     <td>${x.remaining_mib}</td></tr>`).join("");
-  const total = p.passes && p.passes.length ? (p.passes[0].remaining_mib || 1) : 1;
-  const left = p.remaining_mib ?? total;
-  const pct = Math.max(0, Math.min(100, 100 * (1 - left / Math.max(total, left, 1))));
+  // This pass's share done: what it sent of what it sent plus what is left.
+  const sent = p.sent_mib || 0, left = p.remaining_mib || 0;
+  const pct = sent + left > 0 ? Math.max(0, Math.min(100, 100 * sent / (sent + left))) : 0;
   const r = m.result;
   box.innerHTML = `<h2>Migration to ${esc(m.args.to)} ${badge(m.state, m.state === "running" ? "running-intent" : m.state)}</h2>
     <p id="migration-state" data-state="${esc(m.state)}">${esc(p.status || m.state)}
