@@ -862,6 +862,8 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         wait_ready(lab.layout, vm, source, 120)
         d.get(url + f"#/vm/{vm}")
         wait(d, lambda d: d.find_element(By.ID, "vm-node").text == source)
+        # Its serial console, live over the API's websocket from the host it runs on.
+        wait(d, lambda d: "VMC-READY" in d.find_element(By.ID, "console").text, 30)
         Select(d.find_element(By.ID, "migrate-target")).select_by_value(target)
         click(d, By.ID, "migrate-predict")
         wait(d, lambda d: "Predicted over" in d.find_element(By.ID, "prediction").text)
@@ -871,6 +873,7 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         shot(d, "vm-migrating")
         wait(d, lambda d: d.find_elements(By.ID, "migration-result"), 120)
         wait(d, lambda d: d.find_element(By.ID, "vm-node").text == target, 30)
+        wait(d, lambda d: f"now runs on {target}" in d.find_element(By.ID, "console").text, 30)
         result = ""
 
         def finished(d: WebDriver) -> bool:
@@ -907,6 +910,9 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         _vmc_in(lab.layout.client_ns, env, "vm", "delete", vm, "--force", timeout_s=90)
         shutil.rmtree(work, ignore_errors=True)
     assert "Done" in got["result"] and f"→ {target}" in got["result"], got
+    tail = _vmc_in(lab.layout.client_ns, env, "vm", "console", "db", "-n", "5")
+    assert tail.returncode == 0 and "MEMOK" in tail.stdout, tail.stderr  # its workload
+    assert len(tail.stdout.splitlines()) == 5
     assert got["timing"]["click_to_progress_ms"] is not None
     (ARTEFACTS / "timing.json").write_text(json.dumps(got["timing"]))
     for name in ("cluster-read-only", "vm-migrating", "vm-after", "nodes-drained", "events"):

@@ -339,9 +339,27 @@ def delete(vm_name: str, keep_disk: bool, force: bool, cluster_url: str | None,
 @click.argument("vm_name", metavar="VM")
 @click.option("-n", "lines", default=20, show_default=True, help="lines to show")
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines (Ctrl-C stops)")
-@_LAB
-def console(vm_name: str, lines: int, follow: bool, lab_name: str | None) -> None:
-    """Show a VM's serial console (the log on its current node)."""
+@cluster_option
+def console(vm_name: str, lines: int, follow: bool, cluster_url: str | None,
+            lab_name: str | None) -> None:
+    """Show a VM's serial console (through the cluster's API, from the host it runs on)."""
+    access = _api(cluster_url, lab_name)
+    if access is not None:
+        got = api_request(access, "GET", f"/api/v1/vms/{vm_name}/console?tail=65536")
+        for line in str(got["data"]).splitlines()[-lines:]:
+            click.echo(line)
+        node, offset = got["node"], int(got["offset"])
+        while follow:  # until Ctrl-C, as tail -f
+            time.sleep(0.5)
+            got = api_request(access, "GET", f"/api/v1/vms/{vm_name}/console?offset={offset}")
+            if got["node"] != node:
+                click.echo(f"[{vm_name} now runs on {got['node']}]")
+                node = got["node"]
+                got = api_request(access, "GET", f"/api/v1/vms/{vm_name}/console?tail=4096")
+            offset = int(got["offset"])
+            if got["data"]:
+                click.echo(got["data"], nl=False)
+        return
     sub = _sub(lab_name)
     node = sub.owner(vm_name) or sub.spec.vm(vm_name).owner
     log = sub.layout.serial_log(vm_name, node)

@@ -90,6 +90,7 @@ Reply = dict[str, Any]
 
 MAX_SHUTDOWN_S = 600.0  # the longest a guest is given to shut down when asked
 UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
+CONSOLE_MAX = 64 * 1024  # bytes of a serial console per read
 MIB = 1 << 20
 CHUNK = 4 * MIB
 # Ops only this host's own parts may ask (over its unix socket): they name its files.
@@ -193,6 +194,30 @@ class Agent(CsvOps):
         assert self.facts is not None  # probed before the agent serves
         return {"facts": self.facts.to_json(), "features": self.facts.features(),
                 "install": self.install.to_json()}
+
+    async def op_console(self, req: Reply) -> Reply:
+        """A VM's serial console as this host has it, from byte ``offset`` (negative: the
+        last that many bytes), at most CONSOLE_MAX bytes. ``offset`` in the reply: where to
+        ask next; ``running``: whether its QEMU runs here. A read: any cluster host may ask
+        (the API of any host serves the console)."""
+        name, offset = str(req.get("vm")), req.get("offset", 0)
+        if not isinstance(offset, int):
+            raise InputError("offset must be an integer")
+        spec = await asyncio.to_thread(self.cluster_spec, 1.0)
+        if name not in {v.name for v in spec.vms}:
+            raise NotFound(f"no VM {name!r} is defined")
+        log = self.layout.serial_log(name, self.node)
+        try:
+            size = log.stat().st_size
+        except FileNotFoundError:
+            return {"data": "", "offset": 0, "size": 0, "running": name in self.vms}
+        # offset past the end: a new log (the VM started here again), read from its start
+        start = max(0, size + offset) if offset < 0 else offset if offset <= size else 0
+        with log.open("rb") as f:
+            f.seek(start)
+            data = f.read(CONSOLE_MAX)
+        return {"data": data.decode(errors="replace"), "offset": start + len(data),
+                "size": size, "running": name in self.vms and self.vms[name].alive()}
 
     async def op_list(self, req: Reply) -> Reply:
         """Every QEMU this host runs. Their states are asked all at once, each for at most

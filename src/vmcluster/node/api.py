@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -71,6 +71,8 @@ from vmcluster.store.election import current_leader
 from vmcluster.store.errors import StoreConflict
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
+from vmcluster.substrate.host.client import AgentClient, AgentDown, addresses_from, speak_as
+from vmcluster.substrate.host.layout import LabLayout, shared_layout
 from vmcluster.substrate.host.wire import exchange
 from vmcluster.substrate.qemu.diskimage import image_info
 
@@ -101,6 +103,7 @@ class ApiContext:
     cfg: NodeConfig
     state: ClusterState
     cache: StoreCache | None = None
+    layout: LabLayout | None = None  # where the hosts' agents are (None: no agent calls)
     _spec_memo: tuple[tuple[int, int, int], ClusterSpec] | None = field(default=None,
                                                                          repr=False)
 
@@ -279,6 +282,7 @@ STOPPED_KEYS = frozenset({"memory_mib", "vcpus", "machine"})
 IMPORT_S = 3600.0  # the longest an image's conversion onto its volume may take
 MAX_UPLOAD = 1 << 40  # 1 TiB: an upload larger than this is refused as it arrives
 STREAM_MAX_S = 300.0  # an event stream ends by itself after this; the client reconnects
+CONSOLE_WS_S = 3600.0  # a console websocket ends by itself after this
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
 
 
@@ -931,6 +935,70 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return StreamingResponse(gen(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})
 
+    # -- a VM's serial console, from the agent of the host it runs on --------------------
+
+    def _console(vm: str, offset: int, node: str | None = None) -> dict[str, Any]:
+        if ctx.layout is None:
+            raise HTTPException(503, "this API reaches no agents")
+        if vms.get(ctx.view, vm) is None:
+            raise _not_found("VM", vm, "vm")
+        node = node or ctx.view.placement(vm).node or _spec().vm(vm).owner
+        try:
+            got = AgentClient(ctx.layout, node).call("console", timeout_s=5, vm=vm,
+                                                     offset=offset)
+        except AgentDown as exc:
+            raise HTTPException(503, str(exc)) from exc
+        return {"vm": vm, "node": node, "data": got["data"], "offset": got["offset"],
+                "running": got["running"]}
+
+    @app.get("/api/v1/vms/{vm}/console")
+    async def vm_console(vm: str, tail: int = Query(4096, ge=0, le=65536),
+                         offset: int | None = Query(None, ge=0),
+                         _who: Caller = Depends(reader)) -> dict[str, Any]:
+        """The last ``tail`` bytes of the VM's serial console, from the host it runs on, or
+        what follows ``offset`` (the ``offset`` a previous answer gave); ``/console/ws``
+        follows it live."""
+        return await asyncio.to_thread(_console, vm, offset if offset is not None else -tail)
+
+    @app.websocket("/api/v1/vms/{vm}/console/ws")
+    async def vm_console_ws(websocket: WebSocket, vm: str) -> None:
+        """The VM's serial console, live: send ``{"token": T}`` first (a browser cannot
+        set headers on a websocket); then text frames as the console prints, following the
+        VM when it moves. Ends by itself after CONSOLE_WS_S."""
+        await websocket.accept()
+        try:
+            first = json.loads(await asyncio.wait_for(websocket.receive_text(), 10))
+            who = await asyncio.to_thread(ctx.caller, str(first.get("token", "")))
+        except (TimeoutError, ValueError, AttributeError, WebSocketDisconnect):
+            who = None
+        if who is None or who.role not in tokens.ROLES:
+            with contextlib.suppress(RuntimeError):
+                await websocket.close(code=4401, reason="send a token of this cluster first")
+            return
+        deadline = time.monotonic() + CONSOLE_WS_S
+        node, offset = None, -4096
+        try:
+            while time.monotonic() < deadline:
+                now = await asyncio.to_thread(lambda: ctx.view.placement(vm).node)
+                if now is not None and now != node:
+                    if node is not None:
+                        await websocket.send_text(f"\r\n[vmcluster: {vm} now runs on {now}]\r\n")
+                    node, offset = now, -4096
+                if node is not None:
+                    try:
+                        got = await asyncio.to_thread(_console, vm, offset, node)
+                        offset = int(got["offset"])
+                        if got["data"]:
+                            await websocket.send_text(got["data"])
+                    except HTTPException as exc:
+                        await websocket.send_text(f"\r\n[vmcluster: {exc.detail}]\r\n")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(websocket.receive_text(), 0.5)  # input is ignored
+        except WebSocketDisconnect:
+            return
+        with contextlib.suppress(RuntimeError):
+            await websocket.close()
+
     # -- health, metrics, the dashboard ----------------------------------------------
 
     @app.get("/api/v1/health")
@@ -1000,7 +1068,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config)
         creds = NodeCredentials(cfg.tls_dir)
-        ctx = ApiContext(cfg, cfg.store(timeout_s=2.0, retry_s=5.0))
+        speak_as(cfg.node, cfg.tls_dir)  # this host's certificate, for the agents it calls
+        ctx = ApiContext(cfg, cfg.store(timeout_s=2.0, retry_s=5.0),
+                         layout=shared_layout(cfg.shared, cfg.state_dir, cfg.run_dir,
+                                              cfg.lab_dir))
+        addresses_from(lambda: ctx.spec(ctx.view))
         socks = _sockets(cfg)
     except VmclusterError as exc:
         print(f"vmcluster api: {exc}", file=sys.stderr)

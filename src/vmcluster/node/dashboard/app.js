@@ -266,7 +266,8 @@ function renderPage() {
     const el = document.getElementById(id);
     if (el && [...(el.options || [{ value }])].some((o) => o.value === value)) el.value = value;
   }
-  if (r.page === "vm") { renderPrediction(); renderVmMigration(); }
+  if (r.page === "vm") { renderPrediction(); renderVmMigration(); openConsole(r.arg); }
+  else closeConsole();
   if (r.page === "events" || r.page === "cluster") renderEvents();
 }
 
@@ -425,7 +426,33 @@ function pageVm(name) {
       <button id="migrate-start" class="primary" onclick="vmc.migrate('${esc(v.name)}')" ${v.node && targets ? "" : "disabled"}>Migrate</button>
     </div>
     <div id="prediction"></div>
-    <div id="migration"></div>`;
+    <div id="migration"></div>
+    <h2>Serial console</h2>
+    <pre id="console" class="console"></pre>`;
+}
+
+// A VM's serial console, live, over the API's websocket (the token is its first message).
+function openConsole(vm) {
+  const box = $("#console");
+  if (S.console && S.console.vm === vm) {
+    if (box) { box.textContent = S.console.text; box.scrollTop = box.scrollHeight; }
+    return;
+  }
+  closeConsole();
+  const ws = new WebSocket(`wss://${location.host}/api/v1/vms/${encodeURIComponent(vm)}/console/ws`);
+  S.console = { vm, ws, text: "" };
+  const mine = S.console;
+  ws.onopen = () => ws.send(JSON.stringify({ token: S.token }));
+  ws.onmessage = (ev) => {
+    mine.text = (mine.text + ev.data).slice(-65536);
+    const b = $("#console");
+    if (b && S.console === mine) { b.textContent = mine.text; b.scrollTop = b.scrollHeight; }
+  };
+  ws.onclose = () => { if (S.console === mine) S.console = null; };
+}
+
+function closeConsole() {
+  if (S.console) { S.console.ws.close(); S.console = null; }
 }
 
 function renderPrediction() {
