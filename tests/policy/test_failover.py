@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from ipaddress import IPv4Address
+from pathlib import Path
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from vmcluster.errors import SpecError
 from vmcluster.model import ClusterSettings, ClusterSpec, Node, Vm
+from vmcluster.model.spec import spec_with_vms
 from vmcluster.policy.failover import (
     CannotPlace,
     FailoverParams,
@@ -37,6 +41,9 @@ def spec(
     return ClusterSpec(settings, (), tuple(nodes), tuple(vms))
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
 def test_restart_by_priority_preferred_owner_then_room() -> None:
     s = spec(
         [node("a"), node("b", mem=1024), node("c", mem=8192)],
@@ -64,7 +71,9 @@ def test_anti_affinity_spreads_a_class_and_gives_way_when_it_must() -> None:
          Vm("db3", "c", 512, anti_affinity="db")],
     )  # fmt: skip
     plan = failover_plan(s, {"db1": "a", "db2": "b", "db3": "c"}, {"a"})
-    assert plan.actions == (Restart("db1", "b", "a"),)  # both hold one: equal, name wins
+    # Both hold one: equal, name wins; the plan says which rule it broke.
+    assert plan.actions == (Restart("db1", "b", "a", (
+        "anti_affinity db: shares b with db2 (every node with room has one)",)),)
     s2 = spec([node("a"), node("b"), node("c")], list(s.vms[:2]))
     assert failover_plan(s2, {"db1": "a", "db2": "b"}, {"a"}).actions == (Restart("db1", "c", "a"),)
 
@@ -81,7 +90,8 @@ def test_drain_moves_everything_off_and_skips_excluded() -> None:
     s = spec([node("a"), node("b"), node("c")], [Vm("x", "a", 512), Vm("y", "a", 512)])
     plan = drain_plan(s, {"x": "a", "y": "a"}, "a", excluded={"b"})
     assert plan.actions == (Migrate("x", "a", "c"), Migrate("y", "a", "c"))
-    assert plan.to_json()[0] == {"action": "Migrate", "vm": "x", "source": "a", "target": "c"}
+    assert plan.to_json()[0] == {"action": "Migrate", "vm": "x", "source": "a", "target": "c",
+                                 "broke": []}
 
 
 def test_quorum_majority_and_witness() -> None:
@@ -277,3 +287,40 @@ def test_a_long_heartbeat_window_sets_the_restart_time() -> None:
 def test_flapping_counts_failures_within_the_hour_including_now() -> None:
     assert not quarantined([0, 1000, 3000], now=3600)  # exactly an hour old: out
     assert quarantined([10, 20, 30], now=30)  # one failing right now counts
+
+
+def test_allowed_nodes_is_strict_affinity_keeps_together_and_breaks_are_named() -> None:
+    s = spec(
+        [node("a"), node("b"), node("c", mem=1024)],
+        [Vm("app", "a", 512, allowed_nodes=("a", "b")),
+         Vm("web", "a", 512, affinity="shop"), Vm("cache", "c", 256, affinity="shop"),
+         Vm("pinned", "a", 512, allowed_nodes=("a",))],
+    )  # fmt: skip
+    plan = failover_plan(s, {v.name: v.owner for v in s.vms}, {"a"})
+    by = {a.vm: a for a in plan.actions}
+    assert isinstance(by["app"], Restart) and by["app"].node == "b"  # never c
+    assert isinstance(by["web"], Restart) and by["web"].node == "c"  # with cache
+    assert by["web"].broke == ()
+    assert isinstance(by["pinned"], CannotPlace) and "allowed_nodes (a)" in by["pinned"].reason
+    # No room beside its group: placed elsewhere, and the plan says so.
+    full = spec([node("a"), node("b"), node("c", mem=300)], list(s.vms[1:3]))
+    (act,) = failover_plan(full, {"web": "a", "cache": "c"}, {"a"}).actions
+    assert isinstance(act, Restart) and act.node == "b"
+    assert act.broke == ("affinity shop: apart from its group on c (no room there)",)
+    assert failover_plan(full, {"web": "a", "cache": "c"}, {"a"}).to_json()[0]["broke"] == [
+        "affinity shop: apart from its group on c (no room there)"]
+
+
+@pytest.mark.parametrize(("table", "key"), [
+    ({"allowed_nodes": ["node9"]}, "allowed_nodes"),
+    ({"allowed_nodes": []}, "allowed_nodes"),
+    ({"allowed_nodes": ["node2"]}, "allowed_nodes"),  # its owner, node1, is not in it
+    ({"allowed_nodes": ["node1"], "preferred_owners": ["node2"]}, "preferred_owners"),
+])
+def test_allowed_nodes_that_cannot_hold_the_vm_are_refused(table: dict[str, object],
+                                                            key: str) -> None:
+    text = (ROOT / "examples" / "lab.toml").read_text().split("[[vms]]")[0]
+    with pytest.raises(SpecError) as err:
+        spec_with_vms(text, "t.toml", [{"name": "x", "owner": "node1", "memory_mib": 256,
+                                        **table}])
+    assert err.value.field == key

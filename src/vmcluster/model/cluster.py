@@ -88,7 +88,9 @@ class Vm:
     volume: str | None = None
     disk_mib: int = 64
     priority: int = 2000
-    anti_affinity: str | None = None
+    anti_affinity: str | None = None  # keep apart from VMs of the same class (non-strict)
+    affinity: str | None = None  # keep together with VMs of the same group (non-strict)
+    allowed_nodes: tuple[str, ...] | None = None  # strict node affinity: only these
     # QEMU machine type to pin ("pc-q35-7.2"); None: pinned when the VM is defined, to the
     # newest versioned q35 type every host's QEMU knows.
     machine: str | None = None

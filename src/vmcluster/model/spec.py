@@ -54,6 +54,8 @@ VM_KEYS = _VM = {
     "anti_affinity",
     "machine",
     "shutdown_timeout_s",
+    "affinity",
+    "allowed_nodes",
 }
 T = TypeVar("T")
 
@@ -197,6 +199,20 @@ def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols
     for node in preferred:
         if node not in spec_nodes:
             raise r.fail("preferred_owners", f"preferred owner {node!r} is not a declared node")
+    allowed = r.names("allowed_nodes")
+    if allowed is not None:
+        for node in allowed:
+            if node not in spec_nodes:
+                raise r.fail("allowed_nodes", f"allowed node {node!r} is not a declared node")
+        if not allowed:
+            raise r.fail("allowed_nodes", "allowed_nodes is empty: the VM could run nowhere",
+                         "leave it out to allow every node")
+        if owner not in allowed:
+            raise r.fail("allowed_nodes", f"its owner {owner!r} is not in allowed_nodes")
+        for node in preferred:
+            if node not in allowed:
+                raise r.fail("preferred_owners", f"preferred owner {node!r} is not in "
+                             "allowed_nodes")
     lm = r.names("live_migration_networks")
     for net in lm or ():
         if net not in networks:
@@ -235,6 +251,8 @@ def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols
         disk_mib=r.positive("disk_mib", int, 64),
         priority=r.get("priority", int, 2000),
         anti_affinity=r.get("anti_affinity", str),
+        affinity=r.get("affinity", str),
+        allowed_nodes=tuple(allowed) if allowed is not None else None,
         machine=machine,
         shutdown_timeout_s=_shutdown_timeout(r),
     )

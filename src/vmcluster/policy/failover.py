@@ -2,13 +2,15 @@
 
 Pure functions of the spec, the current placements and what is down.
 
-* **Placement** (restart and drain alike): VMs in order of restart priority
-  (higher first, then name); for each, the up nodes with room for its memory
-  and vCPUs (``cores * cpu_overcommit``, counting what is already placed and
-  what this plan placed before it) ranked by: no VM of the same anti-affinity
-  class there (respected whenever some node with room allows it), its
-  preferred owners in the order given, most free memory, most free cores,
-  name. No such node: :class:`CannotPlace` with the reason.
+* **Placement** (restart, start and drain alike): VMs in order of restart
+  priority (higher first, then name); for each, the up nodes it is allowed on
+  (``allowed_nodes``: strict node affinity) with room for its memory and vCPUs
+  (``cores * cpu_overcommit``, counting what is already placed and what this
+  plan placed before it) ranked by the non-strict rules: no VM of the same
+  anti-affinity class there (keep apart), a VM of its affinity group there (keep
+  together), its preferred owners in the order given; then most free memory,
+  most free cores, name. A placement that breaks a non-strict rule names it
+  (``broke``). No such node: :class:`CannotPlace` with the reason.
 * **Quorum**: a side of a partition may restart VMs only with a strict
   majority of the votes: one per node, plus the witness when the spec has one
   (it counts for the side that reaches it).
@@ -50,6 +52,7 @@ class Restart:
     vm: str
     node: str
     from_node: str
+    broke: tuple[str, ...] = ()  # the non-strict rules this placement had to break, and why
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class Migrate:
     vm: str
     source: str
     target: str
+    broke: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,9 @@ class FailoverPlan:
     actions: tuple[Restart | Migrate | CannotPlace, ...]
 
     def to_json(self) -> list[dict[str, object]]:
-        return [{"action": type(a).__name__, **asdict(a)} for a in self.actions]
+        return [{"action": type(a).__name__, **{k: list(v) if isinstance(v, tuple) else v
+                                                for k, v in asdict(a).items()}}
+                for a in self.actions]
 
 
 class _Loads:
@@ -104,7 +110,7 @@ class _Loads:
         self.spec, self.params = spec, params
         self.mem = {n.name: 0 for n in spec.nodes}
         self.cpu = {n.name: 0 for n in spec.nodes}
-        self.classes: dict[str, list[str | None]] = {n.name: [] for n in spec.nodes}
+        self.here: dict[str, list[Vm]] = {n.name: [] for n in spec.nodes}
         for vm in spec.vms:
             node = placements.get(vm.name)
             if node in self.mem:
@@ -113,7 +119,12 @@ class _Loads:
     def add(self, vm: Vm, node: str) -> None:
         self.mem[node] += vm.memory_mib
         self.cpu[node] += vm.vcpus
-        self.classes[node].append(vm.anti_affinity)
+        self.here[node].append(vm)
+
+    def group_nodes(self, vm: Vm) -> set[str]:
+        """The nodes where other VMs of ``vm``'s affinity group (keep together) are."""
+        return {n for n, vms in self.here.items()
+                if any(o.affinity == vm.affinity and o.name != vm.name for o in vms)}
 
     def free_mem(self, node: str) -> int:
         n = self.spec.node(node)
@@ -126,14 +137,36 @@ class _Loads:
     def fits(self, vm: Vm, node: str) -> bool:
         return vm.memory_mib <= self.free_mem(node) and vm.vcpus <= self.free_cpu(node)
 
+    def apart_from(self, vm: Vm, node: str) -> list[str]:
+        """The VMs on ``node`` that ``vm``'s anti-affinity class keeps it apart from."""
+        if vm.anti_affinity is None:
+            return []
+        return [o.name for o in self.here[node]
+                if o.anti_affinity == vm.anti_affinity and o.name != vm.name]
+
     def conflicts(self, vm: Vm, node: str) -> bool:
-        return vm.anti_affinity is not None and vm.anti_affinity in self.classes[node]
+        return bool(self.apart_from(vm, node))
 
 
-def _choose(vm: Vm, candidates: Iterable[str], loads: _Loads) -> str | CannotPlace:
+@dataclass(frozen=True)
+class _Choice:
+    node: str
+    broke: tuple[str, ...]
+
+
+def _choose(vm: Vm, candidates: Iterable[str], loads: _Loads) -> _Choice | CannotPlace:
+    """The node for ``vm``. Strict rules filter (up, allowed_nodes, room); the non-strict
+    ones rank, in this order: keep apart (anti_affinity), keep together (affinity), the
+    preferred owners in order; then most free memory, most free cores, name. The rules
+    the chosen node breaks are named in the choice."""
     nodes = list(candidates)
     if not nodes:
         return CannotPlace(vm.name, "no node is up")
+    if vm.allowed_nodes is not None:
+        nodes = [n for n in nodes if n in vm.allowed_nodes]
+        if not nodes:
+            return CannotPlace(vm.name, "none of its allowed_nodes "
+                               f"({', '.join(vm.allowed_nodes)}) can take VMs")
     room = [n for n in nodes if loads.fits(vm, n)]
     if not room:
         return CannotPlace(
@@ -142,17 +175,30 @@ def _choose(vm: Vm, candidates: Iterable[str], loads: _Loads) -> str | CannotPla
             f"(most free: {max(loads.free_mem(n) for n in nodes)} MiB)",
         )
     prefs = {name: i for i, name in enumerate(vm.preferred_owners)}
+    group = loads.group_nodes(vm) if vm.affinity is not None else set()
 
-    def rank(n: str) -> tuple[bool, int, int, float, str]:
+    def rank(n: str) -> tuple[bool, bool, int, int, float, str]:
         return (
             loads.conflicts(vm, n),
+            bool(group) and n not in group,
             prefs.get(n, len(prefs)),
             -loads.free_mem(n),
             -loads.free_cpu(n),
             n,
         )
 
-    return min(room, key=rank)
+    best = min(room, key=rank)
+    broke = []
+    if loads.conflicts(vm, best):
+        broke.append(f"anti_affinity {vm.anti_affinity}: shares {best} with "
+                     f"{', '.join(loads.apart_from(vm, best))} (every node with room has one)")
+    if group and best not in group:
+        broke.append(f"affinity {vm.affinity}: apart from its group on "
+                     f"{', '.join(sorted(group))} (no room there)")
+    if prefs and best not in prefs:
+        broke.append(f"preferred_owners: none of {', '.join(vm.preferred_owners)} could "
+                     "take it")
+    return _Choice(best, tuple(broke))
 
 
 def _by_priority(vms: Iterable[Vm]) -> list[Vm]:
@@ -179,8 +225,8 @@ def failover_plan(
         if isinstance(got, CannotPlace):
             actions.append(got)
         else:
-            loads.add(vm, got)
-            actions.append(Restart(vm.name, got, str(placements[vm.name])))
+            loads.add(vm, got.node)
+            actions.append(Restart(vm.name, got.node, str(placements[vm.name]), got.broke))
     return FailoverPlan(tuple(actions))
 
 
@@ -206,8 +252,8 @@ def start_plan(
         if isinstance(got, CannotPlace):
             actions.append(got)
         else:
-            loads.add(vm, got)
-            actions.append(Restart(vm.name, got, ""))
+            loads.add(vm, got.node)
+            actions.append(Restart(vm.name, got.node, "", got.broke))
     return FailoverPlan(tuple(actions))
 
 
@@ -230,8 +276,8 @@ def drain_plan(
         if isinstance(got, CannotPlace):
             actions.append(got)
         else:
-            loads.add(vm, got)
-            actions.append(Migrate(vm.name, node, got))
+            loads.add(vm, got.node)
+            actions.append(Migrate(vm.name, node, got.node, got.broke))
     return FailoverPlan(tuple(actions))
 
 
