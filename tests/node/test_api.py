@@ -170,8 +170,11 @@ def test_vms_are_defined_started_stopped_and_deleted_through_the_store(
     assert client.post("/api/v1/vms/nope/stop", headers=admin).status_code == 404
     # Deleting: refused while it has an owner; once it has none, an intent the manager
     # carries out (its disk, then its definition: the manager's tests show that part).
+    assert client.post("/api/v1/vms/app/pause", headers=admin).status_code == 409  # nowhere
     state.place("app", "node2", expect=0, token=None)
     assert client.delete("/api/v1/vms/app", headers=admin).status_code == 409
+    assert client.post("/api/v1/vms/app/pause", headers=admin).json()["kind"] == "pause"
+    assert client.post("/api/v1/vms/app/resume", headers=admin).json()["kind"] == "unpause"
     p = state.placement("app")
     state.place("app", None, expect=p.revision, token=None, state="stopped")
     deleting = client.delete("/api/v1/vms/app?keep_disk=true", headers=admin)
@@ -309,6 +312,11 @@ def test_the_cluster_reads_nodes_networks_volumes_migrations_and_metrics(
     assert 'vmcluster_vms{desired="stopped",state="running"} 1.0' in text
     assert "vmcluster_migration_downtime_seconds_bucket" in text
     assert client.get("/metrics").status_code == 401
+    # Its node declared down: the VM is in recovery until the manager restarts it.
+    state.set_node_state("node1", "down")
+    assert client.get("/api/v1/vms/web", headers=admin).json()["state"] == "recovery"
+    listed = client.get("/api/v1/vms", headers=admin).json()["vms"]
+    assert {v["name"]: v["state"] for v in listed}["web"] == "recovery"
 
 
 def test_the_stream_sends_the_log_and_each_intent_as_it_changes(

@@ -979,6 +979,13 @@ def test_a_vm_is_imported_from_a_qcow2_image_onto_the_shared_volume(lab: LabSubs
         assert 'preferred_owners=["node3", "node1"]' in changed.stdout
         busy = _vmc_in(ns, env, "vm", "set", "imp", "memory_mib=512")
         assert busy.returncode == 2 and "stopped" in busy.stderr, busy.stderr
+        # Paused and resumed by the manager, through the API.
+        paused = _vmc_in(ns, env, "vm", "pause", "imp")
+        assert paused.returncode == 0 and "paused on node2" in paused.stdout, paused.stderr
+        shown = json.loads(_vmc_in(ns, env, "vm", "list", "--json").stdout)["vms"]
+        assert {v["name"]: v["state"] for v in shown}["imp"] == "paused"
+        resumed = _vmc_in(ns, env, "vm", "resume", "imp")
+        assert resumed.returncode == 0 and "running on node2" in resumed.stdout, resumed.stderr
     finally:
         _vmc_in(ns, env, "vm", "delete", "imp", "--force", timeout_s=90)
         shutil.rmtree(work, ignore_errors=True)

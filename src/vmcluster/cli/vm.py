@@ -78,20 +78,6 @@ def list_(cluster_url: str | None, lab_name: str | None, as_json: bool) -> None:
         click.echo(f"{v.name:<10} {v.state:<9} {v.node or '-':<8} {sub.spec.vm(v.name).address}")
 
 
-def _simple(name: str, doc: str) -> None:
-    @vm.command(name, help=doc)
-    @click.argument("vm_name", metavar="VM")
-    @_LAB
-    def cmd(vm_name: str, lab_name: str | None) -> None:
-        sub = _sub(lab_name)
-        getattr(sub, f"{name}_vm")(vm_name)
-        click.echo(f"{vm_name}: {sub.status().vm(vm_name).state}")
-
-
-_simple("pause", "Pause a VM.")
-_simple("resume", "Resume a paused VM.")
-
-
 def _carried(access: ClusterAccess, it: dict[str, Any], what: str) -> dict[str, Any]:
     """Watch an intent to its end; its result, or one error line."""
 
@@ -101,6 +87,26 @@ def _carried(access: ClusterAccess, it: dict[str, Any], what: str) -> dict[str, 
         why = result.get("error") or final.get("error")
         raise VmclusterError(f"{what} {final['state']}: {why}")
     return result
+
+
+def _pause_command(name: str, doc: str) -> None:
+    @vm.command(name, help=doc)
+    @click.argument("vm_name", metavar="VM")
+    @cluster_option
+    def cmd(vm_name: str, cluster_url: str | None, lab_name: str | None) -> None:
+        access = _api(cluster_url, lab_name)
+        if access is None:  # a lab of agents only
+            sub = _sub(lab_name)
+            getattr(sub, f"{name}_vm")(vm_name)
+            click.echo(f"{vm_name}: {sub.status().vm(vm_name).state}")
+            return
+        got = _carried(access, api_request(access, "POST", f"/api/v1/vms/{vm_name}/{name}"),
+                       f"{name} {vm_name}")
+        click.echo(f"{vm_name}: {got.get('state')} on {got.get('node')}")
+
+
+_pause_command("pause", "Pause a VM's guest where it runs (the manager does it).")
+_pause_command("resume", "Resume a paused VM's guest.")
 
 
 @vm.command("start")
@@ -229,7 +235,7 @@ def create(vm_name: str, owner: str | None, memory_mib: int | None, vcpus: int |
                   f"; `vmcluster vm start {vm_name}` starts it"))
 
 
-LIST_KEYS = ("preferred_owners", "live_migration_networks")
+LIST_KEYS = ("preferred_owners", "live_migration_networks", "allowed_nodes")
 
 
 def _setting(item: str) -> tuple[str, Any]:

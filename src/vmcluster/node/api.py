@@ -595,9 +595,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
         if rec is None:
             raise JoinRefused(404, "not_found", f"no VM {name!r} is defined", "vm")
         flying = ctx.view.migrations().get(name)
-        return views.vm_json(rec, ctx.view.placement(name), None if flying is None else
+        placed = ctx.view.placement(name)
+        node_state = ctx.view.node_states().get(placed.node or "", {}).get("state")
+        return views.vm_json(rec, placed, None if flying is None else
                              {"source": flying.source, "target": flying.target,
-                              "network": flying.network, "id": flying.id})
+                              "network": flying.network, "id": flying.id}, node_state)
 
     def _define(body: dict[str, Any], who: Caller) -> dict[str, Any]:
         name = body.get("name")
@@ -809,6 +811,22 @@ def create_app(ctx: ApiContext) -> FastAPI:
         before its QEMU is made to quit; ``force``: at once (202)."""
         body = body or StopRequest(force=False, timeout_s=None)
         return await asyncio.to_thread(_stop, vm, body, who)
+
+    def _pause(vm: str, kind: str, who: Caller) -> JSONResponse:
+        view = _vm_view(vm)
+        if not view.get("node"):
+            raise StoreConflict(f"{vm} runs nowhere; start it first")
+        return _submit(kind, {"vm": vm}, who)
+
+    @app.post("/api/v1/vms/{vm}/pause", status_code=202)
+    async def vm_pause(vm: str, who: Caller = Depends(admin)) -> JSONResponse:
+        """Pause the VM's guest where it runs (its memory stays; nothing fails over)."""
+        return await asyncio.to_thread(_pause, vm, "pause", who)
+
+    @app.post("/api/v1/vms/{vm}/resume", status_code=202)
+    async def vm_resume(vm: str, who: Caller = Depends(admin)) -> JSONResponse:
+        """Resume a paused VM's guest."""
+        return await asyncio.to_thread(_pause, vm, "unpause", who)
 
     def _consolidation(plan: dict[str, Any], who: Caller) -> JSONResponse:
         parsed = ConsolidationPlan.from_json(plan)

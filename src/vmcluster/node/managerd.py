@@ -139,6 +139,19 @@ class LabActuator:
 
         return on_progress
 
+    def _pause(self, vm: str, pause: bool, token: int) -> dict[str, Any]:
+        """Pause or resume a running VM's guest on its host; its placement says so."""
+        if vm in self.state.migrations():
+            raise SubstrateError(f"{vm} is migrating; it is neither paused nor resumed now")
+        p = self.state.placement(vm)
+        if p.node is None:
+            raise SubstrateError(f"{vm} runs nowhere; start it first")
+        AgentClient(self.layout, p.node, token=token).call("pause" if pause else "resume",
+                                                          timeout_s=20, vm=vm)
+        state = "paused" if pause else "running"
+        self.state.place(vm, p.node, expect=p.revision, token=token, state=state)
+        return {"ok": True, "vm": vm, "node": p.node, "state": state}
+
     def lend_token(self, vm: str, source: str, token: int) -> None:
         try:
             AgentClient(self.layout, source, token=token).call("drive_adopt", vm=vm,
@@ -166,6 +179,8 @@ class LabActuator:
         spec = self._spec()
         sub = self._sub(token, spec)
         on_progress = self._relay(cancelled, progress)
+        if kind in ("pause", "unpause"):
+            return self._pause(str(args["vm"]), kind == "pause", token)
         if kind == "migrate" and args.get("mode") == "quick":
             return drive_at_source(sub, MigrationRequest(str(args["vm"]), str(args["to"])),
                                    on_progress, token, quick=True).to_json()

@@ -41,13 +41,17 @@ def assessment(state: ClusterState, spec: ClusterSpec, age: Age) -> Assessment:
 
 
 def vm_json(rec: vms.VmRecord, placement: Placement | None,
-            migrating: dict[str, Any] | None = None) -> dict[str, Any]:
+            migrating: dict[str, Any] | None = None,
+            node_state: str | None = None) -> dict[str, Any]:
     """A VM as the API shows it: its definition, what is wanted of it (``desired``), and
-    what is (``state``: running, paused, migrating, stopped, ...; ``node``)."""
+    what is (``state``: running, paused, migrating, stopped, or recovery: its node was
+    declared down and the manager is restarting it elsewhere; ``node``)."""
     node = placement.node if placement else None
     state = placement.state if placement and node else "stopped"
     if migrating is not None:
         state = "migrating"
+    elif node is not None and node_state == "down":
+        state = "recovery"
     return {"name": rec.name, "definition": rec.definition, "desired": rec.desired,
             "machine": rec.machine, "node": node, "state": state, "migration": migrating}
 
@@ -59,8 +63,12 @@ def _in_flight(state: ClusterState) -> dict[str, dict[str, Any]]:
 
 def vm_list(state: ClusterState) -> list[dict[str, Any]]:
     placements, flying = state.placements(), _in_flight(state)
-    return [vm_json(r, placements.get(n), flying.get(n))
-            for n, r in vms.records(state).items()]
+    nodes = {n: str(s.get("state")) for n, s in state.node_states().items()}
+    out = []
+    for n, r in vms.records(state).items():
+        p = placements.get(n)
+        out.append(vm_json(r, p, flying.get(n), nodes.get(p.node) if p and p.node else None))
+    return out
 
 
 def nodes(state: ClusterState, spec: ClusterSpec, age: Age) -> list[dict[str, Any]]:

@@ -36,7 +36,8 @@ from vmcluster.store.state import ClusterState
 __all__ = ["DONE", "Intent", "cancel", "claim", "every", "get", "pending", "running", "submit",
            "update"]
 
-KINDS = ("migrate", "drain", "start", "stop", "consolidate", "resume", "delete")
+KINDS = ("migrate", "drain", "start", "stop", "consolidate", "resume", "delete", "pause",
+         "unpause")
 DONE = ("done", "failed", "cancelled")
 
 

@@ -172,6 +172,8 @@ window.vmc = {
   resume: (n) => act("POST", `/api/v1/nodes/${encodeURIComponent(n)}/resume`, undefined, `resume ${n}`),
   start: (v) => act("POST", `/api/v1/vms/${encodeURIComponent(v)}/start`, {}, `start ${v}`),
   stop: (v) => act("POST", `/api/v1/vms/${encodeURIComponent(v)}/stop`, undefined, `stop ${v}`),
+  pause: (v) => act("POST", `/api/v1/vms/${encodeURIComponent(v)}/pause`, undefined, `pause ${v}`),
+  unpause: (v) => act("POST", `/api/v1/vms/${encodeURIComponent(v)}/resume`, undefined, `resume ${v}`),
   cancel: (id) => act("POST", `/api/v1/migrations/${encodeURIComponent(id)}/cancel`, undefined, "cancel"),
   create: async (ev) => {
     ev.preventDefault();
@@ -417,6 +419,8 @@ function pageVm(name) {
     <div class="actions">
       <button id="vm-start" onclick="vmc.start('${esc(v.name)}')" ${v.node ? "disabled" : ""}>Start</button>
       <button id="vm-stop" onclick="vmc.stop('${esc(v.name)}')" ${v.node ? "" : "disabled"}>Stop</button>
+      <button id="vm-pause" onclick="vmc.pause('${esc(v.name)}')" ${v.node && v.state === "running" ? "" : "disabled"}>Pause</button>
+      <button id="vm-resume" onclick="vmc.unpause('${esc(v.name)}')" ${v.state === "paused" ? "" : "disabled"}>Resume</button>
     </div>
     <h2>Move (live migration)</h2>
     <div class="actions">
