@@ -401,7 +401,7 @@ def test_the_api_refuses_what_it_must_with_one_line(lab: LabSubstrate) -> None:
     env = _admin_env(lab)
     ns = lab.layout.client_ns
     bad = _vmc_in(ns, {**env, "VMCLUSTER_TOKEN": "not-a-token"}, "cluster", "status")
-    assert bad.returncode == 2 and "403" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert bad.returncode == 2 and "401" in bad.stderr and len(bad.stderr.splitlines()) == 1
     nowhere = _vmc_in(ns, {**env, "VMCLUSTER_URL": "https://198.18.1.99:8443"},
                       "cluster", "status")
     assert nowhere.returncode == 2 and "cannot reach the cluster" in nowhere.stderr
