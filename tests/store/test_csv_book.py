@@ -114,3 +114,25 @@ def test_electing_at_once_agrees(etcd1: EtcdCluster) -> None:
             pub.stop()
     assert len(got) == len(books) and len(set(got)) == 1
     assert StoreBook(state).recorded("CSV1") == got[0]
+
+
+def test_a_lost_links_lease_is_replaced_at_once_with_the_newest_links(
+    etcd1: EtcdCluster,
+) -> None:
+    """A host's links entry lives on a lease; when the lease is gone (the store was slow
+    to renew it), the next publish makes a new one at once and writes what the host sees
+    now, never the links it saw before: a live host never looks as if all its links were
+    down, nor as if a cut link were up."""
+    state = ClusterState(EtcdClient(etcd1.endpoints()), "lease")
+    said: list[str] = []
+    pub = LinkPublisher(StoreBook(state), "n1", said.append)
+    try:
+        pub.publish({"Heartbeat": True, "Migration": True})
+        state.client.lease_revoke(pub._lease)  # lapsed, as a late renewal lets it
+        assert StoreBook(state).view(SPEC).links_up == frozenset()
+        pub.publish({"Heartbeat": True, "Migration": False})
+        view = StoreBook(state).view(SPEC)
+        assert ("Heartbeat", "n1") in view.links_up and ("Migration", "n1") not in view.links_up
+        assert said == []  # replaced in the same call: nothing to report
+    finally:
+        pub.stop()

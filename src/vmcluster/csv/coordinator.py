@@ -43,7 +43,12 @@ __all__ = ["CsvBook", "FileBook", "LabView", "LinkPublisher", "StoreBook", "coor
            "coordinator_call", "local_links", "volume_access"]
 
 Say = Callable[[str], None]
-HOST_TTL_S = 3  # a host whose agent stopped renewing is down this long after
+# A host whose agent stopped renewing is down this long after. Renewed every second: long
+# enough that a renewal which first tries an etcd endpoint on a network just cut (a 2 s
+# timeout, then the next endpoint) never lets the lease lapse, which made every link of a
+# live host look down to the migration policy for seconds.
+HOST_TTL_S = 6
+RENEW_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,8 @@ class LinkPublisher:
     def __init__(self, book: StoreBook, node: str, log: Say) -> None:
         self.book, self.node, self.log = book, node, log
         self._lease = 0
-        self._last: dict[str, bool] | None = None
+        self._last: dict[str, bool] | None = None  # what the store has
+        self._want: dict[str, bool] | None = None  # what it should have (the newest)
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
@@ -167,26 +173,31 @@ class LinkPublisher:
         """Write ``links`` (now, if they changed or the lease was lost); never raises."""
         want = dict(links)
         with self._lock:
+            self._want = want
             if want == self._last and self._lease:
                 return
             client = self.book.state.client
-            try:
-                if not self._lease:
-                    self._lease = client.lease_grant(HOST_TTL_S)
-                client.put(self.book._host_key(self.node),
-                           json.dumps({"links": want}, sort_keys=True).encode(), self._lease)
-                self._last = want
-            except StoreError as exc:
-                self._lease = 0
-                self.log(f"cannot publish this host's links: {exc}")
+            for attempt in (1, 2):  # a lease found gone: a new one at once, not a tick later
+                try:
+                    if not self._lease:
+                        self._lease = client.lease_grant(HOST_TTL_S)
+                    client.put(self.book._host_key(self.node),
+                               json.dumps({"links": want}, sort_keys=True).encode(),
+                               self._lease)
+                    self._last = want
+                    break
+                except StoreError as exc:
+                    self._lease = 0
+                    if attempt == 2:
+                        self.log(f"cannot publish this host's links: {exc}")
         if self._thread is None:
             self._thread = threading.Thread(target=self._keep, name="links lease", daemon=True)
             self._thread.start()
 
     def _keep(self) -> None:
-        while not self._done.wait(HOST_TTL_S / 3):
+        while not self._done.wait(RENEW_S):
             with self._lock:
-                lease, last = self._lease, self._last
+                lease, last = self._lease, self._want
             if not lease:
                 if last is not None:
                     self.publish(last)
