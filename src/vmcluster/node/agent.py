@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import ssl
 import threading
@@ -95,15 +96,6 @@ MIB = 1 << 20
 CHUNK = 4 * MIB
 # Ops only this host's own parts may ask (over its unix socket): they name its files.
 LOCAL_ONLY = frozenset({"import_disk"})
-
-
-def _copy(src: Any, write: Callable[[bytes], object]) -> int:
-    """Copy ``src`` (a binary file) to ``write`` in CHUNK pieces; the bytes copied."""
-    total = 0
-    while chunk := src.read(CHUNK):
-        write(chunk)
-        total += len(chunk)
-    return total
 
 _TCP_URI = re.compile(r"^tcp:\d{1,3}(\.\d{1,3}){3}:\d{1,5}$")
 
@@ -207,17 +199,18 @@ class Agent(CsvOps):
         if name not in {v.name for v in spec.vms}:
             raise NotFound(f"no VM {name!r} is defined")
         log = self.layout.serial_log(name, self.node)
+        running = name in self.vms and self.vms[name].alive()
         try:
             size = log.stat().st_size
         except FileNotFoundError:
-            return {"data": "", "offset": 0, "size": 0, "running": name in self.vms}
+            return {"data": "", "offset": 0, "size": 0, "running": running}
         # offset past the end: a new log (the VM started here again), read from its start
         start = max(0, size + offset) if offset < 0 else offset if offset <= size else 0
         with log.open("rb") as f:
             f.seek(start)
             data = f.read(CONSOLE_MAX)
         return {"data": data.decode(errors="replace"), "offset": start + len(data),
-                "size": size, "running": name in self.vms and self.vms[name].alive()}
+                "size": size, "running": running}
 
     async def op_list(self, req: Reply) -> Reply:
         """Every QEMU this host runs. Their states are asked all at once, each for at most
@@ -405,14 +398,14 @@ class Agent(CsvOps):
         raw = src.with_suffix(".raw")
         try:
             to_raw(src, info, raw, "the uploaded image")
-            size = vm.disk_mib * MIB
             if vm.volume is None:
                 dst = self.layout.disk(name)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 with raw.open("rb") as fin, dst.open("wb") as fout:
-                    written = _copy(fin, fout.write)
-                    fout.truncate(size)
-                return {"written": written, "disk": str(dst), "image": info.to_json()}
+                    shutil.copyfileobj(fin, fout, CHUNK)
+                    fout.truncate(vm.disk_mib * MIB)
+                return {"written": raw.stat().st_size, "disk": str(dst),
+                        "image": info.to_json()}
             try:
                 csv = disk_config(self.layout, self.book(), spec, name, self.node, None)
             except VmclusterError as exc:
@@ -420,8 +413,6 @@ class Agent(CsvOps):
                     raise InputError(f"{name}: volume {vm.volume} has no free {vm.disk_mib} "
                                      "MiB region for the image") from exc
                 raise
-            if int(csv["size"]) < info.virtual_size:
-                raise InputError(f"{name}'s region on {vm.volume} is smaller than the image")
             target = NbdTarget.from_json(csv)
             offset, region = int(csv["offset"]), int(csv["size"])
             with raw.open("rb") as fin, self._lun(target) as lun:

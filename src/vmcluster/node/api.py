@@ -71,9 +71,15 @@ from vmcluster.store.election import current_leader
 from vmcluster.store.errors import StoreConflict
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
-from vmcluster.substrate.host.client import AgentClient, AgentDown, addresses_from, speak_as
+from vmcluster.substrate.host.client import (
+    AgentClient,
+    AgentDown,
+    AgentError,
+    LocalAgent,
+    addresses_from,
+    speak_as,
+)
 from vmcluster.substrate.host.layout import LabLayout, shared_layout
-from vmcluster.substrate.host.wire import exchange
 from vmcluster.substrate.qemu.diskimage import image_info
 
 __all__ = ["PUBLISH_S", "ApiContext", "Caller", "create_app", "main"]
@@ -203,29 +209,18 @@ class ApiContext:
                             "token": held.token if held else None}}
 
 
-def _local_agent(cfg: NodeConfig, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """One request to this host's own agent, over its unix socket; its reply."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout_s)
-        try:
-            s.connect(str(cfg.agent_socket))
-            reply = json.loads(exchange(s, json.dumps(request).encode() + b"\n"))
-        except (OSError, ValueError) as exc:
-            raise VmclusterError(f"this host's agent did not answer {request.get('op')}: "
-                                 f"{exc}") from exc
-    return dict(reply)
+def _local_agent(cfg: NodeConfig) -> LocalAgent:
+    """This host's own agent, over its unix socket."""
+    return LocalAgent(cfg.node, cfg.agent_socket)
 
 
 def _local_qemu(cfg: NodeConfig) -> str | None:
     """This host's QEMU version, from its own agent (its unix socket)."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(5)
-        try:
-            s.connect(str(cfg.agent_socket))
-            reply = json.loads(exchange(s, b'{"op": "ping"}\n'))
-        except (OSError, ValueError):
-            return None
-    return reply.get("qemu_version") if reply.get("ok") else None
+    try:
+        version = _local_agent(cfg).call("ping", timeout_s=5).get("qemu_version")
+    except VmclusterError:
+        return None
+    return None if version is None else str(version)
 
 
 class JoinRequest(BaseModel):
@@ -466,7 +461,13 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return await asyncio.to_thread(ctx.status)
 
     def _nodes() -> dict[str, Any]:
-        return {"nodes": views.nodes(ctx.view, _spec(), ctx.age)}
+        view, spec = ctx.view, _spec()
+        seen = views.assessment(view, spec, ctx.age)
+        return {"nodes": views.nodes(view, spec, seen, ctx.age)}
+
+    def _networks() -> dict[str, Any]:
+        view, spec = ctx.view, _spec()
+        return views.networks(view, spec, views.assessment(view, spec, ctx.age))
 
     @app.get("/api/v1/nodes")
     async def node_list(_who: Caller = Depends(reader)) -> dict[str, Any]:
@@ -485,7 +486,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     async def network_list(_who: Caller = Depends(reader)) -> dict[str, Any]:
         """Each cluster network: role, metric (``auto_metric``), state, what it carries now
         (heartbeat, csv, client, live_migration) and the route per node pair."""
-        return await asyncio.to_thread(lambda: views.networks(ctx.view, _spec(), ctx.age))
+        return await asyncio.to_thread(_networks)
 
     @app.get("/api/v1/volumes")
     async def volume_list(_who: Caller = Depends(reader)) -> dict[str, Any]:
@@ -591,15 +592,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return await asyncio.to_thread(_migrate, vm, body, who)
 
     def _vm_view(name: str) -> dict[str, Any]:
-        rec = vms.get(ctx.view, name)
-        if rec is None:
+        got = views.vm_get(ctx.view, name)
+        if got is None:
             raise JoinRefused(404, "not_found", f"no VM {name!r} is defined", "vm")
-        flying = ctx.view.migrations().get(name)
-        placed = ctx.view.placement(name)
-        node_state = ctx.view.node_states().get(placed.node or "", {}).get("state")
-        return views.vm_json(rec, placed, None if flying is None else
-                             {"source": flying.source, "target": flying.target,
-                              "network": flying.network, "id": flying.id}, node_state)
+        return got
 
     def _define(body: dict[str, Any], who: Caller) -> dict[str, Any]:
         name = body.get("name")
@@ -669,16 +665,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
         out = _define({**body, "disk_mib": info.disk_mib}, who)
         name = out["name"]
         try:
-            got = _local_agent(ctx.cfg, {"op": "import_disk", "vm": name, "upload": upload},
-                               IMPORT_S)
-        except BaseException:
+            got = _local_agent(ctx.cfg).call("import_disk", timeout_s=IMPORT_S, vm=name,
+                                             upload=upload)
+        except AgentError as exc:
             vms.undefine(ctx.view, name)  # nothing is left half made
-            raise
-        if not got.get("ok"):
-            vms.undefine(ctx.view, name)
-            status = 422 if got.get("code") == "invalid" else 503
+            status = 422 if exc.code == "invalid" else 503
             raise JoinRefused(status, "invalid" if status == 422 else "unavailable",
-                              f"importing the image of {name}: {got.get('error')}", "image")
+                              f"importing the image of {name}: {exc}", "image") from exc
+        except BaseException:
+            vms.undefine(ctx.view, name)
+            raise
         out["import"] = {k: v for k, v in got.items() if k not in ("ok",)}
         if start:
             vms.set_desired(ctx.view, name, "running")
@@ -746,8 +742,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         new = {k: v for k, v in new.items() if v is not None}  # null: back to the default
         others = [r.definition for n, r in vms.records(view).items() if n != vm]
         view.spec(definitions=[*others, new])  # SpecError: 422, naming the key
-        got = vms.redefine(view, rec, new)
-        return views.vm_json(got, view.placement(vm))
+        vms.redefine(view, rec, new)
+        return _vm_view(vm)
 
     @app.patch("/api/v1/vms/{vm}")
     async def vm_set(vm: str, changes: dict[str, Any], _who: Caller = Depends(admin)
@@ -936,9 +932,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
         async def gen() -> AsyncIterator[str]:
             deadline = time.monotonic() + max_s
-            seq, rev = after, 0
-            _, rev = await asyncio.to_thread(ctx.view.events, 1 << 62)
-            out, seq, _ = await asyncio.to_thread(_changes, seq, rev)  # the log so far
+            rev = cache.revision
+            out, seq, _ = await asyncio.to_thread(_changes, after, rev)  # the log so far
             for chunk in out:
                 yield chunk
             while time.monotonic() < deadline and not await request.is_disconnected():

@@ -21,6 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from vmcluster.control.consolidate import DEFAULT_POWER_MODEL, POWER_MODELS
+from vmcluster.control.liveness import Assessment
 from vmcluster.model import ClusterSpec
 from vmcluster.node import views
 from vmcluster.node.views import Age
@@ -48,9 +49,10 @@ class ClusterCollector(Collector):
         self.state, self.spec, self.age = state, spec, age
 
     def collect(self) -> Iterator[Metric]:
+        seen = views.assessment(self.state, self.spec, self.age)  # once per scrape
         yield from self._migrations()
-        yield from self._nodes()
-        yield from self._networks()
+        yield from self._nodes(seen)
+        yield from self._networks(seen)
         yield from self._volumes()
         yield from self._manager()
 
@@ -81,7 +83,7 @@ class ClusterCollector(Collector):
         yield GaugeMetricFamily("vmcluster_migrations_in_flight", "Migrations in flight",
                                 value=len(self.state.migrations()))
 
-    def _nodes(self) -> Iterable[Metric]:
+    def _nodes(self, seen: Assessment) -> Iterable[Metric]:
         node_state = GaugeMetricFamily("vmcluster_node_state", "1 for the state each node "
                                        "is in", labels=["node", "state"])
         fresh = GaugeMetricFamily("vmcluster_node_report_fresh", "1 when the node's report "
@@ -91,15 +93,16 @@ class ClusterCollector(Collector):
                                   labels=["node"])
         vm_state = GaugeMetricFamily("vmcluster_vms", "VMs by observed and desired state",
                                      labels=["state", "desired"])
-        for n in views.nodes(self.state, self.spec, self.age):
+        for n in views.nodes(self.state, self.spec, seen, self.age):
             for s in sorted({*NODE_STATES, n["state"]}):
                 node_state.add_metric([n["name"], s], 1.0 if s == n["state"] else 0.0)
             fresh.add_metric([n["name"]], 1.0 if n["report"]["fresh"] else 0.0)
-            spec_node = self.spec.node(n["name"])
             if n["state"] in ("up", "draining", "quarantined"):
-                util = min(1.0, n["vcpus_used"] / max(1, spec_node.cores))
-                model = POWER_MODELS.get(spec_node.power_model or DEFAULT_POWER_MODEL,
-                                         POWER_MODELS[DEFAULT_POWER_MODEL])
+                util = min(1.0, n["vcpus_used"] / max(1, n["cores"]))
+                # a model the spec names but this version lacks: the default, as a scrape
+                # must not fail (`lab consolidate` refuses such a spec, naming the node)
+                name = self.spec.node(n["name"]).power_model or DEFAULT_POWER_MODEL
+                model = POWER_MODELS.get(name, POWER_MODELS[DEFAULT_POWER_MODEL])
                 power.add_metric([n["name"]], float(model.power(util)))
             else:
                 power.add_metric([n["name"]], 0.0)
@@ -111,12 +114,12 @@ class ClusterCollector(Collector):
             vm_state.add_metric([s, d], c)
         yield from (node_state, fresh, power, vm_state)
 
-    def _networks(self) -> Iterable[Metric]:
+    def _networks(self, seen: Assessment) -> Iterable[Metric]:
         net_state = GaugeMetricFamily("vmcluster_network_state", "1 for the state each "
                                       "cluster network is in", labels=["network", "state"])
         metric = GaugeMetricFamily("vmcluster_network_metric", "Each network's metric",
                                    labels=["network", "role"])
-        got = views.networks(self.state, self.spec, self.age)
+        got = views.networks(self.state, self.spec, seen)
         for net in got["networks"]:
             for s in NETWORK_STATES:
                 net_state.add_metric([net["name"], s], 1.0 if s == net["state"] else 0.0)

@@ -19,10 +19,10 @@ from vmcluster.csv.paths import access_modes
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import routes
 from vmcluster.store import intents, vms
-from vmcluster.store.state import ClusterState, Placement
+from vmcluster.store.state import ClusterState, Migration, Placement
 
-__all__ = ["REPORT_FRESH_S", "assessment", "migrations", "networks", "nodes", "vm_json",
-           "vm_list", "volumes"]
+__all__ = ["REPORT_FRESH_S", "assessment", "migrations", "networks", "nodes", "vm_get",
+           "vm_json", "vm_list", "volumes"]
 
 REPORT_FRESH_S = 3.0
 Age = Callable[[str], "float | None"]  # seconds since a key changed, None: never seen
@@ -56,9 +56,24 @@ def vm_json(rec: vms.VmRecord, placement: Placement | None,
             "machine": rec.machine, "node": node, "state": state, "migration": migrating}
 
 
+def _migration_json(m: Migration) -> dict[str, Any]:
+    return {"source": m.source, "target": m.target, "network": m.network, "id": m.id}
+
+
 def _in_flight(state: ClusterState) -> dict[str, dict[str, Any]]:
-    return {vm: {"source": m.source, "target": m.target, "network": m.network, "id": m.id}
-            for vm, m in state.migrations().items()}
+    return {vm: _migration_json(m) for vm, m in state.migrations().items()}
+
+
+def vm_get(state: ClusterState, name: str) -> dict[str, Any] | None:
+    """One VM as :func:`vm_list` shows it; None when no such VM is defined."""
+    rec = vms.get(state, name)
+    if rec is None:
+        return None
+    placed = state.placement(name)
+    flying = state.migrations().get(name)
+    node_state = state.node_states().get(placed.node or "", {}).get("state")
+    return vm_json(rec, placed, None if flying is None else _migration_json(flying),
+                   None if node_state is None else str(node_state))
 
 
 def vm_list(state: ClusterState) -> list[dict[str, Any]]:
@@ -71,12 +86,12 @@ def vm_list(state: ClusterState) -> list[dict[str, Any]]:
     return out
 
 
-def nodes(state: ClusterState, spec: ClusterSpec, age: Age) -> list[dict[str, Any]]:
+def nodes(state: ClusterState, spec: ClusterSpec, seen: Assessment,
+          age: Age) -> list[dict[str, Any]]:
     """Every node: its state, resources, the VMs placed on it, its daemon's record and its
     report (fresh or not, isolated or not)."""
     states = state.node_states()
     daemons = state.daemons()
-    seen = assessment(state, spec, age)
     placed: dict[str, list[str]] = {}
     for vm, p in state.placements().items():
         if p.node:
@@ -102,10 +117,9 @@ def nodes(state: ClusterState, spec: ClusterSpec, age: Age) -> list[dict[str, An
     return out
 
 
-def networks(state: ClusterState, spec: ClusterSpec, age: Age) -> dict[str, Any]:
+def networks(state: ClusterState, spec: ClusterSpec, seen: Assessment) -> dict[str, Any]:
     """Each network's role, metric (and whether automatic), state and what it carries now,
     cluster-wide and per node pair, from the nodes' heartbeat views."""
-    seen = assessment(state, spec, age)
     r = routes(spec, seen.health)
     first = {vm: order[0] for vm, order in r.live_migration.items() if order}
     out = []
