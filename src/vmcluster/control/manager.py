@@ -457,8 +457,11 @@ class Manager:
                     self.say(f"started {vm} on {node}")
 
         worker = threading.Thread(target=run, name=f"start-{vm}", daemon=True)
-        term.starting[vm] = worker
+        # Started before it is listed: an intent's worker calls this, and the tick thread
+        # drops listed threads that are not alive (one not yet started is not alive). The
+        # placement above already keeps a second start away in between.
         worker.start()
+        term.starting[vm] = worker
         return True
 
     def _carry_start(self, args: Mapping[str, Any], token: int) -> dict[str, Any]:
@@ -715,8 +718,8 @@ class Manager:
     def _spawn(self, term: _Term, it: intents.Intent, taken: str = "") -> None:
         worker = threading.Thread(target=self._work, args=(it, term.token, taken),
                                   name=f"intent-{it.id}", daemon=True)
+        worker.start()  # listed once alive: see _launch
         term.workers[it.id] = worker
-        worker.start()
 
     def _work(self, it: intents.Intent, token: int, taken: str = "") -> None:
         """One intent, start to end, in its own thread. ``taken`` from a deposed manager:
