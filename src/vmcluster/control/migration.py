@@ -51,8 +51,14 @@ def known_health(spec: ClusterSpec, status: SubstrateStatus) -> Health:
     return Health(frozenset(down))
 
 
-# A host's published links can lapse for a moment (its lease renewed late on a busy
-# machine, or an agent restarting): the policy then sees none of that host's links up.
+def _down_text(health: Health, nodes: tuple[str, ...]) -> str:
+    down = sorted(f"{net}@{node}" for net, node in health.down if node in nodes)
+    return ", ".join(down) or "none"
+
+
+# A host's links come from its agent's own answer (QemuSubstrate.status); an agent that
+# does not answer for a moment (busy, restarting) makes its host look down, and the policy
+# then sees none of that host's links up: look again for a few seconds.
 LINKS_SETTLE_S = 4.0
 
 
@@ -123,7 +129,8 @@ def migrate(
     if not order:
         raise PolicyError(
             f"no live-migration network is available between {source} and {req.target}"
-            f" for {vm.name}; bring one up or change its live_migration_networks"
+            f" for {vm.name} (interfaces down: {_down_text(health, (source, req.target))});"
+            " bring one up or change its live_migration_networks"
         )
     params = req.params or MigrationParams(downtime_ms=vm.max_downtime_ms)
     result: MigrationResult | None = None

@@ -238,7 +238,9 @@ class Agent(CsvOps):
                     "serial_log": qp.record.serial_log}
 
         got = await asyncio.gather(*(one(name) for name in list(self.vms)))
-        return {"vms": [v for v in got if v is not None]}
+        # This host's interfaces as it sees them now: whoever lists a host learns its
+        # links from the host itself, not from a store entry whose lease may lag.
+        return {"vms": [v for v in got if v is not None], "links": self._my_links()}
 
     # -- a VM's QEMU configuration, built here ------------------------------------------
     def _store(self) -> ClusterState | None:

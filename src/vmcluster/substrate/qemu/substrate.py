@@ -121,15 +121,18 @@ class QemuSubstrate:
         nodes, running = [], {}
         for node in self.spec.nodes:
             nstate: NodeState = "off" if rec.node_state(node.name) == "off" else "up"
+            reply: dict[str, Any] = {}
             if nstate != "off":
                 try:
-                    listed = self.agent(node.name).call("list", timeout_s=10)["vms"]
+                    reply = self.agent(node.name).call("list", timeout_s=10)
                     nstate = "up"
-                    running[node.name] = {v["vm"]: v for v in listed}
+                    running[node.name] = {v["vm"]: v for v in reply["vms"]}
                 except AgentDown:
                     nstate = "down"
-            nodes.append(NodeStatus(node.name, nstate, rec.storage_path(node.name),
-                                    rec.links_down(node.name)))
+            links = reply.get("links")
+            down = _links_down(node.interfaces, links) if isinstance(links, dict) \
+                else rec.links_down(node.name)
+            nodes.append(NodeStatus(node.name, nstate, rec.storage_path(node.name), down))
         vms = []
         for vm in self.spec.vms:
             owner = rec.owner(vm.name)
@@ -257,3 +260,8 @@ class QemuSubstrate:
         self._await_off(node, True, 30.0, 0.2,
                         f"{node} was powered off but the cluster has not recorded it off "
                         "within 30 s")
+
+
+def _links_down(interfaces: Mapping[str, Any], links: Mapping[str, Any]) -> tuple[str, ...]:
+    """A host's interfaces down, as its agent's ``list`` reply saw them."""
+    return tuple(net for net in interfaces if links.get(net) is not True)
