@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from vmcluster.substrate.host.nsenter import NetnsThread
 
@@ -51,6 +52,7 @@ def chromium_in(ns: str, ca: Path) -> Iterator[Callable[[Callable[[webdriver.Chr
                     "--disable-gpu", "--window-size=1400,1000", "--no-first-run",
                     f"--user-data-dir={home / 'profile'}"):
             opts.add_argument(arg)
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console
         env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
         service = Service(executable_path=DRIVER, env=env, log_output=str(home / "driver.log"))
         holder.append(webdriver.Chrome(service=service, options=opts))
@@ -67,3 +69,11 @@ def chromium_in(ns: str, ca: Path) -> Iterator[Callable[[Callable[[webdriver.Chr
             thread.call(holder[0].quit, timeout=60)
         thread.close()
         shutil.rmtree(home, ignore_errors=True)
+
+
+def page_state(d: WebDriver) -> str:
+    """What a failed wait saw in the page: its URL, its error lines, its console."""
+    errors = d.execute_script(
+        "return ['login-error', 'error'].map((id) => document.getElementById(id)?.textContent)")
+    console = [f"{e.get('level')}: {e.get('message')}" for e in d.get_log("browser")][-20:]
+    return f"url {d.current_url}; login-error/error {errors}; console {console}"

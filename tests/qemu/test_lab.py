@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import browser  # tests/qemu/browser.py: Debian's Chromium through Selenium
 import pytest
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -826,7 +826,10 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         wait(d, lambda d: d.find_element(By.ID, "token").is_displayed())
         d.find_element(By.ID, "token").send_keys(token)
         d.find_element(By.ID, "login").click()
-        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#nodes tr[data-node]"))
+        try:
+            wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#nodes tr[data-node]"))
+        except TimeoutException as exc:
+            raise AssertionError(f"no nodes after login: {browser.page_state(d)}") from exc
 
     def shot(d: WebDriver, name: str) -> None:
         d.save_screenshot(str(ARTEFACTS / f"{name}.png"))

@@ -39,22 +39,27 @@ function showError(e) {
 
 async function login(token) {
   S.token = token;
+  let st;
   try {
-    const st = await api("GET", "/api/v1/cluster/status");
-    sessionStorage.setItem("vmcluster-token", token);
-    $("#login-pane").hidden = true;
-    $("#app").hidden = false;
-    $("#logout").hidden = false;
-    $("#login-error").textContent = "";
-    S.data.status = st;
-    await refresh();
-    stream();
-    route();
+    st = await api("GET", "/api/v1/cluster/status");
   } catch (e) {
     S.token = "";
     $("#login-pane").hidden = false;
     $("#login-error").textContent = `cannot connect: ${e.message}`;
+    return;
   }
+  // The token is good: the page is the cluster's from here on. A read that fails now
+  // (a host busy, a render that meets data it did not expect) is shown and tried again,
+  // never taken for a failed login.
+  sessionStorage.setItem("vmcluster-token", token);
+  $("#login-pane").hidden = true;
+  $("#app").hidden = false;
+  $("#logout").hidden = false;
+  $("#login-error").textContent = "";
+  S.data.status = st;
+  stream();
+  try { await refresh(); showError(null); } catch (e) { showError(e); retryRefresh(); }
+  route();
 }
 
 function logout() {
@@ -81,13 +86,16 @@ async function refresh() {
   render();
 }
 
-function scheduleRefresh() {
+function scheduleRefresh(delay = 300) {
   if (S.refreshTimer) return;
   S.refreshTimer = setTimeout(async () => {
     S.refreshTimer = null;
-    try { await refresh(); showError(null); } catch (e) { showError(e); }
-  }, 300);
+    try { await refresh(); showError(null); } catch (e) { showError(e); retryRefresh(); }
+  }, delay);
 }
+
+// A failed read is tried again a second later while the page is logged in.
+function retryRefresh() { if (S.token) scheduleRefresh(1000); }
 
 // Server-sent events over fetch (EventSource cannot send the token). The server ends a
 // stream after a few minutes; the page then opens the next one from the last event seen.
