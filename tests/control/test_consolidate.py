@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pytest
@@ -56,11 +56,14 @@ wws_mib = 32
 
 
 def cluster(vms: Sequence[tuple[int, float]], nodes: int = 3, node_mem: Sequence[int] = (),
-            vm_mem: int = 256, off: Sequence[int] = ()) -> tuple[ClusterSpec, SimSubstrate]:
-    """VMs as (owner node number, CPU load 0..1); nodes n1..nN; ``off`` powered off first."""
+            vm_mem: int = 256, off: Sequence[int] = (),
+            rules: Mapping[int, str] = {}) -> tuple[ClusterSpec, SimSubstrate]:
+    """VMs as (owner node number, CPU load 0..1); nodes n1..nN; ``off`` powered off first;
+    ``rules``: more lines of VM number i's table (its HA rules)."""
     mems = list(node_mem) + [2048] * (nodes - len(node_mem))
     text = HEAD + "".join(NODE.format(i=i + 1, mem=mems[i]) for i in range(nodes))
-    text += "".join(VM.format(i=i + 1, owner=o, mem=vm_mem) for i, (o, _u) in enumerate(vms))
+    text += "".join(VM.format(i=i + 1, owner=o, mem=vm_mem) + rules.get(i + 1, "") + "\n"
+                    for i, (o, _u) in enumerate(vms))
     spec = parse_spec(text)
     load = np.array([[u for _o, u in vms]], dtype=np.float32)
     sub = SimSubstrate(spec, workload=Workload(300.0, load) if vms else None)
@@ -167,6 +170,30 @@ def test_a_move_that_does_not_fit_in_memory_is_skipped() -> None:
     p = plan(sub, spec)
     assert p.migrations == () and p.power_off == ()
     assert p.skipped and p.skipped[0][0] == "v1" and "MiB free" in p.skipped[0][1]
+
+
+def test_a_move_that_would_break_an_ha_rule_is_skipped_and_says_which() -> None:
+    # v1 (nearly idle, on n1) is what the policy moves; each rule keeps it home.
+    loads = [(1, 0.05), (2, 0.3), (3, 0.3)]
+    for rules, said in (
+        ({1: 'allowed_nodes = ["n1"]'}, "allowed_nodes"),
+        ({i: 'anti_affinity = "replicas"' for i in (1, 2, 3)}, "anti_affinity replicas"),
+    ):
+        spec, sub = cluster(loads, rules=rules)
+        p = plan(sub, spec)
+        assert p.migrations == () and p.power_off == (), rules
+        [(vm, why)] = p.skipped
+        assert vm == "v1" and said in why, why
+    # Only v2 shares its class: v1 never lands beside it (the policy's choice is kept or
+    # skipped, never swapped for another node: the plan is the policy's).
+    spec, sub = cluster(loads, rules={1: 'anti_affinity = "r"', 2: 'anti_affinity = "r"'})
+    p = plan(sub, spec)
+    assert all(m.target != "n2" for m in p.migrations) and len(p.migrations + p.skipped) == 1
+    # An affinity group is kept together: v1 stays with v2's group on n2 or moves nowhere.
+    spec, sub = cluster(loads, rules={1: 'affinity = "app"', 3: 'affinity = "app"'})
+    p = plan(sub, spec)
+    assert all(m.target == "n3" for m in p.migrations if m.vm == "v1"), p.migrations
+    assert all("affinity app" in why for vm, why in p.skipped if vm == "v1")
 
 
 def test_an_empty_node_is_powered_off_but_never_the_last_one() -> None:

@@ -22,6 +22,10 @@ Why the mapping does a little more than translate:
   here (``skipped``), and then its source is not powered off.
 * The paper's policies may move a VM twice in one decision (CloudSim does);
   here it moves once, to where the policy left it.
+* The paper's policies know no HA rules: a move that would break one (a node outside
+  the VM's allowed_nodes, sharing a node with its anti_affinity class, away from its
+  affinity group: :func:`~vmcluster.policy.failover.move_refusal`) is skipped, and
+  says which rule.
 * A node that is up and already empty is powered off too (the policies see it
   as off already), but never the last node that is up.
 """
@@ -39,6 +43,7 @@ import numpy.typing as npt
 from vmcluster.control.migration import known_health
 from vmcluster.errors import InputError, PolicyError, UsageError
 from vmcluster.model import ClusterSpec
+from vmcluster.policy.failover import move_refusal
 from vmcluster.policy.networks import Health
 from vmcluster.policy.power.detection import HISTORY
 from vmcluster.policy.power.models import HP_ML110_G4, HP_ML110_G5, SpecPowerModel
@@ -343,22 +348,32 @@ def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: i
     for a in decision.actions if decision else ():
         if isinstance(a, Migrate):
             final[a.vm] = a.target
+    # Where every VM will be if each move is made; a move skipped puts its VM back.
+    intended: dict[str, str | None] = {**where, **{vms[v]: hosts[h] for v, h in final.items()}}
     for vm_i, host_i in final.items():
         vm, target = vms[vm_i], hosts[host_i]
         source, mem = where[vm], spec.vm(vm).memory_mib
         if source == target:
             continue
+        refused = move_refusal(spec.vm(vm), target, intended, spec)
+        if refused is not None:
+            skipped.append((vm, refused))
+            intended[vm] = source
+            continue
         if max_moves is not None and len(moves) >= max_moves:
             skipped.append((vm, f"over this round's limit of {max_moves} moves"))
+            intended[vm] = source
             continue
         if free[target] < mem:
             skipped.append((vm, f"{target} has {free[target]} MiB free, {vm} needs {mem} MiB"))
+            intended[vm] = source
             continue
         health = obs.health if views[target].state == "up" else _powered(obs.health, target)
         try:
             p = predict(spec, health, vm, target, source=source)
         except PolicyError as exc:
             skipped.append((vm, str(exc)))
+            intended[vm] = source
             continue
         free[source] += mem
         free[target] -= mem

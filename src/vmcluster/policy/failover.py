@@ -36,6 +36,7 @@ __all__ = [
     "FailoverParams",
     "FailoverPlan",
     "Migrate",
+    "move_refusal",
     "Restart",
     "drain_plan",
     "failover_plan",
@@ -199,6 +200,31 @@ def _choose(vm: Vm, candidates: Iterable[str], loads: _Loads) -> _Choice | Canno
         broke.append(f"preferred_owners: none of {', '.join(vm.preferred_owners)} could "
                      "take it")
     return _Choice(best, tuple(broke))
+
+
+def move_refusal(vm: Vm, target: str, placed: Mapping[str, str | None],
+                 spec: ClusterSpec) -> str | None:
+    """Why a move that nothing forces (a consolidation's) must not be made, in one line;
+    None when it keeps every rule. ``placed``: where the other VMs will be. Such a move
+    keeps the non-strict rules too: apart from its anti_affinity class, with its affinity
+    group. (Failover and drain must place a VM somewhere; they may break a non-strict
+    rule, and say so.) Preferred owners do not stop it: they rank failover's choices."""
+    if vm.allowed_nodes is not None and target not in vm.allowed_nodes:
+        return f"{target} is not among its allowed_nodes ({', '.join(vm.allowed_nodes)})"
+    defined = {v.name for v in spec.vms}
+    others = [spec.vm(name) for name, node in placed.items()
+              if node is not None and name != vm.name and name in defined]
+    if vm.anti_affinity is not None:
+        apart = sorted(o.name for o in others
+                       if o.anti_affinity == vm.anti_affinity and placed[o.name] == target)
+        if apart:
+            return (f"anti_affinity {vm.anti_affinity}: {target} would hold "
+                    f"{', '.join(apart)} too")
+    if vm.affinity is not None:
+        group = {str(placed[o.name]) for o in others if o.affinity == vm.affinity}
+        if group and target not in group:
+            return f"affinity {vm.affinity}: its group is on {', '.join(sorted(group))}"
+    return None
 
 
 def _by_priority(vms: Iterable[Vm]) -> list[Vm]:
