@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from vmcluster.node import load
 from vmcluster.node.api import ApiContext, create_app
 from vmcluster.node.cache import CachedKV
 from vmcluster.node.config import NodeConfig
@@ -370,3 +371,39 @@ def test_a_vms_definition_is_changed_by_the_rules(api: tuple[TestClient, Cluster
     assert client.patch("/api/v1/vms/nope", headers=admin, json={"vcpus": 1}).status_code == 404
     final = state.spec().vm("web")
     assert (final.memory_mib, final.priority, final.shutdown_timeout_s) == (512, 3000, 5.0)
+
+
+def test_a_consolidation_plan_is_made_from_the_loads_the_hosts_measured(
+    api: tuple[TestClient, ClusterState],
+) -> None:
+    client, state = api
+    admin = _admin(state)
+    state.put_spec(SPEC)
+    for n in ("node1", "node2", "node3"):
+        state.set_node_state(n, "up")
+    for name, node in (("web", "node1"), ("db", "node2")):
+        made = client.post("/api/v1/vms", headers=admin, json={
+            "name": name, "owner": node, "memory_mib": 257, "vcpus": 1})
+        assert made.status_code == 201, made.text
+        state.place(name, node, expect=0, token=None)
+    # Each host's node watch writes what its agent measured, in cores busy.
+    load.publish(state, "node1", {"web": 0.04})
+    load.publish(state, "node2", {"db": 0.3})
+    got = client.get("/api/v1/plans/consolidation", headers=admin)
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["load"]["vms_measured"] == 2 and body["load"]["vms_running"] == 2
+    plan = body["plan"]
+    nodes = {n["node"]: n for n in plan["nodes"]}
+    assert nodes["node1"]["util_before"] == pytest.approx(0.02)  # 0.04 of 2 cores
+    assert nodes["node2"]["util_before"] == pytest.approx(0.15)
+    # Every node is under-loaded: the nearly idle web joins db, node1 and node3 go off
+    # (no etcd member and no manager here for the guard to keep on).
+    assert [(m["vm"], m["source"], m["target"]) for m in plan["migrations"]] == [
+        ("web", "node1", "node2")]
+    assert {p["node"] for p in plan["power_off"]} == {"node1", "node3"}
+    assert plan["watts_after"] < plan["watts_before"]
+    # Nothing changed; the plan is what POST /api/v1/consolidations takes.
+    assert state.placement("web").node == "node1"
+    bad = client.get("/api/v1/plans/consolidation?policy=nonsense", headers=admin)
+    assert bad.status_code in (400, 422) and "nonsense" in bad.json()["error"]["message"]

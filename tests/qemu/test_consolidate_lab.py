@@ -104,9 +104,22 @@ def _wait_no_pids(ns: str, timeout_s: float = 20.0) -> list[int]:
 
 def test_plan_only_changes_nothing(lab: LabSubstrate) -> None:
     before = _placement(lab)
+    # The plan is the API's, from the CPU each host measured of its own QEMUs (published
+    # every few seconds once two samples exist): wait until both VMs are measured.
+    deadline = time.monotonic() + 60
+    while True:
+        res = vmc("consolidate", "--lab", lab.layout.name, "--json")
+        assert res.returncode == 0, res.stderr
+        out: dict[str, Any] = json.loads(res.stdout)
+        if out["load"]["vms_measured"] == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert out["load"] == {"vms_measured": 2, "vms_running": 2,
+                           "oldest_s": out["load"]["oldest_s"]}, out["load"]
+    assert all(n["util_before"] > 0 for n in out["plan"]["nodes"] if n["vms_before"])
     res = vmc("lab", "consolidate", "--name", lab.layout.name, "--json")
     assert res.returncode == 0, res.stderr
-    out: dict[str, Any] = json.loads(res.stdout)
+    out = json.loads(res.stdout)
     plan = out["plan"]
     assert out["applied"] is None and plan["policy"] == "ours"
     assert len(plan["migrations"]) == 1

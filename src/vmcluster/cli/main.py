@@ -31,6 +31,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("node", "node"),
     ("cluster", "cluster"),
     ("token", "token"),
+    ("consolidate", "consolidate"),
 )
 
 # (group name, module under vmcluster.cli, attribute): subcommands that live in

@@ -33,7 +33,7 @@ Why the mapping does a little more than translate:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -61,6 +61,7 @@ __all__ = [
     "PlannedMigration",
     "PowerGuard",
     "make_plan",
+    "observation",
     "observe",
     "plan",
 ]
@@ -155,8 +156,9 @@ class ConsolidationPlan:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ConsolidationPlan:
-        """What applying a plan needs of its JSON (``to_json``): its migrations, power-ons
-        and power-offs (an API body; a bad one is one InputError line)."""
+        """A plan from its JSON (``to_json``; an API body or answer): what applying it
+        needs (migrations, power-ons, power-offs) and, when given, the rest to show it.
+        A bad one is one InputError line."""
         try:
             migrations = tuple(PlannedMigration(
                 vm=str(m["vm"]), source=str(m["source"]), target=str(m["target"]),
@@ -168,10 +170,25 @@ class ConsolidationPlan:
             power_on = tuple(str(n) for n in data.get("power_on", []))
             power_off = tuple((str(o["node"]), str(o.get("reason", "")))
                               for o in data.get("power_off", []))
+            skipped = tuple((str(o["vm"]), str(o.get("reason", "")))
+                            for o in data.get("skipped", []))
+            kept_on = tuple((str(o["node"]), str(o.get("reason", "")))
+                            for o in data.get("kept_on", []))
+            nodes = tuple(NodeChange(
+                node=str(n["node"]), power_model=str(n["power_model"]),
+                power_model_assumed=bool(n.get("power_model_assumed", False)),
+                state_before=str(n["state_before"]), state_after=str(n["state_after"]),
+                util_before=float(n["util_before"]), util_after=float(n["util_after"]),
+                watts_before=float(n["watts_before"]), watts_after=float(n["watts_after"]),
+                vms_before=tuple(str(v) for v in n.get("vms_before", ())),
+                vms_after=tuple(str(v) for v in n.get("vms_after", ())))
+                for n in data.get("nodes", []))
+            return cls(str(data.get("policy", "")), migrations, power_on, power_off, skipped,
+                       tuple(str(n) for n in data.get("overloaded", [])), nodes,
+                       float(data.get("horizon_s", 3600.0)), kept_on)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InputError(f"plan: not a consolidation plan as `lab consolidate --json` "
+            raise InputError(f"plan: not a consolidation plan as `vmcluster consolidate --json` "
                              f"prints one ({type(exc).__name__}: {exc})") from exc
-        return cls(str(data.get("policy", "")), migrations, power_on, power_off, (), (), ())
 
     def to_json(self) -> dict[str, object]:
         hours = self.horizon_s / 3600.0
@@ -222,22 +239,32 @@ def observe(substrate: Substrate, spec: ClusterSpec,
     for v in status.vms:
         if v.node is not None and v.state != "stopped":
             on_node.setdefault(v.node, []).append(v.name)
+    return observation(spec, {n.name: n.state for n in status.nodes}, on_node, util,
+                       vm_cpu, known_health(spec, status))
+
+
+def observation(spec: ClusterSpec, states: Mapping[str, str],
+                on_node: Mapping[str, Sequence[str]], util: Mapping[str, float],
+                vm_cpu: Mapping[str, float] | None, health: Health) -> Observation:
+    """An observation from what was read, wherever from: each node's state ("up", "off";
+    any other is left out as down), the VMs running on each, each node's CPU load (of
+    its cores) and, where measured, each VM's (of its vCPUs)."""
     nodes, cpu, down = [], {}, []
-    for n in status.nodes:
-        if n.state == "down":
-            down.append(n.name)
+    for sn in spec.nodes:
+        state = states.get(sn.name, "down")
+        if state not in ("up", "off"):
+            down.append(sn.name)
             continue
-        sn = spec.node(n.name)
-        vms = tuple(on_node.get(n.name, ()) if n.state == "up" else ())
-        u = float(util.get(n.name, 0.0)) if n.state == "up" else 0.0
+        vms = tuple(on_node.get(sn.name, ()) if state == "up" else ())
+        u = float(util.get(sn.name, 0.0)) if state == "up" else 0.0
         vcpus = sum(spec.vm(v).vcpus for v in vms)
         for name in vms:  # the node's load shared by vCPUs, unless measured per VM
             share = min(1.0, u * sn.cores / vcpus) if vcpus else 0.0
             cpu[name] = float(vm_cpu[name]) if vm_cpu is not None and name in vm_cpu else share
-        model, assumed = _power_model(spec, n.name)
-        nodes.append(NodeView(n.name, "up" if n.state == "up" else "off", sn.cores,
+        model, assumed = _power_model(spec, sn.name)
+        nodes.append(NodeView(sn.name, "up" if state == "up" else "off", sn.cores,
                               sn.memory_mib, min(max(u, 0.0), 1.0), vms, model, assumed))
-    return Observation(tuple(nodes), cpu, known_health(spec, status), tuple(down))
+    return Observation(tuple(nodes), cpu, health, tuple(down))
 
 
 # -- plan ----------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ from vmcluster.model import ClusterSpec, Vm
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.node.driver import SourceDrives
 from vmcluster.node.fencing import AgentFence
+from vmcluster.node.load import CpuMeter
 from vmcluster.pki import ADMIN, NodeCredentials, crl_serials
 from vmcluster.policy.networks import node_cluster_networks
 from vmcluster.store import vms
@@ -115,6 +116,7 @@ class Agent(CsvOps):
         self.cfg, self.layout, self.node = cfg, layout, cfg.node
         self.install = QemuInstall.from_json(dict(cfg.qemu)) if cfg.qemu else QemuInstall()
         self.facts: QemuFacts | None = None
+        self.cpu = CpuMeter()  # each QEMU's CPU, between two lists
         self.workdir = cfg.qemu_dir
         self.creds = NodeCredentials(cfg.tls_dir)
         # This host's certificates in QEMU's layout (migration streams, NBD).
@@ -216,7 +218,8 @@ class Agent(CsvOps):
         """Every QEMU this host runs. Their states are asked all at once, each for at most
         LIST_QMP_S: one QEMU slow to answer (TCG under load) must not make the whole host
         look dead to its heartbeats' report. A live QEMU that does not answer is listed
-        all the same (status ``unknown``): leaving it out would say it runs nowhere."""
+        all the same (status ``unknown``): leaving it out would say it runs nowhere.
+        ``cpu``: the cores its QEMU kept busy since an earlier list (None at first)."""
         async def one(name: str) -> Reply | None:
             try:
                 qp = self.get(name)
@@ -235,8 +238,9 @@ class Agent(CsvOps):
             else:
                 status = ask.result()
             return {"vm": name, "role": qp.record.role, "status": status, "pid": qp.pid,
-                    "serial_log": qp.record.serial_log}
+                    "serial_log": qp.record.serial_log, "cpu": self.cpu.sample(name, qp.pid)}
 
+        self.cpu.forget(set(self.vms))
         got = await asyncio.gather(*(one(name) for name in list(self.vms)))
         # This host's interfaces as it sees them now: whoever lists a host learns its
         # links from the host itself, not from a store entry whose lease may lag.

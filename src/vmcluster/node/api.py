@@ -45,12 +45,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import vmcluster
-from vmcluster.control.consolidate import ConsolidationPlan
+from vmcluster.control.consolidate import ConsolidationPlan, make_plan
+from vmcluster.control.consolidate_apply import store_guard
 from vmcluster.control.events import ApiWrite
 from vmcluster.errors import InputError, PolicyError, SpecError, UsageError, VmclusterError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import VM_KEYS, parse_spec
-from vmcluster.node import metrics, views
+from vmcluster.node import load, metrics, views
 from vmcluster.node.access import api_url
 from vmcluster.node.bootstrap import (
     JOIN_TOKEN_TTL_S,
@@ -552,6 +553,28 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """Where a drain of ``node`` would move each VM (by the manager's own rules), and
         what it could not place."""
         return await asyncio.to_thread(_drain, node)
+
+    def _consolidation_plan(policy: str, seed: int) -> dict[str, Any]:
+        spec = _spec()
+        seen = views.assessment(ctx.view, spec, ctx.age)
+        busy, oldest = load.read(ctx.view, ctx.age)
+        obs = views.consolidation(ctx.view, spec, seen, busy)
+        plan = make_plan(obs, spec, policy, seed, guard=store_guard(ctx.state))
+        running = [v for n in obs.nodes for v in n.vms]
+        return {"plan": plan.to_json(),
+                "load": {"vms_measured": sum(1 for v in running if v in busy),
+                         "vms_running": len(running),
+                         "oldest_s": None if oldest is None else round(oldest, 1)}}
+
+    @app.get("/api/v1/plans/consolidation")
+    async def plan_consolidation(policy: str = Query("ours", min_length=1, max_length=64),
+                                 seed: int = Query(0, ge=0),
+                                 _who: Caller = Depends(reader)) -> dict[str, Any]:
+        """What the power policy would do now, from each VM's CPU as the host running it
+        measured it: which VMs move where (network, predicted time and downtime), which
+        nodes go off or on, watts before and after. Nothing is changed: apply it with
+        ``POST /api/v1/consolidations``."""
+        return await asyncio.to_thread(_consolidation_plan, policy, seed)
 
     # -- actions: intents the elected manager carries out -----------------------------
 

@@ -71,11 +71,12 @@ class StoreCache:
     @property
     def changed(self) -> int:
         """The revision of the last write that changed a value: rewrites of the same value
-        (a node's report every half second) and the daemons' own records do not count."""
+        (a node's report every half second), the daemons' own records and the VMs' measured
+        loads (:mod:`vmcluster.node.load`) do not count."""
         return self._changed
 
     def _noisy(self, key: str) -> bool:
-        return key.startswith(self.prefix + "daemons/")
+        return key.startswith((self.prefix + "daemons/", self.prefix + "loads/"))
 
     def _run(self) -> None:
         while not self._closed.is_set():

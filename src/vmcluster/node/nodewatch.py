@@ -10,7 +10,8 @@ lab, and it
 * writes the node's report (routes, the VMs its agent runs, isolated or not)
   to ``reports/<node>`` every ``report_s`` and appends route changes to the
   event log; a store that does not answer (this node is cut off) is skipped,
-  never waited on;
+  never waited on; and, every ``load.PUBLISH_S``, its VMs' measured CPU to
+  ``loads/<node>`` (what consolidation plans are made of);
 * enforces **isolation**: once this node reaches too few nodes for a quorum
   (it lost every cluster network), it stops every VM its agent runs, within
   one tick, and keeps stopping any that appears while it stays cut off. The
@@ -45,6 +46,7 @@ from vmcluster.heartbeat.detector import (
     peers_down,
     view_to_json,
 )
+from vmcluster.node import load
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.policy.failover import must_stop_vms
 from vmcluster.substrate.clock import MonotonicClock
@@ -73,6 +75,7 @@ class NodeWatch:
         self.changed = threading.Event()
         self.isolated = False
         self.vms: list[str] = []
+        self.cpu: dict[str, float] = {}  # cores busy, by VM, as the agent last measured
         self.clock = MonotonicClock()
         self._listed_at = -1e9
         binds, targets = heartbeat_plan(self.spec, node, cfg.heartbeat_port)
@@ -118,6 +121,8 @@ class NodeWatch:
             return  # an agent that does not answer has not stopped its VMs: report them still
         listed = got or []
         self.vms = sorted(v["vm"] for v in listed if v.get("role") == "run")
+        self.cpu = {v["vm"]: float(v["cpu"]) for v in listed
+                    if v.get("role") == "run" and isinstance(v.get("cpu"), int | float)}
         if cut_off and listed:
             stopped = []
             for v in listed:
@@ -144,9 +149,14 @@ class NodeWatch:
     def report_loop(self, done: threading.Event) -> None:
         """Write the report and pending events; the store being away only skips a round."""
         pending: list[Event] = []
+        loads_at = -1e9
         while not done.is_set():
             self.changed.wait(self.report_s)
             self.changed.clear()
+            if self.clock.now() - loads_at >= load.PUBLISH_S and not self.isolated:
+                with contextlib.suppress(VmclusterError):
+                    load.publish(self.state, self.node, self.cpu)
+                    loads_at = self.clock.now()
             while not self.events.empty():
                 pending.append(self.events.get())
             body = {"routes": view_to_json(self.hb.states()), "vms": self.vms,

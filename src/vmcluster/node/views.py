@@ -9,9 +9,10 @@ judges freshness by its own clock.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from vmcluster.control.consolidate import Observation, observation
 from vmcluster.control.liveness import Assessment, NodeReport, assess
 from vmcluster.control.manager import report_key
 from vmcluster.csv.coordinator import StoreBook
@@ -21,8 +22,8 @@ from vmcluster.policy.networks import routes
 from vmcluster.store import intents, vms
 from vmcluster.store.state import ClusterState, Migration, Placement
 
-__all__ = ["REPORT_FRESH_S", "assessment", "migrations", "networks", "nodes", "vm_get",
-           "vm_json", "vm_list", "volumes"]
+__all__ = ["REPORT_FRESH_S", "assessment", "consolidation", "migrations", "networks", "nodes",
+           "vm_get", "vm_json", "vm_list", "volumes"]
 
 REPORT_FRESH_S = 3.0
 Age = Callable[[str], "float | None"]  # seconds since a key changed, None: never seen
@@ -180,3 +181,24 @@ def migrations(state: ClusterState, limit: int = 50) -> list[dict[str, Any]]:
         if len(out) >= limit:
             break
     return out
+
+
+def consolidation(state: ClusterState, spec: ClusterSpec, seen: Assessment,
+                  busy: Mapping[str, float]) -> Observation:
+    """The cluster as a consolidation plan sees it: each node's recorded state (one
+    never recorded: up while its report is healthy), the VMs placed and running on it,
+    and ``busy``, each VM's measured cores (:mod:`vmcluster.node.load`); a VM not
+    measured counts as idle."""
+    recorded = state.node_states()
+    states = {n.name: str(recorded.get(n.name, {}).get(
+        "state", "up" if n.name in seen.healthy else "down")) for n in spec.nodes}
+    on_node: dict[str, list[str]] = {}
+    defined = {v.name for v in spec.vms}
+    for vm, p in sorted(state.placements().items()):
+        if p.node is not None and p.state in ("running", "paused") and vm in defined:
+            on_node.setdefault(p.node, []).append(vm)
+    util = {n.name: sum(busy.get(v, 0.0) for v in on_node.get(n.name, ())) / n.cores
+            for n in spec.nodes}
+    vm_cpu = {v: min(1.0, busy.get(v, 0.0) / spec.vm(v).vcpus)
+              for vs in on_node.values() for v in vs}
+    return observation(spec, states, on_node, util, vm_cpu, seen.health)

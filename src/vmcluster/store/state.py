@@ -16,6 +16,8 @@
     csv/volumes/<volume>    {"coordinator", "epoch"} a shared volume's coordinator (csv)
     nodes/<node>            {"state": "up" | "down" | "quarantined" | "draining", ...}
     routes/<observer>       the observer's heartbeat view {"peer/net": true|false}
+    reports/<node>          the node's report: routes, the VMs it runs, isolated or not
+    loads/<node>            {"at", "vms": {vm: cores busy}} measured (node.load)
     event-seq               the last event number
     events/<seq:012d>       one event record (JSON, see control.events), append-only
 
