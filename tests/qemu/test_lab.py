@@ -806,6 +806,15 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(work / "disk.qcow2"), "8M"],
                    check=True)
     url = access.url + "/ui/"
+    # What the power page opens: a simulation's result and an evaluation's, as the CLI
+    # prints them.
+    sim = vmc("simulate", "examples/scenarios/lab-drain.toml", "--json")
+    assert sim.returncode == 0, sim.stderr
+    (work / "sim.json").write_text(sim.stdout)
+    ev = vmc("evaluate", "--days", "20110303", "--policies", "thr-mmt-0.8,ours", "--json",
+             timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    (work / "eval.json").write_text(ev.stdout)
 
     def wait(d: WebDriver, cond: Callable[[WebDriver], object], timeout: float = 30) -> None:
         # The page re-renders as the cluster changes: an element may go stale under a look.
@@ -904,7 +913,30 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         d.get(url + "#/events")
         wait(d, lambda d: "api_write" in d.find_element(By.ID, "events-list").text)
         shot(d, "events")
-        return {"result": result, "timing": timing}
+        # Power: the consolidation plan the API makes, drawn as watts per node before and
+        # after; then a simulation's and an evaluation's result, opened as files.
+        d.get(url + "#/power")
+        click(d, By.ID, "power-plan")
+        wait(d, lambda d: d.find_elements(By.ID, "power-summary"), 60)
+        summary = d.find_element(By.ID, "power-summary")
+        bars = d.find_elements(By.CSS_SELECTOR, "#power-box rect[data-bar]")
+        assert len(bars) == 2 * len(lab.spec.nodes)
+        for when in ("before", "after"):
+            drawn = sum(float(b.get_attribute("data-value") or 0) for b in bars
+                        if b.get_attribute("data-bar") == when)
+            assert drawn == pytest.approx(float(summary.get_attribute(f"data-{when}") or 0),
+                                          abs=0.05)
+        d.find_element(By.ID, "result-file").send_keys(str(work / "sim.json"))
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#result-box polyline"))
+        sim_shown = {"energy": d.find_element(By.ID, "result-summary").get_attribute(
+            "data-energy"), "lines": len(d.find_elements(By.CSS_SELECTOR, "#result-box polyline"))}
+        shot(d, "power-simulation")
+        d.find_element(By.ID, "result-file").send_keys(str(work / "eval.json"))
+        wait(d, lambda d: d.find_elements(By.CSS_SELECTOR,
+                                          '#result-summary[data-kind="evaluation"]'))
+        eval_bars = len(d.find_elements(By.CSS_SELECTOR, "#result-box rect[data-bar]"))
+        shot(d, "power-evaluation")
+        return {"result": result, "timing": timing, "sim": sim_shown, "eval_bars": eval_bars}
 
     try:
         with browser.chromium_in(lab.layout.client_ns, access.ca) as run:
@@ -913,6 +945,8 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         _vmc_in(lab.layout.client_ns, env, "vm", "delete", vm, "--force", timeout_s=90)
         shutil.rmtree(work, ignore_errors=True)
     assert "Done" in got["result"] and f"→ {target}" in got["result"], got
+    assert float(got["sim"]["energy"]) == json.loads(sim.stdout)["energy_kwh"]
+    assert got["sim"]["lines"] == 3 and got["eval_bars"] == 2, got
     # The CLI reads the console through the API too: the lines are the guest's own.
     tail = _vmc_in(lab.layout.client_ns, env, "vm", "console", "db", "-n", "5")
     assert tail.returncode == 0 and len(tail.stdout.splitlines()) == 5, tail.stderr
@@ -922,7 +956,8 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
     assert all(line in serial for line in tail.stdout.splitlines()), tail.stdout
     assert got["timing"]["click_to_progress_ms"] is not None
     (ARTEFACTS / "timing.json").write_text(json.dumps(got["timing"]))
-    for name in ("cluster-read-only", "vm-migrating", "vm-after", "nodes-drained", "events"):
+    for name in ("cluster-read-only", "vm-migrating", "vm-after", "nodes-drained", "events",
+                 "power-simulation", "power-evaluation"):
         assert (ARTEFACTS / f"{name}.png").stat().st_size > 10_000
     # The audit trail names who did what: the viewer's refused drain, the admin's moves.
     log = json.loads(_vmc_in(lab.layout.client_ns, env, "events", "--json").stdout)["events"]

@@ -155,6 +155,7 @@ function onStream(kind, data) {
     const r = currentRoute();
     if (r.page === "vm" && data.kind === "migrate" && data.args.vm === r.arg) renderVmMigration();
     if (r.page === "migrations") renderPage();
+    if (r.page === "power" && data.id === S.powerIntent) renderPower();
   } else if (kind === "change") {
     scheduleRefresh();
   }
@@ -222,6 +223,32 @@ window.vmc = {
     } catch (e) { S.prediction = null; showError(e); }
     renderPrediction();
   },
+  plan: async () => {
+    const policy = $("#power-policy").value;
+    $("#power-status").textContent = "planning...";
+    try {
+      S.power = await api("GET", `/api/v1/plans/consolidation?policy=${encodeURIComponent(policy)}`);
+      S.powerIntent = null;
+      $("#power-status").textContent = "";
+      showError(null);
+    } catch (e) { S.power = null; $("#power-status").textContent = ""; showError(e); }
+    renderPower();
+  },
+  applyPlan: async () => {
+    if (!S.power) return;
+    const got = await act("POST", "/api/v1/consolidations", { plan: S.power.plan }, "apply the plan");
+    if (got) { S.intents[got.id] = got; S.powerIntent = got.id; }
+    renderPower();
+  },
+  openResult: async (input) => {
+    const file = input.files[0];
+    if (!file) return;
+    try {
+      S.result = { name: file.name, data: JSON.parse(await file.text()) };
+      showError(null);
+    } catch (e) { S.result = null; showError(new Error(`${file.name}: not JSON (${e.message})`)); }
+    renderResult();
+  },
   migrate: async (v) => {
     const to = $("#migrate-target").value;
     const mode = $("#migrate-mode").value;
@@ -256,13 +283,18 @@ function renderPage() {
   const r = currentRoute();
   const pages = { cluster: pageCluster, roles: pageRoles, nodes: pageNodes, storage: pageStorage,
                   networks: pageNetworks, migrations: pageMigrations, events: pageEvents,
-                  vm: pageVm };
+                  power: pagePower, vm: pageVm };
   const page = pages[r.page] || pageCluster;
   if (!S.data.nodes) return;
   // A form being filled in is never re-rendered (a chosen file cannot be put back): on the
   // roles page only the table follows the cluster.
   if (r.page === "roles" && $("#create-form") && $("#vms") && S.renderedPage === "roles") {
     $("#vms").outerHTML = vmsTable();
+    return;
+  }
+  // The power page keeps its plan and its opened result: only the plan's box follows.
+  if (r.page === "power" && $("#power-box") && S.renderedPage === "power") {
+    renderPower();
     return;
   }
   S.renderedPage = r.page;
@@ -279,6 +311,7 @@ function renderPage() {
   if (r.page === "vm") { renderPrediction(); renderVmMigration(); openConsole(r.arg); }
   else closeConsole();
   if (r.page === "events" || r.page === "cluster") renderEvents();
+  if (r.page === "power") { renderPower(); renderResult(); }
 }
 
 function nodesTable() {
@@ -501,6 +534,133 @@ function renderVmMigration() {
       over ${esc(r.network)}, ${r.total_s} s, ${r.passes} passes, downtime ${r.downtime_ms} ms</p>` : ""}
     ${m.error ? `<p class="error">${esc(m.error)}</p>` : ""}
     <table id="passes"><tr><th>Pass</th><th>Sent MiB</th><th>Remaining MiB</th></tr>${passes}</table>`;
+}
+
+// -- power: the consolidation plan, and a simulation's or evaluation's result -------------
+
+function pagePower() {
+  return `<h1>Power</h1>
+    <p class="muted">What the consolidation policy would do now, from each VM's CPU as the host
+      running it measured it: live migrations, then the emptied nodes powered off.</p>
+    <div class="actions">
+      <label>policy <select id="power-policy">
+        <option value="ours">ours</option><option value="lr-mmt-1.2">lr-mmt-1.2</option>
+        <option value="thr-mmt-0.8">thr-mmt-0.8</option></select></label>
+      <button id="power-plan" class="primary" onclick="vmc.plan()">Plan</button>
+      <span id="power-status" class="muted"></span>
+    </div>
+    <div id="power-box"></div>
+    <h2>A simulation or evaluation result</h2>
+    <p class="muted">Open the JSON that <code>vmcluster simulate SCENARIO --json</code> or
+      <code>vmcluster evaluate --json</code> printed.</p>
+    <input id="result-file" type="file" accept=".json,application/json" onchange="vmc.openResult(this)">
+    <div id="result-box"></div>`;
+}
+
+function renderPower() {
+  const box = $("#power-box");
+  if (!box) return;
+  if (!S.power) { box.innerHTML = ""; return; }
+  const p = S.power.plan, load = S.power.load;
+  const saved = p.watts_before - p.watts_after;
+  const moves = p.migrations.map((m) => `<tr data-move="${esc(m.vm)}"><td>${esc(m.vm)}</td>
+    <td>${esc(m.source)} → ${esc(m.target)}</td><td>${esc(m.network)}</td>
+    <td>${m.predicted_s.toFixed(2)} s</td><td>${m.predicted_downtime_ms.toFixed(0)} ms</td></tr>`).join("");
+  const lines = [
+    ...p.power_off.map((o) => `power off <b>${esc(o.node)}</b> (${esc(o.reason)})`),
+    ...p.power_on.map((n) => `power on <b>${esc(n)}</b> (the load needs it)`),
+    ...p.kept_on.map((o) => `keep <b>${esc(o.node)}</b> on (${esc(o.reason)})`),
+    ...p.skipped.map((o) => `not moving <b>${esc(o.vm)}</b>: ${esc(o.reason)}`)];
+  const it = S.powerIntent ? S.intents[S.powerIntent] : null;
+  const steps = it ? ((it.result || {}).steps || (it.progress || {}).steps || []) : [];
+  box.innerHTML = `<p id="power-summary" data-before="${p.watts_before}" data-after="${p.watts_after}">
+      Policy <b>${esc(p.policy)}</b>: ${p.migrations.length} migration(s);
+      <b>${p.watts_before.toFixed(1)} W → ${p.watts_after.toFixed(1)} W</b>
+      (${saved >= 0 ? "saves" : "costs"} ${Math.abs(saved).toFixed(1)} W,
+      ${(Math.abs(saved) * 24 / 1000).toFixed(2)} kWh a day) ·
+      load measured for ${load.vms_measured} of ${load.vms_running} running VMs</p>
+    ${barChart(p.nodes.map((n) => ({ label: n.node, bars: [
+      { name: "before", value: n.watts_before, cls: "before", note: `${n.state_before}, CPU ${(100 * n.util_before).toFixed(0)}%` },
+      { name: "after", value: n.watts_after, cls: "after", note: `${n.state_after}, CPU ${(100 * n.util_after).toFixed(0)}%` }] })), "W")}
+    ${moves ? `<table id="power-moves"><tr><th>VM</th><th>Move</th><th>Network</th><th>Predicted</th><th>Downtime</th></tr>${moves}</table>` : ""}
+    <ul id="power-lines">${lines.map((l) => `<li>${l}</li>`).join("")}</ul>
+    ${p.migrations.length || p.power_off.length || p.power_on.length
+      ? `<button id="power-apply" class="primary" onclick="vmc.applyPlan()">Apply the plan</button>`
+      : `<p class="muted">Nothing to do.</p>`}
+    ${it ? `<p id="power-intent" data-state="${esc(it.state)}">Applying: ${badge(it.state, it.state === "running" ? "running-intent" : it.state)}
+      ${it.error ? `<span class="error">${esc(it.error)}</span>` : ""}</p>
+      <pre class="console" id="power-steps">${esc(steps.join("\n"))}</pre>` : ""}`;
+}
+
+// Bars in SVG: groups of bars (label, bars [{name, value, cls, note}]), one scale.
+function barChart(groups, unit) {
+  const max = Math.max(1, ...groups.flatMap((g) => g.bars.map((b) => b.value)));
+  const rowH = 18, labelW = 90, width = 800, barW = width - labelW - 330;
+  let y = 0, out = "";
+  for (const g of groups) {
+    out += `<text x="0" y="${y + rowH}" class="label">${esc(g.label)}</text>`;
+    for (const b of g.bars) {
+      const w = Math.max(1, barW * b.value / max);
+      out += `<rect x="${labelW}" y="${y + 4}" width="${w.toFixed(1)}" height="${rowH - 6}" class="${esc(b.cls)}"
+        data-group="${esc(g.label)}" data-bar="${esc(b.name)}" data-value="${b.value}"><title>${esc(b.name)}: ${b.value.toFixed(1)} ${unit}</title></rect>
+        <text x="${labelW + w + 6}" y="${y + rowH - 3}" class="value">${esc(b.name)} ${b.value.toFixed(1)} ${unit}${b.note ? ` · ${esc(b.note)}` : ""}</text>`;
+      y += rowH;
+    }
+    y += 8;
+  }
+  return `<svg class="chart bars" viewBox="0 0 ${width} ${y}" width="${width}" height="${y}">${out}</svg>`;
+}
+
+// Lines in SVG: one x series, several y series each on its own scale (a legend says which).
+function lineChart(xs, series, xLabel) {
+  const width = 640, height = 240, left = 40, bottom = 24, top = 12 + 14 * series.length;
+  const x0 = Math.min(...xs), x1 = Math.max(...xs);
+  const sx = (x) => left + (width - left - 10) * (x1 > x0 ? (x - x0) / (x1 - x0) : 0);
+  let out = `<line x1="${left}" y1="${height - bottom}" x2="${width - 10}" y2="${height - bottom}" class="axis"/>
+    <text x="${left}" y="${height - 6}" class="label">${x0.toFixed(1)}</text>
+    <text x="${width - 10}" y="${height - 6}" class="label" text-anchor="end">${x1.toFixed(1)} ${esc(xLabel)}</text>`;
+  series.forEach((s, i) => {
+    const lo = Math.min(0, ...s.ys), hi = Math.max(...s.ys, lo + 1e-9);
+    const sy = (v) => top + (height - bottom - top) * (1 - (v - lo) / (hi - lo));
+    const pts = xs.map((x, k) => `${sx(x).toFixed(1)},${sy(s.ys[k]).toFixed(1)}`).join(" ");
+    out += `<polyline points="${pts}" class="${esc(s.cls)}" data-series="${esc(s.name)}" data-max="${hi}"/>
+      <text x="${left + 6}" y="${14 + 14 * i}" class="legend ${esc(s.cls)}">${esc(s.name)} (0 to ${hi.toFixed(1)})</text>`;
+  });
+  return `<svg class="chart lines" viewBox="0 0 ${width} ${height}" width="${width}" height="${height}">${out}</svg>`;
+}
+
+function renderResult() {
+  const box = $("#result-box");
+  if (!box) return;
+  const r = S.result;
+  if (!r) { box.innerHTML = ""; return; }
+  const d = r.data;
+  if (d && d.series && Array.isArray(d.series.t)) {  // vmcluster simulate --json
+    const hours = d.series.t.map((t) => t / 3600);
+    const ms = d.migration_summary || {};
+    box.innerHTML = `<p id="result-summary" data-kind="simulation" data-energy="${d.energy_kwh}">
+        Simulation <b>${esc(d.scenario)}</b> (${esc(r.name)}): ${d.hosts} hosts, ${d.vms} VMs,
+        ${(d.duration_s / 3600).toFixed(1)} h; energy <b>${Number(d.energy_kwh).toFixed(3)} kWh</b>;
+        ${ms.ok ?? 0} migrations (${ms.failed ?? 0} failed)</p>
+      ${lineChart(hours, [{ name: "power W", ys: d.series.power_w, cls: "s1" },
+                          { name: "active hosts", ys: d.series.active_hosts, cls: "s2" },
+                          { name: "migrations running", ys: d.series.migrations_running, cls: "s3" }], "h")}`;
+  } else if (d && Array.isArray(d.results)) {  // vmcluster evaluate --json
+    const by = {};
+    for (const x of d.results) (by[x.policy] = by[x.policy] || []).push(x);
+    const groups = Object.entries(by).map(([policy, rows]) => {
+      const mean = (k) => rows.reduce((a, x) => a + Number(x[k] || 0), 0) / rows.length;
+      return { label: policy, bars: [{ name: "energy", value: mean("energy_kwh"), cls: "before",
+        note: `SLAV ${mean("slav").toExponential(2)}, ${Math.round(mean("migrations"))} migrations` }] };
+    });
+    const days = [...new Set(d.results.map((x) => x.day))];
+    box.innerHTML = `<p id="result-summary" data-kind="evaluation" data-policies="${groups.length}">
+        Evaluation (${esc(r.name)}): ${groups.length} policies over ${days.length} day(s)
+        (${esc(days.join(", "))}), mean energy per day</p>${barChart(groups, "kWh")}`;
+  } else {
+    box.innerHTML = "";
+    showError(new Error(`${r.name}: neither a simulation (series) nor an evaluation (results)`));
+  }
 }
 
 // -- start ------------------------------------------------------------------------------
