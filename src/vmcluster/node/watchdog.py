@@ -180,7 +180,19 @@ class Watchdog:
                 why = self.due()
                 if why:
                     self.fence(why)
+                    _drain(sock)  # pets the killed daemon sent before it died: not a re-arm
         path.unlink(missing_ok=True)
+
+
+def _drain(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.recv(64)
+    except (BlockingIOError, InterruptedError):
+        pass
+    finally:
+        sock.settimeout(POLL_S)
 
 
 def _log(msg: str) -> None:
