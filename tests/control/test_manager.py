@@ -23,7 +23,7 @@ from tests.helpers import ManualClock
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds, report_key
 from vmcluster.control.simulate import predict_crash
-from vmcluster.errors import MigrationCancelled, MigrationError
+from vmcluster.errors import MigrationCancelled, MigrationError, SubstrateError
 from vmcluster.model.spec import load_spec
 from vmcluster.policy.failover import restart_not_before
 from vmcluster.store import ClusterState, EtcdClient, EtcdCluster, Fenced, embedded, intents, vms
@@ -201,6 +201,56 @@ def test_a_placed_vm_that_runs_nowhere_is_started_again(state: ClusterState) -> 
     publish(state, set(), running)
     m.tick()
     assert rec.started == [("db", "node2", token)]
+
+
+def test_a_vm_whose_starts_fail_is_tried_max_restart_times_relocated_then_in_error(
+    state: ClusterState,
+) -> None:
+    """Proxmox's max_restart and max_relocate (1 and 1 by default): db does not start on
+    node2 (tried again once), nor on the node it is relocated to (tried again once);
+    then it is in error, and nothing starts it again."""
+    m, clock, rec = manager(state)
+    token = m.take_office(10)
+
+    def refuse(vm: str, node: str, token: int) -> None:
+        rec.started.append((vm, node, token))
+        raise SubstrateError(f"QEMU of {vm} exited at once on {node}")
+
+    rec.start_vm = refuse  # type: ignore[method-assign]
+    running = {"node1": ["web"], "node2": [], "node3": ["batch"]}
+
+    def later() -> None:
+        clock.t += m.params.recover_s + 0.1
+        publish(state, set(), running)
+        m.tick()
+        _settle(m)
+
+    def until(starts: int) -> None:  # a VM missing for recover_s is tried again
+        for _ in range(6):
+            if len(rec.started) >= starts:
+                return
+            later()
+
+    publish(state, set(), running)
+    m.tick()
+    until(2)
+    assert [n for v, n, _ in rec.started] == ["node2", "node2"]  # the start, one more
+    until(3)  # relocated: placed on another node, started there in a thread
+    elsewhere = rec.started[-1][1]
+    assert elsewhere != "node2" and len(rec.started) == 3
+    assert state.placement("db").node == elsewhere
+    until(4)  # one more there
+    assert [n for _, n, _ in rec.started[3:]] == [elsewhere]
+    for _ in range(3):  # max_relocate spent: in error
+        later()
+    db = state.placement("db")
+    assert db.node is None and db.state == "error"
+    errors = [e for _, e in state.events()[0] if e["kind"] == "vm_error"]
+    assert len(errors) == 1 and "max_restart 1" in errors[0]["reason"] \
+        and "max_relocate 1" in errors[0]["reason"], errors
+    for _ in range(4):
+        later()
+    assert len(rec.started) == 4 and all(t == token for _, _, t in rec.started)
 
 
 def test_verdict_needs_evidence_both_ways(state: ClusterState) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -313,11 +314,17 @@ def test_the_cluster_reads_nodes_networks_volumes_migrations_and_metrics(
     assert 'vmcluster_vms{desired="stopped",state="running"} 1.0' in text
     assert "vmcluster_migration_downtime_seconds_bucket" in text
     assert client.get("/metrics").status_code == 401
-    # Its node declared down: the VM is in recovery until the manager restarts it.
-    state.set_node_state("node1", "down")
-    assert client.get("/api/v1/vms/web", headers=admin).json()["state"] == "recovery"
+    # Its node declared down: the VM is fenced until the manager may restart it (the
+    # isolated side stops it meanwhile), then in recovery until it runs elsewhere.
+    state.set_node_state("node1", "down", restart_at=time.time() + 1.5)
+    fenced = client.get("/api/v1/vms/web", headers=admin).json()
+    assert fenced["state"] == "fence" and fenced["restart_at"] > time.time()
+    listed = client.get("/api/v1/vms", headers=admin).json()["vms"]
+    assert {v["name"]: v["state"] for v in listed}["web"] == "fence"
+    time.sleep(1.6)  # nothing in the store changes: the list still follows the clock
     listed = client.get("/api/v1/vms", headers=admin).json()["vms"]
     assert {v["name"]: v["state"] for v in listed}["web"] == "recovery"
+    assert client.get("/api/v1/vms/web", headers=admin).json()["state"] == "recovery"
 
 
 def test_the_stream_sends_the_log_and_each_intent_as_it_changes(

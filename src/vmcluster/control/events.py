@@ -28,6 +28,7 @@ __all__ = [
     "RouteDown",
     "RouteUp",
     "VmCannotPlace",
+    "VmError",
     "VmRestarted",
     "VmStarted",
     "VmStopped",
@@ -125,6 +126,15 @@ class VmStarted(Event):
 
 @dataclass(frozen=True)
 class VmCannotPlace(Event):
+    vm: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class VmError(Event):
+    """A VM whose starts failed max_restart times on a node and max_relocate times
+    elsewhere: nothing starts it again until someone does (``vm start``)."""
+
     vm: str
     reason: str
 

@@ -49,6 +49,7 @@ from vmcluster.control.events import (
     NodeQuarantined,
     NodeUp,
     VmCannotPlace,
+    VmError,
     VmRestarted,
     VmStarted,
     VmStopped,
@@ -203,6 +204,10 @@ class _Term:
     dead_since: dict[str, float] = field(default_factory=dict)
     missing_since: dict[str, tuple[int, float]] = field(default_factory=dict)
     unplaceable: set[str] = field(default_factory=set)
+    # Starts that failed, by VM and node, and the VM's moves after them (max_restart,
+    # max_relocate); a start that works forgets them.
+    failed_starts: dict[str, dict[str, int]] = field(default_factory=dict)
+    relocations: dict[str, int] = field(default_factory=dict)
     waiting: set[str] = field(default_factory=set)  # VMs said to wait for their owner
     drained: set[str] = field(default_factory=set)
     mismatch: dict[str, tuple[str, int, float]] = field(default_factory=dict)
@@ -399,8 +404,9 @@ class Manager:
         todo = []
         for name in want:
             p = placements.get(name)
-            if (p is not None and p.node is not None) or name in migrating:
-                continue
+            if (p is not None and (p.node is not None or p.state == "error")) \
+                    or name in migrating:
+                continue  # placed, moving, or in error (its starts failed: a user starts it)
             if seen.running_fresh.get(name):
                 continue  # it runs somewhere: the placement follows it (_adopt), no start
             todo.append(name)
@@ -622,11 +628,14 @@ class Manager:
         stay = record.get("state") in EXCLUDED_STATES
         new_state = (str(record["state"]) if stay else "quarantined" if flapping
                      else "off" if leaving else "down")
-        self.state.set_node_state(node, new_state, term.token, failures=failures, failed=True)
+        wait = restart_not_before(last_heard, self.spec.cluster, self.params.failover) - now
+        # Until restart_at (wall time) its VMs are being fenced: the isolated side stops
+        # them; the API shows them as "fence", then "recovery" until they run elsewhere.
+        self.state.set_node_state(node, new_state, term.token, failures=failures, failed=True,
+                                  restart_at=round(wall + max(0.0, wait), 3))
         self._event(NodeDown(wall, self.name, node, round(wall - window / 1e3, 3)))
         if flapping and record.get("state") != "quarantined":
             self._event(NodeQuarantined(wall, self.name, node, len(failures)))
-        wait = restart_not_before(last_heard, self.spec.cluster, self.params.failover) - now
         self.say(f"{node} is down ({len(failures)} failure(s) within the flap window); "
                  f"its VMs restart in {wait:.1f} s at the earliest")
 
@@ -670,9 +679,55 @@ class Manager:
 
     def _start_on(self, term: _Term, vm: str, node: str) -> bool:
         """Ask ``node`` to start ``vm`` (placed there already); False when it failed (the
-        placement stays, and ``_recover`` tries again). Fenced goes to the caller."""
-        return self._act(f"starting {vm} on {node} failed (will retry)",
-                         self.actuator.start_vm, vm, node, term.token)
+        placement stays, and ``_recover`` tries again, or elsewhere: ``_retry_start``).
+        Fenced goes to the caller."""
+        ok = self._act(f"starting {vm} on {node} failed", self.actuator.start_vm, vm, node,
+                       term.token)
+        if ok:
+            term.failed_starts.pop(vm, None)
+            term.relocations.pop(vm, None)
+        else:
+            tries = term.failed_starts.setdefault(vm, {})
+            tries[node] = tries.get(node, 0) + 1
+        return ok
+
+    def _retry_start(self, term: _Term, vm: str, p: Placement, seen: Assessment,
+                     excluded: set[str]) -> None:
+        """``vm`` is placed on a healthy node but does not run there: start it again there
+        (at most ``max_restart`` times after a failed start), then on another node (at
+        most ``max_relocate`` times), then leave it in error."""
+        assert p.node is not None
+        rules = self.spec.vm(vm)
+        tried = term.failed_starts.get(vm, {})
+        if tried.get(p.node, 0) <= rules.max_restart:
+            if self._start_on(term, vm, p.node):
+                self._event(VmRestarted(self.wall(), p.node, vm, p.node, term.token))
+            return
+        moved = term.relocations.get(vm, 0)
+        why = (f"its start failed {tried[p.node]} time(s) on {p.node} (max_restart "
+               f"{rules.max_restart})")
+        if moved < rules.max_relocate:
+            plan = self._where_to_start([vm], seen, excluded | set(tried),
+                                        self.state.placements())
+            got = plan.actions[0] if plan.actions else None
+            if isinstance(got, Restart):
+                term.relocations[vm] = moved + 1
+                self.say(f"{vm}: {why}; relocating to {got.node} "
+                         f"({moved + 1} of max_relocate {rules.max_relocate})")
+                self._launch(term, vm, got.node, p)
+                return
+            why += "; no other node can take it" + (
+                f" ({got.reason})" if isinstance(got, CannotPlace) else "")
+        else:
+            why += f", and it was relocated {moved} time(s) (max_relocate {rules.max_relocate})"
+        try:
+            self.state.place(vm, None, expect=p.revision, token=term.token, state="error")
+        except StoreConflict:
+            return
+        term.failed_starts.pop(vm, None)
+        term.relocations.pop(vm, None)
+        self._event(VmError(self.wall(), self.name, vm, why))
+        self.say(f"{vm} is in error: {why}")
 
     def _intents(self, term: _Term) -> None:
         """Carry out what the API recorded (see :mod:`vmcluster.store.intents`), each in a
@@ -881,10 +936,7 @@ class Manager:
                 term.missing_since[vm] = (p.revision, now)
             elif now - since >= self.params.recover_s:
                 term.missing_since.pop(vm, None)
-                if not self._act(f"starting {vm} again on {p.node} failed",
-                                 self.actuator.start_vm, vm, p.node, term.token):
-                    continue
-                self._event(VmRestarted(self.wall(), p.node, vm, p.node, term.token))
+                self._retry_start(term, vm, p, seen, excluded)
 
     def _drain_quarantined(
         self, term: _Term, seen: Assessment, nodes: Mapping[str, Mapping[str, Any]]

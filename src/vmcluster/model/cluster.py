@@ -97,6 +97,11 @@ class Vm:
     # `vm stop`: how long the guest has to shut down after its ACPI power button is
     # pressed, before its QEMU is made to quit (0: at once).
     shutdown_timeout_s: float = 30.0
+    # After a start that fails: tries again on the same node at most max_restart times,
+    # then moves to another node at most max_relocate times (Proxmox's HA defaults, 1 and
+    # 1); then the VM is in error and nothing starts it until someone does.
+    max_restart: int = 1
+    max_relocate: int = 1
 
     @property
     def working_set_mib(self) -> float:

@@ -56,6 +56,8 @@ VM_KEYS = _VM = {
     "shutdown_timeout_s",
     "affinity",
     "allowed_nodes",
+    "max_restart",
+    "max_relocate",
 }
 T = TypeVar("T")
 
@@ -255,7 +257,17 @@ def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols
         allowed_nodes=tuple(allowed) if allowed is not None else None,
         machine=machine,
         shutdown_timeout_s=_shutdown_timeout(r),
+        max_restart=_attempts(r, "max_restart"),
+        max_relocate=_attempts(r, "max_relocate"),
     )
+
+
+def _attempts(r: TableReader, key: str) -> int:
+    value = r.get(key, int, 1)
+    if not 0 <= value <= 100:
+        raise r.fail(key, f"{key} must be 0 to 100, got {value}",
+                     "how often a start that failed is tried again (default 1)")
+    return int(value)
 
 
 def _shutdown_timeout(r: TableReader) -> float:

@@ -649,18 +649,22 @@ def create_app(ctx: ApiContext) -> FastAPI:
             out["intent"] = intents.submit(view, "start", {"vm": name}, by=who.label).to_json()
         return out
 
-    memo: dict[str, tuple[int, bytes]] = {}
+    memo: dict[str, tuple[int, float, bytes]] = {}
 
     def _vm_list_body() -> bytes:
         # One encoding per change of the cluster (not per request): with a thousand VMs,
         # building and encoding the list is what a read costs.
+        # A VM in "fence" turns to "recovery" with time, not with a change: such a body
+        # is kept only until the first fence ends.
         changed = ctx.cache.changed if ctx.cache is not None and ctx.cache.healthy else -1
         hit = memo.get("vms")
-        if hit is not None and changed >= 0 and hit[0] == changed:
-            return hit[1]
-        body = json.dumps({"vms": views.vm_list(ctx.view)}).encode()
+        if hit is not None and changed >= 0 and hit[0] == changed and time.time() < hit[1]:
+            return hit[2]
+        listed = views.vm_list(ctx.view)
+        body = json.dumps({"vms": listed}).encode()
         if changed >= 0:
-            memo["vms"] = (changed, body)
+            ends = [float(v["restart_at"]) for v in listed if v["state"] == "fence"]
+            memo["vms"] = (changed, min(ends, default=float("inf")), body)
         return body
 
     @app.get("/api/v1/vms")

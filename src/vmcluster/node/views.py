@@ -9,6 +9,7 @@ judges freshness by its own clock.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,18 +44,27 @@ def assessment(state: ClusterState, spec: ClusterSpec, age: Age) -> Assessment:
 
 def vm_json(rec: vms.VmRecord, placement: Placement | None,
             migrating: dict[str, Any] | None = None,
-            node_state: str | None = None) -> dict[str, Any]:
+            node_record: Mapping[str, Any] | None = None,
+            now: float | None = None) -> dict[str, Any]:
     """A VM as the API shows it: its definition, what is wanted of it (``desired``), and
-    what is (``state``: running, paused, migrating, stopped, or recovery: its node was
-    declared down and the manager is restarting it elsewhere; ``node``)."""
+    what is (``state``: running, paused, migrating, stopped; fence: its node was declared
+    down and the manager waits until the isolated side has stopped it (``restart_at``);
+    recovery: the manager restarts it elsewhere; error: its starts failed max_restart
+    times on a node and max_relocate times elsewhere; ``node``)."""
     node = placement.node if placement else None
-    state = placement.state if placement and node else "stopped"
+    state = placement.state if placement and (node or placement.state == "error") \
+        else "stopped"
+    restart_at = None
     if migrating is not None:
         state = "migrating"
-    elif node is not None and node_state == "down":
-        state = "recovery"
+    elif node is not None and node_record is not None and node_record.get("state") == "down":
+        restart_at = node_record.get("restart_at")
+        fenced = restart_at is not None and float(restart_at) > (
+            time.time() if now is None else now)
+        state = "fence" if fenced else "recovery"
     return {"name": rec.name, "definition": rec.definition, "desired": rec.desired,
-            "machine": rec.machine, "node": node, "state": state, "migration": migrating}
+            "machine": rec.machine, "node": node, "state": state, "migration": migrating,
+            **({"restart_at": restart_at} if state == "fence" else {})}
 
 
 def _migration_json(m: Migration) -> dict[str, Any]:
@@ -72,18 +82,19 @@ def vm_get(state: ClusterState, name: str) -> dict[str, Any] | None:
         return None
     placed = state.placement(name)
     flying = state.migrations().get(name)
-    node_state = state.node_states().get(placed.node or "", {}).get("state")
     return vm_json(rec, placed, None if flying is None else _migration_json(flying),
-                   None if node_state is None else str(node_state))
+                   state.node_states().get(placed.node or ""))
 
 
 def vm_list(state: ClusterState) -> list[dict[str, Any]]:
     placements, flying = state.placements(), _in_flight(state)
-    nodes = {n: str(s.get("state")) for n, s in state.node_states().items()}
+    nodes = state.node_states()
+    now = time.time()
     out = []
     for n, r in vms.records(state).items():
         p = placements.get(n)
-        out.append(vm_json(r, p, flying.get(n), nodes.get(p.node) if p and p.node else None))
+        out.append(vm_json(r, p, flying.get(n), nodes.get(p.node) if p and p.node else None,
+                           now))
     return out
 
 
