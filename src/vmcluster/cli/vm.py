@@ -193,6 +193,9 @@ def _definition(vm_name: str, from_file: Path | None, given: dict[str, Any]) -> 
               "(default: the next free one)")
 @click.option("--preferred-owners", default=None, metavar="N1,N2",
               help="nodes to fail over to, in order")
+@click.option("--boot", type=click.Choice(["kernel", "bios", "uefi"]), default=None,
+              help="kernel (the hosts' guest kernel, the default), or bios or uefi: its "
+              "own disk boots")
 @click.option("--from", "from_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="a TOML file with the VM's table (keys as in a spec's [[vms]])")
 @click.option("--start/--no-start", "start_it", default=False, show_default=True,
@@ -201,8 +204,8 @@ def _definition(vm_name: str, from_file: Path | None, given: dict[str, Any]) -> 
 @cluster_option
 def create(vm_name: str, owner: str | None, memory_mib: int | None, vcpus: int | None,
            disk_mib: int | None, disk_gib: int | None, volume: str | None,
-           address: str | None, preferred_owners: str | None, from_file: Path | None,
-           start_it: bool, as_json: bool, cluster_url: str | None,
+           address: str | None, preferred_owners: str | None, boot: str | None,
+           from_file: Path | None, start_it: bool, as_json: bool, cluster_url: str | None,
            lab_name: str | None) -> None:
     """Define a VM in the cluster (checked as a spec's [[vms]] table is); --start also
     starts it. (`vmcluster vm import IMAGE` makes one from an existing disk.)"""
@@ -214,7 +217,7 @@ def create(vm_name: str, owner: str | None, memory_mib: int | None, vcpus: int |
         n.strip() for n in preferred_owners.split(",") if n.strip()]
     body = _definition(vm_name, from_file, {
         "owner": owner, "memory_mib": memory_mib, "vcpus": vcpus, "disk_mib": disk_mib,
-        "volume": volume, "address": address, "preferred_owners": prefs})
+        "volume": volume, "address": address, "preferred_owners": prefs, "boot": boot})
     access = _api(cluster_url, lab_name)
     if access is None:
         raise InputError("this lab runs no control plane: VMs are defined in a cluster; "
@@ -287,12 +290,15 @@ def set_(vm_name: str, settings: tuple[str, ...], as_json: bool, cluster_url: st
 @click.option("--volume", default=None, help="the shared volume for its disk (default: the "
               "cluster's first; 'none': the cluster's file storage)")
 @click.option("--address", default=None, help="its address on the public network")
+@click.option("--boot", type=click.Choice(["bios", "uefi", "kernel"]), default="bios",
+              show_default=True, help="bios or uefi: the image's own boot loader under "
+              "SeaBIOS or OVMF; kernel: the hosts' guest kernel (the lab's test guests)")
 @click.option("--start/--no-start", "start_it", default=False, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the API's object")
 @cluster_option
 def import_(image: Path, vm_name: str, owner: str, memory_mib: int, vcpus: int,
-            volume: str | None, address: str | None, start_it: bool, as_json: bool,
-            cluster_url: str | None, lab_name: str | None) -> None:
+            volume: str | None, address: str | None, boot: str, start_it: bool,
+            as_json: bool, cluster_url: str | None, lab_name: str | None) -> None:
     """Import IMAGE (raw, qcow2, vmdk, vhd, vhdx: what qemu-img reads) as the disk of a new
     VM: it is uploaded to a host, converted onto a shared volume, and the VM is defined
     (the seed's P2V, for Linux). Nothing is created if the image cannot be read or does
@@ -301,7 +307,7 @@ def import_(image: Path, vm_name: str, owner: str, memory_mib: int, vcpus: int,
     if access is None:
         raise InputError("this lab runs no control plane: there is no API to import into")
     params = {"name": vm_name, "owner": owner, "memory_mib": memory_mib, "vcpus": vcpus,
-              "start": "true" if start_it else "false",
+              "start": "true" if start_it else "false", "boot": boot,
               **({"volume": volume} if volume is not None else {}),
               **({"address": address} if address else {})}
     got = api_request(access, "POST", f"/api/v1/vms/import?{urlencode(params)}",

@@ -208,6 +208,7 @@ class _Term:
     # max_relocate); a start that works forgets them.
     failed_starts: dict[str, dict[str, int]] = field(default_factory=dict)
     relocations: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # why a VM went into error
     waiting: set[str] = field(default_factory=set)  # VMs said to wait for their owner
     drained: set[str] = field(default_factory=set)
     mismatch: dict[str, tuple[str, int, float]] = field(default_factory=dict)
@@ -482,6 +483,7 @@ class Manager:
 
     def _start_and_wait(self, vm: str, on: object, token: int) -> dict[str, Any]:
         deadline = self.clock.now() + self.params.start_wait_s
+        launched = False
         while self.clock.now() < deadline:
             term = self.term
             if term is None or term.token != token:
@@ -491,6 +493,8 @@ class Manager:
                 if vm not in {v.name for v in self.spec.vms}:
                     raise SubstrateError(f"no VM {vm!r} is defined")
             p = self.state.placement(vm)
+            if launched and p.state == "error":  # its starts failed, as max_restart allows
+                return {"ok": False, "vm": vm, "error": self._error_reason(vm)}
             if p.node is None and vm not in term.starting and self.seen is not None:
                 node = str(on) if on else None
                 if node is None:
@@ -502,12 +506,17 @@ class Manager:
                         return {"ok": False, "vm": vm, "error": got.reason}
                     node = getattr(got, "node", None)
                 if node is not None:
-                    self._launch(term, vm, node, p)
+                    launched = self._launch(term, vm, node, p) or launched
             elif p.node is not None and self.seen is not None and \
                     p.node in self.seen.running_fresh.get(vm, frozenset()):
                 return {"ok": True, "vm": vm, "node": p.node}
             self.clock.sleep(self.params.tick_s)
         raise SubstrateError(f"{vm} was not seen running within {self.params.start_wait_s:.0f} s")
+
+    def _error_reason(self, vm: str) -> str:
+        term = self.term
+        why = term.errors.get(vm) if term is not None else None
+        return f"{vm} is in error: {why or 'its starts failed'}"
 
     def _carry_resume(self, args: Mapping[str, Any], token: int) -> dict[str, Any]:
         """A ``resume`` intent: a drained or quarantined node takes VMs again (a node that
@@ -726,6 +735,7 @@ class Manager:
             return
         term.failed_starts.pop(vm, None)
         term.relocations.pop(vm, None)
+        term.errors[vm] = why
         self._event(VmError(self.wall(), self.name, vm, why))
         self.say(f"{vm} is in error: {why}")
 

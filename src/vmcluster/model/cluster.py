@@ -102,6 +102,9 @@ class Vm:
     # 1); then the VM is in error and nothing starts it until someone does.
     max_restart: int = 1
     max_relocate: int = 1
+    # How it boots: "kernel" (the host's guest kernel and initrd, as the lab's test guests
+    # do), "bios" (SeaBIOS boots its own disk) or "uefi" (OVMF boots its own disk).
+    boot: str = "kernel"
 
     @property
     def working_set_mib(self) -> float:

@@ -58,7 +58,9 @@ VM_KEYS = _VM = {
     "allowed_nodes",
     "max_restart",
     "max_relocate",
+    "boot",
 }
+BOOT_MODES = ("kernel", "bios", "uefi")
 T = TypeVar("T")
 
 
@@ -259,7 +261,16 @@ def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols
         shutdown_timeout_s=_shutdown_timeout(r),
         max_restart=_attempts(r, "max_restart"),
         max_relocate=_attempts(r, "max_relocate"),
+        boot=_boot(r),
     )
+
+
+def _boot(r: TableReader) -> str:
+    value = str(r.get("boot", str, "kernel"))
+    if value not in BOOT_MODES:
+        raise r.fail("boot", f"boot must be one of {', '.join(BOOT_MODES)}, got {value!r}",
+                     "kernel: the host's guest kernel; bios or uefi: the VM's own disk boots")
+    return value
 
 
 def _attempts(r: TableReader, key: str) -> int:

@@ -83,7 +83,14 @@ from vmcluster.substrate.qemu.image import (
 )
 from vmcluster.substrate.qemu.process import QemuProcess
 from vmcluster.substrate.qemu.qmp import MIGRATING
-from vmcluster.substrate.qemu.vm import VmConfig, mac_for
+from vmcluster.substrate.qemu.vm import (
+    FV_SIGNATURE,
+    FV_SIGNATURE_AT,
+    OVMF_CODE,
+    OVMF_VARS,
+    VmConfig,
+    mac_for,
+)
 
 __all__ = ["Agent", "Conflict", "NotFound", "guest_config", "main"]
 
@@ -350,8 +357,38 @@ class Agent(CsvOps):
                 disk.parent.mkdir(parents=True, exist_ok=True)
                 with disk.open("wb") as f:
                     f.truncate(vm.disk_mib << 20)
+        firmware = self._firmware(vm, csv, starting) if vm.boot == "uefi" else None
         return guest_config(spec, name, self.node, self.layout, self.cfg.guest_kernel,
-                            self.cfg.guest_initrd, pinned, csv)
+                            self.cfg.guest_initrd, pinned, csv, firmware)
+
+    def _firmware(self, vm: Vm, csv: dict[str, Any] | None, starting: bool) -> dict[str, Any]:
+        """A UEFI VM's OVMF: this host's code file, and the VM's own variables (made from
+        OVMF's template at its first start): a region of its shared volume beside its
+        disk, or a file beside its disk file. A migration's target finds them there."""
+        template = Path(OVMF_VARS)
+        if not Path(OVMF_CODE).is_file() or not template.is_file():
+            raise SubstrateError(f"{vm.name} boots with UEFI, and {self.node} has no OVMF "
+                                 f"({OVMF_CODE}); install Debian's ovmf package")
+        blank = template.read_bytes()
+        if csv is None:
+            path = Path(f"{self.layout.disk(vm.name)}.efivars")
+            if starting and not path.exists():
+                path.write_bytes(blank)
+            return {"code": OVMF_CODE, "vars_file": str(path)}
+        assert vm.volume is not None
+        name = f"{vm.name}/efi-vars"
+        ext = (self._region(vm.volume, name, "csv_create", disk=name, size=len(blank),
+                            owner=self.node) if starting else self._region(vm.volume, name))
+        if ext is None:
+            raise SubstrateError(f"{vm.name} has no UEFI variables on {vm.volume}")
+        offset = int(ext["offset"])
+        if starting:
+            with self._lun(NbdTarget.from_json(csv)) as lun:
+                at = offset + FV_SIGNATURE_AT
+                if lun.read(at, len(FV_SIGNATURE)) != FV_SIGNATURE:  # new, or a wiped one
+                    lun.write(offset, blank)
+                    lun.flush()
+        return {"code": OVMF_CODE, "vars_offset": offset, "vars_size": len(blank)}
 
     async def op_start(self, req: Reply) -> Reply:
         cfg = await asyncio.to_thread(self._build, str(req.get("vm")), req.get("machine"),
@@ -452,7 +489,9 @@ class Agent(CsvOps):
             vm = (await asyncio.to_thread(self.cluster_spec)).vm(name)
             await self._drop_saved(vm)  # a quick migration's leftover, if any
             if vm.volume is not None:  # None: never started, or removed already
+                await asyncio.to_thread(self.drop_region, vm.volume, f"{name}/efi-vars")
                 return {"removed": await asyncio.to_thread(self.drop_region, vm.volume, name)}
+            self._remove_file(lambda v: Path(f"{self.layout.disk(v)}.efivars"), name)
             return {"removed": self._remove_file(self.layout.disk, name)}
 
     async def op_pause(self, req: Reply) -> Reply:
@@ -780,7 +819,8 @@ def _power_off_host() -> None:
 
 
 def guest_config(spec: ClusterSpec, vm_name: str, node: str, layout: LabLayout, kernel: Path,
-                 initrd: Path, machine: str, csv: dict[str, Any] | None) -> VmConfig:
+                 initrd: Path, machine: str, csv: dict[str, Any] | None,
+                 firmware: dict[str, Any] | None = None) -> VmConfig:
     """The QEMU configuration of ``vm_name`` on ``node``, from its definition: memory,
     vCPUs and accelerator, its NIC on the public bridge with its stable MAC, the guest's
     kernel command line (its address, the test workload's working set and dirty rate),
@@ -799,7 +839,7 @@ def guest_config(spec: ClusterSpec, vm_name: str, node: str, layout: LabLayout, 
         tap=layout.tap(vm.name), bridge=layout.PUBLIC_BRIDGE, kernel=str(kernel),
         initrd=str(initrd), append=append,
         disk="" if csv is not None else str(layout.disk(vm.name)), accel=nd.accel,
-        machine=machine, csv=csv)
+        machine=machine, csv=csv, boot=vm.boot, firmware=firmware)
 
 
 def _tcp_uri(uri: object) -> str:

@@ -274,7 +274,7 @@ WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # What `vm set` may not change, and why; what it changes only while the VM is stopped.
 FIXED_KEYS = {"name": "define a new VM", "volume": "its disk lives there",
               "address": "clients know it by it", "disk_mib": "its disk is that size"}
-STOPPED_KEYS = frozenset({"memory_mib", "vcpus", "machine"})
+STOPPED_KEYS = frozenset({"memory_mib", "vcpus", "machine", "boot"})
 IMPORT_S = 3600.0  # the longest an image's conversion onto its volume may take
 MAX_UPLOAD = 1 << 40  # 1 TiB: an upload larger than this is refused as it arrives
 STREAM_MAX_S = 300.0  # an event stream ends by itself after this; the client reconnects
@@ -716,12 +716,15 @@ def create_app(ctx: ApiContext) -> FastAPI:
                         memory_mib: int = Query(ge=1), vcpus: int = Query(1, ge=1),
                         volume: str | None = Query(None), address: str | None = Query(None),
                         start: bool = Query(False),
+                        boot: str = Query("bios", pattern="^(bios|uefi|kernel)$"),
                         who: Caller = Depends(admin)) -> JSONResponse:
         """Import a disk image (the request's body: raw, qcow2, vmdk, vhd or vhdx, as
         qemu-img reads it) as the disk of a new VM: the image is converted onto its shared
         volume (default: the first) or its disk file, then the VM is defined (and, with
         ``start``, started). A file qemu-img cannot read, or one that does not fit its
-        volume, is refused (422, field ``image``) and nothing is created."""
+        volume, is refused (422, field ``image``) and nothing is created. ``boot``: how it
+        boots, by default ``bios`` (the disk's own boot loader, under SeaBIOS; ``uefi``:
+        under OVMF; ``kernel``: the hosts' guest kernel, as the lab's test guests do)."""
         upload = uuid.uuid4().hex
         path = ctx.cfg.upload_dir / f"{upload}.img"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -738,7 +741,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                 raise JoinRefused(422, "invalid", "the request carries no image (send the "
                                   "file as the body)", "image")
             body = {"name": name, "owner": owner, "memory_mib": memory_mib, "vcpus": vcpus,
-                    **({"address": address} if address else {})}
+                    "boot": boot, **({"address": address} if address else {})}
             if volume is not None:
                 body["volume"] = None if volume in ("", "none") else volume
             got = await asyncio.to_thread(_import, path, upload, body, start, who)

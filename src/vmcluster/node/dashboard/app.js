@@ -190,6 +190,8 @@ window.vmc = {
     const params = new URLSearchParams({ name, owner: $("#new-owner").value,
       memory_mib: $("#new-memory").value, vcpus: $("#new-vcpus").value,
       start: $("#new-start").checked ? "true" : "false" });
+    const boot = $("#new-boot").value;
+    if (boot) params.set("boot", boot);
     const file = $("#new-image").files[0];
     $("#create-status").textContent = file ? `uploading ${file.name} and converting it...` : "creating...";
     try {
@@ -202,7 +204,7 @@ window.vmc = {
       } else {
         got = await api("POST", "/api/v1/vms", { name, owner: params.get("owner"),
           memory_mib: Number(params.get("memory_mib")), vcpus: Number(params.get("vcpus")),
-          start: $("#new-start").checked });
+          start: $("#new-start").checked, ...(boot ? { boot } : {}) });
       }
       $("#create-status").textContent = file
         ? `${name}: imported a ${got.import.image.format} image (${got.import.image.disk_mib} MiB) onto ${got.import.disk}`
@@ -389,6 +391,11 @@ function pageRoles() {
       <label>memory MiB <input id="new-memory" type="number" min="64" value="256" size="6"></label>
       <label>vCPUs <input id="new-vcpus" type="number" min="1" value="1" size="3"></label>
       <label>image (raw, qcow2, vmdk, vhd, vhdx) <input id="new-image" type="file"></label>
+      <label>boots <select id="new-boot">
+        <option value="">its image (BIOS), or the hosts' kernel</option>
+        <option value="bios">its disk, BIOS (SeaBIOS)</option>
+        <option value="uefi">its disk, UEFI (OVMF)</option>
+        <option value="kernel">the hosts' guest kernel</option></select></label>
       <label><input id="new-start" type="checkbox"> start it</label>
       <button id="new-submit" class="primary" type="submit">Create</button>
     </form>

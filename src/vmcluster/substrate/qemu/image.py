@@ -327,10 +327,12 @@ def _load(final: Path) -> GuestImage | None:
     return GuestImage(kernel=kernel, initrd=initrd, kernel_version=str(meta["kernel_version"]))
 
 
-def run_tool(argv: list[str], what: str, cwd: Path | None = None, timeout: float = 60) -> str:
+def run_tool(argv: list[str], what: str, cwd: Path | None = None, timeout: float = 60,
+             stdin: str | None = None) -> str:
     try:
         proc = subprocess.run(
-            argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+            argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False,
+            input=stdin,
         )
     except FileNotFoundError as exc:
         raise LabError(f"{what}: {argv[0]} is not installed; run scripts/setup") from exc

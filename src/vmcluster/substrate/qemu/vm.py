@@ -21,8 +21,21 @@ from typing import Any
 from vmcluster.substrate.qemu.facts import QemuInstall, machine_version
 
 __all__ = [
-    "DISK_NODE", "LUN_NODE_PREFIX", "NBD_TLS", "PATH_NODE", "VmConfig", "disk_args", "mac_for",
-    "qemu_argv", "ram_arg", "tls_object",
+    "DISK_NODE",
+    "FV_SIGNATURE",
+    "FV_SIGNATURE_AT",
+    "LUN_NODE_PREFIX",
+    "NBD_TLS",
+    "OVMF_CODE",
+    "OVMF_VARS",
+    "PATH_NODE",
+    "VmConfig",
+    "boot_args",
+    "disk_args",
+    "mac_for",
+    "qemu_argv",
+    "ram_arg",
+    "tls_object",
 ]
 
 def ram_arg(memory_mib: int, accel: str = "tcg", machine: str = "q35") -> str:
@@ -72,6 +85,13 @@ class VmConfig:
     # A disk on a cluster shared volume: {"host", "port", "export", "offset", "size",
     # "volume"}; the region [offset, offset + size) of the LUN served over NBD.
     csv: dict[str, Any] | None = None
+    # "kernel": -kernel/-initrd/-append above; "bios": SeaBIOS boots the disk (kernel,
+    # initrd and append unused); "uefi": OVMF (firmware: its code and variables files).
+    boot: str = "kernel"
+    # For "uefi": {"code": OVMF's code file on this host, and its variables: "vars_file"
+    # (a file of the VM's own) or "vars_offset" and "vars_size" (a region of the VM's
+    # shared volume, beside its disk)}.
+    firmware: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,8 +146,48 @@ def disk_args(cfg: VmConfig) -> list[str]:
         "-blockdev",
         f"driver=raw,node-name={DISK_NODE},file={PATH_NODE},offset={c['offset']},"
         f"size={c['size']}",
-        "-device", f"virtio-blk-pci,drive={DISK_NODE},werror=stop,rerror=stop",
+        # A UEFI VM's variables are a second window on the same path (boot_args): the
+        # disk shares writes with it (the two regions never overlap).
+        "-device", f"virtio-blk-pci,drive={DISK_NODE},werror=stop,rerror=stop"
+        + (",share-rw=on" if cfg.boot == "uefi" else ""),
     ]
+
+
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"  # Debian's ovmf package
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"  # the template of a VM's variables
+FV_SIGNATURE_AT, FV_SIGNATURE = 40, b"_FVH"  # a firmware volume's header: vars in place
+CODE_NODE, VARS_NODE = "ovmf-code", "ovmf-vars"
+
+
+def boot_args(cfg: VmConfig) -> list[str]:
+    """How the VM boots: the host's kernel directly, or its own disk through SeaBIOS
+    (QEMU's default firmware) or OVMF (UEFI: its code read-only; its variables the VM's
+    own, in a file or in a region of its shared volume, so that they move with it). After
+    :func:`disk_args`: the variables' region sits on the disk's path node."""
+    if cfg.boot == "kernel":
+        return ["-kernel", cfg.kernel, "-initrd", cfg.initrd, "-append", cfg.append]
+    if cfg.boot == "bios":
+        return ["-boot", "order=c,strict=on"]
+    fw = cfg.firmware
+    if cfg.boot != "uefi" or not fw:
+        raise ValueError(f"{cfg.name}: boot {cfg.boot!r} is unknown, or uefi without firmware")
+    out = ["-blockdev", f"driver=file,node-name={CODE_NODE}-file,filename={fw['code']},"
+           "read-only=on",
+           "-blockdev", f"driver=raw,node-name={CODE_NODE},file={CODE_NODE}-file,read-only=on"]
+    if "vars_file" in fw:
+        return [*out, "-blockdev", f"driver=file,node-name={VARS_NODE}-file,"
+                f"filename={fw['vars_file']},locking=off",
+                "-blockdev", f"driver=raw,node-name={VARS_NODE},file={VARS_NODE}-file"]
+    if cfg.csv is None:
+        raise ValueError(f"{cfg.name}: its UEFI variables are on a volume it has no disk on")
+    return [*out, "-blockdev", f"driver=raw,node-name={VARS_NODE},file={PATH_NODE},"
+            f"offset={int(fw['vars_offset'])},size={int(fw['vars_size'])}"]
+
+
+def _machine_arg(cfg: VmConfig) -> str:
+    if cfg.boot == "uefi":
+        return f"{cfg.machine},pflash0={CODE_NODE},pflash1={VARS_NODE}"
+    return cfg.machine
 
 
 def qemu_argv(
@@ -148,18 +208,18 @@ def qemu_argv(
     argv = [
         *(install or QemuInstall()).argv0(),
         "-name", f"{cfg.name},debug-threads=on",
-        "-machine", cfg.machine,
+        "-machine", _machine_arg(cfg),
         "-accel", accel,
         "-m", ram_arg(cfg.memory_mib, cfg.accel, cfg.machine),
         "-smp", str(cfg.vcpus),
         "-nodefaults", "-no-user-config", "-display", "none",
-        "-kernel", cfg.kernel, "-initrd", cfg.initrd, "-append", cfg.append,
         "-chardev", f"file,id=ser0,path={serial_log},append=on",
         "-serial", "chardev:ser0",
         "-netdev", f"tap,id=net0,ifname={cfg.tap},script=no,downscript=no",
         "-device", f"virtio-net-pci,netdev=net0,mac={cfg.mac},romfile=",
         *nbd_tls,
         *disk_args(cfg),
+        *boot_args(cfg),
         "-qmp", f"unix:{qmp_socket},server=on,wait=off",
         "-pidfile", pidfile,
     ]
