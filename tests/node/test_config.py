@@ -67,6 +67,7 @@ def test_render_reads_back() -> None:
                                 "n-2=https://198.18.1.12:2380", "t"),
         fence_window_s=4.0, qemu={"binary": "/opt/q/qemu-system-x86_64"},
         api_listen=("198.18.1.12",), api_port=9443,
+        api_certificate=Path("/etc/ssl/dash.pem"), api_key=Path("/etc/ssl/dash-key.pem"),
         manager={"tick_s": 0.1}, lab=LabRef("lab", Path("/run/vmcluster")))
     assert parse_config(cfg.render(), str(cfg.path)) == cfg
 
@@ -96,6 +97,7 @@ def test_render_reads_back() -> None:
     (GOOD.replace('listen = ["198.18.1.11", "198.18.2.11"]', 'port = 8443'), "c.toml:1",
      "[api] has no listen addresses"),
     (GOOD + "port = 70000\n", "c.toml:16", "port must be a port number"),
+    (GOOD + 'certificate = "/etc/ssl/dash.pem"\n', "c.toml:14", "needs both certificate and key"),
 ])
 def test_a_bad_config_is_one_located_line(text: str, where: str, what: str) -> None:
     with pytest.raises(SpecError) as got:

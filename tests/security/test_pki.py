@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import ssl
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from vmcluster.errors import InputError
 from vmcluster.pki import CertificateAuthority, NodeCredentials, ca_hash, make_csr, new_key
@@ -156,3 +160,83 @@ def test_qemu_refuses_a_revoked_certificate_from_its_copy_of_the_crl(tmp_path: P
         qsd.terminate()
         _, err = qsd.communicate(timeout=10)
     assert "revoked" in err
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _peer_subject(server: ssl.SSLContext, client: ssl.SSLContext, name: str | None) -> str:
+    """The common name of the certificate a client asking for ``name`` (None: no SNI, as
+    when it connects by address) is shown, after the client verified it."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = lsock.accept()
+        with contextlib.suppress(ssl.SSLError, OSError), \
+                server.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(1)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                client.wrap_socket(raw, server_hostname=name) as tls:
+            der = tls.getpeercert(binary_form=True)
+            tls.sendall(b"x")
+    finally:
+        t.join(5)
+        lsock.close()
+    assert der is not None
+    cn = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(
+        x509.oid.NameOID.COMMON_NAME)
+    return str(cn[0].value)
+
+
+def test_the_api_shows_the_admins_own_certificate_to_named_clients_only(tmp_path: Path) -> None:
+    """[api] certificate and key: a browser asking for the name in the admin's certificate
+    gets it (and verifies it against the admin's CA, not the cluster's); a host or CLI
+    connecting by address keeps the cluster CA's certificate. A key that is not the
+    certificate's is refused in one line when the API starts."""
+    from vmcluster.node.api import create_app, server_config
+    from vmcluster.node.config import NodeConfig
+
+    cluster = CertificateAuthority.create("t")
+    cfg = NodeConfig(path=tmp_path / "vmclusterd.toml", node="node1", cluster="t",
+                     config_dir=tmp_path / "etc", api_listen=("127.0.0.1",))
+    NodeCredentials(cfg.tls_dir).issue(cluster, "node1", ["127.0.0.1"])
+    corp = CertificateAuthority.create("corp")
+    key = new_key()
+    (tmp_path / "own.pem").write_bytes(corp.sign(make_csr(key, "dash.example.test"),
+                                                 "dash.example.test", []))
+    (tmp_path / "own-key.pem").write_bytes(key_pem(key))
+    (tmp_path / "corp-ca.pem").write_bytes(corp.cert_pem)
+    (tmp_path / "cluster-ca.pem").write_bytes(cluster.cert_pem)
+    own = replace(cfg, api_certificate=tmp_path / "own.pem", api_key=tmp_path / "own-key.pem")
+    config = server_config(create_app, own)
+    config.load()  # uvicorn builds its SSL context here, as it does when it serves
+    assert config.ssl is not None
+
+    def client(ca: str) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(tmp_path / ca)
+        if ca == "cluster-ca.pem":
+            ctx.check_hostname = False  # by address: the CA's signature is what counts
+        return ctx
+
+    assert _peer_subject(config.ssl, client("corp-ca.pem"), "dash.example.test") == \
+        "dash.example.test"
+    assert _peer_subject(config.ssl, client("cluster-ca.pem"), None) == "node1"
+    assert _peer_subject(config.ssl, client("cluster-ca.pem"), "node1") == "node1"
+    with pytest.raises(ssl.SSLCertVerificationError):  # the cluster's CA does not vouch for it
+        _peer_subject(config.ssl, client("cluster-ca.pem"), "dash.example.test")
+    # Without [api] certificate: everyone gets the cluster's.
+    plain = server_config(create_app, cfg)
+    plain.load()
+    assert plain.ssl is not None
+    assert _peer_subject(plain.ssl, client("cluster-ca.pem"), "dash.example.test") == "node1"
+    (tmp_path / "other-key.pem").write_bytes(key_pem(new_key()))
+    with pytest.raises(InputError, match="certificate"):
+        server_config(create_app, replace(own, api_key=tmp_path / "other-key.pem"))

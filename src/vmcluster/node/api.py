@@ -1104,28 +1104,72 @@ def _publisher(ctx: ApiContext, done: threading.Event) -> None:
             return
 
 
+class _ServerConfig(uvicorn.Config):
+    """uvicorn's configuration, and the admin's own certificate for clients that ask for
+    a name (SNI) other than the host's: a browser at https://pve1.example.com gets the
+    certificate the admin's browsers trust; a host or CLI that connects by address (no
+    SNI) or asks for the node's name gets the cluster CA's, as before."""
+
+    own: tuple[Path, Path] | None = None
+    node = ""
+
+    def load(self) -> None:
+        super().load()
+        if self.own is not None and self.ssl is not None:
+            self.ssl.sni_callback = sni_switch(self.node, own_context(*self.own))
+
+
+def own_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server context with the admin's certificate (no client certificates asked)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise InputError(f"[api] certificate {cert} / key {key}: {exc}") from exc
+    return ctx
+
+
+def sni_switch(node: str, own: ssl.SSLContext) -> Callable[[ssl.SSLObject, str | None,
+                                                             ssl.SSLContext], None]:
+    def pick(sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        if name and name != node:
+            sock.context = own
+    return pick
+
+
+def server_config(app: Any, cfg: NodeConfig) -> uvicorn.Config:
+    """The API's HTTPS: the host's cluster certificate (client certificates checked
+    against the cluster CA when given), and the admin's own for named clients."""
+    creds = NodeCredentials(cfg.tls_dir)
+    config = _ServerConfig(
+        app, ssl_certfile=str(creds.cert), ssl_keyfile=str(creds.key),
+        ssl_ca_certs=str(creds.ca), ssl_cert_reqs=ssl.CERT_OPTIONAL, log_level="info",
+        timeout_graceful_shutdown=5)
+    if cfg.api_certificate is not None and cfg.api_key is not None:
+        own_context(cfg.api_certificate, cfg.api_key)  # a bad pair: one line, at start
+        config.own, config.node = (cfg.api_certificate, cfg.api_key), cfg.node
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vmcluster.node.api")
     ap.add_argument("--config", required=True)
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        creds = NodeCredentials(cfg.tls_dir)
         speak_as(cfg.node, cfg.tls_dir)  # this host's certificate, for the agents it calls
         ctx = ApiContext(cfg, cfg.store(timeout_s=2.0, retry_s=5.0),
                          layout=shared_layout(cfg.shared, cfg.state_dir, cfg.run_dir,
                                               cfg.lab_dir))
         addresses_from(lambda: ctx.spec(ctx.view))
         socks = _sockets(cfg)
+        config = server_config(create_app(ctx), cfg)
     except VmclusterError as exc:
         print(f"vmcluster api: {exc}", file=sys.stderr)
         return exc.exit_code
     done = threading.Event()
     threading.Thread(target=_publisher, args=(ctx, done), daemon=True).start()
-    config = uvicorn.Config(
-        create_app(ctx), ssl_certfile=str(creds.cert), ssl_keyfile=str(creds.key),
-        ssl_ca_certs=str(creds.ca), ssl_cert_reqs=ssl.CERT_OPTIONAL, log_level="info",
-        timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=socks)
     done.set()
     return 0

@@ -106,6 +106,11 @@ class NodeConfig:
     restart_grace_s: float = 30.0
     api_listen: tuple[str, ...] = ()
     api_port: int = API_PORT
+    # A certificate of the admin's own (a public or company CA's) that the API shows to
+    # browsers and clients asking for a name; hosts reach each other by address and keep
+    # the cluster CA's. Both or neither.
+    api_certificate: Path | None = None
+    api_key: Path | None = None
     qemu: Mapping[str, Any] = field(default_factory=dict)  # a QemuInstall as JSON; {}: system
     manager: Mapping[str, float] = field(default_factory=dict)  # ManagerParams overrides
     lab: LabRef | None = None
@@ -219,7 +224,9 @@ class NodeConfig:
         doc["watchdog"] = {"fence_window_s": self.fence_window_s,
                            "restart_grace_s": self.restart_grace_s}
         if self.api_listen:
-            doc["api"] = {"listen": list(self.api_listen), "port": self.api_port}
+            doc["api"] = {"listen": list(self.api_listen), "port": self.api_port,
+                          **({"certificate": str(self.api_certificate),
+                              "key": str(self.api_key)} if self.api_certificate else {})}
         if self.qemu:
             doc["qemu"] = {k: v for k, v in self.qemu.items() if v is not None}
         if self.manager:
@@ -335,7 +342,11 @@ def _from_source(src: TomlSource, path: Path, partial: bool = False) -> NodeConf
                         "add [etcd.member], or drop \"etcd\" from parts to use an "
                         "existing etcd")
     watchdog = _table(src, "watchdog", {"fence_window_s", "restart_grace_s"}, set())
-    api = _table(src, "api", {"listen", "port"}, set())
+    api = _table(src, "api", {"listen", "port", "certificate", "key"}, set())
+    own_cert, own_key = api.get("certificate", str), api.get("key", str)
+    if (own_cert is None) != (own_key is None):
+        raise api.fail(None, "needs both certificate and key, or neither",
+                       "certificate: the PEM chain (leaf first); key: its private key")
     listen = api.names("listen") or ()
     for addr in listen:
         try:
@@ -374,6 +385,8 @@ def _from_source(src: TomlSource, path: Path, partial: bool = False) -> NodeConf
         fence_window_s=watchdog.positive("fence_window_s", float, 2.5),
         restart_grace_s=watchdog.positive("restart_grace_s", float, 30.0),
         api_listen=tuple(listen), api_port=int(api_port),
+        api_certificate=None if own_cert is None else _path(api, "certificate", Path("/")),
+        api_key=None if own_key is None else _path(api, "key", Path("/")),
         qemu=dict(qemu), manager={k: float(v) for k, v in manager.items()}, lab=lab,
         guest_kernel=None if kernel is None else _path(guest, "kernel", Path("/")),
         guest_initrd=None if initrd is None else _path(guest, "initrd", Path("/")),
