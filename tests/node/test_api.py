@@ -267,14 +267,7 @@ def test_the_cluster_reads_nodes_networks_volumes_migrations_and_metrics(
     api: tuple[TestClient, ClusterState],
 ) -> None:
     client, state = api
-    admin = _admin(state)
-    state.put_spec(SPEC)
-    for n in ("node1", "node2", "node3"):
-        state.set_node_state(n, "up")
-    made = client.post("/api/v1/vms", headers=admin, json={
-        "name": "web", "owner": "node1", "memory_mib": 257, "vcpus": 2})
-    assert made.status_code == 201
-    state.place("web", "node1", expect=0, token=None)
+    admin = _placed(client, state, {"web": ("node1", 2)})
     # node1 hears node2 on every network but Migration; node3 reports nothing (never seen).
     state.client.put(state.key("reports", "node1"), json.dumps({"routes": {
         "node2/Public": True, "node2/Heartbeat": True, "node2/Migration": False}}).encode())
@@ -380,19 +373,27 @@ def test_a_vms_definition_is_changed_by_the_rules(api: tuple[TestClient, Cluster
     assert (final.memory_mib, final.priority, final.shutdown_timeout_s) == (512, 3000, 5.0)
 
 
-def test_a_consolidation_plan_is_made_from_the_loads_the_hosts_measured(
-    api: tuple[TestClient, ClusterState],
-) -> None:
-    client, state = api
+def _placed(client: TestClient, state: ClusterState, vms: dict[str, tuple[str, int]]
+            ) -> dict[str, str]:
+    """The lab's spec, every node up, ``vms`` (name: (node, vCPUs)) defined through the API
+    and placed; the admin's headers."""
     admin = _admin(state)
     state.put_spec(SPEC)
     for n in ("node1", "node2", "node3"):
         state.set_node_state(n, "up")
-    for name, node in (("web", "node1"), ("db", "node2")):
+    for name, (node, vcpus) in vms.items():
         made = client.post("/api/v1/vms", headers=admin, json={
-            "name": name, "owner": node, "memory_mib": 257, "vcpus": 1})
+            "name": name, "owner": node, "memory_mib": 257, "vcpus": vcpus})
         assert made.status_code == 201, made.text
         state.place(name, node, expect=0, token=None)
+    return admin
+
+
+def test_a_consolidation_plan_is_made_from_the_loads_the_hosts_measured(
+    api: tuple[TestClient, ClusterState],
+) -> None:
+    client, state = api
+    admin = _placed(client, state, {"web": ("node1", 1), "db": ("node2", 1)})
     # Each host's node watch writes what its agent measured, in cores busy.
     load.publish(state, "node1", {"web": 0.04})
     load.publish(state, "node2", {"db": 0.3})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import urlencode
 
 import click
@@ -23,19 +24,31 @@ from vmcluster.control.consolidate_apply import ApplyReport, Step
 from vmcluster.errors import MigrationError
 from vmcluster.lab.lab import resolve_lab
 
-__all__ = ["consolidate", "err", "over_api", "present", "show_plan", "show_report", "step_line"]
+__all__ = ["consolidate", "err", "over_api", "plan_options", "present", "show_plan",
+           "show_report", "step_line"]
 
 Say = Callable[[str], None]
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def plan_options(func: F) -> F:
+    """--policy, --apply, --seed and --json, as `consolidate` and `lab consolidate` take them."""
+    for option in reversed((
+        click.option("--policy", default="ours", show_default=True,
+                     help="ours, lr-mmt-1.2, thr-mmt-0.8 (any <detector>-<selection>[-<param>])"),
+        click.option("--apply", "do_apply", is_flag=True,
+                     help="perform the plan: live migrations, then power the emptied nodes off"),
+        click.option("--seed", default=0, show_default=True,
+                     help="seed for random VM selection (rs)"),
+        click.option("--json", "as_json", is_flag=True, help="print one JSON object"),
+    )):
+        func = option(func)
+    return func
 
 
 @click.command("consolidate")
 @cluster_option
-@click.option("--policy", default="ours", show_default=True,
-              help="ours, lr-mmt-1.2, thr-mmt-0.8 (any <detector>-<selection>[-<param>])")
-@click.option("--apply", "do_apply", is_flag=True,
-              help="perform the plan: live migrations, then power the emptied nodes off")
-@click.option("--seed", default=0, show_default=True, help="seed for random VM selection (rs)")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@plan_options
 def consolidate(cluster_url: str | None, lab_name: str | None, policy: str, do_apply: bool,
                 seed: int, as_json: bool) -> None:
     """Show which VMs the power policy would move where and which nodes it would power

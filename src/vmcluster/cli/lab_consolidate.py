@@ -12,7 +12,7 @@ import click
 
 from vmcluster.cli.apiclient import resolve_access
 from vmcluster.cli.common import lab_option
-from vmcluster.cli.consolidate import err, over_api, present, step_line
+from vmcluster.cli.consolidate import err, over_api, plan_options, present, step_line
 from vmcluster.control.consolidate import make_plan, observe
 from vmcluster.control.consolidate_apply import apply
 from vmcluster.lab.lab import resolve_lab
@@ -24,12 +24,7 @@ __all__ = ["consolidate"]
 
 @click.command("consolidate")
 @lab_option("name")
-@click.option("--policy", default="ours", show_default=True,
-              help="ours, lr-mmt-1.2, thr-mmt-0.8 (any <detector>-<selection>[-<param>])")
-@click.option("--apply", "do_apply", is_flag=True,
-              help="perform the plan: live migrations, then power the emptied nodes off")
-@click.option("--seed", default=0, show_default=True, help="seed for random VM selection (rs)")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@plan_options
 def consolidate(name: str | None, policy: str, do_apply: bool, seed: int, as_json: bool) -> None:
     """Show which VMs the power policy would move where and which nodes it would power off."""
     layout = resolve_lab(name)
