@@ -413,5 +413,11 @@ def test_a_consolidation_plan_is_made_from_the_loads_the_hosts_measured(
     assert plan["watts_after"] < plan["watts_before"]
     # Nothing changed; the plan is what POST /api/v1/consolidations takes.
     assert state.placement("web").node == "node1"
+    # A VM whose load nobody measured counts as busy: nothing is packed on a guess.
+    state.client.delete(load.loads_key(state, "node1"))
+    body = client.get("/api/v1/plans/consolidation", headers=admin).json()
+    assert body["load"]["vms_measured"] == 1
+    nodes = {n["node"]: n for n in body["plan"]["nodes"]}
+    assert nodes["node1"]["util_before"] == pytest.approx(0.5)  # web's one vCPU of 2 cores
     bad = client.get("/api/v1/plans/consolidation?policy=nonsense", headers=admin)
     assert bad.status_code in (400, 422) and "nonsense" in bad.json()["error"]["message"]

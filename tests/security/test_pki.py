@@ -230,6 +230,7 @@ def test_the_api_shows_the_admins_own_certificate_to_named_clients_only(tmp_path
         "dash.example.test"
     assert _peer_subject(config.ssl, client("cluster-ca.pem"), None) == "node1"
     assert _peer_subject(config.ssl, client("cluster-ca.pem"), "node1") == "node1"
+    assert _peer_subject(config.ssl, client("cluster-ca.pem"), "Node1.") == "node1"
     with pytest.raises(ssl.SSLCertVerificationError):  # the cluster's CA does not vouch for it
         _peer_subject(config.ssl, client("cluster-ca.pem"), "dash.example.test")
     # Without [api] certificate: everyone gets the cluster's.

@@ -408,6 +408,21 @@ def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: i
         moves.append(PlannedMigration(vm, source, target, p.network, p.fallbacks,
                                       p.result.total_s, p.result.downtime_ms, p.result.sent_mib,
                                       p.result.converged))
+    # A move was checked against the others as the policy meant them; one skipped later
+    # (its memory, its network, the move limit) may leave an accepted one breaking a rule:
+    # check every accepted move against where the VMs do end, until none is dropped.
+    dropped = True
+    while dropped:
+        dropped = False
+        for m in list(moves):
+            why = move_refusal(spec.vm(m.vm), m.target, where, spec)
+            if why is not None:
+                moves.remove(m)
+                skipped.append((m.vm, why))
+                where[m.vm] = m.source
+                free[m.source] -= spec.vm(m.vm).memory_mib
+                free[m.target] += spec.vm(m.vm).memory_mib
+                dropped = True
     overloaded = tuple(hosts[h] for h in decision.overloaded) if decision else ()
     return _finish(obs, spec, policy, moves, power_on, skipped, overloaded, horizon_s, guard)
 

@@ -331,9 +331,11 @@ class Agent(CsvOps):
         if name not in {v.name for v in spec.vms}:
             raise NotFound(f"no VM named {name!r} is defined in the cluster")
         vm = spec.vm(name)
-        if self.cfg.guest_kernel is None or self.cfg.guest_initrd is None:
+        if vm.boot == "kernel" and (self.cfg.guest_kernel is None or
+                                    self.cfg.guest_initrd is None):
             raise SubstrateError(f"{self.cfg.path}: [guest] names no kernel and initrd; "
-                                 "this host cannot boot VMs")
+                                 f"this host cannot boot {name} (boot = \"kernel\"; a VM "
+                                 "that boots its own disk needs none)")
         state = self._store()
         if starting and state is not None:
             # A VM runs where the store places it, and nowhere else: the manager places
@@ -358,8 +360,9 @@ class Agent(CsvOps):
                 with disk.open("wb") as f:
                     f.truncate(vm.disk_mib << 20)
         firmware = self._firmware(vm, csv, starting) if vm.boot == "uefi" else None
-        return guest_config(spec, name, self.node, self.layout, self.cfg.guest_kernel,
-                            self.cfg.guest_initrd, pinned, csv, firmware)
+        return guest_config(spec, name, self.node, self.layout,
+                            self.cfg.guest_kernel or Path(), self.cfg.guest_initrd or Path(),
+                            pinned, csv, firmware)
 
     def _firmware(self, vm: Vm, csv: dict[str, Any] | None, starting: bool) -> dict[str, Any]:
         """A UEFI VM's OVMF: this host's code file, and the VM's own variables (made from
@@ -377,15 +380,20 @@ class Agent(CsvOps):
             return {"code": OVMF_CODE, "vars_file": str(path)}
         assert vm.volume is not None
         name = f"{vm.name}/efi-vars"
-        ext = (self._region(vm.volume, name, "csv_create", disk=name, size=len(blank),
-                            owner=self.node) if starting else self._region(vm.volume, name))
+        ext = self._region(vm.volume, name)
+        new = ext is None
+        if new and starting:
+            ext = self._region(vm.volume, name, "csv_create", disk=name, size=len(blank),
+                               owner=self.node)
         if ext is None:
             raise SubstrateError(f"{vm.name} has no UEFI variables on {vm.volume}")
         offset = int(ext["offset"])
         if starting:
             with self._lun(NbdTarget.from_json(csv)) as lun:
                 at = offset + FV_SIGNATURE_AT
-                if lun.read(at, len(FV_SIGNATURE)) != FV_SIGNATURE:  # new, or a wiped one
+                # A new region gets the template whatever it holds (a deleted VM's variables
+                # stay on the LUN until overwritten); an old one that lost its header too.
+                if new or lun.read(at, len(FV_SIGNATURE)) != FV_SIGNATURE:
                     lun.write(offset, blank)
                     lun.flush()
         return {"code": OVMF_CODE, "vars_offset": offset, "vars_size": len(blank)}

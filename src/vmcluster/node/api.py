@@ -1132,8 +1132,10 @@ def own_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 def sni_switch(node: str, own: ssl.SSLContext) -> Callable[[ssl.SSLObject, str | None,
                                                              ssl.SSLContext], None]:
+    mine = node.lower()
+
     def pick(sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
-        if name and name != node:
+        if name and name.lower().rstrip(".") != mine:  # clients send names in lower case
             sock.context = own
     return pick
 

@@ -153,10 +153,6 @@ class NodeWatch:
         while not done.is_set():
             self.changed.wait(self.report_s)
             self.changed.clear()
-            if self.clock.now() - loads_at >= load.PUBLISH_S and not self.isolated:
-                with contextlib.suppress(VmclusterError):
-                    load.publish(self.state, self.node, self.cpu)
-                    loads_at = self.clock.now()
             while not self.events.empty():
                 pending.append(self.events.get())
             body = {"routes": view_to_json(self.hb.states()), "vms": self.vms,
@@ -169,6 +165,12 @@ class NodeWatch:
                     pending.pop(0)
             except VmclusterError:
                 continue
+            # After the report (liveness first), and tried once per PUBLISH_S even when it
+            # fails: a slow store must not cost every round a second timeout.
+            if self.clock.now() - loads_at >= load.PUBLISH_S and not self.isolated:
+                loads_at = self.clock.now()
+                with contextlib.suppress(VmclusterError):
+                    load.publish(self.state, self.node, self.cpu)
 
 
 def main(argv: list[str] | None = None) -> int:

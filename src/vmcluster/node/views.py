@@ -199,7 +199,8 @@ def consolidation(state: ClusterState, spec: ClusterSpec, seen: Assessment,
     """The cluster as a consolidation plan sees it: each node's recorded state (one
     never recorded: up while its report is healthy), the VMs placed and running on it,
     and ``busy``, each VM's measured cores (:mod:`vmcluster.node.load`); a VM not
-    measured counts as idle."""
+    measured (its host silent, or just started) counts as fully busy, so that no plan
+    packs VMs whose load nobody knows."""
     recorded = state.node_states()
     states = {n.name: str(recorded.get(n.name, {}).get(
         "state", "up" if n.name in seen.healthy else "down")) for n in spec.nodes}
@@ -208,8 +209,8 @@ def consolidation(state: ClusterState, spec: ClusterSpec, seen: Assessment,
     for vm, p in sorted(state.placements().items()):
         if p.node is not None and p.state in ("running", "paused") and vm in defined:
             on_node.setdefault(p.node, []).append(vm)
-    util = {n.name: sum(busy.get(v, 0.0) for v in on_node.get(n.name, ())) / n.cores
+    cores = {v: busy.get(v, float(spec.vm(v).vcpus)) for vs in on_node.values() for v in vs}
+    util = {n.name: min(1.0, sum(cores[v] for v in on_node.get(n.name, ())) / n.cores)
             for n in spec.nodes}
-    vm_cpu = {v: min(1.0, busy.get(v, 0.0) / spec.vm(v).vcpus)
-              for vs in on_node.values() for v in vs}
+    vm_cpu = {v: min(1.0, c / spec.vm(v).vcpus) for v, c in cores.items()}
     return observation(spec, states, on_node, util, vm_cpu, seen.health)
