@@ -382,24 +382,20 @@ def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: i
         source, mem = where[vm], spec.vm(vm).memory_mib
         if source == target:
             continue
-        refused = move_refusal(spec.vm(vm), target, intended, spec)
-        if refused is not None:
-            skipped.append((vm, refused))
-            intended[vm] = source
-            continue
-        if max_moves is not None and len(moves) >= max_moves:
-            skipped.append((vm, f"over this round's limit of {max_moves} moves"))
-            intended[vm] = source
-            continue
-        if free[target] < mem:
-            skipped.append((vm, f"{target} has {free[target]} MiB free, {vm} needs {mem} MiB"))
-            intended[vm] = source
-            continue
-        health = obs.health if views[target].state == "up" else _powered(obs.health, target)
-        try:
-            p = predict(spec, health, vm, target, source=source)
-        except PolicyError as exc:
-            skipped.append((vm, str(exc)))
+        why = move_refusal(spec.vm(vm), target, intended, spec)
+        if why is None and max_moves is not None and len(moves) >= max_moves:
+            why = f"over this round's limit of {max_moves} moves"
+        if why is None and free[target] < mem:
+            why = f"{target} has {free[target]} MiB free, {vm} needs {mem} MiB"
+        if why is None:
+            health = obs.health if views[target].state == "up" \
+                else _powered(obs.health, target)
+            try:
+                p = predict(spec, health, vm, target, source=source)
+            except PolicyError as exc:
+                why = str(exc)
+        if why is not None:
+            skipped.append((vm, why))
             intended[vm] = source
             continue
         free[source] += mem

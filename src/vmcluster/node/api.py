@@ -1110,13 +1110,13 @@ class _ServerConfig(uvicorn.Config):
     certificate the admin's browsers trust; a host or CLI that connects by address (no
     SNI) or asks for the node's name gets the cluster CA's, as before."""
 
-    own: tuple[Path, Path] | None = None
+    own: ssl.SSLContext | None = None
     node = ""
 
     def load(self) -> None:
         super().load()
         if self.own is not None and self.ssl is not None:
-            self.ssl.sni_callback = sni_switch(self.node, own_context(*self.own))
+            self.ssl.sni_callback = sni_switch(self.node, self.own)
 
 
 def own_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -1149,8 +1149,8 @@ def server_config(app: Any, cfg: NodeConfig) -> uvicorn.Config:
         ssl_ca_certs=str(creds.ca), ssl_cert_reqs=ssl.CERT_OPTIONAL, log_level="info",
         timeout_graceful_shutdown=5)
     if cfg.api_certificate is not None and cfg.api_key is not None:
-        own_context(cfg.api_certificate, cfg.api_key)  # a bad pair: one line, at start
-        config.own, config.node = (cfg.api_certificate, cfg.api_key), cfg.node
+        # Loaded here, once: a bad pair is one line at start, not an error inside uvicorn.
+        config.own, config.node = own_context(cfg.api_certificate, cfg.api_key), cfg.node
     return config
 
 
