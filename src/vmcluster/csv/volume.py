@@ -9,6 +9,15 @@ halfway leaves the other slot's generation ``g - 1`` intact: a reader takes
 the valid slot with the highest generation, and a bad checksum is never read
 as a table.
 
+The table grows as needed: a slot holds about 700 rows; a bigger table is
+written to an extension region of the LUN, allocated like a disk under the
+reserved name ``#table-0`` or ``#table-1`` (one per slot, so the double
+buffer holds: generation ``g`` writes extension ``g % 2`` and then a slot that
+points to it with its length and CRC-32, while generation ``g - 1``'s
+extension is untouched). An extension that is too small is moved to a free
+region twice the table's size within the same generation; one that is no
+longer needed is freed when its slot's turn comes.
+
 The table operations (create, delete, resize, set_owner) are pure functions
 from a :class:`Table` to the next one; :func:`read_table` / :func:`write_table`
 do the I/O through any :class:`BlockIO` (an NBD connection, or the LUN file).
@@ -34,8 +43,10 @@ __all__ = [
     "Table",
     "TableError",
     "decode_slot",
+    "encode",
     "encode_slot",
     "format_table",
+    "is_reserved",
     "read_table",
     "write_table",
 ]
@@ -47,6 +58,8 @@ SLOT_OFFSETS = (0, SLOT_SIZE)
 DATA_START = MIB
 ALIGN = MIB
 _HEADER = struct.Struct("<8sIQII")  # magic, format, generation, payload length, crc32
+_INLINE = SLOT_SIZE - _HEADER.size
+RESERVED = "#"  # names of the table's own regions start with it
 
 
 class TableError(SubstrateError):
@@ -135,6 +148,7 @@ class Table:
         return pos if self.size - pos >= size else None
 
     def create(self, name: str, size: int, owner: str | None = None) -> Table:
+        _user_name(name)
         if size <= 0:
             raise UsageError(f"disk {name!r}: size must be > 0, got {size}")
         if self.get(name) is not None:
@@ -147,11 +161,13 @@ class Table:
         return self._next([*self.disks, Extent(name, at, size, owner)])
 
     def delete(self, name: str) -> Table:
+        _user_name(name)
         self.need(name)
         return self._next([d for d in self.disks if d.name != name])
 
     def resize(self, name: str, size: int) -> Table:
         """Grow or shrink in place; growing needs the free space right after the disk."""
+        _user_name(name)
         ext = self.need(name)
         size = _align(size)
         limit = min([d.offset for d in self.disks if d.offset > ext.offset] + [self.size])
@@ -161,6 +177,7 @@ class Table:
         return self._next([d if d.name != name else replace(d, size=size) for d in self.disks])
 
     def set_owner(self, name: str, owner: str | None) -> Table:
+        _user_name(name)
         ext = self.need(name)
         if ext.owner == owner:
             return self
@@ -171,24 +188,98 @@ class Table:
                 "disks": [d.to_json() for d in self.disks]}
 
 
+    def with_room(self) -> Table:
+        """This table with the extension region its generation writes sized to hold it.
+
+        Pure: the region named for slot ``generation % 2`` is dropped when the rows fit in
+        the slot, kept when they fit in it, and moved to a free region twice the table's
+        size otherwise (its old place belonged to generation ``g - 2`` only, which this
+        write replaces; the other slot's region is never touched).
+        """
+        own = _ext_name(self.generation)
+        if len(_rows(self)) <= _INLINE:
+            return self if self.get(own) is None else replace(
+                self, disks=tuple(d for d in self.disks if d.name != own))
+        cur = self.get(own)
+        if cur is not None and len(_rows(self)) <= cur.size:
+            return self
+        others = [d for d in self.disks if d.name != own]
+        probe = replace(self, disks=tuple(others))
+        need = _align(2 * (len(_rows(probe)) + 128))
+        at = probe._gap_for(need)
+        if at is None:
+            raise TableError(f"volume {self.volume} has no free {need >> 20} MiB region "
+                             f"for its allocation table ({len(others)} regions); delete a "
+                             f"disk or use a bigger volume")
+        grown = replace(self, disks=tuple(sorted([*others, Extent(own, at, need)],
+                                                 key=lambda d: d.offset)))
+        assert len(_rows(grown)) <= need
+        return grown
+
+
+def is_reserved(name: str) -> bool:
+    """Whether ``name`` is one of the table's own regions, not a disk."""
+    return name.startswith(RESERVED)
+
+
+def _user_name(name: str) -> None:
+    if is_reserved(name):
+        raise UsageError(f"disk name {name!r} is reserved (names starting with "
+                         f"{RESERVED!r} are the allocation table's own regions)")
+
+
+def _ext_name(generation: int) -> str:
+    return f"{RESERVED}table-{generation % 2}"
+
+
 def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def encode_slot(table: Table) -> bytes:
-    payload = json.dumps({
+def _rows(table: Table) -> bytes:
+    return json.dumps({
         "volume": table.volume, "size": table.size,
         "disks": [[d.name, d.offset, d.size, d.owner] for d in table.disks],
     }, sort_keys=True, separators=(",", ":")).encode()
-    if _HEADER.size + len(payload) > SLOT_SIZE:
-        raise TableError(f"volume {table.volume}: the allocation table outgrew its "
-                         f"{SLOT_SIZE} byte slot ({len(table.disks)} disks)")
-    head = _HEADER.pack(MAGIC, FORMAT, table.generation, len(payload), zlib.crc32(payload))
+
+
+def _slot(generation: int, payload: bytes) -> bytes:
+    head = _HEADER.pack(MAGIC, FORMAT, generation, len(payload), zlib.crc32(payload))
     return (head + payload).ljust(SLOT_SIZE, b"\0")
 
 
-def decode_slot(raw: bytes) -> Table | None:
-    """The table in one slot, or None when the slot is empty, torn or corrupt."""
+def encode(table: Table) -> tuple[bytes, tuple[int, bytes] | None]:
+    """The slot bytes of ``table`` and, for a big one, its extension ``(offset, bytes)``.
+
+    ``table`` must have room (:meth:`Table.with_room`).
+    """
+    rows = _rows(table)
+    if len(rows) <= _INLINE:
+        return _slot(table.generation, rows), None
+    ext = table.get(_ext_name(table.generation))
+    if ext is None or len(rows) > ext.size:
+        raise TableError(f"volume {table.volume}: the allocation table has no room for "
+                         f"{len(table.disks)} regions (call with_room first)")
+    pointer = json.dumps({"volume": table.volume, "size": table.size,
+                          "ext": [ext.offset, len(rows), zlib.crc32(rows)]},
+                         sort_keys=True, separators=(",", ":")).encode()
+    return _slot(table.generation, pointer), (ext.offset, rows)
+
+
+def encode_slot(table: Table) -> bytes:
+    """The slot of a table small enough to live in it."""
+    slot, ext = encode(table)
+    if ext is not None:
+        raise TableError(f"volume {table.volume}: {len(table.disks)} regions do not fit "
+                         f"in a {SLOT_SIZE} byte slot")
+    return slot
+
+
+def decode_slot(raw: bytes, lun: BlockIO | None = None) -> Table | None:
+    """The table in one slot, or None when the slot is empty, torn or corrupt.
+
+    A slot that points to an extension region reads it through ``lun`` (None: not a table).
+    """
     if len(raw) < _HEADER.size:
         return None
     magic, fmt, gen, length, crc = _HEADER.unpack_from(raw)
@@ -199,6 +290,14 @@ def decode_slot(raw: bytes) -> Table | None:
         return None
     try:
         data = json.loads(payload)
+        if "ext" in data:
+            if lun is None:
+                return None
+            off, length, crc = (int(x) for x in data["ext"])
+            payload = lun.read(off, length)
+            if len(payload) != length or zlib.crc32(payload) != crc:
+                return None  # the extension of a torn write, or of a generation reused
+            data = json.loads(payload)
         disks = tuple(Extent(str(n), int(o), int(s), None if w is None else str(w))
                       for n, o, s, w in data["disks"])
         return Table(str(data["volume"]), int(data["size"]), int(gen), disks)
@@ -208,24 +307,39 @@ def decode_slot(raw: bytes) -> Table | None:
 
 def read_table(lun: BlockIO) -> Table:
     """The newest valid table on the LUN."""
-    tables = [t for t in (decode_slot(lun.read(off, SLOT_SIZE)) for off in SLOT_OFFSETS) if t]
+    tables = [t for t in (decode_slot(lun.read(off, SLOT_SIZE), lun) for off in SLOT_OFFSETS)
+              if t]
     if not tables:
         raise TableError("the LUN holds no valid allocation table (not formatted, or both "
                          "slots corrupt)")
     return max(tables, key=lambda t: t.generation)
 
 
-def write_table(lun: BlockIO, table: Table) -> None:
-    """Write ``table`` into the slot of its generation and flush it to stable storage."""
-    lun.write(SLOT_OFFSETS[table.generation % 2], encode_slot(table))
+def write_table(lun: BlockIO, table: Table) -> Table:
+    """Write ``table`` as the next generation of the LUN's newest valid one; return it.
+
+    The generation counts writes, not changes (a write may carry several), so it always
+    lands in the slot that does not hold the newest valid table. A big table's extension
+    is written and flushed before the slot that points to it, so a torn write of either
+    leaves the newest valid table as it was.
+    """
+    try:
+        newest = read_table(lun).generation
+    except TableError:
+        newest = 0
+    table = replace(table, generation=newest + 1).with_room()
+    slot, ext = encode(table)
+    if ext is not None:
+        lun.write(*ext)
+        lun.flush()
+    lun.write(SLOT_OFFSETS[table.generation % 2], slot)
     lun.flush()
+    return table
 
 
 def format_table(lun: BlockIO, volume: str, size: int) -> Table:
     """An empty table (generation 1) on a new LUN; the other slot is cleared."""
     if size < DATA_START + ALIGN:
         raise UsageError(f"volume {volume}: {size} bytes is too small for a LUN")
-    table = Table(volume, size, 1)
     lun.write(SLOT_OFFSETS[0], b"\0" * SLOT_SIZE)
-    write_table(lun, table)
-    return table
+    return write_table(lun, Table(volume, size, 1))
