@@ -3,7 +3,7 @@
 Which disk lives where is data on the LUN itself, so it survives any node: the
 first MiB holds two table slots; disks are regions from 1 MiB on, 1 MiB
 aligned. Each slot is a header (magic, format, generation, payload length,
-CRC-32 of the payload) and a JSON payload of ``(name, offset, size, owner)``
+CRC-32 of the generation, length and payload) and a JSON payload of ``(name, offset, size, owner)``
 rows. Generation ``g`` is written to slot ``g % 2``, so a write that is torn
 halfway leaves the other slot's generation ``g - 1`` intact: a reader takes
 the valid slot with the highest generation, and a bad checksum is never read
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 MAGIC = b"VMCCSVT1"
-FORMAT = 1
+FORMAT = 2  # 1: the CRC covered the payload only (still read)
 SLOT_SIZE = 64 * 1024
 SLOT_OFFSETS = (0, SLOT_SIZE)
 DATA_START = MIB
@@ -243,8 +243,17 @@ def _rows(table: Table) -> bytes:
     }, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _slot_crc(fmt: int, generation: int, payload: bytes) -> int:
+    """The CRC-32 of a slot: of its generation and payload (a write torn inside the
+    header must not make the old payload pass for a newer generation)."""
+    if fmt == 1:
+        return zlib.crc32(payload)
+    return zlib.crc32(payload, zlib.crc32(struct.pack("<QI", generation, len(payload))))
+
+
 def _slot(generation: int, payload: bytes) -> bytes:
-    head = _HEADER.pack(MAGIC, FORMAT, generation, len(payload), zlib.crc32(payload))
+    head = _HEADER.pack(MAGIC, FORMAT, generation, len(payload),
+                        _slot_crc(FORMAT, generation, payload))
     return (head + payload).ljust(SLOT_SIZE, b"\0")
 
 
@@ -283,10 +292,10 @@ def decode_slot(raw: bytes, lun: BlockIO | None = None) -> Table | None:
     if len(raw) < _HEADER.size:
         return None
     magic, fmt, gen, length, crc = _HEADER.unpack_from(raw)
-    if magic != MAGIC or fmt != FORMAT or _HEADER.size + length > len(raw):
+    if magic != MAGIC or fmt not in (1, FORMAT) or _HEADER.size + length > len(raw):
         return None
     payload = raw[_HEADER.size:_HEADER.size + length]
-    if zlib.crc32(payload) != crc:
+    if _slot_crc(fmt, gen, payload) != crc:
         return None
     try:
         data = json.loads(payload)
