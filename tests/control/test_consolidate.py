@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import vmc
-from vmcluster.control.consolidate import ConsolidationPlan, PowerGuard, observe, plan
+from vmcluster.control.consolidate import PowerGuard, drain_plan, observe, plan
 from vmcluster.control.consolidate_apply import ApplyReport, Step, apply
 from vmcluster.control.migration import MigrationRequest, migrate_here
+from vmcluster.control.plans import ClusterPlan
 from vmcluster.errors import InputError, UsageError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import parse_spec
@@ -196,6 +197,33 @@ def test_a_move_that_would_break_an_ha_rule_is_skipped_and_says_which() -> None:
     assert all("affinity app" in why for vm, why in p.skipped if vm == "v1")
 
 
+def test_a_drain_plan_is_the_same_model_and_keeps_the_rules() -> None:
+    """One plan model: a drain's moves carry networks and predictions, the node table has
+    watts before/after, the drained node ends draining, nothing is powered off."""
+    loads = [(1, 0.5), (1, 0.4), (1, 0.2), (2, 0.3), (3, 0.3)]
+    rules = {1: 'allowed_nodes = ["n1", "n3"]', 2: 'allowed_nodes = ["n1"]',
+             3: 'anti_affinity = "r"', 4: 'anti_affinity = "r"', 5: 'anti_affinity = "r"'}
+    spec, sub = cluster(loads, rules=rules)
+    p = drain_plan(observe(sub, spec), spec, "n1")
+    assert p.kind == "drain" and p.policy == "drain:n1" and p.power_off == ()
+    moved = {m.vm: m for m in p.migrations}
+    assert moved["v1"].target == "n3" and moved["v1"].network and moved["v1"].predicted_s > 0
+    assert moved["v3"].broke and "anti_affinity r" in moved["v3"].broke[0]  # non-strict
+    [(vm, why)] = p.skipped
+    assert vm == "v2" and "allowed" in why  # strict: it cannot leave n1
+    nodes = {n.node: n for n in p.nodes}
+    assert nodes["n1"].state_after == "draining" and nodes["n1"].vms_after == ("v2",)
+    assert nodes["n1"].watts_after < nodes["n1"].watts_before
+    assert p.watts_after == pytest.approx(sum(n.watts_after for n in p.nodes))
+    again = ClusterPlan.from_json(json.loads(json.dumps(p.to_json())))
+    assert again.kind == "drain" and again.to_json() == p.to_json()
+    # A node that is off is neither drained nor a target.
+    spec, sub = cluster(loads[:1], off=[3])
+    assert drain_plan(observe(sub, spec), spec, "n1").migrations[0].target == "n2"
+    with pytest.raises(UsageError, match="off"):
+        drain_plan(observe(sub, spec), spec, "n3")
+
+
 def test_an_empty_node_is_powered_off_but_never_the_last_one() -> None:
     spec, sub = cluster([], nodes=2)
     p = plan(sub, spec)
@@ -208,12 +236,12 @@ def test_json_shape() -> None:
     spec, sub = cluster([(1, 0.05), (2, 0.3), (3, 0.3)])
     p = plan(sub, spec)
     out = json.loads(json.dumps(p.to_json()))
-    assert set(out) == {"policy", "migrations", "power_on", "power_off", "skipped", "overloaded",
-                        "nodes", "predicted_total_s", "watts_before", "watts_after",
+    assert set(out) == {"kind", "policy", "migrations", "power_on", "power_off", "skipped",
+                        "overloaded", "nodes", "predicted_total_s", "watts_before", "watts_after",
                         "horizon_s", "energy_before_wh", "energy_after_wh", "kept_on"}
     [m] = out["migrations"]
     assert set(m) == {"vm", "source", "target", "network", "fallbacks", "predicted_s",
-                      "predicted_downtime_ms", "predicted_mib", "converges"}
+                      "predicted_downtime_ms", "predicted_mib", "converges", "broke"}
     assert out["power_off"] == [{"node": "n1", "reason": "emptied by the plan"}]
     assert [n["node"] for n in out["nodes"]] == ["n1", "n2", "n3"]
     assert out["nodes"][0]["state_after"] == "off" and out["nodes"][0]["watts_after"] == 0.0
@@ -223,13 +251,13 @@ def test_json_shape() -> None:
                         "cancelled"}
     assert rep["migrations"][0]["ok"] is True
     # What the manager is handed back: the plan as JSON, the report as JSON.
-    again = ConsolidationPlan.from_json(out)
+    again = ClusterPlan.from_json(out)
     assert [(m.vm, m.source, m.target, m.network) for m in again.migrations] == [
         (m["vm"], m["source"], m["target"], m["network"])]
     assert again.power_off == (("n1", "emptied by the plan"),)
     assert ApplyReport.from_json(rep).to_json() == rep
     with pytest.raises(InputError, match="plan"):
-        ConsolidationPlan.from_json({"migrations": [{"vm": "x"}]})
+        ClusterPlan.from_json({"migrations": [{"vm": "x"}]})
 
 
 def test_the_guard_keeps_quorum_and_the_managers_node_on() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from vmcluster.control.plans import ClusterPlan
 from vmcluster.node import load
 from vmcluster.node.api import ApiContext, create_app
 from vmcluster.node.cache import CachedKV
@@ -299,8 +300,15 @@ def test_the_cluster_reads_nodes_networks_volumes_migrations_and_metrics(
     bad = client.get("/api/v1/plans/migration?vm=web&to=node9", headers=admin)
     assert bad.status_code == 422 and "node9" in bad.json()["error"]["message"]
     drain = client.get("/api/v1/plans/drain?node=node1", headers=admin).json()
-    assert drain["actions"][0]["vm"] == "web" and drain["actions"][0]["target"] in (
-        "node2", "node3")
+    plan = drain["plan"]  # the same plan model as a consolidation's
+    assert plan["kind"] == "drain" and plan["policy"] == "drain:node1"
+    move = plan["migrations"][0]
+    assert move["vm"] == "web" and move["source"] == "node1"
+    assert move["target"] in ("node2", "node3") and move["network"] and move["predicted_s"] > 0
+    after = {n["node"]: n for n in plan["nodes"]}
+    assert after["node1"]["state_after"] == "draining" and after["node1"]["vms_after"] == []
+    assert "web" in after[move["target"]]["vms_after"] and plan["power_off"] == []
+    assert ClusterPlan.from_json(plan).migrations[0].target == move["target"]
     text = client.get("/metrics", headers=admin).text
     assert 'vmcluster_node_state{node="node1",state="up"} 1.0' in text
     assert 'vmcluster_network_state{network="Migration",state="down"} 1.0' in text

@@ -19,8 +19,8 @@ import click
 from vmcluster.cli.apiclient import ClusterAccess, api_request, resolve_access
 from vmcluster.cli.cluster import cluster_option
 from vmcluster.cli.node import _watch
-from vmcluster.control.consolidate import ConsolidationPlan
 from vmcluster.control.consolidate_apply import ApplyReport, Step
+from vmcluster.control.plans import ClusterPlan
 from vmcluster.errors import MigrationError
 from vmcluster.lab.lab import resolve_lab
 
@@ -67,7 +67,7 @@ def over_api(access: ClusterAccess, policy: str, seed: int, do_apply: bool, as_j
     measured = got.get("load", {})
     err(f"loads measured by the hosts: {measured.get('vms_measured')} of "
         f"{measured.get('vms_running')} running VMs")
-    present(ConsolidationPlan.from_json(dict(got["plan"])), dict(got["plan"]), do_apply,
+    present(ClusterPlan.from_json(dict(got["plan"])), dict(got["plan"]), do_apply,
             as_json, {**extra, "load": measured}, lambda p: apply_over_api(access, p, err))
 
 
@@ -75,9 +75,9 @@ def err(msg: str) -> None:
     click.echo(msg, err=True)
 
 
-def present(the_plan: ConsolidationPlan, plan_json: dict[str, object], do_apply: bool,
+def present(the_plan: ClusterPlan, plan_json: dict[str, object], do_apply: bool,
             as_json: bool, extra: dict[str, object],
-            carry_out: Callable[[ConsolidationPlan], ApplyReport]) -> None:
+            carry_out: Callable[[ClusterPlan], ApplyReport]) -> None:
     """A plan shown (a table, or one JSON object with ``extra``), carried out on request
     by ``carry_out``; a failed application ends the command with its errors."""
     if not as_json:
@@ -96,7 +96,7 @@ def present(the_plan: ConsolidationPlan, plan_json: dict[str, object], do_apply:
         raise MigrationError("; ".join(report.errors))
 
 
-def apply_over_api(access: ClusterAccess, the_plan: ConsolidationPlan, err: Say
+def apply_over_api(access: ClusterAccess, the_plan: ClusterPlan, err: Say
                    ) -> ApplyReport:
     """The plan carried out by the cluster's elected manager (an intent through its API,
     watched here; Ctrl-C cancels)."""
@@ -115,7 +115,7 @@ def step_line(s: Step) -> str:
     return f"  {s.message}" if s.kind == "progress" else f"[{s.kind}] {s.message}"
 
 
-def show_plan(p: ConsolidationPlan) -> None:
+def show_plan(p: ClusterPlan) -> None:
     click.echo(f"policy {p.policy}: {len(p.migrations)} migration(s), "
                f"power on {', '.join(p.power_on) or '-'}, "
                f"power off {', '.join(n for n, _ in p.power_off) or '-'}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
@@ -85,11 +85,8 @@ def _watch(access: ClusterAccess, intent_id: str, say: Callable[[str], None],
             new_steps(list(p.get("steps", [])))
             if "plan" in p and not shown_plan:
                 shown_plan = True
-                if not p["plan"]:
-                    say("no VM to move")
-                for a in p["plan"]:
-                    say(f"plan: {a['vm']} -> {a['target']}" if a.get("target")
-                        else f"plan: {a['vm']} cannot move: {a.get('reason')}")
+                for line in plan_lines(p["plan"]):
+                    say(line)
             if "vm" in p and "steps" not in p:
                 line = (f"  {p['vm']} -> {p['target']} over {p['network']}: {p['status']} "
                         f"pass {p['pass']} sent {p['sent_mib']:.0f} MiB, "
@@ -126,3 +123,15 @@ def resume_cmd(node_name: str, cluster_url: str | None, lab_name: str | None,
                              f"{got.get('error') or final.get('error')}")
     out: dict[str, Any] = {"node": node_name, "was": got["was"], "state": "up"}
     click.echo(json.dumps(out) if as_json else f"{node_name}: {got['was']} -> up")
+
+
+def plan_lines(plan: Mapping[str, Any]) -> list[str]:
+    """A drain's plan (a ClusterPlan's JSON) as the lines ``node drain`` prints first."""
+    moves, skipped = list(plan.get("migrations", [])), list(plan.get("skipped", []))
+    if not moves and not skipped:
+        return ["no VM to move"]
+    out = [f"plan: {m['vm']} -> {m['target']} over {m['network']} (predicted "
+           f"{float(m['predicted_s']):.1f} s, {float(m['predicted_downtime_ms']):.0f} ms down)"
+           + "".join(f"; breaks {b}" for b in m.get("broke", [])) for m in moves]
+    out += [f"plan: {s['vm']} cannot move: {s['reason']}" for s in skipped]
+    return out

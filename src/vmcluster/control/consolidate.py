@@ -33,38 +33,45 @@ Why the mapping does a little more than translate:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from vmcluster.control.liveness import Assessment
 from vmcluster.control.migration import known_health
-from vmcluster.errors import InputError, PolicyError, UsageError
+from vmcluster.control.plans import ClusterPlan, NodeChange, PlannedMigration
+from vmcluster.errors import PolicyError, UsageError
 from vmcluster.model import ClusterSpec
-from vmcluster.policy.failover import move_refusal
+from vmcluster.policy.failover import CannotPlace, FailoverParams, move_refusal
+from vmcluster.policy.failover import Migrate as FailoverMigrate
+from vmcluster.policy.failover import drain_plan as failover_drain_plan
 from vmcluster.policy.networks import Health
 from vmcluster.policy.power.detection import HISTORY
 from vmcluster.policy.power.models import HP_ML110_G4, HP_ML110_G5, SpecPowerModel
 from vmcluster.policy.power.plan import Migrate, PowerOn, Snapshot
 from vmcluster.policy.power.registry import make_policy
 from vmcluster.policy.prediction import DEFAULT_BANDWIDTH_MBPS, predict
+from vmcluster.store.state import Placement
 from vmcluster.substrate.protocol import Substrate
 
 __all__ = [
-    "ConsolidationPlan",
     "LoadHistory",
-    "NodeChange",
     "NodeView",
     "Observation",
-    "PlannedMigration",
     "PowerGuard",
+    "drain_plan",
     "make_plan",
     "observation",
     "observe",
     "plan",
+    "recorded",
 ]
+
+NodeState = Literal["up", "off", "draining", "quarantined"]
+SERVING: tuple[str, ...] = ("draining", "quarantined")  # on, but out of placement
 
 MIPS_PER_CORE = 1000.0
 RUNNING_FLOOR = 0.005
@@ -75,7 +82,7 @@ DEFAULT_POWER_MODEL = "ml110-g5"  # two cores, like the lab's nodes
 @dataclass(frozen=True)
 class NodeView:
     name: str
-    state: Literal["up", "off"]
+    state: NodeState  # up, off; draining or quarantined: on and running VMs, not a target
     cores: int
     memory_mib: int
     util: float
@@ -86,136 +93,13 @@ class NodeView:
 
 @dataclass(frozen=True)
 class Observation:
-    """Nodes that are up or off (down nodes are left out), running VMs' CPU (of their vCPUs)."""
+    """Nodes that are up, off, draining or quarantined (down nodes are left out), running
+    VMs' CPU (of their vCPUs)."""
 
     nodes: tuple[NodeView, ...]
     vm_cpu: Mapping[str, float]
     health: Health
     down: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class PlannedMigration:
-    vm: str
-    source: str
-    target: str
-    network: str
-    fallbacks: tuple[str, ...]
-    predicted_s: float
-    predicted_downtime_ms: float
-    predicted_mib: float
-    converges: bool
-
-    def to_json(self) -> dict[str, object]:
-        return _flat(self)
-
-
-@dataclass(frozen=True)
-class NodeChange:
-    """A node before and after the plan; watts from its power model (0 when off)."""
-
-    node: str
-    power_model: str  # a key of POWER_MODELS
-    power_model_assumed: bool  # the spec names none: DEFAULT_POWER_MODEL
-    state_before: str
-    state_after: str
-    util_before: float
-    util_after: float
-    watts_before: float
-    watts_after: float
-    vms_before: tuple[str, ...]
-    vms_after: tuple[str, ...]
-
-    def to_json(self) -> dict[str, object]:
-        return _flat(self)
-
-
-@dataclass(frozen=True)
-class ConsolidationPlan:
-    policy: str
-    migrations: tuple[PlannedMigration, ...]
-    power_on: tuple[str, ...]
-    power_off: tuple[tuple[str, str], ...]  # (node, why)
-    skipped: tuple[tuple[str, str], ...]  # (vm, why) moves the policy wanted but cannot happen
-    overloaded: tuple[str, ...]
-    nodes: tuple[NodeChange, ...]
-    horizon_s: float = 3600.0
-    kept_on: tuple[tuple[str, str], ...] = ()  # (node, why) empty, but the guard keeps it on
-
-    @property
-    def watts_before(self) -> float:
-        return sum(n.watts_before for n in self.nodes)
-
-    @property
-    def watts_after(self) -> float:
-        return sum(n.watts_after for n in self.nodes)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.migrations or self.power_on or self.power_off)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ConsolidationPlan:
-        """A plan from its JSON (``to_json``; an API body or answer): what applying it
-        needs (migrations, power-ons, power-offs) and, when given, the rest to show it.
-        A bad one is one InputError line."""
-        try:
-            migrations = tuple(PlannedMigration(
-                vm=str(m["vm"]), source=str(m["source"]), target=str(m["target"]),
-                network=str(m["network"]), fallbacks=tuple(str(f) for f in m.get("fallbacks", ())),
-                predicted_s=float(m.get("predicted_s", 0.0)),
-                predicted_downtime_ms=float(m.get("predicted_downtime_ms", 0.0)),
-                predicted_mib=float(m.get("predicted_mib", 0.0)),
-                converges=bool(m.get("converges", True))) for m in data.get("migrations", []))
-            power_on = tuple(str(n) for n in data.get("power_on", []))
-            power_off = tuple((str(o["node"]), str(o.get("reason", "")))
-                              for o in data.get("power_off", []))
-            skipped = tuple((str(o["vm"]), str(o.get("reason", "")))
-                            for o in data.get("skipped", []))
-            kept_on = tuple((str(o["node"]), str(o.get("reason", "")))
-                            for o in data.get("kept_on", []))
-            nodes = tuple(NodeChange(
-                node=str(n["node"]), power_model=str(n["power_model"]),
-                power_model_assumed=bool(n.get("power_model_assumed", False)),
-                state_before=str(n["state_before"]), state_after=str(n["state_after"]),
-                util_before=float(n["util_before"]), util_after=float(n["util_after"]),
-                watts_before=float(n["watts_before"]), watts_after=float(n["watts_after"]),
-                vms_before=tuple(str(v) for v in n.get("vms_before", ())),
-                vms_after=tuple(str(v) for v in n.get("vms_after", ())))
-                for n in data.get("nodes", []))
-            return cls(str(data.get("policy", "")), migrations, power_on, power_off, skipped,
-                       tuple(str(n) for n in data.get("overloaded", [])), nodes,
-                       float(data.get("horizon_s", 3600.0)), kept_on)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InputError(f"plan: not a consolidation plan as `vmcluster consolidate --json` "
-                             f"prints one ({type(exc).__name__}: {exc})") from exc
-
-    def to_json(self) -> dict[str, object]:
-        hours = self.horizon_s / 3600.0
-        return {
-            "policy": self.policy,
-            "migrations": [m.to_json() for m in self.migrations],
-            "power_on": list(self.power_on),
-            "power_off": [{"node": n, "reason": r} for n, r in self.power_off],
-            "skipped": [{"vm": v, "reason": r} for v, r in self.skipped],
-            "kept_on": [{"node": n, "reason": r} for n, r in self.kept_on],
-            "overloaded": list(self.overloaded),
-            "nodes": [n.to_json() for n in self.nodes],
-            "predicted_total_s": round(sum(m.predicted_s for m in self.migrations), 3),
-            "watts_before": round(self.watts_before, 2),
-            "watts_after": round(self.watts_after, 2),
-            "horizon_s": self.horizon_s,
-            "energy_before_wh": round(self.watts_before * hours, 2),
-            "energy_after_wh": round(self.watts_after * hours, 2),
-        }
-
-
-def _flat(obj: PlannedMigration | NodeChange) -> dict[str, object]:
-    """A flat dataclass as JSON: tuples as lists, floats to 4 decimals."""
-    out: dict[str, object] = {}
-    for k, v in asdict(obj).items():
-        out[k] = list(v) if isinstance(v, tuple) else round(v, 4) if isinstance(v, float) else v
-    return out
 
 
 # -- observe -------------------------------------------------------------------------------
@@ -246,25 +130,51 @@ def observe(substrate: Substrate, spec: ClusterSpec,
 def observation(spec: ClusterSpec, states: Mapping[str, str],
                 on_node: Mapping[str, Sequence[str]], util: Mapping[str, float],
                 vm_cpu: Mapping[str, float] | None, health: Health) -> Observation:
-    """An observation from what was read, wherever from: each node's state ("up", "off";
-    any other is left out as down), the VMs running on each, each node's CPU load (of
-    its cores) and, where measured, each VM's (of its vCPUs)."""
+    """An observation from what was read, wherever from: each node's state ("up", "off",
+    "draining", "quarantined"; any other is left out as down), the VMs running on each,
+    each node's CPU load (of its cores) and, where measured, each VM's (of its vCPUs)."""
     nodes, cpu, down = [], {}, []
     for sn in spec.nodes:
         state = states.get(sn.name, "down")
-        if state not in ("up", "off"):
+        if state not in ("up", "off", *SERVING):
             down.append(sn.name)
             continue
-        vms = tuple(on_node.get(sn.name, ()) if state == "up" else ())
-        u = float(util.get(sn.name, 0.0)) if state == "up" else 0.0
+        vms = tuple(on_node.get(sn.name, ()) if state != "off" else ())
+        u = float(util.get(sn.name, 0.0)) if state != "off" else 0.0
         vcpus = sum(spec.vm(v).vcpus for v in vms)
         for name in vms:  # the node's load shared by vCPUs, unless measured per VM
             share = min(1.0, u * sn.cores / vcpus) if vcpus else 0.0
             cpu[name] = float(vm_cpu[name]) if vm_cpu is not None and name in vm_cpu else share
         model, assumed = _power_model(spec, sn.name)
-        nodes.append(NodeView(sn.name, "up" if state == "up" else "off", sn.cores,
+        nodes.append(NodeView(sn.name, cast(NodeState, state), sn.cores,
                               sn.memory_mib, min(max(u, 0.0), 1.0), vms, model, assumed))
     return Observation(tuple(nodes), cpu, health, tuple(down))
+
+
+def recorded(spec: ClusterSpec, records: Mapping[str, Mapping[str, Any]],
+             placements: Mapping[str, Placement], seen: Assessment,
+             busy: Mapping[str, float] | None = None) -> Observation:
+    """The cluster as the store records it: each node's recorded state (one never
+    recorded: up while its report is healthy; one the reports find dead: down unless
+    recorded off), the VMs placed and running on it, and
+    ``busy``, each VM's measured cores; a VM not measured (its host silent, or just
+    started) counts as fully busy, so that no plan packs VMs whose load nobody knows."""
+    states = {n.name: str(records.get(n.name, {}).get(
+        "state", "up" if n.name in seen.healthy else "down")) for n in spec.nodes}
+    for name in seen.dead:  # declared dead by the reports, not yet recorded as down
+        if states.get(name) != "off":
+            states[name] = "down"
+    on_node: dict[str, list[str]] = {}
+    defined = {v.name for v in spec.vms}
+    for vm, p in sorted(placements.items()):
+        if p.node is not None and p.state in ("running", "paused") and vm in defined:
+            on_node.setdefault(p.node, []).append(vm)
+    busy = busy or {}
+    cores = {v: busy.get(v, float(spec.vm(v).vcpus)) for vs in on_node.values() for v in vs}
+    util = {n.name: min(1.0, sum(cores[v] for v in on_node.get(n.name, ())) / n.cores)
+            for n in spec.nodes}
+    vm_cpu = {v: min(1.0, c / spec.vm(v).vcpus) for v, c in cores.items()}
+    return observation(spec, states, on_node, util, vm_cpu, seen.health)
 
 
 # -- plan ----------------------------------------------------------------------------------
@@ -345,7 +255,7 @@ class PowerGuard:
 def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: int = 0,
               horizon_s: float = 3600.0, guard: PowerGuard = PowerGuard(),
               history: LoadHistory | None = None, max_moves: int | None = None,
-              timed: Callable[[float], None] | None = None) -> ConsolidationPlan:
+              timed: Callable[[float], None] | None = None) -> ClusterPlan:
     """What ``policy`` would do with the observed cluster (nothing is changed); ``guard``
     says which nodes must stay on. ``history``: each VM's earlier CPU loads, latest
     first (the detectors that regress or take quantiles need some; without, they fall
@@ -355,6 +265,10 @@ def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: i
     decide = make_policy(policy)
     if decide is None:
         raise UsageError(f"policy {policy!r} never moves VMs; pick ours, lr-mmt-1.2 or thr-mmt-0.8")
+    # A draining or quarantined node is out of placement: the policy neither fills nor
+    # empties it (its drain does), so to the policy it is as if down.
+    obs = replace(obs, nodes=tuple(n for n in obs.nodes if n.state in ("up", "off")),
+                  down=(*obs.down, *(n.name for n in obs.nodes if n.state in SERVING)))
     hosts = [n.name for n in obs.nodes]
     views = {n.name: n for n in obs.nodes}
     decision = None
@@ -430,7 +344,10 @@ def _powered(health: Health, node: str) -> Health:
 
 def _finish(obs: Observation, spec: ClusterSpec, policy: str, moves: list[PlannedMigration],
             power_on: list[str], skipped: list[tuple[str, str]], overloaded: tuple[str, ...],
-            horizon_s: float, guard: PowerGuard = PowerGuard()) -> ConsolidationPlan:
+            horizon_s: float, guard: PowerGuard = PowerGuard(), kind: str = "consolidation",
+            state_after: Mapping[str, str] | None = None) -> ClusterPlan:
+    """The plan of ``moves``: every node before and after, and (a consolidation only) the
+    nodes the moves empty powered off, as far as ``guard`` allows."""
     load = {v: obs.vm_cpu.get(v, 0.0) * spec.vm(v).vcpus for v in obs.vm_cpu}  # in cores
     after = {n.name: list(n.vms) for n in obs.nodes}
     delta = {n.name: 0.0 for n in obs.nodes}
@@ -446,6 +363,8 @@ def _finish(obs: Observation, spec: ClusterSpec, policy: str, moves: list[Planne
     kept: list[tuple[str, str]] = []
     off = {n.name for n in obs.nodes if n.state != "up" and n.name not in power_on}
     for n in obs.nodes:
+        if kind != "consolidation":
+            break
         if n.state != "up" or after[n.name] or n.name in targets or up_after <= 1:
             continue
         why = guard.refuses(n.name, off)
@@ -459,20 +378,57 @@ def _finish(obs: Observation, spec: ClusterSpec, policy: str, moves: list[Planne
     changes = []
     for n in obs.nodes:
         table = POWER_MODELS[n.power_model]
-        on_after = (n.state == "up" or n.name in power_on) and n.name not in off_after
+        on_after = (n.state != "off" or n.name in power_on) and n.name not in off_after
         u_after = min(max(n.util + delta[n.name] / n.cores, 0.0), 1.0) if on_after else 0.0
+        after_state = (state_after or {}).get(n.name) or (
+            ("up" if n.state == "off" else n.state) if on_after else "off")
         changes.append(NodeChange(
-            n.name, n.power_model, n.power_model_assumed, n.state, "up" if on_after else "off",
+            n.name, n.power_model, n.power_model_assumed, n.state, after_state,
             n.util, u_after,
-            float(table.power(n.util)) if n.state == "up" else 0.0,
+            float(table.power(n.util)) if n.state != "off" else 0.0,
             float(table.power(u_after)) if on_after else 0.0, n.vms, tuple(after[n.name])))
-    return ConsolidationPlan(policy, tuple(moves), tuple(power_on), tuple(power_off),
-                             tuple(skipped), overloaded, tuple(changes), horizon_s, tuple(kept))
+    return ClusterPlan(policy, tuple(moves), tuple(power_on), tuple(power_off),
+                       tuple(skipped), overloaded, tuple(changes), horizon_s, tuple(kept), kind)
+
+
+def drain_plan(obs: Observation, spec: ClusterSpec, node: str,
+               params: FailoverParams | None = None, horizon_s: float = 3600.0,
+               excluded: Collection[str] = ()) -> ClusterPlan:
+    """Where a drain of ``node`` moves each of its VMs: the failover policy's placement
+    (:func:`~vmcluster.policy.failover.drain_plan`: HA rules, priority, room), never onto
+    a node that is off, draining, quarantined or in ``excluded``; each move with its
+    network and predicted time; a VM that cannot move is ``skipped`` with the reason.
+    The drained node is ``draining`` after it; nothing is powered off."""
+    views = {n.name: n for n in obs.nodes}
+    spec.node(node)
+    if node not in views or views[node].state == "off":
+        raise UsageError(f"{node} is {'off' if node in views else 'down'}; there is "
+                         "nothing to drain (a down node's VMs fail over)")
+    owners: dict[str, str | None] = {v: n.name for n in obs.nodes for v in n.vms}
+    down = [*obs.down, *(n.name for n in obs.nodes if n.state == "off")]
+    out = {*excluded, *(n.name for n in obs.nodes if n.state in SERVING)} - {node}
+    moves: list[PlannedMigration] = []
+    skipped: list[tuple[str, str]] = []
+    for a in failover_drain_plan(spec, owners, node, down, params or FailoverParams(),
+                                 out).actions:
+        if isinstance(a, CannotPlace):
+            skipped.append((a.vm, a.reason))
+        elif isinstance(a, FailoverMigrate):
+            try:
+                p = predict(spec, obs.health, a.vm, a.target, source=node)
+            except PolicyError as exc:
+                skipped.append((a.vm, str(exc)))
+                continue
+            moves.append(PlannedMigration(a.vm, node, a.target, p.network, p.fallbacks,
+                                          p.result.total_s, p.result.downtime_ms,
+                                          p.result.sent_mib, p.result.converged, a.broke))
+    return _finish(obs, spec, f"drain:{node}", moves, [], skipped, (), horizon_s,
+                   kind="drain", state_after={node: "draining"})
 
 
 def plan(substrate: Substrate, spec: ClusterSpec, policy: str = "ours", seed: int = 0,
          vm_cpu: Mapping[str, float] | None = None,
-         guard: PowerGuard = PowerGuard()) -> ConsolidationPlan:
+         guard: PowerGuard = PowerGuard()) -> ClusterPlan:
     """Observe ``substrate`` and plan (nothing is changed)."""
     return make_plan(observe(substrate, spec, vm_cpu), spec, policy, seed, guard=guard)
 

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from vmcluster.control.consolidate import ConsolidationPlan, PlannedMigration, PowerGuard
+from vmcluster.control.consolidate import PowerGuard
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.migration import MigrationRequest, Migrator, migrate_here
+from vmcluster.control.plans import ClusterPlan, PlannedMigration
 from vmcluster.errors import MigrationCancelled, VmclusterError
 from vmcluster.model import ClusterSpec
 from vmcluster.store.election import current_leader
@@ -94,7 +95,7 @@ class _Run:
             self.on_step(Step(kind, subject, message, progress))
 
 
-def apply(substrate: Substrate, spec: ClusterSpec, the_plan: ConsolidationPlan,
+def apply(substrate: Substrate, spec: ClusterSpec, the_plan: ClusterPlan,
           on_step: OnStep | None = None, poll_s: float = 0.2,
           timeout_s: float = 600.0, ledger: Callable[[], StoreLedger | None] = lambda: None,
           cancelled: Callable[[], bool] = lambda: False,

@@ -1,8 +1,10 @@
 """Drain a node: live-migrate every VM off it, one at a time, with progress and cancel.
 
 The node is first marked ``draining`` in the store (the manager keeps it out of
-placement from then on); targets come from :func:`drain_plan` over the
-store's placements. Each VM moves with :func:`control.migration.migrate`
+placement from then on); the moves are a :class:`~vmcluster.control.plans.ClusterPlan`
+from :func:`~vmcluster.control.consolidate.drain_plan` (the failover policy's targets,
+each move's network and prediction, the nodes' watts before and after), the same plan
+``GET /api/v1/plans/drain`` shows. Each VM moves with :func:`control.migration.migrate`
 (whose ``finalize`` rolls a failed or interrupted migration back to the
 source); after each switchover the VM's placement moves to the target by
 compare-and-set. An interrupt (Ctrl-C) cancels: the VM in flight stays on the
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vmcluster.control.consolidate import Observation, drain_plan, observe
 from vmcluster.control.events import MigrationDone, VmCannotPlace
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.migration import (
@@ -23,9 +26,9 @@ from vmcluster.control.migration import (
     ProgressCallback,
     migrate_here,
 )
+from vmcluster.control.plans import ClusterPlan
 from vmcluster.errors import MigrationCancelled, UsageError
 from vmcluster.model import ClusterSpec
-from vmcluster.policy.failover import CannotPlace, FailoverParams, Migrate, drain_plan
 from vmcluster.store.errors import StoreConflict
 from vmcluster.store.state import ClusterState
 from vmcluster.substrate.protocol import MigrationResult, Substrate
@@ -37,9 +40,10 @@ class DrainResult:
     node: str
     moved: tuple[MigrationResult, ...] = ()
     failed: tuple[MigrationResult, ...] = ()
-    unplaced: tuple[CannotPlace, ...] = ()
+    unplaced: tuple[tuple[str, str], ...] = ()  # (vm, why it cannot move)
     cancelled: bool = False
     state: str = "draining"
+    plan: ClusterPlan | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -47,7 +51,8 @@ class DrainResult:
             "moved": [{"vm": r.vm, "target": r.target, "network": r.network,
                        "downtime_ms": r.downtime_ms, "total_s": r.total_s} for r in self.moved],
             "failed": [{"vm": r.vm, "error": r.error} for r in self.failed],
-            "unplaced": [{"vm": c.vm, "reason": c.reason} for c in self.unplaced],
+            "unplaced": [{"vm": vm, "reason": why} for vm, why in self.unplaced],
+            "plan": None if self.plan is None else self.plan.to_json(),
         }
 
 
@@ -65,42 +70,38 @@ def drain(
     *,
     store: Callable[..., object] = lambda fn, *a: fn(*a),
     wall: Callable[[], float],
-    on_plan: Callable[[list[Migrate | CannotPlace]], None] = lambda _p: None,
+    on_plan: Callable[[ClusterPlan], None] = lambda _p: None,
     on_progress: ProgressCallback | None = None,
     on_result: Callable[[MigrationResult], None] = lambda _r: None,
     ledger: Callable[[], StoreLedger | None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
     migrator: Migrator = migrate_here,
+    observed: Callable[[], Observation] | None = None,
 ) -> DrainResult:
     """Drain ``node`` (see module docstring); ``store(fn, *args)`` runs each store call
     (the CLI runs them from inside the lab's namespace). ``ledger()``: a migration ledger
     per VM (the manager's, under its token: each switchover then moves the placement);
     ``cancelled()`` is asked before each VM (and the ``on_progress`` callback may raise
     MigrationCancelled for the one in flight); ``migrator``: who drives each migration
-    (this process, or the VM's source host)."""
+    (this process, or the VM's source host); ``observed``: the cluster as the plan sees
+    it (by default read from ``substrate``; the store's draining and quarantined nodes
+    are no targets either way)."""
     spec.node(node)
     nodes = store(state.node_states)
     assert isinstance(nodes, dict)
     if nodes.get(node, {}).get("state") == "down":
         raise UsageError(f"{node} is down; its VMs fail over, there is nothing to drain")
-    placements = store(state.placements)
-    assert isinstance(placements, dict)
-    owners = {vm: p.node for vm, p in placements.items()}
-    down = [n for n, s in nodes.items() if s.get("state") == "down"]
     excluded = [n for n, s in nodes.items()
-                if s.get("state") in ("draining", "quarantined") and n != node]
-    plan = drain_plan(spec, owners, node, down, FailoverParams(), excluded)
+                if s.get("state") in ("draining", "quarantined", "down") and n != node]
+    obs = observed() if observed is not None else observe(substrate, spec)
+    plan = drain_plan(obs, spec, node, excluded=excluded)
     store(state.set_node_state, node, "draining")
-    actions = [a for a in plan.actions if isinstance(a, Migrate | CannotPlace)]
-    on_plan(actions)
+    on_plan(plan)
     run = _Run()
-    unplaced = tuple(a for a in actions if isinstance(a, CannotPlace))
-    for c in unplaced:
-        store(state.append_event, VmCannotPlace(wall(), node, c.vm, c.reason).to_json())
+    for vm, why in plan.skipped:
+        store(state.append_event, VmCannotPlace(wall(), node, vm, why).to_json())
     try:
-        for action in actions:
-            if not isinstance(action, Migrate):
-                continue
+        for action in plan.migrations:
             if cancelled():
                 raise MigrationCancelled(f"the drain of {node} was cancelled")
             result = migrator(substrate, spec, MigrationRequest(action.vm, action.target),
@@ -117,8 +118,10 @@ def drain(
                 store(_move_placement, state, result.vm, result.target)
     except (KeyboardInterrupt, MigrationCancelled):
         store(state.set_node_state, node, "up")
-        return DrainResult(node, tuple(run.moved), tuple(run.failed), unplaced, True, "up")
-    return DrainResult(node, tuple(run.moved), tuple(run.failed), unplaced, False, "draining")
+        return DrainResult(node, tuple(run.moved), tuple(run.failed), plan.skipped, True, "up",
+                           plan)
+    return DrainResult(node, tuple(run.moved), tuple(run.failed), plan.skipped, False,
+                       "draining", plan)
 
 
 def _move_placement(state: ClusterState, vm: str, target: str) -> None:

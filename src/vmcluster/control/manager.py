@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vmcluster.control import ledger
+from vmcluster.control.consolidate import drain_plan, recorded
 from vmcluster.control.events import (
     Event,
     LeaderElected,
@@ -61,6 +62,7 @@ from vmcluster.errors import (
     SpecError,
     StoreError,
     SubstrateError,
+    UsageError,
     VmclusterError,
 )
 from vmcluster.model import ClusterSpec
@@ -69,9 +71,7 @@ from vmcluster.policy.failover import (
     CannotPlace,
     FailoverParams,
     FailoverPlan,
-    Migrate,
     Restart,
-    drain_plan,
     failover_plan,
     has_quorum,
     quarantined,
@@ -955,15 +955,15 @@ class Manager:
         for node, record in sorted(nodes.items()):
             if record.get("state") != "quarantined" or node not in seen.healthy:
                 continue
-            placements = self.state.placements()
-            owners = {vm: p.node for vm, p in placements.items()}
-            plan = drain_plan(self.spec, owners, node, seen.dead, self.params.failover,
-                              excluded={n for n, r in nodes.items()
-                                        if r.get("state") in EXCLUDED_STATES})
-            for action in plan.actions:
-                if not isinstance(action, Migrate) or action.vm in term.drained:
-                    continue
-                if node not in seen.running.get(action.vm, ()):
+            obs = recorded(self.spec, nodes, self.state.placements(), seen)
+            try:
+                plan = drain_plan(obs, self.spec, node, self.params.failover,
+                                  excluded={n for n, r in nodes.items()
+                                            if r.get("state") in EXCLUDED_STATES})
+            except UsageError:
+                continue  # off or down meanwhile: nothing runs there to drain
+            for action in plan.migrations:
+                if action.vm in term.drained or node not in seen.running.get(action.vm, ()):
                     continue
                 term.drained.add(action.vm)
                 self._act(f"draining {action.vm} off {node} failed",

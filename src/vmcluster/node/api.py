@@ -45,9 +45,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import vmcluster
-from vmcluster.control.consolidate import ConsolidationPlan, make_plan
+from vmcluster.control.consolidate import Observation, drain_plan, make_plan
 from vmcluster.control.consolidate_apply import store_guard
 from vmcluster.control.events import ApiWrite
+from vmcluster.control.plans import ClusterPlan
 from vmcluster.errors import InputError, PolicyError, SpecError, UsageError, VmclusterError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import VM_KEYS, parse_spec
@@ -65,7 +66,6 @@ from vmcluster.node.bootstrap import (
 from vmcluster.node.cache import CachedKV, StoreCache
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.pki import NodeCredentials, ca_hash
-from vmcluster.policy.failover import drain_plan
 from vmcluster.policy.prediction import predict
 from vmcluster.store import intents, tokens, vms
 from vmcluster.store.election import current_leader
@@ -540,31 +540,34 @@ def create_app(ctx: ApiContext) -> FastAPI:
         the pre-copy model pass by pass, total time and downtime, before anything starts."""
         return await asyncio.to_thread(_predict, vm, to)
 
-    def _drain(node: str) -> dict[str, Any]:
-        spec = _spec()
-        spec.node(node)
-        seen = views.assessment(ctx.view, spec, ctx.age)
-        plan = drain_plan(spec, _placements(), node, down=seen.dead)
-        return {"node": node, "actions": plan.to_json()}
-
-    @app.get("/api/v1/plans/drain")
-    async def plan_drain(node: str = Query(min_length=1),
-                         _who: Caller = Depends(reader)) -> dict[str, Any]:
-        """Where a drain of ``node`` would move each VM (by the manager's own rules), and
-        what it could not place."""
-        return await asyncio.to_thread(_drain, node)
-
-    def _consolidation_plan(policy: str, seed: int) -> dict[str, Any]:
+    def _planned(make: Callable[[Observation, ClusterSpec], ClusterPlan]) -> dict[str, Any]:
+        """A plan of the cluster as the API's cache sees it, with how its load was known."""
         spec = _spec()
         seen = views.assessment(ctx.view, spec, ctx.age)
         busy, oldest = load.read(ctx.view, ctx.age)
         obs = views.consolidation(ctx.view, spec, seen, busy)
-        plan = make_plan(obs, spec, policy, seed, guard=store_guard(ctx.state))
+        plan = make(obs, spec)
         running = [v for n in obs.nodes for v in n.vms]
         return {"plan": plan.to_json(),
                 "load": {"vms_measured": sum(1 for v in running if v in busy),
                          "vms_running": len(running),
                          "oldest_s": None if oldest is None else round(oldest, 1)}}
+
+    def _drain(node: str) -> dict[str, Any]:
+        _spec().node(node)
+        return {"node": node, **_planned(lambda obs, spec: drain_plan(obs, spec, node))}
+
+    @app.get("/api/v1/plans/drain")
+    async def plan_drain(node: str = Query(min_length=1),
+                         _who: Caller = Depends(reader)) -> dict[str, Any]:
+        """What a drain of ``node`` would do, by the manager's own rules: the plan (the
+        same model as a consolidation's) of where each VM moves, over which network,
+        in what predicted time and downtime, what it cannot place, watts before/after."""
+        return await asyncio.to_thread(_drain, node)
+
+    def _consolidation_plan(policy: str, seed: int) -> dict[str, Any]:
+        return _planned(lambda obs, spec: make_plan(obs, spec, policy, seed,
+                                                    guard=store_guard(ctx.state)))
 
     @app.get("/api/v1/plans/consolidation")
     async def plan_consolidation(policy: str = Query("ours", min_length=1, max_length=64),
@@ -855,7 +858,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return await asyncio.to_thread(_pause, vm, "unpause", who)
 
     def _consolidation(plan: dict[str, Any], who: Caller) -> JSONResponse:
-        parsed = ConsolidationPlan.from_json(plan)
+        parsed = ClusterPlan.from_json(plan)
         spec = _spec()
         vms_, nodes = {v.name for v in spec.vms}, {n.name for n in spec.nodes}
         for m in parsed.migrations:

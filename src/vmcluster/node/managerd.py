@@ -22,12 +22,12 @@ from dataclasses import fields
 from types import FrameType
 from typing import Any
 
-from vmcluster.control.consolidate import ConsolidationPlan
 from vmcluster.control.consolidate_apply import Step, apply, store_guard
 from vmcluster.control.drain import drain
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds
 from vmcluster.control.migration import MigrationRequest, Migrator, ProgressCallback
+from vmcluster.control.plans import ClusterPlan
 from vmcluster.errors import MigrationCancelled, StoreError, SubstrateError
 from vmcluster.model import ClusterSpec
 from vmcluster.node.config import load_config
@@ -192,9 +192,7 @@ class LabActuator:
         if kind == "drain":
             st = self.state
             got = drain(sub, spec, st, str(args["node"]), wall=time.time,
-                        on_plan=lambda plan: progress({"plan": [
-                            {"vm": a.vm, "target": getattr(a, "target", None),
-                             "reason": getattr(a, "reason", None)} for a in plan]}),
+                        on_plan=lambda plan: progress({"plan": plan.to_json()}),
                         on_progress=on_progress, ledger=lambda: self._ledger(token),
                         cancelled=cancelled, migrator=self._migrator(token))
             return {**got.to_json(), "ok": not got.failed}
@@ -212,7 +210,7 @@ class LabActuator:
                     raise MigrationCancelled(f"the consolidation was cancelled ({s.subject} "
                                              "stays where it was)")
 
-            report = apply(power, spec, ConsolidationPlan.from_json(dict(args["plan"])),
+            report = apply(power, spec, ClusterPlan.from_json(dict(args["plan"])),
                            on_step=on_step, ledger=lambda: self._ledger(token),
                            cancelled=cancelled, guard=lambda: store_guard(st),
                            migrator=self._migrator(token))

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from vmcluster.control.consolidate import Observation, observation
+from vmcluster.control.consolidate import Observation, recorded
 from vmcluster.control.liveness import Assessment, NodeReport, assess
 from vmcluster.control.manager import report_key
 from vmcluster.csv.coordinator import StoreBook
@@ -196,21 +196,6 @@ def migrations(state: ClusterState, limit: int = 50) -> list[dict[str, Any]]:
 
 def consolidation(state: ClusterState, spec: ClusterSpec, seen: Assessment,
                   busy: Mapping[str, float]) -> Observation:
-    """The cluster as a consolidation plan sees it: each node's recorded state (one
-    never recorded: up while its report is healthy), the VMs placed and running on it,
-    and ``busy``, each VM's measured cores (:mod:`vmcluster.node.load`); a VM not
-    measured (its host silent, or just started) counts as fully busy, so that no plan
-    packs VMs whose load nobody knows."""
-    recorded = state.node_states()
-    states = {n.name: str(recorded.get(n.name, {}).get(
-        "state", "up" if n.name in seen.healthy else "down")) for n in spec.nodes}
-    on_node: dict[str, list[str]] = {}
-    defined = {v.name for v in spec.vms}
-    for vm, p in sorted(state.placements().items()):
-        if p.node is not None and p.state in ("running", "paused") and vm in defined:
-            on_node.setdefault(p.node, []).append(vm)
-    cores = {v: busy.get(v, float(spec.vm(v).vcpus)) for vs in on_node.values() for v in vs}
-    util = {n.name: min(1.0, sum(cores[v] for v in on_node.get(n.name, ())) / n.cores)
-            for n in spec.nodes}
-    vm_cpu = {v: min(1.0, c / spec.vm(v).vcpus) for v, c in cores.items()}
-    return observation(spec, states, on_node, util, vm_cpu, seen.health)
+    """The cluster as a plan sees it, from the store (:func:`recorded`) and ``busy``, each
+    VM's measured cores (:mod:`vmcluster.node.load`)."""
+    return recorded(spec, state.node_states(), state.placements(), seen, busy)

@@ -13,8 +13,6 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import psutil
-
 from vmcluster.errors import SubstrateError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
@@ -40,6 +38,10 @@ from vmcluster.substrate.qemu.records import SubstrateRecords
 
 __all__ = ["QemuSubstrate"]
 
+
+# An agent measures a QEMU's CPU over windows of at least a second (node.load.CpuMeter);
+# a little more than one, and a QEMU listed once before is measured.
+CPU_WINDOW_S = 1.1
 
 class QemuSubstrate:
     """The qemu substrate over the lab called ``layout.name`` (see module docstring)."""
@@ -151,30 +153,26 @@ class QemuSubstrate:
         return SubstrateStatus(tuple(nodes), tuple(vms))
 
     def utilisation(self) -> Mapping[str, float]:
+        """Each up node's CPU busy (of its cores) as its own agent measures its QEMUs (the
+        ``cpu`` of its ``list`` reply: cores busy over its last window of at least a
+        second; no process of another host is read from here). A QEMU not yet measured
+        twice is listed again once a window has passed."""
         out: dict[str, float] = {}
-        procs: dict[str, list[psutil.Process]] = {}
+        pending: list[str] = []
         for node in self.spec.nodes:
             try:
                 listed = self.agent(node.name).call("list", timeout_s=10)["vms"]
             except AgentDown:
                 continue
-            procs[node.name] = []
-            for v in listed:
-                try:
-                    p = psutil.Process(v["pid"])
-                    p.cpu_percent(None)
-                    procs[node.name].append(p)
-                except psutil.Error:
-                    pass
-        self._clock.sleep(0.5)
-        for node in self.spec.nodes:
-            if node.name not in procs:
-                continue
-            busy = 0.0
-            for p in procs[node.name]:
-                with contextlib.suppress(psutil.Error):
-                    busy += p.cpu_percent(None) / 100.0
-            out[node.name] = min(1.0, busy / node.cores)
+            if any(v.get("cpu") is None for v in listed):
+                pending.append(node.name)
+            out[node.name] = _busy(listed, node.cores)
+        if pending:
+            self._clock.sleep(CPU_WINDOW_S)
+        for name in pending:
+            with contextlib.suppress(AgentDown):
+                listed = self.agent(name).call("list", timeout_s=10)["vms"]
+                out[name] = _busy(listed, self.spec.node(name).cores)
         return out
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -265,3 +263,8 @@ class QemuSubstrate:
 def _links_down(interfaces: Mapping[str, Any], links: Mapping[str, Any]) -> tuple[str, ...]:
     """A host's interfaces down, as its agent's ``list`` reply saw them."""
     return tuple(net for net in interfaces if links.get(net) is not True)
+
+
+def _busy(listed: list[dict[str, Any]], cores: int) -> float:
+    """A node's CPU busy (0..1 of its cores) from its agent's list (unmeasured QEMUs: 0)."""
+    return min(1.0, sum(float(v.get("cpu") or 0.0) for v in listed) / cores)
