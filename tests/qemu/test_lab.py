@@ -904,6 +904,9 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         d.get(url + "#/nodes")
         wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, f'#nodes tr[data-node="{target}"]'))
         click(d, By.CSS_SELECTOR, f'#nodes tr[data-node="{target}"] button.drain')
+        # The drain's plan (the same model as a consolidation's), shown as it starts.
+        wait(d, lambda d: vm in d.find_element(By.ID, "drain-box").text
+             and f"{target} →" in d.find_element(By.ID, "drain-moves").text, 60)
 
         def emptied(d: WebDriver) -> bool:
             row = d.find_element(By.CSS_SELECTOR, f'#nodes tr[data-node="{target}"]')

@@ -156,6 +156,7 @@ function onStream(kind, data) {
     if (r.page === "vm" && data.kind === "migrate" && data.args.vm === r.arg) renderVmMigration();
     if (r.page === "migrations") renderPage();
     if (r.page === "power" && data.id === S.powerIntent) renderPower();
+    if (r.page === "nodes" && data.kind === "drain") renderDrain();
   } else if (kind === "change") {
     scheduleRefresh();
   }
@@ -314,6 +315,7 @@ function renderPage() {
   else closeConsole();
   if (r.page === "events" || r.page === "cluster") renderEvents();
   if (r.page === "power") { renderPower(); renderResult(); }
+  if (r.page === "nodes") renderDrain();
 }
 
 function nodesTable() {
@@ -401,7 +403,7 @@ function pageRoles() {
     </form>
     <p id="create-status" class="muted"></p>`;
 }
-function pageNodes() { return `<h1>Nodes</h1>${nodesTable()}`; }
+function pageNodes() { return `<h1>Nodes</h1>${nodesTable()}<div id="drain-box"></div>`; }
 function pageStorage() { return `<h1>Cluster shared volumes</h1>${volumesTable()}`; }
 
 function pageNetworks() {
@@ -564,15 +566,38 @@ function pagePower() {
     <div id="result-box"></div>`;
 }
 
+// A plan's moves (a consolidation's or a drain's: one plan model), as a table.
+function movesTable(p, id) {
+  const rows = p.migrations.map((m) => `<tr data-move="${esc(m.vm)}"><td>${esc(m.vm)}</td>
+    <td>${esc(m.source)} → ${esc(m.target)}</td><td>${esc(m.network)}</td>
+    <td>${m.predicted_s.toFixed(2)} s</td><td>${m.predicted_downtime_ms.toFixed(0)} ms</td>
+    <td>${(m.broke || []).map(esc).join("; ")}</td></tr>`).join("");
+  return rows ? `<table id="${id}"><tr><th>VM</th><th>Move</th><th>Network</th><th>Predicted</th>
+    <th>Downtime</th><th>Breaks</th></tr>${rows}</table>` : "";
+}
+
+// The latest drain's plan (its intent carries it), under the nodes table.
+function renderDrain() {
+  const box = $("#drain-box");
+  if (!box) return;
+  const drains = Object.values(S.intents).filter((m) => m.kind === "drain")
+    .sort((a, b) => (a.at || 0) - (b.at || 0));
+  const it = drains[drains.length - 1];
+  const p = it && (((it.result || {}).plan) || ((it.progress || {}).plan));
+  if (!p) { box.innerHTML = ""; return; }
+  box.innerHTML = `<h2>Drain of ${esc(it.args.node)} ${badge(it.state, it.state === "running" ? "running-intent" : it.state)}</h2>
+    <p id="drain-plan" data-node="${esc(it.args.node)}">${p.migrations.length} VM(s) to move,
+      ${p.skipped.length} cannot; ${p.watts_before.toFixed(1)} W → ${p.watts_after.toFixed(1)} W</p>
+    ${movesTable(p, "drain-moves")}
+    <ul>${p.skipped.map((o) => `<li>not moving <b>${esc(o.vm)}</b>: ${esc(o.reason)}</li>`).join("")}</ul>`;
+}
+
 function renderPower() {
   const box = $("#power-box");
   if (!box) return;
   if (!S.power) { box.innerHTML = ""; return; }
   const p = S.power.plan, load = S.power.load;
   const saved = p.watts_before - p.watts_after;
-  const moves = p.migrations.map((m) => `<tr data-move="${esc(m.vm)}"><td>${esc(m.vm)}</td>
-    <td>${esc(m.source)} → ${esc(m.target)}</td><td>${esc(m.network)}</td>
-    <td>${m.predicted_s.toFixed(2)} s</td><td>${m.predicted_downtime_ms.toFixed(0)} ms</td></tr>`).join("");
   const lines = [
     ...p.power_off.map((o) => `power off <b>${esc(o.node)}</b> (${esc(o.reason)})`),
     ...p.power_on.map((n) => `power on <b>${esc(n)}</b> (the load needs it)`),
@@ -589,7 +614,7 @@ function renderPower() {
     ${barChart(p.nodes.map((n) => ({ label: n.node, bars: [
       { name: "before", value: n.watts_before, cls: "before", note: `${n.state_before}, CPU ${(100 * n.util_before).toFixed(0)}%` },
       { name: "after", value: n.watts_after, cls: "after", note: `${n.state_after}, CPU ${(100 * n.util_after).toFixed(0)}%` }] })), "W")}
-    ${moves ? `<table id="power-moves"><tr><th>VM</th><th>Move</th><th>Network</th><th>Predicted</th><th>Downtime</th></tr>${moves}</table>` : ""}
+    ${movesTable(p, "power-moves")}
     <ul id="power-lines">${lines.map((l) => `<li>${l}</li>`).join("")}</ul>
     ${p.migrations.length || p.power_off.length || p.power_on.length
       ? `<button id="power-apply" class="primary" onclick="vmc.applyPlan()">Apply the plan</button>`
