@@ -37,12 +37,16 @@ function showError(e) {
 
 // -- login ------------------------------------------------------------------------------
 
+let loginSeq = 0;  // a login answered after a logout (or a later login) is dropped
+
 async function login(token) {
+  const seq = ++loginSeq;
   S.token = token;
   let st;
   try {
     st = await api("GET", "/api/v1/cluster/status");
   } catch (e) {
+    if (seq !== loginSeq) return;
     S.token = "";
     $("#login-pane").hidden = false;
     $("#login-error").textContent = `cannot connect: ${e.message}`;
@@ -51,6 +55,7 @@ async function login(token) {
   // The token is good: the page is the cluster's from here on. A read that fails now
   // (a host busy, a render that meets data it did not expect) is shown and tried again,
   // never taken for a failed login.
+  if (seq !== loginSeq) return;
   sessionStorage.setItem("vmcluster-token", token);
   $("#login-pane").hidden = true;
   $("#app").hidden = false;
@@ -63,6 +68,7 @@ async function login(token) {
 }
 
 function logout() {
+  loginSeq += 1;
   sessionStorage.removeItem("vmcluster-token");
   S.token = "";
   $("#app").hidden = true;
