@@ -95,6 +95,43 @@ def test_bad_specs_get_one_located_error(old: str, new: str, at: str, fragment: 
     assert "\n" not in message
 
 
+WITNESS = BASE.replace('name = "t"\n', 'name = "t"\nwitness = "qd"\n', 1) + """
+[[nodes]]
+name = "qd"
+interfaces = { Private = "198.18.2.20" }
+"""
+
+
+def test_a_witness_is_a_host_that_runs_no_vm() -> None:
+    spec = parse_spec(WITNESS)
+    assert [n.name for n in spec.nodes] == ["n1", "n2"]  # the hosts that run VMs
+    assert spec.witness is not None and spec.witness.name == "qd"
+    assert [h.name for h in spec.hosts] == ["n1", "n2", "qd"]
+    assert spec.host("qd") is spec.witness and spec.cluster.witness == "qd"
+    seed = load_spec(ROOT / "examples/seed-witness.toml")
+    assert len(seed.nodes) == 2 and seed.witness is not None
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragment"),
+    [
+        ('witness = "qd"', 'witness = "qx"', "witness 'qx' names no [[nodes]] entry"),
+        ('witness = "qd"', "witness = true", "witness = true names no host"),
+        ('witness = "qd"', 'witness = ["qd", "n2"]', "one witness only"),
+        ('{ Private = "198.18.2.20" }', "{ }", "has no address on a cluster network"),
+        ('owner = "n1"', 'owner = "qd"', "'qd' is the cluster's witness: it runs no VM"),
+        ('owner = "n1"', 'owner = "n1"\npreferred_owners = ["n2", "qd"]', "cluster's witness"),
+    ],
+)
+def test_bad_witnesses_get_one_line(old: str, new: str, fragment: str) -> None:
+    text = WITNESS.replace(old, new, 1)
+    assert text != WITNESS
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, "w.toml")
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith("w.toml:")
+
+
 def test_invalid_toml_names_the_line() -> None:
     with pytest.raises(SpecError, match=r"^bad.toml:3: invalid TOML"):
         parse_spec('[cluster]\nname = "x"\nthis is not toml\n', "bad.toml")

@@ -35,7 +35,7 @@ def node(name: str, cores: int = 4, mem: int = 4096) -> Node:
 
 
 def spec(
-    nodes: list[Node], vms: list[Vm], witness: bool = False, vcpus_per_core: float = 4.0
+    nodes: list[Node], vms: list[Vm], witness: str | None = None, vcpus_per_core: float = 4.0
 ) -> ClusterSpec:
     settings = ClusterSettings("t", witness=witness, vcpus_per_core=vcpus_per_core)
     return ClusterSpec(settings, (), tuple(nodes), tuple(vms))
@@ -273,7 +273,7 @@ def test_start_plan_owner_first_then_preferences_by_priority_and_room() -> None:
 def test_quorum_at_its_edges() -> None:
     assert not has_quorum(3, 2, True, False)  # 2 of 4 votes: no majority without the witness
     assert not has_quorum(4, 1, True, True)  # the witness is one vote, not two
-    with_witness = ClusterSettings("t", witness=True)
+    with_witness = ClusterSettings("t", witness="w")
     assert not must_stop_vms(2, 1, with_witness, True)  # it holds the witness's vote
     assert must_stop_vms(2, 1, with_witness, False)
 

@@ -39,7 +39,7 @@ class ClusterSettings:
     same_subnet_delay_ms: int = 250
     same_subnet_threshold: int = 8
     max_concurrent_migrations: int = 2
-    witness: bool = False
+    witness: str | None = None  # the witness host's name (spec.witness)
     vcpus_per_core: float = 4.0
     migration_tls: bool = True
     fence_window_s: float = 2.5
@@ -122,6 +122,20 @@ class ClusterSpec:
     vms: tuple[Vm, ...] = ()
     volumes: tuple[Volume, ...] = ()
     source: Path | None = field(default=None, compare=False)
+    # The host whose vote breaks a tie (``[cluster] witness``): an etcd member and a
+    # heartbeat peer that runs no VM. Not in ``nodes``, which are the hosts that run VMs.
+    witness: Node | None = None
+
+    @property
+    def hosts(self) -> tuple[Node, ...]:
+        """Every host of the cluster: the nodes, then the witness."""
+        return self.nodes + ((self.witness,) if self.witness is not None else ())
+
+    def host(self, name: str) -> Node:
+        """A node or the witness, by name."""
+        if self.witness is not None and name == self.witness.name:
+            return self.witness
+        return self.node(name)
 
     # Lookups by name in O(1): a datacenter's spec has thousands of VMs, and the planners
     # look each one up (the cache is not a field: equality and replace() ignore it).

@@ -143,7 +143,7 @@ def _network(r: TableReader) -> Network:
     )
 
 
-def _node(r: TableReader, networks: dict[str, Network]) -> Node:
+def _node(r: TableReader, networks: dict[str, Network], witness: bool = False) -> Node:
     if r.name() in ("admin", "san"):
         raise r.fail("name", f"node name {r.name()!r} is reserved (the operator's and the "
                      "storage host's certificates)", "pick another name")
@@ -172,10 +172,17 @@ def _node(r: TableReader, networks: dict[str, Network]) -> Node:
     accel = r.get("accel", str, "tcg")
     if accel not in ("tcg", "kvm"):
         raise r.fail("accel", f"accel must be 'tcg' or 'kvm', got {accel!r}")
+    if witness and not any(networks[n].role != Role.NONE for n in interfaces):
+        raise r.fail("interfaces", f"witness {r.name()!r} has no address on a cluster network",
+                     "give it an address on a network of role 1 or 3 (or automatic): its "
+                     "heartbeats and its etcd member speak there")
+    for key in () if witness else ("cores", "memory_mib"):
+        if key not in r.data:
+            raise r.fail(key, f"node {r.name()!r} needs {key}", f"add {key} = ...")
     return Node(
         name=r.name(),
-        cores=r.positive("cores", int),
-        memory_mib=r.positive("memory_mib", int),
+        cores=r.positive("cores", int, 1),
+        memory_mib=r.positive("memory_mib", int, 256),
         interfaces=interfaces,
         accel=accel,
         power_model=r.get("power_model", str),
@@ -192,7 +199,14 @@ def _volume(r: TableReader, networks: dict[str, Network]) -> Volume:
     return Volume(r.name(), size, net)
 
 
-def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols: set[str]) -> Vm:
+def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols: set[str],
+        witness: str | None = None) -> Vm:
+    for key in ("owner", "preferred_owners", "allowed_nodes"):
+        named = r.data.get(key)
+        if witness is not None and (named == witness
+                                    or (isinstance(named, list) and witness in named)):
+            raise r.fail(key, f"{witness!r} is the cluster's witness: it runs no VM",
+                         "name a node that runs VMs")
     if not _VM_NAME.fullmatch(r.name()):
         raise r.fail("name", f"VM name {r.name()!r} is not 1-63 letters, digits, '.', '_' or "
                      "'-' (starting with a letter or digit)", "rename it, e.g. \"web-1\"")
@@ -315,7 +329,7 @@ def spec_from_source(src: TomlSource, path: Path | None) -> ClusterSpec:
         same_subnet_delay_ms=c.positive("same_subnet_delay_ms", int, 250),
         same_subnet_threshold=c.positive("same_subnet_threshold", int, 8),
         max_concurrent_migrations=c.positive("max_concurrent_migrations", int, 2),
-        witness=c.get("witness", bool, False),
+        witness=_witness_name(c),
         vcpus_per_core=c.positive("vcpus_per_core", float, 4.0),
         migration_tls=c.get("migration_tls", bool, True),
         fence_window_s=c.positive("fence_window_s", float, 2.5),
@@ -325,20 +339,46 @@ def spec_from_source(src: TomlSource, path: Path | None) -> ClusterSpec:
     net_readers = _tables(src, "networks", _NETWORK, {"name", "subnet"})
     _unique(net_readers, "network")
     networks = {n.name: n for n in (_network(r) for r in net_readers)}
-    node_readers = _tables(src, "nodes", _NODE, {"name", "cores", "memory_mib", "interfaces"})
+    node_readers = _tables(src, "nodes", _NODE, {"name", "interfaces"})
     node_names = set(_unique(node_readers, "node"))
-    nodes = [_node(r, networks) for r in node_readers]
-    _check_addresses(src, nodes, node_readers)
+    if settings.witness is not None and settings.witness not in node_names:
+        raise c.fail("witness", f"witness {settings.witness!r} names no [[nodes]] entry",
+                     "add a [[nodes]] table with its name and its interfaces on the "
+                     "cluster networks")
+    hosts = [_node(r, networks, r.name() == settings.witness) for r in node_readers]
+    _check_addresses(src, hosts, node_readers)
+    nodes = [n for n in hosts if n.name != settings.witness]
+    witness = next((n for n in hosts if n.name == settings.witness), None)
+    node_names -= {settings.witness}
     vol_readers = _tables(src, "volumes", _VOLUME, {"name", "size_gib"})
     vol_names = set(_unique(vol_readers, "volume"))
     volumes = [_volume(r, networks) for r in vol_readers]
     vm_readers = _tables(src, "vms", _VM, {"name", "owner", "memory_mib"})
     _unique(vm_readers, "VM")
     vms = _assign_addresses(
-        [_vm(r, node_names, networks, vol_names) for r in vm_readers], networks, nodes
-    )
+        [_vm(r, node_names, networks, vol_names, settings.witness) for r in vm_readers],
+        networks, hosts)
     nets = tuple(networks.values())
-    return ClusterSpec(settings, nets, tuple(nodes), tuple(vms), tuple(volumes), path)
+    return ClusterSpec(settings, nets, tuple(nodes), tuple(vms), tuple(volumes), path,
+                       witness=witness)
+
+
+def _witness_name(c: TableReader) -> str | None:
+    """``[cluster] witness``: the name of the host whose vote breaks a tie (a [[nodes]]
+    entry that runs no VM), or None."""
+    value = c.data.get("witness")
+    if value is None or value is False:
+        return None
+    if value is True:
+        raise c.fail("witness", "witness = true names no host",
+                     'name the witness host: witness = "NAME", and a [[nodes]] entry '
+                     "for it with its interfaces on the cluster networks")
+    if isinstance(value, list):
+        raise c.fail("witness", f"one witness only, got {len(value)}",
+                     "a second witness would be a second tie-breaker; name one host")
+    if not isinstance(value, str) or not value.strip():
+        raise c.fail("witness", f"witness must be a host's name, got {value!r}")
+    return value
 
 
 def _assign_addresses(vms: list[Vm], networks: dict[str, Network], nodes: list[Node]) -> list[Vm]:

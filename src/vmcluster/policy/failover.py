@@ -319,7 +319,8 @@ def must_stop_vms(
 ) -> bool:
     """A node that lost quorum (isolated: it reaches only itself) stops its VMs; call it
     once the detection window has passed without hearing the others."""
-    return not has_quorum(total_nodes, reachable_nodes, settings.witness, sees_witness)
+    return not has_quorum(total_nodes, reachable_nodes, settings.witness is not None,
+                          sees_witness)
 
 
 def restart_not_before(
