@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmcluster.control.liveness import NodeReport, ReportTracker, assess
+from vmcluster.control.liveness import NodeReport, ReportTracker, assess, split_off
 from vmcluster.model.spec import load_spec
 from vmcluster.policy.failover import has_quorum
 
@@ -84,6 +84,19 @@ def test_no_fresh_observer_means_no_verdict_and_a_lone_node_has_no_quorum() -> N
     lone = assess(LAB, {"node1": report("node1", all_down("node2") | all_down("node3"))})
     assert lone.dead == {"node2", "node3"}  # as node1 sees it ...
     assert not has_quorum(3, 3 - len(lone.dead), witness=False, sees_witness=False)  # ... alone
+
+
+def test_a_split_is_the_nodes_no_chain_of_hearing_joins_to_the_managers() -> None:
+    """node1 and node2 lose each other: with node3 hearing both, nobody is split off (a
+    chain joins them); alone (a third party that is no node, the witness), they are."""
+    cut = {"node1": report("node1", all_down("node2")), "node2": report("node2", all_down("node1")),
+           "node3": report("node3")}
+    assert split_off(LAB, cut, "node1") == frozenset() and assess(LAB, cut).dead == frozenset()
+    cut.pop("node3")
+    assert split_off(LAB, cut, "node1") == {"node2"}
+    assert split_off(LAB, cut, "node2") == {"node1"}  # exactly one side: the manager's
+    cut["node1"] = report("node1", all_down("node2"), fresh=False)
+    assert split_off(LAB, cut, "node1") == frozenset()  # its own report stale: no verdict
 
 
 @given(st.sets(st.sampled_from(NODES)), st.sets(st.sampled_from(NODES)))

@@ -25,7 +25,7 @@ from vmcluster.control.manager import Manager, ManagerParams, MigrationEnds, rep
 from vmcluster.control.simulate import predict_crash
 from vmcluster.errors import MigrationCancelled, MigrationError, SubstrateError
 from vmcluster.model.spec import load_spec
-from vmcluster.policy.failover import restart_not_before
+from vmcluster.policy.failover import STORE_GRACE_S, restart_not_before
 from vmcluster.store import ClusterState, EtcdClient, EtcdCluster, Fenced, embedded, intents, vms
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -731,3 +731,141 @@ def test_the_simulator_restarts_a_crashed_nodes_vms_where_the_manager_does(
     earliest = restart_not_before(0.0, spec.cluster, m.params.failover)
     assert predicted.after_s is not None
     assert earliest <= predicted.after_s <= earliest + 2 * m.params.tick_s + 1e-9
+
+
+# -- two nodes and a witness (examples/lab-witness.toml) -------------------------------
+
+TWO = load_spec(ROOT / "examples/lab-witness.toml")
+W_HOSTS = ("node1", "node2", "witness")
+W_NETS = ("Public", "Heartbeat")
+
+
+@pytest.fixture
+def wstate(etcd: EtcdCluster, request: pytest.FixtureRequest) -> Iterator[ClusterState]:
+    st = ClusterState(EtcdClient(etcd.endpoints()), f"w{abs(hash(request.node.name)) % 10**8}")
+    for vm, node in (("web", "node1"), ("db", "node2")):
+        st.place(vm, node, expect=0, token=None)
+    yield st
+    st.client.delete(st.root, prefix=True)
+
+
+def wpublish(state: ClusterState, cut: set[frozenset[str]], silent: set[str] = frozenset(),
+             vms: dict[str, list[str]] | None = None) -> None:
+    """Every host not ``silent`` reports: a route is down when its pair is in ``cut`` or
+    its peer is silent (crashed)."""
+    owners = {"node1": ["web"], "node2": ["db"], "witness": []}
+    for host in W_HOSTS:
+        if host in silent:
+            continue
+        routes = {f"{p}/{n}": p not in silent and frozenset((host, p)) not in cut
+                  for p in W_HOSTS if p != host for n in W_NETS}
+        body = {"routes": routes, "vms": (vms or owners).get(host, []), "isolated": False}
+        state.client.put(report_key(state, host), json.dumps(body).encode())
+
+
+def wmanager(state: ClusterState, name: str) -> tuple[Manager, ManualClock, Recorder]:
+    clock, rec = ManualClock(), Recorder()
+    return Manager(state, TWO, name, rec, clock, lambda: 1000.0 + clock.t,
+                   ManagerParams()), clock, rec
+
+
+def test_two_nodes_and_a_witness_restart_a_crashed_nodes_vms(wstate: ClusterState) -> None:
+    """node1 crashes: node2 plus the witness hold 2 of 3 votes and restart web; the same
+    crash with the witness silent too leaves node2 alone, 1 of 3: nothing restarts."""
+    m, clock, rec = wmanager(wstate, "node2")
+    token = m.take_office(10)
+    wpublish(wstate, set())
+    m.tick()
+    wpublish(wstate, set(), silent={"node1"})
+    m.tick()
+    assert wstate.node_states()["node1"]["state"] == "down"
+    clock.t += 0.25 + m.params.failover.stop_budget_s + 0.05
+    wpublish(wstate, set(), silent={"node1"})
+    m.tick()
+    assert rec.started == [("web", "node2", token)]
+
+
+def test_without_the_witness_one_node_of_two_never_acts(wstate: ClusterState) -> None:
+    m, clock, rec = wmanager(wstate, "node2")
+    m.take_office(10)
+    wpublish(wstate, set())
+    m.tick()
+    for _ in range(3):
+        clock.t += 5
+        wpublish(wstate, set(), silent={"node1", "witness"})
+        m.tick()
+    assert rec.started == [] and "node1" not in wstate.node_states()
+    assert "witness_lost" in kinds(wstate)
+
+
+def test_losing_the_witness_alone_is_a_warning(wstate: ClusterState) -> None:
+    m, clock, rec = wmanager(wstate, "node1")
+    m.take_office(10)
+    wpublish(wstate, set())
+    m.tick()
+    clock.t += 10
+    wpublish(wstate, set(), silent={"witness"})
+    m.tick()
+    wpublish(wstate, set())
+    m.tick()
+    assert rec.started == [] and wstate.node_states() == {}
+    assert kinds(wstate).count("witness_lost") == 1 and "witness_back" in kinds(wstate)
+
+
+def test_a_split_the_witness_sees_both_sides_of_keeps_one(wstate: ClusterState) -> None:
+    """node1 and node2 lose each other, both still reach the witness (and the store):
+    the manager's side (node1) keeps the VMs; node2 is declared down and db restarts on
+    node1 only once node2's own report no longer lists it (it read the verdict)."""
+    m, clock, rec = wmanager(wstate, "node1")
+    token = m.take_office(10)
+    wpublish(wstate, set())
+    m.tick()
+    split = {frozenset(("node1", "node2"))}
+    wpublish(wstate, split)
+    m.tick()
+    record = wstate.node_states()["node2"]
+    assert record["state"] == "down" and record["failed"] is True  # the verdict node2 reads
+    assert "node1" not in wstate.node_states()  # the manager's side is not touched
+    clock.t += 30  # however long: node2 still says it runs db
+    wpublish(wstate, split)
+    m.tick()
+    assert rec.started == []
+    wpublish(wstate, split, vms={"node1": ["web"], "node2": []})  # it stopped db
+    m.tick()
+    assert rec.started == [("db", "node1", token)]
+    # The links come back: node2 is up again (and db stays where it now runs).
+    wpublish(wstate, set(), vms={"node1": ["web", "db"], "node2": []})
+    m.tick()
+    assert wstate.node_states()["node2"]["state"] == "up"
+    assert wstate.node_states()["node2"]["failed"] is False
+
+
+def test_a_split_node_gone_silent_is_restarted_only_after_the_store_grace(
+    wstate: ClusterState,
+) -> None:
+    """A split-off node that cannot reach the store cannot read the verdict: it stops its
+    VMs itself within the store grace of its last write; the manager waits that out."""
+    m, clock, rec = wmanager(wstate, "node1")
+    token = m.take_office(10)
+    wpublish(wstate, set())
+    m.tick()
+    split = {frozenset(("node1", "node2"))}
+    wpublish(wstate, split)
+    m.tick()
+    assert wstate.node_states()["node2"]["state"] == "down"
+    # node2 writes nothing more (its store is gone); the witness still hears it.
+    for host in ("node1", "witness"):
+        body = {"routes": {f"{p}/{n}": not (host == "node1" and p == "node2")
+                           for p in W_HOSTS if p != host for n in W_NETS},
+                "vms": ["web"] if host == "node1" else [], "isolated": False}
+        wstate.client.put(report_key(wstate, host), json.dumps(body).encode())
+    clock.t += m.params.stale_s + 0.5
+    m.tick()
+    assert rec.started == []
+    clock.t += STORE_GRACE_S + m.params.failover.stop_budget_s
+    for host in ("node1", "witness"):  # a fresh round of the others' reports
+        kv = wstate.client.get(report_key(wstate, host))
+        assert kv is not None
+        wstate.client.put(report_key(wstate, host), kv.value)
+    m.tick()
+    assert rec.started == [("db", "node1", token)]

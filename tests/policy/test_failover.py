@@ -13,6 +13,7 @@ from vmcluster.errors import SpecError
 from vmcluster.model import ClusterSettings, ClusterSpec, Node, Vm
 from vmcluster.model.spec import spec_with_vms
 from vmcluster.policy.failover import (
+    STORE_GRACE_S,
     CannotPlace,
     FailoverParams,
     FailoverPlan,
@@ -25,6 +26,7 @@ from vmcluster.policy.failover import (
     quarantined,
     restart_not_before,
     start_plan,
+    stop_reason,
 )
 
 P = FailoverParams()
@@ -276,6 +278,20 @@ def test_quorum_at_its_edges() -> None:
     with_witness = ClusterSettings("t", witness="w")
     assert not must_stop_vms(2, 1, with_witness, True)  # it holds the witness's vote
     assert must_stop_vms(2, 1, with_witness, False)
+
+
+def test_why_a_node_stops_its_vms() -> None:
+    two = ClusterSettings("t", witness="w")
+    assert stop_reason(2, 2, two, True, 0.0, False) is None  # all well
+    assert stop_reason(2, 2, two, False, 60.0, False) is None  # the witness gone: a warning
+    assert stop_reason(2, 1, two, True, 1.0, False) is None  # a peer lost: the witness's vote
+    silent = stop_reason(2, 1, two, True, STORE_GRACE_S + 0.1, False)
+    assert silent is not None and "store" in silent  # ... only while it reaches the store
+    assert "isolated" in (stop_reason(2, 1, two, False, 0.0, False) or "")
+    assert "declared" in (stop_reason(2, 2, two, True, 0.0, True) or "")  # the verdict wins
+    three = ClusterSettings("t")
+    assert stop_reason(3, 2, three, False, 60.0, False) is None  # no witness: no store rule
+    assert stop_reason(3, 1, three, False, 0.0, False) is not None
 
 
 def test_a_long_heartbeat_window_sets_the_restart_time() -> None:

@@ -47,6 +47,18 @@ def test_lab_drain_queues_and_fails_over() -> None:
     assert "restarted" in fail["handled"]
 
 
+def test_two_nodes_fail_over_with_a_witness_and_not_without(tmp_path: Path) -> None:
+    """The simulator counts the witness's vote as the manager does (same quorum rule)."""
+    scen = load_scenario(SCEN / "seed-witness-crash.toml")
+    fail = run_scenario(scen).to_json()["failures"][0]
+    assert fail["event"] == "node-down node1" and "restarted vm1->node2" in fail["handled"]
+    text = (SCEN / "seed-witness-crash.toml").read_text().replace(
+        "../seed-witness.toml", str(ROOT / "examples/seed.toml"))
+    (tmp_path / "no-witness.toml").write_text(text)
+    alone = run_scenario(load_scenario(tmp_path / "no-witness.toml")).to_json()["failures"][0]
+    assert "restarted none" in alone["handled"] and "no quorum" in alone["handled"]
+
+
 def test_same_seed_same_trace_bytes(tmp_path: Path) -> None:
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for out in (a, b):

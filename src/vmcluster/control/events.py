@@ -106,6 +106,19 @@ class NodeIsolated(Event):
 
 
 @dataclass(frozen=True)
+class WitnessLost(Event):
+    """The witness's report went stale: a tie can no longer be broken (a warning; nothing
+    stops while the nodes hear each other)."""
+
+    witness: str
+
+
+@dataclass(frozen=True)
+class WitnessBack(Event):
+    witness: str
+
+
+@dataclass(frozen=True)
 class NodeQuarantined(Event):
     peer: str
     failures: int

@@ -16,6 +16,12 @@ from the store's majority, or frozen).
   (every report stale while the store elects a leader) nothing changes.
 * A node is **healthy** (may be given VMs to run again) when its own report is
   fresh and says it is not isolated.
+* ``P`` is **split off** from the manager's node ``M`` when both report freshly but no
+  chain of nodes that hear each other joins them: a third party (the witness) still
+  hears both, so neither is dead, yet they cannot work together (no heartbeat, CSV or
+  migration path). Exactly one side keeps the VMs: ``M``'s (:func:`split_off`).
+* The **witness** reports like a node (its routes count as an observer's), but is never
+  dead or healthy: it runs no VM.
 
 :class:`ReportTracker` is the only stateful part (revision -> first seen);
 everything else is a pure function of its snapshot.
@@ -31,7 +37,7 @@ from vmcluster.heartbeat.detector import Route, health_from_views, network_state
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import Health, routes
 
-__all__ = ["Assessment", "NodeReport", "ReportTracker", "assess"]
+__all__ = ["Assessment", "NodeReport", "ReportTracker", "assess", "split_off"]
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,8 @@ def assess(spec: ClusterSpec, reports: Mapping[str, NodeReport]) -> Assessment:
             dead.add(node.name)
         if any(heard):
             heard_by_someone.add(node.name)
-    healthy = {n for n, r in fresh.items() if not r.isolated and n not in dead}
+    names = {n.name for n in spec.nodes}  # the witness reports, but is never a VM host
+    healthy = {n for n, r in fresh.items() if not r.isolated and n not in dead and n in names}
     views = {n: r.routes for n, r in fresh.items()}
     health = health_from_views(spec, views)
     nstates = network_states(spec, health) if views else {}
@@ -107,6 +114,29 @@ def assess(spec: ClusterSpec, reports: Mapping[str, NodeReport]) -> Assessment:
     )
 
 
+def split_off(spec: ClusterSpec, reports: Mapping[str, NodeReport], anchor: str
+              ) -> frozenset[str]:
+    """The nodes with fresh reports that no chain of nodes hearing each other (in either
+    direction) joins to ``anchor`` (the manager's node); none when ``anchor``'s own
+    report is not fresh (the manager does not know where it stands)."""
+    names = {n.name for n in spec.nodes}
+    fresh = {n: r for n, r in reports.items() if r.fresh and n in names}
+    if anchor not in fresh:
+        return frozenset()
+
+    def hears(a: str, b: str) -> bool:
+        return any(up for (peer, _), up in fresh[a].routes.items() if peer == b)
+
+    side, todo = {anchor}, [anchor]
+    while todo:
+        a = todo.pop()
+        for b in fresh:
+            if b not in side and (hears(a, b) or hears(b, a)):
+                side.add(b)
+                todo.append(b)
+    return frozenset(set(fresh) - side)
+
+
 class ReportTracker:
     """Freshness of each node's report, by the revision it was last written at."""
 
@@ -123,3 +153,8 @@ class ReportTracker:
             self._seen[node] = (revision, now)
             return True
         return now - last[1] <= self.stale_s
+
+    def changed_at(self, node: str) -> float | None:
+        """When (this tracker's clock) ``node``'s report last changed, or None."""
+        last = self._seen.get(node)
+        return None if last is None else last[1]

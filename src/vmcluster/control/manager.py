@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from vmcluster.control import ledger
@@ -54,8 +54,10 @@ from vmcluster.control.events import (
     VmRestarted,
     VmStarted,
     VmStopped,
+    WitnessBack,
+    WitnessLost,
 )
-from vmcluster.control.liveness import Assessment, NodeReport, ReportTracker, assess
+from vmcluster.control.liveness import Assessment, NodeReport, ReportTracker, assess, split_off
 from vmcluster.errors import (
     MigrationCancelled,
     MigrationError,
@@ -68,6 +70,7 @@ from vmcluster.errors import (
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.failover import (
     CLUSTER_FAILOVER,
+    STORE_GRACE_S,
     CannotPlace,
     FailoverParams,
     FailoverPlan,
@@ -168,11 +171,11 @@ class ManagerParams:
 RESUMED = frozenset({"drain", "consolidate", "start", "stop", "resume", "delete"})
 
 
-def quorate(spec: ClusterSpec, alive: int) -> bool:
+def quorate(spec: ClusterSpec, alive: int, witness_seen: bool = False) -> bool:
     """May the side that still hears ``alive`` of the spec's nodes act? The manager's own
-    rule: a strict majority of the votes, the witness counted as not seen (the manager
-    has no path to it yet)."""
-    return has_quorum(len(spec.nodes), alive, spec.cluster.witness, False)
+    rule: a strict majority of the votes, the witness's among them while its report is
+    fresh (the manager is one, elected in the store: the vote counts for its side only)."""
+    return has_quorum(len(spec.nodes), alive, spec.cluster.witness is not None, witness_seen)
 
 
 PASSES_KEPT = 100  # of a migration's passes, in its intent's progress
@@ -219,6 +222,9 @@ class _Term:
     starting: dict[str, threading.Thread] = field(default_factory=dict)  # by VM
     asked: set[str] = field(default_factory=set)  # VMs a start intent is placing
     lent: set[str] = field(default_factory=set)  # migrations handed this term's token
+    split: set[str] = field(default_factory=set)  # declared down though the witness hears them
+    split_fresh: set[str] = field(default_factory=set)  # ... whose reports are fresh
+    witness_lost: bool = False
 
 
 class Manager:
@@ -335,11 +341,22 @@ class Manager:
             term.began = now
         self._refresh_spec()
         seen, reports = self.observe()
+        # Split off from this manager's side though a third party (the witness) hears
+        # both: down, as if dead; their VMs stay "running" while their fresh reports list
+        # them, so nothing restarts before they stop them (they read the verdict).
+        # One whose report went stale stays split until it reports again from this side.
+        fresh = {n for n, r in reports.items() if r.fresh}
+        split = (split_off(self.spec, reports, self.name)
+                 | {n for n in term.split if n not in fresh}) - seen.dead
+        seen = replace(seen, dead=seen.dead | split, healthy=seen.healthy - split)
         self.seen = seen
         self._networks(term, seen)
+        witness_seen = self._witness(term, reports)
         total = len(self.spec.nodes)
-        if not quorate(self.spec, total - len(seen.dead)):
+        if not quorate(self.spec, total - len(seen.dead), witness_seen):
             return  # the minority never acts (etcd would refuse our writes anyway)
+        term.split = set(split)
+        term.split_fresh = set(split & fresh)
         nodes = self.state.node_states()
         for node in sorted(seen.heard - seen.dead):
             if nodes.get(node, {}).get("state") == "joining":  # its first heartbeats
@@ -620,6 +637,20 @@ class Manager:
                 self.state.place(vm, node, expect=p.revision, token=term.token)
                 self.say(f"{vm} runs on {node}, not {p.node}: placement follows")
 
+    def _witness(self, term: _Term, reports: Mapping[str, NodeReport]) -> bool:
+        """Is the witness's report fresh? Its loss alone is a warning, once."""
+        w = self.spec.witness
+        if w is None:
+            return False
+        fresh = w.name in reports and reports[w.name].fresh
+        if fresh == term.witness_lost:
+            term.witness_lost = not fresh
+            self._event((WitnessBack if fresh else WitnessLost)(self.wall(), self.name, w.name))
+            self.say(f"the witness {w.name} " + ("reports again" if fresh else
+                     "went silent: the nodes keep running, but a split can no longer be "
+                     "broken"))
+        return fresh
+
     def _node_down(self, term: _Term, node: str, now: float, record: Mapping[str, Any],
                    leaving: bool = False) -> None:
         """Record a failure (kept in the store with wall times, so the next leader knows);
@@ -638,6 +669,8 @@ class Manager:
         new_state = (str(record["state"]) if stay else "quarantined" if flapping
                      else "off" if leaving else "down")
         wait = restart_not_before(last_heard, self.spec.cluster, self.params.failover) - now
+        if node in term.split:  # it reaches the store: it stops its VMs on the verdict
+            wait = max(wait, self._split_grace())
         # Until restart_at (wall time) its VMs are being fenced: the isolated side stops
         # them; the API shows them as "fence", then "recovery" until they run elsewhere.
         self.state.set_node_state(node, new_state, term.token, failures=failures, failed=True,
@@ -652,6 +685,14 @@ class Manager:
         ready = set()
         window = self.spec.cluster.same_subnet_delay_ms * self.spec.cluster.same_subnet_threshold
         for node, since in term.dead_since.items():
+            if node in term.split:
+                # Its report, fresh, lists what it still runs (never started twice); gone
+                # stale, it stops them itself within the store grace of its last write.
+                changed = self.tracker.changed_at(node)
+                if node in term.split_fresh or changed is None \
+                        or now - changed >= self._split_grace():
+                    ready.add(node)
+                continue
             last_heard = since - window / 1000.0
             if now >= restart_not_before(last_heard, self.spec.cluster, self.params.failover):
                 ready.add(node)
@@ -673,6 +714,11 @@ class Manager:
                 continue  # it runs on a live node: never start a second copy
             self._restart(term, action.vm, action.node, action.from_node,
                           placements[action.vm].revision)
+
+    def _split_grace(self) -> float:
+        """How long a split-off node whose report went stale may still run its VMs: the
+        store grace after its last write (:data:`STORE_GRACE_S`), then its stop budget."""
+        return STORE_GRACE_S + self.params.failover.stop_budget_s
 
     def _restart(self, term: _Term, vm: str, node: str, from_node: str, revision: int) -> None:
         try:

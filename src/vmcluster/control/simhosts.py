@@ -10,6 +10,7 @@ it, :class:`SimHosts` does:
   up, both links up) and for the heartbeat window (``delay * threshold``) after they
   lost each other; it comes up one heartbeat after they reconnect. The report lists
   the VMs the host runs. A host that is down writes nothing (its report goes stale);
+  the spec's witness reports too, always up (its vote counts as the cluster's does);
 * placements follow every migration's switchover, as the real switchover's
   compare-and-set does;
 * the manager holds the leader key and ticks every ``tick_s`` while a fault is being
@@ -105,7 +106,8 @@ class SimHosts:
         self.hb = HeartbeatParams.from_settings(spec.cluster)
         heartbeat_nets = {n.name for n in cluster_networks(spec.networks)}
         # Each host's heartbeat networks; a pair exchanges heartbeats on those it shares.
-        self.nets = {n.name: frozenset(n.interfaces) & heartbeat_nets for n in spec.nodes}
+        # The witness (always up here) is a heartbeat peer that reports like a node.
+        self.nets = {n.name: frozenset(n.interfaces) & heartbeat_nets for n in spec.hosts}
         self.changed: dict[str, float] = {}  # "node" or "node/network" -> its last change
         self.written: dict[str, tuple[str, float]] = {}  # node -> (report, when)
         self.active_until = -1.0
@@ -169,6 +171,7 @@ class SimHosts:
         now = self.sub.now()
         status = self.sub.status()
         up = {n.name for n in status.nodes if n.state == "up"}
+        up |= {self.spec.witness.name} if self.spec.witness is not None else set()
         links_down = {(n.name, net) for n in status.nodes for net in n.links_down}
         vms: dict[str, list[str]] = {}
         for vm in status.vms:

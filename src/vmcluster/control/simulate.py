@@ -269,7 +269,7 @@ class _Runner:
         crash = self.crashes[node]
         lost, placed, unplaced = crash.lost, crash.placed, crash.unplaced
         up, _down, _off = self._node_states()
-        quorum = quorate(self.spec, len(up))  # what the manager decides by
+        quorum = quorate(self.spec, len(up), self.spec.witness is not None)  # the manager's rule
         crash.entry["handled"] = (
             f"{len(lost)} VMs lost; restarted {', '.join(placed) or 'none'}"
             + (f"; cannot place {', '.join(unplaced)}" if unplaced else "")

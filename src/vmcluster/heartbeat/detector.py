@@ -90,14 +90,15 @@ class Target:
 def heartbeat_plan(
     spec: ClusterSpec, node: str, port: int
 ) -> tuple[tuple[Binding, ...], tuple[Target, ...]]:
-    """``node``'s bindings and targets: every peer on every role >= 1 network both are on."""
-    me = spec.node(node)
+    """``node``'s bindings and targets: every peer on every role >= 1 network both are on
+    (the witness, when the spec has one, is a peer like the nodes)."""
+    me = spec.host(node)
     nets = [p.name for p in cluster_networks(spec.networks)]
     binds = tuple(Binding(n, me.interfaces[n], port) for n in nets if n in me.interfaces)
     mine = {b.network for b in binds}
     targets = tuple(
         Target(peer.name, n, peer.interfaces[n], port)
-        for peer in spec.nodes
+        for peer in spec.hosts
         if peer.name != node
         for n in nets
         if n in mine and n in peer.interfaces

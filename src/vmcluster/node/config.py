@@ -13,6 +13,7 @@ configurable so that tests and the lab can point elsewhere.
     cluster = "prod"                  # the cluster's name: its keys' prefix in etcd
     parts = ["etcd", "agent", "heartbeats", "manager", "api"]   # the default: all of them
     heartbeat_port = 3343
+    role = "node"                     # or "witness": etcd and heartbeats only, no VM
 
     [paths]
     config_dir = "/etc/vmcluster"
@@ -61,12 +62,13 @@ from vmcluster.pki import NodeCredentials
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.store.state import ClusterState
 
-__all__ = ["API_PORT", "DEFAULT_CONFIG", "PARTS", "EtcdMemberConfig", "LabRef", "NodeConfig",
-           "load_base_config", "load_config", "parse_config"]
+__all__ = ["API_PORT", "DEFAULT_CONFIG", "PARTS", "WITNESS_PARTS", "EtcdMemberConfig", "LabRef",
+           "NodeConfig", "load_base_config", "load_config", "parse_config"]
 
 DEFAULT_CONFIG = Path("/etc/vmcluster/vmclusterd.toml")
 API_PORT = 8443
 PARTS = ("etcd", "agent", "heartbeats", "manager", "api")
+WITNESS_PARTS = ("etcd", "heartbeats")  # a witness votes and is heard; it runs no VM
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _TOP = {"node", "paths", "etcd", "watchdog", "api", "qemu", "manager", "lab", "guest"}
 
@@ -99,6 +101,7 @@ class NodeConfig:
     state_dir: Path = Path("/var/lib/vmcluster")
     run_dir: Path = Path("/run/vmcluster")
     parts: tuple[str, ...] = PARTS
+    role: str = "node"  # "witness": the cluster's tie-breaker, WITNESS_PARTS only
     heartbeat_port: int = 3343
     endpoints: tuple[str, ...] = ()
     member: EtcdMemberConfig | None = None
@@ -208,6 +211,8 @@ class NodeConfig:
         doc = tomlkit.document()
         doc["node"] = {"name": self.node, "cluster": self.cluster, "parts": list(self.parts),
                        "heartbeat_port": self.heartbeat_port}
+        if self.role != "node":
+            doc["node"]["role"] = self.role
         doc["paths"] = {"config_dir": str(self.config_dir), "state_dir": str(self.state_dir),
                         "run_dir": str(self.run_dir)}
         if self.shared_dir is not None:
@@ -296,8 +301,11 @@ def _from_source(src: TomlSource, path: Path, partial: bool = False) -> NodeConf
             raise src.error(None, None, f"unknown table {key!r}", f"allowed: {sorted(_TOP)}")
     if "node" not in src.data and not partial:
         raise src.error(None, None, "missing [node] table", 'add [node] with name = "..."')
-    node = _table(src, "node", {"name", "cluster", "parts", "heartbeat_port"},
+    node = _table(src, "node", {"name", "cluster", "parts", "heartbeat_port", "role"},
                   set() if partial else {"name", "cluster"})
+    role = node.get("role", str, "node")
+    if role not in ("node", "witness"):
+        raise node.fail("role", f"role must be \"node\" or \"witness\", got {role!r}")
     name = node.get("name", str) or "" if partial else node.name()
     if (name or not partial) and not _NAME.match(name):
         raise node.fail("name", f"node name {name!r} is not letters, digits, '.', '_', '-'")
@@ -305,10 +313,13 @@ def _from_source(src: TomlSource, path: Path, partial: bool = False) -> NodeConf
     if (cluster or not partial) and (not cluster or not _NAME.match(cluster)):
         raise node.fail("cluster", f"cluster name {cluster!r} is not letters, digits, "
                         "'.', '_', '-'")
-    parts = node.names("parts") or PARTS
+    parts = node.names("parts") or (WITNESS_PARTS if role == "witness" else PARTS)
     for part in parts:
         if part not in PARTS:
             raise node.fail("parts", f"unknown part {part!r}", f"parts: {', '.join(PARTS)}")
+        if role == "witness" and part not in WITNESS_PARTS:
+            raise node.fail("parts", f"a witness runs no {part!r}",
+                            f"a witness's parts are {', '.join(WITNESS_PARTS)}")
     port = node.positive("heartbeat_port", int, 3343)
     if port > 65535:
         raise node.fail("heartbeat_port", f"heartbeat_port must be a port number, got {port}")
@@ -375,7 +386,7 @@ def _from_source(src: TomlSource, path: Path, partial: bool = False) -> NodeConf
         lr = _table(src, "lab", {"name", "root"}, {"name", "root"})
         lab = LabRef(lr.name(), _path(lr, "root", Path("/run/vmcluster")))
     return NodeConfig(
-        path=path, node=name, cluster=str(cluster), parts=tuple(parts),
+        path=path, node=name, cluster=str(cluster), parts=tuple(parts), role=str(role),
         config_dir=_path(paths, "config_dir", Path("/etc/vmcluster")),
         state_dir=_path(paths, "state_dir", Path("/var/lib/vmcluster")),
         run_dir=_path(paths, "run_dir", Path("/run/vmcluster")),

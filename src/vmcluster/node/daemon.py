@@ -178,7 +178,8 @@ class Daemon:
                            cfg.heartbeats_pidfile if n == "heartbeats" else None)
                       for n in ("heartbeats", "etcd", "agent", "manager", "api")
                       if n in cfg.parts]
-        self.fencing = "heartbeats" in cfg.parts
+        # A witness runs no QEMU: nothing for a watchdog to fence.
+        self.fencing = "heartbeats" in cfg.parts and cfg.role != "witness"
         self.watchdog: subprocess.Popen[bytes] | None = None
 
     # -- the watchdog ----------------------------------------------------------------

@@ -16,9 +16,16 @@ lab, and it
   (it lost every cluster network), it stops every VM its agent runs, within
   one tick, and keeps stopping any that appears while it stays cut off. The
   majority waits ``restart_not_before`` (window + delay + stop budget) before
-  restarting them, so a VM never runs on both sides;
+  restarting them, so a VM never runs on both sides. With a witness: a node that
+  the manager declared down (its record in the store says ``failed``) stops its VMs
+  though it still hears the witness (a split: the other side keeps them), and one
+  that holds quorum only with the witness's vote stops them once it has not reached
+  the store for ``STORE_GRACE_S`` (:func:`~vmcluster.policy.failover.stop_reason`);
 * touches ``<run_dir>/heartbeats.alive`` every tick while its heartbeats go out on
   time: the daemon pets the host's watchdog only then.
+
+On the **witness** (``role = "witness"``) it runs the heartbeats and writes the report
+(what it hears is the tie-breaker's view), and nothing else: no agent, no VM, no rule.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from vmcluster.heartbeat.detector import (
 )
 from vmcluster.node import load
 from vmcluster.node.config import NodeConfig, load_config
-from vmcluster.policy.failover import must_stop_vms
+from vmcluster.policy.failover import stop_reason
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.host.client import LocalAgent, speak_as
 
@@ -70,6 +77,7 @@ class NodeWatch:
         self.state = cfg.store(retry_s=0.5)
         self.spec = self.state.wait_spec(say=lambda m: print(json.dumps({"msg": m}),
                                                              flush=True))
+        self.witness = cfg.role == "witness"  # heartbeats and a report, no VM
         self.agent = LocalAgent(node, cfg.agent_socket)  # its own host's agent
         self.events: queue.Queue[Event] = queue.Queue()
         self.changed = threading.Event()
@@ -78,6 +86,8 @@ class NodeWatch:
         self.cpu: dict[str, float] = {}  # cores busy, by VM, as the agent last measured
         self.clock = MonotonicClock()
         self._listed_at = -1e9
+        self.stored_at = self.clock.now()  # the last report the store took
+        self.declared_down = False  # the manager's verdict on this node, as last read
         binds, targets = heartbeat_plan(self.spec, node, cfg.heartbeat_port)
         self.hb = HeartbeatDaemon(cfg.cluster, node, binds, targets,
                                   HeartbeatParams.from_settings(self.spec.cluster),
@@ -105,12 +115,25 @@ class NodeWatch:
         except VmclusterError:
             return None
 
+    def stop_reason(self) -> str | None:
+        """Why this node must stop its VMs now (see module docstring), or None."""
+        states = self.hb.states()
+        if not states:
+            return None  # a cluster of one: nobody to lose
+        down = peers_down(states)
+        w = self.spec.witness.name if self.spec.witness is not None else None
+        total = len(self.spec.nodes)
+        reachable = total - len(down - {w})
+        sees_witness = w is not None and w not in down and any(p == w for p, _ in states)
+        return stop_reason(total, reachable, self.spec.cluster, sees_witness,
+                           self.clock.now() - self.stored_at, self.declared_down)
+
     def enforce(self) -> None:
         """The isolation rule (see module docstring); called every tick."""
-        states = self.hb.states()
-        total = len(self.spec.nodes)
-        reachable = total - len(peers_down(states))
-        cut_off = bool(states) and must_stop_vms(total, reachable, self.spec.cluster, False)
+        if self.witness:
+            return
+        why = self.stop_reason()
+        cut_off = why is not None
         now = self.clock.now()
         if not cut_off and now - self._listed_at < self.report_s:
             self.isolated = cut_off
@@ -133,8 +156,8 @@ class NodeWatch:
                     print(json.dumps({"error": f"stopping {v['vm']}: {exc}"}), flush=True)
             self.vms = []
             self.events.put(NodeIsolated(time.time(), self.node, tuple(stopped)))
-            print(json.dumps({"isolated": True, "stopped": stopped, "at": time.time()}),
-                  flush=True)
+            print(json.dumps({"isolated": True, "why": why, "stopped": stopped,
+                              "at": time.time()}), flush=True)
         self.isolated = cut_off
 
     def last_words(self) -> None:
@@ -160,6 +183,13 @@ class NodeWatch:
             try:
                 self.state.client.put(report_key(self.state, self.node),
                                       json.dumps(body, sort_keys=True).encode())
+                self.stored_at = self.clock.now()
+                if self.spec.witness is not None and not self.witness:
+                    # The manager's verdict: a node declared down while it still reaches
+                    # the store (a split the witness sees both sides of) stops its VMs.
+                    record = self.state.node_states().get(self.node, {})
+                    self.declared_down = bool(record.get("failed")) and \
+                        record.get("state") in ("down", "quarantined")
                 while pending and not self.changed.is_set():
                     self.state.append_event(pending[0].to_json())
                     pending.pop(0)
@@ -167,7 +197,8 @@ class NodeWatch:
                 continue
             # After the report (liveness first), and tried once per PUBLISH_S even when it
             # fails: a slow store must not cost every round a second timeout.
-            if self.clock.now() - loads_at >= load.PUBLISH_S and not self.isolated:
+            if self.clock.now() - loads_at >= load.PUBLISH_S and not self.isolated \
+                    and not self.witness:
                 loads_at = self.clock.now()
                 with contextlib.suppress(VmclusterError):
                     load.publish(self.state, self.node, self.cpu)

@@ -12,8 +12,11 @@ Pure functions of the spec, the current placements and what is down.
   most free cores, name. A placement that breaks a non-strict rule names it
   (``broke``). No such node: :class:`CannotPlace` with the reason.
 * **Quorum**: a side of a partition may restart VMs only with a strict
-  majority of the votes: one per node, plus the witness when the spec has one
-  (it counts for the side that reaches it).
+  majority of the votes: one per node, plus the witness when the spec has one.
+  The witness's vote is exclusive: the manager (one, elected in the store) counts it
+  while the witness reports; a node counts it for itself only while it hears the
+  witness and reaches the store, and stops its VMs when the manager declares it down
+  (:func:`stop_reason`).
 * **Isolation**: a node that has lost every cluster network (or quorum) knows
   it after one detection window (``delay * threshold``) and stops its VMs;
   the majority restarts a dead node's VMs only after ``last heard + window +
@@ -32,6 +35,7 @@ from vmcluster.model import ClusterSettings, ClusterSpec, Vm
 
 __all__ = [
     "CLUSTER_FAILOVER",
+    "STORE_GRACE_S",
     "CannotPlace",
     "FailoverParams",
     "FailoverPlan",
@@ -45,6 +49,7 @@ __all__ = [
     "quarantined",
     "restart_not_before",
     "start_plan",
+    "stop_reason",
 ]
 
 
@@ -321,6 +326,40 @@ def must_stop_vms(
     once the detection window has passed without hearing the others."""
     return not has_quorum(total_nodes, reachable_nodes, settings.witness is not None,
                           sees_witness)
+
+
+# A node that keeps quorum only through the witness's vote holds that vote only while it
+# reaches the store (where the manager, and its verdicts, live): etcd elects a leader in
+# one to two election timeouts (1 s each), so a store silent this long is not a blip.
+STORE_GRACE_S = 4.0
+
+
+def stop_reason(total_nodes: int, reachable_nodes: int, settings: ClusterSettings,
+                sees_witness: bool, store_silent_s: float, declared_down: bool,
+                grace_s: float = STORE_GRACE_S) -> str | None:
+    """Why a node must stop every VM it runs now, or None. ``reachable_nodes`` counts the
+    nodes (itself included, the witness not) it hears; ``store_silent_s``: since its last
+    write to the store succeeded; ``declared_down``: the store says the manager declared
+    it failed (its VMs are to restart elsewhere).
+
+    * Declared down: the verdict holds even if this node still hears a peer or the
+      witness (a split where both halves reach the witness: exactly one side keeps the
+      VMs, the manager's).
+    * No quorum even with the witness (if it hears it): isolated.
+    * Quorum only with the witness's vote, and the store silent past ``grace_s``: the
+      vote is exclusive, and this node cannot learn whether the other side holds it.
+    """
+    if declared_down:
+        return "the manager declared this node down; its VMs restart elsewhere"
+    witness = settings.witness is not None
+    if not has_quorum(total_nodes, reachable_nodes, witness, sees_witness):
+        return (f"isolated: it reaches {reachable_nodes} of {total_nodes} nodes"
+                + (" and not the witness" if witness else ""))
+    if witness and not has_quorum(total_nodes, reachable_nodes, True, False) \
+            and store_silent_s > grace_s:
+        return (f"it holds quorum only with the witness's vote, and has not reached the "
+                f"store for {store_silent_s:.1f} s")
+    return None
 
 
 def restart_not_before(
