@@ -91,17 +91,25 @@ def init(spec_path: Path, node: str, name: str | None, credentials: Path | None,
 @click.option("--ca-hash", "ca_hash", required=True,
               help="sha256:... of the cluster CA, as `cluster init` printed it.")
 @click.option("--node", required=True, help="This host's name in the spec.")
+@click.option("--witness", is_flag=True,
+              help="Join as the spec's witness ([cluster] witness): an etcd member and a "
+                   "heartbeat peer that runs no VM and breaks ties.")
 @_config_option
 @_start_option
 @json_option
-def join(url: str, token: str, ca_hash: str, node: str, config: Path, start: str,
-         as_json: bool) -> None:
+def join(url: str, token: str, ca_hash: str, node: str, witness: bool, config: Path,
+         start: str, as_json: bool) -> None:
     """Join the cluster whose member answers at URL (https://HOST:8443)."""
 
     say = (lambda _m: None) if as_json else (lambda m: console.print(m, highlight=False))
-    got = join_cluster(url, token, ca_hash, node, config, start=start, say=say)
+    got = join_cluster(url, token, ca_hash, node, config, start=start, say=say,
+                       witness=witness)
     if as_json:
         emit_json(got)
+        return
+    if got["role"] == "witness":
+        console.print(f"{got['node']} joined cluster {got['cluster']} as its witness (etcd: "
+                      f"{got['etcd']}): heartbeats and a vote, no VM", highlight=False)
         return
     console.print(f"{got['node']} joined cluster {got['cluster']} (etcd: {got['etcd']}); "
                   f"its API: {got['api_url']}", highlight=False)
@@ -171,3 +179,9 @@ def status(cluster_url: str | None, lab_name: str | None, as_json: bool) -> None
     members = ", ".join(m["name"] + (" (learner)" if m.get("learner") else "")
                         for m in got["etcd"]["members"])
     console.print(f"etcd members: {members}")
+    w = got.get("witness")
+    if w:
+        hears = ", ".join(f"{p} ({'/'.join(n)})" for p, n in w["hears"].items()) or "nobody"
+        console.print(f"witness {w['name']}: " + (f"reporting, hears {hears}" if w["report"]
+                      ["fresh"] else "SILENT: the nodes keep running, a split cannot be broken"),
+                      highlight=False)

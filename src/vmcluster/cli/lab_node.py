@@ -7,7 +7,7 @@ import json
 import click
 
 from vmcluster.cli.common import lab_option
-from vmcluster.lab.faults import crash_node, isolate_node, rejoin_node, start_node
+from vmcluster.lab.faults import crash_node, cut_between, isolate_node, rejoin_node, start_node
 from vmcluster.lab.lab import resolve_lab
 
 __all__ = ["node"]
@@ -65,3 +65,17 @@ def rejoin(node_name: str, name: str | None, as_json: bool) -> None:
     """Bring every cluster interface of NODE up again."""
     nets = rejoin_node(resolve_lab(name), node_name)
     _out(as_json, {"node": node_name, "up": nets}, f"{node_name}: {', '.join(nets)} up")
+
+
+@node.command("cut")
+@click.argument("node_a", metavar="NODE")
+@click.argument("node_b", metavar="OTHER")
+@click.option("--mend", is_flag=True, help="Restore the paths instead.")
+@_NAME
+@_JSON
+def cut(node_a: str, node_b: str, mend: bool, name: str | None, as_json: bool) -> None:
+    """Cut every cluster-network path between NODE and OTHER only (both still reach the
+    other hosts, the witness among them): the split a witness must break."""
+    done = cut_between(resolve_lab(name), node_a, node_b, not mend)
+    _out(as_json, {"between": [node_a, node_b], "cut": not mend, "routes": done},
+         f"{node_a} <-> {node_b}: {'mended' if mend else 'cut'} ({len(done)} addresses)")

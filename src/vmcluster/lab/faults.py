@@ -26,14 +26,15 @@ from vmcluster.substrate.host import netns
 from vmcluster.substrate.host.layout import LabLayout
 from vmcluster.substrate.host.state import read_state
 
-__all__ = ["crash_node", "isolate_node", "rejoin_node", "signal_node", "start_node"]
+__all__ = ["crash_node", "cut_between", "isolate_node", "rejoin_node", "signal_node",
+           "start_node"]
 
 
 def _spec(layout: LabLayout, node: str) -> ClusterSpec:
     spec = load_spec(read_state(layout)["spec"])
-    if node not in {n.name for n in spec.nodes}:
+    if node not in {n.name for n in spec.hosts}:
         raise UsageError(f"no node {node!r} in lab {layout.name}; nodes: "
-                         f"{', '.join(n.name for n in spec.nodes)}")
+                         f"{', '.join(n.name for n in spec.hosts)}")
     return spec
 
 
@@ -73,6 +74,26 @@ def _links(layout: LabLayout, node: str, up: bool) -> list[str]:
     for net in nets:
         netns.set_link(layout, spec, net, node, up)
     return nets
+
+
+def cut_between(layout: LabLayout, a: str, b: str, cut: bool) -> list[str]:
+    """Cut (or mend) every cluster-network path between hosts ``a`` and ``b`` only: each
+    gets a ``prohibit`` route to the other's addresses, so both keep reaching everyone
+    else (the witness among them). Returns the addresses cut off, as ``host:address``."""
+    spec = _spec(layout, a)
+    _spec(layout, b)
+    if a == b:
+        raise UsageError(f"cut {a} from itself? name two different hosts")
+    done = []
+    for me, peer in ((a, b), (b, a)):
+        for p in node_cluster_networks(spec, peer):
+            if p.name not in spec.host(me).interfaces:
+                continue
+            addr = f"{spec.host(peer).interfaces[p.name]}/32"
+            netns.run(["ip", "-n", layout.node_ns(me), "route", "replace" if cut else "del",
+                       "prohibit", addr], check=cut)  # mending what is not cut: fine
+            done.append(f"{me}:{addr}")
+    return done
 
 
 def isolate_node(layout: LabLayout, node: str) -> list[str]:

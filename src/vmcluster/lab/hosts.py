@@ -100,7 +100,10 @@ def node_config(layout: LabLayout, spec: ClusterSpec, node: str, control_plane: 
 
 def write_node_configs(layout: LabLayout, spec: ClusterSpec, control_plane: bool = True,
                        manager: Mapping[str, float] | None = None) -> None:
-    for n in spec.nodes:
+    if spec.witness is not None and not control_plane:
+        raise LabError("a witness is a vote in the cluster's store: a lab without a control "
+                       "plane has none (leave [cluster] witness out)")
+    for n in spec.hosts:
         cfg = node_config(layout, spec, n.name, control_plane, manager)
         cfg.path.parent.mkdir(parents=True, exist_ok=True)
         cfg.path.write_text(cfg.render())
@@ -134,6 +137,9 @@ def bootstrap_hosts(layout: LabLayout, spec: ClusterSpec, spec_text: str,
     admin's credentials file on the first host)."""
 
     first = spec.nodes[0].name
+    # The witness joins right after the first node: a witness must vote in etcd, and the
+    # first etcd_voters hosts to join are the voters.
+    joining = [*([spec.witness] if spec.witness is not None else []), *spec.nodes[1:]]
     ca = lab_ca(layout)
     ca_dir = layout.host_config_dir(first) / "ca"
     write_file(ca_dir / "ca-key.pem", ca.key_pem)
@@ -148,14 +154,16 @@ def bootstrap_hosts(layout: LabLayout, spec: ClusterSpec, spec_text: str,
         "--credentials", str(creds)], timeout_s)
     say(f"cluster init on {first}: etcd, API at {init['api_url']} "
         f"({time.monotonic() - t0:.1f} s)")
-    for node in spec.nodes[1:]:
+    for node in joining:
         t1 = time.monotonic()
+        witness = spec.witness is not None and node.name == spec.witness.name
         got = _vmcluster_in(layout, node.name, [
             "cluster", "join", init["api_url"], "--token", init["join_token"],
             "--ca-hash", init["ca_hash"], "--node", node.name,
-            "--config", str(layout.node_config(node.name)), "--start", "detach"], timeout_s)
-        say(f"cluster join on {node.name}: etcd {got['etcd']} "
-            f"({time.monotonic() - t1:.1f} s)")
+            "--config", str(layout.node_config(node.name)), "--start", "detach",
+            *(["--witness"] if witness else [])], timeout_s)
+        say(f"cluster join on {node.name}{' (the witness)' if witness else ''}: etcd "
+            f"{got['etcd']} ({time.monotonic() - t1:.1f} s)")
     return init
 
 
@@ -192,9 +200,10 @@ def daemon_pids(layout: LabLayout, node: str | None = None) -> dict[str, list[in
 
 def start_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0) -> None:
     """Start ``node``'s ``vmclusterd`` in its namespace (unless it runs) and wait until its
-    agent answers."""
+    agent answers (a witness's: its heartbeats run)."""
 
     client = AgentClient(layout, node)
+    witness = _is_witness(layout, node)
     if not daemon_pids(layout, node)["vmclusterd"]:
         log = layout.daemon_log(node)
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -208,13 +217,23 @@ def start_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0) -> None:
             raise LabError(f"cannot start vmclusterd on {node}; see {log}")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if client.alive():
+        if daemon_pids(layout, node)["nodewatch"] if witness else client.alive():
             return
         time.sleep(0.05)
+    if witness:
+        raise LabError(f"the heartbeats of the witness {node} did not start in "
+                       f"{timeout_s:.0f} s; see {layout.daemon_log(node)}")
     last = _last_line(layout.agent_log(node)) or _last_line(layout.daemon_log(node))
     raise LabError(f"the agent of {node} did not come up in {timeout_s:.0f} s"
                    + (f" ({last})" if last else "") + f"; see {layout.agent_log(node)} and "
                    f"{layout.daemon_log(node)}")
+
+
+def _is_witness(layout: LabLayout, node: str) -> bool:
+    try:
+        return load_config(layout.node_config(node)).role == "witness"
+    except VmclusterError:
+        return False
 
 
 def _last_line(path: Path) -> str:

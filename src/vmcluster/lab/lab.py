@@ -117,7 +117,7 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
         })
         issue_credentials(layout, spec, _other_hosts(spec), nodes=not control_plane)
         netns.build_network(layout, spec)
-        say(f"[{time.monotonic() - t0:5.1f}s] network: {len(spec.nodes)} node namespaces, "
+        say(f"[{time.monotonic() - t0:5.1f}s] network: {len(spec.hosts)} host namespaces, "
             f"{len(spec.networks)} bridges in {layout.fabric_ns}, client in {layout.client_ns}")
         if spec.volumes:
             for line in start_san(layout, spec):
@@ -130,8 +130,8 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
             stamp: Say = lambda m: say(f"[{time.monotonic() - t0:5.1f}s] {m}")  # noqa: E731
             init = bootstrap_hosts(layout, spec, Path(spec_path).read_text(), stamp)
             seed_store(layout, spec, init, say=stamp)
-        with ThreadPoolExecutor(max_workers=max(1, len(spec.nodes))) as pool:
-            list(pool.map(lambda n: start_daemon(layout, n.name), spec.nodes))
+        with ThreadPoolExecutor(max_workers=max(1, len(spec.hosts))) as pool:
+            list(pool.map(lambda n: start_daemon(layout, n.name), spec.hosts))
         sub = LabSubstrate(layout, spec)
         versions = ", ".join(f"{n.name} QEMU {sub.facts(n.name).version}" for n in spec.nodes)
         say(f"[{time.monotonic() - t0:5.1f}s] vmclusterd on {len(spec.nodes)} hosts, agents up "
@@ -252,8 +252,8 @@ def set_net(sub: LabSubstrate, target: str, up: bool) -> list[tuple[str, str]]:
     """``NETWORK`` (every node on it) or ``NETWORK@NODE`` down or up; returns what changed."""
     net_name, _, node_name = target.partition("@")
     net = sub.spec.network(net_name)
-    nodes = [sub.spec.node(node_name).name] if node_name else [
-        n.name for n in sub.spec.nodes if net.name in n.interfaces]
+    nodes = [sub.spec.host(node_name).name] if node_name else [
+        n.name for n in sub.spec.hosts if net.name in n.interfaces]
     for node in nodes:
         sub.set_link(net.name, node, up)
     return [(net.name, n) for n in nodes]

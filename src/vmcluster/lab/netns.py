@@ -68,13 +68,13 @@ def build_network(layout: LabLayout, spec: ClusterSpec) -> None:
     """Create every namespace, bridge, veth, address and shaper of the lab."""
     fab = layout.fabric_ns
     cmds: list[list[str]] = []
-    for ns in [fab, layout.client_ns, *(layout.node_ns(n.name) for n in spec.nodes)]:
+    for ns in [fab, layout.client_ns, *(layout.node_ns(n.name) for n in spec.hosts)]:
         cmds += _ns_setup(ns)
     for i in range(len(spec.networks)):
         br = layout.fabric_bridge(i)
         cmds += [["ip", "-n", fab, "link", "add", br, "type", "bridge", "forward_delay", "0"],
                  ["ip", "-n", fab, "link", "set", br, "up"]]
-    for ni, node in enumerate(spec.nodes):
+    for ni, node in enumerate(spec.hosts):
         ns = layout.node_ns(node.name)
         for i, net in enumerate(spec.networks):
             if net.name not in node.interfaces:

@@ -207,7 +207,8 @@ class ApiContext:
         held = current_leader(self.client, self.state.cluster)
         return {"cluster": self.state.cluster, "nodes": nodes, "etcd": etcd,
                 "manager": {"node": held.name if held else None,
-                            "token": held.token if held else None}}
+                            "token": held.token if held else None},
+                "witness": None if spec is None else views.witness(self.view, spec, self.age)}
 
 
 def _local_agent(cfg: NodeConfig) -> LocalAgent:
@@ -228,6 +229,7 @@ class JoinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     node: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     csr: str = Field(min_length=1, max_length=16384, description="PEM certificate request")
+    witness: bool = Field(False, description="join as the spec's witness (no VM, a vote)")
 
 
 class MigrateRequest(BaseModel):
@@ -395,7 +397,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """Admit a host: its certificate request signed, etcd membership as a learner."""
         token = _bearer(request)
         got: dict[str, Any] = await asyncio.to_thread(admit, ctx.state, token, body.node,
-                                                      body.csr.encode())
+                                                      body.csr.encode(), body.witness)
         print(f"admitted {body.node} (etcd {'learner' if got['member'] else 'client'})",
               flush=True)
         return got

@@ -58,6 +58,7 @@ from vmcluster.node.access import API_URL, api_url, credentials_file, error_mess
 from vmcluster.node.config import (
     DEFAULT_CONFIG,
     PARTS,
+    WITNESS_PARTS,
     EtcdMemberConfig,
     NodeConfig,
     load_base_config,
@@ -130,7 +131,7 @@ def api_addresses(spec: ClusterSpec, node: str) -> tuple[str, ...]:
 
 def _addresses(spec: ClusterSpec, node: str) -> list[str]:
     """The IP SANs of a host's certificate: every address the spec gives it."""
-    return [str(a) for a in spec.node(node).interfaces.values()]
+    return [str(a) for a in spec.host(node).interfaces.values()]
 
 
 def _member(spec: ClusterSpec, node: str) -> MemberSpec:
@@ -139,8 +140,18 @@ def _member(spec: ClusterSpec, node: str) -> MemberSpec:
     return next(m for m in spec_members(spec, Path("/"), tls=lambda n: marker) if m.name == node)
 
 
-def _node_in(spec: ClusterSpec, node: str, where: str) -> None:
-    if node not in {n.name for n in spec.nodes}:
+def _node_in(spec: ClusterSpec, node: str, where: str, witness: bool = False) -> None:
+    """``node`` is a host of the spec, and a witness exactly when the spec says so (the
+    spec is the one source of truth: ``--witness`` adds only the host it names)."""
+    w = spec.witness.name if spec.witness is not None else None
+    if witness and node != w:
+        raise JoinRefused(422, "invalid", f"{node!r} is not the witness {where} names ("
+                          + (f"it names {w!r}" if w else "it names none: [cluster] witness")
+                          + "); join it as a node, without --witness", "node")
+    if not witness and node == w:
+        raise JoinRefused(422, "invalid", f"{node!r} is the witness of {where}: it runs no "
+                          "VM; join it with --witness", "node")
+    if node not in {n.name for n in spec.hosts}:
         raise JoinRefused(404, "not_found", f"node {node!r} is not in {where} (nodes: "
                           f"{', '.join(n.name for n in spec.nodes)}); pass one of them as "
                           "--node, or add it to the spec", "node")
@@ -209,17 +220,19 @@ def _check_join_token(state: ClusterState, token: str) -> None:
                           "`vmcluster cluster token create` makes a new one", "token")
 
 
-def admit(state: ClusterState, token: str, node: str, csr_pem: bytes) -> dict[str, Any]:
+def admit(state: ClusterState, token: str, node: str, csr_pem: bytes,
+          witness: bool = False) -> dict[str, Any]:
     """A member's side of ``cluster join`` (the API's ``POST /api/v1/join``): check the
     token and the name, sign the host's request, add it to etcd as a learner while fewer
-    than ``etcd_voters`` members vote. Returns what the host needs to start."""
+    than ``etcd_voters`` members vote (a witness always: its vote is what it is for).
+    Returns what the host needs to start."""
     _check_join_token(state, token)
     text = state.spec_text()
     if text is None:
         raise JoinRefused(503, "unavailable", "the cluster has no spec yet; retry once "
                           "`vmcluster cluster init` has finished")
     spec = parse_spec(text, "<the spec in etcd>")
-    _node_in(spec, node, "the cluster's spec")
+    _node_in(spec, node, "the cluster's spec", witness)
     ca, _ = store_ca(state)
     try:
         cert = ca.sign(csr_pem, node, _addresses(spec, node))
@@ -230,16 +243,21 @@ def admit(state: ClusterState, token: str, node: str, csr_pem: bytes) -> dict[st
     learners = [m for m in members if m.get("isLearner")]
     mine = _member(spec, node)
     joins_etcd = len(voters) < spec.cluster.etcd_voters
+    if witness and not joins_etcd:
+        raise JoinRefused(409, "conflict", f"etcd already has {len(voters)} voters "
+                          f"(etcd_voters = {spec.cluster.etcd_voters}) and a witness must be "
+                          "one: join the witness before the last voting node, or raise "
+                          "etcd_voters", "node")
     if joins_etcd and learners:
         who = learners[0].get("name") or "a new member"
         raise JoinRefused(503, "unavailable", f"another host ({who}) is still catching up "
                           "in etcd; retry in a few seconds")
     record = {"joined": time.time(), "serial": x509.load_pem_x509_certificate(cert)
               .serial_number, "etcd": "learner" if joins_etcd else "client"}
-    got = state.client.txn([Compare.absent(state.key("members", node))],
-                           [Put(state.key("members", node), json.dumps(record).encode()),
-                            Put(state.key("nodes", node), json.dumps({"state": "joining"})
-                                .encode())])
+    ops = [Put(state.key("members", node), json.dumps(record).encode())]
+    if not witness:  # a node the manager sees heard, then "up"; a witness runs nothing
+        ops.append(Put(state.key("nodes", node), json.dumps({"state": "joining"}).encode()))
+    got = state.client.txn([Compare.absent(state.key("members", node))], ops)
     if not got.succeeded:
         raise JoinRefused(409, "conflict", f"node name {node!r} is already taken by a member "
                           f"of {state.cluster}; pick another --node, or `vmcluster cluster "
@@ -263,7 +281,8 @@ def admit(state: ClusterState, token: str, node: str, csr_pem: bytes) -> dict[st
     return {"cluster": state.cluster, "node": node, "cert": cert.decode(),
             "ca": ca.cert_pem.decode(), "crl": (crl.value if crl else ca.crl_pem()).decode(),
             "heartbeat_key": key.value.decode() if key else "", "endpoints": endpoints,
-            "member": member, "api_listen": list(api_addresses(spec, node)),
+            "member": member, "role": "witness" if witness else "node",
+            "api_listen": [] if witness else list(api_addresses(spec, node)),
             "fence_window_s": spec.cluster.fence_window_s}
 
 
@@ -283,7 +302,7 @@ def leave(state: ClusterState, node: str) -> dict[str, Any]:
     removed = None
     if text is not None:
         spec = parse_spec(text, "<the spec in etcd>")
-        if node in {n.name for n in spec.nodes}:
+        if node in {n.name for n in spec.hosts}:
             urls = set(_member(spec, node).peer_urls)
             for m in state.etcd.member_list():
                 if urls & set(m.get("peerURLs", [])):
@@ -552,7 +571,8 @@ def fetch_ca(url: str, expected_hash: str, timeout_s: float = 10.0) -> bytes:
 
 def join_cluster(url: str, token: str, expected_hash: str, node: str,
                  config: Path = DEFAULT_CONFIG, *, start: str = "auto",
-                 timeout_s: float = 120.0, say: Say = print) -> dict[str, Any]:
+                 timeout_s: float = 120.0, say: Say = print,
+                 witness: bool = False) -> dict[str, Any]:
     """Join the cluster whose member answers at ``url`` (see the module docstring)."""
     url = url.rstrip("/")
     if not API_URL.match(url):
@@ -567,7 +587,7 @@ def join_cluster(url: str, token: str, expected_hash: str, node: str,
     ca_pem = fetch_ca(url, expected_hash)
     ctx = ssl.create_default_context(cadata=ca_pem.decode())
     key = new_key()
-    body = {"node": node, "csr": make_csr(key, node).decode()}
+    body = {"node": node, "csr": make_csr(key, node).decode(), "witness": witness}
     while True:
         try:
             reply = httpx.post(url + "/api/v1/join", json=body, verify=ctx, timeout=30.0,
@@ -589,15 +609,17 @@ def join_cluster(url: str, token: str, expected_hash: str, node: str,
     member = (EtcdMemberConfig(tuple(m["peer_urls"]), tuple(m["client_urls"]),
                                m["initial_cluster"], m["token"], m["state"]) if m else None)
     own = list(member.client_urls) if member else []
-    parts = tuple(p for p in (base.parts or PARTS) if member or p != "etcd")
+    role = str(data.get("role", "node"))
+    parts = WITNESS_PARTS if role == "witness" else tuple(
+        p for p in (base.parts or PARTS) if member or p != "etcd")
     cfg = _write_config(dataclasses.replace(
-        base, node=node, cluster=data["cluster"], parts=parts,
+        base, node=node, cluster=data["cluster"], parts=parts, role=role,
         endpoints=tuple(own + [u for u in data["endpoints"] if u not in own]), member=member,
         api_listen=base.api_listen or tuple(data["api_listen"]),
         fence_window_s=float(data["fence_window_s"])))
     say(f"admitted as {node}; wrote {cfg.path}")
     how = start_host_daemon(cfg, start)
-    role = "client"
+    etcd_role = "client"
     if member is not None:
         say(f"vmclusterd started ({how}); waiting for its etcd member to catch up")
         state = cfg.store(timeout_s=2.0, retry_s=5.0)
@@ -607,11 +629,14 @@ def join_cluster(url: str, token: str, expected_hash: str, node: str,
                                      f"{timeout_s:.0f} s; see its vmclusterd log (it "
                                      "goes on trying)")
             time.sleep(0.5)
-        role = "voter"
+        etcd_role = "voter"
+    if role == "witness":  # no API: it votes and is heard, nothing more
+        return {"cluster": cfg.cluster, "node": node, "etcd": etcd_role, "role": role,
+                "api_url": None, "daemon": how}
     api = api_url(cfg.api_listen[0], cfg.api_port)
     _api_ready(api, ca_pem, deadline)
-    return {"cluster": cfg.cluster, "node": node, "etcd": role, "api_url": api,
-            "daemon": how}
+    return {"cluster": cfg.cluster, "node": node, "etcd": etcd_role, "role": role,
+            "api_url": api, "daemon": how}
 
 
 def _is_voter(cfg: NodeConfig, state: ClusterState) -> bool:

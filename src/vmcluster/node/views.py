@@ -24,7 +24,7 @@ from vmcluster.store import intents, vms
 from vmcluster.store.state import ClusterState, Migration, Placement
 
 __all__ = ["REPORT_FRESH_S", "assessment", "consolidation", "migrations", "networks", "nodes",
-           "vm_get", "vm_json", "vm_list", "volumes"]
+           "vm_get", "vm_json", "vm_list", "volumes", "witness"]
 
 REPORT_FRESH_S = 3.0
 Age = Callable[[str], "float | None"]  # seconds since a key changed, None: never seen
@@ -127,6 +127,26 @@ def nodes(state: ClusterState, spec: ClusterSpec, seen: Assessment,
             "qemu_version": d.get("qemu_version"), "parts": d.get("parts", []),
         })
     return out
+
+
+def witness(state: ClusterState, spec: ClusterSpec, age: Age) -> dict[str, Any] | None:
+    """The spec's witness: whether its report is fresh, and whom it hears (by its
+    heartbeats); None when the cluster has none."""
+    w = spec.witness
+    if w is None:
+        return None
+    key = report_key(state, w.name)
+    rep_age = age(key)
+    kv = state.client.get(key)
+    heard: dict[str, list[str]] = {}
+    if kv is not None:
+        for (peer, net), up in NodeReport.from_json(w.name, kv.json()).routes.items():
+            if up:
+                heard.setdefault(peer, []).append(net)
+    fresh = rep_age is not None and rep_age <= REPORT_FRESH_S
+    return {"name": w.name, "interfaces": list(w.interfaces),
+            "report": {"fresh": fresh, "age_s": None if rep_age is None else round(rep_age, 2)},
+            "hears": {p: sorted(nets) for p, nets in sorted(heard.items())} if fresh else {}}
 
 
 def networks(state: ClusterState, spec: ClusterSpec, seen: Assessment) -> dict[str, Any]:

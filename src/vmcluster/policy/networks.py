@@ -121,7 +121,7 @@ def cluster_networks(networks: Iterable[Network]) -> list[NetworkProps]:
 
 def node_cluster_networks(spec: ClusterSpec, node: str) -> list[NetworkProps]:
     """The cluster (role >= 1) networks ``node`` has an interface on, lowest metric first."""
-    mine = spec.node(node).interfaces
+    mine = spec.host(node).interfaces
     return sorted((p for p in cluster_networks(spec.networks) if p.name in mine),
                   key=lambda p: p.key)
 

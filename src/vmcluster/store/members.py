@@ -96,14 +96,15 @@ def spec_members(
     client_port: int = 2379,
     tls: Callable[[str], NodeCredentials | None] = lambda node: None,
 ) -> list[MemberSpec]:
-    """One member per node of ``spec``, on the node's address on every role >= 1 network
+    """One member per host of ``spec`` (its nodes and its witness), on the host's address on
+    every role >= 1 network
     (so losing one network does not cut the store); ``prefix(node)`` runs it in the node's
     namespace, e.g. ``lambda n: ("ip", "netns", "exec", f"vmc-{n}")``; ``tls(node)`` gives
     a node's certificate files (then every URL is https and client certificates are
     required)."""
     nets = [p.name for p in cluster_networks(spec.networks)]
     out = []
-    for node in spec.nodes:
+    for node in spec.hosts:
         addrs = [node.interfaces[n] for n in nets if n in node.interfaces]
         creds = tls(node.name)
         scheme = "https" if creds is not None else "http"
