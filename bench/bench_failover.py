@@ -11,13 +11,18 @@ sampler asks every agent for its VMs every 100 ms:
   restart = crash -> every lost VM seen running on a survivor;
 * split 1|2: every cluster interface of one node down; stop = cut -> the
   isolated node's node_isolated event; restart as above;
+* cut (a spec with a witness): every path between one node (not the manager's) and
+  the other nodes cut, none to the witness: the split a witness must break; the cut
+  node is declared down, reads that verdict and stops its VMs (stop = its
+  node_isolated event), then they restart on the manager's side;
 * quiet under load: no fault, busy loops on every core for ``--load-s``; and
   one cluster network down for the same time: any node_down / vm_restarted /
   node_isolated event is a spurious failover.
 
 Usage: python bench/bench_failover.py [--crashes 3] [--splits 1] [--manager-crashes 2]
-       [--load-s 30]
-Writes bench/results/failover.json and prints a table.
+       [--cuts 0] [--load-s 30] [--spec examples/lab.toml]
+Writes bench/results/failover.json (failover-<spec>.json for another spec) and prints a
+table. Two nodes and a witness: --spec examples/lab-witness.toml --cuts 3.
 """
 
 from __future__ import annotations
@@ -36,7 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from vmcluster.control.simulate import predict_crash  # noqa: E402
-from vmcluster.lab.faults import crash_node, isolate_node, rejoin_node, start_node  # noqa: E402
+from vmcluster.lab.faults import (  # noqa: E402
+    crash_node,
+    cut_between,
+    isolate_node,
+    rejoin_node,
+    start_node,
+)
 from vmcluster.lab.lab import lab_down, lab_up, set_net  # noqa: E402
 from vmcluster.lab.sampler import RunSampler  # noqa: E402
 from vmcluster.lab.services import LabStore, lab_store  # noqa: E402
@@ -93,8 +104,12 @@ def fault_trial(kind: str, layout: LabLayout, store: LabStore, sampler: RunSampl
     seq = last_seq(store)
     doubles_before = len(sampler.doubles)
     t_wall, t0 = time.time(), time.monotonic()
+    others = [n for n in nodes if n != victim]
     if kind == "split":
         isolate_node(layout, victim)
+    elif kind == "cut":
+        for other in others:
+            cut_between(layout, victim, other, True)
     else:
         crash_node(layout, victim)
     took = sampler.wait(lost, since=t0, timeout_s=120, avoid=victim)
@@ -107,7 +122,12 @@ def fault_trial(kind: str, layout: LabLayout, store: LabStore, sampler: RunSampl
         "restart_s": None if took is None else round(took, 3),
         "new_manager_s": None if elected is None else round(elected["at"] - t_wall, 3),
     }
-    if kind != "split":
+    if kind == "cut":
+        iso = wait_event(store, seq, 30, kind="node_isolated", node=victim)
+        row["isolated_stop_s"] = None if iso is None else round(iso["at"] - t_wall, 3)
+        for other in others:
+            cut_between(layout, victim, other, False)
+    elif kind != "split":
         # What the simulator predicts for the same cluster and crash: the same hosts, and
         # the restarts issued after the same wait (the lab's first vm_restarted event).
         predicted = predict_crash(store.call(store.state.spec), where, victim)
@@ -166,15 +186,19 @@ def main() -> int:
     ap.add_argument("--splits", type=int, default=1)
     ap.add_argument("--manager-crashes", type=int, default=2,
                     help="trials that crash the node the manager runs on")
+    ap.add_argument("--cuts", type=int, default=0,
+                    help="trials that cut one node from the others only (a witness spec)")
     ap.add_argument("--load-s", type=float, default=30.0)
+    ap.add_argument("--spec", type=Path, default=SPEC)
     args = ap.parse_args()
+    spec_path = args.spec.resolve()
     if os.geteuid() != 0:
         raise SystemExit("the lab needs root")
     layout = LabLayout(f"bf{os.getpid() % 100000}")
     rows: list[dict[str, Any]] = []
     quiet: list[dict[str, Any]] = []
     try:
-        sub = lab_up(SPEC, layout.name, say=lambda m: print(m, file=sys.stderr))
+        sub = lab_up(spec_path, layout.name, say=lambda m: print(m, file=sys.stderr))
         vms = [v.name for v in sub.spec.vms]
         nodes = [n.name for n in sub.spec.nodes]
         with lab_store(layout) as store, RunSampler(layout, nodes) as sampler:
@@ -184,14 +208,18 @@ def main() -> int:
                                          args.load_s, sub))
             plan = [("crash", i) for i in range(args.crashes)] + \
                    [("split", i) for i in range(args.splits)] + \
+                   [("cut", i) for i in range(args.cuts)] + \
                    [("crash-mgr", i) for i in range(args.manager_crashes)]
             for i, (kind, _) in enumerate(plan):
                 where = settle(store, sampler, vms, nodes)
                 hosts = sorted({n for n in where.values()})
                 victim = hosts[i % len(hosts)]
+                held = store.call(current_leader, store.state.client, store.state.cluster)
                 if kind == "crash-mgr":  # the manager's own node, VMs or not
-                    held = store.call(current_leader, store.state.client, store.state.cluster)
                     victim = held.name if held is not None else victim
+                elif kind == "cut":  # the side without the manager is the one that yields
+                    victim = next((n for n in hosts + nodes if held is None
+                                   or n != held.name), victim)
                 print(f"{kind} {victim}", file=sys.stderr)
                 rows.append(fault_trial(kind, layout, store, sampler, vms, nodes, victim))
     finally:
@@ -214,9 +242,10 @@ def main() -> int:
         "spurious_failovers": sum(q["spurious_failovers"] for q in quiet),
         "double_runs": sum(r["double_runs"] for r in rows) + sum(q["double_runs"] for q in quiet),
     }
-    out = {"spec": str(SPEC.relative_to(ROOT)), "heartbeat": "250 ms x 8",
+    out = {"spec": str(spec_path.relative_to(ROOT)), "heartbeat": "250 ms x 8",
            "trials": rows, "quiet": quiet, "summary": summary}
-    res = ROOT / "bench" / "results" / "failover.json"
+    res = ROOT / "bench" / "results" / ("failover.json" if spec_path == SPEC.resolve()
+                                        else f"failover-{spec_path.stem}.json")
     res.parent.mkdir(parents=True, exist_ok=True)
     res.write_text(json.dumps(out, indent=1))
     print(f"{'fault':<10}{'node':<7}{'mgr?':<6}{'vms':<14}{'detect s':>9}{'stop s':>8}"

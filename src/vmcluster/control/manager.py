@@ -987,9 +987,12 @@ class Manager:
                 term.missing_since.pop(vm, None)
                 continue
             # Counted from the placement's last change: a VM just restarted is not missing.
-            rev, since = term.missing_since.setdefault(vm, (p.revision, now))
+            # The clock read now, not the tick's start: a tick whose starts took seconds
+            # must not count them as the VM's absence (it restarted a VM it had just
+            # started, seen on the lab after a node's isolation).
+            rev, since = term.missing_since.setdefault(vm, (p.revision, self.clock.now()))
             if rev != p.revision:
-                term.missing_since[vm] = (p.revision, now)
+                term.missing_since[vm] = (p.revision, self.clock.now())
             elif now - since >= self.params.recover_s:
                 term.missing_since.pop(vm, None)
                 self._retry_start(term, vm, p, seen, excluded)

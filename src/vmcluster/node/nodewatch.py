@@ -54,6 +54,7 @@ from vmcluster.heartbeat.detector import (
     view_to_json,
 )
 from vmcluster.node import load
+from vmcluster.node.bootstrap import promote_if_learner
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.policy.failover import stop_reason
 from vmcluster.substrate.clock import MonotonicClock
@@ -88,6 +89,9 @@ class NodeWatch:
         self._listed_at = -1e9
         self.stored_at = self.clock.now()  # the last report the store took
         self.declared_down = False  # the manager's verdict on this node, as last read
+        # A host's API part promotes its etcd member once it caught up; a witness has no
+        # API, so its watch does (a witness that does not vote is no witness).
+        self.voter = cfg.member is None or not self.witness
         binds, targets = heartbeat_plan(self.spec, node, cfg.heartbeat_port)
         self.hb = HeartbeatDaemon(cfg.cluster, node, binds, targets,
                                   HeartbeatParams.from_settings(self.spec.cluster),
@@ -184,6 +188,10 @@ class NodeWatch:
                 self.state.client.put(report_key(self.state, self.node),
                                       json.dumps(body, sort_keys=True).encode())
                 self.stored_at = self.clock.now()
+                if not self.voter:
+                    self.voter = promote_if_learner(self.cfg, self.state)
+                    if self.voter:
+                        print(json.dumps({"etcd": "voter", "at": time.time()}), flush=True)
                 if self.spec.witness is not None and not self.witness:
                     # The manager's verdict: a node declared down while it still reaches
                     # the store (a split the witness sees both sides of) stops its VMs.
