@@ -53,6 +53,7 @@ from vmcluster.lab.sampler import RunSampler  # noqa: E402
 from vmcluster.lab.services import LabStore, lab_store  # noqa: E402
 from vmcluster.store.election import current_leader  # noqa: E402
 from vmcluster.substrate.host.layout import LabLayout  # noqa: E402
+from vmcluster.substrate.host.netns import ns_pids  # noqa: E402
 
 SPEC = ROOT / "examples" / "lab.toml"
 FAILOVER_KINDS = ("node_down", "vm_restarted", "node_isolated")
@@ -96,9 +97,23 @@ def settle(
     return {vm: s.running[vm][0] for vm in vms if vm in s.running}
 
 
+def _give_a_vm(layout: LabLayout, where: dict[str, str], node: str) -> None:
+    """Live-migrate one VM to ``node`` when none runs there (a cut trial's node must hold
+    VMs to show they stop before they start on the other side)."""
+    if node in where.values() or not where:
+        return
+    vm = sorted(where)[0]
+    subprocess.run([sys.executable, "-m", "vmcluster", "vm", "migrate", vm, "--to", node,
+                    "--lab", layout.name, "--json"], capture_output=True, timeout=180,
+                   check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
 def fault_trial(kind: str, layout: LabLayout, store: LabStore, sampler: RunSampler,
                 vms: list[str], nodes: list[str], victim: str) -> dict[str, Any]:
     where = settle(store, sampler, vms, nodes)
+    if kind == "cut":
+        _give_a_vm(layout, where, victim)
+        where = settle(store, sampler, vms, nodes)
     lost = [vm for vm, n in where.items() if n == victim]
     held = store.call(current_leader, store.state.client, store.state.cluster)
     seq = last_seq(store)
@@ -180,6 +195,19 @@ def quiet_trial(what: str, layout: LabLayout, store: LabStore, sampler: RunSampl
             "double_runs": len(sampler.doubles) - doubles_before}
 
 
+def _rss_mib(ns: str) -> float:
+    """The resident memory of every process in the network namespace ``ns`` (a host)."""
+    total = 0
+    for pid in ns_pids(ns):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--crashes", type=int, default=3)
@@ -197,6 +225,7 @@ def main() -> int:
     layout = LabLayout(f"bf{os.getpid() % 100000}")
     rows: list[dict[str, Any]] = []
     quiet: list[dict[str, Any]] = []
+    witness_rss: float | None = None
     try:
         sub = lab_up(spec_path, layout.name, say=lambda m: print(m, file=sys.stderr))
         vms = [v.name for v in sub.spec.vms]
@@ -222,6 +251,8 @@ def main() -> int:
                                    or n != held.name), victim)
                 print(f"{kind} {victim}", file=sys.stderr)
                 rows.append(fault_trial(kind, layout, store, sampler, vms, nodes, victim))
+            if sub.spec.witness is not None:  # the witness host's memory, after the trials
+                witness_rss = _rss_mib(layout.node_ns(sub.spec.witness.name))
     finally:
         lab_down(layout)
     def stat(key: str, sel: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -241,6 +272,7 @@ def main() -> int:
         "sim_same_hosts": all(r.get("sim_same_hosts", True) for r in rows),
         "spurious_failovers": sum(q["spurious_failovers"] for q in quiet),
         "double_runs": sum(r["double_runs"] for r in rows) + sum(q["double_runs"] for q in quiet),
+        "witness_rss_mib": witness_rss,
     }
     out = {"spec": str(spec_path.relative_to(ROOT)), "heartbeat": "250 ms x 8",
            "trials": rows, "quiet": quiet, "summary": summary}

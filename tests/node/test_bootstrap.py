@@ -35,7 +35,8 @@ from vmcluster.store import EtcdClient, embedded
 from vmcluster.store.state import ClusterState
 
 pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd-server not installed")
-SPEC = (Path(__file__).resolve().parents[2] / "examples" / "lab.toml").read_text()
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = (ROOT / "examples" / "lab.toml").read_text()
 
 
 @dataclass
@@ -71,8 +72,9 @@ def member() -> Iterator[Member]:
     yield from _member(SPEC, "127.0.0.45")
 
 
-def _join(m: Member, token: str, node: str) -> tuple[int, dict[str, Any]]:
-    body = {"node": node, "csr": make_csr(new_key(), node).decode()}
+def _join(m: Member, token: str, node: str, witness: bool = False
+          ) -> tuple[int, dict[str, Any]]:
+    body = {"node": node, "csr": make_csr(new_key(), node).decode(), "witness": witness}
     reply = m.client.post("/api/v1/join", json=body,
                           headers={"Authorization": f"Bearer {token}"})
     return reply.status_code, reply.json()
@@ -125,6 +127,21 @@ def test_beyond_the_voter_cap_hosts_join_as_clients() -> None:
         assert code == 200 and got["member"] is None
         assert len(m.state.client.member_list()) == 1
         assert got["endpoints"] == m.state.client.member_list()[0]["clientURLs"]
+
+
+def test_only_the_specs_witness_joins_as_witness_and_it_always_votes() -> None:
+    text = (ROOT / "examples" / "lab-witness.toml").read_text()
+    for m in _member(text, "127.0.0.47"):
+        token, _ = new_join_token(m.state, 3600)
+        code, got = _join(m, token, "node2", witness=True)
+        assert code == 422 and "not the witness" in got["error"]["message"]
+        code, got = _join(m, token, "witness")
+        assert code == 422 and "join it with --witness" in got["error"]["message"]
+        assert m.state.client.get(m.state.key("members", "witness")) is None
+        code, got = _join(m, token, "witness", witness=True)
+        assert code == 200 and got["role"] == "witness" and got["member"] is not None
+        assert got["api_listen"] == []  # no API on a witness
+        assert "witness" not in m.state.node_states()  # nothing for the manager to bring up
 
 
 def test_leave_revokes_and_refuses_a_host_that_owns_vms(member: Member) -> None:

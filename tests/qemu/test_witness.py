@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 from tests.qemu.test_failover import check_disks, events_after, last_seq, leader, wait_event
 
-from vmcluster.lab.faults import crash_node, cut_between, start_node
+from vmcluster.lab.faults import crash_node, cut_between, isolate_node, rejoin_node, start_node
 from vmcluster.lab.sampler import RunSampler
 from vmcluster.lab.services import LabStore, lab_store
 from vmcluster.lab.substrate import LabSubstrate
@@ -160,3 +160,28 @@ def test_a_crashed_node_of_two_fails_over_to_the_other(
     finally:
         start_node(lab.layout, victim)
     wait_event(store, seq, 30, kind="node_up", peer=victim)
+
+
+def test_an_isolated_node_stops_its_vms_and_the_other_keeps_them(
+    lab: LabSubstrate, store: LabStore, sampler: RunSampler
+) -> None:
+    """Every cluster interface of one node down: it hears neither its peer nor the
+    witness and stops its VMs; the other and the witness restart them."""
+    where = settled(lab, sampler, store)
+    victim = max(NODES, key=lambda n: (sum(1 for v in where.values() if v == n), n))
+    other = next(n for n in NODES if n != victim)
+    lost = [vm for vm, n in where.items() if n == victim]
+    seq = last_seq(store)
+    t0 = time.monotonic()
+    isolate_node(lab.layout, victim)
+    try:
+        assert sampler.wait(lost, since=t0, timeout_s=BOUND_S, avoid=victim) is not None
+        stopped = wait_event(store, seq, 30, kind="node_isolated", node=victim)
+        assert sorted(stopped["vms_stopped"]) == sorted(lost)
+        restarted = [e for e in events_after(store, seq) if e["kind"] == "vm_restarted"]
+        assert {e["vm"] for e in restarted} == set(lost)
+        assert all(e["node"] == other for e in restarted)
+    finally:
+        rejoin_node(lab.layout, victim)
+    wait_event(store, seq, 30, kind="node_up", peer=victim)
+    check_disks(lab)

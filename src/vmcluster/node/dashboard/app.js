@@ -382,11 +382,21 @@ function pageCluster() {
   return `<h1>Cluster ${esc(st.cluster)}</h1>
     <p>Manager: ${esc(st.manager.node || "none")} · etcd leader: ${esc(st.etcd.leader || "none")}
        · heartbeats and CSV on <b>${esc(S.data.networks.cluster || "-")}</b></p>
+    ${witnessLine(st.witness)}
     <h2>Roles by node</h2><div class="cards">${byNode}</div>
     <h2>Nodes</h2>${nodesTable()}
     <h2>Networks</h2>${networksTable()}
     <h2>Storage</h2>${volumesTable()}
     <h2>Recent cluster events</h2><table id="events-list"></table>`;
+}
+
+// The cluster's witness (a two-node cluster's tie-breaker): reporting, and whom it hears.
+function witnessLine(w) {
+  if (!w) return "";
+  const hears = Object.entries(w.hears).map(([p, nets]) => `${esc(p)} (${nets.map(esc).join("/")})`);
+  return `<p id="witness" data-fresh="${w.report.fresh}">Witness <b>${esc(w.name)}</b>: ${w.report.fresh
+    ? `${badge("reporting", "up")} hears ${hears.join(", ") || "nobody"}`
+    : `${badge("silent", "down")} the nodes keep running, a split cannot be broken`}</p>`;
 }
 
 function pageRoles() {
