@@ -129,7 +129,12 @@ class StoreBook:
                                                for k, v in dict(data.get("links", {})).items()}
         if self.me is not None and self.mine is not None:
             links[self.me] = dict(self.mine())
-        names = {n.name for n in spec.nodes}
+        # A host the manager declared failed is down whatever its lapsing lease says: an
+        # isolated coordinator's entry outlives it by up to HOST_TTL_S, and every call to
+        # it would wait out a connect timeout (a crashed one at least refuses at once).
+        failed = {name for name, rec in self.state.node_states().items()
+                  if rec.get("failed") and rec.get("state") in ("down", "quarantined")}
+        names = {n.name for n in spec.nodes} - failed
         up = frozenset(n for n in links if n in names)
         return _view(spec, links, up, up)
 
