@@ -769,6 +769,21 @@ def wmanager(state: ClusterState, name: str) -> tuple[Manager, ManualClock, Reco
                    ManagerParams()), clock, rec
 
 
+SPLIT = frozenset(("node1", "node2"))
+
+
+def split_started(state: ClusterState) -> tuple[Manager, ManualClock, Recorder, int]:
+    """node1's manager in office, all well for a tick, then node1 and node2 cut apart
+    (both still hearing the witness) for a tick."""
+    m, clock, rec = wmanager(state, "node1")
+    token = m.take_office(10)
+    wpublish(state, set())
+    m.tick()
+    wpublish(state, {SPLIT})
+    m.tick()
+    return m, clock, rec, token
+
+
 def test_two_nodes_and_a_witness_restart_a_crashed_nodes_vms(wstate: ClusterState) -> None:
     """node1 crashes: node2 plus the witness hold 2 of 3 votes and restart web; the same
     crash with the witness silent too leaves node2 alone, 1 of 3: nothing restarts."""
@@ -816,13 +831,8 @@ def test_a_split_the_witness_sees_both_sides_of_keeps_one(wstate: ClusterState) 
     """node1 and node2 lose each other, both still reach the witness (and the store):
     the manager's side (node1) keeps the VMs; node2 is declared down and db restarts on
     node1 only once node2's own report no longer lists it (it read the verdict)."""
-    m, clock, rec = wmanager(wstate, "node1")
-    token = m.take_office(10)
-    wpublish(wstate, set())
-    m.tick()
-    split = {frozenset(("node1", "node2"))}
-    wpublish(wstate, split)
-    m.tick()
+    m, clock, rec, token = split_started(wstate)
+    split = {SPLIT}
     record = wstate.node_states()["node2"]
     assert record["state"] == "down" and record["failed"] is True  # the verdict node2 reads
     assert "node1" not in wstate.node_states()  # the manager's side is not touched
@@ -845,13 +855,7 @@ def test_a_split_node_gone_silent_is_restarted_only_after_the_store_grace(
 ) -> None:
     """A split-off node that cannot reach the store cannot read the verdict: it stops its
     VMs itself within the store grace of its last write; the manager waits that out."""
-    m, clock, rec = wmanager(wstate, "node1")
-    token = m.take_office(10)
-    wpublish(wstate, set())
-    m.tick()
-    split = {frozenset(("node1", "node2"))}
-    wpublish(wstate, split)
-    m.tick()
+    m, clock, rec, token = split_started(wstate)
     assert wstate.node_states()["node2"]["state"] == "down"
     # node2 writes nothing more (its store is gone); the witness still hears it.
     for host in ("node1", "witness"):

@@ -21,6 +21,8 @@ import pytest
 
 from vmcluster.lab import netns
 from vmcluster.lab.lab import lab_down, lab_up
+from vmcluster.lab.sampler import RunSampler
+from vmcluster.lab.services import LabStore, lab_store
 from vmcluster.lab.substrate import LabSubstrate
 from vmcluster.substrate.host.layout import LabLayout
 from vmcluster.substrate.qemu.image import GuestImage, ensure_guest_image, kernel_cmdline
@@ -240,3 +242,18 @@ def start_lab() -> Iterator[LabStarter]:
             assert not layout.state_dir.exists()
             assert str(layout.state_dir) + "/" not in ps
             assert f"--lab {layout.name} " not in ps
+
+
+@pytest.fixture
+def store(lab: LabSubstrate) -> Iterator[LabStore]:
+    """The module's lab's store (a module that starts a lab defines ``lab``)."""
+    with lab_store(lab.layout) as s:
+        yield s
+
+
+@pytest.fixture
+def sampler(lab: LabSubstrate) -> Iterator[RunSampler]:
+    """Every node's VMs every 100 ms for the test; it fails if a VM ever ran twice."""
+    with RunSampler(lab.layout, [n.name for n in lab.spec.nodes]) as s:
+        yield s
+    assert not s.doubles, f"a VM ran twice: {s.doubles[:3]}"

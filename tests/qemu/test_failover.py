@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,6 @@ from vmcluster.lab.lab import set_net
 from vmcluster.lab.sampler import RunSampler
 from vmcluster.lab.services import (
     LabStore,
-    lab_store,
     service_log,
     service_pids,
     services_file,
@@ -77,19 +75,6 @@ def lab(start_lab: LabStarter, spec_file: Path) -> LabSubstrate:
     return sub
 
 
-@pytest.fixture
-def store(lab: LabSubstrate) -> Iterator[LabStore]:
-    with lab_store(lab.layout) as s:
-        yield s
-
-
-@pytest.fixture
-def sampler(lab: LabSubstrate) -> Iterator[RunSampler]:
-    with RunSampler(lab.layout, NODES) as s:
-        yield s
-    assert not s.doubles, f"a VM ran twice: {s.doubles[:3]}"
-
-
 def last_seq(store: LabStore) -> int:
     got, _ = store.call(store.state.events)
     return int(got[-1][0]) if got else 0
@@ -126,8 +111,9 @@ def wait_settled(lab: LabSubstrate, sampler: RunSampler, store: LabStore) -> dic
         states = store.call(store.state.node_states)
         # Heard (up) is not yet serving: a host started again heartbeats before its
         # agent listens on the cluster networks (it first probes its QEMU and adopts).
-        if all(states.get(n, {}).get("state") == "up" for n in NODES) and all(
-                AgentClient(lab.layout, n).alive() for n in NODES):
+        nodes = [n.name for n in lab.spec.nodes]
+        if all(states.get(n, {}).get("state") == "up" for n in nodes) and all(
+                AgentClient(lab.layout, n).alive() for n in nodes):
             break
         time.sleep(0.2)
     s = sampler.latest()

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from tests.qemu.test_failover import check_disks, events_after, last_seq, leader, wait_event
+from tests.qemu.test_failover import (
+    check_disks,
+    events_after,
+    last_seq,
+    leader,
+    wait_event,
+    wait_settled,
+)
 
 from vmcluster.lab.faults import crash_node, cut_between, isolate_node, rejoin_node, start_node
 from vmcluster.lab.sampler import RunSampler
-from vmcluster.lab.services import LabStore, lab_store
+from vmcluster.lab.services import LabStore
 from vmcluster.lab.substrate import LabSubstrate
-from vmcluster.substrate.host.client import AgentClient
 
 if TYPE_CHECKING:
     from conftest import LabStarter
@@ -45,37 +50,14 @@ def lab(start_lab: LabStarter) -> LabSubstrate:
     return sub
 
 
-@pytest.fixture
-def store(lab: LabSubstrate) -> Iterator[LabStore]:
-    with lab_store(lab.layout) as s:
-        yield s
-
-
-@pytest.fixture
-def sampler(lab: LabSubstrate) -> Iterator[RunSampler]:
-    with RunSampler(lab.layout, NODES) as s:
-        yield s
-    assert not s.doubles, f"a VM ran twice: {s.doubles[:3]}"
-
-
 def settled(lab: LabSubstrate, sampler: RunSampler, store: LabStore) -> dict[str, str]:
-    """Every VM runs once, both nodes are up and serve; the witness reports. vm -> node.
-    A trial's failure is forgotten (no flapping quarantine from one test to the next)."""
-    vms = [v.name for v in lab.spec.vms]
-    assert sampler.wait(vms, since=time.monotonic(), timeout_s=BOUND_S) is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        states = store.call(store.state.node_states)
-        if all(states.get(n, {}).get("state") == "up" for n in NODES) and all(
-                AgentClient(lab.layout, n).alive() for n in NODES):
-            break
-        time.sleep(0.2)
+    """Every VM runs once and both nodes serve (vm -> node); a trial's failure is
+    forgotten (no flapping quarantine from one test to the next)."""
+    where = wait_settled(lab, sampler, store)
     for n in NODES:
         store.call(lambda n=n: store.state.set_node_state(n, "up", None, failures=[],
                                                           failed=False))
-    s = sampler.latest()
-    assert s is not None
-    return {vm: s.running[vm][0] for vm in vms}
+    return where
 
 
 def test_a_split_the_witness_sees_both_sides_of_leaves_every_vm_running_once(
