@@ -11,7 +11,7 @@ import time
 from vmcluster.csv.coordinator import FileBook, coordinator
 from vmcluster.errors import SubstrateError, UsageError
 from vmcluster.lab.faults import signal_node
-from vmcluster.lab.hosts import start_daemon
+from vmcluster.lab.hosts import daemon_pids, start_daemon
 from vmcluster.lab.records import LabStoreRecords
 from vmcluster.lab.services import has_control_plane
 from vmcluster.model import ClusterSpec
@@ -32,6 +32,8 @@ def lab_records(layout: LabLayout) -> SubstrateRecords:
         return LabStoreRecords(layout)
     return FileRecords(layout)
 
+
+OFF_WAIT_S = 20.0  # a SIGTERM'd vmclusterd stops its parts within this, or is switched off
 
 class LabSubstrate(QemuSubstrate):
     """:class:`QemuSubstrate` on the lab called ``layout.name``, seen from the admin side,
@@ -104,4 +106,11 @@ class LabSubstrate(QemuSubstrate):
         if any(v.node == node for v in self.status().vms):
             raise SubstrateError(f"{node} still runs VMs; migrate them away first")
         signal_node(self.layout, node, signal.SIGTERM)  # a clean power-off
+        # Off means off: a power-on must not find the old daemon still stopping (it
+        # would skip starting one and wait for an agent that is on its way out).
+        deadline = time.monotonic() + OFF_WAIT_S
+        while daemon_pids(self.layout, node)["vmclusterd"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if daemon_pids(self.layout, node)["vmclusterd"]:
+            signal_node(self.layout, node, signal.SIGKILL)  # the switch, then
         self.records.set_node_state(node, "off")
