@@ -71,6 +71,8 @@ class Agents(Protocol):
 
     def migration_refusal(self, vm: str, source: str, target: str) -> str | None: ...
 
+    def links_down(self, node: str) -> tuple[str, ...] | None: ...
+
 
 @dataclass
 class _Attempt:
@@ -138,16 +140,17 @@ class QemuMigrations:
             raise MigrationError(f"{vm} is not running; start it before migrating")
         if source == target:
             raise MigrationError(f"{vm} already runs on {target}; pick another node")
-        # The links as the records know them: what each host publishes (a host never
-        # looks into another's namespace); the lab's own view for the operator's harness.
-        seen = self.sub.records.snapshot(self.sub.spec)
+        # The links as each host's own agent sees them now (a host never looks into
+        # another's namespace; a leased store entry that lapsed made every link of a live
+        # host look down, and a migration refused over a network that was up).
         for node in (source, target):
             if network not in self.sub.spec.node(node).interfaces:
                 raise MigrationError(f"{node} has no interface on {network}")
-            if network in seen.links_down(node):
-                raise MigrationError(f"{node}'s interface on {network} is down")
-            if not self.sub.agent(node).alive():
+            down = self.sub.links_down(node)
+            if down is None:
                 raise MigrationError(f"node {node} is down; cannot migrate {vm} there")
+            if network in down:
+                raise MigrationError(f"{node}'s interface on {network} is down")
         refusal = self.sub.migration_refusal(vm, source, target)
         if refusal is not None:
             raise MigrationRefused(f"cannot migrate {vm}: {refusal}")

@@ -118,6 +118,19 @@ class QemuSubstrate:
         self.spec.vm(vm)
         return self.records.snapshot(self.spec).owner(vm)
 
+    def links_down(self, node: str) -> tuple[str, ...] | None:
+        """``node``'s interfaces down as its own agent sees them now (its ``list`` reply:
+        no store entry whose lease may lag); None when its agent does not answer."""
+        try:
+            reply = self.agent(node).call("list", timeout_s=10)
+        except AgentDown:
+            return None
+        links = reply.get("links")
+        interfaces = self.spec.node(node).interfaces
+        if isinstance(links, dict):
+            return _links_down(interfaces, links)
+        return self.records.snapshot(self.spec).links_down(node)  # an older agent
+
     def status(self) -> SubstrateStatus:
         rec = self.records.snapshot(self.spec)
         nodes, running = [], {}
