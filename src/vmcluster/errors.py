@@ -30,6 +30,7 @@ from __future__ import annotations
 __all__ = [
     "InputError",
     "LabError",
+    "LabNotUp",
     "MigrationError",
     "MigrationRefused",
     "PolicyError",
@@ -124,6 +125,11 @@ class MigrationRefused(MigrationError):
 
 class LabError(SubstrateError):
     """Building, starting or tearing down the lab failed."""
+
+
+class LabNotUp(LabError, UsageError):
+    """The lab a command names is not up (or is up already, for ``lab up``): the user's
+    argument, exit code 2, and still a LabError for whoever catches those."""
 
 
 class StoreError(VmclusterError):

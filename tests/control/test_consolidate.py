@@ -309,9 +309,10 @@ def test_bad_policy_names_fail_clearly() -> None:
 
 
 def test_cli_is_registered_under_lab_and_refuses_a_lab_that_is_not_up() -> None:
-    """As a user runs it: one line naming the lab and what to do, a failing exit code."""
+    """As a user runs it: one line naming the lab and what to do, exit code 2 (the
+    user's argument names no lab that is up)."""
     res = vmc("lab", "consolidate", "--lab", "nolab9", "--policy", "ours")
-    assert res.returncode == 1 and res.stdout == "", res
+    assert res.returncode == 2 and res.stdout == "", res
     assert res.stderr.strip().splitlines() == [
         "vmcluster: error: lab 'nolab9' is not up (no /run/vmcluster/nolab9/harness/state.json);"
         " run `vmcluster lab up`"]

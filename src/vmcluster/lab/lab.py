@@ -26,7 +26,7 @@ from pathlib import Path
 
 from vmcluster.csv.san import start_san
 from vmcluster.csv.storage import SAN_NAME, san_address, storage_networks
-from vmcluster.errors import LabError, UsageError, VmclusterError
+from vmcluster.errors import LabError, LabNotUp, UsageError, VmclusterError
 from vmcluster.lab import netns
 from vmcluster.lab.credentials import issue_credentials
 from vmcluster.lab.hosts import (
@@ -92,7 +92,7 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
     if layout.state_file.exists() and any(
         AgentClient(layout, n.name).alive() for n in spec.nodes
     ):
-        raise LabError(f"lab {layout.name!r} is already up; `vmcluster lab down --name "
+        raise LabNotUp(f"lab {layout.name!r} is already up; `vmcluster lab down --name "
                        f"{layout.name}` first or pick another --name")
     if layout.state_dir.exists() or netns.lab_namespaces(layout):
         say(f"[{time.monotonic() - t0:5.1f}s] removing leftovers of an earlier {layout.name!r}")

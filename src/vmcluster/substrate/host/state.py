@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from vmcluster.errors import LabError
+from vmcluster.errors import LabError, LabNotUp
 from vmcluster.substrate.host.layout import LabLayout
 
 __all__ = ["LabState", "read_state", "update_state", "write_state"]
@@ -26,7 +26,7 @@ def read_state(layout: LabLayout) -> LabState:
     try:
         data = json.loads(layout.state_file.read_text())
     except FileNotFoundError as exc:
-        raise LabError(
+        raise LabNotUp(
             f"lab {layout.name!r} is not up (no {layout.state_file}); run `vmcluster lab up`"
         ) from exc
     except (OSError, ValueError) as exc:
