@@ -45,12 +45,13 @@ def test_format_then_read_back(lun: FileBlock) -> None:
 
 def test_every_change_survives_a_reread(lun: FileBlock) -> None:
     t = format_table(lun, "CSV1", 64 * MIB)
-    for step in (lambda t: t.create("a", 3 * MIB, "n1"), lambda t: t.create("b", MIB),
-                 lambda t: t.set_owner("b", "n2"), lambda t: t.resize("b", 2 * MIB),
-                 lambda t: t.delete("a")):
+    for i, step in enumerate((lambda t: t.create("a", 3 * MIB, "n1"),
+                              lambda t: t.create("b", MIB), lambda t: t.set_owner("b", "n2"),
+                              lambda t: t.resize("b", 2 * MIB), lambda t: t.delete("a"))):
+        base = read_table(lun)
         t = step(t)
-        write_table(lun, t)
-        assert read_table(lun) == t
+        written = write_table(lun, t, base=base if i % 2 else None)  # read here, or given
+        assert written == t and read_table(lun) == t
     assert [(d.name, d.offset, d.size, d.owner) for d in t.disks] == [
         ("b", DATA_START + 3 * MIB, 2 * MIB, "n2")]
 

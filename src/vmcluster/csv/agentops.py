@@ -166,7 +166,7 @@ class CsvOps:
                 table = vt.read_table(lun)
                 new: vt.Table = change(table)
                 if new is not table:
-                    new = vt.write_table(lun, new)
+                    new = vt.write_table(lun, new, base=table)
                 return new
 
         async with self._vlock("table:" + volume):

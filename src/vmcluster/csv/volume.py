@@ -187,7 +187,6 @@ class Table:
         return {"volume": self.volume, "size": self.size, "generation": self.generation,
                 "disks": [d.to_json() for d in self.disks]}
 
-
     def with_room(self) -> Table:
         """This table with the extension region its generation writes sized to hold it.
 
@@ -196,12 +195,12 @@ class Table:
         size otherwise (its old place belonged to generation ``g - 2`` only, which this
         write replaces; the other slot's region is never touched).
         """
-        own = _ext_name(self.generation)
-        if len(_rows(self)) <= _INLINE:
-            return self if self.get(own) is None else replace(
-                self, disks=tuple(d for d in self.disks if d.name != own))
+        own, size = _ext_name(self.generation), len(_rows(self))
         cur = self.get(own)
-        if cur is not None and len(_rows(self)) <= cur.size:
+        if size <= _INLINE:
+            return self if cur is None else replace(
+                self, disks=tuple(d for d in self.disks if d.name != own))
+        if cur is not None and size <= cur.size:
             return self
         others = [d for d in self.disks if d.name != own]
         probe = replace(self, disks=tuple(others))
@@ -302,9 +301,9 @@ def decode_slot(raw: bytes, lun: BlockIO | None = None) -> Table | None:
         if "ext" in data:
             if lun is None:
                 return None
-            off, length, crc = (int(x) for x in data["ext"])
-            payload = lun.read(off, length)
-            if len(payload) != length or zlib.crc32(payload) != crc:
+            ext_at, ext_len, ext_crc = (int(x) for x in data["ext"])
+            payload = lun.read(ext_at, ext_len)
+            if len(payload) != ext_len or zlib.crc32(payload) != ext_crc:
                 return None  # the extension of a torn write, or of a generation reused
             data = json.loads(payload)
         disks = tuple(Extent(str(n), int(o), int(s), None if w is None else str(w))
@@ -324,18 +323,22 @@ def read_table(lun: BlockIO) -> Table:
     return max(tables, key=lambda t: t.generation)
 
 
-def write_table(lun: BlockIO, table: Table) -> Table:
+def write_table(lun: BlockIO, table: Table, base: Table | None = None) -> Table:
     """Write ``table`` as the next generation of the LUN's newest valid one; return it.
 
-    The generation counts writes, not changes (a write may carry several), so it always
-    lands in the slot that does not hold the newest valid table. A big table's extension
-    is written and flushed before the slot that points to it, so a torn write of either
-    leaves the newest valid table as it was.
+    ``base``: that newest table, when the caller just read it (``table`` is its change);
+    else it is read here. The generation counts writes, not changes (a write may carry
+    several), so it always lands in the slot that does not hold the newest valid table.
+    A big table's extension is written and flushed before the slot that points to it, so
+    a torn write of either leaves the newest valid table as it was.
     """
-    try:
-        newest = read_table(lun).generation
-    except TableError:
-        newest = 0
+    if base is not None:
+        newest = base.generation
+    else:
+        try:
+            newest = read_table(lun).generation
+        except TableError:
+            newest = 0
     table = replace(table, generation=newest + 1).with_room()
     slot, ext = encode(table)
     if ext is not None:
