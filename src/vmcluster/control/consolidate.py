@@ -362,9 +362,7 @@ def _finish(obs: Observation, spec: ClusterSpec, policy: str, moves: list[Planne
     power_off: list[tuple[str, str]] = []
     kept: list[tuple[str, str]] = []
     off = {n.name for n in obs.nodes if n.state != "up" and n.name not in power_on}
-    for n in obs.nodes:
-        if kind != "consolidation":
-            break
+    for n in obs.nodes if kind == "consolidation" else ():  # a drain powers nothing off
         if n.state != "up" or after[n.name] or n.name in targets or up_after <= 1:
             continue
         why = guard.refuses(n.name, off)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vmcluster.control.consolidate import Observation, drain_plan, observe
+from vmcluster.control.consolidate import drain_plan, observe
 from vmcluster.control.events import MigrationDone, VmCannotPlace
 from vmcluster.control.ledger import StoreLedger
 from vmcluster.control.migration import (
@@ -40,10 +40,14 @@ class DrainResult:
     node: str
     moved: tuple[MigrationResult, ...] = ()
     failed: tuple[MigrationResult, ...] = ()
-    unplaced: tuple[tuple[str, str], ...] = ()  # (vm, why it cannot move)
     cancelled: bool = False
     state: str = "draining"
     plan: ClusterPlan | None = None
+
+    @property
+    def unplaced(self) -> tuple[tuple[str, str], ...]:
+        """(vm, why) of the VMs the plan could not move."""
+        return () if self.plan is None else self.plan.skipped
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -76,16 +80,14 @@ def drain(
     ledger: Callable[[], StoreLedger | None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
     migrator: Migrator = migrate_here,
-    observed: Callable[[], Observation] | None = None,
 ) -> DrainResult:
     """Drain ``node`` (see module docstring); ``store(fn, *args)`` runs each store call
     (the CLI runs them from inside the lab's namespace). ``ledger()``: a migration ledger
     per VM (the manager's, under its token: each switchover then moves the placement);
     ``cancelled()`` is asked before each VM (and the ``on_progress`` callback may raise
     MigrationCancelled for the one in flight); ``migrator``: who drives each migration
-    (this process, or the VM's source host); ``observed``: the cluster as the plan sees
-    it (by default read from ``substrate``; the store's draining and quarantined nodes
-    are no targets either way)."""
+    (this process, or the VM's source host). The plan sees the cluster as ``substrate``
+    reports it, with the store's draining, quarantined and down nodes as no targets."""
     spec.node(node)
     nodes = store(state.node_states)
     assert isinstance(nodes, dict)
@@ -93,8 +95,7 @@ def drain(
         raise UsageError(f"{node} is down; its VMs fail over, there is nothing to drain")
     excluded = [n for n, s in nodes.items()
                 if s.get("state") in ("draining", "quarantined", "down") and n != node]
-    obs = observed() if observed is not None else observe(substrate, spec)
-    plan = drain_plan(obs, spec, node, excluded=excluded)
+    plan = drain_plan(observe(substrate, spec), spec, node, excluded=excluded)
     store(state.set_node_state, node, "draining")
     on_plan(plan)
     run = _Run()
@@ -118,10 +119,8 @@ def drain(
                 store(_move_placement, state, result.vm, result.target)
     except (KeyboardInterrupt, MigrationCancelled):
         store(state.set_node_state, node, "up")
-        return DrainResult(node, tuple(run.moved), tuple(run.failed), plan.skipped, True, "up",
-                           plan)
-    return DrainResult(node, tuple(run.moved), tuple(run.failed), plan.skipped, False,
-                       "draining", plan)
+        return DrainResult(node, tuple(run.moved), tuple(run.failed), True, "up", plan)
+    return DrainResult(node, tuple(run.moved), tuple(run.failed), False, "draining", plan)
 
 
 def _move_placement(state: ClusterState, vm: str, target: str) -> None:

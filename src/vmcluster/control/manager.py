@@ -223,7 +223,6 @@ class _Term:
     asked: set[str] = field(default_factory=set)  # VMs a start intent is placing
     lent: set[str] = field(default_factory=set)  # migrations handed this term's token
     split: set[str] = field(default_factory=set)  # declared down though the witness hears them
-    split_fresh: set[str] = field(default_factory=set)  # ... whose reports are fresh
     witness_lost: bool = False
 
 
@@ -356,7 +355,6 @@ class Manager:
         if not quorate(self.spec, total - len(seen.dead), witness_seen):
             return  # the minority never acts (etcd would refuse our writes anyway)
         term.split = set(split)
-        term.split_fresh = set(split & fresh)
         nodes = self.state.node_states()
         for node in sorted(seen.heard - seen.dead):
             if nodes.get(node, {}).get("state") == "joining":  # its first heartbeats
@@ -689,7 +687,7 @@ class Manager:
                 # Its report, fresh, lists what it still runs (never started twice); gone
                 # stale, it stops them itself within the store grace of its last write.
                 changed = self.tracker.changed_at(node)
-                if node in term.split_fresh or changed is None \
+                if changed is None or now - changed <= self.params.stale_s \
                         or now - changed >= self._split_grace():
                     ready.add(node)
                 continue

@@ -171,7 +171,8 @@ class SimHosts:
         now = self.sub.now()
         status = self.sub.status()
         up = {n.name for n in status.nodes if n.state == "up"}
-        up |= {self.spec.witness.name} if self.spec.witness is not None else set()
+        if self.spec.cluster.witness is not None:
+            up.add(self.spec.cluster.witness)
         links_down = {(n.name, net) for n in status.nodes for net in n.links_down}
         vms: dict[str, list[str]] = {}
         for vm in status.vms:

@@ -33,7 +33,7 @@ from vmcluster.errors import StoreError, SubstrateError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import Health
 from vmcluster.store.etcd import Compare, Put
-from vmcluster.store.state import ClusterState
+from vmcluster.store.state import ClusterState, declared_failed
 from vmcluster.substrate.host import netns
 from vmcluster.substrate.host.client import AgentClient, AgentDown
 from vmcluster.substrate.host.layout import LabLayout
@@ -133,7 +133,7 @@ class StoreBook:
         # isolated coordinator's entry outlives it by up to HOST_TTL_S, and every call to
         # it would wait out a connect timeout (a crashed one at least refuses at once).
         failed = {name for name, rec in self.state.node_states().items()
-                  if rec.get("failed") and rec.get("state") in ("down", "quarantined")}
+                  if declared_failed(rec)}
         names = {n.name for n in spec.nodes} - failed
         up = frozenset(n for n in links if n in names)
         return _view(spec, links, up, up)

@@ -156,7 +156,7 @@ def bootstrap_hosts(layout: LabLayout, spec: ClusterSpec, spec_text: str,
         f"({time.monotonic() - t0:.1f} s)")
     for node in joining:
         t1 = time.monotonic()
-        witness = spec.witness is not None and node.name == spec.witness.name
+        witness = node.name == spec.cluster.witness
         got = _vmcluster_in(layout, node.name, [
             "cluster", "join", init["api_url"], "--token", init["join_token"],
             "--ca-hash", init["ca_hash"], "--node", node.name,

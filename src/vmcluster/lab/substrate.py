@@ -49,7 +49,7 @@ class LabSubstrate(QemuSubstrate):
         if network not in self.spec.host(node).interfaces:
             raise UsageError(f"node {node!r} has no interface on {network!r}")
         netns.set_link(self.layout, self.spec, network, node, up)
-        if self.spec.witness is not None and node == self.spec.witness.name:
+        if node == self.spec.cluster.witness:
             return  # no agent publishes the witness's links: nothing to wait for
         # Return once the records show the link as set (in a lab with a store: once the
         # host published what it sees, a fraction of a second); a host that is down never

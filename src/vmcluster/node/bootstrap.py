@@ -143,7 +143,7 @@ def _member(spec: ClusterSpec, node: str) -> MemberSpec:
 def _node_in(spec: ClusterSpec, node: str, where: str, witness: bool = False) -> None:
     """``node`` is a host of the spec, and a witness exactly when the spec says so (the
     spec is the one source of truth: ``--witness`` adds only the host it names)."""
-    w = spec.witness.name if spec.witness is not None else None
+    w = spec.cluster.witness
     if witness and node != w:
         raise JoinRefused(422, "invalid", f"{node!r} is not the witness {where} names ("
                           + (f"it names {w!r}" if w else "it names none: [cluster] witness")

@@ -57,6 +57,7 @@ from vmcluster.node import load
 from vmcluster.node.bootstrap import promote_if_learner
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.policy.failover import stop_reason
+from vmcluster.store.state import declared_failed
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.host.client import LocalAgent, speak_as
 
@@ -125,7 +126,7 @@ class NodeWatch:
         if not states:
             return None  # a cluster of one: nobody to lose
         down = peers_down(states)
-        w = self.spec.witness.name if self.spec.witness is not None else None
+        w = self.spec.cluster.witness
         total = len(self.spec.nodes)
         reachable = total - len(down - {w})
         sees_witness = w is not None and w not in down and any(p == w for p, _ in states)
@@ -195,9 +196,7 @@ class NodeWatch:
                 if self.spec.witness is not None and not self.witness:
                     # The manager's verdict: a node declared down while it still reaches
                     # the store (a split the witness sees both sides of) stops its VMs.
-                    record = self.state.node_states().get(self.node, {})
-                    self.declared_down = bool(record.get("failed")) and \
-                        record.get("state") in ("down", "quarantined")
+                    self.declared_down = declared_failed(self.state.node_record(self.node))
                 while pending and not self.changed.is_set():
                     self.state.append_event(pending[0].to_json())
                     pending.pop(0)

@@ -50,11 +50,17 @@ from vmcluster.store.watch import Watch
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.protocol import Clock
 
-__all__ = ["SCHEMA_VERSION", "ClusterState", "Migration", "Placement"]
+__all__ = ["SCHEMA_VERSION", "ClusterState", "Migration", "Placement", "declared_failed"]
 
 SCHEMA_VERSION = 1
 SEQ_WIDTH = 12
 _APPEND_TRIES = 50
+
+
+def declared_failed(record: Mapping[str, Any]) -> bool:
+    """Does a node's record (``nodes/<node>``) say the manager declared it failed, its VMs
+    to restart elsewhere? (``failed`` is cleared once the node is heard again.)"""
+    return bool(record.get("failed")) and record.get("state") in ("down", "quarantined")
 
 
 def _dump(obj: object) -> bytes:
@@ -310,6 +316,11 @@ class ClusterState:
     def node_states(self) -> dict[str, dict[str, Any]]:
         kvs, _ = self.client.get_prefix(self.key("nodes", ""))
         return {kv.key.rsplit("/", 1)[1]: kv.json() for kv in kvs}
+
+    def node_record(self, node: str) -> dict[str, Any]:
+        """One node's record (``{}`` when it has none)."""
+        kv = self.client.get(self.key("nodes", node))
+        return {} if kv is None else dict(kv.json())
 
     def daemons(self) -> dict[str, dict[str, Any]]:
         """Each host's daemon record (``daemons/<node>``, written by its API part once it

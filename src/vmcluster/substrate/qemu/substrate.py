@@ -34,7 +34,7 @@ from vmcluster.substrate.protocol import (
 )
 from vmcluster.substrate.qemu.facts import QemuFacts, migration_refusal, pinned_machine
 from vmcluster.substrate.qemu.migration import QemuMigrations
-from vmcluster.substrate.qemu.records import SubstrateRecords
+from vmcluster.substrate.qemu.records import RecordsSnapshot, SubstrateRecords
 
 __all__ = ["QemuSubstrate"]
 
@@ -125,11 +125,17 @@ class QemuSubstrate:
             reply = self.agent(node).call("list", timeout_s=10)
         except AgentDown:
             return None
+        return self._down_in(node, reply)
+
+    def _down_in(self, node: str, reply: Mapping[str, Any],
+                 rec: RecordsSnapshot | None = None) -> tuple[str, ...]:
+        """``node``'s interfaces down, from its agent's ``list`` reply (an older agent's
+        reply names no links: the records' then)."""
         links = reply.get("links")
-        interfaces = self.spec.node(node).interfaces
         if isinstance(links, dict):
-            return _links_down(interfaces, links)
-        return self.records.snapshot(self.spec).links_down(node)  # an older agent
+            return tuple(net for net in self.spec.node(node).interfaces
+                         if links.get(net) is not True)
+        return (rec or self.records.snapshot(self.spec)).links_down(node)
 
     def status(self) -> SubstrateStatus:
         rec = self.records.snapshot(self.spec)
@@ -144,9 +150,7 @@ class QemuSubstrate:
                     running[node.name] = {v["vm"]: v for v in reply["vms"]}
                 except AgentDown:
                     nstate = "down"
-            links = reply.get("links")
-            down = _links_down(node.interfaces, links) if isinstance(links, dict) \
-                else rec.links_down(node.name)
+            down = self._down_in(node.name, reply, rec)
             nodes.append(NodeStatus(node.name, nstate, rec.storage_path(node.name), down))
         vms = []
         for vm in self.spec.vms:
@@ -271,11 +275,6 @@ class QemuSubstrate:
         self._await_off(node, True, 30.0, 0.2,
                         f"{node} was powered off but the cluster has not recorded it off "
                         "within 30 s")
-
-
-def _links_down(interfaces: Mapping[str, Any], links: Mapping[str, Any]) -> tuple[str, ...]:
-    """A host's interfaces down, as its agent's ``list`` reply saw them."""
-    return tuple(net for net in interfaces if links.get(net) is not True)
 
 
 def _busy(listed: list[dict[str, Any]], cores: int) -> float:
