@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vmcluster.csv.checkdisk import check_vm_disk
+from vmcluster.lab.guestctl import DISKWRITER_PORT, guest_request
 from vmcluster.lab.lab import lab_down, lab_up
 from vmcluster.substrate.host.layout import LabLayout
 
@@ -75,15 +75,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STALL = re.compile(rb"DISKSTALL ms=(\d+)")
 
 
-def request(layout: LabLayout, addr: str, line: str, port: int = 7778) -> str:
+def request(layout: LabLayout, addr: str, line: str, port: int = DISKWRITER_PORT) -> str:
     """One request line to the guest's disk writer, from the client namespace."""
-    code = ("import socket,sys;s=socket.create_connection((sys.argv[1],int(sys.argv[2])),10);"
-            "s.sendall(sys.argv[3].encode()+b'\\n');f=s.makefile();print(f.readline().strip())")
-    out = subprocess.run(["ip", "netns", "exec", layout.client_ns, sys.executable, "-c", code,
-                          addr, str(port), line], capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        raise RuntimeError(f"request {line!r} to {addr}: {out.stderr.strip()}")
-    return out.stdout.strip()
+    return guest_request(layout, addr, line, port)
 
 
 def stats(layout: LabLayout, addr: str) -> dict[str, float]:

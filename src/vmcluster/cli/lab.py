@@ -11,6 +11,7 @@ import click
 
 from vmcluster.cli.common import lab_option
 from vmcluster.errors import UsageError, VmclusterError
+from vmcluster.lab.faults import blip_net
 from vmcluster.lab.lab import lab_down, lab_up, resolve_lab, set_net
 from vmcluster.lab.services import lab_spec, leader_summary
 from vmcluster.lab.substrate import LabSubstrate
@@ -122,6 +123,23 @@ def net_down(target: str, name: str | None) -> None:
 @_NAME
 def net_up(target: str, name: str | None) -> None:
     _net(target, name, True)
+
+
+@net.command("blip")
+@click.argument("target", metavar="NETWORK[@NODE]")
+@click.option("--for", "seconds", type=float, default=1.0, show_default=True,
+              help="seconds down each time")
+@click.option("--times", type=int, default=1, show_default=True)
+@click.option("--gap", "gap_s", type=float, default=2.0, show_default=True,
+              help="seconds up between blips")
+@_NAME
+def net_blip(target: str, seconds: float, times: int, gap_s: float, name: str | None) -> None:
+    """Take NETWORK (or one node's interface on it) down for --for seconds, --times
+    times: blips shorter than the failure threshold must change nothing."""
+    sub = LabSubstrate(resolve_lab(name))
+    set_net(sub, target, True)  # a bad target fails here, before anything goes down
+    done = blip_net(lambda up: set_net(sub, target, up), seconds, times, gap_s)
+    click.echo(f"{target}: {done} blip(s) of {seconds:g} s, up again")
 
 
 @lab.group("storage")

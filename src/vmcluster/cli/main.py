@@ -39,6 +39,11 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
 _SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("lab", "lab_consolidate", "consolidate"),
     ("lab", "lab_node", "node"),
+    ("lab", "lab_faults", "kill"),
+    ("lab", "lab_faults", "freeze"),
+    ("lab", "lab_faults", "restart"),
+    ("lab", "lab_faults", "dirty"),
+    ("lab", "lab_faults", "chaos"),
 )
 
 

@@ -879,8 +879,15 @@ class Manager:
             self._end(it, token, "cancelled", error=str(exc))
             return
         except VmclusterError as exc:
-            self._end(it, token, "failed", error=str(exc))
-            return
+            if it.kind != "migrate" or it.args.get("vm") not in self.state.migrations():
+                self._end(it, token, "failed", error=str(exc))
+                return
+            # Its driver gave up with the migration still recorded (a store write that
+            # failed mid-switchover, say): the manager settles it; report what it settles.
+            result = {"vm": it.args["vm"], "target": it.args["to"], "ok": False,
+                      "unsettled": True, "error": str(exc)}
+        if it.kind == "migrate" and result.get("unsettled"):
+            result = self._settled(result, token)
         state = ("cancelled" if result.get("cancelled") else
                  "done" if result.get("ok", True) else "failed")
         if it.kind == "migrate" and result.get("source") and result.get("target"):
@@ -891,6 +898,29 @@ class Manager:
                     str(result.get("network") or ""), bool(result.get("ok")),
                     result.get("downtime_ms")))
         self._end(it, token, state, result=result, error=result.get("error"))
+
+    def _settled(self, result: dict[str, Any], token: int) -> dict[str, Any]:
+        """A migration whose driver was lost ends as the manager settles its record (from
+        QEMU's own state on both ends): wait for that (at most ``resume_wait_s``), then say
+        where the VM runs, not the lost driver's guess."""
+        vm, target = str(result["vm"]), str(result["target"])
+        deadline = self.clock.now() + self.params.resume_wait_s
+        while vm in self.state.migrations() and self.clock.now() < deadline:
+            term = self.term
+            if term is None or term.token != token:
+                return result  # deposed: the next manager adopts the intent
+            self.clock.sleep(self.params.tick_s)
+        if vm in self.state.migrations():
+            return result  # not settled yet: the lost driver's word is all there is
+        placed = self.state.placements().get(vm)
+        node = placed.node if placed is not None else None
+        lost = str(result.get("error") or "its driver was lost")
+        if node == target:
+            return {**result, "ok": True, "unsettled": False, "settled_by": "manager",
+                    "error": None, "note": f"{lost}; the manager completed it: {vm} runs "
+                    f"on {target}"}
+        return {**result, "unsettled": False, "settled_by": "manager",
+                "error": f"{lost}; the manager rolled it back: {vm} runs on {node}"}
 
     def _await_migrations_in_flight(self, token: int, cancelled: Callable[[], bool]) -> None:
         """Before a resumed intent runs again: until every migration in flight now has

@@ -8,6 +8,10 @@
   the manager owns placement.
 * ``isolate`` / ``rejoin``: every cluster (role >= 1) interface of the node
   down / up; its processes keep running, cut off.
+* ``kill`` / ``freeze`` / ``restart`` one part of a host (its etcd member, agent,
+  manager candidate, heartbeats, API, the ``vmclusterd`` supervisor itself, or
+  one VM's QEMU): the faults a campaign and an operator inject one at a time.
+* ``blip``: a network (or one node's interface on it) down for a moment, N times.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 from vmcluster.errors import LabError, UsageError
 from vmcluster.lab.hosts import daemon_pids, start_daemon
@@ -26,8 +32,14 @@ from vmcluster.substrate.host import netns
 from vmcluster.substrate.host.layout import LabLayout
 from vmcluster.substrate.host.state import read_state
 
-__all__ = ["crash_node", "cut_between", "isolate_node", "rejoin_node", "signal_node",
+__all__ = ["PARTS", "blip_net", "crash_node", "cut_between", "freeze_part", "isolate_node",
+           "kill_part", "part_pids", "qemu_pids", "rejoin_node", "restart_part", "signal_node",
            "start_node"]
+
+#: A host's parts as the fault commands name them -> the role :func:`daemon_pids` gives.
+PARTS = {"etcd": "etcd", "agent": "agent", "manager": "managerd", "heartbeats": "nodewatch",
+         "api": "api", "vmclusterd": "vmclusterd", "watchdog": "watchdog", "qemu": ""}
+SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
 
 
 def _spec(layout: LabLayout, node: str) -> ClusterSpec:
@@ -104,3 +116,121 @@ def isolate_node(layout: LabLayout, node: str) -> list[str]:
 def rejoin_node(layout: LabLayout, node: str) -> list[str]:
     """Every cluster interface of ``node`` up again."""
     return _links(layout, node, True)
+
+
+def qemu_pids(layout: LabLayout, node: str, vm: str) -> list[int]:
+    """The pids of ``vm``'s QEMU on ``node`` (its source or target; none if it runs elsewhere)."""
+    out = []
+    for pid in netns.ns_pids(layout.node_ns(node)):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-name" in argv[:-1] and argv[argv.index(b"-name") + 1].split(b",")[0] == vm.encode():
+            out.append(pid)
+    return out
+
+
+def part_pids(layout: LabLayout, node: str, part: str, vm: str | None = None) -> list[int]:
+    """The pids of one part of ``node`` (see :data:`PARTS`); ``qemu`` needs ``vm``."""
+    _spec(layout, node)
+    if part not in PARTS:
+        raise UsageError(f"no part {part!r} of a host; parts: {', '.join(PARTS)}")
+    if part == "qemu":
+        if not vm:
+            raise UsageError("which VM's QEMU? name it: `lab kill NODE qemu VM`")
+        return qemu_pids(layout, node, vm)
+    if vm:
+        raise UsageError(f"a VM is named only with the part qemu, not {part}")
+    return daemon_pids(layout, node)[PARTS[part]]
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [p for p in pids if Path(f"/proc/{p}").exists()]
+
+
+def kill_part(layout: LabLayout, node: str, part: str, vm: str | None = None,
+              sig: str = "KILL", timeout_s: float = 10.0) -> list[int]:
+    """Send ``sig`` (KILL, TERM or INT) to one part of ``node``; returns the pids hit,
+    once they are gone (KILL) or signalled (TERM, INT: the part decides what it does)."""
+    if sig not in SIGNALS:
+        raise UsageError(f"signal {sig!r}: KILL, TERM or INT")
+    pids = part_pids(layout, node, part, vm)
+    if not pids:
+        what = f"{vm}'s QEMU" if part == "qemu" else f"its {part}"
+        raise UsageError(f"{node} runs no {what} now; nothing to kill")
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, SIGNALS[sig])
+    deadline = time.monotonic() + timeout_s
+    while sig == "KILL" and _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+def freeze_part(layout: LabLayout, node: str, part: str, seconds: float,
+                vm: str | None = None) -> list[int]:
+    """SIGSTOP one part of ``node`` for ``seconds``, then SIGCONT it (also if this call
+    is interrupted: a freeze never outlives the command); returns the pids frozen."""
+    if not 0 < seconds <= 3600:
+        raise UsageError(f"--for {seconds:g}: a freeze lasts 0 to 3600 s")
+    pids = part_pids(layout, node, part, vm)
+    if not pids:
+        raise UsageError(f"{node} runs no {part} now; nothing to freeze")
+    try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        time.sleep(seconds)
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    return pids
+
+
+def restart_part(layout: LabLayout, node: str, part: str, timeout_s: float = 30.0) -> list[int]:
+    """Restart one part of ``node`` as an operator would: the ``vmclusterd`` supervisor
+    (SIGTERM, as ``systemctl restart`` does, then started again: its VMs keep running),
+    or one of its parts (SIGTERM; the supervisor starts it again). Returns the new pids."""
+    if part in ("qemu", "watchdog"):
+        raise UsageError(f"{part} is not restarted: kill it (`lab kill`) and see what follows")
+    old = part_pids(layout, node, part)
+    if not old:
+        raise UsageError(f"{node} runs no {part} now; start the node (`lab node start {node}`)")
+    for pid in old:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(old):
+        if time.monotonic() > deadline:
+            raise LabError(f"{node}'s {part} did not stop within {timeout_s:.0f} s of SIGTERM")
+        time.sleep(0.05)
+    if part == "vmclusterd":
+        start_daemon(layout, node)
+    while not (new := part_pids(layout, node, part)):
+        if time.monotonic() > deadline:
+            raise LabError(f"{node}'s {part} was not started again within {timeout_s:.0f} s")
+        time.sleep(0.1)
+    return new
+
+
+def blip_net(set_link: Callable[[bool], object], seconds: float, times: int,
+             gap_s: float) -> int:
+    """Take a link down for ``seconds`` and up again, ``times`` times with ``gap_s``
+    between; always leaves it up. Returns how many blips were made."""
+    if not 0 < seconds <= 600 or not 1 <= times <= 1000 or not 0 <= gap_s <= 600:
+        raise UsageError(f"a blip lasts 0-600 s ({seconds:g}), 1-1000 times ({times}), "
+                         f"0-600 s apart ({gap_s:g})")
+    done = 0
+    try:
+        for i in range(times):
+            if i:
+                time.sleep(gap_s)
+            set_link(False)
+            time.sleep(seconds)
+            set_link(True)
+            done += 1
+    finally:
+        set_link(True)
+    return done

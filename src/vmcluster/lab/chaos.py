@@ -1,0 +1,720 @@
+"""The fault campaign: every fault a cluster must survive, injected on the lab, checked.
+
+``vmcluster lab chaos`` (and ``bench/bench_faults.py``) runs scenarios one after
+the other on one lab. Each starts from a known state (every VM running once,
+every host heard, its agent answering), injects its fault, watches, checks and
+restores. For the whole campaign:
+
+* a sampler asks every host for its QEMUs every 50 ms (behind a silent agent's
+  back: QEMU's own QMP socket); a VM seen running on two hosts in one sample is
+  a **double run** and fails the scenario it happened in;
+* after each scenario, every VM's disk is checked against the writes its guest
+  acknowledged: a lost or corrupt acknowledged write fails it.
+
+A scenario reports: the fault, what must happen, what did, its figures (seconds
+from the fault to detection, to the cluster's action, to the VM running again
+and to its guest answering; client blackouts), and pass or fail. Scenarios
+marked ``ci`` make the short campaign the test suite runs.
+
+What a campaign does not cover: a wall-clock jump (etcd reads time through the
+vDSO, and the lab has no per-namespace clock); two sides of four nodes; post-copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import vmcluster
+from vmcluster.errors import LabError, UsageError, VmclusterError
+from vmcluster.lab.faults import (
+    blip_net,
+    crash_node,
+    freeze_part,
+    isolate_node,
+    kill_part,
+    part_pids,
+    rejoin_node,
+    restart_part,
+    start_node,
+)
+from vmcluster.lab.guestctl import guest_request
+from vmcluster.lab.lab import set_net
+from vmcluster.lab.probe import ClientProbe
+from vmcluster.lab.sampler import RunSampler
+from vmcluster.lab.services import LabStore, lab_access
+from vmcluster.lab.substrate import LabSubstrate
+from vmcluster.lab.watch import (
+    FAILOVER_KINDS,
+    Mark,
+    check_disks,
+    etcd_leader,
+    events_after,
+    manager,
+    settle,
+    wait_event,
+)
+from vmcluster.substrate.host.client import AgentClient
+
+__all__ = ["SCENARIOS", "Campaign", "Outcome", "Row", "Scenario", "pick"]
+
+SAMPLE_S = 0.05
+RUN_AGAIN_S = 90.0  # generous: a restarted guest boots under TCG on a loaded machine
+
+
+@dataclass
+class Outcome:
+    """What a scenario saw: a sentence, whether its own checks held, its figures."""
+
+    observed: str
+    ok: bool
+    figures: dict[str, float | int | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    fault: str
+    expected: str
+    run: Callable[[Campaign], Outcome]
+    ci: bool = False
+
+
+@dataclass
+class Row:
+    """One scenario's line of the campaign's table (and its JSON)."""
+
+    scenario: str
+    fault: str
+    expected: str
+    observed: str
+    passed: bool
+    double_runs: int
+    lost_writes: int
+    seconds: float
+    figures: dict[str, float | int | None]
+
+    def figure(self) -> str:
+        shown = [f"{k} {v}" for k, v in self.figures.items() if v is not None]
+        return ", ".join(shown) or "-"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Campaign:
+    """One lab, its store, a sampler running throughout, and the helpers scenarios share."""
+
+    def __init__(self, sub: LabSubstrate, store: LabStore, sampler: RunSampler,
+                 say: Callable[[str], None] = lambda _m: None) -> None:
+        self.sub, self.store, self.sampler, self.say = sub, store, sampler, say
+        self.layout, self.spec = sub.layout, sub.spec
+        self.vms = [v.name for v in sub.spec.vms]
+        self.nodes = [n.name for n in sub.spec.nodes]
+
+    # -- state ---------------------------------------------------------------------------
+    def settle(self) -> dict[str, str]:
+        """Every VM runs once, every host is heard, every guest answers; vm -> node."""
+        where = settle(self.layout, self.spec, self.store, self.sampler)
+        m = self.mark()
+        for vm in where:
+            if self.answering(vm, m, timeout_s=60) is None:
+                raise LabError(f"{vm} runs on {where[vm]} but its guest does not answer")
+        return where
+
+    def mark(self) -> Mark:
+        return Mark.now(self.store, self.sampler)
+
+    def manager_node(self) -> str | None:
+        held = manager(self.store)
+        return held.name if held is not None else None
+
+    def victim(self, where: Mapping[str, str], *, with_manager: bool | None = False) -> str:
+        """A node that runs VMs: not the manager's (``with_manager=False``), the manager's
+        (True, VMs or not), or any (None)."""
+        mgr = self.manager_node()
+        if with_manager and mgr is not None:
+            return mgr
+        hosts = sorted(set(where.values()))
+        pool = [n for n in hosts if with_manager is None or n != mgr] or hosts
+        return pool[0]
+
+    def events(self, mark: Mark) -> list[dict[str, Any]]:
+        return events_after(self.store, mark.seq)
+
+    def failovers(self, mark: Mark) -> list[str]:
+        """Failover events since ``mark`` (none may follow a harmless fault)."""
+        return [f"{e['kind']} {e.get('peer') or e.get('vm') or e.get('node')}"
+                for e in self.events(mark) if e["kind"] in FAILOVER_KINDS]
+
+    def event_at(self, mark: Mark, timeout_s: float, **match: Any) -> float | None:
+        got = wait_event(self.store, mark.seq, timeout_s, **match)
+        return mark.after(got["at"]) if got else None
+
+    def running_again(self, vms: Sequence[str], mark: Mark, avoid: str | None = None,
+                      timeout_s: float = RUN_AGAIN_S) -> float | None:
+        took = self.sampler.wait(vms, since=mark.mono, timeout_s=timeout_s, avoid=avoid)
+        return None if took is None else round(took, 3)
+
+    def gone_from(self, node: str, vms: Sequence[str], mark: Mark,
+                  timeout_s: float = 30.0) -> float | None:
+        """Seconds from ``mark`` until none of ``vms`` is seen running on ``node`` (it
+        stopped them, or was fenced); None if they still run there after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            s = self.sampler.latest()
+            if s is not None and s.at > mark.mono and not any(
+                    node in s.running.get(vm, ()) for vm in vms):
+                return round(s.at - mark.mono, 3)
+            time.sleep(SAMPLE_S)
+        return None
+
+    def answering(self, vm: str, mark: Mark, timeout_s: float = RUN_AGAIN_S) -> float | None:
+        """Seconds from ``mark`` until ``vm``'s guest answers a request (its workload)."""
+        addr = self.spec.vm(vm).address
+        if addr is None:
+            return None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(LabError):
+                if guest_request(self.layout, str(addr), "STATS", timeout_s=3).startswith(
+                        "STATS "):
+                    return round(time.monotonic() - mark.mono, 3)
+            time.sleep(0.2)
+        return None
+
+    @contextlib.contextmanager
+    def clients(self, vm: str) -> Iterator[dict[str, dict[str, Any]]]:
+        """A TCP echo and a UDP probe against ``vm`` for the block; their reports after."""
+        out: dict[str, dict[str, Any]] = {}
+        addr = self.spec.vm(vm).address
+        probes = []
+        if addr is not None:
+            for mode in ("tcp", "udp"):
+                p = ClientProbe(self.layout, str(addr), mode)
+                with contextlib.suppress(LabError):
+                    p.start()
+                    probes.append(p)
+        try:
+            yield out
+        finally:
+            for p in probes:
+                p.interrupt()
+            for p in probes:
+                out[p.mode] = p.stop()
+
+    def node_back(self, node: str, mark: Mark) -> None:
+        """Bring ``node`` back into service after a scenario (started if its daemon is
+        gone) and forget its failures (scenarios are independent: no flap quarantine)."""
+        if not part_pids(self.layout, node, "vmclusterd"):
+            start_node(self.layout, node)
+        wait_event(self.store, mark.seq, 60, kind="node_up", peer=node)
+        self.store.call(lambda: self.store.state.set_node_state(node, "up", None, failures=[],
+                                                                failed=False))
+
+    def vmc(self, *args: str) -> list[str]:
+        """The argv of the vmcluster CLI run from the lab's admin namespace."""
+        return ["ip", "netns", "exec", self.layout.client_ns, sys.executable, "-m",
+                "vmcluster", *args]
+
+    def vmc_env(self) -> dict[str, str]:
+        access = lab_access(self.layout)
+        src = str(Path(vmcluster.__file__).resolve().parent.parent)
+        return {**os.environ, "PYTHONPATH": src, "VMCLUSTER_URL": ",".join(access.urls),
+                "VMCLUSTER_TOKEN": access.token, "VMCLUSTER_CA": str(access.ca)}
+
+    def copies(self, vm: str) -> dict[str, str]:
+        """Every QEMU of ``vm`` on a host whose agent answers: node -> run status."""
+        out = {}
+        for n in self.nodes:
+            with contextlib.suppress(VmclusterError):
+                for v in AgentClient(self.layout, n).call("list", timeout_s=5)["vms"]:
+                    if v["vm"] == vm:
+                        out[n] = str(v["status"])
+        return out
+
+    def one_copy(self, vm: str, timeout_s: float = 60.0) -> str | None:
+        """Wait until ``vm`` has exactly one QEMU, running, and no migration recorded;
+        its node (None if it never settles)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            copies = self.copies(vm)
+            flying = self.store.call(self.store.state.migrations)
+            if vm not in flying and len(copies) == 1 and "running" in copies.values():
+                return next(iter(copies))
+            time.sleep(0.3)
+        return None
+
+    def run(self, sc: Scenario) -> Row:
+        """Settle, run one scenario, check disks; a scenario that raises fails (its row
+        says why) and the campaign goes on from a settled lab."""
+        self.say(f"scenario {sc.name}: {sc.fault}")
+        try:
+            self.settle()
+        except LabError as exc:
+            return Row(sc.name, sc.fault, sc.expected, f"lab not settled before: {exc}", False,
+                       0, 0, 0.0, {})
+        t0, doubles = time.monotonic(), len(self.sampler.doubles)
+        try:
+            out = sc.run(self)
+        except (VmclusterError, OSError, subprocess.SubprocessError) as exc:
+            out = Outcome(f"the scenario broke: {exc}", False)
+        doubled = len(self.sampler.doubles) - doubles
+        lost = 0
+        try:
+            self.settle()
+            lost = sum(c.missing + c.corrupt for c in check_disks(self.layout, self.spec))
+        except (VmclusterError, OSError) as exc:
+            out = Outcome(f"{out.observed}; after it: {exc}", False, out.figures)
+        return Row(sc.name, sc.fault, sc.expected, out.observed,
+                   out.ok and doubled == 0 and lost == 0, doubled, lost,
+                   round(time.monotonic() - t0, 1), out.figures)
+
+
+# -- the scenarios --------------------------------------------------------------------------
+
+def _crash(c: Campaign, with_manager: bool) -> Outcome:
+    where = c.settle()
+    victim = c.victim(where, with_manager=with_manager)
+    lost = [vm for vm, n in where.items() if n == victim]
+    m = c.mark()
+    crash_node(c.layout, victim)
+    running = c.running_again(lost, m, avoid=victim) if lost else 0.0
+    answering = c.answering(lost[0], m) if lost else None
+    fig: dict[str, float | int | None] = {
+        "detect_s": c.event_at(m, 30, kind="node_down", peer=victim),
+        "act_s": None, "running_s": running, "answering_s": answering}
+    restarted = [e["at"] for e in c.events(m) if e["kind"] == "vm_restarted"]
+    fig["act_s"] = m.after(min(restarted)) if restarted else None
+    if with_manager:
+        fig["new_manager_s"] = c.event_at(m, 30, kind="leader_elected")
+    c.node_back(victim, m)
+    ok = fig["detect_s"] is not None and (not lost or running is not None)
+    return Outcome(f"{victim} crashed ({', '.join(lost) or 'no VMs'}); "
+                   + ("its VMs run again elsewhere" if lost and running is not None else
+                      "nothing to restart" if not lost else "its VMs did NOT run again"),
+                   ok, fig)
+
+
+def sc_node_crash(c: Campaign) -> Outcome:
+    return _crash(c, with_manager=False)
+
+
+def sc_manager_node_crash(c: Campaign) -> Outcome:
+    return _crash(c, with_manager=True)
+
+
+def _quiet(c: Campaign, what: str, fault: Callable[[], object]) -> Outcome:
+    m = c.mark()
+    fault()
+    time.sleep(3)  # what the cluster would do about it, it would have started by now
+    spurious = c.failovers(m)
+    downs = sum(1 for e in c.events(m) if e["kind"] == "route_down")
+    return Outcome(f"{what}: " + (f"spurious {spurious}" if spurious else "no failover"),
+                   not spurious, {"route_downs": downs, "failovers": len(spurious)})
+
+
+def sc_heartbeat_down(c: Campaign) -> Outcome:
+    def fault() -> None:
+        set_net(c.sub, "Heartbeat", False)
+        try:
+            time.sleep(8)
+        finally:
+            set_net(c.sub, "Heartbeat", True)
+    return _quiet(c, "Heartbeat down 8 s, traffic on the next network", fault)
+
+
+def sc_blips(c: Campaign) -> Outcome:
+    node = c.nodes[-1]
+    return _quiet(c, f"three 0.8 s blips of Heartbeat@{node}", lambda: blip_net(
+        lambda up: set_net(c.sub, f"Heartbeat@{node}", up), 0.8, 3, 2.0))
+
+
+def sc_isolation(c: Campaign) -> Outcome:
+    where = c.settle()
+    victim = c.victim(where)
+    lost = [vm for vm, n in where.items() if n == victim]
+    m = c.mark()
+    isolate_node(c.layout, victim)
+    try:
+        stop = c.gone_from(victim, lost, m)
+        running = c.running_again(lost, m, avoid=victim)
+    finally:
+        rejoin_node(c.layout, victim)
+    c.node_back(victim, m)
+    ok = stop is not None and running is not None and running >= stop
+    return Outcome(f"{victim} isolated: " + (f"stopped its VMs at {stop} s" if stop is not None
+                                             else "did NOT stop its VMs")
+                   + (f"; they run on the majority at {running} s" if running is not None else
+                      "; they did NOT run again"), ok, {"stop_s": stop, "running_s": running})
+
+
+def _store_writes(c: Campaign, m: Mark, timeout_s: float) -> float | None:
+    """Seconds from ``m`` until the store takes a write again."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(VmclusterError, OSError):
+            c.store.call(c.store.state.append_event,
+                         {"kind": "chaos_marker", "at": time.time(), "node": "chaos"},
+                         timeout=5)
+            return round(time.monotonic() - m.mono, 3)
+        time.sleep(0.2)
+    return None
+
+
+def sc_etcd_leader_kill(c: Campaign) -> Outcome:
+    c.settle()
+    leader = etcd_leader(c.store, c.spec)
+    if leader is None:
+        return Outcome("no etcd member says it leads", False)
+    m = c.mark()
+    kill_part(c.layout, leader, "etcd")
+    back = _store_writes(c, m, 30)
+    time.sleep(2)
+    spurious = c.failovers(m)
+    return Outcome(f"etcd leader on {leader} killed: store "
+                   + (f"writes again after {back} s" if back is not None else "did NOT recover")
+                   + (f"; spurious {spurious}" if spurious else ""),
+                   back is not None and not spurious, {"store_back_s": back})
+
+
+def sc_etcd_quorum_loss(c: Campaign) -> Outcome:
+    c.settle()
+    two = c.nodes[:2]
+    m = c.mark()
+    freezers = [threading.Thread(target=freeze_part, args=(c.layout, n, "etcd", 10.0))
+                for n in two]
+    for t in freezers:
+        t.start()
+    for t in freezers:
+        t.join()
+    back = _store_writes(c, m, 30)
+    running = c.running_again(c.vms, c.mark(), timeout_s=30)
+    return Outcome(f"etcd of {' and '.join(two)} frozen 10 s (no quorum): store "
+                   + (f"writes again {back} s after the loss" if back is not None else
+                      "did NOT recover")
+                   + ("; every VM runs" if running is not None else "; a VM does NOT run"),
+                   back is not None and running is not None, {"store_back_s": back})
+
+
+def sc_manager_freeze(c: Campaign) -> Outcome:
+    c.settle()
+    old = c.manager_node()
+    if old is None:
+        return Outcome("no manager elected", False)
+    m = c.mark()
+    freeze_part(c.layout, old, "manager", 8.0)  # the lease is 3 s
+    new = wait_event(c.store, m.seq, 5, kind="leader_elected")
+    time.sleep(2)
+    now = c.manager_node()
+    return Outcome(f"manager on {old} frozen 8 s: "
+                   + (f"{new['node']} elected after {m.after(new['at'])} s" if new else
+                      "no new manager")
+                   + f"; manager now {now}", new is not None and now is not None,
+                   {"new_manager_s": m.after(new["at"]) if new else None})
+
+
+def sc_agent_kill(c: Campaign) -> Outcome:
+    where = c.settle()
+    victim = c.victim(where, with_manager=None)
+    mine = sorted(vm for vm, n in where.items() if n == victim)
+    m = c.mark()
+    kill_part(c.layout, victim, "agent")
+    deadline = time.monotonic() + 30
+    while not AgentClient(c.layout, victim).alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    back = round(time.monotonic() - m.mono, 3) if time.monotonic() < deadline else None
+    time.sleep(3)
+    spurious = c.failovers(m)
+    s = c.sampler.latest()
+    still = sorted(vm for vm, ns in (s.running if s else {}).items() if victim in ns)
+    ok = back is not None and not spurious and still == mine
+    return Outcome(f"{victim}'s agent killed: back after {back} s, VMs {still} still there"
+                   + (f"; spurious {spurious}" if spurious else ""), ok, {"agent_back_s": back})
+
+
+def sc_vmclusterd_kill(c: Campaign, freeze: bool = False) -> Outcome:
+    where = c.settle()
+    victim = c.victim(where)
+    lost = [vm for vm, n in where.items() if n == victim]
+    m = c.mark()
+    if freeze:
+        threading.Thread(target=freeze_part, args=(c.layout, victim, "vmclusterd", 15.0),
+                         daemon=True).start()
+    else:
+        kill_part(c.layout, victim, "vmclusterd")
+    fenced = c.gone_from(victim, lost, m)  # its watchdog killed its QEMUs
+    running = c.running_again(lost, m, avoid=victim)
+    time.sleep(16 if freeze else 0)  # a frozen daemon wakes up (fenced) before the restore
+    c.node_back(victim, m)
+    ok = fenced is not None and running is not None and running >= fenced
+    return Outcome(f"{victim}'s vmclusterd {'frozen' if freeze else 'killed'}: "
+                   + (f"fenced by its watchdog at {fenced} s" if fenced is not None else
+                      "NOT fenced")
+                   + (f", VMs running elsewhere at {running} s" if running is not None else
+                      ", VMs NOT running again"), ok,
+                   {"fenced_s": fenced, "running_s": running})
+
+
+def sc_vmclusterd_freeze(c: Campaign) -> Outcome:
+    return sc_vmclusterd_kill(c, freeze=True)
+
+
+def sc_daemon_restart_under_load(c: Campaign) -> Outcome:
+    where = c.settle()
+    victim = c.victim(where)
+    code = "import time\nend = time.monotonic() + 12\nwhile time.monotonic() < end: pass"
+    burners = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 2)]
+    m = c.mark()
+    try:
+        restart_part(c.layout, victim, "vmclusterd")
+    finally:
+        for b in burners:
+            b.wait(timeout=60)
+    time.sleep(3)
+    spurious = c.failovers(m)
+    moved = {vm: n for vm, n in c.settle().items() if where[vm] != n}
+    return Outcome(f"{victim}'s vmclusterd restarted under full CPU load: "
+                   + (f"spurious {spurious}" if spurious else "no failover")
+                   + (f", moved {moved}" if moved else ", every VM where it was"),
+                   not spurious and not moved, {"failovers": len(spurious)})
+
+
+def _migration(c: Campaign, vm: str, target: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(c.vmc("vm", "migrate", vm, "--to", target, "--json"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=c.vmc_env())
+
+
+def _wait_phase(proc: subprocess.Popen[str], phase: str, timeout_s: float = 60.0) -> bool:
+    """Read the CLI's progress lines until ``phase`` (``setup``: at once; ``copying``: the
+    first pass line) is reached; False if it ended first."""
+    if phase == "setup":
+        time.sleep(0.5)
+        return proc.poll() is None
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    for line in proc.stderr:
+        if " pass " in line and " active " in line:
+            return True
+        if time.monotonic() > deadline:
+            break
+    return False
+
+
+CLI_CELLS = [(phase, sig) for phase in ("setup", "copying") for sig in ("INT", "TERM", "KILL")]
+
+
+def _cli_killed(c: Campaign, phase: str, sig: str) -> Outcome:
+    where = c.settle()
+    vm = sorted(where)[0]
+    source = where[vm]
+    target = next(n for n in c.nodes if n != source)
+    proc = _migration(c, vm, target)
+    try:
+        reached = _wait_phase(proc, phase)
+        if proc.poll() is None:
+            os.kill(proc.pid, {"INT": 2, "TERM": 15, "KILL": 9}[sig])
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=90)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    node = c.one_copy(vm, 90)
+    # SIGINT asks the cluster to cancel; TERM or KILL of the CLI changes nothing.
+    expect = {source, target} if sig == "INT" else {target}
+    ok = node in expect
+    placed = c.store.call(c.store.state.placements).get(vm)
+    ok = ok and placed is not None and placed.node == node
+    return Outcome(f"vm migrate {vm} {source}->{target}, CLI SIG{sig} at {phase}"
+                   + ("" if reached else " (it ended first)")
+                   + f": one copy on {node}, recorded on {placed.node if placed else None}",
+                   ok, {})
+
+
+def _cli_scenario(phase: str, sig: str) -> Callable[[Campaign], Outcome]:
+    return lambda c: _cli_killed(c, phase, sig)
+
+
+def _mid_migration(c: Campaign, what: str, fault: Callable[[str, str, str], object]) -> Outcome:
+    where = c.settle()
+    vm = sorted(where)[-1]
+    source = where[vm]
+    target = next(n for n in reversed(c.nodes) if n != source)
+    guest_request(c.layout, str(c.spec.vm(vm).address), "RATE 24")  # a longer copy
+    proc = _migration(c, vm, target)
+    out = err = ""
+    try:
+        reached = _wait_phase(proc, "copying")
+        if reached:
+            fault(vm, source, target)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        with contextlib.suppress(LabError):
+            guest_request(c.layout, str(c.spec.vm(vm).address), "RATE 8")
+    node = c.one_copy(vm, 90)
+    placed = c.store.call(c.store.state.placements).get(vm)
+    res = _json_line(out)
+    # What the CLI said must be true: done means on the target; failed, on the source
+    # (or the error says where it runs).
+    told = (node == target if proc.returncode == 0 else
+            node == source or f"runs on {node}" in err or f"on {node}" in str(res.get("error")))
+    ok = (reached and node is not None and placed is not None and placed.node == node
+          and told)
+    fig: dict[str, float | int | None] = {
+        "attempts": 1 + len(res.get("tried") or []) if res else None,
+        "total_s": res.get("total_s"), "downtime_ms": res.get("downtime_ms")}
+    return Outcome(f"{what} while {vm} migrated {source}->{target}: CLI exit "
+                   f"{proc.returncode} ({res.get('state') or '?'}: "
+                   f"{(res.get('error') or err.strip()[-400:] or 'no error')}), "
+                   f"one copy on {node}" + ("" if told else " (NOT what the CLI said)"), ok, fig)
+
+
+def _json_line(text: str) -> dict[str, Any]:
+    """The last line of a CLI's ``--json`` output as an object ({} if there is none)."""
+    with contextlib.suppress(ValueError, IndexError):
+        got = json.loads(text.strip().splitlines()[-1])
+        return got if isinstance(got, dict) else {}
+    return {}
+
+
+def sc_target_qemu_kill(c: Campaign) -> Outcome:
+    return _mid_migration(c, "target QEMU killed", lambda vm, _s, t: kill_part(
+        c.layout, t, "qemu", vm))
+
+
+def sc_source_agent_kill(c: Campaign) -> Outcome:
+    return _mid_migration(c, "source agent killed", lambda _vm, s, _t: kill_part(
+        c.layout, s, "agent"))
+
+
+def sc_target_agent_kill(c: Campaign) -> Outcome:
+    return _mid_migration(c, "target agent killed", lambda _vm, _s, t: kill_part(
+        c.layout, t, "agent"))
+
+
+def sc_migration_net_cut(c: Campaign) -> Outcome:
+    def cut(_vm: str, _s: str, _t: str) -> None:
+        set_net(c.sub, "Migration", False)
+        try:
+            time.sleep(5)
+        finally:
+            set_net(c.sub, "Migration", True)
+    return _mid_migration(c, "Migration network cut 5 s", cut)
+
+
+def sc_two_migrations(c: Campaign) -> Outcome:
+    where = c.settle()
+    vm = sorted(where)[0]
+    source = where[vm]
+    a, b = [n for n in c.nodes if n != source][:2]
+    p1, p2 = _migration(c, vm, a), _migration(c, vm, b)
+    outs = [p.communicate(timeout=180) for p in (p1, p2)]
+    node = c.one_copy(vm, 90)
+    codes = (p1.returncode, p2.returncode)
+    ok = node in (a, b) and 0 in codes
+    refused = [o[1].strip().splitlines()[-1] for o, p in zip(outs, (p1, p2), strict=True)
+               if p.returncode and o[1].strip()]
+    return Outcome(f"two `vm migrate {vm}` at once (to {a}, to {b}): exits {codes}, one copy "
+                   f"on {node}" + (f"; refused: {refused[0][:80]}" if refused else ""), ok, {})
+
+
+def _scenarios() -> list[Scenario]:
+    out = [
+        Scenario("node-crash", "SIGKILL every process of a node running VMs (not the "
+                 "manager's)", "its VMs run again on a survivor, once", sc_node_crash, ci=True),
+        Scenario("manager-node-crash", "SIGKILL every process of the manager's node",
+                 "a new manager; its VMs run again, once", sc_manager_node_crash),
+        Scenario("heartbeat-down", "the Heartbeat network down 8 s",
+                 "heartbeats move to the next network; no failover", sc_heartbeat_down,
+                 ci=True),
+        Scenario("blips", "three 0.8 s blips of one node's Heartbeat link",
+                 "below the threshold: no failover", sc_blips, ci=True),
+        Scenario("isolation", "every cluster link of a node running VMs down",
+                 "it stops its VMs; the majority runs them, once", sc_isolation),
+        Scenario("etcd-leader-kill", "SIGKILL the etcd raft leader's member",
+                 "a new raft leader; writes resume; no failover", sc_etcd_leader_kill,
+                 ci=True),
+        Scenario("etcd-quorum-loss", "two of three etcd members frozen 10 s",
+                 "no VM stopped or doubled; writes resume after", sc_etcd_quorum_loss),
+        Scenario("manager-freeze", "the manager frozen 8 s (its lease is 3 s)",
+                 "another manager is elected; nothing doubled", sc_manager_freeze),
+        Scenario("agent-kill", "SIGKILL a host's agent", "restarted; its VMs untouched; "
+                 "no failover", sc_agent_kill, ci=True),
+        Scenario("vmclusterd-kill", "SIGKILL a host's vmclusterd, its QEMUs running",
+                 "its watchdog fences it before its VMs run elsewhere", sc_vmclusterd_kill),
+        Scenario("vmclusterd-freeze", "a host's vmclusterd frozen 15 s",
+                 "its watchdog fences it before its VMs run elsewhere", sc_vmclusterd_freeze),
+        Scenario("daemon-restart-load", "systemctl-restart of vmclusterd under full CPU load",
+                 "no VM stops or moves; no failover", sc_daemon_restart_under_load, ci=True),
+        Scenario("target-qemu-kill", "SIGKILL the target QEMU mid-copy",
+                 "the VM stays on the source, once", sc_target_qemu_kill),
+        Scenario("source-agent-kill", "SIGKILL the source agent mid-copy",
+                 "one copy, where the store says", sc_source_agent_kill),
+        Scenario("target-agent-kill", "SIGKILL the target agent mid-copy",
+                 "one copy, where the store says", sc_target_agent_kill),
+        Scenario("migration-net-cut", "the Migration network down 5 s mid-copy",
+                 "one copy, where the store says", sc_migration_net_cut, ci=True),
+        Scenario("two-migrations", "two migrations of one VM at once",
+                 "one runs, one is refused; one copy", sc_two_migrations),
+    ]
+    for phase, sig in CLI_CELLS:
+        out.append(Scenario(
+            f"cli-{sig.lower()}-{phase}", f"the migrating CLI gets SIG{sig} at {phase}",
+            "cancelled (INT) or finished by the cluster; one copy" if sig == "INT" else
+            "the cluster finishes it; one copy", _cli_scenario(phase, sig),
+            ci=(phase, sig) == ("copying", "TERM")))
+    return out
+
+
+SCENARIOS: tuple[Scenario, ...] = tuple(_scenarios())
+
+
+def pick(names: Sequence[str] = (), ci_only: bool = False) -> list[Scenario]:
+    """The scenarios named (all, or the CI subset); an unknown name is a usage error."""
+    by_name = {s.name: s for s in SCENARIOS}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise UsageError(f"no scenario {unknown[0]!r}; scenarios: {', '.join(by_name)}")
+    chosen = [by_name[n] for n in names] if names else list(SCENARIOS)
+    return [s for s in chosen if s.ci] if ci_only else chosen
+
+
+def run_campaign(sub: LabSubstrate, store: LabStore, scenarios: Sequence[Scenario],
+                 say: Callable[[str], None] = lambda _m: None) -> list[Row]:
+    """Every scenario in turn with one sampler watching throughout."""
+    with RunSampler(sub.layout, [n.name for n in sub.spec.nodes], period_s=SAMPLE_S) as sampler:
+        c = Campaign(sub, store, sampler, say)
+        rows = []
+        for sc in scenarios:
+            row = c.run(sc)
+            say(f"  {'pass' if row.passed else 'FAIL'}: {row.observed}")
+            rows.append(row)
+        return rows
+
+
+def table(rows: Sequence[Row]) -> list[str]:
+    """The campaign as lines: one row per scenario."""
+    out = [f"{'scenario':<22}{'pass':<6}{'doubles':>8}{'lost':>6}{'s':>7}  observed / figures"]
+    for r in rows:
+        out.append(f"{r.scenario:<22}{'yes' if r.passed else 'NO':<6}{r.double_runs:>8}"
+                   f"{r.lost_writes:>6}{r.seconds:>7.1f}  {r.observed}")
+        out.append(f"{'':<49}{r.figure()}")
+    passed = sum(r.passed for r in rows)
+    out.append(f"{passed}/{len(rows)} scenarios passed; double runs "
+               f"{sum(r.double_runs for r in rows)}, acknowledged writes lost "
+               f"{sum(r.lost_writes for r in rows)}")
+    return out
