@@ -26,7 +26,11 @@ def test_model_human_table_and_advice() -> None:
     out = vmc("migration", "model", "--memory-mib", "1024", "--dirty-mibps", "150", "--wws-mib",
               "600", "--bandwidth-mibps", "110", "--downtime-ms", "300")
     assert out.returncode == 0, out.stderr
-    assert "forced" in out.stdout and "to converge" in out.stdout
+    assert "throttled" in out.stdout and "to converge" in out.stdout
+    forced = vmc("migration", "model", "--memory-mib", "1024", "--dirty-mibps", "150",
+                 "--wws-mib", "600", "--bandwidth-mibps", "110", "--downtime-ms", "300",
+                 "--on-no-convergence", "force")
+    assert forced.returncode == 0 and "forced" in forced.stdout, forced.stderr
 
 
 def test_model_bad_input_is_one_line_exit_2() -> None:

@@ -49,13 +49,22 @@ def test_seed_private_down_leaves_public_only() -> None:
 
 def test_non_converging_prediction_gets_advice_including_another_network() -> None:
     spec = load_spec(EXAMPLES / "lab.toml")
-    # db dirties 16 MiB/s of a 64 MiB set; with 40 flows on Migration it cannot converge in 30 ms.
-    pred = predict(spec, Health(), "db", "node3", flows={"Migration": 40}, downtime_ms=30)
-    assert not pred.result.converged
+    # db dirties 16 MiB/s of a 64 MiB set; with 40 flows on Migration it cannot converge in
+    # 30 ms unthrottled (forced, as the user may choose) ...
+    pred = predict(spec, Health(), "db", "node3", flows={"Migration": 40}, downtime_ms=30,
+                   on_no_convergence="force")
+    assert not pred.result.converged and pred.result.outcome == "forced"
     kinds = {a.kind for a in pred.advice}
     assert {"downtime", "bandwidth", "throttle", "network"} <= kinds
     # The fallbacks in the policy's order (Public, then the CSV network last) both converge.
     assert [a.value for a in pred.advice if a.kind == "network"] == ["Public", "Heartbeat"]
+    # ... and by default the guest is throttled until it fits (86 % here) ...
+    throttled = predict(spec, Health(), "db", "node3", flows={"Migration": 40}, downtime_ms=30)
+    assert throttled.result.outcome == "throttled" and throttled.result.downtime_ms <= 30
+    # ... or, when the pass bound comes first, given up: the VM stays, it never pauses.
+    given_up = predict(spec, Health(), "db", "node3", flows={"Migration": 40}, downtime_ms=30,
+                       max_passes=3)
+    assert given_up.result.outcome == "aborted" and given_up.result.downtime_ms == 0
 
 
 def test_usage_errors() -> None:

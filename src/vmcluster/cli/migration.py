@@ -54,7 +54,7 @@ def _print_result(result: PrecopyResult, advice: tuple[Advice, ...], title: str)
 @click.option("--max-passes", type=int, default=30, show_default=True, help="Pass bound N.")
 @click.option("--state-mib", type=float, default=0.0, show_default=True, help="Device state S.")
 @click.option(
-    "--on-no-convergence", type=_ACTIONS, default="force", show_default=True,
+    "--on-no-convergence", type=_ACTIONS, default="throttle", show_default=True,
     help="What to do if it will not converge.",
 )
 @json_option
@@ -93,7 +93,7 @@ def model(
 @click.option("--downtime-ms", type=float, default=None, help="Override the VM's budget.")
 @click.option("--max-passes", type=int, default=30, show_default=True)
 @click.option("--state-mib", type=float, default=0.0, show_default=True)
-@click.option("--on-no-convergence", type=_ACTIONS, default="force", show_default=True)
+@click.option("--on-no-convergence", type=_ACTIONS, default="throttle", show_default=True)
 @json_option
 def predict_cmd(
     spec_path: Path, vm: str, target: str, source: str | None, downs: tuple[str, ...],

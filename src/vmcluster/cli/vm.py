@@ -22,7 +22,7 @@ from vmcluster.lab.observe import migrate_observed
 from vmcluster.lab.services import lab_spec, services_file
 from vmcluster.lab.substrate import LabSubstrate
 from vmcluster.model.tomlsource import load_toml
-from vmcluster.substrate.protocol import MigrationHandle, MigrationProgress
+from vmcluster.substrate.protocol import MigrationHandle, MigrationParams, MigrationProgress
 
 __all__ = ["vm"]
 
@@ -391,23 +391,50 @@ def console(vm_name: str, lines: int, follow: bool, cluster_url: str | None,
 
 @vm.command("migrate")
 @click.argument("vm_name", metavar="VM")
-@click.option("--to", "target", required=True, help="target node")
+@click.option("--to", "target", default=None, help="target node")
 @click.option("--quick", is_flag=True, help="quick migration: pause, save, restore")
+@click.option("--downtime-ms", type=click.FloatRange(min=1, max=60000), default=None,
+              help="downtime budget (default: the VM's max_downtime_ms)")
+@click.option("--on-no-convergence", type=click.Choice(["throttle", "abort", "force"]),
+              default=None, help="if it does not fit the budget: throttle the guest, then "
+              "give up (default); give up at once; or force it through (a longer pause)")
+@click.option("--cancel", is_flag=True, help="cancel VM's migration in flight (through the "
+              "cluster's API): the VM stays on its source unless the switchover came first")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 @click.option("--cluster", "cluster_url", default=None, metavar="URL", envvar="VMCLUSTER_URL",
               help="Through the cluster's API: the manager migrates (an intent).")
 @_LAB
-def migrate(vm_name: str, target: str, quick: bool, as_json: bool, cluster_url: str | None,
-            lab_name: str | None) -> None:
+def migrate(vm_name: str, target: str | None, quick: bool, downtime_ms: float | None,
+            on_no_convergence: str | None, cancel: bool, as_json: bool,
+            cluster_url: str | None, lab_name: str | None) -> None:
     """Live-migrate VM to NODE over the network the policy picks (next one on failure).
 
     With --cluster (or $VMCLUSTER_URL) the cluster's manager does it (this command only
-    watches; Ctrl-C asks it to cancel). With --lab the command drives it itself from the
-    lab's admin side, with clients watching the VM (what the tour shows)."""
+    watches; Ctrl-C asks it to cancel, killing it changes nothing). With --lab the
+    command drives it itself from the lab's admin side, with clients watching the VM
+    (what the tour shows); the store records it all the same, and the cluster settles it
+    if this command dies. A migration that does not fit its downtime budget is given up
+    (the VM stays where it is) unless --on-no-convergence force says otherwise."""
+    if cancel:
+        if target is not None or quick:
+            raise UsageError("--cancel takes the VM only, not --to or --quick")
+        _cancel_migration(resolve_access(cluster_url, lab_name), vm_name, as_json)
+        return
+    if target is None:
+        raise UsageError("which node? give --to NODE (or --cancel to stop a migration)")
+    if quick and (downtime_ms is not None or on_no_convergence is not None):
+        raise UsageError("a quick migration has no downtime budget to keep: drop --quick or "
+                         "--downtime-ms/--on-no-convergence")
     if cluster_url is not None and lab_name is None:
-        _migrate_through_api(cluster_url, vm_name, target, quick, as_json)
+        _migrate_through_api(cluster_url, vm_name, target, quick, as_json,
+                             downtime_ms, on_no_convergence)
         return
     sub = _sub(lab_name)
+    params = None
+    if downtime_ms is not None or on_no_convergence is not None:
+        params = MigrationParams(
+            downtime_ms=downtime_ms or sub.spec.vm(vm_name).max_downtime_ms,
+            on_no_convergence=on_no_convergence or "throttle")  # type: ignore[arg-type]
     def err(m: str) -> None:
         return (click.echo(m, err=True))
     sub.on_event = err
@@ -424,7 +451,8 @@ def migrate(vm_name: str, target: str, quick: bool, as_json: bool, cluster_url: 
         )
 
     try:
-        result = migrate_observed(sub, vm_name, target, quick=quick, on_progress=progress)
+        result = migrate_observed(sub, vm_name, target, quick=quick, params=params,
+                                  on_progress=progress)
     finally:
         line.done()
     if as_json:
@@ -451,12 +479,42 @@ def migrate(vm_name: str, target: str, quick: bool, as_json: bool, cluster_url: 
         )
 
 
+def _cancel_migration(access: ClusterAccess, vm_name: str, as_json: bool) -> None:
+    """Cancel the migration of ``vm_name`` the cluster is carrying out (its newest migrate
+    intent not yet ended), watch it end and say where the VM runs."""
+    got = api_request(access, "GET", "/api/v1/intents?limit=1000")["intents"]
+    live = [i for i in got if i["kind"] == "migrate" and i["args"].get("vm") == vm_name
+            and i["state"] in ("pending", "running", "cancelling")]
+    if not live:
+        raise UsageError(f"no migration of {vm_name} is in flight (none asked through the "
+                         "cluster's API is pending or running)")
+    it = live[0]
+    api_request(access, "POST", f"/api/v1/intents/{it['id']}/cancel")
+    final = _watch(access, it["id"], lambda m: click.echo(m, err=True), timeout_s=600)
+    r = dict(final.get("result") or {})
+    where = (r.get("target") if final["state"] == "done" and r.get("ok")
+             else r.get("source") or "its source")
+    if as_json:
+        click.echo(json.dumps({"intent": it["id"], "state": final["state"], "vm": vm_name,
+                               "node": where, **r}))
+    elif final["state"] == "done":
+        click.echo(f"{vm_name}: the migration ended before the cancel could stop it; it runs "
+                   f"on {where}")
+    else:
+        click.echo(f"{vm_name}: migration {final['state']}; it runs on {where}")
+
+
 def _migrate_through_api(url: str, vm_name: str, target: str, quick: bool,
-                         as_json: bool) -> None:
+                         as_json: bool, downtime_ms: float | None = None,
+                         on_no_convergence: str | None = None) -> None:
 
     access = resolve_access(url)
-    it = api_request(access, "POST", f"/api/v1/vms/{vm_name}/migrate",
-                     {"to": target, "mode": "quick" if quick else "live"})
+    body: dict[str, Any] = {"to": target, "mode": "quick" if quick else "live"}
+    if downtime_ms is not None:
+        body["downtime_ms"] = downtime_ms
+    if on_no_convergence is not None:
+        body["on_no_convergence"] = on_no_convergence
+    it = api_request(access, "POST", f"/api/v1/vms/{vm_name}/migrate", body)
     final = _watch(access, it["id"], lambda m: click.echo(m, err=True))
     r = dict(final.get("result") or {})
     if as_json:

@@ -137,7 +137,9 @@ def migrate(
     tried: list[dict[str, object]] = []  # the networks that failed before the last one
     for network in order:
         result = _attempt(substrate, vm.name, req, network, params, on_progress, ledger)
-        if result.ok or result.unsettled:  # unsettled: not ours to try again
+        # unsettled: not ours to try again; no convergence: the VM's own pace, not the
+        # network's fault (another network would give up the same way, passes later)
+        if result.ok or result.unsettled or result.extra.get("no_convergence"):
             break
         tried.append({"network": network, "error": result.error})
     assert result is not None

@@ -237,6 +237,11 @@ class MigrateRequest(BaseModel):
     to: str = Field(min_length=1, max_length=63, description="the target node")
     mode: Literal["live", "quick"] = Field("live", description="live (pre-copy) or quick "
                                            "(pause, save to the shared path, restore)")
+    downtime_ms: float | None = Field(None, gt=0, le=60000, description="the downtime "
+                                      "budget (default: the VM's max_downtime_ms)")
+    on_no_convergence: Literal["throttle", "abort", "force"] | None = Field(
+        None, description="if it does not fit the budget: throttle the guest, then give up "
+        "(default); give up; or force it through with a longer pause")
 
 
 class PlanRequest(BaseModel):
@@ -609,7 +614,12 @@ def create_app(ctx: ApiContext) -> FastAPI:
             raise _not_found("VM", vm, "vm")
         if body.to not in {n.name for n in spec.nodes}:
             raise JoinRefused(422, "invalid", f"no node {body.to!r} in the cluster", "to")
-        args = {"vm": vm, "to": body.to, **({"mode": "quick"} if body.mode == "quick" else {})}
+        args: dict[str, Any] = {"vm": vm, "to": body.to,
+                                **({"mode": "quick"} if body.mode == "quick" else {})}
+        if body.downtime_ms is not None:
+            args["downtime_ms"] = body.downtime_ms
+        if body.on_no_convergence is not None:
+            args["on_no_convergence"] = body.on_no_convergence
         return _submit("migrate", args, who)
 
     @app.post("/api/v1/vms/{vm}/migrate", status_code=202)

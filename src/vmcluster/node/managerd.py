@@ -47,6 +47,7 @@ from vmcluster.substrate.host.client import (
 from vmcluster.substrate.host.layout import LabLayout, shared_layout
 from vmcluster.substrate.protocol import (
     MigrationHandle,
+    MigrationParams,
     MigrationProgress,
     MigrationResult,
     Substrate,
@@ -186,7 +187,10 @@ class LabActuator:
                                    on_progress, token, quick=True).to_json()
         if kind == "migrate":
             vm, target = str(args["vm"]), str(args["to"])
-            result = self._migrator(token)(sub, spec, MigrationRequest(vm, target),
+            params = MigrationParams(
+                downtime_ms=float(args.get("downtime_ms") or spec.vm(vm).max_downtime_ms),
+                on_no_convergence=args.get("on_no_convergence") or "throttle")
+            result = self._migrator(token)(sub, spec, MigrationRequest(vm, target, params),
                                            on_progress, None)
             return result.to_json()
         if kind == "drain":

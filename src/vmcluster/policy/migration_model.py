@@ -11,9 +11,10 @@ device state ``S`` (MiB, MiB/s, ms).
   guest is paused and ``V + S`` copied: ``downtime = (V + S)/b``.
 * If ``N`` passes are done, or ``V`` stopped shrinking, the migration does
   not converge and the configured action applies: ``force`` (switch over
-  anyway and pay the downtime), ``throttle`` (slow the guest down as QEMU's
-  auto-converge does: 20 % then +10 % per stuck pass, up to 99 %, forcing at
-  ``N``), or ``abort`` (the VM stays on the source; no downtime).
+  anyway and pay the downtime: only when the user chose it), ``throttle`` (slow
+  the guest down as QEMU's auto-converge does: 20 % then +10 % per stuck pass, up
+  to 99 %; still not fitting at ``N``, give up as ``abort`` does: vmcluster's
+  default), or ``abort`` (the VM stays on the source; no downtime).
 
 :func:`after_pass` is the one decision rule; :func:`run` (a whole migration
 at a fixed bandwidth) and the simulator (bandwidth changing under it) both
@@ -187,7 +188,7 @@ def _finish(
     stop_copy = dirty + inp.state_mib
     if fits:
         outcome: Outcome = "throttled" if throttle > 0 else "converged"
-    elif inp.on_no_convergence == "abort":
+    elif inp.on_no_convergence in ("abort", "throttle"):  # throttled to the limit: give up
         return PrecopyResult(inp, passes, stop_copy, 0.0, copy_s, False, "aborted", throttle)
     else:
         outcome = "forced"

@@ -52,7 +52,7 @@ def precopy_input(
     downtime_ms: float | None = None,
     max_passes: int = 30,
     state_mib: float = 0.0,
-    on_no_convergence: Action = "force",
+    on_no_convergence: Action = "throttle",
 ) -> PrecopyInput:
     """The model's input for a spec VM at a given bandwidth."""
     return PrecopyInput(
@@ -113,7 +113,7 @@ def predict(
     downtime_ms: float | None = None,
     max_passes: int = 30,
     state_mib: float = 0.0,
-    on_no_convergence: Action = "force",
+    on_no_convergence: Action = "throttle",
 ) -> Prediction:
     """Predict migrating ``vm_name`` (from ``source``, default its owner) to ``target``.
 

@@ -136,12 +136,15 @@ class SubstrateStatus:
 
 @dataclass(frozen=True)
 class MigrationParams:
-    """Downtime budget, bandwidth cap, pass bound, and the action if it will not converge."""
+    """Downtime budget, bandwidth cap, pass bound, and the action if it will not converge:
+    ``throttle`` (the default: slow the guest's vCPUs, auto-converge, and if it still does
+    not fit the budget give up, the VM staying on its source), ``abort`` (give up at the
+    pass bound) or ``force`` (pause for as long as the copy needs: the user's choice only)."""
 
     downtime_ms: float = 300.0
     bandwidth_mibps: float | None = None
     max_passes: int = 30
-    on_no_convergence: NoConvergenceAction = "force"
+    on_no_convergence: NoConvergenceAction = "throttle"
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ class _Attempt:
     last_change: float = 0.0
     error: str | None = None
     forced: bool = False
+    gave_up: bool = False  # it did not fit the downtime budget and was not to be forced
     last_info: dict[str, Any] = field(default_factory=dict)
     handle: MigrationHandle | None = None
     wall0: float = field(default_factory=time.time)
@@ -234,8 +235,15 @@ class QemuMigrations:
                                      progress.remaining_mib, error=att.error)
         elif (att.params is not None and status in _ACTIVE
               and progress.pass_no > att.params.max_passes and not att.forced):
-            if att.params.on_no_convergence == "abort":
-                att.error = f"no convergence after {att.params.max_passes} passes"
+            if att.params.on_no_convergence in ("abort", "throttle"):
+                att.gave_up = True
+                how = (" with the guest's vCPUs throttled"
+                       if att.params.on_no_convergence == "throttle" else "")
+                att.error = (f"it did not fit the {att.params.downtime_ms:g} ms downtime budget "
+                             f"after {att.params.max_passes} passes{how} (expected downtime "
+                             f"{progress.expected_downtime_ms or '?'} ms); given up, the VM "
+                             "stays on its source (forcing it through is the user's choice: "
+                             "--on-no-convergence force)")
                 return MigrationProgress("failed", progress.pass_no, error=att.error)
             att.forced = True  # force: accept the downtime the copy needs now
             limit = int(max(att.params.downtime_ms, (progress.expected_downtime_ms or 0) * 1.5))
@@ -320,14 +328,21 @@ class QemuMigrations:
                 f.close()
             self._attempts.pop(handle.id, None)
         ram = info.get("ram", {})
+        budget = att.params.downtime_ms if att is not None and att.params is not None else None
+        downtime = float(info["downtime"]) if ok and "downtime" in info else None
+        if budget is not None:
+            marks["downtime_budget_ms"] = budget
+            marks["over_budget"] = downtime is not None and downtime > budget
+            marks["forced"] = bool(att and att.forced)
+        if att is not None and att.gave_up:
+            marks["no_convergence"] = True
         total_s = (info.get("total-time", 0) / 1000.0) if ok else (
             self.sub.clock.now() - att.t0 if att else 0.0)
         result = MigrationResult(
             vm=handle.vm, source=handle.source, target=handle.target, network=handle.network,
             ok=ok, passes=int(ram.get("dirty-sync-count", 0)),
             sent_mib=int(ram.get("transferred", 0)) / MIB, total_s=float(total_s),
-            downtime_ms=float(info["downtime"]) if ok and "downtime" in info else None,
-            error=None if ok else error,
+            downtime_ms=downtime, error=None if ok else error,
             extra={"setup_ms": info.get("setup-time"), "mbps": info.get("ram", {}).get("mbps"),
                    **timeline, **marks},
         )

@@ -180,7 +180,7 @@ class Engine:
             m.pass_no += 1
             self._transfer(m, dirty)
             return
-        if decision == "stuck" and inp.on_no_convergence == "abort":
+        if decision == "stuck" and inp.on_no_convergence in ("abort", "throttle"):
             m.outcome = "aborted"
             self._end(m, "failed", "did not converge; aborted (the VM stays on the source)")
             return
