@@ -139,7 +139,9 @@ def migrate(
         result = _attempt(substrate, vm.name, req, network, params, on_progress, ledger)
         # unsettled: not ours to try again; no convergence: the VM's own pace, not the
         # network's fault (another network would give up the same way, passes later)
-        if result.ok or result.unsettled or result.extra.get("no_convergence"):
+        # switched: the VM is the target's now, whatever became of it: no other network
+        if (result.ok or result.unsettled or result.extra.get("no_convergence")
+                or result.extra.get("switched")):
             break
         tried.append({"network": network, "error": result.error})
     assert result is not None

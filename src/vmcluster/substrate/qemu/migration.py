@@ -27,7 +27,7 @@ from vmcluster.errors import (
     VmclusterError,
 )
 from vmcluster.model import MIB, ClusterSpec
-from vmcluster.substrate.host.client import AgentClient
+from vmcluster.substrate.host.client import AgentClient, AgentDown
 from vmcluster.substrate.protocol import (
     Clock,
     MigrationHandle,
@@ -42,6 +42,7 @@ from vmcluster.substrate.qemu.records import Slot, SubstrateRecords
 __all__ = ["Agents", "QemuMigrations"]
 
 WAIT_S = 0.5  # a poll waits this long at the source for the migration to end
+TAKEOVER_WAIT_S = 20.0  # a target whose agent restarts is asked to take over this long
 _STATUS: dict[str, MigrationStatus] = {
     "setup": "setup", "completed": "completed", "failed": "failed", "cancelled": "cancelled",
     "cancelling": "cancelled",
@@ -300,16 +301,36 @@ class QemuMigrations:
                                      unsettled=True)
             self._results[handle.id] = result
             return result
+        switched = completed and switchover is not None  # the store moved ownership
         if completed:
             # QEMU finished the copy and ownership moved: the target is the VM now. Going
             # back would risk two copies, so only a dead target leaves the (paused) source.
             try:
                 t_take = self.sub.clock.now()
-                tgt.call("takeover", vm=handle.vm)
+                self._take_over(tgt, handle)
                 marks["takeover_ms"] = round((self.sub.clock.now() - t_take) * 1000, 1)
                 ok = True
             except SubstrateError as exc:
                 error = f"target {handle.target} failed after the switchover: {exc}"
+        if switched and not ok:
+            # The store places the VM on the target: the source is never resumed (the
+            # target may have run, or may yet). Its paused copy goes; the cluster starts
+            # the VM where it is placed if the target does not run it.
+            if att is not None:
+                for f in att.slots:
+                    f.close()
+                self._attempts.pop(handle.id, None)
+            try:
+                src.call("release", vm=handle.vm)
+            except SubstrateError as exc:
+                error = f"{error}; releasing the source copy failed: {exc}"
+            result = MigrationResult(
+                handle.vm, handle.source, handle.target, handle.network, ok=False,
+                error=f"{error}; the switchover had committed, so {handle.vm} belongs to "
+                      f"{handle.target} and is not resumed on {handle.source} (the cluster "
+                      "starts it where it is placed)", extra={"switched": True})
+            self._results[handle.id] = result
+            return result
         timeline: dict[str, float | None] = {}
         if ok:
             timeline = self._timeline(handle, att.wall0 if att else 0.0)
@@ -368,6 +389,19 @@ class QemuMigrations:
 
         return {"paused_at": last(handle.source, "STOP"),
                 "resumed_at": last(handle.target, "RESUME")}
+
+    def _take_over(self, tgt: AgentClient, handle: MigrationHandle) -> None:
+        """Run the target's copy. Its agent may be restarting (it adopts the paused QEMU):
+        asked again until it answers, for at most TAKEOVER_WAIT_S."""
+        deadline = self.sub.clock.now() + TAKEOVER_WAIT_S
+        while True:
+            try:
+                tgt.call("takeover", vm=handle.vm)
+                return
+            except AgentDown:
+                if self.sub.clock.now() >= deadline:
+                    raise
+                self.sub.clock.sleep(0.25)
 
     def _rollback(self, handle: MigrationHandle) -> str | None:
         problems = []
