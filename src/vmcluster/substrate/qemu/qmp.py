@@ -88,12 +88,14 @@ class Qmp:
             raise QemuGone(f"{self.name}: {cmd} got no answer within {self.timeout_s} s "
                            "(QEMU hung or busy)") from exc
         except ExecuteError as exc:
-            raise QemuRefused(f"{self.name}: QEMU refused {cmd}: {exc} ({exc.error_class})",
-                              exc.error_class, str(exc)) from exc
+            raise QemuRefused(f"{self.name}: QEMU refused {cmd}: {_line(exc)} "
+                              f"({exc.error_class})", exc.error_class, str(exc)) from exc
         except QMPError as exc:  # the connection, not the command
-            raise QemuGone(f"{self.name}: monitor went away during {cmd}: {exc}") from exc
+            raise QemuGone(f"{self.name}: monitor went away during {cmd}: {_line(exc)}"
+                           ) from exc
         except (OSError, EOFError) as exc:
-            raise QemuGone(f"{self.name}: monitor went away during {cmd}: {exc}") from exc
+            raise QemuGone(f"{self.name}: monitor went away during {cmd}: {_line(exc)}"
+                           ) from exc
 
     async def migration_settled(self, timeout_s: float) -> dict[str, Any]:
         """``query-migrate``, after waiting up to ``timeout_s`` for a migration in progress
@@ -123,22 +125,26 @@ class Qmp:
     # -- named verbs ------------------------------------------------------------
     async def query_status(self) -> str:
         reply = await self._run("query-status")
-        return str(_dict(reply, "query-status")["status"])
+        status = _dict(reply, f"{self.name}: query-status").get("status")
+        if not isinstance(status, str):
+            raise QmpError(f"{self.name}: query-status returned no status: {reply!r:.200}")
+        return status
 
     async def query_version(self) -> dict[str, Any]:
-        return _dict(await self._run("query-version"), "query-version")
+        return _dict(await self._run("query-version"), f"{self.name}: query-version")
 
     async def query_commands(self) -> list[dict[str, Any]]:
-        return _list(await self._run("query-commands"), "query-commands")
+        return _list(await self._run("query-commands"), f"{self.name}: query-commands")
 
     async def query_migrate_capabilities(self) -> list[dict[str, Any]]:
-        return _list(await self._run("query-migrate-capabilities"), "query-migrate-capabilities")
+        return _list(await self._run("query-migrate-capabilities"),
+                     f"{self.name}: query-migrate-capabilities")
 
     async def query_machines(self) -> list[dict[str, Any]]:
-        return _list(await self._run("query-machines"), "query-machines")
+        return _list(await self._run("query-machines"), f"{self.name}: query-machines")
 
     async def query_migrate(self) -> dict[str, Any]:
-        return _dict(await self._run("query-migrate"), "query-migrate")
+        return _dict(await self._run("query-migrate"), f"{self.name}: query-migrate")
 
     async def cont(self) -> None:
         await self._run("cont")
@@ -227,7 +233,8 @@ class Qmp:
 
     async def block_children(self, parent: str) -> list[tuple[str, str]]:
         """(child name, node name) of each child of block node ``parent``."""
-        graph = _dict(await self._run("x-debug-query-block-graph"), "x-debug-query-block-graph")
+        graph = _dict(await self._run("x-debug-query-block-graph"),
+                      f"{self.name}: x-debug-query-block-graph")
         names = {n["id"]: n["name"] for n in graph.get("nodes", [])}
         pid = next((i for i, n in names.items() if n == parent), None)
         return [(str(e["name"]), str(names.get(e["child"], ""))) for e in graph.get("edges", [])
@@ -247,6 +254,12 @@ class Qmp:
         with contextlib.suppress(QmpError):
             await self._run("quit")
         await self.close()
+
+
+def _line(exc: BaseException) -> str:
+    """An error's text on one line (qemu.qmp's protocol errors quote the message over
+    several lines)."""
+    return " ".join(str(exc).split())[:400]
 
 
 def _dict(reply: object, cmd: str) -> dict[str, Any]:
