@@ -462,7 +462,8 @@ def migrate(vm_name: str, target: str | None, quick: bool, downtime_ms: float | 
         if result.ok:
             click.echo(f"{vm_name}: {result.source} -> {result.target} via {result.network}: "
                        f"{result.passes} passes, {result.sent_mib:.1f} MiB, "
-                       f"{result.total_s:.2f} s, downtime {_ms(result.downtime_ms)}, "
+                       f"{result.total_s:.2f} s, downtime {_ms(result.downtime_ms)}"
+                       f"{_over(r)}, "
                        f"UDP blackout {_ms(r['blackout_ms'])}, TCP gap {_ms(r['client_gap_ms'])}"
                        f" (session {'kept' if r['tcp_session_survived'] else 'lost'}), "
                        f"ab {r['ab_failed']} failed / longest {_ms(r['ab_max_ms'])}, memory "
@@ -501,7 +502,8 @@ def _cancel_migration(access: ClusterAccess, vm_name: str, as_json: bool) -> Non
         click.echo(f"{vm_name}: the migration ended before the cancel could stop it; it runs "
                    f"on {where}")
     else:
-        click.echo(f"{vm_name}: migration {final['state']}; it runs on {where}")
+        click.echo(f"{vm_name}: migration {final['state']} "
+                   f"({r.get('error') or final.get('error') or 'no error'})")
 
 
 def _migrate_through_api(url: str, vm_name: str, target: str, quick: bool,
@@ -522,7 +524,8 @@ def _migrate_through_api(url: str, vm_name: str, target: str, quick: bool,
     elif final["state"] == "done":
         click.echo(f"{vm_name}: {r.get('source')} -> {r.get('target')} via {r.get('network')}"
                    f": {r.get('passes')} passes, {float(r.get('total_s') or 0):.2f} s, "
-                   f"downtime {_ms(r.get('downtime_ms'))} (by the manager, intent {it['id']})")
+                   f"downtime {_ms(r.get('downtime_ms'))}{_over(r)} (by the manager, intent "
+                   f"{it['id']})")
     if final["state"] != "done":
         raise MigrationError(f"migrating {vm_name} to {target} {final['state']}: "
                              f"{r.get('error') or final.get('error')}")
@@ -530,6 +533,14 @@ def _migrate_through_api(url: str, vm_name: str, target: str, quick: bool,
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} ms"
+
+
+def _over(result: dict[str, Any]) -> str:
+    """A note when a migration's downtime went over its budget (never silently)."""
+    if not result.get("over_budget"):
+        return ""
+    return (f" (OVER its {float(result.get('downtime_budget_ms') or 0):g} ms budget"
+            f"{', forced through as asked' if result.get('forced') else ''})")
 
 
 @vm.command("check-disk")

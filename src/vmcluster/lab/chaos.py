@@ -63,6 +63,7 @@ from vmcluster.lab.watch import (
     settle,
     wait_event,
 )
+from vmcluster.store import intents
 from vmcluster.substrate.host.client import AgentClient
 
 __all__ = ["SCENARIOS", "Campaign", "Outcome", "Row", "Scenario", "pick"]
@@ -242,14 +243,21 @@ class Campaign:
                         out[n] = str(v["status"])
         return out
 
+    def asked(self, vm: str) -> list[intents.Intent]:
+        """The migrations of ``vm`` the cluster was asked for and has not ended."""
+        return list(self.store.call(lambda: [
+            i for i in intents.every(self.store.state) if i.kind == "migrate"
+            and i.args.get("vm") == vm and i.state in ("pending", "running", "cancelling")]))
+
     def one_copy(self, vm: str, timeout_s: float = 60.0) -> str | None:
-        """Wait until ``vm`` has exactly one QEMU, running, and no migration recorded;
-        its node (None if it never settles)."""
+        """Wait until ``vm`` has exactly one QEMU, running, no migration recorded and none
+        asked for still under way; its node (None if it never settles)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             copies = self.copies(vm)
             flying = self.store.call(self.store.state.migrations)
-            if vm not in flying and len(copies) == 1 and "running" in copies.values():
+            if (vm not in flying and len(copies) == 1 and "running" in copies.values()
+                    and not self.asked(vm)):
                 return next(iter(copies))
             time.sleep(0.3)
         return None
@@ -489,20 +497,25 @@ def sc_daemon_restart_under_load(c: Campaign) -> Outcome:
                    not spurious and not moved, {"failovers": len(spurious)})
 
 
-def _migration(c: Campaign, vm: str, target: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(c.vmc("vm", "migrate", vm, "--to", target, "--json"),
+def _migration(c: Campaign, vm: str, target: str, *more: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(c.vmc("vm", "migrate", vm, "--to", target, "--json", *more),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=c.vmc_env())
 
 
-def _wait_phase(proc: subprocess.Popen[str], phase: str, timeout_s: float = 60.0) -> bool:
-    """Read the CLI's progress lines until ``phase`` (``setup``: at once; ``copying``: the
-    first pass line) is reached; False if it ended first."""
-    if phase == "setup":
-        time.sleep(0.5)
-        return proc.poll() is None
-    assert proc.stderr is not None
+def _wait_phase(c: Campaign, vm: str, proc: subprocess.Popen[str], phase: str,
+                timeout_s: float = 60.0) -> bool:
+    """Wait until the migration the CLI asked for reaches ``phase``: ``setup`` (the
+    cluster has its intent: asked, not yet copying), ``copying`` (the CLI printed its first
+    pass line). False if the CLI ended first."""
     deadline = time.monotonic() + timeout_s
+    if phase == "setup":
+        while proc.poll() is None and time.monotonic() < deadline:
+            if c.asked(vm):
+                return True
+            time.sleep(0.05)
+        return False
+    assert proc.stderr is not None
     for line in proc.stderr:
         if " pass " in line and " active " in line:
             return True
@@ -521,7 +534,7 @@ def _cli_killed(c: Campaign, phase: str, sig: str) -> Outcome:
     target = next(n for n in c.nodes if n != source)
     proc = _migration(c, vm, target)
     try:
-        reached = _wait_phase(proc, phase)
+        reached = _wait_phase(c, vm, proc, phase)
         if proc.poll() is None:
             os.kill(proc.pid, {"INT": 2, "TERM": 15, "KILL": 9}[sig])
     finally:
@@ -555,7 +568,7 @@ def _mid_migration(c: Campaign, what: str, fault: Callable[[str, str, str], obje
     proc = _migration(c, vm, target)
     out = err = ""
     try:
-        reached = _wait_phase(proc, "copying")
+        reached = _wait_phase(c, vm, proc, "copying")
         if reached:
             fault(vm, source, target)
         out, err = proc.communicate(timeout=180)
@@ -580,7 +593,9 @@ def _mid_migration(c: Campaign, what: str, fault: Callable[[str, str, str], obje
     return Outcome(f"{what} while {vm} migrated {source}->{target}: CLI exit "
                    f"{proc.returncode} ({res.get('state') or '?'}: "
                    f"{(res.get('error') or err.strip()[-400:] or 'no error')}), "
-                   f"one copy on {node}" + ("" if told else " (NOT what the CLI said)"), ok, fig)
+                   f"one copy on {node}" + ("" if told else " (NOT what the CLI said)")
+                   + "".join(f"; before, over {t.get('network')}: {t.get('error')}"
+                             for t in res.get("tried") or []), ok, fig)
 
 
 def _json_line(text: str) -> dict[str, Any]:
@@ -614,6 +629,65 @@ def sc_migration_net_cut(c: Campaign) -> Outcome:
         finally:
             set_net(c.sub, "Migration", True)
     return _mid_migration(c, "Migration network cut 5 s", cut)
+
+
+def sc_cancel(c: Campaign) -> Outcome:
+    where = c.settle()
+    vm = sorted(where)[0]
+    source = where[vm]
+    target = next(n for n in c.nodes if n != source)
+    addr = str(c.spec.vm(vm).address)
+    guest_request(c.layout, addr, "RATE 300")  # a copy long enough to cancel
+    guest_request(c.layout, addr, "WWS 160")
+    proc = _migration(c, vm, target, "--downtime-ms", "20")
+    try:
+        reached = _wait_phase(c, vm, proc, "copying")
+        got = subprocess.run(c.vmc("vm", "migrate", vm, "--cancel", "--json"), env=c.vmc_env(),
+                             capture_output=True, text=True, timeout=120)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        with contextlib.suppress(LabError):
+            guest_request(c.layout, addr, "RATE 8")
+            guest_request(c.layout, addr, "WWS 16")
+    res = _json_line(got.stdout)
+    node = c.one_copy(vm, 60)
+    # Cancelled: on the source. Done first (the switchover won the race): on the target.
+    expect = source if res.get("state") == "cancelled" else target
+    ok = reached and got.returncode == 0 and node == expect
+    return Outcome(f"vm migrate {vm} {source}->{target} cancelled mid-copy: "
+                   f"{res.get('state') or got.stderr.strip()[-200:]}, one copy on {node}", ok, {})
+
+
+def sc_over_budget(c: Campaign) -> Outcome:
+    where = c.settle()
+    vm = sorted(where)[-1]
+    source = where[vm]
+    target = next(n for n in c.nodes if n != source)
+    addr = str(c.spec.vm(vm).address)
+    guest_request(c.layout, addr, "RATE 300")  # far more than a 20 ms budget lets it copy
+    guest_request(c.layout, addr, "WWS 160")
+    try:
+        got = subprocess.run(c.vmc("vm", "migrate", vm, "--to", target, "--downtime-ms", "20",
+                                   "--json"), env=c.vmc_env(), capture_output=True, text=True,
+                             timeout=300)
+    finally:
+        with contextlib.suppress(LabError):
+            guest_request(c.layout, addr, "RATE 8")
+            guest_request(c.layout, addr, "WWS 16")
+    res = _json_line(got.stdout)
+    node = c.one_copy(vm, 60)
+    gave_up = got.returncode != 0 and "downtime budget" in got.stderr
+    down = res.get("downtime_ms")
+    # Given up (it stays), or through within the budget, or over it and saying so.
+    said = down is not None and (down <= 20 or res.get("over_budget") is True)
+    ok = (gave_up and node == source) or (got.returncode == 0 and node == target and said)
+    return Outcome(f"{vm} dirtying 300 MiB/s, budget 20 ms: "
+                   + ("given up, " if gave_up else f"{res.get('state')} "
+                      f"(over budget: {res.get('over_budget')}), ")
+                   + f"one copy on {node}", ok, {"downtime_ms": down})
 
 
 def sc_two_migrations(c: Campaign) -> Outcome:
@@ -668,6 +742,11 @@ def _scenarios() -> list[Scenario]:
                  "one copy, where the store says", sc_target_agent_kill),
         Scenario("migration-net-cut", "the Migration network down 5 s mid-copy",
                  "one copy, where the store says", sc_migration_net_cut, ci=True),
+        Scenario("cancel", "vm migrate --cancel mid-copy",
+                 "cancelled: the VM stays on its source, once", sc_cancel, ci=True),
+        Scenario("over-budget", "a VM dirtying faster than a 20 ms budget can copy",
+                 "throttled, then given up: it stays on its source, never paused long",
+                 sc_over_budget),
         Scenario("two-migrations", "two migrations of one VM at once",
                  "one runs, one is refused; one copy", sc_two_migrations),
     ]
