@@ -7,7 +7,7 @@ import json
 import click
 
 from vmcluster.cli.common import lab_option
-from vmcluster.lab.faults import crash_node, cut_between, isolate_node, rejoin_node, start_node
+from vmcluster.lab.faults import crash_node, cut_between, isolate_node, rejoin_node, start_nodes
 from vmcluster.lab.lab import resolve_lab
 
 __all__ = ["node"]
@@ -37,13 +37,15 @@ def crash(node_name: str, name: str | None, as_json: bool) -> None:
 
 
 @node.command("start")
-@click.argument("node_name", metavar="NODE")
+@click.argument("node_names", metavar="NODE...", nargs=-1, required=True)
 @_NAME
 @_JSON
-def start(node_name: str, name: str | None, as_json: bool) -> None:
-    """Boot NODE again after a crash (agent, etcd member, heartbeats, manager candidate)."""
-    start_node(resolve_lab(name), node_name)
-    _out(as_json, {"node": node_name, "state": "started"}, f"{node_name}: started")
+def start(node_names: tuple[str, ...], name: str | None, as_json: bool) -> None:
+    """Boot NODE again after a crash (agent, etcd member, heartbeats, manager candidate);
+    several at once after a power cut (each waits for a majority of etcd members)."""
+    start_nodes(resolve_lab(name), node_names)
+    for node_name in node_names:
+        _out(as_json, {"node": node_name, "state": "started"}, f"{node_name}: started")
 
 
 @node.command("isolate")

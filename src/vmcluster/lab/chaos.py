@@ -46,6 +46,7 @@ from vmcluster.lab.faults import (
     rejoin_node,
     restart_part,
     start_node,
+    start_nodes,
 )
 from vmcluster.lab.guestctl import guest_request
 from vmcluster.lab.lab import set_net
@@ -690,6 +691,47 @@ def sc_over_budget(c: Campaign) -> Outcome:
                    + f"one copy on {node}", ok, {"downtime_ms": down})
 
 
+def sc_stopped_stays_stopped(c: Campaign) -> Outcome:
+    where = c.settle()
+    victim = c.victim(where)
+    vm = sorted(v for v, n in where.items() if n == victim)[0]
+    stop = subprocess.run(c.vmc("vm", "stop", vm, "--force"), env=c.vmc_env(),
+                          capture_output=True, text=True, timeout=120)
+    if stop.returncode != 0:
+        return Outcome(f"vm stop {vm} failed: {stop.stderr.strip()[-200:]}", False)
+    m = c.mark()
+    crash_node(c.layout, victim)
+    time.sleep(15)  # the crash is detected and the node's other VMs restarted by now
+    ran = [s.at for s in list(c.sampler.samples) if s.at > m.mono and vm in s.running]
+    c.node_back(victim, m)
+    m2 = c.mark()
+    start = subprocess.run(c.vmc("vm", "start", vm), env=c.vmc_env(), capture_output=True,
+                           text=True, timeout=120)
+    back = c.running_again([vm], m2)
+    ok = not ran and start.returncode == 0 and back is not None
+    return Outcome(f"{vm} stopped by the operator, then its node {victim} crashed: "
+                   + (f"it ran again {round(ran[0] - m.mono, 1)} s later, against the "
+                      "operator's word" if ran else "it stayed stopped")
+                   + ("; started again by `vm start`" if back is not None else
+                      "; `vm start` did NOT start it"), ok, {"start_s": back})
+
+
+def sc_cold_start(c: Campaign) -> Outcome:
+    c.settle()
+    for node in c.nodes:  # everything at once: a power cut
+        crash_node(c.layout, node)
+    time.sleep(2)
+    t0 = time.monotonic()  # no mark from the store: it is down with every host
+    start_nodes(c.layout, c.nodes)
+    mark = Mark(time.time(), t0, 0, len(c.sampler.doubles))
+    running = c.running_again(c.vms, mark, timeout_s=180)
+    answering = c.answering(c.vms[0], mark, timeout_s=120) if running is not None else None
+    return Outcome("every host crashed at once and booted again: "
+                   + (f"every VM runs again, once, {running} s after the boot"
+                      if running is not None else "a VM did NOT run again"),
+                   running is not None, {"running_s": running, "answering_s": answering})
+
+
 def sc_two_migrations(c: Campaign) -> Outcome:
     where = c.settle()
     vm = sorted(where)[0]
@@ -747,6 +789,12 @@ def _scenarios() -> list[Scenario]:
         Scenario("over-budget", "a VM dirtying faster than a 20 ms budget can copy",
                  "throttled, then given up: it stays on its source, never paused long",
                  sc_over_budget),
+        Scenario("stopped-stays-stopped", "a VM stopped by the operator, then its node "
+                 "crashes", "failover leaves it stopped; `vm start` starts it",
+                 sc_stopped_stays_stopped),
+        Scenario("cold-start", "every host crashed at once (a power cut), then booted",
+                 "every VM whose desired state is running starts again, once",
+                 sc_cold_start),
         Scenario("two-migrations", "two migrations of one VM at once",
                  "one runs, one is refused; one copy", sc_two_migrations),
     ]

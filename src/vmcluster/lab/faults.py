@@ -20,7 +20,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vmcluster.errors import LabError, UsageError
@@ -34,7 +34,7 @@ from vmcluster.substrate.host.state import read_state
 
 __all__ = ["PARTS", "blip_net", "crash_node", "cut_between", "freeze_part", "isolate_node",
            "kill_part", "part_pids", "qemu_pids", "rejoin_node", "restart_part", "signal_node",
-           "start_node"]
+           "start_node", "start_nodes"]
 
 #: A host's parts as the fault commands name them -> the role :func:`daemon_pids` gives.
 PARTS = {"etcd": "etcd", "agent": "agent", "manager": "managerd", "heartbeats": "nodewatch",
@@ -73,11 +73,21 @@ def crash_node(layout: LabLayout, node: str, timeout_s: float = 10.0) -> list[in
 
 def start_node(layout: LabLayout, node: str) -> None:
     """Boot ``node`` again: its vmclusterd (etcd member, agent, heartbeats, manager candidate)."""
-    _spec(layout, node)
-    if daemon_pids(layout, node)["vmclusterd"]:
-        raise UsageError(f"{node}'s vmclusterd is running; crash the node first "
-                         f"(`vmcluster lab node crash {node}`)")
-    start_daemon(layout, node)  # after a crash, or after its watchdog fenced it
+    start_nodes(layout, [node])
+
+
+def start_nodes(layout: LabLayout, nodes: Sequence[str]) -> None:
+    """Boot ``nodes`` again together (after a power cut: no host's agent answers before a
+    majority of etcd members runs), then wait for each."""
+    for node in nodes:
+        _spec(layout, node)
+        if daemon_pids(layout, node)["vmclusterd"]:
+            raise UsageError(f"{node}'s vmclusterd is running; crash the node first "
+                             f"(`vmcluster lab node crash {node}`)")
+    for node in nodes:  # after a crash, or after its watchdog fenced it
+        start_daemon(layout, node, wait=False)
+    for node in nodes:
+        start_daemon(layout, node, timeout_s=60)
 
 
 def _links(layout: LabLayout, node: str, up: bool) -> list[str]:

@@ -198,9 +198,11 @@ def daemon_pids(layout: LabLayout, node: str | None = None) -> dict[str, list[in
     return out
 
 
-def start_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0) -> None:
+def start_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0,
+                 wait: bool = True) -> None:
     """Start ``node``'s ``vmclusterd`` in its namespace (unless it runs) and wait until its
-    agent answers (a witness's: its heartbeats run)."""
+    agent answers (a witness's: its heartbeats run); ``wait=False``: only start it (after
+    a power cut no host's agent answers before a majority of etcd members runs)."""
 
     client = AgentClient(layout, node)
     witness = _is_witness(layout, node)
@@ -215,6 +217,8 @@ def start_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0) -> None:
                                 env=child_env(), timeout=10, check=False).returncode
         if rc != 0:
             raise LabError(f"cannot start vmclusterd on {node}; see {log}")
+    if not wait:
+        return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if daemon_pids(layout, node)["nodewatch"] if witness else client.alive():
