@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -15,6 +16,7 @@ from vmcluster.lab.faults import blip_net
 from vmcluster.lab.lab import lab_down, lab_up, resolve_lab, set_net
 from vmcluster.lab.services import lab_spec, leader_summary
 from vmcluster.lab.substrate import LabSubstrate
+from vmcluster.lab.watch import silent_hosts
 from vmcluster.substrate.protocol import SubstrateStatus
 
 __all__ = ["lab"]
@@ -70,10 +72,25 @@ def status(name: str | None, as_json: bool) -> None:
     _show(sub.status(), as_json, sub)
 
 
+def _unknown(st: SubstrateStatus, silent: dict[str, dict[str, Any]]) -> SubstrateStatus:
+    """A host whose agent does not answer while its peers still hear it is not down: its
+    state is unknown, and so are its VMs (the store's last report says which ran, and how
+    long ago), rather than a guess of down and stopped."""
+    if not silent:
+        return st
+    nodes = tuple(replace(n, state="unknown") if n.name in silent else n for n in st.nodes)
+    vms = tuple(replace(v, state="unknown") if v.node in silent else v for v in st.vms)
+    return replace(st, nodes=nodes, vms=vms)
+
+
 def _show(st: SubstrateStatus, as_json: bool, sub: LabSubstrate) -> None:
+    silent = silent_hosts(sub.layout, [n.name for n in st.nodes if n.state == "down"])
+    st = _unknown(st, silent)
     lead = leader_summary(sub.layout)
     qemu = {}
     for n in st.nodes:
+        if n.state != "up":
+            continue  # its agent did not answer the list: it would not answer this either
         with contextlib.suppress(VmclusterError):
             qemu[n.name] = sub.facts(n.name).version
     machines = {v.name: sub.machine(v.name) for v in st.vms}
@@ -81,7 +98,8 @@ def _show(st: SubstrateStatus, as_json: bool, sub: LabSubstrate) -> None:
         base = st.to_json()
         nodes = [{**n, "qemu_version": qemu.get(n["name"])}
                  for n in cast(list[dict[str, Any]], base["nodes"])]
-        vms = [{**v, "machine": machines.get(v["name"])}
+        vms = [{**v, "machine": machines.get(v["name"]),
+                **({"last_report": silent[v["node"]]} if v["node"] in silent else {})}
                for v in cast(list[dict[str, Any]], base["vms"])]
         click.echo(json.dumps({"lab": sub.layout.name, "nodes": nodes, "vms": vms,
                                "leader": lead}))
@@ -92,11 +110,20 @@ def _show(st: SubstrateStatus, as_json: bool, sub: LabSubstrate) -> None:
     for n in st.nodes:
         links = f"  links down: {', '.join(n.links_down)}" if n.links_down else ""
         version = f"QEMU {qemu[n.name]}" if n.name in qemu else "QEMU ?"
-        click.echo(f"  node {n.name:<10} {n.state:<5} {version:<12}{links}")
+        note = "  (its agent does not answer; its peers hear it)" if n.name in silent else ""
+        click.echo(f"  node {n.name:<10} {n.state:<7} {version:<12}{links}{note}")
     for v in st.vms:
         addr = sub.spec.vm(v.name).address
+        host = silent.get(v.node or "")
+        note = "" if host is None else (
+            f"  (its host last reported it running{_ago(host['age_s'])})"
+            if v.name in host["vms"] else "  (not in its host's last report)")
         click.echo(f"  vm   {v.name:<10} {v.state:<9} on {v.node or '-':<8} {addr}  "
-                   f"{machines[v.name]}")
+                   f"{machines[v.name]}{note}")
+
+
+def _ago(age_s: float | None) -> str:
+    return "" if age_s is None else f" {age_s:g} s ago"
 
 
 @lab.group("net")

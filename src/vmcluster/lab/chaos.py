@@ -451,6 +451,35 @@ def sc_agent_kill(c: Campaign) -> Outcome:
                    + (f"; spurious {spurious}" if spurious else ""), ok, {"agent_back_s": back})
 
 
+def sc_agent_freeze(c: Campaign) -> Outcome:
+    where = c.settle()
+    victim = c.victim(where, with_manager=None)
+    mine = sorted(vm for vm, n in where.items() if n == victim)
+    m = c.mark()
+    frozen = threading.Thread(target=freeze_part, args=(c.layout, victim, "agent", 25.0))
+    frozen.start()
+    try:
+        time.sleep(1)
+        got = subprocess.run([sys.executable, "-m", "vmcluster", "lab", "status", "--json",
+                              "--name", c.layout.name], capture_output=True, text=True,
+                             timeout=60, env=c.vmc_env())
+    finally:
+        frozen.join()
+    doc = _json_line(got.stdout)
+    node: dict[str, Any] = next((n for n in doc.get("nodes", []) if n["name"] == victim), {})
+    vms = {v["name"]: v for v in doc.get("vms", [])}
+    told = node.get("state") == "unknown" and all(
+        vms.get(vm, {}).get("state") == "unknown" and vm in vms[vm].get("last_report", {})
+        .get("vms", []) for vm in mine)
+    time.sleep(3)
+    spurious = c.failovers(m)
+    return Outcome(f"{victim}'s agent frozen 25 s: lab status said {victim} "
+                   f"{node.get('state')}, its VMs "
+                   f"{ {vm: vms.get(vm, {}).get('state') for vm in mine} }"
+                   + (f"; spurious {spurious}" if spurious else "; no failover"),
+                   told and not spurious, {})
+
+
 def sc_vmclusterd_kill(c: Campaign, freeze: bool = False) -> Outcome:
     where = c.settle()
     victim = c.victim(where)
@@ -770,6 +799,9 @@ def _scenarios() -> list[Scenario]:
                  "another manager is elected; nothing doubled", sc_manager_freeze),
         Scenario("agent-kill", "SIGKILL a host's agent", "restarted; its VMs untouched; "
                  "no failover", sc_agent_kill, ci=True),
+        Scenario("agent-freeze", "a host's agent frozen 25 s (its heartbeats go on)",
+                 "status says unknown (last report and its age), not down; no failover",
+                 sc_agent_freeze),
         Scenario("vmclusterd-kill", "SIGKILL a host's vmclusterd, its QEMUs running",
                  "its watchdog fences it before its VMs run elsewhere", sc_vmclusterd_kill),
         Scenario("vmclusterd-freeze", "a host's vmclusterd frozen 15 s",

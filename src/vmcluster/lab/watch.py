@@ -24,7 +24,7 @@ from vmcluster.substrate.host.client import AgentClient
 from vmcluster.substrate.host.layout import LabLayout
 
 __all__ = ["FAILOVER_KINDS", "Mark", "check_disks", "etcd_leader", "events_after", "last_seq",
-           "manager", "settle", "wait_event"]
+           "manager", "settle", "silent_hosts", "wait_event"]
 
 #: Events that say the cluster failed something over: none may follow a harmless fault.
 FAILOVER_KINDS = ("node_down", "vm_restarted", "node_isolated")
@@ -133,4 +133,34 @@ def check_disks(layout: LabLayout, spec: ClusterSpec,
             continue
         logs = [layout.serial_log(vm.name, n.name) for n in spec.nodes]
         out.append(check_vm_disk(layout.lun(vm.volume), vm.volume, vm.name, logs))
+    return out
+
+
+def silent_hosts(layout: LabLayout, nodes: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """What the store says of hosts whose agent does not answer: for each one its peers
+    still hear (node state up), the VMs it last reported running and how long ago its
+    agent listed them. A host absent from the result is down as far as anyone knows (or
+    the store is unreachable): nothing is made up for it."""
+    import json
+
+    from vmcluster.errors import VmclusterError
+    from vmcluster.lab.services import lab_store
+
+    names = list(nodes)
+    if not names:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        with lab_store(layout) as store:
+            states = store.call(store.state.node_states)
+            for node in names:
+                if states.get(node, {}).get("state") != "up":
+                    continue
+                kv = store.call(store.state.client.get, store.state.key("reports", node))
+                report = json.loads(kv.value) if kv is not None else {}
+                at = report.get("vms_at")
+                out[node] = {"vms": list(report.get("vms", [])),
+                             "age_s": None if at is None else round(time.time() - at, 1)}
+    except (VmclusterError, OSError, ValueError):
+        return {}
     return out

@@ -88,6 +88,7 @@ class NodeWatch:
         self.cpu: dict[str, float] = {}  # cores busy, by VM, as the agent last measured
         self.clock = MonotonicClock()
         self._listed_at = -1e9
+        self.vms_at: float | None = None  # wall time the agent last listed this host's VMs
         self.stored_at = self.clock.now()  # the last report the store took
         self.declared_down = False  # the manager's verdict on this node, as last read
         # A host's API part promotes its etcd member once it caught up; a witness has no
@@ -149,6 +150,7 @@ class NodeWatch:
             return  # an agent that does not answer has not stopped its VMs: report them still
         listed = got or []
         self.vms = sorted(v["vm"] for v in listed if v.get("role") == "run")
+        self.vms_at = time.time() if got is not None else self.vms_at
         self.cpu = {v["vm"]: float(v["cpu"]) for v in listed
                     if v.get("role") == "run" and isinstance(v.get("cpu"), int | float)}
         if cut_off and listed:
@@ -184,7 +186,7 @@ class NodeWatch:
             while not self.events.empty():
                 pending.append(self.events.get())
             body = {"routes": view_to_json(self.hb.states()), "vms": self.vms,
-                    "isolated": self.isolated}
+                    "vms_at": self.vms_at, "isolated": self.isolated}
             try:
                 self.state.client.put(report_key(self.state, self.node),
                                       json.dumps(body, sort_keys=True).encode())

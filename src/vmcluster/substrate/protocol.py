@@ -79,8 +79,10 @@ __all__ = [
     "VmStatus",
 ]
 
-VmState = Literal["running", "paused", "stopped", "migrating"]
-NodeState = Literal["up", "down", "off"]
+# "unknown": what a host whose agent does not answer (while its peers hear it) runs, and
+# the host itself; shown as such, never guessed as stopped or down.
+VmState = Literal["running", "paused", "stopped", "migrating", "unknown"]
+NodeState = Literal["up", "down", "off", "unknown"]
 MigrationStatus = Literal["setup", "active", "completed", "failed", "cancelled"]
 NoConvergenceAction = Literal["force", "throttle", "abort"]
 
