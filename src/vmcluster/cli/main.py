@@ -44,6 +44,8 @@ _SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("lab", "lab_faults", "restart"),
     ("lab", "lab_faults", "dirty"),
     ("lab", "lab_faults", "chaos"),
+    ("cluster", "cluster_backup", "backup"),
+    ("cluster", "cluster_backup", "restore"),
 )
 
 

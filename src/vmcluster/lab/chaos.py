@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -761,6 +762,34 @@ def sc_cold_start(c: Campaign) -> Outcome:
                    running is not None, {"running_s": running, "answering_s": answering})
 
 
+def sc_backup_restore(c: Campaign) -> Outcome:
+    where = c.settle()
+    vm = sorted(where)[0]
+    lab = ("--lab", c.layout.name)
+    env = c.vmc_env()
+    with tempfile.TemporaryDirectory(prefix="vmc-chaos-") as d:
+        path = str(Path(d) / "cluster.backup")
+        cli = [sys.executable, "-m", "vmcluster"]
+        saved = subprocess.run([*cli, "cluster", "backup", path, *lab], env=env,
+                               capture_output=True, text=True, timeout=120)
+        if saved.returncode != 0:
+            return Outcome(f"cluster backup failed: {saved.stderr.strip()[-300:]}", False)
+        stop = subprocess.run(c.vmc("vm", "stop", vm, "--force"), env=env, capture_output=True,
+                              text=True, timeout=120)  # after the backup: undone by it
+        m = c.mark()
+        done = subprocess.run([*cli, "cluster", "restore", path, *lab], env=env,
+                              capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        return Outcome(f"cluster restore failed: {done.stderr.strip()[-300:]}", False)
+    mark = Mark(time.time(), m.mono, 0, m.doubles)
+    running = c.running_again(c.vms, mark, timeout_s=180)
+    ok = stop.returncode == 0 and running is not None
+    return Outcome(f"backup, then {vm} stopped, then every host restored from the backup: "
+                   + (f"every VM (the backup's desired state) runs again, once, {running} s "
+                      "after the restore began" if running is not None else
+                      "a VM did NOT run again"), ok, {"running_s": running})
+
+
 def sc_two_migrations(c: Campaign) -> Outcome:
     where = c.settle()
     vm = sorted(where)[0]
@@ -827,6 +856,9 @@ def _scenarios() -> list[Scenario]:
         Scenario("cold-start", "every host crashed at once (a power cut), then booted",
                  "every VM whose desired state is running starts again, once",
                  sc_cold_start),
+        Scenario("backup-restore", "cluster backup, a change, every host restored",
+                 "the store is the backup's again; its running VMs run, once",
+                 sc_backup_restore),
         Scenario("two-migrations", "two migrations of one VM at once",
                  "one runs, one is refused; one copy", sc_two_migrations),
     ]

@@ -49,6 +49,7 @@ __all__ = [
     "lab_store",
     "leader",
     "leader_summary",
+    "read_services",
     "revoke",
     "seed_store",
     "service_log",
@@ -72,7 +73,7 @@ def service_log(layout: LabLayout, what: str, node: str) -> Path:
     return layout.host_state_dir(node) / "log" / f"{_PART_LOG.get(what, what)}.log"
 
 
-def _read_services(layout: LabLayout) -> dict[str, Any]:
+def read_services(layout: LabLayout) -> dict[str, Any]:
     try:
         return dict(json.loads(services_file(layout).read_text()))
     except (OSError, ValueError) as exc:
@@ -94,7 +95,7 @@ class LabStore:
 @contextlib.contextmanager
 def lab_store(layout: LabLayout, ns: str | None = None) -> Iterator[LabStore]:
     """The lab's store, used through a thread inside ``ns`` (default: the client ns)."""
-    svc = _read_services(layout)
+    svc = read_services(layout)
     client = EtcdClient(svc["endpoints"], timeout=1.0, retry_s=10.0, tls=etcd_tls(layout))
     with NetnsThread(ns or layout.client_ns) as thread:
         yield LabStore(ClusterState(client, svc["cluster"]), thread)
@@ -168,7 +169,7 @@ def leader_summary(layout: LabLayout) -> dict[str, Any] | None:
 def _glance(layout: LabLayout, read: Callable[[ClusterState], Any]) -> Any:
     """``read(state)`` on the lab's store from its client namespace, giving up within
     seconds (a short retry): for status lines that must not hang on a dead store."""
-    svc = _read_services(layout)
+    svc = read_services(layout)
     client = EtcdClient(svc["endpoints"], timeout=1.0, retry_s=2.0, tls=etcd_tls(layout))
     with NetnsThread(layout.client_ns) as thread:
         return thread.call(read, ClusterState(client, svc["cluster"]), timeout=15)

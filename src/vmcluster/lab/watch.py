@@ -8,15 +8,16 @@ every VM's disk checked against what its guest acknowledged.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from vmcluster.csv.checkdisk import DiskCheck, check_vm_disk
-from vmcluster.errors import LabError
+from vmcluster.errors import LabError, VmclusterError
 from vmcluster.lab.sampler import RunSampler
-from vmcluster.lab.services import LabStore
+from vmcluster.lab.services import LabStore, lab_store
 from vmcluster.model import ClusterSpec
 from vmcluster.store.election import Leadership, current_leader
 from vmcluster.store.etcd import EtcdClient
@@ -141,11 +142,6 @@ def silent_hosts(layout: LabLayout, nodes: Iterable[str]) -> dict[str, dict[str,
     still hear (node state up), the VMs it last reported running and how long ago its
     agent listed them. A host absent from the result is down as far as anyone knows (or
     the store is unreachable): nothing is made up for it."""
-    import json
-
-    from vmcluster.errors import VmclusterError
-    from vmcluster.lab.services import lab_store
-
     names = list(nodes)
     if not names:
         return {}
