@@ -419,6 +419,7 @@ class CsvOps:
             view = await asyncio.to_thread(book.view, spec)
             done: list[Reply] = []
             by_addr = {str(a): n.name for n in spec.nodes for a in n.interfaces.values()}
+            net_of = {str(a): net for n in spec.nodes for net, a in n.interfaces.items()}
             for vol in spec.volumes:
                 coord = await asyncio.to_thread(coordinator, book, spec, vol.name, view, _log)
                 has_path = view.has_path(vol.network)
@@ -445,8 +446,15 @@ class CsvOps:
                         if cur == want.uri:
                             continue
                         host = cur.removeprefix("nbd://").split(":", 1)[0]
+                        # A redirected path is sound only while its host is and the
+                        # network it runs over is up at both ends (a CSV network lost
+                        # after the storage path: its connection must be aborted, else
+                        # the switch's drain waits on it until TCP gives up).
+                        peer, net = by_addr.get(host), net_of.get(host)
                         old_ok = (self.node in has_path if cur.startswith(san.uri)
-                                  else by_addr.get(host) in healthy)
+                                  else peer in healthy and net is not None
+                                  and view.health.up(spec, net, self.node)
+                                  and view.health.up(spec, net, peer))
                         done.append(await self._switch(qp, want, kill_old=not old_ok))
             return done
 

@@ -49,7 +49,7 @@ from vmcluster.lab.faults import (
     start_node,
     start_nodes,
 )
-from vmcluster.lab.guestctl import guest_request
+from vmcluster.lab.guestctl import DISKWRITER_PORT, guest_request
 from vmcluster.lab.lab import set_net
 from vmcluster.lab.probe import ClientProbe
 from vmcluster.lab.sampler import RunSampler
@@ -65,6 +65,7 @@ from vmcluster.lab.watch import (
     settle,
     wait_event,
 )
+from vmcluster.policy.networks import node_cluster_networks
 from vmcluster.store import intents
 from vmcluster.substrate.host.client import AgentClient
 
@@ -790,6 +791,65 @@ def sc_backup_restore(c: Campaign) -> Outcome:
                       "a VM did NOT run again"), ok, {"running_s": running})
 
 
+def _acked(c: Campaign, addr: str) -> int | None:
+    """How many writes the guest's disk writer has had acknowledged (None: no answer)."""
+    with contextlib.suppress(LabError, ValueError):
+        reply = guest_request(c.layout, addr, "STATS", DISKWRITER_PORT, timeout_s=5)
+        return int(dict(kv.split("=") for kv in reply.split()[1:])["acked"])
+    return None
+
+
+def sc_storage_double_fault(c: Campaign) -> Outcome:
+    where = c.settle()
+    victim = c.victim(where)
+    vm = sorted(v for v, n in where.items() if n == victim)[0]
+    addr = str(c.spec.vm(vm).address)
+    guest_request(c.layout, addr, "RATE 50", DISKWRITER_PORT)
+    seen: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            got = _acked(c, addr)
+            if got is not None:
+                seen.append((time.monotonic(), got))
+            stop.wait(0.3)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    csv_net = node_cluster_networks(c.spec, victim)[0].name  # the lowest metric
+    try:
+        time.sleep(2)
+        c.sub.set_storage_path(victim, False)  # its disks go through another host
+        time.sleep(6)
+        second = time.monotonic()
+        set_net(c.sub, f"{csv_net}@{victim}", False)  # and then that path's network
+        time.sleep(15)
+    finally:
+        mended = time.monotonic()
+        set_net(c.sub, f"{csv_net}@{victim}", True)
+        c.sub.set_storage_path(victim, True)
+        time.sleep(5)
+        stop.set()
+        t.join()
+        with contextlib.suppress(LabError):
+            guest_request(c.layout, addr, "RATE 0", DISKWRITER_PORT)
+    # The longest time the guest's writes were not acknowledged while both faults held,
+    # and whether they went on before the faults were mended.
+    during = [(at, n) for at, n in seen if second <= at <= mended]
+    stall, last_t, last_n = 0.0, second, max((n for at, n in seen if at < second), default=-1)
+    for at, n in during:
+        if n != last_n:
+            stall, last_t, last_n = max(stall, at - last_t), at, n
+    stall = max(stall, mended - last_t)
+    went_on = any(n > max((k for a, k in seen if a < second), default=0) for _, n in during)
+    ok = went_on and stall < 10
+    return Outcome(f"{vm}'s host {victim} lost its storage path, then its {csv_net} link: "
+                   f"longest write stall {stall:.1f} s of {mended - second:.0f} s (aim < 5 s);"
+                   " writes " + ("went on" if went_on else "did NOT go on") + " before the "
+                   "faults were mended", ok, {"stall_s": round(stall, 2)})
+
+
 def sc_two_migrations(c: Campaign) -> Outcome:
     where = c.settle()
     vm = sorted(where)[0]
@@ -859,6 +919,9 @@ def _scenarios() -> list[Scenario]:
         Scenario("backup-restore", "cluster backup, a change, every host restored",
                  "the store is the backup's again; its running VMs run, once",
                  sc_backup_restore),
+        Scenario("storage-double-fault", "a host's storage path lost, then its CSV network",
+                 "its disks move to the next CSV network; the guest stalls at most a few s",
+                 sc_storage_double_fault),
         Scenario("two-migrations", "two migrations of one VM at once",
                  "one runs, one is refused; one copy", sc_two_migrations),
     ]
