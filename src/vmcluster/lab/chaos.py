@@ -799,7 +799,17 @@ def _acked(c: Campaign, addr: str) -> int | None:
     return None
 
 
-def sc_storage_double_fault(c: Campaign) -> Outcome:
+def _redirected_through(c: Campaign, node: str, vm: str) -> str | None:
+    """The host ``vm``'s disk on ``node`` goes through now (None: direct, or unknown)."""
+    with contextlib.suppress(VmclusterError):
+        uri = str(AgentClient(c.layout, node).call("csv_paths", timeout_s=10)["paths"][vm])
+        host = uri.removeprefix("nbd://").split(":", 1)[0]
+        return next((n.name for n in c.spec.nodes
+                     if host in map(str, n.interfaces.values())), None)
+    return None
+
+
+def sc_storage_double_fault(c: Campaign, then_coordinator: bool = False) -> Outcome:
     where = c.settle()
     victim = c.victim(where)
     vm = sorted(v for v, n in where.items() if n == victim)[0]
@@ -818,23 +828,33 @@ def sc_storage_double_fault(c: Campaign) -> Outcome:
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     csv_net = node_cluster_networks(c.spec, victim)[0].name  # the lowest metric
+    via = crashed = None
+    m = c.mark()
     try:
         time.sleep(2)
         c.sub.set_storage_path(victim, False)  # its disks go through another host
         time.sleep(6)
         second = time.monotonic()
         set_net(c.sub, f"{csv_net}@{victim}", False)  # and then that path's network
+        time.sleep(8)
+        via = _redirected_through(c, victim, vm)
+        if then_coordinator and via is not None and via != victim:
+            second = time.monotonic()  # measured from the third fault on
+            crash_node(c.layout, via)  # and then the host it goes through
+            crashed = via
         time.sleep(15)
     finally:
         mended = time.monotonic()
         set_net(c.sub, f"{csv_net}@{victim}", True)
         c.sub.set_storage_path(victim, True)
+        if crashed is not None:
+            c.node_back(crashed, m)
         time.sleep(5)
         stop.set()
         t.join()
         with contextlib.suppress(LabError):
             guest_request(c.layout, addr, "RATE 0", DISKWRITER_PORT)
-    # The longest time the guest's writes were not acknowledged while both faults held,
+    # The longest time the guest's writes were not acknowledged while the faults held,
     # and whether they went on before the faults were mended.
     during = [(at, n) for at, n in seen if second <= at <= mended]
     stall, last_t, last_n = 0.0, second, max((n for at, n in seen if at < second), default=-1)
@@ -843,11 +863,17 @@ def sc_storage_double_fault(c: Campaign) -> Outcome:
             stall, last_t, last_n = max(stall, at - last_t), at, n
     stall = max(stall, mended - last_t)
     went_on = any(n > max((k for a, k in seen if a < second), default=0) for _, n in during)
-    ok = went_on and stall < 10
-    return Outcome(f"{vm}'s host {victim} lost its storage path, then its {csv_net} link: "
-                   f"longest write stall {stall:.1f} s of {mended - second:.0f} s (aim < 5 s);"
-                   " writes " + ("went on" if went_on else "did NOT go on") + " before the "
-                   "faults were mended", ok, {"stall_s": round(stall, 2)})
+    ok = went_on and stall < 10 and (crashed is not None or not then_coordinator)
+    third = f", then {crashed} it went through crashed" if crashed else (
+        ", then (no host to crash: it was not redirected)" if then_coordinator else "")
+    return Outcome(f"{vm}'s host {victim} lost its storage path, then its {csv_net} link"
+                   f"{third}: longest write stall {stall:.1f} s of {mended - second:.0f} s "
+                   "(aim < 5 s); writes " + ("went on" if went_on else "did NOT go on")
+                   + " before the faults were mended", ok, {"stall_s": round(stall, 2)})
+
+
+def sc_storage_triple_fault(c: Campaign) -> Outcome:
+    return sc_storage_double_fault(c, then_coordinator=True)
 
 
 def sc_two_migrations(c: Campaign) -> Outcome:
@@ -922,6 +948,9 @@ def _scenarios() -> list[Scenario]:
         Scenario("storage-double-fault", "a host's storage path lost, then its CSV network",
                  "its disks move to the next CSV network; the guest stalls at most a few s",
                  sc_storage_double_fault),
+        Scenario("storage-triple-fault", "as storage-double-fault, then the host its "
+                 "disks go through crashes", "its disks go through another host; a few s "
+                 "of stall, nothing lost", sc_storage_triple_fault),
         Scenario("two-migrations", "two migrations of one VM at once",
                  "one runs, one is refused; one copy", sc_two_migrations),
     ]
