@@ -22,9 +22,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import api_app
 from vmcluster.errors import SpecError, TraceError
 from vmcluster.experiments.traces import SAMPLES, load_day
 from vmcluster.model.spec import parse_spec
+from vmcluster.pki import token_hash
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BASE = tomllib.loads((EXAMPLES / "lab.toml").read_text())
@@ -147,33 +149,14 @@ ADMIN = {"Authorization": "Bearer admin-token"}
 def api() -> Iterator[tuple[TestClient, Any]]:
     if shutil.which("etcd") is None:
         pytest.skip("etcd-server not installed")
-    from vmcluster.node.api import ApiContext, create_app
-    from vmcluster.node.cache import CachedKV
-    from vmcluster.node.config import NodeConfig
-    from vmcluster.pki import token_hash
-    from vmcluster.store import EtcdClient, embedded
-    from vmcluster.store.state import ClusterState
-
-    base = Path(tempfile.mkdtemp(prefix="vmc-fuzz-api-"))
-    cluster = embedded(base / "etcd", host="127.0.0.45", timeout=60)
-    try:
-        state = ClusterState(EtcdClient(cluster.endpoints()), "t")
-        cfg = NodeConfig(path=base / "vmclusterd.toml", node="node1", cluster="t",
-                         run_dir=base / "run", endpoints=tuple(cluster.endpoints()),
-                         api_listen=("198.18.1.11",))
-        ctx = ApiContext(cfg, state)
-        with TestClient(create_app(ctx)) as client:
-            view = ClusterState(CachedKV(ctx.cache), "t") if ctx.cache else state
-            view.client.put(view.key("tokens", token_hash("admin-token")),
-                            json.dumps({"role": "admin"}).encode())
-            view.put_spec((EXAMPLES / "lab.toml").read_text())
-            made = client.post("/api/v1/vms", headers=ADMIN,
-                               json={"name": "web", "owner": "node1", "memory_mib": 257})
-            assert made.status_code == 201, made.text
-            yield client, view
-    finally:
-        cluster.close()
-        shutil.rmtree(base, ignore_errors=True)
+    with api_app("127.0.0.45") as (client, view):
+        view.client.put(view.key("tokens", token_hash("admin-token")),
+                        json.dumps({"role": "admin"}).encode())
+        view.put_spec((EXAMPLES / "lab.toml").read_text())
+        made = client.post("/api/v1/vms", headers=ADMIN,
+                           json={"name": "web", "owner": "node1", "memory_mib": 257})
+        assert made.status_code == 201, made.text
+        yield client, view
 
 
 json_values = st.recursive(

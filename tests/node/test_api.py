@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +11,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.helpers import api_app
 from vmcluster.control.plans import ClusterPlan
 from vmcluster.node import load
-from vmcluster.node.api import ApiContext, create_app
-from vmcluster.node.cache import CachedKV
-from vmcluster.node.config import NodeConfig
 from vmcluster.pki import token_hash
-from vmcluster.store import EtcdClient, embedded
 from vmcluster.store.election import Election
 from vmcluster.store.state import ClusterState
 
@@ -28,22 +24,10 @@ SPEC = (Path(__file__).resolve().parents[2] / "examples" / "lab.toml").read_text
 
 @pytest.fixture
 def api() -> Iterator[tuple[TestClient, ClusterState]]:
-    base = Path(tempfile.mkdtemp(prefix="vmc-api-"))
-    cluster = embedded(base / "etcd", host="127.0.0.44", timeout=60)
-    try:
-        state = ClusterState(EtcdClient(cluster.endpoints()), "t")
-        cfg = NodeConfig(path=base / "vmclusterd.toml", node="node1", cluster="t",
-                         run_dir=base / "run", endpoints=tuple(cluster.endpoints()),
-                         api_listen=("198.18.1.11",))
-        ctx = ApiContext(cfg, state)
-        with TestClient(create_app(ctx)) as client:
-            assert ctx.cache is not None and ctx.cache.healthy
-            # The test writes as a host would, through etcd; each write returns once the
-            # API's cache holds it, so what the test wrote is what the API reads next.
-            yield client, ClusterState(CachedKV(ctx.cache), "t")
-    finally:
-        cluster.close()
-        shutil.rmtree(base, ignore_errors=True)
+    # The test writes as a host would, through etcd; each write returns once the
+    # API's cache holds it, so what the test wrote is what the API reads next.
+    with api_app("127.0.0.44") as got:
+        yield got
 
 
 def test_health_needs_no_token_everything_else_a_known_one(

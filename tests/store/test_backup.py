@@ -7,8 +7,6 @@ import io
 import json
 import shutil
 import tarfile
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,21 +19,12 @@ pytestmark = pytest.mark.skipif(shutil.which("etcd") is None or shutil.which("et
                                 reason="etcd-server and etcd-client not installed")
 
 
-@pytest.fixture
-def base() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="vmc-backup-test-"))
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def test_a_member_restored_from_a_backup_has_what_was_there_then(base: Path) -> None:
-    cluster = embedded(base / "etcd", host="127.0.0.46", timeout=60)
+def test_a_member_restored_from_a_backup_has_what_was_there_then(workdir: Path) -> None:
+    cluster = embedded(workdir / "etcd", host="127.0.0.46", timeout=60)
     try:
         client = EtcdClient(cluster.endpoints())
         client.put("/vmc/t/vms/web", b'{"memory_mib": 257}')
-        info = save_backup(base / "b.tar.gz", "t", cluster.endpoints(), client.member_list(),
+        info = save_backup(workdir / "b.tar.gz", "t", cluster.endpoints(), client.member_list(),
                            None)
         client.put("/vmc/t/vms/late", b"{}")  # after the backup: not restored
         assert [n for n, _ in info.members] == ["solo"]
@@ -43,10 +32,10 @@ def test_a_member_restored_from_a_backup_has_what_was_there_then(base: Path) -> 
     finally:
         cluster.close(remove=False)
     with pytest.raises(InputError, match="vmclusterd runs: stop it first"):
-        restore_member(base / "b.tar.gz", "solo", member.data_dir, running=True)
+        restore_member(workdir / "b.tar.gz", "solo", member.data_dir, running=True)
     with pytest.raises(InputError, match="no member 'node9'"):
-        restore_member(base / "b.tar.gz", "node9", member.data_dir, running=False)
-    got, aside = restore_member(base / "b.tar.gz", "solo", member.data_dir,
+        restore_member(workdir / "b.tar.gz", "node9", member.data_dir, running=False)
+    got, aside = restore_member(workdir / "b.tar.gz", "solo", member.data_dir,
                                 running=False)
     assert got.sha256 == info.sha256 and aside is not None and aside.exists()
     cluster.start(state="existing")
@@ -60,12 +49,12 @@ def test_a_member_restored_from_a_backup_has_what_was_there_then(base: Path) -> 
         cluster.close()
 
 
-def test_a_file_that_is_not_a_sound_backup_is_one_error(base: Path) -> None:
-    junk = base / "junk"
+def test_a_file_that_is_not_a_sound_backup_is_one_error(workdir: Path) -> None:
+    junk = workdir / "junk"
     junk.write_bytes(b"not a tarball")
     with pytest.raises(InputError, match="cannot read the backup"):
         read_backup(junk)
-    other = base / "other.tar.gz"
+    other = workdir / "other.tar.gz"
     with tarfile.open(other, "w:gz") as tar:
         data = b"hello"
         entry = tarfile.TarInfo("readme.txt")
@@ -73,7 +62,7 @@ def test_a_file_that_is_not_a_sound_backup_is_one_error(base: Path) -> None:
         tar.addfile(entry, io.BytesIO(data))
     with pytest.raises(InputError, match="not a vmcluster backup"):
         read_backup(other)
-    bad = base / "bad.tar.gz"
+    bad = workdir / "bad.tar.gz"
     with tarfile.open(bad, "w:gz") as tar:
         for name, data in (("snapshot.db", b"snap"), ("backup.json", json.dumps(
                 {"format": 1, "cluster": "t", "sha256": "00", "taken_at": 0, "endpoint": "e",

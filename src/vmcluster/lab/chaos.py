@@ -334,14 +334,18 @@ def _quiet(c: Campaign, what: str, fault: Callable[[], object]) -> Outcome:
                    not spurious, {"route_downs": downs, "failovers": len(spurious)})
 
 
+def _net_down_for(c: Campaign, target: str, seconds: float) -> None:
+    """``target`` (NETWORK[@NODE]) down for ``seconds``, then up again (also on error)."""
+    set_net(c.sub, target, False)
+    try:
+        time.sleep(seconds)
+    finally:
+        set_net(c.sub, target, True)
+
+
 def sc_heartbeat_down(c: Campaign) -> Outcome:
-    def fault() -> None:
-        set_net(c.sub, "Heartbeat", False)
-        try:
-            time.sleep(8)
-        finally:
-            set_net(c.sub, "Heartbeat", True)
-    return _quiet(c, "Heartbeat down 8 s, traffic on the next network", fault)
+    return _quiet(c, "Heartbeat down 8 s, traffic on the next network",
+                  lambda: _net_down_for(c, "Heartbeat", 8))
 
 
 def sc_blips(c: Campaign) -> Outcome:
@@ -654,13 +658,8 @@ def sc_target_agent_kill(c: Campaign) -> Outcome:
 
 
 def sc_migration_net_cut(c: Campaign) -> Outcome:
-    def cut(_vm: str, _s: str, _t: str) -> None:
-        set_net(c.sub, "Migration", False)
-        try:
-            time.sleep(5)
-        finally:
-            set_net(c.sub, "Migration", True)
-    return _mid_migration(c, "Migration network cut 5 s", cut)
+    return _mid_migration(c, "Migration network cut 5 s",
+                          lambda _vm, _s, _t: _net_down_for(c, "Migration", 5))
 
 
 def sc_cancel(c: Campaign) -> Outcome:
