@@ -91,19 +91,27 @@ def test_writes_are_intents_the_manager_carries_out(api: tuple[TestClient, Clust
     assert made.status_code == 201, made.json()
     mig = client.post("/api/v1/vms/web/migrate", json={"to": "node2"}, headers=admin)
     assert mig.status_code == 202 and mig.json()["args"] == {"vm": "web", "to": "node2"}
+    # A downtime budget and what to do if it does not fit travel with the intent.
+    kept = client.post("/api/v1/vms/web/migrate", headers=admin, json={
+        "to": "node3", "downtime_ms": 50, "on_no_convergence": "force"})
+    assert kept.status_code == 202 and kept.json()["args"] == {
+        "vm": "web", "to": "node3", "downtime_ms": 50, "on_no_convergence": "force"}
     # Refusals: one error object each, naming the field; nothing recorded.
     for path, body, code, field in [
         ("/api/v1/nodes/node9/drain", None, 404, "node"),
         ("/api/v1/vms/novm/migrate", {"to": "node2"}, 404, "vm"),
         ("/api/v1/vms/web/migrate", {"to": "node9"}, 422, "to"),
         ("/api/v1/vms/web/migrate", {}, 422, "to"),
+        ("/api/v1/vms/web/migrate", {"to": "node2", "downtime_ms": 0}, 422, "downtime_ms"),
+        ("/api/v1/vms/web/migrate", {"to": "node2", "on_no_convergence": "hope"}, 422,
+         "on_no_convergence"),
     ]:
         bad = client.post(path, json=body, headers=admin)
         assert bad.status_code == code and bad.json()["error"]["field"] == field, bad.json()
     assert client.get("/api/v1/intents/nope", headers=admin).status_code == 404
     assert client.post("/api/v1/nodes/node3/drain").status_code == 401
     kvs, _ = state.client.get_prefix(state.key("intents", ""))
-    assert len(kvs) == 2
+    assert len(kvs) == 3
 
 
 def test_vms_are_defined_started_stopped_and_deleted_through_the_store(

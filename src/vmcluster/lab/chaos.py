@@ -657,9 +657,13 @@ def sc_target_agent_kill(c: Campaign) -> Outcome:
         c.layout, t, "agent"))
 
 
-def sc_migration_net_cut(c: Campaign) -> Outcome:
-    return _mid_migration(c, "Migration network cut 5 s",
-                          lambda _vm, _s, _t: _net_down_for(c, "Migration", 5))
+def sc_migration_net_cut(c: Campaign, seconds: float = 5) -> Outcome:
+    return _mid_migration(c, f"Migration network cut {seconds:g} s",
+                          lambda _vm, _s, _t: _net_down_for(c, "Migration", seconds))
+
+
+def sc_migration_net_cut_long(c: Campaign) -> Outcome:
+    return sc_migration_net_cut(c, 40)
 
 
 def sc_cancel(c: Campaign) -> Outcome:
@@ -875,6 +879,78 @@ def sc_storage_triple_fault(c: Campaign) -> Outcome:
     return sc_storage_double_fault(c, then_coordinator=True)
 
 
+def _drain(c: Campaign, also: Callable[[str, dict[str, str]], str]) -> Outcome:
+    """Drain a host with VMs (their copies slowed down); once its first migration is in
+    flight, ``also(drained, where)`` injects a second fault and says what it did."""
+    where = c.settle()
+    drained = c.victim(where)
+    mine = sorted(vm for vm, n in where.items() if n == drained)
+    for vm in mine:
+        guest_request(c.layout, str(c.spec.vm(vm).address), "RATE 24")
+    proc = subprocess.Popen(c.vmc("node", "drain", drained, "--json"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=c.vmc_env())
+    did = "nothing (the drain ended first)"
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if c.store.call(c.store.state.migrations):
+                did = also(drained, where)
+                break
+            time.sleep(0.1)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for vm in mine:
+            with contextlib.suppress(LabError):
+                guest_request(c.layout, str(c.spec.vm(vm).address), "RATE 8")
+    res = _json_line(out)
+    copies = {vm: c.one_copy(vm, 90) for vm in c.vms}
+    resume = subprocess.run(c.vmc("node", "resume", drained), env=c.vmc_env(),
+                            capture_output=True, text=True, timeout=120)
+    ok = all(n is not None for n in copies.values()) and resume.returncode == 0
+    if proc.returncode == 0:  # drained: none of its VMs runs on it any more
+        ok = ok and not any(copies[vm] == drained for vm in mine)
+    why = f"; {err.strip()[-150:]}" if err.strip() and proc.returncode else ""
+    return Outcome(f"drain of {drained} ({', '.join(mine)}), meanwhile {did}: exit "
+                   f"{proc.returncode} (moved {len(res.get('moved', []))}, failed "
+                   f"{len(res.get('failed', []))}{why}), every VM once: {copies}", ok, {})
+
+
+def sc_crash_during_drain(c: Campaign) -> Outcome:
+    crashed: list[str] = []
+
+    def crash(drained: str, _where: dict[str, str]) -> str:
+        mig = c.store.call(c.store.state.migrations)
+        target = next((mg.target for mg in mig.values()), None)
+        victim = target if target not in (None, drained) else next(
+            n for n in c.nodes if n not in (drained, c.manager_node()))
+        crash_node(c.layout, victim)
+        crashed.append(victim)
+        return f"{victim} (the copy's target) crashed"
+
+    m = c.mark()
+    try:
+        return _drain(c, crash)
+    finally:
+        for node in crashed:
+            c.node_back(node, m)
+
+
+def sc_migration_during_drain(c: Campaign) -> Outcome:
+    def migrate(drained: str, where: dict[str, str]) -> str:
+        vm = sorted(v for v, n in where.items() if n == drained)[0]
+        to = next(n for n in c.nodes if n != drained)
+        got = subprocess.run(c.vmc("vm", "migrate", vm, "--to", to, "--json"),
+                             env=c.vmc_env(), capture_output=True, text=True, timeout=300)
+        said = (_json_line(got.stdout).get("state") or
+                (got.stderr.strip().splitlines() or ["?"])[-1][:100])
+        return f"`vm migrate {vm} --to {to}` exited {got.returncode} ({said})"
+
+    return _drain(c, migrate)
+
+
 def sc_two_migrations(c: Campaign) -> Outcome:
     where = c.settle()
     vm = sorted(where)[0]
@@ -930,6 +1006,9 @@ def _scenarios() -> list[Scenario]:
                  "one copy, where the store says", sc_target_agent_kill),
         Scenario("migration-net-cut", "the Migration network down 5 s mid-copy",
                  "one copy, where the store says", sc_migration_net_cut, ci=True),
+        Scenario("migration-net-cut-40", "the Migration network down 40 s mid-copy",
+                 "given up on it, done over the next network; one copy",
+                 sc_migration_net_cut_long),
         Scenario("cancel", "vm migrate --cancel mid-copy",
                  "cancelled: the VM stays on its source, once", sc_cancel, ci=True),
         Scenario("over-budget", "a VM dirtying faster than a 20 ms budget can copy",
@@ -950,6 +1029,11 @@ def _scenarios() -> list[Scenario]:
         Scenario("storage-triple-fault", "as storage-double-fault, then the host its "
                  "disks go through crashes", "its disks go through another host; a few s "
                  "of stall, nothing lost", sc_storage_triple_fault),
+        Scenario("crash-during-drain", "a drain, and its copy's target crashes mid-copy",
+                 "every VM runs once; the drain says what it moved and what failed",
+                 sc_crash_during_drain),
+        Scenario("migration-during-drain", "a drain, and `vm migrate` of one of its VMs",
+                 "one of the two moves it; every VM runs once", sc_migration_during_drain),
         Scenario("two-migrations", "two migrations of one VM at once",
                  "one runs, one is refused; one copy", sc_two_migrations),
     ]
