@@ -56,10 +56,14 @@ def drain_cmd(node_name: str, cluster_url: str | None, lab_name: str | None,
         click.echo(f"drain of {node_name} cancelled; {len(result.get('moved', []))} VM(s) "
                    f"moved, {node_name} is up")
     else:
-        click.echo(f"{node_name} drained: {len(result.get('moved', []))} moved, "
+        left = result.get("failed") or result.get("unplaced")
+        click.echo(f"{node_name} {'NOT fully drained' if left else 'drained'}: "
+                   f"{len(result.get('moved', []))} moved, "
                    f"{len(result.get('failed', []))} failed, "
                    f"{len(result.get('unplaced', []))} could not be placed; "
                    f"`vmcluster node resume {node_name}` puts it back in service")
+    if not result.get("cancelled") and (result.get("failed") or result.get("unplaced")):
+        raise SystemExit(1)  # VMs are still on it: not what was asked, whatever it printed
 
 
 def _watch(access: ClusterAccess, intent_id: str, say: Callable[[str], None],
