@@ -73,11 +73,14 @@ def rejoin(node_name: str, name: str | None, as_json: bool) -> None:
 @click.argument("node_a", metavar="NODE")
 @click.argument("node_b", metavar="OTHER")
 @click.option("--mend", is_flag=True, help="Restore the paths instead.")
+@click.option("--one-way", is_flag=True, help="Only NODE loses its paths to OTHER (OTHER's "
+              "packets still reach NODE): a one-way partition.")
 @_NAME
 @_JSON
-def cut(node_a: str, node_b: str, mend: bool, name: str | None, as_json: bool) -> None:
+def cut(node_a: str, node_b: str, mend: bool, one_way: bool, name: str | None,
+        as_json: bool) -> None:
     """Cut every cluster-network path between NODE and OTHER only (both still reach the
     other hosts, the witness among them): the split a witness must break."""
-    done = cut_between(resolve_lab(name), node_a, node_b, not mend)
+    done = cut_between(resolve_lab(name), node_a, node_b, not mend, one_way)
     _out(as_json, {"between": [node_a, node_b], "cut": not mend, "routes": done},
          f"{node_a} <-> {node_b}: {'mended' if mend else 'cut'} ({len(done)} addresses)")

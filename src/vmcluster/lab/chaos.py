@@ -40,6 +40,7 @@ from vmcluster.errors import LabError, UsageError, VmclusterError
 from vmcluster.lab.faults import (
     blip_net,
     crash_node,
+    cut_between,
     freeze_part,
     isolate_node,
     kill_part,
@@ -371,6 +372,30 @@ def sc_isolation(c: Campaign) -> Outcome:
                                              else "did NOT stop its VMs")
                    + (f"; they run on the majority at {running} s" if running is not None else
                       "; they did NOT run again"), ok, {"stop_s": stop, "running_s": running})
+
+
+def sc_one_way_partition(c: Campaign) -> Outcome:
+    where = c.settle()
+    victim = c.victim(where)
+    lost = [vm for vm, n in where.items() if n == victim]
+    others = [n for n in c.nodes if n != victim]
+    m = c.mark()
+    for other in others:  # it hears everyone; nobody hears it
+        cut_between(c.layout, victim, other, True, one_way=True)
+    try:
+        stop = c.gone_from(victim, lost, m, timeout_s=20)
+        running = c.running_again(lost, m, avoid=victim, timeout_s=30)
+    finally:
+        for other in others:
+            cut_between(c.layout, victim, other, False, one_way=True)
+    c.node_back(victim, m)
+    ok = running is not None and stop is not None and running >= stop
+    return Outcome(f"{victim} can no longer send to anyone (it still hears them): "
+                   + (f"stopped its VMs at {stop} s" if stop is not None else
+                      "did NOT stop its VMs")
+                   + (f", they run elsewhere at {running} s" if running is not None else
+                      ", they did not run elsewhere"), ok,
+                   {"stop_s": stop, "running_s": running})
 
 
 def _store_writes(c: Campaign, m: Mark, timeout_s: float) -> float | None:
@@ -983,6 +1008,9 @@ def _scenarios() -> list[Scenario]:
                  "below the threshold: no failover", sc_blips, ci=True),
         Scenario("isolation", "every cluster link of a node running VMs down",
                  "it stops its VMs; the majority runs them, once", sc_isolation),
+        Scenario("one-way-partition", "a host with VMs can no longer send (it still "
+                 "hears the others)", "it stops its VMs before the others start them",
+                 sc_one_way_partition),
         Scenario("etcd-leader-kill", "SIGKILL the etcd raft leader's member",
                  "a new raft leader; writes resume; no failover", sc_etcd_leader_kill,
                  ci=True),

@@ -98,7 +98,8 @@ def _links(layout: LabLayout, node: str, up: bool) -> list[str]:
     return nets
 
 
-def cut_between(layout: LabLayout, a: str, b: str, cut: bool) -> list[str]:
+def cut_between(layout: LabLayout, a: str, b: str, cut: bool,
+                one_way: bool = False) -> list[str]:
     """Cut (or mend) every cluster-network path between hosts ``a`` and ``b`` only: each
     gets a ``prohibit`` route to the other's addresses, so both keep reaching everyone
     else (the witness among them). Returns the addresses cut off, as ``host:address``."""
@@ -107,7 +108,9 @@ def cut_between(layout: LabLayout, a: str, b: str, cut: bool) -> list[str]:
     if a == b:
         raise UsageError(f"cut {a} from itself? name two different hosts")
     done = []
-    for me, peer in ((a, b), (b, a)):
+    # One way: only ``a`` loses its routes to ``b`` (b's packets still reach a; a's
+    # replies, heartbeats and TCP acknowledgements to b do not).
+    for me, peer in ((a, b),) if one_way else ((a, b), (b, a)):
         for p in node_cluster_networks(spec, peer):
             if p.name not in spec.host(me).interfaces:
                 continue
