@@ -348,6 +348,23 @@ def test_placement_follows_a_vm_that_runs_elsewhere_once_it_lasts(state: Cluster
     assert rec.started == []
 
 
+def test_a_stray_second_copy_is_powered_off_where_the_store_does_not_place_it(
+        state: ClusterState) -> None:
+    """After a one-way partition heals, the cut-off host still runs a VM the others
+    restarted: the copy the store does not place goes, once the sight has lasted."""
+    m, clock, rec = manager(state)
+    token = m.take_office(10)
+    twice = {"node1": ["web"], "node2": ["db"], "node3": ["batch", "web"]}
+    publish(state, set(), twice)
+    m.tick()
+    assert getattr(rec, "stopped", []) == []  # reports may lag a switchover
+    clock.t += m.params.adopt_s + 0.1
+    publish(state, set(), twice)
+    m.tick()
+    assert rec.stopped == [("web", "node3", token)]  # web is placed on node1
+    assert state.placement("web").node == "node1"
+
+
 # -- migrations whose driver died ---------------------------------------------------
 def _orphan(state: ClusterState, vm: str, target: str) -> StoreLedger:
     """A migration recorded by a driver (the CLI: no token) that then died."""

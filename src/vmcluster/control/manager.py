@@ -215,6 +215,7 @@ class _Term:
     waiting: set[str] = field(default_factory=set)  # VMs said to wait for their owner
     drained: set[str] = field(default_factory=set)
     mismatch: dict[str, tuple[str, int, float]] = field(default_factory=dict)
+    strays: dict[tuple[str, str], float] = field(default_factory=dict)  # (vm, node): since
     net_states: dict[str, str] = field(default_factory=dict)
     cluster_network: str | None = None
     workers: dict[str, threading.Thread] = field(default_factory=dict)  # by intent id
@@ -365,6 +366,7 @@ class Manager:
             leaving = node in reports and reports[node].leaving
             self._node_down(term, node, now, nodes.get(node, {}), leaving)
         self._adopt(term, seen)
+        self._strays(term, seen)
         for node in sorted(set(term.dead_since) & (seen.heard - seen.dead)):
             del term.dead_since[node]
             record = nodes.get(node, {})
@@ -634,6 +636,31 @@ class Manager:
             with contextlib.suppress(StoreConflict):
                 self.state.place(vm, node, expect=p.revision, token=term.token)
                 self.say(f"{vm} runs on {node}, not {p.node}: placement follows")
+
+    def _strays(self, term: _Term, seen: Assessment) -> None:
+        """A VM that fresh reports show running on its placed node and on another (a host
+        that was cut off one way kept it while the others restarted it) runs twice: the
+        copy the store does not place is powered off, once the sight has lasted
+        ``adopt_s`` (reports lag a switchover)."""
+        migrating = set(self.state.migrations())
+        now = self.clock.now()
+        seen_now = set()
+        for vm, p in self.state.placements().items():
+            nodes = seen.running_fresh.get(vm, frozenset())
+            if vm in migrating or p.node not in nodes or len(nodes) < 2:
+                continue
+            for node in sorted(nodes - {p.node}):
+                seen_now.add((vm, node))
+                first = term.strays.setdefault((vm, node), now)
+                if now - first < self.params.adopt_s:
+                    continue
+                del term.strays[(vm, node)]
+                self.say(f"{vm} runs on {node} too, placed on {p.node}: stopping the stray copy")
+                self._act(f"cannot stop {vm}'s stray copy on {node}",
+                          lambda v, n, t: (self.actuator.stop_vm(v, n, t), None)[1],
+                          vm, node, term.token)
+        for key in set(term.strays) - seen_now:
+            del term.strays[key]
 
     def _witness(self, term: _Term, reports: Mapping[str, NodeReport]) -> bool:
         """Is the witness's report fresh? Its loss alone is a warning, once."""

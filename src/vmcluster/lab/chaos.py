@@ -266,6 +266,10 @@ class Campaign:
             time.sleep(0.3)
         return None
 
+    def damage(self) -> dict[str, int]:
+        """Per VM, acknowledged blocks now missing or corrupt on its disk."""
+        return {c.vm: c.missing + c.corrupt for c in check_disks(self.layout, self.spec)}
+
     def run(self, sc: Scenario) -> Row:
         """Settle, run one scenario, check disks; a scenario that raises fails (its row
         says why) and the campaign goes on from a settled lab."""
@@ -277,6 +281,10 @@ class Campaign:
                        0, 0, 0.0, {})
         t0, doubles = time.monotonic(), len(self.sampler.doubles)
         try:
+            before = self.damage()
+        except (VmclusterError, OSError):
+            before = {}
+        try:
             out = sc.run(self)
         except (VmclusterError, OSError, subprocess.SubprocessError) as exc:
             out = Outcome(f"the scenario broke: {exc}", False)
@@ -284,7 +292,8 @@ class Campaign:
         lost = 0
         try:
             self.settle()
-            lost = sum(c.missing + c.corrupt for c in check_disks(self.layout, self.spec))
+            # This scenario's own losses: a disk an earlier one damaged stays damaged.
+            lost = sum(max(0, n - before.get(vm, 0)) for vm, n in self.damage().items())
         except (VmclusterError, OSError) as exc:
             out = Outcome(f"{out.observed}; after it: {exc}", False, out.figures)
         return Row(sc.name, sc.fault, sc.expected, out.observed,
@@ -1098,7 +1107,8 @@ def run_campaign(sub: LabSubstrate, store: LabStore, scenarios: Sequence[Scenari
         rows = []
         for sc in scenarios:
             row = c.run(sc)
-            say(f"  {'pass' if row.passed else 'FAIL'}: {row.observed}")
+            say(f"  {'pass' if row.passed else 'FAIL'}: {row.observed} (double runs "
+                f"{row.double_runs}, acknowledged writes lost {row.lost_writes})")
             rows.append(row)
         return rows
 

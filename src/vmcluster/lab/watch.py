@@ -111,12 +111,15 @@ def settle(layout: LabLayout, spec: ClusterSpec, store: LabStore, sampler: RunSa
     deadline = time.monotonic() + timeout_s
     while True:
         states = store.call(store.state.node_states)
-        if all(states.get(n, {}).get("state") == "up" for n in nodes) and all(
+        s = sampler.latest()
+        once = s is not None and all(len(s.running.get(vm, ())) == 1 for vm in vms)
+        if once and all(states.get(n, {}).get("state") == "up" for n in nodes) and all(
                 AgentClient(layout, n).alive() for n in nodes):
             break
         if time.monotonic() > deadline:
             raise LabError(f"the lab did not settle in {timeout_s:.0f} s: nodes "
-                           f"{ {n: states.get(n, {}).get('state') for n in nodes} }")
+                           f"{ {n: states.get(n, {}).get('state') for n in nodes} }, VMs "
+                           f"running {dict(s.running) if s else {}}")
         time.sleep(0.2)
     s = sampler.latest()
     assert s is not None
