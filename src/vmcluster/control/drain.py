@@ -27,7 +27,7 @@ from vmcluster.control.migration import (
     migrate_here,
 )
 from vmcluster.control.plans import ClusterPlan
-from vmcluster.errors import MigrationCancelled, UsageError
+from vmcluster.errors import MigrationCancelled, UsageError, VmclusterError
 from vmcluster.model import ClusterSpec
 from vmcluster.store.errors import StoreConflict
 from vmcluster.store.state import ClusterState
@@ -105,8 +105,16 @@ def drain(
         for action in plan.migrations:
             if cancelled():
                 raise MigrationCancelled(f"the drain of {node} was cancelled")
-            result = migrator(substrate, spec, MigrationRequest(action.vm, action.target),
-                              on_progress, ledger() if ledger is not None else None)
+            try:
+                result = migrator(substrate, spec, MigrationRequest(action.vm, action.target),
+                                  on_progress, ledger() if ledger is not None else None)
+            except VmclusterError as exc:
+                if isinstance(exc, MigrationCancelled):
+                    raise
+                # This VM stays where it is (its target died mid-drain, say): said, and the
+                # drain goes on with the others.
+                result = MigrationResult(action.vm, node, action.target, "-", ok=False,
+                                         error=str(exc))
             on_result(result)
             store(state.append_event, MigrationDone(
                 wall(), node, result.vm, result.source, result.target, result.network,
