@@ -853,13 +853,18 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
     def scenario(d: WebDriver) -> dict[str, Any]:
         # Read-only: the cluster at a glance, and a refusal in one line when it acts.
         login(d, viewer)
-        nodes = [e.get_attribute("data-node")
-                 for e in d.find_elements(By.CSS_SELECTOR, "#nodes tr[data-node]")]
-        assert nodes == [n.name for n in lab.spec.nodes]
-        cards = d.find_element(By.CSS_SELECTOR, f'[data-card="{source}"]').text
-        assert lab.owner("db") != source or "db" in cards
-        assert "Heartbeat" in d.find_element(By.ID, "networks").text
-        assert "CSV1" in d.find_element(By.ID, "volumes").text
+        seen = d.execute_script("""
+            const card = document.querySelector(arguments[0]);
+            return {nodes: [...document.querySelectorAll('#nodes tr[data-node]')]
+                             .map(e => e.dataset.node),
+                    card: card ? card.textContent : '',
+                    networks: document.getElementById('networks').textContent,
+                    volumes: document.getElementById('volumes').textContent};""",
+                                f'[data-card="{source}"]')
+        assert seen["nodes"] == [n.name for n in lab.spec.nodes]
+        assert lab.owner("db") != source or "db" in seen["card"]
+        assert "Heartbeat" in seen["networks"]
+        assert "CSV1" in seen["volumes"]
         shot(d, "cluster-read-only")
         click(d, By.CSS_SELECTOR, f'#nodes tr[data-node="{source}"] button.drain')
         wait(d, lambda d: "403" in d.find_element(By.ID, "error").text)
@@ -929,18 +934,22 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         d.get(url + "#/power")
         click(d, By.ID, "power-plan")
         wait(d, lambda d: d.find_elements(By.ID, "power-summary"), 60)
-        summary = d.find_element(By.ID, "power-summary")
-        bars = d.find_elements(By.CSS_SELECTOR, "#power-box rect[data-bar]")
-        assert len(bars) == 2 * len(lab.spec.nodes)
+        # The page draws itself again on each cluster event: read the summary and its bars in
+        # one look in the page, not element by element (an element may go stale between two).
+        drawing = d.execute_script("""
+            const s = document.getElementById('power-summary');
+            const bars = [...document.querySelectorAll('#power-box rect[data-bar]')];
+            return {before: parseFloat(s.dataset.before), after: parseFloat(s.dataset.after),
+                    bars: bars.map(b => [b.dataset.bar, parseFloat(b.dataset.value || 0)])};""")
+        assert len(drawing["bars"]) == 2 * len(lab.spec.nodes)
         for when in ("before", "after"):
-            drawn = sum(float(b.get_attribute("data-value") or 0) for b in bars
-                        if b.get_attribute("data-bar") == when)
-            assert drawn == pytest.approx(float(summary.get_attribute(f"data-{when}") or 0),
-                                          abs=0.05)
+            drawn = sum(value for bar, value in drawing["bars"] if bar == when)
+            assert drawn == pytest.approx(drawing[when], abs=0.05)
         d.find_element(By.ID, "result-file").send_keys(str(work / "sim.json"))
         wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#result-box polyline"))
-        sim_shown = {"energy": d.find_element(By.ID, "result-summary").get_attribute(
-            "data-energy"), "lines": len(d.find_elements(By.CSS_SELECTOR, "#result-box polyline"))}
+        sim_shown = d.execute_script("""
+            return {energy: document.getElementById('result-summary').dataset.energy,
+                    lines: document.querySelectorAll('#result-box polyline').length};""")
         shot(d, "power-simulation")
         d.find_element(By.ID, "result-file").send_keys(str(work / "eval.json"))
         wait(d, lambda d: d.find_elements(By.CSS_SELECTOR,
