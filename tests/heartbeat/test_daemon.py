@@ -104,6 +104,29 @@ def test_one_missing_interface_is_a_partition_not_a_node_failure() -> None:
         assert cluster_network(SPEC, health, "n1", "n2") == "A"
 
 
+def test_a_node_that_can_hear_but_not_send_finds_itself_cut_off() -> None:
+    """n1's heartbeats go to a port nobody listens on (its sending path is cut), while it
+    still hears n2 and n3: they declare it down, and it finds every route down too (it
+    fences itself) instead of thinking itself fine. Mended, every route comes back."""
+    port = free_udp_port()
+    dead_end = free_udp_port()
+    while dead_end == port:
+        dead_end = free_udp_port()
+    binds = [Binding(n, addr("n1", n), port) for n in NETS]
+    cut = [Target(p, n, addr(p, n), dead_end) for p in ("n2", "n3") for n in NETS]
+    d1 = HeartbeatDaemon("t", "n1", binds, cut, P, key=KEY)
+    d2, d3 = daemon("n2", port), daemon("n3", port)
+    with running([d1, d2, d3]):
+        assert wait_until(lambda: d2.down_peers() == {"n1"} == d3.down_peers(), 10)
+        assert wait_until(lambda: d1.down_peers() == {"n2", "n3"}, 10)
+        assert d1.received > 0 and d1.dropped == 0  # it does hear them
+        assert all(d2.states()[("n3", n)] for n in NETS)
+    mended = [daemon("n1", port), daemon("n2", port), daemon("n3", port)]
+    with running(mended):
+        assert wait_until(lambda: all(all(d.states().values()) for d in mended)
+                          and all(d.received > 10 for d in mended), 10)
+
+
 def test_forged_and_replayed_heartbeats_are_dropped_and_cannot_keep_a_dead_peer_alive() -> None:
     port = free_udp_port()
     d1, d2 = daemon("n1", port), daemon("n2", port)

@@ -80,6 +80,55 @@ def test_route_is_up_iff_heard_within_the_window(times: list[float], now: float)
     assert tr.states()[("b", "n")] == (now - max([0.0, *heard]) <= P.window_s)
 
 
+def test_a_route_is_two_way_a_peer_that_stops_listing_us_takes_it_down_at_once() -> None:
+    """``a`` still hears ``b`` (a one-way cut: a's heartbeats no longer reach b). Once b's
+    heartbeats leave ``a`` out, a's route to b is down at the next evaluation, not a
+    window later: a fences itself one heartbeat after b declared it dead."""
+    tr = RouteTracker([("b", "n")], P, started=0.0, me="a")
+    t = 0.0
+    while t < 3.0:  # b hears a, and says so
+        tr.receive(("b", "n"), t, hears={"a", "c"}, epoch=1)
+        assert tr.evaluate(t) == []
+        t += 0.25
+    tr.receive(("b", "n"), t, hears={"c"}, epoch=1)  # b lost a
+    assert [(c.peer, c.up) for c in tr.evaluate(t)] == [("b", False)]
+    tr.receive(("b", "n"), t + 0.25, hears={"c"}, epoch=1)
+    assert tr.evaluate(t + 0.25) == []  # still heard, still down
+    assert isolated(tr.states())
+    tr.receive(("b", "n"), t + 0.5, hears={"a", "c"}, epoch=1)  # mended
+    assert [c.up for c in tr.evaluate(t + 0.5)] == [True]
+
+
+def test_a_peer_that_never_lists_us_goes_down_one_window_after_we_first_heard_it() -> None:
+    """Heard but never heard back (cut one way from the start, or a peer that restarted and
+    cannot hear us): up during a window of grace, down after it."""
+    tr = RouteTracker([("b", "n")], P, started=0.0, me="a")
+    for i in range(9):
+        tr.receive(("b", "n"), 0.25 * i, hears=set(), epoch=7)
+        assert tr.evaluate(0.25 * i) == []  # grace: b has not heard us yet
+    tr.receive(("b", "n"), 2.25, hears=set(), epoch=7)
+    assert [c.up for c in tr.evaluate(2.25)] == [False]
+
+
+def test_a_restarted_peer_gets_a_window_to_hear_us_and_an_older_peer_is_one_way() -> None:
+    tr = RouteTracker([("b", "n"), ("c", "n")], P, started=0.0, me="a")
+    tr.receive(("b", "n"), 1.0, hears={"a"}, epoch=1)
+    tr.receive(("c", "n"), 1.0)  # an older sender says nothing about whom it hears
+    tr.receive(("b", "n"), 1.5, hears=set(), epoch=2)  # b restarted: it has not heard us yet
+    tr.receive(("c", "n"), 3.4)
+    assert tr.evaluate(3.4) == []
+    tr.receive(("b", "n"), 3.6, hears=set(), epoch=2)
+    tr.receive(("c", "n"), 3.6)
+    assert [(c.peer, c.up) for c in tr.evaluate(3.6)] == [("b", False)]
+
+
+def test_heartbeats_list_the_peers_heard_within_the_window_by_network() -> None:
+    tr = RouteTracker([("b", "n1"), ("c", "n1"), ("b", "n2")], P, started=0.0, me="a")
+    tr.receive(("b", "n1"), 5.0)
+    tr.receive(("c", "n1"), 2.0)
+    assert tr.heard(5.5) == {"n1": ["b"], "n2": []}
+
+
 def test_peer_down_only_when_no_route_is_left() -> None:
     states = {("b", "Heartbeat"): False, ("b", "Public"): True, ("c", "Heartbeat"): False}
     assert peers_down(states) == {"c"}

@@ -9,7 +9,8 @@ the daemon's thread) and to the ``changes`` queue.
 
 A datagram is sealed with the cluster's heartbeat key
 (:mod:`vmcluster.heartbeat.auth`: an HMAC over cluster, sender, network, the
-sender's epoch and sequence); forged ones (``forged``) and replayed ones
+sender's epoch and sequence, and the peers it hears there, which make routes
+two-way); forged ones (``forged``) and replayed ones
 (``replayed``) are dropped and counted, and so are datagrams of another
 cluster, from an unknown peer, or naming another network than the socket they
 arrived on (``dropped`` counts every drop). Send errors (an interface that is
@@ -51,7 +52,7 @@ from vmcluster.substrate.protocol import Clock
 
 __all__ = ["HeartbeatDaemon", "main"]
 
-_MAX_DATAGRAM = 512
+_MAX_DATAGRAM = 65507  # a heartbeat lists the peers its sender hears
 
 
 class HeartbeatDaemon:
@@ -82,7 +83,11 @@ class HeartbeatDaemon:
         self._socks: dict[str, socket.socket] = {}
         self._thread: threading.Thread | None = None
         self.last_round = -1e9  # clock time of the last send round
-        self._tracker = RouteTracker([(t.peer, t.network) for t in self.targets], params, 0.0)
+        self._tracker = self._new_tracker(0.0)
+
+    def _new_tracker(self, started: float) -> RouteTracker:
+        return RouteTracker([(t.peer, t.network) for t in self.targets], self.params, started,
+                            me=self.node)
 
     def start(self) -> HeartbeatDaemon:
         try:
@@ -95,9 +100,7 @@ class HeartbeatDaemon:
         except OSError:
             self._close_sockets()
             raise
-        self._tracker = RouteTracker(
-            [(t.peer, t.network) for t in self.targets], self.params, self.clock.now()
-        )
+        self._tracker = self._new_tracker(self.clock.now())
         self._thread = threading.Thread(target=self._run, name=f"heartbeat {self.node}")
         self._thread.daemon = True
         self._thread.start()
@@ -132,12 +135,15 @@ class HeartbeatDaemon:
     def down_peers(self) -> frozenset[str]:
         return peers_down(self.states())
 
-    def _send_all(self, seq: int) -> None:
+    def _send_all(self, seq: int, now: float) -> None:
+        with self._lock:
+            heard = self._tracker.heard(now)
         for t in self.targets:
             sock = self._socks.get(t.network)
             if sock is None:
                 continue
-            msg = self.auth.seal(self.cluster, self.node, t.network, seq)
+            msg = self.auth.seal(self.cluster, self.node, t.network, seq,
+                                 heard.get(t.network, []))
             try:
                 sock.sendto(msg, (str(t.address), t.port))
                 self.sent += 1
@@ -153,14 +159,15 @@ class HeartbeatDaemon:
             except OSError:
                 return
             with self._lock:
-                verdict, sender = self.auth.check(data, self.cluster, network)
-                if verdict == "ok" and self._tracker.receive((sender, network), now):
+                got = self.auth.check(data, self.cluster, network)
+                if got.verdict == "ok" and self._tracker.receive(
+                        (got.sender, network), now, got.hears, got.epoch):
                     self.received += 1
                     continue
                 self.dropped += 1
-                if verdict == "forged":
+                if got.verdict == "forged":
                     self.forged += 1
-                elif verdict == "replayed":
+                elif got.verdict == "replayed":
                     self.replayed += 1
 
     def _run(self) -> None:
@@ -175,7 +182,7 @@ class HeartbeatDaemon:
                 now = self.clock.now()
                 if now >= next_send:
                     seq += 1
-                    self._send_all(seq)
+                    self._send_all(seq, now)
                     self.last_round = now
                     next_send += self.params.delay_s
                     if next_send < now:  # we were starved; do not burst to catch up

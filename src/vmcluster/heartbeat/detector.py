@@ -3,12 +3,19 @@
 Pure: times are passed in (seconds on any monotonic clock), nothing is read
 from a clock or a socket here.
 
-* A **route** is ``(peer, network)``: this node hears ``peer`` on ``network``.
-  Heartbeats come every ``delay``; a route is down once ``threshold``
+* A **route** is ``(peer, network)``: this node and ``peer`` hear each other on
+  ``network``. Heartbeats come every ``delay``; a route is down once ``threshold``
   heartbeats in a row were missed, i.e. when nothing was heard for more than
   ``delay * threshold`` (2 s with the defaults 250 ms x 8). One heartbeat
   brings it back up. Before the first heartbeat a route counts as heard at
   the start, so a peer that never answers goes down one window after start.
+* Routes are **two-way**: each heartbeat lists the peers its sender has heard
+  within the window on that network (:meth:`RouteTracker.heard`). A route is
+  also down when the peer's latest heartbeat leaves this node out, once that peer
+  has listed it since the peer (re)started, and when the peer has not listed it for a
+  window. So a node that can still hear but no longer send (a one-way cut) finds
+  its routes down one heartbeat after its peers do, and fences itself like a node
+  that hears nothing, instead of keeping VMs its peers restart elsewhere.
 * A **peer is down** when no route to it is left; this node is **isolated**
   when it has routes and every one is down.
 * Interfaces, from one or more nodes' views: ``net@X`` counts as up when some
@@ -19,7 +26,7 @@ from a clock or a socket here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -107,25 +114,57 @@ def heartbeat_plan(
 
 
 class RouteTracker:
-    """Last-heard times per route and the up/down state derived from them."""
+    """Last-heard times per route, what the peers say they hear, and the up/down state
+    derived from both (see the module docstring).
 
-    def __init__(self, routes: Iterable[Route], params: HeartbeatParams, started: float) -> None:
-        self.params = params
+    ``me`` is this node's name, what a peer's heartbeat lists when it hears this node;
+    None ignores the lists (routes are one-way: heard is up)."""
+
+    def __init__(self, routes: Iterable[Route], params: HeartbeatParams, started: float,
+                 me: str | None = None) -> None:
+        self.params, self.me = params, me
         self.last: dict[Route, float] = {r: started for r in routes}
         self.up: dict[Route, bool] = dict.fromkeys(self.last, True)
+        self.acked: dict[Route, float] = dict.fromkeys(self.last, started)  # listed us last
+        self.denied: dict[Route, bool] = dict.fromkeys(self.last, False)  # its latest did not
+        self._listed: dict[Route, bool] = dict.fromkeys(self.last, False)  # since its epoch
+        self._epoch: dict[Route, int | None] = dict.fromkeys(self.last)
 
-    def receive(self, route: Route, at: float) -> bool:
-        """Record a heartbeat; False (ignored) for a route this node does not track."""
+    def receive(self, route: Route, at: float, hears: Collection[str] | None = None,
+                epoch: int | None = None) -> bool:
+        """Record a heartbeat (and whom its sender hears, when it says); False (ignored)
+        for a route this node does not track."""
         if route not in self.last:
             return False
         self.last[route] = max(self.last[route], at)
+        if epoch is not None and epoch != self._epoch[route]:
+            # A peer (re)started: give it a window to hear us before its silence counts.
+            self._epoch[route], self._listed[route] = epoch, False
+            self.acked[route] = max(self.acked[route], at)
+        if self.me is None or hears is None or self.me in hears:
+            self.acked[route] = max(self.acked[route], at)
+            self.denied[route], self._listed[route] = False, True
+        elif self._listed[route]:
+            self.denied[route] = True  # it heard us, and now it does not
         return True
+
+    def heard(self, now: float) -> dict[str, list[str]]:
+        """By network, the peers heard within the window (what this node's heartbeats
+        list), sorted."""
+        out: dict[str, list[str]] = {}
+        for (peer, net), last in sorted(self.last.items()):
+            out.setdefault(net, [])
+            if now - last <= self.params.window_s:
+                out[net].append(peer)
+        return out
 
     def evaluate(self, now: float) -> list[RouteChange]:
         """Update states at ``now``; the routes that changed, in a stable order."""
         changes = []
+        window = self.params.window_s
         for route in sorted(self.last):
-            up = now - self.last[route] <= self.params.window_s
+            up = (now - self.last[route] <= window and now - self.acked[route] <= window
+                  and not self.denied[route])
             if up != self.up[route]:
                 self.up[route] = up
                 changes.append(RouteChange(route[0], route[1], up, now))
