@@ -72,10 +72,12 @@ class Recorder:
     def migration_ends(self, vm: str, source: str, target: str) -> MigrationEnds:
         return self.ends[vm]
 
-    def complete_migration(self, vm: str, source: str, target: str, token: int) -> None:
+    def complete_migration(self, vm: str, source: str | None, target: str,
+                           token: int) -> None:
         self.settled.append((vm, f"on {target}"))
 
-    def roll_back_migration(self, vm: str, source: str, target: str, token: int) -> None:
+    def roll_back_migration(self, vm: str, source: str | None, target: str,
+                            token: int) -> None:
         self.settled.append((vm, f"back to {source}"))
 
     carried: list[tuple[str, dict[str, Any], int]]
@@ -116,14 +118,22 @@ def state(etcd: EtcdCluster, request: pytest.FixtureRequest) -> Iterator[Cluster
     st.client.delete(st.root, prefix=True)
 
 
-def publish(state: ClusterState, dead: set[str], vms: dict[str, list[str]] | None = None) -> None:
-    """Every live node reports: routes to ``dead`` nodes down, the rest up."""
+def publish(state: ClusterState, dead: set[str], vms: dict[str, list[str]] | None = None,
+            migrated: dict[str, list[str]] | None = None,
+            incoming: dict[str, list[str]] | None = None,
+            vms_age_s: dict[str, float] | None = None) -> None:
+    """Every live node reports: routes to ``dead`` nodes down, the rest up; ``migrated``:
+    copies left paused after migrating out, ``incoming``: migration targets, by node;
+    ``vms_age_s``: how old a node's VM list is (its agent did not answer since)."""
     for node in NODES:
         if node in dead:
             continue
         routes = {f"{p}/{n}": p not in dead for p in NODES if p != node for n in NETS}
         running = (vms or {}).get(node, [vm for vm, o in OWNERS.items() if o == node])
-        body = {"routes": routes, "vms": running, "isolated": False}
+        body = {"routes": routes, "vms": running, "isolated": False,
+                "migrated": (migrated or {}).get(node, []),
+                "incoming": (incoming or {}).get(node, []),
+                "vms_age_s": (vms_age_s or {}).get(node, 0.2)}
         state.client.put(report_key(state, node), json.dumps(body).encode())
 
 
@@ -363,6 +373,63 @@ def test_a_stray_second_copy_is_powered_off_where_the_store_does_not_place_it(
     m.tick()
     assert rec.stopped == [("web", "node3", token)]  # web is placed on node1
     assert state.placement("web").node == "node1"
+
+
+def test_a_source_left_paused_after_a_switchover_goes_and_never_pulls_the_placement(
+        state: ClusterState) -> None:
+    """web moved node1 -> node3; node1's agent restarted as the switchover committed, so
+    its paused copy was never released. That copy is not web: web stays placed on node3,
+    and node1's copy is powered off once the sight has lasted."""
+    m, clock, rec = manager(state)
+    token = m.take_office(10)
+    p = state.placement("web")
+    state.place("web", "node3", expect=p.revision, token=token)
+    after = {"node1": [], "node2": ["db"], "node3": ["batch", "web"]}
+    for _ in range(2):
+        publish(state, set(), after, migrated={"node1": ["web"]})
+        m.tick()
+        clock.t += m.params.adopt_s + 0.1
+    publish(state, set(), after, migrated={"node1": ["web"]})
+    m.tick()
+    assert rec.stopped == [("web", "node1", token)]
+    assert state.placement("web").node == "node3"
+
+
+def test_a_vm_list_its_agent_no_longer_answers_for_never_moves_a_placement(
+        state: ClusterState) -> None:
+    """node1's agent restarts as web's switchover to node3 commits: node1 reports its last
+    list (web) for a while; that is no reason to place web back on node1."""
+    m, clock, _rec = manager(state)
+    token = m.take_office(10)
+    p = state.placement("web")
+    state.place("web", "node3", expect=p.revision, token=token)
+    after = {"node1": ["web"], "node2": ["db"], "node3": ["batch"]}
+    for age in (2.0, 2.0 + m.params.adopt_s + 0.1):
+        publish(state, set(), after, incoming={"node3": ["web"]}, vms_age_s={"node1": age})
+        m.tick()
+        clock.t += m.params.adopt_s + 0.1
+    assert state.placement("web").node == "node3"
+
+
+def test_a_committed_switchover_whose_driver_died_is_taken_over_on_the_target(
+        state: ClusterState) -> None:
+    """The store places web on node3 (the switchover committed), node3 holds the complete
+    incoming copy, node1 the paused source, and no migration is recorded: the driver died
+    between the two. The manager takes over on node3; the source is never resumed."""
+    m, clock, rec = manager(state)
+    token = m.take_office(10)
+    p = state.placement("web")
+    state.place("web", "node3", expect=p.revision, token=token)
+    rec.ends = {"web": MigrationEnds("gone", "complete")}
+    rec.settled = []
+    after = {"node1": [], "node2": ["db"], "node3": ["batch"]}
+    for _ in range(3):
+        publish(state, set(), after, migrated={"node1": ["web"]}, incoming={"node3": ["web"]})
+        m.tick()
+        clock.t += m.params.recover_s + 0.1
+    assert rec.settled[:1] == [("web", "on node3")]
+    assert getattr(rec, "started", []) == []  # never a second copy from disk
+    assert state.placement("web").node == "node3"
 
 
 # -- migrations whose driver died ---------------------------------------------------

@@ -37,7 +37,10 @@ from vmcluster.heartbeat.detector import Route, health_from_views, network_state
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import Health, routes
 
-__all__ = ["Assessment", "NodeReport", "ReportTracker", "assess", "split_off"]
+__all__ = ["LISTED_S", "Assessment", "NodeReport", "ReportTracker", "assess", "split_off"]
+
+#: A report's VM list is current when its agent listed them at most this long ago.
+LISTED_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,12 @@ class NodeReport:
     node: str
     routes: Mapping[Route, bool]
     vms: tuple[str, ...] = ()  # VMs whose QEMU runs there as the running copy
+    # VMs whose QEMU there migrated out (paused after the copy: never the running VM)
+    migrated: tuple[str, ...] = ()
+    incoming: tuple[str, ...] = ()  # VMs whose QEMU there is a migration's target
+    # Seconds since the host's agent last listed its VMs (None: the report does not say):
+    # an agent that does not answer leaves the last list standing.
+    vms_age_s: float | None = None
     isolated: bool = False
     fresh: bool = True
     leaving: bool = False  # its last words: shut down on purpose (powered off), not failed
@@ -57,6 +66,10 @@ class NodeReport:
             node=node,
             routes=view_from_json(data.get("routes", {})),
             vms=tuple(sorted(str(v) for v in data.get("vms", []))),
+            migrated=tuple(sorted(str(v) for v in data.get("migrated", []))),
+            incoming=tuple(sorted(str(v) for v in data.get("incoming", []))),
+            vms_age_s=(float(data["vms_age_s"]) if isinstance(data.get("vms_age_s"), int | float)
+                       else None),
             isolated=bool(data.get("isolated", False)),
             fresh=fresh,
             leaving=bool(data.get("leaving", False)),
@@ -73,6 +86,13 @@ class Assessment:
     cluster_network: str | None
     running: Mapping[str, frozenset[str]] = field(default_factory=dict)  # vm -> nodes
     running_fresh: Mapping[str, frozenset[str]] = field(default_factory=dict)  # fresh reports
+    # vm -> nodes whose fresh reports hold a copy that migrated out (see NodeReport)
+    migrated_fresh: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # vm -> nodes whose fresh reports hold a migration's target copy
+    incoming_fresh: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # as running_fresh, from reports whose VM list is current (their agent answered
+    # within LISTED_S): what placements may follow
+    running_now: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 def assess(spec: ClusterSpec, reports: Mapping[str, NodeReport]) -> Assessment:
@@ -95,13 +115,23 @@ def assess(spec: ClusterSpec, reports: Mapping[str, NodeReport]) -> Assessment:
     nstates = network_states(spec, health) if views else {}
     running: dict[str, set[str]] = {}
     running_fresh: dict[str, set[str]] = {}
+    migrated: dict[str, set[str]] = {}
+    incoming: dict[str, set[str]] = {}
+    now: dict[str, set[str]] = {}
     for n, r in reports.items():  # stale reports too: a VM may still run there
         if n in dead:
             continue
+        current = r.fresh and (r.vms_age_s is None or r.vms_age_s <= LISTED_S)
         for vm in r.vms:
             running.setdefault(vm, set()).add(n)
             if r.fresh:
                 running_fresh.setdefault(vm, set()).add(n)
+            if current:
+                now.setdefault(vm, set()).add(n)
+        for vm in r.migrated if r.fresh else ():
+            migrated.setdefault(vm, set()).add(n)
+        for vm in r.incoming if r.fresh else ():
+            incoming.setdefault(vm, set()).add(n)
     return Assessment(
         dead=frozenset(dead),
         heard=frozenset(heard_by_someone),
@@ -111,6 +141,9 @@ def assess(spec: ClusterSpec, reports: Mapping[str, NodeReport]) -> Assessment:
         cluster_network=routes(spec, health).cluster if views else None,
         running={vm: frozenset(ns) for vm, ns in running.items()},
         running_fresh={vm: frozenset(ns) for vm, ns in running_fresh.items()},
+        migrated_fresh={vm: frozenset(ns) for vm, ns in migrated.items()},
+        incoming_fresh={vm: frozenset(ns) for vm, ns in incoming.items()},
+        running_now={vm: frozenset(ns) for vm, ns in now.items()},
     )
 
 

@@ -121,11 +121,14 @@ class Actuator(Protocol):
 
     def migration_ends(self, vm: str, source: str, target: str) -> MigrationEnds: ...
 
-    def complete_migration(self, vm: str, source: str, target: str, token: int) -> None:
-        """The target runs and announces itself, the source QEMU quits."""
+    def complete_migration(self, vm: str, source: str | None, target: str,
+                           token: int) -> None:
+        """The target runs and announces itself, the source QEMU (if known) quits."""
 
-    def roll_back_migration(self, vm: str, source: str, target: str, token: int) -> None:
-        """The target QEMU goes; the source, if it is alive, runs again."""
+    def roll_back_migration(self, vm: str, source: str | None, target: str,
+                            token: int) -> None:
+        """The target QEMU goes; the source, if any and alive, runs again (None: no source
+        is resumed: the switchover had committed)."""
 
     def carry_out(self, kind: str, args: Mapping[str, Any], token: int,
                   cancelled: Callable[[], bool],
@@ -619,7 +622,9 @@ class Manager:
         migrating = set(self.state.migrations())
         now = self.clock.now()
         for vm, p in self.state.placements().items():
-            nodes = seen.running_fresh.get(vm, frozenset())
+            # Current lists only: an agent that does not answer (restarting) leaves its
+            # host's last list standing, which may name a copy that has migrated out since.
+            nodes = seen.running_now.get(vm, frozenset())
             if vm in migrating or len(nodes) != 1 or p.node in nodes:
                 term.mismatch.pop(vm, None)
                 continue
@@ -638,25 +643,32 @@ class Manager:
                 self.say(f"{vm} runs on {node}, not {p.node}: placement follows")
 
     def _strays(self, term: _Term, seen: Assessment) -> None:
-        """A VM that fresh reports show running on its placed node and on another (a host
-        that was cut off one way kept it while the others restarted it) runs twice: the
-        copy the store does not place is powered off, once the sight has lasted
-        ``adopt_s`` (reports lag a switchover)."""
+        """Copies the store does not place are powered off, once the sight has lasted
+        ``adopt_s`` (reports lag a switchover):
+
+        * a VM that fresh reports show running on its placed node and on another (a host
+          that was cut off one way kept it while the others restarted it) runs twice;
+        * a source left paused after a switchover (its release failed: its agent was
+          restarting) is never resumed, since the VM belongs elsewhere: it goes."""
         migrating = set(self.state.migrations())
         now = self.clock.now()
-        seen_now = set()
+        seen_now: set[tuple[str, str]] = set()
         for vm, p in self.state.placements().items():
-            nodes = seen.running_fresh.get(vm, frozenset())
-            if vm in migrating or p.node not in nodes or len(nodes) < 2:
+            if vm in migrating:
                 continue
-            for node in sorted(nodes - {p.node}):
+            nodes = seen.running_now.get(vm, frozenset())
+            twice = sorted(nodes - {p.node}) if p.node in nodes else []
+            left = sorted(seen.migrated_fresh.get(vm, frozenset()) - {p.node})
+            for node, why in [*((n, f"runs on {n} too") for n in twice),
+                              *((n, f"was left paused on {n} after migrating out")
+                                for n in left)]:
                 seen_now.add((vm, node))
                 first = term.strays.setdefault((vm, node), now)
                 if now - first < self.params.adopt_s:
                     continue
                 del term.strays[(vm, node)]
-                self.say(f"{vm} runs on {node} too, placed on {p.node}: stopping the stray copy")
-                self._act(f"cannot stop {vm}'s stray copy on {node}",
+                self.say(f"{vm} {why}, placed on {p.node}: powering that copy off")
+                self._act(f"cannot power off {vm}'s copy on {node}",
                           lambda v, n, t: (self.actuator.stop_vm(v, n, t), None)[1],
                           vm, node, term.token)
         for key in set(term.strays) - seen_now:
@@ -1050,7 +1062,30 @@ class Manager:
                 term.missing_since[vm] = (p.revision, self.clock.now())
             elif now - since >= self.params.recover_s:
                 term.missing_since.pop(vm, None)
-                self._retry_start(term, vm, p, seen, excluded)
+                if p.node in seen.incoming_fresh.get(vm, frozenset()):
+                    self._finish_switchover(term, vm, p.node, seen)
+                else:
+                    self._retry_start(term, vm, p, seen, excluded)
+
+    def _finish_switchover(self, term: _Term, vm: str, node: str, seen: Assessment) -> None:
+        """``vm`` is placed on ``node``, where a migration's target copy waits, and no
+        migration is recorded: the switchover committed, then its driver ended before the
+        target ran. A complete copy is taken over (the source, never resumed, quits); an
+        incomplete one goes, and the VM starts from its disk there next."""
+        source = next(iter(sorted(seen.migrated_fresh.get(vm, frozenset()) - {node})), None)
+        ends = self.actuator.migration_ends(vm, source or node, node)
+        if ends.target == "complete":
+            self.say(f"{vm}'s switchover to {node} committed, but its driver ended before "
+                     f"{node} ran it: taking over there")
+            if self._act(f"taking over {vm} on {node} failed", self.actuator.complete_migration,
+                         vm, source, node, term.token):
+                self._event(MigrationDone(self.wall(), self.name, vm, source or "?", node,
+                                          "?", True))
+            return
+        self.say(f"{vm}'s copy on {node} is a migration's target that never got all of it, "
+                 "and the switchover committed: it goes, and the VM starts from its disk")
+        self._act(f"discarding {vm}'s copy on {node} failed", self.actuator.roll_back_migration,
+                  vm, None, node, term.token)
 
     def _drain_quarantined(
         self, term: _Term, seen: Assessment, nodes: Mapping[str, Mapping[str, Any]]

@@ -71,10 +71,12 @@ class _Actuator:
         return MigrationEnds("running" if where == source else "gone",
                              "complete" if where == target else "gone")
 
-    def complete_migration(self, vm: str, source: str, target: str, token: int) -> None:
+    def complete_migration(self, vm: str, source: str | None, target: str,
+                           token: int) -> None:
         raise MigrationError(f"{vm}: the simulator keeps no migration record to settle")
 
-    def roll_back_migration(self, vm: str, source: str, target: str, token: int) -> None:
+    def roll_back_migration(self, vm: str, source: str | None, target: str,
+                            token: int) -> None:
         raise MigrationError(f"{vm}: the simulator keeps no migration record to settle")
 
     def carry_out(self, kind: str, args: Mapping[str, Any], token: int,

@@ -261,20 +261,26 @@ class LabActuator:
             t_end = "complete" if tgt[1] == "paused" and tgt[2] == "completed" else "receiving"
         return MigrationEnds(s_end, t_end)
 
-    def complete_migration(self, vm: str, source: str, target: str, token: int) -> None:
+    def complete_migration(self, vm: str, source: str | None, target: str,
+                           token: int) -> None:
         if self.fence is not None:
             self.fence.check(token)
         AgentClient(self.layout, target, token=token).call("takeover", vm=vm, timeout_s=30)
-        with contextlib.suppress(AgentDown, SubstrateError):
-            AgentClient(self.layout, source, token=token).call("release", vm=vm, timeout_s=30)
+        if source is not None:
+            with contextlib.suppress(AgentDown, SubstrateError):
+                AgentClient(self.layout, source, token=token).call("release", vm=vm,
+                                                                   timeout_s=30)
 
-    def roll_back_migration(self, vm: str, source: str, target: str, token: int) -> None:
+    def roll_back_migration(self, vm: str, source: str | None, target: str,
+                            token: int) -> None:
         if self.fence is not None:
             self.fence.check(token)
         with contextlib.suppress(AgentDown):
             AgentClient(self.layout, target, token=token).call("discard", vm=vm, timeout_s=30)
-        with contextlib.suppress(AgentDown):  # a dead source: failover restarts the VM
-            AgentClient(self.layout, source, token=token).call("cancel", vm=vm, timeout_s=30)
+        if source is not None:
+            with contextlib.suppress(AgentDown):  # a dead source: failover restarts the VM
+                AgentClient(self.layout, source, token=token).call("cancel", vm=vm,
+                                                                   timeout_s=30)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,10 @@ lab, and it
   that holds quorum only with the witness's vote stops them once it has not reached
   the store for ``STORE_GRACE_S`` (:func:`~vmcluster.policy.failover.stop_reason`);
 * touches ``<run_dir>/heartbeats.alive`` every tick while its heartbeats go out on
-  time: the daemon pets the host's watchdog only then.
+  time: the daemon pets the host's watchdog only then;
+* follows the spec in the store (every ``SPEC_CHECK_S``): when hosts were forgotten
+  (``cluster recover``) its heartbeats go to the hosts left and the quorum is counted
+  over them; a spec that no longer names this host cuts it off (it stops its VMs).
 
 On the **witness** (``role = "witness"``) it runs the heartbeats and writes the report
 (what it hears is the tie-breaker's view), and nothing else: no agent, no VM, no rule.
@@ -53,6 +56,7 @@ from vmcluster.heartbeat.detector import (
     peers_down,
     view_to_json,
 )
+from vmcluster.model import ClusterSpec
 from vmcluster.node import load
 from vmcluster.node.bootstrap import promote_if_learner
 from vmcluster.node.config import NodeConfig, load_config
@@ -61,9 +65,13 @@ from vmcluster.store.state import declared_failed
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.host.client import LocalAgent, speak_as
 
-__all__ = ["HEARTBEAT_PORT", "main", "node_endpoints"]
+__all__ = ["HEARTBEAT_PORT", "MIGRATED_OUT", "main", "node_endpoints"]
 
 HEARTBEAT_PORT = 3343
+#: How often the watch looks for a changed spec in the store (see NodeWatch.follow_spec).
+SPEC_CHECK_S = 2.0
+#: QEMU run states of a copy that migrated out: paused after the copy, not the VM.
+MIGRATED_OUT = ("postmigrate", "finish-migrate")
 
 
 def node_endpoints(endpoints: list[str], mine: list[str]) -> list[str]:
@@ -85,6 +93,9 @@ class NodeWatch:
         self.changed = threading.Event()
         self.isolated = False
         self.vms: list[str] = []
+        self.migrated: list[str] = []  # copies that migrated out (see enforce)
+        self.incoming: list[str] = []  # migration targets
+        self.listed_mono: float | None = None  # when the agent last answered a list
         self.cpu: dict[str, float] = {}  # cores busy, by VM, as the agent last measured
         self.clock = MonotonicClock()
         self._listed_at = -1e9
@@ -94,11 +105,42 @@ class NodeWatch:
         # A host's API part promotes its etcd member once it caught up; a witness has no
         # API, so its watch does (a witness that does not vote is no witness).
         self.voter = cfg.member is None or not self.witness
-        binds, targets = heartbeat_plan(self.spec, node, cfg.heartbeat_port)
-        self.hb = HeartbeatDaemon(cfg.cluster, node, binds, targets,
-                                  HeartbeatParams.from_settings(self.spec.cluster),
-                                  MonotonicClock(), self._on_change,
-                                  key=load_key(cfg.heartbeat_key))
+        self.key = load_key(cfg.heartbeat_key)
+        self.spec_text = self.state.spec_text()
+        self.removed = False  # the spec no longer names this host (it was forgotten)
+        self._spec_checked = self.clock.now()
+        self.hb = self._heartbeats(self.spec)
+
+    def _heartbeats(self, spec: ClusterSpec) -> HeartbeatDaemon:
+        binds, targets = heartbeat_plan(spec, self.node, self.cfg.heartbeat_port)
+        return HeartbeatDaemon(self.cfg.cluster, self.node, binds, targets,
+                               HeartbeatParams.from_settings(spec.cluster), MonotonicClock(),
+                               self._on_change, key=self.key)
+
+    def follow_spec(self) -> None:
+        """The spec in the store changed (hosts forgotten by a recovery, say): heartbeats
+        go to the hosts it names now, and the quorum is counted over them. A spec that no
+        longer names this host leaves it cut off: it stops its VMs."""
+        text = self.state.spec_text()
+        if text is None or text == self.spec_text:
+            return
+        spec = self.state.spec(text)
+        self.spec_text = text
+        if self.node not in {h.name for h in spec.hosts}:
+            self.removed = True
+            print(json.dumps({"msg": f"the cluster's spec no longer names {self.node}: it "
+                              "was forgotten; stopping its VMs", "at": time.time()}), flush=True)
+            return
+        old = self.hb
+        if heartbeat_plan(spec, self.node, self.cfg.heartbeat_port) != (
+                old.bindings, old.targets) or HeartbeatParams.from_settings(
+                spec.cluster) != old.params:
+            old.stop()
+            self.hb = self._heartbeats(spec).start()
+            print(json.dumps({"msg": "the spec changed: heartbeats to "
+                              f"{', '.join(sorted({t.peer for t in self.hb.targets})) or 'nobody'}",
+                              "at": time.time()}), flush=True)
+        self.spec = spec
 
     def alive_loop(self, done: threading.Event, every_s: float = 0.2) -> None:
         """Say (to the daemon) that this host's heartbeats go out. A thread of its own:
@@ -123,6 +165,8 @@ class NodeWatch:
 
     def stop_reason(self) -> str | None:
         """Why this node must stop its VMs now (see module docstring), or None."""
+        if self.removed:
+            return f"the cluster's spec no longer names {self.node}"
         states = self.hb.states()
         if not states:
             return None  # a cluster of one: nobody to lose
@@ -149,7 +193,15 @@ class NodeWatch:
         if got is None and not cut_off:
             return  # an agent that does not answer has not stopped its VMs: report them still
         listed = got or []
-        self.vms = sorted(v["vm"] for v in listed if v.get("role") == "run")
+        # A copy that migrated out (paused after the copy, the switchover done or not) is
+        # not the running VM: it must not pull the VM's placement back to this host.
+        self.vms = sorted(v["vm"] for v in listed if v.get("role") == "run"
+                          and v.get("status") not in MIGRATED_OUT)
+        self.migrated = sorted(v["vm"] for v in listed if v.get("role") == "run"
+                               and v.get("status") in MIGRATED_OUT)
+        self.incoming = sorted(v["vm"] for v in listed if v.get("role") == "incoming")
+        if got is not None:
+            self.listed_mono = now
         self.vms_at = time.time() if got is not None else self.vms_at
         self.cpu = {v["vm"]: float(v["cpu"]) for v in listed
                     if v.get("role") == "run" and isinstance(v.get("cpu"), int | float)}
@@ -185,8 +237,12 @@ class NodeWatch:
             self.changed.clear()
             while not self.events.empty():
                 pending.append(self.events.get())
+            listed = self.listed_mono
             body = {"routes": view_to_json(self.hb.states()), "vms": self.vms,
-                    "vms_at": self.vms_at, "isolated": self.isolated}
+                    "migrated": self.migrated, "incoming": self.incoming,
+                    "vms_at": self.vms_at, "isolated": self.isolated,
+                    "vms_age_s": None if listed is None else
+                    round(self.clock.now() - listed, 2)}
             try:
                 self.state.client.put(report_key(self.state, self.node),
                                       json.dumps(body, sort_keys=True).encode())
@@ -202,6 +258,9 @@ class NodeWatch:
                 while pending and not self.changed.is_set():
                     self.state.append_event(pending[0].to_json())
                     pending.pop(0)
+                if self.clock.now() - self._spec_checked >= SPEC_CHECK_S:
+                    self._spec_checked = self.clock.now()
+                    self.follow_spec()
             except VmclusterError:
                 continue
             # After the report (liveness first), and tried once per PUBLISH_S even when it
@@ -229,12 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     reporter = threading.Thread(target=watch.report_loop, args=(done,), daemon=True)
-    with watch.hb.start():
+    watch.hb.start()
+    try:
         reporter.start()
         print(json.dumps({"started": cfg.node, "at": time.time()}), flush=True)
         threading.Thread(target=watch.alive_loop, args=(done,), daemon=True).start()
         while not done.wait(args.tick_s):
             watch.enforce()
+    finally:
+        watch.hb.stop()  # the one running now: a changed spec may have replaced the first
     reporter.join(timeout=5)
     watch.last_words()
     return 0
