@@ -140,8 +140,9 @@ def migrate(
         # unsettled: not ours to try again; no convergence: the VM's own pace, not the
         # network's fault (another network would give up the same way, passes later)
         # switched: the VM is the target's now, whatever became of it: no other network
+        # source gone: its QEMU ended; nothing is left to move over another network
         if (result.ok or result.unsettled or result.extra.get("no_convergence")
-                or result.extra.get("switched")):
+                or result.extra.get("switched") or result.extra.get("source_gone")):
             break
         tried.append({"network": network, "error": result.error})
     assert result is not None

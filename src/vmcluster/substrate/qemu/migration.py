@@ -27,7 +27,7 @@ from vmcluster.errors import (
     VmclusterError,
 )
 from vmcluster.model import MIB, ClusterSpec
-from vmcluster.substrate.host.client import AgentClient, AgentDown
+from vmcluster.substrate.host.client import AgentClient, AgentDown, AgentError
 from vmcluster.substrate.protocol import (
     Clock,
     MigrationHandle,
@@ -340,9 +340,16 @@ class QemuMigrations:
             except SubstrateError as exc:
                 self.sub.say(f"warning: could not release {handle.vm} on {handle.source}: {exc}")
         else:
-            error = error or str(info.get("error-desc") or f"migration {info.get('status')}")
-            rollback_error = self._rollback(handle)
-            if rollback_error:
+            status = info.get("status") or "unknown"
+            error = error or str(info.get("error-desc") or f"QEMU's migration status: {status}")
+            rollback_error, source_gone = self._rollback(handle)
+            if source_gone:
+                # Nothing left to migrate: another network would fail the same way.
+                marks["source_gone"] = True
+                error = (f"{handle.vm}'s QEMU on {handle.source} ended during the migration "
+                         f"({error}); the cluster starts it again where it is placed "
+                         f"({handle.source})")
+            elif rollback_error:
                 error += f"; {rollback_error}"
         if att is not None:
             for f in att.slots:
@@ -403,8 +410,11 @@ class QemuMigrations:
                     raise
                 self.sub.clock.sleep(0.25)
 
-    def _rollback(self, handle: MigrationHandle) -> str | None:
+    def _rollback(self, handle: MigrationHandle) -> tuple[str | None, bool]:
+        """Discard the target, resume the source: what went wrong (None: nothing), and
+        whether the source QEMU was gone (it ended during the migration)."""
         problems = []
+        gone = False
         try:
             self.sub.agent(handle.target).call("discard", vm=handle.vm)
         except SubstrateError as exc:
@@ -412,7 +422,10 @@ class QemuMigrations:
         try:
             self.sub.agent(handle.source).call("cancel", vm=handle.vm)
         except SubstrateError as exc:
-            problems.append(f"resuming on {handle.source} failed: {exc}")
+            if isinstance(exc, AgentError) and exc.code == "not_found":
+                gone = True  # its QEMU ended: nothing to resume
+            else:
+                problems.append(f"resuming on {handle.source} failed: {exc}")
         self.sub.records.set_migrating(handle.vm, None)
-        return "; ".join(problems) or None
+        return "; ".join(problems) or None, gone
 

@@ -91,7 +91,9 @@ class Qmp:
             raise QemuRefused(f"{self.name}: QEMU refused {cmd}: {_line(exc)} "
                               f"({exc.error_class})", exc.error_class, str(exc)) from exc
         except QMPError as exc:  # the connection, not the command
-            raise QemuGone(f"{self.name}: monitor went away during {cmd}: {_line(exc)}"
+            # qemu.qmp's own words ("QMPClient is disconnecting. Call disconnect() ...")
+            # speak to its programmer, not to whoever reads the error: its QEMU ended.
+            raise QemuGone(f"{self.name}: monitor went away during {cmd} (its QEMU ended)"
                            ) from exc
         except (OSError, EOFError) as exc:
             raise QemuGone(f"{self.name}: monitor went away during {cmd}: {_line(exc)}"
