@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from vmcluster.node.config import NodeConfig
-from vmcluster.node.watchdog import pet
+from vmcluster.node.watchdog import AliveFile, pet
 
 ROOT = Path(__file__).resolve().parents[2]
 FENCE_S = 0.6
@@ -150,3 +150,22 @@ def test_a_restarting_daemon_may_pause_its_pets_but_not_the_heartbeats(
     finally:
         web.kill()
         web.wait()
+
+
+def test_a_wall_clock_step_does_not_age_a_fresh_heartbeat(tmp_path: Path) -> None:
+    """heartbeats.alive carries wall-clock times; an NTP step forward must not make a touch
+    a moment ago look an hour old (the watchdog would fence a healthy host): touches are
+    changes of the file's time, aged on the monotonic clock."""
+    alive = tmp_path / "heartbeats.alive"
+    alive.touch()
+    os.utime(alive, (time.time() - 3600, time.time() - 3600))  # touched before a step back
+    mono = [100.0]
+    age = AliveFile(alive, lambda: mono[0])
+    assert age.age() == 0.0  # first sight: a touch
+    mono[0] += 5.0
+    assert age.age() == 5.0  # untouched since: it ages on the monotonic clock
+    mtime = alive.stat().st_mtime_ns
+    os.utime(alive, ns=(mtime + 1, mtime + 1))
+    assert age.age() == 0.0
+    alive.unlink()
+    assert age.age() == float("inf")

@@ -51,7 +51,7 @@ from typing import IO
 import vmcluster
 from vmcluster.errors import VmclusterError
 from vmcluster.node.config import NodeConfig, load_config
-from vmcluster.node.watchdog import heartbeats_age, pet
+from vmcluster.node.watchdog import AliveFile, pet
 from vmcluster.pki import NodeCredentials
 from vmcluster.store.members import DEFAULT_TUNING, MemberSpec
 from vmcluster.substrate.procs import live_cmdline, pid_in_file
@@ -172,6 +172,7 @@ class Daemon:
     def __init__(self, cfg: NodeConfig, now: Callable[[], float] = time.monotonic,
                  say: Callable[[str], None] | None = None) -> None:
         self.cfg, self.now = cfg, now
+        self.alive = AliveFile(cfg.heartbeats_alive, now)  # heartbeats.alive, aged
         self.say = say or _say
         self.env = child_env()
         self.parts = [Part(n, part_argv(cfg, n), cfg.log_dir / f"{n}.log",
@@ -208,7 +209,7 @@ class Daemon:
                  f"{self.cfg.fence_window_s:.2f} s)")
 
     def heartbeats_fresh(self) -> bool:
-        return heartbeats_age(self.cfg) < HEARTBEATS_FRESH_S
+        return self.alive.age() < HEARTBEATS_FRESH_S
 
     # -- one round ---------------------------------------------------------------------
     def supervise(self) -> None:
@@ -233,6 +234,11 @@ class Daemon:
                 self.say(f"{part.name} exited ({rc}); starting it again in "
                          f"{part.next_start - now:.1f} s (see {part.log})")
             if now >= part.next_start:
+                if part.name == "heartbeats":
+                    # What an earlier heartbeat part (crashed with the host) last touched
+                    # says nothing of this one: it must not pet the watchdog before this
+                    # one sends (it waits for the store first, after a power cut).
+                    self.cfg.heartbeats_alive.unlink(missing_ok=True)
                 try:
                     part.start(now, self.env)
                 except OSError as exc:
@@ -243,7 +249,7 @@ class Daemon:
     def _hung(self, part: Part, now: float) -> bool:
         if now - part.started_at < HEARTBEATS_HUNG_S + 5.0:  # give it time to start
             return False
-        return heartbeats_age(self.cfg) > HEARTBEATS_HUNG_S
+        return self.alive.age() > HEARTBEATS_HUNG_S
 
     def tick(self) -> None:
         self.supervise()

@@ -49,7 +49,7 @@ from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.substrate.procs import pid_in_file
 from vmcluster.substrate.qemu.process import pid_matches
 
-__all__ = ["Watchdog", "heartbeats_age", "main", "pet"]
+__all__ = ["AliveFile", "Watchdog", "main", "pet"]
 
 POLL_S = 0.05
 
@@ -64,13 +64,32 @@ def pet(cfg: NodeConfig, word: bytes = b"pet") -> bool:
     return True
 
 
-def heartbeats_age(cfg: NodeConfig, wall: Any = time.time) -> float:
-    """Seconds since the heartbeat part last said this host's heartbeats go out
-    (``heartbeats.alive``); infinite when it never did."""
-    try:
-        return float(wall() - cfg.heartbeats_alive.stat().st_mtime)
-    except OSError:
-        return float("inf")
+class AliveFile:
+    """How long ago a file was last touched, on this process's monotonic clock: the age of
+    ``heartbeats.alive``. A file's time is the wall clock's, which an NTP step moves at
+    once; comparing it with the wall clock now would make a touch a second ago an hour
+    old (and fence a healthy host) after a step forward. So a touch is each change of the
+    file's time, counted from the monotonic moment this process saw it; the first sight
+    counts as a touch (how old the file was then cannot be told), so a file nobody
+    touches any more ages from there. Whoever starts a new heartbeat part removes the
+    file first (what a dead part last touched must not pass for it)."""
+
+    def __init__(self, path: Path, now: Any = time.monotonic) -> None:
+        self.path, self.now = path, now
+        self._mtime: int | None = None
+        self._seen = float("-inf")
+
+    def age(self) -> float:
+        """Seconds since the last touch seen; infinite when there is no file."""
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except OSError:
+            self._mtime = None
+            return float("inf")
+        now = float(self.now())
+        if mtime != self._mtime:
+            self._mtime, self._seen = mtime, now
+        return now - self._seen
 
 
 def _recorded_qemus(qemu_dir: Path) -> list[tuple[str, int, str]]:
@@ -103,6 +122,7 @@ class Watchdog:
         self.armed = False
         self.last_pet = 0.0
         self.allowed = cfg.fence_window_s  # how long pets may pause now
+        self.alive = AliveFile(cfg.heartbeats_alive, now)
 
     def on_message(self, word: bytes) -> None:
         if word == b"pet":
@@ -118,7 +138,7 @@ class Watchdog:
             _log("disarmed by the daemon")
 
     def heartbeats_age(self) -> float:
-        return heartbeats_age(self.cfg, self.wall)
+        return self.alive.age()
 
     def due(self) -> str | None:
         """Why the host must be fenced now, or None."""
