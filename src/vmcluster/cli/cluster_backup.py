@@ -17,18 +17,21 @@ from pathlib import Path
 import click
 
 from vmcluster.cli.common import lab_option
-from vmcluster.errors import InputError
+from vmcluster.errors import InputError, UsageError
 from vmcluster.lab.credentials import etcd_tls
-from vmcluster.lab.faults import crash_node, start_nodes
+from vmcluster.lab.faults import crash_node, start_nodes, stop_daemon
+from vmcluster.lab.hosts import daemon_pids, start_daemon, vmcluster_in
 from vmcluster.lab.lab import resolve_lab
-from vmcluster.lab.services import lab_spec, lab_store, read_services
+from vmcluster.lab.services import lab_hosts, lab_store, read_services
 from vmcluster.node.config import DEFAULT_CONFIG, load_config
+from vmcluster.node.recover import recover as recover_host
+from vmcluster.node.recover import report_lines
 from vmcluster.pki import NodeCredentials
 from vmcluster.store.backup import restore_member, save_backup
 from vmcluster.store.etcd import EtcdClient
 from vmcluster.substrate.procs import pid_in_file
 
-__all__ = ["backup", "restore"]
+__all__ = ["backup", "recover", "restore"]
 
 _CONFIG = click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
                        default=DEFAULT_CONFIG, show_default=True, help="This host's "
@@ -81,8 +84,7 @@ def restore(path: Path, config: Path, lab_name: str | None, as_json: bool) -> No
     if lab_name is not None:
 
         layout = resolve_lab(lab_name)
-        spec = lab_spec(layout)
-        hosts = [n.name for n in spec.hosts]
+        hosts = lab_hosts(layout)  # every host, though a recovery may have forgotten some
         restored = []
         for node in hosts:
             crash_node(layout, node)  # a restore starts from hosts that are down
@@ -108,3 +110,47 @@ def restore(path: Path, config: Path, lab_name: str | None, as_json: bool) -> No
                    + (f"; its old data is in {r['old_data']}" if r["old_data"] else ""))
     if lab_name is None:
         click.echo("restore every host that runs a member, then start vmclusterd on each")
+
+
+@click.command("recover")
+@click.option("--forget", "forgotten", multiple=True, required=True, metavar="NODE",
+              help="a host given up for good (repeat for each; every host but this one)")
+@_CONFIG
+@_LAB
+@_JSON
+def recover(forgotten: tuple[str, ...], config: Path, lab_name: str | None,
+            as_json: bool) -> None:
+    """When most hosts are gone for good and the store has no quorum: make this host's
+    etcd member a cluster of one from its own data, and forget the hosts given up (their
+    VMs start here, their certificates are revoked). Its vmclusterd stopped; start it
+    afterwards. With --lab: the one lab host not forgotten, stopped and started for you."""
+    if lab_name is not None:
+        layout = resolve_lab(lab_name)
+        hosts = lab_hosts(layout)
+        unknown = [n for n in forgotten if n not in hosts]
+        if unknown:
+            raise UsageError(f"no host {unknown[0]!r} in lab {layout.name}; its hosts: "
+                             f"{', '.join(hosts)}")
+        left = [n for n in hosts if n not in forgotten]
+        if len(left) != 1:
+            raise UsageError(f"a recovery leaves one host; forget all but one of "
+                             f"{', '.join(hosts)}")
+        alive = [n for n in forgotten if any(daemon_pids(layout, n).values())]
+        if alive:
+            raise UsageError(f"{alive[0]} still runs: a host given up is down (`vmcluster lab "
+                             f"node crash {alive[0]}`)")
+        node = left[0]
+        stop_daemon(layout, node)  # as `systemctl stop vmclusterd` would
+        doc = vmcluster_in(layout, node, ["cluster", "recover", "--config",
+                                          str(layout.node_config(node)),
+                                          *[a for n in forgotten for a in ("--forget", n)]],
+                           timeout_s=120)
+        start_daemon(layout, node, timeout_s=60)
+    else:
+        doc = recover_host(load_config(config), list(forgotten),
+                           say=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps(doc))
+        return
+    for line in report_lines(doc, started=lab_name is not None):
+        click.echo(line)

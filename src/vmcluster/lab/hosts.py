@@ -46,7 +46,7 @@ from vmcluster.substrate.host.state import read_state
 from vmcluster.substrate.procs import live_cmdline
 
 __all__ = ["bootstrap_hosts", "daemon_pids", "etcd_cluster", "node_config", "start_daemon",
-           "write_node_configs"]
+           "vmcluster_in", "write_node_configs"]
 
 ROLES = ("vmclusterd", "watchdog", "etcd", "agent", "nodewatch", "managerd", "api")
 
@@ -110,7 +110,7 @@ def write_node_configs(layout: LabLayout, spec: ClusterSpec, control_plane: bool
         (load_base_config if control_plane else load_config)(cfg.path)  # must read back
 
 
-def _vmcluster_in(layout: LabLayout, node: str, args: list[str], timeout_s: float
+def vmcluster_in(layout: LabLayout, node: str, args: list[str], timeout_s: float
                   ) -> dict[str, Any]:
     """``vmcluster ARGS --json`` run inside ``node`` (its network and mount namespaces),
     as an operator logged in there would; its JSON answer."""
@@ -148,7 +148,7 @@ def bootstrap_hosts(layout: LabLayout, spec: ClusterSpec, spec_text: str,
     spec_file.write_text(spec_text)
     creds = layout.host_config_dir(first) / "admin" / "credentials.json"
     t0 = time.monotonic()
-    init = _vmcluster_in(layout, first, [
+    init = vmcluster_in(layout, first, [
         "cluster", "init", "--spec", str(spec_file), "--node", first, "--name", layout.name,
         "--config", str(layout.node_config(first)), "--start", "detach",
         "--credentials", str(creds)], timeout_s)
@@ -157,7 +157,7 @@ def bootstrap_hosts(layout: LabLayout, spec: ClusterSpec, spec_text: str,
     for node in joining:
         t1 = time.monotonic()
         witness = node.name == spec.cluster.witness
-        got = _vmcluster_in(layout, node.name, [
+        got = vmcluster_in(layout, node.name, [
             "cluster", "join", init["api_url"], "--token", init["join_token"],
             "--ca-hash", init["ca_hash"], "--node", node.name,
             "--config", str(layout.node_config(node.name)), "--start", "detach",
@@ -199,10 +199,11 @@ def daemon_pids(layout: LabLayout, node: str | None = None) -> dict[str, list[in
 
 
 def start_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0,
-                 wait: bool = True) -> None:
+                 wait: bool = True, env: Mapping[str, str] | None = None) -> None:
     """Start ``node``'s ``vmclusterd`` in its namespace (unless it runs) and wait until its
     agent answers (a witness's: its heartbeats run); ``wait=False``: only start it (after
-    a power cut no host's agent answers before a majority of etcd members runs)."""
+    a power cut no host's agent answers before a majority of etcd members runs). ``env``:
+    more environment for it and its parts (a fault campaign's faked clock)."""
 
     client = AgentClient(layout, node)
     witness = _is_witness(layout, node)
@@ -214,7 +215,8 @@ def start_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0,
                 "-m", "vmcluster.node.daemon", "--config", str(layout.node_config(node))]
         with log.open("ab") as out:
             rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                env=child_env(), timeout=10, check=False).returncode
+                                env={**child_env(), **(env or {})}, timeout=10,
+                                check=False).returncode
         if rc != 0:
             raise LabError(f"cannot start vmclusterd on {node}; see {log}")
     if not wait:

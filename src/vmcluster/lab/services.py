@@ -45,6 +45,7 @@ __all__ = [
     "has_control_plane",
     "lab_access",
     "lab_csv_book",
+    "lab_hosts",
     "lab_ledger",
     "lab_store",
     "leader",
@@ -173,6 +174,13 @@ def _glance(layout: LabLayout, read: Callable[[ClusterState], Any]) -> Any:
     client = EtcdClient(svc["endpoints"], timeout=1.0, retry_s=2.0, tls=etcd_tls(layout))
     with NetnsThread(layout.client_ns) as thread:
         return thread.call(read, ClusterState(client, svc["cluster"]), timeout=15)
+
+
+def lab_hosts(layout: LabLayout) -> list[str]:
+    """The lab's hosts (its namespaces), as its spec file made them: what a power cut or
+    a restore acts on, whatever the store's spec says now (a recovery may have forgotten
+    some)."""
+    return [h.name for h in load_spec(read_state(layout)["spec"]).hosts]
 
 
 def lab_spec(layout: LabLayout) -> ClusterSpec:

@@ -87,6 +87,7 @@ __all__ = [
     "admit",
     "api_addresses",
     "cluster_name",
+    "drop_host_records",
     "init_cluster",
     "join_cluster",
     "join_command",
@@ -308,13 +309,21 @@ def leave(state: ClusterState, node: str) -> dict[str, Any]:
                 if urls & set(m.get("peerURLs", [])):
                     state.etcd.member_remove(str(m["ID"]))
                     removed = m.get("name") or node
-    serial = int(rec.json().get("serial", 0))
+    serial = drop_host_records(state, node)
+    return {"node": node, "revoked_serial": serial, "etcd_member_removed": removed is not None}
+
+
+def drop_host_records(state: ClusterState, node: str) -> int:
+    """A host that left (or was given up): its certificate revoked, its member and daemon
+    records deleted, its node record ``left``. Returns the revoked serial (0: none)."""
+    rec = state.client.get(state.key("members", node))
+    serial = int(rec.json().get("serial", 0)) if rec is not None else 0
     if serial:
         revoke_certificate(state, serial)
     state.client.delete(state.key("members", node))
     state.client.delete(state.key("daemons", node))
     state.client.put(state.key("nodes", node), b'{"state": "left"}')
-    return {"node": node, "revoked_serial": serial, "etcd_member_removed": removed is not None}
+    return serial
 
 
 def _add_learner(state: ClusterState, peer_urls: Sequence[str], tries: int = 10) -> None:
