@@ -83,12 +83,13 @@ def test_the_ci_campaign_passes_with_nothing_run_twice_or_lost(lab: LabSubstrate
     doc = json.loads(out.read_text())
     rows = doc["rows"]
     assert [r["scenario"] for r in rows] == [
-        "node-crash", "heartbeat-down", "blips", "etcd-leader-kill", "agent-kill",
-        "daemon-restart-load", "migration-net-cut", "cancel", "cli-term-copying"]
+        "node-crash", "heartbeat-down", "blips", "one-way-partition", "etcd-leader-kill",
+        "agent-kill", "daemon-restart-load", "migration-net-cut", "cancel", "cli-term-copying",
+        "target-qemu-kill-switchover"]
     for r in rows:
         assert r["double_runs"] == 0 and r["lost_writes"] == 0, r
         assert r["passed"], r
     crash = rows[0]["figures"]
     assert crash["detect_s"] is not None and crash["running_s"] is not None
     assert got.returncode == 0
-    assert "9/9 scenarios passed; double runs 0, acknowledged writes lost 0" in got.stdout
+    assert "11/11 scenarios passed; double runs 0, acknowledged writes lost 0" in got.stdout

@@ -9,6 +9,7 @@ lab guest's dirty rate while it runs (to make a migration long or impossible).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -16,13 +17,20 @@ import click
 from vmcluster.cli.common import lab_option
 from vmcluster.errors import UsageError
 from vmcluster.lab.chaos import pick, run_campaign, table
-from vmcluster.lab.faults import PARTS, SIGNALS, freeze_part, kill_part, restart_part
+from vmcluster.lab.faults import (
+    PARTS,
+    SIGNALS,
+    blackhole_etcd,
+    freeze_part,
+    kill_part,
+    restart_part,
+)
 from vmcluster.lab.guestctl import guest_request
 from vmcluster.lab.lab import resolve_lab
 from vmcluster.lab.services import lab_store
 from vmcluster.lab.substrate import LabSubstrate
 
-__all__ = ["chaos", "dirty", "freeze", "kill", "restart"]
+__all__ = ["blackhole", "chaos", "dirty", "freeze", "kill", "restart"]
 
 _NAME = lab_option("name")
 _JSON = click.option("--json", "as_json", is_flag=True, help="print one JSON object")
@@ -68,6 +76,25 @@ def freeze(node: str, part: str, vm: str | None, seconds: float, name: str | Non
          f"{node}: {part} frozen {seconds:g} s and running again")
 
 
+@click.command("blackhole")
+@click.argument("node", metavar="NODE")
+@click.option("--for", "seconds", type=click.FloatRange(0, 3600, min_open=True),
+              required=True, help="seconds cut off")
+@_NAME
+@_JSON
+def blackhole(node: str, seconds: float, name: str | None, as_json: bool) -> None:
+    """Cut NODE's etcd member off from its peers (raft traffic dropped) for S seconds; the
+    host and its other traffic stay fine. The cut is mended also if interrupted."""
+    layout = resolve_lab(name)
+    blackhole_etcd(layout, node, True)
+    try:
+        time.sleep(seconds)
+    finally:
+        blackhole_etcd(layout, node, False)
+    _out(as_json, {"node": node, "seconds": seconds},
+         f"{node}'s etcd member was cut off from its peers for {seconds:g} s")
+
+
 @click.command("restart")
 @click.argument("node", metavar="NODE")
 @click.argument("part", metavar="PART",
@@ -111,22 +138,28 @@ def dirty(vm: str, mibps: float, wws_mib: float | None, name: str | None,
               help="run only this scenario (repeatable); default: all")
 @click.option("--ci", "ci_only", is_flag=True, help="only the short subset the tests run")
 @click.option("--list", "list_only", is_flag=True, help="list the scenarios and exit")
+@click.option("--part", "part", default="1/1", metavar="K/N", show_default=True,
+              help="of the migration fault matrix's cells, only every N-th from the K-th "
+                   "(N runs of the campaign with K = 1..N run each cell once)")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               help="also write the rows as JSON to this file")
 @_NAME
 @_JSON
-def chaos(names: tuple[str, ...], ci_only: bool, list_only: bool, out_path: Path | None,
-          name: str | None, as_json: bool) -> None:
+def chaos(names: tuple[str, ...], ci_only: bool, list_only: bool, part: str,
+          out_path: Path | None, name: str | None, as_json: bool) -> None:
     """The fault campaign on the lab that is up: each scenario from a settled lab,
     injected, watched (every host's QEMUs every 50 ms: a VM running twice fails it),
     checked (every VM's disk against its acknowledged writes) and restored; one row each.
     Exit 1 if any scenario failed."""
-    scenarios = pick(names, ci_only)
+    k, slash, n = part.partition("/")
+    if not (slash and k.isdigit() and n.isdigit() and int(n) > 0):
+        raise UsageError(f"--part {part!r}: K/N, as 1/2 (the first of two parts)")
     if list_only:
-        for sc in scenarios:
-            click.echo(f"{sc.name:<22}{'ci' if sc.ci else '':<4}{sc.fault} -> {sc.expected}")
+        for sc in pick(names, ci_only, (int(k) - 1, int(n))):
+            click.echo(f"{sc.name:<30}{'ci' if sc.ci else '':<4}{sc.fault} -> {sc.expected}")
         return
     sub = LabSubstrate(resolve_lab(name))
+    scenarios = pick(names, ci_only, (int(k) - 1, int(n)), hosts=len(sub.spec.nodes))
     with lab_store(sub.layout) as store:
         rows = run_campaign(sub, store, scenarios, say=lambda m: click.echo(m, err=True))
     doc = {"lab": sub.layout.name, "rows": [r.to_json() for r in rows],

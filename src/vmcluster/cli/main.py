@@ -41,11 +41,13 @@ _SUBCOMMANDS: tuple[tuple[str, str, str], ...] = (
     ("lab", "lab_node", "node"),
     ("lab", "lab_faults", "kill"),
     ("lab", "lab_faults", "freeze"),
+    ("lab", "lab_faults", "blackhole"),
     ("lab", "lab_faults", "restart"),
     ("lab", "lab_faults", "dirty"),
     ("lab", "lab_faults", "chaos"),
     ("cluster", "cluster_backup", "backup"),
     ("cluster", "cluster_backup", "restore"),
+    ("cluster", "cluster_backup", "recover"),
 )
 
 

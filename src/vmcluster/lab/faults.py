@@ -20,7 +20,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from vmcluster.errors import LabError, UsageError
@@ -32,9 +32,9 @@ from vmcluster.substrate.host import netns
 from vmcluster.substrate.host.layout import LabLayout
 from vmcluster.substrate.host.state import read_state
 
-__all__ = ["PARTS", "blip_net", "crash_node", "cut_between", "freeze_part", "isolate_node",
-           "kill_part", "part_pids", "qemu_pids", "rejoin_node", "restart_part", "signal_node",
-           "start_node", "start_nodes"]
+__all__ = ["ETCD_PEER_PORT", "PARTS", "SIGNALS", "blackhole_etcd", "blip_net", "crash_node",
+           "cut_between", "freeze_part", "isolate_node", "kill_part", "part_pids", "qemu_pids",
+           "rejoin_node", "restart_part", "signal_node", "start_node", "start_nodes", "stop_daemon"]
 
 #: A host's parts as the fault commands name them -> the role :func:`daemon_pids` gives.
 PARTS = {"etcd": "etcd", "agent": "agent", "manager": "managerd", "heartbeats": "nodewatch",
@@ -202,7 +202,8 @@ def freeze_part(layout: LabLayout, node: str, part: str, seconds: float,
     return pids
 
 
-def restart_part(layout: LabLayout, node: str, part: str, timeout_s: float = 30.0) -> list[int]:
+def restart_part(layout: LabLayout, node: str, part: str, timeout_s: float = 30.0,
+                 env: Mapping[str, str] | None = None) -> list[int]:
     """Restart one part of ``node`` as an operator would: the ``vmclusterd`` supervisor
     (SIGTERM, as ``systemctl restart`` does, then started again: its VMs keep running),
     or one of its parts (SIGTERM; the supervisor starts it again). Returns the new pids."""
@@ -220,12 +221,50 @@ def restart_part(layout: LabLayout, node: str, part: str, timeout_s: float = 30.
             raise LabError(f"{node}'s {part} did not stop within {timeout_s:.0f} s of SIGTERM")
         time.sleep(0.05)
     if part == "vmclusterd":
-        start_daemon(layout, node)
+        start_daemon(layout, node, env=env)
     while not (new := part_pids(layout, node, part)):
         if time.monotonic() > deadline:
             raise LabError(f"{node}'s {part} was not started again within {timeout_s:.0f} s")
         time.sleep(0.1)
     return new
+
+
+#: etcd's peer port (raft between members): what an etcd blackhole drops.
+ETCD_PEER_PORT = 2380
+_NFT_TABLE = "vmc_fault"
+
+
+def blackhole_etcd(layout: LabLayout, node: str, on: bool) -> None:
+    """Drop (``on``) or let through again every packet of ``node``'s etcd member to or
+    from its peers (TCP port 2380, in ``node``'s network namespace, by nftables): the
+    member lives on, the host's heartbeats and clients' traffic too, but raft cannot
+    reach it. Idempotent both ways."""
+    _spec(layout, node)
+    ns = layout.node_ns(node)
+    netns.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", _NFT_TABLE],
+              check=False)  # mending what is not cut: fine
+    if not on:
+        return
+    rules = (f"table inet {_NFT_TABLE} {{ chain out {{ type filter hook output priority 0; "
+             f"tcp dport {ETCD_PEER_PORT} drop; tcp sport {ETCD_PEER_PORT} drop; }}; }}")
+    netns.run(["ip", "netns", "exec", ns, "nft", rules], check=True)
+
+
+def stop_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0) -> None:
+    """Stop ``node``'s ``vmclusterd`` as ``systemctl stop`` would (SIGTERM; its QEMUs keep
+    running, and so do its heartbeat part and watchdog for a while: a daemon started again
+    adopts them) and wait until it and the parts that stop with it are gone."""
+    pids = part_pids(layout, node, "vmclusterd")
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    stopping = ("vmclusterd", "etcd", "agent", "managerd", "api")
+    while any(daemon_pids(layout, node)[role] for role in stopping):
+        if time.monotonic() > deadline:
+            raise LabError(f"{node}'s vmclusterd did not stop within {timeout_s:.0f} s of "
+                           "SIGTERM")
+        time.sleep(0.1)
 
 
 def blip_net(set_link: Callable[[bool], object], seconds: float, times: int,
