@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from vmcluster.errors import UsageError
-from vmcluster.lab.chaos import SCENARIOS, Row, pick, table
+from vmcluster.lab.chaos import SCENARIOS, Row, _client_figures, pick, table
 from vmcluster.lab.faults import blip_net
 from vmcluster.lab.sampler import _qmp_status
 
@@ -140,3 +140,11 @@ def test_a_qemu_behind_a_silent_agent_is_asked_over_its_own_qmp(
     argv = ["qemu", "-name", "web,debug-threads=on", "-qmp", f"unix:{path},server=on,wait=off"]
     assert _qmp_status(os.getpid(), argv) == expected
     assert _qmp_status(os.getpid(), ["qemu", "-name", "web"]) == "unknown"  # no QMP socket
+
+
+def test_the_clients_figures_are_the_longest_blackout_and_the_broken_tcp_sessions() -> None:
+    seen = {"web": {"udp": {"blackout_ms": 240.0}, "tcp": {"session_survived": True}},
+            "db": {"udp": {"blackout_ms": 4810.5}, "tcp": {"session_survived": False}},
+            "batch": {}}  # its clients could not start
+    assert _client_figures(seen) == {"blackout_ms": 4810.5, "tcp_broken": 1}
+    assert _client_figures({}) == {"blackout_ms": None, "tcp_broken": None}

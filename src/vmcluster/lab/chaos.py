@@ -75,6 +75,9 @@ from vmcluster.substrate.host.client import AgentClient
 
 __all__ = ["SCENARIOS", "Campaign", "Outcome", "Row", "Scenario", "pick"]
 
+#: The clients' probe intervals during the campaign (a UDP datagram, a TCP echo line),
+#: per VM: fine enough for a failover's seconds, light enough for two cores.
+PROBE_S = {"udp": 0.02, "tcp": 0.05}
 SAMPLE_S = 0.05
 RUN_AGAIN_S = 90.0  # generous: a restarted guest boots under TCG on a loaded machine
 
@@ -225,7 +228,7 @@ class Campaign:
         probes = []
         if addr is not None:
             for mode in ("tcp", "udp"):
-                p = ClientProbe(self.layout, str(addr), mode)
+                p = ClientProbe(self.layout, str(addr), mode, interval_s=PROBE_S[mode])
                 with contextlib.suppress(LabError):
                     p.start()
                     probes.append(p)
@@ -304,21 +307,37 @@ class Campaign:
             before = self.damage()
         except (VmclusterError, OSError):
             before = {}
-        try:
-            out = sc.run(self)
-        except (VmclusterError, OSError, subprocess.SubprocessError) as exc:
-            out = Outcome(f"the scenario broke: {exc}", False)
-        doubled = len(self.sampler.doubles) - doubles
-        lost = 0
-        try:
-            self.settle()
-            # This scenario's own losses: a disk an earlier one damaged stays damaged.
-            lost = sum(max(0, n - before.get(vm, 0)) for vm, n in self.damage().items())
-        except (VmclusterError, OSError) as exc:
-            out = Outcome(f"{out.observed}; after it: {exc}", False, out.figures)
+        seen: dict[str, dict[str, dict[str, Any]]] = {}
+        with contextlib.ExitStack() as watching:  # every VM's clients, until settled again
+            for vm in self.vms:
+                seen[vm] = watching.enter_context(self.clients(vm))
+            try:
+                out = sc.run(self)
+            except (VmclusterError, OSError, subprocess.SubprocessError) as exc:
+                out = Outcome(f"the scenario broke: {exc}", False)
+            doubled = len(self.sampler.doubles) - doubles
+            lost = 0
+            try:
+                self.settle()
+                # This scenario's own losses: a disk an earlier one damaged stays damaged.
+                lost = sum(max(0, n - before.get(vm, 0)) for vm, n in self.damage().items())
+            except (VmclusterError, OSError) as exc:
+                out = Outcome(f"{out.observed}; after it: {exc}", False, out.figures)
         return Row(sc.name, sc.fault, sc.expected, out.observed,
                    out.ok and doubled == 0 and lost == 0, doubled, lost,
-                   round(time.monotonic() - t0, 1), out.figures)
+                   round(time.monotonic() - t0, 1), {**out.figures, **_client_figures(seen)})
+
+
+def _client_figures(seen: Mapping[str, Mapping[str, Mapping[str, Any]]]
+                    ) -> dict[str, float | int | None]:
+    """What the clients saw through a scenario: the longest UDP blackout of any VM (ms;
+    a VM restarted elsewhere is dark from its failure until its guest answers again) and
+    how many VMs' TCP sessions broke (a live migration keeps them, a restart cannot)."""
+    gaps = [float(r["udp"]["blackout_ms"]) for r in seen.values()
+            if isinstance(r.get("udp", {}).get("blackout_ms"), int | float)]
+    tcp = [r["tcp"] for r in seen.values() if "session_survived" in r.get("tcp", {})]
+    return {"blackout_ms": max(gaps) if gaps else None,
+            "tcp_broken": sum(not t["session_survived"] for t in tcp) if tcp else None}
 
 
 # -- the scenarios --------------------------------------------------------------------------
