@@ -866,8 +866,11 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         assert "Heartbeat" in seen["networks"]
         assert "CSV1" in seen["volumes"]
         shot(d, "cluster-read-only")
+        # The refusal stays on the page until the next action (a refresh does not wipe it).
         click(d, By.CSS_SELECTOR, f'#nodes tr[data-node="{source}"] button.drain')
         wait(d, lambda d: "403" in d.find_element(By.ID, "error").text)
+        time.sleep(1.5)  # several refreshes and events later
+        assert "403" in d.find_element(By.ID, "error").text
         # Admin: a VM from an imported qcow2 image, started; its page, a prediction, then a
         # live migration watched pass by pass.
         login(d, access.token)

@@ -4,7 +4,8 @@
 "use strict";
 
 const S = { token: sessionStorage.getItem("vmcluster-token") || "", data: {}, log: [],
-            intents: {}, lastSeq: 0, refreshTimer: null, streamOn: false, prediction: null };
+            intents: {}, lastSeq: 0, refreshTimer: null, streamOn: false, prediction: null,
+            actionError: false };
 
 const $ = (sel) => document.querySelector(sel);
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g,
@@ -30,7 +31,16 @@ async function api(method, path, body) {
   return data;
 }
 
+// What the user's own action got (a refusal, say) stays until their next action: a
+// background refresh that succeeds clears only what a background refresh put there.
 function showError(e) {
+  S.actionError = !!e;
+  $("#error").textContent = e ? String(e.message || e) : "";
+  if (e && e.status === 401) logout();
+}
+
+function showBackgroundError(e) {
+  if (!e && S.actionError) return;
   $("#error").textContent = e ? String(e.message || e) : "";
   if (e && e.status === 401) logout();
 }
@@ -96,7 +106,9 @@ function scheduleRefresh(delay = 300) {
   if (S.refreshTimer) return;
   S.refreshTimer = setTimeout(async () => {
     S.refreshTimer = null;
-    try { await refresh(); showError(null); } catch (e) { showError(e); retryRefresh(); }
+    try { await refresh(); showBackgroundError(null); } catch (e) {
+      showBackgroundError(e); retryRefresh();
+    }
   }, delay);
 }
 
@@ -134,7 +146,7 @@ async function stream() {
       }
     }
   } catch (e) {
-    showError(e);
+    showBackgroundError(e);
   } finally {
     S.streamOn = false;
     $("#live").className = "badge off";
