@@ -187,3 +187,11 @@ def test_node_crash_power_and_storage(
     util = substrate.utilisation()
     assert set(util) == {"node1", "node2", "node3"}
     assert all(0.0 <= u <= 1.0 for u in util.values())
+
+
+def test_migration_params_asked_take_the_vm_budget_and_the_default_action() -> None:
+    assert MigrationParams.asked(300) == MigrationParams(downtime_ms=300.0)
+    assert MigrationParams.asked(300, 50, "force") == MigrationParams(
+        downtime_ms=50.0, on_no_convergence="force")
+    with pytest.raises(ValueError, match="on_no_convergence 'x': throttle, abort or force"):
+        MigrationParams.asked(300, None, "x")

@@ -432,9 +432,8 @@ def migrate(vm_name: str, target: str | None, quick: bool, downtime_ms: float | 
     sub = _sub(lab_name)
     params = None
     if downtime_ms is not None or on_no_convergence is not None:
-        params = MigrationParams(
-            downtime_ms=downtime_ms or sub.spec.vm(vm_name).max_downtime_ms,
-            on_no_convergence=on_no_convergence or "throttle")  # type: ignore[arg-type]
+        params = MigrationParams.asked(sub.spec.vm(vm_name).max_downtime_ms, downtime_ms,
+                                       on_no_convergence)
     def err(m: str) -> None:
         return (click.echo(m, err=True))
     sub.on_event = err

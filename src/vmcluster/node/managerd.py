@@ -187,9 +187,9 @@ class LabActuator:
                                    on_progress, token, quick=True).to_json()
         if kind == "migrate":
             vm, target = str(args["vm"]), str(args["to"])
-            params = MigrationParams(
-                downtime_ms=float(args.get("downtime_ms") or spec.vm(vm).max_downtime_ms),
-                on_no_convergence=args.get("on_no_convergence") or "throttle")
+            params = MigrationParams.asked(spec.vm(vm).max_downtime_ms,
+                                           args.get("downtime_ms"),
+                                           args.get("on_no_convergence"))
             result = self._migrator(token)(sub, spec, MigrationRequest(vm, target, params),
                                            on_progress, None)
             return result.to_json()

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 __all__ = [
     "Clock",
@@ -147,6 +147,17 @@ class MigrationParams:
     bandwidth_mibps: float | None = None
     max_passes: int = 30
     on_no_convergence: NoConvergenceAction = "throttle"
+
+    @classmethod
+    def asked(cls, vm_budget_ms: float, downtime_ms: float | None = None,
+              on_no_convergence: str | None = None) -> MigrationParams:
+        """What a user asked for (the CLI, an API body, an intent's arguments) over the
+        VM's own budget, the default action where they did not say."""
+        action = on_no_convergence or cls.on_no_convergence
+        if action not in ("throttle", "abort", "force"):
+            raise ValueError(f"on_no_convergence {action!r}: throttle, abort or force")
+        return cls(downtime_ms=float(downtime_ms or vm_budget_ms),
+                   on_no_convergence=cast(NoConvergenceAction, action))
 
 
 @dataclass(frozen=True)
