@@ -21,6 +21,10 @@ store it **forgets** the hosts given up (:func:`forget`):
 * their certificates are revoked and their member records dropped, as ``cluster
   leave`` does.
 
+The member's data as it was is copied aside first (``<dir>.before-recover-<time>``):
+``--force-new-cluster`` rewrites the member list at once, so a recovery refused or failed
+before it forgot anything puts that copy back.
+
 Every other host must be forgotten too: the store is this host's alone afterwards.
 Hosts that survive (or come back repaired) join again with ``cluster join`` after their
 etcd data is wiped; a forgotten host must never be booted with its old data (its
@@ -31,6 +35,7 @@ its VMs; but wipe it).
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -182,10 +187,15 @@ def recover(cfg: NodeConfig, forgotten: Sequence[str], say: Say = lambda _m: Non
                          "from (restore a backup instead: cluster restore)")
     cfg.log_dir.mkdir(parents=True, exist_ok=True)
     log = cfg.log_dir / "etcd-recover.log"
+    # --force-new-cluster rewrites the member list at once: a copy of the data as it was
+    # goes back in place if the recovery stops before it has forgotten anything.
+    before = cfg.etcd_dir.with_name(f"{cfg.etcd_dir.name}.before-recover-{int(time.time())}")
+    shutil.copytree(cfg.etcd_dir, before, symlinks=True)
     argv = [*etcd_argv(cfg), "--force-new-cluster"]
     say(f"starting {cfg.node}'s etcd member alone from its own data (--force-new-cluster)")
     with log.open("ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    done: dict[str, Any] | None = None
     try:
         state = ClusterState(EtcdClient(list(cfg.member.client_urls),
                                         tls=NodeCredentials(cfg.tls_dir)), cfg.cluster)
@@ -219,8 +229,12 @@ def recover(cfg: NodeConfig, forgotten: Sequence[str], say: Say = lambda _m: Non
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    say(f"{cfg.node} is the cluster's only member now; start its vmclusterd")
-    return {"node": cfg.node, **done}
+        if done is None:  # refused or failed before forgetting: the member as it was
+            shutil.rmtree(cfg.etcd_dir, ignore_errors=True)
+            before.rename(cfg.etcd_dir)
+    say(f"{cfg.node} is the cluster's only member now; start its vmclusterd (its etcd data "
+        f"from before is in {before})")
+    return {"node": cfg.node, "old_data": str(before), **done}
 
 
 def report_lines(doc: Mapping[str, Any], started: bool = False) -> list[str]:
@@ -231,6 +245,7 @@ def report_lines(doc: Mapping[str, Any], started: bool = False) -> list[str]:
             f"  VMs released (started on {', '.join(doc['left'])} if meant to run): "
             f"{', '.join(doc['released']) or 'none'}",
             f"  definitions that named them, rewritten: {', '.join(doc['redefined']) or 'none'}",
+            f"  its etcd data from before the recovery: {doc.get('old_data')}",
             ("  its vmclusterd runs again" if started else
              "  next: start vmclusterd here (systemctl start vmclusterd)")
             + "; never boot a forgotten host with its old data (wipe it, then `cluster join`)"]
