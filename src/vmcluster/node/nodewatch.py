@@ -106,7 +106,10 @@ class NodeWatch:
         # API, so its watch does (a witness that does not vote is no witness).
         self.voter = cfg.member is None or not self.witness
         self.key = load_key(cfg.heartbeat_key)
-        self.spec_text = self.state.spec_text()
+        # The text the spec was built from is not kept: the first look (SPEC_CHECK_S in)
+        # reads it and builds the spec again, so a change made as this watch started is
+        # not missed.
+        self.spec_text: str | None = None
         self.removed = False  # the spec no longer names this host (it was forgotten)
         self._spec_checked = self.clock.now()
         self.hb = self._heartbeats(self.spec)
