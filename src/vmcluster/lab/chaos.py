@@ -577,10 +577,7 @@ def _etcd_leader_fault(c: Campaign, how: str, seconds: float = 10.0) -> Outcome:
     if how == "kill":
         kill_part(c.layout, leader, "etcd")
     elif how == "freeze":
-        frozen = part_pids(c.layout, leader, "etcd")
-        for pid in frozen:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
+        frozen = _freeze(part_pids(c.layout, leader, "etcd"))
     else:
         blackhole_etcd(c.layout, leader, True)
     try:
@@ -798,10 +795,7 @@ def _switchover(c: Campaign, vm: str, target: str, proc: subprocess.Popen[str],
     (the caller thaws them), none if the migration ended first."""
     if not _wait_phase(c, vm, proc, "copying", seen=seen):
         return []
-    frozen = part_pids(c.layout, target, "agent")
-    for pid in frozen:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGSTOP)
+    frozen = _freeze(part_pids(c.layout, target, "agent"))
     deadline = time.monotonic() + timeout_s
     while proc.poll() is None and time.monotonic() < deadline:
         placed = c.store.call(c.store.state.placements).get(vm)
@@ -817,10 +811,20 @@ def _who(who: str) -> str:
     return "the CLI" if who == "cli" else who.replace("-", " ").replace("qemu", "QEMU")
 
 
+def _freeze(pids: list[int]) -> list[int]:
+    """SIGSTOP ``pids`` (until :func:`_thaw`); returns them."""
+    _signal(pids, signal.SIGSTOP)
+    return pids
+
+
 def _thaw(pids: Sequence[int]) -> None:
+    _signal(pids, signal.SIGCONT)
+
+
+def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, sig)
 
 
 def _migration_fault(c: Campaign, who: str, sig: str, phase: str) -> Outcome:

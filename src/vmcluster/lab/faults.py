@@ -209,17 +209,8 @@ def restart_part(layout: LabLayout, node: str, part: str, timeout_s: float = 30.
     or one of its parts (SIGTERM; the supervisor starts it again). Returns the new pids."""
     if part in ("qemu", "watchdog"):
         raise UsageError(f"{part} is not restarted: kill it (`lab kill`) and see what follows")
-    old = part_pids(layout, node, part)
-    if not old:
-        raise UsageError(f"{node} runs no {part} now; start the node (`lab node start {node}`)")
-    for pid in old:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while _alive(old):
-        if time.monotonic() > deadline:
-            raise LabError(f"{node}'s {part} did not stop within {timeout_s:.0f} s of SIGTERM")
-        time.sleep(0.05)
+    _stop(layout, node, part, timeout_s)
     if part == "vmclusterd":
         start_daemon(layout, node, env=env)
     while not (new := part_pids(layout, node, part)):
@@ -250,21 +241,26 @@ def blackhole_etcd(layout: LabLayout, node: str, on: bool) -> None:
     netns.run(["ip", "netns", "exec", ns, "nft", rules], check=True)
 
 
-def stop_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0) -> None:
-    """Stop ``node``'s ``vmclusterd`` as ``systemctl stop`` would (SIGTERM; its QEMUs keep
-    running, and so do its heartbeat part and watchdog for a while: a daemon started again
-    adopts them) and wait until it and the parts that stop with it are gone."""
-    pids = part_pids(layout, node, "vmclusterd")
-    for pid in pids:
+def _stop(layout: LabLayout, node: str, part: str, timeout_s: float) -> None:
+    """SIGTERM one part of ``node`` and wait until it is gone."""
+    old = part_pids(layout, node, part)
+    if not old:
+        raise UsageError(f"{node} runs no {part} now; start the node (`lab node start {node}`)")
+    for pid in old:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    stopping = ("vmclusterd", "etcd", "agent", "managerd", "api")
-    while any(daemon_pids(layout, node)[role] for role in stopping):
+    while _alive(old):
         if time.monotonic() > deadline:
-            raise LabError(f"{node}'s vmclusterd did not stop within {timeout_s:.0f} s of "
-                           "SIGTERM")
-        time.sleep(0.1)
+            raise LabError(f"{node}'s {part} did not stop within {timeout_s:.0f} s of SIGTERM")
+        time.sleep(0.05)
+
+
+def stop_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0) -> None:
+    """Stop ``node``'s ``vmclusterd`` as ``systemctl stop`` would (SIGTERM; its QEMUs keep
+    running, and so do its heartbeat part and watchdog for a while: a daemon started again
+    adopts them). It ends once the parts that stop with it have."""
+    _stop(layout, node, "vmclusterd", timeout_s)
 
 
 def blip_net(set_link: Callable[[bool], object], seconds: float, times: int,
