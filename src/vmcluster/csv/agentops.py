@@ -39,6 +39,7 @@ from vmcluster.csv.attach import node_target
 from vmcluster.csv.coordinator import (
     CsvBook,
     FileBook,
+    LabView,
     LinkPublisher,
     StoreBook,
     coordinator,
@@ -68,7 +69,7 @@ from vmcluster.model import ClusterSpec, Vm
 from vmcluster.model.spec import load_spec
 from vmcluster.pki import NodeCredentials
 from vmcluster.store.state import ClusterState
-from vmcluster.substrate.host.client import AgentClient
+from vmcluster.substrate.host.client import AgentClient, AgentDown
 from vmcluster.substrate.host.layout import LabLayout
 from vmcluster.substrate.host.state import read_state
 from vmcluster.substrate.qemu.process import QemuProcess
@@ -80,6 +81,11 @@ __all__ = ["CsvOps"]
 Reply = dict[str, Any]
 MONITOR_TICK_S = 0.25
 FULL_CHECK_S = 5.0
+# While a disk goes through another host, how often the monitor looks whether that host
+# (or its link, or the coordinator) changed: a crashed host's path must move at once,
+# not at the next full check.
+REDIRECT_LOOK_S = 0.5
+RETRY_S = 0.5  # after a failed round
 
 
 def _log(msg: str) -> None:
@@ -119,6 +125,7 @@ class CsvOps:
     _csv_book: StoreBook | None = None
     _csv_links: LinkPublisher | None = None
     _csv_authz: dict[str, tuple[str, ...]] | None = None
+    _csv_redirected = False  # some disk of this host goes through another host
 
     def _spec(self) -> ClusterSpec:
         if self._csv_spec is None:
@@ -420,26 +427,21 @@ class CsvOps:
             done: list[Reply] = []
             by_addr = {str(a): n.name for n in spec.nodes for a in n.interfaces.values()}
             net_of = {str(a): net for n in spec.nodes for net, a in n.interfaces.items()}
+            redirected = False
             for vol in spec.volumes:
-                coord = await asyncio.to_thread(coordinator, book, spec, vol.name, view, _log)
-                has_path = view.has_path(vol.network)
-                mine = access_modes(spec, view.health, view.up, has_path, coord,
-                                    vol.network)[self.node]
                 vms = [qp for qp in list(self.vms.values())
                        if qp.alive() and qp.record.role == "run"
                        and (qp.record.config.get("csv") or {}).get("volume") == vol.name]
-                if not vms or mine.mode == "none":
+                if not vms:
                     continue
+                got = await self._want(spec, book, view, vol.name, vol.network)
+                if got is None:
+                    continue
+                want, gone = got
+                redirected = redirected or want.uri != san_target(spec, vol.name).uri
                 san = san_target(spec, vol.name)
-                if mine.mode == "direct":
-                    want = san
-                else:
-                    assert mine.via is not None and mine.network is not None
-                    reply = await asyncio.to_thread(
-                        AgentClient(self.layout, mine.via).call, "csv_export", 30.0,
-                        volume=vol.name, network=mine.network)
-                    want = NbdTarget.from_json(reply["target"])
-                healthy = view.up & has_path
+                healthy = (view.up - gone) & view.has_path(vol.network)
+                has_path = view.has_path(vol.network) - gone
                 for qp in vms:
                     async with self._vlock("vm:" + qp.record.vm):
                         _, cur = await self._current_lun(qp)
@@ -456,7 +458,36 @@ class CsvOps:
                                   and view.health.up(spec, net, self.node)
                                   and view.health.up(spec, net, peer))
                         done.append(await self._switch(qp, want, kill_old=not old_ok))
+            self._csv_redirected = redirected
             return done
+
+    async def _want(self, spec: ClusterSpec, book: CsvBook, view: LabView, volume: str,
+                    network: str | None) -> tuple[NbdTarget, frozenset[str]] | None:
+        """Where this host's disks on ``volume`` should go now (None: nowhere), and the
+        hosts found not answering on the way. A host whose agent refuses the export is
+        passed over at once (a crashed host refuses before the cluster declares it
+        down, and its lease lapses even later), the coordinator too if it was that one."""
+        gone: frozenset[str] = frozenset()
+        for _ in range(len(spec.nodes)):
+            coord = await asyncio.to_thread(coordinator, book, spec, volume, view, _log, gone)
+            has_path = view.has_path(network) - gone
+            mine = access_modes(spec, view.health, view.up - gone, has_path, coord,
+                                network)[self.node]
+            if mine.mode == "none":
+                return None
+            if mine.mode == "direct":
+                return san_target(spec, volume), gone
+            assert mine.via is not None and mine.network is not None
+            try:
+                reply = await asyncio.to_thread(
+                    AgentClient(self.layout, mine.via).call, "csv_export", 30.0,
+                    volume=volume, network=mine.network)
+            except AgentDown as exc:
+                _log(f"{volume}: {mine.via} does not answer ({exc}); passing it over")
+                gone = gone | {mine.via}
+                continue
+            return NbdTarget.from_json(reply["target"]), gone
+        return None
 
     def _csv_switches(self) -> list[tuple[float, Reply]]:
         if self._csv_log is None:
@@ -482,21 +513,29 @@ class CsvOps:
                     out[name] = (await self._current_lun(qp))[1]
         return {"paths": out}
 
+    def _redirect_view(self, spec: ClusterSpec, book: CsvBook) -> tuple[object, ...]:
+        """What a redirected disk's path depends on: the hosts up, their links, the
+        coordinators recorded."""
+        view = book.view(spec)
+        return (view.up, view.links_up, tuple(book.recorded(v.name) for v in spec.volumes))
+
     async def csv_monitor(self) -> None:
-        """Publish this host's links (with a store); reconcile the VM disks when its storage
-        link changes, and every few seconds."""
+        """Publish this host's links (with a store); reconcile the VM disks when one of
+        this host's links changes, when what a redirected disk goes through changes, and
+        every few seconds."""
         try:
             spec = self._spec()
         except SubstrateError:
             return
-        nets = {v.network for v in spec.volumes if v.network in spec.node(self.node).interfaces}
         book = self.book()
         if isinstance(book, StoreBook):  # the other hosts learn this host's links from here
             self._csv_links = LinkPublisher(book, self.node, _log)
         elif not spec.volumes:
             return
         last: dict[str, bool] = {}
+        seen: tuple[object, ...] | None = None
         next_full = time.monotonic() + FULL_CHECK_S
+        next_look = 0.0
         while True:
             links = self._my_links()
             if self._csv_links is not None:
@@ -504,20 +543,30 @@ class CsvOps:
             if not spec.volumes:
                 await asyncio.sleep(MONITOR_TICK_S)
                 continue
-            now = {str(n): links.get(str(n), False) for n in nets}
             # Not at once on start: the other hosts' agents may still be starting, and a
             # round now would take the coordinator's role from one that is not up yet.
-            if (last and now != last) or time.monotonic() >= next_full:
+            changed = [net for net in links if last and links[net] != last.get(net)]
+            due = bool(changed) or time.monotonic() >= next_full
+            if not due and self._csv_redirected and time.monotonic() >= next_look:
+                next_look = time.monotonic() + REDIRECT_LOOK_S
+                try:
+                    now = await asyncio.to_thread(self._redirect_view, spec, book)
+                    due, seen = seen is not None and now != seen, now
+                except Exception as exc:  # the store away: the full check retries
+                    _log(f"cannot read the cluster's view: {type(exc).__name__}: {exc}")
+            if due:
                 try:  # a host that left the cluster is refused by the re-exports at once
                     await self._refresh_authz()
                 except Exception as exc:
                     _log(f"cannot update the re-exports' member list: {exc}")
-                if last and now != last:
-                    _log(f"storage link {'up' if all(now.values()) else 'down'}; reconciling")
+                if changed:
+                    _log("; ".join(f"link {net} {'up' if links[net] else 'down'}"
+                                   for net in changed) + "; reconciling")
                 next_full = time.monotonic() + FULL_CHECK_S
                 try:
                     await self._reconcile()
                 except Exception as exc:  # keep watching whatever one round hit
                     _log(f"reconcile failed: {type(exc).__name__}: {exc}")
-            last = now
+                    next_full = time.monotonic() + RETRY_S
+            last = links
             await asyncio.sleep(MONITOR_TICK_S)
