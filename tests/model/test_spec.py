@@ -52,6 +52,16 @@ def test_examples_load() -> None:
     assert lab.network("Storage").role == 0
 
 
+def test_a_vm_migrates_on_100_ms_and_never_by_force_or_postcopy_unless_it_says() -> None:
+    vm = parse_spec(BASE, "t.toml").vms[0]
+    assert (vm.max_downtime_ms, vm.on_no_convergence, vm.allow_postcopy) == (
+        100.0, "throttle", False)
+    text = BASE.replace("memory_mib = 256", "memory_mib = 256\nallow_postcopy = true\n"
+                        'on_no_convergence = "force"', 1)
+    vm = parse_spec(text, "t.toml").vms[0]
+    assert (vm.on_no_convergence, vm.allow_postcopy) == ("force", True)
+
+
 def test_a_vm_may_pin_its_machine_type() -> None:
     assert parse_spec(BASE).vm("vm1").machine is None  # pinned when the VM is defined
     text = BASE.replace("memory_mib = 256", 'memory_mib = 256\nmachine = "pc-q35-7.2"')
@@ -79,6 +89,10 @@ def test_vm_addresses_are_assigned_on_the_public_network() -> None:
         ("memory_mib = 256", 'memory_mib = 256\nmachine = "q35"', "machine",
          "not a versioned q35 machine type"),
         ('name = "vm1"', 'name = "../vm1"', "../vm1", "VM name '../vm1' is not 1-63 letters"),
+        ("memory_mib = 256", 'memory_mib = 256\non_no_convergence = "pray"', "pray",
+         "on_no_convergence must be one of throttle, abort, force"),
+        ("memory_mib = 256", 'memory_mib = 256\nallow_postcopy = "yes"', "allow_postcopy",
+         "allow_postcopy must be bool"),
     ],
 )
 def test_bad_specs_get_one_located_error(old: str, new: str, at: str, fragment: str) -> None:

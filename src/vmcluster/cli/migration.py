@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import click
 from rich.table import Table
 
-from vmcluster.cli.common import console, emit_json, json_option, load, spec_option
+from vmcluster.cli.apiclient import api_request, resolve_access
+from vmcluster.cli.common import console, emit_json, json_option, lab_option, load
 from vmcluster.errors import UsageError
 from vmcluster.policy.migration_model import Advice, PrecopyInput, PrecopyResult, advise, run
 from vmcluster.policy.networks import Health
@@ -78,29 +81,60 @@ def model(
 
 
 @migration.command("predict")
-@spec_option(default=None)
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Predict on a spec file (default: the live cluster).")
 @click.argument("vm")
 @click.option("--to", "target", required=True, metavar="NODE", help="Target node.")
-@click.option("--from", "source", default=None, metavar="NODE", help="Source (default: owner).")
+@click.option("--from", "source", default=None, metavar="NODE",
+              help="Source (default: owner). Spec only.")
 @click.option(
     "--down", "downs", multiple=True, metavar="NETWORK[@NODE]",
-    help="Treat a network (or one node's interface on it) as failed. Repeatable.",
+    help="Treat a network (or one node's interface on it) as failed. Repeatable. Spec only.",
 )
 @click.option(
     "--flows", "flow_items", multiple=True, metavar="NETWORK=N",
-    help="N other flows share NETWORK (max-min fair). Repeatable.",
+    help="N other flows share NETWORK (max-min fair). Repeatable. Spec only.",
 )
-@click.option("--downtime-ms", type=float, default=None, help="Override the VM's budget.")
+@click.option("--downtime-ms", type=click.FloatRange(min=0, min_open=True, max=60000),
+              default=None, help="Override the VM's budget.")
 @click.option("--max-passes", type=int, default=30, show_default=True)
 @click.option("--state-mib", type=float, default=0.0, show_default=True)
-@click.option("--on-no-convergence", type=_ACTIONS, default="throttle", show_default=True)
+@click.option("--on-no-convergence", type=_ACTIONS, default=None,
+              help="Override the VM's action (throttle, abort, force).")
+@click.option("--cluster", "cluster_url", default=None, metavar="URL", envvar="VMCLUSTER_URL",
+              help="The live cluster's API (default: $VMCLUSTER_URL).")
+@lab_option()
 @json_option
 def predict_cmd(
-    spec_path: Path, vm: str, target: str, source: str | None, downs: tuple[str, ...],
+    spec_path: Path | None, vm: str, target: str, source: str | None, downs: tuple[str, ...],
     flow_items: tuple[str, ...], downtime_ms: float | None, max_passes: int, state_mib: float,
-    on_no_convergence: str, as_json: bool,
+    on_no_convergence: str | None, cluster_url: str | None, lab_name: str | None,
+    as_json: bool,
 ) -> None:
-    """Predict migrating VM to another node before starting it."""
+    """Predict migrating VM to NODE before starting it: the network, the mode
+    (pre-copy, auto-converge, post-copy, or a refusal) and why, the time and downtime.
+
+    On the live cluster (--cluster, $VMCLUSTER_URL or --lab) from where the VM runs, the
+    links up now and the guest's dirty rate as its QEMU measures it; with --spec on the
+    spec's owner and dirty profile."""
+    if spec_path is None:
+        spec_only = [name for name, given in (("--from", source), ("--down", downs),
+                                              ("--flows", flow_items)) if given]
+        if spec_only:
+            raise UsageError(f"{', '.join(spec_only)}: with --spec only (the live cluster's "
+                             "own owner, links and flows are used)")
+        query: dict[str, str] = {"vm": vm, "to": target}
+        if downtime_ms is not None:
+            query["downtime_ms"] = f"{downtime_ms:g}"
+        if on_no_convergence is not None:
+            query["on_no_convergence"] = on_no_convergence
+        got = api_request(resolve_access(cluster_url, lab_name), "GET",
+                          "/api/v1/plans/migration?" + urlencode(query), timeout_s=60)
+        if as_json:
+            emit_json(got)
+            return
+        _print_prediction(got)
+        return
     spec = load(spec_path)
     flows: dict[str, int] = {}
     for item in flow_items:
@@ -117,14 +151,28 @@ def predict_cmd(
     if as_json:
         emit_json(pred.to_json())
         return
-    share = f", shared with {pred.other_flows} other flows" if pred.other_flows else ""
-    assumed = " (assumed: the spec sets no bandwidth_mbps)" if pred.bandwidth_assumed else ""
+    _print_prediction(pred.to_json())
+    _print_result(pred.result, (), f"Predicted migration of {pred.vm}")
+
+
+def _print_prediction(p: dict[str, Any]) -> None:
+    """The prediction's JSON (the API's or the spec's), as lines."""
+    share = f", shared with {p['other_flows']} other flows" if p.get("other_flows") else ""
+    assumed = " (assumed: the spec sets no bandwidth_mbps)" if p.get("bandwidth_assumed") else ""
+    fallbacks = p.get("fallbacks") or []
     console.print(
-        f"{pred.vm}: {pred.source} -> {pred.target} over [bold]{pred.network}[/bold]"
-        f" at {pred.bandwidth_mibps:.1f} MiB/s{share}{assumed}"
-        + (f"; falls back to {', '.join(pred.fallbacks)}" if pred.fallbacks else "")
-    )
-    _print_result(pred.result, pred.advice, f"Predicted migration of {pred.vm}")
+        f"{p['vm']}: {p['source']} -> {p['target']} over [bold]{p['network']}[/bold]"
+        f" at {float(p['bandwidth_mibps']):.1f} MiB/s{share}{assumed}"
+        + (f"; falls back to {', '.join(fallbacks)}" if fallbacks else ""))
+    console.print(f"guest: dirties {float(p['dirty_mibps']):g} MiB/s of a "
+                  f"{float(p['wws_mib']):g} MiB working set ({p.get('profile_from')})")
+    style = "red" if p.get("mode") == "refuse" else "green"
+    console.print(f"mode: [{style}]{p.get('mode')}[/{style}]: {p.get('reason')}")
+    if p.get("mode") != "refuse":
+        console.print(f"predicted: total {float(p['total_s']):.2f} s, downtime "
+                      f"{float(p['downtime_ms']):.1f} ms, {len(p.get('passes') or [])} pass(es)")
+    for a in p.get("advice") or []:
+        console.print(f"  to converge: {a['message']}")
 
 
 predict_cmd.name = "predict"

@@ -433,7 +433,7 @@ def migrate(vm_name: str, target: str | None, quick: bool, downtime_ms: float | 
     params = None
     if downtime_ms is not None or on_no_convergence is not None:
         params = MigrationParams.asked(sub.spec.vm(vm_name).max_downtime_ms, downtime_ms,
-                                       on_no_convergence)
+                                       on_no_convergence, sub.spec.vm(vm_name).on_no_convergence)
     def err(m: str) -> None:
         return (click.echo(m, err=True))
     sub.on_event = err

@@ -23,10 +23,14 @@ from vmcluster.errors import (
     VmclusterError,
 )
 from vmcluster.model import ClusterSpec
+from vmcluster.policy.migration_mode import ModeChoice, choose_mode
+from vmcluster.policy.migration_model import PrecopyInput
 from vmcluster.policy.networks import Health, live_migration_order
+from vmcluster.policy.prediction import network_mibps
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
+    MigrationProfile,
     MigrationProgress,
     MigrationResult,
     Substrate,
@@ -36,8 +40,8 @@ from vmcluster.substrate.protocol import (
 if TYPE_CHECKING:
     from vmcluster.control.ledger import StoreLedger
 
-__all__ = ["MigrationRequest", "Migrator", "ProgressCallback", "health_for", "known_health",
-           "migrate", "migrate_here"]
+__all__ = ["MigrationRequest", "Migrator", "ProgressCallback", "choose", "health_for",
+           "known_health", "migrate", "migrate_here"]
 
 ProgressCallback = Callable[[MigrationHandle, MigrationProgress], None]
 
@@ -132,7 +136,16 @@ def migrate(
             f" for {vm.name} (interfaces down: {_down_text(health, (source, req.target))});"
             " bring one up or change its live_migration_networks"
         )
-    params = req.params or MigrationParams(downtime_ms=vm.max_downtime_ms)
+    params = req.params or MigrationParams(downtime_ms=vm.max_downtime_ms,
+                                           on_no_convergence=vm.on_no_convergence)  # type: ignore[arg-type]
+    choice, profile = choose(substrate, spec, vm.name, req.target, order[0], params)
+    if choice.mode == "refuse":
+        raise MigrationRefused(f"cannot migrate {vm.name}: {choice.reason}")
+    params = replace(params, mode=choice.mode)
+    chosen = {"mode": choice.mode, "reason": choice.reason,
+              "predicted_total_s": round(choice.result.total_s, 3),
+              "predicted_downtime_ms": round(choice.result.downtime_ms, 1),
+              "profile": profile.to_json()}
     result: MigrationResult | None = None
     tried: list[dict[str, object]] = []  # the networks that failed before the last one
     for network in order:
@@ -148,7 +161,26 @@ def migrate(
     assert result is not None
     if tried and tried[-1]["network"] == result.network and not result.ok:
         tried.pop()  # the last attempt is the result itself
-    return replace(result, extra={**result.extra, "tried": tried}) if tried else result
+    return replace(result, extra={**result.extra, **chosen, **({"tried": tried} if tried
+                                                              else {})})
+
+
+def choose(substrate: Substrate, spec: ClusterSpec, vm: str, target: str, network: str,
+           params: MigrationParams) -> tuple[ModeChoice, MigrationProfile]:
+    """The mode for moving ``vm`` to ``target`` over ``network`` now: the pre-copy model
+    on the guest's dirty profile as the substrate measures it (its QEMU's dirty bitmap;
+    the simulator's spec), the network's bandwidth (or the cap asked for) and the
+    budget and action asked for."""
+    profile = substrate.migration_profile(vm, target)
+    spec_vm = spec.vm(vm)
+    bandwidth = params.bandwidth_mibps or network_mibps(spec.network(network))
+    inp = PrecopyInput(
+        memory_mib=float(spec_vm.memory_mib), dirty_mibps=profile.dirty_mibps,
+        wws_mib=min(profile.wws_mib, float(spec_vm.memory_mib)), bandwidth_mibps=bandwidth,
+        downtime_ms=params.downtime_ms, max_passes=params.max_passes,
+        on_no_convergence=params.on_no_convergence)
+    return choose_mode(inp, allow_postcopy=spec_vm.allow_postcopy,
+                       blocker=profile.postcopy_blocker), profile
 
 
 def _attempt(

@@ -81,7 +81,15 @@ class Vm:
     vcpus: int = 1
     preferred_owners: tuple[str, ...] = ()
     live_migration_networks: tuple[str, ...] | None = None
-    max_downtime_ms: float = 300.0
+    max_downtime_ms: float = 100.0
+    # A migration that will not fit the budget: "throttle" (auto-converge, else post-copy
+    # where allowed, else refused), "abort" (no throttling), or "force" (pre-copy forced
+    # through, paused for as long as it takes: only if the user says so).
+    on_no_convergence: str = "throttle"
+    # May a migration switch to post-copy (the guest runs on the target while its pages
+    # follow)? A network or source failure then loses the running copy: the VM restarts
+    # from its shared disk on one node.
+    allow_postcopy: bool = False
     dirty_mibps: float = 0.0
     wws_mib: float | None = None
     address: IPv4Address | None = None

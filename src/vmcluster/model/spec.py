@@ -45,6 +45,8 @@ VM_KEYS = _VM = {
     "preferred_owners",
     "live_migration_networks",
     "max_downtime_ms",
+    "on_no_convergence",
+    "allow_postcopy",
     "dirty_mibps",
     "wws_mib",
     "address",
@@ -261,7 +263,9 @@ def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols
         vcpus=r.positive("vcpus", int, 1),
         preferred_owners=preferred,
         live_migration_networks=lm,
-        max_downtime_ms=r.positive("max_downtime_ms", float, 300.0),
+        max_downtime_ms=r.positive("max_downtime_ms", float, 100.0),
+        on_no_convergence=_no_convergence(r),
+        allow_postcopy=bool(r.get("allow_postcopy", bool, False)),
         dirty_mibps=float(dirty),
         wws_mib=wws,
         address=address,  # type: ignore[arg-type]
@@ -277,6 +281,18 @@ def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols
         max_relocate=_attempts(r, "max_relocate"),
         boot=_boot(r),
     )
+
+
+NO_CONVERGENCE = ("throttle", "abort", "force")
+
+
+def _no_convergence(r: TableReader) -> str:
+    value = str(r.get("on_no_convergence", str, "throttle"))
+    if value not in NO_CONVERGENCE:
+        raise r.fail("on_no_convergence", f"on_no_convergence must be one of "
+                     f"{', '.join(NO_CONVERGENCE)}, got {value!r}",
+                     "force pauses the VM past its downtime budget: only if you mean it")
+    return value
 
 
 def _boot(r: TableReader) -> str:

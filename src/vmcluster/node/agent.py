@@ -579,6 +579,12 @@ class Agent(CsvOps):
         await qp.qmp.start_migration(_tcp_uri(req.get("uri")))
         return {}
 
+    async def op_start_postcopy(self, req: Reply) -> Reply:
+        """The migration of a VM that runs here goes on in post-copy from now."""
+        qp = self.get(req["vm"])
+        await qp.qmp.start_postcopy()
+        return {}
+
     async def op_drive(self, req: Reply) -> Reply:
         """Drive the migration (live; quick with ``quick``) of a VM that runs here, under
         the asker's fencing token (a thread of this agent runs the whole protocol; see
@@ -631,6 +637,16 @@ class Agent(CsvOps):
         """The VM's last STOP / RESUME events here, with QEMU's wall-clock timestamps."""
         qp = self.vms.get(req["vm"])
         return {"events": [] if qp is None else [list(e) for e in qp.qmp.events]}
+
+    async def op_dirty_rate(self, req: Reply) -> Reply:
+        """The VM's dirty rate (MiB/s) over each window asked for (``windows_ms``, at most
+        three of 50 ms to 5 s, one after the other): a short window gives the rate, a
+        long one what a smaller working set caps it at."""
+        qp = self.get(req["vm"])
+        windows = [int(w) for w in req.get("windows_ms", [1000])][:3]
+        if not windows or not all(50 <= w <= 5000 for w in windows):
+            raise InputError(f"windows_ms {windows!r}: one to three windows of 50 to 5000 ms")
+        return {"rates": [[w, await qp.qmp.dirty_rate(w)] for w in windows]}
 
     async def op_query_migrate(self, req: Reply) -> Reply:
         """The VM's migration state; with ``wait_s``, first wait up to that long for a

@@ -82,6 +82,8 @@ from vmcluster.substrate.host.client import (
 )
 from vmcluster.substrate.host.layout import LabLayout, shared_layout
 from vmcluster.substrate.qemu.diskimage import image_info
+from vmcluster.substrate.qemu.facts import QemuFacts
+from vmcluster.substrate.qemu.substrate import measure_profile
 
 __all__ = ["PUBLISH_S", "ApiContext", "Caller", "create_app", "main"]
 
@@ -526,7 +528,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def _placements() -> dict[str, str | None]:
         return {vm: p.node for vm, p in ctx.view.placements().items()}
 
-    def _predict(vm: str, to: str) -> dict[str, Any]:
+    def _predict(vm: str, to: str, downtime_ms: float | None = None,
+                 on_no_convergence: str | None = None) -> dict[str, Any]:
         spec = _spec()
         spec.node(to)
         source = _placements().get(spec.vm(vm).name)
@@ -537,15 +540,42 @@ def create_app(ctx: ApiContext) -> FastAPI:
         flows: dict[str, int] = {}
         for m in ctx.view.migrations().values():
             flows[m.network] = flows.get(m.network, 0) + 1
-        pred = predict(spec, seen.health, vm, to, source=source, flows=flows)
+        profile = None
+        if ctx.layout is not None:  # the guest's dirty rate measured by its QEMU now
+            layout = ctx.layout
+            facts: dict[str, QemuFacts] = {}
+
+            def agent(node: str) -> AgentClient:
+                return AgentClient(layout, node)
+
+            def facts_of(node: str) -> QemuFacts:
+                if node not in facts:
+                    facts[node] = QemuFacts.from_json(agent(node).call("facts")["facts"])
+                return facts[node]
+
+            profile = measure_profile(spec, vm, source, to, agent, facts_of)
+        pred = predict(spec, seen.health, vm, to, source=source, flows=flows,
+                       profile=None if profile is None else (profile.dirty_mibps,
+                                                             profile.wws_mib),
+                       measured="the spec's" if profile is None else profile.measured,
+                       postcopy_blocker=None if profile is None else profile.postcopy_blocker,
+                       downtime_ms=downtime_ms,
+                       on_no_convergence=on_no_convergence)  # type: ignore[arg-type]
         return {"vm": vm, "source": source, "target": to, **pred.to_json()}
 
     @app.get("/api/v1/plans/migration")
-    async def plan_migration(vm: str = Query(min_length=1), to: str = Query(min_length=1),
-                             _who: Caller = Depends(reader)) -> dict[str, Any]:
+    async def plan_migration(
+            vm: str = Query(min_length=1), to: str = Query(min_length=1),
+            downtime_ms: float | None = Query(None, gt=0, le=60000, description="the "
+                                              "downtime budget (default: the VM's)"),
+            on_no_convergence: Literal["throttle", "abort", "force"] | None = Query(
+                None, description="if it will not fit the budget (default: the VM's)"),
+            _who: Caller = Depends(reader)) -> dict[str, Any]:
         """The prediction of migrating ``vm`` to ``to`` now: the network the policy picks,
-        the pre-copy model pass by pass, total time and downtime, before anything starts."""
-        return await asyncio.to_thread(_predict, vm, to)
+        the guest's dirty rate as its QEMU measures it, the mode it would take
+        (``precopy``, ``auto-converge``, ``postcopy`` or ``refuse``) and why, the model
+        pass by pass, total time and downtime, before anything starts."""
+        return await asyncio.to_thread(_predict, vm, to, downtime_ms, on_no_convergence)
 
     def _planned(make: Callable[[Observation, ClusterSpec], ClusterPlan]) -> dict[str, Any]:
         """A plan of the cluster as the API's cache sees it, with how its load was known."""

@@ -189,7 +189,8 @@ class LabActuator:
             vm, target = str(args["vm"]), str(args["to"])
             params = MigrationParams.asked(spec.vm(vm).max_downtime_ms,
                                            args.get("downtime_ms"),
-                                           args.get("on_no_convergence"))
+                                           args.get("on_no_convergence"),
+                                           spec.vm(vm).on_no_convergence)
             result = self._migrator(token)(sub, spec, MigrationRequest(vm, target, params),
                                            on_progress, None)
             return result.to_json()

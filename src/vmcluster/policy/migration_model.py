@@ -47,7 +47,7 @@ __all__ = [
 
 PAGE_KIB = 4  # pages are 4 KiB; the model works in MiB (256 pages each)
 Action = Literal["force", "throttle", "abort"]
-Outcome = Literal["converged", "forced", "throttled", "aborted"]
+Outcome = Literal["converged", "forced", "throttled", "aborted", "postcopy"]
 Decision = Literal["stop", "continue", "stuck"]
 
 
@@ -113,10 +113,11 @@ class PrecopyResult:
     converged: bool
     outcome: Outcome
     throttle: float = 0.0  # the largest guest slowdown applied (0..1)
+    after_mib: float = 0.0  # post-copy: what the target fetches after the switch
 
     @property
     def sent_mib(self) -> float:
-        return sum(p.sent_mib for p in self.passes) + (
+        return sum(p.sent_mib for p in self.passes) + self.after_mib + (
             0.0 if self.outcome == "aborted" else self.stop_copy_mib
         )
 
@@ -129,6 +130,8 @@ class PrecopyResult:
             "outcome": self.outcome,
             "stop_copy_mib": round(self.stop_copy_mib, 6),
             "throttle": round(self.throttle, 4),
+            **({"postcopy_mib": round(self.after_mib, 6)} if self.outcome == "postcopy"
+               else {}),
         }
 
 

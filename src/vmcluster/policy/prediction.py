@@ -14,13 +14,12 @@ from dataclasses import dataclass, replace
 
 from vmcluster.errors import PolicyError, UsageError
 from vmcluster.model import ClusterSpec, Network, Vm
+from vmcluster.policy.migration_mode import ModeChoice, choose_mode
 from vmcluster.policy.migration_model import (
     Action,
     Advice,
     PrecopyInput,
     PrecopyResult,
-    advise,
-    run,
 )
 from vmcluster.policy.networks import Health, live_migration_order
 
@@ -81,6 +80,8 @@ class Prediction:
     result: PrecopyResult
     advice: tuple[Advice, ...]
     fallbacks: tuple[str, ...]  # the networks tried next if this one fails
+    choice: ModeChoice | None = None
+    measured: str = "the spec's"  # where the dirty profile came from
 
     @property
     def bandwidth_mibps(self) -> float:
@@ -97,6 +98,10 @@ class Prediction:
             "bandwidth_mibps": round(self.bandwidth_mibps, 3),
             "bandwidth_assumed": self.bandwidth_assumed,
             "fallbacks": list(self.fallbacks),
+            **(self.choice.to_json() if self.choice is not None else {}),
+            "dirty_mibps": round(self.result.input.dirty_mibps, 3),
+            "wws_mib": round(self.result.input.effective_wws_mib, 3),
+            "profile_from": self.measured,
             **self.result.to_json(),
             "advice": [a.to_json() for a in self.advice],
         }
@@ -113,14 +118,23 @@ def predict(
     downtime_ms: float | None = None,
     max_passes: int = 30,
     state_mib: float = 0.0,
-    on_no_convergence: Action = "throttle",
+    on_no_convergence: Action | None = None,
+    profile: tuple[float, float] | None = None,
+    measured: str = "the spec's",
+    postcopy_blocker: str | None = None,
 ) -> Prediction:
-    """Predict migrating ``vm_name`` (from ``source``, default its owner) to ``target``.
+    """Predict migrating ``vm_name`` (from ``source``, default its owner) to ``target``,
+    and the mode it would take (:func:`~vmcluster.policy.migration_mode.choose_mode`).
 
     ``flows`` counts the other flows already on each network (by name); the
-    migration gets an equal share of that network's bandwidth.
+    migration gets an equal share of that network's bandwidth. ``profile``: the
+    guest's (dirty rate, working set) as measured (``measured`` says how), instead of
+    its spec's; ``postcopy_blocker``: why post-copy cannot be used here.
     """
     vm = spec.vm(vm_name)
+    if profile is not None:
+        vm = replace(vm, dirty_mibps=profile[0], wws_mib=min(profile[1], vm.memory_mib))
+    action = on_no_convergence or vm.on_no_convergence
     spec.node(target)
     src = source or vm.owner
     spec.node(src)
@@ -134,26 +148,29 @@ def predict(
         )
     flows = flows or {}
 
-    def at(network: str) -> tuple[float, int, PrecopyResult]:
+    def at(network: str) -> tuple[float, int, ModeChoice]:
         net = spec.network(network)
         others = max(0, flows.get(network, 0))
         link = network_mibps(net)
         inp = precopy_input(
             vm, link / (1 + others), downtime_ms=downtime_ms, max_passes=max_passes,
-            state_mib=state_mib, on_no_convergence=on_no_convergence,
+            state_mib=state_mib, on_no_convergence=action,  # type: ignore[arg-type]
         )
-        return link, others, run(inp)
+        return link, others, choose_mode(inp, allow_postcopy=vm.allow_postcopy,
+                                         blocker=postcopy_blocker)
 
-    link, others, result = at(order[0])
-    advice = list(advise(result))
-    if not result.converged:
+    link, others, choice = at(order[0])
+    result = choice.result
+    advice = list(choice.advice)
+    if not result.converged:  # refused, or forced through over the budget
         for alt in order[1:]:
-            _, alt_others, alt_result = at(alt)
-            if run(replace(alt_result.input, on_no_convergence="force")).converged:
+            _, alt_others, alt_choice = at(alt)
+            if alt_choice.mode != "refuse" and alt_choice.result.converged:
                 advice.append(Advice(
                     "network", alt,
-                    f"migrate over {alt!r} ({alt_result.input.bandwidth_mibps:.1f} MiB/s,"
-                    f" {alt_others} other flows): put it first in live_migration_networks",
+                    f"migrate over {alt!r} ({alt_choice.result.input.bandwidth_mibps:.1f} "
+                    f"MiB/s, {alt_others} other flows): put it first in "
+                    "live_migration_networks",
                 ))
     return Prediction(
         vm=vm.name,
@@ -166,4 +183,6 @@ def predict(
         result=result,
         advice=tuple(advice),
         fallbacks=tuple(order[1:]),
+        choice=choice,
+        measured=measured,
     )

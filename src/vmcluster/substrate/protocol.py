@@ -69,6 +69,7 @@ __all__ = [
     "FaultInjector",
     "MigrationHandle",
     "MigrationParams",
+    "MigrationProfile",
     "MigrationProgress",
     "MigrationResult",
     "NoConvergenceAction",
@@ -143,21 +144,41 @@ class MigrationParams:
     not fit the budget give up, the VM staying on its source), ``abort`` (give up at the
     pass bound) or ``force`` (pause for as long as the copy needs: the user's choice only)."""
 
-    downtime_ms: float = 300.0
+    downtime_ms: float = 100.0
     bandwidth_mibps: float | None = None
     max_passes: int = 30
     on_no_convergence: NoConvergenceAction = "throttle"
+    # The mode chosen before it started (vmcluster.policy.migration_mode): "precopy",
+    # "auto-converge" or "postcopy" (the switch to post-copy after the first pass).
+    mode: str = "precopy"
 
     @classmethod
     def asked(cls, vm_budget_ms: float, downtime_ms: float | None = None,
-              on_no_convergence: str | None = None) -> MigrationParams:
+              on_no_convergence: str | None = None,
+              vm_action: str | None = None) -> MigrationParams:
         """What a user asked for (the CLI, an API body, an intent's arguments) over the
-        VM's own budget, the default action where they did not say."""
-        action = on_no_convergence or cls.on_no_convergence
+        VM's own budget and action (``vm_action``), the default where neither says."""
+        action = on_no_convergence or vm_action or cls.on_no_convergence
         if action not in ("throttle", "abort", "force"):
             raise ValueError(f"on_no_convergence {action!r}: throttle, abort or force")
         return cls(downtime_ms=float(downtime_ms or vm_budget_ms),
                    on_no_convergence=cast(NoConvergenceAction, action))
+
+
+@dataclass(frozen=True)
+class MigrationProfile:
+    """What a migration's mode is chosen on, as the substrate knows it now: the guest's
+    dirty rate and working set (``measured``: how they were found), and why post-copy
+    cannot be used between its two hosts (None: it can)."""
+
+    dirty_mibps: float
+    wws_mib: float
+    measured: str
+    postcopy_blocker: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {"dirty_mibps": round(self.dirty_mibps, 3), "wws_mib": round(self.wws_mib, 3),
+                "measured": self.measured, "postcopy_blocker": self.postcopy_blocker}
 
 
 @dataclass(frozen=True)
@@ -265,6 +286,8 @@ class Substrate(Protocol):
     def pause_vm(self, vm: str) -> None: ...
 
     def resume_vm(self, vm: str) -> None: ...
+
+    def migration_profile(self, vm: str, target: str) -> MigrationProfile: ...
 
     def prepare_migration(self, vm: str, target: str, network: str) -> MigrationHandle: ...
 

@@ -14,9 +14,10 @@ processes and frees itself when a process dies.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from vmcluster.errors import (
@@ -48,6 +49,10 @@ _STATUS: dict[str, MigrationStatus] = {
     "cancelling": "cancelled",
 }
 _ACTIVE = ("active", "device", "pre-switchover", "wait-unplug")
+# Post-copy: the target has the device state and may run; the source still holds pages.
+_POSTCOPY = ("postcopy-active", "postcopy-paused", "postcopy-recover",
+             "postcopy-recover-setup")
+POSTCOPY_DONE_S = 120.0  # the longest a post-copy's remaining pages may take to follow
 
 
 class Agents(Protocol):
@@ -91,6 +96,7 @@ class _Attempt:
     last_info: dict[str, Any] = field(default_factory=dict)
     handle: MigrationHandle | None = None
     wall0: float = field(default_factory=time.time)
+    postcopy: bool = False  # migrate-start-postcopy was sent
 
 
 class QemuMigrations:
@@ -193,6 +199,10 @@ class QemuMigrations:
         else:
             bw = 10e9  # unshaped: let QEMU go as fast as it can
         caps = {"auto-converge": params.on_no_convergence == "throttle"}
+        if params.mode == "postcopy":
+            caps["postcopy-ram"] = True  # both ends, before the stream starts
+            self.sub.agent(handle.target).call("set_params", vm=handle.vm,
+                                               caps={"postcopy-ram": True})
         att.t0 = att.last_change = self.sub.clock.now()
         self.sub.agent(handle.source).call(
             "migrate", vm=handle.vm, uri=att.uri, caps=caps,
@@ -227,6 +237,18 @@ class QemuMigrations:
             expected_downtime_ms=info.get("expected-downtime"),
             error=info.get("error-desc"),
         )
+        if status == "postcopy-active" and att.postcopy:
+            # The source paused and sent its devices: the switch is now (the target runs
+            # once the store says it is the VM's); its pages follow while it runs.
+            return replace(progress, status="completed")
+        if status in _POSTCOPY:
+            att.error = f"post-copy broke before the switch (QEMU: {status})"
+            return MigrationProgress("failed", progress.pass_no, error=att.error)
+        if (att.params is not None and att.params.mode == "postcopy" and not att.postcopy
+                and status == "active" and progress.pass_no >= 2):
+            # The first pass is over: what is dirty now follows after the switch.
+            att.postcopy = True
+            self.sub.agent(handle.source).call("start_postcopy", vm=handle.vm)
         if status == "failed":
             att.error = str(info.get("error-desc") or "QEMU reported the migration failed")
         elif status in _ACTIVE and now - att.last_change > self.sub.stall_s:
@@ -269,7 +291,8 @@ class QemuMigrations:
                 info = src.call("query_migrate", vm=handle.vm)["migrate"]
             except SubstrateError:
                 info = att.last_info if att else {}
-        completed = info.get("status") == "completed"
+        completed = info.get("status") == "completed" or (
+            att is not None and att.postcopy and info.get("status") == "postcopy-active")
         error = None if completed else (att.error if att and att.error else None)
         if completed and not success:
             # The contract: without ``success`` it rolls back. The target never ran, so
@@ -332,6 +355,12 @@ class QemuMigrations:
             self._results[handle.id] = result
             return result
         timeline: dict[str, float | None] = {}
+        if ok and att is not None and att.postcopy:
+            # The source QEMU holds pages the target has not fetched: it may go only once
+            # the last has followed. If they cannot, neither side has the whole guest.
+            done, info = self._postcopy_done(handle)
+            if not done:
+                return self._postcopy_lost(handle, att, info)
         if ok:
             timeline = self._timeline(handle, att.wall0 if att else 0.0)
             self.sub.records.set_owner(handle.vm, handle.target)
@@ -372,9 +401,53 @@ class QemuMigrations:
             sent_mib=int(ram.get("transferred", 0)) / MIB, total_s=float(total_s),
             downtime_ms=downtime, error=None if ok else error,
             extra={"setup_ms": info.get("setup-time"), "mbps": info.get("ram", {}).get("mbps"),
+                   "mode": att.params.mode if att is not None and att.params else None,
+                   "throttle_pct": info.get("cpu-throttle-percentage"),
                    **timeline, **marks},
         )
         self._results[handle.id] = result
+        return result
+
+    def _postcopy_done(self, handle: MigrationHandle) -> tuple[bool, dict[str, Any]]:
+        """Wait for the source to have sent its last page: (done, its last query-migrate)."""
+        deadline = self.sub.clock.now() + POSTCOPY_DONE_S
+        info: dict[str, Any] = {}
+        while self.sub.clock.now() < deadline:
+            try:
+                info = self.sub.agent(handle.source).call(
+                    "query_migrate", vm=handle.vm, wait_s=WAIT_S,
+                    timeout_s=WAIT_S + 10)["migrate"]
+            except SubstrateError as exc:
+                return False, {"error-desc": f"lost the source: {exc}"}
+            status = info.get("status")
+            if status == "completed":
+                return True, info
+            if status not in ("postcopy-active", "device"):
+                return False, info
+        return False, {"error-desc": f"its pages did not follow within {POSTCOPY_DONE_S:g} s",
+                       **info}
+
+    def _postcopy_lost(self, handle: MigrationHandle, att: _Attempt,
+                       info: dict[str, Any]) -> MigrationResult:
+        """A post-copy cut short after the switch: the guest's memory is split between
+        two QEMUs and neither can go on. Both stop; the VM is placed on the target (the
+        store says so since the switch) and the cluster starts it there from its shared
+        disk: a failover, and reported as one."""
+        why = str(info.get("error-desc") or f"QEMU's status {info.get('status')}")
+        for node in (handle.target, handle.source):
+            with contextlib.suppress(SubstrateError):
+                self.sub.agent(node).call("release", vm=handle.vm)
+        for f in att.slots:
+            f.close()
+        self._attempts.pop(handle.id, None)
+        result = MigrationResult(
+            handle.vm, handle.source, handle.target, handle.network, ok=False,
+            error=f"post-copy of {handle.vm} broke after the switch ({why}); its running "
+                  f"copy is lost and the cluster starts it again on {handle.target} from "
+                  "its disk (a failover)",
+            extra={"switched": True, "mode": "postcopy", "postcopy_lost": True})
+        self._results[handle.id] = result
+        self.sub.say(f"{handle.vm}: {result.error}")
         return result
 
     def _timeline(self, handle: MigrationHandle, since: float) -> dict[str, float | None]:

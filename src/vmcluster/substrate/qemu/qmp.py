@@ -148,6 +148,30 @@ class Qmp:
     async def query_migrate(self) -> dict[str, Any]:
         return _dict(await self._run("query-migrate"), f"{self.name}: query-migrate")
 
+    async def dirty_rate(self, window_ms: int, timeout_s: float = 10.0) -> float:
+        """The guest's dirty rate (MiB/s) over ``window_ms``, counted exactly with the
+        dirty bitmap (``calc-dirty-rate``); QEMUs before 8.1 count whole seconds only.
+        Not while a migration runs (QEMU refuses: the migration owns the bitmap)."""
+        args: dict[str, object] = {"calc-time": window_ms, "calc-time-unit": "millisecond",
+                                   "mode": "dirty-bitmap"}
+        try:
+            await self._run("calc-dirty-rate", args)
+        except QemuRefused as exc:
+            if "calc-time-unit" not in str(exc):
+                raise
+            await self._run("calc-dirty-rate", {"calc-time": max(1, round(window_ms / 1000)),
+                                                "mode": "dirty-bitmap"})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            got = _dict(await self._run("query-dirty-rate"), f"{self.name}: query-dirty-rate")
+            if got.get("status") == "measured" and isinstance(got.get("dirty-rate"), int):
+                return float(got["dirty-rate"])
+            if loop.time() > deadline:
+                raise QmpError(f"{self.name}: calc-dirty-rate measured nothing within "
+                               f"{timeout_s:g} s: {got!r:.200}")
+            await asyncio.sleep(0.05)
+
     async def cont(self) -> None:
         await self._run("cont")
 
@@ -211,6 +235,11 @@ class Qmp:
 
     async def migrate_incoming(self, uri: str) -> None:
         await self._run("migrate-incoming", {"uri": uri})
+
+    async def start_postcopy(self) -> None:
+        """Switch a running pre-copy migration to post-copy (``postcopy-ram`` set on both
+        ends): the source pauses, sends its devices, and serves the rest on demand."""
+        await self._run("migrate-start-postcopy")
 
     async def migrate_cancel(self) -> None:
         await self._run("migrate_cancel")

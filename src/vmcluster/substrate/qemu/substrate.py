@@ -16,6 +16,7 @@ from typing import Any
 from vmcluster.errors import SubstrateError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
+from vmcluster.policy.migration_mode import dirty_profile
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.host.client import AgentClient, AgentDown
 from vmcluster.substrate.host.layout import LabLayout
@@ -23,6 +24,7 @@ from vmcluster.substrate.host.state import read_state
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
+    MigrationProfile,
     MigrationProgress,
     MigrationResult,
     NodeState,
@@ -36,12 +38,49 @@ from vmcluster.substrate.qemu.facts import QemuFacts, migration_refusal, pinned_
 from vmcluster.substrate.qemu.migration import QemuMigrations
 from vmcluster.substrate.qemu.records import RecordsSnapshot, SubstrateRecords
 
-__all__ = ["QemuSubstrate"]
+# The dirty-rate windows a migration's profile is measured over, one after the other.
+PROFILE_WINDOWS_MS = (250, 1000)
+
+__all__ = ["PROFILE_WINDOWS_MS", "QemuSubstrate", "measure_profile"]
 
 
 # An agent measures a QEMU's CPU over windows of at least a second (node.load.CpuMeter);
 # a little more than one, and a QEMU listed once before is measured.
 CPU_WINDOW_S = 1.1
+
+def measure_profile(spec: ClusterSpec, vm: str, source: str | None, target: str,
+                    agent: Callable[[str], AgentClient],
+                    facts: Callable[[str], QemuFacts]) -> MigrationProfile:
+    """The guest's dirty rate measured now by its QEMU on ``source`` (the dirty bitmap
+    over a short window, then a long one: :func:`~vmcluster.policy.migration_mode.
+    dirty_profile`), and whether both QEMUs can post-copy. Where it cannot be measured,
+    the spec's profile, saying why."""
+    spec_vm = spec.vm(vm)
+    blocker = None
+    for node in (source, target):
+        if node is None:
+            continue
+        try:
+            if "postcopy-ram" not in facts(node).capabilities:
+                blocker = f"{node}'s QEMU {facts(node).version} cannot post-copy"
+        except SubstrateError as exc:
+            blocker = str(exc)
+    if source is None:
+        return MigrationProfile(spec_vm.dirty_mibps, spec_vm.working_set_mib,
+                                f"the spec's ({vm} runs nowhere)", blocker)
+    short_ms, long_ms = PROFILE_WINDOWS_MS
+    try:
+        rates = agent(source).call("dirty_rate", vm=vm, timeout_s=30,
+                                   windows_ms=[short_ms, long_ms])["rates"]
+        fast, slow = float(rates[0][1]), float(rates[1][1])
+    except (SubstrateError, KeyError, IndexError, TypeError, ValueError) as exc:
+        return MigrationProfile(spec_vm.dirty_mibps, spec_vm.working_set_mib,
+                                f"the spec's (not measured: {exc})", blocker)
+    dirty, wws = dirty_profile((short_ms, fast), (long_ms, slow), float(spec_vm.memory_mib),
+                               spec_vm.working_set_mib)
+    return MigrationProfile(dirty, wws, f"measured by {source}'s QEMU over {short_ms} and "
+                            f"{long_ms} ms", blocker)
+
 
 class QemuSubstrate:
     """The qemu substrate over the lab called ``layout.name`` (see module docstring)."""
@@ -112,6 +151,9 @@ class QemuSubstrate:
         """Why ``vm`` cannot go from ``source``'s QEMU to ``target``'s (one line), or None."""
         return migration_refusal(self.machine(vm), self.facts(source), self.facts(target),
                                  source, target)
+
+    def migration_profile(self, vm: str, target: str) -> MigrationProfile:
+        return measure_profile(self.spec, vm, self.owner(vm), target, self.agent, self.facts)
 
     # -- observation ----------------------------------------------------------------
     def owner(self, vm: str) -> str | None:

@@ -46,6 +46,8 @@ class World(Protocol):
 
     def vm_rec(self, name: str) -> VmRec: ...
 
+    def lose_vm(self, vm: str, why: str) -> None: ...
+
 
 class Engine:
     """Migrations of one :class:`SimSubstrate` (which owns nodes, VMs and the fabric)."""
@@ -140,7 +142,7 @@ class Engine:
 
     def _rate_changed(self, flow: FlowRec, old: float) -> None:
         m = flow.mig
-        if m is None or m.phase not in ("pass", "stopcopy"):
+        if m is None or m.phase not in ("pass", "stopcopy", "postcopy"):
             return
         now = self.sub.now()
         m.remaining = max(0.0, m.remaining - old * (now - m.last))
@@ -159,8 +161,15 @@ class Engine:
         m.timer, m.remaining, m.last = None, 0.0, now
         seconds = now - m.pass_start
         m.sent += m.volume
-        if m.phase == "stopcopy":
-            m.downtime_ms = seconds * 1000.0
+        if m.phase == "stopcopy" and m.after > 0:  # post-copy: the guest runs on the
+            m.downtime_ms = seconds * 1000.0      # target while its pages follow
+            m.phase = "postcopy"
+            after, m.after = m.after, 0.0
+            self._transfer(m, after)
+            return
+        if m.phase in ("stopcopy", "postcopy"):
+            if m.phase == "stopcopy":
+                m.downtime_ms = seconds * 1000.0
             self._end(m, "completed", None)
             return
         rate = self._dirty_rate(m)
@@ -170,6 +179,13 @@ class Engine:
         sub.emit("migration-pass", vm=m.handle.vm, id=m.handle.id, pass_no=m.pass_no,
                  sent_mib=round(m.volume, 6), seconds=round(seconds, 6),
                  bandwidth_mibps=round(m.rate, 6), decision=decision)
+        if decision != "stop" and m.params is not None and m.params.mode == "postcopy":
+            # After the first pass: the device state moves, the guest runs on the target,
+            # and what is dirty follows (vmcluster.policy.migration_mode.postcopy).
+            m.outcome, m.after = "postcopy", max(dirty, 1e-9)
+            m.phase, m.stop_start = "stopcopy", now
+            self._transfer(m, inp.state_mib)
+            return
         if decision == "stuck" and inp.on_no_convergence == "throttle" and (
             m.pass_no + 1 < inp.max_passes
         ):
@@ -198,12 +214,15 @@ class Engine:
             sub.fabric.remove(m.flow)
             m.flow = None
             sub.fabric.reallocate()
+        lost = status != "completed" and m.phase == "postcopy"
         m.status, m.phase, m.error, m.ended = status, "done", error, sub.now()
         self._live.pop(m.handle.id, None)
         if m in self.queue:
             self.queue.remove(m)
         rec = sub.vm_rec(m.handle.vm)
-        if status != "completed" and rec.state == "migrating":
+        if lost:  # post-copy's one risk: neither side has the whole guest any more
+            sub.lose_vm(m.handle.vm, f"post-copy of {m.handle.vm} broke: {error}")
+        elif status != "completed" and rec.state == "migrating":
             rec.state = m.prior_state  # the guest goes on running on the source
         if m.holds_slot:
             m.holds_slot = False
@@ -225,7 +244,8 @@ class Engine:
 
     def progress(self, m: MigRec) -> MigrationProgress:
         now = self.sub.now()
-        remaining = m.remaining_now(now) if m.phase in ("pass", "stopcopy") else 0.0
+        moving = m.phase in ("pass", "stopcopy", "postcopy")
+        remaining = m.remaining_now(now) if moving else 0.0
         dirty_rate = self._dirty_rate(m) if m.inp else 0.0
         expected = None
         if m.phase == "pass" and m.rate > 0 and m.inp is not None:
@@ -234,7 +254,7 @@ class Engine:
         return MigrationProgress(
             status=m.status,  # type: ignore[arg-type]
             pass_no=m.pass_no,
-            sent_mib=m.sent + (m.volume - remaining if m.phase in ("pass", "stopcopy") else 0.0),
+            sent_mib=m.sent + (m.volume - remaining if moving else 0.0),
             remaining_mib=remaining,
             dirty_mibps=dirty_rate,
             expected_downtime_ms=m.downtime_ms if m.status == "completed" else expected,
@@ -252,6 +272,7 @@ class Engine:
                 "id": h.id,
                 "outcome": m.outcome if ok else (m.outcome or "failed"),
                 "throttle": round(m.throttle, 4),
+                "mode": m.params.mode if m.params is not None else None,
                 "started_s": None if m.started is None else round(m.started, 6),
                 "pass_seconds": [round(p.seconds, 6) for p in m.passes],
             },

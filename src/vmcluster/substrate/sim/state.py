@@ -59,7 +59,7 @@ class MigRec:
     params: MigrationParams | None = None
     inp: PrecopyInput | None = None
     status: str = "setup"  # setup | active | completed | failed | cancelled
-    phase: str = "prepared"  # prepared | queued | pass | stopcopy | done
+    phase: str = "prepared"  # prepared | queued | pass | stopcopy | postcopy | done
     pass_no: int = 0
     volume: float = 0.0
     remaining: float = 0.0
@@ -69,6 +69,7 @@ class MigRec:
     stop_start: float = 0.0
     sent: float = 0.0
     throttle: float = 0.0
+    after: float = 0.0  # post-copy: what follows the switch, the guest on the target
     passes: list[Pass] = field(default_factory=list)
     timer: Timer | None = None
     flow: FlowRec | None = None

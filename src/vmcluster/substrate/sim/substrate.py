@@ -27,6 +27,7 @@ from vmcluster.substrate.protocol import (
     Clock,
     MigrationHandle,
     MigrationParams,
+    MigrationProfile,
     MigrationProgress,
     MigrationResult,
     NodeStatus,
@@ -217,6 +218,12 @@ class SimSubstrate:
 
     # -- migration -------------------------------------------------------------
 
+    def migration_profile(self, vm: str, target: str) -> MigrationProfile:
+        """The simulated guest's dirty profile is its spec's (or its trace's) own."""
+        spec = self.vm_rec(vm).spec
+        self.node_rec(target)
+        return MigrationProfile(spec.dirty_mibps, spec.working_set_mib, "the spec's")
+
     def prepare_migration(self, vm: str, target: str, network: str) -> MigrationHandle:
         rec, dst = self.vm_rec(vm), self.node_rec(target)
         self.spec.network(network)
@@ -319,6 +326,14 @@ class SimSubstrate:
             self.emit("vms-lost", node=node, vms=[v.spec.name for v in lost])
         self.emit("node-" + ("up" if up else "down"), node=node)
         self._changed()
+
+    def lose_vm(self, vm: str, why: str) -> None:
+        """A VM whose running copy is gone (a post-copy cut short): stopped, for the
+        manager to start again from its shared disk, as after its node's crash."""
+        rec = self.vm_rec(vm)
+        node = rec.node
+        self._place(rec, None, "stopped")
+        self.emit("vms-lost", node=node, vms=[vm], why=why)
 
     def set_storage_path(self, node: str, up: bool) -> None:
         rec = self.node_rec(node)
