@@ -44,7 +44,7 @@ def test_a_fast_guest_is_refused_without_consent_and_nothing_starts() -> None:
     spec = spec_with(dirty_mibps=300.0, wws_mib=160.0, on_no_convergence="abort")
     sub = SimSubstrate(spec)
     sub.start_vm("db", "node2")
-    with pytest.raises(MigrationRefused, match="downtime budget.*allow_postcopy"):
+    with pytest.raises(MigrationRefused, match=r"downtime budget.*allow_postcopy"):
         migrate(sub, spec, Health(), MigrationRequest("db", "node3"))
     assert sub.status().vm("db").node == "node2" and sub.status().vm("db").state == "running"
 
