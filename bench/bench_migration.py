@@ -12,16 +12,22 @@ bounded below by TCP's 200 ms retransmission timeout), a UDP probe every 5 ms
 longest request). The blackout is split by QEMU's own STOP/RESUME event times
 into before-pause, paused (source stop -> target run) and after-resume.
 ``--tls both`` runs each QEMU with and without TLS on the migration stream.
+The guest has the default 100 ms downtime budget; each migration chooses its
+mode (pre-copy, auto-converge, post-copy where ``--postcopy on`` lets the VM,
+or a refusal) from its guest's dirty rate as its QEMU measures it just before,
+and the row keeps the mode, the reason, the measured rate and the prediction
+it was chosen on beside what happened.
 Prints a table (p50/p95 over the runs) and writes bench/results/migration.json.
 Needs root.
 
     python bench/bench_migration.py [--runs 10] [--rates 0,20,100] [--qemu system,debian-7.2]
-        [--tls on|off|both]
+        [--tls on|off|both] [--postcopy on|off]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -33,6 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from vmcluster.errors import MigrationRefused
 from vmcluster.lab.lab import lab_down, lab_up
 from vmcluster.lab.observe import migrate_observed
 from vmcluster.policy.networks import Health
@@ -70,7 +77,7 @@ owner = "node1"
 memory_mib = 256
 wws_mib = 128
 dirty_mibps = 0
-max_downtime_ms = 300
+allow_postcopy = {postcopy}
 """
 
 
@@ -89,13 +96,14 @@ def pct(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int
+def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool = False
              ) -> tuple[float, str, list[dict[str, Any]]]:
     """One lab whose two hosts both run ``qemu``; ``runs`` migrations per rate."""
     name = f"b{os.getpid()}"
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "bench.toml"
-        spec_path.write_text(SPEC.replace("{tls}", "true" if tls else "false"))
+        spec_path.write_text(SPEC.replace("{tls}", "true" if tls else "false")
+                             .replace("{postcopy}", "true" if postcopy else "false"))
         t0 = time.monotonic()
         choice = {} if qemu == "system" else {"node1": qemu, "node2": qemu}
         sub = lab_up(spec_path, name, say=lambda m: print(m, file=sys.stderr), qemu=choice)
@@ -113,10 +121,27 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int
                     spec = replace(sub.spec, vms=tuple(
                         replace(v, dirty_mibps=rate) for v in sub.spec.vms))
                     pred = predict(spec, Health(), "vm", target, source=source).result
-                    r = migrate_observed(sub, "vm", target)
+                    try:
+                        r = migrate_observed(sub, "vm", target)
+                    except MigrationRefused as exc:  # the mode chosen: none keeps the budget
+                        rows.append({"qemu": version, "tls": tls, "dirty_mibps": rate,
+                                     "ok": False, "mode": "refuse", "reason": str(exc)})
+                        print(json.dumps(rows[-1]), file=sys.stderr)
+                        continue
                     bd = r.extra.get("breakdown") or {}
+                    profile = r.extra.get("profile") or {}
+                    live_total = r.extra.get("predicted_total_s")
                     rows.append({
                         "qemu": version, "tls": tls, "dirty_mibps": rate, "ok": r.ok,
+                        "mode": r.extra.get("mode"), "reason": r.extra.get("reason"),
+                        "measured_dirty_mibps": profile.get("dirty_mibps"),
+                        "measured_wws_mib": profile.get("wws_mib"),
+                        "live_pred_total_s": live_total,
+                        "live_pred_downtime_ms": r.extra.get("predicted_downtime_ms"),
+                        "live_total_error_pct": round(
+                            100 * (float(live_total) - r.total_s) / r.total_s, 1)
+                        if r.ok and r.total_s and live_total is not None else None,
+                        "throttle_pct": r.extra.get("throttle_pct"),
                         "network": r.network,
                         "passes": r.passes, "sent_mib": round(r.sent_mib, 1),
                         "total_s": round(r.total_s, 3), "downtime_ms": r.downtime_ms,
@@ -154,9 +179,14 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return [float(r[name]) for r in rs if r.get(name) is not None]
 
         errs = [abs(e) for e in col("total_error_pct")]
+        live_errs = [abs(e) for e in col("live_total_error_pct")]
+        modes = collections.Counter(str(r.get("mode")) for r in grp)
         out.append({
             "qemu": key[0], "tls": "on" if key[1] else "off", "dirty_mibps": key[2],
             "runs": len(grp), "ok": len(ok),
+            "mode": ", ".join(f"{m} {n}" if len(modes) > 1 else m
+                              for m, n in modes.most_common()),
+            "measured_dirty_p50": pct(col("measured_dirty_mibps", grp), 0.5),
             "passes_p50": pct(col("passes"), 0.5), "total_s_p50": pct(col("total_s"), 0.5),
             "downtime_ms_p50": pct(col("downtime_ms"), 0.5),
             "downtime_ms_p95": pct(col("downtime_ms"), 0.95),
@@ -170,6 +200,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "ab_failed": int(sum(col("ab_failed", grp))),
             "ab_max_ms": max(col("ab_max_ms"), default=None),
             "mean_abs_total_error_pct": round(statistics.mean(errs), 1) if errs else None,
+            "live_abs_total_error_pct": round(statistics.mean(live_errs), 1)
+            if live_errs else None,
             "tcp_kept": sum(1 for r in grp if r.get("tcp_session_survived")),
             "memory_ok": sum(1 for r in grp if r.get("memory_ok")),
         })
@@ -193,6 +225,9 @@ def main() -> None:
     ap.add_argument("--tls", choices=("on", "off", "both"), default="on",
                     help="migration streams with TLS (the spec's migration_tls); both: each QEMU "
                          "twice, to measure what TLS costs")
+    ap.add_argument("--postcopy", choices=("on", "off"), default="off",
+                    help="on: the VM allows post-copy (allow_postcopy), which a migration "
+                         "that pre-copy would make slow or refuse then takes")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_migration: needs root (the lab uses network namespaces)")
@@ -202,18 +237,21 @@ def main() -> None:
     tls_modes = {"on": [True], "off": [False], "both": [True, False]}[args.tls]
     for qemu in args.qemu.split(","):
         for tls in tls_modes:
-            up_s, version, got = run_qemu(qemu.strip(), tls, rates, args.runs)
+            up_s, version, got = run_qemu(qemu.strip(), tls, rates, args.runs,
+                                          args.postcopy == "on")
             ups[version] = round(up_s, 2)
             rows += got
     summary = summarise(rows)
-    cols = [("qemu", "QEMU"), ("tls", "TLS"), ("dirty_mibps", "dirty MiB/s"), ("ok", "ok"),
+    cols = [("qemu", "QEMU"), ("tls", "TLS"), ("dirty_mibps", "dirty MiB/s"),
+            ("measured_dirty_p50", "measured"), ("mode", "mode"), ("ok", "ok"),
             ("passes_p50", "passes"), ("total_s_p50", "total s"),
             ("downtime_ms_p50", "downtime p50"), ("downtime_ms_p95", "p95"),
             ("blackout_ms_p50", "blackout p50"), ("blackout_ms_p95", "p95"),
             ("before_pause_ms_p50", "pre-pause"), ("paused_ms_p50", "paused"),
             ("after_resume_ms_p50", "post-resume"), ("tcp_gap_ms_p50", "TCP gap p50"),
             ("tcp_gap_ms_max", "max"), ("ab_failed", "ab failed"), ("ab_max_ms", "ab max ms"),
-            ("mean_abs_total_error_pct", "pred err %"), ("memory_ok", "mem ok")]
+            ("mean_abs_total_error_pct", "spec pred err %"),
+            ("live_abs_total_error_pct", "live pred err %"), ("memory_ok", "mem ok")]
     widths = [max(len(h), *(len(fmt(s[k])) for s in summary)) for k, h in cols]
     print(" | ".join(h.rjust(w) for (_, h), w in zip(cols, widths, strict=True)))
     for srow in summary:

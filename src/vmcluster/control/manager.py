@@ -157,6 +157,11 @@ class ManagerParams:
     campaign_s: float = 10.0  # take_office(): campaign at most this long
     campaign_poll_s: float = 0.25
     recover_s: float = 3.0  # a placed VM seen running nowhere this long is started again
+    # ... or, where a committed switchover's target copy waits for its driver (gone), is
+    # taken over: a driver that lives takes over within a fraction of a second of the
+    # commit, and both taking over at once is harmless (run, announce, release are each
+    # idempotent); waiting recover_s only lengthened the VM's blackout.
+    switchover_s: float = 1.0
     adopt_s: float = 3.0  # a VM seen running elsewhere than placed this long is placed there
     flap_limit: int = 3
     flap_window_s: float = 3600.0
@@ -1060,9 +1065,11 @@ class Manager:
             rev, since = term.missing_since.setdefault(vm, (p.revision, self.clock.now()))
             if rev != p.revision:
                 term.missing_since[vm] = (p.revision, self.clock.now())
-            elif now - since >= self.params.recover_s:
+                continue
+            waiting = p.node in seen.incoming_fresh.get(vm, frozenset())
+            if now - since >= (self.params.switchover_s if waiting else self.params.recover_s):
                 term.missing_since.pop(vm, None)
-                if p.node in seen.incoming_fresh.get(vm, frozenset()):
+                if waiting:
                     self._finish_switchover(term, vm, p.node, seen)
                 else:
                     self._retry_start(term, vm, p, seen, excluded)

@@ -582,7 +582,13 @@ class Agent(CsvOps):
     async def op_start_postcopy(self, req: Reply) -> Reply:
         """The migration of a VM that runs here goes on in post-copy from now."""
         qp = self.get(req["vm"])
+        if qp.record.role != "run":
+            raise SubstrateError(f"{req['vm']} on {self.node} is not the running copy")
         await qp.qmp.start_postcopy()
+        # From now on this copy serves the target's pages and never runs again: not the
+        # VM (no report lists it as running or as a paused source to power off) until
+        # its last page has followed.
+        qp.set_role("serving")
         return {}
 
     async def op_drive(self, req: Reply) -> Reply:
@@ -646,7 +652,11 @@ class Agent(CsvOps):
         windows = [int(w) for w in req.get("windows_ms", [1000])][:3]
         if not windows or not all(50 <= w <= 5000 for w in windows):
             raise InputError(f"windows_ms {windows!r}: one to three windows of 50 to 5000 ms")
-        return {"rates": [[w, await qp.qmp.dirty_rate(w)] for w in windows]}
+        mode = str(req.get("mode", "page-sampling"))
+        if mode not in ("dirty-bitmap", "page-sampling"):
+            raise InputError(f"mode {mode!r}: dirty-bitmap or page-sampling")
+        rates = [[w, await qp.qmp.dirty_rate(w, mode=mode)] for w in windows]
+        return {"rates": rates, "mode": mode}
 
     async def op_query_migrate(self, req: Reply) -> Reply:
         """The VM's migration state; with ``wait_s``, first wait up to that long for a
@@ -661,6 +671,9 @@ class Agent(CsvOps):
     async def op_cancel(self, req: Reply) -> Reply:
         """Roll back the source: cancel any migration, then run the VM again."""
         qp = self.get(req["vm"])
+        if qp.record.role == "serving":
+            raise SubstrateError(f"{req['vm']} on {self.node} went on in post-copy: its "
+                                 "memory is split with the target, it cannot run again")
         info = await qp.qmp.query_migrate()
         if info.get("status") in MIGRATING:
             await qp.qmp.migrate_cancel()

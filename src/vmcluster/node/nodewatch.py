@@ -200,8 +200,11 @@ class NodeWatch:
         # not the running VM: it must not pull the VM's placement back to this host.
         self.vms = sorted(v["vm"] for v in listed if v.get("role") == "run"
                           and v.get("status") not in MIGRATED_OUT)
-        self.migrated = sorted(v["vm"] for v in listed if v.get("role") == "run"
-                               and v.get("status") in MIGRATED_OUT)
+        # ... as is a post-copy source once its last page has followed (while it serves
+        # them it is neither: powering it off would lose the VM).
+        self.migrated = sorted(v["vm"] for v in listed if (
+            (v.get("role") == "run" and v.get("status") in MIGRATED_OUT)
+            or (v.get("role") == "serving" and v.get("status") == "postmigrate")))
         self.incoming = sorted(v["vm"] for v in listed if v.get("role") == "incoming")
         if got is not None:
             self.listed_mono = now

@@ -75,14 +75,17 @@ def postcopy(inp: PrecopyInput) -> PrecopyResult:
 def dirty_profile(short: tuple[float, float], long: tuple[float, float], memory_mib: float,
                   wws_mib: float) -> tuple[float, float]:
     """(dirty rate, working set) from two measured (window ms, MiB/s) rates, the short
-    one first: when the long window dirtied clearly less than the short one's rate says,
-    the guest ran out of pages to dirty and that is its working set; otherwise the rate
-    holds (the long window counts it more exactly) and ``wws_mib`` stands."""
+    one first. What the long window dirtied is a lower bound of the working set; when
+    it is clearly less than the short window's rate says (under 90 %), the guest ran out
+    of pages to dirty: that is the working set, and the short rate is the rate.
+    Otherwise the long window's rate stands (it counts more pages), and the working set
+    is at least what it dirtied (``wws_mib``, the spec's, where that is more)."""
     (_, fast), (long_ms, slow) = short, long
-    if fast > 0 and slow < 0.75 * fast:
-        dirty, wws = fast, slow * long_ms / 1000.0
+    dirtied = slow * long_ms / 1000.0
+    if fast > 0 and slow < 0.9 * fast:
+        dirty, wws = fast, dirtied
     else:
-        dirty, wws = max(fast, slow), wws_mib
+        dirty, wws = slow, max(wws_mib, dirtied)
     return dirty, min(max(wws, 1.0), memory_mib)
 
 

@@ -39,7 +39,7 @@ from vmcluster.substrate.qemu.migration import QemuMigrations
 from vmcluster.substrate.qemu.records import RecordsSnapshot, SubstrateRecords
 
 # The dirty-rate windows a migration's profile is measured over, one after the other.
-PROFILE_WINDOWS_MS = (250, 1000)
+PROFILE_WINDOWS_MS = (250, 1500)
 
 __all__ = ["PROFILE_WINDOWS_MS", "QemuSubstrate", "measure_profile"]
 
