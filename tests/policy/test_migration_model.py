@@ -10,7 +10,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from vmcluster.errors import UsageError
-from vmcluster.policy.migration_model import PrecopyInput, advise, after_pass, run
+from vmcluster.policy.migration_model import (
+    PrecopyInput,
+    advise,
+    after_pass,
+    auto_converge,
+    run,
+)
 
 pos = st.floats(min_value=1.0, max_value=8192.0, allow_nan=False)
 rate = st.floats(min_value=0.0, max_value=500.0, allow_nan=False)
@@ -139,9 +145,24 @@ def test_working_set_stops_the_shrinking_then_force_abort_throttle() -> None:
     assert 0.2 <= throttled.throttle <= 0.99
     assert throttled.downtime_ms <= 300
     # Throttled to the limit and still too big for the budget: given up, never forced.
-    hopeless = run(replace(inp, on_no_convergence="throttle", downtime_ms=0.001))
+    hopeless = run(replace(inp, on_no_convergence="throttle", downtime_ms=0.001,
+                           max_passes=8))
     assert hopeless.outcome == "aborted" and hopeless.downtime_ms == 0
     assert hopeless.throttle > 0.2  # throttled harder pass by pass first
+    assert len(hopeless.passes) == 8
+
+
+def test_auto_converge_throttles_like_qemu() -> None:
+    """Every second pass that dirtied more than half of what it sent adds a step."""
+    inp = PrecopyInput(256, 110, 128, 119.2, 100, on_no_convergence="throttle")
+    assert auto_converge(inp, 128, 100, 0.0, 0) == (0.0, 1)  # counts once
+    assert auto_converge(inp, 128, 100, 0.0, 1) == (0.2, 0)  # twice: 20 %
+    assert auto_converge(inp, 128, 100, 0.2, 1) == (pytest.approx(0.3), 0)  # then +10 %
+    assert auto_converge(inp, 256, 100, 0.2, 1) == (0.2, 1)  # under the trigger: no count
+    assert auto_converge(replace(inp, on_no_convergence="abort"), 128, 100, 0.0, 1) == (
+        0.0, 1)  # only when throttling is the action
+    res = run(inp)  # pre-copy alone shrinks too slowly to fit 100 ms in 30 passes
+    assert res.outcome == "throttled" and res.converged and res.downtime_ms <= 100
 
 
 def test_pass_bound_forces() -> None:

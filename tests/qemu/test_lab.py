@@ -35,6 +35,7 @@ from vmcluster.csv.volume import FileBlock, read_table
 from vmcluster.errors import MigrationError, StoreError, UsageError
 from vmcluster.lab import netns
 from vmcluster.lab.credentials import etcd_tls, lab_ca
+from vmcluster.lab.guestctl import guest_request
 from vmcluster.lab.lab import set_net, wait_ready
 from vmcluster.lab.observe import migrate_observed
 from vmcluster.lab.services import lab_access, revoke
@@ -1114,3 +1115,53 @@ def test_an_imported_disk_boots_by_its_own_firmware_and_migrates_live(
         _vmc_in(ns, env, "vm", "delete", vm, "--force", timeout_s=90)
         shutil.rmtree(work, ignore_errors=True)
     assert read_table(lun).get(vm) is None and read_table(lun).get(f"{vm}/efi-vars") is None
+
+
+def _migrate_json(lab: LabSubstrate, vm: str, target: str, *more: str
+                  ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    got = vmc("vm", "migrate", vm, "--to", target, "--lab", lab.layout.name, "--json", *more,
+              timeout=180)
+    lines = got.stdout.strip().splitlines()
+    return got, (json.loads(lines[-1]) if got.returncode == 0 and lines else {})
+
+
+def test_the_mode_is_chosen_from_the_rate_its_qemu_measures(lab: LabSubstrate) -> None:
+    """A guest dirtying 300 MiB/s of 160 MiB, over the 1 Gbit/s (119 MiB/s) link: the
+    prediction sees that rate (QEMU's page sampling); without throttling and without
+    post-copy it is refused at once (one line, nothing moved); once the VM allows
+    post-copy, that is how it moves, whole, paused about as long as a pre-copy's
+    switchover."""
+    vm = "web"
+    addr = str(lab.spec.vm(vm).address)
+    guest_request(lab.layout, addr, "RATE 300")
+    guest_request(lab.layout, addr, "WWS 160")
+    try:
+        source = lab.owner(vm)
+        assert source is not None
+        target = "node2" if source != "node2" else "node3"
+        got = vmc("migration", "predict", vm, "--to", target, "--lab", lab.layout.name,
+                  "--json", timeout=60)
+        assert got.returncode == 0, got.stderr
+        pred = json.loads(got.stdout)
+        assert pred["source"] == source and "measured by" in pred["profile_from"]
+        assert 200 <= pred["dirty_mibps"] <= 400, pred  # 300 set, sampled
+        assert 100 <= pred["wws_mib"] <= 220, pred  # 160 set
+        assert pred["mode"] in ("auto-converge", "refuse") and pred["reason"], pred
+        refused, _ = _migrate_json(lab, vm, target, "--on-no-convergence", "abort")
+        assert refused.returncode != 0
+        err = refused.stderr.strip().splitlines()
+        assert len(err) == 1, err  # refused before anything started: no progress lines
+        assert "allow_postcopy" in err[0] and "downtime budget" in err[0], err
+        assert lab.owner(vm) == source
+        assert vmc("vm", "set", vm, "allow_postcopy=true", "--lab",
+                   lab.layout.name).returncode == 0
+        got, r = _migrate_json(lab, vm, target)
+        assert got.returncode == 0, got.stderr
+        assert r["ok"] and r["mode"] == "postcopy", r
+        assert r["memory_ok"] is True and r["tcp_session_survived"] is True
+        assert r["breakdown"]["paused_ms"] < 1000, r["breakdown"]
+        assert lab.owner(vm) == target and lab.status().vm(vm).state == "running"
+    finally:
+        guest_request(lab.layout, addr, "RATE 4")
+        guest_request(lab.layout, addr, "WWS 16")
+        vmc("vm", "set", vm, "allow_postcopy=null", "--lab", lab.layout.name)

@@ -12,9 +12,9 @@ device state ``S`` (MiB, MiB/s, ms).
 * If ``N`` passes are done, or ``V`` stopped shrinking, the migration does
   not converge and the configured action applies: ``force`` (switch over
   anyway and pay the downtime: only when the user chose it), ``throttle`` (slow
-  the guest down as QEMU's auto-converge does: 20 % then +10 % per stuck pass, up
-  to 99 %; still not fitting at ``N``, give up as ``abort`` does: vmcluster's
-  default), or ``abort`` (the VM stays on the source; no downtime).
+  the guest down as QEMU's auto-converge does: each second pass that dirtied more
+  than half of what it sent adds a step, 20 % then +10 %, up to 99 %; still not
+  fitting at ``N``, give up as ``abort`` does: vmcluster's default), or ``abort`` (the VM stays on the source; no downtime).
 
 :func:`after_pass` is the one decision rule; :func:`run` (a whole migration
 at a fixed bandwidth) and the simulator (bandwidth changing under it) both
@@ -42,11 +42,13 @@ __all__ = [
     "PrecopyResult",
     "advise",
     "after_pass",
+    "auto_converge",
     "run",
 ]
 
 PAGE_KIB = 4  # pages are 4 KiB; the model works in MiB (256 pages each)
 Action = Literal["force", "throttle", "abort"]
+TRIGGER = 0.5  # QEMU's throttle-trigger-threshold: dirtied / sent per pass that counts
 Outcome = Literal["converged", "forced", "throttled", "aborted", "postcopy"]
 Decision = Literal["stop", "continue", "stuck"]
 
@@ -161,26 +163,39 @@ def next_throttle(inp: PrecopyInput, throttle: float) -> float | None:
     return min(nxt, inp.throttle_max)
 
 
+def auto_converge(inp: PrecopyInput, sent_mib: float, dirty_mib: float, throttle: float,
+                  high: int) -> tuple[float, int]:
+    """QEMU's auto-converge after a pass that sent ``sent_mib`` while ``dirty_mib`` got
+    dirty (``migration_trigger_throttle``): a pass that dirtied more than
+    :data:`TRIGGER` of what it sent counts, and every second one that counts throttles
+    the guest a step further (20 %, then +10 %). Returns the throttle and the count."""
+    if inp.on_no_convergence != "throttle" or dirty_mib <= TRIGGER * sent_mib:
+        return throttle, high
+    if high + 1 < 2:
+        return throttle, high + 1
+    step = next_throttle(inp, throttle)
+    return (throttle if step is None else step), 0
+
+
 def run(inp: PrecopyInput) -> PrecopyResult:
     """Model a whole migration at the fixed bandwidth ``inp.bandwidth_mibps``."""
     b = inp.bandwidth_mibps
     passes: list[Pass] = []
-    throttle = 0.0
+    throttle, high = 0.0, 0
     volume = inp.memory_mib
+    throttling = inp.on_no_convergence == "throttle"
     while True:
         rate = inp.dirty_mibps * (1.0 - throttle)
         seconds = volume / b
         passes.append(Pass(volume, seconds, rate))
         decision, dirty = after_pass(inp, len(passes) - 1, volume, seconds, rate, b)
-        if decision == "continue":
+        # Throttled, a pass that did not shrink what is dirty goes on (the throttle grows)
+        # until the pass bound.
+        if decision == "continue" or (decision == "stuck" and throttling
+                                      and len(passes) < inp.max_passes):
+            throttle, high = auto_converge(inp, volume, dirty, throttle, high)
             volume = dirty
             continue
-        throttling = inp.on_no_convergence == "throttle"
-        if decision == "stuck" and throttling and len(passes) < inp.max_passes:
-            step = next_throttle(inp, throttle)
-            if step is not None:
-                throttle, volume = step, dirty
-                continue
         return _finish(inp, tuple(passes), dirty, decision == "stop", throttle)
 
 

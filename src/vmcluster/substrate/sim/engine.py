@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from vmcluster.errors import MigrationError
-from vmcluster.policy.migration_model import Pass, PrecopyInput, after_pass, next_throttle
+from vmcluster.policy.migration_model import Pass, PrecopyInput, after_pass, auto_converge
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
@@ -186,13 +186,9 @@ class Engine:
             m.phase, m.stop_start = "stopcopy", now
             self._transfer(m, inp.state_mib)
             return
-        if decision == "stuck" and inp.on_no_convergence == "throttle" and (
-            m.pass_no + 1 < inp.max_passes
-        ):
-            step = next_throttle(inp, m.throttle)
-            if step is not None:
-                m.throttle, decision = step, "continue"
-        if decision == "continue":
+        if decision == "continue" or (decision == "stuck" and inp.on_no_convergence ==
+                                      "throttle" and m.pass_no + 1 < inp.max_passes):
+            m.throttle, m.high = auto_converge(inp, m.volume, dirty, m.throttle, m.high)
             m.pass_no += 1
             self._transfer(m, dirty)
             return

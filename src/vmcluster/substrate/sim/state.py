@@ -69,6 +69,7 @@ class MigRec:
     stop_start: float = 0.0
     sent: float = 0.0
     throttle: float = 0.0
+    high: int = 0  # auto-converge's count of passes that dirtied over the trigger
     after: float = 0.0  # post-copy: what follows the switch, the guest on the target
     passes: list[Pass] = field(default_factory=list)
     timer: Timer | None = None
