@@ -14,7 +14,8 @@ device state ``S`` (MiB, MiB/s, ms).
   anyway and pay the downtime: only when the user chose it), ``throttle`` (slow
   the guest down as QEMU's auto-converge does: each second pass that dirtied more
   than half of what it sent adds a step, 20 % then +10 %, up to 99 %; still not
-  fitting at ``N``, give up as ``abort`` does: vmcluster's default), or ``abort`` (the VM stays on the source; no downtime).
+  fitting at ``N``, give up as ``abort`` does: vmcluster's default), or ``abort``
+  (the VM stays on the source; no downtime).
 
 :func:`after_pass` is the one decision rule; :func:`run` (a whole migration
 at a fixed bandwidth) and the simulator (bandwidth changing under it) both
