@@ -389,6 +389,12 @@ def console(vm_name: str, lines: int, follow: bool, cluster_url: str | None,
             click.echo(chunk.decode(errors="replace"), nl=False)
 
 
+def _mode(r: dict[str, Any]) -> str:
+    """", by post-copy" etc.: the mode the migration was chosen to take, when it says."""
+    mode = r.get("mode")
+    return f" by {mode}" if mode else ""
+
+
 @vm.command("migrate")
 @click.argument("vm_name", metavar="VM")
 @click.option("--to", "target", default=None, help="target node")
@@ -459,8 +465,8 @@ def migrate(vm_name: str, target: str | None, quick: bool, downtime_ms: float | 
     else:
         r: dict[str, Any] = result.to_json()
         if result.ok:
-            click.echo(f"{vm_name}: {result.source} -> {result.target} via {result.network}: "
-                       f"{result.passes} passes, {result.sent_mib:.1f} MiB, "
+            click.echo(f"{vm_name}: {result.source} -> {result.target} via {result.network}"
+                       f"{_mode(r)}: {result.passes} passes, {result.sent_mib:.1f} MiB, "
                        f"{result.total_s:.2f} s, downtime {_ms(result.downtime_ms)}"
                        f"{_over(r)}, "
                        f"UDP blackout {_ms(r['blackout_ms'])}, TCP gap {_ms(r['client_gap_ms'])}"
@@ -522,7 +528,7 @@ def _migrate_through_api(url: str, vm_name: str, target: str, quick: bool,
         click.echo(json.dumps({"intent": it["id"], "state": final["state"], **r}))
     elif final["state"] == "done":
         click.echo(f"{vm_name}: {r.get('source')} -> {r.get('target')} via {r.get('network')}"
-                   f": {r.get('passes')} passes, {float(r.get('total_s') or 0):.2f} s, "
+                   f"{_mode(r)}: {r.get('passes')} passes, {float(r.get('total_s') or 0):.2f} s, "
                    f"downtime {_ms(r.get('downtime_ms'))}{_over(r)} (by the manager, intent "
                    f"{it['id']})")
     if final["state"] != "done":
