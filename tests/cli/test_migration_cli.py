@@ -50,3 +50,22 @@ def test_predict_json_and_errors() -> None:
     assert bad.returncode == 2 and "node9" in bad.stderr and "Traceback" not in bad.stderr
     human = vmc("migration", "predict", "--spec", "examples/seed.toml", "vm1", "--to", "node2")
     assert human.returncode == 0 and "Cluster Network 1" in human.stdout
+
+
+def test_predict_says_the_mode_and_why() -> None:
+    out = vmc("migration", "predict", "--spec", "examples/lab.toml", "db", "--to", "node3",
+              "--json")
+    obj = json.loads(out.stdout)
+    assert obj["mode"] == "precopy" and "converges in" in obj["reason"]
+    assert obj["profile_from"] == "the spec's" and obj["dirty_mibps"] == 16
+    tight = vmc("migration", "predict", "--spec", "examples/lab.toml", "db", "--to", "node3",
+                "--flows", "Migration=40", "--downtime-ms", "30", "--on-no-convergence",
+                "abort")
+    assert tight.returncode == 0, tight.stderr
+    assert "mode: refuse" in tight.stdout and "allow_postcopy" in tight.stdout
+    # Without --spec it asks the live cluster, which knows its own owner, links and flows.
+    live = vmc("migration", "predict", "db", "--to", "node3", "--down", "Migration")
+    assert live.returncode == 2
+    assert live.stderr.strip().splitlines() == [
+        "vmcluster: error: --down: with --spec only (the live cluster's own owner, links "
+        "and flows are used)"]
