@@ -141,7 +141,7 @@ def migrate(
     choice, profile = choose(substrate, spec, vm.name, req.target, order[0], params)
     if choice.mode == "refuse":
         raise MigrationRefused(f"cannot migrate {vm.name}: {choice.reason}")
-    params = replace(params, mode=choice.mode)
+    params = replace(params, mode=choice.mode, predicted_s=choice.result.total_s)
     chosen = {"mode": choice.mode, "reason": choice.reason,
               "predicted_total_s": round(choice.result.total_s, 3),
               "predicted_downtime_ms": round(choice.result.downtime_ms, 1),

@@ -151,6 +151,10 @@ class MigrationParams:
     # The mode chosen before it started (vmcluster.policy.migration_mode): "precopy",
     # "auto-converge" or "postcopy" (the switch to post-copy after the first pass).
     mode: str = "precopy"
+    # The model's total for it, when it was chosen on one: a migration still converging
+    # is not given up at the pass bound before twice this (QEMU counts more, shorter
+    # passes than the model near the end).
+    predicted_s: float | None = None
 
     @classmethod
     def asked(cls, vm_budget_ms: float, downtime_ms: float | None = None,

@@ -257,7 +257,8 @@ class QemuMigrations:
             return MigrationProgress("failed", progress.pass_no, progress.sent_mib,
                                      progress.remaining_mib, error=att.error)
         elif (att.params is not None and status in _ACTIVE
-              and progress.pass_no > att.params.max_passes and not att.forced):
+              and progress.pass_no > att.params.max_passes and not att.forced
+              and now - att.t0 > 2 * (att.params.predicted_s or 0.0)):
             if att.params.on_no_convergence in ("abort", "throttle"):
                 att.gave_up = True
                 how = (" with the guest's vCPUs throttled"
