@@ -24,6 +24,7 @@ import tomlkit
 from vmcluster.control.simulate import predict_crash
 from vmcluster.errors import SubstrateError
 from vmcluster.lab.faults import crash_node, isolate_node, rejoin_node, start_node
+from vmcluster.lab.guestctl import guest_request
 from vmcluster.lab.lab import set_net
 from vmcluster.lab.sampler import RunSampler
 from vmcluster.lab.services import (
@@ -284,13 +285,16 @@ def test_drain_moves_every_vm_and_ctrl_c_cancels(
     where = wait_settled(lab, sampler, store)
     node = max(NODES, key=lambda n: (sum(1 for v in where.values() if v == n), n))
     mine = sorted(vm for vm, n in where.items() if n == node)
-    # Ctrl-C as soon as the first migration reports progress: that VM stays put.
+    # Ctrl-C as soon as the first migration reports progress: that VM stays put. Its
+    # guests dirty memory meanwhile, so that a copy lasts long enough to be seen at it
+    # (an idle one can end between two of the CLI's looks: seen on CI).
+    for vm in mine:
+        guest_request(lab.layout, str(lab.spec.vm(vm).address), "RATE 60")
     proc = _drain_cli(lab, node)
     assert proc.stderr is not None
     try:
         for line in proc.stderr:
-            # A migration still copying (QEMU 10 may finish a small idle VM before the
-            # first progress line is read; "completed pass N" is too late to cancel).
+            # A migration still copying ("completed pass N" is too late to cancel).
             if "active pass" in line:
                 proc.send_signal(signal.SIGINT)
                 break
@@ -299,6 +303,9 @@ def test_drain_moves_every_vm_and_ctrl_c_cancels(
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+        for vm in mine:
+            guest_request(lab.layout, str(lab.spec.vm(vm).address),
+                          f"RATE {lab.spec.vm(vm).dirty_mibps:g}", timeout_s=60)
     result = json.loads(out)
     assert result["cancelled"] is True and result["state"] == "up"
     assert store.call(store.state.node_states)[node]["state"] == "up"

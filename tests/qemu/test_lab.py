@@ -38,7 +38,7 @@ from vmcluster.lab.credentials import etcd_tls, lab_ca
 from vmcluster.lab.guestctl import guest_request
 from vmcluster.lab.lab import set_net, wait_ready
 from vmcluster.lab.observe import migrate_observed
-from vmcluster.lab.services import lab_access, revoke
+from vmcluster.lab.services import lab_access, lab_spec, revoke
 from vmcluster.lab.substrate import LabSubstrate
 from vmcluster.pki import CertificateAuthority, NodeCredentials
 from vmcluster.store.etcd import EtcdClient
@@ -1165,3 +1165,53 @@ def test_the_mode_is_chosen_from_the_rate_its_qemu_measures(lab: LabSubstrate) -
         guest_request(lab.layout, addr, "RATE 4")
         guest_request(lab.layout, addr, "WWS 16")
         vmc("vm", "set", vm, "allow_postcopy=null", "--lab", lab.layout.name)
+
+
+def test_a_postcopy_cut_mid_way_resumes_over_a_network_that_works(lab: LabSubstrate) -> None:
+    """Post-copy's one risk, met: its migration network cut at the target once the guest
+    runs there; both ends pause and the source resumes over the next network (QEMU's
+    post-copy recovery), and the guest comes through whole, on the target."""
+    vm = "batch"
+    addr = str(lab.spec.vm(vm).address)
+    source = lab.owner(vm)
+    assert source is not None
+    target = "node1" if source != "node1" else "node2"
+    guest_request(lab.layout, addr, "RATE 300")
+    guest_request(lab.layout, addr, "WWS 160")
+    assert vmc("vm", "set", vm, "allow_postcopy=true", "--lab", lab.layout.name
+               ).returncode == 0
+    sub = LabSubstrate(lab.layout, lab_spec(lab.layout))  # with its new definition
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:  # capped, so that the post-copy phase lasts long enough to cut it
+            out["r"] = migrate_observed(sub, vm, target, params=MigrationParams(
+                downtime_ms=100, bandwidth_mibps=24))
+        except Exception as exc:
+            out["error"] = exc
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    cut = False
+    try:
+        deadline = time.monotonic() + 60
+        while worker.is_alive() and time.monotonic() < deadline and not cut:
+            listed = AgentClient(lab.layout, source).call("list")["vms"]
+            if any(v["vm"] == vm and v["role"] == "serving" for v in listed):
+                time.sleep(1.0)  # some pages followed already
+                set_net(lab, f"Migration@{target}", False)
+                cut = True
+            time.sleep(0.1)
+        time.sleep(3.0)
+    finally:
+        set_net(lab, f"Migration@{target}", True)
+        worker.join(timeout=180)
+        guest_request(lab.layout, addr, "RATE 1", timeout_s=60)
+        guest_request(lab.layout, addr, "WWS 8", timeout_s=60)
+        vmc("vm", "set", vm, "allow_postcopy=null", "--lab", lab.layout.name)
+    assert cut, out
+    assert "error" not in out, out
+    r = out["r"]
+    assert r.ok and r.extra["mode"] == "postcopy", r
+    assert r.extra["memory_ok"] is True, r.extra
+    assert lab.owner(vm) == target

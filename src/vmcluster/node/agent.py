@@ -591,6 +591,36 @@ class Agent(CsvOps):
         qp.set_role("serving")
         return {}
 
+    async def op_postcopy_pause(self, req: Reply) -> Reply:
+        """Break this end of a post-copy whose stream stalled (a cut network): both ends
+        pause at once, to be resumed over a network that works."""
+        qp = self.get(req["vm"])
+        with contextlib.suppress(QmpError):  # already paused, or already over
+            await qp.qmp.migrate_pause()
+        return {"migrate": await qp.qmp.query_migrate()}
+
+    async def op_postcopy_recover(self, req: Reply) -> Reply:
+        """The target of a paused post-copy listens again, on ``uri`` (``tcp:ADDR:0``
+        picks a port); returns where."""
+        qp = self.get(req["vm"])
+        if qp.record.role != "run":
+            raise SubstrateError(f"{req['vm']} on {self.node} is not a post-copy's target")
+        uri = _tcp_uri(req.get("uri"))
+        await qp.qmp.migrate_recover(uri)
+        info = await qp.qmp.query_migrate()
+        for sa in info.get("socket-address", []):
+            if sa.get("type") in ("inet", "ipv4"):
+                uri = f"tcp:{sa['host']}:{sa['port']}"
+        return {"uri": uri}
+
+    async def op_postcopy_resume(self, req: Reply) -> Reply:
+        """The source of a paused post-copy sends its remaining pages again, to ``uri``."""
+        qp = self.get(req["vm"])
+        if qp.record.role != "serving":
+            raise SubstrateError(f"{req['vm']} on {self.node} serves no post-copy")
+        await qp.qmp.resume_migration(_tcp_uri(req.get("uri")))
+        return {}
+
     async def op_drive(self, req: Reply) -> Reply:
         """Drive the migration (live; quick with ``quick``) of a VM that runs here, under
         the asker's fencing token (a thread of this agent runs the whole protocol; see

@@ -28,6 +28,7 @@ from vmcluster.errors import (
     VmclusterError,
 )
 from vmcluster.model import MIB, ClusterSpec
+from vmcluster.policy.networks import Health, live_migration_order
 from vmcluster.substrate.host.client import AgentClient, AgentDown, AgentError
 from vmcluster.substrate.protocol import (
     Clock,
@@ -53,6 +54,7 @@ _ACTIVE = ("active", "device", "pre-switchover", "wait-unplug")
 _POSTCOPY = ("postcopy-active", "postcopy-paused", "postcopy-recover",
              "postcopy-recover-setup")
 POSTCOPY_DONE_S = 120.0  # the longest a post-copy's remaining pages may take to follow
+POSTCOPY_RECOVERIES = 5  # a broken post-copy stream is resumed at most this often
 
 
 class Agents(Protocol):
@@ -206,7 +208,11 @@ class QemuMigrations:
         att.t0 = att.last_change = self.sub.clock.now()
         self.sub.agent(handle.source).call(
             "migrate", vm=handle.vm, uri=att.uri, caps=caps,
-            params={"downtime_limit": int(params.downtime_ms), "max_bandwidth": int(bw)},
+            params={"downtime_limit": int(params.downtime_ms), "max_bandwidth": int(bw),
+                    # a cap asked for holds after a switch to post-copy too (QEMU's own
+                    # default there is none)
+                    **({"max_postcopy_bandwidth": int(bw)}
+                       if params.bandwidth_mibps is not None else {})},
             tls_hostname=handle.target if self.sub.spec.cluster.migration_tls else "",
         )
 
@@ -410,10 +416,15 @@ class QemuMigrations:
         return result
 
     def _postcopy_done(self, handle: MigrationHandle) -> tuple[bool, dict[str, Any]]:
-        """Wait for the source to have sent its last page: (done, its last query-migrate)."""
-        deadline = self.sub.clock.now() + POSTCOPY_DONE_S
+        """Wait for the source to have sent its last page: (done, its last query-migrate).
+        A stream that stalls (a cut network) or breaks is paused at both ends and resumed
+        over the first live-migration network up at both (QEMU's post-copy recovery), at
+        most :data:`POSTCOPY_RECOVERIES` times; a source that is gone cannot be."""
+        clock = self.sub.clock
+        deadline = clock.now() + POSTCOPY_DONE_S
         info: dict[str, Any] = {}
-        while self.sub.clock.now() < deadline:
+        last_bytes, last_change, recoveries = -1, clock.now(), 0
+        while clock.now() < deadline:
             try:
                 info = self.sub.agent(handle.source).call(
                     "query_migrate", vm=handle.vm, wait_s=WAIT_S,
@@ -423,10 +434,55 @@ class QemuMigrations:
             status = info.get("status")
             if status == "completed":
                 return True, info
-            if status not in ("postcopy-active", "device"):
+            sent = int(info.get("ram", {}).get("transferred", 0))
+            if sent != last_bytes:
+                last_bytes, last_change = sent, clock.now()
+            stalled = status == "postcopy-active" and clock.now() - last_change > \
+                self.sub.stall_s
+            if status == "postcopy-paused" or stalled:
+                if recoveries >= POSTCOPY_RECOVERIES:
+                    return False, {**info, "error-desc": f"its stream broke {recoveries + 1} "
+                                   "times; recovery gave up"}
+                recoveries += 1
+                self._recover_postcopy(handle)
+                last_change = clock.now()
+                continue
+            if status not in _POSTCOPY and status != "device":
                 return False, info
         return False, {"error-desc": f"its pages did not follow within {POSTCOPY_DONE_S:g} s",
                        **info}
+
+    def _recover_postcopy(self, handle: MigrationHandle) -> None:
+        """Pause both ends of a broken post-copy, then have the target listen and the
+        source resume over the first live-migration network up at both. What fails is
+        said, and the caller looks again."""
+        clock = self.sub.clock
+        for node in (handle.source, handle.target):
+            with contextlib.suppress(SubstrateError):
+                self.sub.agent(node).call("postcopy_pause", vm=handle.vm, timeout_s=10)
+        down: set[tuple[str, str]] = set()
+        for node in (handle.source, handle.target):
+            links = self.sub.links_down(node)
+            nets = self.sub.spec.node(node).interfaces if links is None else links
+            down.update((net, node) for net in nets)
+        order = live_migration_order(self.sub.spec, Health(frozenset(down)),
+                                     self.sub.spec.vm(handle.vm), handle.source, handle.target)
+        if not order:
+            self.sub.say(f"{handle.vm}: post-copy paused; no live-migration network is up "
+                         f"between {handle.source} and {handle.target} yet")
+            clock.sleep(1.0)
+            return
+        net = order[0]
+        addr = self.sub.spec.node(handle.target).interfaces[net]
+        try:
+            uri = str(self.sub.agent(handle.target).call(
+                "postcopy_recover", vm=handle.vm, uri=f"tcp:{addr}:0", timeout_s=20)["uri"])
+            self.sub.agent(handle.source).call("postcopy_resume", vm=handle.vm, uri=uri,
+                                               timeout_s=20)
+            self.sub.say(f"{handle.vm}: post-copy resumed over {net}")
+        except SubstrateError as exc:
+            self.sub.say(f"{handle.vm}: post-copy recovery over {net} failed: {exc}")
+            clock.sleep(1.0)
 
     def _postcopy_lost(self, handle: MigrationHandle, att: _Attempt,
                        info: dict[str, Any]) -> MigrationResult:

@@ -247,6 +247,19 @@ class Qmp:
         ends): the source pauses, sends its devices, and serves the rest on demand."""
         await self._run("migrate-start-postcopy")
 
+    async def migrate_pause(self) -> None:
+        """Break a post-copy's stream on purpose (either end): both go to
+        ``postcopy-paused`` at once instead of waiting for TCP to give up."""
+        await self._run("migrate-pause")
+
+    async def migrate_recover(self, uri: str) -> None:
+        """The target of a paused post-copy listens on ``uri`` for the source's resume."""
+        await self._run("migrate-recover", {"uri": uri})
+
+    async def resume_migration(self, uri: str) -> None:
+        """The source of a paused post-copy reconnects to its target at ``uri``."""
+        await self._run("migrate", {"uri": uri, "resume": True})
+
     async def migrate_cancel(self) -> None:
         await self._run("migrate_cancel")
 
