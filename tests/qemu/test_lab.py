@@ -1213,5 +1213,6 @@ def test_a_postcopy_cut_mid_way_resumes_over_a_network_that_works(lab: LabSubstr
     assert "error" not in out, out
     r = out["r"]
     assert r.ok and r.extra["mode"] == "postcopy", r
+    assert r.extra["postcopy_recoveries"] >= 1, r.extra  # the cut was met, and mended
     assert r.extra["memory_ok"] is True, r.extra
     assert lab.owner(vm) == target

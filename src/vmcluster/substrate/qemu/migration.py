@@ -99,6 +99,7 @@ class _Attempt:
     handle: MigrationHandle | None = None
     wall0: float = field(default_factory=time.time)
     postcopy: bool = False  # migrate-start-postcopy was sent
+    recoveries: int = 0  # times a broken post-copy stream was resumed
 
 
 class QemuMigrations:
@@ -365,7 +366,7 @@ class QemuMigrations:
         if ok and att is not None and att.postcopy:
             # The source QEMU holds pages the target has not fetched: it may go only once
             # the last has followed. If they cannot, neither side has the whole guest.
-            done, info = self._postcopy_done(handle)
+            done, info = self._postcopy_done(handle, att)
             if not done:
                 return self._postcopy_lost(handle, att, info)
         if ok:
@@ -409,13 +410,15 @@ class QemuMigrations:
             downtime_ms=downtime, error=None if ok else error,
             extra={"setup_ms": info.get("setup-time"), "mbps": info.get("ram", {}).get("mbps"),
                    "mode": att.params.mode if att is not None and att.params else None,
+                   **({"postcopy_recoveries": att.recoveries} if att and att.postcopy else {}),
                    "throttle_pct": info.get("cpu-throttle-percentage"),
                    **timeline, **marks},
         )
         self._results[handle.id] = result
         return result
 
-    def _postcopy_done(self, handle: MigrationHandle) -> tuple[bool, dict[str, Any]]:
+    def _postcopy_done(self, handle: MigrationHandle, att: _Attempt
+                       ) -> tuple[bool, dict[str, Any]]:
         """Wait for the source to have sent its last page: (done, its last query-migrate).
         A stream that stalls (a cut network) or breaks is paused at both ends and resumed
         over the first live-migration network up at both (QEMU's post-copy recovery), at
@@ -423,7 +426,7 @@ class QemuMigrations:
         clock = self.sub.clock
         deadline = clock.now() + POSTCOPY_DONE_S
         info: dict[str, Any] = {}
-        last_bytes, last_change, recoveries = -1, clock.now(), 0
+        last_bytes, last_change = -1, clock.now()
         while clock.now() < deadline:
             try:
                 info = self.sub.agent(handle.source).call(
@@ -440,10 +443,10 @@ class QemuMigrations:
             stalled = status == "postcopy-active" and clock.now() - last_change > \
                 self.sub.stall_s
             if status == "postcopy-paused" or stalled:
-                if recoveries >= POSTCOPY_RECOVERIES:
-                    return False, {**info, "error-desc": f"its stream broke {recoveries + 1} "
-                                   "times; recovery gave up"}
-                recoveries += 1
+                if att.recoveries >= POSTCOPY_RECOVERIES:
+                    return False, {**info, "error-desc": f"its stream broke "
+                                   f"{att.recoveries + 1} times; recovery gave up"}
+                att.recoveries += 1
                 self._recover_postcopy(handle)
                 last_change = clock.now()
                 continue
