@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import vmcluster
-from vmcluster.errors import LabError, UsageError, VmclusterError
+from vmcluster.errors import LabError, SubstrateError, UsageError, VmclusterError
 from vmcluster.lab.faults import (
     SIGNALS,
     blackhole_etcd,
@@ -937,6 +937,85 @@ def sc_migration_net_cut_long(c: Campaign) -> Outcome:
     return sc_migration_net_cut(c, 40)
 
 
+def _postcopy(c: Campaign, fault: Callable[[str, str, str], object], running: bool
+              ) -> tuple[bool, str, str, str, dict[str, Any], int | None]:
+    """Migrate a VM that allows post-copy and dirties 300 MiB/s (so post-copy it is);
+    call ``fault(vm, source, target)`` once its source serves pages (``running``: and
+    the guest runs on the target); put everything back. (reached, vm, source, target,
+    the CLI's JSON, its exit code)."""
+    where = c.settle()
+    vm = sorted(where)[-1]
+    source = where[vm]
+    target = next(n for n in reversed(c.nodes) if n != source)
+    addr = str(c.spec.vm(vm).address)
+    subprocess.run(c.vmc("vm", "set", vm, "allow_postcopy=true"), env=c.vmc_env(),
+                   capture_output=True, text=True, timeout=60, check=True)
+    guest_request(c.layout, addr, "RATE 300")
+    guest_request(c.layout, addr, "WWS 160")
+    proc = _migration(c, vm, target)
+    reached = False
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline and not reached:
+            with contextlib.suppress(LabError, SubstrateError):
+                listed = AgentClient(c.layout, source).call("list", timeout_s=5)["vms"]
+                reached = any(v["vm"] == vm and v["role"] == "serving" for v in listed)
+                if reached and running:
+                    there = AgentClient(c.layout, target).call("list", timeout_s=5)["vms"]
+                    reached = any(v["vm"] == vm and v["role"] == "run"
+                                  and v.get("status") == "running" for v in there)
+            if not reached:
+                time.sleep(0.05)
+        if reached:
+            fault(vm, source, target)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        with contextlib.suppress(LabError):
+            guest_request(c.layout, addr, "RATE 8", timeout_s=60)
+            guest_request(c.layout, addr, "WWS 16", timeout_s=60)
+        subprocess.run(c.vmc("vm", "set", vm, "allow_postcopy=null"), env=c.vmc_env(),
+                       capture_output=True, text=True, timeout=60)
+    return reached, vm, source, target, _json_line(out), proc.returncode
+
+
+def sc_postcopy_source_kill(c: Campaign, running: bool = False) -> Outcome:
+    """The source's QEMU killed once it serves pages (``running``: and the guest runs on
+    the target): the running copy is lost (its memory was split); the VM is started
+    again from its disk, once, where it is placed (the target once the switchover
+    committed, else the source)."""
+    reached, vm, source, target, res, code = _postcopy(
+        c, lambda vm, src, _t: kill_part(c.layout, src, "qemu", vm), running=running)
+    node = c.one_copy(vm, 120)
+    placed = c.store.call(c.store.state.placements).get(vm)
+    ok = reached and node is not None and placed is not None and placed.node == node and (
+        node == target or not running)
+    return Outcome(f"{vm}'s source QEMU on {source} killed mid-post-copy to {target}: CLI "
+                   f"exit {code} ({(res.get('error') or '')[:160]}), one copy on {node}, "
+                   f"placed on {placed.node if placed else None}"
+                   + ("" if reached else " (post-copy never began)"), ok, {})
+
+
+def sc_postcopy_source_kill_running(c: Campaign) -> Outcome:
+    return sc_postcopy_source_kill(c, running=True)
+
+
+def sc_postcopy_net_cut(c: Campaign) -> Outcome:
+    """The migration network cut at the target mid-post-copy: both ends pause and the
+    source resumes over the next network; the guest comes through whole."""
+    reached, vm, source, target, res, code = _postcopy(
+        c, lambda _vm, _s, tgt: _net_down_for(c, f"Migration@{tgt}", 6), running=True)
+    node = c.one_copy(vm, 120)
+    ok = reached and code == 0 and node == target and res.get("memory_ok") is not False
+    return Outcome(f"Migration@{target} cut 6 s mid-post-copy of {vm} from {source}: CLI "
+                   f"exit {code}, {res.get('postcopy_recoveries')} recoveries, one copy on "
+                   f"{node}" + ("" if reached else " (post-copy never began)"), ok,
+                   {"total_s": res.get("total_s"),
+                    "recoveries": res.get("postcopy_recoveries")})
+
+
 def sc_cancel(c: Campaign) -> Outcome:
     where = c.settle()
     vm = sorted(where)[0]
@@ -1333,6 +1412,17 @@ def _scenarios() -> list[Scenario]:
         Scenario("migration-net-cut-40", "the Migration network down 40 s mid-copy",
                  "given up on it, done over the next network; one copy",
                  sc_migration_net_cut_long),
+        Scenario("postcopy-source-kill", "the source QEMU killed mid-post-copy",
+                 "the running copy is lost: started again from its disk where it is "
+                 "placed, once",
+                 sc_postcopy_source_kill),
+        Scenario("postcopy-source-kill-running", "the source QEMU killed once the guest "
+                 "runs on the target, mid-post-copy", "lost: started again from its disk "
+                 "on the target, once", sc_postcopy_source_kill_running),
+        Scenario("postcopy-net-cut", "the Migration network cut 6 s at the target "
+                 "once the guest runs there, mid-post-copy",
+                 "paused at both ends, resumed over the next network; the guest whole",
+                 sc_postcopy_net_cut),
         Scenario("cancel", "vm migrate --cancel mid-copy",
                  "cancelled: the VM stays on its source, once", sc_cancel, ci=True),
         Scenario("over-budget", "a VM dirtying faster than a 20 ms budget can copy",
