@@ -288,8 +288,9 @@ def test_drain_moves_every_vm_and_ctrl_c_cancels(
     # Ctrl-C as soon as the first migration reports progress: that VM stays put. Its
     # guests dirty memory meanwhile, so that a copy lasts long enough to be seen at it
     # (an idle one can end between two of the CLI's looks: seen on CI).
-    for vm in mine:
-        guest_request(lab.layout, str(lab.spec.vm(vm).address), "RATE 60")
+    for vm in mine:  # a copy of several seconds: 100 MiB/s over a 160 MiB working set
+        guest_request(lab.layout, str(lab.spec.vm(vm).address), "RATE 100")
+        guest_request(lab.layout, str(lab.spec.vm(vm).address), "WWS 160")
     proc = _drain_cli(lab, node)
     assert proc.stderr is not None
     try:
@@ -304,8 +305,11 @@ def test_drain_moves_every_vm_and_ctrl_c_cancels(
             proc.kill()
             proc.wait(timeout=10)
         for vm in mine:
-            guest_request(lab.layout, str(lab.spec.vm(vm).address),
-                          f"RATE {lab.spec.vm(vm).dirty_mibps:g}", timeout_s=60)
+            spec_vm = lab.spec.vm(vm)
+            guest_request(lab.layout, str(spec_vm.address), f"RATE {spec_vm.dirty_mibps:g}",
+                          timeout_s=60)
+            guest_request(lab.layout, str(spec_vm.address), f"WWS {spec_vm.working_set_mib:g}",
+                          timeout_s=60)
     result = json.loads(out)
     assert result["cancelled"] is True and result["state"] == "up"
     assert store.call(store.state.node_states)[node]["state"] == "up"
