@@ -364,6 +364,10 @@ def spec_from_source(src: TomlSource, path: Path | None) -> ClusterSpec:
     hosts = [_node(r, networks, r.name() == settings.witness) for r in node_readers]
     _check_addresses(src, hosts, node_readers)
     nodes = [n for n in hosts if n.name != settings.witness]
+    if not nodes or not networks:
+        missing = "[[nodes]] (a host that runs VMs)" if not nodes else "[[networks]]"
+        raise src.error(None, None, f"the spec has no {missing}: a cluster needs at least "
+                        "one")
     witness = next((n for n in hosts if n.name == settings.witness), None)
     node_names -= {settings.witness}
     vol_readers = _tables(src, "volumes", _VOLUME, {"name", "size_gib"})
