@@ -272,11 +272,18 @@ def test_stopped_manager_is_replaced_and_fenced_when_it_wakes(
     assert now is not None and now.token >= new.token
 
 
+def _sigint_default() -> None:
+    # A test run started in the background (`cmd &` in a script) inherits SIGINT ignored,
+    # and a Python started with it ignored never turns it into KeyboardInterrupt: the
+    # CLI would not see the test's Ctrl-C at all.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _drain_cli(lab: LabSubstrate, node: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "vmcluster", "node", "drain", node, "--json", "--lab",
          lab.layout.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, preexec_fn=_sigint_default)
 
 
 def test_drain_moves_every_vm_and_ctrl_c_cancels(
