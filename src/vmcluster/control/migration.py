@@ -168,7 +168,7 @@ def migrate(
 def choose(substrate: Substrate, spec: ClusterSpec, vm: str, target: str, network: str,
            params: MigrationParams) -> tuple[ModeChoice, MigrationProfile]:
     """The mode for moving ``vm`` to ``target`` over ``network`` now: the pre-copy model
-    on the guest's dirty profile as the substrate measures it (its QEMU's dirty bitmap;
+    on the guest's dirty profile as the substrate knows it (its QEMU's page sampling;
     the simulator's spec), the network's bandwidth (or the cap asked for) and the
     budget and action asked for."""
     profile = substrate.migration_profile(vm, target)

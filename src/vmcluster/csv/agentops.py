@@ -438,8 +438,8 @@ class CsvOps:
                 if got is None:
                     continue
                 want, gone = got
-                redirected = redirected or want.uri != san_target(spec, vol.name).uri
                 san = san_target(spec, vol.name)
+                redirected = redirected or want.uri != san.uri
                 healthy = (view.up - gone) & view.has_path(vol.network)
                 has_path = view.has_path(vol.network) - gone
                 for qp in vms:

@@ -44,7 +44,7 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -555,10 +555,7 @@ class Agent(CsvOps):
             except SubstrateError:
                 await self._drop(cfg.name)
                 raise
-            for sa in info.get("socket-address", []):
-                if sa.get("type") in ("inet", "ipv4"):
-                    uri = f"tcp:{sa['host']}:{sa['port']}"
-            return {"uri": uri, "pid": qp.pid}
+            return {"uri": _listening(info, uri), "pid": qp.pid}
 
     async def op_set_params(self, req: Reply) -> Reply:
         qp = self.get(req["vm"])
@@ -607,11 +604,7 @@ class Agent(CsvOps):
             raise SubstrateError(f"{req['vm']} on {self.node} is not a post-copy's target")
         uri = _tcp_uri(req.get("uri"))
         await qp.qmp.migrate_recover(uri)
-        info = await qp.qmp.query_migrate()
-        for sa in info.get("socket-address", []):
-            if sa.get("type") in ("inet", "ipv4"):
-                uri = f"tcp:{sa['host']}:{sa['port']}"
-        return {"uri": uri}
+        return {"uri": _listening(await qp.qmp.query_migrate(), uri)}
 
     async def op_postcopy_resume(self, req: Reply) -> Reply:
         """The source of a paused post-copy sends its remaining pages again, to ``uri``."""
@@ -907,6 +900,15 @@ def guest_config(spec: ClusterSpec, vm_name: str, node: str, layout: LabLayout, 
         initrd=str(initrd), append=append,
         disk="" if csv is not None else str(layout.disk(vm.name)), accel=nd.accel,
         machine=machine, csv=csv, boot=vm.boot, firmware=firmware)
+
+
+def _listening(info: Mapping[str, Any], asked: str) -> str:
+    """Where an incoming migration listens (``query-migrate``'s socket address: the port
+    a ``tcp:ADDR:0`` picked), else the URI it was asked to listen on."""
+    for sa in info.get("socket-address", []):
+        if sa.get("type") in ("inet", "ipv4"):
+            asked = f"tcp:{sa['host']}:{sa['port']}"
+    return asked
 
 
 def _tcp_uri(uri: object) -> str:

@@ -51,8 +51,8 @@ CPU_WINDOW_S = 1.1
 def measure_profile(spec: ClusterSpec, vm: str, source: str | None, target: str,
                     agent: Callable[[str], AgentClient],
                     facts: Callable[[str], QemuFacts]) -> MigrationProfile:
-    """The guest's dirty rate measured now by its QEMU on ``source`` (the dirty bitmap
-    over a short window, then a long one: :func:`~vmcluster.policy.migration_mode.
+    """The guest's dirty rate measured now by its QEMU on ``source`` (page sampling over
+    a short window, then a long one: :func:`~vmcluster.policy.migration_mode.
     dirty_profile`), and whether both QEMUs can post-copy. Where it cannot be measured,
     the spec's profile, saying why."""
     spec_vm = spec.vm(vm)
