@@ -133,7 +133,7 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool
                     live_total = r.extra.get("predicted_total_s")
                     rows.append({
                         "qemu": version, "tls": tls, "dirty_mibps": rate, "ok": r.ok,
-                        "mode": r.extra.get("mode"), "reason": r.extra.get("reason"),
+                        "error": r.error, "mode": r.extra.get("mode"), "reason": r.extra.get("reason"),
                         "measured_dirty_mibps": profile.get("dirty_mibps"),
                         "measured_wws_mib": profile.get("wws_mib"),
                         "live_pred_total_s": live_total,
@@ -142,6 +142,11 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool
                             100 * (float(live_total) - r.total_s) / r.total_s, 1)
                         if r.ok and r.total_s and live_total is not None else None,
                         "throttle_pct": r.extra.get("throttle_pct"),
+                        "aim_ms": r.extra.get("aim_ms"),
+                        "throttle_initial": r.extra.get("throttle_initial"),
+                        "postcopy_after_mib": r.extra.get("postcopy_after_mib"),
+                        "commit_ms": r.extra.get("commit_ms"),
+                        "takeover_ms": r.extra.get("takeover_ms"),
                         "network": r.network,
                         "passes": r.passes, "sent_mib": round(r.sent_mib, 1),
                         "total_s": round(r.total_s, 3), "downtime_ms": r.downtime_ms,

@@ -6,7 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmcluster.policy.migration_mode import PROMPT, choose_mode, postcopy
+from vmcluster.policy.migration_mode import (
+    POSTCOPY_AIM,
+    POSTCOPY_EFFICIENCY,
+    PROMPT,
+    choose_mode,
+    postcopy,
+    postcopy_left,
+    postcopy_switch,
+)
 from vmcluster.policy.migration_model import PrecopyInput
 
 GBIT = 119.2  # MiB/s on a 1 Gbit/s link
@@ -24,6 +32,16 @@ def test_an_idle_guest_is_plain_precopy() -> None:
     assert "converges in 1 pass " in c.reason
 
 
+def test_qemu_aims_below_the_budget_when_one_more_short_pass_gets_there() -> None:
+    quiet = choose_mode(inp(3))  # 6.4 MiB dirty after pass 0: 54 ms, inside 100
+    assert quiet.aim_ms == 25 and len(quiet.result.passes) == 2
+    assert quiet.result.downtime_ms < 2  # one more pass of 54 ms leaves 0.16 MiB
+    assert quiet.result.total_s <= choose_mode(inp(0)).result.total_s + 0.06
+    assert quiet.to_json()["aim_ms"] == 25
+    busy = choose_mode(inp(100, wws=128, action="abort"))  # every pass costs seconds
+    assert busy.aim_ms == 100
+
+
 def test_a_moderate_guest_is_precopy_within_the_budget() -> None:
     c = choose_mode(inp(20))
     assert (c.mode, c.result.outcome) == ("precopy", "converged")
@@ -37,8 +55,10 @@ def test_a_slow_precopy_gives_way_to_postcopy_only_with_consent() -> None:
     assert without.result.total_s > PROMPT * 256 / GBIT
     allowed = choose_mode(slow, allow_postcopy=True)
     assert allowed.mode == "postcopy"
-    assert allowed.result.total_s <= PROMPT * 256 / GBIT + 0.01
-    assert "post-copy after one pass" in allowed.reason
+    assert allowed.result.total_s <= POSTCOPY_AIM * 256 / GBIT + 0.01
+    # the whole first pass would take 1.9 copies: the switch comes after 43 MiB
+    assert allowed.postcopy_after_mib == pytest.approx(43.3, abs=0.1)
+    assert "post-copy after 43 MiB of pre-copy" in allowed.reason
     blocked = choose_mode(slow, allow_postcopy=True, blocker="node2's QEMU lacks it")
     assert blocked.mode == "precopy"
 
@@ -48,6 +68,9 @@ def test_throttling_when_it_gets_there() -> None:
     assert c.mode == "auto-converge"
     assert c.result.converged and c.result.throttle > 0
     assert "throttling the guest by" in c.reason
+    # QEMU's 20 % first step would need more passes: the model starts higher
+    assert c.throttle_initial is not None and c.throttle_initial > 0.2
+    assert c.result.input.throttle_initial == c.throttle_initial
 
 
 def test_a_refusal_says_what_would_help() -> None:
@@ -67,9 +90,23 @@ def test_postcopy_model() -> None:
     r = postcopy(PrecopyInput(256, 100, 128, GBIT, 100, state_mib=1.0))
     assert r.outcome == "postcopy" and r.converged
     assert r.after_mib == pytest.approx(128)  # the working set, dirtied during pass 0
-    assert r.total_s == pytest.approx((256 + 1 + 128) / GBIT)
+    assert r.total_s == pytest.approx((256 + 1) / GBIT + 128 / (POSTCOPY_EFFICIENCY * GBIT))
     assert r.downtime_ms == pytest.approx(1 / GBIT * 1000)
     assert r.to_json()["postcopy_mib"] == pytest.approx(128)
+
+
+def test_postcopy_after_part_of_the_first_pass() -> None:
+    i = PrecopyInput(256, 100, 128, GBIT, 100)
+    # 128 MiB sent in 1.07 s: the 107 MiB dirtied meanwhile count as sent already
+    assert postcopy_left(i, 128, 128 / GBIT, 100) == pytest.approx(128 + 107.4, abs=0.1)
+    assert postcopy_left(i, 10, 10 / GBIT, 1000) == 256  # no more than was sent
+    r = postcopy(i, 128)
+    assert r.passes[0].sent_mib == 128
+    assert r.total_s == pytest.approx(128 / GBIT + 235.4 / (POSTCOPY_EFFICIENCY * GBIT),
+                                      abs=0.01)
+    s = postcopy_switch(i)
+    assert postcopy(i, s).total_s == pytest.approx(POSTCOPY_AIM * 256 / GBIT, abs=1e-3)
+    assert postcopy_switch(PrecopyInput(256, 5, 128, GBIT, 100)) == 256  # whole pass fits
 
 
 @given(dirty=st.floats(0, 1000), wws=st.floats(1, 256), budget=st.floats(1, 2000),
@@ -78,6 +115,7 @@ def test_never_over_the_budget_unless_forced(dirty: float, wws: float, budget: f
                                              action: str, allow: bool) -> None:
     c = choose_mode(inp(dirty, wws, action, budget), allow_postcopy=allow)
     assert c.reason
+    assert c.aim_ms is None or 0 < c.aim_ms <= budget
     if c.mode == "refuse":
         assert action != "force"
     elif c.result.outcome != "forced":

@@ -141,8 +141,10 @@ def migrate(
     choice, profile = choose(substrate, spec, vm.name, req.target, order[0], params)
     if choice.mode == "refuse":
         raise MigrationRefused(f"cannot migrate {vm.name}: {choice.reason}")
-    params = replace(params, mode=choice.mode, predicted_s=choice.result.total_s)
-    chosen = {"mode": choice.mode, "reason": choice.reason,
+    params = replace(params, mode=choice.mode, predicted_s=choice.result.total_s,
+                     aim_ms=choice.aim_ms, throttle_initial=choice.throttle_initial,
+                     postcopy_after_mib=choice.postcopy_after_mib)
+    chosen = {**choice.to_json(),
               "predicted_total_s": round(choice.result.total_s, 3),
               "predicted_downtime_ms": round(choice.result.downtime_ms, 1),
               "profile": profile.to_json()}
@@ -193,7 +195,7 @@ def _attempt(
     ledger: StoreLedger | None = None,
 ) -> MigrationResult:
     try:
-        handle = substrate.prepare_migration(vm, req.target, network)
+        handle = substrate.prepare_migration(vm, req.target, network, params.mode)
     except MigrationRefused:
         raise  # no other network changes this: one line, before anything started
     except MigrationError as err:
@@ -220,7 +222,7 @@ def _attempt(
             if progress.status != "active" and progress.status != "setup":
                 success = progress.status == "completed"
                 break
-            substrate.clock.sleep(req.poll_s)
+            substrate.clock.sleep(max(0.0, req.poll_s - progress.waited_s))
     except MigrationCancelled:
         cancelled = True
     except VmclusterError:

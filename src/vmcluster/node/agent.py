@@ -542,7 +542,7 @@ class Agent(CsvOps):
                                          install=self.install, tls_dir=self.qemu_tls_dir)
             self.vms[cfg.name] = qp
             try:
-                await qp.qmp.migrate_set_capabilities({"events": True})
+                await qp.qmp.migrate_set_capabilities({"events": True, **req.get("caps", {})})
                 await self._migration_tls(qp, "server", req.get("tls", False))
                 if quick and cfg.csv is not None:
                     vm = (await asyncio.to_thread(self.cluster_spec)).vm(cfg.name)

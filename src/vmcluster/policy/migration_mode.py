@@ -18,9 +18,21 @@ In order, the first that keeps the downtime budget:
 A user who asked for it (``on_no_convergence = "force"``) gets pre-copy forced
 through, downtime over the budget and all (mode ``precopy``, outcome ``forced``).
 
-Post-copy's own model: pass 0 sends memory ``M`` in ``M/b``; the switch pauses the
-guest for the device state (``S/b``); the pages dirtied meanwhile,
-``min(W, d*M/b)``, follow at the link's speed while the guest runs on the target.
+Post-copy's own model: pre-copy sends the first ``s`` MiB of memory ``M`` in ``s/b``;
+the switch pauses the guest for the device state (``S/b``); then what pre-copy had not
+sent, ``M - s``, and the pages the guest dirtied meanwhile, ``min(W, d*s/b, s)`` (counted
+as sent already: a working set lies low in memory, which pre-copy sends first), follow
+at :data:`POSTCOPY_EFFICIENCY` of the link's speed while the guest runs on the target.
+``s`` is the most pre-copy that keeps the total within :data:`POSTCOPY_AIM` copies of
+memory (the whole first pass when it does): sending more before the switch means fewer
+pages the guest waits for after it, sending less a shorter migration.
+
+Whatever the mode, QEMU is asked to aim below the budget (``aim_ms``) when the model
+says that costs next to nothing (at most two more passes and 5 % of a copy's time): an
+idle guest's few dirty pages then go in one more short pass instead of inside the
+pause. Auto-converge's first step (``throttle_initial``) is the least of
+:data:`THROTTLE_STEPS` that gets within 10 % of the shortest throttled migration.
+
 Pure: no I/O, no clock.
 """
 
@@ -38,13 +50,26 @@ from vmcluster.policy.migration_model import (
     run,
 )
 
-__all__ = ["MODES", "PROMPT", "Mode", "ModeChoice", "choose_mode", "dirty_profile", "postcopy"]
+__all__ = ["MODES", "POSTCOPY_AIM", "PROMPT", "Mode", "ModeChoice", "choose_mode",
+           "dirty_profile", "postcopy", "postcopy_left", "postcopy_switch"]
 
 Mode = Literal["precopy", "auto-converge", "postcopy", "refuse"]
 MODES: tuple[Mode, ...] = ("precopy", "auto-converge", "postcopy", "refuse")
 # Pre-copy that takes longer than this many copies of memory gives way to post-copy where
 # the VM allows it (the migration issue's aim: within 1.5x of memory / bandwidth).
 PROMPT = 1.5
+# Post-copy aims to end within this many copies of memory (the switch point follows).
+POSTCOPY_AIM = 1.25
+# After the switch, pages follow at this share of the bandwidth: the running guest's page
+# requests interleave with the background stream (fitted from bench_migration's runs; see
+# docs/notes.md).
+POSTCOPY_EFFICIENCY = 0.9
+# QEMU aims at these fractions of the budget first, when the model says that costs at most
+# AIM_PASSES more passes and AIM_SLACK of a copy of memory's time.
+AIM_FRACTIONS = (0.25, 0.5)
+AIM_PASSES, AIM_SLACK = 2, 0.05
+# Auto-converge's first step, tried in order (QEMU's cpu-throttle-initial; its default 20 %).
+THROTTLE_STEPS = (0.2, 0.4, 0.6, 0.8)
 
 
 @dataclass(frozen=True)
@@ -56,20 +81,91 @@ class ModeChoice:
     reason: str
     result: PrecopyResult
     advice: tuple[Advice, ...] = ()
+    # How QEMU is set for it: the downtime it aims at (at most the budget), auto-converge's
+    # first step, and how much pre-copy sends before the switch to post-copy.
+    aim_ms: float | None = None
+    throttle_initial: float | None = None
+    postcopy_after_mib: float | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"mode": self.mode, "reason": self.reason}
+        return {"mode": self.mode, "reason": self.reason,
+                **({"aim_ms": round(self.aim_ms, 1)} if self.aim_ms is not None else {}),
+                **({"throttle_initial": self.throttle_initial}
+                   if self.throttle_initial is not None else {}),
+                **({"postcopy_after_mib": round(self.postcopy_after_mib, 1)}
+                   if self.postcopy_after_mib is not None else {})}
 
 
-def postcopy(inp: PrecopyInput) -> PrecopyResult:
-    """Post-copy after one pre-copy pass, at the fixed bandwidth ``inp.bandwidth_mibps``."""
+def postcopy_left(inp: PrecopyInput, sent_mib: float, seconds: float,
+                  dirty_mibps: float) -> float:
+    """What follows a switch to post-copy made after pre-copy's first pass sent
+    ``sent_mib`` in ``seconds`` while the guest dirtied ``dirty_mibps``: the memory not
+    sent yet, and every page dirtied meanwhile as if it had been sent already (a guest's
+    working set is where it allocated first, low in memory, which pre-copy sends first:
+    measured, see docs/notes.md)."""
+    sent = min(inp.memory_mib, sent_mib)
+    return inp.memory_mib - sent + min(inp.effective_wws_mib, dirty_mibps * seconds, sent)
+
+
+def postcopy(inp: PrecopyInput, after_mib: float | None = None) -> PrecopyResult:
+    """Post-copy after pre-copy sent ``after_mib`` of its first pass (None: all of it), at
+    the fixed bandwidth ``inp.bandwidth_mibps``; after the switch pages move at
+    :data:`POSTCOPY_EFFICIENCY` of it."""
     b = inp.bandwidth_mibps
-    first = Pass(inp.memory_mib, inp.memory_mib / b, inp.dirty_mibps)
-    left = min(inp.effective_wws_mib, inp.dirty_mibps * first.seconds)
+    sent = inp.memory_mib if after_mib is None else min(inp.memory_mib, max(0.0, after_mib))
+    first = Pass(sent, sent / b, inp.dirty_mibps)
+    left = postcopy_left(inp, sent, first.seconds, inp.dirty_mibps)
     down_s = inp.state_mib / b
     return PrecopyResult(inp, (first,), inp.state_mib, down_s * 1000.0,
-                         first.seconds + down_s + left / b, True, "postcopy",
-                         after_mib=left)
+                         first.seconds + down_s + left / (b * POSTCOPY_EFFICIENCY), True,
+                         "postcopy", after_mib=left)
+
+
+def postcopy_switch(inp: PrecopyInput, aim: float = POSTCOPY_AIM) -> float:
+    """The most pre-copy (MiB of the first pass) after which post-copy still ends within
+    ``aim`` copies of memory: all of it when the whole pass does."""
+    m, b = inp.memory_mib, inp.bandwidth_mibps
+    limit = aim * m / b
+
+    def fits(s: float) -> bool:
+        return postcopy(inp, s).total_s <= limit
+
+    if fits(m):
+        return m
+    lo, hi = 0.0, m  # the total grows with s: bisect for the largest that fits
+    for _ in range(40):
+        mid = (lo + hi) / 2.0
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _aim(inp: PrecopyInput, base: PrecopyResult) -> tuple[float, PrecopyResult]:
+    """The downtime QEMU aims at, and the model of the migration with it: the least of
+    :data:`AIM_FRACTIONS` of the budget that still converges and costs at most
+    :data:`AIM_PASSES` more passes and :data:`AIM_SLACK` of a copy of memory's time, else
+    the budget itself."""
+    slack_s = AIM_SLACK * inp.memory_mib / inp.bandwidth_mibps
+    for frac in AIM_FRACTIONS:
+        r = run(replace(inp, downtime_ms=inp.downtime_ms * frac))
+        if r.converged and r.outcome == base.outcome and \
+                len(r.passes) <= len(base.passes) + AIM_PASSES and \
+                r.total_s <= base.total_s + slack_s:
+            return inp.downtime_ms * frac, r
+    return inp.downtime_ms, base
+
+
+def _throttled(inp: PrecopyInput) -> PrecopyResult:
+    """Auto-converge with the least first step that gets within 10 % of the shortest."""
+    runs = [run(replace(inp, on_no_convergence="throttle", throttle_initial=x))
+            for x in THROTTLE_STEPS]
+    done = [r for r in runs if r.converged]
+    if not done:
+        return runs[0]
+    best = min(r.total_s for r in done)
+    return next(r for r in done if r.total_s <= 1.1 * best)
 
 
 def dirty_profile(short: tuple[float, float], long: tuple[float, float], memory_mib: float,
@@ -116,9 +212,10 @@ def choose_mode(inp: PrecopyInput, *, allow_postcopy: bool = False,
     can_pc = allow_postcopy and blocker is None
 
     def precopy_choice() -> ModeChoice:
-        return ModeChoice("precopy", f"pre-copy converges in {_passes(len(plain.passes))}"
-                          f" ({plain.total_s:.1f} s): the last {plain.stop_copy_mib:.1f} MiB "
-                          f"fit the {budget} ({plain.downtime_ms:.0f} ms)", plain)
+        aim, r = _aim(inp, plain)
+        return ModeChoice("precopy", f"pre-copy converges in {_passes(len(r.passes))}"
+                          f" ({r.total_s:.1f} s): the last {r.stop_copy_mib:.1f} MiB "
+                          f"fit the {budget} ({r.downtime_ms:.0f} ms)", r, aim_ms=aim)
 
     if plain.converged and (plain.total_s <= prompt_s or not can_pc):
         return precopy_choice()
@@ -129,12 +226,14 @@ def choose_mode(inp: PrecopyInput, *, allow_postcopy: bool = False,
                           "paused", forced, advise(forced))
     throttled = None
     if inp.on_no_convergence == "throttle" and not plain.converged:
-        throttled = run(replace(inp, on_no_convergence="throttle"))
+        throttled = _throttled(inp)
         if throttled.converged and (throttled.total_s <= prompt_s or not can_pc):
+            aim, throttled = _aim(throttled.input, throttled)
             return ModeChoice("auto-converge", f"pre-copy alone does not fit the {budget} "
                               f"({_rate(inp)}); throttling the guest by "
                               f"{throttled.throttle * 100:.0f} % gets there in "
-                              f"{throttled.total_s:.1f} s", throttled)
+                              f"{throttled.total_s:.1f} s", throttled, aim_ms=aim,
+                              throttle_initial=throttled.input.throttle_initial)
     if plain.converged:
         why = (f"pre-copy would take {_passes(len(plain.passes))} and {plain.total_s:.1f} s "
                f"({_rate(inp)})")
@@ -142,11 +241,14 @@ def choose_mode(inp: PrecopyInput, *, allow_postcopy: bool = False,
         why = (f"pre-copy does not fit the {budget} ({_rate(inp)})"
                + ("" if throttled is None else ", not even throttled"))
     if can_pc:
-        pc = postcopy(inp)
-        return ModeChoice("postcopy", f"{why}; post-copy after one pass ends in "
+        switch = postcopy_switch(inp)
+        pc = postcopy(inp, switch)
+        when = ("after one pass" if switch >= inp.memory_mib
+                else f"after {switch:.0f} MiB of pre-copy")
+        return ModeChoice("postcopy", f"{why}; post-copy {when} ends in "
                           f"{pc.total_s:.1f} s: {pc.downtime_ms:.0f} ms paused, then "
                           f"{pc.after_mib:.1f} MiB fetched from the source while the guest "
-                          "runs on the target", pc)
+                          "runs on the target", pc, postcopy_after_mib=switch)
     stuck = throttled or plain
     advice = advise(stuck)
     if allow_postcopy:

@@ -25,7 +25,8 @@ Live migration, a phased protocol (as Ganeti's KVM driver)
     over ``network`` (qemu: an incoming QEMU listening on the target's address
     on that network) and returns a :class:`MigrationHandle`. It raises
     ``MigrationError`` for migration to the VM's own node, a down target, or a
-    network the pair cannot use. ``start_migration(handle, params)`` starts
+    network the pair cannot use; ``mode`` is the mode chosen (a target readied for
+    post-copy takes capabilities it must have before it listens). ``start_migration(handle, params)`` starts
     iterative pre-copy. ``poll_migration(handle)`` returns a
     :class:`MigrationProgress` (pass, sent, remaining, dirty rate, expected
     downtime, status). ``finalize_migration(handle, success)`` ends it: with
@@ -155,6 +156,13 @@ class MigrationParams:
     # is not given up at the pass bound before twice this (QEMU counts more, shorter
     # passes than the model near the end).
     predicted_s: float | None = None
+    # How the chosen mode is carried out (ModeChoice): the downtime the hypervisor aims at
+    # (at most ``downtime_ms``, which stays the budget a result is judged on), auto-converge's
+    # first throttle step (0..1), and the MiB pre-copy sends before the switch to post-copy
+    # (None: the hypervisor's defaults; post-copy: after the first pass).
+    aim_ms: float | None = None
+    throttle_initial: float | None = None
+    postcopy_after_mib: float | None = None
 
     @classmethod
     def asked(cls, vm_budget_ms: float, downtime_ms: float | None = None,
@@ -207,6 +215,10 @@ class MigrationProgress:
     dirty_mibps: float = 0.0
     expected_downtime_ms: float | None = None
     error: str | None = None
+    # How long this poll already waited for the migration to move on (a hypervisor's poll
+    # may block until its end): the driver's own pause before the next poll is shorter by
+    # that much, so an end is never left waiting on the driver's sleep.
+    waited_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -293,7 +305,8 @@ class Substrate(Protocol):
 
     def migration_profile(self, vm: str, target: str) -> MigrationProfile: ...
 
-    def prepare_migration(self, vm: str, target: str, network: str) -> MigrationHandle: ...
+    def prepare_migration(self, vm: str, target: str, network: str,
+                          mode: str = "precopy") -> MigrationHandle: ...
 
     def start_migration(self, handle: MigrationHandle, params: MigrationParams) -> None: ...
 

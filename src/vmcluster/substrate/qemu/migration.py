@@ -81,6 +81,8 @@ class Agents(Protocol):
 
     def links_down(self, node: str) -> tuple[str, ...] | None: ...
 
+    def postcopy_caps(self, source: str, target: str) -> dict[str, bool]: ...
+
 
 @dataclass
 class _Attempt:
@@ -99,6 +101,7 @@ class _Attempt:
     handle: MigrationHandle | None = None
     wall0: float = field(default_factory=time.time)
     postcopy: bool = False  # migrate-start-postcopy was sent
+    bandwidth_mibps: float = 0.0  # the cap QEMU was given
     recoveries: int = 0  # times a broken post-copy stream was resumed
 
 
@@ -137,7 +140,8 @@ class QemuMigrations:
         """One of ``node``'s ``limit`` migration slots (see the records), or None."""
         return self.sub.records.try_slot(node, limit)
 
-    def prepare(self, vm: str, target: str, network: str) -> MigrationHandle:
+    def prepare(self, vm: str, target: str, network: str,
+                mode: str = "precopy") -> MigrationHandle:
         self.sub.spec.vm(vm)
         tnode = self.sub.spec.node(target)
         net = self.sub.spec.network(network)
@@ -167,11 +171,14 @@ class QemuMigrations:
             raise MigrationRefused(f"cannot migrate {vm}: {refusal}")
         slots = self._acquire_slots(sorted({source, target}))
         hid = uuid.uuid4().hex[:10]
+        # post-copy's capabilities go on the target before it listens (QEMU refuses
+        # postcopy-preempt on an incoming migration already started)
+        caps = self.sub.postcopy_caps(source, target) if mode == "postcopy" else {}
         try:
             reply = self.sub.agent(target).call(
                 "incoming", timeout_s=60, vm=vm, machine=self.sub.machine(vm), id=hid,
                 uri=f"tcp:{tnode.interfaces[net.name]}:0",
-                tls=self.sub.spec.cluster.migration_tls,
+                tls=self.sub.spec.cluster.migration_tls, caps=caps,
             )
         except (SubstrateError, UsageError) as exc:
             for f in slots:
@@ -201,15 +208,18 @@ class QemuMigrations:
             bw = net.bandwidth_mbps * 1e6 / 8
         else:
             bw = 10e9  # unshaped: let QEMU go as fast as it can
+        att.bandwidth_mibps = bw / MIB
         caps = {"auto-converge": params.on_no_convergence == "throttle"}
-        if params.mode == "postcopy":
-            caps["postcopy-ram"] = True  # both ends, before the stream starts
-            self.sub.agent(handle.target).call("set_params", vm=handle.vm,
-                                               caps={"postcopy-ram": True})
+        if params.mode == "postcopy":  # the target has them since it was prepared
+            caps.update(self.sub.postcopy_caps(handle.source, handle.target))
         att.t0 = att.last_change = self.sub.clock.now()
         self.sub.agent(handle.source).call(
             "migrate", vm=handle.vm, uri=att.uri, caps=caps,
-            params={"downtime_limit": int(params.downtime_ms), "max_bandwidth": int(bw),
+            # QEMU aims below the budget where the model says that is cheap (ModeChoice)
+            params={"downtime_limit": int(params.aim_ms or params.downtime_ms),
+                    "max_bandwidth": int(bw),
+                    "cpu_throttle_initial": max(1, min(99, round(
+                        100 * (params.throttle_initial or 0.2)))),
                     # a cap asked for holds after a switch to post-copy too (QEMU's own
                     # default there is none)
                     **({"max_postcopy_bandwidth": int(bw)}
@@ -219,11 +229,13 @@ class QemuMigrations:
 
     def poll(self, handle: MigrationHandle) -> MigrationProgress:
         att = self._attempt(handle)
+        wait_s = self._switch_wait(att)
+        t_ask = self.sub.clock.now()
         try:
             # The source's agent answers as soon as the migration ends (or after WAIT_S):
             # the switchover then starts at once, not at the driver's next poll.
             info = self.sub.agent(handle.source).call(
-                "query_migrate", vm=handle.vm, wait_s=WAIT_S, timeout_s=WAIT_S + 10)["migrate"]
+                "query_migrate", vm=handle.vm, wait_s=wait_s, timeout_s=WAIT_S + 10)["migrate"]
         except SubstrateError as exc:
             att.error = f"lost the source: {exc}"
             return MigrationProgress("failed", error=att.error)
@@ -243,6 +255,7 @@ class QemuMigrations:
             / MIB,
             expected_downtime_ms=info.get("expected-downtime"),
             error=info.get("error-desc"),
+            waited_s=now - t_ask,
         )
         if status == "postcopy-active" and att.postcopy:
             # The source paused and sent its devices: the switch is now (the target runs
@@ -252,10 +265,15 @@ class QemuMigrations:
             att.error = f"post-copy broke before the switch (QEMU: {status})"
             return MigrationProgress("failed", progress.pass_no, error=att.error)
         if (att.params is not None and att.params.mode == "postcopy" and not att.postcopy
-                and status == "active" and progress.pass_no >= 2):
-            # The first pass is over: what is dirty now follows after the switch.
+                and status == "active" and (progress.pass_no >= 2 if
+                                            att.params.postcopy_after_mib is None else
+                                            progress.sent_mib >= att.params.postcopy_after_mib)):
+            # Pre-copy sent what the mode chose (else its first pass): the rest follows
+            # after the switch, which the next look waits for at the source (the guest is
+            # paused from now until the target runs).
             att.postcopy = True
             self.sub.agent(handle.source).call("start_postcopy", vm=handle.vm)
+            return self.poll(handle)
         if status == "failed":
             att.error = str(info.get("error-desc") or "QEMU reported the migration failed")
         elif status in _ACTIVE and now - att.last_change > self.sub.stall_s:
@@ -281,6 +299,16 @@ class QemuMigrations:
             self.sub.agent(handle.source).call("set_params", vm=handle.vm,
                                            params={"downtime_limit": limit})
         return progress
+
+    @staticmethod
+    def _switch_wait(att: _Attempt) -> float:
+        """How long the next look may wait at the source: :data:`WAIT_S`, or until pre-copy
+        should have sent what a post-copy switch waits for (at the cap's pace)."""
+        p = att.params
+        if p is None or p.mode != "postcopy" or att.postcopy or p.postcopy_after_mib is None:
+            return WAIT_S
+        left = p.postcopy_after_mib - max(0, att.last_bytes) / MIB
+        return max(0.02, min(WAIT_S, left / max(att.bandwidth_mibps, 1.0)))
 
     def finalize(self, handle: MigrationHandle, success: bool,
                  switchover: Switchover | None = None) -> MigrationResult:

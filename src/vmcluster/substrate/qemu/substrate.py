@@ -125,6 +125,14 @@ class QemuSubstrate:
             self._facts[node] = QemuFacts.from_json(reply["facts"])
         return self._facts[node]
 
+    def postcopy_caps(self, source: str, target: str) -> dict[str, bool]:
+        """The capabilities a post-copy between the two hosts' QEMUs is set up with, on
+        both ends: ``postcopy-ram``, and ``postcopy-preempt`` where both have it (the pages
+        the running guest waits for then take a channel of their own instead of queueing
+        behind the background stream)."""
+        both = all("postcopy-preempt" in self.facts(n).capabilities for n in (source, target))
+        return {"postcopy-ram": True, **({"postcopy-preempt": True} if both else {})}
+
     def machine(self, vm: str) -> str:
         """The machine type ``vm`` is pinned to (pinned now if it is not yet)."""
         pinned = self.records.machines().get(vm)
@@ -274,8 +282,9 @@ class QemuSubstrate:
         self.agent(self._owned(vm)).call("resume", vm=vm)
 
     # -- migration (the phases live in QemuMigrations) -----------------------------------
-    def prepare_migration(self, vm: str, target: str, network: str) -> MigrationHandle:
-        return self.migrations.prepare(vm, target, network)
+    def prepare_migration(self, vm: str, target: str, network: str,
+                          mode: str = "precopy") -> MigrationHandle:
+        return self.migrations.prepare(vm, target, network, mode)
 
     def start_migration(self, handle: MigrationHandle, params: MigrationParams) -> None:
         self.migrations.start(handle, params)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from vmcluster.errors import MigrationError
+from vmcluster.policy.migration_mode import postcopy_left
 from vmcluster.policy.migration_model import Pass, PrecopyInput, after_pass, auto_converge
 from vmcluster.substrate.protocol import (
     MigrationHandle,
@@ -87,9 +88,11 @@ class Engine:
         m.params = params
         m.inp = PrecopyInput(
             memory_mib=float(vm.memory_mib), dirty_mibps=vm.dirty_mibps,
-            wws_mib=vm.working_set_mib, bandwidth_mibps=1.0, downtime_ms=params.downtime_ms,
+            wws_mib=vm.working_set_mib, bandwidth_mibps=1.0,
+            downtime_ms=params.aim_ms or params.downtime_ms,  # what the mode aims at
             max_passes=params.max_passes, state_mib=self.sub.state_mib,
             on_no_convergence=params.on_no_convergence,
+            throttle_initial=params.throttle_initial or 0.2,
         )
         m.phase = "queued"
         self.queue.append(m)
@@ -122,7 +125,11 @@ class Engine:
         m.flow.mig = m
         sub.emit("migration-start", vm=m.handle.vm, id=m.handle.id, source=m.handle.source,
                  target=m.handle.target, network=m.handle.network)
-        self._transfer(m, float(rec.spec.memory_mib))
+        first = float(rec.spec.memory_mib)
+        if m.params is not None and m.params.mode == "postcopy" and \
+                m.params.postcopy_after_mib is not None:
+            first = min(first, m.params.postcopy_after_mib)  # then the switch
+        self._transfer(m, first)
         sub.fabric.reallocate()
 
     def _transfer(self, m: MigRec, volume: float) -> None:
@@ -179,10 +186,12 @@ class Engine:
         sub.emit("migration-pass", vm=m.handle.vm, id=m.handle.id, pass_no=m.pass_no,
                  sent_mib=round(m.volume, 6), seconds=round(seconds, 6),
                  bandwidth_mibps=round(m.rate, 6), decision=decision)
-        if decision != "stop" and m.params is not None and m.params.mode == "postcopy":
-            # After the first pass: the device state moves, the guest runs on the target,
-            # and what is dirty follows (vmcluster.policy.migration_mode.postcopy).
-            m.outcome, m.after = "postcopy", max(dirty, 1e-9)
+        if m.params is not None and m.params.mode == "postcopy" and (
+                decision != "stop" or m.volume < inp.memory_mib):
+            # After what pre-copy was to send: the device state moves, the guest runs on
+            # the target, and what is left follows (vmcluster.policy.migration_mode).
+            left = postcopy_left(inp, m.volume, seconds, rate) if m.pass_no == 0 else dirty
+            m.outcome, m.after = "postcopy", max(left, 1e-9)
             m.phase, m.stop_start = "stopcopy", now
             self._transfer(m, inp.state_mib)
             return

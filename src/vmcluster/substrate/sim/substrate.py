@@ -224,7 +224,8 @@ class SimSubstrate:
         self.node_rec(target)
         return MigrationProfile(spec.dirty_mibps, spec.working_set_mib, "the spec's")
 
-    def prepare_migration(self, vm: str, target: str, network: str) -> MigrationHandle:
+    def prepare_migration(self, vm: str, target: str, network: str,
+                          mode: str = "precopy") -> MigrationHandle:
         rec, dst = self.vm_rec(vm), self.node_rec(target)
         self.spec.network(network)
         for m in self.engine.live():
