@@ -133,7 +133,8 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool
                     live_total = r.extra.get("predicted_total_s")
                     rows.append({
                         "qemu": version, "tls": tls, "dirty_mibps": rate, "ok": r.ok,
-                        "error": r.error, "mode": r.extra.get("mode"), "reason": r.extra.get("reason"),
+                        "error": r.error, "mode": r.extra.get("mode"),
+                        "reason": r.extra.get("reason"),
                         "measured_dirty_mibps": profile.get("dirty_mibps"),
                         "measured_wws_mib": profile.get("wws_mib"),
                         "live_pred_total_s": live_total,

@@ -26,8 +26,9 @@ Live migration, a phased protocol (as Ganeti's KVM driver)
     on that network) and returns a :class:`MigrationHandle`. It raises
     ``MigrationError`` for migration to the VM's own node, a down target, or a
     network the pair cannot use; ``mode`` is the mode chosen (a target readied for
-    post-copy takes capabilities it must have before it listens). ``start_migration(handle, params)`` starts
-    iterative pre-copy. ``poll_migration(handle)`` returns a
+    post-copy takes capabilities it must have before it listens).
+    ``start_migration(handle, params)`` starts iterative pre-copy.
+    ``poll_migration(handle)`` returns a
     :class:`MigrationProgress` (pass, sent, remaining, dirty rate, expected
     downtime, status). ``finalize_migration(handle, success)`` ends it: with
     ``success`` and a completed copy the VM runs on the target (announced
