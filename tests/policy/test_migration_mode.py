@@ -21,8 +21,9 @@ GBIT = 119.2  # MiB/s on a 1 Gbit/s link
 
 
 def inp(dirty: float, wws: float = 128.0, action: str = "throttle",
-        budget: float = 100.0) -> PrecopyInput:
-    return PrecopyInput(256, dirty, wws, GBIT, budget, on_no_convergence=action)  # type: ignore[arg-type]
+        budget: float = 100.0, switch_ms: float = 0.0) -> PrecopyInput:
+    return PrecopyInput(256, dirty, wws, GBIT, budget, on_no_convergence=action,  # type: ignore[arg-type]
+                        switch_ms=switch_ms)
 
 
 def test_an_idle_guest_is_plain_precopy() -> None:
@@ -109,11 +110,23 @@ def test_postcopy_after_part_of_the_first_pass() -> None:
     assert postcopy_switch(PrecopyInput(256, 5, 128, GBIT, 100)) == 256  # whole pass fits
 
 
+def test_the_switchovers_fixed_cost_comes_out_of_the_budget() -> None:
+    c = choose_mode(inp(20, switch_ms=15))
+    assert c.aim_ms == pytest.approx(0.25 * 85)  # a quarter of what the copy may take
+    assert c.result.downtime_ms <= 100 and c.result.downtime_ms >= 15
+    stuck = choose_mode(inp(300, wws=160, action="abort", switch_ms=15))
+    plain = choose_mode(inp(300, wws=160, action="abort"))
+    need = {a.kind: float(a.value) for a in stuck.advice}["downtime"]
+    assert need == pytest.approx({a.kind: float(a.value) for a in plain.advice}["downtime"]
+                                 + 15, abs=0.01)
+
+
 @given(dirty=st.floats(0, 1000), wws=st.floats(1, 256), budget=st.floats(1, 2000),
-       action=st.sampled_from(["throttle", "abort", "force"]), allow=st.booleans())
+       action=st.sampled_from(["throttle", "abort", "force"]), allow=st.booleans(),
+       switch=st.floats(0, 0.5))
 def test_never_over_the_budget_unless_forced(dirty: float, wws: float, budget: float,
-                                             action: str, allow: bool) -> None:
-    c = choose_mode(inp(dirty, wws, action, budget), allow_postcopy=allow)
+                                             action: str, allow: bool, switch: float) -> None:
+    c = choose_mode(inp(dirty, wws, action, budget, switch * budget), allow_postcopy=allow)
     assert c.reason
     assert c.aim_ms is None or 0 < c.aim_ms <= budget
     if c.mode == "refuse":

@@ -7,8 +7,10 @@ device state ``S`` (MiB, MiB/s, ms).
 
 * Pass 0 sends ``M`` in ``t0 = M/b``; pass ``i`` sends what pass ``i-1``
   left dirty, ``V_i = min(W, d*t_{i-1})``, in ``t_i = V_i/b``.
-* After each pass, if what is dirty now fits the budget (``V/b <= L``) the
-  guest is paused and ``V + S`` copied: ``downtime = (V + S)/b``.
+* After each pass, if what is dirty now fits the budget (``V/b <= L - C``) the
+  guest is paused and ``V + S`` copied: ``downtime = (V + S)/b + C``, ``C`` the
+  hypervisor's fixed cost of a switchover (``switch_ms``), which the copy's share of
+  the budget leaves room for (:func:`copy_budget_ms`, the limit QEMU is given).
 * If ``N`` passes are done, or ``V`` stopped shrinking, the migration does
   not converge and the configured action applies: ``force`` (switch over
   anyway and pay the downtime: only when the user chose it), ``throttle`` (slow
@@ -44,6 +46,7 @@ __all__ = [
     "advise",
     "after_pass",
     "auto_converge",
+    "copy_budget_ms",
     "run",
 ]
 
@@ -69,6 +72,12 @@ class PrecopyInput:
     throttle_initial: float = 0.2
     throttle_increment: float = 0.1
     throttle_max: float = 0.99
+    switch_ms: float = 0.0  # the hypervisor's fixed cost of the pause, beyond the copy
+    # after a switch to post-copy, pages move at this share of the bandwidth
+    postcopy_efficiency: float = 0.9
+    # the guest's pause at a switch to post-copy beyond moving the device state (the
+    # hypervisor's and the cluster's: the target loads, ownership moves, it runs)
+    postcopy_pause_ms: float = 0.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -79,6 +88,9 @@ class PrecopyInput:
             (self.downtime_ms >= 0, "downtime budget must be >= 0 ms"),
             (self.max_passes >= 1, "max passes must be >= 1"),
             (self.state_mib >= 0, "device state must be >= 0 MiB"),
+            (self.switch_ms >= 0, "switchover cost must be >= 0 ms"),
+            (0 < self.postcopy_efficiency <= 1.5, "post-copy efficiency must be in (0, 1.5]"),
+            (self.postcopy_pause_ms >= 0, "post-copy pause must be >= 0 ms"),
             (self.on_no_convergence in ("force", "throttle", "abort"),
              "on_no_convergence must be force, throttle or abort"),
         )
@@ -149,11 +161,18 @@ def after_pass(
     another pass) or ``stuck`` (pass bound reached, or it did not shrink).
     """
     dirty = min(inp.effective_wws_mib, dirty_mibps * seconds)
-    if dirty / bandwidth_mibps * 1000.0 <= inp.downtime_ms:
+    if dirty / bandwidth_mibps * 1000.0 <= copy_budget_ms(inp):
         return "stop", dirty
     if pass_no + 1 >= inp.max_passes or dirty >= sent_mib:
         return "stuck", dirty
     return "continue", dirty
+
+
+def copy_budget_ms(inp: PrecopyInput) -> float:
+    """What of the downtime budget the last copy may take: the rest is the switchover's
+    fixed cost (at least a tenth of the budget is left to the copy). This is the limit
+    the hypervisor is given."""
+    return max(0.1 * inp.downtime_ms, inp.downtime_ms - inp.switch_ms)
 
 
 def next_throttle(inp: PrecopyInput, throttle: float) -> float | None:
@@ -211,7 +230,7 @@ def _finish(
         return PrecopyResult(inp, passes, stop_copy, 0.0, copy_s, False, "aborted", throttle)
     else:
         outcome = "forced"
-    down_s = stop_copy / inp.bandwidth_mibps
+    down_s = stop_copy / inp.bandwidth_mibps + inp.switch_ms / 1000.0
     return PrecopyResult(
         inp, passes, stop_copy, down_s * 1000.0, copy_s + down_s, fits, outcome, throttle
     )
@@ -263,7 +282,7 @@ def advise(result: PrecopyResult) -> tuple[Advice, ...]:
     # With a larger budget the passes are the same until the first one that fits,
     # so the smallest dirty amount seen is the least that must fit.
     seen = [p.sent_mib for p in result.passes[1:]] + [result.stop_copy_mib - inp.state_mib]
-    need_ms = min(seen) / b * 1000.0 * (1 + 1e-9) + 1e-9
+    need_ms = min(seen) / b * 1000.0 * (1 + 1e-9) + 1e-9 + inp.switch_ms
     if need_ms > inp.downtime_ms and _converges(replace(inp, downtime_ms=need_ms)):
         out.append(Advice(
             "downtime", _ceil3(need_ms),

@@ -423,6 +423,13 @@ class QemuMigrations:
         ram = info.get("ram", {})
         budget = att.params.downtime_ms if att is not None and att.params is not None else None
         downtime = float(info["downtime"]) if ok and "downtime" in info else None
+        paused_at, resumed_at = timeline.get("paused_at"), timeline.get("resumed_at")
+        if downtime is not None and att is not None and att.postcopy and \
+                paused_at is not None and resumed_at is not None:
+            # QEMU's post-copy "downtime" ends once the source sent its devices, before
+            # the target loaded them and ran: the guest's pause is its STOP to RESUME.
+            marks["qemu_downtime_ms"] = downtime
+            downtime = round(max(0.0, resumed_at - paused_at) * 1000.0, 1)
         if budget is not None:
             marks["downtime_budget_ms"] = budget
             marks["over_budget"] = downtime is not None and downtime > budget

@@ -40,6 +40,12 @@ from vmcluster.substrate.qemu.records import RecordsSnapshot, SubstrateRecords
 
 # The dirty-rate windows a migration's profile is measured over, one after the other.
 PROFILE_WINDOWS_MS = (250, 1500)
+# QEMU's downtime beyond sending the last dirty pages (stopping the vCPUs, saving and
+# loading the devices): fitted from bench_migration's runs (bench/fit_migration.py).
+SWITCH_MS = 15.0
+# A switch to post-copy pauses the guest this long (source STOP to target RESUME: QEMU
+# moves the devices, the target loads them, the store moves ownership, the target runs).
+POSTCOPY_PAUSE_MS = 55.0
 
 __all__ = ["PROFILE_WINDOWS_MS", "QemuSubstrate", "measure_profile"]
 
@@ -67,7 +73,8 @@ def measure_profile(spec: ClusterSpec, vm: str, source: str | None, target: str,
             blocker = str(exc)
     if source is None:
         return MigrationProfile(spec_vm.dirty_mibps, spec_vm.working_set_mib,
-                                f"the spec's ({vm} runs nowhere)", blocker)
+                                f"the spec's ({vm} runs nowhere)", blocker, SWITCH_MS,
+                                POSTCOPY_PAUSE_MS)
     short_ms, long_ms = PROFILE_WINDOWS_MS
     try:
         rates = agent(source).call("dirty_rate", vm=vm, timeout_s=30,
@@ -75,11 +82,12 @@ def measure_profile(spec: ClusterSpec, vm: str, source: str | None, target: str,
         fast, slow = float(rates[0][1]), float(rates[1][1])
     except (SubstrateError, KeyError, IndexError, TypeError, ValueError) as exc:
         return MigrationProfile(spec_vm.dirty_mibps, spec_vm.working_set_mib,
-                                f"the spec's (not measured: {exc})", blocker)
+                                f"the spec's (not measured: {exc})", blocker, SWITCH_MS,
+                                POSTCOPY_PAUSE_MS)
     dirty, wws = dirty_profile((short_ms, fast), (long_ms, slow), float(spec_vm.memory_mib),
                                spec_vm.working_set_mib)
     return MigrationProfile(dirty, wws, f"measured by {source}'s QEMU over {short_ms} and "
-                            f"{long_ms} ms", blocker)
+                            f"{long_ms} ms", blocker, SWITCH_MS, POSTCOPY_PAUSE_MS)
 
 
 class QemuSubstrate:
