@@ -11,7 +11,9 @@ bounded below by TCP's 200 ms retransmission timeout), a UDP probe every 5 ms
 (the blackout), and ApacheBench against the guest's httpd (failed requests,
 longest request). The blackout is split by QEMU's own STOP/RESUME event times
 into before-pause, paused (source stop -> target run) and after-resume.
-``--tls both`` runs each QEMU with and without TLS on the migration stream.
+``--tls both`` runs each QEMU with and without TLS on the migration stream;
+``--channels N`` spreads pre-copy over N multifd connections, and ``--link-mbps 0``
+leaves the migration network unshaped (with both: which limits, the CPU or the link).
 The guest has the default 100 ms downtime budget; each migration chooses its
 mode (pre-copy, auto-converge, post-copy where ``--postcopy on`` lets the VM,
 or a refusal) from its guest's dirty rate as its QEMU measures it just before,
@@ -21,7 +23,8 @@ Prints a table (p50/p95 over the runs) and writes bench/results/migration.json.
 Needs root.
 
     python bench/bench_migration.py [--runs 10] [--rates 0,20,100] [--qemu system,debian-7.2]
-        [--tls on|off|both] [--postcopy on|off]
+        [--tls on|off|both] [--postcopy on|off] [--channels 1] [--link-mbps 1000]
+        [--out bench/results/migration.json]
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ SPEC = """
 [cluster]
 name = "bench"
 migration_tls = {tls}
+migration_channels = {channels}
 [[networks]]
 name = "Public"
 subnet = "198.18.1.0/24"
@@ -60,7 +64,7 @@ subnet = "198.18.2.0/24"
 [[networks]]
 name = "Migration"
 subnet = "198.18.3.0/24"
-bandwidth_mbps = 1000
+{bandwidth}
 [[nodes]]
 name = "node1"
 cores = 2
@@ -96,14 +100,18 @@ def pct(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool = False
+def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool = False,
+             channels: int = 1, bandwidth_mbps: int | None = 1000
              ) -> tuple[float, str, list[dict[str, Any]]]:
     """One lab whose two hosts both run ``qemu``; ``runs`` migrations per rate."""
     name = f"b{os.getpid()}"
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "bench.toml"
         spec_path.write_text(SPEC.replace("{tls}", "true" if tls else "false")
-                             .replace("{postcopy}", "true" if postcopy else "false"))
+                             .replace("{postcopy}", "true" if postcopy else "false")
+                             .replace("{channels}", str(channels))
+                             .replace("{bandwidth}", f"bandwidth_mbps = {bandwidth_mbps}"
+                                      if bandwidth_mbps else ""))
         t0 = time.monotonic()
         choice = {} if qemu == "system" else {"node1": qemu, "node2": qemu}
         sub = lab_up(spec_path, name, say=lambda m: print(m, file=sys.stderr), qemu=choice)
@@ -124,7 +132,8 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool
                     try:
                         r = migrate_observed(sub, "vm", target)
                     except MigrationRefused as exc:  # the mode chosen: none keeps the budget
-                        rows.append({"qemu": version, "tls": tls, "dirty_mibps": rate,
+                        rows.append({"qemu": version, "tls": tls, "channels": channels,
+                                     "link_mbps": bandwidth_mbps, "dirty_mibps": rate,
                                      "ok": False, "mode": "refuse", "reason": str(exc)})
                         print(json.dumps(rows[-1]), file=sys.stderr)
                         continue
@@ -132,7 +141,8 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool
                     profile = r.extra.get("profile") or {}
                     live_total = r.extra.get("predicted_total_s")
                     rows.append({
-                        "qemu": version, "tls": tls, "dirty_mibps": rate, "ok": r.ok,
+                        "qemu": version, "tls": tls, "channels": channels,
+                        "link_mbps": bandwidth_mbps, "dirty_mibps": rate, "ok": r.ok,
                         "error": r.error, "mode": r.extra.get("mode"),
                         "reason": r.extra.get("reason"),
                         "measured_dirty_mibps": profile.get("dirty_mibps"),
@@ -150,6 +160,8 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool
                         "takeover_ms": r.extra.get("takeover_ms"),
                         "network": r.network,
                         "passes": r.passes, "sent_mib": round(r.sent_mib, 1),
+                        "stream_mibps": round(r.sent_mib / r.total_s, 1) if r.ok and r.total_s
+                        else None,
                         "total_s": round(r.total_s, 3), "downtime_ms": r.downtime_ms,
                         "client_gap_ms": r.extra.get("client_gap_ms"),
                         "blackout_ms": r.extra.get("blackout_ms"),
@@ -177,8 +189,12 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (QEMU, dirty rate): p50/p95 and worst cases over the runs."""
     out = []
-    for key in sorted({(r["qemu"], r["tls"], r["dirty_mibps"]) for r in rows}):
-        grp = [r for r in rows if (r["qemu"], r["tls"], r["dirty_mibps"]) == key]
+    def k(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["qemu"], r["tls"], r.get("channels", 1), r.get("link_mbps") or 0,
+                r["dirty_mibps"])
+
+    for key in sorted({k(r) for r in rows}):
+        grp = [r for r in rows if k(r) == key]
         ok = [r for r in grp if r["ok"]]
 
         def col(name: str, rs: list[dict[str, Any]] = ok) -> list[float]:
@@ -188,12 +204,14 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         live_errs = [abs(e) for e in col("live_total_error_pct")]
         modes = collections.Counter(str(r.get("mode")) for r in grp)
         out.append({
-            "qemu": key[0], "tls": "on" if key[1] else "off", "dirty_mibps": key[2],
+            "qemu": key[0], "tls": "on" if key[1] else "off", "channels": key[2],
+            "link": f"{key[3]} Mbit/s" if key[3] else "unshaped", "dirty_mibps": key[4],
             "runs": len(grp), "ok": len(ok),
             "mode": ", ".join(f"{m} {n}" if len(modes) > 1 else m
                               for m, n in modes.most_common()),
             "measured_dirty_p50": pct(col("measured_dirty_mibps", grp), 0.5),
             "passes_p50": pct(col("passes"), 0.5), "total_s_p50": pct(col("total_s"), 0.5),
+            "stream_mibps_p50": pct(col("stream_mibps"), 0.5),
             "downtime_ms_p50": pct(col("downtime_ms"), 0.5),
             "downtime_ms_p95": pct(col("downtime_ms"), 0.95),
             "blackout_ms_p50": pct(col("blackout_ms"), 0.5),
@@ -231,6 +249,13 @@ def main() -> None:
     ap.add_argument("--tls", choices=("on", "off", "both"), default="on",
                     help="migration streams with TLS (the spec's migration_tls); both: each QEMU "
                          "twice, to measure what TLS costs")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results"
+                    / "migration.json", help="where the JSON goes")
+    ap.add_argument("--channels", type=int, default=1,
+                    help="migration_channels: more than 1 uses QEMU's multifd")
+    ap.add_argument("--link-mbps", type=int, default=1000,
+                    help="the migration network's shaped rate (0: unshaped, as fast as the "
+                         "hosts go: to see whether the CPU or the link limits)")
     ap.add_argument("--postcopy", choices=("on", "off"), default="off",
                     help="on: the VM allows post-copy (allow_postcopy), which a migration "
                          "that pre-copy would make slow or refuse then takes")
@@ -244,13 +269,16 @@ def main() -> None:
     for qemu in args.qemu.split(","):
         for tls in tls_modes:
             up_s, version, got = run_qemu(qemu.strip(), tls, rates, args.runs,
-                                          args.postcopy == "on")
+                                          args.postcopy == "on", args.channels,
+                                          args.link_mbps or None)
             ups[version] = round(up_s, 2)
             rows += got
     summary = summarise(rows)
-    cols = [("qemu", "QEMU"), ("tls", "TLS"), ("dirty_mibps", "dirty MiB/s"),
+    cols = [("qemu", "QEMU"), ("tls", "TLS"), ("channels", "chan"), ("link", "link"),
+            ("dirty_mibps", "dirty MiB/s"),
             ("measured_dirty_p50", "measured"), ("mode", "mode"), ("ok", "ok"),
             ("passes_p50", "passes"), ("total_s_p50", "total s"),
+            ("stream_mibps_p50", "MiB/s"),
             ("downtime_ms_p50", "downtime p50"), ("downtime_ms_p95", "p95"),
             ("blackout_ms_p50", "blackout p50"), ("blackout_ms_p95", "p95"),
             ("before_pause_ms_p50", "pre-pause"), ("paused_ms_p50", "paused"),
@@ -264,8 +292,8 @@ def main() -> None:
         print(" | ".join(fmt(srow[k]).rjust(w) for (k, _), w in zip(cols, widths, strict=True)))
     print("(ms unless said; pre-pause + paused + post-resume = the UDP blackout, medians; "
           "paused = source STOP to target RESUME, QEMU's own event times)")
-    out = Path(__file__).parent / "results" / "migration.json"
-    out.parent.mkdir(exist_ok=True)
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"lab_up_s": ups, "summary": summary, "runs": rows}, indent=1))
     print(f"lab up: {', '.join(f'QEMU {v} {s:.1f} s' for v, s in ups.items())}; wrote {out}")
 

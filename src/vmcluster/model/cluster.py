@@ -33,6 +33,10 @@ class ClusterSettings:
     restart that host's VMs (see ``policy.failover.restart_not_before``).
     ``etcd_voters``: how many hosts run a voting etcd member (1, 3 or 5); hosts that
     join after that many use the others' members as clients (``cluster join``).
+    ``migration_channels``: more than 1 spreads a pre-copy migration's pages over that
+    many connections (QEMU's multifd; each with its own TLS session), for hosts whose one
+    migration thread cannot fill the link; a post-copy uses one (QEMU 10 refuses multifd
+    with post-copy). bench/bench_migration.py --channels measures which limits a host.
     """
 
     name: str
@@ -44,6 +48,7 @@ class ClusterSettings:
     migration_tls: bool = True
     fence_window_s: float = 2.5
     etcd_voters: int = 3
+    migration_channels: int = 1
 
 
 @dataclass(frozen=True)

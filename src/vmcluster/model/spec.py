@@ -30,6 +30,7 @@ _CLUSTER = {
     "migration_tls",
     "fence_window_s",
     "etcd_voters",
+    "migration_channels",
 }
 _NETWORK = {"name", "subnet", "gateway", "role", "metric", "bandwidth_mbps"}
 _NODE = {"name", "cores", "memory_mib", "interfaces", "accel", "power_model"}
@@ -350,6 +351,7 @@ def spec_from_source(src: TomlSource, path: Path | None) -> ClusterSpec:
         migration_tls=c.get("migration_tls", bool, True),
         fence_window_s=c.positive("fence_window_s", float, 2.5),
         etcd_voters=_voters(c),
+        migration_channels=c.positive("migration_channels", int, 1),
     )
 
     net_readers = _tables(src, "networks", _NETWORK, {"name", "subnet"})

@@ -543,6 +543,8 @@ class Agent(CsvOps):
             self.vms[cfg.name] = qp
             try:
                 await qp.qmp.migrate_set_capabilities({"events": True, **req.get("caps", {})})
+                if req.get("params"):
+                    await qp.qmp.migrate_set_parameters(**req["params"])
                 await self._migration_tls(qp, "server", req.get("tls", False))
                 if quick and cfg.csv is not None:
                     vm = (await asyncio.to_thread(self.cluster_spec)).vm(cfg.name)

@@ -173,12 +173,14 @@ class QemuMigrations:
         hid = uuid.uuid4().hex[:10]
         # post-copy's capabilities go on the target before it listens (QEMU refuses
         # postcopy-preempt on an incoming migration already started)
-        caps = self.sub.postcopy_caps(source, target) if mode == "postcopy" else {}
+        caps = self.sub.postcopy_caps(source, target) if mode == "postcopy" else \
+            self._multifd()
         try:
             reply = self.sub.agent(target).call(
                 "incoming", timeout_s=60, vm=vm, machine=self.sub.machine(vm), id=hid,
                 uri=f"tcp:{tnode.interfaces[net.name]}:0",
                 tls=self.sub.spec.cluster.migration_tls, caps=caps,
+                params=self._channels() if caps.get("multifd") else {},
             )
         except (SubstrateError, UsageError) as exc:
             for f in slots:
@@ -212,6 +214,8 @@ class QemuMigrations:
         caps = {"auto-converge": params.on_no_convergence == "throttle"}
         if params.mode == "postcopy":  # the target has them since it was prepared
             caps.update(self.sub.postcopy_caps(handle.source, handle.target))
+        else:
+            caps.update(self._multifd())
         att.t0 = att.last_change = self.sub.clock.now()
         self.sub.agent(handle.source).call(
             "migrate", vm=handle.vm, uri=att.uri, caps=caps,
@@ -223,7 +227,8 @@ class QemuMigrations:
                     # a cap asked for holds after a switch to post-copy too (QEMU's own
                     # default there is none)
                     **({"max_postcopy_bandwidth": int(bw)}
-                       if params.bandwidth_mibps is not None else {})},
+                       if params.bandwidth_mibps is not None else {}),
+                    **(self._channels() if caps.get("multifd") else {})},
             tls_hostname=handle.target if self.sub.spec.cluster.migration_tls else "",
         )
 
@@ -299,6 +304,13 @@ class QemuMigrations:
             self.sub.agent(handle.source).call("set_params", vm=handle.vm,
                                            params={"downtime_limit": limit})
         return progress
+
+    def _multifd(self) -> dict[str, bool]:
+        """QEMU's multifd when the cluster asks for more than one channel."""
+        return {"multifd": True} if self.sub.spec.cluster.migration_channels > 1 else {}
+
+    def _channels(self) -> dict[str, int]:
+        return {"multifd_channels": self.sub.spec.cluster.migration_channels}
 
     @staticmethod
     def _switch_wait(att: _Attempt) -> float:
