@@ -66,10 +66,12 @@ def test_cli_json_shape(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert list(out) == ["results"]
-    assert len(out["results"]) == 3
+    assert [r["policy"] for r in out["results"]] == ["thr-mmt-0.8", "ours", "dvfs",
+                                                     "lower-bound"]
     for r in out["results"]:
         assert set(r) == {"policy", "day", "energy_kwh", "slatah", "pdm", "slav", "esv",
-                          "migrations"}
+                          "migrations", "overload_pct", "mips_lost_pct", "boots",
+                          "hosts_active_mean", "hosts_active_peak"}
         assert isinstance(r["migrations"], int) and r["day"] == "day1"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,11 +12,13 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
+from vmcluster.errors import UsageError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 
 __all__ = [
     "ProgressLine", "console", "emit_json", "json_option", "lab_option", "load", "spec_option",
+    "writable_dir",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,6 +56,20 @@ def json_option(func: F) -> F:
 
 def load(spec_path: Path) -> ClusterSpec:
     return load_spec(spec_path)
+
+
+def writable_dir(path: Path, what: str = "--plot") -> Path:
+    """``path`` as a directory this process can write into (made if missing), checked
+    before any long work starts; else one UsageError line."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path}: exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".vmcluster-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from exc
+    return path
 
 
 def emit_json(obj: object) -> None:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from vmcluster.cli.common import console, emit_json, json_option
+from vmcluster.cli.common import console, emit_json, json_option, writable_dir
 from vmcluster.errors import UsageError
+from vmcluster.experiments import feasibility
 from vmcluster.experiments.compare import cloudsim_figures, cloudsim_key
-from vmcluster.experiments.evaluate import Result, sweep
-from vmcluster.experiments.traces import default_trace_dir, list_days, load_day
+from vmcluster.experiments.evaluate import LOWER_BOUND, Result, bound_day, sweep
+from vmcluster.experiments.scenario import Scenario, load_scenario
+from vmcluster.experiments.traces import default_trace_dir, list_days, load_day, resample
 from vmcluster.policy.power.density import park_cores
 from vmcluster.policy.power.registry import parse_policies
 
@@ -21,13 +24,16 @@ __all__ = ["evaluate", "power", "show_results"]
 
 DEFAULT_POLICIES = "npa,dvfs,thr-mmt-0.8,iqr-mmt-1.5,mad-mmt-2.5,lr-mmt-1.2,lrr-mmt-1.2,ours"
 METRICS = ("energy_kwh", "slatah", "pdm", "slav", "esv", "migrations")
+# what operators read beside CloudSim's metrics (ours only: CloudSim prints none of them)
+OPERATOR = ("overload_pct", "mips_lost_pct", "boots", "hosts_active_mean", "hosts_active_peak")
 
 
 def _means(results: list[Result]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for p in dict.fromkeys(r.policy for r in results):
         rs = [r for r in results if r.policy == p]
-        out[p] = {m: sum(float(getattr(r, m)) for r in rs) / len(rs) for m in METRICS}
+        out[p] = {m: sum(float(getattr(r, m)) for r in rs) / len(rs)
+                  for m in METRICS + OPERATOR}
     return out
 
 
@@ -43,7 +49,11 @@ def _cloudsim_means(policies: list[str], days: list[str]) -> dict[str, dict[str,
 
 
 def _fmt(m: str, v: float) -> str:
-    if m == "migrations":
+    if m in ("overload_pct", "mips_lost_pct"):
+        return f"{v:.2f}%"
+    if m in ("hosts_active_mean",):
+        return f"{v:.1f}"
+    if m in ("migrations", "boots", "hosts_active_peak"):
         return f"{v:,.0f}"
     if m == "energy_kwh":
         return f"{v:.2f}"
@@ -89,14 +99,26 @@ def _plot(results: list[Result], directory: Path) -> list[Path]:
 @click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--compare-cloudsim", is_flag=True, help="Show CloudSim 3.0.3's figures too.")
+@click.option("--scenario", "scenario_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="A datacenter scenario (TOML with [datacenter]): its host "
+              "and VM types, interval and duration (default: the paper's).")
+@click.option("--hosts", type=int, default=None,
+              help="How many hosts (default: the scenario's, 800 in the paper's).")
 @json_option
 def evaluate(traces: Path | None, policies: str, days: str, plot_dir: Path | None,
              workers: int | None, scheduler: str | None, seed: int, compare_cloudsim: bool,
-             as_json: bool) -> None:
+             scenario_path: Path | None, hosts: int | None, as_json: bool) -> None:
     """Simulate consolidation policies on PlanetLab traces (800 hosts, 24 h per day)."""
     names = parse_policies(policies)
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be >= 1, got {workers}")
+    if hosts is not None and hosts < 1:
+        raise UsageError(f"--hosts must be >= 1, got {hosts}")
+    setup = load_scenario(scenario_path) if scenario_path is not None else Scenario()
+    if hosts is not None:
+        setup = replace(setup, hosts=hosts)
+    if plot_dir is not None:
+        writable_dir(plot_dir)
     files = list_days(traces or default_trace_dir())
     wanted = [d.strip() for d in days.split(",") if d.strip()]
     if wanted:
@@ -114,44 +136,75 @@ def evaluate(traces: Path | None, policies: str, days: str, plot_dir: Path | Non
         if not as_json:
             err.print(f"[{done[0]}/{total}] {r.policy} {r.day}: {r.wall_s:.1f} s")
 
-    # fail on a bad trace before starting workers
-
-    for f in files:
-        load_day(f)
+    check_days(setup, files)  # a bad trace or datacenter: one line, before any work
     results = sweep(names, files, workers=workers, scheduler=scheduler, seed=seed,
-                    clock=time.perf_counter, progress=progress)
+                    clock=time.perf_counter, progress=progress, scenario=setup)
+    results += [bound_day(str(f), setup) for f in files]
     show_results(results, [f.stem for f in files], as_json=as_json,
-                 compare_cloudsim=compare_cloudsim, plot_dir=plot_dir)
+                 compare_cloudsim=compare_cloudsim, plot_dir=plot_dir,
+                 title=f"Consolidation on PlanetLab traces ({setup.hosts} hosts)")
+
+
+def check_days(setup: Scenario, files: list[Path]) -> None:
+    """Every day's trace reads, fits the scenario's timing, and its VMs fit the
+    datacenter: else one line naming what and where, before any simulation starts."""
+    for f in files:
+        day = load_day(f)
+        resample(day.util, setup.interval_s, setup.duration_s, str(f))
+        feasibility.check(setup, day.n_vms, where=str(f))
 
 
 def show_results(results: list[Result], day_names: list[str], *, as_json: bool,
                  compare_cloudsim: bool = False, plot_dir: Path | None = None,
                  title: str = "Consolidation on PlanetLab traces (800 hosts)") -> None:
-    """The metrics table (or one JSON object), and charts when ``plot_dir`` is given."""
+    """The metrics table (or one JSON object), then charts when ``plot_dir`` is given (the
+    results are out before a chart can fail)."""
     names = list(dict.fromkeys(r.policy for r in results))
-    err = Console(stderr=True)
-    if plot_dir is not None:
-        for png in _plot(results, plot_dir):
-            if not as_json:
-                err.print(f"wrote {png}")
     if as_json:
         out: dict[str, object] = {"results": [r.to_json() for r in results]}
         if compare_cloudsim:
             out["cloudsim_mean"] = _cloudsim_means(names, day_names)
         emit_json(out)
-        return
+    else:
+        _table(results, names, day_names, compare_cloudsim, title)
+    if plot_dir is not None:
+        err = Console(stderr=True)
+        try:
+            pngs = _plot(results, plot_dir)
+        except OSError as exc:
+            raise UsageError(f"--plot {plot_dir}: cannot write the charts ({exc}); the "
+                             "results are above") from exc
+        if not as_json:
+            for png in pngs:
+                err.print(f"wrote {png}")
+
+
+def _table(results: list[Result], names: list[str], day_names: list[str],
+           compare_cloudsim: bool, title: str) -> None:
     table = Table(title=title)
-    for col in ("policy", "day", "energy kWh", "SLATAH", "PDM", "SLAV", "ESV", "migrations"):
+    bound = {r.day: r.energy_kwh for r in results if r.policy == LOWER_BOUND}
+    mean_bound = sum(bound.values()) / len(bound) if bound else 0.0
+
+    def ratio(energy: float, of: float) -> str:
+        return f"{energy / of:.2f}x" if of > 0 else "-"
+
+    for col in ("policy", "day", "energy kWh", "x bound", "SLATAH", "PDM", "SLAV", "ESV",
+                "migrations", "overloaded", "MIPS lost", "boots", "hosts mean", "peak"):
         table.add_column(col, justify="left" if col in ("policy", "day") else "right")
+    cols = METRICS[1:] + OPERATOR
     for r in results:
-        table.add_row(r.policy, r.day, *(_fmt(m, float(getattr(r, m))) for m in METRICS))
+        table.add_row(r.policy, r.day, _fmt("energy_kwh", r.energy_kwh),
+                      ratio(r.energy_kwh, bound.get(r.day, 0.0)),
+                      *(_fmt(m, float(getattr(r, m))) for m in cols))
     means = _means(results)
     cs = _cloudsim_means(names, day_names) if compare_cloudsim else {}
     for p, m in means.items():
-        table.add_row(f"[bold]{p}[/bold]", "mean", *(_fmt(k, m[k]) for k in METRICS))
+        table.add_row(f"[bold]{p}[/bold]", "mean", _fmt("energy_kwh", m["energy_kwh"]),
+                      ratio(m["energy_kwh"], mean_bound), *(_fmt(k, m[k]) for k in cols))
         if p in cs:
             table.add_row(f"  cloudsim {p}", f"mean/{int(cs[p]['days'])}d",
-                          *(_fmt(k, cs[p][k]) for k in METRICS))
+                          _fmt("energy_kwh", cs[p]["energy_kwh"]), "-",
+                          *(_fmt(k, cs[p][k]) for k in METRICS[1:]), *("-" for _ in OPERATOR))
     console.print(table)
 
 

@@ -12,15 +12,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from vmcluster.cli.common import console, emit_json, json_option
-from vmcluster.cli.evaluate import show_results
+from vmcluster.cli.common import console, emit_json, json_option, writable_dir
+from vmcluster.cli.evaluate import check_days, show_results
 from vmcluster.control.scenario import load_scenario
 from vmcluster.control.simulate import Report, run_scenario
 from vmcluster.errors import UsageError
-from vmcluster.experiments.evaluate import sweep
+from vmcluster.experiments.evaluate import bound_day, sweep
 from vmcluster.experiments.scenario import Scenario, is_power_scenario
 from vmcluster.experiments.scenario import load_scenario as load_power_scenario
-from vmcluster.experiments.traces import list_days, load_day
+from vmcluster.experiments.traces import list_days
 from vmcluster.model.tomlsource import load_toml
 from vmcluster.policy.power.registry import parse_policies
 
@@ -46,6 +46,8 @@ def simulate(scenario: Path, as_json: bool, trace_path: Path | None,
     scenario (TOML with [datacenter], e.g. examples/scenarios/planetlab-*.toml),
     or a directory of PlanetLab-style day traces (one CSV per day).
     """
+    if plot_dir is not None:
+        writable_dir(plot_dir)  # before the run, not after it
     if scenario.is_dir() or is_power_scenario(load_toml(scenario).data):
         if trace_path is not None:
             raise UsageError("--trace is for cluster scenarios; a datacenter run has no "
@@ -94,13 +96,13 @@ def _consolidation(path: Path, policy: str | None, as_json: bool,
             raise UsageError(f"{path}: [simulation] names no trace; add trace = \"...\"")
         files = [Path(setup.trace)]
     names = parse_policies(policy or setup.policy)
-    for f in files:  # a bad row is reported before any work starts
-        load_day(f)
+    check_days(setup, files)  # a bad row or datacenter is reported before any work starts
     err = Console(stderr=True)
     results = sweep(names, files, workers=1 if len(files) == 1 else None, scenario=setup,
                     clock=time.perf_counter,
                     progress=None if as_json else lambda r: err.print(
                         f"{r.policy} {r.day}: simulated in {r.wall_s:.1f} s"))
+    results += [bound_day(str(f), setup) for f in files]
     show_results(results, [f.stem for f in files], as_json=as_json, plot_dir=plot_dir,
                  title=f"{setup.name}: {setup.hosts} hosts, consolidation by {', '.join(names)}")
 

@@ -32,7 +32,7 @@ from vmcluster.policy.power.detection import HISTORY, Detector
 from vmcluster.policy.power.placement import first_fit, initial_placement
 from vmcluster.policy.power.plan import Migrate, Policy, Snapshot, power_at
 
-__all__ = ["Datacenter", "Metrics", "simulate"]
+__all__ = ["Datacenter", "Metrics", "place_initial", "simulate"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -75,6 +75,14 @@ class Metrics:
     decisions: int
     decision_s: float  # mean wall time per decision (0 without a clock)
     active_hosts_mean: float
+    # What an operator reads beside CloudSim's metrics: the share of active host time a
+    # host was really short of MIPS for the VMs running on it (no migration charge), the
+    # share of requested MIPS not delivered, hosts switched on after the start, and the
+    # most hosts active at once.
+    overload_pct: float = 0.0
+    mips_lost_pct: float = 0.0
+    boots: int = 0
+    active_hosts_peak: int = 0
 
 
 @dataclass
@@ -86,6 +94,9 @@ class _Acc:
     allocated: float = 0.0
     under_mig: float = 0.0
     active_host_s: float = 0.0
+    overload_s: float = 0.0
+    boots: int = 0
+    peak: int = 0
 
 
 def _frame(
@@ -132,9 +143,20 @@ def _snapshot(
     )
 
 
+def place_initial(dc: Datacenter, placement: str = "pabfd") -> IntArray:
+    """Where each VM is created (-1: nowhere): PABFD at full MIPS (THR 0.7 check) or
+    first fit, as CloudSim creates VMs (see :func:`simulate`)."""
+    n_vm, n_h = dc.vm_mips.shape[0], dc.n_hosts
+    empty = _snapshot(dc, np.full(n_vm, -1, dtype=np.int64), [[] for _ in range(n_h)],
+                      dc.vm_mips.copy(), np.zeros((n_vm, HISTORY)),
+                      np.zeros(n_vm, dtype=np.int64), np.zeros(n_h), 0)
+    return (first_fit(empty) if placement == "first-fit"
+            else initial_placement(empty, Detector("thr", 0.7)))
+
+
 def simulate(
     dc: Datacenter,
-    util_pct: npt.NDArray[np.uint8],
+    util_pct: npt.NDArray[np.uint8] | npt.NDArray[np.float64],
     policy: Policy | None,
     *,
     placement: str = "pabfd",
@@ -163,10 +185,7 @@ def simulate(
     hist = np.zeros((n_vm, HISTORY))
     count = np.zeros(n_vm, dtype=np.int64)
     # initial placement: every VM requests its full MIPS while being instantiated
-    empty = _snapshot(dc, np.full(n_vm, -1, dtype=np.int64), [[] for _ in range(n_h)],
-                      dc.vm_mips.copy(), hist, count, np.zeros(n_h), 0)
-    vm_host = (first_fit(empty) if placement == "first-fit"
-               else initial_placement(empty, Detector("thr", 0.7)))
+    vm_host = place_initial(dc, placement)
     if (vm_host < 0).any():
         raise ValueError(f"{int((vm_host < 0).sum())} VMs do not fit on the hosts")
     host_vms: list[list[int]] = [[] for _ in range(n_h)]
@@ -180,6 +199,7 @@ def simulate(
     resident = np.zeros(n_vm, dtype=np.int64)
     dt_full = dc.interval_s
     alive = np.ones(n_vm, dtype=bool)
+    was_active: npt.NDArray[np.bool_] | None = None
     for k in range(steps):
         if drop_idle_vms and k >= 1:
             gone = np.flatnonzero(alive & (u[:, k] == 0) & (u[:, k + 1] == 0))
@@ -253,6 +273,15 @@ def simulate(
             mig_under = (ek[own] == 1) & (valloc < vreq)
             acc.under_mig += float((vreq - valloc)[mig_under].sum()) * dt
             acc.active_host_s += float(active.sum()) * dt
+            # really short: the VMs running here (not the ones arriving) want more than
+            # the host has
+            real = np.bincount(eh[own], np.minimum(ra[ev[own]], dc.host_pe_mips[eh[own]]),
+                               n_h)
+            acc.overload_s += float((active & (real > cap * (1 + 1e-9))).sum()) * dt
+            if was_active is not None:
+                acc.boots += int((active & ~was_active).sum())
+            was_active = active
+            acc.peak = max(acc.peak, int(active.sum()))
         if plan_moves:
             order = np.lexsort((np.arange(dur.size), dur))
             for j in order:
@@ -276,4 +305,8 @@ def simulate(
         sla_overall=(acc.requested - acc.allocated) / acc.requested if acc.requested else 0.0,
         decisions=decisions, decision_s=decision_s / decisions if decisions else 0.0,
         active_hosts_mean=acc.active_host_s / (steps * dt_full),
+        overload_pct=100.0 * acc.overload_s / acc.active_s if acc.active_s else 0.0,
+        mips_lost_pct=100.0 * (acc.requested - acc.allocated) / acc.requested
+        if acc.requested else 0.0,
+        boots=acc.boots, active_hosts_peak=acc.peak,
     )

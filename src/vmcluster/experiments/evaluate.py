@@ -10,12 +10,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vmcluster.errors import UsageError
+from vmcluster.experiments.bound import lower_bound_kwh
 from vmcluster.experiments.engine import Metrics, simulate
 from vmcluster.experiments.scenario import Scenario
-from vmcluster.experiments.traces import load_day
+from vmcluster.experiments.traces import load_day, resample
 from vmcluster.policy.power.registry import make_policy
 
-__all__ = ["Result", "run_day", "sweep"]
+__all__ = ["LOWER_BOUND", "Result", "bound_day", "run_day", "sweep"]
+
+LOWER_BOUND = "lower-bound"  # the name of the day's offline energy bound among results
 
 @dataclass(frozen=True)
 class Result:
@@ -31,11 +34,17 @@ class Result:
     migrations: int
     wall_s: float = 0.0
     decision_s: float = 0.0
+    overload_pct: float = 0.0  # see engine.Metrics
+    mips_lost_pct: float = 0.0
+    boots: int = 0
+    hosts_active_mean: float = 0.0
+    hosts_active_peak: int = 0
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
         return {k: d[k] for k in ("policy", "day", "energy_kwh", "slatah", "pdm", "slav", "esv",
-                                  "migrations")}
+                                  "migrations", "overload_pct", "mips_lost_pct", "boots",
+                                  "hosts_active_mean", "hosts_active_peak")}
 
 
 def run_day(policy: str, trace_path: str, seed: int = 0, hosts: int | None = None,
@@ -46,17 +55,30 @@ def run_day(policy: str, trace_path: str, seed: int = 0, hosts: int | None = Non
     ``scenario`` gives the datacenter (hosts, VM types, interval); the paper's by default.
     """
     trace = load_day(Path(trace_path))
-    dc = (scenario or Scenario()).datacenter(trace.n_vms, hosts)
+    setup = scenario or Scenario()
+    dc = setup.datacenter(trace.n_vms, hosts)
+    util = resample(trace.util, setup.interval_s, setup.duration_s, trace_path)
     decide = make_policy(policy)
     t0 = clock() if clock else 0.0
     placement = "first-fit" if decide is None else "pabfd"
-    m: Metrics = simulate(dc, trace.util, decide, placement=placement, seed=seed, clock=clock)
+    m: Metrics = simulate(dc, util, decide, placement=placement, seed=seed, clock=clock)
     wall = (clock() - t0) if clock else 0.0
     energy = m.energy_kwh
     if policy == "npa":  # every host at its maximum power for the whole run
-        energy = float(dc.power_table[:, -1].sum()) * trace.util.shape[1] * dc.interval_s / 3.6e6
+        energy = float(dc.power_table[:, -1].sum()) * util.shape[1] * dc.interval_s / 3.6e6
     return Result(policy, trace.day, energy, m.slatah, m.pdm, m.slav, energy * m.slav,
-                  m.migrations, wall, m.decision_s)
+                  m.migrations, wall, m.decision_s, m.overload_pct, m.mips_lost_pct, m.boots,
+                  m.active_hosts_mean, m.active_hosts_peak)
+
+
+def bound_day(trace_path: str, scenario: Scenario | None = None) -> Result:
+    """The day's offline lower bound on energy (:mod:`.bound`), as a result whose policy
+    is ``lower-bound`` (its other metrics 0: it is no schedule)."""
+    trace = load_day(Path(trace_path))
+    setup = scenario or Scenario()
+    dc = setup.datacenter(trace.n_vms)
+    util = resample(trace.util, setup.interval_s, setup.duration_s, trace_path)
+    return Result(LOWER_BOUND, trace.day, lower_bound_kwh(dc, util), 0.0, 0.0, 0.0, 0.0, 0)
 
 
 def sweep(

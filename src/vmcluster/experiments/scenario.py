@@ -99,6 +99,14 @@ def _number(src: TomlSource, table: TableRef, data: dict[str, Any], key: str,
     return float(value)
 
 
+def _whole(src: TomlSource, table: TableRef, data: dict[str, Any], key: str,
+           default: int) -> int:
+    value = _number(src, table, data, key, default)
+    if value != int(value):
+        raise src.error(table, key, f"{key} must be a whole number, got {value:g}")
+    return int(value)
+
+
 def _trace_path(src: TomlSource, text: str) -> Path:
     """A trace named relative to the scenario file, else to the package's data."""
     here = Path(src.filename).parent / text
@@ -133,7 +141,7 @@ def scenario_from_source(src: TomlSource) -> Scenario:
             raise src.error(t, "power_model", f"unknown power model {h['power_model']!r}",
                             f"known: {', '.join(_MODELS)}")
         hts.append(HostType(str(h["power_model"]), _number(src, t, h, "pe_mips"),
-                            int(_number(src, t, h, "pes")), _number(src, t, h, "ram_mb"),
+                            _whole(src, t, h, "pes", 0), _number(src, t, h, "ram_mb"),
                             _number(src, t, h, "bw_mbit", 1000.0)))
     vts = []
     for i, v in enumerate(data.get("vm_types", [])):
@@ -149,7 +157,7 @@ def scenario_from_source(src: TomlSource) -> Scenario:
     trace = sim.get("trace")
     return Scenario(
         name=str(data.get("name", Path(src.filename).stem)),
-        hosts=int(_number(src, dct, dc, "hosts", 800)),
+        hosts=_whole(src, dct, dc, "hosts", 800),
         host_types=tuple(hts) or PAPER_HOSTS,
         vm_types=tuple(vts) or PAPER_VMS,
         interval_s=_number(src, simt, sim, "interval_s", 300.0),

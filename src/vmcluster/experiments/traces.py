@@ -16,11 +16,21 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from vmcluster.errors import TraceError
+from vmcluster.errors import TraceError, UsageError
 
-__all__ = ["SAMPLES", "DayTrace", "default_trace_dir", "list_days", "load_day", "load_dir"]
+__all__ = [
+    "SAMPLES",
+    "SAMPLE_S",
+    "DayTrace",
+    "default_trace_dir",
+    "list_days",
+    "load_day",
+    "load_dir",
+    "resample",
+]
 
 SAMPLES = 288
+SAMPLE_S = 300.0  # one sample every 5 minutes
 
 
 @dataclass(frozen=True)
@@ -110,3 +120,32 @@ def load_dir(directory: Path, days: list[str] | None = None) -> list[DayTrace]:
                              f"days here: {', '.join(sorted(by_name))}")
         files = [by_name[d] for d in days]
     return [load_day(p) for p in files]
+
+
+def resample(util: npt.NDArray[np.uint8], interval_s: float, duration_s: float,
+             where: str = "") -> npt.NDArray[np.uint8] | npt.NDArray[np.float64]:
+    """The trace as a simulation every ``interval_s`` for ``duration_s`` sees it: the CPU
+    at each interval's start, interpolated between the two samples around it (as
+    CloudSim's ``UtilizationModelPlanetLabInMemory`` does). The trace itself when the
+    interval is the sampling period and the duration the whole trace. A duration longer
+    than the trace, or shorter than one interval, raises UsageError (one line, prefixed
+    ``where``)."""
+    at = f"{where}: " if where else ""
+    n_samples = util.shape[1]
+    length = n_samples * SAMPLE_S
+    if duration_s > length + 1e-9:
+        raise UsageError(f"{at}duration_s {duration_s:g} is longer than the trace "
+                         f"({length:g} s: {n_samples} samples every {SAMPLE_S:g} s)")
+    steps = int(duration_s / interval_s + 1e-9)
+    if steps < 1:
+        raise UsageError(f"{at}duration_s {duration_s:g} is shorter than one interval_s "
+                         f"({interval_s:g})")
+    if interval_s == SAMPLE_S and steps == n_samples:
+        return util
+    pos = np.arange(steps) * interval_s / SAMPLE_S
+    lo = np.minimum(np.floor(pos).astype(np.int64), n_samples - 1)
+    hi = np.minimum(lo + 1, n_samples - 1)
+    frac = pos - lo
+    u = util.astype(np.float64)
+    out: npt.NDArray[np.float64] = u[:, lo] * (1.0 - frac) + u[:, hi] * frac
+    return out
