@@ -14,12 +14,14 @@ and working set, the mode chosen, and what QEMU did), splits them into two halve
 * ``postcopy_pause_ms``: the median measured pause of the post-copy runs (source STOP
   to target RESUME) less the model's device-state copy;
 * ``link_efficiency``: the same grid for the bandwidth itself over the pre-copy runs
-  (1.0: the shaped rate is what a migration gets).
+  (1.0: the shaped rate is what a migration gets);
+* ``pass_s``: each pass's own time (0-0.2 s, step 5 ms), the least error over the
+  pre-copy runs.
 
 Then every held-out run is predicted again from its own measured profile with the fitted
 constants, and the errors of its total time and downtime are printed per dirty rate and
-mode, beside the errors with the constants the code ships (``SWITCH_MS``,
-``POSTCOPY_PAUSE_MS``, ``POSTCOPY_EFFICIENCY``). Writes bench/results/migration_fit.json.
+mode, beside the errors with the constants the code ships (``QEMU_COSTS``). Writes
+bench/results/migration_fit.json.
 
     python bench/fit_migration.py [ROWS.json ...]   (default: bench/results/migration.json)
 """
@@ -33,10 +35,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vmcluster.policy.migration_mode import POSTCOPY_EFFICIENCY, choose_mode, postcopy
-from vmcluster.policy.migration_model import PrecopyInput
+from vmcluster.policy.migration_mode import choose_mode, postcopy
+from vmcluster.policy.migration_model import Costs, PrecopyInput
 from vmcluster.policy.prediction import mbps_to_mibps
-from vmcluster.substrate.qemu.substrate import POSTCOPY_PAUSE_MS, SWITCH_MS
+from vmcluster.substrate.qemu.substrate import QEMU_COSTS
 
 MEMORY_MIB = 256.0  # bench_migration's guest
 LINK_MIBPS = mbps_to_mibps(1000)  # its shaped migration network
@@ -46,11 +48,12 @@ BUDGET_MS = 100.0
 def predict(row: dict[str, Any], c: dict[str, float]) -> tuple[str, float, float]:
     """(mode, total s, downtime ms) the model predicts for ``row``'s measured profile
     with the constants ``c`` (a post-copy: switched where that run switched)."""
+    costs = Costs(switch_ms=c["switch_ms"], pass_s=c["pass_s"],
+                  postcopy_pause_ms=c["postcopy_pause_ms"],
+                  postcopy_efficiency=c["postcopy_efficiency"])
     inp = PrecopyInput(MEMORY_MIB, float(row["measured_dirty_mibps"]),
                        float(row["measured_wws_mib"]), LINK_MIBPS * c["link_efficiency"],
-                       BUDGET_MS, on_no_convergence="throttle", switch_ms=c["switch_ms"],
-                       postcopy_efficiency=c["postcopy_efficiency"],
-                       postcopy_pause_ms=c["postcopy_pause_ms"])
+                       BUDGET_MS, on_no_convergence="throttle", costs=costs)
     choice = choose_mode(inp, allow_postcopy=row["mode"] == "postcopy")
     r = choice.result
     if choice.mode == "postcopy" and row.get("postcopy_after_mib") is not None:
@@ -89,14 +92,16 @@ def grid_best(rows: list[dict[str, Any]], err: Callable[[dict[str, Any], float],
 def fit(rows: list[dict[str, Any]]) -> dict[str, float]:
     pre = [r for r in rows if r["mode"] != "postcopy"]
     post = [r for r in rows if r["mode"] == "postcopy"]
-    c = {"switch_ms": 0.0, "postcopy_efficiency": 1.0, "postcopy_pause_ms": 0.0,
-         "link_efficiency": 1.0}
+    c = {"switch_ms": 0.0, "pass_s": 0.0, "postcopy_efficiency": 1.0,
+         "postcopy_pause_ms": 0.0, "link_efficiency": 1.0}
 
     def total_err(r: dict[str, Any], **change: float) -> float:
         return (predict(r, {**c, **change})[1] - float(r["total_s"])) / float(r["total_s"])
 
     if pre:
         c["link_efficiency"] = grid_best(pre, lambda r, x: total_err(r, link_efficiency=x))
+        c["pass_s"] = min((round(0.005 * i, 3) for i in range(41)), key=lambda p: mean_abs_err(
+            pre, lambda r: total_err(r, pass_s=p)))
         # the copy's share of the measured downtime at no fixed cost: the rest is the fit
         c["switch_ms"] = round(statistics.median(
             float(r["downtime_ms"]) - predict(r, c)[2] for r in pre), 1)
@@ -142,8 +147,7 @@ def main() -> None:
                  "run bench/bench_migration.py first")
     fit_rows, check_rows = split(rows)
     fitted = fit(fit_rows)
-    shipped = {"switch_ms": SWITCH_MS, "postcopy_efficiency": POSTCOPY_EFFICIENCY,
-               "postcopy_pause_ms": POSTCOPY_PAUSE_MS, "link_efficiency": 1.0}
+    shipped = {**QEMU_COSTS.to_json(), "link_efficiency": 1.0}
     print(f"{len(fit_rows)} runs to fit, {len(check_rows)} to check")
     print("fitted: " + ", ".join(f"{k} {v:g}" for k, v in fitted.items()))
     print("shipped: " + ", ".join(f"{k} {v:g}" for k, v in shipped.items()))

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from vmcluster.policy.migration_mode import (
     POSTCOPY_AIM,
-    POSTCOPY_EFFICIENCY,
     PROMPT,
     choose_mode,
     postcopy,
     postcopy_left,
     postcopy_switch,
 )
-from vmcluster.policy.migration_model import PrecopyInput
+from vmcluster.policy.migration_model import Costs, PrecopyInput
 
 GBIT = 119.2  # MiB/s on a 1 Gbit/s link
 
@@ -23,7 +24,7 @@ GBIT = 119.2  # MiB/s on a 1 Gbit/s link
 def inp(dirty: float, wws: float = 128.0, action: str = "throttle",
         budget: float = 100.0, switch_ms: float = 0.0) -> PrecopyInput:
     return PrecopyInput(256, dirty, wws, GBIT, budget, on_no_convergence=action,  # type: ignore[arg-type]
-                        switch_ms=switch_ms)
+                        costs=Costs(switch_ms=switch_ms))
 
 
 def test_an_idle_guest_is_plain_precopy() -> None:
@@ -57,9 +58,9 @@ def test_a_slow_precopy_gives_way_to_postcopy_only_with_consent() -> None:
     allowed = choose_mode(slow, allow_postcopy=True)
     assert allowed.mode == "postcopy"
     assert allowed.result.total_s <= POSTCOPY_AIM * 256 / GBIT + 0.01
-    # the whole first pass would take 1.9 copies: the switch comes after 43 MiB
-    assert allowed.postcopy_after_mib == pytest.approx(43.3, abs=0.1)
-    assert "post-copy after 43 MiB of pre-copy" in allowed.reason
+    # the whole first pass would take 1.5 copies: the switch comes after 76 MiB
+    assert allowed.postcopy_after_mib == pytest.approx(76.3, abs=0.1)
+    assert "post-copy after 76 MiB of pre-copy" in allowed.reason
     blocked = choose_mode(slow, allow_postcopy=True, blocker="node2's QEMU lacks it")
     assert blocked.mode == "precopy"
 
@@ -91,7 +92,7 @@ def test_postcopy_model() -> None:
     r = postcopy(PrecopyInput(256, 100, 128, GBIT, 100, state_mib=1.0))
     assert r.outcome == "postcopy" and r.converged
     assert r.after_mib == pytest.approx(128)  # the working set, dirtied during pass 0
-    assert r.total_s == pytest.approx((256 + 1) / GBIT + 128 / (POSTCOPY_EFFICIENCY * GBIT))
+    assert r.total_s == pytest.approx((256 + 1) / GBIT + 128 / GBIT)
     assert r.downtime_ms == pytest.approx(1 / GBIT * 1000)
     assert r.to_json()["postcopy_mib"] == pytest.approx(128)
 
@@ -103,8 +104,10 @@ def test_postcopy_after_part_of_the_first_pass() -> None:
     assert postcopy_left(i, 10, 10 / GBIT, 1000) == 256  # no more than was sent
     r = postcopy(i, 128)
     assert r.passes[0].sent_mib == 128
-    assert r.total_s == pytest.approx(128 / GBIT + 235.4 / (POSTCOPY_EFFICIENCY * GBIT),
-                                      abs=0.01)
+    assert r.total_s == pytest.approx(128 / GBIT + 235.4 / GBIT, abs=0.01)
+    slow = postcopy(replace(i, costs=Costs(postcopy_efficiency=0.5, postcopy_pause_ms=40)), 128)
+    assert slow.total_s == pytest.approx(128 / GBIT + 0.04 + 235.4 / (0.5 * GBIT), abs=0.01)
+    assert slow.downtime_ms == pytest.approx(40)
     s = postcopy_switch(i)
     assert postcopy(i, s).total_s == pytest.approx(POSTCOPY_AIM * 256 / GBIT, abs=1e-3)
     assert postcopy_switch(PrecopyInput(256, 5, 128, GBIT, 100)) == 256  # whole pass fits

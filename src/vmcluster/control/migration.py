@@ -180,8 +180,7 @@ def choose(substrate: Substrate, spec: ClusterSpec, vm: str, target: str, networ
         memory_mib=float(spec_vm.memory_mib), dirty_mibps=profile.dirty_mibps,
         wws_mib=min(profile.wws_mib, float(spec_vm.memory_mib)), bandwidth_mibps=bandwidth,
         downtime_ms=params.downtime_ms, max_passes=params.max_passes,
-        on_no_convergence=params.on_no_convergence, switch_ms=profile.switch_ms,
-        postcopy_pause_ms=profile.postcopy_pause_ms)
+        on_no_convergence=params.on_no_convergence, costs=profile.costs)
     return choose_mode(inp, allow_postcopy=spec_vm.allow_postcopy,
                        blocker=profile.postcopy_blocker), profile
 

@@ -559,8 +559,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                                                              profile.wws_mib),
                        measured="the spec's" if profile is None else profile.measured,
                        postcopy_blocker=None if profile is None else profile.postcopy_blocker,
-                       switch_ms=0.0 if profile is None else profile.switch_ms,
-                       postcopy_pause_ms=0.0 if profile is None else profile.postcopy_pause_ms,
+                       costs=None if profile is None else profile.costs,
                        downtime_ms=downtime_ms,
                        on_no_convergence=on_no_convergence)  # type: ignore[arg-type]
         return {"vm": vm, "source": source, "target": to, **pred.to_json()}

@@ -19,8 +19,8 @@ A user who asked for it (``on_no_convergence = "force"``) gets pre-copy forced
 through, downtime over the budget and all (mode ``precopy``, outcome ``forced``).
 
 Post-copy's own model: pre-copy sends the first ``s`` MiB of memory ``M`` in ``s/b``;
-the switch pauses the guest for the device state (``S/b``) and ``postcopy_pause_ms`` (the
-target loads it, ownership moves, it runs); then what pre-copy had not
+the switch pauses the guest for the device state (``S/b``) and the hypervisor's
+``postcopy_pause_ms`` (the target loads it, ownership moves, it runs); then what pre-copy had not
 sent, ``M - s``, and the pages the guest dirtied meanwhile, ``min(W, d*s/b, s)`` (counted
 as sent already: a working set lies low in memory, which pre-copy sends first), follow
 at ``postcopy_efficiency`` of the link's speed while the guest runs on the target.
@@ -62,10 +62,6 @@ MODES: tuple[Mode, ...] = ("precopy", "auto-converge", "postcopy", "refuse")
 PROMPT = 1.5
 # Post-copy aims to end within this many copies of memory (the switch point follows).
 POSTCOPY_AIM = 1.25
-# After the switch, pages follow at PrecopyInput.postcopy_efficiency of the bandwidth (0.9
-# by default): the running guest's page requests interleave with the background stream
-# (fitted from bench_migration's runs by bench/fit_migration.py; see docs/notes.md).
-POSTCOPY_EFFICIENCY = PrecopyInput.postcopy_efficiency
 # QEMU aims at these fractions of the budget first, when the model says that costs at most
 # AIM_PASSES more passes and AIM_SLACK of a copy of memory's time.
 AIM_FRACTIONS = (0.25, 0.5)
@@ -112,14 +108,14 @@ def postcopy_left(inp: PrecopyInput, sent_mib: float, seconds: float,
 def postcopy(inp: PrecopyInput, after_mib: float | None = None) -> PrecopyResult:
     """Post-copy after pre-copy sent ``after_mib`` of its first pass (None: all of it), at
     the fixed bandwidth ``inp.bandwidth_mibps``; after the switch pages move at
-    ``inp.postcopy_efficiency`` of it."""
+    ``inp.costs.postcopy_efficiency`` of it."""
     b = inp.bandwidth_mibps
     sent = inp.memory_mib if after_mib is None else min(inp.memory_mib, max(0.0, after_mib))
     first = Pass(sent, sent / b, inp.dirty_mibps)
     left = postcopy_left(inp, sent, first.seconds, inp.dirty_mibps)
-    down_s = inp.state_mib / b + inp.postcopy_pause_ms / 1000.0
+    down_s = inp.state_mib / b + inp.costs.postcopy_pause_ms / 1000.0
     return PrecopyResult(inp, (first,), inp.state_mib, down_s * 1000.0,
-                         first.seconds + down_s + left / (b * inp.postcopy_efficiency), True,
+                         first.seconds + down_s + left / (b * inp.costs.postcopy_efficiency), True,
                          "postcopy", after_mib=left)
 
 
@@ -152,7 +148,7 @@ def _aim(inp: PrecopyInput, base: PrecopyResult) -> tuple[float, PrecopyResult]:
     slack_s = AIM_SLACK * inp.memory_mib / inp.bandwidth_mibps
     share = copy_budget_ms(inp)
     for frac in AIM_FRACTIONS:
-        r = run(replace(inp, downtime_ms=share * frac + inp.switch_ms))
+        r = run(replace(inp, downtime_ms=share * frac + inp.costs.switch_ms))
         if r.converged and r.outcome == base.outcome and \
                 len(r.passes) <= len(base.passes) + AIM_PASSES and \
                 r.total_s <= base.total_s + slack_s:

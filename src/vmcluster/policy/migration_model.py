@@ -5,11 +5,12 @@ rate ``d`` (what is dirty after an interval ``t`` is ``min(W, d*t)``),
 effective bandwidth ``b``, downtime budget ``L``, a bound ``N`` on passes and
 device state ``S`` (MiB, MiB/s, ms).
 
-* Pass 0 sends ``M`` in ``t0 = M/b``; pass ``i`` sends what pass ``i-1``
-  left dirty, ``V_i = min(W, d*t_{i-1})``, in ``t_i = V_i/b``.
+* Pass 0 sends ``M`` in ``t0 = M/b + p``; pass ``i`` sends what pass ``i-1``
+  left dirty, ``V_i = min(W, d*t_{i-1})``, in ``t_i = V_i/b + p`` (``p``: the
+  hypervisor's own time per pass, :class:`Costs`).
 * After each pass, if what is dirty now fits the budget (``V/b <= L - C``) the
   guest is paused and ``V + S`` copied: ``downtime = (V + S)/b + C``, ``C`` the
-  hypervisor's fixed cost of a switchover (``switch_ms``), which the copy's share of
+  hypervisor's fixed cost of a switchover (:class:`Costs`), which the copy's share of
   the budget leaves room for (:func:`copy_budget_ms`, the limit QEMU is given).
 * If ``N`` passes are done, or ``V`` stopped shrinking, the migration does
   not converge and the configured action applies: ``force`` (switch over
@@ -38,6 +39,7 @@ __all__ = [
     "PAGE_KIB",
     "Action",
     "Advice",
+    "Costs",
     "Decision",
     "Outcome",
     "Pass",
@@ -58,6 +60,33 @@ Decision = Literal["stop", "continue", "stuck"]
 
 
 @dataclass(frozen=True)
+class Costs:
+    """What a hypervisor adds to the ideal model, fitted from measured migrations (the
+    QEMU substrate's: ``substrate/qemu/substrate.py``; bench/fit_migration.py fits them):
+    a switchover's fixed pause beyond copying the last pages (``switch_ms``), each pass's
+    own time beyond sending its pages (``pass_s``: the dirty-bitmap sync; the guest keeps
+    dirtying meanwhile), a switch to post-copy's pause beyond moving the device state
+    (``postcopy_pause_ms``: the target loads it, ownership moves, it runs), and the share
+    of the bandwidth pages move at after that switch (``postcopy_efficiency``: the running
+    guest's page requests interleave with the background stream). The defaults: none."""
+
+    switch_ms: float = 0.0
+    pass_s: float = 0.0
+    postcopy_pause_ms: float = 0.0
+    postcopy_efficiency: float = 1.0
+
+    def __post_init__(self) -> None:
+        if min(self.switch_ms, self.pass_s, self.postcopy_pause_ms) < 0 or \
+                not 0 < self.postcopy_efficiency <= 1.5:
+            raise UsageError(f"migration model: costs out of range: {self}")
+
+    def to_json(self) -> dict[str, float]:
+        return {"switch_ms": self.switch_ms, "pass_s": self.pass_s,
+                "postcopy_pause_ms": self.postcopy_pause_ms,
+                "postcopy_efficiency": self.postcopy_efficiency}
+
+
+@dataclass(frozen=True)
 class PrecopyInput:
     """One migration to model. Units: MiB, MiB/s, ms."""
 
@@ -72,12 +101,7 @@ class PrecopyInput:
     throttle_initial: float = 0.2
     throttle_increment: float = 0.1
     throttle_max: float = 0.99
-    switch_ms: float = 0.0  # the hypervisor's fixed cost of the pause, beyond the copy
-    # after a switch to post-copy, pages move at this share of the bandwidth
-    postcopy_efficiency: float = 0.9
-    # the guest's pause at a switch to post-copy beyond moving the device state (the
-    # hypervisor's and the cluster's: the target loads, ownership moves, it runs)
-    postcopy_pause_ms: float = 0.0
+    costs: Costs = Costs()  # the hypervisor's, beyond the ideal model
 
     def __post_init__(self) -> None:
         checks = (
@@ -88,9 +112,6 @@ class PrecopyInput:
             (self.downtime_ms >= 0, "downtime budget must be >= 0 ms"),
             (self.max_passes >= 1, "max passes must be >= 1"),
             (self.state_mib >= 0, "device state must be >= 0 MiB"),
-            (self.switch_ms >= 0, "switchover cost must be >= 0 ms"),
-            (0 < self.postcopy_efficiency <= 1.5, "post-copy efficiency must be in (0, 1.5]"),
-            (self.postcopy_pause_ms >= 0, "post-copy pause must be >= 0 ms"),
             (self.on_no_convergence in ("force", "throttle", "abort"),
              "on_no_convergence must be force, throttle or abort"),
         )
@@ -172,7 +193,7 @@ def copy_budget_ms(inp: PrecopyInput) -> float:
     """What of the downtime budget the last copy may take: the rest is the switchover's
     fixed cost (at least a tenth of the budget is left to the copy). This is the limit
     the hypervisor is given."""
-    return max(0.1 * inp.downtime_ms, inp.downtime_ms - inp.switch_ms)
+    return max(0.1 * inp.downtime_ms, inp.downtime_ms - inp.costs.switch_ms)
 
 
 def next_throttle(inp: PrecopyInput, throttle: float) -> float | None:
@@ -206,7 +227,7 @@ def run(inp: PrecopyInput) -> PrecopyResult:
     throttling = inp.on_no_convergence == "throttle"
     while True:
         rate = inp.dirty_mibps * (1.0 - throttle)
-        seconds = volume / b
+        seconds = volume / b + inp.costs.pass_s
         passes.append(Pass(volume, seconds, rate))
         decision, dirty = after_pass(inp, len(passes) - 1, volume, seconds, rate, b)
         # Throttled, a pass that did not shrink what is dirty goes on (the throttle grows)
@@ -230,7 +251,7 @@ def _finish(
         return PrecopyResult(inp, passes, stop_copy, 0.0, copy_s, False, "aborted", throttle)
     else:
         outcome = "forced"
-    down_s = stop_copy / inp.bandwidth_mibps + inp.switch_ms / 1000.0
+    down_s = stop_copy / inp.bandwidth_mibps + inp.costs.switch_ms / 1000.0
     return PrecopyResult(
         inp, passes, stop_copy, down_s * 1000.0, copy_s + down_s, fits, outcome, throttle
     )
@@ -282,7 +303,7 @@ def advise(result: PrecopyResult) -> tuple[Advice, ...]:
     # With a larger budget the passes are the same until the first one that fits,
     # so the smallest dirty amount seen is the least that must fit.
     seen = [p.sent_mib for p in result.passes[1:]] + [result.stop_copy_mib - inp.state_mib]
-    need_ms = min(seen) / b * 1000.0 * (1 + 1e-9) + 1e-9 + inp.switch_ms
+    need_ms = min(seen) / b * 1000.0 * (1 + 1e-9) + 1e-9 + inp.costs.switch_ms
     if need_ms > inp.downtime_ms and _converges(replace(inp, downtime_ms=need_ms)):
         out.append(Advice(
             "downtime", _ceil3(need_ms),

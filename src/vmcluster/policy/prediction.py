@@ -18,6 +18,7 @@ from vmcluster.policy.migration_mode import ModeChoice, choose_mode
 from vmcluster.policy.migration_model import (
     Action,
     Advice,
+    Costs,
     PrecopyInput,
     PrecopyResult,
 )
@@ -122,8 +123,7 @@ def predict(
     profile: tuple[float, float] | None = None,
     measured: str = "the spec's",
     postcopy_blocker: str | None = None,
-    switch_ms: float = 0.0,
-    postcopy_pause_ms: float = 0.0,
+    costs: Costs | None = None,
 ) -> Prediction:
     """Predict migrating ``vm_name`` (from ``source``, default its owner) to ``target``,
     and the mode it would take (:func:`~vmcluster.policy.migration_mode.choose_mode`).
@@ -131,8 +131,8 @@ def predict(
     ``flows`` counts the other flows already on each network (by name); the
     migration gets an equal share of that network's bandwidth. ``profile``: the
     guest's (dirty rate, working set) as measured (``measured`` says how), instead of
-    its spec's; ``postcopy_blocker``: why post-copy cannot be used here; ``switch_ms`` and
-    ``postcopy_pause_ms``: the hypervisor's fixed pauses, as its substrate measured them.
+    its spec's; ``postcopy_blocker``: why post-copy cannot be used here; ``costs``: what the
+    hypervisor adds to the ideal model (its substrate's; none by default).
     """
     vm = spec.vm(vm_name)
     if profile is not None:
@@ -158,7 +158,7 @@ def predict(
         inp = replace(precopy_input(
             vm, link / (1 + others), downtime_ms=downtime_ms, max_passes=max_passes,
             state_mib=state_mib, on_no_convergence=action,  # type: ignore[arg-type]
-        ), switch_ms=switch_ms, postcopy_pause_ms=postcopy_pause_ms)
+        ), costs=costs or Costs())
         return link, others, choose_mode(inp, allow_postcopy=vm.allow_postcopy,
                                          blocker=postcopy_blocker)
 

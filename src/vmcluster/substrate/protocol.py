@@ -66,6 +66,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast, runtime_checkable
 
+from vmcluster.policy.migration_model import Costs
+
 __all__ = [
     "Clock",
     "FaultInjector",
@@ -182,21 +184,19 @@ class MigrationParams:
 class MigrationProfile:
     """What a migration's mode is chosen on, as the substrate knows it now: the guest's
     dirty rate and working set (``measured``: how they were found), why post-copy
-    cannot be used between its two hosts (None: it can), the hypervisor's fixed cost
-    of a switchover (ms: stopping the vCPUs, moving and loading the devices), and how long
-    a switch to post-copy pauses the guest (ms, beyond moving its device state)."""
+    cannot be used between its two hosts (None: it can), and what the hypervisor adds
+    to the ideal model (its fitted :class:`~vmcluster.policy.migration_model.Costs`)."""
 
     dirty_mibps: float
     wws_mib: float
     measured: str
     postcopy_blocker: str | None = None
-    switch_ms: float = 0.0
-    postcopy_pause_ms: float = 0.0
+    costs: Costs = field(default_factory=Costs)
 
     def to_json(self) -> dict[str, object]:
         return {"dirty_mibps": round(self.dirty_mibps, 3), "wws_mib": round(self.wws_mib, 3),
                 "measured": self.measured, "postcopy_blocker": self.postcopy_blocker,
-                "switch_ms": self.switch_ms, "postcopy_pause_ms": self.postcopy_pause_ms}
+                "costs": self.costs.to_json()}
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from vmcluster.errors import SubstrateError
 from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 from vmcluster.policy.migration_mode import dirty_profile
+from vmcluster.policy.migration_model import Costs
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.host.client import AgentClient, AgentDown
 from vmcluster.substrate.host.layout import LabLayout
@@ -40,12 +41,13 @@ from vmcluster.substrate.qemu.records import RecordsSnapshot, SubstrateRecords
 
 # The dirty-rate windows a migration's profile is measured over, one after the other.
 PROFILE_WINDOWS_MS = (250, 1500)
-# QEMU's downtime beyond sending the last dirty pages (stopping the vCPUs, saving and
-# loading the devices): fitted from bench_migration's runs (bench/fit_migration.py).
-SWITCH_MS = 15.0
-# A switch to post-copy pauses the guest this long (source STOP to target RESUME: QEMU
-# moves the devices, the target loads them, the store moves ownership, the target runs).
-POSTCOPY_PAUSE_MS = 55.0
+# What QEMU adds to the ideal migration model, fitted by bench/fit_migration.py from
+# bench_migration's runs on this machine (QEMU 10.0.2, TCG; docs/notes.md has the data):
+# the switchover's pause beyond the last pages, each pass's own time, a post-copy
+# switch's pause (source STOP to target RESUME: devices move and load, the store moves
+# ownership, the target runs) and the page rate after it.
+QEMU_COSTS = Costs(switch_ms=2.0, pass_s=0.0, postcopy_pause_ms=40.0,
+                   postcopy_efficiency=1.0)
 
 __all__ = ["PROFILE_WINDOWS_MS", "QemuSubstrate", "measure_profile"]
 
@@ -73,8 +75,7 @@ def measure_profile(spec: ClusterSpec, vm: str, source: str | None, target: str,
             blocker = str(exc)
     if source is None:
         return MigrationProfile(spec_vm.dirty_mibps, spec_vm.working_set_mib,
-                                f"the spec's ({vm} runs nowhere)", blocker, SWITCH_MS,
-                                POSTCOPY_PAUSE_MS)
+                                f"the spec's ({vm} runs nowhere)", blocker, QEMU_COSTS)
     short_ms, long_ms = PROFILE_WINDOWS_MS
     try:
         rates = agent(source).call("dirty_rate", vm=vm, timeout_s=30,
@@ -82,12 +83,11 @@ def measure_profile(spec: ClusterSpec, vm: str, source: str | None, target: str,
         fast, slow = float(rates[0][1]), float(rates[1][1])
     except (SubstrateError, KeyError, IndexError, TypeError, ValueError) as exc:
         return MigrationProfile(spec_vm.dirty_mibps, spec_vm.working_set_mib,
-                                f"the spec's (not measured: {exc})", blocker, SWITCH_MS,
-                                POSTCOPY_PAUSE_MS)
+                                f"the spec's (not measured: {exc})", blocker, QEMU_COSTS)
     dirty, wws = dirty_profile((short_ms, fast), (long_ms, slow), float(spec_vm.memory_mib),
                                spec_vm.working_set_mib)
     return MigrationProfile(dirty, wws, f"measured by {source}'s QEMU over {short_ms} and "
-                            f"{long_ms} ms", blocker, SWITCH_MS, POSTCOPY_PAUSE_MS)
+                            f"{long_ms} ms", blocker, QEMU_COSTS)
 
 
 class QemuSubstrate:
