@@ -24,6 +24,8 @@ mode, beside the errors with the constants the code ships (``QEMU_COSTS``). Writ
 bench/results/migration_fit.json.
 
     python bench/fit_migration.py [ROWS.json ...]   (default: bench/results/migration.json)
+
+The rows QEMU_COSTS was fitted from are kept in bench/data/migration-qemu10-*.json.
 """
 
 from __future__ import annotations
