@@ -710,8 +710,11 @@ function renderResult() {
     for (const x of d.results) (by[x.policy] = by[x.policy] || []).push(x);
     const groups = Object.entries(by).map(([policy, rows]) => {
       const mean = (k) => rows.reduce((a, x) => a + Number(x[k] || 0), 0) / rows.length;
+      const note = policy === "lower-bound"
+        ? "the offline lower bound: no policy serving every request can use less"
+        : `SLAV ${mean("slav").toExponential(2)}, ${Math.round(mean("migrations"))} migrations`;
       return { label: policy, bars: [{ name: "energy", value: mean("energy_kwh"), cls: "before",
-        note: `SLAV ${mean("slav").toExponential(2)}, ${Math.round(mean("migrations"))} migrations` }] };
+        note }] };
     });
     const days = [...new Set(d.results.map((x) => x.day))];
     box.innerHTML = `<p id="result-summary" data-kind="evaluation" data-policies="${groups.length}">
