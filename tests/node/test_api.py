@@ -301,6 +301,12 @@ def test_the_cluster_reads_nodes_networks_volumes_migrations_and_metrics(
     assert after["node1"]["state_after"] == "draining" and after["node1"]["vms_after"] == []
     assert "web" in after[move["target"]]["vms_after"] and plan["power_off"] == []
     assert ClusterPlan.from_json(plan).migrations[0].target == move["target"]
+    cap = client.get("/api/v1/plans/capacity?depth=1", headers=admin).json()
+    assert cap["depth"] == 1 and [x["down"] for x in cap["losses"]] == [
+        [n] for n in ("node1", "node2", "node3")]
+    lost1 = cap["losses"][0]  # web runs on node1: it restarts elsewhere, by the rules
+    assert lost1["ok"] and [x["vm"] for x in lost1["restarted"]] == ["web"]
+    assert client.get("/api/v1/plans/capacity?depth=7", headers=admin).status_code == 422
     text = client.get("/metrics", headers=admin).text
     assert 'vmcluster_node_state{node="node1",state="up"} 1.0' in text
     assert 'vmcluster_network_state{network="Migration",state="down"} 1.0' in text

@@ -32,6 +32,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("cluster", "cluster"),
     ("token", "token"),
     ("consolidate", "consolidate"),
+    ("plan", "plan"),
 )
 
 # (group name, module under vmcluster.cli, attribute): subcommands that live in

@@ -66,6 +66,7 @@ from vmcluster.node.bootstrap import (
 from vmcluster.node.cache import CachedKV, StoreCache
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.pki import NodeCredentials, ca_hash
+from vmcluster.policy.capacity import capacity
 from vmcluster.policy.prediction import predict
 from vmcluster.store import intents, tokens, vms
 from vmcluster.store.election import current_leader
@@ -594,6 +595,21 @@ def create_app(ctx: ApiContext) -> FastAPI:
     def _drain(node: str) -> dict[str, Any]:
         _spec().node(node)
         return {"node": node, **_planned(lambda obs, spec: drain_plan(obs, spec, node))}
+
+    def _capacity(depth: int) -> dict[str, Any]:
+        spec = _spec()
+        placed = {vm: node for vm, node in _placements().items()
+                  if vm in {v.name for v in spec.vms}}
+        return capacity(spec, placed, depth).to_json()
+
+    @app.get("/api/v1/plans/capacity")
+    async def plan_capacity(depth: int = Query(2, ge=1, le=3),
+                            _who: Caller = Depends(reader)) -> dict[str, Any]:
+        """Whether the cluster can lose any one node (any ``depth`` nodes at once) and
+        restart every VM by the failover rules the manager runs: for each loss, where the
+        VMs restart, which stay down and why (no room, anti-affinity, lost quorum), and
+        the room left per resource (least and total free memory and vCPUs)."""
+        return await asyncio.to_thread(_capacity, depth)
 
     @app.get("/api/v1/plans/drain")
     async def plan_drain(node: str = Query(min_length=1),
