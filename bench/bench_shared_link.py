@@ -28,47 +28,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bench_migration import SPEC as ONE_VM
 from bench_migration import set_rate
 
 from vmcluster.control.timing import Move, concurrent
 from vmcluster.lab.lab import lab_down, lab_up
 from vmcluster.substrate.host.layout import LabLayout
 
-SPEC = """
-[cluster]
-name = "shared"
-[[networks]]
-name = "Public"
-subnet = "198.18.1.0/24"
-gateway = "198.18.1.1"
-[[networks]]
-name = "Heartbeat"
-subnet = "198.18.2.0/24"
-[[networks]]
-name = "Migration"
-subnet = "198.18.3.0/24"
-bandwidth_mbps = 1000
-[[nodes]]
-name = "node1"
-cores = 2
-memory_mib = 2048
-interfaces = { Public = "198.18.1.11", Heartbeat = "198.18.2.11", Migration = "198.18.3.11" }
-[[nodes]]
-name = "node2"
-cores = 2
-memory_mib = 2048
-interfaces = { Public = "198.18.1.12", Heartbeat = "198.18.2.12", Migration = "198.18.3.12" }
-[[vms]]
-name = "vm1"
-owner = "node1"
-memory_mib = 256
-wws_mib = 128
-[[vms]]
-name = "vm2"
-owner = "node1"
-memory_mib = 256
-wws_mib = 128
-"""
+# bench_migration's two hosts and networks (TLS on, one channel, the 1 Gbit/s link), two VMs
+SPEC = (ONE_VM[:ONE_VM.index("[[vms]]")].replace("{tls}", "true").replace("{channels}", "1")
+        .replace("{bandwidth}", "bandwidth_mbps = 1000") + "".join(
+            f'[[vms]]\nname = "{vm}"\nowner = "node1"\nmemory_mib = 256\nwws_mib = 128\n'
+            for vm in ("vm1", "vm2")))
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 

@@ -48,6 +48,7 @@ from vmcluster.policy.migration_model import (
     PrecopyInput,
     PrecopyResult,
     advise,
+    boundary,
     copy_budget_ms,
     run,
 )
@@ -130,14 +131,8 @@ def postcopy_switch(inp: PrecopyInput, aim: float = POSTCOPY_AIM) -> float:
 
     if fits(m):
         return m
-    lo, hi = 0.0, m  # the total grows with s: bisect for the largest that fits
-    for _ in range(40):
-        mid = (lo + hi) / 2.0
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    # the total grows with s: the largest that fits is where "does not fit" begins
+    return boundary(0.0, m, lambda s: not fits(s), steps=40)[0]
 
 
 def _aim(inp: PrecopyInput, base: PrecopyResult) -> tuple[float, PrecopyResult]:

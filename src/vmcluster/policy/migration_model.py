@@ -48,6 +48,7 @@ __all__ = [
     "advise",
     "after_pass",
     "auto_converge",
+    "boundary",
     "copy_budget_ms",
     "run",
 ]
@@ -273,15 +274,22 @@ def _converges(inp: PrecopyInput) -> bool:
     return run(replace(inp, on_no_convergence="force")).converged
 
 
-def _bisect_min(lo: float, hi: float, ok: Callable[[float], bool], steps: int = 60) -> float:
-    """Smallest x in [lo, hi] with ok(x), for a predicate monotone in x; ok(hi) must hold."""
+def boundary(lo: float, hi: float, ok: Callable[[float], bool],
+             steps: int = 60) -> tuple[float, float]:
+    """Where a predicate monotone in x turns true on [lo, hi] (ok(lo) false, ok(hi)
+    true): the last x found false and the first found true, ``steps`` halvings apart."""
     for _ in range(steps):
         mid = (lo + hi) / 2.0
         if ok(mid):
             hi = mid
         else:
             lo = mid
-    return hi
+    return lo, hi
+
+
+def _bisect_min(lo: float, hi: float, ok: Callable[[float], bool], steps: int = 60) -> float:
+    """Smallest x in [lo, hi] with ok(x), for a predicate monotone in x; ok(hi) must hold."""
+    return boundary(lo, hi, ok, steps)[1]
 
 
 def _ceil3(x: float) -> float:
