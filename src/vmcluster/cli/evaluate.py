@@ -51,15 +51,13 @@ def _cloudsim_means(policies: list[str], days: list[str]) -> dict[str, dict[str,
 def _fmt(m: str, v: float) -> str:
     if m in ("overload_pct", "mips_lost_pct"):
         return f"{v:.2f}%"
-    if m in ("hosts_active_mean",):
-        return f"{v:.1f}"
     if m in ("migrations", "boots", "hosts_active_peak"):
         return f"{v:,.0f}"
     if m == "energy_kwh":
         return f"{v:.2f}"
     if m in ("slatah", "pdm"):
         return f"{v * 100:.3f}%"
-    return f"{v:.3e}"
+    return f"{v:.2e}"
 
 
 def _plot(results: list[Result], directory: Path) -> list[Path]:
@@ -188,10 +186,12 @@ def _table(results: list[Result], names: list[str], day_names: list[str],
     def ratio(energy: float, of: float) -> str:
         return f"{energy / of:.2f}x" if of > 0 else "-"
 
-    for col in ("policy", "day", "energy kWh", "x bound", "SLATAH", "PDM", "SLAV", "ESV",
-                "migrations", "overloaded", "MIPS lost", "boots", "hosts mean", "peak"):
-        table.add_column(col, justify="left" if col in ("policy", "day") else "right")
-    cols = METRICS[1:] + OPERATOR
+    # narrow enough for a 140-column log; --json has every key (and hosts_active_mean)
+    for col in ("policy", "day", "kWh", "x bound", "SLATAH", "PDM", "SLAV", "ESV", "migr.",
+                "overload", "lost", "boots", "peak"):
+        left = col in ("policy", "day")
+        table.add_column(col, justify="left" if left else "right", no_wrap=left)
+    cols = METRICS[1:] + ("overload_pct", "mips_lost_pct", "boots", "hosts_active_peak")
     for r in results:
         table.add_row(r.policy, r.day, _fmt("energy_kwh", r.energy_kwh),
                       ratio(r.energy_kwh, bound.get(r.day, 0.0)),
@@ -204,7 +204,7 @@ def _table(results: list[Result], names: list[str], day_names: list[str],
         if p in cs:
             table.add_row(f"  cloudsim {p}", f"mean/{int(cs[p]['days'])}d",
                           _fmt("energy_kwh", cs[p]["energy_kwh"]), "-",
-                          *(_fmt(k, cs[p][k]) for k in METRICS[1:]), *("-" for _ in OPERATOR))
+                          *(_fmt(k, cs[p][k]) for k in METRICS[1:]), "-", "-", "-", "-")
     console.print(table)
 
 
