@@ -427,3 +427,16 @@ def test_a_consolidation_plan_is_made_from_the_loads_the_hosts_measured(
     assert nodes["node1"]["util_before"] == pytest.approx(0.5)  # web's one vCPU of 2 cores
     bad = client.get("/api/v1/plans/consolidation?policy=nonsense", headers=admin)
     assert bad.status_code in (400, 422) and "nonsense" in bad.json()["error"]["message"]
+
+
+def test_a_body_key_that_is_not_plain_text_is_quoted_in_the_one_line_error(
+        api: tuple[TestClient, ClusterState]) -> None:
+    client, state = api
+    state.client.put(state.key("tokens", token_hash("admin-token")),
+                     json.dumps({"role": "admin"}).encode())
+    state.put_spec(SPEC)
+    admin = {"Authorization": "Bearer admin-token"}
+    got = client.post("/api/v1/vms", json={"name": "x", "\n": 1}, headers=admin)
+    assert got.status_code == 422
+    message = got.json()["error"]["message"]
+    assert "\n" not in message and "'\\n'" in message, message

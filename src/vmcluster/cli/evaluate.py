@@ -191,7 +191,7 @@ def _table(results: list[Result], names: list[str], day_names: list[str],
                 "overload", "lost", "boots", "peak"):
         left = col in ("policy", "day")
         table.add_column(col, justify="left" if left else "right", no_wrap=left)
-    cols = METRICS[1:] + ("overload_pct", "mips_lost_pct", "boots", "hosts_active_peak")
+    cols = (*METRICS[1:], "overload_pct", "mips_lost_pct", "boots", "hosts_active_peak")
     for r in results:
         table.add_row(r.policy, r.day, _fmt("energy_kwh", r.energy_kwh),
                       ratio(r.energy_kwh, bound.get(r.day, 0.0)),

@@ -387,9 +387,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        return _problem(422, f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}",
-                        "invalid", ".".join(loc) or None)
+        # a body's own keys name the place: shown quoted when they are not plain text (a
+        # key may hold a newline), so the answer stays one line
+        loc = [str(p) if str(p).isprintable() and str(p).strip() == str(p) and str(p)
+               else repr(str(p))
+               for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        msg = " ".join(str(first.get("msg", "invalid")).split())
+        return _problem(422, f"{'.'.join(loc) or 'body'}: {msg}", "invalid",
+                        ".".join(loc) or None)
 
     # -- joining --------------------------------------------------------------------
 
