@@ -121,3 +121,22 @@ def test_plots_are_written(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     for name in ("utilisation.png", "hosts.png", "migrations.png", "traffic.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_scenarios_migration_takes_the_mode_the_cluster_would(tmp_path: Path) -> None:
+    """The scenario runner asks the same mode choice as every real migration: a guest
+    that no mode moves within its budget is refused before anything starts, and stays."""
+    spec = (ROOT / "examples/lab.toml").read_text().replace(
+        "dirty_mibps = 16\nwws_mib = 64\nmax_downtime_ms = 300",
+        'dirty_mibps = 300\nwws_mib = 160\nmax_downtime_ms = 100\non_no_convergence = "abort"')
+    (tmp_path / "lab.toml").write_text(spec)
+    (tmp_path / "s.toml").write_text(
+        '[scenario]\nname = "refused"\nspec = "lab.toml"\nduration = "00:05:00"\n'
+        '[policy]\nkind = "none"\n'
+        '[[events]]\nat = "00:01:00"\nkind = "migrate"\nvm = "db"\nto = "node3"\n'
+        '[[events]]\nat = "00:02:00"\nkind = "migrate"\nvm = "web"\nto = "node3"\n')
+    rep = run_scenario(load_scenario(tmp_path / "s.toml")).to_json()
+    db, web = rep["migrations"]
+    assert not db["ok"] and "refused before it started" in db["error"], db
+    assert "allow_postcopy" in db["error"]
+    assert web["ok"] and web["mode"] == "precopy", web

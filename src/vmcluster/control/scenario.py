@@ -53,7 +53,9 @@ class PolicyParams:
     interval_s: float = 300.0
     max_migrations: int = 20
     power_off: bool = True
-    on_no_convergence: str = "force"
+    # every migration's action if it will not fit its budget; None: each VM's own, as
+    # the cluster does (never forced through unless asked)
+    on_no_convergence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,8 @@ def load_scenario(path: Path | str) -> Scenario:
         interval_s=pol.time("interval", 300.0),
         max_migrations=pol.int_("max_migrations", 20),
         power_off=bool(pol.data.get("power_off", True)),
-        on_no_convergence=pol.text("on_no_convergence", "force", ("force", "throttle", "abort")),
+        on_no_convergence=(pol.text("on_no_convergence", None, ("force", "throttle", "abort"))
+                           if "on_no_convergence" in pol.data else None),
     )
     if policy.interval_s <= 0:
         raise pol.fail("interval", "interval must be > 0")
