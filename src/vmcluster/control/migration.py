@@ -136,14 +136,12 @@ def migrate(
             f" for {vm.name} (interfaces down: {_down_text(health, (source, req.target))});"
             " bring one up or change its live_migration_networks"
         )
-    params = req.params or MigrationParams(downtime_ms=vm.max_downtime_ms,
-                                           on_no_convergence=vm.on_no_convergence)  # type: ignore[arg-type]
+    params = req.params or MigrationParams.asked(vm.max_downtime_ms,
+                                                 vm_action=vm.on_no_convergence)
     choice, profile = choose(substrate, spec, vm.name, req.target, order[0], params)
     if choice.mode == "refuse":
         raise MigrationRefused(f"cannot migrate {vm.name}: {choice.reason}")
-    params = replace(params, mode=choice.mode, predicted_s=choice.result.total_s,
-                     aim_ms=choice.aim_ms, throttle_initial=choice.throttle_initial,
-                     postcopy_after_mib=choice.postcopy_after_mib)
+    params = carried_out(params, choice)
     chosen = {**choice.to_json(),
               "predicted_total_s": round(choice.result.total_s, 3),
               "predicted_downtime_ms": round(choice.result.downtime_ms, 1),
@@ -165,6 +163,14 @@ def migrate(
         tried.pop()  # the last attempt is the result itself
     return replace(result, extra={**result.extra, **chosen, **({"tried": tried} if tried
                                                               else {})})
+
+
+def carried_out(params: MigrationParams, choice: ModeChoice) -> MigrationParams:
+    """``params`` with how ``choice`` is carried out: its mode, the model's total, the
+    downtime the hypervisor aims at, auto-converge's first step, post-copy's switch."""
+    return replace(params, mode=choice.mode, predicted_s=choice.result.total_s,
+                   aim_ms=choice.aim_ms, throttle_initial=choice.throttle_initial,
+                   postcopy_after_mib=choice.postcopy_after_mib)
 
 
 def choose(substrate: Substrate, spec: ClusterSpec, vm: str, target: str, network: str,

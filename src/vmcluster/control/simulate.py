@@ -28,7 +28,7 @@ import numpy as np
 from vmcluster.control.consolidate import LoadHistory, make_plan, observe
 from vmcluster.control.faults import inject
 from vmcluster.control.manager import quorate
-from vmcluster.control.migration import choose
+from vmcluster.control.migration import carried_out, choose
 from vmcluster.control.scenario import PolicyParams, PowerParams, Scenario
 from vmcluster.control.simhosts import SimHosts
 from vmcluster.errors import MigrationError, SubstrateError
@@ -303,17 +303,15 @@ class _Runner:
             return
         # The mode, as the cluster chooses it (control.migration.migrate): on the first
         # network, before anything starts; a refusal starts nothing.
-        params = MigrationParams(downtime_ms=rec.spec.max_downtime_ms,
-                                 on_no_convergence=self.scn.policy.on_no_convergence  # type: ignore[arg-type]
-                                 or rec.spec.on_no_convergence)
+        params = MigrationParams.asked(rec.spec.max_downtime_ms,
+                                       on_no_convergence=self.scn.policy.on_no_convergence,
+                                       vm_action=rec.spec.on_no_convergence)
         choice, _ = choose(self.sub, self.spec, vm, target, order[0], params)
         if choice.mode == "refuse":
             self._record_failed(vm, rec.node, target, order[0], reason,
                                 f"refused before it started: {choice.reason}")
             return
-        params = replace(params, mode=choice.mode, predicted_s=choice.result.total_s,
-                         aim_ms=choice.aim_ms, throttle_initial=choice.throttle_initial,
-                         postcopy_after_mib=choice.postcopy_after_mib)
+        params = carried_out(params, choice)
         while order:
             net, order = order[0], order[1:]
             try:
@@ -324,8 +322,6 @@ class _Runner:
             self.sub.start_migration(handle, params)
             self.moving[handle.id] = (order, reason)
             self.busy.add(vm)
-            return
-        if not order:
             return
 
     def _record_failed(self, vm: str, src: str, dst: str, net: str, why: str, err: str) -> None:

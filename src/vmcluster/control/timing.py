@@ -10,9 +10,9 @@ and starting when it started (or will), and says when each ends.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from vmcluster.control.migration import choose
+from vmcluster.control.migration import carried_out, choose
 from vmcluster.errors import MigrationError
 from vmcluster.model import ClusterSpec
 from vmcluster.policy.networks import Health, live_migration_order
@@ -71,15 +71,12 @@ def concurrent(spec: ClusterSpec, moves: Sequence[Move],
         if source is None or not order:
             errors.append(f"{mv.vm}: no live-migration network to {mv.target}")
             return
-        params = MigrationParams(downtime_ms=vm.max_downtime_ms,
-                                 on_no_convergence=vm.on_no_convergence)  # type: ignore[arg-type]
+        params = MigrationParams.asked(vm.max_downtime_ms, vm_action=vm.on_no_convergence)
         choice, _ = choose(sub, spec, mv.vm, mv.target, order[0], params)
         if choice.mode == "refuse":
             errors.append(f"{mv.vm}: {choice.reason}")
             return
-        params = replace(params, mode=choice.mode, aim_ms=choice.aim_ms,
-                         throttle_initial=choice.throttle_initial,
-                         postcopy_after_mib=choice.postcopy_after_mib)
+        params = carried_out(params, choice)
         try:
             handle = sub.prepare_migration(mv.vm, mv.target, order[0], choice.mode)
             sub.start_migration(handle, params)
