@@ -171,16 +171,14 @@ class QemuMigrations:
             raise MigrationRefused(f"cannot migrate {vm}: {refusal}")
         slots = self._acquire_slots(sorted({source, target}))
         hid = uuid.uuid4().hex[:10]
-        # post-copy's capabilities go on the target before it listens (QEMU refuses
-        # postcopy-preempt on an incoming migration already started)
-        caps = self.sub.postcopy_caps(source, target) if mode == "postcopy" else \
-            self._multifd()
+        # the stream's capabilities go on the target before it listens (QEMU refuses
+        # postcopy-preempt or multifd on an incoming migration already started)
+        caps, stream = self._stream(mode, source, target)
         try:
             reply = self.sub.agent(target).call(
                 "incoming", timeout_s=60, vm=vm, machine=self.sub.machine(vm), id=hid,
                 uri=f"tcp:{tnode.interfaces[net.name]}:0",
-                tls=self.sub.spec.cluster.migration_tls, caps=caps,
-                params=self._channels() if caps.get("multifd") else {},
+                tls=self.sub.spec.cluster.migration_tls, caps=caps, params=stream,
             )
         except (SubstrateError, UsageError) as exc:
             for f in slots:
@@ -211,11 +209,9 @@ class QemuMigrations:
         else:
             bw = 10e9  # unshaped: let QEMU go as fast as it can
         att.bandwidth_mibps = bw / MIB
-        caps = {"auto-converge": params.on_no_convergence == "throttle"}
-        if params.mode == "postcopy":  # the target has them since it was prepared
-            caps.update(self.sub.postcopy_caps(handle.source, handle.target))
-        else:
-            caps.update(self._multifd())
+        # the stream's own, as the target has them since it was prepared
+        caps, stream = self._stream(params.mode, handle.source, handle.target)
+        caps["auto-converge"] = params.on_no_convergence == "throttle"
         att.t0 = att.last_change = self.sub.clock.now()
         self.sub.agent(handle.source).call(
             "migrate", vm=handle.vm, uri=att.uri, caps=caps,
@@ -228,7 +224,7 @@ class QemuMigrations:
                     # default there is none)
                     **({"max_postcopy_bandwidth": int(bw)}
                        if params.bandwidth_mibps is not None else {}),
-                    **(self._channels() if caps.get("multifd") else {})},
+                    **stream},
             tls_hostname=handle.target if self.sub.spec.cluster.migration_tls else "",
         )
 
@@ -305,12 +301,17 @@ class QemuMigrations:
                                            params={"downtime_limit": limit})
         return progress
 
-    def _multifd(self) -> dict[str, bool]:
-        """QEMU's multifd when the cluster asks for more than one channel."""
-        return {"multifd": True} if self.sub.spec.cluster.migration_channels > 1 else {}
-
-    def _channels(self) -> dict[str, int]:
-        return {"multifd_channels": self.sub.spec.cluster.migration_channels}
+    def _stream(self, mode: str, source: str, target: str
+                ) -> tuple[dict[str, bool], dict[str, int]]:
+        """The capabilities and parameters of the stream itself, the same on both ends:
+        post-copy's (:meth:`postcopy_caps`), else QEMU's multifd when the cluster asks
+        for more than one channel (never with post-copy: QEMU 10.0 refuses the pair)."""
+        if mode == "postcopy":
+            return self.sub.postcopy_caps(source, target), {}
+        channels = self.sub.spec.cluster.migration_channels
+        if channels > 1:
+            return {"multifd": True}, {"multifd_channels": channels}
+        return {}, {}
 
     @staticmethod
     def _switch_wait(att: _Attempt) -> float:
