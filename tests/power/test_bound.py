@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -23,7 +25,7 @@ def test_a_servers_best_watts_per_mips_is_at_full_load_for_specpower_tables() ->
 
 
 def test_the_bound_is_below_every_policy_and_above_nothing() -> None:
-    bound = bound_day(DAY)
+    bound = bound_day(load_day(Path(DAY)))
     assert bound.policy == LOWER_BOUND and bound.day == "20110303"
     for policy in ("dvfs", "thr-mmt-0.8", "lr-mmt-1.2", "ours"):
         assert 0 < bound.energy_kwh < run_day(policy, DAY).energy_kwh, policy

@@ -16,7 +16,13 @@ from vmcluster.experiments import feasibility
 from vmcluster.experiments.compare import cloudsim_figures, cloudsim_key
 from vmcluster.experiments.evaluate import LOWER_BOUND, Result, bound_day, sweep
 from vmcluster.experiments.scenario import Scenario, load_scenario
-from vmcluster.experiments.traces import default_trace_dir, list_days, load_day, resample
+from vmcluster.experiments.traces import (
+    DayTrace,
+    default_trace_dir,
+    list_days,
+    load_day,
+    resample,
+)
 from vmcluster.policy.power.density import park_cores
 from vmcluster.policy.power.registry import parse_policies
 
@@ -134,22 +140,25 @@ def evaluate(traces: Path | None, policies: str, days: str, plot_dir: Path | Non
         if not as_json:
             err.print(f"[{done[0]}/{total}] {r.policy} {r.day}: {r.wall_s:.1f} s")
 
-    check_days(setup, files)  # a bad trace or datacenter: one line, before any work
+    loaded = check_days(setup, files)  # a bad trace or datacenter: one line, before any work
     results = sweep(names, files, workers=workers, scheduler=scheduler, seed=seed,
                     clock=time.perf_counter, progress=progress, scenario=setup)
-    results += [bound_day(str(f), setup) for f in files]
+    results += [bound_day(day, setup) for day in loaded]
     show_results(results, [f.stem for f in files], as_json=as_json,
                  compare_cloudsim=compare_cloudsim, plot_dir=plot_dir,
                  title=f"Consolidation on PlanetLab traces ({setup.hosts} hosts)")
 
 
-def check_days(setup: Scenario, files: list[Path]) -> None:
-    """Every day's trace reads, fits the scenario's timing, and its VMs fit the
+def check_days(setup: Scenario, files: list[Path]) -> list[DayTrace]:
+    """Every day's trace, once it reads, fits the scenario's timing, and its VMs fit the
     datacenter: else one line naming what and where, before any simulation starts."""
+    days = []
     for f in files:
         day = load_day(f)
         resample(day.util, setup.interval_s, setup.duration_s, str(f))
         feasibility.check(setup, day.n_vms, where=str(f))
+        days.append(day)
+    return days
 
 
 def show_results(results: list[Result], day_names: list[str], *, as_json: bool,

@@ -96,13 +96,13 @@ def _consolidation(path: Path, policy: str | None, as_json: bool,
             raise UsageError(f"{path}: [simulation] names no trace; add trace = \"...\"")
         files = [Path(setup.trace)]
     names = parse_policies(policy or setup.policy)
-    check_days(setup, files)  # a bad row or datacenter is reported before any work starts
+    loaded = check_days(setup, files)  # a bad row or datacenter: before any work starts
     err = Console(stderr=True)
     results = sweep(names, files, workers=1 if len(files) == 1 else None, scenario=setup,
                     clock=time.perf_counter,
                     progress=None if as_json else lambda r: err.print(
                         f"{r.policy} {r.day}: simulated in {r.wall_s:.1f} s"))
-    results += [bound_day(str(f), setup) for f in files]
+    results += [bound_day(day, setup) for day in loaded]
     show_results(results, [f.stem for f in files], as_json=as_json, plot_dir=plot_dir,
                  title=f"{setup.name}: {setup.hosts} hosts, consolidation by {', '.join(names)}")
 

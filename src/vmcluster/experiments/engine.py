@@ -275,8 +275,8 @@ def simulate(
             acc.active_host_s += float(active.sum()) * dt
             # really short: the VMs running here (not the ones arriving) want more than
             # the host has
-            real = np.bincount(eh[own], np.minimum(ra[ev[own]], dc.host_pe_mips[eh[own]]),
-                               n_h)
+            here = eh[own]
+            real = np.bincount(here, np.minimum(vreq, dc.host_pe_mips[here]), n_h)
             acc.overload_s += float((active & (real > cap * (1 + 1e-9))).sum()) * dt
             if was_active is not None:
                 acc.boots += int((active & ~was_active).sum())

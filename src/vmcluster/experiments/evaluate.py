@@ -13,7 +13,7 @@ from vmcluster.errors import UsageError
 from vmcluster.experiments.bound import lower_bound_kwh
 from vmcluster.experiments.engine import Metrics, simulate
 from vmcluster.experiments.scenario import Scenario
-from vmcluster.experiments.traces import load_day, resample
+from vmcluster.experiments.traces import DayTrace, load_day, resample
 from vmcluster.policy.power.registry import make_policy
 
 __all__ = ["LOWER_BOUND", "Result", "bound_day", "run_day", "sweep"]
@@ -71,13 +71,12 @@ def run_day(policy: str, trace_path: str, seed: int = 0, hosts: int | None = Non
                   m.active_hosts_mean, m.active_hosts_peak)
 
 
-def bound_day(trace_path: str, scenario: Scenario | None = None) -> Result:
+def bound_day(trace: DayTrace, scenario: Scenario | None = None) -> Result:
     """The day's offline lower bound on energy (:mod:`.bound`), as a result whose policy
     is ``lower-bound`` (its other metrics 0: it is no schedule)."""
-    trace = load_day(Path(trace_path))
     setup = scenario or Scenario()
     dc = setup.datacenter(trace.n_vms)
-    util = resample(trace.util, setup.interval_s, setup.duration_s, trace_path)
+    util = resample(trace.util, setup.interval_s, setup.duration_s, trace.day)
     return Result(LOWER_BOUND, trace.day, lower_bound_kwh(dc, util), 0.0, 0.0, 0.0, 0.0, 0)
 
 
