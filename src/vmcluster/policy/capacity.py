@@ -24,6 +24,7 @@ from vmcluster.policy.failover import (
     FailoverParams,
     Restart,
     failover_plan,
+    free_room,
     has_quorum,
 )
 
@@ -98,18 +99,12 @@ class Capacity:
 
 def _room(spec: ClusterSpec, placements: Mapping[str, str | None], nodes: Iterable[str],
           params: FailoverParams) -> Room | None:
-    names = list(nodes)
-    if not names:
+    free = free_room(spec, placements, nodes, params)
+    if not free:
         return None
-    ratio = params.cpu_overcommit or spec.cluster.vcpus_per_core
-    mem = {n: spec.node(n).memory_mib - params.reserve_memory_mib for n in names}
-    cpu = {n: spec.node(n).cores * ratio for n in names}
-    for vm in spec.vms:
-        node = placements.get(vm.name)
-        if node in mem:
-            mem[node] -= vm.memory_mib
-            cpu[node] -= vm.vcpus
-    return Room(min(mem.values()), sum(mem.values()), min(cpu.values()), sum(cpu.values()))
+    mem = [m for m, _ in free.values()]
+    cpu = [c for _, c in free.values()]
+    return Room(min(mem), sum(mem), min(cpu), sum(cpu))
 
 
 def capacity(spec: ClusterSpec, placements: Mapping[str, str | None], depth: int = 2,

@@ -43,6 +43,7 @@ __all__ = [
     "Restart",
     "drain_plan",
     "failover_plan",
+    "free_room",
     "has_quorum",
     "move_refusal",
     "must_stop_vms",
@@ -152,6 +153,14 @@ class _Loads:
 
     def conflicts(self, vm: Vm, node: str) -> bool:
         return bool(self.apart_from(vm, node))
+
+
+def free_room(spec: ClusterSpec, placements: Mapping[str, str | None], nodes: Iterable[str],
+              params: FailoverParams = FailoverParams()) -> dict[str, tuple[int, float]]:
+    """Each of ``nodes``' free memory (MiB) and vCPUs with ``placements`` running, as a
+    failover plan counts them (the reserve kept, vCPUs overcommitted as allowed)."""
+    loads = _Loads(spec, placements, params)
+    return {n: (loads.free_mem(n), loads.free_cpu(n)) for n in nodes}
 
 
 @dataclass(frozen=True)
