@@ -23,6 +23,8 @@ def test_lab_default_uses_second_lowest_metric_and_spec_profile() -> None:
     assert pred.bandwidth_mibps == pytest.approx(b)
     # QEMU aims at a quarter of the 300 ms budget: one more short pass
     assert pred.choice is not None and pred.choice.aim_ms == 75
+    # the model's input keeps the VM's budget; the aim is beside it
+    assert (pred.result.input.downtime_ms, pred.result.input.aim_ms) == (300, 75)
     expected = run(PrecopyInput(256, 16, 64, b, 75))
     assert pred.result.total_s == pytest.approx(expected.total_s)
     assert pred.result.converged

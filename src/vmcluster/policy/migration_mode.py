@@ -143,7 +143,7 @@ def _aim(inp: PrecopyInput, base: PrecopyResult) -> tuple[float, PrecopyResult]:
     slack_s = AIM_SLACK * inp.memory_mib / inp.bandwidth_mibps
     share = copy_budget_ms(inp)
     for frac in AIM_FRACTIONS:
-        r = run(replace(inp, downtime_ms=share * frac + inp.costs.switch_ms))
+        r = run(replace(inp, aim_ms=share * frac))
         if r.converged and r.outcome == base.outcome and \
                 len(r.passes) <= len(base.passes) + AIM_PASSES and \
                 r.total_s <= base.total_s + slack_s:

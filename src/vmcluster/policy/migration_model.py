@@ -103,6 +103,9 @@ class PrecopyInput:
     throttle_increment: float = 0.1
     throttle_max: float = 0.99
     costs: Costs = Costs()  # the hypervisor's, beyond the ideal model
+    # what the last copy is held to when the mode aims below the budget (QEMU's
+    # downtime-limit); None: all of the budget the switchover leaves
+    aim_ms: float | None = None
 
     def __post_init__(self) -> None:
         checks = (
@@ -192,9 +195,10 @@ def after_pass(
 
 def copy_budget_ms(inp: PrecopyInput) -> float:
     """What of the downtime budget the last copy may take: the rest is the switchover's
-    fixed cost (at least a tenth of the budget is left to the copy). This is the limit
-    the hypervisor is given."""
-    return max(0.1 * inp.downtime_ms, inp.downtime_ms - inp.costs.switch_ms)
+    fixed cost (at least a tenth of the budget is left to the copy), or less where the
+    mode aims lower (``aim_ms``). This is the limit the hypervisor is given."""
+    share = max(0.1 * inp.downtime_ms, inp.downtime_ms - inp.costs.switch_ms)
+    return share if inp.aim_ms is None else min(share, inp.aim_ms)
 
 
 def next_throttle(inp: PrecopyInput, throttle: float) -> float | None:

@@ -88,8 +88,8 @@ class Engine:
         m.params = params
         m.inp = PrecopyInput(
             memory_mib=float(vm.memory_mib), dirty_mibps=vm.dirty_mibps,
-            wws_mib=vm.working_set_mib, bandwidth_mibps=1.0,
-            downtime_ms=params.aim_ms or params.downtime_ms,  # what the mode aims at
+            wws_mib=vm.working_set_mib, bandwidth_mibps=1.0, downtime_ms=params.downtime_ms,
+            aim_ms=params.aim_ms,  # what the mode aims at
             max_passes=params.max_passes, state_mib=self.sub.state_mib,
             on_no_convergence=params.on_no_convergence,
             throttle_initial=params.throttle_initial or 0.2,
