@@ -147,6 +147,7 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool
                         "reason": r.extra.get("reason"),
                         "measured_dirty_mibps": profile.get("dirty_mibps"),
                         "measured_wws_mib": profile.get("wws_mib"),
+                        "measured_vcpu_busy": profile.get("vcpu_busy"),
                         "live_pred_total_s": live_total,
                         "live_pred_downtime_ms": r.extra.get("predicted_downtime_ms"),
                         "live_total_error_pct": round(
@@ -155,6 +156,8 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool
                         "throttle_pct": r.extra.get("throttle_pct"),
                         "aim_ms": r.extra.get("aim_ms"),
                         "throttle_initial": r.extra.get("throttle_initial"),
+                        "throttle_trigger": r.extra.get("throttle_trigger"),
+                        "throttle_steps": r.extra.get("throttle_steps"),
                         "postcopy_after_mib": r.extra.get("postcopy_after_mib"),
                         "commit_ms": r.extra.get("commit_ms"),
                         "takeover_ms": r.extra.get("takeover_ms"),

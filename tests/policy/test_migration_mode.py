@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmcluster.policy.migration_mode import (
+    AUTO_TRIGGER,
     POSTCOPY_AIM,
     PROMPT,
     choose_mode,
@@ -53,7 +54,7 @@ def test_a_moderate_guest_is_precopy_within_the_budget() -> None:
 def test_a_slow_precopy_gives_way_to_postcopy_only_with_consent() -> None:
     slow = inp(100)
     without = choose_mode(slow)
-    assert without.mode == "precopy"  # it keeps the budget, slowly
+    assert without.mode == "precopy"  # it keeps the budget, slowly: the guest runs on
     assert without.result.total_s > PROMPT * 256 / GBIT
     allowed = choose_mode(slow, allow_postcopy=True)
     assert allowed.mode == "postcopy"
@@ -63,6 +64,17 @@ def test_a_slow_precopy_gives_way_to_postcopy_only_with_consent() -> None:
     assert "post-copy after 76 MiB of pre-copy" in allowed.reason
     blocked = choose_mode(slow, allow_postcopy=True, blocker="node2's QEMU lacks it")
     assert blocked.mode == "precopy"
+
+
+def test_a_guest_on_little_cpu_is_throttled_hard_and_early() -> None:
+    """Dirtying 300 MiB/s on 6 % of its vCPU time (the lab's guest), only a throttle
+    over 94 % slows it: the model starts at 99 %, and QEMU counts a window that dirtied
+    a tenth of what it sent, so the throttle starts at its second look."""
+    c = choose_mode(replace(inp(300, wws=160), vcpu_busy=0.06))
+    assert (c.mode, c.throttle_initial, c.throttle_trigger) == ("auto-converge", 0.99,
+                                                                AUTO_TRIGGER)
+    assert "on 6 % of its vCPU time" in c.reason
+    assert c.to_json()["throttle_trigger"] == AUTO_TRIGGER
 
 
 def test_throttling_when_it_gets_there() -> None:

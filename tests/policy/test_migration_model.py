@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 from vmcluster.errors import UsageError
 from vmcluster.policy.migration_model import (
     PrecopyInput,
+    Throttling,
     advise,
     after_pass,
     auto_converge,
     run,
+    throttled_rate,
 )
 
 pos = st.floats(min_value=1.0, max_value=8192.0, allow_nan=False)
@@ -153,16 +155,38 @@ def test_working_set_stops_the_shrinking_then_force_abort_throttle() -> None:
 
 
 def test_auto_converge_throttles_like_qemu() -> None:
-    """Every second pass that dirtied more than half of what it sent adds a step."""
+    """QEMU looks a second or more after its last look; every second window that dirtied
+    more than the trigger's share of what it sent adds a step."""
     inp = PrecopyInput(256, 110, 128, 119.2, 100, on_no_convergence="throttle")
-    assert auto_converge(inp, 128, 100, 0.0, 0) == (0.0, 1)  # counts once
-    assert auto_converge(inp, 128, 100, 0.0, 1) == (0.2, 0)  # twice: 20 %
-    assert auto_converge(inp, 128, 100, 0.2, 1) == (pytest.approx(0.3), 0)  # then +10 %
-    assert auto_converge(inp, 256, 100, 0.2, 1) == (0.2, 1)  # under the trigger: no count
-    assert auto_converge(replace(inp, on_no_convergence="abort"), 128, 100, 0.0, 1) == (
-        0.0, 1)  # only when throttling is the action
+    t0 = Throttling()
+    short = auto_converge(inp, t0, 0.6, 70, 60)  # under a second: no look yet
+    assert (short.throttle, short.high, short.window_s) == (0.0, 0, 0.6)
+    once = auto_converge(inp, short, 0.6, 70, 60)  # 1.2 s, 120 of 140 MiB dirtied: counts
+    assert (once.throttle, once.high, once.window_s) == (0.0, 1, 0.0)
+    twice = auto_converge(inp, once, 1.1, 128, 100)
+    assert (twice.throttle, twice.high) == (0.2, 0)  # twice: the first step
+    third = auto_converge(inp, Throttling(0.2, 1), 1.1, 128, 100)
+    assert third.throttle == pytest.approx(0.3)  # then +10 %
+    calm = auto_converge(inp, Throttling(0.2, 1), 2.0, 256, 100)  # under the trigger
+    assert (calm.throttle, calm.high) == (0.2, 1)
+    assert auto_converge(replace(inp, trigger=0.2), Throttling(0.2, 1), 2.0, 256,
+                         100).throttle == pytest.approx(0.3)  # a lower trigger counts it
+    assert auto_converge(replace(inp, on_no_convergence="abort"), Throttling(0, 1), 2.0,
+                         128, 100) == Throttling(0, 1)  # only when throttling is the action
     res = run(inp)  # pre-copy alone shrinks too slowly to fit 100 ms in 30 passes
     assert res.outcome == "throttled" and res.converged and res.downtime_ms <= 100
+
+
+def test_a_guest_on_little_cpu_is_slowed_only_by_a_hard_throttle() -> None:
+    """Dirtying on 10 % of its vCPUs' time, the guest keeps its rate until it has less."""
+    inp = PrecopyInput(256, 100, 128, 114, 100, on_no_convergence="throttle", vcpu_busy=0.1)
+    assert throttled_rate(inp, 0.6) == 100
+    assert throttled_rate(inp, 0.95) == pytest.approx(50)
+    assert throttled_rate(inp, 0.99) == pytest.approx(10)
+    soft = run(replace(inp, throttle_initial=0.6))
+    hard = run(replace(inp, throttle_initial=0.99))
+    assert hard.converged and hard.total_s < soft.total_s
+    assert run(replace(inp, vcpu_busy=1.0, throttle_initial=0.6)).total_s < soft.total_s
 
 
 def test_pass_bound_forces() -> None:

@@ -167,9 +167,11 @@ def migrate(
 
 def carried_out(params: MigrationParams, choice: ModeChoice) -> MigrationParams:
     """``params`` with how ``choice`` is carried out: its mode, the model's total, the
-    downtime the hypervisor aims at, auto-converge's first step, post-copy's switch."""
+    downtime the hypervisor aims at, auto-converge's first step and trigger, post-copy's
+    switch."""
     return replace(params, mode=choice.mode, predicted_s=choice.result.total_s,
                    aim_ms=choice.aim_ms, throttle_initial=choice.throttle_initial,
+                   throttle_trigger=choice.throttle_trigger,
                    postcopy_after_mib=choice.postcopy_after_mib)
 
 
@@ -182,11 +184,10 @@ def choose(substrate: Substrate, spec: ClusterSpec, vm: str, target: str, networ
     profile = substrate.migration_profile(vm, target)
     spec_vm = spec.vm(vm)
     bandwidth = params.bandwidth_mibps or network_mibps(spec.network(network))
-    inp = PrecopyInput(
-        memory_mib=float(spec_vm.memory_mib), dirty_mibps=profile.dirty_mibps,
-        wws_mib=min(profile.wws_mib, float(spec_vm.memory_mib)), bandwidth_mibps=bandwidth,
-        downtime_ms=params.downtime_ms, max_passes=params.max_passes,
-        on_no_convergence=params.on_no_convergence, costs=profile.costs)
+    inp = profile.applied(PrecopyInput(
+        memory_mib=float(spec_vm.memory_mib), dirty_mibps=0.0, wws_mib=0.0,
+        bandwidth_mibps=bandwidth, downtime_ms=params.downtime_ms,
+        max_passes=params.max_passes, on_no_convergence=params.on_no_convergence))
     return choose_mode(inp, allow_postcopy=spec_vm.allow_postcopy,
                        blocker=profile.postcopy_blocker), profile
 

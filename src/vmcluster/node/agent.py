@@ -67,7 +67,7 @@ from vmcluster.model import ClusterSpec, Vm
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.node.driver import SourceDrives
 from vmcluster.node.fencing import AgentFence
-from vmcluster.node.load import CpuMeter
+from vmcluster.node.load import CpuMeter, threads_cpu_s
 from vmcluster.pki import ADMIN, NodeCredentials, crl_serials
 from vmcluster.policy.networks import node_cluster_networks
 from vmcluster.store import vms
@@ -680,8 +680,13 @@ class Agent(CsvOps):
         mode = str(req.get("mode", "page-sampling"))
         if mode not in ("dirty-bitmap", "page-sampling"):
             raise InputError(f"mode {mode!r}: dirty-bitmap or page-sampling")
+        # and the share of its vCPU threads' time the guest kept busy meanwhile: how hard
+        # it must be throttled before it dirties less (vmcluster.policy.migration_model)
+        tids = await qp.qmp.vcpu_threads()
+        t0, used0 = time.monotonic(), threads_cpu_s(qp.pid, tids)
         rates = [[w, await qp.qmp.dirty_rate(w, mode=mode)] for w in windows]
-        return {"rates": rates, "mode": mode}
+        busy = (threads_cpu_s(qp.pid, tids) - used0) / ((time.monotonic() - t0) * len(tids))
+        return {"rates": rates, "mode": mode, "vcpu_busy": round(min(1.0, busy), 4)}
 
     async def op_query_migrate(self, req: Reply) -> Reply:
         """The VM's migration state; with ``wait_s``, first wait up to that long for a

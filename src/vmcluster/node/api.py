@@ -561,11 +561,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
             profile = measure_profile(spec, vm, source, to, agent, facts_of)
         pred = predict(spec, seen.health, vm, to, source=source, flows=flows,
-                       profile=None if profile is None else (profile.dirty_mibps,
-                                                             profile.wws_mib),
-                       measured="the spec's" if profile is None else profile.measured,
-                       postcopy_blocker=None if profile is None else profile.postcopy_blocker,
-                       costs=None if profile is None else profile.costs,
+                       profile=profile,
                        downtime_ms=downtime_ms,
                        on_no_convergence=on_no_convergence)  # type: ignore[arg-type]
         return {"vm": vm, "source": source, "target": to, **pred.to_json()}

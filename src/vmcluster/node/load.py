@@ -20,7 +20,8 @@ import psutil
 
 from vmcluster.store.state import ClusterState
 
-__all__ = ["MIN_WINDOW_S", "PUBLISH_S", "STALE_S", "CpuMeter", "loads_key", "publish", "read"]
+__all__ = ["MIN_WINDOW_S", "PUBLISH_S", "STALE_S", "CpuMeter", "loads_key", "publish", "read",
+           "threads_cpu_s"]
 
 MIN_WINDOW_S = 1.0
 PUBLISH_S = 5.0
@@ -59,6 +60,12 @@ class CpuMeter:
         for name in set(self._last) - keep:
             self._last.pop(name, None)
             self._rate.pop(name, None)
+
+
+def threads_cpu_s(pid: int, tids: set[int]) -> float:
+    """The CPU time (s) process ``pid``'s threads ``tids`` have used so far."""
+    return sum(float(t.user_time + t.system_time) for t in psutil.Process(pid).threads()
+               if t.id in tids)
 
 
 def loads_key(state: ClusterState, node: str = "") -> str:

@@ -15,10 +15,13 @@ device state ``S`` (MiB, MiB/s, ms).
 * If ``N`` passes are done, or ``V`` stopped shrinking, the migration does
   not converge and the configured action applies: ``force`` (switch over
   anyway and pay the downtime: only when the user chose it), ``throttle`` (slow
-  the guest down as QEMU's auto-converge does: each second pass that dirtied more
-  than half of what it sent adds a step, 20 % then +10 %, up to 99 %; still not
+  the guest down as QEMU's auto-converge does, :func:`auto_converge`; still not
   fitting at ``N``, give up as ``abort`` does: vmcluster's default), or ``abort``
   (the VM stays on the source; no downtime).
+* Throttled by ``x`` the guest has ``1 - x`` of its vCPUs' time; one that kept them
+  busy for a share ``u`` of it (``vcpu_busy``) dirties at its own rate until
+  ``1 - x < u``, then at ``d * (1 - x) / u`` (:func:`throttled_rate`): a guest that
+  dirties fast on little CPU is slowed only by a throttle close to 100 %.
 
 :func:`after_pass` is the one decision rule; :func:`run` (a whole migration
 at a fixed bandwidth) and the simulator (bandwidth changing under it) both
@@ -37,6 +40,7 @@ from vmcluster.errors import UsageError
 
 __all__ = [
     "PAGE_KIB",
+    "TRIGGER",
     "Action",
     "Advice",
     "Costs",
@@ -45,17 +49,20 @@ __all__ = [
     "Pass",
     "PrecopyInput",
     "PrecopyResult",
+    "Throttling",
     "advise",
     "after_pass",
     "auto_converge",
     "boundary",
     "copy_budget_ms",
     "run",
+    "throttled_rate",
 ]
 
 PAGE_KIB = 4  # pages are 4 KiB; the model works in MiB (256 pages each)
 Action = Literal["force", "throttle", "abort"]
-TRIGGER = 0.5  # QEMU's throttle-trigger-threshold: dirtied / sent per pass that counts
+TRIGGER = 0.5  # QEMU's throttle-trigger-threshold: dirtied / sent in a window that counts
+WINDOW_S = 1.0  # QEMU looks at the dirty rate at a pass's end a second or more after the last
 Outcome = Literal["converged", "forced", "throttled", "aborted", "postcopy"]
 Decision = Literal["stop", "continue", "stuck"]
 
@@ -102,6 +109,8 @@ class PrecopyInput:
     throttle_initial: float = 0.2
     throttle_increment: float = 0.1
     throttle_max: float = 0.99
+    trigger: float = TRIGGER  # dirtied / sent in a window that counts as too fast
+    vcpu_busy: float = 1.0  # the share of its vCPUs' time the guest keeps busy
     costs: Costs = Costs()  # the hypervisor's, beyond the ideal model
     # what the last copy is held to when the mode aims below the budget (QEMU's
     # downtime-limit); None: all of the budget the switchover leaves
@@ -118,6 +127,8 @@ class PrecopyInput:
             (self.state_mib >= 0, "device state must be >= 0 MiB"),
             (self.on_no_convergence in ("force", "throttle", "abort"),
              "on_no_convergence must be force, throttle or abort"),
+            (0 < self.vcpu_busy <= 1, "vCPU busy share must be in (0, 1]"),
+            (0 < self.trigger <= 1, "throttle trigger must be in (0, 1]"),
         )
         for ok, what in checks:
             if not ok:
@@ -209,29 +220,59 @@ def next_throttle(inp: PrecopyInput, throttle: float) -> float | None:
     return min(nxt, inp.throttle_max)
 
 
-def auto_converge(inp: PrecopyInput, sent_mib: float, dirty_mib: float, throttle: float,
-                  high: int) -> tuple[float, int]:
-    """QEMU's auto-converge after a pass that sent ``sent_mib`` while ``dirty_mib`` got
-    dirty (``migration_trigger_throttle``): a pass that dirtied more than
-    :data:`TRIGGER` of what it sent counts, and every second one that counts throttles
-    the guest a step further (20 %, then +10 %). Returns the throttle and the count."""
-    if inp.on_no_convergence != "throttle" or dirty_mib <= TRIGGER * sent_mib:
-        return throttle, high
-    if high + 1 < 2:
-        return throttle, high + 1
-    step = next_throttle(inp, throttle)
-    return (throttle if step is None else step), 0
+def throttled_rate(inp: PrecopyInput, throttle: float, dirty_mibps: float | None = None
+                   ) -> float:
+    """The guest's dirty rate (``dirty_mibps``, else ``inp``'s) with its vCPUs throttled by
+    ``throttle`` (0..1): unchanged while what it keeps busy (``vcpu_busy``) fits the time
+    left to it, then in proportion."""
+    rate = inp.dirty_mibps if dirty_mibps is None else dirty_mibps
+    return rate * min(1.0, (1.0 - throttle) / inp.vcpu_busy)
+
+
+@dataclass(frozen=True)
+class Throttling:
+    """QEMU's auto-converge as a migration goes (``migration_trigger_throttle``): the
+    guest's slowdown now (0..1), how many looks in a row found it dirtying too fast, and
+    the window since the last look (seconds, MiB sent, MiB dirtied)."""
+
+    throttle: float = 0.0
+    high: int = 0
+    window_s: float = 0.0
+    sent_mib: float = 0.0
+    dirty_mib: float = 0.0
+
+
+def auto_converge(inp: PrecopyInput, state: Throttling, seconds: float, sent_mib: float,
+                  dirty_mib: float) -> Throttling:
+    """After a pass (a dirty-bitmap sync) that sent ``sent_mib`` in ``seconds`` while
+    ``dirty_mib`` got dirty. QEMU looks only at a sync :data:`WINDOW_S` or more after its
+    last look: a window that dirtied more than ``inp.trigger`` of what it sent counts,
+    and every second one that counts throttles the guest a step further
+    (``throttle_initial``, then ``throttle_increment``)."""
+    if inp.on_no_convergence != "throttle":
+        return state
+    window = Throttling(state.throttle, state.high, state.window_s + seconds,
+                        state.sent_mib + sent_mib, state.dirty_mib + dirty_mib)
+    if window.window_s <= WINDOW_S:
+        return window
+    if window.dirty_mib <= inp.trigger * window.sent_mib:
+        return Throttling(state.throttle, state.high)
+    if state.high + 1 < 2:
+        return Throttling(state.throttle, state.high + 1)
+    step = next_throttle(inp, state.throttle)
+    return Throttling(state.throttle if step is None else step, 0)
 
 
 def run(inp: PrecopyInput) -> PrecopyResult:
     """Model a whole migration at the fixed bandwidth ``inp.bandwidth_mibps``."""
     b = inp.bandwidth_mibps
     passes: list[Pass] = []
-    throttle, high = 0.0, 0
+    ac = Throttling()
     volume = inp.memory_mib
     throttling = inp.on_no_convergence == "throttle"
     while True:
-        rate = inp.dirty_mibps * (1.0 - throttle)
+        throttle = ac.throttle
+        rate = throttled_rate(inp, throttle)
         seconds = volume / b + inp.costs.pass_s
         passes.append(Pass(volume, seconds, rate))
         decision, dirty = after_pass(inp, len(passes) - 1, volume, seconds, rate, b)
@@ -239,7 +280,7 @@ def run(inp: PrecopyInput) -> PrecopyResult:
         # until the pass bound.
         if decision == "continue" or (decision == "stuck" and throttling
                                       and len(passes) < inp.max_passes):
-            throttle, high = auto_converge(inp, volume, dirty, throttle, high)
+            ac = auto_converge(inp, ac, seconds, volume, dirty)
             volume = dirty
             continue
         return _finish(inp, tuple(passes), dirty, decision == "stop", throttle)
@@ -330,7 +371,7 @@ def advise(result: PrecopyResult) -> tuple[Advice, ...]:
         ))
     if inp.dirty_mibps > 0:
         def slowed(x: float) -> bool:
-            return _converges(replace(inp, dirty_mibps=inp.dirty_mibps * (1.0 - x)))
+            return _converges(replace(inp, dirty_mibps=throttled_rate(inp, x)))
 
         if slowed(inp.throttle_max):
             need_x = _bisect_min(0.0, inp.throttle_max, slowed)

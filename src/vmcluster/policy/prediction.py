@@ -10,15 +10,14 @@ profile its spec's ``dirty_mibps`` and ``wws_mib``. Pure.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from vmcluster.errors import PolicyError, UsageError
 from vmcluster.model import ClusterSpec, Network, Vm
-from vmcluster.policy.migration_mode import ModeChoice, choose_mode
+from vmcluster.policy.migration_mode import MigrationProfile, ModeChoice, choose_mode
 from vmcluster.policy.migration_model import (
     Action,
     Advice,
-    Costs,
     PrecopyInput,
     PrecopyResult,
 )
@@ -102,6 +101,7 @@ class Prediction:
             **(self.choice.to_json() if self.choice is not None else {}),
             "dirty_mibps": round(self.result.input.dirty_mibps, 3),
             "wws_mib": round(self.result.input.effective_wws_mib, 3),
+            "vcpu_busy": round(self.result.input.vcpu_busy, 3),
             "profile_from": self.measured,
             **self.result.to_json(),
             "advice": [a.to_json() for a in self.advice],
@@ -120,23 +120,17 @@ def predict(
     max_passes: int = 30,
     state_mib: float = 0.0,
     on_no_convergence: Action | None = None,
-    profile: tuple[float, float] | None = None,
-    measured: str = "the spec's",
-    postcopy_blocker: str | None = None,
-    costs: Costs | None = None,
+    profile: MigrationProfile | None = None,
 ) -> Prediction:
     """Predict migrating ``vm_name`` (from ``source``, default its owner) to ``target``,
     and the mode it would take (:func:`~vmcluster.policy.migration_mode.choose_mode`).
 
     ``flows`` counts the other flows already on each network (by name); the
-    migration gets an equal share of that network's bandwidth. ``profile``: the
-    guest's (dirty rate, working set) as measured (``measured`` says how), instead of
-    its spec's; ``postcopy_blocker``: why post-copy cannot be used here; ``costs``: what the
-    hypervisor adds to the ideal model (its substrate's; none by default).
+    migration gets an equal share of that network's bandwidth. ``profile``: the guest
+    as its substrate measured it (dirty rate, working set, vCPU use, whether post-copy
+    can be used, the hypervisor's costs) instead of its spec's.
     """
     vm = spec.vm(vm_name)
-    if profile is not None:
-        vm = replace(vm, dirty_mibps=profile[0], wws_mib=min(profile[1], vm.memory_mib))
     action = on_no_convergence or vm.on_no_convergence
     spec.node(target)
     src = source or vm.owner
@@ -155,12 +149,15 @@ def predict(
         net = spec.network(network)
         others = max(0, flows.get(network, 0))
         link = network_mibps(net)
-        inp = replace(precopy_input(
+        inp = precopy_input(
             vm, link / (1 + others), downtime_ms=downtime_ms, max_passes=max_passes,
             state_mib=state_mib, on_no_convergence=action,  # type: ignore[arg-type]
-        ), costs=costs or Costs())
-        return link, others, choose_mode(inp, allow_postcopy=vm.allow_postcopy,
-                                         blocker=postcopy_blocker)
+        )
+        if profile is not None:
+            inp = profile.applied(inp)
+        return link, others, choose_mode(
+            inp, allow_postcopy=vm.allow_postcopy,
+            blocker=None if profile is None else profile.postcopy_blocker)
 
     link, others, choice = at(order[0])
     result = choice.result
@@ -187,5 +184,5 @@ def predict(
         advice=tuple(advice),
         fallbacks=tuple(order[1:]),
         choice=choice,
-        measured=measured,
+        measured="the spec's" if profile is None else profile.measured,
     )

@@ -66,7 +66,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, cast, runtime_checkable
 
-from vmcluster.policy.migration_model import Costs
+from vmcluster.policy.migration_mode import MigrationProfile
 
 __all__ = [
     "Clock",
@@ -161,11 +161,14 @@ class MigrationParams:
     predicted_s: float | None = None
     # How the chosen mode is carried out (ModeChoice): the downtime the hypervisor aims at
     # (at most ``downtime_ms``, which stays the budget a result is judged on), auto-converge's
-    # first throttle step (0..1), and the MiB pre-copy sends before the switch to post-copy
-    # (None: the hypervisor's defaults; post-copy: after the first pass).
+    # first throttle step (0..1) and the share of what a window sent that, dirtied, counts
+    # towards a step (QEMU's throttle-trigger-threshold), and the MiB pre-copy sends before
+    # the switch to post-copy (None: the hypervisor's defaults; post-copy: after the first
+    # pass).
     aim_ms: float | None = None
     throttle_initial: float | None = None
     postcopy_after_mib: float | None = None
+    throttle_trigger: float | None = None
 
     @classmethod
     def asked(cls, vm_budget_ms: float, downtime_ms: float | None = None,
@@ -178,25 +181,6 @@ class MigrationParams:
             raise ValueError(f"on_no_convergence {action!r}: throttle, abort or force")
         return cls(downtime_ms=float(downtime_ms or vm_budget_ms),
                    on_no_convergence=cast(NoConvergenceAction, action))
-
-
-@dataclass(frozen=True)
-class MigrationProfile:
-    """What a migration's mode is chosen on, as the substrate knows it now: the guest's
-    dirty rate and working set (``measured``: how they were found), why post-copy
-    cannot be used between its two hosts (None: it can), and what the hypervisor adds
-    to the ideal model (its fitted :class:`~vmcluster.policy.migration_model.Costs`)."""
-
-    dirty_mibps: float
-    wws_mib: float
-    measured: str
-    postcopy_blocker: str | None = None
-    costs: Costs = field(default_factory=Costs)
-
-    def to_json(self) -> dict[str, object]:
-        return {"dirty_mibps": round(self.dirty_mibps, 3), "wws_mib": round(self.wws_mib, 3),
-                "measured": self.measured, "postcopy_blocker": self.postcopy_blocker,
-                "costs": self.costs.to_json()}
 
 
 @dataclass(frozen=True)

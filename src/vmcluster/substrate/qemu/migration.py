@@ -28,6 +28,7 @@ from vmcluster.errors import (
     VmclusterError,
 )
 from vmcluster.model import MIB, ClusterSpec
+from vmcluster.policy.migration_model import TRIGGER
 from vmcluster.policy.networks import Health, live_migration_order
 from vmcluster.substrate.host.client import AgentClient, AgentDown, AgentError
 from vmcluster.substrate.protocol import (
@@ -103,6 +104,8 @@ class _Attempt:
     postcopy: bool = False  # migrate-start-postcopy was sent
     bandwidth_mibps: float = 0.0  # the cap QEMU was given
     recoveries: int = 0  # times a broken post-copy stream was resumed
+    # auto-converge's steps as polls saw them: [seconds since the start, pass, throttle %]
+    throttle_steps: list[list[float]] = field(default_factory=list)
 
 
 class QemuMigrations:
@@ -220,6 +223,8 @@ class QemuMigrations:
                     "max_bandwidth": int(bw),
                     "cpu_throttle_initial": max(1, min(99, round(
                         100 * (params.throttle_initial or 0.2)))),
+                    "throttle_trigger_threshold": max(1, min(100, round(
+                        100 * (params.throttle_trigger or TRIGGER)))),
                     # a cap asked for holds after a switch to post-copy too (QEMU's own
                     # default there is none)
                     **({"max_postcopy_bandwidth": int(bw)}
@@ -247,6 +252,10 @@ class QemuMigrations:
         now = self.sub.clock.now()
         if sent != att.last_bytes:
             att.last_bytes, att.last_change = sent, now
+        pct = info.get("cpu-throttle-percentage")
+        if isinstance(pct, int) and (not att.throttle_steps or att.throttle_steps[-1][2] != pct):
+            att.throttle_steps.append([round(now - att.t0, 2),
+                                       int(ram.get("dirty-sync-count", 0)), pct])
         progress = MigrationProgress(
             status=_STATUS.get(status, "active"),
             pass_no=int(ram.get("dirty-sync-count", 0)),
@@ -459,7 +468,10 @@ class QemuMigrations:
             extra={"setup_ms": info.get("setup-time"), "mbps": info.get("ram", {}).get("mbps"),
                    "mode": att.params.mode if att is not None and att.params else None,
                    **({"postcopy_recoveries": att.recoveries} if att and att.postcopy else {}),
-                   "throttle_pct": info.get("cpu-throttle-percentage"),
+                   "throttle_pct": (att.throttle_steps[-1][2] if att and att.throttle_steps
+                                    else info.get("cpu-throttle-percentage")),
+                   **({"throttle_steps": att.throttle_steps} if att and att.throttle_steps
+                      else {}),
                    **timeline, **marks},
         )
         self._results[handle.id] = result

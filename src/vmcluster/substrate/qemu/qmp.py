@@ -146,6 +146,15 @@ class Qmp:
     async def query_machines(self) -> list[dict[str, Any]]:
         return _list(await self._run("query-machines"), f"{self.name}: query-machines")
 
+    async def vcpu_threads(self) -> set[int]:
+        """The host threads that run the guest's vCPUs (``query-cpus-fast``; under TCG
+        with ``thread=single`` one thread runs them all)."""
+        cpus = _list(await self._run("query-cpus-fast"), f"{self.name}: query-cpus-fast")
+        out = {c.get("thread-id") for c in cpus}
+        if not out or not all(isinstance(t, int) and t > 0 for t in out):
+            raise QmpError(f"{self.name}: query-cpus-fast names no threads: {cpus!r:.200}")
+        return {int(t) for t in out if isinstance(t, int)}
+
     async def query_migrate(self) -> dict[str, Any]:
         return _dict(await self._run("query-migrate"), f"{self.name}: query-migrate")
 

@@ -78,16 +78,20 @@ def measure_profile(spec: ClusterSpec, vm: str, source: str | None, target: str,
                                 f"the spec's ({vm} runs nowhere)", blocker, QEMU_COSTS)
     short_ms, long_ms = PROFILE_WINDOWS_MS
     try:
-        rates = agent(source).call("dirty_rate", vm=vm, timeout_s=30,
-                                   windows_ms=[short_ms, long_ms])["rates"]
+        reply = agent(source).call("dirty_rate", vm=vm, timeout_s=30,
+                                   windows_ms=[short_ms, long_ms])
+        rates = reply["rates"]
         fast, slow = float(rates[0][1]), float(rates[1][1])
+        # an older agent does not say: as if the guest kept its vCPUs busy
+        busy = float(reply.get("vcpu_busy", 1.0))
     except (SubstrateError, KeyError, IndexError, TypeError, ValueError) as exc:
         return MigrationProfile(spec_vm.dirty_mibps, spec_vm.working_set_mib,
                                 f"the spec's (not measured: {exc})", blocker, QEMU_COSTS)
     dirty, wws = dirty_profile((short_ms, fast), (long_ms, slow), float(spec_vm.memory_mib),
                                spec_vm.working_set_mib)
     return MigrationProfile(dirty, wws, f"measured by {source}'s QEMU over {short_ms} and "
-                            f"{long_ms} ms", blocker, QEMU_COSTS)
+                            f"{long_ms} ms", blocker, QEMU_COSTS,
+                            vcpu_busy=min(1.0, max(busy, 0.01)))
 
 
 class QemuSubstrate:

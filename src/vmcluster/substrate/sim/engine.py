@@ -16,7 +16,14 @@ from typing import Any, Protocol
 
 from vmcluster.errors import MigrationError
 from vmcluster.policy.migration_mode import postcopy_left
-from vmcluster.policy.migration_model import Pass, PrecopyInput, after_pass, auto_converge
+from vmcluster.policy.migration_model import (
+    TRIGGER,
+    Pass,
+    PrecopyInput,
+    after_pass,
+    auto_converge,
+    throttled_rate,
+)
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
@@ -93,6 +100,7 @@ class Engine:
             max_passes=params.max_passes, state_mib=self.sub.state_mib,
             on_no_convergence=params.on_no_convergence,
             throttle_initial=params.throttle_initial or 0.2,
+            trigger=params.throttle_trigger or TRIGGER,
         )
         m.phase = "queued"
         self.queue.append(m)
@@ -159,7 +167,9 @@ class Engine:
     def _dirty_rate(self, m: MigRec) -> float:
         vm = self.sub.vm_rec(m.handle.vm)
         paused = m.prior_state == "paused"
-        return 0.0 if paused else vm.spec.dirty_mibps * (1.0 - m.throttle)
+        if paused or m.inp is None:
+            return 0.0
+        return throttled_rate(m.inp, m.throttle, vm.spec.dirty_mibps)
 
     def _transfer_done(self, m: MigRec) -> None:
         sub, inp = self.sub, m.inp
@@ -197,7 +207,7 @@ class Engine:
             return
         if decision == "continue" or (decision == "stuck" and inp.on_no_convergence ==
                                       "throttle" and m.pass_no + 1 < inp.max_passes):
-            m.throttle, m.high = auto_converge(inp, m.volume, dirty, m.throttle, m.high)
+            m.ac = auto_converge(inp, m.ac, seconds, m.volume, dirty)
             m.pass_no += 1
             self._transfer(m, dirty)
             return

@@ -6,7 +6,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 from vmcluster.model import Vm
-from vmcluster.policy.migration_model import Pass, PrecopyInput
+from vmcluster.policy.migration_model import Pass, PrecopyInput, Throttling
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
@@ -68,8 +68,11 @@ class MigRec:
     pass_start: float = 0.0
     stop_start: float = 0.0
     sent: float = 0.0
-    throttle: float = 0.0
-    high: int = 0  # auto-converge's count of passes that dirtied over the trigger
+    ac: Throttling = field(default_factory=Throttling)  # auto-converge so far
+
+    @property
+    def throttle(self) -> float:
+        return self.ac.throttle
     after: float = 0.0  # post-copy: what follows the switch, the guest on the target
     passes: list[Pass] = field(default_factory=list)
     timer: Timer | None = None
