@@ -50,8 +50,10 @@ def drain_cmd(node_name: str, cluster_url: str | None, lab_name: str | None,
     if final["state"] == "failed" and not result:
         raise VmclusterError(f"the drain of {node_name} failed: {final.get('error')}")
     if as_json:
+        took = (round(float(final["ended"]) - float(final["started"]), 3)
+                if "ended" in final and "started" in final else None)
         click.echo(json.dumps({**({"lab": lab_name} if lab_name else {}), "intent": it["id"],
-                               **result}))
+                               "took_s": took, **result}))
     elif result.get("cancelled"):
         click.echo(f"drain of {node_name} cancelled; {len(result.get('moved', []))} VM(s) "
                    f"moved, {node_name} is up")

@@ -4,19 +4,102 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import click
 
 from vmcluster.cli.apiclient import api_request, resolve_access
 from vmcluster.cli.common import console, emit_json, json_option, lab_option, load
+from vmcluster.cli.consolidate import show_plan
+from vmcluster.control.consolidate import Observation, drain_plan, make_plan, observation
+from vmcluster.control.plans import ClusterPlan
+from vmcluster.model import ClusterSpec
 from vmcluster.policy.capacity import MAX_DEPTH, capacity
+from vmcluster.policy.networks import Health
 
 __all__ = ["plan"]
 
 
 @click.group()
 def plan() -> None:
-    """What-if plans on the live cluster or a spec: what a loss of nodes would leave."""
+    """What-if plans on the live cluster or a spec, before anything moves: a drain or a
+    consolidation with when each move starts and ends, what a loss of nodes would leave."""
+
+
+def _spec_observation(spec: ClusterSpec) -> Observation:
+    """The spec as if running: every node up, each VM where its ``owner`` says, no load
+    measured (a node's CPU shared by its VMs' vCPUs is then 0)."""
+    on_node: dict[str, list[str]] = {}
+    for v in spec.vms:
+        if v.owner is not None:
+            on_node.setdefault(v.owner, []).append(v.name)
+    return observation(spec, {n.name: "up" for n in spec.nodes}, on_node, {}, None, Health())
+
+
+def _where(spec_path: Path | None, cluster_url: str | None, lab_name: str | None,
+           local: Any, remote: str, as_json: bool) -> None:
+    """A plan made on a spec (``local(spec)``) or asked of the live cluster's API
+    (``remote``: the path), shown with its schedule or printed as one JSON object."""
+    if spec_path is not None:
+        got: dict[str, Any] = {"spec": str(spec_path), "plan": local(load(spec_path)).to_json()}
+    else:
+        got = api_request(resolve_access(cluster_url, lab_name), "GET", remote, timeout_s=60)
+    if as_json:
+        emit_json(got)
+        return
+    the_plan = ClusterPlan.from_json(dict(got["plan"]))
+    show_plan(the_plan)
+    timeline = the_plan.timeline()
+    for step in timeline["schedule"]:  # type: ignore[attr-defined]
+        console.print(f"  {step['start_s']:7.1f} - {step['end_s']:7.1f} s  {step['vm']} "
+                      f"{step['source']} -> {step['target']} ({step['mode']}, "
+                      f"{step['network']})")
+    console.print(f"done after {timeline['predicted_end_s']:.1f} s, one move at a time"
+                  if the_plan.migrations else "nothing moves")
+
+
+_SPEC = click.option("--spec", "spec_path", type=click.Path(dir_okay=False, path_type=Path),
+                     default=None, help="Plan on a spec file, its VMs where their owner "
+                     "says (default: the live cluster, as it runs now).")
+_CLUSTER = click.option("--cluster", "cluster_url", default=None, metavar="URL",
+                        envvar="VMCLUSTER_URL",
+                        help="The live cluster's API (default: $VMCLUSTER_URL).")
+
+
+@plan.command("drain")
+@click.argument("node")
+@_SPEC
+@_CLUSTER
+@lab_option()
+@json_option
+def drain_cmd(node: str, spec_path: Path | None, cluster_url: str | None,
+              lab_name: str | None, as_json: bool) -> None:
+    """What `vmcluster node drain NODE` would do and how long it would take: where each VM
+    goes by the failover rules the manager runs, over which network, in which mode, when
+    each move starts and ends (one at a time, as the drain moves them), and which VMs
+    cannot be placed, with why."""
+    _where(spec_path, cluster_url, lab_name, lambda spec: drain_plan(
+        _spec_observation(spec), spec, node), f"/api/v1/plans/drain?{urlencode({'node': node})}",
+        as_json)
+
+
+@plan.command("consolidate")
+@click.option("--policy", default="ours", show_default=True,
+              help="ours, lr-mmt-1.2, thr-mmt-0.8 (any <detector>-<selection>[-<param>])")
+@click.option("--seed", default=0, show_default=True, help="seed for random VM selection (rs)")
+@_SPEC
+@_CLUSTER
+@lab_option()
+@json_option
+def consolidate_cmd(policy: str, seed: int, spec_path: Path | None, cluster_url: str | None,
+                    lab_name: str | None, as_json: bool) -> None:
+    """What the power policy would do now and how long it would take: which VMs move
+    where (mode, network, start and end), which nodes go off or on, watts before and
+    after. `vmcluster consolidate --apply` carries it out."""
+    _where(spec_path, cluster_url, lab_name,
+           lambda spec: make_plan(_spec_observation(spec), spec, policy, seed),
+           f"/api/v1/plans/consolidation?{urlencode({'policy': policy, 'seed': seed})}",
+           as_json)
 
 
 @plan.command("capacity")

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -48,6 +48,8 @@ from vmcluster.model import ClusterSpec
 from vmcluster.policy.failover import CannotPlace, FailoverParams, move_refusal
 from vmcluster.policy.failover import Migrate as FailoverMigrate
 from vmcluster.policy.failover import drain_plan as failover_drain_plan
+from vmcluster.policy.migration_mode import MigrationProfile
+from vmcluster.policy.migration_model import Costs
 from vmcluster.policy.networks import Health
 from vmcluster.policy.power.detection import HISTORY
 from vmcluster.policy.power.models import HP_ML110_G4, HP_ML110_G5, SpecPowerModel
@@ -100,6 +102,22 @@ class Observation:
     vm_cpu: Mapping[str, float]
     health: Health
     down: tuple[str, ...] = ()
+    # what the substrate adds to each migration (its fitted costs, its setup time)
+    costs: Costs = field(default_factory=Costs)
+
+
+def planned_move(obs: Observation, spec: ClusterSpec, health: Health, vm: str, source: str,
+                 target: str, broke: tuple[str, ...] = ()) -> PlannedMigration:
+    """One move as a plan shows it: the network, the mode and the prediction the
+    migration itself would make on the VM's spec profile and the substrate's costs.
+    PolicyError when no network joins the two."""
+    s = spec.vm(vm)
+    p = predict(spec, health, vm, target, source=source, profile=MigrationProfile(
+        s.dirty_mibps, s.working_set_mib, "the spec's", costs=obs.costs))
+    return PlannedMigration(vm, source, target, p.network, p.fallbacks, p.result.total_s,
+                            p.result.downtime_ms, p.result.sent_mib, p.result.converged,
+                            broke, p.choice.mode if p.choice is not None else "precopy",
+                            obs.costs.setup_s)
 
 
 # -- observe -------------------------------------------------------------------------------
@@ -305,7 +323,7 @@ def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: i
             health = obs.health if views[target].state == "up" \
                 else _powered(obs.health, target)
             try:
-                p = predict(spec, health, vm, target, source=source)
+                planned = planned_move(obs, spec, health, vm, source, target)
             except PolicyError as exc:
                 why = str(exc)
         if why is not None:
@@ -315,9 +333,7 @@ def make_plan(obs: Observation, spec: ClusterSpec, policy: str = "ours", seed: i
         free[source] += mem
         free[target] -= mem
         where[vm] = target
-        moves.append(PlannedMigration(vm, source, target, p.network, p.fallbacks,
-                                      p.result.total_s, p.result.downtime_ms, p.result.sent_mib,
-                                      p.result.converged))
+        moves.append(planned)
     # A move was checked against the others as the policy meant them; one skipped later
     # (its memory, its network, the move limit) may leave an accepted one breaking a rule:
     # check every accepted move against where the VMs do end, until none is dropped.
@@ -413,13 +429,10 @@ def drain_plan(obs: Observation, spec: ClusterSpec, node: str,
             skipped.append((a.vm, a.reason))
         elif isinstance(a, FailoverMigrate):
             try:
-                p = predict(spec, obs.health, a.vm, a.target, source=node)
+                moves.append(planned_move(obs, spec, obs.health, a.vm, node, a.target,
+                                          a.broke))
             except PolicyError as exc:
                 skipped.append((a.vm, str(exc)))
-                continue
-            moves.append(PlannedMigration(a.vm, node, a.target, p.network, p.fallbacks,
-                                          p.result.total_s, p.result.downtime_ms,
-                                          p.result.sent_mib, p.result.converged, a.broke))
     return _finish(obs, spec, f"drain:{node}", moves, [], skipped, (), horizon_s,
                    kind="drain", state_after={node: "draining"})
 

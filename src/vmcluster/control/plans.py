@@ -29,6 +29,13 @@ class PlannedMigration:
     predicted_mib: float
     converges: bool
     broke: tuple[str, ...] = ()  # the non-strict HA rules this move breaks, and why
+    mode: str = "precopy"  # as vmcluster.policy.migration_mode would choose it
+    setup_s: float = 0.0  # the substrate's own time around it (Costs.setup_s)
+
+    @property
+    def wall_s(self) -> float:
+        """The whole move as a plan waits for it: its setup and the migration itself."""
+        return self.setup_s + self.predicted_s
 
     def to_json(self) -> dict[str, object]:
         return _flat(self)
@@ -98,7 +105,8 @@ class ClusterPlan:
                 predicted_downtime_ms=float(m.get("predicted_downtime_ms", 0.0)),
                 predicted_mib=float(m.get("predicted_mib", 0.0)),
                 converges=bool(m.get("converges", True)),
-                broke=tuple(str(b) for b in m.get("broke", ())))
+                broke=tuple(str(b) for b in m.get("broke", ())),
+                mode=str(m.get("mode", "precopy")), setup_s=float(m.get("setup_s", 0.0)))
                 for m in data.get("migrations", []))
             power_on = tuple(str(n) for n in data.get("power_on", []))
             power_off = tuple((str(o["node"]), str(o.get("reason", "")))
@@ -137,12 +145,39 @@ class ClusterPlan:
             "overloaded": list(self.overloaded),
             "nodes": [n.to_json() for n in self.nodes],
             "predicted_total_s": round(sum(m.predicted_s for m in self.migrations), 3),
+            **self.timeline(),
             "watts_before": round(self.watts_before, 2),
             "watts_after": round(self.watts_after, 2),
             "horizon_s": self.horizon_s,
             "energy_before_wh": round(self.watts_before * hours, 2),
             "energy_after_wh": round(self.watts_after * hours, 2),
         }
+
+
+    def timeline(self) -> dict[str, object]:
+        """When each move starts and ends, in seconds from the plan's start, moved one at a
+        time in order as a drain or an applied consolidation moves them (each its setup
+        and its migration: ``wall_s``); when the last ends (``predicted_end_s``); and per
+        network, how many moves use it, for how long, and at what most (one at a time,
+        so the peak is the fastest move's rate)."""
+        t = 0.0
+        schedule: list[dict[str, object]] = []
+        nets: dict[str, dict[str, float]] = {}
+        for m in self.migrations:
+            schedule.append({"vm": m.vm, "source": m.source, "target": m.target,
+                             "network": m.network, "mode": m.mode,
+                             "start_s": round(t, 3), "end_s": round(t + m.wall_s, 3),
+                             "downtime_ms": round(m.predicted_downtime_ms, 1)})
+            n = nets.setdefault(m.network, {"moves": 0, "busy_s": 0.0, "peak_mibps": 0.0})
+            n["moves"] += 1
+            n["busy_s"] += m.predicted_s
+            if m.predicted_s > 0:
+                n["peak_mibps"] = max(n["peak_mibps"], m.predicted_mib / m.predicted_s)
+            t += m.wall_s
+        return {"schedule": schedule, "predicted_end_s": round(t, 3),
+                "networks": {k: {"moves": v["moves"], "busy_s": round(v["busy_s"], 2),
+                                 "peak_mibps": round(v["peak_mibps"], 1)}
+                             for k, v in nets.items()}}
 
 
 def _flat(obj: PlannedMigration | NodeChange) -> dict[str, object]:

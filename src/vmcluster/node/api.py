@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,7 +84,7 @@ from vmcluster.substrate.host.client import (
 from vmcluster.substrate.host.layout import LabLayout, shared_layout
 from vmcluster.substrate.qemu.diskimage import image_info
 from vmcluster.substrate.qemu.facts import QemuFacts
-from vmcluster.substrate.qemu.substrate import measure_profile
+from vmcluster.substrate.qemu.substrate import QEMU_COSTS, measure_profile
 
 __all__ = ["PUBLISH_S", "ApiContext", "Caller", "create_app", "main"]
 
@@ -585,7 +585,8 @@ def create_app(ctx: ApiContext) -> FastAPI:
         spec = _spec()
         seen = views.assessment(ctx.view, spec, ctx.age)
         busy, oldest = load.read(ctx.view, ctx.age)
-        obs = views.consolidation(ctx.view, spec, seen, busy)
+        # a cluster's hosts run QEMU: its costs, and the time each migration takes besides
+        obs = replace(views.consolidation(ctx.view, spec, seen, busy), costs=QEMU_COSTS)
         plan = make(obs, spec)
         running = [v for n in obs.nodes for v in n.vms]
         return {"plan": plan.to_json(),

@@ -76,22 +76,26 @@ class Costs:
     dirtying meanwhile), a switch to post-copy's pause beyond moving the device state
     (``postcopy_pause_ms``: the target loads it, ownership moves, it runs), and the share
     of the bandwidth pages move at after that switch (``postcopy_efficiency``: the running
-    guest's page requests interleave with the background stream). The defaults: none."""
+    guest's page requests interleave with the background stream), and the time a
+    migration takes outside the hypervisor's own count (``setup_s``: measuring the guest,
+    starting the target, recording the switchover), which a plan of several migrations
+    one after the other adds to each. The defaults: none."""
 
     switch_ms: float = 0.0
     pass_s: float = 0.0
     postcopy_pause_ms: float = 0.0
     postcopy_efficiency: float = 1.0
+    setup_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if min(self.switch_ms, self.pass_s, self.postcopy_pause_ms) < 0 or \
+        if min(self.switch_ms, self.pass_s, self.postcopy_pause_ms, self.setup_s) < 0 or \
                 not 0 < self.postcopy_efficiency <= 1.5:
             raise UsageError(f"migration model: costs out of range: {self}")
 
     def to_json(self) -> dict[str, float]:
         return {"switch_ms": self.switch_ms, "pass_s": self.pass_s,
                 "postcopy_pause_ms": self.postcopy_pause_ms,
-                "postcopy_efficiency": self.postcopy_efficiency}
+                "postcopy_efficiency": self.postcopy_efficiency, "setup_s": self.setup_s}
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,15 @@ PROFILE_WINDOWS_MS = (250, 1500)
 # bench_migration's runs on this machine (QEMU 10.0.2, TCG; docs/notes.md has the data):
 # the switchover's pause beyond the last pages, each pass's own time, a post-copy
 # switch's pause (source STOP to target RESUME: devices move and load, the store moves
-# ownership, the target runs) and the page rate after it.
+# ownership, the target runs) and the page rate after it. Each migration's own time
+# around QEMU's (setup_s): the profile's windows, then starting the target QEMU, the
+# store's records and the switchover's commit, 0.75 s more as bench/bench_drain.py's
+# first round measured it (docs/notes.md).
+SETUP_S = sum(PROFILE_WINDOWS_MS) / 1000.0 + 0.75
 QEMU_COSTS = Costs(switch_ms=2.0, pass_s=0.0, postcopy_pause_ms=40.0,
-                   postcopy_efficiency=1.0)
+                   postcopy_efficiency=1.0, setup_s=SETUP_S)
 
-__all__ = ["PROFILE_WINDOWS_MS", "QemuSubstrate", "measure_profile"]
+__all__ = ["PROFILE_WINDOWS_MS", "QEMU_COSTS", "QemuSubstrate", "measure_profile"]
 
 
 # An agent measures a QEMU's CPU over windows of at least a second (node.load.CpuMeter);
