@@ -238,10 +238,12 @@ def test_json_shape() -> None:
     out = json.loads(json.dumps(p.to_json()))
     assert set(out) == {"kind", "policy", "migrations", "power_on", "power_off", "skipped",
                         "overloaded", "nodes", "predicted_total_s", "watts_before", "watts_after",
-                        "horizon_s", "energy_before_wh", "energy_after_wh", "kept_on"}
+                        "horizon_s", "energy_before_wh", "energy_after_wh", "kept_on",
+                        "schedule", "predicted_end_s", "networks"}
     [m] = out["migrations"]
     assert set(m) == {"vm", "source", "target", "network", "fallbacks", "predicted_s",
-                      "predicted_downtime_ms", "predicted_mib", "converges", "broke"}
+                      "predicted_downtime_ms", "predicted_mib", "converges", "broke", "mode",
+                      "setup_s"}
     assert out["power_off"] == [{"node": "n1", "reason": "emptied by the plan"}]
     assert [n["node"] for n in out["nodes"]] == ["n1", "n2", "n3"]
     assert out["nodes"][0]["state_after"] == "off" and out["nodes"][0]["watts_after"] == 0.0
