@@ -1126,6 +1126,40 @@ def _migrate_json(lab: LabSubstrate, vm: str, target: str, *more: str
     return got, (json.loads(lines[-1]) if got.returncode == 0 and lines else {})
 
 
+def test_plans_on_the_live_cluster_say_when_and_what_is_left(lab: LabSubstrate,
+                                                             tmp_path: Path) -> None:
+    """`plan drain`, `plan fail` and `plan add-vm` on the running lab, through its API: a
+    drain's moves with the QEMU hosts' own time around each, a failure's restarts as the
+    manager would make them, a VM too big for any host refused in one line."""
+    node = lab.owner("db")
+    assert node is not None
+    got = vmc("plan", "drain", node, "--lab", lab.layout.name, "--json", timeout=60)
+    assert got.returncode == 0, got.stderr
+    drain = json.loads(got.stdout)["plan"]
+    on_node = {v.name for v in lab.status().vms if v.node == node}
+    assert {m["vm"] for m in drain["migrations"]} == on_node
+    assert all(m["setup_s"] > 1.75 for m in drain["migrations"])  # the profile's windows
+    assert drain["predicted_end_s"] == pytest.approx(
+        sum(m["setup_s"] + m["predicted_s"] for m in drain["migrations"]), abs=0.01)
+    fail = vmc("plan", "fail", node, "--lab", lab.layout.name, "--json", timeout=60)
+    assert fail.returncode == 0, fail.stderr
+    f = json.loads(fail.stdout)
+    assert set(f["lost"]) == on_node and {r["vm"] for r in f["restarts"]} == on_node
+    assert all(r["node"] != node for r in f["restarts"]) and f["left_down"] == []
+    assert 2.0 < f["restart_issued_s"] < 10.0  # detection, then the stop budget
+    big = tmp_path / "big.toml"
+    big.write_text('name = "big"\nmemory_mib = 4096\n')
+    refused = vmc("plan", "add-vm", str(big), "--lab", lab.layout.name, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "big fits nowhere: no node has 4096 MiB" in refused.stderr
+    small = tmp_path / "small.toml"
+    small.write_text('name = "small"\nmemory_mib = 128\n')
+    ok = vmc("plan", "add-vm", str(small), "--lab", lab.layout.name, "--json", timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    placed = json.loads(ok.stdout)
+    assert placed["node"] in {n.name for n in lab.spec.nodes} and placed["survives_one_loss"]
+
+
 def test_the_mode_is_chosen_from_the_rate_its_qemu_measures(lab: LabSubstrate) -> None:
     """A guest dirtying 300 MiB/s of 160 MiB, over the 1 Gbit/s (119 MiB/s) link: the
     prediction sees that rate (QEMU's page sampling); without throttling and without

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -12,8 +13,11 @@ from vmcluster.cli.apiclient import api_request, resolve_access
 from vmcluster.cli.common import console, emit_json, json_option, lab_option, load
 from vmcluster.cli.consolidate import show_plan
 from vmcluster.control.consolidate import Observation, drain_plan, make_plan, observation
+from vmcluster.control.failure import plan_add_vm, plan_failure
 from vmcluster.control.plans import ClusterPlan
+from vmcluster.errors import UsageError
 from vmcluster.model import ClusterSpec
+from vmcluster.model.spec import vm_table
 from vmcluster.policy.capacity import MAX_DEPTH, capacity
 from vmcluster.policy.networks import Health
 
@@ -159,3 +163,87 @@ def _print(got: dict[str, Any]) -> None:
             console.print(f"  {down} lost: [red]left down[/red]: {left}")
         for b in loss["broke"]:
             console.print(f"    {b['vm']}: {b['rule']}")
+
+
+@plan.command("fail")
+@click.argument("node")
+@_SPEC
+@_CLUSTER
+@lab_option()
+@json_option
+def fail_cmd(node: str, spec_path: Path | None, cluster_url: str | None,
+             lab_name: str | None, as_json: bool) -> None:
+    """What a failure of NODE would do now: where the manager would restart each of its
+    VMs and how long after the failure (its own code, simulated with the cluster's
+    heartbeat settings), which VMs would stay down and why, and the room left."""
+    if spec_path is not None:
+        spec = load(spec_path)
+        got: dict[str, Any] = plan_failure(spec, {v.name: v.owner for v in spec.vms},
+                                           node).to_json()
+    else:
+        got = api_request(resolve_access(cluster_url, lab_name), "GET",
+                          f"/api/v1/plans/failure?{urlencode({'node': node})}", timeout_s=60)
+    if as_json:
+        emit_json(got)
+        return
+    if not got["lost"]:
+        console.print(f"{node} runs no VM: nothing to restart; then {_room(got['room'])}")
+        return
+    when = got["restart_issued_s"]
+    console.print(f"{node} fails: {len(got['lost'])} VM(s) lost"
+                  + (f"; restarts issued {when:.1f} s after the failure" if when else ""))
+    for r in got["restarts"]:
+        console.print(f"  {r['vm']} -> {r['node']}")
+    for x in got["left_down"]:
+        console.print(f"  [red]{x['vm']} stays down[/red]: {x['reason']}")
+    for b in got["broke"]:
+        console.print(f"  {b['vm']}: {b['rule']}")
+    console.print(f"then {_room(got['room'])}")
+
+
+@plan.command("add-vm")
+@click.argument("vm_file", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+@_SPEC
+@_CLUSTER
+@lab_option()
+@json_option
+def add_vm_cmd(vm_file: Path, spec_path: Path | None, cluster_url: str | None,
+               lab_name: str | None, as_json: bool) -> None:
+    """Where a new VM would start: FILE holds its definition (one [[vms]] table, or its
+    keys; as `vm create --from` takes it; ``owner`` optional: without one the plan
+    chooses), checked as the spec checks it. Says the node, the rules it bends, and
+    whether any one node's loss would still restart every VM. A VM that fits nowhere is
+    one error line (exit 2)."""
+    table = vm_table(vm_file)
+    if spec_path is not None:
+        spec = load(spec_path)  # its own one-line error first
+        text = spec_path.read_text(encoding="utf-8")
+        defs = [d for d in _vm_tables(text) if d.get("name") != table.get("name")]
+        got: dict[str, Any] = plan_add_vm(text, f"{spec_path} + {vm_file}", defs,
+                                          {v.name: v.owner for v in spec.vms},
+                                          table).to_json()
+    else:
+        got = api_request(resolve_access(cluster_url, lab_name), "POST",
+                          "/api/v1/plans/add-vm", table, timeout_s=60)
+    if got["node"] is None:
+        raise UsageError(f"{got['vm']} fits nowhere: {got['reason']}")
+    if as_json:
+        emit_json(got)
+        return
+    console.print(f"{got['vm']} would start on {got['node']}"
+                  + "".join(f"; {b}" for b in got["broke"]))
+    after = got["capacity_after"]
+    if got["survives_one_loss"]:
+        console.print("with it, the loss of any one node still restarts every VM")
+    else:
+        for x in after["losses"]:
+            if not x["ok"]:
+                left = ", ".join(f"{d['vm']} ({d['reason']})" for d in x["left_down"])
+                console.print(f"  [red]with it, losing {' + '.join(x['down'])} leaves down"
+                              f"[/red]: {left}")
+
+
+def _vm_tables(text: str) -> list[dict[str, Any]]:
+    """The ``[[vms]]`` tables of a spec's text."""
+    tables = tomllib.loads(text).get("vms", [])
+    return [dict(t) for t in tables] if isinstance(tables, list) else []

@@ -21,7 +21,7 @@ from vmcluster.lab.lab import resolve_lab, wait_ready
 from vmcluster.lab.observe import migrate_observed
 from vmcluster.lab.services import lab_spec, services_file
 from vmcluster.lab.substrate import LabSubstrate
-from vmcluster.model.tomlsource import load_toml
+from vmcluster.model.spec import vm_table
 from vmcluster.substrate.protocol import MigrationHandle, MigrationParams, MigrationProgress
 
 __all__ = ["vm"]
@@ -160,16 +160,7 @@ def stop(vm_name: str, force: bool, timeout_s: float | None, cluster_url: str | 
 
 def _definition(vm_name: str, from_file: Path | None, given: dict[str, Any]) -> dict[str, Any]:
     """A VM's definition: the file's table (if any), then the options given."""
-    table: dict[str, Any] = {}
-    if from_file is not None:
-        src = load_toml(from_file)
-        tables = src.data.get("vms")
-        if isinstance(tables, list):
-            if len(tables) != 1 or not isinstance(tables[0], dict):
-                raise InputError(f"{from_file}: holds {len(tables)} [[vms]] tables; give one")
-            table = dict(tables[0])
-        else:
-            table = dict(src.data)
+    table: dict[str, Any] = {} if from_file is None else vm_table(from_file)
     table.update({k: v for k, v in given.items() if v is not None})
     if table.setdefault("name", vm_name) != vm_name:
         raise InputError(f"{from_file}: defines {table['name']!r}, not {vm_name!r}")

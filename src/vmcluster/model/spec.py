@@ -13,11 +13,13 @@ from ipaddress import IPv4Address, IPv4Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, TypeVar
 
+from vmcluster.errors import InputError
 from vmcluster.model.cluster import ClusterSettings, ClusterSpec, Node, Vm, Volume
 from vmcluster.model.network import Network, Role
 from vmcluster.model.tomlsource import TableReader, TableRef, TomlSource, load_toml
 
-__all__ = ["VM_KEYS", "load_spec", "parse_spec", "spec_from_source", "spec_with_vms"]
+__all__ = ["VM_KEYS", "load_spec", "parse_spec", "spec_from_source", "spec_with_vms",
+           "vm_table"]
 
 _TOP = {"cluster", "networks", "nodes", "vms", "volumes"}
 _CLUSTER = {
@@ -85,6 +87,18 @@ def spec_with_vms(text: str, filename: str, vms: Sequence[Mapping[str, Any]]) ->
               for i, v in enumerate(vms)]
     src.replace_tables("vms", [dict(v) for v in vms], labels)
     return spec_from_source(src, None)
+
+
+def vm_table(path: Path | str) -> dict[str, Any]:
+    """The one VM definition in a TOML file: its single ``[[vms]]`` table, or the file's
+    top-level keys (those of a ``[[vms]]`` table); more than one is an InputError."""
+    src = load_toml(path)
+    tables = src.data.get("vms")
+    if isinstance(tables, list):
+        if len(tables) != 1 or not isinstance(tables[0], dict):
+            raise InputError(f"{path}: holds {len(tables)} [[vms]] tables; give one")
+        return dict(tables[0])
+    return dict(src.data)
 
 
 def _tables(src: TomlSource, key: str, allowed: set[str], required: set[str]) -> list[TableReader]:

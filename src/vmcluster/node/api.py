@@ -48,6 +48,7 @@ import vmcluster
 from vmcluster.control.consolidate import Observation, drain_plan, make_plan
 from vmcluster.control.consolidate_apply import store_guard
 from vmcluster.control.events import ApiWrite
+from vmcluster.control.failure import plan_add_vm, plan_failure
 from vmcluster.control.plans import ClusterPlan
 from vmcluster.errors import InputError, PolicyError, SpecError, UsageError, VmclusterError
 from vmcluster.model import ClusterSpec
@@ -612,6 +613,38 @@ def create_app(ctx: ApiContext) -> FastAPI:
         VMs restart, which stay down and why (no room, anti-affinity, lost quorum), and
         the room left per resource (least and total free memory and vCPUs)."""
         return await asyncio.to_thread(_capacity, depth)
+
+    def _failure(node: str) -> dict[str, Any]:
+        spec = _spec()
+        placed = {vm: n for vm, n in _placements().items()
+                  if vm in {v.name for v in spec.vms}}
+        return plan_failure(spec, placed, node).to_json()
+
+    @app.get("/api/v1/plans/failure")
+    async def plan_fail(node: str = Query(min_length=1),
+                        _who: Caller = Depends(reader)) -> dict[str, Any]:
+        """What a failure of ``node`` would do now: the restarts the manager would make
+        (simulated with its own code and the cluster's heartbeat settings: where, and how
+        long after the failure they are issued), which VMs would stay down and why, the
+        rules bent, and the room left per resource."""
+        return await asyncio.to_thread(_failure, node)
+
+    def _add_vm(table: dict[str, Any]) -> dict[str, Any]:
+        text = ctx.view.spec_text()
+        if text is None:
+            raise JoinRefused(409, "conflict", "the store holds no spec yet", "spec")
+        defs = [r.definition for r in vms.records(ctx.view).values()]
+        return plan_add_vm(text, "<the spec in etcd, with the VM>", defs, _placements(),
+                           table).to_json()
+
+    @app.post("/api/v1/plans/add-vm")
+    async def plan_add(body: dict[str, Any], _who: Caller = Depends(reader)) -> dict[str, Any]:
+        """Where a new VM would start (the body: a spec's ``[[vms]]`` keys, checked as the
+        spec is; ``owner`` optional: without one the plan chooses): the node by the rules
+        a start follows, the rules it bends, and whether any one node's loss would still
+        restart every VM (which would stay down). ``node`` is null when it fits nowhere,
+        ``reason`` says why. Nothing is defined."""
+        return await asyncio.to_thread(_add_vm, dict(body))
 
     @app.get("/api/v1/plans/drain")
     async def plan_drain(node: str = Query(min_length=1),

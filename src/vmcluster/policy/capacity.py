@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vmcluster.errors import UsageError
 from vmcluster.model import ClusterSpec
@@ -26,9 +26,10 @@ from vmcluster.policy.failover import (
     failover_plan,
     free_room,
     has_quorum,
+    start_plan,
 )
 
-__all__ = ["Capacity", "Loss", "Room", "capacity"]
+__all__ = ["Admission", "Capacity", "Loss", "Room", "admit", "capacity", "loss"]
 
 MAX_DEPTH = 3  # losses of more nodes at once are not enumerated (combinations grow fast)
 
@@ -107,6 +108,34 @@ def _room(spec: ClusterSpec, placements: Mapping[str, str | None], nodes: Iterab
     return Room(min(mem), sum(mem), min(cpu), sum(cpu))
 
 
+def loss(spec: ClusterSpec, placements: Mapping[str, str | None], down: Iterable[str],
+         params: FailoverParams = CLUSTER_FAILOVER) -> Loss:
+    """What losing the nodes ``down`` at once leaves, by the manager's failover rules:
+    where the lost VMs restart, which stay down and why, the rules bent, the room left."""
+    down = tuple(down)
+    nodes = [n.name for n in spec.nodes]
+    for n in down:
+        spec.node(n)
+    witness = spec.cluster.witness is not None
+    voters = len(nodes) + (1 if witness else 0)
+    survivors = [n for n in nodes if n not in down]
+    quorum = has_quorum(len(nodes), len(survivors), witness, True)
+    plan = failover_plan(spec, placements, down, params)
+    restarted = tuple((a.vm, a.node) for a in plan.actions if isinstance(a, Restart))
+    left = tuple((a.vm, a.reason) for a in plan.actions if isinstance(a, CannotPlace))
+    if not quorum:  # a minority stops every VM it runs, and restarts none
+        left = tuple((vm.name, f"the {len(survivors)} surviving node(s) lose quorum "
+                      f"({voters - len(down)} of {voters} voters)")
+                     for vm in spec.vms if placements.get(vm.name) is not None)
+        restarted = ()
+    broke = tuple((a.vm, rule) for a in plan.actions if isinstance(a, Restart)
+                  for rule in a.broke) if quorum else ()
+    # after it: the restarts made (a minority runs nothing: it stopped its VMs)
+    after: dict[str, str | None] = dict(placements) if quorum else {}
+    after.update(dict(restarted))
+    return Loss(down, quorum, restarted, left, broke, _room(spec, after, survivors, params))
+
+
 def capacity(spec: ClusterSpec, placements: Mapping[str, str | None], depth: int = 2,
              params: FailoverParams = CLUSTER_FAILOVER) -> Capacity:
     """Every loss of 1..``depth`` of the spec's VM-running nodes, from ``placements``
@@ -118,28 +147,56 @@ def capacity(spec: ClusterSpec, placements: Mapping[str, str | None], depth: int
         spec.vm(vm)
         if node is not None:
             spec.node(node)
-    witness = spec.cluster.witness is not None
-    voters = len(nodes) + (1 if witness else 0)
-    losses = []
-    for k in range(1, min(depth, len(nodes)) + 1):
-        for down in itertools.combinations(nodes, k):
-            survivors = [n for n in nodes if n not in down]
-            quorum = has_quorum(len(nodes), len(survivors), witness, True)
-            plan = failover_plan(spec, placements, down, params)
-            restarted = tuple((a.vm, a.node) for a in plan.actions if isinstance(a, Restart))
-            left = tuple((a.vm, a.reason) for a in plan.actions if isinstance(a, CannotPlace))
-            if not quorum:  # a minority stops every VM it runs, and restarts none
-                left = tuple((vm.name, f"the {len(survivors)} surviving node(s) lose quorum "
-                              f"({voters - k} of {voters} voters)")
-                             for vm in spec.vms if placements.get(vm.name) is not None)
-                restarted = ()
-            broke = tuple((a.vm, rule) for a in plan.actions if isinstance(a, Restart)
-                          for rule in a.broke) if quorum else ()
-            # after it: the restarts made (a minority runs nothing: it stopped its VMs)
-            after: dict[str, str | None] = dict(placements) if quorum else {}
-            after.update(dict(restarted))
-            losses.append(Loss(tuple(down), quorum, restarted, left, broke,
-                               _room(spec, after, survivors, params)))
+    losses = [loss(spec, placements, down, params)
+              for k in range(1, min(depth, len(nodes)) + 1)
+              for down in itertools.combinations(nodes, k)]
     now = _room(spec, placements, nodes, params)
     assert now is not None  # a spec has at least one node
     return Capacity(depth, now, tuple(losses))
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Where a new VM would go (None: nowhere, ``reason`` says why), the rules that
+    choice bends, and whether every loss of one node would still restart everything."""
+
+    vm: str
+    node: str | None
+    reason: str
+    broke: tuple[str, ...]
+    after: Capacity | None  # with it placed there
+
+    def to_json(self) -> dict[str, object]:
+        return {"vm": self.vm, "node": self.node, "reason": self.reason,
+                "broke": list(self.broke),
+                "survives_one_loss": None if self.after is None else self.after.survives(1),
+                "capacity_after": None if self.after is None else self.after.to_json()}
+
+
+def admit(spec: ClusterSpec, placements: Mapping[str, str | None], vm: str,
+          owner_given: bool = True, params: FailoverParams = CLUSTER_FAILOVER) -> Admission:
+    """Where ``vm`` (defined in ``spec``, not running) would start among ``placements``,
+    by the rules a start follows (room, allowed nodes, anti-affinity, its owner then its
+    preferred owners; ``owner_given`` False: the owner is a placeholder, only the rest
+    rank), and what any one node's loss would leave then."""
+    new = spec.vm(vm)
+    if not owner_given:
+        new = replace(new, owner=new.preferred_owners[0] if new.preferred_owners
+                      else _roomiest(spec, placements, params))
+        spec = replace(spec, vms=tuple(new if v.name == vm else v for v in spec.vms))
+    [action] = start_plan(spec, placements, [vm], params=params).actions
+    if isinstance(action, CannotPlace):
+        return Admission(vm, None, action.reason, (), None)
+    assert isinstance(action, Restart)
+    after = {**placements, vm: action.node}
+    return Admission(vm, action.node, f"{action.node} keeps every strict rule"
+                     + ("" if action.broke else " and the others"), action.broke,
+                     capacity(spec, after, 1, params))
+
+
+def _roomiest(spec: ClusterSpec, placements: Mapping[str, str | None],
+              params: FailoverParams) -> str:
+    """The node with the most free memory (then vCPUs, then name): a new VM's home when
+    it names none."""
+    free = free_room(spec, placements, [n.name for n in spec.nodes], params)
+    return min(free, key=lambda n: (-free[n][0], -free[n][1], n))
