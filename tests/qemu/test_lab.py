@@ -38,7 +38,7 @@ from vmcluster.lab.credentials import etcd_tls, lab_ca
 from vmcluster.lab.guestctl import guest_request
 from vmcluster.lab.lab import set_net, wait_ready
 from vmcluster.lab.observe import migrate_observed
-from vmcluster.lab.services import lab_access, lab_spec, revoke
+from vmcluster.lab.services import lab_access, lab_spec, lab_store, revoke
 from vmcluster.lab.substrate import LabSubstrate
 from vmcluster.pki import CertificateAuthority, NodeCredentials
 from vmcluster.store.etcd import EtcdClient
@@ -544,8 +544,6 @@ def _copies(lab: LabSubstrate, vm: str) -> dict[str, tuple[str, str]]:
 
 
 def _store(lab: LabSubstrate) -> tuple[dict[str, str | None], list[str]]:
-    from vmcluster.lab.services import lab_store
-
     with lab_store(lab.layout) as ls:
         placements = {vm: p.node for vm, p in ls.call(ls.state.placements).items()}
         return placements, sorted(ls.call(ls.state.migrations))
@@ -1255,3 +1253,36 @@ def test_a_postcopy_cut_mid_way_resumes_over_a_network_that_works(lab: LabSubstr
     assert r.extra["postcopy_recoveries"] >= 1, r.extra  # the cut was met, and mended
     assert r.extra["memory_ok"] is True, r.extra
     assert lab.owner(vm) == target
+
+
+def test_a_drained_node_powers_off_and_back_on_through_its_driver(lab: LabSubstrate) -> None:
+    """`node power-off` after a drain (the host ends its own processes: off, not failed),
+    then `node power-on`: the manager's host sends the Wake-on-LAN packet of the node's
+    `lab` driver over the public network, the lab's power switch starts the host, and
+    the cluster hears it again; its VMs can come back."""
+    node = next(n.name for n in lab.spec.nodes
+                if n.name != lab.owner("web") and n.name != lab.owner("db"))
+    drained = vmc("node", "drain", node, "--lab", lab.layout.name, "--json", timeout=180)
+    assert drained.returncode == 0, drained.stderr
+    moved = [m["vm"] for m in json.loads(drained.stdout)["moved"]]
+    try:
+        off = vmc("node", "power-off", node, "--lab", lab.layout.name, timeout=120)
+        assert off.returncode == 0, off.stderr
+        assert not AgentClient(lab.layout, node).alive()
+        with lab_store(lab.layout) as store:
+            assert store.call(store.state.node_states)[node]["state"] == "off"
+        on = vmc("node", "power-on", node, "--lab", lab.layout.name, timeout=120)
+        assert on.returncode == 0, on.stderr
+        assert on.stdout.strip() == f"{node} is on"
+        assert AgentClient(lab.layout, node).alive()
+        log = (lab.layout.harness_dir / "powerswitch.log").read_text()
+        assert f"{node}: powering on (magic packet from 198.18.1." in log
+        with lab_store(lab.layout) as store:
+            assert store.call(store.state.node_states)[node]["state"] == "up"
+    finally:
+        if not AgentClient(lab.layout, node).alive():
+            vmc("lab", "node", "start", node, "--lab", lab.layout.name, timeout=120)
+        vmc("node", "resume", node, "--lab", lab.layout.name, timeout=60)
+    for vm in moved:
+        got, r = _migrate_json(lab, vm, node)
+        assert got.returncode == 0 and r["ok"], got.stderr

@@ -14,7 +14,7 @@ import click
 from vmcluster.cli.apiclient import ClusterAccess, api_request, resolve_access
 from vmcluster.cli.cluster import cluster_option
 from vmcluster.cli.common import lab_option
-from vmcluster.errors import VmclusterError
+from vmcluster.errors import UsageError, VmclusterError
 from vmcluster.lab.lab import resolve_lab
 
 __all__ = ["node"]
@@ -129,6 +129,56 @@ def resume_cmd(node_name: str, cluster_url: str | None, lab_name: str | None,
                              f"{got.get('error') or final.get('error')}")
     out: dict[str, Any] = {"node": node_name, "was": got["was"], "state": "up"}
     click.echo(json.dumps(out) if as_json else f"{node_name}: {got['was']} -> up")
+
+
+@node.command("power-on")
+@click.argument("node_name", metavar="NODE")
+@cluster_option
+@click.option("--json", "as_json", is_flag=True)
+def power_on_cmd(node_name: str, cluster_url: str | None, lab_name: str | None,
+                 as_json: bool) -> None:
+    """Power NODE on by the driver its spec names (``power`` in its [[nodes]] table:
+    ipmi, wol or lab), and wait until the cluster hears it again (its ``boot_s`` at most).
+    The elected manager does it, as a consolidation's power-on."""
+    _power(node_name, True, cluster_url, lab_name, as_json)
+
+
+@node.command("power-off")
+@click.argument("node_name", metavar="NODE")
+@cluster_option
+@click.option("--json", "as_json", is_flag=True)
+def power_off_cmd(node_name: str, cluster_url: str | None, lab_name: str | None,
+                  as_json: bool) -> None:
+    """Power NODE off (it runs no VM: drain it first; and the cluster must keep its
+    quorum without it). The elected manager asks the host, as a consolidation's last step."""
+    _power(node_name, False, cluster_url, lab_name, as_json)
+
+
+def _power(node_name: str, on: bool, cluster_url: str | None, lab_name: str | None,
+           as_json: bool) -> None:
+    if cluster_url is None and lab_name is None and not os.environ.get("VMCLUSTER_URL"):
+        lab_name = resolve_lab(None).name  # the only lab that is up
+    access = resolve_access(cluster_url, lab_name)
+    got = api_request(access, "GET", f"/api/v1/nodes/{node_name}")
+    if on and got.get("power_driver") is None:
+        raise UsageError(f"{node_name} has no power driver: vmcluster cannot power it on "
+                         "(give its [[nodes]] table power = { driver = \"ipmi\" | \"wol\" "
+                         "| \"lab\", ... })")
+    plan = ({"policy": "operator", "power_on": [node_name]} if on else
+            {"policy": "operator", "power_off": [{"node": node_name,
+                                                  "reason": "asked by the operator"}]})
+    it = api_request(access, "POST", "/api/v1/consolidations", {"plan": plan})
+    final = _watch(access, it["id"], lambda m: click.echo(m, err=True), timeout_s=3700)
+    result = dict(final.get("result") or {})
+    errors = list(result.get("errors") or ([] if final["state"] == "done"
+                                           else [str(final.get("error"))]))
+    done = node_name in list(result.get("powered_on" if on else "powered_off") or [])
+    if errors or not done:
+        raise VmclusterError("; ".join(errors) or f"{node_name} was not powered "
+                             f"{'on' if on else 'off'}")
+    state = "on" if on else "off"
+    click.echo(json.dumps({"node": node_name, "power": state}) if as_json
+               else f"{node_name} is {state}")
 
 
 def plan_lines(plan: Mapping[str, Any]) -> list[str]:

@@ -109,7 +109,8 @@ def apply(substrate: Substrate, spec: ClusterSpec, the_plan: ClusterPlan,
     run = _Run(on_step, ledger, migrator)
     failed_on: set[str] = set()
     for node in the_plan.power_on:
-        run.say("power-on", node, f"powering {node} on: load needs it")
+        run.say("power-on", node, f"powering {node} on"
+                + ("" if the_plan.policy == "operator" else ": load needs it"))
         try:
             substrate.set_power(node, True)
             run.on.append(node)

@@ -707,7 +707,10 @@ class Manager:
         failures = [float(t) for t in record.get("failures", [])] + ([] if leaving else [wall])
         failures = [t for t in failures if wall - t < self.params.flap_window_s]
         flapping = quarantined(failures, wall, self.params.flap_limit, self.params.flap_window_s)
-        stay = record.get("state") in EXCLUDED_STATES
+        # a drained node powered off on purpose is off (powered on, it is up again); a
+        # quarantined one stays quarantined, and a draining one that fails stays draining
+        stay = record.get("state") in EXCLUDED_STATES and not (
+            leaving and record.get("state") == "draining")
         new_state = (str(record["state"]) if stay else "quarantined" if flapping
                      else "off" if leaving else "down")
         wait = restart_not_before(last_heard, self.spec.cluster, self.params.failover) - now

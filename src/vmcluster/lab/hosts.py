@@ -46,7 +46,7 @@ from vmcluster.substrate.host.state import read_state
 from vmcluster.substrate.procs import live_cmdline
 
 __all__ = ["bootstrap_hosts", "daemon_pids", "etcd_cluster", "node_config", "start_daemon",
-           "vmcluster_in", "write_node_configs"]
+           "start_power_switch", "vmcluster_in", "write_node_configs"]
 
 ROLES = ("vmclusterd", "watchdog", "etcd", "agent", "nodewatch", "managerd", "api")
 
@@ -196,6 +196,24 @@ def daemon_pids(layout: LabLayout, node: str | None = None) -> dict[str, list[in
         if role:
             out[role].append(int(proc.name))
     return out
+
+
+def start_power_switch(layout: LabLayout) -> Path:
+    """Start the lab's power switch (:mod:`vmcluster.lab.powerswitch`) in its client
+    namespace, on the public network, where the hosts' ``lab`` power driver reaches it;
+    ``lab down`` ends it with the lab's other processes (its ``--lab``). Its log."""
+    log = layout.harness_dir / "powerswitch.log"
+    # nsenter --net, not `ip netns exec`: that makes a mount namespace of its own, where
+    # the hosts' mount namespaces, bound in the root one, cannot be entered or made
+    argv = ["setsid", "-f", "nsenter", f"--net=/run/netns/{layout.client_ns}", sys.executable,
+            "-m", "vmcluster.lab.powerswitch", "--lab", layout.name, "--root",
+            str(layout.root)]
+    with log.open("ab") as out:
+        rc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                            env=child_env(), timeout=10, check=False).returncode
+    if rc != 0:
+        raise LabError(f"cannot start the lab's power switch; see {log}")
+    return log
 
 
 def start_daemon(layout: LabLayout, node: str, timeout_s: float = 30.0,

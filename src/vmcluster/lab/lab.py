@@ -33,6 +33,7 @@ from vmcluster.lab.hosts import (
     bootstrap_hosts,
     needs_file_storage,
     start_daemon,
+    start_power_switch,
     write_node_configs,
 )
 from vmcluster.lab.mountns import remove_host_namespaces
@@ -132,6 +133,8 @@ def lab_up(spec_path: Path, name: str | None = None, say: Say = print,
             seed_store(layout, spec, init, say=stamp)
         with ThreadPoolExecutor(max_workers=max(1, len(spec.hosts))) as pool:
             list(pool.map(lambda n: start_daemon(layout, n.name), spec.hosts))
+        if control_plane and netns.client_address(spec) is not None:
+            start_power_switch(layout)  # hosts with power = { driver = "lab" } come back
         sub = LabSubstrate(layout, spec)
         versions = ", ".join(f"{n.name} QEMU {sub.facts(n.name).version}" for n in spec.nodes)
         say(f"[{time.monotonic() - t0:5.1f}s] vmclusterd on {len(spec.nodes)} hosts, agents up "

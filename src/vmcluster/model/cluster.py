@@ -12,7 +12,7 @@ from typing import TypeVar
 from vmcluster.errors import UsageError
 from vmcluster.model.network import Network
 
-__all__ = ["ClusterSettings", "ClusterSpec", "Node", "Vm", "Volume"]
+__all__ = ["ClusterSettings", "ClusterSpec", "Node", "PowerSpec", "Vm", "Volume"]
 
 
 MIB = 1024 * 1024  # bytes in a MiB: sizes in specs are MiB, on the wire bytes
@@ -52,6 +52,26 @@ class ClusterSettings:
 
 
 @dataclass(frozen=True)
+class PowerSpec:
+    """How a powered-off host is powered on again (``power`` in its ``[[nodes]]`` table):
+    ``ipmi`` (its BMC, by ``ipmitool`` over ``interface``, ``address``, ``user`` and a
+    ``password_file`` on the host that asks), ``wol`` (a Wake-on-LAN magic packet to
+    ``mac``, broadcast to ``broadcast``:``port``) or ``lab`` (the lab's power switch:
+    a magic packet for the host's lab address, on its public network). ``boot_s``: how
+    long it may take to be back in the cluster before it is reported and left out."""
+
+    driver: str
+    address: str | None = None
+    user: str | None = None
+    password_file: str | None = None
+    interface: str = "lanplus"
+    mac: str | None = None
+    broadcast: str = "255.255.255.255"
+    port: int = 9
+    boot_s: float = 180.0
+
+
+@dataclass(frozen=True)
 class Node:
     """A host. ``interfaces`` maps a network name to this node's address on it."""
 
@@ -61,6 +81,7 @@ class Node:
     interfaces: Mapping[str, IPv4Address]
     accel: str = "tcg"
     power_model: str | None = None
+    power: PowerSpec | None = None  # None: vmcluster cannot power it on
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from vmcluster.errors import InputError
-from vmcluster.model.cluster import ClusterSettings, ClusterSpec, Node, Vm, Volume
+from vmcluster.model.cluster import ClusterSettings, ClusterSpec, Node, PowerSpec, Vm, Volume
 from vmcluster.model.network import Network, Role
 from vmcluster.model.tomlsource import TableReader, TableRef, TomlSource, load_toml
 
@@ -35,7 +35,10 @@ _CLUSTER = {
     "migration_channels",
 }
 _NETWORK = {"name", "subnet", "gateway", "role", "metric", "bandwidth_mbps"}
-_NODE = {"name", "cores", "memory_mib", "interfaces", "accel", "power_model"}
+_NODE = {"name", "cores", "memory_mib", "interfaces", "accel", "power_model", "power"}
+_POWER = {"driver", "address", "user", "password_file", "interface", "mac", "broadcast",
+          "port", "boot_s"}
+_MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _VOLUME = {"name", "size_gib", "network"}
 # A VM's name names its QEMU, its disk (a file, or a region of a volume) and its records:
 # no '/', no space, nothing a path or a command line would read differently.
@@ -203,7 +206,41 @@ def _node(r: TableReader, networks: dict[str, Network], witness: bool = False) -
         interfaces=interfaces,
         accel=accel,
         power_model=r.get("power_model", str),
+        power=_power(r) if "power" in r.data else None,
     )
+
+
+def _power(r: TableReader) -> PowerSpec:
+    """A node's ``power`` table: its driver and what that driver needs, checked."""
+    raw = r.get("power", dict)
+    unknown = sorted(set(raw) - _POWER)
+    if unknown:
+        raise r.fail("power", f"unknown key(s) {', '.join(unknown)} in power",
+                     f"known: {', '.join(sorted(_POWER))}")
+    driver = raw.get("driver")
+    if driver not in ("ipmi", "wol", "lab"):
+        raise r.fail("power", f"power.driver must be ipmi, wol or lab, got {driver!r}")
+    texts = {k: v for k, v in raw.items() if k not in ("port", "boot_s")}
+    for k, v in texts.items():
+        if not isinstance(v, str) or not v or any(c.isspace() for c in v):
+            raise r.fail("power", f"power.{k} must be a string without spaces, got {v!r}")
+    need = {"ipmi": ("address", "user", "password_file"), "wol": ("mac",), "lab": ()}[driver]
+    missing = [k for k in need if k not in raw]
+    if missing:
+        raise r.fail("power", f"power driver {driver} needs {', '.join(missing)}")
+    if "mac" in raw and not _MAC.fullmatch(raw["mac"]):
+        raise r.fail("power", f"power.mac {raw['mac']!r} is not a MAC address",
+                     'write it as "52:54:00:12:34:56"')
+    if "broadcast" in raw:
+        _parse(r, "power", raw["broadcast"], ip_address, "an IPv4 address")
+    port, boot_s = raw.get("port", 9), raw.get("boot_s", 180.0)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise r.fail("power", f"power.port must be 1..65535, got {port!r}")
+    if isinstance(boot_s, bool) or not isinstance(boot_s, (int, float)) or not \
+            1 <= boot_s <= 3600:
+        raise r.fail("power", f"power.boot_s must be 1..3600 seconds, got {boot_s!r}")
+    return PowerSpec(driver=driver, port=port, boot_s=float(boot_s),
+                     **{k: texts[k] for k in texts if k != "driver"})
 
 
 def _volume(r: TableReader, networks: dict[str, Network]) -> Volume:

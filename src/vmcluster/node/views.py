@@ -125,6 +125,8 @@ def nodes(state: ClusterState, spec: ClusterSpec, seen: Assessment,
                        "dead": n.name in seen.dead, "healthy": n.name in seen.healthy},
             "api_url": d.get("api_url"), "version": d.get("version"),
             "qemu_version": d.get("qemu_version"), "parts": d.get("parts", []),
+            # how it is powered on again (None: vmcluster cannot)
+            "power_driver": None if n.power is None else n.power.driver,
         })
     return out
 

@@ -22,6 +22,7 @@ from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.host.client import AgentClient, AgentDown
 from vmcluster.substrate.host.layout import LabLayout
 from vmcluster.substrate.host.state import read_state
+from vmcluster.substrate.power import power_on
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
@@ -325,13 +326,21 @@ class QemuSubstrate:
             self._clock.sleep(poll_s)
 
     def set_power(self, node: str, on: bool) -> None:
-        """A host powers itself off when asked (its agent, under the manager's token);
-        powering a host on needs its BMC, which vmcluster has no path to yet, so a
-        power-on is refused here (the lab powers its hosts on itself:
-        :class:`vmcluster.lab.substrate.LabSubstrate`)."""
-        self.spec.node(node)
+        """A host powers itself off when asked (its agent, under the manager's token); it
+        is powered on by the driver its spec names (:mod:`vmcluster.substrate.power`:
+        IPMI, Wake-on-LAN, the lab's switch), then waited for until the cluster hears it
+        again, for its ``boot_s`` at most (SubstrateError after: reported, and the plan
+        goes on without it)."""
+        spec_node = self.spec.node(node)
         if on:
-            raise SubstrateError(f"vmcluster cannot power {node} on (no BMC is configured)")
+            if self.records.snapshot(self.spec).node_state(node) != "off":
+                return  # on already
+            how = power_on(self.spec, node)
+            boot_s = spec_node.power.boot_s if spec_node.power is not None else 0.0
+            self._await_off(node, False, boot_s, 0.5,
+                            f"{node} did not come back within its boot time ({boot_s:g} s) "
+                            f"after vmcluster {how}")
+            return
         if any(v.node == node for v in self.status().vms):
             raise SubstrateError(f"{node} still runs VMs; migrate them away first")
         with contextlib.suppress(AgentDown):  # already off
