@@ -67,7 +67,7 @@ from vmcluster.model import ClusterSpec, Vm
 from vmcluster.node.config import NodeConfig, load_config
 from vmcluster.node.driver import SourceDrives
 from vmcluster.node.fencing import AgentFence
-from vmcluster.node.load import CpuMeter, threads_cpu_s
+from vmcluster.node.load import CpuMeter, guest_cores, threads_cpu_s
 from vmcluster.pki import ADMIN, NodeCredentials, crl_serials
 from vmcluster.policy.networks import node_cluster_networks
 from vmcluster.store import vms
@@ -124,6 +124,7 @@ class Agent(CsvOps):
         self.install = QemuInstall.from_json(dict(cfg.qemu)) if cfg.qemu else QemuInstall()
         self.facts: QemuFacts | None = None
         self.cpu = CpuMeter()  # each QEMU's CPU, between two lists
+        self._vcpu_tids: dict[str, tuple[int, set[int]]] = {}  # vm -> (QEMU pid, its vCPUs)
         self.workdir = cfg.qemu_dir
         self.creds = NodeCredentials(cfg.tls_dir)
         # This host's certificates in QEMU's layout (migration streams, NBD).
@@ -244,14 +245,31 @@ class Agent(CsvOps):
                 status = "unknown"
             else:
                 status = ask.result()
+            cpu, source = await self._load(name, qp)
             return {"vm": name, "role": qp.record.role, "status": status, "pid": qp.pid,
-                    "serial_log": qp.record.serial_log, "cpu": self.cpu.sample(name, qp.pid)}
+                    "serial_log": qp.record.serial_log, "cpu": cpu, "cpu_source": source}
 
         self.cpu.forget(set(self.vms))
         got = await asyncio.gather(*(one(name) for name in list(self.vms)))
         # This host's interfaces as it sees them now: whoever lists a host learns its
         # links from the host itself, not from a store entry whose lease may lag.
         return {"vms": [v for v in got if v is not None], "links": self._my_links()}
+
+    async def _load(self, name: str, qp: QemuProcess) -> tuple[float | None, str]:
+        """``name``'s load in cores and where it came from (node.load): a KVM guest's
+        vCPU threads; a TCG guest's own report, which the emulator's threads are not;
+        else the whole QEMU process."""
+        cfg = qp.record.config
+        if cfg.get("accel") == "kvm":
+            tids = self._vcpu_tids.get(name)
+            if tids is None or tids[0] != qp.pid:
+                with contextlib.suppress(VmclusterError):
+                    self._vcpu_tids[name] = tids = (qp.pid, await qp.qmp.vcpu_threads())
+            if tids is not None and tids[0] == qp.pid:
+                return self.cpu.sample(name, qp.pid, tids[1]), "vcpu-threads"
+        process = self.cpu.sample(name, qp.pid)
+        guest = guest_cores(Path(qp.record.serial_log), int(cfg.get("vcpus", 1)))
+        return (guest, "guest") if guest is not None else (process, "process")
 
     # -- a VM's QEMU configuration, built here ------------------------------------------
     def _store(self) -> ClusterState | None:

@@ -593,7 +593,10 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return {"plan": plan.to_json(),
                 "load": {"vms_measured": sum(1 for v in running if v in busy),
                          "vms_running": len(running),
-                         "oldest_s": None if oldest is None else round(oldest, 1)}}
+                         "oldest_s": None if oldest is None else round(oldest, 1),
+                         # how each VM's load was measured by its host (node.load)
+                         "sources": {v: s for v, s in load.read_sources(ctx.view).items()
+                                     if v in running}}}
 
     def _drain(node: str) -> dict[str, Any]:
         _spec().node(node)

@@ -97,6 +97,7 @@ class NodeWatch:
         self.incoming: list[str] = []  # migration targets
         self.listed_mono: float | None = None  # when the agent last answered a list
         self.cpu: dict[str, float] = {}  # cores busy, by VM, as the agent last measured
+        self.cpu_source: dict[str, str] = {}  # how each was measured (node.load)
         self.clock = MonotonicClock()
         self._listed_at = -1e9
         self.vms_at: float | None = None  # wall time the agent last listed this host's VMs
@@ -211,6 +212,8 @@ class NodeWatch:
         self.vms_at = time.time() if got is not None else self.vms_at
         self.cpu = {v["vm"]: float(v["cpu"]) for v in listed
                     if v.get("role") == "run" and isinstance(v.get("cpu"), int | float)}
+        self.cpu_source = {v["vm"]: str(v.get("cpu_source", "process")) for v in listed
+                           if v["vm"] in self.cpu}
         if cut_off and listed:
             stopped = []
             for v in listed:
@@ -275,7 +278,7 @@ class NodeWatch:
                     and not self.witness:
                 loads_at = self.clock.now()
                 with contextlib.suppress(VmclusterError):
-                    load.publish(self.state, self.node, self.cpu)
+                    load.publish(self.state, self.node, self.cpu, self.cpu_source)
 
 
 def main(argv: list[str] | None = None) -> int:

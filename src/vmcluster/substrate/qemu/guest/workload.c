@@ -20,7 +20,10 @@
  * that migration failed to carry (a stale copy of a dirtied page) shows up as
  * a counter one behind; a page from elsewhere as a wrong index/tag.  Any
  * mismatch prints a line with CORRUPT on stdout (the serial console); a clean
- * check prints "MEMOK <sweeps> ...".  After a corruption, reports say CORRUPT
+ * check prints "MEMOK <sweeps> ... cpu_pct=<p>", p the guest's own CPU use since the
+ * last report (busy share of all its CPUs, from /proc/stat: what the host's lab reads as
+ * the VM's load, where the host's TCG threads would measure emulation).  After a
+ * corruption, reports say CORRUPT
  * forever (the condition is sticky) so it can never be missed.
  *
  * Parameters: kernel command line (vmc.mem_mib= vmc.wws_mib= vmc.dirty_mibps=
@@ -32,6 +35,7 @@
  *   <seq>            -> <seq>             (echo, for measuring gaps)
  *   RATE <mibps>     -> OK RATE <mibps>
  *   WWS <mib>        -> OK WWS <mib>      (clamped to the region)
+ *   CPU <pct>        -> OK CPU <pct>      (threads keep every vCPU busy pct % of the time)
  *   STATS            -> STATS sweeps=.. dirtied_bytes=.. corrupt=.. checks=.. ...
  *   SELFTEST CORRUPT -> OK SELFTEST       (damages one page; the next check reports it)
  *   QUIT             -> connection closed
@@ -79,6 +83,7 @@ static long g_npages;
 
 /* Requests from the server thread to the sweeper. */
 static _Atomic double g_rate_mibps = 8.0;
+static _Atomic int g_cpu_pct; /* the burner's share of one vCPU, 0..100 */
 static atomic_long g_wws_req_pages;
 static atomic_int g_corrupt_req;
 
@@ -227,6 +232,48 @@ static void damage_one_page(void)
     page(i)->counter -= 1;
 }
 
+/* Keeps a CPU busy g_cpu_pct % of each 100 ms, asleep the rest (one per vCPU). */
+static void *burner(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        int pct = atomic_load(&g_cpu_pct);
+        double start = now_s(), busy = pct / 1000.0;
+        while (now_s() - start < busy)
+            ;
+        double rest = 0.1 - (now_s() - start);
+        if (rest > 0) {
+            struct timespec ts = {0, (long)(rest * 1e9)};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return NULL;
+}
+
+/* The guest's CPU use since the last call (busy share of all CPUs, %), or -1. */
+static double cpu_pct_since_last(void)
+{
+    static unsigned long long last_busy, last_total;
+    unsigned long long v[8] = {0};
+    FILE *f = fopen("/proc/stat", "r");
+    if (f == NULL)
+        return -1;
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                   &v[3], &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n < 4)
+        return -1;
+    unsigned long long total = 0;
+    for (int i = 0; i < 8; i++)
+        total += v[i];
+    unsigned long long busy = total - v[3] - v[4]; /* all but idle and iowait */
+    double pct = total > last_total ? 100.0 * (double)(busy - last_busy) /
+                                          (double)(total - last_total) : -1;
+    last_busy = busy;
+    last_total = total;
+    return pct;
+}
+
 static void *sweeper(void *arg)
 {
     (void)arg;
@@ -266,13 +313,15 @@ static void *sweeper(void *arg)
             budget = 0;
 
         if (t >= next_report) {
+            double cpu = cpu_pct_since_last(); /* before the check, which is work too */
             long bad = full_check();
             unsigned long long total = atomic_load(&g_corrupt);
             double mib = (double)atomic_load(&g_dirtied_pages) / PAGES_PER_MIB;
             if (bad == 0 && total == 0)
-                say("MEMOK %llu checks=%llu dirtied_mib=%.1f rate_mibps=%.3g wws_mib=%.2f",
+                say("MEMOK %llu checks=%llu dirtied_mib=%.1f rate_mibps=%.3g wws_mib=%.2f "
+                    "cpu_pct=%.1f",
                     (unsigned long long)s_sweeps, (unsigned long long)atomic_load(&g_checks),
-                    mib, rate, (double)s_wws / PAGES_PER_MIB);
+                    mib, rate, (double)s_wws / PAGES_PER_MIB, cpu);
             else
                 say("CORRUPT summary bad_pages_now=%ld corrupt_total=%llu sweeps=%llu",
                     bad, total, (unsigned long long)s_sweeps);
@@ -318,6 +367,16 @@ static int handle_line(int fd, char *line)
         return 0;
     }
     char *end;
+    if (strncmp(line, "CPU ", 4) == 0) {
+        long pct = strtol(line + 4, &end, 10);
+        if (end == line + 4 || *end != '\0' || pct < 0 || pct > 100) {
+            send_line(fd, "ERR CPU wants a whole percentage 0..100");
+            return 0;
+        }
+        atomic_store(&g_cpu_pct, (int)pct);
+        send_line(fd, "OK CPU %ld", pct);
+        return 0;
+    }
     if (strncmp(line, "RATE ", 5) == 0) {
         double r = strtod(line + 5, &end);
         if (end == line + 5 || *end != '\0' || r < 0 || r > 1e6) {
@@ -359,7 +418,8 @@ static int handle_line(int fd, char *line)
     }
     if (strcmp(line, "QUIT") == 0)
         return -1;
-    send_line(fd, "ERR unknown request (want <seq>, RATE, WWS, STATS, SELFTEST CORRUPT, QUIT)");
+    send_line(fd, "ERR unknown request (want <seq>, RATE, WWS, CPU, STATS, SELFTEST CORRUPT, "
+                  "QUIT)");
     return 0;
 }
 
@@ -596,10 +656,16 @@ int main(int argc, char **argv)
     say("WORKLOAD-READY port=%ld mem_mib=%ld wws_mib=%.2f dirty_mibps=%g report_s=%g", g_port,
         g_mem_mib, (double)s_wws / PAGES_PER_MIB, atomic_load(&g_rate_mibps), g_report_s);
 
-    pthread_t th;
+    pthread_t th, burn;
     if (pthread_create(&th, NULL, sweeper, NULL) != 0) {
         say("WORKLOAD-FAILED cannot start the sweeper thread");
         return 1;
+    }
+    for (long c = sysconf(_SC_NPROCESSORS_ONLN); c > 0; c--) { /* one burner per vCPU */
+        if (pthread_create(&burn, NULL, burner, NULL) != 0) {
+            say("WORKLOAD-FAILED cannot start a burner thread");
+            return 1;
+        }
     }
     serve(lfd, ufd);
     return 1;
