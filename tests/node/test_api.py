@@ -270,6 +270,22 @@ def test_the_cluster_reads_nodes_networks_volumes_migrations_and_metrics(
     assert nodes["node1"]["vms"] == ["web"] and nodes["node1"]["vcpus_used"] == 2
     assert nodes["node1"]["report"]["fresh"] and not nodes["node3"]["report"]["fresh"]
     assert client.get("/api/v1/nodes/node9", headers=admin).status_code == 404
+    assert nodes["node1"]["power_driver"] == "lab"  # examples/lab.toml: the lab's switch
+    # what-if plans: a failure's restarts, a new VM's place, or one line why not
+    fail = client.get("/api/v1/plans/failure?node=node1", headers=admin).json()
+    assert fail["lost"] == ["web"] and [r["vm"] for r in fail["restarts"]] == ["web"]
+    assert fail["restart_issued_s"] > 2.0 and fail["left_down"] == []
+    bad = client.get("/api/v1/plans/failure?node=node9", headers=admin)
+    assert bad.status_code == 422 and "unknown node 'node9'" in bad.json()["error"]["message"]
+    add = client.post("/api/v1/plans/add-vm", headers=admin,
+                      json={"name": "new", "memory_mib": 128}).json()
+    assert add["node"] in nodes and add["survives_one_loss"] is True
+    huge = client.post("/api/v1/plans/add-vm", headers=admin,
+                       json={"name": "huge", "memory_mib": 9000}).json()
+    assert huge["node"] is None and "no node has 9000 MiB" in huge["reason"]
+    wrong = client.post("/api/v1/plans/add-vm", headers=admin,
+                        json={"name": "x", "memory_mib": "lots"})
+    assert wrong.status_code == 422 and "memory_mib must be int" in wrong.json()["error"]["message"]
     nets = client.get("/api/v1/networks", headers=admin).json()
     by = {n["name"]: n for n in nets["networks"]}
     assert by["Heartbeat"]["role"] == 1 and by["Heartbeat"]["auto_metric"]

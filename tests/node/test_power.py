@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 
 from tests import helpers
+from vmcluster.cli import node as node_cli
+from vmcluster.cli.main import main as cli_main
 from vmcluster.errors import SpecError, SubstrateError, UsageError
 from vmcluster.lab.powerswitch import node_for
 from vmcluster.model import PowerSpec
@@ -138,8 +140,27 @@ def test_power_spec_defaults() -> None:
     assert PowerSpec("lab").port == 9 and PowerSpec("lab").boot_s == 180.0
 
 
-def test_the_cli_refuses_a_node_without_a_driver_in_one_line() -> None:
-    """Without a cluster to ask, the command says so in one line (the live check of the
-    driver is in the lab test)."""
+def test_power_on_without_a_cluster_to_ask_is_one_line() -> None:
+    """Nothing listens on loopback's discard port: the command says so in one line."""
     got = helpers.vmc("node", "power-on", "node1", "--cluster", "https://127.0.0.1:9")
     assert got.returncode != 0 and got.stderr.count("\n") == 1
+
+
+def test_power_on_of_a_node_without_a_driver_is_refused_before_asking(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The command reads the node from the API; a node with no driver is one line, exit
+    2, and nothing is handed to the manager."""
+    asked: list[tuple[str, str]] = []
+
+    def api(_access: object, method: str, path: str, *_: object, **__: object) -> object:
+        asked.append((method, path))
+        return {"name": "node1", "state": "off", "power_driver": None}
+
+    monkeypatch.setattr(node_cli, "api_request", api)
+    monkeypatch.setattr(node_cli, "resolve_access", lambda *_: object())
+    with pytest.raises(SystemExit) as done:
+        cli_main(["node", "power-on", "node1", "--cluster", "https://127.0.0.1:9"])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert "node1 has no power driver" in err and err.count("\n") == 1
+    assert asked == [("GET", "/api/v1/nodes/node1")]
