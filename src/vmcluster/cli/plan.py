@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -40,14 +41,27 @@ def _spec_observation(spec: ClusterSpec) -> Observation:
     return observation(spec, {n.name: "up" for n in spec.nodes}, on_node, {}, None, Health())
 
 
+def _answer(spec_path: Path | None, cluster_url: str | None, lab_name: str | None,
+            local: Callable[[ClusterSpec], dict[str, Any]], remote: str) -> dict[str, Any]:
+    """A what-if answer made on a spec file (``local``) or asked of the live cluster's
+    API (``remote``: the path to GET)."""
+    if spec_path is not None:
+        return local(load(spec_path))
+    return dict(api_request(resolve_access(cluster_url, lab_name), "GET", remote,
+                            timeout_s=60))
+
+
+def _owners(spec: ClusterSpec) -> dict[str, str | None]:
+    """Each VM where its spec puts it."""
+    return {v.name: v.owner for v in spec.vms}
+
+
 def _where(spec_path: Path | None, cluster_url: str | None, lab_name: str | None,
-           local: Any, remote: str, as_json: bool) -> None:
+           local: Callable[[ClusterSpec], ClusterPlan], remote: str, as_json: bool) -> None:
     """A plan made on a spec (``local(spec)``) or asked of the live cluster's API
     (``remote``: the path), shown with its schedule or printed as one JSON object."""
-    if spec_path is not None:
-        got: dict[str, Any] = {"spec": str(spec_path), "plan": local(load(spec_path)).to_json()}
-    else:
-        got = api_request(resolve_access(cluster_url, lab_name), "GET", remote, timeout_s=60)
+    got = _answer(spec_path, cluster_url, lab_name,
+                  lambda spec: {"spec": str(spec_path), "plan": local(spec).to_json()}, remote)
     if as_json:
         emit_json(got)
         return
@@ -123,13 +137,9 @@ def capacity_cmd(spec_path: Path | None, depth: int, cluster_url: str | None,
     For each loss, by the failover rules the manager runs: where each VM restarts, which
     VMs would stay down and why (no room, anti-affinity, quorum lost), and the room left
     per resource. Exit 0 either way: it is a report."""
-    if spec_path is not None:
-        spec = load(spec_path)
-        got: dict[str, Any] = capacity(spec, {v.name: v.owner for v in spec.vms},
-                                       depth).to_json()
-    else:
-        got = api_request(resolve_access(cluster_url, lab_name), "GET",
-                          f"/api/v1/plans/capacity?depth={depth}", timeout_s=60)
+    got = _answer(spec_path, cluster_url, lab_name,
+                  lambda spec: capacity(spec, _owners(spec), depth).to_json(),
+                  f"/api/v1/plans/capacity?depth={depth}")
     if as_json:
         emit_json(got)
         return
@@ -176,13 +186,9 @@ def fail_cmd(node: str, spec_path: Path | None, cluster_url: str | None,
     """What a failure of NODE would do now: where the manager would restart each of its
     VMs and how long after the failure (its own code, simulated with the cluster's
     heartbeat settings), which VMs would stay down and why, and the room left."""
-    if spec_path is not None:
-        spec = load(spec_path)
-        got: dict[str, Any] = plan_failure(spec, {v.name: v.owner for v in spec.vms},
-                                           node).to_json()
-    else:
-        got = api_request(resolve_access(cluster_url, lab_name), "GET",
-                          f"/api/v1/plans/failure?{urlencode({'node': node})}", timeout_s=60)
+    got = _answer(spec_path, cluster_url, lab_name,
+                  lambda spec: plan_failure(spec, _owners(spec), node).to_json(),
+                  f"/api/v1/plans/failure?{urlencode({'node': node})}")
     if as_json:
         emit_json(got)
         return
@@ -220,8 +226,7 @@ def add_vm_cmd(vm_file: Path, spec_path: Path | None, cluster_url: str | None,
         text = spec_path.read_text(encoding="utf-8")
         defs = [d for d in _vm_tables(text) if d.get("name") != table.get("name")]
         got: dict[str, Any] = plan_add_vm(text, f"{spec_path} + {vm_file}", defs,
-                                          {v.name: v.owner for v in spec.vms},
-                                          table).to_json()
+                                          _owners(spec), table).to_json()
     else:
         got = api_request(resolve_access(cluster_url, lab_name), "POST",
                           "/api/v1/plans/add-vm", table, timeout_s=60)
