@@ -115,7 +115,11 @@ def test_plan_only_changes_nothing(lab: LabSubstrate) -> None:
             break
         time.sleep(2)
     assert out["load"] == {"vms_measured": 2, "vms_running": 2,
-                           "oldest_s": out["load"]["oldest_s"]}, out["load"]
+                           "oldest_s": out["load"]["oldest_s"],
+                           "sources": out["load"]["sources"]}, out["load"]
+    # a TCG host's source is the guest's own report, or, before its first one, the process
+    assert set(out["load"]["sources"]) == {"web", "db"}
+    assert set(out["load"]["sources"].values()) <= {"guest", "process"}
     assert all(n["util_before"] > 0 for n in out["plan"]["nodes"] if n["vms_before"])
     res = vmc("lab", "consolidate", "--name", lab.layout.name, "--json")
     assert res.returncode == 0, res.stderr

@@ -40,6 +40,7 @@ from vmcluster.substrate.protocol import (
     MigrationStatus,
     Switchover,
 )
+from vmcluster.substrate.qemu.facts import QemuFacts
 from vmcluster.substrate.qemu.records import Slot, SubstrateRecords
 
 __all__ = ["Agents", "QemuMigrations"]
@@ -83,6 +84,8 @@ class Agents(Protocol):
     def links_down(self, node: str) -> tuple[str, ...] | None: ...
 
     def postcopy_caps(self, source: str, target: str) -> dict[str, bool]: ...
+
+    def facts(self, node: str) -> QemuFacts: ...
 
 
 @dataclass
@@ -314,13 +317,22 @@ class QemuMigrations:
                 ) -> tuple[dict[str, bool], dict[str, int]]:
         """The capabilities and parameters of the stream itself, the same on both ends:
         post-copy's (:meth:`postcopy_caps`), else QEMU's multifd when the cluster asks
-        for more than one channel (never with post-copy: QEMU 10.0 refuses the pair)."""
+        for more than one channel (never with post-copy: QEMU 10.0 refuses the pair).
+        Every stream capability the source's QEMU knows is set, off ones too: a QEMU
+        keeps those it received a VM with, and a VM that came by post-copy (or multifd)
+        would otherwise offer it to a target that is not set up for it (QEMU: "Sibling
+        indicated error 1", seen when a VM moved again after a post-copy)."""
+        known = self.sub.facts(source).capabilities
         if mode == "postcopy":
-            return self.sub.postcopy_caps(source, target), {}
+            caps = self.sub.postcopy_caps(source, target)
+            no_multifd: dict[str, bool] = {"multifd": False} if "multifd" in known else {}
+            return {**no_multifd, **caps}, {}
         channels = self.sub.spec.cluster.migration_channels
+        off: dict[str, bool] = {c: False for c in ("postcopy-ram", "postcopy-preempt")
+                                if c in known}
         if channels > 1:
-            return {"multifd": True}, {"multifd_channels": channels}
-        return {}, {}
+            return {**off, "multifd": True}, {"multifd_channels": channels}
+        return {**off, **({"multifd": False} if "multifd" in known else {})}, {}
 
     @staticmethod
     def _switch_wait(att: _Attempt) -> float:
