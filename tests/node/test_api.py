@@ -298,6 +298,12 @@ def test_the_cluster_reads_nodes_networks_volumes_migrations_and_metrics(
     assert {a["node"] for a in vols[0]["nodes"]} <= {"node1", "node2", "node3"}
     vm = client.get("/api/v1/vms/web", headers=admin).json()
     assert vm["node"] == "node1" and vm["state"] == "running" and vm["migration"] is None
+    assert vm["load"] is None  # its host has published no load yet
+    load.publish(state, "node1", {"web": 0.45}, {"web": "guest"})
+    vm = client.get("/api/v1/vms/web", headers=admin).json()
+    assert vm["load"]["cores"] == 0.45 and vm["load"]["source"] == "guest"
+    listed = {v["name"]: v for v in client.get("/api/v1/vms", headers=admin).json()["vms"]}
+    assert listed["web"]["load"]["source"] == "guest"
     # A migration: its intent, then its record in flight with the passes so far.
     mig = client.post("/api/v1/vms/web/migrate", json={"to": "node2"}, headers=admin).json()
     listed = client.get("/api/v1/migrations", headers=admin).json()["migrations"]

@@ -24,13 +24,14 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from vmcluster.store.state import ClusterState
 
 __all__ = ["GUEST_REPORT_S", "MIN_WINDOW_S", "PUBLISH_S", "STALE_S", "CpuMeter", "guest_cores",
-           "loads_key", "publish", "read", "read_sources", "threads_cpu_s"]
+           "loads_key", "publish", "read", "read_sources", "threads_cpu_s", "vm_loads"]
 
 MIN_WINDOW_S = 1.0
 GUEST_REPORT_S = 6.0  # a guest's CPU report older than this is not used
@@ -113,6 +114,20 @@ def publish(state: ClusterState, node: str, cores: Mapping[str, float],
     body = {"at": round(time.time(), 3), "vms": {vm: round(c, 4) for vm, c in cores.items()},
             "sources": {vm: s for vm, s in (sources or {}).items() if vm in cores}}
     state.client.put(loads_key(state, node), json.dumps(body, sort_keys=True).encode())
+
+
+def vm_loads(state: ClusterState) -> dict[str, dict[str, Any]]:
+    """Each VM's load as its host last published it: ``cores`` busy, its ``source`` and
+    when (``at``, that host's clock)."""
+    kvs, _ = state.client.get_prefix(loads_key(state))
+    out: dict[str, dict[str, Any]] = {}
+    for kv in kvs:
+        body = kv.json()
+        sources = dict(body.get("sources", {}))
+        for vm, cores in dict(body.get("vms", {})).items():
+            out[str(vm)] = {"cores": float(cores), "source": str(sources.get(vm, "process")),
+                            "at": body.get("at")}
+    return out
 
 
 def read_sources(state: ClusterState) -> dict[str, str]:

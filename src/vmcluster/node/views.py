@@ -19,6 +19,7 @@ from vmcluster.control.manager import report_key
 from vmcluster.csv.coordinator import StoreBook
 from vmcluster.csv.paths import access_modes
 from vmcluster.model import ClusterSpec
+from vmcluster.node import load
 from vmcluster.policy.networks import routes
 from vmcluster.store import intents, vms
 from vmcluster.store.state import ClusterState, Migration, Placement
@@ -45,12 +46,14 @@ def assessment(state: ClusterState, spec: ClusterSpec, age: Age) -> Assessment:
 def vm_json(rec: vms.VmRecord, placement: Placement | None,
             migrating: dict[str, Any] | None = None,
             node_record: Mapping[str, Any] | None = None,
-            now: float | None = None) -> dict[str, Any]:
+            now: float | None = None, load: Mapping[str, Any] | None = None
+            ) -> dict[str, Any]:
     """A VM as the API shows it: its definition, what is wanted of it (``desired``), and
     what is (``state``: running, paused, migrating, stopped; fence: its node was declared
     down and the manager waits until the isolated side has stopped it (``restart_at``);
     recovery: the manager restarts it elsewhere; error: its starts failed max_restart
-    times on a node and max_relocate times elsewhere; ``node``)."""
+    times on a node and max_relocate times elsewhere; ``node``), and its measured
+    ``load`` while it runs (cores busy, how its host measured it: node.load)."""
     node = placement.node if placement else None
     state = placement.state if placement and (node or placement.state == "error") \
         else "stopped"
@@ -64,6 +67,7 @@ def vm_json(rec: vms.VmRecord, placement: Placement | None,
         state = "fence" if fenced else "recovery"
     return {"name": rec.name, "definition": rec.definition, "desired": rec.desired,
             "machine": rec.machine, "node": node, "state": state, "migration": migrating,
+            "load": dict(load) if load is not None and node is not None else None,
             **({"restart_at": restart_at} if state == "fence" else {})}
 
 
@@ -83,18 +87,20 @@ def vm_get(state: ClusterState, name: str) -> dict[str, Any] | None:
     placed = state.placement(name)
     flying = state.migrations().get(name)
     return vm_json(rec, placed, None if flying is None else _migration_json(flying),
-                   state.node_states().get(placed.node or ""))
+                   state.node_states().get(placed.node or ""),
+                   load=load.vm_loads(state).get(name))
 
 
 def vm_list(state: ClusterState) -> list[dict[str, Any]]:
     placements, flying = state.placements(), _in_flight(state)
     nodes = state.node_states()
+    loads = load.vm_loads(state)
     now = time.time()
     out = []
     for n, r in vms.records(state).items():
         p = placements.get(n)
         out.append(vm_json(r, p, flying.get(n), nodes.get(p.node) if p and p.node else None,
-                           now))
+                           now, loads.get(n)))
     return out
 
 
