@@ -250,6 +250,8 @@ class Agent(CsvOps):
                     "serial_log": qp.record.serial_log, "cpu": cpu, "cpu_source": source}
 
         self.cpu.forget(set(self.vms))
+        for gone in set(self._vcpu_tids) - set(self.vms):
+            del self._vcpu_tids[gone]
         got = await asyncio.gather(*(one(name) for name in list(self.vms)))
         # This host's interfaces as it sees them now: whoever lists a host learns its
         # links from the host itself, not from a store entry whose lease may lag.

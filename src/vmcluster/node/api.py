@@ -585,7 +585,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         """A plan of the cluster as the API's cache sees it, with how its load was known."""
         spec = _spec()
         seen = views.assessment(ctx.view, spec, ctx.age)
-        busy, oldest = load.read(ctx.view, ctx.age)
+        busy, oldest, sources = load.read(ctx.view, ctx.age)
         # a cluster's hosts run QEMU: its costs, and the time each migration takes besides
         obs = replace(views.consolidation(ctx.view, spec, seen, busy), costs=QEMU_COSTS)
         plan = make(obs, spec)
@@ -595,8 +595,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
                          "vms_running": len(running),
                          "oldest_s": None if oldest is None else round(oldest, 1),
                          # how each VM's load was measured by its host (node.load)
-                         "sources": {v: s for v, s in load.read_sources(ctx.view).items()
-                                     if v in running}}}
+                         "sources": {v: s for v, s in sources.items() if v in running}}}
 
     def _drain(node: str) -> dict[str, Any]:
         _spec().node(node)

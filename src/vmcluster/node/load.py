@@ -31,7 +31,7 @@ import psutil
 from vmcluster.store.state import ClusterState
 
 __all__ = ["GUEST_REPORT_S", "MIN_WINDOW_S", "PUBLISH_S", "STALE_S", "CpuMeter", "guest_cores",
-           "loads_key", "publish", "read", "read_sources", "threads_cpu_s", "vm_loads"]
+           "loads_key", "publish", "read", "threads_cpu_s", "vm_loads"]
 
 MIN_WINDOW_S = 1.0
 GUEST_REPORT_S = 6.0  # a guest's CPU report older than this is not used
@@ -91,11 +91,11 @@ def guest_cores(serial_log: Path, vcpus: int, max_age_s: float = GUEST_REPORT_S,
     all its vCPUs, in the last 4 KiB of its serial log), when the log was written within
     ``max_age_s``; else None (no report: not the lab's workload, or a stalled guest)."""
     try:
-        size = serial_log.stat().st_size
-        if now() - serial_log.stat().st_mtime > max_age_s:
+        st = serial_log.stat()
+        if now() - st.st_mtime > max_age_s:
             return None
         with serial_log.open("rb") as f:
-            f.seek(max(0, size - 4096))
+            f.seek(max(0, st.st_size - 4096))
             tail = f.read()
     except OSError:
         return None
@@ -130,25 +130,23 @@ def vm_loads(state: ClusterState) -> dict[str, dict[str, Any]]:
     return out
 
 
-def read_sources(state: ClusterState) -> dict[str, str]:
-    """How each VM's load was measured (``cpu_source``), as its host last said."""
-    kvs, _ = state.client.get_prefix(loads_key(state))
-    return {str(vm): str(s) for kv in kvs for vm, s in dict(kv.json().get("sources", {})).items()}
-
-
 def read(state: ClusterState, age: Callable[[str], float | None]
-         ) -> tuple[dict[str, float], float | None]:
+         ) -> tuple[dict[str, float], float | None, dict[str, str]]:
     """Every VM's cores busy, from the entries this host saw written within ``STALE_S``
     (``age``: seconds since it saw a key written, as the API's cache says; no host's clock
-    is compared with another's); and the oldest such entry's age (None: there is none)."""
+    is compared with another's); the oldest such entry's age (None: there is none); and
+    how each VM's load was measured (``cpu_source``) as its host last said, stale or not."""
     kvs, _ = state.client.get_prefix(loads_key(state))
     out: dict[str, float] = {}
     oldest: float | None = None
+    sources: dict[str, str] = {}
     for kv in kvs:
+        body = kv.json()
+        sources.update({str(vm): str(s) for vm, s in dict(body.get("sources", {})).items()})
         seen = age(kv.key)
         if seen is None or seen > STALE_S:
             continue
         oldest = seen if oldest is None else max(oldest, seen)
-        for vm, c in dict(kv.json().get("vms", {})).items():
+        for vm, c in dict(body.get("vms", {})).items():
             out[str(vm)] = float(c)
-    return out, oldest
+    return out, oldest, sources
