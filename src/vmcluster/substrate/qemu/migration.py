@@ -318,21 +318,19 @@ class QemuMigrations:
         """The capabilities and parameters of the stream itself, the same on both ends:
         post-copy's (:meth:`postcopy_caps`), else QEMU's multifd when the cluster asks
         for more than one channel (never with post-copy: QEMU 10.0 refuses the pair).
-        Every stream capability the source's QEMU knows is set, off ones too: a QEMU
-        keeps those it received a VM with, and a VM that came by post-copy (or multifd)
-        would otherwise offer it to a target that is not set up for it (QEMU: "Sibling
+        Every stream capability both QEMUs know is set, off ones too: a QEMU keeps those
+        it received a VM with, and a VM that came by post-copy (or multifd) would
+        otherwise offer it to a target that is not set up for it (QEMU: "Sibling
         indicated error 1", seen when a VM moved again after a post-copy)."""
-        known = self.sub.facts(source).capabilities
+        known = self.sub.facts(source).capabilities & self.sub.facts(target).capabilities
+        off: dict[str, bool] = {c: False for c in ("postcopy-ram", "postcopy-preempt",
+                                                   "multifd") if c in known}
         if mode == "postcopy":
-            caps = self.sub.postcopy_caps(source, target)
-            no_multifd: dict[str, bool] = {"multifd": False} if "multifd" in known else {}
-            return {**no_multifd, **caps}, {}
+            return {**off, **self.sub.postcopy_caps(source, target)}, {}
         channels = self.sub.spec.cluster.migration_channels
-        off: dict[str, bool] = {c: False for c in ("postcopy-ram", "postcopy-preempt")
-                                if c in known}
         if channels > 1:
             return {**off, "multifd": True}, {"multifd_channels": channels}
-        return {**off, **({"multifd": False} if "multifd" in known else {})}, {}
+        return off, {}
 
     @staticmethod
     def _switch_wait(att: _Attempt) -> float:
