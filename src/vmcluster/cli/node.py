@@ -16,6 +16,7 @@ from vmcluster.cli.cluster import cluster_option
 from vmcluster.cli.common import lab_option
 from vmcluster.errors import UsageError, VmclusterError
 from vmcluster.lab.lab import resolve_lab
+from vmcluster.substrate.power import no_driver
 
 __all__ = ["node"]
 
@@ -161,9 +162,7 @@ def _power(node_name: str, on: bool, cluster_url: str | None, lab_name: str | No
     access = resolve_access(cluster_url, lab_name)
     got = api_request(access, "GET", f"/api/v1/nodes/{node_name}")
     if on and got.get("power_driver") is None:
-        raise UsageError(f"{node_name} has no power driver: vmcluster cannot power it on "
-                         "(give its [[nodes]] table power = { driver = \"ipmi\" | \"wol\" "
-                         "| \"lab\", ... })")
+        raise UsageError(no_driver(node_name))
     plan = ({"policy": "operator", "power_on": [node_name]} if on else
             {"policy": "operator", "power_off": [{"node": node_name,
                                                   "reason": "asked by the operator"}]})

@@ -233,7 +233,7 @@ def _power(r: TableReader) -> PowerSpec:
                      'write it as "52:54:00:12:34:56"')
     if "broadcast" in raw:
         _parse(r, "power", raw["broadcast"], ip_address, "an IPv4 address")
-    port, boot_s = raw.get("port", 9), raw.get("boot_s", 180.0)
+    port, boot_s = raw.get("port", PowerSpec.port), raw.get("boot_s", PowerSpec.boot_s)
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise r.fail("power", f"power.port must be 1..65535, got {port!r}")
     if isinstance(boot_s, bool) or not isinstance(boot_s, (int, float)) or not \

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from vmcluster.errors import UsageError
 from vmcluster.model import ClusterSpec
@@ -179,12 +179,7 @@ def admit(spec: ClusterSpec, placements: Mapping[str, str | None], vm: str,
     by the rules a start follows (room, allowed nodes, anti-affinity, its owner then its
     preferred owners; ``owner_given`` False: the owner is a placeholder, only the rest
     rank), and what any one node's loss would leave then."""
-    new = spec.vm(vm)
-    if not owner_given:
-        new = replace(new, owner=new.preferred_owners[0] if new.preferred_owners
-                      else _roomiest(spec, placements, params))
-        spec = replace(spec, vms=tuple(new if v.name == vm else v for v in spec.vms))
-    [action] = start_plan(spec, placements, [vm], params=params).actions
+    [action] = start_plan(spec, placements, [vm], params=params, homed=owner_given).actions
     if isinstance(action, CannotPlace):
         return Admission(vm, None, action.reason, (), None)
     assert isinstance(action, Restart)
@@ -192,11 +187,3 @@ def admit(spec: ClusterSpec, placements: Mapping[str, str | None], vm: str,
     return Admission(vm, action.node, f"{action.node} keeps every strict rule"
                      + ("" if action.broke else " and the others"), action.broke,
                      capacity(spec, after, 1, params))
-
-
-def _roomiest(spec: ClusterSpec, placements: Mapping[str, str | None],
-              params: FailoverParams) -> str:
-    """The node with the most free memory (then vCPUs, then name): a new VM's home when
-    it names none."""
-    free = free_room(spec, placements, [n.name for n in spec.nodes], params)
-    return min(free, key=lambda n: (-free[n][0], -free[n][1], n))

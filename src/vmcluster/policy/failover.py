@@ -277,18 +277,21 @@ def start_plan(
     down: Iterable[str] = (),
     params: FailoverParams = FailoverParams(),
     excluded: Iterable[str] = (),
+    homed: bool = True,
 ) -> FailoverPlan:
     """Where to start each of ``vms`` (stopped, or never started): its owner first, then its
     preferred owners, by the rules a restart follows (room, anti-affinity); one action
-    per VM, in priority order (``Restart`` with ``from_node`` "")."""
+    per VM, in priority order (``Restart`` with ``from_node`` ""). ``homed`` False: the
+    owner is no choice of the user's (a plan for a VM not defined yet), only the
+    preferred owners rank."""
     barred = set(down) | set(excluded)
     loads = _Loads(spec, placements, params)
     up = [n.name for n in spec.nodes if n.name not in barred]
     actions: list[Restart | Migrate | CannotPlace] = []
     for vm in _by_priority(spec.vm(v) for v in vms):
-        homed = replace(vm, preferred_owners=(vm.owner, *(n for n in vm.preferred_owners
-                                                          if n != vm.owner)))
-        got = _choose(homed, up, loads)
+        ranked = replace(vm, preferred_owners=(vm.owner, *(
+            n for n in vm.preferred_owners if n != vm.owner))) if homed else vm
+        got = _choose(ranked, up, loads)
         if isinstance(got, CannotPlace):
             actions.append(got)
         else:

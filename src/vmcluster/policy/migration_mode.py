@@ -107,7 +107,7 @@ class MigrationProfile:
         """``inp`` with this profile's guest and hypervisor in it."""
         return replace(inp, dirty_mibps=self.dirty_mibps,
                        wws_mib=min(self.wws_mib, inp.memory_mib), costs=self.costs,
-                       vcpu_busy=min(1.0, max(self.vcpu_busy, 0.01)))
+                       vcpu_busy=self.vcpu_busy)
 
 
 @dataclass(frozen=True)

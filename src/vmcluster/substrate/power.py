@@ -28,13 +28,19 @@ from collections.abc import Callable
 from vmcluster.errors import SubstrateError, UsageError
 from vmcluster.model import ClusterSpec, PowerSpec
 
-__all__ = ["SEND_TIMES", "ipmi_argv", "lab_broadcast", "lab_mac", "magic_packet", "power_on",
-           "send_broadcast"]
+__all__ = ["SEND_TIMES", "ipmi_argv", "lab_broadcast", "lab_mac", "magic_packet",
+           "no_driver", "power_on", "send_broadcast"]
 
 SEND_TIMES = 3  # a magic packet is sent this often (UDP: one may be lost)
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 Sender = Callable[[bytes, str, int], None]
+
+
+def no_driver(node: str) -> str:
+    """Why ``node`` cannot be powered on when its spec names no driver (one line)."""
+    return (f"{node} has no power driver: vmcluster cannot power it on (give its [[nodes]] "
+            "table power = { driver = \"ipmi\" | \"wol\" | \"lab\", ... })")
 
 
 def magic_packet(mac: str) -> bytes:
@@ -87,9 +93,7 @@ def power_on(spec: ClusterSpec, node: str, run: Runner = subprocess.run,
     with no driver is a UsageError; a driver that fails, a SubstrateError."""
     power = spec.node(node).power
     if power is None:
-        raise UsageError(f"{node} has no power driver: vmcluster cannot power it on (give "
-                         "its [[nodes]] table power = { driver = \"ipmi\" | \"wol\" | "
-                         "\"lab\", ... })")
+        raise UsageError(no_driver(node))
     if power.driver == "ipmi":
         argv = ipmi_argv(power, "on")
         try:
