@@ -297,7 +297,7 @@ def initial_placement(snap: Snapshot, det: Detector) -> IntArray:
 
 def first_fit(snap: Snapshot) -> IntArray:
     """CloudSim's PowerVmAllocationPolicySimple: the first host with room (DVFS, NPA)."""
-    p = Planner(snap)
+    p = Planner(snap, ram_aware=True)  # a VM being created requests its RAM and bandwidth
     none = np.zeros(snap.n_hosts, dtype=bool)
     out = np.full(snap.vm_mips.shape[0], -1, dtype=np.int64)
     for vm in range(out.size):
