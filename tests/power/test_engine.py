@@ -26,9 +26,11 @@ def tiny(n_hosts: int = 2, vm_mips: float = 1000.0, ram: float = 625.0) -> Datac
 
 
 def test_static_energy_by_hand() -> None:
-    m = simulate(tiny(), np.full((1, 2), 50, dtype=np.uint8), None)
-    # one host at 25 % (125 W) for 600 s, the other empty and off (0 W)
-    assert m.energy_kwh == pytest.approx(125.0 * 600 / 3.6e6)
+    m = simulate(tiny(), np.full((1, 3), 50, dtype=np.uint8), None)
+    # one host at 25 % (125 W), the other empty and off (0 W); counted as CloudSim counts
+    # it: from the first scheduling instant (300.1 s) to the last one inside the day
+    # (600.1 s; the frame from there would end after the day's 900 s)
+    assert m.energy_kwh == pytest.approx(125.0 * 300 / 3.6e6)
     assert m.slatah == 0.0 and m.pdm == 0.0 and m.migrations == 0
 
 
@@ -37,15 +39,26 @@ def test_one_migration_by_hand() -> None:
         del seed
         return Plan((Migrate(0, 0, 1),)) if snap.step == 1 else Plan()
 
-    m = simulate(tiny(), np.full((1, 2), 50, dtype=np.uint8), move)
+    m = simulate(tiny(), np.full((1, 3), 50, dtype=np.uint8), move)
     t = 625.0 / 62.5  # 10 s at half of 1 Gbit/s
-    energy = 125 * 300 + 125 * t + 102.5 * t + 125 * (300 - t)
+    energy = 125 * t + 102.5 * t + 125 * (300 - t)
     assert m.energy_kwh == pytest.approx(energy / 3.6e6)
     # the target is active and short of MIPS (10 % of the VM) while the VM comes in
-    assert m.slatah == pytest.approx(t / (300 + t + 300))
-    assert m.pdm == pytest.approx(0.1 * 500 * t / (500 * 600))
+    assert m.slatah == pytest.approx(t / (t + 300))
+    assert m.pdm == pytest.approx(0.1 * 500 * t / (500 * 300))
     assert m.migrations == 1
     assert m.esv == pytest.approx(m.energy_kwh * m.slatah * m.pdm)
+
+
+def test_requests_are_read_a_tenth_of_a_second_in() -> None:
+    # 0 % at the first instant's sample, 6 % at the next: CloudSim reads 0.1 s into the
+    # interval, so the VM asks for a little, its host is on (idle power) and the VM is
+    # not destroyed as idle
+    m = simulate(tiny(), np.array([[50, 0, 6, 6]], dtype=np.uint8), None)
+    watts = 100 + 100 * (1000 * 0.06 * 0.1 / 300) / 2000  # the first frame's start
+    assert m.energy_kwh > watts * 300 / 3.6e6
+    shifted = simulate(tiny(), np.array([[50, 0, 6, 6]], dtype=np.uint8), None, offset_s=0.0)
+    assert shifted.energy_kwh < m.energy_kwh  # at the sample itself: 0, destroyed
 
 
 def test_idle_vm_is_dropped_like_cloudsim() -> None:

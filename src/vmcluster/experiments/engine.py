@@ -32,7 +32,11 @@ from vmcluster.policy.power.detection import HISTORY, Detector
 from vmcluster.policy.power.placement import first_fit, initial_placement
 from vmcluster.policy.power.plan import Migrate, Policy, Snapshot, power_at
 
-__all__ = ["Datacenter", "Metrics", "place_initial", "simulate"]
+__all__ = ["INSTANT_OFFSET_S", "Datacenter", "Metrics", "place_initial", "simulate"]
+
+# CloudSim's scheduling instants are 0.1 s into each interval (the broker's VMs are
+# acknowledged at 0.1 s and every later event is a multiple of the interval after)
+INSTANT_OFFSET_S = 0.1
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -164,6 +168,7 @@ def simulate(
     clock: Callable[[], float] | None = None,
     progress: Callable[[int], None] | None = None,
     drop_idle_vms: bool = True,
+    offset_s: float = INSTANT_OFFSET_S,
 ) -> Metrics:
     """Run one day (``util_pct``: VMs x intervals, percent). ``policy=None``: no migrations.
 
@@ -173,6 +178,14 @@ def simulate(
     scheduling instant (``HostDynamicWorkload.getCompletedVms``); sampled 0.1 s
     after the interval start, that is a VM whose samples ``k`` and ``k+1`` are
     both 0. About half the PlanetLab VMs leave that way during a day.
+
+    Time runs as in CloudSim 3.0.3: the VMs are created at 0 and ask for nothing until
+    the first scheduling instant, ``interval + offset_s`` (300.1 s); from there every
+    ``interval`` a VM history value is taken, the policy decides and its migrations
+    start, each instant's requests read ``offset_s`` into the interval (interpolated
+    between the samples around it). Energy and the SLA metrics count from the first
+    instant to the day's end; the last interval's frame that would end after the day
+    (at ``steps * interval + offset_s``) is not counted, as CloudSim stops at its limit.
     """
     n_vm, steps = util_pct.shape
     if n_vm != dc.vm_mips.shape[0]:
@@ -180,8 +193,19 @@ def simulate(
     cap = dc.host_mips
     n_h = dc.n_hosts
     hosts_ix = np.arange(n_h)
+    dt_full = dc.interval_s
+    day_end = steps * dt_full
     u = util_pct.astype(np.float64) / 100.0
-    u = np.concatenate([u, u[:, -1:]], axis=1)  # CloudSim repeats the last sample
+    u = np.concatenate([u, u[:, -1:], u[:, -1:]], axis=1)  # CloudSim repeats the last sample
+
+    def level(k: int, a: float) -> FloatArray:
+        """Each VM's utilisation ``a`` seconds after instant ``k`` (interpolated)."""
+        t = offset_s + a
+        j = min(int(t // dt_full), 1)
+        f = (t - j * dt_full) / dt_full
+        lo = u[:, k + j]
+        return np.asarray(lo + (u[:, k + j + 1] - lo) * f, dtype=np.float64)
+
     hist = np.zeros((n_vm, HISTORY))
     count = np.zeros(n_vm, dtype=np.int64)
     # initial placement: every VM requests its full MIPS while being instantiated
@@ -197,24 +221,24 @@ def simulate(
     decision_s = 0.0
     vm_ix = np.arange(n_vm)
     resident = np.zeros(n_vm, dtype=np.int64)
-    dt_full = dc.interval_s
     alive = np.ones(n_vm, dtype=bool)
     was_active: npt.NDArray[np.bool_] | None = None
-    for k in range(steps):
-        if drop_idle_vms and k >= 1:
-            gone = np.flatnonzero(alive & (u[:, k] == 0) & (u[:, k + 1] == 0))
+    for k in range(1, steps):
+        now = level(k, 0.0)
+        if drop_idle_vms:
+            gone = np.flatnonzero(alive & (now == 0))
             for g in gone.tolist():
                 host_vms[int(vm_host[g])].remove(g)
             alive[gone] = False
             vm_host[gone] = -1
             vm_ix = np.flatnonzero(alive)
             resident = np.zeros(vm_ix.size, dtype=np.int64)
-        r0 = dc.vm_mips * u[:, k] * alive
+        r0 = dc.vm_mips * now * alive
         hist[:, 1:] = hist[:, :-1]
-        hist[:, 0] = u[:, k]
+        hist[:, 0] = now
         count = np.minimum(count + 1, HISTORY)
         plan_moves: list[Migrate] = []
-        if policy is not None and k >= 1:
+        if policy is not None:
             used_now, _, _ = _frame(dc, vm_ix, vm_host[vm_ix], resident, r0)
             snap = _snapshot(dc, vm_host, host_vms, r0, hist, count, _util(used_now, cap), k)
             t0 = clock() if clock else 0.0
@@ -230,8 +254,12 @@ def simulate(
         dur = dc.vm_ram[mig_vm] / (dc.host_bw[mig_tgt] / 16.0) if plan_moves else np.zeros(0)
         dur = np.minimum(dur, dt_full)
         bounds = np.unique(np.concatenate([[0.0, dt_full], dur]))
+        instant = k * dt_full + offset_s
+        ra = r0
         for i in range(bounds.size - 1):
             a, b = float(bounds[i]), float(bounds[i + 1])
+            if instant + b > day_end:
+                break  # CloudSim stops at the day's end: this frame is never closed
             dt = b - a
             live = dur > a  # migrations still in progress during this frame
             ent_vm = [vm_ix]
@@ -253,8 +281,9 @@ def simulate(
             ev = np.concatenate(ent_vm)
             eh = np.concatenate(ent_host)
             ek = np.concatenate(ent_kind)
-            ra = dc.vm_mips * (u[:, k] + (u[:, k + 1] - u[:, k]) * (a / dt_full))
-            rb = dc.vm_mips * (u[:, k] + (u[:, k + 1] - u[:, k]) * (b / dt_full))
+            if i:
+                ra = dc.vm_mips * level(k, a)
+            rb = dc.vm_mips * level(k, b)
             used_a, req_a, alloc_a = _frame(dc, ev, eh, ek, ra)
             used_b, _, _ = _frame(dc, ev, eh, ek, rb)
             ua = _util(used_a, cap)
