@@ -22,6 +22,7 @@ Metrics, as CloudSim's ``PowerDatacenter`` and examples ``Helper`` compute them:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -109,6 +110,8 @@ def _frame(
     """Host utilised MIPS, host requested MIPS and per-entry allocated MIPS.
 
     ``kind`` per (vm, host) entry: 0 resident, 1 migrating out (source), 2 migrating in.
+    Entries come in the hosts' list order, so each host's sums add up in the order
+    CloudSim's do (the same floating-point result, down to the tests of equality).
     """
     n_h = dc.n_hosts
     cap = dc.host_mips
@@ -198,13 +201,13 @@ def simulate(
     u = util_pct.astype(np.float64) / 100.0
     u = np.concatenate([u, u[:, -1:], u[:, -1:]], axis=1)  # CloudSim repeats the last sample
 
-    def level(k: int, a: float) -> FloatArray:
-        """Each VM's utilisation ``a`` seconds after instant ``k`` (interpolated)."""
-        t = offset_s + a
-        j = min(int(t // dt_full), 1)
-        f = (t - j * dt_full) / dt_full
-        lo = u[:, k + j]
-        return np.asarray(lo + (u[:, k + j + 1] - lo) * f, dtype=np.float64)
+    def level(t: float) -> FloatArray:
+        """Each VM's utilisation at time ``t``, as UtilizationModelPlanetLabInMemory."""
+        if t % dt_full == 0:
+            return np.asarray(u[:, int(t) // int(dt_full)], dtype=np.float64)
+        i1, i2 = math.floor(t / dt_full), math.ceil(t / dt_full)
+        delta = (u[:, i2] - u[:, i1]) / ((i2 - i1) * dt_full)
+        return np.asarray(u[:, i1] + delta * (t - i1 * dt_full), dtype=np.float64)
 
     hist = np.zeros((n_vm, HISTORY))
     count = np.zeros(n_vm, dtype=np.int64)
@@ -215,16 +218,20 @@ def simulate(
     host_vms: list[list[int]] = [[] for _ in range(n_h)]
     for v, h in enumerate(vm_host):
         host_vms[int(h)].append(v)
+    # a VM's place in its host's list: the order in which it was added there
+    seq = np.arange(n_vm, dtype=np.int64)
+    next_seq = n_vm
     acc = _Acc()
     migrations = 0
     decisions = 0
     decision_s = 0.0
     vm_ix = np.arange(n_vm)
-    resident = np.zeros(n_vm, dtype=np.int64)
     alive = np.ones(n_vm, dtype=bool)
     was_active: npt.NDArray[np.bool_] | None = None
+    instant = offset_s  # CloudSim's clock: each instant is the last plus the interval
     for k in range(1, steps):
-        now = level(k, 0.0)
+        instant += dt_full
+        now = level(instant)
         if drop_idle_vms:
             gone = np.flatnonzero(alive & (now == 0))
             for g in gone.tolist():
@@ -232,14 +239,14 @@ def simulate(
             alive[gone] = False
             vm_host[gone] = -1
             vm_ix = np.flatnonzero(alive)
-            resident = np.zeros(vm_ix.size, dtype=np.int64)
+        vm_ix = vm_ix[np.argsort(seq[vm_ix], kind="stable")]  # the hosts' list order
         r0 = dc.vm_mips * now * alive
         hist[:, 1:] = hist[:, :-1]
         hist[:, 0] = now
         count = np.minimum(count + 1, HISTORY)
         plan_moves: list[Migrate] = []
         if policy is not None:
-            used_now, _, _ = _frame(dc, vm_ix, vm_host[vm_ix], resident, r0)
+            used_now, _, _ = _frame(dc, vm_ix, vm_host[vm_ix], np.zeros(vm_ix.size, np.int64), r0)
             snap = _snapshot(dc, vm_host, host_vms, r0, hist, count, _util(used_now, cap), k)
             t0 = clock() if clock else 0.0
             plan = policy(snap, seed)
@@ -253,8 +260,15 @@ def simulate(
         mig_tgt = np.asarray([m.target for m in plan_moves], dtype=np.int64)
         dur = dc.vm_ram[mig_vm] / (dc.host_bw[mig_tgt] / 16.0) if plan_moves else np.zeros(0)
         dur = np.minimum(dur, dt_full)
+        # in-coming VMs join the end of their target's list in plan order; when a
+        # migration ends its VM leaves both lists and joins the target's end again
+        in_seq = np.arange(next_seq, next_seq + mig_vm.size, dtype=np.int64)
+        next_seq += mig_vm.size
+        done_order = np.lexsort((np.arange(dur.size), dur))
+        done_seq = np.empty(dur.size, dtype=np.int64)
+        done_seq[done_order] = np.arange(next_seq, next_seq + dur.size)
+        next_seq += dur.size
         bounds = np.unique(np.concatenate([[0.0, dt_full], dur]))
-        instant = k * dt_full + offset_s
         ra = r0
         for i in range(bounds.size - 1):
             a, b = float(bounds[i]), float(bounds[i + 1])
@@ -262,28 +276,22 @@ def simulate(
                 break  # CloudSim stops at the day's end: this frame is never closed
             dt = b - a
             live = dur > a  # migrations still in progress during this frame
-            ent_vm = [vm_ix]
+            done = ~live
             host_now = vm_host.copy()
             kind_now = np.zeros(n_vm, dtype=np.int64)
-            ent_kind = [kind_now]
-            ent_host = [host_now]
-            if live.any():
-                lv = mig_vm[live]
-                kind_now[lv] = 1
-                ent_vm.append(lv)
-                ent_host.append(mig_tgt[live])
-                ent_kind.append(np.full(lv.size, 2, dtype=np.int64))
-            done = ~live & (dur <= a)
-            if done.any():  # completed migrations: the VM now lives on its (last) target
-                host_now[mig_vm[done]] = mig_tgt[done]
-            ent_host[0] = host_now[vm_ix]
-            ent_kind[0] = kind_now[vm_ix]
-            ev = np.concatenate(ent_vm)
-            eh = np.concatenate(ent_host)
-            ek = np.concatenate(ent_kind)
+            seq_now = seq.copy()
+            kind_now[mig_vm[live]] = 1
+            host_now[mig_vm[done]] = mig_tgt[done]  # the VM now lives on its (last) target
+            seq_now[mig_vm[done]] = done_seq[done]
+            ev = np.concatenate([vm_ix, mig_vm[live]])
+            eh = np.concatenate([host_now[vm_ix], mig_tgt[live]])
+            ek = np.concatenate([kind_now[vm_ix], np.full(int(live.sum()), 2, np.int64)])
+            es = np.concatenate([seq_now[vm_ix], in_seq[live]])
+            o = np.argsort(es, kind="stable")
+            ev, eh, ek = ev[o], eh[o], ek[o]
             if i:
-                ra = dc.vm_mips * level(k, a)
-            rb = dc.vm_mips * level(k, b)
+                ra = dc.vm_mips * level(instant + a)
+            rb = dc.vm_mips * level(instant + b)
             used_a, req_a, alloc_a = _frame(dc, ev, eh, ek, ra)
             used_b, _, _ = _frame(dc, ev, eh, ek, rb)
             ua = _util(used_a, cap)
@@ -312,8 +320,8 @@ def simulate(
             was_active = active
             acc.peak = max(acc.peak, int(active.sum()))
         if plan_moves:
-            order = np.lexsort((np.arange(dur.size), dur))
-            for j in order:
+            seq[mig_vm[done_order]] = done_seq[done_order]
+            for j in done_order:
                 vm, t = int(mig_vm[j]), int(mig_tgt[j])
                 src = int(vm_host[vm])
                 if vm in host_vms[src]:

@@ -76,10 +76,10 @@ class Planner:
 
     def _bulk_recompute(self) -> None:
         s = self.s
-        vm_host = s.vm_host
-        placed = np.flatnonzero(vm_host >= 0)
-        hosts = vm_host[placed]
         n_h = s.n_hosts
+        # every placed VM in its host's list order: each host's sums add up as CloudSim's
+        placed = np.fromiter((v for vms in self.host_vms for v in vms), dtype=np.int64)
+        hosts = s.vm_host[placed]
         r = s.vm_req[placed]
         capped = np.minimum(r, s.host_pe_mips[hosts])
         self.req = np.bincount(hosts, r, n_h).astype(np.float64)
@@ -91,36 +91,46 @@ class Planner:
         over = np.flatnonzero(csum > s.host_mips)
         for h in over:
             self.recompute(int(h))
-        w = s.vm_mips[placed] / s.host_mips[hosts]
-        for i in range(HISTORY):
-            self.hist[:, i] = np.bincount(hosts, s.vm_hist[placed, i] * w, n_h)
+        self.hist = np.zeros((n_h, HISTORY))
+        np.add.at(self.hist, hosts, s.vm_hist[placed] * s.vm_mips[placed, None]
+                  / s.host_mips[hosts, None])
         self.hlen = trimmed_length(self.hist)
 
     def recompute(self, h: int) -> None:
-        """Refresh host ``h``'s aggregates from its VM list (as CloudSim's scheduler would)."""
+        """Refresh host ``h``'s aggregates from its VM list (as CloudSim's scheduler would:
+        sums in list order)."""
         s = self.s
-        vms = np.asarray(self.host_vms[h], dtype=np.int64)
+        vms = self.host_vms[h]
         cap = float(s.host_mips[h])
-        if vms.size == 0:
+        if not vms:
             self.req[h] = self.alloc[h] = self.ram[h] = self.bw[h] = 0.0
             self.avail[h] = cap
             self.hist[h] = 0.0
             self.hlen[h] = 0
             return
-        r = s.vm_req[vms]
-        capped = np.minimum(r, s.host_pe_mips[h])
-        total = float(capped.sum())
-        self.req[h] = float(r.sum())
+        pe = float(s.host_pe_mips[h])
+        r = [float(s.vm_req[v]) for v in vms]
+        capped = [min(x, pe) for x in r]
+        total = 0.0
+        for x in capped:
+            total += x
+        req = 0.0
+        for x in r:
+            req += x
+        self.req[h] = req
         if total <= cap:
             self.alloc[h] = total
             self.avail[h] = cap - total
         else:  # over-subscribed: all scaled down and floored (TimeSharedOverSubscription)
-            self.alloc[h] = float(np.floor(capped * (cap / total)).sum())
+            self.alloc[h] = float(np.floor(np.asarray(capped) * (cap / total)).sum())
             self.avail[h] = 0.0
         self.ram[h] = float(s.vm_ram[vms].sum())
         self.bw[h] = float(s.vm_bw[vms].sum())
-        self.hist[h] = (s.vm_mips[vms] / cap) @ s.vm_hist[vms]
-        self.hlen[h] = int(trimmed_length(self.hist[h : h + 1])[0])
+        row = np.zeros(HISTORY)
+        for v in vms:
+            row += s.vm_hist[v] * s.vm_mips[v] / cap
+        self.hist[h] = row
+        self.hlen[h] = int(trimmed_length(row[None, :])[0])
 
     def add(self, h: int, vm: int) -> None:
         self.host_vms[h].append(vm)
@@ -146,7 +156,7 @@ class Planner:
         """Would each of ``hosts`` be overloaded with ``vm`` added?"""
         s = self.s
         cap = s.host_mips[hosts]
-        hist = self.hist[hosts] + np.outer(s.vm_mips[vm] / cap, s.vm_hist[vm])
+        hist = self.hist[hosts] + s.vm_hist[vm][None, :] * s.vm_mips[vm] / cap[:, None]
         length = np.maximum(self.hlen[hosts], self.vm_len[vm])
         return overloaded(det, hist, length, (self.req[hosts] + s.vm_req[vm]) / cap)
 

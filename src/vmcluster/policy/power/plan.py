@@ -95,13 +95,19 @@ class Snapshot:
 
 
 def power_at(table: FloatArray, hosts: IntArray, util: FloatArray) -> FloatArray:
-    """Watts of ``hosts`` at utilisations ``util`` (0..1), interpolating each host's table."""
-    u = np.clip(util, 0.0, 1.0) * 10.0
-    idx = np.minimum(np.floor(u).astype(np.int64), 9)
-    frac = u - idx
-    lo = table[hosts, idx]
-    hi = table[hosts, idx + 1]
-    return np.asarray(lo + (hi - lo) * frac, dtype=np.float64)
+    """Watts of ``hosts`` at utilisations ``util`` (0..1), interpolating each host's table
+    with CloudSim's ``PowerModelSpecPower`` arithmetic (the same operations in the same
+    order, so a policy's comparisons of nearly equal powers fall as CloudSim's do)."""
+    u = np.clip(util, 0.0, 1.0)
+    lo_i = np.floor(u * 10).astype(np.int64)
+    hi_i = np.ceil(u * 10).astype(np.int64)
+    lo = table[hosts, lo_i]
+    delta = (table[hosts, hi_i] - lo) / 10
+    watts = lo + delta * (u - lo_i / 10) * 100
+    exact = np.fmod(u, 0.1) == 0  # CloudSim reads the table point itself there
+    if exact.any():
+        watts = np.where(exact, table[hosts, (u * 10).astype(np.int64)], watts)
+    return np.asarray(watts, dtype=np.float64)
 
 
 Policy = Callable[[Snapshot, int], Plan]
