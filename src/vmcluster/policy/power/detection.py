@@ -16,7 +16,8 @@ Detectors:
 * IQR: ``util > 1 - s * IQR(history)`` (s = 1.5), MAD: ``util > 1 - s * MAD(history)``
   (s = 2.5); both need at least 12 values.
 * LR: ordinary least squares over the last 10 values (x = 1..10, oldest
-  first), predict one migration interval ahead (x = 11) and call it overloaded
+  first), predict as many intervals ahead as the host's longest VM migration takes
+  (x = 11 for the paper's VMs) and call it overloaded
   when ``s * prediction >= 1`` (s = 1.2). The paper describes loess with
   tricube weights; CloudSim 3.0.3 builds the weights but only applies them
   when 40 % of them are zero, which tricube weights never are, so its LR is
@@ -24,7 +25,8 @@ Detectors:
   LRR exists and equals LR; ``docs/power.md`` says more.
 * Adaptive detectors fall back to THR 0.7 while a history is too short.
 
-All functions are vectorised over hosts and pure.
+All functions are vectorised over hosts and pure; the arithmetic is CloudSim's
+(:mod:`.kernels`), so the same histories give the same answers to the last bit.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vmcluster.errors import UsageError
+from vmcluster.policy.power import kernels
 
 __all__ = [
     "DETECTORS",
@@ -51,9 +54,9 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 HISTORY = 30  # values kept per VM (PowerVm.HISTORY_LENGTH)
-LR_WINDOW = 10
-MIN_ROBUST = 12
-FALLBACK_THR = 0.7
+LR_WINDOW = kernels.LR_WINDOW
+MIN_ROBUST = kernels.MIN_ROBUST
+FALLBACK_THR = kernels.FALLBACK_THR
 DETECTORS = {"thr": 0.8, "iqr": 1.5, "mad": 2.5, "lr": 1.2, "lrr": 1.2}
 
 
@@ -72,65 +75,29 @@ class Detector:
             raise UsageError(f"detector {self.kind} needs a parameter > 0, got {self.param}")
 
 
-def _median_rows(x: FloatArray) -> FloatArray:
-    if not x.shape[1]:
-        return np.zeros(x.shape[0])
-    return np.asarray(np.median(x, axis=1), dtype=np.float64)
-
-
 def mad_rows(hist: FloatArray, length: IntArray) -> FloatArray:
-    """Median absolute deviation of each row's first ``length`` values."""
-    out = np.zeros(hist.shape[0])
-    for n in np.unique(length):
-        rows = np.flatnonzero(length == n)
-        data = hist[rows, : int(n)]
-        med = _median_rows(data)
-        out[rows] = _median_rows(np.abs(data - med[:, None]))
-    return out
+    """Median absolute deviation of each row's first ``length`` values (MathUtil.mad)."""
+    return np.asarray(kernels.spread_rows(kernels.MAD, hist, length), dtype=np.float64)
 
 
 def iqr_rows(hist: FloatArray, length: IntArray) -> FloatArray:
     """Inter-quartile range as CloudSim's MathUtil.iqr computes it (rounded ranks)."""
-    out = np.zeros(hist.shape[0])
-    for n in np.unique(length):
-        if n == 0:
-            continue
-        rows = np.flatnonzero(length == n)
-        data = np.sort(hist[rows, : int(n)], axis=1)
-        q1 = int(np.floor(0.25 * (n + 1) + 0.5)) - 1
-        q3 = int(np.floor(0.75 * (n + 1) + 0.5)) - 1
-        q1, q3 = min(max(q1, 0), int(n) - 1), min(max(q3, 0), int(n) - 1)
-        out[rows] = data[:, q3] - data[:, q1]
-    return out
+    return np.asarray(kernels.spread_rows(kernels.IQR, hist, length), dtype=np.float64)
 
 
-def _lr_weights(window: int, ahead: float) -> FloatArray:
-    x = np.arange(1.0, window + 1.0)
-    xc = x - x.mean()
-    # prediction at x = ahead is a linear function of y: mean(y) + slope * (ahead - mean(x))
-    w: FloatArray = 1.0 / window + xc * (ahead - x.mean()) / float((xc**2).sum())
-    return w
+def lr_predict(hist: FloatArray, ahead: float = 1.0) -> FloatArray:
+    """OLS prediction ``ahead`` intervals past the last 10 values (hist[:, 0] = now)."""
+    return np.asarray(kernels.lr_forecast(np.ascontiguousarray(hist), float(ahead)),
+                      dtype=np.float64)
 
 
-_LR_W = _lr_weights(LR_WINDOW, LR_WINDOW + 1.0)
-
-
-def lr_predict(hist: FloatArray) -> FloatArray:
-    """OLS prediction one interval ahead from the last 10 values (hist[:, 0] = now)."""
-    window = hist[:, :LR_WINDOW][:, ::-1]  # oldest first, x = 1..10
-    out: FloatArray = np.asarray(window @ _LR_W, dtype=np.float64)
-    return out
-
-
-def overloaded(det: Detector, hist: FloatArray, length: IntArray, util: FloatArray) -> BoolArray:
-    """Which hosts are overloaded now (CloudSim's isHostOverUtilized)."""
-    if det.kind == "thr":
-        return np.asarray(util > det.param)
-    fallback = np.asarray(util > FALLBACK_THR)
-    if det.kind in ("lr", "lrr"):
-        ok = length >= LR_WINDOW
-        pred = lr_predict(hist) * det.param
-        return np.where(ok, pred >= 1.0, fallback)
-    ok = length >= MIN_ROBUST
-    spread = mad_rows(hist, length) if det.kind == "mad" else iqr_rows(hist, length)
-    return np.where(ok, util > 1.0 - det.param * spread, fallback)
+def overloaded(det: Detector, hist: FloatArray, length: IntArray, util: FloatArray,
+               ahead: FloatArray | None = None) -> BoolArray:
+    """Which hosts are overloaded now (CloudSim's isHostOverUtilized); ``ahead``: LR's
+    intervals to the end of each host's longest migration (1 by default)."""
+    n = hist.shape[0]
+    steps = np.ones(n) if ahead is None else np.asarray(ahead, dtype=np.float64)
+    return np.asarray(kernels.overloaded_rows(
+        kernels.KINDS[det.kind], float(det.param), np.ascontiguousarray(hist),
+        np.asarray(length, dtype=np.int64), np.asarray(util, dtype=np.float64), steps),
+        dtype=np.bool_)

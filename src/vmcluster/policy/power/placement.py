@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from vmcluster.policy.power import kernels
 from vmcluster.policy.power.detection import HISTORY, Detector, overloaded
 from vmcluster.policy.power.plan import Action, Migrate, Plan, PowerOff, PowerOn, Snapshot, power_at
 from vmcluster.policy.power.selection import select_vm
@@ -69,68 +70,29 @@ class Planner:
         self.avail = snap.host_mips.copy()
         self.ram = np.zeros(n_h)
         self.bw = np.zeros(n_h)
+        self.ram_max = np.zeros(n_h)
         self.hist = np.zeros((n_h, HISTORY))
         self.hlen = np.zeros(n_h, dtype=np.int64)
         self.power_now = power_at(snap.power_table, np.arange(n_h), snap.host_util)
-        self._bulk_recompute()
-
-    def _bulk_recompute(self) -> None:
-        s = self.s
-        n_h = s.n_hosts
-        # every placed VM in its host's list order: each host's sums add up as CloudSim's
-        placed = np.fromiter((v for vms in self.host_vms for v in vms), dtype=np.int64)
-        hosts = s.vm_host[placed]
-        r = s.vm_req[placed]
-        capped = np.minimum(r, s.host_pe_mips[hosts])
-        self.req = np.bincount(hosts, r, n_h).astype(np.float64)
-        csum = np.bincount(hosts, capped, n_h).astype(np.float64)
-        self.ram = np.bincount(hosts, s.vm_ram[placed], n_h).astype(np.float64)
-        self.bw = np.bincount(hosts, s.vm_bw[placed], n_h).astype(np.float64)
-        self.alloc = csum.copy()
-        self.avail = np.maximum(s.host_mips - csum, 0.0)
-        over = np.flatnonzero(csum > s.host_mips)
-        for h in over:
-            self.recompute(int(h))
-        self.hist = np.zeros((n_h, HISTORY))
-        np.add.at(self.hist, hosts, s.vm_hist[placed] * s.vm_mips[placed, None]
-                  / s.host_mips[hosts, None])
-        self.hlen = trimmed_length(self.hist)
+        self._vm_hist = np.ascontiguousarray(snap.vm_hist, dtype=np.float64)
+        self._mig_mbps = np.asarray(snap.migration_mbps, dtype=np.float64)
+        for h, vms in enumerate(self.host_vms):
+            if vms:
+                self.recompute(h)
 
     def recompute(self, h: int) -> None:
         """Refresh host ``h``'s aggregates from its VM list (as CloudSim's scheduler would:
         sums in list order)."""
         s = self.s
-        vms = self.host_vms[h]
-        cap = float(s.host_mips[h])
-        if not vms:
-            self.req[h] = self.alloc[h] = self.ram[h] = self.bw[h] = 0.0
-            self.avail[h] = cap
-            self.hist[h] = 0.0
-            self.hlen[h] = 0
-            return
-        pe = float(s.host_pe_mips[h])
-        r = [float(s.vm_req[v]) for v in vms]
-        capped = [min(x, pe) for x in r]
-        total = 0.0
-        for x in capped:
-            total += x
-        req = 0.0
-        for x in r:
-            req += x
-        self.req[h] = req
-        if total <= cap:
-            self.alloc[h] = total
-            self.avail[h] = cap - total
-        else:  # over-subscribed: all scaled down and floored (TimeSharedOverSubscription)
-            self.alloc[h] = float(np.floor(np.asarray(capped) * (cap / total)).sum())
-            self.avail[h] = 0.0
-        self.ram[h] = float(s.vm_ram[vms].sum())
-        self.bw[h] = float(s.vm_bw[vms].sum())
-        row = np.zeros(HISTORY)
-        for v in vms:
-            row += s.vm_hist[v] * s.vm_mips[v] / cap
-        self.hist[h] = row
-        self.hlen[h] = int(trimmed_length(row[None, :])[0])
+        (self.req[h], self.alloc[h], self.avail[h], self.ram[h], self.bw[h],
+         self.ram_max[h], self.hlen[h]) = kernels.aggregate(
+            np.asarray(self.host_vms[h], dtype=np.int64), float(s.host_pe_mips[h]),
+            float(s.host_mips[h]), s.vm_req, s.vm_mips, s.vm_ram, s.vm_bw, self._vm_hist,
+            self.hist[h])
+
+    def _ahead(self, hosts: IntArray, ram: FloatArray) -> FloatArray:
+        """LR's intervals to the end of the longest migration off each host."""
+        return np.ceil(ram / self._mig_mbps[hosts] / self.s.interval_s)
 
     def add(self, h: int, vm: int) -> None:
         self.host_vms[h].append(vm)
@@ -142,7 +104,8 @@ class Planner:
 
     def is_overloaded(self, det: Detector, hosts: IntArray) -> BoolArray:
         return overloaded(det, self.hist[hosts], self.hlen[hosts],
-                          self.req[hosts] / self.s.host_mips[hosts])
+                          self.req[hosts] / self.s.host_mips[hosts],
+                          self._ahead(hosts, self.ram_max[hosts]))
 
     def suitable(self, vm: int, excluded: BoolArray) -> IntArray:
         s = self.s
@@ -158,23 +121,19 @@ class Planner:
         cap = s.host_mips[hosts]
         hist = self.hist[hosts] + s.vm_hist[vm][None, :] * s.vm_mips[vm] / cap[:, None]
         length = np.maximum(self.hlen[hosts], self.vm_len[vm])
-        return overloaded(det, hist, length, (self.req[hosts] + s.vm_req[vm]) / cap)
+        return overloaded(det, hist, length, (self.req[hosts] + s.vm_req[vm]) / cap,
+                          self._ahead(hosts, np.maximum(self.ram_max[hosts], s.vm_ram[vm])))
 
     def pabfd(self, vm: int, det: Detector, excluded: BoolArray) -> int:
-        """The host whose power grows least with ``vm``, or -1."""
+        """The host whose power grows least with ``vm``, or -1 (CloudSim's
+        ``findHostForVm``, :func:`.kernels.pabfd_scan`)."""
         s = self.s
-        cand = self.suitable(vm, excluded)
-        if cand.size == 0:
-            return -1
-        busy = self.alloc[cand] != 0
-        if busy.any():
-            bad = np.zeros(cand.size, dtype=bool)
-            bad[busy] = self.overloaded_with(det, vm, cand[busy])
-            cand = cand[~bad]
-            if cand.size == 0:
-                return -1
-        after = power_at(s.power_table, cand, (self.alloc[cand] + s.vm_req[vm]) / s.host_mips[cand])
-        return int(cand[int(np.argmin(after - self.power_now[cand]))])
+        return int(kernels.pabfd_scan(
+            float(s.vm_req[vm]), float(s.vm_mips[vm]), self._vm_hist[vm], int(self.vm_len[vm]),
+            float(s.vm_ram[vm]), float(s.vm_bw[vm]), excluded, s.host_pe_mips, s.host_mips,
+            s.host_ram, s.host_bw, self.avail, self.alloc, self.req, self.ram, self.bw,
+            self.ram_max, self.hist, self.hlen, s.power_table, self.power_now, self.ram_aware,
+            kernels.KINDS[det.kind], float(det.param), self._mig_mbps, float(s.interval_s)))
 
 
 def _by_mips_desc(vms: list[int], req: FloatArray) -> list[int]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from vmcluster.policy.power import kernels
+
 __all__ = ["Action", "Migrate", "Plan", "Policy", "PowerOff", "PowerOn", "Snapshot", "power_at"]
 
 FloatArray = npt.NDArray[np.float64]
@@ -96,18 +98,11 @@ class Snapshot:
 
 def power_at(table: FloatArray, hosts: IntArray, util: FloatArray) -> FloatArray:
     """Watts of ``hosts`` at utilisations ``util`` (0..1), interpolating each host's table
-    with CloudSim's ``PowerModelSpecPower`` arithmetic (the same operations in the same
-    order, so a policy's comparisons of nearly equal powers fall as CloudSim's do)."""
-    u = np.clip(util, 0.0, 1.0)
-    lo_i = np.floor(u * 10).astype(np.int64)
-    hi_i = np.ceil(u * 10).astype(np.int64)
-    lo = table[hosts, lo_i]
-    delta = (table[hosts, hi_i] - lo) / 10
-    watts = lo + delta * (u - lo_i / 10) * 100
-    exact = np.fmod(u, 0.1) == 0  # CloudSim reads the table point itself there
-    if exact.any():
-        watts = np.where(exact, table[hosts, (u * 10).astype(np.int64)], watts)
-    return np.asarray(watts, dtype=np.float64)
+    with CloudSim's ``PowerModelSpecPower`` arithmetic (:func:`.kernels.watts`), so a
+    policy's comparisons of nearly equal powers fall as CloudSim's do."""
+    return np.asarray(kernels.watts(np.asarray(table, dtype=np.float64),
+                                    np.asarray(hosts, dtype=np.int64),
+                                    np.asarray(util, dtype=np.float64)), dtype=np.float64)
 
 
 Policy = Callable[[Snapshot, int], Plan]

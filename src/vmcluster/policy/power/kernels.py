@@ -1,0 +1,252 @@
+"""The consolidation policies' inner loops, compiled (numba), with CloudSim 3.0.3's
+arithmetic: the same operations in the same order, so every comparison of nearly equal
+numbers falls as CloudSim's does and the policies make its very decisions.
+
+* :func:`watts`: ``PowerModelSpecPower.getPower`` (its interpolation formula).
+* :func:`host_overloaded`: ``isHostOverUtilized`` of THR, IQR, MAD (``MathUtil.iqr``,
+  ``MathUtil.mad`` on commons-math's legacy percentile) and LR/LRR (commons-math's
+  ``SimpleRegression`` on the last 10 values, predicting the next migration's end).
+* :func:`aggregate`: a host's sums over its VM list, in list order.
+* :func:`pabfd_scan`: ``findHostForVm``: the first host with the least power increase
+  among those with room that the VM would not overload.
+
+Compiled on first use and cached on disk (``cache=True``); the first run in a fresh
+install pays a few seconds for it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+from numba import njit
+
+__all__ = ["IQR", "KINDS", "LR", "MAD", "THR", "aggregate", "host_overloaded",
+           "lr_forecast", "overloaded_rows", "pabfd_scan", "spread_rows", "watts"]
+
+THR, IQR, MAD, LR = 0, 1, 2, 3
+KINDS = {"thr": THR, "iqr": IQR, "mad": MAD, "lr": LR, "lrr": LR}
+LR_WINDOW = 10
+MIN_ROBUST = 12
+FALLBACK_THR = 0.7
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@njit(cache=True)
+def _watts(row: FloatArray, u: float) -> float:
+    """Watts at utilisation ``u`` (0..1) of a host whose table is ``row``."""
+    if u < 0.0:
+        u = 0.0
+    elif u > 1.0:
+        u = 1.0
+    if np.fmod(u, 0.1) == 0.0:
+        return float(row[int(u * 10)])
+    lo_i = math.floor(u * 10)
+    hi_i = math.ceil(u * 10)
+    lo = row[lo_i]
+    delta = (row[hi_i] - lo) / 10
+    return float(lo + delta * (u - lo_i / 10) * 100)
+
+
+@njit(cache=True)
+def watts(table: FloatArray, hosts: IntArray, util: FloatArray) -> FloatArray:
+    """Watts of each of ``hosts`` at ``util`` (clamped to 0..1)."""
+    out = np.empty(hosts.size)
+    for i in range(hosts.size):
+        out[i] = _watts(table[hosts[i]], util[i])
+    return out
+
+
+@njit(cache=True)
+def _median(sorted_vals: FloatArray) -> float:
+    """commons-math's legacy 50th percentile of sorted values."""
+    n = sorted_vals.size
+    if n == 1:
+        return float(sorted_vals[0])
+    pos = 50.0 * (n + 1) / 100
+    fpos = math.floor(pos)
+    i = int(fpos)
+    if pos < 1:
+        return float(sorted_vals[0])
+    if pos >= n:
+        return float(sorted_vals[n - 1])
+    lower = sorted_vals[i - 1]
+    return float(lower + (pos - fpos) * (sorted_vals[i] - lower))
+
+
+@njit(cache=True)
+def _spread(kind: int, values: FloatArray) -> float:
+    """MAD or IQR of ``values`` as CloudSim's MathUtil computes them."""
+    data = np.sort(values)
+    if kind == MAD:
+        med = _median(data)
+        return _median(np.sort(np.abs(med - values)))
+    n = data.size
+    q1 = math.floor(0.25 * (n + 1) + 0.5) - 1
+    q3 = math.floor(0.75 * (n + 1) + 0.5) - 1
+    return float(data[min(max(q3, 0), n - 1)] - data[min(max(q1, 0), n - 1)])
+
+
+@njit(cache=True)
+def _lr_forecast(hist: FloatArray, ahead: float) -> float:
+    """OLS (commons-math SimpleRegression) on the last 10 values, oldest at x = 1,
+    evaluated at x = 10 + ``ahead``."""
+    n = 0
+    xbar = ybar = sxx = sxy = sx = sy = 0.0
+    for i in range(LR_WINDOW):
+        x = i + 1.0
+        y = hist[LR_WINDOW - 1 - i]
+        if n == 0:
+            xbar = x
+            ybar = y
+        else:
+            fact1 = 1.0 + n
+            fact2 = n / (1.0 + n)
+            dx = x - xbar
+            dy = y - ybar
+            sxx += dx * dx * fact2
+            sxy += dx * dy * fact2
+            xbar += dx / fact1
+            ybar += dy / fact1
+        sx += x
+        sy += y
+        n += 1
+    slope = sxy / sxx
+    intercept = (sy - slope * sx) / n
+    return float(intercept + slope * (LR_WINDOW + ahead))
+
+
+@njit(cache=True)
+def host_overloaded(kind: int, param: float, hist: FloatArray, length: int, util: float,
+                    ahead: float) -> bool:
+    """One host's overload test: ``hist`` its utilisation history (now first),
+    ``length`` its length without the trailing zeros, ``util`` its requested MIPS over
+    its capacity, ``ahead`` the intervals its longest migration takes (LR)."""
+    if kind == THR:
+        return util > param
+    if kind == LR:
+        if length < LR_WINDOW:
+            return util > FALLBACK_THR
+        return _lr_forecast(hist, ahead) * param >= 1.0
+    if length < MIN_ROBUST:
+        return util > FALLBACK_THR
+    return util > 1.0 - param * _spread(kind, hist[:length])
+
+
+@njit(cache=True)
+def overloaded_rows(kind: int, param: float, hist: FloatArray, length: IntArray,
+                    util: FloatArray, ahead: FloatArray) -> BoolArray:
+    """:func:`host_overloaded` for each row."""
+    out = np.empty(hist.shape[0], dtype=np.bool_)
+    for i in range(hist.shape[0]):
+        out[i] = host_overloaded(kind, param, hist[i], length[i], util[i], ahead[i])
+    return out
+
+
+@njit(cache=True)
+def spread_rows(kind: int, hist: FloatArray, length: IntArray) -> FloatArray:
+    """MAD or IQR of each row's first ``length`` values (0 for an empty row)."""
+    out = np.zeros(hist.shape[0])
+    for i in range(hist.shape[0]):
+        if length[i] > 0:
+            out[i] = _spread(kind, hist[i, : length[i]])
+    return out
+
+
+@njit(cache=True)
+def lr_forecast(hist: FloatArray, ahead: float) -> FloatArray:
+    """:func:`_lr_forecast` for each row."""
+    out = np.empty(hist.shape[0])
+    for i in range(hist.shape[0]):
+        out[i] = _lr_forecast(hist[i], ahead)
+    return out
+
+
+@njit(cache=True)
+def _trimmed(row: FloatArray) -> int:
+    n = row.size
+    while n > 0 and row[n - 1] == 0.0:
+        n -= 1
+    return n
+
+
+@njit(cache=True)
+def aggregate(vms: IntArray, pe: float, cap: float, vm_req: FloatArray,
+              vm_mips: FloatArray, vm_ram: FloatArray, vm_bw: FloatArray,
+              vm_hist: FloatArray, hist_out: FloatArray) -> tuple[float, float, float,
+                                                                  float, float, float, int]:
+    """A host's sums over its VM list, in list order: requested MIPS, allocated MIPS
+    (over-subscribed: scaled and floored), free MIPS, RAM, bandwidth, the largest VM
+    RAM, and its utilisation history (into ``hist_out``) with its trimmed length."""
+    req = 0.0
+    total = 0.0
+    ram = 0.0
+    bw = 0.0
+    ram_max = 0.0
+    hist_out[:] = 0.0
+    for v in vms:
+        r = vm_req[v]
+        req += r
+        total += min(r, pe)
+        ram += vm_ram[v]
+        bw += vm_bw[v]
+        ram_max = max(ram_max, vm_ram[v])
+        for i in range(hist_out.size):
+            hist_out[i] += vm_hist[v, i] * vm_mips[v] / cap
+    if total <= cap:
+        alloc = total
+        avail = cap - total
+    else:  # over-subscribed: all scaled down and floored (TimeSharedOverSubscription)
+        scale = cap / total
+        alloc = 0.0
+        for v in vms:
+            alloc += math.floor(min(vm_req[v], pe) * scale)
+        avail = 0.0
+    return req, alloc, avail, ram, bw, ram_max, _trimmed(hist_out)
+
+
+@njit(cache=True)
+def pabfd_scan(
+    r: float, v_mips: float, v_hist: FloatArray, v_len: int, v_ram: float, v_bw: float,
+    excluded: BoolArray, host_pe: FloatArray, host_mips: FloatArray, host_ram: FloatArray,
+    host_bw: FloatArray, avail: FloatArray, alloc: FloatArray, req: FloatArray,
+    ram: FloatArray, bw: FloatArray, ram_max: FloatArray, hist: FloatArray,
+    hlen: IntArray, table: FloatArray, power_now: FloatArray, ram_aware: bool,
+    kind: int, param: float, mig_mbps: FloatArray, interval_s: float,
+) -> int:
+    """The host CloudSim's PABFD gives a VM (``r`` MIPS requested now), or -1.
+
+    In host order, among hosts not excluded with PE, MIPS (and, ``ram_aware``, RAM and
+    bandwidth) room: the least power increase wins, the first on a tie; a host already
+    running VMs must not be overloaded with the VM added (tested only on a host that
+    would win, which gives the same host as testing every one).
+    """
+    best = -1
+    best_diff = np.finfo(np.float64).max
+    row = np.empty(hist.shape[1])
+    for h in range(host_pe.size):
+        if excluded[h] or host_pe[h] < r or avail[h] < r:
+            continue
+        if ram_aware and (ram[h] + v_ram > host_ram[h] or bw[h] + v_bw > host_bw[h]):
+            continue
+        u = (alloc[h] + r) / host_mips[h]
+        if u > 1.0:
+            continue  # CloudSim's power model refuses it
+        diff = _watts(table[h], u) - power_now[h]
+        if not diff < best_diff:
+            continue
+        if alloc[h] != 0.0:
+            cap = host_mips[h]
+            for i in range(row.size):
+                row[i] = hist[h, i] + v_hist[i] * v_mips / cap
+            length = max(hlen[h], v_len)
+            ahead = math.ceil(max(ram_max[h], v_ram) / mig_mbps[h] / interval_s)
+            if host_overloaded(kind, param, row, length, (req[h] + r) / cap, ahead):
+                continue
+        best = h
+        best_diff = diff
+    return best
