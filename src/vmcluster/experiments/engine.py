@@ -22,6 +22,7 @@ Metrics, as CloudSim's ``PowerDatacenter`` and examples ``Helper`` compute them:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import numpy.typing as npt
 
 from vmcluster.policy.power.detection import HISTORY, Detector
 from vmcluster.policy.power.placement import first_fit, initial_placement
-from vmcluster.policy.power.plan import Migrate, Policy, Snapshot, power_at
+from vmcluster.policy.power.plan import Migrate, Policy, Snapshot, host_classes, power_at
 
 __all__ = ["INSTANT_OFFSET_S", "Datacenter", "Metrics", "place_initial", "simulate"]
 
@@ -64,6 +65,12 @@ class Datacenter:
     @property
     def n_hosts(self) -> int:
         return int(self.host_pe_mips.shape[0])
+
+    @functools.cached_property
+    def host_class(self) -> IntArray:
+        """Hosts numbered by type (:func:`~vmcluster.policy.power.plan.host_classes`)."""
+        return host_classes(self.host_pe_mips, self.host_mips, self.host_ram, self.host_bw,
+                            self.power_table)
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,7 @@ def _snapshot(
         host_bw=dc.host_bw, power_table=dc.power_table, vm_mips=dc.vm_mips, vm_ram=dc.vm_ram,
         vm_bw=dc.vm_bw, vm_host=vm_host.copy(), host_vms=tuple(tuple(v) for v in host_vms),
         vm_req=r, vm_hist=hist, vm_hist_count=count, host_util=util,
-        interval_s=dc.interval_s, step=step,
+        interval_s=dc.interval_s, step=step, host_class=dc.host_class,
     )
 
 

@@ -22,8 +22,21 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
-__all__ = ["IQR", "KINDS", "LR", "MAD", "THR", "aggregate", "host_overloaded",
-           "lr_forecast", "overloaded_rows", "pabfd_scan", "spread_rows", "watts"]
+__all__ = [
+    "IQR",
+    "KINDS",
+    "LR",
+    "MAD",
+    "THR",
+    "aggregate",
+    "aggregate_all",
+    "host_overloaded",
+    "lr_forecast",
+    "overloaded_rows",
+    "pabfd_scan",
+    "spread_rows",
+    "watts",
+]
 
 THR, IQR, MAD, LR = 0, 1, 2, 3
 KINDS = {"thr": THR, "iqr": IQR, "mad": MAD, "lr": LR, "lrr": LR}
@@ -43,8 +56,8 @@ def _watts(row: FloatArray, u: float) -> float:
         u = 0.0
     elif u > 1.0:
         u = 1.0
-    if np.fmod(u, 0.1) == 0.0:
-        return float(row[int(u * 10)])
+    # CloudSim first returns the table point where u % 0.1 == 0; there u * 10 is whole,
+    # floor == ceil and the formula below gives that same point, so no test is needed
     lo_i = math.floor(u * 10)
     hi_i = math.ceil(u * 10)
     lo = row[lo_i]
@@ -210,26 +223,59 @@ def aggregate(vms: IntArray, pe: float, cap: float, vm_req: FloatArray,
 
 
 @njit(cache=True)
+def aggregate_all(flat: IntArray, start: IntArray, pe: FloatArray, cap: FloatArray,
+                  vm_req: FloatArray, vm_mips: FloatArray, vm_ram: FloatArray,
+                  vm_bw: FloatArray, vm_hist: FloatArray, out: FloatArray,
+                  hist_out: FloatArray, hlen: IntArray) -> None:
+    """:func:`aggregate` for every host; host ``h``'s VMs are
+    ``flat[start[h]:start[h + 1]]``; ``out[h]`` gets its six sums."""
+    for h in range(start.size - 1):
+        a, b = start[h], start[h + 1]
+        if a == b:
+            continue
+        req, alloc, avail, ram, bw, ram_max, n = aggregate(
+            flat[a:b], pe[h], cap[h], vm_req, vm_mips, vm_ram, vm_bw, vm_hist, hist_out[h])
+        out[h, 0] = req
+        out[h, 1] = alloc
+        out[h, 2] = avail
+        out[h, 3] = ram
+        out[h, 4] = bw
+        out[h, 5] = ram_max
+        hlen[h] = n
+
+
+@njit(cache=True)
 def pabfd_scan(
     r: float, v_mips: float, v_hist: FloatArray, v_len: int, v_ram: float, v_bw: float,
     excluded: BoolArray, host_pe: FloatArray, host_mips: FloatArray, host_ram: FloatArray,
     host_bw: FloatArray, avail: FloatArray, alloc: FloatArray, req: FloatArray,
     ram: FloatArray, bw: FloatArray, ram_max: FloatArray, hist: FloatArray,
     hlen: IntArray, table: FloatArray, power_now: FloatArray, ram_aware: bool,
-    kind: int, param: float, mig_mbps: FloatArray, interval_s: float,
+    kind: int, param: float, mig_mbps: FloatArray, interval_s: float, klass: IntArray,
+    n_klass: int,
 ) -> int:
     """The host CloudSim's PABFD gives a VM (``r`` MIPS requested now), or -1.
 
     In host order, among hosts not excluded with PE, MIPS (and, ``ram_aware``, RAM and
     bandwidth) room: the least power increase wins, the first on a tie; a host already
     running VMs must not be overloaded with the VM added (tested only on a host that
-    would win, which gives the same host as testing every one).
+    would win, which gives the same host as testing every one). Hosts with the same
+    ``klass`` (>= 0: switched off, untouched, of one type) are alike: only the first
+    that is not excluded can win a tie, the others are skipped.
     """
     best = -1
     best_diff = np.finfo(np.float64).max
     row = np.empty(hist.shape[1])
+    seen = np.zeros(max(n_klass, 1), dtype=np.bool_)
     for h in range(host_pe.size):
-        if excluded[h] or host_pe[h] < r or avail[h] < r:
+        if excluded[h]:
+            continue
+        k = klass[h]
+        if k >= 0:
+            if seen[k]:
+                continue
+            seen[k] = True
+        if host_pe[h] < r or avail[h] < r:
             continue
         if ram_aware and (ram[h] + v_ram > host_ram[h] or bw[h] + v_bw > host_bw[h]):
             continue

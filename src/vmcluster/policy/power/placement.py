@@ -23,13 +23,23 @@ Beloglazov & Buyya (CCPE 2012), section 6.3, as CloudSim 3.0.3 runs it
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
 
 from vmcluster.policy.power import kernels
 from vmcluster.policy.power.detection import HISTORY, Detector, overloaded
-from vmcluster.policy.power.plan import Action, Migrate, Plan, PowerOff, PowerOn, Snapshot, power_at
+from vmcluster.policy.power.plan import (
+    Action,
+    Migrate,
+    Plan,
+    PowerOff,
+    PowerOn,
+    Snapshot,
+    host_classes,
+    power_at,
+)
 from vmcluster.policy.power.selection import select_vm
 
 __all__ = ["PaperPolicy", "Planner", "first_fit", "initial_placement"]
@@ -45,6 +55,32 @@ def trimmed_length(hist: FloatArray) -> IntArray:
     any_nz = nz.any(axis=1)
     last = hist.shape[1] - np.argmax(nz[:, ::-1], axis=1)
     return np.where(any_nz, last, 0).astype(np.int64)
+
+
+class _Lists:
+    """Each host's VM list, copied from the snapshot's tuples when first touched."""
+
+    def __init__(self, base: tuple[tuple[int, ...], ...]) -> None:
+        self._base = base
+        self._own: dict[int, list[int]] = {}
+
+    def __getitem__(self, h: int) -> list[int]:
+        own = self._own.get(h)
+        if own is None:
+            own = self._own[h] = list(self._base[h])
+        return own
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+
+def _host_classes(snap: Snapshot) -> tuple[IntArray, int]:
+    """The snapshot's host types (its own numbering if it has one) and how many."""
+    klass = snap.host_class
+    if klass is None:
+        klass = host_classes(snap.host_pe_mips, snap.host_mips, snap.host_ram, snap.host_bw,
+                             snap.power_table)
+    return klass, int(klass.max(initial=-1)) + 1
 
 
 class Planner:
@@ -63,27 +99,34 @@ class Planner:
         self.s = snap
         self.ram_aware = ram_aware
         self.vm_len = trimmed_length(snap.vm_hist)
-        self.host_vms: list[list[int]] = [list(v) for v in snap.host_vms]
+        self.host_vms = _Lists(snap.host_vms)
         n_h = snap.n_hosts
-        self.req = np.zeros(n_h)
-        self.alloc = np.zeros(n_h)
-        self.avail = snap.host_mips.copy()
-        self.ram = np.zeros(n_h)
-        self.bw = np.zeros(n_h)
-        self.ram_max = np.zeros(n_h)
-        self.hist = np.zeros((n_h, HISTORY))
-        self.hlen = np.zeros(n_h, dtype=np.int64)
         self.power_now = power_at(snap.power_table, np.arange(n_h), snap.host_util)
         self._vm_hist = np.ascontiguousarray(snap.vm_hist, dtype=np.float64)
         self._mig_mbps = np.asarray(snap.migration_mbps, dtype=np.float64)
-        for h, vms in enumerate(self.host_vms):
-            if vms:
-                self.recompute(h)
+        counts = np.fromiter(map(len, snap.host_vms), dtype=np.int64, count=n_h)
+        start = np.zeros(n_h + 1, dtype=np.int64)
+        np.cumsum(counts, out=start[1:])
+        flat = np.fromiter(chain.from_iterable(snap.host_vms), dtype=np.int64,
+                           count=int(start[-1]))
+        sums = np.zeros((n_h, 6))
+        sums[:, 2] = snap.host_mips
+        self.hist = np.zeros((n_h, HISTORY))
+        self.hlen = np.zeros(n_h, dtype=np.int64)
+        kernels.aggregate_all(flat, start, snap.host_pe_mips, snap.host_mips, snap.vm_req,
+                              snap.vm_mips, snap.vm_ram, snap.vm_bw, self._vm_hist, sums,
+                              self.hist, self.hlen)
+        self.req, self.alloc, self.avail, self.ram, self.bw, self.ram_max = (
+            np.ascontiguousarray(c) for c in sums.T)
+        # switched-off, untouched hosts of one type are alike for PABFD: their class
+        klass, self._n_klass = _host_classes(snap)
+        self._klass = np.where((counts == 0) & (snap.host_util == 0), klass, -1)
 
     def recompute(self, h: int) -> None:
         """Refresh host ``h``'s aggregates from its VM list (as CloudSim's scheduler would:
         sums in list order)."""
         s = self.s
+        self._klass[h] = -1
         (self.req[h], self.alloc[h], self.avail[h], self.ram[h], self.bw[h],
          self.ram_max[h], self.hlen[h]) = kernels.aggregate(
             np.asarray(self.host_vms[h], dtype=np.int64), float(s.host_pe_mips[h]),
@@ -133,7 +176,8 @@ class Planner:
             float(s.vm_ram[vm]), float(s.vm_bw[vm]), excluded, s.host_pe_mips, s.host_mips,
             s.host_ram, s.host_bw, self.avail, self.alloc, self.req, self.ram, self.bw,
             self.ram_max, self.hist, self.hlen, s.power_table, self.power_now, self.ram_aware,
-            kernels.KINDS[det.kind], float(det.param), self._mig_mbps, float(s.interval_s)))
+            kernels.KINDS[det.kind], float(det.param), self._mig_mbps, float(s.interval_s),
+            self._klass, self._n_klass))
 
 
 def _by_mips_desc(vms: list[int], req: FloatArray) -> list[int]:
@@ -233,33 +277,42 @@ def initial_placement(snap: Snapshot, det: Detector) -> IntArray:
 
     As CloudSim creates VMs: a VM being created requests its full MIPS and is
     allocated that; once created it requests nothing until its cloudlet starts.
-    So room is judged on full MIPS, the overload check (THR 0.7 fallback: no
-    history yet) sees only the new VM, and every host's power "now" is idle.
+    So room is judged on full MIPS (and RAM and bandwidth), the overload check (THR 0.7
+    fallback: no history yet) sees only the new VM, and every host's power "now" is idle.
     ``det`` is accepted for symmetry; with no history every detector falls back.
     """
     del det
     s = snap
     n_h = s.n_hosts
     alloc = np.zeros(n_h)
+    avail = s.host_mips.astype(np.float64)
     ram = np.zeros(n_h)
     bw = np.zeros(n_h)
+    nothing = np.zeros(n_h)
+    none = np.zeros(n_h, dtype=bool)
+    no_hist = np.zeros((n_h, HISTORY))
+    no_len = np.zeros(n_h, dtype=np.int64)
+    vm_no_hist = np.zeros(HISTORY)
     idle = power_at(s.power_table, np.arange(n_h), np.zeros(n_h))
+    klass, n_klass = _host_classes(s)
+    klass = klass.copy()
+    mig = np.asarray(s.migration_mbps, dtype=np.float64)
+    thr = kernels.KINDS["thr"]
     out = np.full(s.vm_mips.shape[0], -1, dtype=np.int64)
     for vm in range(out.size):
-        m = s.vm_mips[vm]
-        ok = (
-            (s.host_pe_mips >= m) & (s.host_mips - alloc >= m)
-            & (ram + s.vm_ram[vm] <= s.host_ram) & (bw + s.vm_bw[vm] <= s.host_bw)
-            & ~((alloc != 0) & (m / s.host_mips > 0.7))
-        )
-        cand = np.flatnonzero(ok)
-        if cand.size == 0:
+        m = float(s.vm_mips[vm])
+        h = int(kernels.pabfd_scan(
+            m, m, vm_no_hist, 0, float(s.vm_ram[vm]), float(s.vm_bw[vm]), none,
+            s.host_pe_mips, s.host_mips, s.host_ram, s.host_bw, avail, alloc, nothing, ram,
+            bw, nothing, no_hist, no_len, s.power_table, idle, True, thr,
+            kernels.FALLBACK_THR, mig, float(s.interval_s), klass, n_klass))
+        if h < 0:
             continue
-        after = power_at(s.power_table, cand, (alloc[cand] + m) / s.host_mips[cand])
-        h = int(cand[int(np.argmin(after - idle[cand]))])
         alloc[h] += m
+        avail[h] -= m
         ram[h] += s.vm_ram[vm]
         bw[h] += s.vm_bw[vm]
+        klass[h] = -1
         out[vm] = h
     return out
 

@@ -15,7 +15,8 @@ import numpy.typing as npt
 
 from vmcluster.policy.power import kernels
 
-__all__ = ["Action", "Migrate", "Plan", "Policy", "PowerOff", "PowerOn", "Snapshot", "power_at"]
+__all__ = ["Action", "Migrate", "Plan", "Policy", "PowerOff", "PowerOn", "Snapshot", "host_classes",
+           "power_at"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -85,6 +86,9 @@ class Snapshot:
     host_util: FloatArray
     interval_s: float = 300.0
     step: int = 0
+    # hosts numbered by type (alike in MIPS, RAM, bandwidth and power table), if the
+    # caller knows it; a policy works it out otherwise
+    host_class: IntArray | None = None
 
     @property
     def n_hosts(self) -> int:
@@ -103,6 +107,14 @@ def power_at(table: FloatArray, hosts: IntArray, util: FloatArray) -> FloatArray
     return np.asarray(kernels.watts(np.asarray(table, dtype=np.float64),
                                     np.asarray(hosts, dtype=np.int64),
                                     np.asarray(util, dtype=np.float64)), dtype=np.float64)
+
+
+def host_classes(pe_mips: FloatArray, mips: FloatArray, ram: FloatArray, bw: FloatArray,
+                 power_table: FloatArray) -> IntArray:
+    """Hosts numbered by type: alike in PE MIPS, MIPS, RAM, bandwidth and power table."""
+    key = np.column_stack([pe_mips, mips, ram, bw, power_table])
+    _, inverse = np.unique(key, axis=0, return_inverse=True)
+    return np.asarray(inverse, dtype=np.int64).reshape(-1)
 
 
 Policy = Callable[[Snapshot, int], Plan]
