@@ -32,11 +32,15 @@ __all__ = [
     "aggregate_all",
     "host_overloaded",
     "lr_forecast",
+    "mc_pick",
     "overloaded_rows",
     "pabfd_scan",
     "spread_rows",
     "watts",
 ]
+
+# compiled once and cached on disk; division by zero gives inf or NaN, as in Java
+_jit = njit(cache=True, error_model="numpy")
 
 THR, IQR, MAD, LR = 0, 1, 2, 3
 KINDS = {"thr": THR, "iqr": IQR, "mad": MAD, "lr": LR, "lrr": LR}
@@ -49,7 +53,7 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 
-@njit(cache=True)
+@_jit
 def _watts(row: FloatArray, u: float) -> float:
     """Watts at utilisation ``u`` (0..1) of a host whose table is ``row``."""
     if u < 0.0:
@@ -65,7 +69,7 @@ def _watts(row: FloatArray, u: float) -> float:
     return float(lo + delta * (u - lo_i / 10) * 100)
 
 
-@njit(cache=True)
+@_jit
 def watts(table: FloatArray, hosts: IntArray, util: FloatArray) -> FloatArray:
     """Watts of each of ``hosts`` at ``util`` (clamped to 0..1)."""
     out = np.empty(hosts.size)
@@ -74,7 +78,7 @@ def watts(table: FloatArray, hosts: IntArray, util: FloatArray) -> FloatArray:
     return out
 
 
-@njit(cache=True)
+@_jit
 def _median(sorted_vals: FloatArray) -> float:
     """commons-math's legacy 50th percentile of sorted values."""
     n = sorted_vals.size
@@ -91,7 +95,7 @@ def _median(sorted_vals: FloatArray) -> float:
     return float(lower + (pos - fpos) * (sorted_vals[i] - lower))
 
 
-@njit(cache=True)
+@_jit
 def _spread(kind: int, values: FloatArray) -> float:
     """MAD or IQR of ``values`` as CloudSim's MathUtil computes them."""
     data = np.sort(values)
@@ -104,7 +108,7 @@ def _spread(kind: int, values: FloatArray) -> float:
     return float(data[min(max(q3, 0), n - 1)] - data[min(max(q1, 0), n - 1)])
 
 
-@njit(cache=True)
+@_jit
 def _lr_forecast(hist: FloatArray, ahead: float) -> float:
     """OLS (commons-math SimpleRegression) on the last 10 values, oldest at x = 1,
     evaluated at x = 10 + ``ahead``."""
@@ -133,7 +137,7 @@ def _lr_forecast(hist: FloatArray, ahead: float) -> float:
     return float(intercept + slope * (LR_WINDOW + ahead))
 
 
-@njit(cache=True)
+@_jit
 def host_overloaded(kind: int, param: float, hist: FloatArray, length: int, util: float,
                     ahead: float) -> bool:
     """One host's overload test: ``hist`` its utilisation history (now first),
@@ -150,7 +154,7 @@ def host_overloaded(kind: int, param: float, hist: FloatArray, length: int, util
     return util > 1.0 - param * _spread(kind, hist[:length])
 
 
-@njit(cache=True)
+@_jit
 def overloaded_rows(kind: int, param: float, hist: FloatArray, length: IntArray,
                     util: FloatArray, ahead: FloatArray) -> BoolArray:
     """:func:`host_overloaded` for each row."""
@@ -160,7 +164,7 @@ def overloaded_rows(kind: int, param: float, hist: FloatArray, length: IntArray,
     return out
 
 
-@njit(cache=True)
+@_jit
 def spread_rows(kind: int, hist: FloatArray, length: IntArray) -> FloatArray:
     """MAD or IQR of each row's first ``length`` values (0 for an empty row)."""
     out = np.zeros(hist.shape[0])
@@ -170,7 +174,7 @@ def spread_rows(kind: int, hist: FloatArray, length: IntArray) -> FloatArray:
     return out
 
 
-@njit(cache=True)
+@_jit
 def lr_forecast(hist: FloatArray, ahead: float) -> FloatArray:
     """:func:`_lr_forecast` for each row."""
     out = np.empty(hist.shape[0])
@@ -179,7 +183,7 @@ def lr_forecast(hist: FloatArray, ahead: float) -> FloatArray:
     return out
 
 
-@njit(cache=True)
+@_jit
 def _trimmed(row: FloatArray) -> int:
     n = row.size
     while n > 0 and row[n - 1] == 0.0:
@@ -187,7 +191,7 @@ def _trimmed(row: FloatArray) -> int:
     return n
 
 
-@njit(cache=True)
+@_jit
 def aggregate(vms: IntArray, pe: float, cap: float, vm_req: FloatArray,
               vm_mips: FloatArray, vm_ram: FloatArray, vm_bw: FloatArray,
               vm_hist: FloatArray, hist_out: FloatArray) -> tuple[float, float, float,
@@ -222,7 +226,7 @@ def aggregate(vms: IntArray, pe: float, cap: float, vm_req: FloatArray,
     return req, alloc, avail, ram, bw, ram_max, _trimmed(hist_out)
 
 
-@njit(cache=True)
+@_jit
 def aggregate_all(flat: IntArray, start: IntArray, pe: FloatArray, cap: FloatArray,
                   vm_req: FloatArray, vm_mips: FloatArray, vm_ram: FloatArray,
                   vm_bw: FloatArray, vm_hist: FloatArray, out: FloatArray,
@@ -244,7 +248,7 @@ def aggregate_all(flat: IntArray, start: IntArray, pe: FloatArray, cap: FloatArr
         hlen[h] = n
 
 
-@njit(cache=True)
+@_jit
 def pabfd_scan(
     r: float, v_mips: float, v_hist: FloatArray, v_len: int, v_ram: float, v_bw: float,
     excluded: BoolArray, host_pe: FloatArray, host_mips: FloatArray, host_ram: FloatArray,
@@ -295,4 +299,90 @@ def pabfd_scan(
                 continue
         best = h
         best_diff = diff
+    return best
+
+
+@_jit
+def _r_squared(data: FloatArray, i: int) -> tuple[float, bool]:
+    """R^2 of VM ``i``'s history regressed (with intercept) on the others', as
+    commons-math's OLSMultipleLinearRegression computes it (Householder QR), and whether
+    the design is singular (there commons-math throws, and CloudSim falls back to MMT)."""
+    n, m = data.shape
+    qrt = np.empty((n, m))  # the design's columns as rows: the intercept, then the others
+    qrt[0, :] = 1.0
+    c = 1
+    for j in range(n):
+        if j != i:
+            qrt[c, :] = data[j]
+            c += 1
+    design = qrt.copy()
+    rdiag = np.empty(min(m, n))
+    for minor in range(min(m, n)):
+        norm_sq = 0.0
+        for row in range(minor, m):
+            norm_sq += qrt[minor, row] * qrt[minor, row]
+        a = -math.sqrt(norm_sq) if qrt[minor, minor] > 0 else math.sqrt(norm_sq)
+        rdiag[minor] = a
+        if a != 0.0:
+            qrt[minor, minor] -= a
+            for col in range(minor + 1, n):
+                alpha = 0.0
+                for row in range(minor, m):
+                    alpha -= qrt[col, row] * qrt[minor, row]
+                alpha /= a * qrt[minor, minor]
+                for row in range(minor, m):
+                    qrt[col, row] -= alpha * qrt[minor, row]
+    for d in rdiag:
+        if abs(d) <= 0.0:
+            return math.nan, True
+    y = data[i].copy()
+    for minor in range(min(m, n)):
+        dot = 0.0
+        for row in range(minor, m):
+            dot += y[row] * qrt[minor, row]
+        dot /= rdiag[minor] * qrt[minor, minor]
+        for row in range(minor, m):
+            y[row] += dot * qrt[minor, row]
+    beta = np.empty(n)
+    for row in range(rdiag.size - 1, -1, -1):
+        y[row] /= rdiag[row]
+        beta[row] = y[row]
+        for k in range(row):
+            y[k] -= y[row] * qrt[row, k]
+    rss = 0.0
+    for row in range(m):
+        fit = 0.0
+        for col in range(n):
+            fit += design[col, row] * beta[col]
+        r = data[i, row] - fit
+        rss += r * r
+    # SecondMoment: the streaming sum of squared deviations
+    m1 = m2 = 0.0
+    for row in range(m):
+        count = row + 1
+        dev = data[i, row] - m1
+        ndev = dev / count
+        m1 += ndev
+        m2 += (count - 1.0) * dev * ndev
+    return 1 - rss / m2, False
+
+
+@_jit
+def mc_pick(data: FloatArray) -> int:
+    """CloudSim's maximum-correlation choice among a host's VMs (rows of ``data``, each
+    VM's history, now first): the largest R^2 (the first on a tie, none above the
+    smallest double: the first VM), or -1 where CloudSim falls back to MMT (one VM, fewer
+    values than VMs, a singular design)."""
+    n, m = data.shape
+    if n < 2 or n > m:
+        return -1
+    best = 0
+    best_r2 = 5e-324  # Java's Double.MIN_VALUE
+    for i in range(n):
+        r2, singular = _r_squared(data, i)
+        if singular:
+            return -1
+        if r2 > best_r2:
+            best = i
+            best_r2 = r2
     return best

@@ -6,7 +6,8 @@
 * RS (random selection): uniform over the host's VMs, from a seeded generator.
 * MC (maximum correlation): the VM whose utilisation history is best explained
   (largest R^2 of an ordinary least-squares fit with intercept) by the other
-  VMs' histories; with too little history for the fit, falls back to MMT.
+  VMs' histories, computed as commons-math's OLS does (:func:`.kernels.mc_pick`); with
+  fewer values than VMs, or a singular fit, falls back to MMT as CloudSim does.
 
 Pure: lists in, index out.
 """
@@ -19,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vmcluster.errors import UsageError
+from vmcluster.policy.power import kernels
 
 __all__ = ["SELECTIONS", "select_vm"]
 
@@ -39,24 +41,9 @@ def _mc(
     hist: npt.NDArray[np.float64],
     hist_count: npt.NDArray[np.int64],
 ) -> int:
-    n = len(vms)
     m = int(min(hist_count[v] for v in vms))
-    if n < 2 or m <= n:  # n parameters (n-1 regressors + intercept) need more than n rows
-        return _mmt(vms, ram)
-    data = hist[np.asarray(vms), :m]
-    best, best_r2 = 0, float(np.finfo(np.float64).tiny)
-    for i in range(n):
-        y = data[i]
-        x = np.column_stack([np.ones(m), np.delete(data, i, axis=0).T])
-        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-        resid = y - x @ coef
-        sst = float(((y - y.mean()) ** 2).sum())
-        if sst <= 0.0:
-            continue
-        r2 = 1.0 - float((resid**2).sum()) / sst
-        if r2 > best_r2:
-            best, best_r2 = i, r2
-    return vms[best]
+    pick = int(kernels.mc_pick(np.ascontiguousarray(hist[np.asarray(vms), :m])))
+    return _mmt(vms, ram) if pick < 0 else vms[pick]
 
 
 def select_vm(
