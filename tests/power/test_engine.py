@@ -132,3 +132,17 @@ def test_ours_plan_respects_limits() -> None:
     for plan in seen:
         targets = [m.target for m in plan.migrations]
         assert len(targets) == len(set(targets))  # at most one in-coming per host
+
+
+def test_a_boot_charged_by_hand() -> None:
+    def move(snap: Snapshot, seed: int) -> Plan:
+        del seed
+        return Plan((Migrate(0, 0, 1),)) if snap.step == 1 else Plan()
+
+    m = simulate(tiny(), np.full((1, 3), 50, dtype=np.uint8), move, boot_s=100.0)
+    t = 625.0 / 62.5
+    # host 1 is off: it boots 100 s at its peak (200 W) while the VM stays on host 0,
+    # then the copy, then the VM runs on host 1
+    energy = 125 * 100 + 200 * 100 + (125 + 102.5) * t + 125 * (300 - 100 - t)
+    assert m.energy_kwh == pytest.approx(energy / 3.6e6)
+    assert m.boot_kwh == pytest.approx(200 * 100 / 3.6e6)

@@ -71,7 +71,7 @@ def test_cli_json_shape(tmp_path: Path) -> None:
     for r in out["results"]:
         assert set(r) == {"policy", "day", "energy_kwh", "slatah", "pdm", "slav", "esv",
                           "migrations", "overload_pct", "mips_lost_pct", "boots",
-                          "hosts_active_mean", "hosts_active_peak"}
+                          "hosts_active_mean", "hosts_active_peak", "boot_kwh"}
         assert isinstance(r["migrations"], int) and r["day"] == "day1"
 
 
@@ -99,3 +99,29 @@ def test_cli_plot_writes_png_charts(tmp_path: Path) -> None:
     assert pngs, "no chart written"
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    # each run over the day: a chart and its numbers, one row per scheduling instant
+    rows = (out / "series-ours-20110306.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "time_s,active_hosts,power_kw,overloaded_hosts,migrations"
+    assert len(rows) == 1 + 287 and (out / "series-thr-mmt-0.8-20110306.png").exists()
+    assert float(rows[1].split(",")[1]) > 0  # hosts are on at the first instant
+
+
+def test_cli_boots_charged_on_request_and_never_against_cloudsim(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["evaluate", "--days", "20110306", "--policies", "thr-mmt-0.8", "--workers", "1",
+            "--json"]
+    main(base)
+    free = json.loads(capsys.readouterr().out)["results"][0]
+    main([*base, "--charge-boots"])
+    charged = json.loads(capsys.readouterr().out)["results"][0]
+    assert free["boot_kwh"] == 0.0 and charged["boot_kwh"] > 0
+    # the boots' energy is in the total (the policy's later choices change too: VMs wait
+    # for their hosts to boot)
+    assert charged["energy_kwh"] > free["energy_kwh"]
+    assert charged["energy_kwh"] > charged["boot_kwh"]
+    for bad in (["--charge-boots", "--compare-cloudsim"], ["--charge-boots=0"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*base, *bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--charge-boots" in err[0]

@@ -28,6 +28,9 @@ from vmcluster.policy.power.registry import parse_policies
 
 __all__ = ["evaluate", "power", "show_results"]
 
+# a host boot: seconds at its peak power (the setup delay Gandhi, Gupta, Harchol-Balter and
+# Kozuch assume for servers of that generation, spent at busy power; docs/power.md)
+BOOT_S = 200.0
 DEFAULT_POLICIES = "npa,dvfs,thr-mmt-0.8,iqr-mmt-1.5,mad-mmt-2.5,lr-mmt-1.2,lrr-mmt-1.2,ours"
 METRICS = ("energy_kwh", "slatah", "pdm", "slav", "esv", "migrations")
 # what operators read beside CloudSim's metrics (ours only: CloudSim prints none of them)
@@ -88,6 +91,27 @@ def _plot(results: list[Result], directory: Path) -> list[Path]:
         fig.savefig(path)
         plt.close(fig)
         paths.append(path)
+    for r in results:  # each run over the day: a chart and its numbers
+        if not r.series:
+            continue
+        stem = f"series-{r.policy}-{r.day}"
+        csv_path = directory / f"{stem}.csv"
+        lines = ["time_s,active_hosts,power_kw,overloaded_hosts,migrations"]
+        lines += [",".join(f"{v:g}" for v in row) for row in r.series]
+        csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        hours = [row[0] / 3600 for row in r.series]
+        fig, axes = plt.subplots(4, 1, figsize=(9, 8), sharex=True)
+        for ax, col, label in zip(axes, (1, 2, 3, 4), ("active hosts", "power (kW)",
+                                  "hosts short of MIPS", "migrations"), strict=True):
+            ax.plot(hours, [row[col] for row in r.series], linewidth=0.9)
+            ax.set_ylabel(label)
+        axes[-1].set_xlabel("hour of the day")
+        axes[0].set_title(f"{r.policy} on {r.day}")
+        fig.tight_layout()
+        png = directory / f"{stem}.png"
+        fig.savefig(png)
+        plt.close(fig)
+        paths += [png, csv_path]
     return paths
 
 
@@ -108,10 +132,15 @@ def _plot(results: list[Result], directory: Path) -> list[Path]:
               "and VM types, interval and duration (default: the paper's).")
 @click.option("--hosts", type=int, default=None,
               help="How many hosts (default: the scenario's, 800 in the paper's).")
+@click.option("--charge-boots", "boot_s", type=float, is_flag=False, flag_value=BOOT_S,
+              default=None, metavar="[SECONDS]",
+              help=f"Charge host boots: each takes SECONDS (default {BOOT_S:g}) at the "
+              "host's peak power, its VMs waiting (CloudSim charges none).")
 @json_option
 def evaluate(traces: Path | None, policies: str, days: str, plot_dir: Path | None,
              workers: int | None, scheduler: str | None, seed: int, compare_cloudsim: bool,
-             scenario_path: Path | None, hosts: int | None, as_json: bool) -> None:
+             scenario_path: Path | None, hosts: int | None, boot_s: float | None,
+             as_json: bool) -> None:
     """Simulate consolidation policies on PlanetLab traces (800 hosts, 24 h per day)."""
     names = parse_policies(policies)
     if workers is not None and workers < 1:
@@ -121,6 +150,13 @@ def evaluate(traces: Path | None, policies: str, days: str, plot_dir: Path | Non
     setup = load_scenario(scenario_path) if scenario_path is not None else Scenario()
     if hosts is not None:
         setup = replace(setup, hosts=hosts)
+    if boot_s is not None:
+        if not boot_s > 0:
+            raise UsageError(f"--charge-boots must be a positive number of seconds, got {boot_s:g}")
+        setup = replace(setup, boot_s=boot_s)
+    if compare_cloudsim and setup.boot_s > 0:
+        raise UsageError("--compare-cloudsim: CloudSim charges no host boots; compare without "
+                         "--charge-boots (or boot_s in the scenario)")
     if plot_dir is not None:
         writable_dir(plot_dir)
     files = list_days(traces or default_trace_dir())

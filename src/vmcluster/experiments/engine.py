@@ -95,6 +95,10 @@ class Metrics:
     mips_lost_pct: float = 0.0
     boots: int = 0
     active_hosts_peak: int = 0
+    boot_kwh: float = 0.0  # host boots charged (included in energy_kwh; 0 when not charged)
+    # per instant: time (s), active hosts, mean power to the next instant (kW), hosts
+    # really short of MIPS, migrations started
+    series: tuple[tuple[float, float, float, float, float], ...] = ()
 
 
 @dataclass
@@ -109,6 +113,7 @@ class _Acc:
     overload_s: float = 0.0
     boots: int = 0
     peak: int = 0
+    boot_ws: float = 0.0
 
 
 def _frame(
@@ -179,6 +184,7 @@ def simulate(
     progress: Callable[[int], None] | None = None,
     drop_idle_vms: bool = True,
     offset_s: float = INSTANT_OFFSET_S,
+    boot_s: float = 0.0,
 ) -> Metrics:
     """Run one day (``util_pct``: VMs x intervals, percent). ``policy=None``: no migrations.
 
@@ -229,6 +235,8 @@ def simulate(
     seq = np.arange(n_vm, dtype=np.int64)
     next_seq = n_vm
     acc = _Acc()
+    peak_w = dc.power_table[:, -1]
+    series: list[tuple[float, float, float, float, float]] = []
     migrations = 0
     decisions = 0
     decision_s = 0.0
@@ -252,8 +260,8 @@ def simulate(
         hist[:, 0] = now
         count = np.minimum(count + 1, HISTORY)
         plan_moves: list[Migrate] = []
+        used_now, _, _ = _frame(dc, vm_ix, vm_host[vm_ix], np.zeros(vm_ix.size, np.int64), r0)
         if policy is not None:
-            used_now, _, _ = _frame(dc, vm_ix, vm_host[vm_ix], np.zeros(vm_ix.size, np.int64), r0)
             snap = _snapshot(dc, vm_host, host_vms, r0, hist, count, _util(used_now, cap), k)
             t0 = clock() if clock else 0.0
             plan = policy(snap, seed)
@@ -266,7 +274,14 @@ def simulate(
         mig_vm = np.asarray([m.vm for m in plan_moves], dtype=np.int64)
         mig_tgt = np.asarray([m.target for m in plan_moves], dtype=np.int64)
         dur = dc.vm_ram[mig_vm] / (dc.host_bw[mig_tgt] / 16.0) if plan_moves else np.zeros(0)
-        dur = np.minimum(dur, dt_full)
+        start = np.zeros(dur.size)
+        if boot_s > 0 and plan_moves:  # off targets boot first; their VMs wait
+            cold = used_now[mig_tgt] == 0
+            start[cold] = boot_s
+            booted = np.unique(mig_tgt[cold])
+            acc.boot_ws += boot_s * float(peak_w[booted].sum())
+        dur = np.minimum(start + dur, dt_full)
+        start = np.minimum(start, dur)
         # in-coming VMs join the end of their target's list in plan order; when a
         # migration ends its VM leaves both lists and joins the target's end again
         in_seq = np.arange(next_seq, next_seq + mig_vm.size, dtype=np.int64)
@@ -275,15 +290,16 @@ def simulate(
         done_seq = np.empty(dur.size, dtype=np.int64)
         done_seq[done_order] = np.arange(next_seq, next_seq + dur.size)
         next_seq += dur.size
-        bounds = np.unique(np.concatenate([[0.0, dt_full], dur]))
+        bounds = np.unique(np.concatenate([[0.0, dt_full], start, dur]))
         ra = r0
+        energy_before, overloaded_now, active_now = acc.energy_ws, 0, 0
         for i in range(bounds.size - 1):
             a, b = float(bounds[i]), float(bounds[i + 1])
             if instant + b > day_end:
                 break  # CloudSim stops at the day's end: this frame is never closed
             dt = b - a
-            live = dur > a  # migrations still in progress during this frame
-            done = ~live
+            live = (start <= a) & (dur > a)  # migrations in progress during this frame
+            done = dur <= a
             host_now = vm_host.copy()
             kind_now = np.zeros(n_vm, dtype=np.int64)
             seq_now = seq.copy()
@@ -321,11 +337,17 @@ def simulate(
             # the host has
             here = eh[own]
             real = np.bincount(here, np.minimum(vreq, dc.host_pe_mips[here]), n_h)
-            acc.overload_s += float((active & (real > cap * (1 + 1e-9))).sum()) * dt
+            short = active & (real > cap * (1 + 1e-9))
+            acc.overload_s += float(short.sum()) * dt
+            if i == 0:
+                overloaded_now, active_now = int(short.sum()), int(active.sum())
             if was_active is not None:
                 acc.boots += int((active & ~was_active).sum())
             was_active = active
             acc.peak = max(acc.peak, int(active.sum()))
+        span = min(dt_full, day_end - instant)
+        series.append((instant, float(active_now), (acc.energy_ws - energy_before) / span / 1e3,
+                       float(overloaded_now), float(len(plan_moves))))
         if plan_moves:
             seq[mig_vm[done_order]] = done_seq[done_order]
             for j in done_order:
@@ -339,7 +361,7 @@ def simulate(
                 vm_host[vm] = t
         if progress:
             progress(k)
-    energy_kwh = acc.energy_ws / 3.6e6
+    energy_kwh = (acc.energy_ws + acc.boot_ws) / 3.6e6
     slatah = acc.viol_s / acc.active_s if acc.active_s else 0.0
     pdm = acc.under_mig / acc.requested if acc.requested else 0.0
     slav = slatah * pdm
@@ -352,5 +374,6 @@ def simulate(
         overload_pct=100.0 * acc.overload_s / acc.active_s if acc.active_s else 0.0,
         mips_lost_pct=100.0 * (acc.requested - acc.allocated) / acc.requested
         if acc.requested else 0.0,
-        boots=acc.boots, active_hosts_peak=acc.peak,
+        boots=acc.boots, active_hosts_peak=acc.peak, boot_kwh=acc.boot_ws / 3.6e6,
+        series=tuple(series),
     )

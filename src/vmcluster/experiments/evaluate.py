@@ -39,12 +39,14 @@ class Result:
     boots: int = 0
     hosts_active_mean: float = 0.0
     hosts_active_peak: int = 0
+    boot_kwh: float = 0.0  # host boots charged, included in energy_kwh (0: not charged)
+    series: tuple[tuple[float, float, float, float, float], ...] = ()  # engine.Metrics
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
         return {k: d[k] for k in ("policy", "day", "energy_kwh", "slatah", "pdm", "slav", "esv",
                                   "migrations", "overload_pct", "mips_lost_pct", "boots",
-                                  "hosts_active_mean", "hosts_active_peak")}
+                                  "hosts_active_mean", "hosts_active_peak", "boot_kwh")}
 
 
 def run_day(policy: str, trace_path: str, seed: int = 0, hosts: int | None = None,
@@ -61,14 +63,15 @@ def run_day(policy: str, trace_path: str, seed: int = 0, hosts: int | None = Non
     decide = make_policy(policy)
     t0 = clock() if clock else 0.0
     placement = "first-fit" if decide is None else "pabfd"
-    m: Metrics = simulate(dc, util, decide, placement=placement, seed=seed, clock=clock)
+    m: Metrics = simulate(dc, util, decide, placement=placement, seed=seed, clock=clock,
+                          boot_s=setup.boot_s)
     wall = (clock() - t0) if clock else 0.0
     energy = m.energy_kwh
     if policy == "npa":  # every host at its maximum power for the whole run
         energy = float(dc.power_table[:, -1].sum()) * util.shape[1] * dc.interval_s / 3.6e6
     return Result(policy, trace.day, energy, m.slatah, m.pdm, m.slav, energy * m.slav,
                   m.migrations, wall, m.decision_s, m.overload_pct, m.mips_lost_pct, m.boots,
-                  m.active_hosts_mean, m.active_hosts_peak)
+                  m.active_hosts_mean, m.active_hosts_peak, m.boot_kwh, m.series)
 
 
 def bound_day(trace: DayTrace, scenario: Scenario | None = None) -> Result:

@@ -58,6 +58,9 @@ class Scenario:
     duration_s: float = 86400.0
     trace: str = ""
     policy: str = "lr-mmt-1.2"
+    # host boots charged: each takes boot_s seconds at the host's peak power (0: free, as
+    # in CloudSim)
+    boot_s: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def datacenter(self, n_vms: int, hosts: int | None = None) -> Datacenter:
@@ -82,7 +85,7 @@ _TOP = {"name", "datacenter", "vm_types", "simulation", "policy"}
 _DC = {"hosts", "host_types"}
 _HOST = {"power_model", "pe_mips", "pes", "ram_mb", "bw_mbit"}
 _VM = {"mips", "ram_mb", "bw_mbit"}
-_SIM = {"interval_s", "duration_s", "trace"}
+_SIM = {"interval_s", "duration_s", "trace", "boot_s"}
 _POLICY = {"name"}
 
 
@@ -164,4 +167,5 @@ def scenario_from_source(src: TomlSource) -> Scenario:
         duration_s=_number(src, simt, sim, "duration_s", 86400.0),
         trace="" if trace is None else str(_trace_path(src, str(trace))),
         policy=str(pol.get("name", "lr-mmt-1.2")),
+        boot_s=_number(src, simt, sim, "boot_s") if "boot_s" in sim else 0.0,
     )
