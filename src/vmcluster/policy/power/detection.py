@@ -37,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vmcluster.errors import UsageError
-from vmcluster.policy.power import kernels
+from vmcluster.policy.power.lazy import kernels
 
 __all__ = [
     "DETECTORS",
@@ -54,9 +54,6 @@ IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 HISTORY = 30  # values kept per VM (PowerVm.HISTORY_LENGTH)
-LR_WINDOW = kernels.LR_WINDOW
-MIN_ROBUST = kernels.MIN_ROBUST
-FALLBACK_THR = kernels.FALLBACK_THR
 DETECTORS = {"thr": 0.8, "iqr": 1.5, "mad": 2.5, "lr": 1.2, "lrr": 1.2}
 
 

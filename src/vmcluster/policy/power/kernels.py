@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit
 
+from vmcluster.policy.power.thresholds import FALLBACK_THR, LR_WINDOW, MIN_ROBUST
+
 __all__ = [
     "IQR",
     "KINDS",
@@ -44,9 +46,6 @@ _jit = njit(cache=True, error_model="numpy")
 
 THR, IQR, MAD, LR = 0, 1, 2, 3
 KINDS = {"thr": THR, "iqr": IQR, "mad": MAD, "lr": LR, "lrr": LR}
-LR_WINDOW = 10
-MIN_ROBUST = 12
-FALLBACK_THR = 0.7
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

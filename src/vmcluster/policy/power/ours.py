@@ -33,9 +33,10 @@ import numpy as np
 import numpy.typing as npt
 
 from vmcluster.policy.migration_model import PrecopyInput, run
-from vmcluster.policy.power.detection import LR_WINDOW, lr_predict
+from vmcluster.policy.power.detection import lr_predict
 from vmcluster.policy.power.placement import Planner, _with_power_actions
 from vmcluster.policy.power.plan import Action, Migrate, Plan, Snapshot, power_at
+from vmcluster.policy.power.thresholds import LR_WINDOW
 
 __all__ = ["OursPolicy", "predicted_migration"]
 

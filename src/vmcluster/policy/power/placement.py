@@ -28,8 +28,8 @@ from itertools import chain
 import numpy as np
 import numpy.typing as npt
 
-from vmcluster.policy.power import kernels
 from vmcluster.policy.power.detection import HISTORY, Detector, overloaded
+from vmcluster.policy.power.lazy import kernels
 from vmcluster.policy.power.plan import (
     Action,
     Migrate,
@@ -41,6 +41,7 @@ from vmcluster.policy.power.plan import (
     power_at,
 )
 from vmcluster.policy.power.selection import select_vm
+from vmcluster.policy.power.thresholds import FALLBACK_THR
 
 __all__ = ["PaperPolicy", "Planner", "first_fit", "initial_placement"]
 
@@ -305,7 +306,7 @@ def initial_placement(snap: Snapshot, det: Detector) -> IntArray:
             m, m, vm_no_hist, 0, float(s.vm_ram[vm]), float(s.vm_bw[vm]), none,
             s.host_pe_mips, s.host_mips, s.host_ram, s.host_bw, avail, alloc, nothing, ram,
             bw, nothing, no_hist, no_len, s.power_table, idle, True, thr,
-            kernels.FALLBACK_THR, mig, float(s.interval_s), klass, n_klass))
+            FALLBACK_THR, mig, float(s.interval_s), klass, n_klass))
         if h < 0:
             continue
         alloc[h] += m

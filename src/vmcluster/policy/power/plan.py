@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from vmcluster.policy.power import kernels
+from vmcluster.policy.power.lazy import kernels
 
 __all__ = ["Action", "Migrate", "Plan", "Policy", "PowerOff", "PowerOn", "Snapshot", "host_classes",
            "power_at"]

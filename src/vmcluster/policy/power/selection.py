@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vmcluster.errors import UsageError
-from vmcluster.policy.power import kernels
+from vmcluster.policy.power.lazy import kernels
 
 __all__ = ["SELECTIONS", "select_vm"]
 
