@@ -32,6 +32,8 @@ __all__ = [
     "THR",
     "aggregate",
     "aggregate_all",
+    "fit_scan",
+    "forecast",
     "host_overloaded",
     "lr_forecast",
     "mc_pick",
@@ -45,6 +47,7 @@ __all__ = [
 _jit = njit(cache=True, error_model="numpy")
 
 THR, IQR, MAD, LR = 0, 1, 2, 3
+_DOUBLE_MAX = 1.7976931348623157e308  # Java's Double.MAX_VALUE: where a least-value search starts
 KINDS = {"thr": THR, "iqr": IQR, "mad": MAD, "lr": LR, "lrr": LR}
 
 FloatArray = npt.NDArray[np.float64]
@@ -267,7 +270,7 @@ def pabfd_scan(
     that is not excluded can win a tie, the others are skipped.
     """
     best = -1
-    best_diff = np.finfo(np.float64).max
+    best_diff = _DOUBLE_MAX
     row = np.empty(hist.shape[1])
     seen = np.zeros(max(n_klass, 1), dtype=np.bool_)
     for h in range(host_pe.size):
@@ -385,3 +388,76 @@ def mc_pick(data: FloatArray) -> int:
             best = i
             best_r2 = r2
     return best
+
+
+@_jit
+def fit_scan(
+    r: float, v_mips: float, v_hist: FloatArray, v_len: int, excluded: BoolArray,
+    n_in: IntArray, max_in: int, active: BoolArray, allow_off: bool, host_pe: FloatArray,
+    host_mips: FloatArray, avail: FloatArray, alloc: FloatArray, req: FloatArray,
+    hist: FloatArray, hlen: IntArray, table: FloatArray, power_now: FloatArray,
+    target: float, safety: float, klass: IntArray, n_klass: int,
+) -> int:
+    """``ours``'s target for a VM (``r`` MIPS now), or -1: among hosts not excluded, with
+    room for another in-coming VM, PE and MIPS room, where the VM takes at most 90 % of a
+    PE and the host stays at or under ``target`` now and on the LR forecast (times
+    ``safety`` under 1): an active host with the least power increase, else (``allow_off``)
+    the switched-off host that serves a MIPS cheapest when full; the first on a tie. The
+    forecast is computed only for a host that would win; switched-off untouched hosts of
+    one ``klass`` are alike, only the first counts."""
+    best_on = -1
+    best_diff = _DOUBLE_MAX
+    best_off = -1
+    best_cost = _DOUBLE_MAX
+    row = np.empty(hist.shape[1])
+    seen = np.zeros(max(n_klass, 1), dtype=np.bool_)
+    top = table.shape[1] - 1
+    for h in range(host_pe.size):
+        if excluded[h] or n_in[h] >= max_in:
+            continue
+        k = klass[h]
+        if k >= 0:
+            if seen[k]:
+                continue
+            seen[k] = True
+        if host_pe[h] < r or avail[h] < r or r > host_pe[h] * 0.9:
+            continue
+        cap = host_mips[h]
+        after = (req[h] + r) / cap
+        if not after <= target:
+            continue
+        diff = 0.0
+        cost = 0.0
+        if active[h]:
+            diff = _watts(table[h], (alloc[h] + r) / cap) - power_now[h]
+            if not diff < best_diff:
+                continue
+        else:
+            if not allow_off or best_on >= 0:
+                continue
+            cost = table[h, top] / cap
+            if not cost < best_cost:
+                continue
+        pr = after
+        if max(hlen[h], v_len) >= LR_WINDOW:
+            for i in range(row.size):
+                row[i] = hist[h, i] + v_hist[i] * v_mips / cap
+            pr = _lr_forecast(row, 1.0)
+        if not pr * safety < 1.0:
+            continue
+        if active[h]:
+            best_on = h
+            best_diff = diff
+        else:
+            best_off = h
+            best_cost = cost
+    return best_on if best_on >= 0 else best_off
+
+
+@_jit
+def forecast(hist: FloatArray, length: int, now: float) -> float:
+    """One host's LR forecast one interval ahead, or its utilisation ``now`` when its
+    history is too short."""
+    if length < LR_WINDOW:
+        return now
+    return _lr_forecast(hist, 1.0)

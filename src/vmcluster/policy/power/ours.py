@@ -34,6 +34,7 @@ import numpy.typing as npt
 
 from vmcluster.policy.migration_model import PrecopyInput, run
 from vmcluster.policy.power.detection import lr_predict
+from vmcluster.policy.power.lazy import kernels
 from vmcluster.policy.power.placement import Planner, _with_power_actions
 from vmcluster.policy.power.plan import Action, Migrate, Plan, Snapshot, power_at
 from vmcluster.policy.power.thresholds import LR_WINDOW
@@ -137,11 +138,13 @@ class OursPolicy:
 
     def _host_over(self, p: Planner, h: int) -> bool:
         s = p.s
-        u = p.req[h] / s.host_mips[h]
-        pr = float(lr_predict(p.hist[h : h + 1])[0]) if p.hlen[h] >= LR_WINDOW else u
-        vms = p.host_vms[h]
-        hot = any(s.vm_req[v] > s.host_pe_mips[h] for v in vms)
-        return bool(u > self.target_util or pr * self.lr_safety >= 1.0 or hot)
+        u = float(p.req[h] / s.host_mips[h])
+        if u > self.target_util:
+            return True
+        pe = s.host_pe_mips[h]
+        if any(s.vm_req[v] > pe for v in p.host_vms[h]):
+            return True
+        return bool(kernels.forecast(p.hist[h], int(p.hlen[h]), u) * self.lr_safety >= 1.0)
 
     def _still_over(self, p: Planner, h: int, v: int) -> bool:
         p.remove(h, v)
@@ -151,26 +154,14 @@ class OursPolicy:
 
     def _fit(self, p: Planner, vm: int, excluded: npt.NDArray[np.bool_],
              active: npt.NDArray[np.bool_], n_in: IntArray, allow_off: bool) -> int:
+        """The target for ``vm`` (:func:`.kernels.fit_scan`), or -1."""
         s = p.s
-        cand = p.suitable(vm, excluded | (n_in >= self.max_in))
-        if cand.size == 0:
-            return -1
-        cap = s.host_mips[cand]
-        after = (p.req[cand] + s.vm_req[vm]) / cap
-        hist = p.hist[cand] + np.outer(s.vm_mips[vm] / cap, s.vm_hist[vm])
-        length = np.maximum(p.hlen[cand], p.vm_len[vm])
-        pr = np.where(length >= LR_WINDOW, lr_predict(hist), after)
-        fits = (after <= self.target_util) & (pr * self.lr_safety < 1.0)
-        fits &= s.vm_req[vm] <= s.host_pe_mips[cand] * 0.9
-        on = active[cand]
-        if (fits & on).any():  # an active host: the least power increase
-            c = cand[fits & on]
-            p_after = power_at(s.power_table, c, (p.alloc[c] + s.vm_req[vm]) / s.host_mips[c])
-            return int(c[int(np.argmin(p_after - p.power_now[c]))])
-        if allow_off and (fits & ~on).any():  # wake the host that serves a MIPS cheapest
-            c = cand[fits & ~on]
-            return int(c[int(np.argmin(_watts_per_mips(s, c)))])
-        return -1
+        klass, n_klass = p.pristine
+        return int(kernels.fit_scan(
+            float(s.vm_req[vm]), float(s.vm_mips[vm]), p.vm_hist[vm], int(p.vm_len[vm]),
+            excluded, n_in, self.max_in, active, allow_off, s.host_pe_mips, s.host_mips,
+            p.avail, p.alloc, p.req, p.hist, p.hlen, s.power_table, p.power_now,
+            self.target_util, self.lr_safety, klass, n_klass))
 
     def _underload(self, p: Planner, over: npt.NDArray[np.bool_], active: npt.NDArray[np.bool_],
                    n_in: IntArray, n_out: IntArray, budget: list[float],

@@ -134,6 +134,17 @@ class Planner:
             float(s.host_mips[h]), s.vm_req, s.vm_mips, s.vm_ram, s.vm_bw, self._vm_hist,
             self.hist[h])
 
+    @property
+    def vm_hist(self) -> FloatArray:
+        """The VMs' histories, contiguous (as the compiled scans take them)."""
+        return self._vm_hist
+
+    @property
+    def pristine(self) -> tuple[IntArray, int]:
+        """Each host's type if it is switched off and untouched so far (else -1), and how
+        many types: such hosts of one type are alike to a placement scan."""
+        return self._klass, self._n_klass
+
     def _ahead(self, hosts: IntArray, ram: FloatArray) -> FloatArray:
         """LR's intervals to the end of the longest migration off each host."""
         return np.ceil(ram / self._mig_mbps[hosts] / self.s.interval_s)
@@ -178,7 +189,7 @@ class Planner:
             s.host_ram, s.host_bw, self.avail, self.alloc, self.req, self.ram, self.bw,
             self.ram_max, self.hist, self.hlen, s.power_table, self.power_now, self.ram_aware,
             kernels.KINDS[det.kind], float(det.param), self._mig_mbps, float(s.interval_s),
-            self._klass, self._n_klass))
+            *self.pristine))
 
 
 def _by_mips_desc(vms: list[int], req: FloatArray) -> list[int]:

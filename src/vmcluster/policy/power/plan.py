@@ -7,6 +7,7 @@ callers must not mutate them); the plan is a tuple of frozen actions.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -94,7 +95,7 @@ class Snapshot:
     def n_hosts(self) -> int:
         return int(self.host_mips.shape[0])
 
-    @property
+    @functools.cached_property
     def migration_mbps(self) -> FloatArray:
         """MB/s available for migration per host: half the link (CloudSim's model)."""
         return self.host_bw / 16.0
