@@ -81,33 +81,69 @@ def watts(table: FloatArray, hosts: IntArray, util: FloatArray) -> FloatArray:
 
 
 @_jit
-def _median(sorted_vals: FloatArray) -> float:
-    """commons-math's legacy 50th percentile of sorted values."""
-    n = sorted_vals.size
-    if n == 1:
-        return float(sorted_vals[0])
-    pos = 50.0 * (n + 1) / 100
-    fpos = math.floor(pos)
-    i = int(fpos)
-    if pos < 1:
-        return float(sorted_vals[0])
-    if pos >= n:
-        return float(sorted_vals[n - 1])
-    lower = sorted_vals[i - 1]
-    return float(lower + (pos - fpos) * (sorted_vals[i] - lower))
+def _select(a: FloatArray, lo: int, hi: int, k: int) -> None:
+    """Reorder ``a[lo:hi]`` so that ``a[k]`` holds the value it would hold sorted, the
+    smaller ones before it and the larger after (quickselect: a history's order statistics
+    without sorting it, and without allocating)."""
+    while hi - lo > 1:
+        x, y, z = a[lo], a[(lo + hi - 1) // 2], a[hi - 1]
+        pivot = max(min(x, y), min(max(x, y), z))  # the median of three
+        i, j = lo, hi - 1
+        while i <= j:
+            while a[i] < pivot:
+                i += 1
+            while a[j] > pivot:
+                j -= 1
+            if i <= j:
+                a[i], a[j] = a[j], a[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j + 1
+        elif k >= i:
+            lo = i
+        else:
+            return
 
 
 @_jit
-def _spread(kind: int, values: FloatArray) -> float:
-    """MAD or IQR of ``values`` as CloudSim's MathUtil computes them."""
-    data = np.sort(values)
+def _median(a: FloatArray, n: int) -> float:
+    """commons-math's legacy 50th percentile of ``a[:n]`` (reordered in place)."""
+    if n == 1:
+        return float(a[0])
+    pos = 50.0 * (n + 1) / 100
+    fpos = math.floor(pos)
+    if pos < 1 or pos >= n:  # n == 1 only, handled above
+        return float(a[0])
+    _select(a, 0, n, fpos - 1)
+    lower = a[fpos - 1]
+    dif = pos - fpos
+    if dif == 0.0:
+        return float(lower)  # lower + 0 * (upper - lower), as commons-math has it
+    upper = a[fpos]  # the next order statistic: the least of those after it
+    for i in range(fpos + 1, n):
+        upper = min(upper, a[i])
+    return float(lower + dif * (upper - lower))
+
+
+@_jit
+def _spread(kind: int, values: FloatArray, n: int, a: FloatArray) -> float:
+    """MAD or IQR of ``values[:n]`` as CloudSim's MathUtil computes them (``a``: room for
+    ``n`` values)."""
+    for i in range(n):
+        a[i] = values[i]
     if kind == MAD:
-        med = _median(data)
-        return _median(np.sort(np.abs(med - values)))
-    n = data.size
-    q1 = math.floor(0.25 * (n + 1) + 0.5) - 1
-    q3 = math.floor(0.75 * (n + 1) + 0.5) - 1
-    return float(data[min(max(q3, 0), n - 1)] - data[min(max(q1, 0), n - 1)])
+        med = _median(a, n)
+        for i in range(n):
+            a[i] = abs(med - values[i])
+        return _median(a, n)
+    q1 = min(max(math.floor(0.25 * (n + 1) + 0.5) - 1, 0), n - 1)
+    q3 = min(max(math.floor(0.75 * (n + 1) + 0.5) - 1, 0), n - 1)
+    _select(a, 0, n, q1)
+    low = a[q1]
+    if q3 > q1:
+        _select(a, q1 + 1, n, q3)
+    return float(a[q3] - low)
 
 
 @_jit
@@ -141,10 +177,11 @@ def _lr_forecast(hist: FloatArray, ahead: float) -> float:
 
 @_jit
 def host_overloaded(kind: int, param: float, hist: FloatArray, length: int, util: float,
-                    ahead: float) -> bool:
+                    ahead: float, scratch: FloatArray) -> bool:
     """One host's overload test: ``hist`` its utilisation history (now first),
     ``length`` its length without the trailing zeros, ``util`` its requested MIPS over
-    its capacity, ``ahead`` the intervals its longest migration takes (LR)."""
+    its capacity, ``ahead`` the intervals its longest migration takes (LR); ``scratch``:
+    room for a history."""
     if kind == THR:
         return util > param
     if kind == LR:
@@ -153,7 +190,16 @@ def host_overloaded(kind: int, param: float, hist: FloatArray, length: int, util
         return _lr_forecast(hist, ahead) * param >= 1.0
     if length < MIN_ROBUST:
         return util > FALLBACK_THR
-    return util > 1.0 - param * _spread(kind, hist[:length])
+    # exact shortcuts: the spread is at least 0 and at most the range of the values
+    if util > 1.0:
+        return True
+    lo = hi = hist[0]
+    for i in range(1, length):
+        lo = min(lo, hist[i])
+        hi = max(hi, hist[i])
+    if util <= 1.0 - param * (hi - lo):
+        return False
+    return util > 1.0 - param * _spread(kind, hist, length, scratch)
 
 
 @_jit
@@ -161,8 +207,9 @@ def overloaded_rows(kind: int, param: float, hist: FloatArray, length: IntArray,
                     util: FloatArray, ahead: FloatArray) -> BoolArray:
     """:func:`host_overloaded` for each row."""
     out = np.empty(hist.shape[0], dtype=np.bool_)
+    scratch = np.empty(hist.shape[1])
     for i in range(hist.shape[0]):
-        out[i] = host_overloaded(kind, param, hist[i], length[i], util[i], ahead[i])
+        out[i] = host_overloaded(kind, param, hist[i], length[i], util[i], ahead[i], scratch)
     return out
 
 
@@ -170,9 +217,10 @@ def overloaded_rows(kind: int, param: float, hist: FloatArray, length: IntArray,
 def spread_rows(kind: int, hist: FloatArray, length: IntArray) -> FloatArray:
     """MAD or IQR of each row's first ``length`` values (0 for an empty row)."""
     out = np.zeros(hist.shape[0])
+    scratch = np.empty(hist.shape[1])
     for i in range(hist.shape[0]):
         if length[i] > 0:
-            out[i] = _spread(kind, hist[i, : length[i]])
+            out[i] = _spread(kind, hist[i], length[i], scratch)
     return out
 
 
@@ -272,6 +320,7 @@ def pabfd_scan(
     best = -1
     best_diff = _DOUBLE_MAX
     row = np.empty(hist.shape[1])
+    scratch = np.empty(hist.shape[1])
     seen = np.zeros(max(n_klass, 1), dtype=np.bool_)
     for h in range(host_pe.size):
         if excluded[h]:
@@ -297,7 +346,7 @@ def pabfd_scan(
                 row[i] = hist[h, i] + v_hist[i] * v_mips / cap
             length = max(hlen[h], v_len)
             ahead = math.ceil(max(ram_max[h], v_ram) / mig_mbps[h] / interval_s)
-            if host_overloaded(kind, param, row, length, (req[h] + r) / cap, ahead):
+            if host_overloaded(kind, param, row, length, (req[h] + r) / cap, ahead, scratch):
                 continue
         best = h
         best_diff = diff
