@@ -299,6 +299,18 @@ def aggregate_all(flat: IntArray, start: IntArray, pe: FloatArray, cap: FloatArr
 
 
 @_jit
+def _alike_seen(k: int, seen: BoolArray) -> bool:
+    """Is a host of class ``k`` (>= 0: switched off and untouched, of one type) one of
+    its kind after the first? The first is marked seen; -1 is never alike."""
+    if k < 0:
+        return False
+    if seen[k]:
+        return True
+    seen[k] = True
+    return False
+
+
+@_jit
 def pabfd_scan(
     r: float, v_mips: float, v_hist: FloatArray, v_len: int, v_ram: float, v_bw: float,
     excluded: BoolArray, host_pe: FloatArray, host_mips: FloatArray, host_ram: FloatArray,
@@ -323,13 +335,8 @@ def pabfd_scan(
     scratch = np.empty(hist.shape[1])
     seen = np.zeros(max(n_klass, 1), dtype=np.bool_)
     for h in range(host_pe.size):
-        if excluded[h]:
+        if excluded[h] or _alike_seen(klass[h], seen):
             continue
-        k = klass[h]
-        if k >= 0:
-            if seen[k]:
-                continue
-            seen[k] = True
         if host_pe[h] < r or avail[h] < r:
             continue
         if ram_aware and (ram[h] + v_ram > host_ram[h] or bw[h] + v_bw > host_bw[h]):
@@ -462,13 +469,8 @@ def fit_scan(
     seen = np.zeros(max(n_klass, 1), dtype=np.bool_)
     top = table.shape[1] - 1
     for h in range(host_pe.size):
-        if excluded[h] or n_in[h] >= max_in:
+        if excluded[h] or n_in[h] >= max_in or _alike_seen(klass[h], seen):
             continue
-        k = klass[h]
-        if k >= 0:
-            if seen[k]:
-                continue
-            seen[k] = True
         if host_pe[h] < r or avail[h] < r or r > host_pe[h] * 0.9:
             continue
         cap = host_mips[h]
