@@ -128,7 +128,7 @@ def test_a_node_without_a_driver_cannot_be_powered_on() -> None:
     ('power = { driver = "wol", mac = "52:54:00" }', "is not a MAC address"),
     ('power = { driver = "wol", mac = "52:54:00:12:34:56", port = 0 }', "power.port"),
     ('power = { driver = "lab", boot_s = 0 }', "power.boot_s"),
-    ('power = { driver = "lab", colour = "red" }', "unknown key(s) colour"),
+    ('power = { driver = "lab", colour = "red" }', "unknown key(s) 'colour'"),
 ])
 def test_a_bad_power_table_is_one_line(table: str, what: str) -> None:
     with pytest.raises(SpecError, match=None) as err:

@@ -215,7 +215,7 @@ def _power(r: TableReader) -> PowerSpec:
     raw = r.get("power", dict)
     unknown = sorted(set(raw) - _POWER)
     if unknown:
-        raise r.fail("power", f"unknown key(s) {', '.join(unknown)} in power",
+        raise r.fail("power", f"unknown key(s) {', '.join(map(repr, unknown))} in power",
                      f"known: {', '.join(sorted(_POWER))}")
     driver = raw.get("driver")
     if driver not in ("ipmi", "wol", "lab"):
