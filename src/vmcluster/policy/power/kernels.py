@@ -361,20 +361,19 @@ def pabfd_scan(
 
 
 @_jit
-def _r_squared(data: FloatArray, i: int) -> tuple[float, bool]:
+def _r_squared(data: FloatArray, i: int, qrt: FloatArray, rdiag: FloatArray,
+               y: FloatArray, beta: FloatArray) -> tuple[float, bool]:
     """R^2 of VM ``i``'s history regressed (with intercept) on the others', as
     commons-math's OLSMultipleLinearRegression computes it (Householder QR), and whether
-    the design is singular (there commons-math throws, and CloudSim falls back to MMT)."""
+    the design is singular (there commons-math throws, and CloudSim falls back to MMT).
+    ``qrt`` (n x m), ``rdiag``, ``y`` (m) and ``beta`` (n) are scratch."""
     n, m = data.shape
-    qrt = np.empty((n, m))  # the design's columns as rows: the intercept, then the others
-    qrt[0, :] = 1.0
+    qrt[0, :] = 1.0  # the design's columns as rows: the intercept, then the others
     c = 1
     for j in range(n):
         if j != i:
             qrt[c, :] = data[j]
             c += 1
-    design = qrt.copy()
-    rdiag = np.empty(min(m, n))
     for minor in range(min(m, n)):
         norm_sq = 0.0
         for row in range(minor, m):
@@ -393,7 +392,7 @@ def _r_squared(data: FloatArray, i: int) -> tuple[float, bool]:
     for d in rdiag:
         if abs(d) <= 0.0:
             return math.nan, True
-    y = data[i].copy()
+    y[:] = data[i]
     for minor in range(min(m, n)):
         dot = 0.0
         for row in range(minor, m):
@@ -401,7 +400,6 @@ def _r_squared(data: FloatArray, i: int) -> tuple[float, bool]:
         dot /= rdiag[minor] * qrt[minor, minor]
         for row in range(minor, m):
             y[row] += dot * qrt[minor, row]
-    beta = np.empty(n)
     for row in range(rdiag.size - 1, -1, -1):
         y[row] /= rdiag[row]
         beta[row] = y[row]
@@ -409,9 +407,12 @@ def _r_squared(data: FloatArray, i: int) -> tuple[float, bool]:
             y[k] -= y[row] * qrt[row, k]
     rss = 0.0
     for row in range(m):
-        fit = 0.0
-        for col in range(n):
-            fit += design[col, row] * beta[col]
+        fit = beta[0]  # 0 + 1.0 x the intercept's coefficient, then the others in order
+        c = 1
+        for j in range(n):
+            if j != i:
+                fit += data[j, row] * beta[c]
+                c += 1
         r = data[i, row] - fit
         rss += r * r
     # SecondMoment: the streaming sum of squared deviations
@@ -436,8 +437,9 @@ def mc_pick(data: FloatArray) -> int:
         return -1
     best = 0
     best_r2 = 5e-324  # Java's Double.MIN_VALUE
+    qrt, rdiag, y, beta = np.empty((n, m)), np.empty(n), np.empty(m), np.empty(n)
     for i in range(n):
-        r2, singular = _r_squared(data, i)
+        r2, singular = _r_squared(data, i, qrt, rdiag, y, beta)
         if singular:
             return -1
         if r2 > best_r2:
