@@ -831,6 +831,14 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
 
         wait(d, done)
 
+    def choose(d: WebDriver, select_id: str, value: str) -> None:
+        # As click: the select may be drawn anew between finding it and choosing in it.
+        def done(d: WebDriver) -> bool:
+            Select(d.find_element(By.ID, select_id)).select_by_value(value)
+            return bool(d.find_element(By.ID, select_id).get_attribute("value") == value)
+
+        wait(d, done)
+
     def login(d: WebDriver, token: str) -> None:
         # Log out as a user would (reloading after clearing the storage raced the page's
         # own login of the token it had, which could store it again before the reload).
@@ -877,9 +885,9 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         d.get(url + "#/roles")
         wait(d, lambda d: d.find_elements(By.ID, "create-form"))
         d.find_element(By.ID, "new-name").send_keys(vm)
-        Select(d.find_element(By.ID, "new-owner")).select_by_value(source)
+        choose(d, "new-owner", source)
         d.find_element(By.ID, "new-image").send_keys(str(work / "disk.qcow2"))
-        Select(d.find_element(By.ID, "new-boot")).select_by_value("kernel")  # a blank disk
+        choose(d, "new-boot", "kernel")  # a blank disk
         d.find_element(By.ID, "new-start").click()
         shot(d, "roles-import")
         click(d, By.ID, "new-submit")
@@ -892,7 +900,7 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         wait(d, lambda d: d.find_element(By.ID, "vm-node").text == source)
         # Its serial console, live over the API's websocket from the host it runs on.
         wait(d, lambda d: "VMC-READY" in d.find_element(By.ID, "console").text, 30)
-        Select(d.find_element(By.ID, "migrate-target")).select_by_value(target)
+        choose(d, "migrate-target", target)
         click(d, By.ID, "migrate-predict")
         wait(d, lambda d: "Predicted over" in d.find_element(By.ID, "prediction").text)
         shot(d, "vm-before")
