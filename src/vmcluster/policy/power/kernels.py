@@ -454,13 +454,13 @@ def fit_scan(
     n_in: IntArray, max_in: int, active: BoolArray, allow_off: bool, host_pe: FloatArray,
     host_mips: FloatArray, avail: FloatArray, alloc: FloatArray, req: FloatArray,
     hist: FloatArray, hlen: IntArray, table: FloatArray, power_now: FloatArray,
-    target: float, safety: float, klass: IntArray, n_klass: int,
+    wake_cost: FloatArray, target: float, safety: float, klass: IntArray, n_klass: int,
 ) -> int:
     """``ours``'s target for a VM (``r`` MIPS now), or -1: among hosts not excluded, with
     room for another in-coming VM, PE and MIPS room, where the VM takes at most 90 % of a
     PE and the host stays at or under ``target`` now and on the LR forecast (times
     ``safety`` under 1): an active host with the least power increase, else (``allow_off``)
-    the switched-off host that serves a MIPS cheapest when full; the first on a tie. The
+    the switched-off host with the least ``wake_cost``; the first on a tie. The
     forecast is computed only for a host that would win; switched-off untouched hosts of
     one ``klass`` are alike, only the first counts."""
     best_on = -1
@@ -469,7 +469,6 @@ def fit_scan(
     best_cost = _DOUBLE_MAX
     row = np.empty(hist.shape[1])
     seen = np.zeros(max(n_klass, 1), dtype=np.bool_)
-    top = table.shape[1] - 1
     for h in range(host_pe.size):
         if excluded[h] or n_in[h] >= max_in or _alike_seen(klass[h], seen):
             continue
@@ -488,7 +487,7 @@ def fit_scan(
         else:
             if not allow_off or best_on >= 0:
                 continue
-            cost = table[h, top] / cap
+            cost = wake_cost[h]
             if not cost < best_cost:
                 continue
         pr = after

@@ -54,11 +54,6 @@ def predicted_migration(ram_mb: float, cpu: float, bw_mbps: float) -> tuple[floa
     return res.total_s, res.downtime_ms, res.sent_mib
 
 
-def _watts_per_mips(s: Snapshot, hosts: IntArray) -> FloatArray:
-    """Each host's watts per MIPS when full: what a MIPS costs on it."""
-    return np.asarray(s.power_table[hosts, -1] / s.host_mips[hosts], dtype=np.float64)
-
-
 @dataclass(frozen=True)
 class OursPolicy:
     """Parameters: see the module docstring."""
@@ -161,7 +156,7 @@ class OursPolicy:
             float(s.vm_req[vm]), float(s.vm_mips[vm]), p.vm_hist[vm], int(p.vm_len[vm]),
             excluded, n_in, self.max_in, active, allow_off, s.host_pe_mips, s.host_mips,
             p.avail, p.alloc, p.req, p.hist, p.hlen, s.power_table, p.power_now,
-            self.target_util, self.lr_safety, klass, n_klass))
+            s.watts_per_mips, self.target_util, self.lr_safety, klass, n_klass))
 
     def _underload(self, p: Planner, over: npt.NDArray[np.bool_], active: npt.NDArray[np.bool_],
                    n_in: IntArray, n_out: IntArray, budget: list[float],
@@ -177,7 +172,7 @@ class OursPolicy:
         actions: list[Action] = []
         # the dearest hosts per MIPS served first (they are the ones to switch off), the
         # least loaded first among alike
-        dear = _watts_per_mips(s, np.arange(s.n_hosts))
+        dear = s.watts_per_mips
         order = [int(h) for h in np.lexsort((np.arange(util.size), util, -dear))
                  if active[h] and not over[h] and util[h] < self.under_util and n_in[h] == 0]
         for h in order:

@@ -170,15 +170,6 @@ class Planner:
             ok &= (self.ram + s.vm_ram[vm] <= s.host_ram) & (self.bw + s.vm_bw[vm] <= s.host_bw)
         return np.flatnonzero(ok)
 
-    def overloaded_with(self, det: Detector, vm: int, hosts: IntArray) -> BoolArray:
-        """Would each of ``hosts`` be overloaded with ``vm`` added?"""
-        s = self.s
-        cap = s.host_mips[hosts]
-        hist = self.hist[hosts] + s.vm_hist[vm][None, :] * s.vm_mips[vm] / cap[:, None]
-        length = np.maximum(self.hlen[hosts], self.vm_len[vm])
-        return overloaded(det, hist, length, (self.req[hosts] + s.vm_req[vm]) / cap,
-                          self._ahead(hosts, np.maximum(self.ram_max[hosts], s.vm_ram[vm])))
-
     def pabfd(self, vm: int, det: Detector, excluded: BoolArray) -> int:
         """The host whose power grows least with ``vm``, or -1 (CloudSim's
         ``findHostForVm``, :func:`.kernels.pabfd_scan`)."""

@@ -96,6 +96,11 @@ class Snapshot:
         return int(self.host_mips.shape[0])
 
     @functools.cached_property
+    def watts_per_mips(self) -> FloatArray:
+        """Each host's watts per MIPS when full: what a MIPS costs on it."""
+        return np.asarray(self.power_table[:, -1] / self.host_mips, dtype=np.float64)
+
+    @functools.cached_property
     def migration_mbps(self) -> FloatArray:
         """MB/s available for migration per host: half the link (CloudSim's model)."""
         return self.host_bw / 16.0
