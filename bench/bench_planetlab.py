@@ -23,7 +23,7 @@ from rich.table import Table
 from vmcluster.experiments.compare import cloudsim_figures, cloudsim_key
 from vmcluster.experiments.engine import simulate
 from vmcluster.experiments.evaluate import Result, run_day
-from vmcluster.experiments.scenario import Scenario
+from vmcluster.experiments.scenario import BOOT_S, Scenario
 from vmcluster.experiments.traces import default_trace_dir, load_day
 from vmcluster.policy.power.registry import make_policy
 
@@ -31,7 +31,6 @@ POLICIES = ["dvfs", "thr-mmt-0.8", "iqr-mmt-1.5", "mad-mmt-2.5", "lr-mmt-1.2", "
             "thr-mc-0.8", "lr-mc-1.2", "thr-rs-0.8", "lr-rs-1.2", "ours"]
 BOOTS = ["thr-mmt-0.8", "iqr-mmt-1.5", "lr-mmt-1.2", "ours"]  # also run with boots charged
 SCALE_POLICIES = ["thr-mmt-0.8", "iqr-mmt-1.5", "mad-mmt-2.5", "lr-mmt-1.2", "ours"]
-BOOT_S = 200.0  # as vmcluster evaluate --charge-boots
 AIMS = {800: 1.0, 10000: 15.0}  # wall seconds for a day on one core
 MEMORY_AIM_MIB = 1024.0
 

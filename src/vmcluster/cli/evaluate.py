@@ -15,7 +15,7 @@ from vmcluster.errors import UsageError
 from vmcluster.experiments import feasibility
 from vmcluster.experiments.compare import cloudsim_figures, cloudsim_key
 from vmcluster.experiments.evaluate import LOWER_BOUND, Result, bound_day, sweep
-from vmcluster.experiments.scenario import Scenario, load_scenario
+from vmcluster.experiments.scenario import BOOT_S, Scenario, load_scenario
 from vmcluster.experiments.traces import (
     DayTrace,
     default_trace_dir,
@@ -28,9 +28,6 @@ from vmcluster.policy.power.registry import parse_policies
 
 __all__ = ["evaluate", "power", "show_results"]
 
-# a host boot: seconds at its peak power (the setup delay Gandhi, Gupta, Harchol-Balter and
-# Kozuch assume for servers of that generation, spent at busy power; docs/power.md)
-BOOT_S = 200.0
 DEFAULT_POLICIES = "npa,dvfs,thr-mmt-0.8,iqr-mmt-1.5,mad-mmt-2.5,lr-mmt-1.2,lrr-mmt-1.2,ours"
 METRICS = ("energy_kwh", "slatah", "pdm", "slav", "esv", "migrations")
 # what operators read beside CloudSim's metrics (ours only: CloudSim prints none of them)

@@ -20,7 +20,8 @@ from vmcluster.model.tomlsource import TableRef, TomlSource, load_toml
 from vmcluster.policy.power.models import HP_ML110_G4, HP_ML110_G5, SpecPowerModel
 
 __all__ = [
-    "HostType", "Scenario", "VmType", "is_power_scenario", "load_scenario", "scenario_from_source",
+    "BOOT_S", "HostType", "Scenario", "VmType", "is_power_scenario", "load_scenario",
+    "scenario_from_source",
 ]
 
 _MODELS: dict[str, SpecPowerModel] = {"ml110-g4": HP_ML110_G4, "ml110-g5": HP_ML110_G5}
@@ -44,6 +45,12 @@ class VmType:
 
 PAPER_HOSTS = (HostType("ml110-g4", 1860, 2, 4096, 1000), HostType("ml110-g5", 2660, 2, 4096, 1000))
 PAPER_VMS = (VmType(2500, 870), VmType(2000, 1740), VmType(1000, 1740), VmType(500, 613))
+
+
+# A host boot when boots are charged: seconds at its peak power (the setup delay Gandhi,
+# Gupta, Harchol-Balter and Kozuch take for servers of that generation, spent at busy
+# power; docs/power.md)
+BOOT_S = 200.0
 
 
 @dataclass(frozen=True)
