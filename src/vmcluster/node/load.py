@@ -116,18 +116,24 @@ def publish(state: ClusterState, node: str, cores: Mapping[str, float],
     state.client.put(loads_key(state, node), json.dumps(body, sort_keys=True).encode())
 
 
+def _entries(state: ClusterState) -> list[tuple[str, dict[str, Any], dict[str, str], Any]]:
+    """Each host's published loads: (key, VM -> cores, VM -> source, ``at``)."""
+    kvs, _ = state.client.get_prefix(loads_key(state))
+    out = []
+    for kv in kvs:
+        body = kv.json()
+        out.append((kv.key, dict(body.get("vms", {})),
+                    {str(vm): str(s) for vm, s in dict(body.get("sources", {})).items()},
+                    body.get("at")))
+    return out
+
+
 def vm_loads(state: ClusterState) -> dict[str, dict[str, Any]]:
     """Each VM's load as its host last published it: ``cores`` busy, its ``source`` and
     when (``at``, that host's clock)."""
-    kvs, _ = state.client.get_prefix(loads_key(state))
-    out: dict[str, dict[str, Any]] = {}
-    for kv in kvs:
-        body = kv.json()
-        sources = dict(body.get("sources", {}))
-        for vm, cores in dict(body.get("vms", {})).items():
-            out[str(vm)] = {"cores": float(cores), "source": str(sources.get(vm, "process")),
-                            "at": body.get("at")}
-    return out
+    return {str(vm): {"cores": float(cores), "source": sources.get(str(vm), "process"),
+                      "at": at}
+            for _key, vms, sources, at in _entries(state) for vm, cores in vms.items()}
 
 
 def read(state: ClusterState, age: Callable[[str], float | None]
@@ -136,17 +142,14 @@ def read(state: ClusterState, age: Callable[[str], float | None]
     (``age``: seconds since it saw a key written, as the API's cache says; no host's clock
     is compared with another's); the oldest such entry's age (None: there is none); and
     how each VM's load was measured (``cpu_source``) as its host last said, stale or not."""
-    kvs, _ = state.client.get_prefix(loads_key(state))
     out: dict[str, float] = {}
     oldest: float | None = None
     sources: dict[str, str] = {}
-    for kv in kvs:
-        body = kv.json()
-        sources.update({str(vm): str(s) for vm, s in dict(body.get("sources", {})).items()})
-        seen = age(kv.key)
+    for key, vms, said, _at in _entries(state):
+        sources.update(said)
+        seen = age(key)
         if seen is None or seen > STALE_S:
             continue
         oldest = seen if oldest is None else max(oldest, seen)
-        for vm, c in dict(body.get("vms", {})).items():
-            out[str(vm)] = float(c)
+        out.update({str(vm): float(c) for vm, c in vms.items()})
     return out, oldest, sources
