@@ -107,7 +107,10 @@ def _apply(lab: LabSubstrate) -> dict[str, Any]:
 
 def test_power_off_when_idle_and_on_through_the_driver_when_load_returns(
         lab: LabSubstrate) -> None:
-    _until(lab, lambda p: p["load"]["vms_measured"] == 3, "every VM's load measured")
+    # idle: every VM's load measured, and low enough (just after their boot the guests are
+    # busy for a while) that the plan empties a host
+    _until(lab, lambda p: p["load"]["vms_measured"] == 3 and p["plan"]["power_off"],
+           "every VM's load measured and a plan that powers an idle host off")
     applied = _apply(lab)
     [off] = applied["powered_off"]
     assert not AgentClient(lab.layout, off).alive()
