@@ -28,13 +28,18 @@ def migration() -> None:
 
 def _print_result(result: PrecopyResult, advice: tuple[Advice, ...], title: str) -> None:
     table = Table(title=title)
-    for col in ("Pass", "Sent MiB", "Seconds", "Dirty MiB/s"):
+    deltas = result.input.delta_ratio < 1
+    for col in ("Pass", "Sent MiB", *(("Wire MiB",) if deltas else ()), "Seconds",
+                "Dirty MiB/s"):
         table.add_column(col, justify="right")
     for i, p in enumerate(result.passes):
-        table.add_row(str(i), f"{p.sent_mib:.2f}", f"{p.seconds:.3f}", f"{p.dirty_mibps:.2f}")
+        table.add_row(str(i), f"{p.sent_mib:.2f}", *((f"{p.wire:.2f}",) if deltas else ()),
+                      f"{p.seconds:.3f}", f"{p.dirty_mibps:.2f}")
     if result.outcome != "aborted":
         table.add_row(
-            "stop+copy", f"{result.stop_copy_mib:.2f}", f"{result.downtime_ms / 1000:.3f}", "paused"
+            "stop+copy", f"{result.stop_copy_mib:.2f}",
+            *((f"{result.stop_copy_wire_mib:.2f}",) if deltas else ()),
+            f"{result.downtime_ms / 1000:.3f}", "paused"
         )
     console.print(table)
     style = "green" if result.converged else "red"
@@ -60,17 +65,21 @@ def _print_result(result: PrecopyResult, advice: tuple[Advice, ...], title: str)
     "--on-no-convergence", type=_ACTIONS, default="throttle", show_default=True,
     help="What to do if it will not converge.",
 )
+@click.option("--delta-ratio", type=click.FloatRange(min=0, min_open=True, max=1), default=1.0,
+              show_default=True, help="XBZRLE deltas: a re-sent page's share on the wire "
+              "from the third pass on (1: whole pages).")
 @json_option
 def model(
     memory_mib: float, dirty_mibps: float, wws_mib: float, bandwidth_mibps: float,
     downtime_ms: float, max_passes: int, state_mib: float, on_no_convergence: str,
-    as_json: bool,
+    delta_ratio: float, as_json: bool,
 ) -> None:
     """Model one pre-copy migration pass by pass."""
     inp = PrecopyInput(
         memory_mib=memory_mib, dirty_mibps=dirty_mibps, wws_mib=wws_mib,
         bandwidth_mibps=bandwidth_mibps, downtime_ms=downtime_ms, max_passes=max_passes,
         state_mib=state_mib, on_no_convergence=on_no_convergence,  # type: ignore[arg-type]
+        delta_ratio=delta_ratio,
     )
     result = run(inp)
     advice = advise(result)

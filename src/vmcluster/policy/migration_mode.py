@@ -47,6 +47,7 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -62,9 +63,9 @@ from vmcluster.policy.migration_model import (
     run,
 )
 
-__all__ = ["AUTO_TRIGGER", "MODES", "POSTCOPY_AIM", "PROMPT",
-           "MigrationProfile", "Mode", "ModeChoice", "choose_mode", "dirty_profile",
-           "postcopy", "postcopy_left", "postcopy_switch"]
+__all__ = ["AUTO_TRIGGER", "DELTA_GAIN", "MODES", "POSTCOPY_AIM", "PROMPT",
+           "MigrationProfile", "Mode", "ModeChoice", "choose_mode", "delta_cache_mib",
+           "dirty_profile", "postcopy", "postcopy_left", "postcopy_switch"]
 
 Mode = Literal["precopy", "auto-converge", "postcopy", "refuse"]
 MODES: tuple[Mode, ...] = ("precopy", "auto-converge", "postcopy", "refuse")
@@ -81,6 +82,10 @@ AIM_PASSES, AIM_SLACK = 2, 0.05
 THROTTLE_STEPS = (0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99)
 # QEMU's throttle-trigger-threshold for auto-converge (dirtied / sent in a window).
 AUTO_TRIGGER = 0.1
+# Delta compression is used when it ends a pre-copy at least this share sooner (it costs
+# the source a cache and the CPU to encode; a migration of two or three passes gains
+# next to nothing).
+DELTA_GAIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -97,10 +102,14 @@ class MigrationProfile:
     postcopy_blocker: str | None = None
     costs: Costs = field(default_factory=Costs)
     vcpu_busy: float = 1.0
+    # how the pages it changes compress as deltas (the model's delta_ratio), where the
+    # substrate can sample them; None: not known, no delta compression
+    delta_ratio: float | None = None
 
     def to_json(self) -> dict[str, object]:
         return {"dirty_mibps": round(self.dirty_mibps, 3), "wws_mib": round(self.wws_mib, 3),
                 "vcpu_busy": round(self.vcpu_busy, 3), "measured": self.measured,
+                "delta_ratio": None if self.delta_ratio is None else round(self.delta_ratio, 5),
                 "postcopy_blocker": self.postcopy_blocker, "costs": self.costs.to_json()}
 
     def applied(self, inp: PrecopyInput) -> PrecopyInput:
@@ -125,9 +134,12 @@ class ModeChoice:
     throttle_initial: float | None = None
     postcopy_after_mib: float | None = None
     throttle_trigger: float | None = None  # auto-converge: QEMU's trigger (dirtied / sent)
+    delta_cache_mib: float | None = None  # XBZRLE deltas against a cache this big
 
     def to_json(self) -> dict[str, object]:
         return {"mode": self.mode, "reason": self.reason,
+                **({"delta_cache_mib": self.delta_cache_mib}
+                   if self.delta_cache_mib is not None else {}),
                 **({"throttle_trigger": self.throttle_trigger}
                    if self.throttle_trigger is not None else {}),
                 **({"aim_ms": round(self.aim_ms, 1)} if self.aim_ms is not None else {}),
@@ -239,11 +251,41 @@ def _passes(n: int) -> str:
     return f"{n} pass" + ("" if n == 1 else "es")
 
 
+def delta_cache_mib(inp: PrecopyInput) -> float:
+    """The XBZRLE cache for ``inp``: the least power of two of at least twice the working
+    set (QEMU's cache is direct-mapped by page number, so one the size of a scattered
+    working set loses a third of it to collisions), at most the guest's memory."""
+    want = max(1.0, 2.0 * inp.effective_wws_mib)
+    return float(min(2 ** math.ceil(math.log2(want)), 2 ** math.floor(math.log2(inp.memory_mib))))
+
+
 def choose_mode(inp: PrecopyInput, *, allow_postcopy: bool = False,
-                blocker: str | None = None) -> ModeChoice:
+                blocker: str | None = None, delta_ratio: float | None = None) -> ModeChoice:
     """The mode for ``inp`` (its ``on_no_convergence`` is the user's action: throttle,
     abort or force). ``blocker``: why post-copy cannot be used here even if the VM
-    allows it (None: it can).
+    allows it (None: it can). ``delta_ratio``: how the guest's changed pages compress
+    as XBZRLE deltas, measured (None: not known); where deltas end a pre-copy
+    :data:`DELTA_GAIN` sooner, the choice is made on them and a pre-copy or
+    auto-converge sends re-sent pages so (``delta_cache_mib``)."""
+    if delta_ratio is not None and delta_ratio < 1.0:
+        with_deltas = replace(inp, delta_ratio=delta_ratio)
+        whole, deltas = (run(replace(i, on_no_convergence="abort")) for i in (inp, with_deltas))
+        if deltas.converged and (not whole.converged
+                                 or deltas.total_s <= (1 - DELTA_GAIN) * whole.total_s):
+            choice = _choose(with_deltas, allow_postcopy, blocker)
+            if choice.mode in ("precopy", "auto-converge"):
+                cache = delta_cache_mib(inp)
+                return replace(choice, delta_cache_mib=cache, reason=(
+                    f"{choice.reason}; pages sent again go as XBZRLE deltas ("
+                    f"{delta_ratio * 100:.2g} % of a page as measured; whole pages: "
+                    f"{_passes(len(whole.passes))}"
+                    + (f", {whole.total_s:.1f} s" if whole.converged else ", no convergence")
+                    + f"), against a {cache:g} MiB cache on the source"))
+    return _choose(inp, allow_postcopy, blocker)
+
+
+def _choose(inp: PrecopyInput, allow_postcopy: bool, blocker: str | None) -> ModeChoice:
+    """:func:`choose_mode` on ``inp`` as it is.
 
     Pre-copy (then auto-converge) is chosen when it keeps the budget within
     :data:`PROMPT` times a single copy of memory; past that, post-copy where allowed
@@ -283,7 +325,10 @@ def choose_mode(inp: PrecopyInput, *, allow_postcopy: bool = False,
         why = (f"pre-copy alone does not fit the {budget} ({_rate(inp)})"
                + (", not even throttled" if throttled is not None and not throttled.converged
                   else ""))
-    if throttled is not None and throttled.converged and throttled.total_s <= prompt_s:
+    # auto-converge slows the guest: only for a clear gain over a pre-copy that converges
+    slack_s = AIM_SLACK * inp.memory_mib / inp.bandwidth_mibps
+    if throttled is not None and throttled.converged and throttled.total_s <= prompt_s and (
+            not plain.converged or throttled.total_s < plain.total_s - slack_s):
         return throttled_choice(throttled, why)
     if can_pc:
         switch = postcopy_switch(inp)

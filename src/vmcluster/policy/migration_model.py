@@ -18,6 +18,12 @@ device state ``S`` (MiB, MiB/s, ms).
   the guest down as QEMU's auto-converge does, :func:`auto_converge`; still not
   fitting at ``N``, give up as ``abort`` does: vmcluster's default), or ``abort``
   (the VM stays on the source; no downtime).
+* With delta compression (QEMU's XBZRLE, ``delta_ratio`` ``r`` < 1) a page is cached
+  as it is re-sent, and sent again as its difference from the cached copy, ``r`` of
+  a page on the wire: QEMU caches from the second pass on, so passes from
+  :data:`DELTA_FROM_PASS` and the stop-and-copy after them send ``r * V`` for ``V``
+  of dirty pages (:func:`wire_mib`). QEMU still decides the switchover on the dirty
+  pages themselves, so the rule is unchanged: the pause is shorter than the limit.
 * Throttled by ``x`` the guest has ``1 - x`` of its vCPUs' time; one that kept them
   busy for a share ``u`` of it (``vcpu_busy``) dirties at its own rate until
   ``1 - x < u``, then at ``d * (1 - x) / u`` (:func:`throttled_rate`): a guest that
@@ -39,6 +45,7 @@ from typing import Literal
 from vmcluster.errors import UsageError
 
 __all__ = [
+    "DELTA_FROM_PASS",
     "PAGE_KIB",
     "TRIGGER",
     "Action",
@@ -57,6 +64,7 @@ __all__ = [
     "copy_budget_ms",
     "run",
     "throttled_rate",
+    "wire_mib",
 ]
 
 PAGE_KIB = 4  # pages are 4 KiB; the model works in MiB (256 pages each)
@@ -65,6 +73,9 @@ TRIGGER = 0.5  # QEMU's throttle-trigger-threshold: dirtied / sent in a window t
 WINDOW_S = 1.0  # QEMU looks at the dirty rate at a pass's end a second or more after the last
 Outcome = Literal["converged", "forced", "throttled", "aborted", "postcopy"]
 Decision = Literal["stop", "continue", "stuck"]
+# QEMU's XBZRLE caches a page when it re-sends it after its first round, so deltas go
+# from the third pass (0-based 2) on.
+DELTA_FROM_PASS = 2
 
 
 @dataclass(frozen=True)
@@ -119,6 +130,9 @@ class PrecopyInput:
     # what the last copy is held to when the mode aims below the budget (QEMU's
     # downtime-limit); None: all of the budget the switchover leaves
     aim_ms: float | None = None
+    # delta compression: the share of a page's bytes a re-sent page costs on the wire once
+    # it is cached (QEMU's XBZRLE, with its own header), 1.0: none
+    delta_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -133,6 +147,7 @@ class PrecopyInput:
              "on_no_convergence must be force, throttle or abort"),
             (0 < self.vcpu_busy <= 1, "vCPU busy share must be in (0, 1]"),
             (0 < self.trigger <= 1, "throttle trigger must be in (0, 1]"),
+            (0 < self.delta_ratio <= 1, "delta ratio must be in (0, 1]"),
         )
         for ok, what in checks:
             if not ok:
@@ -144,16 +159,30 @@ class PrecopyInput:
         return min(self.wws_mib, self.memory_mib)
 
 
+def wire_mib(inp: PrecopyInput, pass_no: int, pages_mib: float) -> float:
+    """What sending ``pages_mib`` of dirty pages in pass ``pass_no`` (0-based; the
+    stop-and-copy counts as the pass after the last) puts on the wire."""
+    return pages_mib * (inp.delta_ratio if pass_no >= DELTA_FROM_PASS else 1.0)
+
+
 @dataclass(frozen=True)
 class Pass:
-    """One pre-copy pass: what it sent, how long it took, the guest's dirty rate meanwhile."""
+    """One pre-copy pass: the dirty pages it sent, how long it took, the guest's dirty
+    rate meanwhile, and what went on the wire (None: the pages themselves)."""
 
     sent_mib: float
     seconds: float
     dirty_mibps: float
+    wire_mib: float | None = None
+
+    @property
+    def wire(self) -> float:
+        return self.sent_mib if self.wire_mib is None else self.wire_mib
 
     def to_json(self) -> dict[str, float]:
-        return {"sent_mib": round(self.sent_mib, 6), "seconds": round(self.seconds, 6)}
+        return {"sent_mib": round(self.sent_mib, 6), "seconds": round(self.seconds, 6),
+                **({"wire_mib": round(self.wire_mib, 6)} if self.wire_mib is not None
+                   else {})}
 
 
 @dataclass(frozen=True)
@@ -162,7 +191,7 @@ class PrecopyResult:
 
     input: PrecopyInput
     passes: tuple[Pass, ...]
-    stop_copy_mib: float  # what the stop-and-copy sends (dirty memory + device state)
+    stop_copy_mib: float  # what the stop-and-copy copies (dirty memory + device state)
     downtime_ms: float
     total_s: float  # every pass plus the stop-and-copy
     converged: bool
@@ -172,9 +201,16 @@ class PrecopyResult:
 
     @property
     def sent_mib(self) -> float:
-        return sum(p.sent_mib for p in self.passes) + self.after_mib + (
-            0.0 if self.outcome == "aborted" else self.stop_copy_mib
+        """What went on the wire."""
+        return sum(p.wire for p in self.passes) + self.after_mib + (
+            0.0 if self.outcome == "aborted" else self.stop_copy_wire_mib
         )
+
+    @property
+    def stop_copy_wire_mib(self) -> float:
+        """What the stop-and-copy puts on the wire (deltas of the dirty pages, the state)."""
+        state = self.input.state_mib
+        return wire_mib(self.input, len(self.passes), self.stop_copy_mib - state) + state
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -198,12 +234,14 @@ def after_pass(
 
     Returns the decision and what is dirty now: ``stop`` (it fits the budget
     at ``bandwidth_mibps``: pause and copy it), ``continue`` (send it in
-    another pass) or ``stuck`` (pass bound reached, or it did not shrink).
+    another pass) or ``stuck`` (pass bound reached, or what the next pass would put
+    on the wire did not shrink: with deltas a pass of as many pages may cost far less).
     """
     dirty = min(inp.effective_wws_mib, dirty_mibps * seconds)
     if dirty / bandwidth_mibps * 1000.0 <= copy_budget_ms(inp):
         return "stop", dirty
-    if pass_no + 1 >= inp.max_passes or dirty >= sent_mib:
+    if pass_no + 1 >= inp.max_passes or \
+            wire_mib(inp, pass_no + 1, dirty) >= wire_mib(inp, pass_no, sent_mib):
         return "stuck", dirty
     return "continue", dirty
 
@@ -277,8 +315,9 @@ def run(inp: PrecopyInput) -> PrecopyResult:
     while True:
         throttle = ac.throttle
         rate = throttled_rate(inp, throttle)
-        seconds = volume / b + inp.costs.pass_s
-        passes.append(Pass(volume, seconds, rate))
+        wire = wire_mib(inp, len(passes), volume)
+        seconds = wire / b + inp.costs.pass_s
+        passes.append(Pass(volume, seconds, rate, None if wire == volume else wire))
         decision, dirty = after_pass(inp, len(passes) - 1, volume, seconds, rate, b)
         # Throttled, a pass that did not shrink what is dirty goes on (the throttle grows)
         # until the pass bound.
@@ -301,7 +340,8 @@ def _finish(
         return PrecopyResult(inp, passes, stop_copy, 0.0, copy_s, False, "aborted", throttle)
     else:
         outcome = "forced"
-    down_s = stop_copy / inp.bandwidth_mibps + inp.costs.switch_ms / 1000.0
+    wire = wire_mib(inp, len(passes), dirty) + inp.state_mib
+    down_s = wire / inp.bandwidth_mibps + inp.costs.switch_ms / 1000.0
     return PrecopyResult(
         inp, passes, stop_copy, down_s * 1000.0, copy_s + down_s, fits, outcome, throttle
     )
