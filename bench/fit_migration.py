@@ -56,7 +56,9 @@ def predict(row: dict[str, Any], c: dict[str, float]) -> tuple[str, float, float
     inp = PrecopyInput(MEMORY_MIB, float(row["measured_dirty_mibps"]),
                        float(row["measured_wws_mib"]), LINK_MIBPS * c["link_efficiency"],
                        BUDGET_MS, on_no_convergence="throttle", costs=costs)
-    choice = choose_mode(inp, allow_postcopy=row["mode"] == "postcopy")
+    choice = choose_mode(inp, allow_postcopy=row["mode"] == "postcopy",
+                         delta_ratio=row.get("measured_delta_ratio")
+                         if row.get("delta_cache_mib") else None)
     r = choice.result
     if choice.mode == "postcopy" and row.get("postcopy_after_mib") is not None:
         r = postcopy(inp, float(row["postcopy_after_mib"]))

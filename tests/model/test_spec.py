@@ -62,6 +62,12 @@ def test_a_vm_migrates_on_100_ms_and_never_by_force_or_postcopy_unless_it_says()
     assert (vm.on_no_convergence, vm.allow_postcopy) == ("force", True)
 
 
+def test_a_vms_pages_may_go_as_deltas_unless_it_says_not() -> None:
+    assert parse_spec(BASE, "t.toml").vms[0].migration_deltas is True
+    text = BASE.replace("memory_mib = 256", "memory_mib = 256\nmigration_deltas = false", 1)
+    assert parse_spec(text, "t.toml").vms[0].migration_deltas is False
+
+
 def test_migrations_use_one_channel_unless_the_cluster_asks_for_more() -> None:
     assert parse_spec(BASE).cluster.migration_channels == 1
     text = BASE.replace('name = "t"', 'name = "t"\nmigration_channels = 4', 1)
@@ -99,6 +105,8 @@ def test_vm_addresses_are_assigned_on_the_public_network() -> None:
          "on_no_convergence must be one of throttle, abort, force"),
         ("memory_mib = 256", 'memory_mib = 256\nallow_postcopy = "yes"', "allow_postcopy",
          "allow_postcopy must be bool"),
+        ("memory_mib = 256", 'memory_mib = 256\nmigration_deltas = 1', "migration_deltas",
+         "migration_deltas must be bool"),
         ('name = "t"', 'name = "t"\nmigration_channels = 0', "migration_channels",
          "migration_channels must be > 0"),
     ],

@@ -1169,10 +1169,11 @@ def test_plans_on_the_live_cluster_say_when_and_what_is_left(lab: LabSubstrate,
 
 def test_the_mode_is_chosen_from_the_rate_its_qemu_measures(lab: LabSubstrate) -> None:
     """A guest dirtying 300 MiB/s of 160 MiB, over the 1 Gbit/s (119 MiB/s) link: the
-    prediction sees that rate (QEMU's page sampling); without throttling and without
-    post-copy it is refused at once (one line, nothing moved); once the VM allows
-    post-copy, that is how it moves, whole, paused about as long as a pre-copy's
-    switchover."""
+    prediction sees that rate (QEMU's page sampling) and how little of each page changes
+    (its memory read twice): pre-copy with XBZRLE deltas, and that is how it moves,
+    whole, within the prediction. Without deltas, throttling or post-copy it is refused
+    at once (one line, nothing moved); once the VM allows post-copy, that is how it
+    moves, paused about as long as a pre-copy's switchover."""
     vm = "web"
     addr = str(lab.spec.vm(vm).address)
     guest_request(lab.layout, addr, "RATE 300")
@@ -1190,7 +1191,18 @@ def test_the_mode_is_chosen_from_the_rate_its_qemu_measures(lab: LabSubstrate) -
         assert 100 <= pred["wws_mib"] <= 220, pred  # 160 set
         # its vCPU thread's share while it was measured: page writes cost the guest little
         assert 0 < pred["vcpu_busy"] < 0.5, pred
-        assert pred["mode"] in ("auto-converge", "refuse") and pred["reason"], pred
+        # the workload changes an 8-byte counter per page: a delta of 14 bytes or so
+        assert pred["mode"] == "precopy" and "XBZRLE deltas" in pred["reason"], pred
+        assert 0 < pred["delta_ratio"] < 0.05 and pred["delta_cache_mib"] >= 256, pred
+        got, r = _migrate_json(lab, vm, target)
+        assert got.returncode == 0, got.stderr
+        assert r["ok"] and r["mode"] == "precopy" and r["delta_cache_mib"], r
+        assert r["memory_ok"] is True and r["tcp_session_survived"] is True
+        assert r["downtime_ms"] <= 100 and r["total_s"] <= 1.5 * r["predicted_total_s"], r
+        assert lab.owner(vm) == target
+        source, target = target, source
+        assert vmc("vm", "set", vm, "migration_deltas=false", "--lab",
+                   lab.layout.name).returncode == 0
         refused, _ = _migrate_json(lab, vm, target, "--on-no-convergence", "abort")
         assert refused.returncode != 0
         err = refused.stderr.strip().splitlines()
@@ -1208,7 +1220,8 @@ def test_the_mode_is_chosen_from_the_rate_its_qemu_measures(lab: LabSubstrate) -
     finally:
         guest_request(lab.layout, addr, "RATE 4")
         guest_request(lab.layout, addr, "WWS 16")
-        vmc("vm", "set", vm, "allow_postcopy=null", "--lab", lab.layout.name)
+        vmc("vm", "set", vm, "allow_postcopy=null", "migration_deltas=null", "--lab",
+            lab.layout.name)
 
 
 def test_a_postcopy_cut_mid_way_resumes_over_a_network_that_works(lab: LabSubstrate) -> None:

@@ -257,7 +257,8 @@ def set_(vm_name: str, settings: tuple[str, ...], as_json: bool, cluster_url: st
          lab_name: str | None) -> None:
     """Change a VM's definition: memory_mib, vcpus while it is stopped; preferred_owners,
     live_migration_networks (comma-separated), max_downtime_ms, priority, anti_affinity,
-    shutdown_timeout_s at any time; KEY=null puts one back to its default."""
+    shutdown_timeout_s, allow_postcopy, migration_deltas at any time; KEY=null puts one
+    back to its default."""
     access = _api(cluster_url, lab_name)
     if access is None:
         raise InputError("this lab runs no control plane: there is no definition to change")

@@ -168,11 +168,12 @@ def migrate(
 def carried_out(params: MigrationParams, choice: ModeChoice) -> MigrationParams:
     """``params`` with how ``choice`` is carried out: its mode, the model's total, the
     downtime the hypervisor aims at, auto-converge's first step and trigger, post-copy's
-    switch."""
+    switch, the delta cache."""
     return replace(params, mode=choice.mode, predicted_s=choice.result.total_s,
                    aim_ms=choice.aim_ms, throttle_initial=choice.throttle_initial,
                    throttle_trigger=choice.throttle_trigger,
-                   postcopy_after_mib=choice.postcopy_after_mib)
+                   postcopy_after_mib=choice.postcopy_after_mib,
+                   delta_cache_mib=choice.delta_cache_mib)
 
 
 def choose(substrate: Substrate, spec: ClusterSpec, vm: str, target: str, network: str,
@@ -189,7 +190,9 @@ def choose(substrate: Substrate, spec: ClusterSpec, vm: str, target: str, networ
         bandwidth_mibps=bandwidth, downtime_ms=params.downtime_ms,
         max_passes=params.max_passes, on_no_convergence=params.on_no_convergence))
     return choose_mode(inp, allow_postcopy=spec_vm.allow_postcopy,
-                       blocker=profile.postcopy_blocker), profile
+                       blocker=profile.postcopy_blocker,
+                       delta_ratio=profile.delta_ratio if spec_vm.migration_deltas else None
+                       ), profile
 
 
 def _attempt(

@@ -116,6 +116,10 @@ class Vm:
     # follow)? A network or source failure then loses the running copy: the VM restarts
     # from its shared disk on one node.
     allow_postcopy: bool = False
+    # May a pre-copy send pages it sends again as deltas (QEMU's XBZRLE), where the guest's
+    # measured pages say that ends it sooner? The source holds a cache of up to twice the
+    # working set (at most the VM's memory) while it migrates.
+    migration_deltas: bool = True
     dirty_mibps: float = 0.0
     wws_mib: float | None = None
     address: IPv4Address | None = None

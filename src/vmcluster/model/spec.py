@@ -53,6 +53,7 @@ VM_KEYS = _VM = {
     "max_downtime_ms",
     "on_no_convergence",
     "allow_postcopy",
+    "migration_deltas",
     "dirty_mibps",
     "wws_mib",
     "address",
@@ -318,6 +319,7 @@ def _vm(r: TableReader, spec_nodes: set[str], networks: dict[str, Network], vols
         max_downtime_ms=r.positive("max_downtime_ms", float, 100.0),
         on_no_convergence=_no_convergence(r),
         allow_postcopy=bool(r.get("allow_postcopy", bool, False)),
+        migration_deltas=bool(r.get("migration_deltas", bool, True)),
         dirty_mibps=float(dirty),
         wws_mib=wws,
         address=address,  # type: ignore[arg-type]

@@ -81,6 +81,7 @@ from vmcluster.substrate.qemu.facts import QemuFacts, QemuInstall, probe
 from vmcluster.substrate.qemu.image import (
     kernel_cmdline,  # the image module is optional at import
 )
+from vmcluster.substrate.qemu.pagesample import DeltaSample
 from vmcluster.substrate.qemu.process import QemuProcess
 from vmcluster.substrate.qemu.qmp import MIGRATING
 from vmcluster.substrate.qemu.vm import (
@@ -703,10 +704,19 @@ class Agent(CsvOps):
         # and the share of its vCPU threads' time the guest kept busy meanwhile: how hard
         # it must be throttled before it dirties less (vmcluster.policy.migration_model)
         tids = await qp.qmp.vcpu_threads()
+        # and, asked for, how the pages it changes meanwhile compress as XBZRLE deltas: a
+        # sample of its memory read before and after the windows
+        sample = DeltaSample(qp, int(req.get("memory_mib", 0)), self.workdir) \
+            if req.get("deltas") else None
+        if sample is not None:
+            await sample.read()
         t0, used0 = time.monotonic(), threads_cpu_s(qp.pid, tids)
         rates = [[w, await qp.qmp.dirty_rate(w, mode=mode)] for w in windows]
         busy = (threads_cpu_s(qp.pid, tids) - used0) / ((time.monotonic() - t0) * len(tids))
-        return {"rates": rates, "mode": mode, "vcpu_busy": round(min(1.0, busy), 4)}
+        out: Reply = {"rates": rates, "mode": mode, "vcpu_busy": round(min(1.0, busy), 4)}
+        if sample is not None:
+            out["delta_ratio"], out["delta_pages_changed"] = await sample.ratio()
+        return out
 
     async def op_query_migrate(self, req: Reply) -> Reply:
         """The VM's migration state; with ``wait_s``, first wait up to that long for a

@@ -102,6 +102,8 @@ class Prediction:
             "dirty_mibps": round(self.result.input.dirty_mibps, 3),
             "wws_mib": round(self.result.input.effective_wws_mib, 3),
             "vcpu_busy": round(self.result.input.vcpu_busy, 3),
+            **({"delta_ratio": round(self.result.input.delta_ratio, 5)}
+               if self.result.input.delta_ratio < 1 else {}),
             "profile_from": self.measured,
             **self.result.to_json(),
             "advice": [a.to_json() for a in self.advice],
@@ -157,7 +159,9 @@ def predict(
             inp = profile.applied(inp)
         return link, others, choose_mode(
             inp, allow_postcopy=vm.allow_postcopy,
-            blocker=None if profile is None else profile.postcopy_blocker)
+            blocker=None if profile is None else profile.postcopy_blocker,
+            delta_ratio=None if profile is None or not vm.migration_deltas
+            else profile.delta_ratio)
 
     link, others, choice = at(order[0])
     result = choice.result

@@ -169,6 +169,9 @@ class MigrationParams:
     throttle_initial: float | None = None
     postcopy_after_mib: float | None = None
     throttle_trigger: float | None = None
+    # re-sent pages go as deltas against a cache of this many MiB on the source (QEMU's
+    # XBZRLE), where the model said that converges sooner; None: whole pages
+    delta_cache_mib: float | None = None
 
     @classmethod
     def asked(cls, vm_budget_ms: float, downtime_ms: float | None = None,

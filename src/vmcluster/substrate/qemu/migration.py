@@ -218,6 +218,11 @@ class QemuMigrations:
         # the stream's own, as the target has them since it was prepared
         caps, stream = self._stream(params.mode, handle.source, handle.target)
         caps["auto-converge"] = params.on_no_convergence == "throttle"
+        # XBZRLE deltas are the source's alone (a target decodes them as they come)
+        if "xbzrle" in self.sub.facts(handle.source).capabilities:
+            caps["xbzrle"] = bool(params.delta_cache_mib)
+        if params.delta_cache_mib:
+            stream = {**stream, "xbzrle_cache_size": int(params.delta_cache_mib * MIB)}
         att.t0 = att.last_change = self.sub.clock.now()
         self.sub.agent(handle.source).call(
             "migrate", vm=handle.vm, uri=att.uri, caps=caps,

@@ -155,6 +155,11 @@ class Qmp:
             raise QmpError(f"{self.name}: query-cpus-fast names no threads: {cpus!r:.200}")
         return {int(t) for t in out if isinstance(t, int)}
 
+    async def pmemsave(self, address: int, size: int, filename: str) -> None:
+        """Write ``size`` bytes of the guest's physical memory from ``address`` to
+        ``filename`` (on the QEMU's host)."""
+        await self._run("pmemsave", {"val": address, "size": size, "filename": filename})
+
     async def query_migrate(self) -> dict[str, Any]:
         return _dict(await self._run("query-migrate"), f"{self.name}: query-migrate")
 

@@ -84,11 +84,15 @@ def measure_profile(spec: ClusterSpec, vm: str, source: str | None, target: str,
     short_ms, long_ms = PROFILE_WINDOWS_MS
     try:
         reply = agent(source).call("dirty_rate", vm=vm, timeout_s=30,
-                                   windows_ms=[short_ms, long_ms])
+                                   windows_ms=[short_ms, long_ms],
+                                   deltas=spec_vm.migration_deltas,
+                                   memory_mib=spec_vm.memory_mib)
         rates = reply["rates"]
         fast, slow = float(rates[0][1]), float(rates[1][1])
         # an older agent does not say: as if the guest kept its vCPUs busy
         busy = float(reply.get("vcpu_busy", 1.0))
+        delta = reply.get("delta_ratio")
+        delta_ratio = None if delta is None else min(1.0, max(float(delta), 1e-4))
     except (SubstrateError, KeyError, IndexError, TypeError, ValueError) as exc:
         return MigrationProfile(spec_vm.dirty_mibps, spec_vm.working_set_mib,
                                 f"the spec's (not measured: {exc})", blocker, QEMU_COSTS)
@@ -96,7 +100,7 @@ def measure_profile(spec: ClusterSpec, vm: str, source: str | None, target: str,
                                spec_vm.working_set_mib)
     return MigrationProfile(dirty, wws, f"measured by {source}'s QEMU over {short_ms} and "
                             f"{long_ms} ms", blocker, QEMU_COSTS,
-                            vcpu_busy=min(1.0, max(busy, 0.01)))
+                            vcpu_busy=min(1.0, max(busy, 0.01)), delta_ratio=delta_ratio)
 
 
 class QemuSubstrate:
