@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from vmcluster.errors import UsageError
-from vmcluster.policy.migration_mode import DELTA_GAIN, PROMPT, choose_mode, delta_cache_mib
+from vmcluster.model.spec import load_spec
+from vmcluster.policy.migration_mode import (
+    DELTA_GAIN,
+    PROMPT,
+    MigrationProfile,
+    choose_mode,
+    delta_cache_mib,
+)
 from vmcluster.policy.migration_model import DELTA_FROM_PASS, Costs, PrecopyInput, run, wire_mib
+from vmcluster.policy.prediction import delta_ratio_for, deltas_allowed
 from vmcluster.substrate.qemu.xbzrle import HEADER, MIN_CHANGED, PAGE, delta_ratio, encoded_len
 
 GBIT = 119.2
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def inp(dirty: float, wws: float = 128.0, **kw: object) -> PrecopyInput:
@@ -119,3 +129,14 @@ def test_deltas_never_break_the_budget_or_the_consent(dirty: float, wws: float, 
         assert allow
     if c.mode != "refuse" and c.result.outcome != "forced":
         assert c.result.downtime_ms <= 100 + 1e-6
+
+
+def test_no_deltas_where_the_vm_says_no_or_the_cluster_asks_for_multifd() -> None:
+    spec = load_spec(ROOT / "examples/lab.toml")
+    vm = spec.vms[0]
+    measured = MigrationProfile(100, 128, "measured", delta_ratio=0.004)
+    assert deltas_allowed(spec, vm) and delta_ratio_for(spec, vm, measured) == 0.004
+    assert delta_ratio_for(spec, vm, None) is None
+    assert delta_ratio_for(spec, replace(vm, migration_deltas=False), measured) is None
+    multifd = replace(spec, cluster=replace(spec.cluster, migration_channels=4))
+    assert not deltas_allowed(multifd, vm) and delta_ratio_for(multifd, vm, measured) is None

@@ -26,7 +26,7 @@ from vmcluster.model import ClusterSpec
 from vmcluster.policy.migration_mode import ModeChoice, choose_mode
 from vmcluster.policy.migration_model import PrecopyInput
 from vmcluster.policy.networks import Health, live_migration_order
-from vmcluster.policy.prediction import network_mibps
+from vmcluster.policy.prediction import delta_ratio_for, network_mibps
 from vmcluster.substrate.protocol import (
     MigrationHandle,
     MigrationParams,
@@ -191,8 +191,7 @@ def choose(substrate: Substrate, spec: ClusterSpec, vm: str, target: str, networ
         max_passes=params.max_passes, on_no_convergence=params.on_no_convergence))
     return choose_mode(inp, allow_postcopy=spec_vm.allow_postcopy,
                        blocker=profile.postcopy_blocker,
-                       delta_ratio=profile.delta_ratio if spec_vm.migration_deltas else None
-                       ), profile
+                       delta_ratio=delta_ratio_for(spec, spec_vm, profile)), profile
 
 
 def _attempt(

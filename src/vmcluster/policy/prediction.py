@@ -26,6 +26,8 @@ from vmcluster.policy.networks import Health, live_migration_order
 __all__ = [
     "DEFAULT_BANDWIDTH_MBPS",
     "Prediction",
+    "delta_ratio_for",
+    "deltas_allowed",
     "mbps_to_mibps",
     "network_mibps",
     "precopy_input",
@@ -64,6 +66,21 @@ def precopy_input(
         state_mib=state_mib,
         on_no_convergence=on_no_convergence,
     )
+
+
+def deltas_allowed(spec: ClusterSpec, vm: Vm) -> bool:
+    """May ``vm``'s re-sent pages go as XBZRLE deltas? Not if it said no
+    (``migration_deltas``), nor where the cluster asks for multifd channels (QEMU refuses
+    XBZRLE with multifd)."""
+    return vm.migration_deltas and spec.cluster.migration_channels == 1
+
+
+def delta_ratio_for(spec: ClusterSpec, vm: Vm, profile: MigrationProfile | None
+                    ) -> float | None:
+    """The measured delta ratio the mode may be chosen on for ``vm`` (None: no deltas)."""
+    if profile is None or not deltas_allowed(spec, vm):
+        return None
+    return profile.delta_ratio
 
 
 @dataclass(frozen=True)
@@ -160,8 +177,7 @@ def predict(
         return link, others, choose_mode(
             inp, allow_postcopy=vm.allow_postcopy,
             blocker=None if profile is None else profile.postcopy_blocker,
-            delta_ratio=None if profile is None or not vm.migration_deltas
-            else profile.delta_ratio)
+            delta_ratio=delta_ratio_for(spec, vm, profile))
 
     link, others, choice = at(order[0])
     result = choice.result

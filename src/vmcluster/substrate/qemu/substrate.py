@@ -18,6 +18,7 @@ from vmcluster.model import ClusterSpec
 from vmcluster.model.spec import load_spec
 from vmcluster.policy.migration_mode import dirty_profile
 from vmcluster.policy.migration_model import Costs
+from vmcluster.policy.prediction import deltas_allowed
 from vmcluster.substrate.clock import MonotonicClock
 from vmcluster.substrate.host.client import AgentClient, AgentDown
 from vmcluster.substrate.host.layout import LabLayout
@@ -85,7 +86,7 @@ def measure_profile(spec: ClusterSpec, vm: str, source: str | None, target: str,
     try:
         reply = agent(source).call("dirty_rate", vm=vm, timeout_s=30,
                                    windows_ms=[short_ms, long_ms],
-                                   deltas=spec_vm.migration_deltas,
+                                   deltas=deltas_allowed(spec, spec_vm),
                                    memory_mib=spec_vm.memory_mib)
         rates = reply["rates"]
         fast, slow = float(rates[0][1]), float(rates[1][1])
