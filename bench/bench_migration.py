@@ -65,6 +65,7 @@ subnet = "198.18.2.0/24"
 name = "Migration"
 subnet = "198.18.3.0/24"
 {bandwidth}
+{mtu}
 [[nodes]]
 name = "node1"
 cores = 2
@@ -105,7 +106,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool = False,
-             channels: int = 1, bandwidth_mbps: int | None = 1000
+             channels: int = 1, bandwidth_mbps: int | None = 1000, mtu: int | None = None
              ) -> tuple[float, str, list[dict[str, Any]]]:
     """One lab whose two hosts both run ``qemu``; ``runs`` migrations per rate."""
     name = f"b{os.getpid()}"
@@ -115,6 +116,7 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool
                              .replace("{postcopy}", "true" if postcopy else "false")
                              .replace("{channels}", str(channels))
                              .replace("{memory_mib}", str(MEMORY_MIB))
+                             .replace("{mtu}", f"mtu = {mtu}" if mtu else "")
                              .replace("{bandwidth}", f"bandwidth_mbps = {bandwidth_mbps}"
                                       if bandwidth_mbps else ""))
         t0 = time.monotonic()
@@ -138,8 +140,9 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool
                         r = migrate_observed(sub, "vm", target)
                     except MigrationRefused as exc:  # the mode chosen: none keeps the budget
                         rows.append({"qemu": version, "tls": tls, "channels": channels,
-                                     "link_mbps": bandwidth_mbps, "dirty_mibps": rate,
-                                     "ok": False, "mode": "refuse", "reason": str(exc)})
+                                     "link_mbps": bandwidth_mbps, "mtu": mtu or 1500,
+                                     "dirty_mibps": rate, "ok": False, "mode": "refuse",
+                                     "reason": str(exc)})
                         print(json.dumps(rows[-1]), file=sys.stderr)
                         continue
                     bd = r.extra.get("breakdown") or {}
@@ -147,7 +150,8 @@ def run_qemu(qemu: str, tls: bool, rates: list[float], runs: int, postcopy: bool
                     live_total = r.extra.get("predicted_total_s")
                     rows.append({
                         "qemu": version, "tls": tls, "channels": channels,
-                        "link_mbps": bandwidth_mbps, "dirty_mibps": rate, "ok": r.ok,
+                        "link_mbps": bandwidth_mbps, "mtu": mtu or 1500, "dirty_mibps": rate,
+                        "ok": r.ok,
                         "error": r.error, "mode": r.extra.get("mode"),
                         "reason": r.extra.get("reason"),
                         "measured_dirty_mibps": profile.get("dirty_mibps"),
@@ -201,7 +205,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     def k(r: dict[str, Any]) -> tuple[Any, ...]:
         return (r["qemu"], r["tls"], r.get("channels", 1), r.get("link_mbps") or 0,
-                r["dirty_mibps"])
+                r["dirty_mibps"], r.get("mtu", 1500))
 
     for key in sorted({k(r) for r in rows}):
         grp = [r for r in rows if k(r) == key]
@@ -216,6 +220,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "qemu": key[0], "tls": "on" if key[1] else "off", "channels": key[2],
             "link": f"{key[3]} Mbit/s" if key[3] else "unshaped", "dirty_mibps": key[4],
+            "mtu": key[5],
             "runs": len(grp), "ok": len(ok),
             "mode": ", ".join(f"{m} {n}" if len(modes) > 1 else m
                               for m, n in modes.most_common()),
@@ -272,6 +277,8 @@ def main() -> None:
     ap.add_argument("--link-mbps", type=int, default=1000,
                     help="the migration network's shaped rate (0: unshaped, as fast as the "
                          "hosts go: to see whether the CPU or the link limits)")
+    ap.add_argument("--mtu", type=int, default=None,
+                    help="the migration network's MTU (default 1500; 9000: jumbo frames)")
     ap.add_argument("--postcopy", choices=("on", "off"), default="off",
                     help="on: the VM allows post-copy (allow_postcopy), which a migration "
                          "that pre-copy would make slow or refuse then takes")
@@ -286,11 +293,12 @@ def main() -> None:
         for tls in tls_modes:
             up_s, version, got = run_qemu(qemu.strip(), tls, rates, args.runs,
                                           args.postcopy == "on", args.channels,
-                                          args.link_mbps or None)
+                                          args.link_mbps or None, args.mtu)
             ups[version] = round(up_s, 2)
             rows += got
     summary = summarise(rows)
     cols = [("qemu", "QEMU"), ("tls", "TLS"), ("channels", "chan"), ("link", "link"),
+            ("mtu", "MTU"),
             ("dirty_mibps", "dirty MiB/s"),
             ("measured_dirty_p50", "measured"), ("mode", "mode"), ("ok", "ok"),
             ("passes_p50", "passes"), ("total_s_p50", "total s"),

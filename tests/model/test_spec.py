@@ -107,6 +107,8 @@ def test_vm_addresses_are_assigned_on_the_public_network() -> None:
          "allow_postcopy must be bool"),
         ("memory_mib = 256", 'memory_mib = 256\nmigration_deltas = 1', "migration_deltas",
          "migration_deltas must be bool"),
+        ('subnet = "198.18.1.0/24"', 'subnet = "198.18.1.0/24"\nmtu = 65536', "mtu",
+         "mtu must be 1280 to 9000, got 65536"),
         ('name = "t"', 'name = "t"\nmigration_channels = 0', "migration_channels",
          "migration_channels must be > 0"),
     ],
@@ -190,3 +192,9 @@ def test_vm_definitions_from_elsewhere_replace_the_texts_and_errors_name_them() 
     with pytest.raises(SpecError) as unknown:
         spec_with_vms(BASE, "<store>", [{"name": "a", "owner": "n1", "memory_mib": 1, "x": 1}])
     assert unknown.value.field == "x"
+
+
+def test_a_network_may_say_its_mtu() -> None:
+    assert parse_spec(BASE, "t.toml").networks[0].mtu is None
+    text = BASE.replace('subnet = "198.18.1.0/24"', 'subnet = "198.18.1.0/24"\nmtu = 9000', 1)
+    assert parse_spec(text, "t.toml").networks[0].mtu == 9000

@@ -55,13 +55,17 @@ def bridge_mac(node_index: int, network_index: int) -> str:
     return f"02:76:63:00:{node_index:02x}:{network_index:02x}"
 
 
-def _shape(ns: str, dev: str, mbps: float | None) -> list[list[str]]:
-    if not mbps:
-        return []
-    rate_bytes = mbps * 1e6 / 8
+def _shape(ns: str, dev: str, net: Network) -> list[list[str]]:
+    """The link's MTU, and its rate as a token bucket (both directions are shaped: each
+    end of a veth shapes what it sends)."""
+    out = [["ip", "-n", ns, "link", "set", dev, "mtu", str(net.mtu)]] if net.mtu else []
+    if not net.bandwidth_mbps:
+        return out
+    rate_bytes = net.bandwidth_mbps * 1e6 / 8
     burst = max(32 * 1024, int(rate_bytes / 100))  # 10 ms worth, at least 32 KiB
-    return [["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf",
-             "rate", f"{int(mbps)}mbit", "burst", str(burst), "latency", "50ms"]]
+    return [*out, ["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf",
+                   "rate", f"{int(net.bandwidth_mbps)}mbit", "burst", str(burst),
+                   "latency", "50ms"]]
 
 
 def build_network(layout: LabLayout, spec: ClusterSpec) -> None:
@@ -101,7 +105,7 @@ def build_network(layout: LabLayout, spec: ClusterSpec) -> None:
             else:
                 cmds += [["ip", "-n", ns, "addr", "add", addr, "dev", ifn],
                          ["ip", "-n", ns, "link", "set", ifn, "up"]]
-            cmds += _shape(ns, ifn, net.bandwidth_mbps) + _shape(fab, port, net.bandwidth_mbps)
+            cmds += _shape(ns, ifn, net) + _shape(fab, port, net)
     cmds += _san_links(layout, spec)
     pub = _public(spec)
     caddr = client_address(spec)
@@ -139,7 +143,7 @@ def _san_links(layout: LabLayout, spec: ClusterSpec) -> list[list[str]]:
              "dev", ifn],
             ["ip", "-n", san, "link", "set", ifn, "up"],
         ]
-        cmds += _shape(san, ifn, net.bandwidth_mbps) + _shape(fab, port, net.bandwidth_mbps)
+        cmds += _shape(san, ifn, net) + _shape(fab, port, net)
     return cmds
 
 

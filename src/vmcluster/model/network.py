@@ -27,6 +27,9 @@ class Network:
     role: Role | None = None
     metric: int | None = None
     bandwidth_mbps: float | None = None
+    # The links' MTU (None: as the hosts have them, 1500 in the lab); 9000 ("jumbo frames")
+    # is usual on a dedicated migration or storage network.
+    mtu: int | None = None
 
     @property
     def public(self) -> bool:

@@ -34,7 +34,7 @@ _CLUSTER = {
     "etcd_voters",
     "migration_channels",
 }
-_NETWORK = {"name", "subnet", "gateway", "role", "metric", "bandwidth_mbps"}
+_NETWORK = {"name", "subnet", "gateway", "role", "metric", "bandwidth_mbps", "mtu"}
 _NODE = {"name", "cores", "memory_mib", "interfaces", "accel", "power_model", "power"}
 _POWER = {"driver", "address", "user", "password_file", "interface", "mac", "broadcast",
           "port", "boot_s"}
@@ -154,6 +154,10 @@ def _network(r: TableReader) -> Network:
     metric = r.get("metric", int)
     if metric is not None and not 0 < metric < 2**31:
         raise r.fail("metric", f"metric must be a positive integer, got {metric}")
+    mtu = r.get("mtu", int)
+    if mtu is not None and not 1280 <= mtu <= 9000:
+        raise r.fail("mtu", f"mtu must be 1280 to 9000, got {mtu}", "1500, or 9000 for jumbo "
+                     "frames")
     return Network(
         name=r.name(),
         subnet=subnet,
@@ -161,6 +165,7 @@ def _network(r: TableReader) -> Network:
         role=None if role is None else Role(role),
         metric=metric,
         bandwidth_mbps=r.positive("bandwidth_mbps", float),
+        mtu=mtu,
     )
 
 
