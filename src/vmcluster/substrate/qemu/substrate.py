@@ -342,9 +342,16 @@ class QemuSubstrate:
                 return  # on already
             how = power_on(self.spec, node)
             boot_s = spec_node.power.boot_s if spec_node.power is not None else 0.0
-            self._await_off(node, False, boot_s, 0.5,
-                            f"{node} did not come back within its boot time ({boot_s:g} s) "
-                            f"after vmcluster {how}")
+            failed = (f"{node} did not come back within its boot time ({boot_s:g} s) after "
+                      f"vmcluster {how}")
+            deadline = self._clock.now() + boot_s
+            self._await_off(node, False, boot_s, 0.5, failed)
+            # Heard again is not ready yet: its agent (which starts and receives VMs) may
+            # still be starting, and a plan's next step is to move VMs there.
+            while self.links_down(node) is None:
+                if self._clock.now() > deadline:
+                    raise SubstrateError(f"{failed} (its agent does not answer)")
+                self._clock.sleep(0.5)
             return
         if any(v.node == node for v in self.status().vms):
             raise SubstrateError(f"{node} still runs VMs; migrate them away first")
