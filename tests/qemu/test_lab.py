@@ -850,8 +850,9 @@ def test_the_dashboard_in_chromium_migrates_a_vm_live_and_drains_its_node(
         wait(d, lambda d: d.find_element(By.ID, "token").is_displayed())
         d.find_element(By.ID, "token").send_keys(token)
         d.find_element(By.ID, "login").click()
-        try:
-            wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "#nodes tr[data-node]"))
+        try:  # logged in: the login pane gone (the rows may be the last session's)
+            wait(d, lambda d: not d.find_element(By.ID, "token").is_displayed()
+                 and d.find_elements(By.CSS_SELECTOR, "#nodes tr[data-node]"))
         except TimeoutException as exc:
             raise AssertionError(f"no nodes after login: {browser.page_state(d)}") from exc
 

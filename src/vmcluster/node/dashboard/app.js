@@ -4,8 +4,8 @@
 "use strict";
 
 const S = { token: sessionStorage.getItem("vmcluster-token") || "", data: {}, log: [],
-            intents: {}, lastSeq: 0, refreshTimer: null, streamOn: false, prediction: null,
-            actionError: false };
+            intents: {}, lastSeq: 0, refreshTimer: null, streamOn: false, streamAbort: null,
+            prediction: null, actionError: false };
 
 const $ = (sel) => document.querySelector(sel);
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g,
@@ -14,7 +14,8 @@ const badge = (v, cls) => `<span class="badge ${esc(cls || v)}">${esc(v)}</span>
 const fmtTime = (t) => t ? new Date(t * 1000).toLocaleTimeString() : "-";
 
 async function api(method, path, body) {
-  const opts = { method, headers: { Authorization: `Bearer ${S.token}` } };
+  const token = S.token;
+  const opts = { method, headers: { Authorization: `Bearer ${token}` } };
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
@@ -26,6 +27,7 @@ async function api(method, path, body) {
     const err = (data && data.error) || {};
     const e = new Error(`${resp.status} ${err.message || resp.statusText}`);
     e.status = resp.status;
+    e.token = token;  // what it was sent with: a 401 logs out only the session it was for
     throw e;
   }
   return data;
@@ -33,16 +35,23 @@ async function api(method, path, body) {
 
 // What the user's own action got (a refusal, say) stays until their next action: a
 // background refresh that succeeds clears only what a background refresh put there.
+// A 401 ends the session whose token it was sent with; one answered after a logout or a
+// new login (a refresh still in flight) is not the new session's.
+function unauthorized(e) {
+  return e && e.status === 401 && e.token === S.token && S.token !== "";
+}
+
 function showError(e) {
   S.actionError = !!e;
   $("#error").textContent = e ? String(e.message || e) : "";
-  if (e && e.status === 401) logout();
+  if (unauthorized(e)) logout();
 }
 
 function showBackgroundError(e) {
   if (!e && S.actionError) return;
+  if (e && e.status === 401 && !unauthorized(e)) return;  // an earlier session's
   $("#error").textContent = e ? String(e.message || e) : "";
-  if (e && e.status === 401) logout();
+  if (unauthorized(e)) logout();
 }
 
 // -- login ------------------------------------------------------------------------------
@@ -79,6 +88,7 @@ async function login(token) {
 
 function logout() {
   loginSeq += 1;
+  if (S.streamAbort) S.streamAbort.abort();
   sessionStorage.removeItem("vmcluster-token");
   S.token = "";
   $("#app").hidden = true;
@@ -106,6 +116,7 @@ function scheduleRefresh(delay = 300) {
   if (S.refreshTimer) return;
   S.refreshTimer = setTimeout(async () => {
     S.refreshTimer = null;
+    if (!S.token) return;  // logged out meanwhile
     try { await refresh(); showBackgroundError(null); } catch (e) {
       showBackgroundError(e); retryRefresh();
     }
@@ -120,11 +131,13 @@ function retryRefresh() { if (S.token) scheduleRefresh(1000); }
 async function stream() {
   if (S.streamOn || !S.token) return;
   S.streamOn = true;
+  S.streamAbort = new AbortController();  // a logout ends the session's stream
   $("#live").className = "badge on";
   $("#live").textContent = "live";
   try {
     const resp = await fetch(`/api/v1/stream?after=${S.lastSeq}`,
-                             { headers: { Authorization: `Bearer ${S.token}` } });
+                             { headers: { Authorization: `Bearer ${S.token}` },
+                               signal: S.streamAbort.signal });
     if (!resp.ok) throw new Error(`stream: ${resp.status}`);
     const reader = resp.body.getReader();
     const dec = new TextDecoder();
@@ -146,7 +159,7 @@ async function stream() {
       }
     }
   } catch (e) {
-    showBackgroundError(e);
+    if (e.name !== "AbortError") showBackgroundError(e);
   } finally {
     S.streamOn = false;
     $("#live").className = "badge off";
