@@ -272,7 +272,7 @@ def choose_mode(inp: PrecopyInput, *, allow_postcopy: bool = False,
         whole, deltas = (run(replace(i, on_no_convergence="abort")) for i in (inp, with_deltas))
         if deltas.converged and (not whole.converged
                                  or deltas.total_s <= (1 - DELTA_GAIN) * whole.total_s):
-            choice = _choose(with_deltas, allow_postcopy, blocker)
+            choice = _choose(with_deltas, allow_postcopy, blocker, deltas)
             if choice.mode in ("precopy", "auto-converge"):
                 cache = delta_cache_mib(inp)
                 return replace(choice, delta_cache_mib=cache, reason=(
@@ -281,17 +281,21 @@ def choose_mode(inp: PrecopyInput, *, allow_postcopy: bool = False,
                     f"{_passes(len(whole.passes))}"
                     + (f", {whole.total_s:.1f} s" if whole.converged else ", no convergence")
                     + f"), against a {cache:g} MiB cache on the source"))
+        return _choose(inp, allow_postcopy, blocker, whole)
     return _choose(inp, allow_postcopy, blocker)
 
 
-def _choose(inp: PrecopyInput, allow_postcopy: bool, blocker: str | None) -> ModeChoice:
-    """:func:`choose_mode` on ``inp`` as it is.
+def _choose(inp: PrecopyInput, allow_postcopy: bool, blocker: str | None,
+            plain: PrecopyResult | None = None) -> ModeChoice:
+    """:func:`choose_mode` on ``inp`` as it is; ``plain``: its pre-copy without
+    throttling, where the caller modelled it already.
 
     Pre-copy (then auto-converge) is chosen when it keeps the budget within
     :data:`PROMPT` times a single copy of memory; past that, post-copy where allowed
     (it ends sooner); else the slow pre-copy that keeps the budget, else auto-converge
     that does; else a refusal."""
-    plain = run(replace(inp, on_no_convergence="abort"))
+    if plain is None:
+        plain = run(replace(inp, on_no_convergence="abort"))
     budget = f"{inp.downtime_ms:g} ms downtime budget"
     prompt_s = PROMPT * inp.memory_mib / inp.bandwidth_mibps
     can_pc = allow_postcopy and blocker is None

@@ -165,6 +165,12 @@ def wire_mib(inp: PrecopyInput, pass_no: int, pages_mib: float) -> float:
     return pages_mib * (inp.delta_ratio if pass_no >= DELTA_FROM_PASS else 1.0)
 
 
+def _stop_copy_wire(inp: PrecopyInput, passes: int, stop_copy_mib: float) -> float:
+    """What a stop-and-copy of ``stop_copy_mib`` (dirty pages and the device state) after
+    ``passes`` passes puts on the wire."""
+    return wire_mib(inp, passes, stop_copy_mib - inp.state_mib) + inp.state_mib
+
+
 @dataclass(frozen=True)
 class Pass:
     """One pre-copy pass: the dirty pages it sent, how long it took, the guest's dirty
@@ -209,8 +215,7 @@ class PrecopyResult:
     @property
     def stop_copy_wire_mib(self) -> float:
         """What the stop-and-copy puts on the wire (deltas of the dirty pages, the state)."""
-        state = self.input.state_mib
-        return wire_mib(self.input, len(self.passes), self.stop_copy_mib - state) + state
+        return _stop_copy_wire(self.input, len(self.passes), self.stop_copy_mib)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -340,7 +345,7 @@ def _finish(
         return PrecopyResult(inp, passes, stop_copy, 0.0, copy_s, False, "aborted", throttle)
     else:
         outcome = "forced"
-    wire = wire_mib(inp, len(passes), dirty) + inp.state_mib
+    wire = _stop_copy_wire(inp, len(passes), stop_copy)
     down_s = wire / inp.bandwidth_mibps + inp.costs.switch_ms / 1000.0
     return PrecopyResult(
         inp, passes, stop_copy, down_s * 1000.0, copy_s + down_s, fits, outcome, throttle
