@@ -319,16 +319,21 @@ class QemuSubstrate:
         return self.migrations.finalize(handle, success, switchover)
 
     # -- power --------------------------------------------------------------------------
-    def _await_off(self, node: str, off: bool, timeout_s: float, poll_s: float,
-                   failed: str) -> None:
-        """Return once the records show ``node`` off (``off``) or no longer off; with a
-        store, the manager records that once it heard the host leave or come back.
-        ``failed``: the error's text after ``timeout_s``."""
-        deadline = self._clock.now() + timeout_s
-        while (self.records.snapshot(self.spec).node_state(node) == "off") != off:
+    def _await(self, done: Callable[[], bool], deadline: float, poll_s: float,
+               failed: str) -> None:
+        """Return once ``done()``; ``failed``: the error's text after ``deadline`` (this
+        substrate's clock)."""
+        while not done():
             if self._clock.now() > deadline:
                 raise SubstrateError(failed)
             self._clock.sleep(poll_s)
+
+    def _await_off(self, node: str, off: bool, deadline: float, poll_s: float,
+                   failed: str) -> None:
+        """Return once the records show ``node`` off (``off``) or no longer off; with a
+        store, the manager records that once it heard the host leave or come back."""
+        self._await(lambda: (self.records.snapshot(self.spec).node_state(node) == "off")
+                    == off, deadline, poll_s, failed)
 
     def set_power(self, node: str, on: bool) -> None:
         """A host powers itself off when asked (its agent, under the manager's token); it
@@ -345,13 +350,11 @@ class QemuSubstrate:
             failed = (f"{node} did not come back within its boot time ({boot_s:g} s) after "
                       f"vmcluster {how}")
             deadline = self._clock.now() + boot_s
-            self._await_off(node, False, boot_s, 0.5, failed)
+            self._await_off(node, False, deadline, 0.5, failed)
             # Heard again is not ready yet: its agent (which starts and receives VMs) may
             # still be starting, and a plan's next step is to move VMs there.
-            while self.links_down(node) is None:
-                if self._clock.now() > deadline:
-                    raise SubstrateError(f"{failed} (its agent does not answer)")
-                self._clock.sleep(0.5)
+            self._await(lambda: self.links_down(node) is not None, deadline, 0.5,
+                        f"{failed} (its agent does not answer)")
             return
         if any(v.node == node for v in self.status().vms):
             raise SubstrateError(f"{node} still runs VMs; migrate them away first")
@@ -360,7 +363,7 @@ class QemuSubstrate:
         # Its last report says it left on purpose: the manager's loop records it "off" once
         # its heartbeats are gone; the step is done then (bounded: a host that left no
         # last words ends up "down" instead).
-        self._await_off(node, True, 30.0, 0.2,
+        self._await_off(node, True, self._clock.now() + 30.0, 0.2,
                         f"{node} was powered off but the cluster has not recorded it off "
                         "within 30 s")
 
